@@ -1,0 +1,520 @@
+//! The `hone` command line.
+
+pub mod logging;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::{self, BackendKind};
+use crate::diag::Diagnostics;
+use crate::exec::{self, RunOptions, context::Cancelled};
+use crate::plan::Selection;
+use crate::plan::dag::Dag;
+use crate::plan::status::Evaluator;
+use crate::recipe::{self, Recipe, types::BackendChoice};
+use crate::store::Store;
+
+const ABOUT: &str = "Run LLM fine-tuning pipelines written as YAML recipes.
+
+A recipe is a DAG of stages (datasets, pretraining, SFT, reward models, DPO, PPO, evaluation,
+export). hone validates the whole recipe first, runs the stages in dependency order, caches every
+artifact by content in a store (.hone/ beside the recipe), and writes <recipe>.lock so a rerun
+does only what changed.";
+
+const AFTER: &str = "Examples:
+  hone validate recipes/quickstart.yaml          check a recipe without running anything
+  hone status recipes/quickstart.yaml            what is cached, what is stale and why
+  hone run recipes/quickstart.yaml               run what is stale
+  hone run r.yaml --set stages.sft.train.lr=1e-4 override any key for this run
+  hone run r.yaml --only corpus --force corpus   rerun one stage regardless of the cache
+  hone dag r.yaml --format mermaid               draw the stage graph
+  hone show r.yaml corpus                        an artifact's summary and first rows
+
+Exit codes: 0 success, 1 a stage or the store failed, 2 invalid recipe, data or arguments,
+130 interrupted (Ctrl-C; nothing half-written is kept, rerun to continue).
+Environment: HONE_STORE (store location), RUST_LOG (log filter, e.g. hone=debug).";
+
+#[derive(Debug, Parser)]
+#[command(name = "hone", version, about = ABOUT, after_help = AFTER)]
+pub struct Cli {
+    /// Store directory (default: $HONE_STORE, else .hone/ beside the recipe).
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// No progress bars or per-stage lines.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct RecipeArgs {
+    /// The recipe file.
+    recipe: PathBuf,
+    /// Override any key, YAML-typed: --set stages.sft.train.lr=1e-4, --set vars.lr=1e-4.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+    /// Tensor backend, overriding the recipe's `backend:`.
+    #[arg(long, value_name = "auto|cpu|wgpu|cuda")]
+    backend: Option<BackendChoice>,
+}
+
+#[derive(Debug, Args, Default)]
+struct SelectArgs {
+    /// Only these stages (repeatable); their inputs must be cached.
+    #[arg(long, value_name = "STAGE")]
+    only: Vec<String>,
+    /// This stage and everything downstream of it.
+    #[arg(long, value_name = "STAGE")]
+    from: Option<String>,
+    /// This stage and everything it depends on.
+    #[arg(long, value_name = "STAGE")]
+    until: Option<String>,
+    /// Rerun this stage even if cached (repeatable); downstream reruns only if its output changes.
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            only: self.only.clone(),
+            from: self.from.clone(),
+            until: self.until.clone(),
+            force: self.force.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the stale stages of a recipe, in dependency order.
+    Run {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Fail, before running anything, if the run would change the lockfile.
+        #[arg(long)]
+        locked: bool,
+        /// Re-read every input file instead of trusting the (size, mtime, inode) digest cache.
+        #[arg(long)]
+        rehash: bool,
+    },
+    /// What `run` would do with the same arguments: each stage, cached or stale, and why.
+    Plan {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        rehash: bool,
+    },
+    /// Each stage of a recipe: cached or stale, and why.
+    Status {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        rehash: bool,
+    },
+    /// Check a recipe (syntax, types, keys, references, cycles, files, contracts); run nothing.
+    Validate {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Print the stage graph.
+    Dag {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long, value_enum, default_value_t = DagFormat::Ascii)]
+        format: DagFormat,
+    },
+    /// Print the JSON Schema of recipe files (editors use it for completion and checks).
+    Schema {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Summary of a stage's artifact: metrics, warnings, rows and columns, first rows.
+    ///
+    /// `hone show RECIPE STAGE`, or `hone show STAGE` in a directory with one recipe lockfile.
+    Show {
+        /// [RECIPE] STAGE
+        #[arg(num_args = 1..=2, required = true, value_name = "[RECIPE] STAGE")]
+        args: Vec<String>,
+        #[arg(long, value_name = "K=V")]
+        set: Vec<String>,
+        /// The full manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and maintain the store.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DagFormat {
+    Ascii,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// List the actions in the store.
+    Ls,
+    /// Disk usage of the store.
+    Du,
+    /// Check every blob against its digest; exit 1 if anything is corrupt.
+    Verify {
+        /// Forget actions with missing or corrupt blobs, so the next run recomputes them.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove leftovers of interrupted runs and unreferenced blobs.
+    Gc {
+        /// Also drop every action not recorded in these recipes' lockfiles (repeatable).
+        #[arg(long, value_name = "RECIPE")]
+        keep: Vec<PathBuf>,
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.verbose);
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<Cancelled>().is_some()
+                || e.chain().any(|c| c.downcast_ref::<Cancelled>().is_some())
+            {
+                eprintln!("interrupted: completed stages are committed; run again to continue");
+                return ExitCode::from(130);
+            }
+            if let Some(d) = e.chain().find_map(|c| c.downcast_ref::<Diagnostics>()) {
+                let context: Vec<String> = e
+                    .chain()
+                    .take_while(|c| c.downcast_ref::<Diagnostics>().is_none())
+                    .map(ToString::to_string)
+                    .collect();
+                for c in &context {
+                    eprintln!("{c}");
+                }
+                eprintln!("{d}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads and validates; exits with the diagnostics (code 2) on failure.
+fn load(args: &RecipeArgs) -> Result<(Recipe, Dag)> {
+    let mut recipe = recipe::load(&args.recipe, &args.set)?;
+    if let Some(b) = args.backend {
+        recipe.header.backend = b;
+    }
+    let dag = recipe::validate(&recipe)?;
+    Ok((recipe, dag))
+}
+
+fn dispatch(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Run {
+            recipe: args,
+            select,
+            locked,
+            rehash,
+        } => {
+            let (recipe, dag) = load(args)?;
+            let store = Store::open(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
+            exec::install_ctrlc_handler();
+            let opts = RunOptions {
+                selection: select.selection(),
+                locked: *locked,
+                rehash: *rehash,
+                quiet: cli.quiet,
+            };
+            let report = exec::run(
+                &recipe,
+                &dag,
+                &store,
+                backend::resolve(recipe.header.backend),
+                &opts,
+            )?;
+            if !cli.quiet {
+                render::run_summary(&recipe, &report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            recipe: args,
+            select,
+            json,
+            rehash,
+        } => {
+            let (recipe, dag) = load(args)?;
+            let selection = select.selection();
+            let selected = selection.resolve(&recipe, &dag)?;
+            status_like(
+                cli, &recipe, &dag, &selected, &selection, *json, *rehash, true,
+            )
+        }
+        Command::Status {
+            recipe: args,
+            json,
+            rehash,
+        } => {
+            let (recipe, dag) = load(args)?;
+            let selected = (0..recipe.stages.len()).collect();
+            status_like(
+                cli,
+                &recipe,
+                &dag,
+                &selected,
+                &Selection::default(),
+                *json,
+                *rehash,
+                false,
+            )
+        }
+        Command::Validate { recipe: args } => {
+            let (recipe, dag) = load(args)?;
+            let files = recipe
+                .stages
+                .iter()
+                .flat_map(|s| s.spec.inputs())
+                .filter(|(_, i)| matches!(i, recipe::types::Input::Source(_)))
+                .count();
+            println!(
+                "{}: valid ({} stages, {} edges, {} source inputs)",
+                recipe.path.display(),
+                recipe.stages.len(),
+                dag.graph.edge_count(),
+                files
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dag {
+            recipe: args,
+            format,
+        } => {
+            let (recipe, dag) = load(args)?;
+            let text = match format {
+                DagFormat::Ascii => render::dag_ascii(&recipe, &dag),
+                DagFormat::Mermaid => render::dag_mermaid(&recipe, &dag),
+                DagFormat::Dot => render::dag_dot(&recipe, &dag),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { output } => {
+            let text = format!(
+                "{}\n",
+                serde_json::to_string_pretty(&recipe::json_schema())?
+            );
+            match output {
+                Some(p) => crate::store::write_atomic(p, text.as_bytes())?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { args, set, json } => {
+            let (recipe_path, stage) = match args.as_slice() {
+                [stage] => (find_recipe()?, stage.clone()),
+                [r, stage] => (PathBuf::from(r), stage.clone()),
+                _ => unreachable!("clap enforces 1..=2 arguments"),
+            };
+            let rargs = RecipeArgs {
+                recipe: recipe_path,
+                set: set.clone(),
+                backend: None,
+            };
+            let (recipe, dag) = load(&rargs)?;
+            let store =
+                Store::open_existing(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
+            render::show(&recipe, &dag, &store, &stage, *json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { command } => cache(cli, command),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn status_like(
+    cli: &Cli,
+    recipe: &Recipe,
+    dag: &Dag,
+    selected: &std::collections::BTreeSet<usize>,
+    selection: &Selection,
+    json: bool,
+    rehash: bool,
+    is_plan: bool,
+) -> Result<ExitCode> {
+    let root = Store::location(cli.store.as_deref(), Some(&recipe.path));
+    // Planning never creates a store: an absent one is planned against as an empty one.
+    let empty = tempfile::tempdir()?;
+    let store = Store::open(if root.join("FORMAT").is_file() {
+        &root
+    } else {
+        empty.path()
+    })?;
+    let backend: BackendKind = backend::resolve(recipe.header.backend);
+    let mut eval = Evaluator::new(recipe, dag, &store, backend, rehash)?;
+    let statuses = eval.statuses(selected, &|s| selection.forced(s))?;
+    eval.hashes.save().ok();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+    } else {
+        render::statuses(recipe, &statuses, is_plan);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The recipe of `hone show STAGE`: `$HONE_RECIPE`, else the one recipe in the working
+/// directory that has a lockfile.
+fn find_recipe() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HONE_RECIPE") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(".")? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            && p.with_extension("lock").is_file()
+        {
+            found.push(p);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no recipe with a lockfile in this directory: use `hone show RECIPE STAGE`"),
+        many => bail!(
+            "several recipes here ({}): use `hone show RECIPE STAGE`",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn cache(cli: &Cli, command: &CacheCommand) -> Result<ExitCode> {
+    let store = Store::open_existing(&Store::location(cli.store.as_deref(), None))?;
+    match command {
+        CacheCommand::Ls => {
+            for m in store.manifests()? {
+                let size: u64 = m
+                    .outputs
+                    .values()
+                    .flat_map(|o| o.files.values().map(|f| f.size))
+                    .sum();
+                println!(
+                    "{}  {:<20} {:<9} {:>10}  {}",
+                    &m.action[..16],
+                    m.stage,
+                    m.kind,
+                    render::bytes(size),
+                    m.outputs.keys().cloned().collect::<Vec<_>>().join(",")
+                );
+            }
+        }
+        CacheCommand::Du => {
+            let mut total = 0;
+            for (area, (files, bytes)) in store.disk_usage()? {
+                total += bytes;
+                println!("{area:<8} {files:>7} files {:>10}", render::bytes(bytes));
+            }
+            println!(
+                "{:<8} {:>7}       {:>10}",
+                "total",
+                "",
+                render::bytes(total)
+            );
+        }
+        CacheCommand::Verify { repair } => {
+            let report = store.verify(*repair)?;
+            for p in &report.problems {
+                println!("corrupt: {p}");
+            }
+            for r in &report.reclaimable {
+                println!("reclaimable: {r}");
+            }
+            println!(
+                "verified {} actions, {} blobs: {} problems, {} reclaimable{}",
+                report.actions,
+                report.blobs_checked,
+                report.problems.len(),
+                report.reclaimable.len(),
+                if report.reclaimable.is_empty() {
+                    ""
+                } else {
+                    " (`hone cache gc` removes them)"
+                }
+            );
+            if !report.problems.is_empty() {
+                if *repair {
+                    println!(
+                        "repaired: the broken actions are forgotten and will be recomputed by the next run"
+                    );
+                } else {
+                    println!("run `hone cache verify --repair` to forget the broken actions");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        CacheCommand::Gc { keep, dry_run } => {
+            let keep_actions = if keep.is_empty() {
+                None
+            } else {
+                let mut set = std::collections::BTreeSet::new();
+                for r in keep {
+                    let lock = r.with_extension("lock");
+                    let l = crate::store::lockfile::Lockfile::read(&lock)?.with_context(|| {
+                        format!(
+                            "{} has no lockfile ({}); run it first",
+                            r.display(),
+                            lock.display()
+                        )
+                    })?;
+                    set.extend(l.stages.into_values().map(|s| s.action));
+                }
+                Some(set)
+            };
+            let r = store.gc(keep_actions.as_ref(), *dry_run)?;
+            println!(
+                "{}{} actions, {} blobs ({}), {} leftovers",
+                if *dry_run {
+                    "would remove "
+                } else {
+                    "removed "
+                },
+                r.actions_removed,
+                r.blobs_removed,
+                render::bytes(r.bytes_freed),
+                r.scratch_removed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,313 @@
+//! Text output of the CLI: run summaries, statuses, the DAG (ASCII, Mermaid, DOT), `show`.
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+
+use crate::backend;
+use crate::diag::did_you_mean;
+use crate::exec::{Outcome, RunReport};
+use crate::plan::dag::{Dag, EdgeKind};
+use crate::plan::status::{Evaluator, StageStatus, State};
+use crate::recipe::Recipe;
+use crate::store::Store;
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+pub fn run_summary(recipe: &Recipe, r: &RunReport) {
+    let ran = r.count(Outcome::Ran);
+    let cached = r.count(Outcome::Cached) + r.count(Outcome::RanElsewhere);
+    let skipped = r.count(Outcome::NotSelected);
+    let mut line = format!("{}: {ran} ran, {cached} cached", recipe.header.name);
+    if skipped > 0 {
+        line.push_str(&format!(", {skipped} not selected"));
+    }
+    line.push_str(&format!(" in {:.2}s", r.wall_time_s));
+    if r.lockfile_changed {
+        line.push_str(&format!("; wrote {}", recipe.lockfile_path().display()));
+    }
+    println!("{line}");
+}
+
+pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
+    let count = |s: State| {
+        statuses
+            .iter()
+            .filter(|x| x.selected && x.state == s)
+            .count()
+    };
+    let selected = statuses.iter().filter(|s| s.selected).count();
+    let (cached, stale, waiting) = (
+        count(State::Cached),
+        count(State::Stale),
+        count(State::Waiting),
+    );
+    let mut head = format!(
+        "{}: {selected} stages, {cached} cached, {stale} stale",
+        recipe.path.display()
+    );
+    if waiting > 0 {
+        head.push_str(&format!(", {waiting} waiting on upstream"));
+    }
+    println!("{head}");
+    for s in statuses {
+        let word = match (s.selected, s.state) {
+            (false, _) => "skip",
+            (true, State::Cached) => "cached",
+            (true, State::Stale) if is_plan => "run",
+            (true, State::Stale) => "stale",
+            (true, State::Waiting) => "maybe",
+        };
+        let why: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+        let first = why.first().cloned().unwrap_or_default();
+        println!("  {word:<7} {:<20} {:<9} {first}", s.stage, s.kind);
+        for more in why.iter().skip(1) {
+            println!("  {:<7} {:<20} {:<9} {more}", "", "", "");
+        }
+    }
+}
+
+fn edge_label(e: &EdgeKind) -> String {
+    match e {
+        EdgeKind::Reads { input, output } => match output {
+            Some(o) => format!("{o} -> {input}"),
+            None => input.clone(),
+        },
+        EdgeKind::LeakageCheck => "leakage check".into(),
+    }
+}
+
+pub fn dag_ascii(recipe: &Recipe, dag: &Dag) -> String {
+    let mut out = String::new();
+    for &i in &dag.order {
+        let s = &recipe.stages[i];
+        out.push_str(&format!("{} ({})\n", s.name, s.spec.kind()));
+        let incoming = dag.incoming(i);
+        for (k, (up, e)) in incoming.iter().enumerate() {
+            let branch = if k + 1 == incoming.len() {
+                "└──"
+            } else {
+                "├──"
+            };
+            out.push_str(&format!(
+                "  {branch} {} [{}]\n",
+                recipe.stages[*up].name,
+                edge_label(e)
+            ));
+        }
+    }
+    out
+}
+
+pub fn dag_mermaid(recipe: &Recipe, dag: &Dag) -> String {
+    let mut out = String::from("flowchart TD\n");
+    for &i in &dag.order {
+        let s = &recipe.stages[i];
+        out.push_str(&format!(
+            "  {}[\"{} ({})\"]\n",
+            s.name.replace('-', "_"),
+            s.name,
+            s.spec.kind()
+        ));
+    }
+    for &i in &dag.order {
+        for (up, e) in dag.incoming(i) {
+            let arrow = if *e == EdgeKind::LeakageCheck {
+                "-.->"
+            } else {
+                "-->"
+            };
+            out.push_str(&format!(
+                "  {} {arrow}|{}| {}\n",
+                recipe.stages[up].name.replace('-', "_"),
+                edge_label(e),
+                recipe.stages[i].name.replace('-', "_")
+            ));
+        }
+    }
+    out
+}
+
+pub fn dag_dot(recipe: &Recipe, dag: &Dag) -> String {
+    let mut out = String::from("digraph hone {\n  rankdir=LR;\n  node [shape=box];\n");
+    for &i in &dag.order {
+        let s = &recipe.stages[i];
+        out.push_str(&format!(
+            "  \"{}\" [label=\"{}\\n{}\"];\n",
+            s.name,
+            s.name,
+            s.spec.kind()
+        ));
+    }
+    for &i in &dag.order {
+        for (up, e) in dag.incoming(i) {
+            let style = if *e == EdgeKind::LeakageCheck {
+                ", style=dashed"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  \"{}\" -> \"{}\" [label=\"{}\"{style}];\n",
+                recipe.stages[up].name,
+                recipe.stages[i].name,
+                edge_label(e)
+            ));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `hone show`: the stage's current artifact, or its last recorded one when stale.
+pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) -> Result<()> {
+    if recipe.stage(stage).is_none() {
+        bail!(
+            "no stage `{stage}` in {}; {}",
+            recipe.path.display(),
+            did_you_mean(stage, recipe.stage_names()).unwrap_or_else(|| format!(
+                "stages: {}",
+                recipe.stage_names().collect::<Vec<_>>().join(", ")
+            ))
+        );
+    }
+    let mut eval = Evaluator::new(
+        recipe,
+        dag,
+        store,
+        backend::resolve(recipe.header.backend),
+        false,
+    )?;
+    let all = (0..recipe.stages.len()).collect();
+    let statuses = eval.statuses(&all, &|_| false)?;
+    let status = statuses
+        .iter()
+        .find(|s| s.stage == stage)
+        .expect("every stage has a status");
+    let (manifest, note) = match (status.state, &status.action) {
+        (State::Cached, Some(a)) => (store.manifest(a)?, None),
+        _ => match eval.locked(stage) {
+            Some(l) => (
+                store.manifest(&l.action)?,
+                Some("stale: this is its last recorded run"),
+            ),
+            None => (None, None),
+        },
+    };
+    let Some(m) = manifest else {
+        bail!(
+            "stage `{stage}` has not run yet: `hone run {} --until {stage}`",
+            recipe.path.display()
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    println!("stage    {} ({})", m.stage, m.kind);
+    if let Some(n) = note {
+        println!("note     {n}");
+    }
+    println!("action   {}", m.action);
+    println!(
+        "ran in   {:.2}s with hone {}",
+        m.wall_time_s, m.hone_version
+    );
+    for (name, o) in &m.outputs {
+        let size: u64 = o.files.values().map(|f| f.size).sum();
+        println!(
+            "output   {name:<12} {:<9} {}  {}",
+            format!("{:?}", o.artifact_type).to_lowercase(),
+            &o.digest[..16],
+            bytes(size)
+        );
+    }
+    if !m.metrics.is_empty() {
+        let kv: Vec<String> = m.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("metrics  {}", kv.join(" "));
+    }
+    for w in &m.warnings {
+        println!("warning  {w}");
+    }
+    print_summary(&m.summary);
+    Ok(())
+}
+
+fn print_summary(summary: &Value) {
+    let Some(obj) = summary.as_object() else {
+        return;
+    };
+    if let Some(cols) = obj.get("columns").and_then(Value::as_array) {
+        let c: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({}{})",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["type"].as_str().unwrap_or("?"),
+                    match c["nulls"].as_u64() {
+                        Some(0) | None => String::new(),
+                        Some(n) => format!(", {n} null"),
+                    }
+                )
+            })
+            .collect();
+        println!("columns  {}", c.join(", "));
+    }
+    if let Some(rows) = obj.get("first_rows").and_then(Value::as_array) {
+        println!("first rows:");
+        for r in rows {
+            let mut line = r.to_string();
+            if line.chars().count() > 160 {
+                line = line.chars().take(157).collect::<String>() + "...";
+            }
+            println!("  {line}");
+        }
+    }
+    if let Some(rows) = obj.get("rows").and_then(Value::as_object) {
+        let r: Vec<String> = rows.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("rows     {}", r.join(", "));
+    }
+    for o in obj
+        .get("leakage")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "leakage  {} vs {}: {} exact, {} after normalising{}",
+            o["a"].as_str().unwrap_or("?"),
+            o["b"].as_str().unwrap_or("?"),
+            o["exact"],
+            o["near"],
+            o["examples"]
+                .as_array()
+                .filter(|e| !e.is_empty())
+                .map_or(String::new(), |e| format!("; e.g. {}", e[0]))
+        );
+    }
+    for (k, v) in obj {
+        if matches!(k.as_str(), "columns" | "first_rows" | "rows" | "leakage") {
+            continue;
+        }
+        println!(
+            "{k:<8} {}",
+            if v.is_string() {
+                v.as_str().unwrap_or_default().to_owned()
+            } else {
+                v.to_string()
+            }
+        );
+    }
+}

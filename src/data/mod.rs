@@ -1,0 +1,5 @@
+//! Data: tables (JSONL, CSV, Parquet through arrow), deterministic splits, leakage checks.
+
+pub mod leakage;
+pub mod split;
+pub mod table;

@@ -1,0 +1,14 @@
+//! hone: runs LLM fine-tuning pipelines written as YAML recipes.
+//!
+//! `recipe` (language, loading, validation) -> `plan` (DAG, action keys, statuses) ->
+//! `exec` (runs stale stages through `stages`, commits to the `store`, writes the lockfile).
+
+pub mod backend;
+pub mod cli;
+pub mod data;
+pub mod diag;
+pub mod exec;
+pub mod plan;
+pub mod recipe;
+pub mod stages;
+pub mod store;

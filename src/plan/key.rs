@@ -1,0 +1,104 @@
+//! Action keys: BLAKE3 over the canonical JSON of everything that determines a stage's output.
+//! Inputs enter by content digest (files by their bytes, upstream stages by what they produced),
+//! never by path or time, so moving a file or rerunning an upstream stage that produces the same
+//! bytes does not invalidate anything.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::backend::BackendKind;
+use crate::recipe::Stage;
+use crate::store::{CACHE_FORMAT, hash::hash_bytes};
+
+pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the action key of `stage` hashes. `inputs` maps each input's path in the stage to its
+/// digest; `checked_against` holds digests of datasets the stage is checked against for leakage.
+pub fn material(
+    stage: &Stage,
+    seed: u64,
+    backend: BackendKind,
+    inputs: &BTreeMap<String, String>,
+    checked_against: &[String],
+) -> Value {
+    let mut config = serde_json::to_value(&stage.spec).expect("stage config serializes");
+    for (rel, digest) in inputs {
+        if let Some(slot) = pointer_mut(&mut config, rel) {
+            *slot = json!({ "input": digest });
+        }
+    }
+    let mut against = checked_against.to_vec();
+    against.sort();
+    json!({
+        "format": CACHE_FORMAT,
+        "hone": HONE_VERSION,
+        "config": config,
+        "seed": seed,
+        "backend": stage.spec.uses_backend().then(|| backend.name()),
+        "checked_against": against,
+    })
+}
+
+/// The key of a material: BLAKE3 of its canonical JSON (serde_json maps are sorted by key).
+pub fn action_key(material: &Value) -> String {
+    hash_bytes(material.to_string().as_bytes())
+}
+
+fn pointer_mut<'a>(v: &'a mut Value, dotted: &str) -> Option<&'a mut Value> {
+    let pointer: String = dotted.split('.').map(|s| format!("/{s}")).collect();
+    v.pointer_mut(&pointer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::types::{DatasetSpec, Input, StageRef, StageSpec};
+
+    fn stage(dedup: bool) -> Stage {
+        let spec: DatasetSpec =
+            serde_json::from_value(json!({ "source": { "from": "raw" }, "dedup": dedup })).unwrap();
+        Stage {
+            name: "s".into(),
+            spec: StageSpec::Dataset(spec),
+        }
+    }
+
+    #[test]
+    fn key_depends_on_config_and_input_digests_not_names() {
+        let inputs = BTreeMap::from([("source".to_string(), "d1".to_string())]);
+        let k = action_key(&material(&stage(true), 0, BackendKind::Cpu, &inputs, &[]));
+        assert_eq!(
+            k,
+            action_key(&material(&stage(true), 0, BackendKind::Cpu, &inputs, &[]))
+        );
+        assert_ne!(
+            k,
+            action_key(&material(&stage(false), 0, BackendKind::Cpu, &inputs, &[]))
+        );
+        assert_ne!(
+            k,
+            action_key(&material(&stage(true), 1, BackendKind::Cpu, &inputs, &[]))
+        );
+        let other = BTreeMap::from([("source".to_string(), "d2".to_string())]);
+        assert_ne!(
+            k,
+            action_key(&material(&stage(true), 0, BackendKind::Cpu, &other, &[]))
+        );
+        // A renamed upstream with the same output digest keeps the key.
+        let mut renamed = stage(true);
+        let StageSpec::Dataset(d) = &mut renamed.spec;
+        d.source = Input::Stage(StageRef {
+            from: "raw_renamed".into(),
+        });
+        assert_eq!(
+            k,
+            action_key(&material(&renamed, 0, BackendKind::Cpu, &inputs, &[]))
+        );
+        // Data preparation does not depend on the tensor backend.
+        assert_eq!(
+            k,
+            action_key(&material(&stage(true), 0, BackendKind::Wgpu, &inputs, &[]))
+        );
+    }
+}

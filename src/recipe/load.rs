@@ -1,0 +1,648 @@
+//! From a recipe file to a typed [`Recipe`]: read, merge `extends`, apply `--set`, interpolate
+//! `${vars}`, merge `defaults`, then deserialize each stage by its `kind`. Every failure becomes
+//! a [`Diagnostic`] pointing at the file, line and column that caused it.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use super::source_map::{SourceMap, join};
+use super::types::{Input, RecipeFile, StageKind, StageSpec};
+use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
+
+/// A loaded, typed recipe (not yet checked across stages: see `recipe::validate`).
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// The recipe file as given on the command line.
+    pub path: PathBuf,
+    /// Header fields (`stages` is empty here: see [`Recipe::stages`]).
+    pub header: RecipeFile,
+    /// Stages in file order.
+    pub stages: Vec<Stage>,
+    /// The recipe after extends, overrides, vars and defaults: what actually runs.
+    pub resolved: Value,
+    pub sources: SourceMap,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub spec: StageSpec,
+}
+
+impl Recipe {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+    pub fn stage_names(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().map(|s| s.name.as_str())
+    }
+    /// The lockfile beside the recipe: `quickstart.yaml` -> `quickstart.lock`.
+    pub fn lockfile_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+    /// Where the key at `path` (dotted) was written.
+    pub fn key_location(&self, path: &str) -> Option<Location> {
+        self.sources.key(path)
+    }
+    pub fn value_location(&self, path: &str) -> Option<Location> {
+        self.sources.value(path)
+    }
+}
+
+/// Loads `path`, applying `overrides` (`a.b.c=value`, YAML-typed) on top.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Diagnostics> {
+    let (mut root, mut sources) = load_merged(path, &mut Vec::new())?;
+    apply_overrides(&mut root, &mut sources, overrides)?;
+    interpolate_vars(&mut root, &sources)?;
+    apply_defaults(&mut root, &mut sources)?;
+    let (header, stages) = parse_typed(&root, &sources)?;
+    let mut recipe = Recipe {
+        path: path.to_path_buf(),
+        header,
+        stages,
+        resolved: root,
+        sources,
+    };
+    resolve_source_paths(&mut recipe);
+    Ok(recipe)
+}
+
+fn read_yaml(path: &Path) -> Result<(Value, SourceMap), Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostic::new(format!("cannot read recipe {}: {e}", path.display()))
+            .help("check the path; recipe paths are relative to the working directory")
+    })?;
+    let value: Value = serde_yaml::from_str(&text).map_err(|e| {
+        let loc = e
+            .location()
+            .map(|l| Location::file(path, l.line(), l.column()));
+        Diagnostic::new(format!("invalid YAML: {}", strip_position(&e.to_string()))).at(loc)
+    })?;
+    match value {
+        Value::Mapping(_) => Ok((value, SourceMap::build(&text, path))),
+        Value::Null => Err(
+            Diagnostic::new(format!("recipe {} is empty", path.display()))
+                .at(Some(Location::file(path, 1, 1)))
+                .help("a recipe needs at least `version: 1`, `name:` and `stages:`")
+                .into(),
+        ),
+        _ => Err(Diagnostic::new(
+            "a recipe must be a mapping of keys (version, name, stages, ...)",
+        )
+        .at(Some(Location::file(path, 1, 1)))
+        .into()),
+    }
+}
+
+/// serde_yaml appends " at line X column Y" to its messages; the location is shown separately.
+fn strip_position(msg: &str) -> String {
+    msg.find(" at line ").map_or(msg, |i| &msg[..i]).to_owned()
+}
+
+/// Reads `path` and everything it `extends`, deep-merged (this file wins).
+fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Value, SourceMap), Diagnostics> {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if let Some(i) = chain.iter().position(|p| *p == canonical) {
+        let cycle: Vec<String> = chain[i..]
+            .iter()
+            .chain([&canonical])
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(
+            Diagnostic::new(format!("`extends` forms a cycle: {}", cycle.join(" -> ")))
+                .help("a recipe cannot extend itself, directly or through its bases")
+                .into(),
+        );
+    }
+    let (mut value, mut sources) = read_yaml(path)?;
+    let Some(extends) = value.as_mapping_mut().and_then(|m| m.remove("extends")) else {
+        return Ok((value, sources));
+    };
+    let bases: Vec<(String, String)> = match &extends {
+        Value::String(s) => vec![("extends".into(), s.clone())],
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok((format!("extends.{i}"), s.clone())),
+                _ => Err(Diagnostic::new("`extends` entries must be paths")
+                    .at(sources.value(&format!("extends.{i}")))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(
+                Diagnostic::new("`extends` must be a path or a list of paths")
+                    .at(sources.value("extends"))
+                    .into(),
+            );
+        }
+    };
+    chain.push(canonical);
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut merged = Value::Mapping(Mapping::new());
+    let mut merged_sources = SourceMap::default();
+    for (key, base) in bases {
+        let base_path = dir.join(&base);
+        if !base_path.is_file() {
+            return Err(Diagnostic::new(format!(
+                "extended recipe {} not found",
+                base_path.display()
+            ))
+            .at(sources.value(&key))
+            .help("`extends` paths are relative to the recipe that names them")
+            .into());
+        }
+        let (base_value, base_sources) = load_merged(&base_path, chain)?;
+        merged = deep_merge(merged, base_value);
+        merged_sources.overlay(base_sources);
+    }
+    chain.pop();
+    value = deep_merge(merged, value);
+    merged_sources.overlay(std::mem::take(&mut sources));
+    Ok((value, merged_sources))
+}
+
+/// Mappings merge key by key; anything else is replaced. `null` in `over` removes the key.
+pub fn deep_merge(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Mapping(mut b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                if v.is_null() {
+                    b.remove(&k);
+                    continue;
+                }
+                let merged = match b.remove(&k) {
+                    Some(old) => deep_merge(old, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Value::Mapping(b)
+        }
+        (_, o) => o,
+    }
+}
+
+fn apply_overrides(
+    root: &mut Value,
+    sources: &mut SourceMap,
+    overrides: &[String],
+) -> Result<(), Diagnostics> {
+    for (i, text) in overrides.iter().enumerate() {
+        let loc = Location::Override {
+            index: i + 1,
+            text: text.clone(),
+        };
+        let Some((path, raw)) = text.split_once('=') else {
+            return Err(
+                Diagnostic::new(format!("`--set {text}` needs the form path=value"))
+                    .at(Some(loc))
+                    .help("for example --set stages.sft.train.lr=1e-4 or --set vars.lr=1e-4")
+                    .into(),
+            );
+        };
+        let path = path.trim();
+        if path.is_empty() || path.split('.').any(str::is_empty) {
+            return Err(Diagnostic::new(format!(
+                "`--set {text}`: `{path}` is not a dotted key path"
+            ))
+            .at(Some(loc))
+            .into());
+        }
+        let value: Value =
+            serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+        let mut node = &mut *root;
+        let segments: Vec<&str> = path.split('.').collect();
+        for (depth, seg) in segments.iter().enumerate() {
+            if !node.is_mapping() {
+                let parent = segments[..depth].join(".");
+                return Err(Diagnostic::new(format!(
+                    "`--set {text}`: `{parent}` is not a mapping, so it has no key `{seg}`"
+                ))
+                .at(Some(loc))
+                .into());
+            }
+            let map = node.as_mapping_mut().expect("checked above");
+            if depth + 1 == segments.len() {
+                map.insert(Value::String((*seg).to_owned()), value.clone());
+                break;
+            }
+            node = map
+                .entry(Value::String((*seg).to_owned()))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+        }
+        sources.set_override(path, loc);
+    }
+    Ok(())
+}
+
+/// Replaces `${name}` with `vars.name`. A string that is exactly `${name}` takes the variable's
+/// value with its type (number, bool, list...); inside longer text it is spliced in as text.
+/// `$${` writes a literal `${`.
+fn interpolate_vars(root: &mut Value, sources: &SourceMap) -> Result<(), Diagnostics> {
+    let Some(map) = root.as_mapping_mut() else {
+        return Ok(());
+    };
+    let mut vars = match map.get("vars") {
+        None | Some(Value::Null) => Mapping::new(),
+        Some(Value::Mapping(m)) => m.clone(),
+        Some(_) => {
+            return Err(
+                Diagnostic::new("`vars` must be a mapping of names to values")
+                    .at(sources.value("vars"))
+                    .into(),
+            );
+        }
+    };
+    // Variables may use other variables; resolve them first, refusing cycles.
+    let names: Vec<String> = vars
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let mut diags = Diagnostics::default();
+    for name in &names {
+        let mut resolving = vec![name.clone()];
+        let mut v = vars[name.as_str()].clone();
+        if let Err(d) = substitute(
+            &mut v,
+            &vars,
+            &format!("vars.{name}"),
+            sources,
+            &mut resolving,
+        ) {
+            diags.push(d);
+        }
+        vars.insert(Value::String(name.clone()), v);
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    map.insert(Value::String("vars".into()), Value::Mapping(vars.clone()));
+    for (k, v) in map.iter_mut() {
+        let Some(key) = k.as_str() else { continue };
+        if key == "vars" {
+            continue;
+        }
+        if let Err(d) = substitute(v, &vars, key, sources, &mut Vec::new()) {
+            diags.push(d);
+        }
+    }
+    diags.into_result(())
+}
+
+fn substitute(
+    v: &mut Value,
+    vars: &Mapping,
+    path: &str,
+    sources: &SourceMap,
+    resolving: &mut Vec<String>,
+) -> Result<(), Diagnostic> {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            *v = expand(s, vars, path, sources, resolving)?;
+            Ok(())
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute(item, vars, &join(path, &i.to_string()), sources, resolving)?;
+            }
+            Ok(())
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let key = k.as_str().unwrap_or("?").to_owned();
+                substitute(item, vars, &join(path, &key), sources, resolving)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn expand(
+    s: &str,
+    vars: &Mapping,
+    path: &str,
+    sources: &SourceMap,
+    resolving: &mut Vec<String>,
+) -> Result<Value, Diagnostic> {
+    let mut out = String::new();
+    let mut rest = s;
+    let mut whole: Option<Value> = None;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find('}') else {
+            return Err(Diagnostic::new(format!("unclosed `${{` in `{s}`"))
+                .at(sources.value(path))
+                .help("write `${name}`, or `$${` for a literal `${`"));
+        };
+        let name = rest[i + 2..i + end].trim();
+        let Some(value) = vars.get(name) else {
+            let known = vars.keys().filter_map(Value::as_str);
+            return Err(Diagnostic::new(format!("unknown variable `{name}`"))
+                .at(sources.value(path))
+                .help(did_you_mean(name, known).unwrap_or_else(|| {
+                    "define it under `vars:` or with --set vars.NAME=VALUE".into()
+                })));
+        };
+        let mut value = value.clone();
+        if resolving.iter().any(|r| r == name) {
+            resolving.push(name.to_owned());
+            return Err(Diagnostic::new(format!(
+                "variables refer to each other in a cycle: {}",
+                resolving.join(" -> ")
+            ))
+            .at(sources.value(path)));
+        }
+        resolving.push(name.to_owned());
+        substitute(
+            &mut value,
+            vars,
+            &format!("vars.{name}"),
+            sources,
+            resolving,
+        )?;
+        resolving.pop();
+        let is_whole = i == 0 && end + 1 == rest.len() && out.is_empty();
+        if is_whole {
+            whole = Some(value);
+        } else {
+            match &value {
+                Value::String(t) => out.push_str(t),
+                Value::Number(n) => out.push_str(&n.to_string()),
+                Value::Bool(b) => out.push_str(&b.to_string()),
+                _ => {
+                    return Err(Diagnostic::new(format!(
+                        "variable `{name}` is a list or mapping and cannot be spliced into text"
+                    ))
+                    .at(sources.value(path))
+                    .help(format!("use it as the whole value: `\"${{{name}}}\"`")));
+                }
+            }
+        }
+        rest = &rest[i + end + 1..];
+    }
+    if let Some(v) = whole.filter(|_| rest.is_empty()) {
+        return Ok(v);
+    }
+    out.push_str(rest);
+    Ok(Value::String(out))
+}
+
+/// Merges `defaults.<kind>` under every stage of that kind.
+fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagnostics> {
+    let Some(map) = root.as_mapping_mut() else {
+        return Ok(());
+    };
+    let defaults = match map.get("defaults") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Mapping(d)) => d.clone(),
+        Some(_) => {
+            return Err(
+                Diagnostic::new("`defaults` must map stage kinds to settings")
+                    .at(sources.value("defaults"))
+                    .into(),
+            );
+        }
+    };
+    let mut diags = Diagnostics::default();
+    for (k, v) in &defaults {
+        let kind = k.as_str().unwrap_or("?");
+        let path = join("defaults", kind);
+        if StageKind::parse(kind).is_none() {
+            let kinds = StageKind::ALL.iter().map(|k| k.name());
+            diags.push(
+                Diagnostic::new(format!("`defaults` names unknown stage kind `{kind}`"))
+                    .at(sources.key(&path))
+                    .help(
+                        did_you_mean(kind, kinds)
+                            .unwrap_or_else(|| format!("stage kinds: {}", kind_list())),
+                    ),
+            );
+        } else if !v.is_mapping() {
+            diags.push(
+                Diagnostic::new(format!(
+                    "`defaults.{kind}` must be a mapping of stage settings"
+                ))
+                .at(sources.value(&path)),
+            );
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let Some(Value::Mapping(stages)) = map.get_mut("stages") else {
+        return Ok(());
+    };
+    for (name, stage) in stages.iter_mut() {
+        let (Some(name), Some(kind)) = (
+            name.as_str(),
+            stage.get("kind").and_then(Value::as_str).map(str::to_owned),
+        ) else {
+            continue;
+        };
+        if let Some(d) = defaults.get(kind.as_str()) {
+            *stage = deep_merge(d.clone(), stage.clone());
+            sources.copy_missing(&join("defaults", &kind), &join("stages", name));
+        }
+    }
+    Ok(())
+}
+
+fn kind_list() -> String {
+    StageKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_typed(
+    root: &Value,
+    sources: &SourceMap,
+) -> Result<(RecipeFile, Vec<super::Stage>), Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut header_value = root.clone();
+    let stages_value = header_value
+        .as_mapping_mut()
+        .and_then(|m| m.remove("stages"));
+    let header = match from_value::<RecipeFile>(header_value, "", sources) {
+        Ok(h) => Some(h),
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+    let mut stages = Vec::new();
+    match stages_value {
+        None | Some(Value::Null) => diags.push(
+            Diagnostic::new("the recipe has no `stages`")
+                .at(sources.value(""))
+                .help("add `stages:` with at least one stage, e.g. `corpus: { kind: dataset, source: { path: data.jsonl } }`"),
+        ),
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                let Some(name) = k.as_str() else {
+                    diags.push(Diagnostic::new("stage names must be text").at(sources.value("stages")));
+                    continue;
+                };
+                match parse_stage(name, v, sources) {
+                    Ok(spec) => stages.push(super::Stage { name: name.to_owned(), spec }),
+                    Err(d) => diags.push(d),
+                }
+            }
+        }
+        Some(_) => diags.push(
+            Diagnostic::new("`stages` must be a mapping from stage names to stages").at(sources.value("stages")),
+        ),
+    }
+    match header {
+        Some(h) if diags.is_empty() => Ok((h, stages)),
+        _ => Err(diags),
+    }
+}
+
+fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpec, Diagnostic> {
+    let path = join("stages", name);
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || name.is_empty()
+    {
+        return Err(Diagnostic::new(format!(
+            "stage name `{name}` may use only letters, digits, `_` and `-`"
+        ))
+        .at(sources.key(&path))
+        .help("`.` separates a stage from its output in `{ from: stage.output }`"));
+    }
+    let Some(map) = v.as_mapping_mut() else {
+        return Err(
+            Diagnostic::new(format!("stage `{name}` must be a mapping with a `kind`"))
+                .at(sources.value(&path)),
+        );
+    };
+    let kind = match map.remove("kind") {
+        Some(Value::String(k)) => k,
+        Some(_) => {
+            return Err(Diagnostic::new("`kind` must be a stage kind name")
+                .at(sources.value(&join(&path, "kind"))));
+        }
+        None => {
+            return Err(Diagnostic::new(format!("stage `{name}` has no `kind`"))
+                .at(sources.key(&path))
+                .help(format!("stage kinds: {}", kind_list())));
+        }
+    };
+    let Some(kind) = StageKind::parse(&kind) else {
+        let kinds = StageKind::ALL.iter().map(|k| k.name());
+        return Err(
+            Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
+                .at(sources.value(&join(&path, "kind")))
+                .help(
+                    did_you_mean(&kind, kinds)
+                        .unwrap_or_else(|| format!("stage kinds: {}", kind_list())),
+                ),
+        );
+    };
+    match kind {
+        StageKind::Dataset => from_value(v, &path, sources).map(StageSpec::Dataset),
+    }
+}
+
+/// Deserializes `v` (found at `path`), turning serde's error into a located diagnostic.
+pub fn from_value<T: DeserializeOwned>(
+    v: Value,
+    path: &str,
+    sources: &SourceMap,
+) -> Result<T, Diagnostic> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let mut at = path.to_owned();
+        for seg in e.path().iter() {
+            use serde_path_to_error::Segment;
+            match seg {
+                Segment::Seq { index } => at = join(&at, &index.to_string()),
+                Segment::Map { key } => at = join(&at, key),
+                Segment::Enum { .. } | Segment::Unknown => {}
+            }
+        }
+        serde_diagnostic(&e.into_inner().to_string(), &at, sources)
+    })
+}
+
+/// Rewrites serde's wording ("unknown field", "missing field") in the recipe's terms.
+fn serde_diagnostic(msg: &str, at: &str, sources: &SourceMap) -> Diagnostic {
+    let msg = strip_position(msg);
+    let place = if at.is_empty() {
+        "the recipe".to_owned()
+    } else {
+        format!("`{at}`")
+    };
+    let ticked =
+        |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let names = ticked(rest);
+        let field = names.first().cloned().unwrap_or_default();
+        let expected: Vec<&str> = names.iter().skip(1).map(String::as_str).collect();
+        // serde_path_to_error's path ends at the unknown key itself.
+        let parent = at.strip_suffix(&format!(".{field}")).unwrap_or(at);
+        let parent_place = if parent.is_empty() {
+            "the recipe".to_owned()
+        } else {
+            format!("`{parent}`")
+        };
+        let help = did_you_mean(&field, expected.iter().copied())
+            .unwrap_or_else(|| format!("valid keys here: {}", expected.join(", ")));
+        return Diagnostic::new(format!("unknown key `{field}` in {parent_place}"))
+            .at(sources.key(at))
+            .help(help);
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        let field = ticked(rest).into_iter().next().unwrap_or_default();
+        return Diagnostic::new(format!("missing key `{field}` in {place}")).at(sources.key(at));
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let names = ticked(rest);
+        let given = names.first().cloned().unwrap_or_default();
+        let expected: Vec<&str> = names.iter().skip(1).map(String::as_str).collect();
+        let help = did_you_mean(&given, expected.iter().copied())
+            .unwrap_or_else(|| format!("expected one of: {}", expected.join(", ")));
+        return Diagnostic::new(format!("`{given}` is not a valid value for {place}"))
+            .at(sources.value(at))
+            .help(help);
+    }
+    Diagnostic::new(format!("{place}: {msg}")).at(sources.value(at))
+}
+
+/// Makes every source path absolute against the directory of the file that wrote it, so a base
+/// recipe's `data/x.jsonl` means the same file whoever extends it. `--set` paths are relative
+/// to the working directory.
+fn resolve_source_paths(recipe: &mut Recipe) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    for stage in &mut recipe.stages {
+        let prefix = join("stages", &stage.name);
+        for (rel, input) in stage.spec.inputs_mut() {
+            if let Input::Source(src) = input {
+                let base = match recipe.sources.value(&join(&join(&prefix, &rel), "path")) {
+                    Some(Location::File { file, .. }) => {
+                        file.parent().map(Path::to_path_buf).unwrap_or_default()
+                    }
+                    _ => cwd.clone(),
+                };
+                let p = Path::new(&src.path);
+                src.resolved = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    base.join(p)
+                };
+            }
+        }
+    }
+}

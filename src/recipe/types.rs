@@ -1,0 +1,318 @@
+//! The recipe language as Rust types. These types are the single source of truth for
+//! parsing, for `schemas/recipe.schema.json` (`hone schema`) and for action keys.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A recipe file: a DAG of stages plus the settings they share.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "hone recipe")]
+pub struct RecipeFile {
+    /// Version of the recipe language. Only `1` exists.
+    pub version: u32,
+    /// Name of the pipeline; names the run directories.
+    pub name: String,
+    /// Free text for people reading the recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Seed for every random choice (splits, init, sampling). Part of every action key.
+    #[serde(default)]
+    pub seed: u64,
+    /// Where tensors live: `auto` picks a GPU backend when one was compiled in and found.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// Values for `${name}` anywhere in the recipe. Override with `--set vars.name=value`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Settings merged under every stage of a kind, keyed by kind: `defaults: { dataset: { dedup: false } }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub defaults: BTreeMap<StageKind, serde_json::Map<String, serde_json::Value>>,
+    /// Base recipe(s) to deep-merge under this one (paths relative to this file); this file wins,
+    /// and `key: null` removes an inherited key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<Extends>,
+    /// The stages by name (letters, digits, `_`, `-`). Their order in the file breaks ties in
+    /// the run order; the DAG comes from `{ from: ... }` references.
+    #[serde(default)]
+    pub stages: BTreeMap<String, StageSpec>,
+}
+
+/// One base recipe or several, merged in order.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Extends {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA if compiled in and present, else wgpu if an adapter is found, else CPU.
+    #[default]
+    Auto,
+    /// burn's flex CPU backend.
+    Cpu,
+    /// wgpu (Vulkan, Metal, DX12).
+    Wgpu,
+    /// NVIDIA CUDA (build hone with `--features cuda`).
+    Cuda,
+}
+
+/// The closed set of stage kinds.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    Dataset,
+}
+
+impl StageKind {
+    pub const ALL: &'static [StageKind] = &[StageKind::Dataset];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Dataset => "dataset",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StageKind> {
+        Self::ALL.iter().copied().find(|k| k.name() == s)
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A stage's configuration, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageSpec {
+    /// Read a table (JSONL, CSV, Parquet), clean it, split it, check it for leakage.
+    Dataset(DatasetSpec),
+}
+
+impl StageSpec {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            StageSpec::Dataset(_) => StageKind::Dataset,
+        }
+    }
+
+    /// Every input of the stage with its path inside the stage (`source`, `models.0`).
+    pub fn inputs(&self) -> Vec<(String, &Input)> {
+        match self {
+            StageSpec::Dataset(d) => vec![("source".into(), &d.source)],
+        }
+    }
+
+    pub fn inputs_mut(&mut self) -> Vec<(String, &mut Input)> {
+        match self {
+            StageSpec::Dataset(d) => vec![("source".into(), &mut d.source)],
+        }
+    }
+}
+
+/// Where a stage reads something from.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Input {
+    /// Another stage's artifact: `{ from: stage }`, or one of its outputs: `{ from: stage.output }`.
+    Stage(StageRef),
+    /// A file or directory outside the store: `{ path: data/qa.jsonl }`.
+    Source(SourceFile),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageRef {
+    /// `stage` or `stage.output`.
+    pub from: String,
+}
+
+impl StageRef {
+    pub fn stage(&self) -> &str {
+        self.from
+            .split_once('.')
+            .map_or(self.from.as_str(), |(s, _)| s)
+    }
+    pub fn output(&self) -> Option<&str> {
+        self.from.split_once('.').map(|(_, o)| o)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// Path relative to the recipe file that wrote it (or to the working directory for `--set`).
+    pub path: String,
+    /// File format; inferred from the extension when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<FileFormat>,
+    /// The path made absolute against the directory it is relative to (filled in by the loader).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub resolved: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+impl FileFormat {
+    pub const ALL: &'static [(&'static str, FileFormat)] = &[
+        ("jsonl", FileFormat::Jsonl),
+        ("json", FileFormat::Jsonl),
+        ("csv", FileFormat::Csv),
+        ("parquet", FileFormat::Parquet),
+    ];
+
+    pub fn from_extension(path: &str) -> Option<FileFormat> {
+        let ext = std::path::Path::new(path)
+            .extension()?
+            .to_str()?
+            .to_ascii_lowercase();
+        Self::ALL.iter().find(|(e, _)| *e == ext).map(|(_, f)| *f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            from: Option<String>,
+            path: Option<String>,
+            format: Option<FileFormat>,
+        }
+        use serde::de::Error;
+        match Raw::deserialize(d)? {
+            Raw {
+                from: Some(from),
+                path: None,
+                format: None,
+            } => Ok(Input::Stage(StageRef { from })),
+            Raw { from: Some(_), .. } => Err(D::Error::custom(
+                "an input is either `{ from: stage }` or `{ path: file }`, not both",
+            )),
+            Raw {
+                path: Some(path),
+                format,
+                ..
+            } => Ok(Input::Source(SourceFile {
+                path,
+                format,
+                resolved: PathBuf::new(),
+            })),
+            Raw { .. } => Err(D::Error::custom(
+                "an input needs `from: <stage>` (another stage's output) or `path: <file>`",
+            )),
+        }
+    }
+}
+
+/// `dataset`: read a table, clean it, split it deterministically, check it for leakage.
+/// Outputs: `train`, plus `validation` / `test` when split off (role `train`);
+/// `test` alone for role `eval`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// The rows: a JSONL/CSV/Parquet file, or another dataset stage (`{ from: raw.train }`).
+    pub source: Input,
+    /// Renames, `{ old_name: new_name }`; other columns keep their names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
+    /// Keep only these columns (names after renaming), in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<String>>,
+    /// Drop rows identical to an earlier row (the count is reported).
+    #[serde(default = "yes")]
+    pub dedup: bool,
+    /// A row without a column other rows have: `error` (default) names the file and line;
+    /// `null` keeps the row with an empty value.
+    #[serde(default)]
+    pub missing: MissingPolicy,
+    /// Held-out splits.
+    #[serde(default)]
+    pub split: SplitSpec,
+    /// `eval`: this dataset is for evaluation only; every `train`-role dataset of the recipe is
+    /// checked against it for leakage.
+    #[serde(default)]
+    pub role: DatasetRole,
+    /// Columns whose text identifies an example for leakage checks and split grouping
+    /// (default: every text column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leakage_key: Option<Vec<String>>,
+    /// What an overlap between splits, or with an `eval` dataset, does: `error` (default) or `warn`.
+    #[serde(default)]
+    pub on_leak: OnLeak,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingPolicy {
+    #[default]
+    Error,
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetRole {
+    #[default]
+    Train,
+    Eval,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeak {
+    #[default]
+    Error,
+    Warn,
+}
+
+/// Sizes of held-out splits: a fraction in (0, 1) or a whole number of rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<f64>,
+}
+
+impl DatasetSpec {
+    /// Output names, in a stable order.
+    pub fn outputs(&self) -> Vec<&'static str> {
+        match self.role {
+            DatasetRole::Eval => vec!["test"],
+            DatasetRole::Train => {
+                let mut v = vec!["train"];
+                if self.split.validation.is_some_and(|x| x > 0.0) {
+                    v.push("validation");
+                }
+                if self.split.test.is_some_and(|x| x > 0.0) {
+                    v.push("test");
+                }
+                v
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `dataset`: read a table, rename/select columns, drop exact duplicates, split it
+//! deterministically, and check for leakage between its splits and against the recipe's
+//! `eval` datasets. Writes one Parquet file per split.
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use super::{ArtifactType, StageResult};
+use crate::data::leakage::{self, Key, Overlap};
+use crate::data::split::{self, Split};
+use crate::data::table::{self, Row, Table};
+use crate::exec::context::{ArtifactView, ResolvedInput, StageContext};
+use crate::recipe::types::{DatasetRole, DatasetSpec, FileFormat, MissingPolicy, OnLeak};
+
+/// The file each split output holds.
+pub const TABLE_FILE: &str = "data.parquet";
+
+pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    ctx.progress.set_message("reading");
+    let mut t = match ctx.input("source")? {
+        ResolvedInput::File {
+            path,
+            label,
+            format,
+        } => {
+            let format = format
+                .or_else(|| FileFormat::from_extension(label))
+                .unwrap_or(FileFormat::Jsonl);
+            table::read_file(path, label, format, spec.missing)?
+        }
+        ResolvedInput::Artifact(view) => read_artifact(view, spec.missing)?,
+    };
+    ctx.check_cancelled()?;
+    let rows_read = t.rows.len();
+    t.rename(&spec.columns)?;
+    if let Some(select) = &spec.select {
+        t.select(select)?;
+    }
+    let duplicates = if spec.dedup { t.dedup() } else { 0 };
+
+    let key_columns = spec.leakage_key.clone().unwrap_or_else(|| t.text_columns());
+    let keys = row_keys(&t, &key_columns)?;
+    ctx.progress.set_message("splitting");
+    let assignment = match spec.role {
+        DatasetRole::Eval => vec![Split::Test; t.rows.len()],
+        DatasetRole::Train => {
+            let groups: Vec<String> = keys.iter().map(|k| k.normalized.clone()).collect();
+            split::assign(&groups, spec.split.validation, spec.split.test, ctx.seed)?
+        }
+    };
+    let splits: Vec<Split> = spec
+        .outputs()
+        .iter()
+        .map(|o| match *o {
+            "validation" => Split::Validation,
+            "test" => Split::Test,
+            _ => Split::Train,
+        })
+        .collect();
+    let part = |s: Split| -> (Vec<Row>, Vec<Key>) {
+        assignment
+            .iter()
+            .zip(t.rows.iter().zip(&keys))
+            .filter(|(a, _)| **a == s)
+            .map(|(_, (r, k))| (r.clone(), k.clone()))
+            .unzip()
+    };
+    let parts: Vec<(Split, Vec<Row>, Vec<Key>)> = splits
+        .iter()
+        .map(|&s| {
+            let (rows, keys) = part(s);
+            (s, rows, keys)
+        })
+        .collect();
+
+    ctx.progress.set_message("checking for leakage");
+    let mut overlaps: Vec<Overlap> = Vec::new();
+    for (i, (sa, _, ka)) in parts.iter().enumerate() {
+        for (sb, _, kb) in &parts[i + 1..] {
+            overlaps.push(leakage::overlap(sa.name(), ka, sb.name(), kb));
+        }
+    }
+    for (name, view) in &ctx.checked_against {
+        let eval = read_artifact(view, MissingPolicy::Null)?;
+        let cols: Vec<String> = key_columns
+            .iter()
+            .filter(|c| eval.column(c).is_some())
+            .cloned()
+            .collect();
+        let cols = if cols.is_empty() {
+            eval.text_columns()
+        } else {
+            cols
+        };
+        let eval_keys = row_keys(&eval, &cols)?;
+        for (s, _, k) in &parts {
+            overlaps.push(leakage::overlap(
+                s.name(),
+                k,
+                &format!("eval dataset `{name}`"),
+                &eval_keys,
+            ));
+        }
+    }
+    let leaks: Vec<&Overlap> = overlaps.iter().filter(|o| o.total() > 0).collect();
+    let mut warnings = Vec::new();
+    if !leaks.is_empty() {
+        let text: Vec<String> = leaks
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} rows of {} also in {} ({} exact, {} after normalising); e.g. {}",
+                    o.total(),
+                    o.a,
+                    o.b,
+                    o.exact,
+                    o.near,
+                    o.examples.join("; ")
+                )
+            })
+            .collect();
+        match spec.on_leak {
+            OnLeak::Error => bail!(
+                "data leakage in stage `{}`:\n  {}\nremove the overlapping examples, or set `on_leak: warn` to proceed anyway",
+                ctx.stage,
+                text.join("\n  ")
+            ),
+            OnLeak::Warn => warnings.extend(text.into_iter().map(|t| format!("leakage: {t}"))),
+        }
+    }
+
+    ctx.progress.set_message("writing");
+    let mut rows_per_split = serde_json::Map::new();
+    for (s, rows, _) in &parts {
+        let dir = ctx.output_dir(s.name(), ArtifactType::Table)?;
+        table::write_parquet(&t.with_rows(rows.clone()), &dir.join(TABLE_FILE))?;
+        rows_per_split.insert(s.name().to_owned(), rows.len().into());
+    }
+
+    let mut metrics = serde_json::Map::new();
+    for (s, rows, _) in &parts {
+        metrics.insert(format!("rows_{}", s.name()), rows.len().into());
+    }
+    metrics.insert("duplicates_dropped".into(), duplicates.into());
+    metrics.insert(
+        "leaked_rows".into(),
+        leaks.iter().map(|o| o.total()).sum::<usize>().into(),
+    );
+    let columns: Vec<Value> = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({ "name": c, "type": t.types[i], "nulls": t.rows.iter().filter(|r| r.values[i].is_null()).count() }))
+        .collect();
+    let summary = json!({
+        "source": t.source,
+        "rows_read": rows_read,
+        "duplicates_dropped": duplicates,
+        "rows": rows_per_split,
+        "columns": columns,
+        "key_columns": key_columns,
+        "leakage": overlaps,
+        "first_rows": t.with_rows(parts[0].1.iter().take(3).cloned().collect()).row_objects(3),
+    });
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary,
+    })
+}
+
+/// The text of `columns` in each row, as leakage/grouping keys.
+fn row_keys(t: &Table, columns: &[String]) -> Result<Vec<Key>> {
+    let idx = t.indices(columns, "`leakage_key` names")?;
+    Ok(t.rows
+        .iter()
+        .map(|r| {
+            let parts: Vec<String> = idx
+                .iter()
+                .map(|&i| match &r.values[i] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    v => v.to_string(),
+                })
+                .collect();
+            let exact = parts.join("\u{1f}");
+            let normalized = parts
+                .iter()
+                .map(|p| leakage::normalize(p))
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let normalized = if normalized.chars().all(|c| c == ' ' || c == '|') {
+                String::new()
+            } else {
+                normalized
+            };
+            Key {
+                exact,
+                normalized,
+                origin: t.origin(r),
+            }
+        })
+        .collect())
+}
+
+/// The rows of an upstream dataset artifact: its selected splits, concatenated in order.
+pub fn read_artifact(view: &ArtifactView, missing: MissingPolicy) -> Result<Table> {
+    let mut out: Option<Table> = None;
+    for split in ["train", "validation", "test"] {
+        let Some(o) = view.outputs.get(split) else {
+            continue;
+        };
+        let Some(path) = o.files.get(TABLE_FILE) else {
+            bail!("`{}` has no {TABLE_FILE} in output `{split}`", view.label)
+        };
+        let t = table::read_parquet(path, &format!("{}.{split}", view.label), missing)?;
+        match &mut out {
+            None => out = Some(t),
+            Some(acc) => {
+                if acc.columns != t.columns {
+                    bail!("splits of `{}` have different columns", view.label);
+                }
+                acc.rows.extend(t.rows);
+            }
+        }
+    }
+    out.ok_or_else(|| anyhow::anyhow!("`{}` has no dataset splits", view.label))
+}

@@ -1,0 +1,90 @@
+//! Stage kinds: what each produces and accepts (the contracts checked before anything runs),
+//! and how each runs. One file per kind.
+
+pub mod dataset;
+
+use std::path::PathBuf;
+
+use crate::exec::context::StageContext;
+use crate::recipe::types::{StageKind, StageSpec};
+
+/// The type of an artifact, for contracts between stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactType {
+    /// All splits of a dataset stage (`{ from: corpus }`).
+    Dataset,
+    /// One split: a Parquet table (`{ from: corpus.train }`).
+    Table,
+}
+
+impl ArtifactType {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ArtifactType::Dataset => "a dataset",
+            ArtifactType::Table => "a dataset split",
+        }
+    }
+}
+
+/// What a stage produces: its named outputs, each with a type. A reference without an output
+/// name (`{ from: stage }`) takes the stage's whole artifact, of type [`StageSpec::artifact_type`].
+pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
+    match spec {
+        StageSpec::Dataset(d) => d
+            .outputs()
+            .into_iter()
+            .map(|o| (o, ArtifactType::Table))
+            .collect(),
+    }
+}
+
+impl StageSpec {
+    pub fn artifact_type(&self) -> ArtifactType {
+        match self {
+            StageSpec::Dataset(_) => ArtifactType::Dataset,
+        }
+    }
+
+    /// Whether this kind's result depends on the tensor backend (then the backend is part of
+    /// its action key; data preparation is the same on every backend, so it is not).
+    pub fn uses_backend(&self) -> bool {
+        match self.kind() {
+            StageKind::Dataset => false,
+        }
+    }
+}
+
+/// The artifact types an input accepts, by the input's path inside the stage.
+pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
+    match (kind, input) {
+        (StageKind::Dataset, _) => &[ArtifactType::Dataset, ArtifactType::Table],
+    }
+}
+
+/// A file a stage wrote into its scratch directory, under an output name.
+#[derive(Debug, Clone)]
+pub struct ProducedOutput {
+    pub name: String,
+    pub artifact_type: ArtifactType,
+    /// Directory holding the output's files (inside the scratch dir).
+    pub dir: PathBuf,
+}
+
+/// What a finished stage hands to the store.
+#[derive(Debug, Default)]
+pub struct StageResult {
+    /// Headline numbers for the lockfile, `hone show` and `hone status`.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Pitfalls worth a person's attention (leakage under `on_leak: warn`, ...).
+    pub warnings: Vec<String>,
+    /// The detailed summary `hone show` prints.
+    pub summary: serde_json::Value,
+}
+
+/// Runs one stage. Inputs, scratch space, seed and cancellation come from `ctx`.
+pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResult> {
+    match spec {
+        StageSpec::Dataset(d) => dataset::run(d, ctx),
+    }
+}

@@ -1,0 +1,90 @@
+//! `<recipe>.lock`: what each stage of a recipe last produced, written beside the recipe.
+//! Its content is a function of the committed manifests only (no clocks), so an unchanged
+//! rerun leaves it byte-for-byte the same.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::Manifest;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockfile {
+    pub version: u32,
+    pub recipe: String,
+    /// Stages by name.
+    pub stages: BTreeMap<String, LockedStage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedStage {
+    pub kind: String,
+    pub action: String,
+    /// Digest of all outputs together.
+    pub artifact: String,
+    pub outputs: BTreeMap<String, String>,
+    pub hone_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    pub wall_time_s: f64,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl LockedStage {
+    pub fn from_manifest(m: &Manifest) -> LockedStage {
+        LockedStage {
+            kind: m.kind.clone(),
+            action: m.action.clone(),
+            artifact: m.artifact_digest(),
+            outputs: m
+                .outputs
+                .iter()
+                .map(|(k, o)| (k.clone(), o.digest.clone()))
+                .collect(),
+            hone_version: m.hone_version.clone(),
+            backend: m
+                .material
+                .get("backend")
+                .and_then(|b| b.as_str())
+                .map(str::to_owned),
+            wall_time_s: (m.wall_time_s * 1000.0).round() / 1000.0,
+            metrics: m.metrics.clone(),
+        }
+    }
+}
+
+const HEADER: &str = "# Written by hone: what each stage last produced. Commit it with the recipe;\n# `hone run --locked` fails where a run would change it.\n";
+
+impl Lockfile {
+    pub fn read(path: &Path) -> Result<Option<Lockfile>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(serde_yaml::from_str(&text).with_context(|| {
+                format!(
+                    "cannot parse lockfile {} (delete it to start afresh)",
+                    path.display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn render(&self) -> Result<String> {
+        Ok(format!("{HEADER}{}", serde_yaml::to_string(self)?))
+    }
+
+    /// Writes the lockfile if its content changed. Returns whether it did.
+    pub fn write(&self, path: &Path) -> Result<bool> {
+        let text = self.render()?;
+        if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+            return Ok(false);
+        }
+        super::write_atomic(path, text.as_bytes())?;
+        Ok(true)
+    }
+}

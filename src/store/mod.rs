@@ -1,0 +1,559 @@
+//! The content-addressed store (`.hone/` beside the recipe by default).
+//!
+//! ```text
+//! .hone/
+//!   FORMAT                      cache format version
+//!   store.lock                  shared by runs, exclusive for gc
+//!   blobs/ab/<blake3>           file contents, read-only, named by digest
+//!   actions/ab/<key>.json       one manifest per action: what ran, its outputs' blobs, metrics
+//!   locks/<key>.lock            per-action locks: two processes never run one action twice
+//!   scratch/<key>-<pid>-<n>/    work in progress; never read, removed by gc
+//!   runs/<time>-<pid>/          resolved recipe, metrics JSONL and summary of each run
+//!   hashcache.json              (size, mtime, inode) -> digest of input files
+//! ```
+//! A commit moves finished files into `blobs/` (fsync, rename) and writes the manifest last
+//! (temp file, fsync, rename), so a killed process leaves either a whole action or none.
+
+pub mod hash;
+pub mod lockfile;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::stages::{ArtifactType, ProducedOutput};
+
+/// Bumped whenever the layout or the meaning of action keys changes; part of every key.
+pub const CACHE_FORMAT: u32 = 1;
+
+/// One file of an output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// One named output of an action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputEntry {
+    #[serde(rename = "type")]
+    pub artifact_type: ArtifactType,
+    /// Digest of the output's content (types and files), what downstream keys use.
+    pub digest: String,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// The record of one committed action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub action: String,
+    pub stage: String,
+    pub kind: String,
+    /// Everything the action key hashes (resolved config, input digests, seed, ...).
+    pub material: serde_json::Value,
+    /// People-readable names of the inputs (`data/qa.jsonl`, `stage corpus.train`).
+    pub input_labels: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, OutputEntry>,
+    /// Headline numbers (lockfile, status).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// The detailed summary (`hone show`).
+    pub summary: serde_json::Value,
+    pub warnings: Vec<String>,
+    pub wall_time_s: f64,
+    pub created_unix: u64,
+    pub hone_version: String,
+}
+
+impl Manifest {
+    /// Digest of all outputs together (`{ from: stage }`).
+    pub fn artifact_digest(&self) -> String {
+        artifact_digest(&self.outputs)
+    }
+}
+
+pub fn artifact_digest(outputs: &BTreeMap<String, OutputEntry>) -> String {
+    let v: BTreeMap<&String, &String> = outputs.iter().map(|(k, o)| (k, &o.digest)).collect();
+    hash::hash_bytes(
+        serde_json::to_string(&v)
+            .expect("map serializes")
+            .as_bytes(),
+    )
+}
+
+fn output_digest(t: ArtifactType, files: &BTreeMap<String, FileEntry>) -> String {
+    let v = serde_json::json!({ "type": t, "files": files.iter().map(|(k, f)| (k.clone(), f.digest.clone())).collect::<BTreeMap<_, _>>() });
+    hash::hash_bytes(v.to_string().as_bytes())
+}
+
+/// Test-only fault injection. With `HONE_TEST_FAULT=<point>` the process announces the point on
+/// stderr and stops there until it is killed, so tests can SIGKILL it mid-commit. With
+/// `HONE_TEST_PAUSE=<point>=<ms>` it sleeps there, widening race windows for concurrency tests.
+pub fn fault_point(point: &str) {
+    if std::env::var("HONE_TEST_FAULT").is_ok_and(|p| p == point) {
+        eprintln!("hone-fault-point: {point}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    if let Ok(spec) = std::env::var("HONE_TEST_PAUSE")
+        && let Some((p, ms)) = spec.split_once('=')
+        && p == point
+        && let Ok(ms) = ms.parse()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// An open store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct LockGuard(#[allow(dead_code)] File);
+
+/// A directory for one stage's work in progress; removed on drop unless committed.
+#[derive(Debug)]
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+static SCRATCH_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// The store for a recipe: `--store`, else `$HONE_STORE`, else `.hone/` beside the recipe.
+    pub fn location(explicit: Option<&Path>, recipe: Option<&Path>) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_path_buf();
+        }
+        if let Some(p) = std::env::var_os("HONE_STORE").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        match recipe.and_then(Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(".hone"),
+            _ => PathBuf::from(".hone"),
+        }
+    }
+
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["blobs", "actions", "locks", "scratch", "runs"] {
+            fs::create_dir_all(root.join(sub)).with_context(|| {
+                format!("cannot create store directory {}", root.join(sub).display())
+            })?;
+        }
+        let format_file = root.join("FORMAT");
+        match fs::read_to_string(&format_file) {
+            Ok(s) if s.trim() == CACHE_FORMAT.to_string() => {}
+            Ok(s) => bail!(
+                "store {} has cache format {}, this hone writes format {CACHE_FORMAT}; use another --store or remove it",
+                root.display(),
+                s.trim()
+            ),
+            Err(_) => write_atomic(&format_file, CACHE_FORMAT.to_string().as_bytes())?,
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing store without creating one.
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("FORMAT").is_file() {
+            bail!(
+                "no hone store at {} (run a recipe first, or pass --store)",
+                root.display()
+            );
+        }
+        Store::open(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs").join(&digest[..2]).join(digest)
+    }
+
+    fn manifest_path(&self, action: &str) -> PathBuf {
+        self.root
+            .join("actions")
+            .join(&action[..2])
+            .join(format!("{action}.json"))
+    }
+
+    pub fn hash_cache(&self, distrust: bool) -> hash::HashCache {
+        hash::HashCache::load(self.root.join("hashcache.json"), distrust)
+    }
+
+    pub fn has(&self, action: &str) -> bool {
+        self.manifest_path(action).is_file()
+    }
+
+    pub fn manifest(&self, action: &str) -> Result<Option<Manifest>> {
+        let path = self.manifest_path(action);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("corrupt manifest {}", path.display())
+                })?))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Every manifest in the store (unreadable ones are skipped; `verify` reports them).
+    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for f in hash::walk_files(&self.root.join("actions"))? {
+            if f.extension().is_some_and(|e| e == "json")
+                && let Ok(bytes) = fs::read(self.root.join("actions").join(&f))
+                && let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
+            {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| (a.created_unix, &a.stage).cmp(&(b.created_unix, &b.stage)));
+        Ok(out)
+    }
+
+    /// Runs hold the store lock shared; gc holds it exclusive.
+    pub fn lock_shared(&self) -> Result<LockGuard> {
+        let f = lock_file(&self.root.join("store.lock"))?;
+        f.lock_shared().context("cannot lock the store")?;
+        Ok(LockGuard(f))
+    }
+
+    pub fn try_lock_exclusive(&self) -> Result<Option<LockGuard>> {
+        let f = lock_file(&self.root.join("store.lock"))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(LockGuard(f))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e).context("cannot lock the store"),
+        }
+    }
+
+    /// Locks one action. `Err(None)`-like: returns whether we had to wait for another process.
+    pub fn lock_action(&self, action: &str, on_wait: impl FnOnce()) -> Result<LockGuard> {
+        let f = lock_file(&self.root.join("locks").join(format!("{action}.lock")))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                f.lock().context("cannot lock action")?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).context("cannot lock action"),
+        }
+        Ok(LockGuard(f))
+    }
+
+    pub fn scratch(&self, action: &str) -> Result<Scratch> {
+        let n = SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            self.root
+                .join("scratch")
+                .join(format!("{}-{}-{n}", &action[..16], std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Ok(Scratch { dir })
+    }
+
+    /// Moves the produced files into `blobs/` and writes the manifest last.
+    /// `manifest.outputs` is filled in here.
+    pub fn commit(&self, produced: &[ProducedOutput], mut manifest: Manifest) -> Result<Manifest> {
+        fault_point("before-commit");
+        let mut touched_dirs = BTreeSet::new();
+        for out in produced {
+            let mut files = BTreeMap::new();
+            for rel in hash::walk_files(&out.dir)? {
+                let src = out.dir.join(&rel);
+                File::open(&src)?.sync_all()?;
+                let digest = hash::hash_file(&src)?;
+                let size = fs::metadata(&src)?.len();
+                let dst = self.blob_path(&digest);
+                if dst.is_file() {
+                    fs::remove_file(&src)?;
+                } else {
+                    let dir = dst.parent().expect("blob has a parent");
+                    fs::create_dir_all(dir)?;
+                    let mut perms = fs::metadata(&src)?.permissions();
+                    perms.set_readonly(true);
+                    fs::set_permissions(&src, perms)?;
+                    fs::rename(&src, &dst)?;
+                    touched_dirs.insert(dir.to_path_buf());
+                    fault_point("mid-blobs");
+                }
+                let rel = rel.to_string_lossy().replace('\\', "/");
+                files.insert(rel, FileEntry { digest, size });
+            }
+            let digest = output_digest(out.artifact_type, &files);
+            manifest.outputs.insert(
+                out.name.clone(),
+                OutputEntry {
+                    artifact_type: out.artifact_type,
+                    digest,
+                    files,
+                },
+            );
+        }
+        for dir in &touched_dirs {
+            File::open(dir)?.sync_all()?;
+        }
+        fault_point("before-manifest");
+        let path = self.manifest_path(&manifest.action);
+        fs::create_dir_all(path.parent().expect("manifest has a parent"))?;
+        write_atomic_with(&path, &serde_json::to_vec_pretty(&manifest)?, || {
+            fault_point("manifest-tmp-written")
+        })?;
+        fault_point("after-manifest");
+        Ok(manifest)
+    }
+
+    /// Checks a manifest's blobs against their digests (verification on read).
+    pub fn verify_manifest(&self, m: &Manifest) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, out) in &m.outputs {
+            for (rel, f) in &out.files {
+                let p = self.blob_path(&f.digest);
+                match hash::hash_file(&p) {
+                    Ok(d) if d == f.digest => {}
+                    Ok(_) => problems.push(format!(
+                        "stage `{}` output `{name}`: {rel} is corrupt (blob {})",
+                        m.stage,
+                        p.display()
+                    )),
+                    Err(_) => problems.push(format!(
+                        "stage `{}` output `{name}`: {rel} is missing (blob {})",
+                        m.stage,
+                        p.display()
+                    )),
+                }
+            }
+        }
+        problems
+    }
+
+    /// Removes a manifest (a broken action becomes "never run").
+    pub fn forget(&self, action: &str) -> Result<()> {
+        match fs::remove_file(self.manifest_path(action)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Full check of the store.
+    pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for f in hash::walk_files(&self.root.join("actions"))? {
+            let path = self.root.join("actions").join(&f);
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if !name.ends_with(".json") || name.starts_with('.') {
+                continue; // unfinished manifests are listed with the garbage below
+            }
+            let m = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+            let Some(m) = m else {
+                report
+                    .problems
+                    .push(format!("unreadable manifest {}", path.display()));
+                if repair {
+                    fs::remove_file(&path)?;
+                }
+                continue;
+            };
+            report.actions += 1;
+            let problems = self.verify_manifest(&m);
+            report.blobs_checked += m.outputs.values().map(|o| o.files.len()).sum::<usize>();
+            if !problems.is_empty() && repair {
+                // Forget the action and delete its damaged blobs, so a recomputation that
+                // produces the same digest writes a good copy instead of reusing the bad one.
+                self.forget(&m.action)?;
+                for f in m.outputs.values().flat_map(|o| o.files.values()) {
+                    let p = self.blob_path(&f.digest);
+                    if p.is_file() && hash::hash_file(&p).is_ok_and(|d| d != f.digest) {
+                        fs::remove_file(&p)?;
+                    }
+                }
+            }
+            report.problems.extend(problems);
+        }
+        let (orphans, scratch) = self.garbage(&self.referenced_blobs()?)?;
+        report.reclaimable.extend(
+            orphans
+                .iter()
+                .map(|p| format!("unreferenced blob {}", p.display())),
+        );
+        report.reclaimable.extend(
+            scratch
+                .iter()
+                .map(|p| format!("leftover scratch {}", p.display())),
+        );
+        Ok(report)
+    }
+
+    fn referenced_blobs(&self) -> Result<BTreeSet<String>> {
+        Ok(self
+            .manifests()?
+            .iter()
+            .flat_map(|m| {
+                m.outputs
+                    .values()
+                    .flat_map(|o| o.files.values().map(|f| f.digest.clone()))
+            })
+            .collect())
+    }
+
+    /// Unreferenced blobs and leftover scratch entries / unfinished manifests.
+    fn garbage(&self, keep: &BTreeSet<String>) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let mut orphans = Vec::new();
+        for f in hash::walk_files(&self.root.join("blobs"))? {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if !keep.contains(&name) {
+                orphans.push(self.root.join("blobs").join(f));
+            }
+        }
+        let mut scratch: Vec<PathBuf> = fs::read_dir(self.root.join("scratch"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        for f in hash::walk_files(&self.root.join("actions"))? {
+            if f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                scratch.push(self.root.join("actions").join(f));
+            }
+        }
+        scratch.sort();
+        Ok((orphans, scratch))
+    }
+
+    /// Removes garbage. With `keep_actions`, also drops every action not in it.
+    /// Needs the store to itself: fails while a run holds it.
+    pub fn gc(&self, keep_actions: Option<&BTreeSet<String>>, dry_run: bool) -> Result<GcReport> {
+        let Some(_lock) = self.try_lock_exclusive()? else {
+            bail!(
+                "another hone process is using the store {}; try gc again when it finishes",
+                self.root.display()
+            );
+        };
+        let mut report = GcReport::default();
+        if let Some(keep) = keep_actions {
+            for m in self.manifests()? {
+                if !keep.contains(&m.action) {
+                    report.actions_removed += 1;
+                    if !dry_run {
+                        self.forget(&m.action)?;
+                    }
+                }
+            }
+        }
+        let (orphans, scratch) = self.garbage(&self.referenced_blobs()?)?;
+        for p in &orphans {
+            report.bytes_freed += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            report.blobs_removed += 1;
+            if !dry_run {
+                fs::remove_file(p)?;
+            }
+        }
+        for p in &scratch {
+            report.scratch_removed += 1;
+            if !dry_run {
+                if p.is_dir() {
+                    fs::remove_dir_all(p)?
+                } else {
+                    fs::remove_file(p)?
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Bytes used per area of the store.
+    pub fn disk_usage(&self) -> Result<BTreeMap<&'static str, (u64, u64)>> {
+        let mut out = BTreeMap::new();
+        for area in ["blobs", "actions", "scratch", "runs"] {
+            let dir = self.root.join(area);
+            let files = hash::walk_files(&dir)?;
+            let bytes = files
+                .iter()
+                .map(|f| fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            out.insert(area, (files.len() as u64, bytes));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub actions: usize,
+    pub blobs_checked: usize,
+    /// Corruption: missing or altered blobs, unreadable manifests.
+    pub problems: Vec<String>,
+    /// Not corruption: leftovers of interrupted runs that `gc` removes.
+    pub reclaimable: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub actions_removed: usize,
+    pub blobs_removed: usize,
+    pub scratch_removed: usize,
+    pub bytes_freed: u64,
+}
+
+fn lock_file(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))
+}
+
+/// Writes `path` whole or not at all: a hidden temp file beside it, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, bytes, || {})
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], before_rename: impl FnOnce()) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let n = SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    before_rename();
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! Malformed recipes and datasets: each must fail with exit code 2, an error that names the
+//! place (file:line or the --set), and nothing committed to the store.
+
+mod common;
+use common::{Project, qa_jsonl};
+
+struct Case {
+    name: &'static str,
+    recipe: &'static str,
+    /// Extra files: (path, content).
+    files: &'static [(&'static str, &'static str)],
+    args: &'static [&'static str],
+    /// Every one of these must appear in stderr.
+    expect: &'static [&'static str],
+}
+
+const HEAD: &str = "version: 1\nname: t\n";
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "yaml syntax",
+            recipe: "version: 1\nname: t\nstages: [\n",
+            files: &[],
+            args: &[],
+            expect: &["invalid YAML", "r.yaml:4:"],
+        },
+        Case {
+            name: "empty file",
+            recipe: "",
+            files: &[],
+            args: &[],
+            expect: &["is empty", "r.yaml:1:1"],
+        },
+        Case {
+            name: "top level list",
+            recipe: "- a\n- b\n",
+            files: &[],
+            args: &[],
+            expect: &["must be a mapping", "r.yaml:1:1"],
+        },
+        Case {
+            name: "missing version",
+            recipe: "name: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["missing key `version`", "r.yaml:1:"],
+        },
+        Case {
+            name: "unsupported version",
+            recipe: "version: 2\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["version 2 is not supported", "r.yaml:1:10"],
+        },
+        Case {
+            name: "unknown top-level key",
+            recipe: "version: 1\nname: t\nsead: 3\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["unknown key `sead`", "did you mean `seed`", "r.yaml:3:1"],
+        },
+        Case {
+            name: "no stages",
+            recipe: "version: 1\nname: t\n",
+            files: &[],
+            args: &[],
+            expect: &["no `stages`", "r.yaml:1:"],
+        },
+        Case {
+            name: "stage without kind",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    source: { path: d.jsonl }\n",
+            files: &[],
+            args: &[],
+            expect: &["has no `kind`", "r.yaml:4:3"],
+        },
+        Case {
+            name: "unknown kind",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: datset\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "unknown stage kind `datset`",
+                "did you mean `dataset`",
+                "r.yaml:5:11",
+            ],
+        },
+        Case {
+            name: "unknown stage key",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    splt: { validation: 0.1 }\n",
+            files: &[],
+            args: &[],
+            expect: &["unknown key `splt`", "did you mean `split`", "r.yaml:7:5"],
+        },
+        Case {
+            name: "wrong type",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    dedup: maybe\n",
+            files: &[],
+            args: &[],
+            expect: &["stages.a.dedup", "invalid type", "r.yaml:7:12"],
+        },
+        Case {
+            name: "nested unknown key",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    split: { validaton: 0.1 }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "unknown key `validaton`",
+                "did you mean `validation`",
+                "r.yaml:7:14",
+            ],
+        },
+        Case {
+            name: "bad split size",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    split: { validation: 1.5 }\n",
+            files: &[],
+            args: &[],
+            expect: &["neither a fraction", "r.yaml:7:26"],
+        },
+        Case {
+            name: "split leaves nothing",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    split:\n      validation: 0.5\n      test: 0.5\n",
+            files: &[],
+            args: &[],
+            expect: &["leaving no training rows", "r.yaml:8:"],
+        },
+        Case {
+            name: "unknown reference",
+            recipe: "version: 1\nname: t\nstages:\n  qa: { kind: dataset, source: { path: d.jsonl } }\n  b:\n    kind: dataset\n    source: { from: qaa }\n",
+            files: &[],
+            args: &[],
+            expect: &["unknown stage `qaa`", "did you mean `qa`", "r.yaml:7:21"],
+        },
+        Case {
+            name: "unknown output",
+            recipe: "version: 1\nname: t\nstages:\n  qa: { kind: dataset, source: { path: d.jsonl }, split: { test: 0.2 } }\n  b:\n    kind: dataset\n    source: { from: qa.tset }\n",
+            files: &[],
+            args: &[],
+            expect: &["has no output `tset`", "did you mean `test`", "r.yaml:7:21"],
+        },
+        Case {
+            name: "output of unsplit dataset",
+            recipe: "version: 1\nname: t\nstages:\n  qa: { kind: dataset, source: { path: d.jsonl } }\n  b:\n    kind: dataset\n    source: { from: qa.validation }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "has no output `validation`",
+                "produces: train",
+                "r.yaml:7:21",
+            ],
+        },
+        Case {
+            name: "cycle",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { from: b }\n  b:\n    kind: dataset\n    source: { from: a }\n",
+            files: &[],
+            args: &[],
+            expect: &["cycle: a -> b -> a", "r.yaml:9:21"],
+        },
+        Case {
+            name: "self cycle",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { from: a }\n",
+            files: &[],
+            args: &[],
+            expect: &["cycle: a -> a", "r.yaml:6:21"],
+        },
+        Case {
+            name: "missing source file",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: nope.jsonl }\n",
+            files: &[],
+            args: &[],
+            expect: &["`nope.jsonl` not found", "r.yaml:6:21"],
+        },
+        Case {
+            name: "unknown format",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: notes.txt }\n",
+            files: &[("notes.txt", "hi\n")],
+            args: &[],
+            expect: &["cannot tell the format", "add `format:`", "r.yaml:6:21"],
+        },
+        Case {
+            name: "bad format name",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl, format: jsnl }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`jsnl` is not a valid value",
+                "did you mean `jsonl`",
+                "r.yaml:6:",
+            ],
+        },
+        Case {
+            name: "input with from and path",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { from: b, path: d.jsonl }\n",
+            files: &[],
+            args: &[],
+            expect: &["not both", "r.yaml:6:"],
+        },
+        Case {
+            name: "input with neither",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { format: csv }\n",
+            files: &[],
+            args: &[],
+            expect: &["needs `from: <stage>`", "r.yaml:6:"],
+        },
+        Case {
+            name: "input key typo",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { form: b }\n",
+            files: &[],
+            args: &[],
+            expect: &["unknown key `form`", "did you mean `from`", "r.yaml:6:15"],
+        },
+        Case {
+            name: "unknown variable",
+            recipe: "version: 1\nname: t\nvars: { frac: 0.1 }\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    split: { validation: \"${fracc}\" }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "unknown variable `fracc`",
+                "did you mean `frac`",
+                "r.yaml:8:26",
+            ],
+        },
+        Case {
+            name: "unclosed variable",
+            recipe: "version: 1\nname: t\nvars: { f: d }\nstages:\n  a:\n    kind: dataset\n    source: { path: \"${f.jsonl\" }\n",
+            files: &[],
+            args: &[],
+            expect: &["unclosed `${`", "r.yaml:7:21"],
+        },
+        Case {
+            name: "variable cycle",
+            recipe: "version: 1\nname: t\nvars: { a: \"${b}\", b: \"${a}\" }\nstages:\n  x: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["cycle", "r.yaml:3:"],
+        },
+        Case {
+            name: "extends missing file",
+            recipe: "version: 1\nname: t\nextends: base.yaml\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["base.yaml not found", "r.yaml:3:10"],
+        },
+        Case {
+            name: "extends cycle",
+            recipe: "extends: base.yaml\nversion: 1\nname: t\n",
+            files: &[("base.yaml", "extends: r.yaml\nstages: {}\n")],
+            args: &[],
+            expect: &["`extends` forms a cycle", "r.yaml -> ", "base.yaml"],
+        },
+        Case {
+            name: "error inside extended file",
+            recipe: "extends: base.yaml\nname: t\n",
+            files: &[(
+                "base.yaml",
+                "version: 1\nname: base\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    dedupe: true\n",
+            )],
+            args: &[],
+            expect: &["unknown key `dedupe`", "base.yaml:7:5"],
+        },
+        Case {
+            name: "set without =",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &["--set", "seed"],
+            expect: &["path=value", "--set #1 (seed)"],
+        },
+        Case {
+            name: "set into a scalar",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &["--set", "name.x=1"],
+            expect: &["`name` is not a mapping", "--set #1"],
+        },
+        Case {
+            name: "set with a typo",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &["--set", "stages.a.dedpu=false"],
+            expect: &["unknown key `dedpu`", "did you mean `dedup`", "--set #1"],
+        },
+        Case {
+            name: "defaults for unknown kind",
+            recipe: "version: 1\nname: t\ndefaults:\n  datset: { dedup: false }\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "unknown stage kind `datset`",
+                "did you mean `dataset`",
+                "r.yaml:4:3",
+            ],
+        },
+        Case {
+            name: "bad default merged into stage",
+            recipe: "version: 1\nname: t\ndefaults:\n  dataset: { dedupp: false }\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["unknown key `dedupp`", "r.yaml:4:14"],
+        },
+        Case {
+            name: "stage name with a dot",
+            recipe: "version: 1\nname: t\nstages:\n  a.b: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["may use only letters", "r.yaml:4:3"],
+        },
+        Case {
+            name: "eval dataset with split",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    role: eval\n    source: { path: d.jsonl }\n    split: { test: 0.1 }\n",
+            files: &[],
+            args: &[],
+            expect: &["cannot be split", "r.yaml:8:5"],
+        },
+        Case {
+            name: "bad on_leak",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    on_leak: warm\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`warm` is not a valid value",
+                "did you mean `warn`",
+                "r.yaml:7:14",
+            ],
+        },
+        Case {
+            name: "bad backend",
+            recipe: "version: 1\nname: t\nbackend: tpu\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["`tpu` is not a valid value", "r.yaml:3:10"],
+        },
+        Case {
+            name: "duplicate rename target",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    columns: { question: text, answer: text }\n",
+            files: &[],
+            args: &[],
+            expect: &["two columns are renamed to `text`", "r.yaml:7:"],
+        },
+        // Bad data: found when the dataset stage reads it.
+        Case {
+            name: "invalid JSON line",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: bad.jsonl } }\n",
+            files: &[(
+                "bad.jsonl",
+                "{\"q\": \"a\"}\n{\"q\": \"b\"}\n{\"q\": \"c\",}\n",
+            )],
+            args: &[],
+            expect: &["invalid JSON", "bad.jsonl:3:"],
+        },
+        Case {
+            name: "JSONL line not an object",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: bad.jsonl } }\n",
+            files: &[("bad.jsonl", "{\"q\": \"a\"}\n[1, 2]\n")],
+            args: &[],
+            expect: &["must be a JSON object", "bad.jsonl:2:"],
+        },
+        Case {
+            name: "row missing a column",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: bad.jsonl } }\n",
+            files: &[(
+                "bad.jsonl",
+                "{\"q\": \"a\", \"r\": \"x\"}\n{\"q\": \"b\"}\n",
+            )],
+            args: &[],
+            expect: &["no column `r`", "bad.jsonl:2:", "missing: null"],
+        },
+        Case {
+            name: "column of mixed types",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: bad.jsonl } }\n",
+            files: &[(
+                "bad.jsonl",
+                "{\"label\": 1}\n{\"label\": 0}\n{\"label\": \"pos\"}\n",
+            )],
+            args: &[],
+            expect: &[
+                "column `label` holds text here but integers on line 1",
+                "bad.jsonl:3:",
+            ],
+        },
+        Case {
+            name: "ragged CSV",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: bad.csv } }\n",
+            files: &[("bad.csv", "text,label\ngood,1\nbad\n")],
+            args: &[],
+            expect: &["bad CSV record", "bad.csv:3:"],
+        },
+        Case {
+            name: "empty data file",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: empty.jsonl } }\n",
+            files: &[("empty.jsonl", "\n\n")],
+            args: &[],
+            expect: &["has no rows", "empty.jsonl"],
+        },
+        Case {
+            name: "rename of a missing column",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n    columns: { questoin: prompt }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`columns` renames `questoin`",
+                "did you mean `question`",
+                "d.jsonl",
+            ],
+        },
+    ]
+}
+
+#[test]
+fn every_malformed_input_fails_with_a_located_error_and_writes_nothing() {
+    let all = cases();
+    assert!(
+        all.len() >= 30,
+        "the suite must cover at least 30 cases, has {}",
+        all.len()
+    );
+    let mut failures = Vec::new();
+    for case in &all {
+        let p = Project::new();
+        p.write("d.jsonl", &qa_jsonl(10, 0));
+        for (path, text) in case.files {
+            p.write(path, text);
+        }
+        p.write("r.yaml", case.recipe);
+        let mut args = vec!["run", "r.yaml"];
+        args.extend(case.args);
+        let run = p.hone(&args);
+        let err = run.stderr();
+        let mut problems = Vec::new();
+        if run.code() != 2 {
+            problems.push(format!("exit code {} (want 2)", run.code()));
+        }
+        for want in case.expect {
+            if !err.contains(want) {
+                problems.push(format!("stderr lacks {want:?}"));
+            }
+        }
+        if p.actions() != 0 || p.blobs() != 0 {
+            problems.push(format!(
+                "store was written: {} actions, {} blobs",
+                p.actions(),
+                p.blobs()
+            ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "case `{}`: {}\n--- stderr ---\n{err}",
+                case.name,
+                problems.join("; ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn validation_reports_every_error_at_once() {
+    let p = Project::new();
+    p.write(
+        "r.yaml",
+        &format!("{HEAD}stages:\n  a:\n    kind: dataset\n    source: {{ path: nope.jsonl }}\n  b:\n    kind: dataset\n    source: {{ from: zzz }}\n"),
+    );
+    let run = p.hone(&["validate", "r.yaml"]);
+    assert_eq!(run.code(), 2);
+    let err = run.stderr();
+    assert!(
+        err.contains("`nope.jsonl` not found")
+            && err.contains("unknown stage `zzz`")
+            && err.contains("2 errors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validation_never_creates_a_store() {
+    let p = Project::new();
+    p.write("d.jsonl", &qa_jsonl(5, 0));
+    p.write(
+        "r.yaml",
+        &format!("{HEAD}stages:\n  a: {{ kind: dataset, source: {{ path: d.jsonl }} }}\n"),
+    );
+    p.hone(&["validate", "r.yaml"]).ok();
+    p.hone(&["status", "r.yaml"]).ok();
+    p.hone(&["plan", "r.yaml"]).ok();
+    p.hone(&["dag", "r.yaml"]).ok();
+    assert!(
+        !p.store().exists(),
+        "read-only commands must not create .hone/"
+    );
+}

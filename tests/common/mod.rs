@@ -1,0 +1,136 @@
+//! Helpers for end-to-end tests: a scratch project directory and the real `hone` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes `rel` (creating parent directories) and returns its path.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hone"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("HONE_STORE")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn hone(&self, args: &[&str]) -> Run {
+        Run(self.cmd(args).output().expect("hone runs"))
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path(".hone")
+    }
+
+    /// Number of committed actions (manifests) in the store.
+    pub fn actions(&self) -> usize {
+        count_files(&self.store().join("actions"), "json")
+    }
+
+    pub fn blobs(&self) -> usize {
+        count_files(&self.store().join("blobs"), "")
+    }
+}
+
+fn count_files(dir: &Path, ext: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p, ext)
+            } else {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                usize::from(
+                    !name.starts_with('.')
+                        && (ext.is_empty() || name.ends_with(&format!(".{ext}"))),
+                )
+            }
+        })
+        .sum()
+}
+
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "hone failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// Stage names that ran (from the per-stage lines).
+    pub fn ran(&self) -> Vec<String> {
+        self.stdout()
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("ran "))
+            .filter_map(|rest| rest.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// Rows of a small QA dataset as JSONL.
+pub fn qa_jsonl(n: usize, offset: usize) -> String {
+    (offset..offset + n)
+        .map(|i| format!("{{\"question\": \"What is part number {i}?\", \"answer\": \"It is part {i} of the engine.\"}}\n"))
+        .collect()
+}
+
+/// A two-dataset recipe over `data/a.jsonl` and `data/b.csv`.
+pub fn two_dataset_project() -> Project {
+    let p = Project::new();
+    p.write("data/a.jsonl", &qa_jsonl(40, 0));
+    let mut csv = String::from("text,label\n");
+    for i in 0..30 {
+        csv.push_str(&format!(
+            "review number {i} was {},{}\n",
+            if i % 2 == 0 { "great" } else { "awful" },
+            i % 2
+        ));
+    }
+    p.write("data/b.csv", &csv);
+    p.write(
+        "r.yaml",
+        "version: 1\nname: two\nseed: 7\nstages:\n  qa:\n    kind: dataset\n    source: { path: data/a.jsonl }\n    split: { validation: 0.2 }\n  reviews:\n    kind: dataset\n    source: { path: data/b.csv }\n    split: { test: 5 }\n  qa_clean:\n    kind: dataset\n    source: { from: qa.train }\n    select: [question]\n",
+    );
+    p
+}

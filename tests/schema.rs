@@ -1,0 +1,66 @@
+//! `schemas/recipe.schema.json` is generated from the recipe types and must stay current; every
+//! recipe shipped in `recipes/` must load, validate and match the schema.
+
+use std::path::Path;
+
+const SCHEMA: &str = "schemas/recipe.schema.json";
+
+#[test]
+fn committed_schema_is_up_to_date() {
+    let generated = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&hone::recipe::json_schema()).unwrap()
+    );
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SCHEMA))
+        .unwrap_or_default();
+    assert!(
+        generated == committed,
+        "{SCHEMA} is out of date with the recipe types: regenerate it with `cargo run --release -- schema -o {SCHEMA}`"
+    );
+}
+
+#[test]
+fn every_shipped_recipe_validates_against_the_schema() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = hone::recipe::json_schema();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            continue;
+        }
+        let recipe =
+            hone::recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        hone::recipe::validate(&recipe).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        let instance = serde_json::to_value(&recipe.resolved).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not match the schema:\n{}",
+            path.display(),
+            errors.join("\n")
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no recipes found in recipes/");
+}
+
+#[test]
+fn schema_rejects_what_the_loader_rejects() {
+    let schema = hone::recipe::json_schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let bad = serde_json::json!({ "version": 1, "name": "x", "stages": { "a": { "kind": "dataset", "source": { "path": "d.jsonl" }, "splt": {} } } });
+    assert!(
+        !validator.is_valid(&bad),
+        "unknown keys are schema errors too"
+    );
+    let good = serde_json::json!({ "version": 1, "name": "x", "stages": { "a": { "kind": "dataset", "source": { "path": "d.jsonl" }, "split": { "validation": "${frac}" } } } });
+    assert!(
+        validator.is_valid(&good),
+        "interpolated scalars are allowed"
+    );
+}

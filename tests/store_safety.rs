@@ -1,0 +1,164 @@
+//! The store survives a SIGKILL at any point of a commit, and two concurrent runs.
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::two_dataset_project;
+
+const POINTS: &[&str] = &[
+    "before-commit",
+    "mid-blobs",
+    "before-manifest",
+    "manifest-tmp-written",
+    "after-manifest",
+];
+
+#[test]
+fn sigkill_at_every_commit_point_leaves_a_consistent_store() {
+    for point in POINTS {
+        let p = two_dataset_project();
+        let mut child = p
+            .cmd(&["run", "r.yaml"])
+            .env("HONE_TEST_FAULT", point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hone");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut reached = false;
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            if line == format!("hone-fault-point: {point}") {
+                reached = true;
+                break;
+            }
+        }
+        assert!(reached, "fault point {point} was never reached");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let verify = p.hone(&["cache", "verify"]);
+        let out = verify.ok();
+        assert!(out.contains("0 problems"), "after a kill at {point}: {out}");
+        if *point == "after-manifest" {
+            assert_eq!(p.actions(), 1, "the first stage was committed whole");
+        } else {
+            assert_eq!(
+                p.actions(),
+                0,
+                "no half-committed action after a kill at {point}"
+            );
+        }
+
+        let rerun = p.hone(&["run", "r.yaml"]);
+        rerun.ok();
+        let expected: &[&str] = if *point == "after-manifest" {
+            &["reviews", "qa_clean"]
+        } else {
+            &["qa", "reviews", "qa_clean"]
+        };
+        assert_eq!(rerun.ran(), expected, "rerun after a kill at {point}");
+        p.hone(&["cache", "gc"]).ok();
+        let verify = p.hone(&["cache", "verify"]).ok();
+        assert!(
+            verify.contains("verified 3 actions") && verify.contains("0 problems, 0 reclaimable"),
+            "{verify}"
+        );
+    }
+}
+
+#[test]
+fn two_concurrent_runs_run_each_stage_once() {
+    let p = two_dataset_project();
+    // Each commit pauses, so the two processes overlap on every stage.
+    let spawn = || {
+        p.cmd(&["run", "r.yaml"])
+            .env("HONE_TEST_PAUSE", "before-commit=400")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn();
+    let b = spawn();
+    let (a, b) = (
+        common::Run(a.wait_with_output().unwrap()),
+        common::Run(b.wait_with_output().unwrap()),
+    );
+    a.ok();
+    b.ok();
+    let mut ran: Vec<String> = a.ran().into_iter().chain(b.ran()).collect();
+    ran.sort();
+    assert_eq!(
+        ran,
+        ["qa", "qa_clean", "reviews"],
+        "each stage ran exactly once\nA:\n{}\nB:\n{}",
+        a.stdout(),
+        b.stdout()
+    );
+    assert_eq!(p.actions(), 3);
+    let verify = p.hone(&["cache", "verify"]).ok();
+    assert!(verify.contains("0 problems, 0 reclaimable"), "{verify}");
+    assert!(p.hone(&["run", "r.yaml", "--locked"]).ran().is_empty());
+}
+
+#[test]
+fn corrupt_blob_is_detected_and_repaired_by_recomputing() {
+    let p = two_dataset_project();
+    p.hone(&["run", "r.yaml"]).ok();
+    // Damage the qa stage's train table in the store.
+    let lock = std::fs::read_to_string(p.path("r.lock")).unwrap();
+    let lf: serde_yaml::Value = serde_yaml::from_str(&lock).unwrap();
+    let action = lf["stages"]["qa"]["action"].as_str().unwrap().to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            p.store()
+                .join("actions")
+                .join(&action[..2])
+                .join(format!("{action}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let digest = manifest["outputs"]["train"]["files"]["data.parquet"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blob = p.store().join("blobs").join(&digest[..2]).join(&digest);
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::write(&blob, b"garbage").unwrap();
+
+    let verify = p.hone(&["cache", "verify"]);
+    assert_eq!(verify.code(), 1);
+    assert!(
+        verify
+            .stdout()
+            .contains("corrupt: stage `qa` output `train`"),
+        "{}",
+        verify.stdout()
+    );
+    // Reading the damaged artifact is refused, not silently used.
+    let run = p.hone(&["run", "r.yaml", "--force", "qa_clean"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr().contains("the store is damaged"),
+        "{}",
+        run.stderr()
+    );
+    p.hone(&["cache", "verify", "--repair"]).ok();
+    let rerun = p.hone(&["run", "r.yaml"]);
+    rerun.ok();
+    assert_eq!(rerun.ran(), ["qa"]);
+    assert!(p.hone(&["cache", "verify"]).ok().contains("0 problems"));
+}
