@@ -463,7 +463,9 @@ fn validation_reports_every_error_at_once() {
     let p = Project::new();
     p.write(
         "r.yaml",
-        &format!("{HEAD}stages:\n  a:\n    kind: dataset\n    source: {{ path: nope.jsonl }}\n  b:\n    kind: dataset\n    source: {{ from: zzz }}\n"),
+        &format!(
+            "{HEAD}stages:\n  a:\n    kind: dataset\n    source: {{ path: nope.jsonl }}\n  b:\n    kind: dataset\n    source: {{ from: zzz }}\n  c:\n    kind: dataset\n    source: {{ from: a }}\n    splt: {{}}\n  d:\n    kind: dataset\n    source: {{ from: c }}\n"
+        ),
     );
     let run = p.hone(&["validate", "r.yaml"]);
     assert_eq!(run.code(), 2);
@@ -471,9 +473,14 @@ fn validation_reports_every_error_at_once() {
     assert!(
         err.contains("`nope.jsonl` not found")
             && err.contains("unknown stage `zzz`")
-            && err.contains("2 errors"),
+            && err.contains("unknown key `splt`"),
         "{err}"
     );
+    assert!(
+        !err.contains("unknown stage `c`"),
+        "a stage that failed to parse is not also 'unknown': {err}"
+    );
+    assert!(err.contains("3 errors"), "{err}");
 }
 
 #[test]

@@ -54,6 +54,9 @@ impl Dag {
                 let at = join(&join(&join("stages", &stage.name), &rel), "from");
                 let loc = recipe.value_location(&at);
                 let Some(&up) = index.get(r.stage()) else {
+                    if recipe.broken.iter().any(|(n, _)| n == r.stage()) {
+                        continue; // that stage's own error is reported already
+                    }
                     diags.push(
                         Diagnostic::new(format!(
                             "stage `{}` reads from unknown stage `{}`",

@@ -23,6 +23,9 @@ pub struct Recipe {
     /// The recipe after extends, overrides, vars and defaults: what actually runs.
     pub resolved: Value,
     pub sources: SourceMap,
+    /// Stages that failed to parse, with their errors; `validate` reports them together with
+    /// the checks across stages, so one pass shows every problem.
+    pub broken: Vec<(String, crate::diag::Diagnostic)>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,8 +38,12 @@ impl Recipe {
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }
+    /// Names of all stages, including those that failed to parse.
     pub fn stage_names(&self) -> impl Iterator<Item = &str> {
-        self.stages.iter().map(|s| s.name.as_str())
+        self.stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.broken.iter().map(|(n, _)| n.as_str()))
     }
     /// The lockfile beside the recipe: `quickstart.yaml` -> `quickstart.lock`.
     pub fn lockfile_path(&self) -> PathBuf {
@@ -57,13 +64,14 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Diagnostics> {
     apply_overrides(&mut root, &mut sources, overrides)?;
     interpolate_vars(&mut root, &sources)?;
     apply_defaults(&mut root, &mut sources)?;
-    let (header, stages) = parse_typed(&root, &sources)?;
+    let (header, stages, broken) = parse_typed(&root, &sources)?;
     let mut recipe = Recipe {
         path: path.to_path_buf(),
         header,
         stages,
         resolved: root,
         sources,
+        broken,
     };
     resolve_source_paths(&mut recipe);
     Ok(recipe)
@@ -465,10 +473,13 @@ fn kind_list() -> String {
         .join(", ")
 }
 
+/// The typed header and stages. Errors in the header or the shape of `stages` are fatal here;
+/// an error inside one stage leaves that stage out and is returned with its name.
+#[allow(clippy::type_complexity)]
 fn parse_typed(
     root: &Value,
     sources: &SourceMap,
-) -> Result<(RecipeFile, Vec<super::Stage>), Diagnostics> {
+) -> Result<(RecipeFile, Vec<super::Stage>, Vec<(String, Diagnostic)>), Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut header_value = root.clone();
     let stages_value = header_value
@@ -482,6 +493,7 @@ fn parse_typed(
         }
     };
     let mut stages = Vec::new();
+    let mut broken = Vec::new();
     match stages_value {
         None | Some(Value::Null) => diags.push(
             Diagnostic::new("the recipe has no `stages`")
@@ -496,7 +508,7 @@ fn parse_typed(
                 };
                 match parse_stage(name, v, sources) {
                     Ok(spec) => stages.push(super::Stage { name: name.to_owned(), spec }),
-                    Err(d) => diags.push(d),
+                    Err(d) => broken.push((name.to_owned(), d)),
                 }
             }
         }
@@ -505,8 +517,11 @@ fn parse_typed(
         ),
     }
     match header {
-        Some(h) if diags.is_empty() => Ok((h, stages)),
-        _ => Err(diags),
+        Some(h) if diags.is_empty() => Ok((h, stages, broken)),
+        _ => {
+            diags.0.extend(broken.into_iter().map(|(_, d)| d));
+            Err(diags)
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::recipe::types::{DatasetRole, DatasetSpec, FileFormat, Input, StageSpe
 
 /// Validates `recipe` and returns its stage graph.
 pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
-    let mut diags = Diagnostics::default();
+    let mut diags = Diagnostics(recipe.broken.iter().map(|(_, d)| d.clone()).collect());
     if recipe.header.version != 1 {
         diags.push(
             Diagnostic::new(format!(
