@@ -162,3 +162,42 @@ fn corrupt_blob_is_detected_and_repaired_by_recomputing() {
     assert_eq!(rerun.ran(), ["qa"]);
     assert!(p.hone(&["cache", "verify"]).ok().contains("0 problems"));
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_the_next_run_continues() {
+    let p = two_dataset_project();
+    let mut child = p
+        .cmd(&["run", "r.yaml"])
+        .env("HONE_TEST_PAUSE", "before-stage=1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let paused = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(paused, "hone-pause-point: before-stage");
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = rx.iter().collect();
+    assert_eq!(status.code(), Some(130), "stderr: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    assert_eq!(p.actions(), 0, "the interrupted stage committed nothing");
+    let verify = p.hone(&["cache", "verify"]).ok();
+    assert!(
+        verify.contains("0 problems, 0 reclaimable"),
+        "the scratch dir was cleaned up: {verify}"
+    );
+    let rerun = p.hone(&["run", "r.yaml"]);
+    rerun.ok();
+    assert_eq!(rerun.ran(), ["qa", "reviews", "qa_clean"]);
+}

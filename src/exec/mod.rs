@@ -339,6 +339,7 @@ fn run_stage(
         }
     }
     tracing::info!(stage = %stage.name, action = %action.key, "running");
+    crate::store::fault_point("before-stage");
     let started = Instant::now();
     let result = crate::stages::run(&stage.spec, &mut ctx);
     progress.finish_and_clear();

@@ -106,6 +106,7 @@ pub fn fault_point(point: &str) {
         && p == point
         && let Ok(ms) = ms.parse()
     {
+        eprintln!("hone-pause-point: {point}");
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
