@@ -1,5 +1,6 @@
 //! The `hone` command line.
 
+mod generate;
 pub mod logging;
 mod render;
 
@@ -160,6 +161,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate text with a model: an HF directory or a .gguf file.
+    ///
+    /// Chat models get their own chat template (or ChatML); --raw sends the prompt as is.
+    Generate(generate::GenerateArgs),
     /// Inspect and maintain the store.
     Cache {
         #[command(subcommand)]
@@ -357,6 +362,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { command } => cache(cli, command),
+        Command::Generate(args) => generate::run(args),
     }
 }
 

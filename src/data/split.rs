@@ -3,6 +3,8 @@
 //! two splits. The assignment depends only on the rows and the seed.
 
 use anyhow::{Result, bail};
+
+use crate::rng::SplitMix64;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,33 +20,6 @@ impl Split {
             Split::Train => "train",
             Split::Validation => "validation",
             Split::Test => "test",
-        }
-    }
-}
-
-/// SplitMix64: a tiny, well-mixed, fully specified generator, so splits are the same on every
-/// platform and in every future version of hone (a library RNG could change its stream).
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0), by rejection so there is no modulo bias.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
         }
     }
 }

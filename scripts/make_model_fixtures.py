@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Builds the golden-parity fixtures under tests/fixtures/models/: tiny random-weight HF
+checkpoints (GPT-2, Llama with grouped-query attention, BERT) and their reference outputs for a
+fixed, padded batch, computed by transformers.
+
+Run by hand (needs torch + transformers from PyPI):
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
+    /tmp/venv/bin/python scripts/make_model_fixtures.py
+The Rust tests read the committed files and need no Python.
+"""
+import json
+import pathlib
+
+import torch
+from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "fixtures" / "models"
+
+# Second row is right-padded (pad id 0, attention mask 0).
+INPUT_IDS = [[5, 17, 42, 8, 99, 3, 21, 64], [7, 7, 30, 12, 0, 0, 0, 0]]
+MASK = [[1] * 8, [1, 1, 1, 1, 0, 0, 0, 0]]
+TOKEN_TYPES = [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0, 0]]
+
+
+def randomize(model: torch.nn.Module, scale: float) -> None:
+    """Larger-than-default random weights, so activations are far from zero and a wrong
+    transpose, swapped norm parameter or misplaced rotation shows up clearly."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            is_norm = "ln" in name or "norm" in name.lower() or "LayerNorm" in name
+            if is_norm and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.copy_(scale * noise)
+
+
+def rows(t: torch.Tensor) -> list:
+    return t.detach().to(torch.float32).tolist()
+
+
+def save(name: str, model: torch.nn.Module, outputs: dict) -> None:
+    d = OUT / name
+    model.save_pretrained(d, safe_serialization=True)
+    ref = {"input_ids": INPUT_IDS, "attention_mask": MASK, **outputs}
+    (d / "reference.json").write_text(json.dumps(ref))
+    size = sum(f.stat().st_size for f in d.iterdir())
+    print(f"{d.relative_to(ROOT)}: {size / 1024:.0f} KiB")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    randomize(gpt2, 0.2)
+    gpt2.eval()
+    with torch.no_grad():
+        out = gpt2(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    save("gpt2", gpt2, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6,
+                                         tie_word_embeddings=False, attention_bias=False))
+    randomize(llama, 0.2)
+    llama.eval()
+    with torch.no_grad():
+        out = llama(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    save("llama", llama, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+    bert = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    randomize(bert, 0.2)
+    bert.eval()
+    with torch.no_grad():
+        out = bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.tensor(TOKEN_TYPES))
+    save("bert", bert, {"token_type_ids": TOKEN_TYPES, "last_hidden": rows(out.last_hidden_state),
+                        "pooled": rows(out.pooler_output)})
+
+
+if __name__ == "__main__":
+    main()

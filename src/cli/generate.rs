@@ -1,0 +1,96 @@
+//! `hone generate`: try a model on prompts, outside any recipe.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::Args;
+
+use crate::model::chat::Message;
+use crate::model::sampling::{SamplingConfig, generate};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// An HF model directory (config.json, model.safetensors, tokenizer.json) or a .gguf file.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// A prompt (repeatable: prompts run as one batch).
+    #[arg(long, short, required = true)]
+    prompt: Vec<String>,
+    /// A system message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Send prompts as raw text instead of through the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
+    let device = Device::flex();
+    let model = crate::model::load(&args.model, &device)
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let Some(tokenizer) = &model.tokenizer else {
+        bail!(
+            "{} has no tokenizer (tokenizer.json); hone needs one to turn prompts into tokens",
+            args.model.display()
+        );
+    };
+    if !model.backbone.is_decoder() {
+        bail!(
+            "{} is an encoder ({:?}); only decoders generate text",
+            args.model.display(),
+            model.backbone.family()
+        );
+    }
+    let template = model.chat();
+    let mut prompts = Vec::new();
+    for p in &args.prompt {
+        let text = if args.raw {
+            p.clone()
+        } else {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(Message::new("system", s));
+            }
+            messages.push(Message::new("user", p));
+            template
+                .render(&messages, true)
+                .map_err(anyhow::Error::msg)?
+        };
+        let enc = tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        prompts.push(enc.get_ids().to_vec());
+    }
+    let cfg = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        stop_tokens: model.stop_tokens(),
+        seed: args.seed,
+    };
+    let outputs = generate(&model.backbone, &prompts, &cfg, &device);
+    for (p, out) in args.prompt.iter().zip(outputs) {
+        let text = tokenizer
+            .decode(&out, true)
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+        if args.prompt.len() > 1 {
+            println!("> {p}");
+        }
+        println!("{}", text.trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}

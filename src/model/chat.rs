@@ -1,0 +1,111 @@
+//! Chat templates: the Jinja templates that HF tokenizers and GGUF files ship, rendered with
+//! minijinja (with Python-style string methods, as HF templates use them), plus ChatML.
+
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt `<|im_start|>assistant\n`.
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+impl ChatTemplate {
+    pub fn chatml() -> ChatTemplate {
+        ChatTemplate {
+            source: CHATML.into(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".into(),
+        }
+    }
+
+    pub fn new(source: impl Into<String>, bos_token: &str, eos_token: &str) -> ChatTemplate {
+        ChatTemplate {
+            source: source.into(),
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        }
+    }
+
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template("chat", &self.source)
+            .map_err(|e| format!("invalid chat template: {e}"))?;
+        let tmpl = env.get_template("chat").map_err(|e| e.to_string())?;
+        tmpl.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        })
+        .map_err(|e| format!("cannot render chat template: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_matches_the_reference_format() {
+        let text = ChatTemplate::chatml()
+            .render(&[Message::new("user", "Hi")], true)
+            .unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn hf_style_templates_with_python_methods_render() {
+        let src = "{% for m in messages %}{% if m['role'] == 'bad' %}{{ raise_exception('no') }}{% endif %}{{ m['content'].strip() }}|{% endfor %}";
+        let t = ChatTemplate::new(src, "", "");
+        assert_eq!(
+            t.render(
+                &[
+                    Message::new("user", "  a  "),
+                    Message::new("assistant", "b")
+                ],
+                false
+            )
+            .unwrap(),
+            "a|b|"
+        );
+        assert!(
+            t.render(&[Message::new("bad", "x")], false)
+                .unwrap_err()
+                .contains("no")
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! GGUF v3 files (llama.cpp's format): metadata, the tensor table, dequantisation of F32, F16,
+//! BF16, Q8_0, Q4_0 and Q4_1 blocks, and the mapping of a `llama` GGUF onto hone's Llama
+//! family, with the BPE tokenizer and chat template rebuilt from the metadata.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use super::llama::{Llama, LlamaConfig};
+use super::weights::{ModelError, WeightMap};
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Meta {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Meta>),
+}
+
+impl Meta {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Meta::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Meta::Float(f) => Some(*f),
+            Meta::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Meta::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<&[Meta]> {
+        match self {
+            Meta::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Dimensions in ggml order (fastest-varying first): a PyTorch `[out, in]` is `[in, out]`.
+    pub dims: Vec<usize>,
+    pub ggml_type: u32,
+    pub offset: u64,
+}
+
+/// A parsed GGUF file (tensor data stays in `bytes` until dequantised).
+pub struct Gguf {
+    pub path: PathBuf,
+    pub version: u32,
+    pub metadata: HashMap<String, Meta>,
+    pub tensors: Vec<TensorInfo>,
+    bytes: Vec<u8>,
+    data_start: usize,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl Reader<'_> {
+    fn err(&self, what: &str) -> ModelError {
+        ModelError::BadGguf {
+            path: self.path.to_path_buf(),
+            reason: format!("{what} at byte {} (truncated file?)", self.pos),
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&[u8], ModelError> {
+        if self.pos + n > self.bytes.len() {
+            return Err(self.err("unexpected end of file"));
+        }
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, ModelError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, ModelError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn string(&mut self) -> Result<String, ModelError> {
+        let n = self.u64()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| self.err("string is not UTF-8"))
+    }
+    fn value(&mut self, t: u32) -> Result<Meta, ModelError> {
+        Ok(match t {
+            0 => Meta::Int(self.take(1)?[0] as i64),
+            1 => Meta::Int(self.take(1)?[0] as i8 as i64),
+            2 => Meta::Int(u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as i64),
+            3 => Meta::Int(i16::from_le_bytes(self.take(2)?.try_into().expect("2")) as i64),
+            4 => Meta::Int(self.u32()? as i64),
+            5 => Meta::Int(self.u32()? as i32 as i64),
+            6 => Meta::Float(f32::from_le_bytes(self.take(4)?.try_into().expect("4")) as f64),
+            7 => Meta::Bool(self.take(1)?[0] != 0),
+            8 => Meta::Str(self.string()?),
+            9 => {
+                let inner = self.u32()?;
+                let n = self.u64()? as usize;
+                let mut items = Vec::with_capacity(n.min(1 << 20));
+                for _ in 0..n {
+                    items.push(self.value(inner)?);
+                }
+                Meta::Array(items)
+            }
+            10 => Meta::Int(self.u64()? as i64),
+            11 => Meta::Int(self.u64()? as i64),
+            12 => Meta::Float(f64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
+            other => return Err(self.err(&format!("unknown metadata value type {other}"))),
+        })
+    }
+}
+
+/// Bytes per block and elements per block of a ggml type.
+fn block_layout(t: u32) -> Option<(usize, usize)> {
+    match t {
+        0 => Some((4, 1)),   // F32
+        1 => Some((2, 1)),   // F16
+        30 => Some((2, 1)),  // BF16
+        2 => Some((18, 32)), // Q4_0: f16 d + 16 bytes
+        3 => Some((20, 32)), // Q4_1: f16 d, f16 m + 16 bytes
+        8 => Some((34, 32)), // Q8_0: f16 d + 32 i8
+        _ => None,
+    }
+}
+
+pub fn type_name(t: u32) -> String {
+    match t {
+        0 => "F32".into(),
+        1 => "F16".into(),
+        2 => "Q4_0".into(),
+        3 => "Q4_1".into(),
+        8 => "Q8_0".into(),
+        30 => "BF16".into(),
+        other => format!("ggml type {other}"),
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Dequantises `n` elements of type `t` from `data`.
+pub fn dequantize(t: u32, data: &[u8], n: usize) -> Option<Vec<f32>> {
+    let mut out = Vec::with_capacity(n);
+    match t {
+        0 => out.extend(
+            data.chunks_exact(4)
+                .take(n)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        1 => out.extend(data.chunks_exact(2).take(n).map(f16)),
+        30 => out.extend(
+            data.chunks_exact(2)
+                .take(n)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        2 => {
+            for block in data.chunks_exact(18).take(n / 32) {
+                let d = f16(&block[0..2]);
+                let qs = &block[2..18];
+                out.extend(qs.iter().map(|q| ((q & 0x0F) as i32 - 8) as f32 * d));
+                out.extend(qs.iter().map(|q| ((q >> 4) as i32 - 8) as f32 * d));
+            }
+        }
+        3 => {
+            for block in data.chunks_exact(20).take(n / 32) {
+                let (d, m) = (f16(&block[0..2]), f16(&block[2..4]));
+                let qs = &block[4..20];
+                out.extend(qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
+                out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
+            }
+        }
+        8 => {
+            for block in data.chunks_exact(34).take(n / 32) {
+                let d = f16(&block[0..2]);
+                out.extend(block[2..34].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+        _ => return None,
+    }
+    (out.len() == n).then_some(out)
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Gguf, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Gguf::parse(path, bytes)
+    }
+
+    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Gguf, ModelError> {
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 0,
+            path,
+        };
+        if r.take(4)? != b"GGUF" {
+            return Err(ModelError::BadGguf {
+                path: path.to_path_buf(),
+                reason: "not a GGUF file (no GGUF magic)".into(),
+            });
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::BadGguf {
+                path: path.to_path_buf(),
+                reason: format!("GGUF version {version}; hone reads 2 and 3"),
+            });
+        }
+        let n_tensors = r.u64()? as usize;
+        let n_meta = r.u64()? as usize;
+        let mut metadata = HashMap::new();
+        for _ in 0..n_meta {
+            let key = r.string()?;
+            let t = r.u32()?;
+            metadata.insert(key, r.value(t)?);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
+        for _ in 0..n_tensors {
+            let name = r.string()?;
+            let n_dims = r.u32()? as usize;
+            let dims = (0..n_dims)
+                .map(|_| r.u64().map(|d| d as usize))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ggml_type = r.u32()?;
+            let offset = r.u64()?;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
+        }
+        let align = metadata
+            .get("general.alignment")
+            .and_then(Meta::as_i64)
+            .unwrap_or(32) as usize;
+        let data_start = r.pos.div_ceil(align) * align;
+        for t in &tensors {
+            let n: usize = t.dims.iter().product();
+            let (bytes_per, per_block) =
+                block_layout(t.ggml_type).ok_or_else(|| ModelError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    name: t.name.clone(),
+                    dtype: type_name(t.ggml_type),
+                })?;
+            let end = data_start + t.offset as usize + n / per_block * bytes_per;
+            if end > bytes.len() {
+                return Err(ModelError::BadGguf {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "tensor `{}` runs past the end of the file (truncated?)",
+                        t.name
+                    ),
+                });
+            }
+        }
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            bytes,
+            data_start,
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&Meta> {
+        self.metadata.get(key)
+    }
+
+    /// A tensor dequantised to f32, with its PyTorch shape (ggml dims reversed).
+    pub fn tensor(&self, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        let n: usize = info.dims.iter().product();
+        let start = self.data_start + info.offset as usize;
+        let values = dequantize(info.ggml_type, &self.bytes[start..], n).ok_or_else(|| {
+            ModelError::UnsupportedDtype {
+                path: self.path.clone(),
+                name: info.name.clone(),
+                dtype: type_name(info.ggml_type),
+            }
+        })?;
+        Ok((info.dims.iter().rev().copied().collect(), values))
+    }
+
+    fn need(&self, key: &str) -> Result<&Meta, ModelError> {
+        self.meta(key).ok_or_else(|| ModelError::BadGguf {
+            path: self.path.clone(),
+            reason: format!("metadata `{key}` is missing"),
+        })
+    }
+}
+
+/// Undoes llama.cpp's reordering of q/k projection rows (HF half-split rotary layout ->
+/// interleaved pairs): GGUF row `(head, j, t)` is HF row `(head, t, j)`.
+fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let dh = rows / heads;
+    let half = dh / 2;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = h * dh + j * 2 + t;
+                let dst = h * dh + t * half + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// A `llama` GGUF as hone's Llama model, its HF-style config, and the rebuilt tokenizer.
+pub fn load_llama(
+    path: &Path,
+    device: &Device,
+) -> Result<
+    (
+        Llama,
+        serde_json::Value,
+        Option<tokenizers::Tokenizer>,
+        Option<String>,
+    ),
+    ModelError,
+> {
+    let g = Gguf::open(path)?;
+    let arch = g
+        .need("general.architecture")?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if arch != "llama" {
+        return Err(ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            found: arch,
+            supported: "llama (GGUF)".into(),
+        });
+    }
+    let int = |k: &str| -> Result<usize, ModelError> {
+        g.need(&format!("llama.{k}"))?
+            .as_i64()
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::BadGguf {
+                path: path.to_path_buf(),
+                reason: format!("`llama.{k}` is not an integer"),
+            })
+    };
+    let heads = int("attention.head_count")?;
+    let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
+    let embd = g
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .ok_or_else(|| ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            name: "token_embd.weight".into(),
+        })?;
+    let vocab = embd.dims[1];
+    let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
+    let config = serde_json::json!({
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": vocab,
+        "hidden_size": int("embedding_length")?,
+        "intermediate_size": int("feed_forward_length")?,
+        "num_hidden_layers": int("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": int("context_length")?,
+        "rms_norm_eps": g.meta("llama.attention.layer_norm_rms_epsilon").and_then(Meta::as_f64).unwrap_or(1e-5),
+        "rope_theta": g.meta("llama.rope.freq_base").and_then(Meta::as_f64).unwrap_or(10_000.0),
+        "tie_word_embeddings": tied,
+        "bos_token_id": g.meta("tokenizer.ggml.bos_token_id").and_then(Meta::as_i64),
+        "eos_token_id": g.meta("tokenizer.ggml.eos_token_id").and_then(Meta::as_i64),
+        "pad_token_id": g.meta("tokenizer.ggml.padding_token_id").and_then(Meta::as_i64),
+    });
+    let cfg: LlamaConfig =
+        serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut tensors = HashMap::new();
+    for info in &g.tensors {
+        let (shape, mut values) = g.tensor(info)?;
+        let hf = hf_name(&info.name).ok_or_else(|| ModelError::BadGguf {
+            path: path.to_path_buf(),
+            reason: format!("unexpected tensor `{}` for llama", info.name),
+        })?;
+        if info.name.ends_with("attn_q.weight") {
+            values = unpermute_rows(&values, shape[0], shape[1], heads);
+        } else if info.name.ends_with("attn_k.weight") {
+            values = unpermute_rows(&values, shape[0], shape[1], kv_heads);
+        }
+        tensors.insert(hf, (shape, values));
+    }
+    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let model = Llama::from_weights(&cfg, &mut weights)?;
+    let tokenizer = super::gguf_tokenizer::build(&g)?;
+    let template = g
+        .meta("tokenizer.chat_template")
+        .and_then(Meta::as_str)
+        .map(str::to_owned);
+    Ok((model, config, tokenizer, template))
+}
+
+/// llama.cpp tensor names -> HF names.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_owned());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dequantizes_q8_0_q4_0_and_q4_1_blocks() {
+        let d = half::f16::from_f32(0.5).to_le_bytes();
+        let m = half::f16::from_f32(-1.0).to_le_bytes();
+        // Q8_0: d=0.5, q = -16..16
+        let mut q8 = d.to_vec();
+        q8.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let v = dequantize(8, &q8, 32).unwrap();
+        assert_eq!(v[0], -8.0);
+        assert_eq!(v[31], 7.5);
+        // Q4_0: byte j holds element j (low nibble) and j+16 (high nibble), minus 8.
+        let mut q4 = d.to_vec();
+        q4.extend((0..16).map(|j| (j as u8) | (15 - j as u8) << 4));
+        let v = dequantize(2, &q4, 32).unwrap();
+        assert_eq!((v[0], v[1], v[16], v[31]), (-4.0, -3.5, 3.5, -4.0));
+        // Q4_1: x = q * d + m.
+        let mut q41 = d.to_vec();
+        q41.extend(m);
+        q41.extend((0..16).map(|j| (j as u8) | (15 - j as u8) << 4));
+        let v = dequantize(3, &q41, 32).unwrap();
+        assert_eq!((v[0], v[15], v[16]), (-1.0, 6.5, 6.5));
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // One head, head_dim 4, 1 column: HF rows [a0 a1 | b0 b1] (half-split) are stored by
+        // llama.cpp as interleaved pairs [a0 b0 a1 b1].
+        let gguf = [0.0, 10.0, 1.0, 11.0];
+        assert_eq!(unpermute_rows(&gguf, 4, 1, 1), vec![0.0, 1.0, 10.0, 11.0]);
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_clear_errors() {
+        let e = Gguf::parse(Path::new("x.gguf"), b"NOPE".to_vec())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not a GGUF file"), "{e}");
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        let e = Gguf::parse(Path::new("x.gguf"), bytes)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unexpected end of file"), "{e}");
+    }
+}

@@ -1,0 +1,282 @@
+//! Building blocks shared by the model families: projections (with an optional LoRA adapter),
+//! layer/RMS norms, masked scaled-dot-product attention, rotary embeddings (HF half-split).
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use super::lora::LoraAdapter;
+
+/// A linear projection `y = x W + b` with `W` stored `[in, out]`, plus an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct Proj {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Proj {
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Proj {
+        Proj {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+            lora: None,
+        }
+    }
+
+    /// A projection initialised like GPT-2 (normal, std 0.02; zero bias).
+    pub fn init(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Proj {
+        let w = Tensor::random(
+            [d_in, d_out],
+            burn::tensor::Distribution::Normal(0.0, std),
+            device,
+        );
+        Proj::new(w, bias.then(|| Tensor::zeros([d_out], device)))
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = burn::tensor::module::linear(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        match &self.lora {
+            Some(l) if l.enabled => y + l.forward(x),
+            _ => y,
+        }
+    }
+
+    /// The weight with the adapter folded in (for export and merged models).
+    pub fn merged_weight(&self) -> Tensor<2> {
+        match &self.lora {
+            Some(l) if l.enabled => self.weight.val() + l.delta(),
+            _ => self.weight.val(),
+        }
+    }
+}
+
+/// LayerNorm over the last dimension (PyTorch semantics: biased variance, eps inside the sqrt).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> LayerNorm {
+        LayerNorm {
+            weight: Param::from_tensor(weight),
+            bias: Param::from_tensor(bias),
+            eps,
+        }
+    }
+    pub fn init(d: usize, eps: f64, device: &Device) -> LayerNorm {
+        LayerNorm::new(Tensor::ones([d], device), Tensor::zeros([d], device), eps)
+    }
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+    }
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight` (Llama).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor<1>, eps: f64) -> RmsNorm {
+        RmsNorm {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+    pub fn init(d: usize, eps: f64, device: &Device) -> RmsNorm {
+        RmsNorm::new(Tensor::ones([d], device), eps)
+    }
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze())
+    }
+}
+
+/// Value added to masked attention scores: large and finite, so a fully masked row (a padding
+/// query) gives a uniform distribution instead of NaN.
+const MASKED: f32 = -1.0e9;
+
+/// Attention mask `[b, 1, q, k]`, true where a query must not see a key: padding keys, and
+/// with `causal`, keys after the query. `padding` is `[b, k]`, true at real tokens; `offset` is
+/// the position of the first query (for a KV cache).
+pub fn attention_mask(
+    padding: Option<Tensor<2, Bool>>,
+    b: usize,
+    q: usize,
+    k: usize,
+    causal: bool,
+    offset: usize,
+    device: &Device,
+) -> Option<Tensor<4, Bool>> {
+    let mut mask: Option<Tensor<4, Bool>> = None;
+    if causal {
+        // Key j is hidden from query i when j > i + offset.
+        let qi =
+            Tensor::<1, Int>::arange(offset as i64..(offset + q) as i64, device).reshape([q, 1]);
+        let kj = Tensor::<1, Int>::arange(0..k as i64, device).reshape([1, k]);
+        let future = kj.greater(qi).reshape([1, 1, q, k]).expand([b, 1, q, k]);
+        mask = Some(future);
+    }
+    if let Some(pad) = padding {
+        let hidden = pad.bool_not().reshape([b, 1, 1, k]).expand([b, 1, q, k]);
+        mask = Some(match mask {
+            Some(m) => m.bool_or(hidden),
+            None => hidden,
+        });
+    }
+    mask
+}
+
+/// Scaled dot-product attention over `[b, h, s, d]` tensors.
+pub fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
+    let d = q.dims()[3];
+    let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+    if let Some(m) = mask {
+        let [b, h, sq, sk] = scores.dims();
+        scores = scores.mask_fill(m.expand([b, h, sq, sk]), MASKED);
+    }
+    softmax(scores, 3).matmul(v)
+}
+
+/// `[b, s, h*d]` -> `[b, h, s, d]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, s, hd] = x.dims();
+    x.reshape([b, s, heads, hd / heads]).swap_dims(1, 2)
+}
+
+/// `[b, h, s, d]` -> `[b, s, h*d]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, s, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// Rotary position embedding tables in the HF "half-split" layout: `cos`/`sin` `[len, d]` for
+/// positions `0..len`, frequencies repeated over both halves of the head dimension.
+pub fn rope_tables(
+    head_dim: usize,
+    theta: f64,
+    len: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(len * head_dim);
+    let mut sin = Vec::with_capacity(len * head_dim);
+    for pos in 0..len {
+        for j in 0..head_dim {
+            let i = j % half;
+            let inv_freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            let angle = pos as f64 * inv_freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let to =
+        |v: Vec<f32>| Tensor::from_data(burn::tensor::TensorData::new(v, [len, head_dim]), device);
+    (to(cos), to(sin))
+}
+
+/// Rows of a `[len, d]` table at `positions` `[b, s]`, shaped `[b, 1, s, d]` to broadcast over heads.
+pub fn rows_at(table: &Tensor<2>, positions: &Tensor<2, Int>) -> Tensor<4> {
+    let [b, s] = positions.dims();
+    let d = table.dims()[1];
+    burn::tensor::module::embedding(table.clone(), positions.clone()).reshape([b, 1, s, d])
+}
+
+/// Applies rotary embeddings to `[b, h, s, d]` given `cos`/`sin` `[b, 1, s, d]`:
+/// `x * cos + rotate_half(x) * sin`, `rotate_half([x1, x2]) = [-x2, x1]`.
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let half = d / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Positions of the tokens of a (possibly left-padded) batch: the count of real tokens before
+/// each one, as HF computes them from the attention mask. `padding` is true at real tokens.
+pub fn positions_from_padding(
+    padding: &Tensor<2, Bool>,
+    offset: Option<&Tensor<2, Int>>,
+) -> Tensor<2, Int> {
+    let pos = padding.clone().int().cumsum(1).sub_scalar(1).clamp_min(0);
+    match offset {
+        Some(o) => pos + o.clone(),
+        None => pos,
+    }
+}
+
+/// Keys and values of earlier positions, per layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache {
+            layers: vec![None; layers],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys/values for `layer` and returns all of them.
+    pub fn extend(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+}
+
+/// Repeats key/value heads for grouped-query attention: `[b, kv, s, d]` -> `[b, kv*rep, s, d]`.
+pub fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, kv, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, rep, s, d])
+        .reshape([b, kv * rep, s, d])
+}

@@ -1,0 +1,368 @@
+//! Llama style decoder: RMSNorm, rotary embeddings in HF's half-split layout, SwiGLU MLP,
+//! grouped-query attention, optional tied LM head. Also covers SmolLM2, Mistral-like configs
+//! without sliding windows, and Qwen2 without attention biases.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use serde::{Deserialize, Serialize};
+
+use super::layers::{
+    KvCache, Proj, RmsNorm, apply_rope, attend, attention_mask, merge_heads, repeat_kv,
+    rope_tables, rows_at, split_heads,
+};
+use super::weights::{ModelError, WeightMap, WeightWriter};
+
+/// The fields of HF's `LlamaConfig` that shape the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// transformers < 5 writes `rope_theta` at the top level...
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// ...transformers 5 inside `rope_parameters`.
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub attention_bias: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    pub fn theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0)
+    }
+    /// Rotary scaling hone implements: none ("default").
+    pub fn check(&self) -> Result<(), String> {
+        let kind = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.clone())
+            .or_else(|| {
+                self.rope_scaling
+                    .as_ref()
+                    .and_then(|s| s.get("rope_type").or(s.get("type")))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_owned)
+            });
+        match kind.as_deref() {
+            None | Some("default") => {}
+            Some(other) => {
+                return Err(format!(
+                    "rotary scaling `{other}` is not supported yet (only the default rotary embedding)"
+                ));
+            }
+        }
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
+            return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaLayer {
+    pub input_layernorm: RmsNorm,
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub o_proj: Proj,
+    pub post_attention_layernorm: RmsNorm,
+    pub gate_proj: Proj,
+    pub up_proj: Proj,
+    pub down_proj: Proj,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+}
+
+impl LlamaLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Option<Tensor<4, Bool>>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let h = self.input_layernorm.forward(x.clone());
+        let q = apply_rope(
+            split_heads(self.q_proj.forward(h.clone()), self.n_heads),
+            cos,
+            sin,
+        );
+        let k = apply_rope(
+            split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads),
+            cos,
+            sin,
+        );
+        let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
+        let (k, v) = match cache {
+            Some((c, layer)) => c.extend(layer, k, v),
+            None => (k, v),
+        };
+        let rep = self.n_heads / self.n_kv_heads;
+        let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
+        let x = x + self.o_proj.forward(merge_heads(a));
+        let h = self.post_attention_layernorm.forward(x.clone());
+        let m = silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h);
+        x + self.down_proj.forward(m)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<LlamaLayer>,
+    pub norm: RmsNorm,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Proj>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+impl Llama {
+    pub fn init(config: &LlamaConfig, device: &Device) -> Llama {
+        let (d, hd, std) = (config.hidden_size, config.head_dim(), 0.02);
+        let (h, kv, inner) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.intermediate_size,
+        );
+        let bias = config.attention_bias;
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| LlamaLayer {
+                input_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
+                q_proj: Proj::init(d, h * hd, bias, std, device),
+                k_proj: Proj::init(d, kv * hd, bias, std, device),
+                v_proj: Proj::init(d, kv * hd, bias, std, device),
+                o_proj: Proj::init(h * hd, d, false, std, device),
+                post_attention_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
+                gate_proj: Proj::init(d, inner, false, std, device),
+                up_proj: Proj::init(d, inner, false, std, device),
+                down_proj: Proj::init(inner, d, false, std, device),
+                n_heads: h,
+                n_kv_heads: kv,
+            })
+            .collect();
+        Llama {
+            embed_tokens: Param::from_tensor(Tensor::random(
+                [config.vocab_size, d],
+                burn::tensor::Distribution::Normal(0.0, std),
+                device,
+            )),
+            layers,
+            norm: RmsNorm::init(d, config.rms_norm_eps, device),
+            lm_head: (!config.tie_word_embeddings)
+                .then(|| Proj::init(d, config.vocab_size, false, std, device)),
+            config: config.clone(),
+        }
+    }
+
+    /// Reads HF weights (`LlamaModel` or `LlamaForCausalLM` names).
+    pub fn from_weights(config: &LlamaConfig, w: &mut WeightMap) -> Result<Llama, ModelError> {
+        let (d, hd) = (config.hidden_size, config.head_dim());
+        let (h, kv, inner) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.intermediate_size,
+        );
+        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
+            true => Some(Proj::new(
+                w.take_linear("lm_head.weight", d, config.vocab_size)?,
+                None,
+            )),
+            false => None,
+        };
+        w.strip_prefix("model.");
+        let lin = |w: &mut WeightMap,
+                   p: &str,
+                   i: usize,
+                   o: usize,
+                   bias: bool|
+         -> Result<Proj, ModelError> {
+            let b = if bias {
+                Some(w.take(&format!("{p}.bias"), [o])?)
+            } else {
+                None
+            };
+            Ok(Proj::new(w.take_linear(&format!("{p}.weight"), i, o)?, b))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let bias = config.attention_bias;
+            layers.push(LlamaLayer {
+                input_layernorm: RmsNorm::new(
+                    w.take(&format!("{p}.input_layernorm.weight"), [d])?,
+                    config.rms_norm_eps,
+                ),
+                q_proj: lin(w, &format!("{p}.self_attn.q_proj"), d, h * hd, bias)?,
+                k_proj: lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?,
+                v_proj: lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?,
+                o_proj: lin(w, &format!("{p}.self_attn.o_proj"), h * hd, d, false)?,
+                post_attention_layernorm: RmsNorm::new(
+                    w.take(&format!("{p}.post_attention_layernorm.weight"), [d])?,
+                    config.rms_norm_eps,
+                ),
+                gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, false)?,
+                up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, false)?,
+                down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, false)?,
+                n_heads: h,
+                n_kv_heads: kv,
+            });
+        }
+        let embed = w.take("embed_tokens.weight", [config.vocab_size, d])?;
+        if lm_head.is_none() && !config.tie_word_embeddings {
+            return Err(ModelError::MissingTensor {
+                path: w.path().to_path_buf(),
+                name: "lm_head.weight".into(),
+            });
+        }
+        Ok(Llama {
+            embed_tokens: Param::from_tensor(embed),
+            layers,
+            norm: RmsNorm::new(w.take("norm.weight", [d])?, config.rms_norm_eps),
+            lm_head,
+            config: config.clone(),
+        })
+    }
+
+    /// Writes HF `LlamaForCausalLM` weights (LoRA merged in).
+    pub fn write_weights(&self, w: &mut WeightWriter) {
+        w.put("model.embed_tokens.weight", self.embed_tokens.val());
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            w.put(
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.val(),
+            );
+            w.put(
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.val(),
+            );
+            for (name, proj) in [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.o_proj", &l.o_proj),
+                ("mlp.gate_proj", &l.gate_proj),
+                ("mlp.up_proj", &l.up_proj),
+                ("mlp.down_proj", &l.down_proj),
+            ] {
+                w.put_linear(format!("{p}.{name}.weight"), proj.merged_weight());
+                if let Some(b) = &proj.bias {
+                    w.put(format!("{p}.{name}.bias"), b.val());
+                }
+            }
+        }
+        w.put("model.norm.weight", self.norm.weight.val());
+        if let Some(head) = &self.lm_head {
+            w.put_linear("lm_head.weight", head.merged_weight());
+        }
+    }
+
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
+        }
+        out
+    }
+
+    /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
+    pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        let [b, s] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..s as i64, &device)
+            .reshape([1, s])
+            .expand([b, s]);
+        let mask = attention_mask(padding, b, s, s, true, 0, &device);
+        self.forward_with(ids, positions, mask, None)
+    }
+
+    /// The general forward: explicit positions `[b, s]`, attention mask `[b, 1, s, t]` and an
+    /// optional cache of earlier keys/values (incremental decoding).
+    pub fn forward_with(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let device = ids.device();
+        let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
+        let (cos, sin) = rope_tables(
+            self.config.head_dim(),
+            self.config.theta(),
+            max_pos,
+            &device,
+        );
+        let (cos, sin) = (rows_at(&cos, &positions), rows_at(&sin, &positions));
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(
+                x,
+                mask.clone(),
+                &cos,
+                &sin,
+                cache.as_deref_mut().map(|c| (c, i)),
+            );
+        }
+        self.norm.forward(x)
+    }
+
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! LoRA adapters following PEFT's conventions, so adapters saved by hone load in PEFT:
+//! `y = W x + s * B(A(dropout(x)))` with `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA),
+//! A kaiming-uniform (bound `1/sqrt(in)`), B zeros so the adapted model starts equal to the base.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// LoRA settings (the recipe's `peft:` block and PEFT's `adapter_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank of the update.
+    #[serde(default = "default_r")]
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by `alpha / r` (`alpha / sqrt(r)` with rslora).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// Module names to adapt (`q_proj`, `c_attn`, `query`...); default per model family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_modules: Option<Vec<String>>,
+    /// Rank-stabilised scaling `alpha / sqrt(r)`.
+    #[serde(default)]
+    pub rslora: bool,
+}
+
+fn default_r() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    16.0
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: default_r(),
+            alpha: default_alpha(),
+            dropout: 0.0,
+            target_modules: None,
+            rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scaling(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// The trainable low-rank update of one projection. `a` is `[in, r]` and `b` is `[r, out]`
+/// (PEFT stores `lora_A.weight` as `[r, in]` and `lora_B.weight` as `[out, r]`).
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    pub a: Param<Tensor<2>>,
+    pub b: Param<Tensor<2>>,
+    pub scaling: f64,
+    pub dropout: Dropout,
+    /// Off: the projection behaves as the base model (e.g. DPO's reference model).
+    pub enabled: bool,
+}
+
+impl LoraAdapter {
+    pub fn new(d_in: usize, d_out: usize, cfg: &LoraConfig, device: &Device) -> LoraAdapter {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = Tensor::random(
+            [d_in, cfg.r],
+            burn::tensor::Distribution::Uniform(-bound, bound),
+            device,
+        );
+        let b = Tensor::zeros([cfg.r, d_out], device);
+        Self::from_tensors(a, b, cfg, device)
+    }
+
+    pub fn from_tensors(
+        a: Tensor<2>,
+        b: Tensor<2>,
+        cfg: &LoraConfig,
+        _device: &Device,
+    ) -> LoraAdapter {
+        LoraAdapter {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+            scaling: cfg.scaling(),
+            dropout: DropoutConfig::new(cfg.dropout).init(),
+            enabled: true,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let h = burn::tensor::module::linear(self.dropout.forward(x), self.a.val(), None);
+        burn::tensor::module::linear(h, self.b.val(), None).mul_scalar(self.scaling)
+    }
+
+    /// `s * A B` as an `[in, out]` weight update.
+    pub fn delta(&self) -> Tensor<2> {
+        self.a.val().matmul(self.b.val()).mul_scalar(self.scaling)
+    }
+}
+
+/// PEFT's default `target_modules` per family.
+pub fn default_targets(family: super::Family) -> &'static [&'static str] {
+    match family {
+        super::Family::Gpt2 => &["c_attn"],
+        super::Family::Llama => &["q_proj", "v_proj"],
+        super::Family::Bert => &["query", "value"],
+    }
+}
+
+/// Whether module `path` is targeted: PEFT matches a target against the whole path or its
+/// last components (`q_proj` matches `model.layers.0.self_attn.q_proj`).
+fn targeted(path: &str, targets: &[String]) -> bool {
+    targets
+        .iter()
+        .any(|t| path == t || path.ends_with(&format!(".{t}")))
+}
+
+/// Adds fresh adapters to the targeted projections and freezes everything else of the
+/// backbone. Returns the backbone and the adapted module paths.
+pub fn apply(
+    backbone: super::Backbone,
+    cfg: &LoraConfig,
+    device: &Device,
+) -> Result<(super::Backbone, Vec<String>), String> {
+    let targets: Vec<String> = match &cfg.target_modules {
+        Some(t) => t.clone(),
+        None => default_targets(backbone.family())
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    if cfg.r == 0 {
+        return Err("LoRA rank `r` must be at least 1".into());
+    }
+    let mut backbone = backbone.no_grad();
+    let mut adapted = Vec::new();
+    let mut names = Vec::new();
+    for (path, proj) in backbone.projections_mut() {
+        if targeted(&path, &targets) {
+            proj.lora = Some(LoraAdapter::new(proj.d_in(), proj.d_out(), cfg, device));
+            adapted.push(path);
+        } else {
+            names.push(path.rsplit('.').next().unwrap_or_default().to_owned());
+        }
+    }
+    if adapted.is_empty() {
+        names.sort();
+        names.dedup();
+        return Err(format!(
+            "no module matches target_modules {targets:?}; this model has: {}",
+            names.join(", ")
+        ));
+    }
+    Ok((backbone, adapted))
+}
+
+/// Turns every adapter on or off (off: the model computes as its frozen base).
+pub fn set_enabled(backbone: &mut super::Backbone, enabled: bool) {
+    for (_, proj) in backbone.projections_mut() {
+        if let Some(l) = proj.lora.as_mut() {
+            l.enabled = enabled;
+        }
+    }
+}
+
+/// Folds every adapter into its base weight and removes it (`W += s A B`).
+pub fn merge(backbone: &mut super::Backbone) {
+    for (_, proj) in backbone.projections_mut() {
+        if proj.lora.as_ref().is_some_and(|l| l.enabled) {
+            let merged = proj.merged_weight();
+            proj.weight = Param::from_tensor(merged);
+        }
+        proj.lora = None;
+    }
+}
+
+/// Writes a PEFT adapter directory: `adapter_config.json` + `adapter_model.safetensors`.
+pub fn save_peft(
+    backbone: &mut super::Backbone,
+    cfg: &LoraConfig,
+    base_model: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let family = backbone.family();
+    let mut w = super::weights::WeightWriter::default();
+    let mut targets = std::collections::BTreeSet::new();
+    for (path, proj) in backbone.projections_mut() {
+        if let Some(l) = &proj.lora {
+            targets.insert(path.rsplit('.').next().unwrap_or_default().to_owned());
+            // PEFT: lora_A.weight [r, in], lora_B.weight [out, r].
+            w.put(
+                format!("base_model.model.{path}.lora_A.weight"),
+                l.a.val().transpose(),
+            );
+            w.put(
+                format!("base_model.model.{path}.lora_B.weight"),
+                l.b.val().transpose(),
+            );
+        }
+    }
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": if family == super::Family::Bert { serde_json::Value::Null } else { "CAUSAL_LM".into() },
+        "base_model_name_or_path": base_model,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.rslora,
+        "target_modules": targets,
+        "bias": "none",
+        // GPT-2's Conv1D stores weights [in, out]; PEFT needs to know when it merges.
+        "fan_in_fan_out": family == super::Family::Gpt2,
+        "inference_mode": true,
+        "modules_to_save": serde_json::Value::Null,
+    });
+    crate::store::write_atomic(
+        &dir.join("adapter_config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    w.write(&dir.join("adapter_model.safetensors"))
+}
+
+/// Reads a PEFT adapter directory onto `backbone` (which must be the adapter's base model).
+pub fn load_peft(
+    backbone: &mut super::Backbone,
+    dir: &std::path::Path,
+    device: &Device,
+) -> Result<LoraConfig, super::ModelError> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| super::ModelError::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| super::ModelError::BadConfig {
+            path: cfg_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let get_f = |k: &str, d: f64| raw.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    let cfg = LoraConfig {
+        r: raw.get("r").and_then(|v| v.as_u64()).unwrap_or(8) as usize,
+        alpha: get_f("lora_alpha", 8.0),
+        dropout: get_f("lora_dropout", 0.0),
+        target_modules: raw
+            .get("target_modules")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
+        rslora: raw
+            .get("use_rslora")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+    };
+    let mut w = super::weights::WeightMap::from_safetensors(
+        &dir.join("adapter_model.safetensors"),
+        device,
+    )?;
+    w.strip_prefix("base_model.model.");
+    for (path, proj) in backbone.projections_mut() {
+        let a_name = format!("{path}.lora_A.weight");
+        if !w.contains(&a_name) {
+            continue;
+        }
+        let a = w.take::<2>(&a_name, [cfg.r, proj.d_in()])?.transpose();
+        let b = w
+            .take::<2>(&format!("{path}.lora_B.weight"), [proj.d_out(), cfg.r])?
+            .transpose();
+        proj.lora = Some(LoraAdapter::from_tensors(a, b, &cfg, device));
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::Proj;
+    use crate::model::to_vec;
+
+    fn t2(v: &[f32], shape: [usize; 2], d: &Device) -> Tensor<2> {
+        Tensor::from_data(burn::tensor::TensorData::new(v.to_vec(), shape), d)
+    }
+
+    /// algorithms.md section 7: W=[[1,2,3],[4,5,6]], A=[[0.1,-0.2,0.3]], B=[[0.5],[-1]],
+    /// alpha 2, r 1, x=[1,1,2] -> y=[9.5, 20.0]; merged W=[[1.1,1.8,3.3],[3.8,5.4,5.4]].
+    #[test]
+    fn peft_test_vector() {
+        let d = Device::flex();
+        let cfg = LoraConfig {
+            r: 1,
+            alpha: 2.0,
+            ..LoraConfig::default()
+        };
+        // PyTorch layouts: W [out, in], A [r, in], B [out, r]; hone keeps [in, out].
+        let w = t2(&[1., 2., 3., 4., 5., 6.], [2, 3], &d).transpose();
+        let a = t2(&[0.1, -0.2, 0.3], [1, 3], &d).transpose();
+        let b = t2(&[0.5, -1.0], [2, 1], &d).transpose();
+        let mut proj = Proj::new(w, None);
+        proj.lora = Some(LoraAdapter::from_tensors(a, b, &cfg, &d));
+        let x = t2(&[1., 1., 2.], [1, 3], &d);
+        let y = to_vec(proj.forward(x.clone()));
+        assert!(
+            (y[0] - 9.5).abs() < 1e-5 && (y[1] - 20.0).abs() < 1e-5,
+            "{y:?}"
+        );
+        let merged = to_vec(proj.merged_weight().transpose());
+        let want = [1.1, 1.8, 3.3, 3.8, 5.4, 5.4];
+        for (m, w) in merged.iter().zip(want) {
+            assert!((m - w).abs() < 1e-5, "{merged:?}");
+        }
+        // Disabled: the base projection.
+        if let Some(l) = proj.lora.as_mut() {
+            l.enabled = false;
+        }
+        let base = to_vec(proj.forward(x));
+        assert!(
+            (base[0] - 9.0).abs() < 1e-5 && (base[1] - 21.0).abs() < 1e-5,
+            "{base:?}"
+        );
+    }
+
+    #[test]
+    fn scaling_and_init_follow_peft() {
+        let plain = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        };
+        assert_eq!(plain.scaling(), 2.0);
+        assert_eq!(
+            LoraConfig {
+                rslora: true,
+                ..plain.clone()
+            }
+            .scaling(),
+            4.0
+        );
+        let d = Device::flex();
+        let adapter = LoraAdapter::new(3, 5, &plain, &d);
+        let a = to_vec(adapter.a.val());
+        let bound = 1.0 / 3f32.sqrt(); // 0.5773502692 in algorithms.md
+        assert!(
+            a.iter().all(|v| v.abs() <= bound),
+            "kaiming-uniform bound 1/sqrt(in): {a:?}"
+        );
+        assert!(
+            to_vec(adapter.b.val()).iter().all(|v| *v == 0.0),
+            "B starts at zero"
+        );
+    }
+}

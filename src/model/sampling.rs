@@ -1,0 +1,172 @@
+//! Text generation for decoders with a KV cache: greedy, temperature, top-k, top-p, stop
+//! tokens, a cap on new tokens. Prompts of a batch are left-padded; positions follow the
+//! padding mask as in transformers, so a batch generates what each prompt would alone.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::Backbone;
+use super::layers::{KvCache, attention_mask, positions_from_padding};
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0: off).
+    #[serde(default)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1: off).
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// Token ids that end a sequence (kept in the output).
+    #[serde(default)]
+    pub stop_tokens: Vec<u32>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_max_new() -> usize {
+    64
+}
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            max_new_tokens: default_max_new(),
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop_tokens: vec![],
+            seed: 0,
+        }
+    }
+}
+
+/// Picks the next token from one row of logits.
+pub fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 { (i, v) } else { best }
+            })
+            .0 as u32
+    };
+    if cfg.temperature <= 0.0 {
+        return argmax();
+    }
+    let mut cand: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v as f64 / cfg.temperature))
+        .collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if cfg.top_k > 0 {
+        cand.truncate(cfg.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if cfg.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|p| {
+            acc += p;
+            acc >= cfg.top_p
+        });
+        let keep = keep.map_or(probs.len(), |k| k + 1);
+        probs.truncate(keep);
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+    }
+    let u = rng.next_f64();
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return cand[i].0;
+        }
+    }
+    cand[probs.len() - 1].0
+}
+
+/// Generates a continuation for each prompt (token ids). Each output holds the new tokens
+/// only, ending with a stop token when one was produced.
+pub fn generate(
+    model: &Backbone,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    let b = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if b == 0 || longest == 0 || cfg.max_new_tokens == 0 {
+        return vec![Vec::new(); b];
+    }
+    let mut ids = Vec::with_capacity(b * longest);
+    let mut real = Vec::with_capacity(b * longest);
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().map(|&t| t as i64)));
+        real.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
+    }
+    let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [b, longest]), device);
+    let mut padding =
+        Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(real, [b, longest]), device);
+    let mut positions = positions_from_padding(&padding, None);
+    let mut cache = KvCache::new(model.num_layers());
+    let mask = attention_mask(Some(padding.clone()), b, longest, longest, true, 0, device);
+    let mut hidden = model.hidden_with(ids, positions.clone(), mask, &mut cache);
+    let mut rng = SplitMix64::new(cfg.seed);
+    let mut out = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    for _ in 0..cfg.max_new_tokens {
+        let s = hidden.dims()[1];
+        let last = hidden.narrow(1, s - 1, 1);
+        let logits = model.lm_logits(last).expect("generation needs a decoder");
+        let v = logits.dims()[2];
+        let rows = super::to_vec(logits.reshape([b, v]));
+        let mut next = Vec::with_capacity(b);
+        for (i, row) in rows.chunks(v).enumerate() {
+            let t = if done[i] {
+                0
+            } else {
+                choose(row, cfg, &mut rng)
+            };
+            if !done[i] {
+                out[i].push(t);
+                done[i] = cfg.stop_tokens.contains(&t);
+            }
+            next.push(t as i64);
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        let t = cache.len();
+        padding = Tensor::cat(
+            vec![
+                padding,
+                Tensor::<2, Bool>::from_data(
+                    burn::tensor::TensorData::new(vec![true; b], [b, 1]),
+                    device,
+                ),
+            ],
+            1,
+        );
+        let last = positions.dims()[1] - 1;
+        positions = positions.narrow(1, last, 1).add_scalar(1);
+        let step = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(next, [b, 1]), device);
+        let mask = attention_mask(Some(padding.clone()), b, 1, t + 1, true, t, device);
+        hidden = model.hidden_with(step, positions.clone(), mask, &mut cache);
+    }
+    out
+}

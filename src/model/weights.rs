@@ -1,0 +1,240 @@
+//! Checkpoint tensors in and out: safetensors files read into f32 tensors by name (with the
+//! checks that turn a wrong file into a clear error), and named tensors written back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+
+/// What can go wrong turning files into a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid safetensors file (truncated or corrupt?): {reason}")]
+    BadSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+    #[error("unknown architecture `{found}` in {path}; hone loads: {supported}")]
+    UnknownArchitecture {
+        path: PathBuf,
+        found: String,
+        supported: String,
+    },
+    #[error("tensor `{name}` is missing from {path}")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("tensor `{name}` in {path} has shape {found:?}, the config implies {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{name}` in {path} has dtype {dtype}, which hone does not read")]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{path}: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+}
+
+/// Tensors of a checkpoint by name, as f32, consumed as the model takes them.
+pub struct WeightMap {
+    path: PathBuf,
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    device: Device,
+}
+
+impl WeightMap {
+    /// Reads every tensor of a safetensors file (f32, f16, bf16 and f64 become f32).
+    pub fn from_safetensors(path: &Path, device: &Device) -> Result<WeightMap, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::BadSafetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
+                    .collect(),
+                // Integer tensors are buffers (e.g. BERT's `position_ids`), not weights.
+                Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => {
+                    tracing::debug!(tensor = %name, "skipping integer buffer");
+                    continue;
+                }
+                other => {
+                    return Err(ModelError::UnsupportedDtype {
+                        path: path.to_path_buf(),
+                        name,
+                        dtype: format!("{other:?}"),
+                    });
+                }
+            };
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        Ok(WeightMap {
+            path: path.to_path_buf(),
+            tensors,
+            device: device.clone(),
+        })
+    }
+
+    /// A map built in memory (GGUF loading, tests).
+    pub fn from_tensors(
+        path: PathBuf,
+        tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+        device: &Device,
+    ) -> WeightMap {
+        WeightMap {
+            path,
+            tensors,
+            device: device.clone(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Removes `prefix` from every name that has it (`transformer.h.0` -> `h.0`), so one loader
+    /// reads both a bare base model and one saved under a task head.
+    pub fn strip_prefix(&mut self, prefix: &str) {
+        let names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for name in names {
+            if let Some(t) = self.tensors.remove(&name) {
+                self.tensors.insert(name[prefix.len()..].to_owned(), t);
+            }
+        }
+    }
+
+    /// The tensor `name` with exactly `shape`.
+    pub fn take<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<D>, ModelError> {
+        let (found, values) =
+            self.tensors
+                .remove(name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    path: self.path.clone(),
+                    name: name.to_owned(),
+                })?;
+        if found != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
+    }
+
+    /// A PyTorch `nn.Linear` weight `[out, in]`, as burn's `[in, out]`.
+    pub fn take_linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Tensor<2>, ModelError> {
+        Ok(self.take(name, [d_out, d_in])?.transpose())
+    }
+
+    /// Names nobody took (reported as unused weights).
+    pub fn remaining(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Named tensors on their way to a safetensors file.
+#[derive(Default)]
+pub struct WeightWriter {
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl WeightWriter {
+    pub fn put<const D: usize>(&mut self, name: impl Into<String>, t: Tensor<D>) {
+        let shape = t.dims().to_vec();
+        let values = super::to_vec(t);
+        self.tensors.insert(name.into(), (shape, values));
+    }
+
+    /// Stores a burn `[in, out]` weight as PyTorch's `[out, in]`.
+    pub fn put_linear(&mut self, name: impl Into<String>, w: Tensor<2>) {
+        self.put(name, w.transpose());
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// Writes the file (tensors sorted by name; metadata `format: pt` as transformers expects).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(n, (shape, v))| {
+                (
+                    n.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    shape.clone(),
+                )
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, b, s)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+        let out = safetensors::serialize(views, Some(meta))?;
+        crate::store::write_atomic(path, &out)
+    }
+}

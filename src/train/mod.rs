@@ -1,0 +1,3 @@
+//! Training: losses now; the shared training loop arrives with the training stages.
+
+pub mod loss;

@@ -1,0 +1,216 @@
+//! Golden parity with transformers: tiny random-weight checkpoints (made by
+//! scripts/make_model_fixtures.py) loaded by hone give the reference outputs for a padded batch.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use hone::model::{Backbone, load_hf_dir, save_hf_dir, to_vec};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+struct Reference {
+    json: serde_json::Value,
+}
+
+impl Reference {
+    fn load(name: &str) -> Reference {
+        let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+        Reference {
+            json: serde_json::from_str(&text).unwrap(),
+        }
+    }
+    fn ints(&self, key: &str, device: &Device) -> Tensor<2, Int> {
+        let rows: Vec<Vec<i64>> = serde_json::from_value(self.json[key].clone()).unwrap();
+        let (b, s) = (rows.len(), rows[0].len());
+        Tensor::from_data(burn::tensor::TensorData::new(rows.concat(), [b, s]), device)
+    }
+    fn mask(&self) -> Vec<Vec<i64>> {
+        serde_json::from_value(self.json["attention_mask"].clone()).unwrap()
+    }
+    fn floats(&self, key: &str) -> Vec<f32> {
+        fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
+            match v {
+                serde_json::Value::Array(items) => items.iter().for_each(|i| flat(i, out)),
+                serde_json::Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
+                _ => panic!("not a number"),
+            }
+        }
+        let mut out = Vec::new();
+        flat(&self.json[key], &mut out);
+        out
+    }
+}
+
+/// Max |a - b| over the positions the attention mask marks as real tokens.
+fn max_diff_on_tokens(got: &[f32], want: &[f32], mask: &[Vec<i64>], width: usize) -> f32 {
+    assert_eq!(got.len(), want.len(), "output sizes differ");
+    let s = mask[0].len();
+    let mut worst = 0.0f32;
+    for (b, row) in mask.iter().enumerate() {
+        for (t, &m) in row.iter().enumerate() {
+            if m == 0 {
+                continue;
+            }
+            let off = (b * s + t) * width;
+            for k in 0..width {
+                worst = worst.max((got[off + k] - want[off + k]).abs());
+            }
+        }
+    }
+    worst
+}
+
+fn decoder_parity(name: &str) {
+    let device = Device::flex();
+    let model = load_hf_dir(&fixture(name), &device).unwrap();
+    assert!(
+        model.unused_weights.is_empty(),
+        "unused weights: {:?}",
+        model.unused_weights
+    );
+    let reference = Reference::load(name);
+    let ids = reference.ints("input_ids", &device);
+    let padding = reference.ints("attention_mask", &device).equal_elem(1);
+    let hidden = model.backbone.hidden(ids.clone(), Some(padding.clone()));
+    let d = hidden.dims()[2];
+    let logits = model.backbone.lm_logits(hidden.clone()).unwrap();
+    let vocab = logits.dims()[2];
+    let mask = reference.mask();
+    let dh = max_diff_on_tokens(&to_vec(hidden), &reference.floats("last_hidden"), &mask, d);
+    let dl = max_diff_on_tokens(
+        &to_vec(logits.clone()),
+        &reference.floats("logits"),
+        &mask,
+        vocab,
+    );
+    assert!(
+        dh <= 1e-4 && dl <= 1e-4,
+        "{name}: max abs diff hidden {dh:e}, logits {dl:e}"
+    );
+
+    // Saved by hone, loaded again: identical outputs.
+    let dir = tempfile::tempdir().unwrap();
+    save_hf_dir(&model.backbone, &model.config, None, dir.path()).unwrap();
+    let again = load_hf_dir(dir.path(), &device).unwrap();
+    let h2 = again.backbone.hidden(ids, Some(padding));
+    let l2 = again.backbone.lm_logits(h2).unwrap();
+    assert_eq!(
+        to_vec(l2),
+        to_vec(logits),
+        "{name}: save + load changed the outputs"
+    );
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    decoder_parity("gpt2");
+}
+
+#[test]
+fn llama_with_gqa_matches_transformers() {
+    decoder_parity("llama");
+}
+
+#[test]
+fn bert_matches_transformers() {
+    let device = Device::flex();
+    let model = load_hf_dir(&fixture("bert"), &device).unwrap();
+    let reference = Reference::load("bert");
+    let ids = reference.ints("input_ids", &device);
+    let types = reference.ints("token_type_ids", &device);
+    let padding = reference.ints("attention_mask", &device).equal_elem(1);
+    let Backbone::Bert(bert) = &model.backbone else {
+        panic!("not bert")
+    };
+    let hidden = bert.forward(ids, Some(types), Some(padding));
+    let d = hidden.dims()[2];
+    let dh = max_diff_on_tokens(
+        &to_vec(hidden.clone()),
+        &reference.floats("last_hidden"),
+        &reference.mask(),
+        d,
+    );
+    let pooled = to_vec(bert.pool(hidden).unwrap());
+    let want = reference.floats("pooled");
+    let dp = pooled
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        dh <= 1e-4 && dp <= 1e-4,
+        "bert: max abs diff hidden {dh:e}, pooled {dp:e}"
+    );
+}
+
+#[test]
+fn clear_errors_for_bad_checkpoints() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture(from).join(f), dir.path().join(f)).unwrap();
+        }
+    };
+    let err = |dir: &Path| {
+        load_hf_dir(dir, &device)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+
+    copy("llama");
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"llama\"", "\"mamba\""),
+    )
+    .unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("unknown architecture `mamba`") && e.contains("gpt2, llama"),
+        "{e}"
+    );
+
+    copy("llama");
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65"),
+    )
+    .unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("shape [65, 32]")
+            || e.contains("has shape [64, 32], the config implies [65, 32]"),
+        "{e}"
+    );
+
+    copy("llama");
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("tensor `layers.2.input_layernorm.weight` is missing"),
+        "{e}"
+    );
+
+    copy("llama");
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("not a valid safetensors file (truncated or corrupt?)"),
+        "{e}"
+    );
+}

@@ -1,0 +1,128 @@
+//! Real pretrained checkpoints (fetched by scripts/fetch_models.sh; .ci/run fetches them):
+//! MiniLM sentence embeddings match sentence-transformers; SmolLM2-135M-Instruct from GGUF
+//! renders the chat template, tokenizes and continues greedily exactly as transformers does.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use hone::model::chat::Message;
+use hone::model::sampling::{SamplingConfig, generate};
+use hone::model::{Backbone, load_hf_dir, to_vec};
+
+fn models() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    assert!(
+        dir.join("all-MiniLM-L6-v2/model.safetensors").is_file()
+            && dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
+        "real checkpoints missing: run scripts/fetch_models.sh (README's test command does)"
+    );
+    dir
+}
+
+fn fixture(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn minilm_embeddings_match_sentence_transformers() {
+    let device = Device::flex();
+    let model = load_hf_dir(&models().join("all-MiniLM-L6-v2"), &device).unwrap();
+    let tokenizer = model.tokenizer.expect("MiniLM ships tokenizer.json");
+    let reference = fixture("minilm_embeddings.json");
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    // One padded batch: shorter sentences are right-padded and masked.
+    let encoded: Vec<Vec<u32>> = sentences
+        .iter()
+        .map(|s| {
+            tokenizer
+                .encode(s.as_str(), true)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        })
+        .collect();
+    let len = encoded.iter().map(Vec::len).max().unwrap();
+    let b = encoded.len();
+    let mut ids = vec![0i64; b * len];
+    let mut real = vec![false; b * len];
+    for (i, e) in encoded.iter().enumerate() {
+        for (j, &t) in e.iter().enumerate() {
+            ids[i * len + j] = t as i64;
+            real[i * len + j] = true;
+        }
+    }
+    let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [b, len]), &device);
+    let mask = Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(real, [b, len]), &device);
+    let Backbone::Bert(bert) = &model.backbone else {
+        panic!("MiniLM is a BERT model")
+    };
+    let hidden = bert.forward(ids, None, Some(mask.clone()));
+    // sentence-transformers: mean over real tokens.
+    let m = mask.float().unsqueeze_dim::<3>(2);
+    let pooled = (hidden * m.clone()).sum_dim(1).div(m.sum_dim(1));
+    let got = to_vec(pooled);
+    let d = want[0].len();
+    for (i, w) in want.iter().enumerate() {
+        let g = &got[i * d..(i + 1) * d];
+        let dot: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cosine = dot / (norm(g) * norm(w));
+        assert!(
+            cosine >= 0.9999,
+            "sentence {i} ({:?}): cosine {cosine}",
+            sentences[i]
+        );
+    }
+}
+
+#[test]
+fn smollm2_gguf_chat_tokens_and_greedy_continuation_match_transformers() {
+    let device = Device::flex();
+    let model =
+        hone::model::load(&models().join("SmolLM2-135M-Instruct.Q4_1.gguf"), &device).unwrap();
+    assert!(
+        model.chat_template.is_some(),
+        "SmolLM2's GGUF carries a chat template"
+    );
+    let template = model.chat();
+    let tokenizer = model
+        .tokenizer
+        .clone()
+        .expect("SmolLM2's GGUF carries a BPE tokenizer");
+    let backbone = model.backbone;
+    let reference = fixture("smollm2_greedy.json");
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let text = template
+            .render(&[Message::new("user", prompt)], true)
+            .unwrap();
+        assert_eq!(
+            text,
+            case["text"].as_str().unwrap(),
+            "chat template rendering"
+        );
+        let ids: Vec<u32> = tokenizer
+            .encode(text.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let want_ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids, "tokens of {prompt:?}");
+        let want_new: Vec<u32> = serde_json::from_value(case["new_ids"].clone()).unwrap();
+        let cfg = SamplingConfig {
+            max_new_tokens: want_new.len(),
+            ..Default::default()
+        };
+        let got = generate(&backbone, &[ids], &cfg, &device).remove(0);
+        let decoded = tokenizer.decode(&got, false).unwrap();
+        assert_eq!(
+            got, want_new,
+            "{prompt:?}: hone said {decoded:?}, transformers {:?}",
+            case["new_text"]
+        );
+    }
+}
