@@ -12,6 +12,9 @@ use hone::model::Backbone;
 use hone::model::gpt2::{Gpt2, Gpt2Config};
 use hone::train::loss::causal_lm_loss;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VOCAB: usize = 8192;
 const D: usize = 256;
 const LAYERS: usize = 4;
@@ -22,6 +25,7 @@ const WARMUP: usize = 2;
 const STEPS: usize = 7;
 
 fn hone_ms_per_step() -> f64 {
+    hone::backend::init_cpu();
     let device = Device::flex().autodiff();
     device.seed(0);
     let cfg = Gpt2Config {

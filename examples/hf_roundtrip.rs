@@ -33,13 +33,9 @@ fn main() -> anyhow::Result<()> {
             burn::tensor::TensorData::new(rows.concat(), [rows.len(), rows[0].len()]),
             &device,
         );
-        let base_logits = to_vec(
-            model
-                .backbone
-                .lm_logits(model.backbone.hidden(ids.clone(), None))
-                .unwrap(),
-        );
-        save_hf_dir(&model.backbone, &model.config, None, &dir.join("saved"))?;
+        let base = &model.model.backbone;
+        let base_logits = to_vec(base.lm_logits(base.hidden(ids.clone(), None)).unwrap());
+        save_hf_dir(&model.model, &model.config, None, &dir.join("saved"))?;
 
         let cfg = lora::LoraConfig {
             r: 2,
@@ -47,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         let (mut adapted, _) =
-            lora::apply(model.backbone, &cfg, &device).map_err(anyhow::Error::msg)?;
+            lora::apply(model.model.backbone, &cfg, &device).map_err(anyhow::Error::msg)?;
         // A trained adapter has non-zero B; make the check meaningful.
         for (_, proj) in adapted.projections_mut() {
             if let Some(l) = proj.lora.as_mut() {
@@ -72,7 +68,12 @@ fn main() -> anyhow::Result<()> {
         )?;
         let mut merged = adapted;
         lora::merge(&mut merged);
-        save_hf_dir(&merged, &model.config, None, &dir.join("merged"))?;
+        save_hf_dir(
+            &hone::model::Model::new(merged),
+            &model.config,
+            None,
+            &dir.join("merged"),
+        )?;
         let logits = serde_json::json!({ "input_ids": rows, "base": base_logits, "adapted": adapted_logits });
         std::fs::write(dir.join("logits.json"), logits.to_string())?;
         println!(

@@ -86,3 +86,34 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def heads() -> None:
+    """Sequence-classification / scalar-score heads: GPT-2 with 3 labels, Llama with a scalar
+    (reward-model) head, BERT with 2 labels. Padding uses pad id 0, declared in the config, so
+    transformers pools decoders at the last non-pad token as hone does from the mask."""
+    from transformers import (BertForSequenceClassification, GPT2ForSequenceClassification,
+                              LlamaForSequenceClassification)
+    torch.manual_seed(1)
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=3,
+                                                    pad_token_id=0))
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                       max_position_embeddings=64, rms_norm_eps=1e-6, num_labels=1,
+                                                       pad_token_id=0))
+    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=64,
+                                                    max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                                    attention_probs_dropout_prob=0.0, num_labels=2))
+    for name, model in [("gpt2-cls", gpt2), ("llama-score", llama), ("bert-cls", bert)]:
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask)
+        save(name, model, {"scores": rows(out.logits)})
+
+
+if __name__ == "__main__":
+    heads()

@@ -75,9 +75,12 @@ fn decoder_parity(name: &str) {
     let reference = Reference::load(name);
     let ids = reference.ints("input_ids", &device);
     let padding = reference.ints("attention_mask", &device).equal_elem(1);
-    let hidden = model.backbone.hidden(ids.clone(), Some(padding.clone()));
+    let hidden = model
+        .model
+        .backbone
+        .hidden(ids.clone(), Some(padding.clone()));
     let d = hidden.dims()[2];
-    let logits = model.backbone.lm_logits(hidden.clone()).unwrap();
+    let logits = model.model.backbone.lm_logits(hidden.clone()).unwrap();
     let vocab = logits.dims()[2];
     let mask = reference.mask();
     let dh = max_diff_on_tokens(&to_vec(hidden), &reference.floats("last_hidden"), &mask, d);
@@ -94,10 +97,10 @@ fn decoder_parity(name: &str) {
 
     // Saved by hone, loaded again: identical outputs.
     let dir = tempfile::tempdir().unwrap();
-    save_hf_dir(&model.backbone, &model.config, None, dir.path()).unwrap();
+    save_hf_dir(&model.model, &model.config, None, dir.path()).unwrap();
     let again = load_hf_dir(dir.path(), &device).unwrap();
-    let h2 = again.backbone.hidden(ids, Some(padding));
-    let l2 = again.backbone.lm_logits(h2).unwrap();
+    let h2 = again.model.backbone.hidden(ids, Some(padding));
+    let l2 = again.model.backbone.lm_logits(h2).unwrap();
     assert_eq!(
         to_vec(l2),
         to_vec(logits),
@@ -123,7 +126,7 @@ fn bert_matches_transformers() {
     let ids = reference.ints("input_ids", &device);
     let types = reference.ints("token_type_ids", &device);
     let padding = reference.ints("attention_mask", &device).equal_elem(1);
-    let Backbone::Bert(bert) = &model.backbone else {
+    let Backbone::Bert(bert) = &model.model.backbone else {
         panic!("not bert")
     };
     let hidden = bert.forward(ids, Some(types), Some(padding));
@@ -213,4 +216,41 @@ fn clear_errors_for_bad_checkpoints() {
         e.contains("not a valid safetensors file (truncated or corrupt?)"),
         "{e}"
     );
+}
+
+#[test]
+fn classification_and_scalar_heads_match_transformers() {
+    let device = Device::flex();
+    for (name, labels) in [("gpt2-cls", 3), ("llama-score", 1), ("bert-cls", 2)] {
+        let loaded = load_hf_dir(&fixture(name), &device).unwrap();
+        assert!(
+            loaded.unused_weights.is_empty(),
+            "{name}: unused {:?}",
+            loaded.unused_weights
+        );
+        assert_eq!(loaded.model.num_labels(), Some(labels), "{name}");
+        let reference = Reference::load(name);
+        let ids = reference.ints("input_ids", &device);
+        let padding = reference.ints("attention_mask", &device).equal_elem(1);
+        let scores = to_vec(loaded.model.scores(ids.clone(), padding.clone()).unwrap());
+        let want = reference.floats("scores");
+        let worst = scores
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            scores.len() == want.len() && worst <= 1e-4,
+            "{name}: max abs diff {worst:e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        save_hf_dir(&loaded.model, &loaded.config, None, dir.path()).unwrap();
+        let again = load_hf_dir(dir.path(), &device).unwrap();
+        assert_eq!(
+            to_vec(again.model.scores(ids, padding).unwrap()),
+            scores,
+            "{name}: save + load"
+        );
+    }
 }

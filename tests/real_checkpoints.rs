@@ -57,7 +57,7 @@ fn minilm_embeddings_match_sentence_transformers() {
     }
     let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [b, len]), &device);
     let mask = Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(real, [b, len]), &device);
-    let Backbone::Bert(bert) = &model.backbone else {
+    let Backbone::Bert(bert) = &model.model.backbone else {
         panic!("MiniLM is a BERT model")
     };
     let hidden = bert.forward(ids, None, Some(mask.clone()));
@@ -93,7 +93,7 @@ fn smollm2_gguf_chat_tokens_and_greedy_continuation_match_transformers() {
         .tokenizer
         .clone()
         .expect("SmolLM2's GGUF carries a BPE tokenizer");
-    let backbone = model.backbone;
+    let backbone = model.model.backbone;
     let reference = fixture("smollm2_greedy.json");
     for case in reference["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();

@@ -16,6 +16,7 @@ fn model(name: &str, device: &Device) -> Backbone {
         device,
     )
     .unwrap()
+    .model
     .backbone
 }
 

@@ -47,11 +47,11 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             args.model.display()
         );
     };
-    if !model.backbone.is_decoder() {
+    if !model.model.backbone.is_decoder() {
         bail!(
             "{} is an encoder ({:?}); only decoders generate text",
             args.model.display(),
-            model.backbone.family()
+            model.model.backbone.family()
         );
     }
     let template = model.chat();
@@ -82,7 +82,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         stop_tokens: model.stop_tokens(),
         seed: args.seed,
     };
-    let outputs = generate(&model.backbone, &prompts, &cfg, &device);
+    let outputs = generate(&model.model.backbone, &prompts, &cfg, &device);
     for (p, out) in args.prompt.iter().zip(outputs) {
         let text = tokenizer
             .decode(&out, true)

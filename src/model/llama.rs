@@ -253,7 +253,8 @@ impl Llama {
             });
         }
         let embed = w.take("embed_tokens.weight", [config.vocab_size, d])?;
-        if lm_head.is_none() && !config.tie_word_embeddings {
+        // A sequence-classification checkpoint has a `score` head instead of an LM head.
+        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
             return Err(ModelError::MissingTensor {
                 path: w.path().to_path_buf(),
                 name: "lm_head.weight".into(),
@@ -359,10 +360,16 @@ impl Llama {
         self.norm.forward(x)
     }
 
-    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+    /// LM logits; `None` for a checkpoint without an LM head (untied, head not saved).
+    pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None),
+            Some(head) => Some(head.forward(hidden)),
+            None if self.config.tie_word_embeddings => Some(burn::tensor::module::linear(
+                hidden,
+                self.embed_tokens.val().transpose(),
+                None,
+            )),
+            None => None,
         }
     }
 }

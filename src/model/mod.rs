@@ -7,6 +7,7 @@ pub mod chat;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gpt2;
+pub mod heads;
 pub mod layers;
 pub mod llama;
 pub mod lora;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::prelude::*;
 
+pub use heads::Model;
 pub use weights::ModelError;
 use weights::{WeightMap, WeightWriter};
 
@@ -90,9 +92,21 @@ impl Backbone {
         }
     }
 
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Backbone::Gpt2(m) => m.config.n_embd,
+            Backbone::Llama(m) => m.config.hidden_size,
+            Backbone::Bert(m) => m.config.hidden_size,
+        }
+    }
+
     /// Whether the model generates text (has an LM head).
     pub fn is_decoder(&self) -> bool {
-        !matches!(self, Backbone::Bert(_))
+        match self {
+            Backbone::Gpt2(_) => true,
+            Backbone::Llama(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
+            Backbone::Bert(_) => false,
+        }
     }
 
     pub fn num_layers(&self) -> usize {
@@ -107,7 +121,7 @@ impl Backbone {
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
         match self {
             Backbone::Gpt2(m) => Some(m.logits(hidden)),
-            Backbone::Llama(m) => Some(m.logits(hidden)),
+            Backbone::Llama(m) => m.logits(hidden),
             Backbone::Bert(_) => None,
         }
     }
@@ -128,20 +142,12 @@ impl Backbone {
             Backbone::Bert(m) => m.write_weights(w, ""),
         }
     }
-
-    /// The HF class a saved directory declares in `architectures`.
-    fn hf_class(&self) -> &'static str {
-        match self {
-            Backbone::Gpt2(_) => "GPT2LMHeadModel",
-            Backbone::Llama(_) => "LlamaForCausalLM",
-            Backbone::Bert(_) => "BertModel",
-        }
-    }
 }
 
 /// A model read from a Hugging Face directory.
 pub struct HfModel {
-    pub backbone: Backbone,
+    /// The backbone and, for `*ForSequenceClassification` checkpoints, its score head.
+    pub model: Model,
     /// `config.json` as read (kept whole, so saving preserves fields hone does not use).
     pub config: serde_json::Value,
     pub tokenizer: Option<tokenizers::Tokenizer>,
@@ -196,7 +202,7 @@ pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
     if path.extension().is_some_and(|e| e == "gguf") {
         let (llama, config, tokenizer, chat_template) = gguf::load_llama(path, device)?;
         return Ok(HfModel {
-            backbone: Backbone::Llama(llama),
+            model: Model::new(Backbone::Llama(llama)),
             config,
             tokenizer,
             chat_template,
@@ -256,6 +262,24 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
             Backbone::Bert(bert::Bert::from_weights(&c, &mut weights)?)
         }
     };
+    let d = backbone.hidden_size();
+    let score = match family {
+        Family::Bert if weights.contains("classifier.weight") => {
+            let n = weights.shape("classifier.weight").map_or(0, |s| s[0]);
+            Some(layers::Proj::new(
+                weights.take_linear("classifier.weight", d, n)?,
+                Some(weights.take("classifier.bias", [n])?),
+            ))
+        }
+        Family::Gpt2 | Family::Llama if weights.contains("score.weight") => {
+            let n = weights.shape("score.weight").map_or(0, |s| s[0]);
+            Some(layers::Proj::new(
+                weights.take_linear("score.weight", d, n)?,
+                None,
+            ))
+        }
+        _ => None,
+    };
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
         let mut t = tokenizers::Tokenizer::from_file(&tokenizer_path)
@@ -279,7 +303,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
         })
         .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
     Ok(HfModel {
-        backbone,
+        model: Model { backbone, score },
         config,
         tokenizer,
         chat_template,
@@ -290,26 +314,55 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
 /// Writes a directory transformers loads: `config.json`, `model.safetensors` (LoRA merged in),
 /// and `tokenizer.json` when there is a tokenizer.
 pub fn save_hf_dir(
-    backbone: &Backbone,
+    model: &Model,
     config: &serde_json::Value,
     tokenizer: Option<&tokenizers::Tokenizer>,
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut config = config.clone();
+    let backbone = &model.backbone;
     if let Some(obj) = config.as_object_mut() {
-        obj.insert(
-            "architectures".into(),
-            serde_json::json!([backbone.hf_class()]),
-        );
+        let class = match (backbone, model.num_labels()) {
+            (Backbone::Gpt2(_), None) => "GPT2LMHeadModel",
+            (Backbone::Gpt2(_), Some(_)) => "GPT2ForSequenceClassification",
+            (Backbone::Llama(_), None) => "LlamaForCausalLM",
+            (Backbone::Llama(_), Some(_)) => "LlamaForSequenceClassification",
+            (Backbone::Bert(_), None) => "BertModel",
+            (Backbone::Bert(_), Some(_)) => "BertForSequenceClassification",
+        };
+        obj.insert("architectures".into(), serde_json::json!([class]));
         obj.insert("dtype".into(), "float32".into());
+        if let Some(n) = model.num_labels() {
+            // transformers reads the number of labels from id2label.
+            let id2label: serde_json::Map<String, serde_json::Value> = (0..n)
+                .map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}"))))
+                .collect();
+            let label2id: serde_json::Map<String, serde_json::Value> =
+                (0..n).map(|i| (format!("LABEL_{i}"), i.into())).collect();
+            obj.insert("id2label".into(), id2label.into());
+            obj.insert("label2id".into(), label2id.into());
+        }
     }
     crate::store::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
     let mut w = WeightWriter::default();
-    backbone.write_weights(&mut w);
+    match (backbone, &model.score) {
+        (Backbone::Bert(b), Some(head)) => {
+            b.write_weights(&mut w, "bert.");
+            w.put_linear("classifier.weight", head.merged_weight());
+            if let Some(bias) = &head.bias {
+                w.put("classifier.bias", bias.val());
+            }
+        }
+        (_, Some(head)) => {
+            backbone.write_weights(&mut w);
+            w.put_linear("score.weight", head.merged_weight());
+        }
+        (_, None) => backbone.write_weights(&mut w),
+    }
     w.write(&dir.join("model.safetensors"))?;
     if let Some(t) = tokenizer {
         t.save(dir.join("tokenizer.json"), false)

@@ -52,7 +52,7 @@ pub enum Extends {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// CUDA if compiled in and present, else wgpu if an adapter is found, else CPU.
+    /// CUDA when hone was built with `--features cuda`, else the CPU (wgpu only when asked for).
     #[default]
     Auto,
     /// burn's flex CPU backend.
