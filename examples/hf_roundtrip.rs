@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             &dir.join("adapter"),
         )?;
         let mut merged = adapted;
-        lora::merge(&mut merged);
+        lora::merge_and_unload(&mut merged);
         save_hf_dir(
             &hone::model::Model::new(merged),
             &model.config,

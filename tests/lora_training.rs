@@ -110,6 +110,18 @@ fn lora_trains_only_adapters_and_merges_exactly() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(diff < 1e-4, "merged vs adapted: {diff}");
+    // Unmerge restores the base weight.
+    lora::unmerge(&mut merged);
+    let Backbone::Gpt2(m) = &merged else {
+        unreachable!()
+    };
+    let restored = to_vec(m.h[0].c_attn.weight.val());
+    let worst = restored
+        .iter()
+        .zip(&attn_before)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "unmerge restores W: {worst}");
     let mut off = inference.clone();
     lora::set_enabled(&mut off, false);
     let off_logits = to_vec(

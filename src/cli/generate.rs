@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use burn::prelude::*;
 use clap::Args;
 
 use crate::model::chat::Message;
@@ -35,10 +34,15 @@ pub struct GenerateArgs {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Tensor backend.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|wgpu|cuda")]
+    backend: crate::recipe::types::BackendChoice,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
-    let device = Device::flex();
+    crate::backend::check_available(args.backend).map_err(anyhow::Error::msg)?;
+    let device = crate::backend::device(crate::backend::resolve(args.backend))
+        .map_err(anyhow::Error::msg)?;
     let model = crate::model::load(&args.model, &device)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
     let Some(tokenizer) = &model.tokenizer else {

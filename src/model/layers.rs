@@ -49,7 +49,7 @@ impl Proj {
             self.bias.as_ref().map(|b| b.val()),
         );
         match &self.lora {
-            Some(l) if l.enabled => y + l.forward(x),
+            Some(l) if l.enabled && !l.merged => y + l.forward(x),
             _ => y,
         }
     }
@@ -57,7 +57,7 @@ impl Proj {
     /// The weight with the adapter folded in (for export and merged models).
     pub fn merged_weight(&self) -> Tensor<2> {
         match &self.lora {
-            Some(l) if l.enabled => self.weight.val() + l.delta(),
+            Some(l) if l.enabled && !l.merged => self.weight.val() + l.delta(),
             _ => self.weight.val(),
         }
     }

@@ -66,6 +66,8 @@ pub struct LoraAdapter {
     pub dropout: Dropout,
     /// Off: the projection behaves as the base model (e.g. DPO's reference model).
     pub enabled: bool,
+    /// Folded into the base weight (`merge`); `unmerge` takes it out again.
+    pub merged: bool,
 }
 
 impl LoraAdapter {
@@ -92,6 +94,7 @@ impl LoraAdapter {
             scaling: cfg.scaling(),
             dropout: DropoutConfig::new(cfg.dropout).init(),
             enabled: true,
+            merged: false,
         }
     }
 
@@ -171,13 +174,47 @@ pub fn set_enabled(backbone: &mut super::Backbone, enabled: bool) {
     }
 }
 
-/// Folds every adapter into its base weight and removes it (`W += s A B`).
+/// Folds every active adapter into its base weight (`W += s A B`), as PEFT's `merge` does;
+/// the adapter stays, marked merged, so `unmerge` can take it out again.
 pub fn merge(backbone: &mut super::Backbone) {
     for (_, proj) in backbone.projections_mut() {
-        if proj.lora.as_ref().is_some_and(|l| l.enabled) {
-            let merged = proj.merged_weight();
-            proj.weight = Param::from_tensor(merged);
+        let Some(delta) = proj
+            .lora
+            .as_ref()
+            .filter(|l| l.enabled && !l.merged)
+            .map(LoraAdapter::delta)
+        else {
+            continue;
+        };
+        proj.weight = Param::from_tensor(proj.weight.val() + delta);
+        if let Some(l) = proj.lora.as_mut() {
+            l.merged = true;
         }
+    }
+}
+
+/// Undoes `merge`: `W -= s A B`.
+pub fn unmerge(backbone: &mut super::Backbone) {
+    for (_, proj) in backbone.projections_mut() {
+        let Some(delta) = proj
+            .lora
+            .as_ref()
+            .filter(|l| l.merged)
+            .map(LoraAdapter::delta)
+        else {
+            continue;
+        };
+        proj.weight = Param::from_tensor(proj.weight.val() - delta);
+        if let Some(l) = proj.lora.as_mut() {
+            l.merged = false;
+        }
+    }
+}
+
+/// Merges and drops the adapters: a plain model for export.
+pub fn merge_and_unload(backbone: &mut super::Backbone) {
+    merge(backbone);
+    for (_, proj) in backbone.projections_mut() {
         proj.lora = None;
     }
 }
