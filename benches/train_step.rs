@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use hone::model::Backbone;
 use hone::model::gpt2::{Gpt2, Gpt2Config};
@@ -39,12 +39,7 @@ fn hone_ms_per_step() -> f64 {
         activation_function: "gelu_new".into(),
     };
     let mut model = Backbone::Gpt2(Gpt2::init(&cfg, &device));
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.01)
-        .init();
+    let mut optim = hone::train::optim::adamw().init();
     let mut rng = hone::rng::SplitMix64::new(1);
     let ids: Vec<i64> = (0..BATCH * SEQ)
         .map(|_| rng.below(VOCAB as u64) as i64)

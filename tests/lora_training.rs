@@ -1,7 +1,7 @@
 //! LoRA: training changes only the adapters; merging equals the adapted forward; a PEFT
 //! adapter round-trips through hone's save/load.
 
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use hone::model::gpt2::{Gpt2, Gpt2Config};
 use hone::model::{Backbone, lora, to_vec};
@@ -53,12 +53,7 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     let ids = batch(&device);
     let mask = Tensor::ones([2, 8], &device);
 
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.01)
-        .init();
+    let mut optim = hone::train::optim::adamw().init();
     let mut losses = Vec::new();
     for _ in 0..30 {
         let hidden = model.hidden(ids.clone(), None);

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{KvCache, LayerNorm, Proj, attend, attention_mask, merge_heads, split_heads};
+use super::layers::{KvCache, LayerNorm, Proj, attend, causal_inputs, merge_heads, split_heads};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `GPT2Config` that shape the network.
@@ -204,12 +204,7 @@ impl Gpt2 {
 
     /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
     pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        let [b, s] = ids.dims();
-        let device = ids.device();
-        let positions = Tensor::<1, Int>::arange(0..s as i64, &device)
-            .reshape([1, s])
-            .expand([b, s]);
-        let mask = attention_mask(padding, b, s, s, true, 0, &device);
+        let (positions, mask) = causal_inputs(&ids, padding);
         self.forward_with(ids, positions, mask, None)
     }
 

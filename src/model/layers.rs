@@ -150,6 +150,22 @@ pub fn attention_mask(
     mask
 }
 
+/// Positions `0..s` and the causal + padding mask for a whole sequence (no cache).
+pub fn causal_inputs(
+    ids: &Tensor<2, Int>,
+    padding: Option<Tensor<2, Bool>>,
+) -> (Tensor<2, Int>, Option<Tensor<4, Bool>>) {
+    let [b, s] = ids.dims();
+    let device = ids.device();
+    let positions = Tensor::<1, Int>::arange(0..s as i64, &device)
+        .reshape([1, s])
+        .expand([b, s]);
+    (
+        positions,
+        attention_mask(padding, b, s, s, true, 0, &device),
+    )
+}
+
 /// Scaled dot-product attention over `[b, h, s, d]` tensors.
 pub fn attend(
     q: Tensor<4>,

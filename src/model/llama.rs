@@ -8,8 +8,8 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    KvCache, Proj, RmsNorm, apply_rope, attend, attention_mask, merge_heads, repeat_kv,
-    rope_tables, rows_at, split_heads,
+    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, repeat_kv, rope_tables,
+    rows_at, split_heads,
 };
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
@@ -320,12 +320,7 @@ impl Llama {
 
     /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
     pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        let [b, s] = ids.dims();
-        let device = ids.device();
-        let positions = Tensor::<1, Int>::arange(0..s as i64, &device)
-            .reshape([1, s])
-            .expand([b, s]);
-        let mask = attention_mask(padding, b, s, s, true, 0, &device);
+        let (positions, mask) = causal_inputs(&ids, padding);
         self.forward_with(ids, positions, mask, None)
     }
 

@@ -1,3 +1,4 @@
 //! Training: losses now; the shared training loop arrives with the training stages.
 
 pub mod loss;
+pub mod optim;
