@@ -15,12 +15,23 @@ pub fn token_nll(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 /// Causal LM loss: position t predicts token t+1; mean over positions whose *target* has
 /// weight 1 in `target_mask` `[b, s]` (0 on prompt and padding).
 pub fn causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>, target_mask: Tensor<2>) -> Tensor<1> {
+    let s = target_mask.dims()[1];
+    let count = target_mask.clone().narrow(1, 1, s - 1).sum().clamp_min(1.0);
+    causal_lm_loss_sum(logits, ids, target_mask).div(count)
+}
+
+/// The summed negative log-likelihood of the targets (for accumulation over micro-batches,
+/// divided by the valid targets of the whole accumulated batch).
+pub fn causal_lm_loss_sum(
+    logits: Tensor<3>,
+    ids: Tensor<2, Int>,
+    target_mask: Tensor<2>,
+) -> Tensor<1> {
     let [b, s, v] = logits.dims();
     let pred = logits.narrow(1, 0, s - 1).reshape([b * (s - 1), v]);
     let target = ids.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
     let w = target_mask.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
-    let nll = token_nll(pred, target);
-    (nll * w.clone()).sum().div(w.sum().clamp_min(1.0))
+    (token_nll(pred, target) * w).sum()
 }
 
 #[cfg(test)]

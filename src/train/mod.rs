@@ -1,4 +1,9 @@
-//! Training: losses now; the shared training loop arrives with the training stages.
+//! Training: the loop every training stage shares, its schedule, clipping and optimizer
+//! settings, and the losses.
 
+pub mod clip;
 pub mod loss;
+pub mod objectives;
 pub mod optim;
+pub mod schedule;
+pub mod trainer;

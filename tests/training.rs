@@ -1,0 +1,222 @@
+//! The shared training loop on a tiny GPT: learning happens (validation loss falls), clipping
+//! bounds the update, schedules drive the learning rate, and divergence stops with an error.
+
+use burn::prelude::*;
+use hone::model::Backbone;
+use hone::model::gpt2::{Gpt2, Gpt2Config};
+use hone::rng::SplitMix64;
+use hone::train::objectives::{CausalLm, LmBatch};
+use hone::train::schedule::Schedule;
+use hone::train::trainer::{Event, Objective, TrainConfig, TrainError, evaluate, train};
+
+const VOCAB: usize = 32;
+
+/// Arithmetic progressions mod VOCAB with step 1 or 3: learnable from the first two tokens.
+fn batches(n: usize, seed: u64, device: &Device) -> Vec<LmBatch> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| {
+            let seqs: Vec<Vec<u32>> = (0..8)
+                .map(|_| {
+                    let (a, step) = (
+                        rng.below(VOCAB as u64),
+                        if rng.below(2) == 0 { 1 } else { 3 },
+                    );
+                    (0..12)
+                        .map(|k| ((a + k * step) % VOCAB as u64) as u32)
+                        .collect()
+                })
+                .collect();
+            LmBatch::from_sequences(&seqs, device)
+        })
+        .collect()
+}
+
+fn tiny(device: &Device) -> Backbone {
+    let cfg = Gpt2Config {
+        vocab_size: VOCAB,
+        n_positions: 16,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 2,
+        n_inner: None,
+        layer_norm_epsilon: 1e-5,
+        activation_function: "gelu_new".into(),
+    };
+    Backbone::Gpt2(Gpt2::init(&cfg, device))
+}
+
+#[test]
+fn pretraining_lowers_validation_perplexity() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let (train_set, val_set) = (batches(12, 1, &device), batches(3, 2, &device));
+    let cfg = TrainConfig {
+        epochs: 12,
+        lr: 3e-3,
+        warmup_steps: 10,
+        schedule: Schedule::Cosine,
+        eval_every: Some(24),
+        max_grad_norm: Some(1.0),
+        ..Default::default()
+    };
+    let mut lrs = Vec::new();
+    let mut norms = Vec::new();
+    let (model, summary) = train(
+        tiny(&device),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        7,
+        |e| {
+            if let Event::Step(s) = e {
+                lrs.push(s.lr);
+                norms.push(s.grad_norm);
+            }
+        },
+    )
+    .unwrap();
+    let (before, after) = (summary.initial_eval.unwrap(), summary.final_eval.unwrap());
+    let ppl_factor = (before - after).exp();
+    assert!(
+        ppl_factor > 4.0,
+        "validation perplexity {:.1} -> {:.1} (factor {ppl_factor:.1})",
+        before.exp(),
+        after.exp()
+    );
+    assert_eq!(summary.steps, 144);
+    assert!((evaluate(&model, &CausalLm, &val_set) - after).abs() < 1e-9);
+    // Warmup from 0 to the peak, cosine down to near 0.
+    assert_eq!(lrs[0], 0.0);
+    assert!(
+        (lrs[10] - 3e-3).abs() < 1e-12 && lrs[143] < 1e-5,
+        "{:?}",
+        &lrs[..12]
+    );
+    assert!(norms.iter().all(|n| n.is_finite()));
+}
+
+struct Diverging;
+
+impl Objective<Backbone> for Diverging {
+    type Batch = LmBatch;
+    fn loss_sum(&self, model: &Backbone, b: &LmBatch) -> Tensor<1> {
+        CausalLm.loss_sum(model, b).mul_scalar(f32::NAN)
+    }
+    fn count(&self, b: &LmBatch) -> f64 {
+        b.targets
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_with_a_clear_error() {
+    let device = Device::flex().autodiff();
+    let data = batches(2, 1, &device);
+    let err = train(
+        tiny(&device),
+        &Diverging,
+        &data,
+        &[],
+        &TrainConfig::default(),
+        0,
+        |_| {},
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, TrainError::NonFinite { step: 0, .. }));
+    assert!(err.to_string().contains("training diverged"), "{err}");
+}
+
+#[test]
+fn gradient_accumulation_matches_one_big_batch() {
+    // Two micro-batches of 8 accumulated == one batch of 16 (same items, loss normalised by
+    // the targets of the whole accumulated batch), up to float rounding.
+    // One initial model for both runs: burn-flex's RNG is process-wide and the test harness
+    // runs tests on parallel threads, so seeding twice would not give the same weights.
+    let device = Device::flex().autodiff();
+    let initial = tiny(&device);
+    let run = |accum: usize, data: Vec<LmBatch>| {
+        let cfg = TrainConfig {
+            epochs: 1,
+            lr: 1e-2,
+            grad_accum: accum,
+            max_grad_norm: None,
+            ..Default::default()
+        };
+        let (m, _) = train(initial.clone(), &CausalLm, &data, &[], &cfg, 0, |_| {}).unwrap();
+        let Backbone::Gpt2(g) = m else { unreachable!() };
+        hone::model::to_vec(g.wte.val())
+    };
+    let mut rng = SplitMix64::new(5);
+    let seqs: Vec<Vec<u32>> = (0..16)
+        .map(|_| (0..10).map(|_| rng.below(VOCAB as u64) as u32).collect())
+        .collect();
+    let big = vec![LmBatch::from_sequences(&seqs, &device)];
+    let small = vec![
+        LmBatch::from_sequences(&seqs[..8], &device),
+        LmBatch::from_sequences(&seqs[8..], &device),
+    ];
+    let (a, b) = (run(1, big), run(2, small));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "accumulated vs full batch: {worst}");
+}
+
+/// Progressions with one fixed step.
+fn progressions(n: usize, step: u64, seed: u64, device: &Device) -> Vec<LmBatch> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| {
+            let seqs: Vec<Vec<u32>> = (0..8)
+                .map(|_| {
+                    let a = rng.below(VOCAB as u64);
+                    (0..12)
+                        .map(|k| ((a + k * step) % VOCAB as u64) as u32)
+                        .collect()
+                })
+                .collect();
+            LmBatch::from_sequences(&seqs, device)
+        })
+        .collect()
+}
+
+#[test]
+fn early_stopping_restores_the_best_model_when_validation_worsens() {
+    // Trained on step-1 progressions, validated on step-5 ones: the better the model learns
+    // "+1", the worse it predicts "+5", so validation loss rises and training stops.
+    let device = Device::flex().autodiff();
+    let (train_set, val_set) = (
+        progressions(8, 1, 1, &device),
+        progressions(2, 5, 2, &device),
+    );
+    let cfg = TrainConfig {
+        epochs: 30,
+        lr: 3e-3,
+        eval_every: Some(4),
+        patience: Some(2),
+        ..Default::default()
+    };
+    let (model, summary) = train(
+        tiny(&device),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        1,
+        |_| {},
+    )
+    .unwrap();
+    assert!(summary.early_stopped, "{summary:?}");
+    assert!(summary.steps < 30 * 8, "{summary:?}");
+    let (best_step, best) = summary.best_eval.unwrap();
+    assert!(best_step < summary.steps, "{summary:?}");
+    assert!(
+        (summary.final_eval.unwrap() - best).abs() < 1e-9,
+        "the best model was restored: {summary:?}"
+    );
+    assert!((evaluate(&model, &CausalLm, &val_set) - best).abs() < 1e-9);
+}
