@@ -34,6 +34,35 @@ pub struct ArtifactView {
     pub outputs: BTreeMap<String, OutputView>,
 }
 
+impl ArtifactView {
+    /// The file `name` of output `output` (any output when `None`).
+    pub fn file(&self, output: Option<&str>, name: &str) -> Option<&PathBuf> {
+        self.outputs
+            .iter()
+            .filter(|(o, _)| output.is_none_or(|w| w == o.as_str()))
+            .find_map(|(_, v)| v.files.get(name))
+    }
+
+    /// Lays out output `output` as a directory under `dir` (hard links to the read-only blobs,
+    /// copies where linking is impossible), for loaders that want a directory.
+    pub fn materialize(&self, output: &str, dir: &Path) -> Result<PathBuf> {
+        let Some(view) = self.outputs.get(output) else {
+            bail!("`{}` has no output `{output}`", self.label)
+        };
+        std::fs::create_dir_all(dir)?;
+        for (rel, blob) in &view.files {
+            let dest = dir.join(rel);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if !dest.exists() && std::fs::hard_link(blob, &dest).is_err() {
+                std::fs::copy(blob, &dest)?;
+            }
+        }
+        Ok(dir.to_path_buf())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ResolvedInput {
     File {
@@ -51,21 +80,40 @@ pub struct StageContext {
     /// `eval` datasets this stage is checked against for leakage, by stage name.
     pub checked_against: BTreeMap<String, ArtifactView>,
     pub seed: u64,
+    /// The tensor backend this stage runs on.
+    pub backend: crate::backend::BackendKind,
     pub progress: ProgressBar,
+    /// Metric records (training steps, evaluations) for the run's metrics.jsonl.
+    pub events: Vec<serde_json::Value>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
 
 impl StageContext {
-    pub fn new(stage: String, scratch: PathBuf, seed: u64, progress: ProgressBar) -> StageContext {
+    pub fn new(
+        stage: String,
+        scratch: PathBuf,
+        seed: u64,
+        backend: crate::backend::BackendKind,
+        progress: ProgressBar,
+    ) -> StageContext {
         StageContext {
             stage,
             inputs: BTreeMap::new(),
             checked_against: BTreeMap::new(),
             seed,
+            backend,
             progress,
+            events: Vec::new(),
             scratch,
             produced: Vec::new(),
+        }
+    }
+
+    /// Records a metrics event (written to the run's metrics.jsonl with the stage name).
+    pub fn log(&mut self, record: impl serde::Serialize) {
+        if let Ok(v) = serde_json::to_value(record) {
+            self.events.push(v);
         }
     }
 

@@ -185,6 +185,7 @@ pub fn run(
                             &known,
                             i,
                             &action,
+                            backend,
                             show_progress,
                             &mut rundir,
                         )?
@@ -290,6 +291,7 @@ fn run_stage(
     known: &BTreeMap<usize, Known>,
     i: usize,
     action: &crate::plan::status::Action,
+    backend: BackendKind,
     show_progress: bool,
     rundir: &mut rundir::RunDir,
 ) -> Result<Manifest> {
@@ -311,6 +313,7 @@ fn run_stage(
         stage.name.clone(),
         scratch.dir.clone(),
         recipe.header.seed,
+        backend,
         progress.clone(),
     );
     for (rel, input) in stage.spec.inputs() {
@@ -364,6 +367,11 @@ fn run_stage(
             .unwrap_or(0),
         hone_version: HONE_VERSION.to_owned(),
     };
+    for event in std::mem::take(&mut ctx.events) {
+        if let serde_json::Value::Object(m) = event {
+            rundir.log_metrics(&stage.name, &m)?;
+        }
+    }
     rundir.log_metrics(&stage.name, &manifest.metrics)?;
     let produced = ctx.take_produced();
     let manifest = store.commit(&produced, manifest)?;

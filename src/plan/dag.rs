@@ -241,6 +241,7 @@ fn find_cycle(graph: &DiGraph<usize, EdgeKind>) -> Option<Vec<NodeIndex>> {
 fn add_leakage_edges(recipe: &Recipe, graph: &mut DiGraph<usize, EdgeKind>, nodes: &[NodeIndex]) {
     let role = |i: usize| match &recipe.stages[i].spec {
         StageSpec::Dataset(d) => Some(d.role),
+        _ => None,
     };
     for e in 0..recipe.stages.len() {
         if role(e) != Some(DatasetRole::Eval) {

@@ -87,7 +87,9 @@ mod tests {
         );
         // A renamed upstream with the same output digest keeps the key.
         let mut renamed = stage(true);
-        let StageSpec::Dataset(d) = &mut renamed.spec;
+        let StageSpec::Dataset(d) = &mut renamed.spec else {
+            unreachable!("built as a dataset")
+        };
         d.source = Input::Stage(StageRef {
             from: "raw_renamed".into(),
         });

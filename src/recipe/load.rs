@@ -569,6 +569,8 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
     };
     match kind {
         StageKind::Dataset => from_value(v, &path, sources).map(StageSpec::Dataset),
+        StageKind::Tokenizer => from_value(v, &path, sources).map(StageSpec::Tokenizer),
+        StageKind::Pretrain => from_value(v, &path, sources).map(StageSpec::Pretrain),
     }
 }
 

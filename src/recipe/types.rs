@@ -70,14 +70,22 @@ pub enum BackendChoice {
 #[serde(rename_all = "snake_case")]
 pub enum StageKind {
     Dataset,
+    Tokenizer,
+    Pretrain,
 }
 
 impl StageKind {
-    pub const ALL: &'static [StageKind] = &[StageKind::Dataset];
+    pub const ALL: &'static [StageKind] = &[
+        StageKind::Dataset,
+        StageKind::Tokenizer,
+        StageKind::Pretrain,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             StageKind::Dataset => "dataset",
+            StageKind::Tokenizer => "tokenizer",
+            StageKind::Pretrain => "pretrain",
         }
     }
 
@@ -98,26 +106,62 @@ impl std::fmt::Display for StageKind {
 pub enum StageSpec {
     /// Read a table (JSONL, CSV, Parquet), clean it, split it, check it for leakage.
     Dataset(DatasetSpec),
+    /// Train a byte-level BPE tokenizer on a dataset, or take a checkpoint's tokenizer.
+    Tokenizer(TokenizerSpec),
+    /// Self-supervised pretraining (next-token prediction) from scratch or from a model.
+    Pretrain(PretrainSpec),
 }
 
 impl StageSpec {
     pub fn kind(&self) -> StageKind {
         match self {
             StageSpec::Dataset(_) => StageKind::Dataset,
+            StageSpec::Tokenizer(_) => StageKind::Tokenizer,
+            StageSpec::Pretrain(_) => StageKind::Pretrain,
         }
     }
 
     /// Every input of the stage with its path inside the stage (`source`, `models.0`).
     pub fn inputs(&self) -> Vec<(String, &Input)> {
+        let mut v: Vec<(String, &Input)> = Vec::new();
         match self {
-            StageSpec::Dataset(d) => vec![("source".into(), &d.source)],
+            StageSpec::Dataset(d) => v.push(("source".into(), &d.source)),
+            StageSpec::Tokenizer(t) => {
+                v.extend(t.data.iter().map(|i| ("data".to_owned(), i)));
+                v.extend(t.from_model.iter().map(|i| ("from_model".to_owned(), i)));
+            }
+            StageSpec::Pretrain(p) => {
+                if let ModelInput::Input(i) = &p.model {
+                    v.push(("model".into(), i));
+                }
+                v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
+                v.push(("data".into(), &p.data));
+            }
         }
+        v
     }
 
     pub fn inputs_mut(&mut self) -> Vec<(String, &mut Input)> {
+        let mut v: Vec<(String, &mut Input)> = Vec::new();
         match self {
-            StageSpec::Dataset(d) => vec![("source".into(), &mut d.source)],
+            StageSpec::Dataset(d) => v.push(("source".into(), &mut d.source)),
+            StageSpec::Tokenizer(t) => {
+                v.extend(t.data.iter_mut().map(|i| ("data".to_owned(), i)));
+                v.extend(
+                    t.from_model
+                        .iter_mut()
+                        .map(|i| ("from_model".to_owned(), i)),
+                );
+            }
+            StageSpec::Pretrain(p) => {
+                if let ModelInput::Input(i) = &mut p.model {
+                    v.push(("model".into(), i));
+                }
+                v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
+                v.push(("data".into(), &mut p.data));
+            }
         }
+        v
     }
 }
 
@@ -315,4 +359,126 @@ impl DatasetSpec {
             }
         }
     }
+}
+
+/// `tokenizer`: train a byte-level BPE tokenizer on a dataset's text (`data`), or take the
+/// tokenizer of a checkpoint (`from_model`). Output: `tokenizer` (`tokenizer.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    /// A dataset to train on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Input>,
+    /// The text column of `data`.
+    #[serde(default = "text_column")]
+    pub column: String,
+    /// Target vocabulary size (the 256 byte tokens and special tokens included).
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    /// Merge pairs seen fewer times than this are not learned.
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+    /// A checkpoint (HF directory, `tokenizer.json`, or a model stage) whose tokenizer to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_model: Option<Input>,
+}
+
+fn text_column() -> String {
+    "text".into()
+}
+fn default_vocab() -> usize {
+    1024
+}
+fn default_min_frequency() -> u64 {
+    2
+}
+
+/// Where a training stage's model comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ModelInput {
+    /// A new model, randomly initialised: `{ init: { arch: gpt2, layers: 4, ... } }`.
+    Init { init: ModelInit },
+    /// A checkpoint: `{ path: models/x }` (HF directory or .gguf) or `{ from: stage }`.
+    Input(Input),
+}
+
+impl<'de> Deserialize<'de> for ModelInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        if v.get("init").is_some() {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Init {
+                init: ModelInit,
+            }
+            let i: Init = serde_json::from_value(v).map_err(D::Error::custom)?;
+            return Ok(ModelInput::Init { init: i.init });
+        }
+        Input::deserialize(v).map(ModelInput::Input).map_err(|e| {
+            D::Error::custom(format!("{e}; a model is `{{ init: {{ arch: ... }} }}`, `{{ from: stage }}` or `{{ path: dir }}`"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Gpt2,
+    Llama,
+}
+
+/// Shape of a new decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInit {
+    pub arch: Arch,
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    /// Key/value heads (Llama grouped-query attention); default: `heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
+    /// Longest sequence (positions).
+    pub context: usize,
+    /// MLP width; default 4 x d_model (GPT-2) or 8/3 x d_model rounded (Llama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainObjective {
+    /// Next-token prediction.
+    #[default]
+    CausalLm,
+    /// BERT-style masked tokens (encoders).
+    MaskedLm,
+}
+
+/// `pretrain`: self-supervised training on raw text. Output: `model` (HF directory with the
+/// tokenizer).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSpec {
+    pub model: ModelInput,
+    /// Required with `model: { init }`; default: the model's own tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Input>,
+    /// A dataset stage (its `train` split trains, its `validation` split measures perplexity).
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub column: String,
+    #[serde(default)]
+    pub objective: PretrainObjective,
+    /// Texts are cut to this many tokens (end-of-text token included).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_max_length() -> usize {
+    128
 }

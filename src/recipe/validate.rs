@@ -28,11 +28,15 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
         let at = join("stages", &stage.name);
         for (rel, input) in stage.spec.inputs() {
             if let Input::Source(src) = input {
-                check_source(recipe, &join(&at, &rel), src, &mut diags);
+                let table = crate::stages::accepts(stage.spec.kind(), &rel)
+                    .contains(&crate::stages::ArtifactType::Table);
+                check_source(recipe, &join(&at, &rel), src, table, &mut diags);
             }
         }
         match &stage.spec {
             StageSpec::Dataset(d) => check_dataset(recipe, &at, d, &mut diags),
+            StageSpec::Tokenizer(t) => check_tokenizer(recipe, &at, t, &mut diags),
+            StageSpec::Pretrain(p) => check_pretrain(recipe, &at, p, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -48,6 +52,7 @@ fn check_source(
     recipe: &Recipe,
     at: &str,
     src: &crate::recipe::types::SourceFile,
+    table: bool,
     diags: &mut Diagnostics,
 ) {
     let loc = recipe.value_location(&join(at, "path"));
@@ -63,7 +68,7 @@ fn check_source(
         );
         return;
     }
-    if src.format.is_none() && FileFormat::from_extension(&src.path).is_none() {
+    if table && src.format.is_none() && FileFormat::from_extension(&src.path).is_none() {
         let known: Vec<&str> = FileFormat::ALL.iter().map(|(e, _)| *e).collect();
         diags.push(
             Diagnostic::new(format!(
@@ -129,5 +134,99 @@ fn check_dataset(recipe: &Recipe, at: &str, d: &DatasetSpec, diags: &mut Diagnos
                     .help("list at least one column, or remove the key"),
             );
         }
+    }
+}
+
+fn check_tokenizer(
+    recipe: &Recipe,
+    at: &str,
+    t: &crate::recipe::types::TokenizerSpec,
+    diags: &mut Diagnostics,
+) {
+    match (&t.data, &t.from_model) {
+        (Some(_), Some(_)) => diags.push(
+            Diagnostic::new(
+                "a tokenizer stage either trains on `data` or takes one `from_model`, not both",
+            )
+            .at(recipe.key_location(&join(at, "from_model"))),
+        ),
+        (None, None) => diags.push(
+            Diagnostic::new(
+                "a tokenizer stage needs `data` (to train on) or `from_model` (to copy)",
+            )
+            .at(recipe.key_location(at))
+            .help("e.g. `data: { from: corpus }` with `vocab_size: 1024`"),
+        ),
+        _ => {}
+    }
+    if t.data.is_some() && t.vocab_size < 300 {
+        diags.push(
+            Diagnostic::new(format!(
+                "vocab_size {} is too small: byte-level BPE starts from 256 byte tokens",
+                t.vocab_size
+            ))
+            .at(recipe.value_location(&join(at, "vocab_size")))
+            .help("use at least 300"),
+        );
+    }
+}
+
+fn check_pretrain(
+    recipe: &Recipe,
+    at: &str,
+    p: &crate::recipe::types::PretrainSpec,
+    diags: &mut Diagnostics,
+) {
+    use crate::recipe::types::{ModelInput, PretrainObjective};
+    if p.objective == PretrainObjective::MaskedLm {
+        diags.push(
+            Diagnostic::new("objective `masked_lm` is not implemented yet; hone pretrains decoders with `causal_lm`")
+                .at(recipe.value_location(&join(at, "objective"))),
+        );
+    }
+    if let ModelInput::Init { init } = &p.model {
+        if p.tokenizer.is_none() {
+            diags.push(
+                Diagnostic::new("a new model (`model: { init }`) needs a `tokenizer`")
+                    .at(recipe.key_location(&join(at, "model")))
+                    .help("add `tokenizer: { from: <tokenizer stage> }`"),
+            );
+        }
+        if init.heads == 0
+            || init.d_model % init.heads != 0
+            || (init.d_model / init.heads.max(1)) % 2 != 0
+        {
+            diags.push(
+                Diagnostic::new(format!(
+                    "d_model {} must split into {} heads of an even size",
+                    init.d_model, init.heads
+                ))
+                .at(recipe.value_location(&join(&join(at, "model.init"), "heads"))),
+            );
+        }
+        if init
+            .kv_heads
+            .is_some_and(|kv| kv == 0 || init.heads % kv != 0)
+        {
+            diags.push(
+                Diagnostic::new("heads must be a multiple of kv_heads")
+                    .at(recipe.value_location(&join(&join(at, "model.init"), "kv_heads"))),
+            );
+        }
+        if p.max_length > init.context {
+            diags.push(
+                Diagnostic::new(format!(
+                    "max_length {} exceeds the model's context {}",
+                    p.max_length, init.context
+                ))
+                .at(recipe.value_location(&join(at, "max_length"))),
+            );
+        }
+    }
+    if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
+        diags.push(
+            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
+                .at(recipe.key_location(&join(at, "train"))),
+        );
     }
 }

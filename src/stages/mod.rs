@@ -2,6 +2,8 @@
 //! and how each runs. One file per kind.
 
 pub mod dataset;
+pub mod pretrain;
+pub mod tokenizer;
 
 use std::path::PathBuf;
 
@@ -16,6 +18,10 @@ pub enum ArtifactType {
     Dataset,
     /// One split: a Parquet table (`{ from: corpus.train }`).
     Table,
+    /// A `tokenizer.json`.
+    Tokenizer,
+    /// An HF model directory (config.json, model.safetensors, tokenizer.json).
+    Model,
 }
 
 impl ArtifactType {
@@ -23,6 +29,8 @@ impl ArtifactType {
         match self {
             ArtifactType::Dataset => "a dataset",
             ArtifactType::Table => "a dataset split",
+            ArtifactType::Tokenizer => "a tokenizer",
+            ArtifactType::Model => "a model",
         }
     }
 }
@@ -36,6 +44,8 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             .into_iter()
             .map(|o| (o, ArtifactType::Table))
             .collect(),
+        StageSpec::Tokenizer(_) => vec![("tokenizer", ArtifactType::Tokenizer)],
+        StageSpec::Pretrain(_) => vec![("model", ArtifactType::Model)],
     }
 }
 
@@ -43,6 +53,8 @@ impl StageSpec {
     pub fn artifact_type(&self) -> ArtifactType {
         match self {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
+            StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
+            StageSpec::Pretrain(_) => ArtifactType::Model,
         }
     }
 
@@ -50,15 +62,19 @@ impl StageSpec {
     /// its action key; data preparation is the same on every backend, so it is not).
     pub fn uses_backend(&self) -> bool {
         match self.kind() {
-            StageKind::Dataset => false,
+            StageKind::Dataset | StageKind::Tokenizer => false,
+            StageKind::Pretrain => true,
         }
     }
 }
 
 /// The artifact types an input accepts, by the input's path inside the stage.
 pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
+    const DATA: &[ArtifactType] = &[ArtifactType::Dataset, ArtifactType::Table];
     match (kind, input) {
-        (StageKind::Dataset, _) => &[ArtifactType::Dataset, ArtifactType::Table],
+        (StageKind::Dataset, _) | (StageKind::Tokenizer | StageKind::Pretrain, "data") => DATA,
+        (StageKind::Tokenizer, _) | (StageKind::Pretrain, "model") => &[ArtifactType::Model],
+        (StageKind::Pretrain, _) => &[ArtifactType::Tokenizer, ArtifactType::Model],
     }
 }
 
@@ -86,5 +102,45 @@ pub struct StageResult {
 pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResult> {
     match spec {
         StageSpec::Dataset(d) => dataset::run(d, ctx),
+        StageSpec::Tokenizer(t) => tokenizer::run(t, ctx),
+        StageSpec::Pretrain(p) => pretrain::run(p, ctx),
     }
+}
+
+/// The values of text column `column` of a dataset input (all its splits), as strings.
+pub fn text_column(
+    input: &crate::exec::context::ResolvedInput,
+    column: &str,
+) -> anyhow::Result<Vec<String>> {
+    use crate::exec::context::ResolvedInput;
+    use crate::recipe::types::{FileFormat, MissingPolicy};
+    let table = match input {
+        ResolvedInput::File {
+            path,
+            label,
+            format,
+        } => {
+            let format = format
+                .or_else(|| FileFormat::from_extension(label))
+                .unwrap_or(FileFormat::Jsonl);
+            crate::data::table::read_file(path, label, format, MissingPolicy::Null)?
+        }
+        ResolvedInput::Artifact(view) => dataset::read_artifact(view, MissingPolicy::Null)?,
+    };
+    texts_of(&table, column)
+}
+
+/// The non-empty strings of `column`.
+pub fn texts_of(table: &crate::data::table::Table, column: &str) -> anyhow::Result<Vec<String>> {
+    let i = table.indices(&[column.to_owned()], "the stage reads column")?[0];
+    Ok(table
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.values[i]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+        .collect())
 }

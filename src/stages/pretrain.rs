@@ -1,0 +1,249 @@
+//! `pretrain`: next-token training on raw text, from scratch (`model: { init }`) or continued
+//! from a checkpoint. The dataset's `train` split trains; its `validation` split measures
+//! perplexity before and after. Output: `model/` (config.json, model.safetensors,
+//! tokenizer.json), which transformers loads.
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use super::tokenizer::{EOS, load_tokenizer};
+use super::{ArtifactType, StageResult, texts_of};
+use crate::backend;
+use crate::exec::context::{ArtifactView, ResolvedInput, StageContext};
+use crate::model::{Backbone, Model, gpt2, llama, save_hf_dir};
+use crate::recipe::types::{Arch, MissingPolicy, ModelInit, ModelInput, PretrainSpec};
+use crate::train::objectives::{CausalLm, LmBatch};
+use crate::train::trainer::{Event, train};
+
+pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let device = backend::device(ctx.backend)
+        .map_err(anyhow::Error::msg)?
+        .autodiff();
+    ctx.progress.set_message("reading texts");
+    let (train_texts, val_texts) = split_texts(ctx.input("data")?, &spec.column)?;
+    if train_texts.is_empty() {
+        bail!("column `{}` of the training data has no text", spec.column);
+    }
+
+    ctx.progress.set_message("building the model");
+    let (backbone, config, own_tokenizer) = match &spec.model {
+        ModelInput::Init { init } => {
+            let tokenizer = load_tokenizer(ctx.input("tokenizer")?)?;
+            // Seed right before the random init: the init is then a function of the seed.
+            device.seed(ctx.seed);
+            let (backbone, config) = init_model(init, &tokenizer, &device)?;
+            (backbone, config, Some(tokenizer))
+        }
+        ModelInput::Input(_) => {
+            let path = match ctx.input("model")? {
+                ResolvedInput::File { path, .. } => path.clone(),
+                ResolvedInput::Artifact(view) => {
+                    view.materialize("model", &ctx.work_dir()?.join("model"))?
+                }
+            };
+            let loaded = crate::model::load(&path, &device)
+                .with_context(|| format!("cannot load {}", path.display()))?;
+            if !loaded.model.backbone.is_decoder() {
+                bail!(
+                    "causal-LM pretraining needs a decoder; {} is an encoder",
+                    path.display()
+                );
+            }
+            (loaded.model.backbone, loaded.config, loaded.tokenizer)
+        }
+    };
+    let tokenizer = match &spec.tokenizer {
+        Some(_) => load_tokenizer(ctx.input("tokenizer")?)?,
+        None => {
+            own_tokenizer.context("the model has no tokenizer; add `tokenizer:` to the stage")?
+        }
+    };
+
+    ctx.progress.set_message("tokenizing");
+    let eos = tokenizer
+        .token_to_id(EOS)
+        .or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32));
+    let batch = spec.train.batch_size.max(1);
+    let train_batches = batches(
+        &tokenizer,
+        &train_texts,
+        eos,
+        spec.max_length,
+        batch,
+        &device,
+    )?;
+    let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
+    ctx.check_cancelled()?;
+
+    let total_steps =
+        train_batches.len().div_ceil(spec.train.grad_accum.max(1)) * spec.train.epochs.max(1);
+    ctx.progress.set_length(total_steps as u64);
+    let progress = ctx.progress.clone();
+    let mut events = Vec::new();
+    let mut tokens_per_s = Vec::new();
+    let (trained, summary) = train(
+        backbone,
+        &CausalLm,
+        &train_batches,
+        &val_batches,
+        &spec.train,
+        ctx.seed,
+        |e| {
+            match e {
+        Event::Step(s) => {
+            progress.set_position(s.step as u64);
+            progress.set_message(format!("step {}/{total_steps} loss {:.3} lr {:.2e}", s.step, s.loss, s.lr));
+            tokens_per_s.push(s.items_per_s);
+            events.push(json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.items_per_s }));
+        }
+        Event::Eval(v) => events.push(json!({ "event": "eval", "step": v.step, "val_loss": v.loss, "val_ppl": v.loss.exp() })),
+    }
+        },
+    )?;
+    for e in events {
+        ctx.log(e);
+    }
+    ctx.check_cancelled()?;
+
+    ctx.progress.set_message("saving");
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    save_hf_dir(
+        &Model::new(trained.valid()),
+        &config,
+        Some(&tokenizer),
+        &dir,
+    )?;
+
+    let mut metrics = serde_json::Map::new();
+    let round = |x: f64| (x * 1e4).round() / 1e4;
+    metrics.insert("steps".into(), summary.steps.into());
+    metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
+    metrics.insert("train_loss_last".into(), round(summary.last_loss).into());
+    if let (Some(before), Some(after)) = (summary.initial_eval, summary.final_eval) {
+        metrics.insert("val_ppl_before".into(), round(before.exp()).into());
+        metrics.insert("val_ppl_after".into(), round(after.exp()).into());
+    }
+    let mean_tps = tokens_per_s.iter().sum::<f64>() / tokens_per_s.len().max(1) as f64;
+    let mut warnings = Vec::new();
+    let drop = (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9);
+    if drop < 0.05 {
+        warnings.push(format!(
+            "underfitting: the training loss barely fell ({:.3} -> {:.3}, {:.1}%); train longer or raise lr",
+            summary.first_loss,
+            summary.last_loss,
+            drop * 100.0
+        ));
+    }
+    if let (Some((best_step, best)), Some(last)) = (summary.best_eval, summary.final_eval)
+        && last > best * 1.02
+    {
+        warnings.push(format!(
+            "overfitting: validation loss rose from {best:.3} (step {best_step}) to {last:.3}; set train.eval_every and train.patience to stop at the best step"
+        ));
+    }
+    let summary_json = json!({
+        "model": config.get("model_type"),
+        "parameters": trained.num_params(),
+        "train_texts": train_texts.len(),
+        "validation_texts": val_texts.len(),
+        "tokens_per_s": mean_tps.round(),
+        "training": summary,
+    });
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary: summary_json,
+    })
+}
+
+/// Training and validation texts: a whole dataset artifact gives its `train` and
+/// `validation` splits; a single split or a file trains and has no validation.
+fn split_texts(input: &ResolvedInput, column: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let ResolvedInput::Artifact(view) = input else {
+        return Ok((super::text_column(input, column)?, Vec::new()));
+    };
+    let part = |name: &str| -> Result<Vec<String>> {
+        let Some(out) = view.outputs.get(name) else {
+            return Ok(Vec::new());
+        };
+        let sub = ArtifactView {
+            label: view.label.clone(),
+            outputs: [(name.to_owned(), out.clone())].into_iter().collect(),
+        };
+        texts_of(
+            &super::dataset::read_artifact(&sub, MissingPolicy::Null)?,
+            column,
+        )
+    };
+    if view.outputs.len() == 1 {
+        return Ok((super::text_column(input, column)?, Vec::new()));
+    }
+    Ok((part("train")?, part("validation")?))
+}
+
+/// Token sequences (each text, then end-of-text, cut to `max_len`) in batches.
+fn batches(
+    tokenizer: &Tokenizer,
+    texts: &[String],
+    eos: Option<u32>,
+    max_len: usize,
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<LmBatch>> {
+    let mut seqs = Vec::with_capacity(texts.len());
+    for t in texts {
+        let enc = tokenizer
+            .encode(t.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        let mut ids = enc.get_ids().to_vec();
+        ids.extend(eos);
+        ids.truncate(max_len.max(2));
+        if ids.len() >= 2 {
+            seqs.push(ids);
+        }
+    }
+    Ok(seqs
+        .chunks(batch)
+        .map(|c| LmBatch::from_sequences(c, device))
+        .collect())
+}
+
+/// A new decoder sized by `init`, its vocabulary the tokenizer's; returns it with an HF
+/// `config.json`.
+fn init_model(
+    init: &ModelInit,
+    tokenizer: &Tokenizer,
+    device: &Device,
+) -> Result<(Backbone, Value)> {
+    let vocab = tokenizer.get_vocab_size(true);
+    let eos = tokenizer.token_to_id(EOS);
+    match init.arch {
+        Arch::Gpt2 => {
+            let config = json!({
+                "model_type": "gpt2", "vocab_size": vocab, "n_positions": init.context, "n_embd": init.d_model,
+                "n_layer": init.layers, "n_head": init.heads, "n_inner": init.intermediate, "layer_norm_epsilon": 1e-5,
+                "activation_function": "gelu_new", "bos_token_id": eos, "eos_token_id": eos, "tie_word_embeddings": true,
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            });
+            let c: gpt2::Gpt2Config = serde_json::from_value(config.clone())?;
+            Ok((Backbone::Gpt2(gpt2::Gpt2::init(&c, device)), config))
+        }
+        Arch::Llama => {
+            // SwiGLU keeps the MLP's parameter count near 4 d^2 with a width of 8/3 d.
+            let inner = init
+                .intermediate
+                .unwrap_or((init.d_model * 8 / 3).div_ceil(8) * 8);
+            let config = json!({
+                "model_type": "llama", "vocab_size": vocab, "hidden_size": init.d_model, "intermediate_size": inner,
+                "num_hidden_layers": init.layers, "num_attention_heads": init.heads,
+                "num_key_value_heads": init.kv_heads.unwrap_or(init.heads), "max_position_embeddings": init.context,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true, "hidden_act": "silu",
+                "bos_token_id": eos, "eos_token_id": eos,
+            });
+            let c: llama::LlamaConfig = serde_json::from_value(config.clone())?;
+            Ok((Backbone::Llama(llama::Llama::init(&c, device)), config))
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `tokenizer`: trains a byte-level BPE tokenizer (the GPT-2 scheme: any text encodes, no
+//! unknown token) on a dataset's text column, or takes a checkpoint's tokenizer. Output:
+//! `tokenizer/tokenizer.json`, loadable by HF `tokenizers` and transformers.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainer};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::{ArtifactType, StageResult};
+use crate::exec::context::{ResolvedInput, StageContext};
+use crate::recipe::types::TokenizerSpec;
+
+/// End of text: separates documents and ends every training sequence.
+pub const EOS: &str = "<|endoftext|>";
+
+pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let (tokenizer, how) = match (&spec.data, &spec.from_model) {
+        (Some(_), _) => {
+            ctx.progress.set_message("reading texts");
+            let texts = super::text_column(ctx.input("data")?, &spec.column)?;
+            ctx.check_cancelled()?;
+            ctx.progress
+                .set_message(format!("training BPE on {} texts", texts.len()));
+            (
+                train_bpe(&texts, spec.vocab_size, spec.min_frequency)?,
+                format!("byte-level BPE trained on {} texts", texts.len()),
+            )
+        }
+        (None, Some(_)) => (
+            load_tokenizer(ctx.input("from_model")?)?,
+            "copied from a checkpoint".to_owned(),
+        ),
+        (None, None) => bail!("a tokenizer stage needs `data` or `from_model`"),
+    };
+    let dir = ctx.output_dir("tokenizer", ArtifactType::Tokenizer)?;
+    tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("cannot save the tokenizer: {e}"))?;
+    let vocab = tokenizer.get_vocab_size(true);
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("vocab_size".into(), vocab.into());
+    Ok(StageResult {
+        metrics,
+        warnings: vec![],
+        summary: json!({ "tokenizer": how, "vocab_size": vocab }),
+    })
+}
+
+/// A byte-level BPE with `<|endoftext|>` as its one special token (id 0).
+pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::new(BPE::default());
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    let trainer = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
+        .special_tokens(vec![AddedToken::from(EOS, true)])
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build();
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    tokenizer
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| anyhow::anyhow!("BPE training failed: {e}"))?;
+    Ok(tokenizer)
+}
+
+/// The tokenizer of a checkpoint or tokenizer artifact: an HF directory, a `tokenizer.json`,
+/// a `.gguf` file, or a stage's `tokenizer`/`model` output.
+pub fn load_tokenizer(input: &ResolvedInput) -> Result<Tokenizer> {
+    let from_file = |p: &Path| -> Result<Tokenizer> {
+        let mut t = Tokenizer::from_file(p)
+            .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", p.display()))?;
+        t.with_padding(None);
+        t.with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(t)
+    };
+    match input {
+        ResolvedInput::File { path, label, .. } => {
+            if path.is_dir() {
+                from_file(&path.join("tokenizer.json"))
+                    .with_context(|| format!("{label} has no tokenizer.json"))
+            } else if path.extension().is_some_and(|e| e == "gguf") {
+                let device = crate::backend::device(crate::backend::BackendKind::Cpu)
+                    .map_err(anyhow::Error::msg)?;
+                crate::model::load(path, &device)?
+                    .tokenizer
+                    .with_context(|| format!("{label} carries no tokenizer"))
+            } else {
+                from_file(path)
+            }
+        }
+        ResolvedInput::Artifact(view) => {
+            let file = view
+                .file(None, "tokenizer.json")
+                .with_context(|| format!("`{}` has no tokenizer.json", view.label))?;
+            from_file(file)
+        }
+    }
+}
