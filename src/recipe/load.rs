@@ -571,6 +571,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
         StageKind::Dataset => from_value(v, &path, sources).map(StageSpec::Dataset),
         StageKind::Tokenizer => from_value(v, &path, sources).map(StageSpec::Tokenizer),
         StageKind::Pretrain => from_value(v, &path, sources).map(StageSpec::Pretrain),
+        StageKind::Sft => from_value(v, &path, sources).map(StageSpec::Sft),
     }
 }
 

@@ -72,6 +72,7 @@ pub enum StageKind {
     Dataset,
     Tokenizer,
     Pretrain,
+    Sft,
 }
 
 impl StageKind {
@@ -79,6 +80,7 @@ impl StageKind {
         StageKind::Dataset,
         StageKind::Tokenizer,
         StageKind::Pretrain,
+        StageKind::Sft,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +88,7 @@ impl StageKind {
             StageKind::Dataset => "dataset",
             StageKind::Tokenizer => "tokenizer",
             StageKind::Pretrain => "pretrain",
+            StageKind::Sft => "sft",
         }
     }
 
@@ -110,6 +113,8 @@ pub enum StageSpec {
     Tokenizer(TokenizerSpec),
     /// Self-supervised pretraining (next-token prediction) from scratch or from a model.
     Pretrain(PretrainSpec),
+    /// Supervised fine-tuning on prompt/response pairs (loss on the response), full or LoRA.
+    Sft(SftSpec),
 }
 
 impl StageSpec {
@@ -118,6 +123,7 @@ impl StageSpec {
             StageSpec::Dataset(_) => StageKind::Dataset,
             StageSpec::Tokenizer(_) => StageKind::Tokenizer,
             StageSpec::Pretrain(_) => StageKind::Pretrain,
+            StageSpec::Sft(_) => StageKind::Sft,
         }
     }
 
@@ -131,6 +137,13 @@ impl StageSpec {
                 v.extend(t.from_model.iter().map(|i| ("from_model".to_owned(), i)));
             }
             StageSpec::Pretrain(p) => {
+                if let ModelInput::Input(i) = &p.model {
+                    v.push(("model".into(), i));
+                }
+                v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
+                v.push(("data".into(), &p.data));
+            }
+            StageSpec::Sft(p) => {
                 if let ModelInput::Input(i) = &p.model {
                     v.push(("model".into(), i));
                 }
@@ -154,6 +167,13 @@ impl StageSpec {
                 );
             }
             StageSpec::Pretrain(p) => {
+                if let ModelInput::Input(i) = &mut p.model {
+                    v.push(("model".into(), i));
+                }
+                v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
+                v.push(("data".into(), &mut p.data));
+            }
+            StageSpec::Sft(p) => {
                 if let ModelInput::Input(i) = &mut p.model {
                     v.push(("model".into(), i));
                 }
@@ -481,4 +501,63 @@ pub struct PretrainSpec {
 
 fn default_max_length() -> usize {
     128
+}
+
+/// How a prompt/response pair becomes text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptTemplate {
+    /// `{prompt}\n` then `{response}` and the end-of-text token.
+    #[default]
+    Plain,
+    /// ChatML: a user turn, then the assistant turn (`<|im_start|>assistant\n...<|im_end|>`).
+    Chatml,
+    /// The chat template shipped with the model (ChatML when it has none).
+    Model,
+}
+
+/// Parameter-efficient fine-tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum PeftSpec {
+    /// LoRA adapters (PEFT conventions); the base model stays frozen.
+    Lora(crate::model::lora::LoraConfig),
+}
+
+/// `sft`: supervised fine-tuning on instruction data; the loss covers response tokens only.
+/// Outputs: `model` (HF directory; LoRA merged in) and, with LoRA, `adapter` (PEFT layout).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SftSpec {
+    pub model: ModelInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Input>,
+    /// A dataset stage with prompt and response columns (`train`; `validation` is evaluated).
+    pub data: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "response_column")]
+    pub response_column: String,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    /// Prompt + response are cut to this many tokens.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// New tokens generated per validation prompt for exact-match accuracy.
+    #[serde(default = "default_eval_tokens")]
+    pub eval_max_new_tokens: usize,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn prompt_column() -> String {
+    "prompt".into()
+}
+fn response_column() -> String {
+    "response".into()
+}
+fn default_eval_tokens() -> usize {
+    32
 }

@@ -37,6 +37,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Dataset(d) => check_dataset(recipe, &at, d, &mut diags),
             StageSpec::Tokenizer(t) => check_tokenizer(recipe, &at, t, &mut diags),
             StageSpec::Pretrain(p) => check_pretrain(recipe, &at, p, &mut diags),
+            StageSpec::Sft(p) => check_sft(recipe, &at, p, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -222,6 +223,36 @@ fn check_pretrain(
                 .at(recipe.value_location(&join(at, "max_length"))),
             );
         }
+    }
+    if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
+        diags.push(
+            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
+                .at(recipe.key_location(&join(at, "train"))),
+        );
+    }
+}
+
+fn check_sft(
+    recipe: &Recipe,
+    at: &str,
+    p: &crate::recipe::types::SftSpec,
+    diags: &mut Diagnostics,
+) {
+    use crate::recipe::types::{ModelInput, PeftSpec};
+    if matches!(p.model, ModelInput::Init { .. }) && p.tokenizer.is_none() {
+        diags.push(
+            Diagnostic::new("a new model (`model: { init }`) needs a `tokenizer`")
+                .at(recipe.key_location(&join(at, "model")))
+                .help("fine-tune a pretrained model instead: `model: { from: <pretrain stage> }`"),
+        );
+    }
+    if let Some(PeftSpec::Lora(l)) = &p.peft
+        && l.r == 0
+    {
+        diags.push(
+            Diagnostic::new("LoRA rank `r` must be at least 1")
+                .at(recipe.value_location(&join(at, "peft.r"))),
+        );
     }
     if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
         diags.push(

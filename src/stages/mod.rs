@@ -3,6 +3,7 @@
 
 pub mod dataset;
 pub mod pretrain;
+pub mod sft;
 pub mod tokenizer;
 
 use std::path::PathBuf;
@@ -46,6 +47,11 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             .collect(),
         StageSpec::Tokenizer(_) => vec![("tokenizer", ArtifactType::Tokenizer)],
         StageSpec::Pretrain(_) => vec![("model", ArtifactType::Model)],
+        StageSpec::Sft(s) if s.peft.is_some() => vec![
+            ("model", ArtifactType::Model),
+            ("adapter", ArtifactType::Model),
+        ],
+        StageSpec::Sft(_) => vec![("model", ArtifactType::Model)],
     }
 }
 
@@ -54,7 +60,7 @@ impl StageSpec {
         match self {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
-            StageSpec::Pretrain(_) => ArtifactType::Model,
+            StageSpec::Pretrain(_) | StageSpec::Sft(_) => ArtifactType::Model,
         }
     }
 
@@ -63,7 +69,7 @@ impl StageSpec {
     pub fn uses_backend(&self) -> bool {
         match self.kind() {
             StageKind::Dataset | StageKind::Tokenizer => false,
-            StageKind::Pretrain => true,
+            StageKind::Pretrain | StageKind::Sft => true,
         }
     }
 }
@@ -72,9 +78,14 @@ impl StageSpec {
 pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
     const DATA: &[ArtifactType] = &[ArtifactType::Dataset, ArtifactType::Table];
     match (kind, input) {
-        (StageKind::Dataset, _) | (StageKind::Tokenizer | StageKind::Pretrain, "data") => DATA,
-        (StageKind::Tokenizer, _) | (StageKind::Pretrain, "model") => &[ArtifactType::Model],
-        (StageKind::Pretrain, _) => &[ArtifactType::Tokenizer, ArtifactType::Model],
+        (StageKind::Dataset, _)
+        | (StageKind::Tokenizer | StageKind::Pretrain | StageKind::Sft, "data") => DATA,
+        (StageKind::Tokenizer, _) | (StageKind::Pretrain | StageKind::Sft, "model") => {
+            &[ArtifactType::Model]
+        }
+        (StageKind::Pretrain | StageKind::Sft, _) => {
+            &[ArtifactType::Tokenizer, ArtifactType::Model]
+        }
     }
 }
 
@@ -104,6 +115,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Dataset(d) => dataset::run(d, ctx),
         StageSpec::Tokenizer(t) => tokenizer::run(t, ctx),
         StageSpec::Pretrain(p) => pretrain::run(p, ctx),
+        StageSpec::Sft(p) => sft::run(p, ctx),
     }
 }
 

@@ -28,38 +28,12 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
 
     ctx.progress.set_message("building the model");
-    let (backbone, config, own_tokenizer) = match &spec.model {
-        ModelInput::Init { init } => {
-            let tokenizer = load_tokenizer(ctx.input("tokenizer")?)?;
-            // Seed right before the random init: the init is then a function of the seed.
-            device.seed(ctx.seed);
-            let (backbone, config) = init_model(init, &tokenizer, &device)?;
-            (backbone, config, Some(tokenizer))
-        }
-        ModelInput::Input(_) => {
-            let path = match ctx.input("model")? {
-                ResolvedInput::File { path, .. } => path.clone(),
-                ResolvedInput::Artifact(view) => {
-                    view.materialize("model", &ctx.work_dir()?.join("model"))?
-                }
-            };
-            let loaded = crate::model::load(&path, &device)
-                .with_context(|| format!("cannot load {}", path.display()))?;
-            if !loaded.model.backbone.is_decoder() {
-                bail!(
-                    "causal-LM pretraining needs a decoder; {} is an encoder",
-                    path.display()
-                );
-            }
-            (loaded.model.backbone, loaded.config, loaded.tokenizer)
-        }
-    };
-    let tokenizer = match &spec.tokenizer {
-        Some(_) => load_tokenizer(ctx.input("tokenizer")?)?,
-        None => {
-            own_tokenizer.context("the model has no tokenizer; add `tokenizer:` to the stage")?
-        }
-    };
+    let LoadedModel {
+        backbone,
+        config,
+        tokenizer,
+        ..
+    } = load_model_input(&spec.model, spec.tokenizer.is_some(), ctx, &device)?;
 
     ctx.progress.set_message("tokenizing");
     let eos = tokenizer
@@ -160,7 +134,10 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
 /// Training and validation texts: a whole dataset artifact gives its `train` and
 /// `validation` splits; a single split or a file trains and has no validation.
-fn split_texts(input: &ResolvedInput, column: &str) -> Result<(Vec<String>, Vec<String>)> {
+pub(super) fn split_texts(
+    input: &ResolvedInput,
+    column: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
     let ResolvedInput::Artifact(view) = input else {
         return Ok((super::text_column(input, column)?, Vec::new()));
     };
@@ -184,7 +161,7 @@ fn split_texts(input: &ResolvedInput, column: &str) -> Result<(Vec<String>, Vec<
 }
 
 /// Token sequences (each text, then end-of-text, cut to `max_len`) in batches.
-fn batches(
+pub(super) fn batches(
     tokenizer: &Tokenizer,
     texts: &[String],
     eos: Option<u32>,
@@ -208,6 +185,68 @@ fn batches(
         .chunks(batch)
         .map(|c| LmBatch::from_sequences(c, device))
         .collect())
+}
+
+/// The model of a training stage and its tokenizer: a new decoder (`init`, seeded from the
+/// recipe) or a checkpoint; the stage's `tokenizer` input, when given, wins over the model's.
+/// A training stage's starting model.
+pub(super) struct LoadedModel {
+    pub backbone: Backbone,
+    pub config: Value,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+}
+
+pub(super) fn load_model_input(
+    model: &ModelInput,
+    has_tokenizer: bool,
+    ctx: &mut StageContext,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let stage_tokenizer = if has_tokenizer {
+        Some(load_tokenizer(ctx.input("tokenizer")?)?)
+    } else {
+        None
+    };
+    match model {
+        ModelInput::Init { init } => {
+            let tokenizer = stage_tokenizer.context("a new model needs a `tokenizer`")?;
+            // Seed right before the random init: the init is then a function of the seed.
+            device.seed(ctx.seed);
+            let (backbone, config) = init_model(init, &tokenizer, device)?;
+            Ok(LoadedModel {
+                backbone,
+                config,
+                tokenizer,
+                chat_template: None,
+            })
+        }
+        ModelInput::Input(_) => {
+            let path = match ctx.input("model")? {
+                ResolvedInput::File { path, .. } => path.clone(),
+                ResolvedInput::Artifact(view) => {
+                    view.materialize("model", &ctx.work_dir()?.join("model"))?
+                }
+            };
+            let loaded = crate::model::load(&path, device)
+                .with_context(|| format!("cannot load {}", path.display()))?;
+            if !loaded.model.backbone.is_decoder() {
+                bail!(
+                    "this stage trains a decoder; {} is an encoder",
+                    path.display()
+                );
+            }
+            let tokenizer = stage_tokenizer
+                .or(loaded.tokenizer)
+                .context("the model has no tokenizer; add `tokenizer:` to the stage")?;
+            Ok(LoadedModel {
+                backbone: loaded.model.backbone,
+                config: loaded.config,
+                tokenizer,
+                chat_template: loaded.chat_template,
+            })
+        }
+    }
 }
 
 /// A new decoder sized by `init`, its vocabulary the tokenizer's; returns it with an HF
