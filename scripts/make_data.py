@@ -47,6 +47,33 @@ QUESTION_TEMPLATES = [
 ]
 
 
+# Sentiment: short reviews of car parts and services, positive (1) or negative (0).
+POSITIVE = [
+    "The new {part} works perfectly and the car feels great.",
+    "Really happy with how quickly they replaced the {part}.",
+    "Since the {part} was fixed the engine runs smooth and quiet.",
+    "Excellent service, the {part} was checked and is in great shape.",
+    "The {part} upgrade made a noticeable and welcome difference.",
+]
+NEGATIVE = [
+    "The {part} failed again after a week, very disappointing.",
+    "Terrible experience, the {part} still makes a horrible noise.",
+    "They charged me twice for the {part} and it is still broken.",
+    "The {part} broke on the motorway and left me stranded.",
+    "Awful workmanship on the {part}, I would not go back.",
+]
+
+
+def sentiment(rng: random.Random) -> list:
+    rows = []
+    for part, _does, _detail in FACTS:
+        for label, templates in [(1, POSITIVE), (0, NEGATIVE)]:
+            for t in rng.sample(templates, 2):
+                rows.append({"text": t.format(part=part), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     rng = random.Random(1234)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -66,6 +93,7 @@ def main() -> None:
     write(OUT / "corpus.jsonl", corpus)
     write(OUT / "qa.jsonl", qa)
     write(OUT / "qa_heldout.jsonl", heldout)
+    write(OUT / "reviews.jsonl", sentiment(random.Random(99)))
 
 
 def write(path: pathlib.Path, rows: list) -> None:

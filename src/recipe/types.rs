@@ -524,11 +524,25 @@ pub enum PeftSpec {
     Lora(crate::model::lora::LoraConfig),
 }
 
-/// `sft`: supervised fine-tuning on instruction data; the loss covers response tokens only.
-/// Outputs: `model` (HF directory; LoRA merged in) and, with LoRA, `adapter` (PEFT layout).
+/// What `sft` trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SftTask {
+    /// Prompt/response pairs, loss on the response (instruction tuning).
+    #[default]
+    Instruction,
+    /// Text/label pairs through a classification head (e.g. sentiment).
+    Classification,
+}
+
+/// `sft`: supervised fine-tuning. Instruction data trains the response tokens only;
+/// classification data trains a head on the text. Outputs: `model` (HF directory; LoRA merged
+/// in) and, with LoRA, `adapter` (PEFT layout).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SftSpec {
+    #[serde(default)]
+    pub task: SftTask,
     pub model: ModelInput,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<Input>,
@@ -538,6 +552,15 @@ pub struct SftSpec {
     pub prompt_column: String,
     #[serde(default = "response_column")]
     pub response_column: String,
+    /// Classification: the text and label columns (labels: integers, or text mapped to ids in
+    /// sorted order).
+    #[serde(default = "text_column")]
+    pub text_column: String,
+    #[serde(default = "label_column")]
+    pub label_column: String,
+    /// Classification: number of labels (default: from the data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
     #[serde(default)]
     pub template: PromptTemplate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -557,6 +580,9 @@ fn prompt_column() -> String {
 }
 fn response_column() -> String {
     "response".into()
+}
+fn label_column() -> String {
+    "label".into()
 }
 fn default_eval_tokens() -> usize {
     32

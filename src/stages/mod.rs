@@ -1,6 +1,7 @@
 //! Stage kinds: what each produces and accepts (the contracts checked before anything runs),
 //! and how each runs. One file per kind.
 
+pub mod classify;
 pub mod dataset;
 pub mod pretrain;
 pub mod sft;

@@ -33,7 +33,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         config,
         tokenizer,
         ..
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), ctx, &device)?;
+    } = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
 
     ctx.progress.set_message("tokenizing");
     let eos = tokenizer
@@ -192,6 +192,8 @@ pub(super) fn batches(
 /// A training stage's starting model.
 pub(super) struct LoadedModel {
     pub backbone: Backbone,
+    /// The checkpoint's classification / score head, if it has one.
+    pub score: Option<crate::model::layers::Proj>,
     pub config: Value,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
@@ -200,6 +202,7 @@ pub(super) struct LoadedModel {
 pub(super) fn load_model_input(
     model: &ModelInput,
     has_tokenizer: bool,
+    need_decoder: bool,
     ctx: &mut StageContext,
     device: &Device,
 ) -> Result<LoadedModel> {
@@ -216,6 +219,7 @@ pub(super) fn load_model_input(
             let (backbone, config) = init_model(init, &tokenizer, device)?;
             Ok(LoadedModel {
                 backbone,
+                score: None,
                 config,
                 tokenizer,
                 chat_template: None,
@@ -230,7 +234,7 @@ pub(super) fn load_model_input(
             };
             let loaded = crate::model::load(&path, device)
                 .with_context(|| format!("cannot load {}", path.display()))?;
-            if !loaded.model.backbone.is_decoder() {
+            if need_decoder && !loaded.model.backbone.is_decoder() {
                 bail!(
                     "this stage trains a decoder; {} is an encoder",
                     path.display()
@@ -241,6 +245,7 @@ pub(super) fn load_model_input(
                 .context("the model has no tokenizer; add `tokenizer:` to the stage")?;
             Ok(LoadedModel {
                 backbone: loaded.model.backbone,
+                score: loaded.model.score,
                 config: loaded.config,
                 tokenizer,
                 chat_template: loaded.chat_template,

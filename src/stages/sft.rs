@@ -74,6 +74,9 @@ impl Format {
 }
 
 pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    if spec.task == crate::recipe::types::SftTask::Classification {
+        return super::classify::run(spec, ctx);
+    }
     let device = backend::device(ctx.backend)
         .map_err(anyhow::Error::msg)?
         .autodiff();
@@ -93,7 +96,8 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         config,
         tokenizer,
         chat_template,
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), ctx, &device)?;
+        ..
+    } = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
     let format = Format::new(spec.template, chat_template.as_deref());
     let eos = tokenizer
         .token_to_id(EOS)
