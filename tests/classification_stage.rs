@@ -4,16 +4,7 @@
 mod common;
 use std::path::Path;
 
-use common::Project;
-
-fn metric(show: &str, key: &str) -> f64 {
-    let needle = format!("{key}=");
-    let rest = &show[show
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {key} in:\n{show}"))
-        + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
+use common::{Project, metric};
 
 #[test]
 fn sentiment_classifiers_learn_on_held_out_reviews() {

@@ -4,7 +4,7 @@
 mod common;
 use std::path::Path;
 
-use common::Project;
+use common::{Project, metric};
 
 fn recipe(arch: &str) -> String {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars/corpus.jsonl");
@@ -12,15 +12,6 @@ fn recipe(arch: &str) -> String {
         "version: 1\nname: pre\nseed: 5\nstages:\n  corpus:\n    kind: dataset\n    source: {{ path: {} }}\n    split: {{ validation: 0.15 }}\n  tok:\n    kind: tokenizer\n    data: {{ from: corpus.train }}\n    vocab_size: 400\n  lm:\n    kind: pretrain\n    model: {{ init: {{ arch: {arch}, layers: 2, d_model: 64, heads: 4, context: 64 }} }}\n    tokenizer: {{ from: tok }}\n    data: {{ from: corpus }}\n    max_length: 64\n    train: {{ epochs: 25, batch_size: 8, lr: 3.0e-3, warmup_steps: 10, eval_every: 40 }}\n",
         corpus.display()
     )
-}
-
-fn metric(show: &str, key: &str) -> f64 {
-    let needle = format!("{key}=");
-    let rest = &show[show
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {key} in:\n{show}"))
-        + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 use std::path::Path;
 
-use common::Project;
+use common::{Project, metric};
 
 fn recipe() -> String {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
@@ -50,15 +50,6 @@ stages:
 "#,
         d = d.display()
     )
-}
-
-fn metric(show: &str, key: &str) -> f64 {
-    let needle = format!("{key}=");
-    let rest = &show[show
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {key} in:\n{show}"))
-        + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -14,11 +14,11 @@ use super::pretrain::{LoadedModel, load_model_input};
 use super::{ArtifactType, StageResult};
 use crate::backend;
 use crate::data::table::Table;
-use crate::exec::context::{ArtifactView, ResolvedInput, StageContext};
+use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Model, lora, save_hf_dir};
 use crate::recipe::types::{MissingPolicy, PeftSpec, SftSpec};
 use crate::train::loss::token_nll;
-use crate::train::trainer::{Event, Objective, train};
+use crate::train::trainer::Objective;
 
 /// Token ids of texts with their labels.
 pub struct ClsBatch {
@@ -101,32 +101,14 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
         None => model,
     };
-    let total =
-        train_batches.len().div_ceil(spec.train.grad_accum.max(1)) * spec.train.epochs.max(1);
-    ctx.progress.set_length(total as u64);
-    let progress = ctx.progress.clone();
-    let mut events = Vec::new();
-    let (trained, summary) = train(
+    let (trained, summary, _) = super::train_logged(
         model,
         &Classification,
         &train_batches,
         &val_batches,
         &spec.train,
-        ctx.seed,
-        |e| match e {
-            Event::Step(s) => {
-                progress.set_position(s.step as u64);
-                progress.set_message(format!("step {}/{total} loss {:.3}", s.step, s.loss));
-                events.push(json!({ "event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }));
-            }
-            Event::Eval(v) => {
-                events.push(json!({ "event": "eval", "step": v.step, "val_loss": v.loss }))
-            }
-        },
+        ctx,
     )?;
-    for e in events {
-        ctx.log(e);
-    }
     let mut inference = trained.valid();
     let after = accuracy(&inference, &val_infer, num_labels);
 
@@ -187,31 +169,17 @@ fn examples(
     let tables: Vec<(String, Table)> = match input {
         ResolvedInput::Artifact(view) => {
             let mut out = Vec::new();
-            for (name, o) in &view.outputs {
-                let sub = ArtifactView {
-                    label: view.label.clone(),
-                    outputs: [(name.clone(), o.clone())].into_iter().collect(),
-                };
-                out.push((
-                    name.clone(),
-                    super::dataset::read_artifact(&sub, MissingPolicy::Null)?,
-                ));
+            for split in view.outputs.keys() {
+                if let Some(t) = super::read_split(view, split)? {
+                    out.push((split.clone(), t));
+                }
             }
             out
         }
-        ResolvedInput::File {
-            path,
-            label: l,
-            format,
-        } => {
-            let format = format
-                .or_else(|| crate::recipe::types::FileFormat::from_extension(l))
-                .unwrap_or(crate::recipe::types::FileFormat::Jsonl);
-            vec![(
-                "train".into(),
-                crate::data::table::read_file(path, l, format, MissingPolicy::Null)?,
-            )]
-        }
+        file => vec![(
+            "train".into(),
+            super::read_table(file, MissingPolicy::Null)?,
+        )],
     };
     let mut raw: Vec<(String, String, Value)> = Vec::new();
     for (split, t) in &tables {

@@ -9,27 +9,15 @@ use super::{ArtifactType, StageResult};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{self, Row, Table};
-use crate::exec::context::{ArtifactView, ResolvedInput, StageContext};
-use crate::recipe::types::{DatasetRole, DatasetSpec, FileFormat, MissingPolicy, OnLeak};
+use crate::exec::context::{ArtifactView, StageContext};
+use crate::recipe::types::{DatasetRole, DatasetSpec, MissingPolicy, OnLeak};
 
 /// The file each split output holds.
 pub const TABLE_FILE: &str = "data.parquet";
 
 pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("reading");
-    let mut t = match ctx.input("source")? {
-        ResolvedInput::File {
-            path,
-            label,
-            format,
-        } => {
-            let format = format
-                .or_else(|| FileFormat::from_extension(label))
-                .unwrap_or(FileFormat::Jsonl);
-            table::read_file(path, label, format, spec.missing)?
-        }
-        ResolvedInput::Artifact(view) => read_artifact(view, spec.missing)?,
-    };
+    let mut t = super::read_table(ctx.input("source")?, spec.missing)?;
     ctx.check_cancelled()?;
     let rows_read = t.rows.len();
     t.rename(&spec.columns)?;

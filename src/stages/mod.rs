@@ -125,22 +125,10 @@ pub fn text_column(
     input: &crate::exec::context::ResolvedInput,
     column: &str,
 ) -> anyhow::Result<Vec<String>> {
-    use crate::exec::context::ResolvedInput;
-    use crate::recipe::types::{FileFormat, MissingPolicy};
-    let table = match input {
-        ResolvedInput::File {
-            path,
-            label,
-            format,
-        } => {
-            let format = format
-                .or_else(|| FileFormat::from_extension(label))
-                .unwrap_or(FileFormat::Jsonl);
-            crate::data::table::read_file(path, label, format, MissingPolicy::Null)?
-        }
-        ResolvedInput::Artifact(view) => dataset::read_artifact(view, MissingPolicy::Null)?,
-    };
-    texts_of(&table, column)
+    texts_of(
+        &read_table(input, crate::recipe::types::MissingPolicy::Null)?,
+        column,
+    )
 }
 
 /// The non-empty strings of `column`.
@@ -156,4 +144,82 @@ pub fn texts_of(table: &crate::data::table::Table, column: &str) -> anyhow::Resu
                 .map(str::to_owned)
         })
         .collect())
+}
+
+/// The rows of a table input: a source file (format from `format:` or its extension) or the
+/// selected splits of a dataset artifact, concatenated.
+pub fn read_table(
+    input: &crate::exec::context::ResolvedInput,
+    missing: crate::recipe::types::MissingPolicy,
+) -> anyhow::Result<crate::data::table::Table> {
+    use crate::exec::context::ResolvedInput;
+    use crate::recipe::types::FileFormat;
+    match input {
+        ResolvedInput::File {
+            path,
+            label,
+            format,
+        } => {
+            let format = format
+                .or_else(|| FileFormat::from_extension(label))
+                .unwrap_or(FileFormat::Jsonl);
+            crate::data::table::read_file(path, label, format, missing)
+        }
+        ResolvedInput::Artifact(view) => dataset::read_artifact(view, missing),
+    }
+}
+
+/// One split (`train`, `validation`, `test`) of a dataset artifact; `None` when it has none.
+pub fn read_split(
+    view: &crate::exec::context::ArtifactView,
+    split: &str,
+) -> anyhow::Result<Option<crate::data::table::Table>> {
+    let Some(out) = view.outputs.get(split) else {
+        return Ok(None);
+    };
+    let sub = crate::exec::context::ArtifactView {
+        label: view.label.clone(),
+        outputs: [(split.to_owned(), out.clone())].into_iter().collect(),
+    };
+    dataset::read_artifact(&sub, crate::recipe::types::MissingPolicy::Null).map(Some)
+}
+
+/// Runs the shared trainer with the stage's progress bar and metrics log: each step's loss,
+/// lr, gradient norm and items/s, and each evaluation, go to the run's metrics.jsonl.
+/// Returns the trained model, the summary and the mean items (tokens, examples) per second.
+pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective<M>>(
+    model: M,
+    obj: &O,
+    train: &[O::Batch],
+    val: &[O::Batch],
+    cfg: &crate::train::trainer::TrainConfig,
+    ctx: &mut crate::exec::context::StageContext,
+) -> anyhow::Result<(M, crate::train::trainer::Summary, f64)> {
+    use crate::train::trainer::Event;
+    let total = train.len().div_ceil(cfg.grad_accum.max(1)) * cfg.epochs.max(1);
+    ctx.progress.set_length(total as u64);
+    let progress = ctx.progress.clone();
+    let mut events = Vec::new();
+    let mut rates = Vec::new();
+    let result = crate::train::trainer::train(model, obj, train, val, cfg, ctx.seed, |e| {
+        match e {
+        Event::Step(s) => {
+            progress.set_position(s.step as u64);
+            progress.set_message(format!("step {}/{total} loss {:.3} lr {:.2e}", s.step, s.loss, s.lr));
+            rates.push(s.items_per_s);
+            events.push(serde_json::json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "items_per_s": s.items_per_s }));
+        }
+        Event::Eval(v) => events.push(serde_json::json!({ "event": "eval", "step": v.step, "val_loss": v.loss, "val_ppl": v.loss.exp() })),
+    }
+    });
+    for e in events {
+        ctx.log(e);
+    }
+    let (model, summary) = result?;
+    ctx.check_cancelled()?;
+    Ok((
+        model,
+        summary,
+        rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+    ))
 }

@@ -11,11 +11,10 @@ use tokenizers::Tokenizer;
 use super::tokenizer::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult, texts_of};
 use crate::backend;
-use crate::exec::context::{ArtifactView, ResolvedInput, StageContext};
+use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, gpt2, llama, save_hf_dir};
-use crate::recipe::types::{Arch, MissingPolicy, ModelInit, ModelInput, PretrainSpec};
+use crate::recipe::types::{Arch, ModelInit, ModelInput, PretrainSpec};
 use crate::train::objectives::{CausalLm, LmBatch};
-use crate::train::trainer::{Event, train};
 
 pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = backend::device(ctx.backend)
@@ -51,35 +50,14 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
     ctx.check_cancelled()?;
 
-    let total_steps =
-        train_batches.len().div_ceil(spec.train.grad_accum.max(1)) * spec.train.epochs.max(1);
-    ctx.progress.set_length(total_steps as u64);
-    let progress = ctx.progress.clone();
-    let mut events = Vec::new();
-    let mut tokens_per_s = Vec::new();
-    let (trained, summary) = train(
+    let (trained, summary, mean_tps) = super::train_logged(
         backbone,
         &CausalLm,
         &train_batches,
         &val_batches,
         &spec.train,
-        ctx.seed,
-        |e| {
-            match e {
-        Event::Step(s) => {
-            progress.set_position(s.step as u64);
-            progress.set_message(format!("step {}/{total_steps} loss {:.3} lr {:.2e}", s.step, s.loss, s.lr));
-            tokens_per_s.push(s.items_per_s);
-            events.push(json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.items_per_s }));
-        }
-        Event::Eval(v) => events.push(json!({ "event": "eval", "step": v.step, "val_loss": v.loss, "val_ppl": v.loss.exp() })),
-    }
-        },
+        ctx,
     )?;
-    for e in events {
-        ctx.log(e);
-    }
-    ctx.check_cancelled()?;
 
     ctx.progress.set_message("saving");
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
@@ -99,7 +77,6 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics.insert("val_ppl_before".into(), round(before.exp()).into());
         metrics.insert("val_ppl_after".into(), round(after.exp()).into());
     }
-    let mean_tps = tokens_per_s.iter().sum::<f64>() / tokens_per_s.len().max(1) as f64;
     let mut warnings = Vec::new();
     let drop = (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9);
     if drop < 0.05 {
@@ -138,26 +115,15 @@ pub(super) fn split_texts(
     input: &ResolvedInput,
     column: &str,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let ResolvedInput::Artifact(view) = input else {
-        return Ok((super::text_column(input, column)?, Vec::new()));
-    };
-    let part = |name: &str| -> Result<Vec<String>> {
-        let Some(out) = view.outputs.get(name) else {
-            return Ok(Vec::new());
-        };
-        let sub = ArtifactView {
-            label: view.label.clone(),
-            outputs: [(name.to_owned(), out.clone())].into_iter().collect(),
-        };
-        texts_of(
-            &super::dataset::read_artifact(&sub, MissingPolicy::Null)?,
-            column,
-        )
-    };
-    if view.outputs.len() == 1 {
-        return Ok((super::text_column(input, column)?, Vec::new()));
+    match input {
+        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
+            let part = |split| -> Result<Vec<String>> {
+                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| texts_of(&t, column))
+            };
+            Ok((part("train")?, part("validation")?))
+        }
+        _ => Ok((super::text_column(input, column)?, Vec::new())),
     }
-    Ok((part("train")?, part("validation")?))
 }
 
 /// Token sequences (each text, then end-of-text, cut to `max_len`) in batches.

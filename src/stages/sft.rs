@@ -15,13 +15,13 @@ use super::{ArtifactType, StageResult};
 use crate::backend;
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
-use crate::exec::context::{ArtifactView, ResolvedInput, StageContext};
+use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
 use crate::recipe::types::{MissingPolicy, PeftSpec, PromptTemplate, SftSpec};
 use crate::train::objectives::{CausalLm, LmBatch};
-use crate::train::trainer::{Event, evaluate, train};
+use crate::train::trainer::evaluate;
 
 /// (prompt, response) pairs.
 type Pairs = Vec<(String, String)>;
@@ -149,33 +149,14 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
         None => (backbone, Vec::new()),
     };
-    let total_steps =
-        train_batches.len().div_ceil(spec.train.grad_accum.max(1)) * spec.train.epochs.max(1);
-    ctx.progress.set_length(total_steps as u64);
-    let progress = ctx.progress.clone();
-    let mut events = Vec::new();
-    let (trained, summary) = train(
+    let (trained, summary, _) = super::train_logged(
         backbone,
         &CausalLm,
         &train_batches,
         &val_batches,
         &spec.train,
-        ctx.seed,
-        |e| match e {
-            Event::Step(s) => {
-                progress.set_position(s.step as u64);
-                progress.set_message(format!("step {}/{total_steps} loss {:.3}", s.step, s.loss));
-                events.push(json!({ "event": "step", "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens_per_s": s.items_per_s }));
-            }
-            Event::Eval(v) => {
-                events.push(json!({ "event": "eval", "step": v.step, "val_loss": v.loss }))
-            }
-        },
+        ctx,
     )?;
-    for e in events {
-        ctx.log(e);
-    }
-    ctx.check_cancelled()?;
 
     ctx.progress
         .set_message("answering validation prompts (after)");
@@ -277,40 +258,15 @@ fn pairs(input: &ResolvedInput, prompt: &str, response: &str) -> Result<(Pairs, 
     };
     match input {
         ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |name: &str| -> Result<Pairs> {
-                let Some(out) = view.outputs.get(name) else {
-                    return Ok(Vec::new());
-                };
-                let sub = ArtifactView {
-                    label: view.label.clone(),
-                    outputs: [(name.to_owned(), out.clone())].into_iter().collect(),
-                };
-                of(&super::dataset::read_artifact(&sub, MissingPolicy::Null)?)
+            let part = |split| -> Result<Pairs> {
+                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
             };
             Ok((part("train")?, part("validation")?))
         }
-        ResolvedInput::Artifact(view) => Ok((
-            of(&super::dataset::read_artifact(view, MissingPolicy::Null)?)?,
+        _ => Ok((
+            of(&super::read_table(input, MissingPolicy::Null)?)?,
             Vec::new(),
         )),
-        ResolvedInput::File {
-            path,
-            label,
-            format,
-        } => {
-            let format = format
-                .or_else(|| crate::recipe::types::FileFormat::from_extension(label))
-                .unwrap_or(crate::recipe::types::FileFormat::Jsonl);
-            Ok((
-                of(&crate::data::table::read_file(
-                    path,
-                    label,
-                    format,
-                    MissingPolicy::Null,
-                )?)?,
-                Vec::new(),
-            ))
-        }
     }
 }
 

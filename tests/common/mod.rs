@@ -134,3 +134,18 @@ pub fn two_dataset_project() -> Project {
     );
     p
 }
+
+/// The value of `key=...` in `hone show` output (its `metrics` line).
+pub fn metric(show: &str, key: &str) -> f64 {
+    let needle = format!("{key}=");
+    let start = show
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {key} in:\n{show}"))
+        + needle.len();
+    show[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
