@@ -572,6 +572,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
         StageKind::Tokenizer => from_value(v, &path, sources).map(StageSpec::Tokenizer),
         StageKind::Pretrain => from_value(v, &path, sources).map(StageSpec::Pretrain),
         StageKind::Sft => from_value(v, &path, sources).map(StageSpec::Sft),
+        StageKind::Generate => from_value(v, &path, sources).map(StageSpec::Generate),
     }
 }
 

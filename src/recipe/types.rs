@@ -73,6 +73,7 @@ pub enum StageKind {
     Tokenizer,
     Pretrain,
     Sft,
+    Generate,
 }
 
 impl StageKind {
@@ -81,6 +82,7 @@ impl StageKind {
         StageKind::Tokenizer,
         StageKind::Pretrain,
         StageKind::Sft,
+        StageKind::Generate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +91,7 @@ impl StageKind {
             StageKind::Tokenizer => "tokenizer",
             StageKind::Pretrain => "pretrain",
             StageKind::Sft => "sft",
+            StageKind::Generate => "generate",
         }
     }
 
@@ -115,6 +118,8 @@ pub enum StageSpec {
     Pretrain(PretrainSpec),
     /// Supervised fine-tuning on prompt/response pairs (loss on the response), full or LoRA.
     Sft(SftSpec),
+    /// A model's responses to a set of prompts, as a dataset.
+    Generate(GenerateSpec),
 }
 
 impl StageSpec {
@@ -124,6 +129,7 @@ impl StageSpec {
             StageSpec::Tokenizer(_) => StageKind::Tokenizer,
             StageSpec::Pretrain(_) => StageKind::Pretrain,
             StageSpec::Sft(_) => StageKind::Sft,
+            StageSpec::Generate(_) => StageKind::Generate,
         }
     }
 
@@ -149,6 +155,10 @@ impl StageSpec {
                 }
                 v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &p.data));
+            }
+            StageSpec::Generate(g) => {
+                v.push(("model".into(), &g.model));
+                v.push(("prompts".into(), &g.prompts));
             }
         }
         v
@@ -179,6 +189,10 @@ impl StageSpec {
                 }
                 v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &mut p.data));
+            }
+            StageSpec::Generate(g) => {
+                v.push(("model".into(), &mut g.model));
+                v.push(("prompts".into(), &mut g.prompts));
             }
         }
         v
@@ -586,4 +600,22 @@ fn label_column() -> String {
 }
 fn default_eval_tokens() -> usize {
     32
+}
+
+/// `generate`: a model's responses to a set of prompts. Output: `responses` (a table with
+/// columns `prompt` and `response`) that dataset, training and evaluation stages can read.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// A checkpoint (`{ path: ... }`, HF directory or .gguf) or a model stage (`{ from: sft }`).
+    pub model: Input,
+    /// A dataset (or a JSONL/CSV/Parquet file) with a prompt column.
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    /// Decoding: greedy by default (`temperature: 0`); the model's end tokens always stop.
+    #[serde(default)]
+    pub sampling: crate::model::sampling::SamplingConfig,
 }

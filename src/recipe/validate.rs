@@ -38,6 +38,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Tokenizer(t) => check_tokenizer(recipe, &at, t, &mut diags),
             StageSpec::Pretrain(p) => check_pretrain(recipe, &at, p, &mut diags),
             StageSpec::Sft(p) => check_sft(recipe, &at, p, &mut diags),
+            StageSpec::Generate(_) => {}
         }
     }
     match Dag::build(recipe) {

@@ -194,7 +194,15 @@ fn row_keys(t: &Table, columns: &[String]) -> Result<Vec<Key>> {
 /// The rows of an upstream dataset artifact: its selected splits, concatenated in order.
 pub fn read_artifact(view: &ArtifactView, missing: MissingPolicy) -> Result<Table> {
     let mut out: Option<Table> = None;
-    for split in ["train", "validation", "test"] {
+    // Dataset splits in their order; any other table output (a `generate` stage's
+    // `responses`) as it is.
+    let standard = ["train", "validation", "test"];
+    let names: Vec<&str> = if view.outputs.keys().any(|k| standard.contains(&k.as_str())) {
+        standard.to_vec()
+    } else {
+        view.outputs.keys().map(String::as_str).collect()
+    };
+    for split in names {
         let Some(o) = view.outputs.get(split) else {
             continue;
         };

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod dataset;
+pub mod generate;
 pub mod pretrain;
 pub mod sft;
 pub mod tokenizer;
@@ -53,6 +54,7 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             ("adapter", ArtifactType::Model),
         ],
         StageSpec::Sft(_) => vec![("model", ArtifactType::Model)],
+        StageSpec::Generate(_) => vec![("responses", ArtifactType::Table)],
     }
 }
 
@@ -62,6 +64,7 @@ impl StageSpec {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
             StageSpec::Pretrain(_) | StageSpec::Sft(_) => ArtifactType::Model,
+            StageSpec::Generate(_) => ArtifactType::Dataset,
         }
     }
 
@@ -70,7 +73,7 @@ impl StageSpec {
     pub fn uses_backend(&self) -> bool {
         match self.kind() {
             StageKind::Dataset | StageKind::Tokenizer => false,
-            StageKind::Pretrain | StageKind::Sft => true,
+            StageKind::Pretrain | StageKind::Sft | StageKind::Generate => true,
         }
     }
 }
@@ -81,9 +84,9 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
     match (kind, input) {
         (StageKind::Dataset, _)
         | (StageKind::Tokenizer | StageKind::Pretrain | StageKind::Sft, "data") => DATA,
-        (StageKind::Tokenizer, _) | (StageKind::Pretrain | StageKind::Sft, "model") => {
-            &[ArtifactType::Model]
-        }
+        (StageKind::Generate, "prompts") => DATA,
+        (StageKind::Tokenizer | StageKind::Generate, _)
+        | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
             &[ArtifactType::Tokenizer, ArtifactType::Model]
         }
@@ -117,6 +120,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Tokenizer(t) => tokenizer::run(t, ctx),
         StageSpec::Pretrain(p) => pretrain::run(p, ctx),
         StageSpec::Sft(p) => sft::run(p, ctx),
+        StageSpec::Generate(g) => generate::run(g, ctx),
     }
 }
 

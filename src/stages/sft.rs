@@ -27,14 +27,14 @@ use crate::train::trainer::evaluate;
 type Pairs = Vec<(String, String)>;
 
 /// Turns pairs into prompt text and target text.
-struct Format {
+pub(super) struct Format {
     template: Option<ChatTemplate>,
     /// Appended to responses (ChatML's end of turn); generation is cut there.
     end: Option<String>,
 }
 
 impl Format {
-    fn new(t: PromptTemplate, model_template: Option<&str>) -> Format {
+    pub(super) fn new(t: PromptTemplate, model_template: Option<&str>) -> Format {
         match (t, model_template) {
             (PromptTemplate::Plain, _) => Format {
                 template: None,
@@ -50,7 +50,7 @@ impl Format {
             },
         }
     }
-    fn prompt(&self, p: &str) -> Result<String> {
+    pub(super) fn prompt(&self, p: &str) -> Result<String> {
         match &self.template {
             None => Ok(format!("{p}\n")),
             Some(t) => t
@@ -65,7 +65,7 @@ impl Format {
         }
     }
     /// A generated answer up to the end-of-turn marker.
-    fn answer<'a>(&self, generated: &'a str) -> &'a str {
+    pub(super) fn answer<'a>(&self, generated: &'a str) -> &'a str {
         match &self.end {
             Some(end) => generated.split(end.as_str()).next().unwrap_or(generated),
             None => generated,

@@ -135,17 +135,12 @@ pub fn two_dataset_project() -> Project {
     p
 }
 
-/// The value of `key=...` in `hone show` output (its `metrics` line).
+/// The value of `key=...` in `hone show` output (its `metrics` line), matching whole keys.
 pub fn metric(show: &str, key: &str) -> f64 {
     let needle = format!("{key}=");
-    let start = show
-        .find(&needle)
+    show.split_whitespace()
+        .find_map(|w| w.strip_prefix(&needle))
         .unwrap_or_else(|| panic!("no {key} in:\n{show}"))
-        + needle.len();
-    show[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
         .parse()
         .unwrap()
 }

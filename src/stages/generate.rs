@@ -1,0 +1,119 @@
+//! `generate`: a model's responses to a set of prompts, written as a table (`prompt`,
+//! `response`) that other stages read like any dataset split.
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use super::pretrain::{LoadedModel, load_model_input};
+use super::sft::Format;
+use super::{ArtifactType, StageResult, read_table, texts_of};
+use crate::backend;
+use crate::data::table::{ColumnType, Row, Table, write_parquet};
+use crate::exec::context::StageContext;
+use crate::model::sampling::generate;
+use crate::recipe::types::{GenerateSpec, MissingPolicy, ModelInput};
+
+pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let device = backend::device(ctx.backend).map_err(anyhow::Error::msg)?;
+    let prompts = texts_of(
+        &read_table(ctx.input("prompts")?, MissingPolicy::Null)?,
+        &spec.prompt_column,
+    )?;
+    if prompts.is_empty() {
+        bail!("column `{}` of the prompts has no text", spec.prompt_column);
+    }
+    ctx.progress.set_message("loading the model");
+    let LoadedModel {
+        backbone,
+        config,
+        tokenizer,
+        chat_template,
+        ..
+    } = load_model_input(
+        &ModelInput::Input(spec.model.clone()),
+        false,
+        true,
+        ctx,
+        &device,
+    )?;
+    let format = Format::new(spec.template, chat_template.as_deref());
+    let mut sampling = spec.sampling.clone();
+    sampling
+        .stop_tokens
+        .extend(tokenizer.token_to_id(super::tokenizer::EOS));
+    sampling
+        .stop_tokens
+        .extend(tokenizer.token_to_id("<|im_end|>"));
+    sampling
+        .stop_tokens
+        .extend(config["eos_token_id"].as_u64().map(|v| v as u32));
+    ctx.progress.set_length(prompts.len() as u64);
+    let mut rows = Vec::with_capacity(prompts.len());
+    let mut new_tokens = 0usize;
+    for (k, chunk) in prompts.chunks(16).enumerate() {
+        ctx.check_cancelled()?;
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|p| {
+                Ok(tokenizer
+                    .encode(format.prompt(p)?.as_str(), false)
+                    .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+                    .get_ids()
+                    .to_vec())
+            })
+            .collect::<Result<_>>()?;
+        // Each batch has its own sampling stream, so a prompt's answer does not depend on how
+        // many prompts came before it.
+        let batch_cfg = crate::model::sampling::SamplingConfig {
+            seed: sampling.seed.wrapping_add(k as u64),
+            ..sampling.clone()
+        };
+        for (p, out) in chunk
+            .iter()
+            .zip(generate(&backbone, &ids, &batch_cfg, &device))
+        {
+            new_tokens += out.len();
+            let text = tokenizer
+                .decode(&out, true)
+                .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+            let answer = format.answer(&text).trim().to_owned();
+            rows.push(Row {
+                values: vec![Value::String(p.clone()), Value::String(answer)],
+                line: rows.len() + 1,
+            });
+        }
+        ctx.progress.set_position(rows.len() as u64);
+    }
+    let table = Table {
+        source: ctx.stage.clone(),
+        line_numbers: false,
+        columns: vec!["prompt".into(), "response".into()],
+        types: vec![ColumnType::Text, ColumnType::Text],
+        rows,
+    };
+    let dir = ctx.output_dir("responses", ArtifactType::Table)?;
+    write_parquet(&table, &dir.join(super::dataset::TABLE_FILE))?;
+    let empty = table
+        .rows
+        .iter()
+        .filter(|r| r.values[1].as_str().is_some_and(str::is_empty))
+        .count();
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("responses".into(), table.rows.len().into());
+    let mean_new = new_tokens as f64 / table.rows.len() as f64;
+    metrics.insert(
+        "mean_new_tokens".into(),
+        ((mean_new * 10.0).round() / 10.0).into(),
+    );
+    metrics.insert("empty_responses".into(), empty.into());
+    let warnings = if empty > 0 {
+        vec![format!("{empty} prompts got an empty response")]
+    } else {
+        vec![]
+    };
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary: json!({ "first_rows": table.row_objects(3), "rows": { "responses": table.rows.len() } }),
+    })
+}
