@@ -36,17 +36,7 @@ fn pretraining_from_scratch_lowers_validation_perplexity_and_reproduces() {
     // The artifact is an HF directory hone (and transformers) load.
     let lock = std::fs::read_to_string(p.path("r.lock")).unwrap();
     let lf: serde_yaml::Value = serde_yaml::from_str(&lock).unwrap();
-    let action = lf["stages"]["lm"]["action"].as_str().unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            p.store()
-                .join("actions")
-                .join(&action[..2])
-                .join(format!("{action}.json")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let manifest = common::manifest(&p, "lm");
     let files = manifest["outputs"]["model"]["files"].as_object().unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(files.contains_key(f), "model output lacks {f}: {files:?}");

@@ -115,19 +115,7 @@ fn corrupt_blob_is_detected_and_repaired_by_recomputing() {
     let p = two_dataset_project();
     p.hone(&["run", "r.yaml"]).ok();
     // Damage the qa stage's train table in the store.
-    let lock = std::fs::read_to_string(p.path("r.lock")).unwrap();
-    let lf: serde_yaml::Value = serde_yaml::from_str(&lock).unwrap();
-    let action = lf["stages"]["qa"]["action"].as_str().unwrap().to_owned();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            p.store()
-                .join("actions")
-                .join(&action[..2])
-                .join(format!("{action}.json")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let manifest = common::manifest(&p, "qa");
     let digest = manifest["outputs"]["train"]["files"]["data.parquet"]["digest"]
         .as_str()
         .unwrap()

@@ -54,13 +54,7 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ctx.check_cancelled()?;
         let ids: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|p| {
-                Ok(tokenizer
-                    .encode(format.prompt(p)?.as_str(), false)
-                    .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
-                    .get_ids()
-                    .to_vec())
-            })
+            .map(|p| format.encode_prompt(&tokenizer, p))
             .collect::<Result<_>>()?;
         // Each batch has its own sampling stream, so a prompt's answer does not depend on how
         // many prompts came before it.

@@ -50,6 +50,15 @@ impl Format {
             },
         }
     }
+    /// The token ids of a formatted prompt.
+    pub(super) fn encode_prompt(&self, tok: &Tokenizer, p: &str) -> Result<Vec<u32>> {
+        Ok(tok
+            .encode(self.prompt(p)?.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
     pub(super) fn prompt(&self, p: &str) -> Result<String> {
         match &self.template {
             None => Ok(format!("{p}\n")),
@@ -328,13 +337,7 @@ fn exact_match(
     for chunk in pairs.chunks(16) {
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|(p, _)| {
-                Ok(tok
-                    .encode(format.prompt(p)?.as_str(), false)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .get_ids()
-                    .to_vec())
-            })
+            .map(|(p, _)| format.encode_prompt(tok, p))
             .collect::<Result<_>>()?;
         let outputs = generate(model, &prompts, sampling, device);
         for ((_, want), out) in chunk.iter().zip(outputs) {

@@ -144,3 +144,16 @@ pub fn metric(show: &str, key: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// The manifest of the action the lockfile records for `stage` (recipe `r.yaml`).
+pub fn manifest(p: &Project, stage: &str) -> serde_json::Value {
+    let lock: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(p.path("r.lock")).unwrap()).unwrap();
+    let action = lock["stages"][stage]["action"].as_str().unwrap().to_owned();
+    let path = p
+        .store()
+        .join("actions")
+        .join(&action[..2])
+        .join(format!("{action}.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
