@@ -96,6 +96,26 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
         "LoRA trains a fraction of the parameters"
     );
 
+    // Alone in a fresh process, the LoRA stage reproduces the artifact it made after other
+    // stages in one process: its random draws (the adapters' init) depend on the seed and the
+    // stage, not on what ran before it.
+    let artifact = || -> String {
+        let lock: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(p.path("r.lock")).unwrap()).unwrap();
+        lock["stages"]["sft_lora"]["artifact"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = artifact();
+    p.hone(&["run", "r.yaml", "--only", "sft_lora", "--force", "sft_lora"])
+        .ok();
+    assert_eq!(
+        artifact(),
+        first,
+        "sft_lora reproduces its artifact when run alone"
+    );
+
     // Changing the LoRA learning rate reruns only that stage.
     let status = p
         .hone(&[

@@ -261,16 +261,20 @@ fn check_locked(eval: &mut Evaluator, selected: &BTreeSet<usize>) -> Result<()> 
         let locked = eval.locked(&s.stage);
         let ok = matches!((locked, &s.action), (Some(l), Some(a)) if &l.action == a);
         if !ok {
-            let why: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
-            problems.push(format!(
-                "  {}: {}",
-                s.stage,
-                if why.is_empty() {
-                    "not in the lockfile".into()
-                } else {
-                    why.join("; ")
-                }
-            ));
+            // "waits for upstream" is not a change; without an earlier run in this store the
+            // diff is unknown, but the key still differs from the lockfile's.
+            let why: Vec<String> = s
+                .reasons
+                .iter()
+                .filter(|r| !matches!(r, crate::plan::status::Reason::WaitsFor { .. }))
+                .map(ToString::to_string)
+                .collect();
+            let why = match (locked, why.is_empty()) {
+                (None, _) => "not in the lockfile".to_owned(),
+                (Some(_), true) => "its action key differs from the lockfile's (config, inputs or hone changed; `hone status` against the store that wrote the lockfile shows which)".to_owned(),
+                (Some(_), false) => why.join("; "),
+            };
+            problems.push(format!("  {}: {why}", s.stage));
         }
     }
     if problems.is_empty() {

@@ -12,7 +12,6 @@ use tokenizers::Tokenizer;
 
 use super::pretrain::{LoadedModel, load_model_input};
 use super::{ArtifactType, StageResult};
-use crate::backend;
 use crate::data::table::Table;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Model, lora, save_hf_dir};
@@ -47,9 +46,7 @@ impl Objective<Model> for Classification {
 type Examples = Vec<(String, usize)>;
 
 pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = backend::device(ctx.backend)
-        .map_err(anyhow::Error::msg)?
-        .autodiff();
+    let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading examples");
     let (train_rows, val_rows, names) =
@@ -78,10 +75,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
             backbone,
             score: Some(head),
         },
-        _ => {
-            device.seed(ctx.seed);
-            Model::with_new_head(backbone, num_labels, &device)
-        }
+        _ => Model::with_new_head(backbone, num_labels, &device),
     };
     let batch = spec.train.batch_size.max(1);
     let train_batches = encode(&tokenizer, &train_rows, spec.max_length, batch, &device)?;

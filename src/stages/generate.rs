@@ -7,14 +7,13 @@ use serde_json::{Value, json};
 use super::pretrain::{LoadedModel, load_model_input};
 use super::sft::Format;
 use super::{ArtifactType, StageResult, read_table, texts_of};
-use crate::backend;
 use crate::data::table::{ColumnType, Row, Table, write_parquet};
 use crate::exec::context::StageContext;
 use crate::model::sampling::generate;
 use crate::recipe::types::{GenerateSpec, MissingPolicy, ModelInput};
 
 pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = backend::device(ctx.backend).map_err(anyhow::Error::msg)?;
+    let device = super::stage_device(ctx, false)?;
     let prompts = texts_of(
         &read_table(ctx.input("prompts")?, MissingPolicy::Null)?,
         &spec.prompt_column,

@@ -227,3 +227,16 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
         rates.iter().sum::<f64>() / rates.len().max(1) as f64,
     ))
 }
+
+/// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
+/// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
+/// a function of the seed and the stage alone, not of which stages ran before it in this
+/// process, so a stage reproduces its artifact whether it runs alone or after others.
+pub fn stage_device(
+    ctx: &crate::exec::context::StageContext,
+    autodiff: bool,
+) -> anyhow::Result<burn::tensor::Device> {
+    let device = crate::backend::device(ctx.backend).map_err(anyhow::Error::msg)?;
+    device.seed(ctx.seed);
+    Ok(if autodiff { device.autodiff() } else { device })
+}

@@ -10,16 +10,13 @@ use tokenizers::Tokenizer;
 
 use super::tokenizer::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult, texts_of};
-use crate::backend;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, gpt2, llama, save_hf_dir};
 use crate::recipe::types::{Arch, ModelInit, ModelInput, PretrainSpec};
 use crate::train::objectives::{CausalLm, LmBatch};
 
 pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = backend::device(ctx.backend)
-        .map_err(anyhow::Error::msg)?
-        .autodiff();
+    let device = super::stage_device(ctx, true)?;
     ctx.progress.set_message("reading texts");
     let (train_texts, val_texts) = split_texts(ctx.input("data")?, &spec.column)?;
     if train_texts.is_empty() {

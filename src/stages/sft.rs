@@ -12,7 +12,6 @@ use tokenizers::Tokenizer;
 use super::pretrain::{LoadedModel, load_model_input};
 use super::tokenizer::EOS;
 use super::{ArtifactType, StageResult};
-use crate::backend;
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::exec::context::{ResolvedInput, StageContext};
@@ -86,9 +85,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.task == crate::recipe::types::SftTask::Classification {
         return super::classify::run(spec, ctx);
     }
-    let device = backend::device(ctx.backend)
-        .map_err(anyhow::Error::msg)?
-        .autodiff();
+    let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading pairs");
     let (train_pairs, val_pairs) = pairs(
