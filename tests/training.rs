@@ -13,23 +13,7 @@ const VOCAB: usize = 32;
 
 /// Arithmetic progressions mod VOCAB with step 1 or 3: learnable from the first two tokens.
 fn batches(n: usize, seed: u64, device: &Device) -> Vec<LmBatch> {
-    let mut rng = SplitMix64::new(seed);
-    (0..n)
-        .map(|_| {
-            let seqs: Vec<Vec<u32>> = (0..8)
-                .map(|_| {
-                    let (a, step) = (
-                        rng.below(VOCAB as u64),
-                        if rng.below(2) == 0 { 1 } else { 3 },
-                    );
-                    (0..12)
-                        .map(|k| ((a + k * step) % VOCAB as u64) as u32)
-                        .collect()
-                })
-                .collect();
-            LmBatch::from_sequences(&seqs, device)
-        })
-        .collect()
+    progressions(n, &[1, 3], seed, device)
 }
 
 fn tiny(device: &Device) -> Backbone {
@@ -166,14 +150,19 @@ fn gradient_accumulation_matches_one_big_batch() {
     assert!(worst < 1e-6, "accumulated vs full batch: {worst}");
 }
 
-/// Progressions with one fixed step.
-fn progressions(n: usize, step: u64, seed: u64, device: &Device) -> Vec<LmBatch> {
+/// Progressions mod VOCAB, each with a step drawn from `steps`, 8 per batch.
+fn progressions(n: usize, steps: &[u64], seed: u64, device: &Device) -> Vec<LmBatch> {
     let mut rng = SplitMix64::new(seed);
     (0..n)
         .map(|_| {
             let seqs: Vec<Vec<u32>> = (0..8)
                 .map(|_| {
                     let a = rng.below(VOCAB as u64);
+                    let step = if steps.len() > 1 {
+                        steps[rng.below(steps.len() as u64) as usize]
+                    } else {
+                        steps[0]
+                    };
                     (0..12)
                         .map(|k| ((a + k * step) % VOCAB as u64) as u32)
                         .collect()
@@ -190,8 +179,8 @@ fn early_stopping_restores_the_best_model_when_validation_worsens() {
     // "+1", the worse it predicts "+5", so validation loss rises and training stops.
     let device = Device::flex().autodiff();
     let (train_set, val_set) = (
-        progressions(8, 1, 1, &device),
-        progressions(2, 5, 2, &device),
+        progressions(8, &[1], 1, &device),
+        progressions(2, &[5], 2, &device),
     );
     let cfg = TrainConfig {
         epochs: 30,

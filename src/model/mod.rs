@@ -219,6 +219,16 @@ fn bad_config(path: &Path, reason: impl std::fmt::Display) -> ModelError {
     }
 }
 
+/// Reads a `tokenizer.json` with its own padding and truncation turned off: hone batches,
+/// pads and truncates itself (with masks), and a tokenizer.json that pads every text to a
+/// fixed length would hand it padding as if it were text.
+pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, ModelError> {
+    let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| bad_config(path, e))?;
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| bad_config(path, e))?;
+    Ok(t)
+}
+
 /// Loads `dir/config.json`, `dir/model.safetensors` and, when present, `dir/tokenizer.json`.
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
     let config_path = dir.join("config.json");
@@ -282,13 +292,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
     };
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
-        let mut t = tokenizers::Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| bad_config(&tokenizer_path, e))?;
-        // hone batches, pads and truncates itself (with masks); a tokenizer.json that pads every
-        // text to a fixed length would hand it padding as if it were text.
-        t.with_padding(None);
-        t.with_truncation(None)
-            .map_err(|e| bad_config(&tokenizer_path, e))?;
+        let t = load_tokenizer_file(&tokenizer_path)?;
         Some(t)
     } else {
         None

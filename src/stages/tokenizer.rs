@@ -73,14 +73,7 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64) -> Res
 /// The tokenizer of a checkpoint or tokenizer artifact: an HF directory, a `tokenizer.json`,
 /// a `.gguf` file, or a stage's `tokenizer`/`model` output.
 pub fn load_tokenizer(input: &ResolvedInput) -> Result<Tokenizer> {
-    let from_file = |p: &Path| -> Result<Tokenizer> {
-        let mut t = Tokenizer::from_file(p)
-            .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", p.display()))?;
-        t.with_padding(None);
-        t.with_truncation(None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(t)
-    };
+    let from_file = |p: &Path| -> Result<Tokenizer> { Ok(crate::model::load_tokenizer_file(p)?) };
     match input {
         ResolvedInput::File { path, label, .. } => {
             if path.is_dir() {
