@@ -20,30 +20,7 @@ const POINTS: &[&str] = &[
 fn sigkill_at_every_commit_point_leaves_a_consistent_store() {
     for point in POINTS {
         let p = two_dataset_project();
-        let mut child = p
-            .cmd(&["run", "r.yaml"])
-            .env("HONE_TEST_FAULT", point)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hone");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut reached = false;
-        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-            if line == format!("hone-fault-point: {point}") {
-                reached = true;
-                break;
-            }
-        }
-        assert!(reached, "fault point {point} was never reached");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        common::kill_at(&p, &["run", "r.yaml"], point);
 
         let verify = p.hone(&["cache", "verify"]);
         let out = verify.ok();

@@ -7,7 +7,7 @@ use hone::model::gpt2::{Gpt2, Gpt2Config};
 use hone::rng::SplitMix64;
 use hone::train::objectives::{CausalLm, LmBatch};
 use hone::train::schedule::Schedule;
-use hone::train::trainer::{Event, Objective, TrainConfig, TrainError, evaluate, train};
+use hone::train::trainer::{Hooks, Objective, Record, TrainConfig, TrainError, evaluate, train};
 
 const VOCAB: usize = 32;
 
@@ -44,8 +44,6 @@ fn pretraining_lowers_validation_perplexity() {
         max_grad_norm: Some(1.0),
         ..Default::default()
     };
-    let mut lrs = Vec::new();
-    let mut norms = Vec::new();
     let (model, summary) = train(
         tiny(&device),
         &CausalLm,
@@ -53,14 +51,16 @@ fn pretraining_lowers_validation_perplexity() {
         &val_set,
         &cfg,
         7,
-        |e| {
-            if let Event::Step(s) = e {
-                lrs.push(s.lr);
-                norms.push(s.grad_norm);
-            }
-        },
+        Hooks::default(),
     )
     .unwrap();
+    let (mut lrs, mut norms) = (Vec::new(), Vec::new());
+    for r in &summary.log {
+        if let Record::Step(s) = r {
+            lrs.push(s.lr);
+            norms.push(s.grad_norm);
+        }
+    }
     let (before, after) = (summary.initial_eval.unwrap(), summary.final_eval.unwrap());
     let ppl_factor = (before - after).exp();
     assert!(
@@ -104,7 +104,7 @@ fn a_non_finite_loss_stops_training_with_a_clear_error() {
         &[],
         &TrainConfig::default(),
         0,
-        |_| {},
+        Hooks::default(),
     )
     .err()
     .unwrap();
@@ -128,7 +128,16 @@ fn gradient_accumulation_matches_one_big_batch() {
             max_grad_norm: None,
             ..Default::default()
         };
-        let (m, _) = train(initial.clone(), &CausalLm, &data, &[], &cfg, 0, |_| {}).unwrap();
+        let (m, _) = train(
+            initial.clone(),
+            &CausalLm,
+            &data,
+            &[],
+            &cfg,
+            0,
+            Hooks::default(),
+        )
+        .unwrap();
         let Backbone::Gpt2(g) = m else { unreachable!() };
         hone::model::to_vec(g.wte.val())
     };
@@ -196,7 +205,7 @@ fn early_stopping_restores_the_best_model_when_validation_worsens() {
         &val_set,
         &cfg,
         1,
-        |_| {},
+        Hooks::default(),
     )
     .unwrap();
     assert!(summary.early_stopped, "{summary:?}");
@@ -208,4 +217,118 @@ fn early_stopping_restores_the_best_model_when_validation_worsens() {
         "the best model was restored: {summary:?}"
     );
     assert!((evaluate(&model, &CausalLm, &val_set) - best).abs() < 1e-9);
+}
+
+/// Every float parameter of a model, flattened in module order.
+fn all_weights(model: &Backbone) -> Vec<f32> {
+    struct Flat(Vec<f32>);
+    impl burn::module::ModuleVisitor for Flat {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            self.0.extend(hone::model::to_vec(p.val()));
+        }
+    }
+    let mut f = Flat(Vec::new());
+    burn::module::Module::visit(model, &mut f);
+    f.0
+}
+
+#[test]
+fn an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights() {
+    // Interrupt after step 7 (checkpoints every 3 steps, and one on the interrupt), then run
+    // again with the same checkpoint directory: the result equals an uninterrupted run's bit for
+    // bit, with the log of every step and the best-model bookkeeping carried over.
+    let device = Device::flex().autodiff();
+    let initial = tiny(&device);
+    let (train_set, val_set) = (batches(10, 1, &device), batches(2, 2, &device));
+    let cfg = TrainConfig {
+        epochs: 3,
+        lr: 3e-3,
+        grad_accum: 2,
+        warmup_steps: 2,
+        schedule: Schedule::Cosine,
+        eval_every: Some(2),
+        patience: Some(100),
+        checkpoint_every: Some(3),
+        ..Default::default()
+    };
+    let (whole, whole_summary) = train(
+        initial.clone(),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        9,
+        Hooks::default(),
+    )
+    .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("hone-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ckpt = hone::train::checkpoint::Checkpointing {
+        dir: dir.clone(),
+        every_steps: cfg.checkpoint_every,
+        every_secs: f64::INFINITY,
+    };
+    let steps = std::cell::Cell::new(0);
+    let stop_after_7 = || {
+        steps.set(steps.get() + 1);
+        steps.get() == 7
+    };
+    let err = train(
+        initial.clone(),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        9,
+        Hooks {
+            checkpoint: Some(&ckpt),
+            cancelled: &stop_after_7,
+            ..Hooks::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            err,
+            TrainError::Interrupted {
+                step: 7,
+                saved: true
+            }
+        ),
+        "{err}"
+    );
+    assert!(dir.join("current/state.json").is_file());
+
+    let (resumed, summary) = train(
+        initial.clone(),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        9,
+        Hooks {
+            checkpoint: Some(&ckpt),
+            ..Hooks::default()
+        },
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(summary.resumed_from, Some(7));
+    assert_eq!(summary.steps, whole_summary.steps);
+    assert_eq!(summary.log.len(), whole_summary.log.len());
+    assert_eq!(summary.initial_eval, whole_summary.initial_eval);
+    assert_eq!(summary.best_eval, whole_summary.best_eval);
+    assert_eq!(summary.final_eval, whole_summary.final_eval);
+    let (a, b) = (all_weights(&whole), all_weights(&resumed));
+    assert_eq!(a.len(), b.len());
+    let differing = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differing, 0, "{differing} of {} weights differ", a.len());
+    // And it did learn something, so the comparison is not between two untouched models.
+    assert_ne!(all_weights(&initial), a);
 }

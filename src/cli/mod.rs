@@ -212,7 +212,9 @@ pub fn main() -> ExitCode {
             if e.downcast_ref::<Cancelled>().is_some()
                 || e.chain().any(|c| c.downcast_ref::<Cancelled>().is_some())
             {
-                eprintln!("interrupted: completed stages are committed; run again to continue");
+                eprintln!(
+                    "interrupted: completed stages are committed and a training stage saved a checkpoint; run again to continue"
+                );
                 return ExitCode::from(130);
             }
             if let Some(d) = e.chain().find_map(|c| c.downcast_ref::<Diagnostics>()) {

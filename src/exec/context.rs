@@ -85,6 +85,8 @@ pub struct StageContext {
     pub progress: ProgressBar,
     /// Metric records (training steps, evaluations) for the run's metrics.jsonl.
     pub events: Vec<serde_json::Value>,
+    /// Where training checkpoints of this action go (kept until the action commits).
+    pub checkpoint_dir: Option<PathBuf>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -105,6 +107,7 @@ impl StageContext {
             backend,
             progress,
             events: Vec::new(),
+            checkpoint_dir: None,
             scratch,
             produced: Vec::new(),
         }

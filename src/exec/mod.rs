@@ -320,6 +320,7 @@ fn run_stage(
         backend,
         progress.clone(),
     );
+    ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
     for (rel, input) in stage.spec.inputs() {
         let resolved = match input {
             Input::Source(src) => ResolvedInput::File {
@@ -380,6 +381,8 @@ fn run_stage(
     let produced = ctx.take_produced();
     let manifest = store.commit(&produced, manifest)?;
     drop(scratch);
+    // Committed: the checkpoints of this action have served their purpose.
+    let _ = std::fs::remove_dir_all(store.checkpoint_dir(&action.key));
     Ok(manifest)
 }
 

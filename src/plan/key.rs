@@ -23,6 +23,10 @@ pub fn material(
     checked_against: &[String],
 ) -> Value {
     let mut config = serde_json::to_value(&stage.spec).expect("stage config serializes");
+    // Settings that change how a stage runs but not what it produces.
+    if let Some(train) = config.get_mut("train").and_then(Value::as_object_mut) {
+        train.remove("checkpoint_every");
+    }
     for (rel, digest) in inputs {
         if let Some(slot) = pointer_mut(&mut config, rel) {
             *slot = json!({ "input": digest });

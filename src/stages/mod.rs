@@ -188,9 +188,10 @@ pub fn read_split(
     dataset::read_artifact(&sub, crate::recipe::types::MissingPolicy::Null).map(Some)
 }
 
-/// Runs the shared trainer with the stage's progress bar and metrics log: each step's loss,
-/// lr, gradient norm and items/s, and each evaluation, go to the run's metrics.jsonl.
-/// Returns the trained model, the summary and the mean items (tokens, examples) per second.
+/// Runs the shared trainer with the stage's progress bar, checkpoints and metrics log: each
+/// step's loss, lr, gradient norm and items/s, and each evaluation, go to the run's
+/// metrics.jsonl. Returns the trained model, the summary and the mean items (tokens, examples)
+/// per second.
 pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective<M>>(
     model: M,
     obj: &O,
@@ -199,27 +200,58 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     cfg: &crate::train::trainer::TrainConfig,
     ctx: &mut crate::exec::context::StageContext,
 ) -> anyhow::Result<(M, crate::train::trainer::Summary, f64)> {
-    use crate::train::trainer::Event;
+    use crate::train::checkpoint::Checkpointing;
+    use crate::train::trainer::{Hooks, Record, TrainError};
     let total = train.len().div_ceil(cfg.grad_accum.max(1)) * cfg.epochs.max(1);
     ctx.progress.set_length(total as u64);
     let progress = ctx.progress.clone();
-    let mut events = Vec::new();
-    let mut rates = Vec::new();
-    let result = crate::train::trainer::train(model, obj, train, val, cfg, ctx.seed, |e| {
-        match e {
-        Event::Step(s) => {
-            progress.set_position(s.step as u64);
-            progress.set_message(format!("step {}/{total} loss {:.3} lr {:.2e}", s.step, s.loss, s.lr));
-            rates.push(s.items_per_s);
-            events.push(serde_json::json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "items_per_s": s.items_per_s }));
-        }
-        Event::Eval(v) => events.push(serde_json::json!({ "event": "eval", "step": v.step, "val_loss": v.loss, "val_ppl": v.loss.exp() })),
-    }
+    let checkpointing = ctx.checkpoint_dir.clone().map(|dir| Checkpointing {
+        dir,
+        every_steps: cfg.checkpoint_every,
+        every_secs: 120.0,
     });
-    for e in events {
-        ctx.log(e);
+    if let Some(step) = checkpointing.as_ref().and_then(Checkpointing::saved_step) {
+        eprintln!(
+            "  resuming  {:<20} from its checkpoint at step {step}",
+            ctx.stage
+        );
     }
-    let (model, summary) = result?;
+    let on_record = |r: &Record| {
+        if let Record::Step(s) = r {
+            progress.set_position(s.step as u64);
+            progress.set_message(format!(
+                "step {}/{total} loss {:.3} lr {:.2e}",
+                s.step, s.loss, s.lr
+            ));
+        }
+    };
+    let hooks = Hooks {
+        checkpoint: checkpointing.as_ref(),
+        cancelled: &|| crate::exec::context::CANCELLED.load(std::sync::atomic::Ordering::SeqCst),
+        on_record: &on_record,
+    };
+    let (model, summary) =
+        match crate::train::trainer::train(model, obj, train, val, cfg, ctx.seed, hooks) {
+            Ok(r) => r,
+            Err(e @ TrainError::Interrupted { .. }) => {
+                tracing::info!("{e}");
+                return Err(anyhow::Error::new(crate::exec::context::Cancelled));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    if let Some(step) = summary.resumed_from {
+        tracing::info!(stage = %ctx.stage, step, "resumed from checkpoint");
+    }
+    let mut rates = Vec::new();
+    for r in &summary.log {
+        match r {
+            Record::Step(s) => {
+                rates.push(s.items_per_s);
+                ctx.log(serde_json::json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "items_per_s": s.items_per_s }));
+            }
+            Record::Eval(v) => ctx.log(serde_json::json!({ "event": "eval", "step": v.step, "val_loss": v.loss, "val_ppl": v.loss.exp() })),
+        }
+    }
     ctx.check_cancelled()?;
     Ok((
         model,

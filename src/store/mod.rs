@@ -8,6 +8,8 @@
 //!   actions/ab/<key>.json       one manifest per action: what ran, its outputs' blobs, metrics
 //!   locks/<key>.lock            per-action locks: two processes never run one action twice
 //!   scratch/<key>-<pid>-<n>/    work in progress; never read, removed by gc
+//!   checkpoints/<key>/          training checkpoints of an unfinished action (resume); removed
+//!                               when the action commits, or by gc once it has
 //!   runs/<time>-<pid>/          resolved recipe, metrics JSONL and summary of each run
 //!   hashcache.json              (size, mtime, inode) -> digest of input files
 //! ```
@@ -264,6 +266,12 @@ impl Store {
         Ok(LockGuard(f))
     }
 
+    /// Where a training action keeps its checkpoints: stable across processes, so a rerun of
+    /// an interrupted action finds them (the action lock keeps two processes apart).
+    pub fn checkpoint_dir(&self, action: &str) -> PathBuf {
+        self.root.join("checkpoints").join(action)
+    }
+
     pub fn scratch(&self, action: &str) -> Result<Scratch> {
         let n = SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed);
         let dir =
@@ -445,6 +453,14 @@ impl Store {
                 scratch.push(self.root.join("actions").join(f));
             }
         }
+        if let Ok(entries) = fs::read_dir(self.root.join("checkpoints")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if self.manifest(&name).ok().flatten().is_some() {
+                    scratch.push(e.path());
+                }
+            }
+        }
         scratch.sort();
         Ok((orphans, scratch))
     }
@@ -493,7 +509,7 @@ impl Store {
     /// Bytes used per area of the store.
     pub fn disk_usage(&self) -> Result<BTreeMap<&'static str, (u64, u64)>> {
         let mut out = BTreeMap::new();
-        for area in ["blobs", "actions", "scratch", "runs"] {
+        for area in ["blobs", "actions", "scratch", "checkpoints", "runs"] {
             let dir = self.root.join(area);
             let files = hash::walk_files(&dir)?;
             let bytes = files

@@ -1,6 +1,7 @@
 //! Training: the loop every training stage shares, its schedule, clipping and optimizer
 //! settings, and the losses.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod loss;
 pub mod objectives;

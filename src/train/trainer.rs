@@ -9,6 +9,7 @@ use burn::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::Checkpointing;
 use super::clip::{clip_global_norm, global_norm};
 use super::schedule::{Schedule, factor};
 use crate::rng::SplitMix64;
@@ -49,6 +50,11 @@ pub struct TrainConfig {
     /// Stop after this many evaluations without improvement, restoring the best model.
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Save a checkpoint every N optimizer steps (default: every 2 minutes of training, and on
+    /// Ctrl-C); the next run of the same stage resumes from it. Changes no result, so it is not
+    /// part of the action key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
 }
 
 fn default_epochs() -> usize {
@@ -80,11 +86,12 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             eval_every: None,
             patience: None,
+            checkpoint_every: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: usize,
     pub epoch: usize,
@@ -95,18 +102,21 @@ pub struct StepRecord {
     pub items_per_s: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub step: usize,
     pub loss: f64,
 }
 
-pub enum Event<'a> {
-    Step(&'a StepRecord),
-    Eval(&'a EvalRecord),
+/// One line of the training log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record {
+    Step(StepRecord),
+    Eval(EvalRecord),
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub steps: usize,
     pub first_loss: f64,
@@ -116,6 +126,12 @@ pub struct Summary {
     pub best_eval: Option<(usize, f64)>,
     pub final_eval: Option<f64>,
     pub early_stopped: bool,
+    /// The step of the checkpoint this run continued from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<usize>,
+    /// Every step and evaluation, in order (a resumed run includes the steps before the crash).
+    #[serde(skip_serializing, default)]
+    pub log: Vec<Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +142,44 @@ pub enum TrainError {
     NonFinite { step: usize, loss: f64 },
     #[error("there are no training batches")]
     NoData,
+    #[error("interrupted at step {step}{}", if *.saved { " (checkpoint saved: the next run resumes there)" } else { "" })]
+    Interrupted { step: usize, saved: bool },
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+/// What the loop needs from its stage besides data: where to checkpoint, and whether the
+/// user asked it to stop.
+pub struct Hooks<'a> {
+    pub checkpoint: Option<&'a Checkpointing>,
+    pub cancelled: &'a dyn Fn() -> bool,
+    /// Called as each step and evaluation is logged (progress display).
+    pub on_record: &'a dyn Fn(&Record),
+}
+
+impl Default for Hooks<'_> {
+    fn default() -> Self {
+        Hooks {
+            checkpoint: None,
+            cancelled: &|| false,
+            on_record: &|_| {},
+        }
+    }
+}
+
+/// Where the loop is, as `state.json` of a checkpoint records it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Position {
+    /// The run this belongs to: a checkpoint of another data or schedule is not resumed.
+    fingerprint: (usize, usize, usize),
+    step: usize,
+    epoch: usize,
+    /// Optimizer steps (groups of micro-batches) done in `epoch`.
+    group: usize,
+    stale_evals: usize,
+    best: Option<(usize, f64)>,
+    summary: Summary,
+    log: Vec<Record>,
 }
 
 /// Mean loss per item over `batches`, without gradients.
@@ -138,41 +192,94 @@ pub fn evaluate<M: Module, O: Objective<M>>(model: &M, obj: &O, batches: &[O::Ba
     if n > 0.0 { sum / n } else { f64::NAN }
 }
 
+/// The seed of the backend RNG for optimizer step `step`: randomness inside a step (dropout)
+/// depends on the seed and the step alone, so a resumed run draws what the original drew.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    SplitMix64::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
 /// Trains `model` (built on an autodiff device) on `train`, evaluating on `val`. Batch order
-/// is shuffled per epoch from `seed`.
+/// is shuffled per epoch from `seed`. With a checkpoint directory holding a checkpoint of this
+/// same run, training continues from it and ends with the weights an uninterrupted run ends with.
 pub fn train<M: Module, O: Objective<M>>(
-    mut model: M,
+    model: M,
     obj: &O,
     train: &[O::Batch],
     val: &[O::Batch],
     cfg: &TrainConfig,
     seed: u64,
-    mut on_event: impl FnMut(Event),
+    hooks: Hooks,
 ) -> Result<(M, Summary), TrainError> {
     if train.is_empty() {
         return Err(TrainError::NoData);
     }
     let accum = cfg.grad_accum.max(1);
     let steps_per_epoch = train.len().div_ceil(accum);
-    let total = steps_per_epoch * cfg.epochs.max(1);
+    let epochs = cfg.epochs.max(1);
+    let total = steps_per_epoch * epochs;
+    let fingerprint = (train.len(), val.len(), total);
     let mut optim = super::optim::adamw()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
-    let mut rng = SplitMix64::new(seed);
+    let mut model = model;
     let mut summary = Summary::default();
-    if !val.is_empty() {
-        summary.initial_eval = Some(evaluate(&model, obj, val));
-    }
     let mut best: Option<(usize, f64, M)> = None;
-    let mut stale_evals = 0;
-    let mut step = 0;
-    'epochs: for epoch in 0..cfg.epochs.max(1) {
+    let (mut stale_evals, mut step, mut start_epoch, mut start_group) = (0, 0, 0, 0);
+    let ckpt_err = |e: anyhow::Error| TrainError::Checkpoint(format!("{e:#}"));
+    let resumed = match hooks.checkpoint {
+        Some(c) => c.load(model.clone(), optim.clone()).map_err(ckpt_err)?,
+        None => None,
+    };
+    match resumed {
+        Some(l) => {
+            let pos: Position = serde_json::from_value(l.state)
+                .map_err(|e| TrainError::Checkpoint(format!("unreadable state: {e}")))?;
+            if pos.fingerprint != fingerprint {
+                return Err(TrainError::Checkpoint(format!(
+                    "the checkpoint in {} is of another run ({:?} batches/steps, this run {:?}); remove it to start over",
+                    hooks
+                        .checkpoint
+                        .map_or(String::new(), |c| c.dir.display().to_string()),
+                    pos.fingerprint,
+                    fingerprint
+                )));
+            }
+            (model, optim) = (l.model, l.optim);
+            best = match (pos.best, l.best) {
+                (Some((s, v)), Some(m)) => Some((s, v, m)),
+                _ => None,
+            };
+            (stale_evals, step, start_epoch, start_group) =
+                (pos.stale_evals, pos.step, pos.epoch, pos.group);
+            summary = pos.summary;
+            summary.log = pos.log;
+            summary.resumed_from = Some(step);
+        }
+        None => {
+            if !val.is_empty() {
+                summary.initial_eval = Some(evaluate(&model, obj, val));
+            }
+        }
+    }
+    let device = model.devices().into_iter().next();
+    let mut rng = SplitMix64::new(seed);
+    let mut last_checkpoint = std::time::Instant::now();
+    'epochs: for epoch in 0..epochs {
+        // The shuffle is drawn for every epoch, skipped ones included, so the RNG is where an
+        // uninterrupted run has it.
         let mut order: Vec<usize> = (0..train.len()).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
-        for group in order.chunks(accum) {
+        if epoch < start_epoch {
+            continue;
+        }
+        let skip = if epoch == start_epoch { start_group } else { 0 };
+        for (g, group) in order.chunks(accum).enumerate().skip(skip) {
             let started = std::time::Instant::now();
+            if let Some(d) = &device {
+                d.seed(step_seed(seed, step));
+            }
             let items: f64 = group.iter().map(|&i| obj.count(&train[i])).sum();
             let mut accumulator = GradientsAccumulator::new();
             let mut loss = 0.0;
@@ -198,22 +305,25 @@ pub fn train<M: Module, O: Objective<M>>(
             }
             summary.steps = step;
             summary.last_loss = loss;
-            let record = StepRecord {
+            let record = Record::Step(StepRecord {
                 step,
                 epoch,
                 loss,
                 lr,
                 grad_norm,
                 items_per_s: items / started.elapsed().as_secs_f64().max(1e-9),
-            };
-            on_event(Event::Step(&record));
+            });
+            (hooks.on_record)(&record);
+            summary.log.push(record);
             if cfg
                 .eval_every
                 .is_some_and(|e| e > 0 && step.is_multiple_of(e))
                 && !val.is_empty()
             {
                 let loss = evaluate(&model, obj, val);
-                on_event(Event::Eval(&EvalRecord { step, loss }));
+                let record = Record::Eval(EvalRecord { step, loss });
+                (hooks.on_record)(&record);
+                summary.log.push(record);
                 if best.as_ref().is_none_or(|(_, b, _)| loss < *b) {
                     best = Some((step, loss, model.clone()));
                     stale_evals = 0;
@@ -224,6 +334,36 @@ pub fn train<M: Module, O: Objective<M>>(
                         break 'epochs;
                     }
                 }
+            }
+            let cancelled = (hooks.cancelled)();
+            if let Some(c) = hooks.checkpoint {
+                let due = match c.every_steps {
+                    Some(n) => n > 0 && step.is_multiple_of(n),
+                    None => last_checkpoint.elapsed().as_secs_f64() >= c.every_secs,
+                };
+                if (due || cancelled) && step < total {
+                    let pos = Position {
+                        fingerprint,
+                        step,
+                        epoch,
+                        group: g + 1,
+                        stale_evals,
+                        best: best.as_ref().map(|(s, l, _)| (*s, *l)),
+                        summary: summary.clone(),
+                        log: summary.log.clone(),
+                    };
+                    let state = serde_json::to_value(&pos)
+                        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+                    c.save(&model, &optim, best.as_ref().map(|(_, _, m)| m), &state)
+                        .map_err(ckpt_err)?;
+                    last_checkpoint = std::time::Instant::now();
+                }
+            }
+            if cancelled {
+                return Err(TrainError::Interrupted {
+                    step,
+                    saved: hooks.checkpoint.is_some(),
+                });
             }
         }
     }

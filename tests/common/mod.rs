@@ -157,3 +157,39 @@ pub fn manifest(p: &Project, stage: &str) -> serde_json::Value {
         .join(format!("{action}.json"));
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// Runs `hone args` with `HONE_TEST_FAULT=point`, waits until the process reports reaching
+/// the point (it then stops there), and SIGKILLs it. Returns what it wrote to stderr.
+pub fn kill_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = p
+        .cmd(args)
+        .env("HONE_TEST_FAULT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn hone");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let want = format!("hone-fault-point: {point}");
+    let mut seen = Vec::new();
+    let reached = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(line) if line == want => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        reached,
+        "fault point {point} was never reached; stderr: {seen:#?}"
+    );
+    seen
+}

@@ -1,0 +1,258 @@
+//! Training checkpoints: the trainable weights (with their parameter ids), the optimizer state,
+//! and the loop's position, written atomically so a SIGKILL at any instant leaves either the
+//! previous checkpoint or the new one, never half of one.
+//!
+//! ```text
+//! <dir>/current/   params.bin   trainable tensors in module order: id, require_grad, shape, f32
+//!                  best.bin     the best model so far (early stopping), when there is one
+//!                  optim.bpk    burn's optimizer record (burnpack), keyed by parameter id
+//!                  state.json   step, epoch, data position, summary, metric log; written last
+//! ```
+//! Frozen parameters (a LoRA base) are not saved: the stage rebuilds them from the same inputs.
+//! Loading gives each trainable parameter back the id it had, so the optimizer record (keyed by
+//! id) attaches to the right tensors.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+const MAGIC: &[u8; 8] = b"HONECKP1";
+
+/// One saved tensor.
+struct Saved {
+    id: u64,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+/// Collects the trainable float parameters in module order.
+struct Collect(Vec<Saved>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if p.is_require_grad() {
+            let t = p.val();
+            let shape = t.dims().to_vec();
+            let data = t
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 data");
+            self.0.push(Saved {
+                id: p.id.val(),
+                shape,
+                data,
+            });
+        }
+    }
+}
+
+/// Puts saved tensors back into the trainable parameters, in module order.
+struct Restore {
+    saved: std::vec::IntoIter<Saved>,
+    error: Option<String>,
+}
+
+impl ModuleMapper for Restore {
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !p.is_require_grad() || self.error.is_some() {
+            return p;
+        }
+        let Some(s) = self.saved.next() else {
+            self.error = Some("the checkpoint has fewer trainable tensors than the model".into());
+            return p;
+        };
+        let shape = p.shape().dims::<D>().to_vec();
+        if s.shape != shape {
+            self.error = Some(format!(
+                "checkpoint tensor shape {:?} does not match the model's {shape:?}",
+                s.shape
+            ));
+            return p;
+        }
+        let device = p.val().device();
+        let t = Tensor::<D>::from_data(TensorData::new(s.data, s.shape), &device);
+        Param::initialized(ParamId::from(s.id), t).set_require_grad(true)
+    }
+}
+
+fn write_params<M: Module>(model: &M, path: &Path) -> Result<()> {
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    let mut out = std::io::BufWriter::new(fs::File::create(path)?);
+    out.write_all(MAGIC)?;
+    out.write_all(&(c.0.len() as u64).to_le_bytes())?;
+    for s in &c.0 {
+        out.write_all(&s.id.to_le_bytes())?;
+        out.write_all(&(s.shape.len() as u64).to_le_bytes())?;
+        for d in &s.shape {
+            out.write_all(&(*d as u64).to_le_bytes())?;
+        }
+        for x in &s.data {
+            out.write_all(&x.to_le_bytes())?;
+        }
+    }
+    out.into_inner()?.sync_all()?;
+    Ok(())
+}
+
+fn read_params(path: &Path) -> Result<Vec<Saved>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.read_to_end(&mut bytes)?;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let s = bytes
+            .get(at..at + n)
+            .with_context(|| format!("{} is truncated", path.display()))?;
+        at += n;
+        Ok(s)
+    };
+    if take(8)? != MAGIC {
+        bail!("{} is not a hone checkpoint", path.display());
+    }
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let n = u64_of(take(8)?) as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = u64_of(take(8)?);
+        let rank = u64_of(take(8)?) as usize;
+        let mut shape = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            shape.push(u64_of(take(8)?) as usize);
+        }
+        let len: usize = shape.iter().product();
+        let data = take(len * 4)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        out.push(Saved { id, shape, data });
+    }
+    Ok(out)
+}
+
+fn restore<M: Module>(model: M, path: &Path) -> Result<M> {
+    let saved = read_params(path)?;
+    let n = saved.len();
+    let mut r = Restore {
+        saved: saved.into_iter(),
+        error: None,
+    };
+    let model = model.map(&mut r);
+    if let Some(e) = r.error {
+        bail!("{}: {e}", path.display());
+    }
+    if r.saved.len() != 0 {
+        bail!(
+            "{}: the checkpoint has {n} trainable tensors, more than the model",
+            path.display()
+        );
+    }
+    Ok(model)
+}
+
+/// Where checkpoints go and how often.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    pub dir: PathBuf,
+    /// Every N optimizer steps; `None`: every `every_secs` seconds of training.
+    pub every_steps: Option<usize>,
+    pub every_secs: f64,
+}
+
+/// A checkpoint read back: the model and optimizer with their saved state, the best model and
+/// the loop position (`state.json`, deserialised by the trainer).
+pub struct Loaded<M> {
+    pub model: M,
+    pub optim: ModuleOptimizer,
+    pub best: Option<M>,
+    pub state: serde_json::Value,
+}
+
+impl Checkpointing {
+    fn current(&self) -> PathBuf {
+        self.dir.join("current")
+    }
+
+    /// Writes a checkpoint: into `next/`, then swapped in for `current/` by renames.
+    pub fn save<M: Module>(
+        &self,
+        model: &M,
+        optim: &ModuleOptimizer,
+        best: Option<&M>,
+        state: &serde_json::Value,
+    ) -> Result<()> {
+        let next = self.dir.join("next");
+        if next.exists() {
+            fs::remove_dir_all(&next)?;
+        }
+        fs::create_dir_all(&next)?;
+        write_params(model, &next.join("params.bin"))?;
+        if let Some(b) = best {
+            write_params(b, &next.join("best.bin"))?;
+        }
+        optim
+            .save(next.join("optim.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot save the optimizer state: {e:?}"))?;
+        let mut f = fs::File::create(next.join("state.json"))?;
+        f.write_all(serde_json::to_string(state)?.as_bytes())?;
+        f.sync_all()?;
+        let step = state["step"].as_u64().unwrap_or(0);
+        crate::store::fault_point(&format!("checkpoint-{step}-written"));
+        // `current` -> `old`, `next` -> `current`: a crash in between leaves `old` complete.
+        let (current, old) = (self.current(), self.dir.join("old"));
+        if old.exists() {
+            fs::remove_dir_all(&old)?;
+        }
+        if current.exists() {
+            fs::rename(&current, &old)?;
+        }
+        fs::rename(&next, &current)?;
+        if old.exists() {
+            fs::remove_dir_all(&old)?;
+        }
+        crate::store::fault_point(&format!("checkpoint-{step}"));
+        Ok(())
+    }
+
+    /// The step of the newest complete checkpoint, without loading it.
+    pub fn saved_step(&self) -> Option<u64> {
+        [self.current(), self.dir.join("old")]
+            .into_iter()
+            .find_map(|d| fs::read(d.join("state.json")).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["step"].as_u64())
+    }
+
+    /// The newest complete checkpoint, if any, loaded into `model` and `optim`.
+    pub fn load<M: Module>(&self, model: M, optim: ModuleOptimizer) -> Result<Option<Loaded<M>>> {
+        // `current` when it is complete; `old` when a crash fell between the two renames.
+        let dir = [self.current(), self.dir.join("old")]
+            .into_iter()
+            .find(|d| d.join("state.json").is_file());
+        let Some(dir) = dir else { return Ok(None) };
+        let state: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("state.json"))?)
+                .with_context(|| format!("{} is damaged", dir.join("state.json").display()))?;
+        let best = if dir.join("best.bin").is_file() {
+            Some(restore(model.clone(), &dir.join("best.bin"))?)
+        } else {
+            None
+        };
+        let model = restore(model, &dir.join("params.bin"))?;
+        let optim = optim
+            .load(dir.join("optim.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", dir.display()))?;
+        Ok(Some(Loaded {
+            model,
+            optim,
+            best,
+            state,
+        }))
+    }
+}
