@@ -402,6 +402,36 @@ fn cases() -> Vec<Case> {
                 "d.jsonl",
             ],
         },
+        Case {
+            name: "evaluate with nothing to measure",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: {}\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "evaluates no model",
+                "r.yaml:7:13",
+                "has nothing to measure",
+                "r.yaml:5:3",
+            ],
+        },
+        Case {
+            name: "evaluate of a dataset as a model",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: { base: { from: d } }\n    perplexity: { data: { from: d } }\n",
+            files: &[],
+            args: &[],
+            expect: &["models.base", "a model", "r.yaml:7:"],
+        },
+        Case {
+            name: "evaluate check with a typo",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: { base: { path: m } }\n    perplexty: { data: { from: d } }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "unknown key `perplexty`",
+                "did you mean `perplexity`",
+                "r.yaml:8:5",
+            ],
+        },
     ]
 }
 

@@ -50,6 +50,10 @@ stages:
     max_length: 64
     peft: {{ method: lora, r: 8, alpha: 16 }}
     train: {{ epochs: 6, batch_size: 8, lr: 2.0e-3, warmup_steps: 3 }}
+  eval:
+    kind: evaluate
+    models: {{ gpt: {{ from: gpt }}, minilm: {{ from: minilm }} }}
+    classification: {{ data: {{ from: reviews }}, max_length: 64 }}
 "#,
             d = d.display(),
             m = m.display()
@@ -67,6 +71,13 @@ stages:
             "{stage}: accuracy {before} -> {after}\n{show}"
         );
         assert!(metric(&show, "macro_f1_after") >= 0.9, "{show}");
+        // The evaluate stage scores the saved model (labels mapped through its id2label) as
+        // the training stage scored it in memory.
+        let eval = p.hone(&["show", "r.yaml", "eval"]).ok();
+        assert!(
+            (metric(&eval, &format!("{stage}.accuracy")) - after).abs() < 1e-3,
+            "{eval}\n{show}"
+        );
     }
     let minilm = p.hone(&["show", "r.yaml", "minilm"]).ok();
     assert!(

@@ -47,6 +47,12 @@ stages:
     max_length: 64
     peft: {{ method: lora, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
     train: {{ epochs: 40, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
+  eval:
+    kind: evaluate
+    models: {{ base: {{ from: lm }}, full: {{ from: sft }}, lora: {{ from: sft_lora }} }}
+    perplexity: {{ data: {{ from: corpus }}, max_length: 64 }}
+    qa: {{ data: {{ from: qa }}, max_length: 64 }}
+    samples: {{ prompts: ["How often should I rotate my tires?"], max_new_tokens: 12 }}
 "#,
         d = d.display()
     )
@@ -56,7 +62,7 @@ stages:
 fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
     let p = Project::new();
     p.write("r.yaml", &recipe());
-    p.hone(&["run", "r.yaml"]).ok();
+    let first_run = p.hone(&["run", "r.yaml"]).ok();
 
     let full = p.hone(&["show", "r.yaml", "sft"]).ok();
     let (before, after) = (
@@ -96,6 +102,46 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
         "LoRA trains a fraction of the parameters"
     );
 
+    // The evaluate stage measures the same things the training stages report, on the same
+    // held-out splits, and prints the comparison.
+    let eval = p.hone(&["show", "r.yaml", "eval"]).ok();
+    let lm = p.hone(&["show", "r.yaml", "lm"]).ok();
+    let close = |a: f64, b: f64| (a - b).abs() < 2e-3;
+    assert!(
+        close(
+            metric(&eval, "base.perplexity"),
+            metric(&lm, "val_ppl_after")
+        ),
+        "{eval}\n{lm}"
+    );
+    assert!(close(
+        metric(&eval, "full.exact_match"),
+        metric(&full, "exact_match_after")
+    ));
+    assert!(close(
+        metric(&eval, "lora.exact_match"),
+        metric(&lora, "exact_match_after")
+    ));
+    assert_eq!(metric(&eval, "base.exact_match"), 0.0);
+    assert!(
+        metric(&eval, "full.answer_perplexity") < metric(&eval, "base.answer_perplexity") / 2.0,
+        "SFT makes the reference answers far likelier: {eval}"
+    );
+    let acc = metric(&eval, "base.token_accuracy");
+    assert!(acc > 0.1 && acc < 1.0, "{eval}");
+    assert!(
+        first_run.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity"),
+        "{first_run}"
+    );
+    let manifest = common::manifest(&p, "eval");
+    let outputs = manifest["outputs"].as_object().unwrap();
+    assert!(outputs.contains_key("results") && outputs.contains_key("samples"));
+    assert_eq!(
+        manifest["summary"]["samples"].as_array().unwrap().len(),
+        3,
+        "one sample per model"
+    );
+
     // Alone in a fresh process, the LoRA stage reproduces the artifact it made after other
     // stages in one process: its random draws (the adapters' init) depend on the seed and the
     // stage, not on what ran before it.
@@ -131,5 +177,5 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
     );
     let run = p.hone(&["run", "r.yaml", "--set", "stages.sft_lora.train.lr=0.005"]);
     run.ok();
-    assert_eq!(run.ran(), ["sft_lora"]);
+    assert_eq!(run.ran(), ["sft_lora", "eval"]);
 }

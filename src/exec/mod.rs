@@ -449,4 +449,7 @@ fn print_stage_line(name: &str, kind: &str, outcome: Outcome, wall: f64, m: &Man
     for w in &m.warnings {
         println!("  warning {name:<20} {w}");
     }
+    if let Some(table) = crate::stages::evaluate::format_table(&m.summary) {
+        print!("{table}");
+    }
 }

@@ -337,7 +337,11 @@ pub fn save_hf_dir(
         };
         obj.insert("architectures".into(), serde_json::json!([class]));
         obj.insert("dtype".into(), "float32".into());
-        if let Some(n) = model.num_labels() {
+        let named = obj
+            .get("id2label")
+            .and_then(|v| v.as_object())
+            .is_some_and(|m| Some(m.len()) == model.num_labels());
+        if let Some(n) = model.num_labels().filter(|_| !named) {
             // transformers reads the number of labels from id2label.
             let id2label: serde_json::Map<String, serde_json::Value> = (0..n)
                 .map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}"))))

@@ -74,6 +74,7 @@ pub enum StageKind {
     Pretrain,
     Sft,
     Generate,
+    Evaluate,
 }
 
 impl StageKind {
@@ -83,6 +84,7 @@ impl StageKind {
         StageKind::Pretrain,
         StageKind::Sft,
         StageKind::Generate,
+        StageKind::Evaluate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +94,7 @@ impl StageKind {
             StageKind::Pretrain => "pretrain",
             StageKind::Sft => "sft",
             StageKind::Generate => "generate",
+            StageKind::Evaluate => "evaluate",
         }
     }
 
@@ -120,6 +123,9 @@ pub enum StageSpec {
     Sft(SftSpec),
     /// A model's responses to a set of prompts, as a dataset.
     Generate(GenerateSpec),
+    /// Models side by side on held-out data: perplexity, token accuracy, exact match,
+    /// classification accuracy, generation samples.
+    Evaluate(EvaluateSpec),
 }
 
 impl StageSpec {
@@ -130,6 +136,7 @@ impl StageSpec {
             StageSpec::Pretrain(_) => StageKind::Pretrain,
             StageSpec::Sft(_) => StageKind::Sft,
             StageSpec::Generate(_) => StageKind::Generate,
+            StageSpec::Evaluate(_) => StageKind::Evaluate,
         }
     }
 
@@ -159,6 +166,10 @@ impl StageSpec {
             StageSpec::Generate(g) => {
                 v.push(("model".into(), &g.model));
                 v.push(("prompts".into(), &g.prompts));
+            }
+            StageSpec::Evaluate(e) => {
+                v.extend(e.models.iter().map(|(n, i)| (format!("models.{n}"), i)));
+                v.extend(e.data_inputs().into_iter().map(|(n, i)| (n.to_owned(), i)));
             }
         }
         v
@@ -193,6 +204,18 @@ impl StageSpec {
             StageSpec::Generate(g) => {
                 v.push(("model".into(), &mut g.model));
                 v.push(("prompts".into(), &mut g.prompts));
+            }
+            StageSpec::Evaluate(e) => {
+                v.extend(e.models.iter_mut().map(|(n, i)| (format!("models.{n}"), i)));
+                if let Some(t) = &mut e.perplexity {
+                    v.push(("perplexity.data".into(), &mut t.data));
+                }
+                if let Some(q) = &mut e.qa {
+                    v.push(("qa.data".into(), &mut q.data));
+                }
+                if let Some(c) = &mut e.classification {
+                    v.push(("classification.data".into(), &mut c.data));
+                }
             }
         }
         v
@@ -618,4 +641,95 @@ pub struct GenerateSpec {
     /// Decoding: greedy by default (`temperature: 0`); the model's end tokens always stop.
     #[serde(default)]
     pub sampling: crate::model::sampling::SamplingConfig,
+}
+
+/// `evaluate`: the named models side by side on held-out data. Each enabled check adds its
+/// metrics for every model. Outputs: `results` (a table: `model`, `metric`, `value`) and, with
+/// `samples`, `samples` (`model`, `prompt`, `response`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// The models, by the name each gets in the table: `{ base: { from: pretrain }, sft: { from: sft } }`.
+    pub models: BTreeMap<String, Input>,
+    /// Language modelling on raw text: perplexity and next-token accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<TextEval>,
+    /// Held-out questions: exact match of the greedy answer, and the perplexity of the
+    /// reference answer given the question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa: Option<QaEval>,
+    /// Labelled texts through each model's classification head: accuracy and macro-F1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<ClassificationEval>,
+    /// Prompts every model answers (greedy), to read side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SamplesEval>,
+}
+
+impl EvaluateSpec {
+    /// The data inputs of the enabled checks, by their path in the stage.
+    pub fn data_inputs(&self) -> Vec<(&'static str, &Input)> {
+        let mut v = Vec::new();
+        if let Some(t) = &self.perplexity {
+            v.push(("perplexity.data", &t.data));
+        }
+        if let Some(q) = &self.qa {
+            v.push(("qa.data", &q.data));
+        }
+        if let Some(c) = &self.classification {
+            v.push(("classification.data", &c.data));
+        }
+        v
+    }
+}
+
+/// A held-out text set. From a dataset stage, its `test` split is used, else its `validation`
+/// split; a single split or a file is used whole.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextEval {
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub column: String,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QaEval {
+    pub data: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "response_column")]
+    pub response_column: String,
+    /// How each model is prompted (use the template its SFT stage trained with).
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationEval {
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub text_column: String,
+    #[serde(default = "label_column")]
+    pub label_column: String,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesEval {
+    pub prompts: Vec<String>,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
 }

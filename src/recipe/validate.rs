@@ -39,6 +39,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Pretrain(p) => check_pretrain(recipe, &at, p, &mut diags),
             StageSpec::Sft(p) => check_sft(recipe, &at, p, &mut diags),
             StageSpec::Generate(_) => {}
+            StageSpec::Evaluate(e) => check_evaluate(recipe, &at, e, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -259,6 +260,42 @@ fn check_sft(
         diags.push(
             Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
                 .at(recipe.key_location(&join(at, "train"))),
+        );
+    }
+}
+
+fn check_evaluate(
+    recipe: &Recipe,
+    at: &str,
+    e: &crate::recipe::types::EvaluateSpec,
+    diags: &mut Diagnostics,
+) {
+    if e.models.is_empty() {
+        diags.push(
+            Diagnostic::new(format!("`{at}` evaluates no model"))
+                .at(recipe.value_location(&join(at, "models")))
+                .help("name the models to compare: `models: { base: { from: pretrain }, sft: { from: sft } }`"),
+        );
+    }
+    for name in e.models.keys() {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            diags.push(
+                Diagnostic::new(format!("model name `{name}` in `{at}` is not a plain name"))
+                    .at(recipe.key_location(&join(&join(at, "models"), name)))
+                    .help("use letters, digits, `_` and `-`: it names a column of the results"),
+            );
+        }
+    }
+    if e.perplexity.is_none() && e.qa.is_none() && e.classification.is_none() && e.samples.is_none()
+    {
+        diags.push(
+            Diagnostic::new(format!("`{at}` has nothing to measure"))
+                .at(recipe.key_location(at))
+                .help("add at least one of `perplexity`, `qa`, `classification`, `samples`"),
         );
     }
 }

@@ -111,6 +111,25 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         lora::save_peft(&mut inference.backbone, cfg, "model", &dir)?;
     }
     lora::merge_and_unload(&mut inference.backbone);
+    // The label names travel with the model (HF's id2label), so evaluation maps text labels
+    // to the ids the head was trained on.
+    let mut config = config;
+    if names.len() == num_labels
+        && let Some(obj) = config.as_object_mut()
+    {
+        let id2label: serde_json::Map<String, Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), Value::from(n.clone())))
+            .collect();
+        let label2id: serde_json::Map<String, Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), Value::from(i)))
+            .collect();
+        obj.insert("id2label".into(), id2label.into());
+        obj.insert("label2id".into(), label2id.into());
+    }
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
     save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
 
@@ -187,35 +206,10 @@ fn examples(
             }
         }
     }
-    let ints = raw.iter().all(|(_, _, v)| v.as_u64().is_some());
-    let names: Vec<String> = if ints {
-        let max = raw
-            .iter()
-            .filter_map(|(_, _, v)| v.as_u64())
-            .max()
-            .unwrap_or(1) as usize;
-        (0..=max).map(|i| i.to_string()).collect()
-    } else {
-        let mut n: Vec<String> = raw
-            .iter()
-            .map(|(_, _, v)| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-            .collect();
-        n.sort();
-        n.dedup();
-        n
-    };
-    let id = |v: &Value| -> usize {
-        match v.as_u64() {
-            Some(i) if ints => i as usize,
-            _ => {
-                let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-                names.iter().position(|n| *n == s).unwrap_or(0)
-            }
-        }
-    };
+    let (ids, names) = label_ids(raw.iter().map(|(_, _, v)| v));
     let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (split, t, v) in &raw {
-        let ex = (t.clone(), id(v));
+    for ((split, t, _), id) in raw.iter().zip(ids) {
+        let ex = (t.clone(), id);
         if split == "validation" {
             val.push(ex)
         } else if split != "test" {
@@ -228,7 +222,30 @@ fn examples(
     Ok((train, val, names))
 }
 
-fn encode(
+/// Label ids of label values: integers are their own ids; text labels are numbered in sorted
+/// order. Returns the ids and the label names.
+pub(super) fn label_ids<'a>(
+    values: impl Iterator<Item = &'a Value> + Clone,
+) -> (Vec<usize>, Vec<String>) {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    if values.clone().all(|v| v.as_u64().is_some()) {
+        let ids: Vec<usize> = values
+            .filter_map(Value::as_u64)
+            .map(|i| i as usize)
+            .collect();
+        let max = ids.iter().copied().max().unwrap_or(1);
+        return (ids, (0..=max).map(|i| i.to_string()).collect());
+    }
+    let mut names: Vec<String> = values.clone().map(text).collect();
+    names.sort();
+    names.dedup();
+    let ids = values
+        .map(|v| names.binary_search(&text(v)).unwrap_or(0))
+        .collect();
+    (ids, names)
+}
+
+pub(super) fn encode(
     tok: &Tokenizer,
     rows: &[(String, usize)],
     max_len: usize,
@@ -279,12 +296,16 @@ pub struct ClsMetrics {
 }
 
 impl ClsMetrics {
-    fn to_json(&self) -> Value {
+    pub(super) fn to_json(&self) -> Value {
         json!({ "accuracy": self.accuracy, "macro_f1": self.macro_f1 })
     }
 }
 
-fn accuracy(model: &Model, batches: &[ClsBatch], num_labels: usize) -> Option<ClsMetrics> {
+pub(super) fn accuracy(
+    model: &Model,
+    batches: &[ClsBatch],
+    num_labels: usize,
+) -> Option<ClsMetrics> {
     if batches.is_empty() {
         return None;
     }

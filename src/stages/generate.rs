@@ -22,30 +22,22 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         bail!("column `{}` of the prompts has no text", spec.prompt_column);
     }
     ctx.progress.set_message("loading the model");
-    let LoadedModel {
-        backbone,
-        config,
-        tokenizer,
-        chat_template,
-        ..
-    } = load_model_input(
+    let loaded = load_model_input(
         &ModelInput::Input(spec.model.clone()),
         false,
         true,
         ctx,
         &device,
     )?;
-    let format = Format::new(spec.template, chat_template.as_deref());
     let mut sampling = spec.sampling.clone();
-    sampling
-        .stop_tokens
-        .extend(tokenizer.token_to_id(super::tokenizer::EOS));
-    sampling
-        .stop_tokens
-        .extend(tokenizer.token_to_id("<|im_end|>"));
-    sampling
-        .stop_tokens
-        .extend(config["eos_token_id"].as_u64().map(|v| v as u32));
+    sampling.stop_tokens.extend(loaded.stop_tokens());
+    let LoadedModel {
+        backbone,
+        tokenizer,
+        chat_template,
+        ..
+    } = loaded;
+    let format = Format::new(spec.template, chat_template.as_deref());
     ctx.progress.set_length(prompts.len() as u64);
     let mut rows = Vec::with_capacity(prompts.len());
     let mut new_tokens = 0usize;

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod dataset;
+pub mod evaluate;
 pub mod generate;
 pub mod pretrain;
 pub mod sft;
@@ -55,6 +56,11 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
         ],
         StageSpec::Sft(_) => vec![("model", ArtifactType::Model)],
         StageSpec::Generate(_) => vec![("responses", ArtifactType::Table)],
+        StageSpec::Evaluate(e) if e.samples.is_some() => vec![
+            ("results", ArtifactType::Table),
+            ("samples", ArtifactType::Table),
+        ],
+        StageSpec::Evaluate(_) => vec![("results", ArtifactType::Table)],
     }
 }
 
@@ -64,7 +70,7 @@ impl StageSpec {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
             StageSpec::Pretrain(_) | StageSpec::Sft(_) => ArtifactType::Model,
-            StageSpec::Generate(_) => ArtifactType::Dataset,
+            StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
         }
     }
 
@@ -73,7 +79,9 @@ impl StageSpec {
     pub fn uses_backend(&self) -> bool {
         match self.kind() {
             StageKind::Dataset | StageKind::Tokenizer => false,
-            StageKind::Pretrain | StageKind::Sft | StageKind::Generate => true,
+            StageKind::Pretrain | StageKind::Sft | StageKind::Generate | StageKind::Evaluate => {
+                true
+            }
         }
     }
 }
@@ -85,6 +93,8 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         (StageKind::Dataset, _)
         | (StageKind::Tokenizer | StageKind::Pretrain | StageKind::Sft, "data") => DATA,
         (StageKind::Generate, "prompts") => DATA,
+        (StageKind::Evaluate, rel) if rel.starts_with("models.") => &[ArtifactType::Model],
+        (StageKind::Evaluate, _) => DATA,
         (StageKind::Tokenizer | StageKind::Generate, _)
         | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
@@ -121,6 +131,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Pretrain(p) => pretrain::run(p, ctx),
         StageSpec::Sft(p) => sft::run(p, ctx),
         StageSpec::Generate(g) => generate::run(g, ctx),
+        StageSpec::Evaluate(e) => evaluate::run(e, ctx),
     }
 }
 

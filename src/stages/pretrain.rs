@@ -32,9 +32,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     } = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
 
     ctx.progress.set_message("tokenizing");
-    let eos = tokenizer
-        .token_to_id(EOS)
-        .or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32));
+    let eos = super::sft::eos_token(&tokenizer, &config);
     let batch = spec.train.batch_size.max(1);
     let train_batches = batches(
         &tokenizer,
@@ -189,31 +187,67 @@ pub(super) fn load_model_input(
             })
         }
         ModelInput::Input(_) => {
-            let path = match ctx.input("model")? {
-                ResolvedInput::File { path, .. } => path.clone(),
-                ResolvedInput::Artifact(view) => {
-                    view.materialize("model", &ctx.work_dir()?.join("model"))?
-                }
-            };
-            let loaded = crate::model::load(&path, device)
-                .with_context(|| format!("cannot load {}", path.display()))?;
-            if need_decoder && !loaded.model.backbone.is_decoder() {
-                bail!(
-                    "this stage trains a decoder; {} is an encoder",
-                    path.display()
-                );
-            }
-            let tokenizer = stage_tokenizer
-                .or(loaded.tokenizer)
-                .context("the model has no tokenizer; add `tokenizer:` to the stage")?;
-            Ok(LoadedModel {
-                backbone: loaded.model.backbone,
-                score: loaded.model.score,
-                config: loaded.config,
-                tokenizer,
-                chat_template: loaded.chat_template,
-            })
+            load_checkpoint(ctx, "model", stage_tokenizer, need_decoder, device)
         }
+    }
+}
+
+/// A checkpoint input (`rel` of the stage): a file path or a model artifact, laid out as a
+/// directory. `tokenizer`, when given, wins over the checkpoint's own.
+pub(super) fn load_checkpoint(
+    ctx: &StageContext,
+    rel: &str,
+    tokenizer: Option<Tokenizer>,
+    need_decoder: bool,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let path = match ctx.input(rel)? {
+        ResolvedInput::File { path, .. } => path.clone(),
+        ResolvedInput::Artifact(view) => {
+            let out = if view.outputs.contains_key("model") {
+                "model"
+            } else {
+                view.outputs
+                    .keys()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or("model")
+            };
+            view.materialize(out, &ctx.work_dir()?.join(rel))?
+        }
+    };
+    let loaded = crate::model::load(&path, device)
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    if need_decoder && !loaded.model.backbone.is_decoder() {
+        bail!(
+            "this stage needs a decoder; {} is an encoder",
+            path.display()
+        );
+    }
+    let tokenizer = tokenizer.or(loaded.tokenizer).with_context(|| {
+        format!(
+            "{} has no tokenizer; add `tokenizer:` to the stage",
+            path.display()
+        )
+    })?;
+    Ok(LoadedModel {
+        backbone: loaded.model.backbone,
+        score: loaded.model.score,
+        config: loaded.config,
+        tokenizer,
+        chat_template: loaded.chat_template,
+    })
+}
+
+impl LoadedModel {
+    /// Tokens that end a generated answer: end-of-text, ChatML's end of turn, the config's EOS.
+    pub(super) fn stop_tokens(&self) -> Vec<u32> {
+        let mut stops: Vec<u32> = self.tokenizer.token_to_id(EOS).into_iter().collect();
+        stops.extend(self.tokenizer.token_to_id("<|im_end|>"));
+        stops.extend(self.config["eos_token_id"].as_u64().map(|v| v as u32));
+        stops.sort_unstable();
+        stops.dedup();
+        stops
     }
 }
 

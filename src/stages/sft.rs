@@ -97,19 +97,17 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         bail!("the training data has no prompt/response pairs");
     }
     ctx.progress.set_message("loading the model");
+    let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
+    let stops = loaded.stop_tokens();
     let LoadedModel {
         backbone,
         config,
         tokenizer,
         chat_template,
         ..
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
+    } = loaded;
     let format = Format::new(spec.template, chat_template.as_deref());
-    let eos = tokenizer
-        .token_to_id(EOS)
-        .or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32));
-    let mut stops: Vec<u32> = eos.into_iter().collect();
-    stops.extend(tokenizer.token_to_id("<|im_end|>"));
+    let eos = eos_token(&tokenizer, &config);
 
     ctx.progress.set_message("tokenizing");
     let batch = spec.train.batch_size.max(1);
@@ -276,8 +274,15 @@ fn pairs(input: &ResolvedInput, prompt: &str, response: &str) -> Result<(Pairs, 
     }
 }
 
+/// The end-of-text token appended to training texts: the tokenizer's `<|endoftext|>`, else the
+/// config's `eos_token_id`.
+pub(super) fn eos_token(tok: &Tokenizer, config: &serde_json::Value) -> Option<u32> {
+    tok.token_to_id(EOS)
+        .or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32))
+}
+
 /// Batches whose targets are the response tokens (and the end-of-text token).
-fn encode_pairs(
+pub(super) fn encode_pairs(
     tok: &Tokenizer,
     format: &Format,
     pairs: &[(String, String)],
@@ -319,7 +324,7 @@ fn encode_pairs(
 
 /// Share of validation prompts whose greedy answer equals the reference (after normalising
 /// case, punctuation and spaces); `None` without validation pairs.
-fn exact_match(
+pub(super) fn exact_match(
     model: &Backbone,
     tok: &Tokenizer,
     format: &Format,

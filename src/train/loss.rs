@@ -34,6 +34,30 @@ pub fn causal_lm_loss_sum(
     (token_nll(pred, target) * w).sum()
 }
 
+/// Next-token accuracy: (correct argmax predictions, targets) over the positions whose target
+/// has weight 1 in `target_mask`, as in [`causal_lm_loss_sum`].
+pub fn causal_token_hits(
+    logits: Tensor<3>,
+    ids: Tensor<2, Int>,
+    target_mask: Tensor<2>,
+) -> (f64, f64) {
+    let [b, s, v] = logits.dims();
+    let pred = logits
+        .narrow(1, 0, s - 1)
+        .reshape([b * (s - 1), v])
+        .argmax(1)
+        .reshape([b * (s - 1)]);
+    let target = ids.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
+    let w = target_mask.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
+    let hits = pred
+        .equal(target)
+        .float()
+        .mul(w.clone())
+        .sum()
+        .into_scalar::<f32>() as f64;
+    (hits, w.sum().into_scalar::<f32>() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +104,26 @@ mod tests {
             Tensor::from_data([[1.0, 0.0, 1.0]], &d),
         ))[0];
         assert!(close(masked, 1.0019428482), "{masked}");
+    }
+
+    #[test]
+    fn token_accuracy_counts_masked_argmax_hits() {
+        let d = Device::flex();
+        // Position 0 predicts token 0 (argmax 0: hit), position 1 predicts token 2 (argmax 2:
+        // hit), position 2 predicts token 1 (argmax 0: miss); the last position has no target.
+        let logits = Tensor::<3>::from_data(
+            [[
+                [2.0, 0.5, -1.0],
+                [0.1, 0.2, 0.3],
+                [3.0, 1.0, 0.0],
+                [0.0, 0.0, 9.0],
+            ]],
+            &d,
+        );
+        let ids = Tensor::<2, Int>::from_data([[5, 0, 2, 1]], &d);
+        let all = causal_token_hits(logits.clone(), ids.clone(), Tensor::ones([1, 4], &d));
+        assert_eq!(all, (2.0, 3.0));
+        let masked = causal_token_hits(logits, ids, Tensor::from_data([[1.0, 1.0, 0.0, 1.0]], &d));
+        assert_eq!(masked, (1.0, 2.0));
     }
 }

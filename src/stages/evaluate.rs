@@ -1,0 +1,407 @@
+//! `evaluate`: several models side by side on held-out data. Every enabled check runs on every
+//! model: perplexity and next-token accuracy on raw text; exact match and answer perplexity on
+//! held-out questions; accuracy and macro-F1 through a classification head; greedy answers to
+//! sample prompts. Output: `results` (`model`, `metric`, `value`) and `samples`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde_json::{Value, json};
+
+use super::pretrain::{LoadedModel, load_checkpoint};
+use super::sft::{Format, encode_pairs, eos_token, exact_match};
+use super::{ArtifactType, StageResult, read_split, read_table};
+use crate::data::table::{ColumnType, Row, Table, write_parquet};
+use crate::exec::context::{ResolvedInput, StageContext};
+use crate::model::Model;
+use crate::model::sampling::{SamplingConfig, generate};
+use crate::recipe::types::{EvaluateSpec, MissingPolicy};
+use crate::train::loss::causal_token_hits;
+use crate::train::objectives::{CausalLm, LmBatch};
+use crate::train::trainer::evaluate;
+
+/// Metrics of one model, in the order they were measured.
+type Scores = Vec<(String, f64)>;
+
+pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let device = super::stage_device(ctx, false)?;
+    let texts = match &spec.perplexity {
+        Some(t) => Some(super::texts_of(
+            &held_out(ctx.input("perplexity.data")?)?,
+            &t.column,
+        )?),
+        None => None,
+    };
+    let qa = match &spec.qa {
+        Some(q) => Some(pairs_of(
+            &held_out(ctx.input("qa.data")?)?,
+            &q.prompt_column,
+            &q.response_column,
+        )?),
+        None => None,
+    };
+    let labelled = match &spec.classification {
+        Some(c) => Some(labelled_of(
+            &held_out(ctx.input("classification.data")?)?,
+            &c.text_column,
+            &c.label_column,
+        )?),
+        None => None,
+    };
+
+    let mut results: BTreeMap<String, Scores> = BTreeMap::new();
+    let mut sample_rows = Vec::new();
+    ctx.progress.set_length(spec.models.len() as u64);
+    for (k, name) in spec.models.keys().enumerate() {
+        ctx.check_cancelled()?;
+        ctx.progress.set_position(k as u64);
+        ctx.progress.set_message(format!("loading {name}"));
+        let m = load_checkpoint(ctx, &format!("models.{name}"), None, false, &device)
+            .with_context(|| format!("model `{name}`"))?;
+        let mut scores = Scores::new();
+        let decoder = m.backbone.is_decoder();
+        if let (Some(cfg), Some(texts)) = (&spec.perplexity, &texts) {
+            if !decoder {
+                bail!(
+                    "model `{name}` is an encoder: it has no perplexity; evaluate it with `classification`"
+                );
+            }
+            ctx.progress.set_message(format!("{name}: perplexity"));
+            let eos = eos_token(&m.tokenizer, &m.config);
+            let batches =
+                super::pretrain::batches(&m.tokenizer, texts, eos, cfg.max_length, 8, &device)?;
+            let nll = evaluate(&m.backbone, &CausalLm, &batches);
+            scores.push(("perplexity".into(), nll.exp()));
+            scores.push(("token_accuracy".into(), token_accuracy(&m, &batches)));
+        }
+        if let (Some(cfg), Some(pairs)) = (&spec.qa, &qa) {
+            if !decoder {
+                bail!("model `{name}` is an encoder: it cannot answer questions");
+            }
+            ctx.progress
+                .set_message(format!("{name}: answering questions"));
+            let format = Format::new(cfg.template, m.chat_template.as_deref());
+            let sampling = SamplingConfig {
+                max_new_tokens: cfg.max_new_tokens,
+                stop_tokens: m.stop_tokens(),
+                ..Default::default()
+            };
+            let em = exact_match(
+                &m.backbone,
+                &m.tokenizer,
+                &format,
+                pairs,
+                &sampling,
+                &device,
+            )?;
+            scores.push(("exact_match".into(), em.unwrap_or(f64::NAN)));
+            let eos = eos_token(&m.tokenizer, &m.config);
+            let batches = encode_pairs(
+                &m.tokenizer,
+                &format,
+                pairs,
+                eos,
+                cfg.max_length,
+                8,
+                &device,
+            )?;
+            scores.push((
+                "answer_perplexity".into(),
+                evaluate(&m.backbone, &CausalLm, &batches).exp(),
+            ));
+        }
+        if let (Some(cfg), Some(labelled)) = (&spec.classification, &labelled) {
+            ctx.progress.set_message(format!("{name}: classifying"));
+            let model = Model {
+                backbone: m.backbone.clone(),
+                score: m.score.clone(),
+            };
+            let heads = model.num_labels().with_context(|| {
+                format!("model `{name}` has no classification head (train one with `sft`, `task: classification`)")
+            })?;
+            let rows = label_ids(&m.config, labelled);
+            if let Some((_, bad)) = rows.iter().find(|(_, l)| *l >= heads) {
+                bail!("the data has label id {bad}; model `{name}` has {heads} labels");
+            }
+            let batches =
+                super::classify::encode(&m.tokenizer, &rows, cfg.max_length, 16, &device)?;
+            if let Some(c) = super::classify::accuracy(&model, &batches, heads) {
+                scores.push(("accuracy".into(), c.accuracy));
+                scores.push(("macro_f1".into(), c.macro_f1));
+            }
+        }
+        if let Some(cfg) = &spec.samples
+            && decoder
+        {
+            ctx.progress.set_message(format!("{name}: samples"));
+            sample_rows.extend(samples(&m, cfg, &device)?.into_iter().map(|(p, r)| {
+                vec![
+                    Value::String(name.clone()),
+                    Value::String(p),
+                    Value::String(r),
+                ]
+            }));
+        }
+        results.insert(name.clone(), scores);
+    }
+
+    let mut rows = Vec::new();
+    let mut metrics = serde_json::Map::new();
+    let round = |x: f64| (x * 1e4).round() / 1e4;
+    for (model, scores) in &results {
+        for (metric, value) in scores {
+            rows.push(vec![json!(model), json!(metric), json!(round(*value))]);
+            metrics.insert(format!("{model}.{metric}"), round(*value).into());
+        }
+    }
+    let dir = ctx.output_dir("results", ArtifactType::Table)?;
+    write_parquet(
+        &table(ctx, &["model", "metric", "value"], rows),
+        &dir.join(super::dataset::TABLE_FILE),
+    )?;
+    if spec.samples.is_some() {
+        let dir = ctx.output_dir("samples", ArtifactType::Table)?;
+        write_parquet(
+            &table(ctx, &["model", "prompt", "response"], sample_rows.clone()),
+            &dir.join(super::dataset::TABLE_FILE),
+        )?;
+    }
+    let warnings = pitfalls(&results);
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary: json!({
+            "table": comparison(spec, &results),
+            "samples": sample_rows,
+        }),
+    })
+}
+
+/// The rows an evaluation reads: a dataset's `test` split, else its `validation` split (the
+/// held-out data); a single split or a file whole.
+fn held_out(input: &ResolvedInput) -> Result<Table> {
+    if let ResolvedInput::Artifact(view) = input
+        && view.outputs.len() > 1
+    {
+        for split in ["test", "validation"] {
+            if let Some(t) = read_split(view, split)? {
+                return Ok(t);
+            }
+        }
+        bail!(
+            "`{}` has no held-out split (test or validation): evaluating on training data says nothing about generalisation; split one off, or name a split (`{}.train`) to do it anyway",
+            view.label,
+            view.label
+        );
+    }
+    read_table(input, MissingPolicy::Null)
+}
+
+fn pairs_of(t: &Table, prompt: &str, response: &str) -> Result<Vec<(String, String)>> {
+    let idx = t.indices(
+        &[prompt.to_owned(), response.to_owned()],
+        "the evaluate stage reads column",
+    )?;
+    Ok(t.rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.values[idx[0]].as_str()?.to_owned(),
+                r.values[idx[1]].as_str()?.to_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// Texts with their label values.
+fn labelled_of(t: &Table, text: &str, label: &str) -> Result<Vec<(String, Value)>> {
+    let idx = t.indices(
+        &[text.to_owned(), label.to_owned()],
+        "the evaluate stage reads column",
+    )?;
+    let raw: Vec<(String, Value)> = t
+        .rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.values[idx[0]].as_str()?.to_owned(),
+                r.values[idx[1]].clone(),
+            ))
+        })
+        .collect();
+    Ok(raw)
+}
+
+/// Label ids as the model was trained on them: through its `label2id` when that names every
+/// label of the data, else as `sft` numbers them (integers as is, text in sorted order).
+fn label_ids(config: &Value, rows: &[(String, Value)]) -> Vec<(String, usize)> {
+    let by_name = config["label2id"].as_object().and_then(|m| {
+        rows.iter()
+            .map(|(_, v)| m.get(v.as_str()?)?.as_u64().map(|i| i as usize))
+            .collect::<Option<Vec<usize>>>()
+    });
+    let ids = by_name.unwrap_or_else(|| super::classify::label_ids(rows.iter().map(|(_, v)| v)).0);
+    rows.iter().map(|(t, _)| t.clone()).zip(ids).collect()
+}
+
+fn token_accuracy(m: &LoadedModel, batches: &[LmBatch]) -> f64 {
+    let (mut hits, mut n) = (0.0, 0.0);
+    for b in batches {
+        let hidden = m.backbone.hidden(b.ids.clone(), Some(b.padding.clone()));
+        if let Some(logits) = m.backbone.lm_logits(hidden) {
+            let (h, c) = causal_token_hits(logits, b.ids.clone(), b.target_mask.clone());
+            hits += h;
+            n += c;
+        }
+    }
+    if n > 0.0 { hits / n } else { f64::NAN }
+}
+
+fn samples(
+    m: &LoadedModel,
+    cfg: &crate::recipe::types::SamplesEval,
+    device: &Device,
+) -> Result<Vec<(String, String)>> {
+    let format = Format::new(cfg.template, m.chat_template.as_deref());
+    let sampling = SamplingConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        stop_tokens: m.stop_tokens(),
+        ..Default::default()
+    };
+    let ids: Vec<Vec<u32>> = cfg
+        .prompts
+        .iter()
+        .map(|p| format.encode_prompt(&m.tokenizer, p))
+        .collect::<Result<_>>()?;
+    let outs = generate(&m.backbone, &ids, &sampling, device);
+    cfg.prompts
+        .iter()
+        .zip(outs)
+        .map(|(p, out)| {
+            let text = m
+                .tokenizer
+                .decode(&out, true)
+                .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+            Ok((p.clone(), format.answer(&text).trim().to_owned()))
+        })
+        .collect()
+}
+
+fn table(ctx: &StageContext, columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
+    let types = columns
+        .iter()
+        .map(|c| {
+            if *c == "value" {
+                ColumnType::Float
+            } else {
+                ColumnType::Text
+            }
+        })
+        .collect();
+    Table {
+        source: ctx.stage.clone(),
+        line_numbers: false,
+        columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+        types,
+        rows: rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, values)| Row {
+                values,
+                line: i + 1,
+            })
+            .collect(),
+    }
+}
+
+/// The comparison as the CLI prints it: a row per model in the recipe's order, a column per
+/// metric.
+fn comparison(spec: &EvaluateSpec, results: &BTreeMap<String, Scores>) -> Value {
+    let mut columns: Vec<String> = Vec::new();
+    for scores in results.values() {
+        for (m, _) in scores {
+            if !columns.contains(m) {
+                columns.push(m.clone());
+            }
+        }
+    }
+    let rows: Vec<Value> = spec
+        .models
+        .keys()
+        .map(|name| {
+            let scores = &results[name];
+            let values: Vec<Value> = columns
+                .iter()
+                .map(|c| {
+                    scores
+                        .iter()
+                        .find(|(m, _)| m == c)
+                        .map_or(Value::Null, |(_, v)| json!((v * 1e4).round() / 1e4))
+                })
+                .collect();
+            json!({ "model": name, "values": values })
+        })
+        .collect();
+    json!({ "columns": columns, "rows": rows })
+}
+
+/// Warnings a person should see: a model whose perplexity is far above the best model's on
+/// the same text lost general language ability (catastrophic forgetting).
+fn pitfalls(results: &BTreeMap<String, Scores>) -> Vec<String> {
+    let ppl: Vec<(&String, f64)> = results
+        .iter()
+        .filter_map(|(m, s)| {
+            s.iter()
+                .find(|(n, _)| n == "perplexity")
+                .map(|(_, v)| (m, *v))
+        })
+        .collect();
+    let Some((best_name, best)) = ppl.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        return Vec::new();
+    };
+    ppl.iter()
+        .filter(|(_, v)| *v > best * 1.5)
+        .map(|(m, v)| {
+            format!(
+                "catastrophic forgetting? `{m}` has perplexity {v:.2} on the held-out text, `{best_name}` {best:.2}"
+            )
+        })
+        .collect()
+}
+
+/// The comparison table of an evaluate stage's summary, as aligned text (`None` for other
+/// stages' summaries).
+pub fn format_table(summary: &Value) -> Option<String> {
+    let t = summary.get("table")?;
+    let columns: Vec<&str> = t["columns"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let rows = t["rows"].as_array()?;
+    let name_w = rows
+        .iter()
+        .filter_map(|r| r["model"].as_str().map(str::len))
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let widths: Vec<usize> = columns.iter().map(|c| c.len().max(8)).collect();
+    let mut out = format!("    {:<name_w$}", "model");
+    for (c, w) in columns.iter().zip(&widths) {
+        out += &format!("  {c:>w$}");
+    }
+    out.push('\n');
+    for r in rows {
+        out += &format!("    {:<name_w$}", r["model"].as_str().unwrap_or(""));
+        let values = r["values"].as_array().cloned().unwrap_or_default();
+        for (v, w) in values.iter().zip(&widths) {
+            let cell = v
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |x| format!("{x:.4}"));
+            out += &format!("  {cell:>w$}");
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
