@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -84,10 +84,6 @@ def main() -> None:
                         "pooled": rows(out.pooler_output)})
 
 
-if __name__ == "__main__":
-    main()
-
-
 def heads() -> None:
     """Sequence-classification / scalar-score heads: GPT-2 with 3 labels, Llama with a scalar
     (reward-model) head, BERT with 2 labels. Padding uses pad id 0, declared in the config, so
@@ -115,5 +111,24 @@ def heads() -> None:
         save(name, model, {"scores": rows(out.logits)})
 
 
+def mlm() -> None:
+    """BertForMaskedLM: the `cls.predictions` head (dense, GELU, LayerNorm, tied decoder, bias)."""
+    from transformers import BertForMaskedLM
+    torch.manual_seed(2)
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    bert = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0))
+    randomize(bert, 0.2)
+    bert.tie_weights()
+    bert.eval()
+    with torch.no_grad():
+        out = bert(input_ids=ids, attention_mask=mask)
+    save("bert-mlm", bert, {"logits": rows(out.logits)})
+
+
 if __name__ == "__main__":
-    heads()
+    import sys
+    parts = {"models": main, "heads": heads, "mlm": mlm}
+    for part in sys.argv[1:] or list(parts):
+        parts[part]()

@@ -403,6 +403,13 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "masked_lm on a decoder",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  tok: { kind: tokenizer, data: { from: d }, column: question }\n  lm:\n    kind: pretrain\n    objective: masked_lm\n    model: { init: { arch: gpt2, layers: 1, d_model: 8, heads: 2, context: 128 } }\n    tokenizer: { from: tok }\n    data: { from: d }\n",
+            files: &[],
+            args: &[],
+            expect: &["`masked_lm` trains an encoder", "arch: bert", "r.yaml:9:28"],
+        },
+        Case {
             name: "evaluate with nothing to measure",
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: {}\n",
             files: &[],

@@ -254,3 +254,35 @@ fn classification_and_scalar_heads_match_transformers() {
         );
     }
 }
+
+#[test]
+fn bert_masked_lm_head_matches_transformers() {
+    let device = Device::flex();
+    let loaded = load_hf_dir(&fixture("bert-mlm"), &device).unwrap();
+    assert!(
+        loaded.unused_weights.is_empty(),
+        "unused {:?}",
+        loaded.unused_weights
+    );
+    let reference = Reference::load("bert-mlm");
+    let ids = reference.ints("input_ids", &device);
+    let padding = reference.ints("attention_mask", &device).equal_elem(1);
+    let logits = |b: &Backbone| {
+        let hidden = b.hidden(ids.clone(), Some(padding.clone()));
+        to_vec(b.mlm_logits(hidden).expect("an MLM head"))
+    };
+    let got = logits(&loaded.model.backbone);
+    let want = reference.floats("logits");
+    let worst = max_diff_on_tokens(&got, &want, &reference.mask(), 100);
+    assert!(worst <= 1e-4, "max abs diff {worst:e}");
+
+    // Saved as BertForMaskedLM and read back: the same logits.
+    let dir = tempfile::tempdir().unwrap();
+    save_hf_dir(&loaded.model, &loaded.config, None, dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "BertForMaskedLM");
+    let again = load_hf_dir(dir.path(), &device).unwrap();
+    assert_eq!(logits(&again.model.backbone), got);
+}

@@ -1,5 +1,6 @@
 //! Data: tables (JSONL, CSV, Parquet through arrow), deterministic splits, leakage checks.
 
 pub mod leakage;
+pub mod masking;
 pub mod split;
 pub mod table;

@@ -73,6 +73,16 @@ impl BertLayer {
     }
 }
 
+/// HF's `BertLMPredictionHead` (`cls.predictions`): dense + GELU + LayerNorm, then the word
+/// embeddings (tied) as the output projection, plus a per-token bias.
+#[derive(Module, Debug)]
+pub struct MlmHead {
+    pub dense: Proj,
+    pub norm: LayerNorm,
+    pub bias: Param<Tensor<1>>,
+    pub tanh_gelu: bool,
+}
+
 #[derive(Module, Debug)]
 pub struct Bert {
     pub word_embeddings: Param<Tensor<2>>,
@@ -81,6 +91,8 @@ pub struct Bert {
     pub embeddings_norm: LayerNorm,
     pub layers: Vec<BertLayer>,
     pub pooler: Option<Proj>,
+    /// The masked-LM head, for `BertForMaskedLM` checkpoints and masked-LM pretraining.
+    pub mlm_head: Option<MlmHead>,
     #[module(skip)]
     pub config: BertConfig,
 }
@@ -127,8 +139,40 @@ impl Bert {
             embeddings_norm: LayerNorm::init(d, eps, device),
             layers,
             pooler: Some(Proj::init(d, d, true, std, device)),
+            mlm_head: None,
             config: config.clone(),
         }
+    }
+
+    /// Adds a freshly initialised masked-LM head when the model has none.
+    pub fn ensure_mlm_head(&mut self, device: &Device) {
+        if self.mlm_head.is_none() {
+            let d = self.config.hidden_size;
+            self.mlm_head = Some(MlmHead {
+                dense: Proj::init(d, d, true, 0.02, device),
+                norm: LayerNorm::init(d, self.config.layer_norm_eps, device),
+                bias: Param::from_tensor(Tensor::zeros([self.config.vocab_size], device)),
+                tanh_gelu: self.config.hidden_act == "gelu_new",
+            });
+        }
+    }
+
+    /// Masked-LM logits `[b, s, vocab]`; `None` without a head.
+    pub fn mlm_logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+        let head = self.mlm_head.as_ref()?;
+        let h = head.dense.forward(hidden);
+        let h = if head.tanh_gelu {
+            gelu_approximate(h)
+        } else {
+            gelu(h)
+        };
+        let h = head.norm.forward(h);
+        let [b, s, d] = h.dims();
+        let logits = h
+            .reshape([b * s, d])
+            .matmul(self.word_embeddings.val().transpose())
+            + head.bias.val().unsqueeze::<2>();
+        Some(logits.reshape([b, s, self.config.vocab_size]))
     }
 
     pub fn from_weights(config: &BertConfig, w: &mut WeightMap) -> Result<Bert, ModelError> {
@@ -178,6 +222,26 @@ impl Bert {
         } else {
             None
         };
+        // `cls.predictions.decoder.weight` is the tied word embeddings when present.
+        let mlm_head = if w.contains("cls.predictions.transform.dense.weight") {
+            let head = MlmHead {
+                dense: lin(w, "cls.predictions.transform.dense", d, d)?,
+                norm: ln(w, "cls.predictions.transform.LayerNorm")?,
+                bias: Param::from_tensor(w.take("cls.predictions.bias", [config.vocab_size])?),
+                tanh_gelu: config.hidden_act == "gelu_new",
+            };
+            for tied in [
+                "cls.predictions.decoder.weight",
+                "cls.predictions.decoder.bias",
+            ] {
+                if w.contains(tied) {
+                    w.discard(tied);
+                }
+            }
+            Some(head)
+        } else {
+            None
+        };
         Ok(Bert {
             word_embeddings: Param::from_tensor(
                 w.take("embeddings.word_embeddings.weight", [config.vocab_size, d])?,
@@ -193,6 +257,7 @@ impl Bert {
             embeddings_norm: ln(w, "embeddings.LayerNorm")?,
             layers,
             pooler,
+            mlm_head,
             config: config.clone(),
         })
     }
@@ -247,6 +312,11 @@ impl Bert {
         }
         if let Some(pooler) = &self.pooler {
             put_lin(w, format!("{prefix}pooler.dense"), pooler);
+        }
+        if let Some(head) = &self.mlm_head {
+            put_lin(w, "cls.predictions.transform.dense".into(), &head.dense);
+            put_ln(w, "cls.predictions.transform.LayerNorm".into(), &head.norm);
+            w.put("cls.predictions.bias", head.bias.val());
         }
     }
 

@@ -52,6 +52,8 @@ impl Family {
 }
 
 /// The transformer body of a model, whatever its family.
+// One backbone per model, moved rarely: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     Gpt2(gpt2::Gpt2),
@@ -117,6 +119,14 @@ impl Backbone {
         }
     }
 
+    /// Masked-LM logits (BERT with its `cls.predictions` head); `None` otherwise.
+    pub fn mlm_logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+        match self {
+            Backbone::Bert(m) => m.mlm_logits(hidden),
+            _ => None,
+        }
+    }
+
     /// LM logits for decoders; `None` for encoders.
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
         match self {
@@ -139,6 +149,8 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.write_weights(w),
             Backbone::Llama(m) => m.write_weights(w),
+            // `BertForMaskedLM` nests the encoder under `bert.`; `BertModel` has no prefix.
+            Backbone::Bert(m) if m.mlm_head.is_some() => m.write_weights(w, "bert."),
             Backbone::Bert(m) => m.write_weights(w, ""),
         }
     }
@@ -332,6 +344,7 @@ pub fn save_hf_dir(
             (Backbone::Gpt2(_), Some(_)) => "GPT2ForSequenceClassification",
             (Backbone::Llama(_), None) => "LlamaForCausalLM",
             (Backbone::Llama(_), Some(_)) => "LlamaForSequenceClassification",
+            (Backbone::Bert(b), None) if b.mlm_head.is_some() => "BertForMaskedLM",
             (Backbone::Bert(_), None) => "BertModel",
             (Backbone::Bert(_), Some(_)) => "BertForSequenceClassification",
         };

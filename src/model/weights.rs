@@ -182,6 +182,11 @@ impl WeightMap {
         Ok(self.take(name, [d_out, d_in])?.transpose())
     }
 
+    /// Drops `name` (a tied duplicate nobody needs).
+    pub fn discard(&mut self, name: &str) {
+        self.tensors.remove(name);
+    }
+
     /// Names nobody took (reported as unused weights).
     pub fn remaining(&self) -> Vec<String> {
         let mut v: Vec<String> = self.tensors.keys().cloned().collect();

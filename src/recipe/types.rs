@@ -418,14 +418,18 @@ impl DatasetSpec {
     }
 }
 
-/// `tokenizer`: train a byte-level BPE tokenizer on a dataset's text (`data`), or take the
-/// tokenizer of a checkpoint (`from_model`). Output: `tokenizer` (`tokenizer.json`).
+/// `tokenizer`: train a tokenizer on a dataset's text (`data`), or take the tokenizer of a
+/// checkpoint (`from_model`). Output: `tokenizer` (`tokenizer.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerSpec {
     /// A dataset to train on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Input>,
+    /// What to train: `bpe` (byte-level, GPT-2 style, for decoders) or `wordpiece` (BERT style,
+    /// lowercased, with [CLS] [SEP] [MASK] [PAD] [UNK], for encoders and masked-LM pretraining).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: TokenizerAlgorithm,
     /// The text column of `data`.
     #[serde(default = "text_column")]
     pub column: String,
@@ -438,6 +442,18 @@ pub struct TokenizerSpec {
     /// A checkpoint (HF directory, `tokenizer.json`, or a model stage) whose tokenizer to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_model: Option<Input>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerAlgorithm {
+    #[default]
+    Bpe,
+    Wordpiece,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn text_column() -> String {
@@ -484,6 +500,8 @@ impl<'de> Deserialize<'de> for ModelInput {
 pub enum Arch {
     Gpt2,
     Llama,
+    /// A BERT encoder (for `objective: masked_lm`, and classifiers).
+    Bert,
 }
 
 /// Shape of a new decoder.

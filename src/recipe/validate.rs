@@ -180,14 +180,30 @@ fn check_pretrain(
     p: &crate::recipe::types::PretrainSpec,
     diags: &mut Diagnostics,
 ) {
-    use crate::recipe::types::{ModelInput, PretrainObjective};
-    if p.objective == PretrainObjective::MaskedLm {
-        diags.push(
-            Diagnostic::new("objective `masked_lm` is not implemented yet; hone pretrains decoders with `causal_lm`")
-                .at(recipe.value_location(&join(at, "objective"))),
-        );
-    }
+    use crate::recipe::types::{Arch, ModelInput, PretrainObjective};
     if let ModelInput::Init { init } = &p.model {
+        let encoder = init.arch == Arch::Bert;
+        if encoder != (p.objective == PretrainObjective::MaskedLm) {
+            let (what, help) = if encoder {
+                (
+                    "a BERT encoder cannot be trained with `causal_lm`",
+                    "set `objective: masked_lm`, or init a decoder (`arch: gpt2` or `llama`)",
+                )
+            } else {
+                (
+                    "`masked_lm` trains an encoder",
+                    "init one with `arch: bert` (and a `wordpiece` tokenizer, which has [MASK]), or use `objective: causal_lm`",
+                )
+            };
+            diags.push(
+                Diagnostic::new(format!(
+                    "stage `{}`: {what}",
+                    at.trim_start_matches("stages.")
+                ))
+                .at(recipe.value_location(&join(&join(at, "model.init"), "arch")))
+                .help(help),
+            );
+        }
         if p.tokenizer.is_none() {
             diags.push(
                 Diagnostic::new("a new model (`model: { init }`) needs a `tokenizer`")

@@ -10,10 +10,11 @@ use tokenizers::Tokenizer;
 
 use super::tokenizer::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult, texts_of};
+use crate::data::masking::{Masked, mask_tokens};
 use crate::exec::context::{ResolvedInput, StageContext};
-use crate::model::{Backbone, Model, gpt2, llama, save_hf_dir};
-use crate::recipe::types::{Arch, ModelInit, ModelInput, PretrainSpec};
-use crate::train::objectives::{CausalLm, LmBatch};
+use crate::model::{Backbone, Model, bert, gpt2, llama, save_hf_dir};
+use crate::recipe::types::{Arch, ModelInit, ModelInput, PretrainObjective, PretrainSpec};
+use crate::train::objectives::{CausalLm, LmBatch, MaskedLm, MlmBatch};
 
 pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
@@ -24,35 +25,63 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
 
     ctx.progress.set_message("building the model");
+    let causal = spec.objective == PretrainObjective::CausalLm;
     let LoadedModel {
-        backbone,
+        mut backbone,
         config,
         tokenizer,
         ..
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
+    } = load_model_input(&spec.model, spec.tokenizer.is_some(), causal, ctx, &device)?;
 
     ctx.progress.set_message("tokenizing");
-    let eos = super::sft::eos_token(&tokenizer, &config);
     let batch = spec.train.batch_size.max(1);
-    let train_batches = batches(
-        &tokenizer,
-        &train_texts,
-        eos,
-        spec.max_length,
-        batch,
-        &device,
-    )?;
-    let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
-    ctx.check_cancelled()?;
-
-    let (trained, summary, mean_tps) = super::train_logged(
-        backbone,
-        &CausalLm,
-        &train_batches,
-        &val_batches,
-        &spec.train,
-        ctx,
-    )?;
+    let (trained, summary, mean_tps) = if causal {
+        let eos = super::sft::eos_token(&tokenizer, &config);
+        let train_batches = batches(
+            &tokenizer,
+            &train_texts,
+            eos,
+            spec.max_length,
+            batch,
+            &device,
+        )?;
+        let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
+        ctx.check_cancelled()?;
+        super::train_logged(
+            backbone,
+            &CausalLm,
+            &train_batches,
+            &val_batches,
+            &spec.train,
+            ctx,
+        )?
+    } else {
+        let Backbone::Bert(bert) = &mut backbone else {
+            bail!("`masked_lm` trains a BERT encoder; this model is a decoder (use `causal_lm`)");
+        };
+        bert.ensure_mlm_head(&device);
+        let masking = |texts: &[String], fixed: bool| {
+            masked_batches(
+                &tokenizer,
+                texts,
+                spec.max_length,
+                batch,
+                fixed.then_some(ctx.seed),
+                &device,
+            )
+        };
+        let train_batches = masking(&train_texts, false)?;
+        let val_batches = masking(&val_texts, true)?;
+        ctx.check_cancelled()?;
+        super::train_logged(
+            backbone,
+            &MaskedLm,
+            &train_batches,
+            &val_batches,
+            &spec.train,
+            ctx,
+        )?
+    };
 
     ctx.progress.set_message("saving");
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
@@ -68,9 +97,11 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     metrics.insert("steps".into(), summary.steps.into());
     metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
     metrics.insert("train_loss_last".into(), round(summary.last_loss).into());
+    // Masked LM: the perplexity of the masked tokens (not comparable to a decoder's).
+    let ppl = if causal { "val_ppl" } else { "val_mlm_ppl" };
     if let (Some(before), Some(after)) = (summary.initial_eval, summary.final_eval) {
-        metrics.insert("val_ppl_before".into(), round(before.exp()).into());
-        metrics.insert("val_ppl_after".into(), round(after.exp()).into());
+        metrics.insert(format!("{ppl}_before"), round(before.exp()).into());
+        metrics.insert(format!("{ppl}_after"), round(after.exp()).into());
     }
     let mut warnings = Vec::new();
     let drop = (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9);
@@ -91,6 +122,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     let summary_json = json!({
         "model": config.get("model_type"),
+        "objective": if causal { "causal_lm" } else { "masked_lm" },
         "parameters": trained.num_params(),
         "train_texts": train_texts.len(),
         "validation_texts": val_texts.len(),
@@ -145,6 +177,60 @@ pub(super) fn batches(
     Ok(seqs
         .chunks(batch)
         .map(|c| LmBatch::from_sequences(c, device))
+        .collect())
+}
+
+/// Masked-token batches: each text encoded with the tokenizer's special tokens ([CLS] ...
+/// [SEP]), cut to `max_len`, 15% of its other tokens corrupted (see `data::masking`): once,
+/// from `fixed_seed` (validation), or anew at every training step (`None`).
+fn masked_batches(
+    tok: &Tokenizer,
+    texts: &[String],
+    max_len: usize,
+    batch: usize,
+    fixed_seed: Option<u64>,
+    device: &Device,
+) -> Result<Vec<MlmBatch>> {
+    let mask_id = ["[MASK]", "<mask>"]
+        .iter()
+        .find_map(|t| tok.token_to_id(t))
+        .context("`masked_lm` needs a tokenizer with a mask token ([MASK] or <mask>); train one with `algorithm: wordpiece`")?;
+    let vocab = tok.get_vocab_size(true);
+    let mut rng = crate::rng::SplitMix64::new(fixed_seed.unwrap_or(0));
+    let rate = 0.15;
+    let mut seqs = Vec::with_capacity(texts.len());
+    for t in texts {
+        let enc = tok
+            .encode(t.as_str(), true)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        let n = enc.get_ids().len().min(max_len.max(2));
+        let special: Vec<bool> = enc.get_special_tokens_mask()[..n]
+            .iter()
+            .map(|&m| m == 1)
+            .collect();
+        seqs.push(match fixed_seed {
+            Some(_) => mask_tokens(
+                &enc.get_ids()[..n],
+                &special,
+                mask_id,
+                vocab,
+                rate,
+                &mut rng,
+            ),
+            // Dynamic: keep the tokens, mark the maskable ones.
+            None => Masked {
+                input: enc.get_ids()[..n].to_vec(),
+                labels: enc.get_ids()[..n].to_vec(),
+                selected: special.iter().map(|s| !s).collect(),
+            },
+        });
+    }
+    Ok(seqs
+        .chunks(batch)
+        .map(|c| match fixed_seed {
+            Some(_) => MlmBatch::fixed(c, device),
+            None => MlmBatch::dynamic(c, mask_id, vocab, rate, device),
+        })
         .collect())
 }
 
@@ -285,6 +371,19 @@ fn init_model(
             });
             let c: llama::LlamaConfig = serde_json::from_value(config.clone())?;
             Ok((Backbone::Llama(llama::Llama::init(&c, device)), config))
+        }
+        Arch::Bert => {
+            let config = json!({
+                "model_type": "bert", "vocab_size": vocab, "hidden_size": init.d_model,
+                "num_hidden_layers": init.layers, "num_attention_heads": init.heads,
+                "intermediate_size": init.intermediate.unwrap_or(4 * init.d_model),
+                "max_position_embeddings": init.context, "type_vocab_size": 2,
+                "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+                "pad_token_id": tokenizer.token_to_id("[PAD]").unwrap_or(0),
+                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+            });
+            let c: bert::BertConfig = serde_json::from_value(config.clone())?;
+            Ok((Backbone::Bert(bert::Bert::init(&c, device)), config))
         }
     }
 }

@@ -13,7 +13,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use super::{ArtifactType, StageResult};
 use crate::exec::context::{ResolvedInput, StageContext};
-use crate::recipe::types::TokenizerSpec;
+use crate::recipe::types::{TokenizerAlgorithm, TokenizerSpec};
 
 /// End of text: separates documents and ends every training sequence.
 pub const EOS: &str = "<|endoftext|>";
@@ -25,11 +25,17 @@ pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> 
             let texts = super::text_column(ctx.input("data")?, &spec.column)?;
             ctx.check_cancelled()?;
             ctx.progress
-                .set_message(format!("training BPE on {} texts", texts.len()));
-            (
-                train_bpe(&texts, spec.vocab_size, spec.min_frequency)?,
-                format!("byte-level BPE trained on {} texts", texts.len()),
-            )
+                .set_message(format!("training on {} texts", texts.len()));
+            match spec.algorithm {
+                TokenizerAlgorithm::Bpe => (
+                    train_bpe(&texts, spec.vocab_size, spec.min_frequency)?,
+                    format!("byte-level BPE trained on {} texts", texts.len()),
+                ),
+                TokenizerAlgorithm::Wordpiece => (
+                    train_wordpiece(&texts, spec.vocab_size, spec.min_frequency)?,
+                    format!("WordPiece trained on {} texts", texts.len()),
+                ),
+            }
         }
         (None, Some(_)) => (
             load_tokenizer(ctx.input("from_model")?)?,
@@ -67,6 +73,57 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64) -> Res
     tokenizer
         .train(&mut trainer, texts.iter())
         .map_err(|e| anyhow::anyhow!("BPE training failed: {e}"))?;
+    Ok(tokenizer)
+}
+
+/// BERT's special tokens, in id order.
+pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// A BERT-style WordPiece: lowercasing normaliser, whitespace/punctuation pre-tokenizer,
+/// `##` continuations, and `[CLS] text [SEP]` added around every encoded text.
+pub fn train_wordpiece(
+    texts: &[String],
+    vocab_size: usize,
+    min_frequency: u64,
+) -> Result<Tokenizer> {
+    use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+    use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+    use tokenizers::normalizers::bert::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::template::TemplateProcessing;
+    let mut tokenizer = Tokenizer::new(WordPiece::default());
+    tokenizer.with_normalizer(Some(BertNormalizer::default()));
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    tokenizer.with_decoder(Some(WordPieceDecoder::default()));
+    let trainer = WordPieceTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
+        .special_tokens(
+            BERT_SPECIALS
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect(),
+        )
+        .show_progress(false)
+        .build();
+    let mut trainer = TrainerWrapper::WordPieceTrainer(trainer);
+    tokenizer
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| anyhow::anyhow!("WordPiece training failed: {e}"))?;
+    let id = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .context("a special token is missing")
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let post = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .map_err(anyhow::Error::msg)?
+        .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
+        .map_err(anyhow::Error::msg)?
+        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+        .build()?;
+    tokenizer.with_post_processor(Some(post));
     Ok(tokenizer)
 }
 

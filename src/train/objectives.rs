@@ -76,3 +76,167 @@ impl Objective<Backbone> for CausalLm {
         b.targets
     }
 }
+
+/// A batch for masked-token prediction. Validation batches carry fixed masks (drawn once, so
+/// before/after compare the same task); training batches are re-masked at every step
+/// (`dynamic`, RoBERTa's dynamic masking), so the model cannot memorise which positions are
+/// hidden. The draws come from the backend RNG, which the trainer seeds per step: the masks
+/// are a function of the seed and the step, and a resumed run draws the same ones.
+#[derive(Debug, Clone)]
+pub struct MlmBatch {
+    /// The input: corrupted (fixed masks) or original (dynamic).
+    pub ids: Tensor<2, Int>,
+    pub padding: Tensor<2, Bool>,
+    /// The original tokens.
+    pub labels: Tensor<2, Int>,
+    /// Fixed masks: 1 at the selected positions (the loss is taken there), 0 elsewhere.
+    pub weight: Tensor<2>,
+    pub dynamic: Option<DynamicMask>,
+    /// Selected positions (fixed), or their expected number (dynamic).
+    pub selected: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamicMask {
+    /// True at real, non-special tokens.
+    pub maskable: Tensor<2, Bool>,
+    pub mask_id: u32,
+    pub vocab: usize,
+    pub rate: f64,
+}
+
+impl MlmBatch {
+    /// A batch with fixed masks.
+    pub fn fixed(seqs: &[crate::data::masking::Masked], device: &Device) -> MlmBatch {
+        let (ids, padding, labels, weight, selected) = Self::tensors(seqs, device);
+        MlmBatch {
+            ids,
+            padding,
+            labels,
+            weight,
+            dynamic: None,
+            selected,
+        }
+    }
+
+    /// A batch masked anew at every step: `seqs` hold the original tokens, `selected` marks
+    /// the maskable ones.
+    pub fn dynamic(
+        seqs: &[crate::data::masking::Masked],
+        mask_id: u32,
+        vocab: usize,
+        rate: f64,
+        device: &Device,
+    ) -> MlmBatch {
+        let (ids, padding, labels, maskable, n) = Self::tensors(seqs, device);
+        MlmBatch {
+            ids,
+            padding,
+            labels,
+            weight: maskable.clone(),
+            dynamic: Some(DynamicMask {
+                maskable: maskable.greater_elem(0.5),
+                mask_id,
+                vocab,
+                rate,
+            }),
+            selected: n * rate,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn tensors(
+        seqs: &[crate::data::masking::Masked],
+        device: &Device,
+    ) -> (
+        Tensor<2, Int>,
+        Tensor<2, Bool>,
+        Tensor<2, Int>,
+        Tensor<2>,
+        f64,
+    ) {
+        use burn::tensor::TensorData;
+        let b = seqs.len();
+        let s = seqs.iter().map(|m| m.input.len()).max().unwrap_or(1).max(1);
+        let (mut ids, mut labels, mut real, mut w) = (
+            vec![0i64; b * s],
+            vec![0i64; b * s],
+            vec![false; b * s],
+            vec![0f32; b * s],
+        );
+        let mut count = 0.0;
+        for (i, m) in seqs.iter().enumerate() {
+            for j in 0..m.input.len() {
+                ids[i * s + j] = m.input[j] as i64;
+                labels[i * s + j] = m.labels[j] as i64;
+                real[i * s + j] = true;
+                if m.selected[j] {
+                    w[i * s + j] = 1.0;
+                    count += 1.0;
+                }
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(ids, [b, s]), device),
+            Tensor::from_data(TensorData::new(real, [b, s]), device),
+            Tensor::from_data(TensorData::new(labels, [b, s]), device),
+            Tensor::from_data(TensorData::new(w, [b, s]), device),
+            count,
+        )
+    }
+
+    /// The input and loss weights for this step: fixed, or freshly drawn (80% mask token,
+    /// 10% random token, 10% unchanged).
+    fn draw(&self) -> (Tensor<2, Int>, Tensor<2>) {
+        let Some(d) = &self.dynamic else {
+            return (self.ids.clone(), self.weight.clone());
+        };
+        use burn::tensor::Distribution;
+        let device = self.ids.device();
+        let shape = self.ids.dims();
+        let u = |_| Tensor::<2>::random(shape, Distribution::Uniform(0.0, 1.0), &device);
+        let selected = u(0).lower_elem(d.rate).bool_and(d.maskable.clone());
+        let roll = u(1);
+        let to_mask = selected.clone().bool_and(roll.clone().lower_elem(0.8));
+        let to_random = selected
+            .clone()
+            .bool_and(roll.clone().greater_equal_elem(0.8))
+            .bool_and(roll.lower_elem(0.9));
+        let random_ids = u(2)
+            .mul_scalar(d.vocab as f64)
+            .floor()
+            .int()
+            .clamp(0, d.vocab as i64 - 1);
+        let ids = self
+            .ids
+            .clone()
+            .mask_fill(to_mask, d.mask_id as i64)
+            .mask_where(to_random, random_ids);
+        (ids, selected.float())
+    }
+}
+
+/// Masked-token prediction (BERT pretraining): cross-entropy at the selected positions.
+pub struct MaskedLm;
+
+impl Objective<Backbone> for MaskedLm {
+    type Batch = MlmBatch;
+
+    fn loss_sum(&self, model: &Backbone, b: &MlmBatch) -> Tensor<1> {
+        let (ids, weight) = b.draw();
+        let hidden = model.hidden(ids, Some(b.padding.clone()));
+        let logits = model
+            .mlm_logits(hidden)
+            .expect("masked-LM training needs a BERT with an MLM head");
+        let [n, s, v] = logits.dims();
+        let nll = super::loss::token_nll(
+            logits.reshape([n * s, v]),
+            b.labels.clone().reshape([n * s]),
+        );
+        (nll * weight.reshape([n * s])).sum()
+    }
+
+    fn count(&self, b: &MlmBatch) -> f64 {
+        b.selected
+    }
+}
