@@ -74,6 +74,26 @@ def sentiment(rng: random.Random) -> list:
     return rows
 
 
+FOLLOW_UPS = ["And the {part}?", "What about the {part}?", "And what does the {part} do?"]
+
+
+def chats(rng: random.Random) -> list:
+    """Two-turn conversations (OpenAI `messages`): a question, then a follow-up about another
+    part that only makes sense after the first turn."""
+    rows = []
+    for k, (part, does, _detail) in enumerate(FACTS):
+        for other in rng.sample([f for j, f in enumerate(FACTS) if j != k], 4):
+            rows.append({"messages": [
+                {"role": "system", "content": "You are a concise car-maintenance assistant."},
+                {"role": "user", "content": rng.choice(QUESTION_TEMPLATES).format(part=part)},
+                {"role": "assistant", "content": f"The {part} {does}."},
+                {"role": "user", "content": rng.choice(FOLLOW_UPS).format(part=other[0])},
+                {"role": "assistant", "content": f"The {other[0]} {other[1]}."},
+            ]})
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     rng = random.Random(1234)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -94,6 +114,7 @@ def main() -> None:
     write(OUT / "qa.jsonl", qa)
     write(OUT / "qa_heldout.jsonl", heldout)
     write(OUT / "reviews.jsonl", sentiment(random.Random(99)))
+    write(OUT / "chat.jsonl", chats(random.Random(7)))
 
 
 def write(path: pathlib.Path, rows: list) -> None:

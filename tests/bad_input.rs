@@ -410,6 +410,13 @@ fn cases() -> Vec<Case> {
             expect: &["`masked_lm` trains an encoder", "arch: bert", "r.yaml:9:28"],
         },
         Case {
+            name: "unknown template name",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  s:\n    kind: sft\n    model: { path: m }\n    data: { from: d }\n    template: chatm\n",
+            files: &[],
+            args: &[],
+            expect: &["`chatm` is not a valid value", "did you mean `chatml`", "r.yaml:9:15"],
+        },
+        Case {
             name: "evaluate with nothing to measure",
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: {}\n",
             files: &[],

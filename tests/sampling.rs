@@ -133,3 +133,31 @@ fn top_k_and_top_p_restrict_the_choice() {
         assert_eq!(choose(&logits, &p_small, &mut rng), 1);
     }
 }
+
+#[test]
+fn generation_stays_inside_the_context_window() {
+    // The GPT-2 fixture has 32 positions. A 40-token prompt keeps its last 31 tokens and gets
+    // one new token; a 20-token prompt batched with a 28-token one gets 4 (the batch stops when
+    // its longest row fills the window); nothing indexes past the position table.
+    let device = Device::flex();
+    let m = model("gpt2", &device);
+    let cfg = SamplingConfig {
+        max_new_tokens: 50,
+        ..Default::default()
+    };
+    let long: Vec<u32> = (0..40).map(|i| (i * 7 % 100) as u32).collect();
+    let out = generate(&m, std::slice::from_ref(&long), &cfg, &device);
+    assert_eq!(out[0].len(), 1);
+    assert_eq!(
+        out[0],
+        naive_greedy(&m, &long[9..], 1, &device),
+        "the prompt keeps its last tokens"
+    );
+    let out = generate(
+        &m,
+        &[long[..20].to_vec(), long[..28].to_vec()],
+        &cfg,
+        &device,
+    );
+    assert_eq!((out[0].len(), out[1].len()), (4, 4));
+}

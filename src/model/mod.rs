@@ -102,6 +102,15 @@ impl Backbone {
         }
     }
 
+    /// The longest sequence its position embeddings cover.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Backbone::Gpt2(m) => m.config.n_positions,
+            Backbone::Llama(m) => m.config.max_position_embeddings,
+            Backbone::Bert(m) => m.config.max_position_embeddings,
+        }
+    }
+
     /// Whether the model generates text (has an LM head).
     pub fn is_decoder(&self) -> bool {
         match self {

@@ -108,8 +108,16 @@ pub fn generate(
     device: &Device,
 ) -> Vec<Vec<u32>> {
     let b = prompts.len();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if b == 0 || longest == 0 || cfg.max_new_tokens == 0 {
+    // Positions past the model's context do not exist: a prompt keeps its last `limit - 1`
+    // tokens, and generation stops when the longest row reaches the limit.
+    let limit = model.max_positions().max(2);
+    let prompts: Vec<&[u32]> = prompts
+        .iter()
+        .map(|p| &p[p.len().saturating_sub(limit - 1)..])
+        .collect();
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let max_new_tokens = cfg.max_new_tokens.min(limit - longest);
+    if b == 0 || longest == 0 || max_new_tokens == 0 {
         return vec![Vec::new(); b];
     }
     let mut ids = Vec::with_capacity(b * longest);
@@ -129,7 +137,7 @@ pub fn generate(
     let mut rng = SplitMix64::new(cfg.seed);
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    for _ in 0..cfg.max_new_tokens {
+    for _ in 0..max_new_tokens {
         let s = hidden.dims()[1];
         let last = hidden.narrow(1, s - 1, 1);
         let logits = model.lm_logits(last).expect("generation needs a decoder");

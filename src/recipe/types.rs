@@ -439,6 +439,10 @@ pub struct TokenizerSpec {
     /// Merge pairs seen fewer times than this are not learned.
     #[serde(default = "default_min_frequency")]
     pub min_frequency: u64,
+    /// More special tokens, each one id that text never splits (e.g. ChatML's
+    /// `[<|im_start|>, <|im_end|>]` for `template: chatml`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub special_tokens: Vec<String>,
     /// A checkpoint (HF directory, `tokenizer.json`, or a model stage) whose tokenizer to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_model: Option<Input>,
@@ -558,17 +562,65 @@ fn default_max_length() -> usize {
     128
 }
 
-/// How a prompt/response pair becomes text.
+/// How a conversation (or a prompt/response pair, a one-turn conversation) becomes text: a
+/// named template, or a Jinja chat template of the recipe's own.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PromptTemplate {
+    Named(NamedTemplate),
+    Custom(CustomTemplate),
+}
+
+impl Default for PromptTemplate {
+    fn default() -> Self {
+        PromptTemplate::Named(NamedTemplate::Plain)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum PromptTemplate {
-    /// `{prompt}\n` then `{response}` and the end-of-text token.
+pub enum NamedTemplate {
+    /// Each user turn as `{content}\n`, each answer as `{content}`, the end-of-text token last.
     #[default]
     Plain,
-    /// ChatML: a user turn, then the assistant turn (`<|im_start|>assistant\n...<|im_end|>`).
+    /// ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n`, answers after `<|im_start|>assistant\n`.
     Chatml,
     /// The chat template shipped with the model (ChatML when it has none).
     Model,
+}
+
+/// A chat template written in the recipe, with Hugging Face's conventions: it sees `messages`
+/// (`role`, `content`), `add_generation_prompt`, `bos_token` and `eos_token`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomTemplate {
+    pub jinja: String,
+    /// The text that ends an answer (generation stops there), e.g. `<|im_end|>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_of_turn: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bos_token: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub eos_token: String,
+}
+
+impl<'de> Deserialize<'de> for PromptTemplate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_string() {
+            return NamedTemplate::deserialize(v)
+                .map(PromptTemplate::Named)
+                .map_err(D::Error::custom);
+        }
+        CustomTemplate::deserialize(v)
+            .map(PromptTemplate::Custom)
+            .map_err(|e| {
+                D::Error::custom(format!(
+                    "{e}; a template is `plain`, `chatml`, `model`, or `{{ jinja: \"...\", end_of_turn: ... }}`"
+                ))
+            })
+    }
 }
 
 /// Parameter-efficient fine-tuning.
@@ -588,6 +640,9 @@ pub enum SftTask {
     Instruction,
     /// Text/label pairs through a classification head (e.g. sentiment).
     Classification,
+    /// OpenAI-style conversations (a `messages` list of `{ role, content }`), rendered with
+    /// the chat template; the loss covers the assistant turns.
+    Chat,
 }
 
 /// `sft`: supervised fine-tuning. Instruction data trains the response tokens only;
@@ -607,6 +662,9 @@ pub struct SftSpec {
     pub prompt_column: String,
     #[serde(default = "response_column")]
     pub response_column: String,
+    /// Chat: the column holding each conversation's messages.
+    #[serde(default = "messages_column", skip_serializing_if = "is_messages")]
+    pub messages_column: String,
     /// Classification: the text and label columns (labels: integers, or text mapped to ids in
     /// sorted order).
     #[serde(default = "text_column")]
@@ -635,6 +693,12 @@ fn prompt_column() -> String {
 }
 fn response_column() -> String {
     "response".into()
+}
+fn messages_column() -> String {
+    "messages".into()
+}
+fn is_messages(s: &str) -> bool {
+    s == "messages"
 }
 fn label_column() -> String {
     "label".into()

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use super::pretrain::{LoadedModel, load_checkpoint};
-use super::sft::{Format, encode_pairs, eos_token, exact_match};
+use super::sft::{Format, encode_conversations, eos_token, exact_match, one_turn};
 use super::{ArtifactType, StageResult, read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table, write_parquet};
 use crate::exec::context::{ResolvedInput, StageContext};
@@ -34,11 +34,16 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         None => None,
     };
     let qa = match &spec.qa {
-        Some(q) => Some(pairs_of(
-            &held_out(ctx.input("qa.data")?)?,
-            &q.prompt_column,
-            &q.response_column,
-        )?),
+        Some(q) => Some(
+            pairs_of(
+                &held_out(ctx.input("qa.data")?)?,
+                &q.prompt_column,
+                &q.response_column,
+            )?
+            .iter()
+            .map(|(p, r)| one_turn(p, r))
+            .collect::<Vec<_>>(),
+        ),
         None => None,
     };
     let labelled = match &spec.classification {
@@ -81,7 +86,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             }
             ctx.progress
                 .set_message(format!("{name}: answering questions"));
-            let format = Format::new(cfg.template, m.chat_template.as_deref());
+            let format = Format::new(&cfg.template, m.chat_template.as_deref());
             let sampling = SamplingConfig {
                 max_new_tokens: cfg.max_new_tokens,
                 stop_tokens: m.stop_tokens(),
@@ -97,7 +102,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             )?;
             scores.push(("exact_match".into(), em.unwrap_or(f64::NAN)));
             let eos = eos_token(&m.tokenizer, &m.config);
-            let batches = encode_pairs(
+            let batches = encode_conversations(
                 &m.tokenizer,
                 &format,
                 pairs,
@@ -263,7 +268,7 @@ fn samples(
     cfg: &crate::recipe::types::SamplesEval,
     device: &Device,
 ) -> Result<Vec<(String, String)>> {
-    let format = Format::new(cfg.template, m.chat_template.as_deref());
+    let format = Format::new(&cfg.template, m.chat_template.as_deref());
     let sampling = SamplingConfig {
         max_new_tokens: cfg.max_new_tokens,
         stop_tokens: m.stop_tokens(),

@@ -3,7 +3,7 @@
 //! answers to the validation prompts is measured before and after, so "did it learn to answer"
 //! is a number. Outputs `model` (HF directory, LoRA merged in) and, with LoRA, `adapter`.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
@@ -18,60 +18,118 @@ use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{MissingPolicy, PeftSpec, PromptTemplate, SftSpec};
+use crate::recipe::types::{MissingPolicy, NamedTemplate, PeftSpec, PromptTemplate, SftSpec};
 use crate::train::objectives::{CausalLm, LmBatch};
 use crate::train::trainer::evaluate;
 
-/// (prompt, response) pairs.
-type Pairs = Vec<(String, String)>;
+/// Conversations (a prompt/response pair is a one-turn conversation).
+type Conversations = Vec<Vec<Message>>;
 
-/// Turns pairs into prompt text and target text.
+/// Turns conversations into text: the prompt a model answers, and the pieces of a training
+/// example with the assistant's text marked as the target.
 pub(super) struct Format {
     template: Option<ChatTemplate>,
-    /// Appended to responses (ChatML's end of turn); generation is cut there.
+    /// The text that ends an answer (ChatML's end of turn); generation is cut there.
     end: Option<String>,
 }
 
+/// A stretch of an example's text and whether the loss covers it.
+pub(super) type Piece = (String, bool);
+
 impl Format {
-    pub(super) fn new(t: PromptTemplate, model_template: Option<&str>) -> Format {
-        match (t, model_template) {
-            (PromptTemplate::Plain, _) => Format {
+    pub(super) fn new(t: &PromptTemplate, model_template: Option<&str>) -> Format {
+        let chatml = || Format {
+            template: Some(ChatTemplate::chatml()),
+            end: Some("<|im_end|>".into()),
+        };
+        match t {
+            PromptTemplate::Named(NamedTemplate::Plain) => Format {
                 template: None,
                 end: None,
             },
-            (PromptTemplate::Model, Some(src)) => Format {
-                template: Some(ChatTemplate::new(src, "", "")),
-                end: Some("<|im_end|>".into()),
+            PromptTemplate::Named(NamedTemplate::Model) => match model_template {
+                Some(src) => Format {
+                    template: Some(ChatTemplate::new(src, "", "")),
+                    end: Some("<|im_end|>".into()),
+                },
+                None => chatml(),
             },
-            (PromptTemplate::Chatml | PromptTemplate::Model, _) => Format {
-                template: Some(ChatTemplate::chatml()),
-                end: Some("<|im_end|>".into()),
+            PromptTemplate::Named(NamedTemplate::Chatml) => chatml(),
+            PromptTemplate::Custom(c) => Format {
+                template: Some(ChatTemplate::new(&c.jinja, &c.bos_token, &c.eos_token)),
+                end: c.end_of_turn.clone(),
             },
         }
-    }
-    /// The token ids of a formatted prompt.
-    pub(super) fn encode_prompt(&self, tok: &Tokenizer, p: &str) -> Result<Vec<u32>> {
-        Ok(tok
-            .encode(self.prompt(p)?.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
-            .get_ids()
-            .to_vec())
     }
 
-    pub(super) fn prompt(&self, p: &str) -> Result<String> {
+    /// Whether the format ends answers with the end-of-text token (plain text has no other
+    /// end marker).
+    pub(super) fn plain(&self) -> bool {
+        self.template.is_none()
+    }
+
+    /// The token ids of a formatted one-turn prompt.
+    pub(super) fn encode_prompt(&self, tok: &Tokenizer, p: &str) -> Result<Vec<u32>> {
+        self.encode_conversation_prompt(tok, &[Message::new("user", p)])
+    }
+
+    /// The token ids of the prompt that asks for the next assistant turn after `history`.
+    pub(super) fn encode_conversation_prompt(
+        &self,
+        tok: &Tokenizer,
+        history: &[Message],
+    ) -> Result<Vec<u32>> {
+        encode(tok, &self.prompt(history)?)
+    }
+
+    fn prompt(&self, history: &[Message]) -> Result<String> {
         match &self.template {
-            None => Ok(format!("{p}\n")),
-            Some(t) => t
-                .render(&[Message::new("user", p)], true)
-                .map_err(anyhow::Error::msg),
+            None => Ok(history.iter().map(|m| format!("{}\n", m.content)).collect()),
+            Some(t) => t.render(history, true).map_err(anyhow::Error::msg),
         }
     }
-    fn response(&self, r: &str) -> String {
-        match &self.end {
-            None => r.to_owned(),
-            Some(end) => format!("{r}{end}\n"),
+
+    /// The conversation as pieces, the assistant turns marked as targets. With a chat
+    /// template, an assistant turn is what rendering it adds after the generation prompt (its
+    /// end-of-turn marker included), so training sees exactly what inference will.
+    pub(super) fn pieces(&self, conv: &[Message]) -> Result<Vec<Piece>> {
+        let Some(t) = &self.template else {
+            return Ok(conv
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let assistant = m.role == "assistant";
+                    let last = i + 1 == conv.len();
+                    let sep = if assistant && last { "" } else { "\n" };
+                    (format!("{}{sep}", m.content), assistant)
+                })
+                .collect());
+        };
+        let render =
+            |msgs: &[Message], generation| t.render(msgs, generation).map_err(anyhow::Error::msg);
+        let mut out = Vec::new();
+        let mut done = String::new();
+        for i in 0..conv.len() {
+            if conv[i].role != "assistant" {
+                continue;
+            }
+            let before = render(&conv[..i], true)?;
+            let after = render(&conv[..=i], false)?;
+            let (Some(context), Some(answer)) =
+                (before.strip_prefix(&done), after.strip_prefix(&before))
+            else {
+                bail!(
+                    "the chat template does not render conversations incrementally (turn {} changes the text before it), so the assistant's tokens cannot be found",
+                    i + 1
+                );
+            };
+            out.push((context.to_owned(), false));
+            out.push((answer.to_owned(), true));
+            done = after;
         }
+        Ok(out)
     }
+
     /// A generated answer up to the end-of-turn marker.
     pub(super) fn answer<'a>(&self, generated: &'a str) -> &'a str {
         match &self.end {
@@ -81,20 +139,37 @@ impl Format {
     }
 }
 
+fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+        .get_ids()
+        .to_vec())
+}
+
+/// A prompt/response pair as a conversation.
+pub(super) fn one_turn(prompt: &str, response: &str) -> Vec<Message> {
+    vec![
+        Message::new("user", prompt),
+        Message::new("assistant", response),
+    ]
+}
+
 pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.task == crate::recipe::types::SftTask::Classification {
         return super::classify::run(spec, ctx);
     }
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
-    ctx.progress.set_message("reading pairs");
-    let (train_pairs, val_pairs) = pairs(
-        ctx.input("data")?,
-        &spec.prompt_column,
-        &spec.response_column,
-    )?;
+    ctx.progress.set_message("reading examples");
+    let (train_pairs, val_pairs) = conversations(ctx.input("data")?, spec)?;
     if train_pairs.is_empty() {
-        bail!("the training data has no prompt/response pairs");
+        bail!(
+            "the training data has no examples (columns `{}`/`{}`, or `{}` for chat)",
+            spec.prompt_column,
+            spec.response_column,
+            spec.messages_column
+        );
     }
     ctx.progress.set_message("loading the model");
     let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
@@ -106,12 +181,12 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         chat_template,
         ..
     } = loaded;
-    let format = Format::new(spec.template, chat_template.as_deref());
+    let format = Format::new(&spec.template, chat_template.as_deref());
     let eos = eos_token(&tokenizer, &config);
 
     ctx.progress.set_message("tokenizing");
     let batch = spec.train.batch_size.max(1);
-    let train_batches = encode_pairs(
+    let train_batches = encode_conversations(
         &tokenizer,
         &format,
         &train_pairs,
@@ -120,7 +195,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         batch,
         &device,
     )?;
-    let val_batches = encode_pairs(
+    let val_batches = encode_conversations(
         &tokenizer,
         &format,
         &val_pairs,
@@ -243,26 +318,42 @@ fn trainable(model: &Backbone) -> usize {
     c.0
 }
 
-/// (prompt, response) pairs of the train and validation splits.
-fn pairs(input: &ResolvedInput, prompt: &str, response: &str) -> Result<(Pairs, Pairs)> {
-    let of = |t: &Table| -> Result<Pairs> {
+/// The conversations of the train and validation splits: prompt/response pairs (`task:
+/// instruction`) or message lists (`task: chat`).
+fn conversations(input: &ResolvedInput, spec: &SftSpec) -> Result<(Conversations, Conversations)> {
+    let chat = spec.task == crate::recipe::types::SftTask::Chat;
+    let of = |t: &Table| -> Result<Conversations> {
+        if chat {
+            let i = t.indices(
+                std::slice::from_ref(&spec.messages_column),
+                "the sft stage reads column",
+            )?[0];
+            return t
+                .rows
+                .iter()
+                .map(|r| {
+                    parse_messages(&r.values[i])
+                        .with_context(|| format!("{}: bad `{}`", t.origin(r), spec.messages_column))
+                })
+                .collect();
+        }
         let idx = t.indices(
-            &[prompt.to_owned(), response.to_owned()],
+            &[spec.prompt_column.clone(), spec.response_column.clone()],
             "the sft stage reads column",
         )?;
         Ok(t.rows
             .iter()
             .filter_map(|r| {
-                Some((
-                    r.values[idx[0]].as_str()?.to_owned(),
-                    r.values[idx[1]].as_str()?.to_owned(),
+                Some(one_turn(
+                    r.values[idx[0]].as_str()?,
+                    r.values[idx[1]].as_str()?,
                 ))
             })
             .collect())
     };
     match input {
         ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |split| -> Result<Pairs> {
+            let part = |split| -> Result<Conversations> {
                 super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
             };
             Ok((part("train")?, part("validation")?))
@@ -274,6 +365,26 @@ fn pairs(input: &ResolvedInput, prompt: &str, response: &str) -> Result<(Pairs, 
     }
 }
 
+/// An OpenAI-style message list: `[{ "role": "user", "content": "..." }, ...]`, with at least
+/// one assistant turn.
+pub(super) fn parse_messages(v: &serde_json::Value) -> Result<Vec<Message>> {
+    let messages: Vec<Message> = serde_json::from_value(v.clone())
+        .map_err(|e| anyhow::anyhow!("expected a list of {{ role, content }} objects ({e})"))?;
+    if let Some(m) = messages
+        .iter()
+        .find(|m| !["system", "user", "assistant", "tool"].contains(&m.role.as_str()))
+    {
+        bail!(
+            "unknown role `{}` (roles: system, user, assistant, tool)",
+            m.role
+        );
+    }
+    if !messages.iter().any(|m| m.role == "assistant") {
+        bail!("the conversation has no assistant turn to learn from");
+    }
+    Ok(messages)
+}
+
 /// The end-of-text token appended to training texts: the tokenizer's `<|endoftext|>`, else the
 /// config's `eos_token_id`.
 pub(super) fn eos_token(tok: &Tokenizer, config: &serde_json::Value) -> Option<u32> {
@@ -281,33 +392,31 @@ pub(super) fn eos_token(tok: &Tokenizer, config: &serde_json::Value) -> Option<u
         .or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32))
 }
 
-/// Batches whose targets are the response tokens (and the end-of-text token).
-pub(super) fn encode_pairs(
+/// Batches whose targets are the assistant's tokens (and, for plain text, the end-of-text
+/// token after the last answer). Each piece is tokenized on its own, so a target never shares
+/// a token with its context.
+pub(super) fn encode_conversations(
     tok: &Tokenizer,
     format: &Format,
-    pairs: &[(String, String)],
+    convs: &[Vec<Message>],
     eos: Option<u32>,
     max_len: usize,
     batch: usize,
     device: &Device,
 ) -> Result<Vec<LmBatch>> {
-    let enc = |s: &str| -> Result<Vec<u32>> {
-        Ok(tok
-            .encode(s, false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
-            .get_ids()
-            .to_vec())
-    };
     let mut seqs = Vec::new();
     let mut targets = Vec::new();
-    for (p, r) in pairs {
-        let prompt = enc(&format.prompt(p)?)?;
-        let mut response = enc(&format.response(r))?;
-        response.extend(eos);
-        let mut seq = prompt.clone();
-        seq.extend(&response);
-        let mut target = vec![false; prompt.len()];
-        target.extend(std::iter::repeat_n(true, response.len()));
+    for conv in convs {
+        let (mut seq, mut target) = (Vec::new(), Vec::new());
+        for (text, is_target) in format.pieces(conv)? {
+            let ids = encode(tok, &text)?;
+            target.extend(std::iter::repeat_n(is_target, ids.len()));
+            seq.extend(ids);
+        }
+        if format.plain() && target.last() == Some(&true) {
+            seq.extend(eos);
+            target.extend(eos.map(|_| true));
+        }
         seq.truncate(max_len);
         target.truncate(max_len);
         if target.iter().any(|t| *t) {
@@ -322,24 +431,32 @@ pub(super) fn encode_pairs(
         .collect())
 }
 
-/// Share of validation prompts whose greedy answer equals the reference (after normalising
-/// case, punctuation and spaces); `None` without validation pairs.
+/// Share of validation conversations whose last assistant turn the model reproduces, greedy,
+/// from the turns before it (after normalising case, punctuation and spaces); `None` without
+/// validation data.
 pub(super) fn exact_match(
     model: &Backbone,
     tok: &Tokenizer,
     format: &Format,
-    pairs: &[(String, String)],
+    convs: &[Vec<Message>],
     sampling: &SamplingConfig,
     device: &Device,
 ) -> Result<Option<f64>> {
-    if pairs.is_empty() {
+    let cases: Vec<(&[Message], &str)> = convs
+        .iter()
+        .filter_map(|c| {
+            let last = c.iter().rposition(|m| m.role == "assistant")?;
+            Some((&c[..last], c[last].content.as_str()))
+        })
+        .collect();
+    if cases.is_empty() {
         return Ok(None);
     }
     let mut hits = 0;
-    for chunk in pairs.chunks(16) {
+    for chunk in cases.chunks(16) {
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|(p, _)| format.encode_prompt(tok, p))
+            .map(|(history, _)| format.encode_conversation_prompt(tok, history))
             .collect::<Result<_>>()?;
         let outputs = generate(model, &prompts, sampling, device);
         for ((_, want), out) in chunk.iter().zip(outputs) {
@@ -349,5 +466,121 @@ pub(super) fn exact_match(
             }
         }
     }
-    Ok(Some(hits as f64 / pairs.len() as f64))
+    Ok(Some(hits as f64 / cases.len() as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::types::CustomTemplate;
+
+    fn two_turns() -> Vec<Message> {
+        vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", "Q1"),
+            Message::new("assistant", "A1"),
+            Message::new("user", "Q2"),
+            Message::new("assistant", "A2"),
+        ]
+    }
+
+    #[test]
+    fn chatml_marks_every_assistant_turn_with_its_end_of_turn() {
+        let f = Format::new(&PromptTemplate::Named(NamedTemplate::Chatml), None);
+        let pieces = f.pieces(&two_turns()).unwrap();
+        let im = |r: &str, c: &str| format!("<|im_start|>{r}\n{c}<|im_end|>\n");
+        assert_eq!(
+            pieces,
+            vec![
+                (
+                    format!(
+                        "{}{}<|im_start|>assistant\n",
+                        im("system", "Be brief."),
+                        im("user", "Q1")
+                    ),
+                    false
+                ),
+                ("A1<|im_end|>\n".to_owned(), true),
+                (
+                    format!("{}<|im_start|>assistant\n", im("user", "Q2")),
+                    false
+                ),
+                ("A2<|im_end|>\n".to_owned(), true),
+            ]
+        );
+        // Training text is exactly what the template renders for the whole conversation.
+        let whole: String = pieces.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            whole,
+            ChatTemplate::chatml().render(&two_turns(), false).unwrap()
+        );
+    }
+
+    #[test]
+    fn plain_text_joins_turns_with_newlines() {
+        let f = Format::new(&PromptTemplate::default(), None);
+        let pieces = f.pieces(&two_turns()[1..]).unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                ("Q1\n".to_owned(), false),
+                ("A1\n".to_owned(), true),
+                ("Q2\n".to_owned(), false),
+                ("A2".to_owned(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recipe_template_renders_and_a_non_incremental_one_is_refused() {
+        let custom = |jinja: &str| {
+            Format::new(
+                &PromptTemplate::Custom(CustomTemplate {
+                    jinja: jinja.into(),
+                    end_of_turn: Some("</s>".into()),
+                    bos_token: String::new(),
+                    eos_token: String::new(),
+                }),
+                None,
+            )
+        };
+        let f = custom(
+            "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% if m.role == 'assistant' %}</s>{% endif %}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+        );
+        let pieces = f.pieces(&two_turns()[1..3]).unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                ("[user] Q1\n[assistant] ".to_owned(), false),
+                ("A1</s>\n".to_owned(), true)
+            ]
+        );
+        assert_eq!(f.answer("A1</s>\n[user]"), "A1");
+        // A template that shows only the last message cannot be split into turns.
+        let last_only =
+            custom("{{ messages[-1].content }}{% if add_generation_prompt %}>{% endif %}");
+        let err = last_only.pieces(&two_turns()).unwrap_err().to_string();
+        assert!(err.contains("incrementally"), "{err}");
+    }
+
+    #[test]
+    fn messages_must_be_role_content_lists_with_an_answer() {
+        let ok = serde_json::json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]);
+        assert_eq!(parse_messages(&ok).unwrap().len(), 2);
+        let no_answer = serde_json::json!([{"role": "user", "content": "hi"}]);
+        assert!(
+            parse_messages(&no_answer)
+                .unwrap_err()
+                .to_string()
+                .contains("no assistant turn")
+        );
+        let bad_role = serde_json::json!([{"role": "bot", "content": "hi"}]);
+        assert!(
+            parse_messages(&bad_role)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown role `bot`")
+        );
+        assert!(parse_messages(&serde_json::json!("text")).is_err());
+    }
 }

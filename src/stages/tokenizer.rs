@@ -28,11 +28,21 @@ pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> 
                 .set_message(format!("training on {} texts", texts.len()));
             match spec.algorithm {
                 TokenizerAlgorithm::Bpe => (
-                    train_bpe(&texts, spec.vocab_size, spec.min_frequency)?,
+                    train_bpe(
+                        &texts,
+                        spec.vocab_size,
+                        spec.min_frequency,
+                        &spec.special_tokens,
+                    )?,
                     format!("byte-level BPE trained on {} texts", texts.len()),
                 ),
                 TokenizerAlgorithm::Wordpiece => (
-                    train_wordpiece(&texts, spec.vocab_size, spec.min_frequency)?,
+                    train_wordpiece(
+                        &texts,
+                        spec.vocab_size,
+                        spec.min_frequency,
+                        &spec.special_tokens,
+                    )?,
                     format!("WordPiece trained on {} texts", texts.len()),
                 ),
             }
@@ -57,15 +67,20 @@ pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> 
     })
 }
 
-/// A byte-level BPE with `<|endoftext|>` as its one special token (id 0).
-pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64) -> Result<Tokenizer> {
+/// A byte-level BPE with `<|endoftext|>` as its first special token (id 0), then `extra`.
+pub fn train_bpe(
+    texts: &[String],
+    vocab_size: usize,
+    min_frequency: u64,
+    extra: &[String],
+) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::new(BPE::default());
     tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let trainer = BpeTrainer::builder()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
-        .special_tokens(vec![AddedToken::from(EOS, true)])
+        .special_tokens(specials(&[EOS], extra))
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .show_progress(false)
         .build();
@@ -74,6 +89,20 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64) -> Res
         .train(&mut trainer, texts.iter())
         .map_err(|e| anyhow::anyhow!("BPE training failed: {e}"))?;
     Ok(tokenizer)
+}
+
+/// The special tokens of a new tokenizer: the scheme's own, then the recipe's (no repeats).
+fn specials(own: &[&str], extra: &[String]) -> Vec<AddedToken> {
+    let mut names: Vec<&str> = own.to_vec();
+    for e in extra {
+        if !names.contains(&e.as_str()) {
+            names.push(e);
+        }
+    }
+    names
+        .into_iter()
+        .map(|t| AddedToken::from(t, true))
+        .collect()
 }
 
 /// BERT's special tokens, in id order.
@@ -85,6 +114,7 @@ pub fn train_wordpiece(
     texts: &[String],
     vocab_size: usize,
     min_frequency: u64,
+    extra: &[String],
 ) -> Result<Tokenizer> {
     use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
     use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
@@ -98,12 +128,7 @@ pub fn train_wordpiece(
     let trainer = WordPieceTrainer::builder()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
-        .special_tokens(
-            BERT_SPECIALS
-                .iter()
-                .map(|t| AddedToken::from(*t, true))
-                .collect(),
-        )
+        .special_tokens(specials(&BERT_SPECIALS, extra))
         .show_progress(false)
         .build();
     let mut trainer = TrainerWrapper::WordPieceTrainer(trainer);
