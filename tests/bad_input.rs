@@ -414,7 +414,11 @@ fn cases() -> Vec<Case> {
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  s:\n    kind: sft\n    model: { path: m }\n    data: { from: d }\n    template: chatm\n",
             files: &[],
             args: &[],
-            expect: &["`chatm` is not a valid value", "did you mean `chatml`", "r.yaml:9:15"],
+            expect: &[
+                "`chatm` is not a valid value",
+                "did you mean `chatml`",
+                "r.yaml:9:15",
+            ],
         },
         Case {
             name: "evaluate with nothing to measure",

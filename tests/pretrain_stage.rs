@@ -59,18 +59,35 @@ fn pretraining_from_scratch_lowers_validation_perplexity_and_reproduces() {
 }
 
 #[test]
-fn llama_pretraining_learns_too() {
+fn llama_pretraining_learns_too_with_and_without_packing() {
     let p = Project::new();
     p.write("r.yaml", &recipe("llama"));
-    p.hone(&["run", "r.yaml"]).ok();
-    let show = p.hone(&["show", "r.yaml", "lm"]).ok();
-    let (before, after) = (
-        metric(&show, "val_ppl_before"),
-        metric(&show, "val_ppl_after"),
+    // Packed: the corpus's short texts fill 64-token rows (fewer, fuller batches).
+    p.write(
+        "packed.yaml",
+        &recipe("llama").replace(
+            "    max_length: 64\n",
+            "    max_length: 64\n    packing: true\n",
+        ),
     );
+    for (file, name) in [("r.yaml", "unpacked"), ("packed.yaml", "packed")] {
+        p.hone(&["run", file]).ok();
+        let show = p.hone(&["show", file, "lm"]).ok();
+        let (before, after) = (
+            metric(&show, "val_ppl_before"),
+            metric(&show, "val_ppl_after"),
+        );
+        assert!(
+            before / after >= 3.0,
+            "{name}: validation perplexity {before} -> {after}:\n{show}"
+        );
+    }
+    let steps = |file| metric(&p.hone(&["show", file, "lm"]).ok(), "steps");
     assert!(
-        before / after >= 3.0,
-        "validation perplexity {before} -> {after}:\n{show}"
+        steps("packed.yaml") < steps("r.yaml") * 0.8,
+        "packing puts several texts in a row: {} vs {} steps",
+        steps("packed.yaml"),
+        steps("r.yaml")
     );
 }
 

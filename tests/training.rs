@@ -332,3 +332,30 @@ fn an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights() {
     // And it did learn something, so the comparison is not between two untouched models.
     assert_ne!(all_weights(&initial), a);
 }
+
+#[test]
+fn a_packed_row_scores_its_documents_as_if_they_were_apart() {
+    // Two documents in one row: the block-diagonal mask, restarted positions and the
+    // dropped cross-document target make the loss the sum of the two documents' own losses.
+    let device = Device::flex();
+    let model = tiny(&device);
+    let (a, b): (Vec<u32>, Vec<u32>) = (vec![3, 4, 5, 6, 7], vec![9, 12, 15, 18]);
+    let separate = [
+        LmBatch::from_sequences(std::slice::from_ref(&a), &device),
+        LmBatch::from_sequences(std::slice::from_ref(&b), &device),
+    ];
+    let row: Vec<u32> = a.iter().chain(&b).copied().collect();
+    let docs: Vec<u32> = a.iter().map(|_| 0).chain(b.iter().map(|_| 1)).collect();
+    // A second, shorter row pads the batch: padding must not change the first row's loss.
+    let packed = LmBatch::packed(&[row, vec![1, 2, 3]], &[docs, vec![2, 2, 2]], &device);
+    let apart: f32 = separate
+        .iter()
+        .map(|s| CausalLm.loss_sum(&model, s).into_scalar::<f32>())
+        .sum::<f32>()
+        + CausalLm
+            .loss_sum(&model, &LmBatch::from_sequences(&[vec![1, 2, 3]], &device))
+            .into_scalar::<f32>();
+    let together = CausalLm.loss_sum(&model, &packed).into_scalar::<f32>();
+    assert!((apart - together).abs() < 1e-4, "{apart} vs {together}");
+    assert_eq!(CausalLm.count(&packed), (4 + 3 + 2) as f64);
+}

@@ -79,6 +79,22 @@ impl Backbone {
         }
     }
 
+    /// Decoder forward with explicit positions and attention mask `[b, 1, s, s]` (true where a
+    /// query must not see a key), without a cache: packed sequences, whose documents restart
+    /// their positions and never see each other.
+    pub fn hidden_masked(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Tensor<4, Bool>,
+    ) -> Tensor<3> {
+        match self {
+            Backbone::Gpt2(m) => m.forward_with(ids, positions, Some(mask), None),
+            Backbone::Llama(m) => m.forward_with(ids, positions, Some(mask), None),
+            Backbone::Bert(_) => panic!("packing is for decoders"),
+        }
+    }
+
     /// Decoder forward with explicit positions, mask `[b, 1, s, t]` and a KV cache.
     pub fn hidden_with(
         &self,

@@ -551,9 +551,15 @@ pub struct PretrainSpec {
     pub column: String,
     #[serde(default)]
     pub objective: PretrainObjective,
-    /// Texts are cut to this many tokens (end-of-text token included).
+    /// Texts are cut to this many tokens (end-of-text token included); with `packing`, rows
+    /// are this long.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// Causal LM: concatenate the texts into full rows of `max_length` tokens instead of one
+    /// padded text per row. Documents never attend to each other (a block-diagonal mask) and
+    /// positions restart at each; long texts continue on the next row instead of being cut.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub packing: bool,
     #[serde(default)]
     pub train: crate::train::trainer::TrainConfig,
 }

@@ -181,6 +181,15 @@ fn check_pretrain(
     diags: &mut Diagnostics,
 ) {
     use crate::recipe::types::{Arch, ModelInput, PretrainObjective};
+    if p.packing && p.objective == PretrainObjective::MaskedLm {
+        diags.push(
+            Diagnostic::new(
+                "`packing` is for `causal_lm`: masked-LM texts are encoded one per row",
+            )
+            .at(recipe.value_location(&join(at, "packing")))
+            .help("remove `packing`"),
+        );
+    }
     if let ModelInput::Init { init } = &p.model {
         let encoder = init.arch == Arch::Bert;
         if encoder != (p.objective == PretrainObjective::MaskedLm) {

@@ -37,14 +37,25 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let batch = spec.train.batch_size.max(1);
     let (trained, summary, mean_tps) = if causal {
         let eos = super::sft::eos_token(&tokenizer, &config);
-        let train_batches = batches(
-            &tokenizer,
-            &train_texts,
-            eos,
-            spec.max_length,
-            batch,
-            &device,
-        )?;
+        let train_batches = if spec.packing {
+            packed_batches(
+                &tokenizer,
+                &train_texts,
+                eos,
+                spec.max_length,
+                batch,
+                &device,
+            )?
+        } else {
+            batches(
+                &tokenizer,
+                &train_texts,
+                eos,
+                spec.max_length,
+                batch,
+                &device,
+            )?
+        };
         let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
         ctx.check_cancelled()?;
         super::train_logged(
@@ -177,6 +188,38 @@ pub(super) fn batches(
     Ok(seqs
         .chunks(batch)
         .map(|c| LmBatch::from_sequences(c, device))
+        .collect())
+}
+
+/// Packed rows: the texts (each followed by end-of-text) laid end to end and cut into rows of
+/// `max_len` tokens; every row is full but the last.
+pub(super) fn packed_batches(
+    tokenizer: &Tokenizer,
+    texts: &[String],
+    eos: Option<u32>,
+    max_len: usize,
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<LmBatch>> {
+    let max_len = max_len.max(2);
+    let (mut rows, mut docs) = (vec![Vec::new()], vec![Vec::new()]);
+    for (d, t) in texts.iter().enumerate() {
+        let enc = tokenizer
+            .encode(t.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        for &id in enc.get_ids().iter().chain(eos.as_ref()) {
+            if rows.last().is_some_and(|r: &Vec<u32>| r.len() == max_len) {
+                rows.push(Vec::new());
+                docs.push(Vec::new());
+            }
+            rows.last_mut().expect("a row").push(id);
+            docs.last_mut().expect("a row").push(d as u32);
+        }
+    }
+    Ok(rows
+        .chunks(batch)
+        .zip(docs.chunks(batch))
+        .map(|(r, d)| LmBatch::packed(r, d, device))
         .collect())
 }
 

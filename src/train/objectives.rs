@@ -17,6 +17,9 @@ pub struct LmBatch {
     pub target_mask: Tensor<2>,
     /// Number of targets (positions 1.. with mask 1).
     pub targets: f64,
+    /// Packed rows: each token's position inside its document, and the attention mask that
+    /// keeps documents apart (true where a query must not see a key).
+    pub packed: Option<(Tensor<2, Int>, Tensor<4, Bool>)>,
 }
 
 impl LmBatch {
@@ -54,7 +57,43 @@ impl LmBatch {
             padding: Tensor::from_data(TensorData::new(real, [b, s]), device),
             target_mask: Tensor::from_data(TensorData::new(mask, [b, s]), device),
             targets: count,
+            packed: None,
         }
+    }
+
+    /// Rows of several documents each: `docs[i][j]` is the document number of token j of row
+    /// i. A token attends only to earlier tokens of its own document, positions restart at
+    /// each document, and a document's first token is not predicted from the one before it.
+    pub fn packed(rows: &[Vec<u32>], docs: &[Vec<u32>], device: &Device) -> LmBatch {
+        use burn::tensor::TensorData;
+        let targets: Vec<Vec<bool>> = docs
+            .iter()
+            .map(|d| (0..d.len()).map(|j| j > 0 && d[j] == d[j - 1]).collect())
+            .collect();
+        let mut batch = Self::with_targets(rows, &targets, device);
+        let [b, s] = batch.ids.dims();
+        let (mut pos, mut hidden) = (vec![0i64; b * s], vec![true; b * s * s]);
+        for (i, d) in docs.iter().enumerate() {
+            let mut start = 0;
+            for j in 0..d.len() {
+                if j > 0 && d[j] != d[j - 1] {
+                    start = j;
+                }
+                pos[i * s + j] = (j - start) as i64;
+                for k in start..=j {
+                    hidden[(i * s + j) * s + k] = false;
+                }
+            }
+            // Padding queries see their own position only (a finite softmax; never a target).
+            for j in d.len()..s {
+                hidden[(i * s + j) * s + j] = false;
+            }
+        }
+        batch.packed = Some((
+            Tensor::from_data(TensorData::new(pos, [b, s]), device),
+            Tensor::from_data(TensorData::new(hidden, [b, 1, s, s]), device),
+        ));
+        batch
     }
 }
 
@@ -65,7 +104,12 @@ impl Objective<Backbone> for CausalLm {
     type Batch = LmBatch;
 
     fn loss_sum(&self, model: &Backbone, b: &LmBatch) -> Tensor<1> {
-        let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
+        let hidden = match &b.packed {
+            Some((positions, mask)) => {
+                model.hidden_masked(b.ids.clone(), positions.clone(), mask.clone())
+            }
+            None => model.hidden(b.ids.clone(), Some(b.padding.clone())),
+        };
         let logits = model
             .lm_logits(hidden)
             .expect("causal LM training needs a decoder");
