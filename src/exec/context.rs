@@ -79,6 +79,9 @@ pub struct StageContext {
     pub inputs: BTreeMap<String, ResolvedInput>,
     /// `eval` datasets this stage is checked against for leakage, by stage name.
     pub checked_against: BTreeMap<String, ArtifactView>,
+    /// Evaluate stages: for each evaluated model (by its name in the stage), the data its
+    /// training stages (and theirs, upstream) trained on, to check evaluation data against.
+    pub training_data: BTreeMap<String, Vec<ResolvedInput>>,
     pub seed: u64,
     /// The tensor backend this stage runs on.
     pub backend: crate::backend::BackendKind,
@@ -103,6 +106,7 @@ impl StageContext {
             stage,
             inputs: BTreeMap::new(),
             checked_against: BTreeMap::new(),
+            training_data: BTreeMap::new(),
             seed,
             backend,
             progress,

@@ -346,6 +346,14 @@ fn run_stage(
                 .insert(name.clone(), view(store, known, up, None, &name)?);
         }
     }
+    if let crate::recipe::types::StageSpec::Evaluate(e) = &stage.spec {
+        for (name, input) in &e.models {
+            if let Input::Stage(r) = input {
+                let data = training_data(recipe, dag, store, known, r.stage())?;
+                ctx.training_data.insert(name.clone(), data);
+            }
+        }
+    }
     tracing::info!(stage = %stage.name, action = %action.key, "running");
     crate::store::fault_point("before-stage");
     let started = Instant::now();
@@ -384,6 +392,57 @@ fn run_stage(
     // Committed: the checkpoints of this action have served their purpose.
     let _ = std::fs::remove_dir_all(store.checkpoint_dir(&action.key));
     Ok(manifest)
+}
+
+/// The training data of model stage `model` and of every training stage upstream of it: the
+/// `train` split of each dataset they trained on (files as they are). Stages whose artifacts
+/// are not at hand (not cached, not run) are skipped: the check is a guard, not a gate.
+fn training_data(
+    recipe: &Recipe,
+    dag: &Dag,
+    store: &Store,
+    known: &BTreeMap<usize, Known>,
+    model: &str,
+) -> Result<Vec<ResolvedInput>> {
+    use crate::recipe::types::StageKind;
+    let Some(m) = recipe.stages.iter().position(|s| s.name == model) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for a in dag.ancestors(m) {
+        let s = &recipe.stages[a];
+        if !matches!(s.spec.kind(), StageKind::Pretrain | StageKind::Sft) {
+            continue;
+        }
+        for (rel, input) in s.spec.inputs() {
+            if rel != "data" && rel != "replay.data" {
+                continue;
+            }
+            match input {
+                Input::Source(src) => out.push(ResolvedInput::File {
+                    path: src.resolved.clone(),
+                    label: src.path.clone(),
+                    format: src.format,
+                }),
+                Input::Stage(d) => {
+                    let Some(di) = recipe.stages.iter().position(|x| x.name == d.stage()) else {
+                        continue;
+                    };
+                    if known.contains_key(&di) {
+                        let split = d.output().unwrap_or("train");
+                        out.push(ResolvedInput::Artifact(view(
+                            store,
+                            known,
+                            di,
+                            Some(split),
+                            &format!("{}.{split}", d.stage()),
+                        )?));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// An upstream artifact's outputs at their blob paths, each blob verified against its digest.

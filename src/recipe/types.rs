@@ -110,6 +110,8 @@ impl std::fmt::Display for StageKind {
 }
 
 /// A stage's configuration, tagged by `kind`.
+// Specs are parsed once per run; the size difference between kinds costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageSpec {
@@ -155,6 +157,7 @@ impl StageSpec {
                 }
                 v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &p.data));
+                v.extend(guard_inputs(&p.forgetting_probe, &p.replay));
             }
             StageSpec::Sft(p) => {
                 if let ModelInput::Input(i) = &p.model {
@@ -162,6 +165,7 @@ impl StageSpec {
                 }
                 v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &p.data));
+                v.extend(guard_inputs(&p.forgetting_probe, &p.replay));
             }
             StageSpec::Generate(g) => {
                 v.push(("model".into(), &g.model));
@@ -193,6 +197,12 @@ impl StageSpec {
                 }
                 v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &mut p.data));
+                if let Some(g) = &mut p.forgetting_probe {
+                    v.push(("forgetting_probe.data".into(), &mut g.data));
+                }
+                if let Some(r) = &mut p.replay {
+                    v.push(("replay.data".into(), &mut r.data));
+                }
             }
             StageSpec::Sft(p) => {
                 if let ModelInput::Input(i) = &mut p.model {
@@ -200,6 +210,12 @@ impl StageSpec {
                 }
                 v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &mut p.data));
+                if let Some(g) = &mut p.forgetting_probe {
+                    v.push(("forgetting_probe.data".into(), &mut g.data));
+                }
+                if let Some(r) = &mut p.replay {
+                    v.push(("replay.data".into(), &mut r.data));
+                }
             }
             StageSpec::Generate(g) => {
                 v.push(("model".into(), &mut g.model));
@@ -220,6 +236,21 @@ impl StageSpec {
         }
         v
     }
+}
+
+/// The inputs of a training stage's pitfall guards.
+fn guard_inputs<'a>(
+    probe: &'a Option<ForgettingProbe>,
+    replay: &'a Option<Replay>,
+) -> Vec<(String, &'a Input)> {
+    let mut v = Vec::new();
+    if let Some(g) = probe {
+        v.push(("forgetting_probe.data".to_owned(), &g.data));
+    }
+    if let Some(r) = replay {
+        v.push(("replay.data".to_owned(), &r.data));
+    }
+    v
 }
 
 /// Where a stage reads something from.
@@ -560,12 +591,58 @@ pub struct PretrainSpec {
     /// positions restart at each; long texts continue on the next row instead of being cut.
     #[serde(default, skip_serializing_if = "is_default")]
     pub packing: bool,
+    /// Measure perplexity on general text before and after; warn or fail when it rises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgetting_probe: Option<ForgettingProbe>,
+    /// Mix general text into training (next-token loss), against forgetting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
     #[serde(default)]
     pub train: crate::train::trainer::TrainConfig,
 }
 
 fn default_max_length() -> usize {
     128
+}
+
+/// Catastrophic-forgetting probe: general text whose perplexity is measured before and after
+/// the stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgettingProbe {
+    /// A dataset (all its splits) or a file with a text column.
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub column: String,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// The largest allowed rise of the probe's perplexity (0.25: 25%).
+    #[serde(default = "default_max_increase")]
+    pub max_increase: f64,
+    /// Fail the stage (nothing committed) instead of warning.
+    #[serde(default)]
+    pub fail: bool,
+}
+
+fn default_max_increase() -> f64 {
+    0.25
+}
+
+/// Replay: general text mixed into training (next-token loss on all of it), against
+/// forgetting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub column: String,
+    /// Replay texts per training example (0.2: one in six sequences is replay).
+    #[serde(default = "default_replay_ratio")]
+    pub ratio: f64,
+}
+
+fn default_replay_ratio() -> f64 {
+    0.2
 }
 
 /// How a conversation (or a prompt/response pair, a one-turn conversation) becomes text: a
@@ -690,6 +767,12 @@ pub struct SftSpec {
     /// New tokens generated per validation prompt for exact-match accuracy.
     #[serde(default = "default_eval_tokens")]
     pub eval_max_new_tokens: usize,
+    /// Measure perplexity on general text before and after; warn or fail when it rises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgetting_probe: Option<ForgettingProbe>,
+    /// Mix general text into training (next-token loss), against forgetting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
     #[serde(default)]
     pub train: crate::train::trainer::TrainConfig,
 }

@@ -181,6 +181,21 @@ fn check_pretrain(
     diags: &mut Diagnostics,
 ) {
     use crate::recipe::types::{Arch, ModelInput, PretrainObjective};
+    if p.objective == PretrainObjective::MaskedLm {
+        for (key, set) in [
+            ("forgetting_probe", p.forgetting_probe.is_some()),
+            ("replay", p.replay.is_some()),
+        ] {
+            if set {
+                diags.push(
+                    Diagnostic::new(format!(
+                        "`{key}` works with next-token models (`causal_lm`), not `masked_lm`"
+                    ))
+                    .at(recipe.key_location(&join(at, key))),
+                );
+            }
+        }
+    }
     if p.packing && p.objective == PretrainObjective::MaskedLm {
         diags.push(
             Diagnostic::new(
@@ -265,7 +280,30 @@ fn check_sft(
     p: &crate::recipe::types::SftSpec,
     diags: &mut Diagnostics,
 ) {
-    use crate::recipe::types::{ModelInput, PeftSpec};
+    use crate::recipe::types::{ModelInput, PeftSpec, SftTask};
+    if p.task == SftTask::Classification {
+        for (key, set) in [
+            ("forgetting_probe", p.forgetting_probe.is_some()),
+            ("replay", p.replay.is_some()),
+        ] {
+            if set {
+                diags.push(
+                    Diagnostic::new(format!(
+                        "`{key}` works with language-model SFT (`instruction`, `chat`), not `classification`"
+                    ))
+                    .at(recipe.key_location(&join(at, key))),
+                );
+            }
+        }
+    }
+    if let Some(r) = &p.replay
+        && !(r.ratio > 0.0 && r.ratio.is_finite())
+    {
+        diags.push(
+            Diagnostic::new(format!("replay ratio must be above 0, not {}", r.ratio))
+                .at(recipe.value_location(&join(at, "replay.ratio"))),
+        );
+    }
     if matches!(p.model, ModelInput::Init { .. }) && p.tokenizer.is_none() {
         diags.push(
             Diagnostic::new("a new model (`model: { init }`) needs a `tokenizer`")

@@ -55,6 +55,38 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         None => None,
     };
 
+    // Evaluation texts, to check against what each model trained on.
+    let mut eval_texts: Vec<(&str, Vec<String>)> = Vec::new();
+    if let Some(t) = &texts {
+        eval_texts.push(("perplexity", t.clone()));
+    }
+    if let Some(q) = &qa {
+        eval_texts.push(("qa", q.iter().map(|c| c[0].content.clone()).collect()));
+    }
+    if let Some(l) = &labelled {
+        eval_texts.push(("classification", l.iter().map(|(t, _)| t.clone()).collect()));
+    }
+    let mut warnings = Vec::new();
+    let mut leaked = serde_json::Map::new();
+    for (model, inputs) in &ctx.training_data {
+        let mut trained_on = Vec::new();
+        for input in inputs {
+            let t = read_table(input, MissingPolicy::Null)?;
+            for c in t.text_columns() {
+                trained_on.extend(super::texts_of(&t, &c)?);
+            }
+        }
+        for (check, texts) in &eval_texts {
+            let name = format!("{check} evaluation");
+            let against = format!("the training data of `{model}`");
+            let (n, w) = super::guards::leakage_warnings(&[(&name, texts, &against, &trained_on)]);
+            if n > 0 {
+                leaked.insert(format!("{model}.{check}"), n.into());
+            }
+            warnings.extend(w);
+        }
+    }
+
     let mut results: BTreeMap<String, Scores> = BTreeMap::new();
     let mut sample_rows = Vec::new();
     ctx.progress.set_length(spec.models.len() as u64);
@@ -172,11 +204,12 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             &dir.join(super::dataset::TABLE_FILE),
         )?;
     }
-    let warnings = pitfalls(&results);
+    warnings.extend(pitfalls(&results));
     Ok(StageResult {
         metrics,
         warnings,
         summary: json!({
+            "leaked_examples": leaked,
             "table": comparison(spec, &results),
             "samples": sample_rows,
         }),

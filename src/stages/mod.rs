@@ -5,6 +5,7 @@ pub mod classify;
 pub mod dataset;
 pub mod evaluate;
 pub mod generate;
+pub mod guards;
 pub mod pretrain;
 pub mod sft;
 pub mod tokenizer;
@@ -92,6 +93,7 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
     match (kind, input) {
         (StageKind::Dataset, _)
         | (StageKind::Tokenizer | StageKind::Pretrain | StageKind::Sft, "data") => DATA,
+        (StageKind::Pretrain | StageKind::Sft, "forgetting_probe.data" | "replay.data") => DATA,
         (StageKind::Generate, "prompts") => DATA,
         (StageKind::Evaluate, rel) if rel.starts_with("models.") => &[ArtifactType::Model],
         (StageKind::Evaluate, _) => DATA,

@@ -35,8 +35,22 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     ctx.progress.set_message("tokenizing");
     let batch = spec.train.batch_size.max(1);
+    let eos = super::sft::eos_token(&tokenizer, &config);
+    let infer_device = device.clone().without_autodiff();
+    let probe = match &spec.forgetting_probe {
+        Some(p) => Some(super::guards::Probe::before(
+            p,
+            ctx,
+            &backbone.valid(),
+            &tokenizer,
+            eos,
+            &infer_device,
+        )?),
+        None => None,
+    };
+    let (leaked, mut warnings) =
+        super::guards::leakage_warnings(&[("validation", &val_texts, "training", &train_texts)]);
     let (trained, summary, mean_tps) = if causal {
-        let eos = super::sft::eos_token(&tokenizer, &config);
         let train_batches = if spec.packing {
             packed_batches(
                 &tokenizer,
@@ -56,6 +70,15 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 &device,
             )?
         };
+        let mut train_batches = train_batches;
+        if let Some(replay) = &spec.replay {
+            train_batches.extend(super::guards::replay_batches(
+                replay,
+                ctx,
+                train_texts.len(),
+                |texts| batches(&tokenizer, texts, eos, spec.max_length, batch, &device),
+            )?);
+        }
         let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
         ctx.check_cancelled()?;
         super::train_logged(
@@ -114,24 +137,16 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics.insert(format!("{ppl}_before"), round(before.exp()).into());
         metrics.insert(format!("{ppl}_after"), round(after.exp()).into());
     }
-    let mut warnings = Vec::new();
-    let drop = (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9);
-    if drop < 0.05 {
-        warnings.push(format!(
-            "underfitting: the training loss barely fell ({:.3} -> {:.3}, {:.1}%); train longer or raise lr",
-            summary.first_loss,
-            summary.last_loss,
-            drop * 100.0
-        ));
+    if leaked > 0 {
+        metrics.insert("leaked_examples".into(), leaked.into());
     }
-    if let (Some((best_step, best)), Some(last)) = (summary.best_eval, summary.final_eval)
-        && last > best * 1.02
-    {
-        warnings.push(format!(
-            "overfitting: validation loss rose from {best:.3} (step {best_step}) to {last:.3}; set train.eval_every and train.patience to stop at the best step"
-        ));
-    }
+    let probe_summary = match &probe {
+        Some(p) => Some(p.after(&trained.valid(), &mut metrics, &mut warnings)?),
+        None => None,
+    };
+    warnings.extend(super::guards::fit_warnings(&summary, &mut metrics));
     let summary_json = json!({
+        "forgetting_probe": probe_summary,
         "model": config.get("model_type"),
         "objective": if causal { "causal_lm" } else { "masked_lm" },
         "parameters": trained.num_params(),

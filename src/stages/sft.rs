@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 
 use super::pretrain::{LoadedModel, load_model_input};
 use super::tokenizer::EOS;
-use super::{ArtifactType, StageResult};
+use super::{ArtifactType, StageResult, guards};
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::exec::context::{ResolvedInput, StageContext};
@@ -20,7 +20,6 @@ use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
 use crate::recipe::types::{MissingPolicy, NamedTemplate, PeftSpec, PromptTemplate, SftSpec};
 use crate::train::objectives::{CausalLm, LmBatch};
-use crate::train::trainer::evaluate;
 
 /// Conversations (a prompt/response pair is a one-turn conversation).
 type Conversations = Vec<Vec<Message>>;
@@ -204,12 +203,55 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         batch,
         &device,
     )?;
+    let mut train_batches = train_batches;
+    if let Some(replay) = &spec.replay {
+        train_batches.extend(guards::replay_batches(
+            replay,
+            ctx,
+            train_pairs.len(),
+            |texts| {
+                super::pretrain::batches(&tokenizer, texts, eos, spec.max_length, batch, &device)
+            },
+        )?);
+    }
+    let prompts = |convs: &[Vec<Message>]| -> Vec<String> {
+        convs
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .filter(|m| m.role == "user")
+                    .map(|m| m.content.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect()
+    };
+    let (leaked, mut warnings) = guards::leakage_warnings(&[(
+        "validation",
+        &prompts(&val_pairs),
+        "training",
+        &prompts(&train_pairs),
+    )]);
     let sampling = SamplingConfig {
         max_new_tokens: spec.eval_max_new_tokens,
         stop_tokens: stops,
         ..Default::default()
     };
 
+    let probe = match &spec.forgetting_probe {
+        Some(p) => {
+            ctx.progress.set_message("measuring the forgetting probe");
+            Some(guards::Probe::before(
+                p,
+                ctx,
+                &backbone.valid(),
+                &tokenizer,
+                eos,
+                &infer_device,
+            )?)
+        }
+        None => None,
+    };
     ctx.progress
         .set_message("answering validation prompts (before)");
     let before = exact_match(
@@ -248,10 +290,10 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &sampling,
         &infer_device,
     )?;
-    let val_loss_after = if val_batches.is_empty() {
-        None
-    } else {
-        Some(evaluate(&trained, &CausalLm, &val_batches))
+    let mut metrics = serde_json::Map::new();
+    let probe_summary = match &probe {
+        Some(p) => Some(p.after(&inference, &mut metrics, &mut warnings)?),
+        None => None,
     };
 
     ctx.progress.set_message("saving");
@@ -264,7 +306,6 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
     save_hf_dir(&Model::new(merged), &config, Some(&tokenizer), &dir)?;
 
-    let mut metrics = serde_json::Map::new();
     let round = |x: f64| (x * 1e4).round() / 1e4;
     metrics.insert("steps".into(), summary.steps.into());
     metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
@@ -273,20 +314,12 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics.insert("exact_match_before".into(), round(b).into());
         metrics.insert("exact_match_after".into(), round(a).into());
     }
-    let mut warnings = Vec::new();
-    if (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9) < 0.05 {
-        warnings.push(format!("underfitting: the training loss barely fell ({:.3} -> {:.3}); train longer or raise lr", summary.first_loss, summary.last_loss));
+    if leaked > 0 {
+        metrics.insert("leaked_examples".into(), leaked.into());
     }
-    if let (Some(v), true) = (val_loss_after, summary.last_loss > 0.0)
-        && v > 2.0 * summary.last_loss
-        && v - summary.last_loss > 0.5
-    {
-        warnings.push(format!(
-            "overfitting: validation loss {v:.3} is far above the training loss {:.3}",
-            summary.last_loss
-        ));
-    }
+    warnings.extend(guards::fit_warnings(&summary, &mut metrics));
     let summary_json = json!({
+        "forgetting_probe": probe_summary,
         "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
         "adapted_modules": adapted.len(),
         "trainable_parameters": trainable(&trained),

@@ -1,0 +1,224 @@
+//! Pitfall guards shared by the training stages: underfitting and overfitting read from the
+//! training summary (with the train/validation gap as a number), catastrophic forgetting
+//! measured on a probe set before and after, replay of general text against forgetting, and
+//! leakage between the sets a stage trains and evaluates on.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use serde_json::{Map, Value, json};
+use tokenizers::Tokenizer;
+
+use crate::data::leakage::{Key, normalize, overlap};
+use crate::exec::context::StageContext;
+use crate::model::Backbone;
+use crate::recipe::types::{ForgettingProbe, Replay};
+use crate::train::objectives::{CausalLm, LmBatch};
+use crate::train::trainer::{Summary, evaluate};
+
+/// Underfitting (the training loss barely fell) and overfitting (validation loss rose from
+/// its best, or sits far above the training loss), with the numbers. Adds the final
+/// train/validation gap to `metrics`.
+pub fn fit_warnings(summary: &Summary, metrics: &mut Map<String, Value>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let drop = (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9);
+    if drop < 0.05 {
+        warnings.push(format!(
+            "underfitting: the training loss barely fell ({:.3} -> {:.3}, {:.1}%); train longer or raise lr",
+            summary.first_loss,
+            summary.last_loss,
+            drop * 100.0
+        ));
+    }
+    if let Some(val) = summary.final_eval {
+        let gap = val - summary.last_loss;
+        metrics.insert("train_val_gap".into(), ((gap * 1e4).round() / 1e4).into());
+        if let Some((best_step, best)) = summary.best_eval
+            && val > best * 1.02
+            && !summary.early_stopped
+        {
+            warnings.push(format!(
+                "overfitting: validation loss rose from {best:.3} (step {best_step}) to {val:.3}; set train.eval_every and train.patience to stop at the best step"
+            ));
+        } else if summary.last_loss > 0.0 && val > 2.0 * summary.last_loss && gap > 0.5 {
+            warnings.push(format!(
+                "overfitting: validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3}); use more data, fewer epochs, or early stopping",
+                summary.last_loss
+            ));
+        }
+    }
+    warnings
+}
+
+/// A forgetting probe, tokenized for the model under training: general text whose
+/// perplexity should not rise much.
+pub struct Probe {
+    batches: Vec<LmBatch>,
+    cfg: ForgettingProbe,
+    before: f64,
+}
+
+impl Probe {
+    /// Reads the probe texts and measures the model before training.
+    pub fn before(
+        cfg: &ForgettingProbe,
+        ctx: &StageContext,
+        model: &Backbone,
+        tokenizer: &Tokenizer,
+        eos: Option<u32>,
+        device: &Device,
+    ) -> Result<Probe> {
+        let texts = super::text_column(ctx.input("forgetting_probe.data")?, &cfg.column)?;
+        if texts.is_empty() {
+            bail!(
+                "the forgetting probe has no text in column `{}`",
+                cfg.column
+            );
+        }
+        if !model.is_decoder() {
+            bail!("a forgetting probe measures perplexity: it needs a decoder");
+        }
+        let batches = super::pretrain::batches(tokenizer, &texts, eos, cfg.max_length, 8, device)?;
+        let before = evaluate(model, &CausalLm, &batches).exp();
+        Ok(Probe {
+            batches,
+            cfg: cfg.clone(),
+            before,
+        })
+    }
+
+    /// Measures the trained model; warns (or fails, with `fail: true`) when the probe's
+    /// perplexity rose by more than `max_increase`.
+    pub fn after(
+        &self,
+        model: &Backbone,
+        metrics: &mut Map<String, Value>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Value> {
+        let after = evaluate(model, &CausalLm, &self.batches).exp();
+        let rise = after / self.before - 1.0;
+        let round = |x: f64| (x * 1e4).round() / 1e4;
+        metrics.insert("probe_ppl_before".into(), round(self.before).into());
+        metrics.insert("probe_ppl_after".into(), round(after).into());
+        if rise > self.cfg.max_increase {
+            let msg = format!(
+                "catastrophic forgetting: perplexity on the forgetting probe rose {:.0}% ({:.2} -> {after:.2}), above the allowed {:.0}%; mix in general text with `replay`, lower lr, or train fewer steps (LoRA forgets less)",
+                rise * 100.0,
+                self.before,
+                self.cfg.max_increase * 100.0
+            );
+            if self.cfg.fail {
+                bail!("{msg}; nothing was committed");
+            }
+            warnings.push(msg);
+        }
+        Ok(json!({ "before": self.before, "after": after, "rise": rise }))
+    }
+}
+
+/// Replay: general texts (all their tokens as targets) mixed into the training batches, so
+/// the stage rehearses what it should keep. `ratio` is replay texts per training example;
+/// the texts cycle in their order when the ratio asks for more than there are. `encode` makes
+/// batches of texts as the stage makes its own.
+pub fn replay_batches(
+    cfg: &Replay,
+    ctx: &StageContext,
+    examples: usize,
+    encode: impl Fn(&[String]) -> Result<Vec<LmBatch>>,
+) -> Result<Vec<LmBatch>> {
+    let texts = super::text_column(ctx.input("replay.data")?, &cfg.column)?;
+    if texts.is_empty() {
+        bail!("the replay data has no text in column `{}`", cfg.column);
+    }
+    let n = (examples as f64 * cfg.ratio).round() as usize;
+    let picked: Vec<String> = texts.iter().cycle().take(n).cloned().collect();
+    encode(&picked)
+}
+
+/// Leakage between two sets of texts a stage uses (training vs validation, probe, or
+/// evaluation data): a warning per overlapping pair, with examples.
+pub fn leakage_warnings(pairs: &[(&str, &[String], &str, &[String])]) -> (usize, Vec<String>) {
+    let keys = |name: &str, texts: &[String]| -> Vec<Key> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Key {
+                exact: t.clone(),
+                normalized: normalize(t),
+                origin: format!("{name} #{}", i + 1),
+            })
+            .collect()
+    };
+    let (mut leaked, mut warnings) = (0, Vec::new());
+    for (a_name, a, b_name, b) in pairs {
+        if a.is_empty() || b.is_empty() {
+            continue;
+        }
+        let o = overlap(a_name, &keys(a_name, a), b_name, &keys(b_name, b));
+        if o.total() > 0 {
+            leaked += o.total();
+            warnings.push(format!(
+                "leakage: {} of {} {a_name} examples also occur in {b_name} ({} exact, {} after normalising): {}",
+                o.total(),
+                a.len(),
+                o.exact,
+                o.near,
+                o.examples.join("; ")
+            ));
+        }
+    }
+    (leaked, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_warnings_name_the_pitfall_with_numbers() {
+        let mut m = Map::new();
+        let flat = Summary {
+            first_loss: 2.0,
+            last_loss: 1.98,
+            final_eval: Some(2.0),
+            ..Default::default()
+        };
+        let w = fit_warnings(&flat, &mut m);
+        assert!(
+            w[0].starts_with("underfitting") && w[0].contains("2.000 -> 1.980"),
+            "{w:?}"
+        );
+        assert_eq!(m["train_val_gap"], json!(0.02));
+
+        let overfit = Summary {
+            first_loss: 3.0,
+            last_loss: 0.1,
+            best_eval: Some((20, 1.0)),
+            final_eval: Some(1.6),
+            ..Default::default()
+        };
+        let w = fit_warnings(&overfit, &mut m);
+        assert!(w[0].contains("rose from 1.000 (step 20) to 1.600"), "{w:?}");
+        let good = Summary {
+            first_loss: 3.0,
+            last_loss: 0.9,
+            best_eval: Some((40, 1.0)),
+            final_eval: Some(1.0),
+            ..Default::default()
+        };
+        assert!(fit_warnings(&good, &mut m).is_empty());
+    }
+
+    #[test]
+    fn leakage_counts_exact_and_normalised_overlaps() {
+        let train = vec![
+            "What does the radiator do?".to_owned(),
+            "Unique.".to_owned(),
+        ];
+        let eval = vec!["what does the RADIATOR do".to_owned(), "Other".to_owned()];
+        let (n, w) = leakage_warnings(&[("evaluation", &eval, "training", &train)]);
+        assert_eq!(n, 1);
+        assert!(w[0].contains("1 of 2 evaluation examples"), "{w:?}");
+        let (n, w) = leakage_warnings(&[("evaluation", &eval[1..], "training", &train)]);
+        assert_eq!((n, w.len()), (0, 0));
+    }
+}
