@@ -1,16 +1,25 @@
-//! Training throughput of the reference tiny GPT next to PyTorch, in one run:
-//! `cargo bench --bench train_step`. PyTorch runs through `$HONE_BENCH_PYTHON` (default
-//! `python3`) with torch + transformers installed; without it the ratio is reported as absent.
-//! Writes `target/hone-bench/train_step.json`.
+//! Training throughput next to PyTorch, in one run: `cargo bench --bench train_step`.
+//!
+//! Two cases, each a step of hone's own trainer (the loop every training stage runs: loss,
+//! backward, clipping, AdamW) against the same step in PyTorch + transformers (+ PEFT):
+//! - `pretrain`: a GPT-2 style model, full training, next-token loss on every token;
+//! - `sft_lora`: a Llama style model (grouped-query attention), LoRA r=8 on q/v projections,
+//!   loss on the second half of each sequence only (the completion), as SFT trains.
+//!
+//! PyTorch runs through `$HONE_BENCH_PYTHON` (default `python3`); without torch the ratio is
+//! reported as absent. Writes `target/hone-bench/train_step.json`.
 
+use std::cell::RefCell;
 use std::process::Command;
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use hone::model::Backbone;
 use hone::model::gpt2::{Gpt2, Gpt2Config};
-use hone::train::loss::causal_lm_loss;
+use hone::model::llama::{Llama, LlamaConfig};
+use hone::model::lora::{LoraConfig, apply};
+use hone::train::objectives::{CausalLm, LmBatch};
+use hone::train::trainer::{Hooks, Record, TrainConfig, train};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,54 +33,92 @@ const BATCH: usize = 8;
 const WARMUP: usize = 2;
 const STEPS: usize = 7;
 
-fn hone_ms_per_step() -> f64 {
-    hone::backend::init_cpu();
+/// Median milliseconds per optimizer step of hone's trainer on `case`.
+fn hone_ms_per_step(case: &str) -> f64 {
     let device = Device::flex().autodiff();
     device.seed(0);
-    let cfg = Gpt2Config {
-        vocab_size: VOCAB,
-        n_positions: SEQ,
-        n_embd: D,
-        n_layer: LAYERS,
-        n_head: HEADS,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        activation_function: "gelu_new".into(),
-    };
-    let mut model = Backbone::Gpt2(Gpt2::init(&cfg, &device));
-    let mut optim = hone::train::optim::adamw().init();
-    let mut rng = hone::rng::SplitMix64::new(1);
-    let ids: Vec<i64> = (0..BATCH * SEQ)
-        .map(|_| rng.below(VOCAB as u64) as i64)
-        .collect();
-    let ids =
-        Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [BATCH, SEQ]), &device);
-    let mask = Tensor::<2>::ones([BATCH, SEQ], &device);
-    let mut times = Vec::new();
-    for i in 0..WARMUP + STEPS {
-        let t = Instant::now();
-        let logits = model.lm_logits(model.hidden(ids.clone(), None)).unwrap();
-        let loss = causal_lm_loss(logits, ids.clone(), mask.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-4, model, grads);
-        // Wait for the step to finish before reading the clock.
-        let _ = model.num_layers();
-        device.sync().ok();
-        if i >= WARMUP {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+    let model = match case {
+        "pretrain" => Backbone::Gpt2(Gpt2::init(
+            &Gpt2Config {
+                vocab_size: VOCAB,
+                n_positions: SEQ,
+                n_embd: D,
+                n_layer: LAYERS,
+                n_head: HEADS,
+                n_inner: None,
+                layer_norm_epsilon: 1e-5,
+                activation_function: "gelu_new".into(),
+            },
+            &device,
+        )),
+        _ => {
+            let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+                "vocab_size": VOCAB, "hidden_size": D, "intermediate_size": 688,
+                "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": 2,
+                "max_position_embeddings": SEQ, "rms_norm_eps": 1e-6, "tie_word_embeddings": true,
+            }))
+            .expect("llama config");
+            let lora = LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                target_modules: Some(vec!["q_proj".into(), "v_proj".into()]),
+                ..Default::default()
+            };
+            apply(Backbone::Llama(Llama::init(&cfg, &device)), &lora, &device)
+                .expect("lora")
+                .0
         }
-    }
+    };
+    let mut rng = hone::rng::SplitMix64::new(1);
+    let seqs: Vec<Vec<u32>> = (0..BATCH)
+        .map(|_| (0..SEQ).map(|_| rng.below(VOCAB as u64) as u32).collect())
+        .collect();
+    let targets: Vec<Vec<bool>> = seqs
+        .iter()
+        .map(|s| {
+            (0..s.len())
+                .map(|j| case == "pretrain" || j >= SEQ / 2)
+                .collect()
+        })
+        .collect();
+    let batch = LmBatch::with_targets(&seqs, &targets, &device);
+    let data = vec![batch; WARMUP + STEPS];
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch_size: BATCH,
+        lr: 1e-4,
+        ..Default::default()
+    };
+    let stamps = RefCell::new(vec![Instant::now()]);
+    let on_record = |r: &Record| {
+        if let Record::Step(_) = r {
+            stamps.borrow_mut().push(Instant::now());
+        }
+    };
+    let hooks = Hooks {
+        on_record: &on_record,
+        ..Hooks::default()
+    };
+    train(model, &CausalLm, &data, &[], &cfg, 0, hooks).expect("training runs");
+    let stamps = stamps.into_inner();
+    let mut times: Vec<f64> = stamps
+        .windows(2)
+        .skip(WARMUP)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
 
-fn torch_ms_per_step() -> Result<serde_json::Value, String> {
+fn torch_ms_per_step(case: &str) -> Result<serde_json::Value, String> {
     let python = std::env::var("HONE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_torch_train.py");
-    let args: Vec<String> = [VOCAB, D, LAYERS, HEADS, SEQ, BATCH, WARMUP, STEPS]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let mut args = vec![case.to_owned()];
+    args.extend(
+        [VOCAB, D, LAYERS, HEADS, SEQ, BATCH, WARMUP, STEPS]
+            .iter()
+            .map(ToString::to_string),
+    );
     let out = Command::new(&python)
         .arg(script)
         .args(&args)
@@ -93,41 +140,49 @@ fn torch_ms_per_step() -> Result<serde_json::Value, String> {
 }
 
 fn main() {
+    hone::backend::init_cpu();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let tokens = (BATCH * SEQ) as f64;
-    let hone_ms = hone_ms_per_step();
-    println!(
-        "hone (burn flex, {} threads): {hone_ms:.0} ms/step, {:.0} tokens/s",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        tokens / hone_ms * 1e3
-    );
-    let torch = torch_ms_per_step();
-    let (torch_ms, ratio) = match &torch {
-        Ok(v) => {
-            let ms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "PyTorch {} ({} threads): {ms:.0} ms/step, {:.0} tokens/s",
-                v["torch"],
-                v["threads"],
-                tokens / ms * 1e3
-            );
-            (Some(ms), Some(ms / hone_ms))
+    let mut cases = Vec::new();
+    for case in ["pretrain", "sft_lora"] {
+        let hone_ms = hone_ms_per_step(case);
+        println!(
+            "{case:<9} hone (burn flex, {threads} threads): {hone_ms:.0} ms/step, {:.0} tokens/s",
+            tokens / hone_ms * 1e3
+        );
+        let torch = torch_ms_per_step(case);
+        let (torch_ms, ratio) = match &torch {
+            Ok(v) => {
+                let ms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "{case:<9} PyTorch {} ({} threads): {ms:.0} ms/step, {:.0} tokens/s",
+                    v["torch"],
+                    v["threads"],
+                    tokens / ms * 1e3
+                );
+                (Some(ms), Some(ms / hone_ms))
+            }
+            Err(e) => {
+                println!("{case:<9} PyTorch baseline unavailable: {e}");
+                (None, None)
+            }
+        };
+        if let Some(r) = ratio {
+            println!("{case:<9} hone / PyTorch throughput: {r:.2}x");
         }
-        Err(e) => {
-            println!("PyTorch baseline unavailable: {e}");
-            (None, None)
-        }
-    };
-    if let Some(r) = ratio {
-        println!("hone / PyTorch throughput: {r:.2}x");
+        cases.push(serde_json::json!({
+            "case": case,
+            "hone_ms_per_step": hone_ms,
+            "hone_tokens_per_s": tokens / hone_ms * 1e3,
+            "torch_ms_per_step": torch_ms,
+            "throughput_ratio_hone_over_torch": ratio,
+        }));
     }
     let report = serde_json::json!({
-        "config": { "vocab": VOCAB, "d_model": D, "layers": LAYERS, "heads": HEADS, "seq": SEQ, "batch": BATCH, "optimizer": "AdamW", "dtype": "f32" },
-        "hone_ms_per_step": hone_ms,
-        "hone_tokens_per_s": tokens / hone_ms * 1e3,
-        "torch_ms_per_step": torch_ms,
-        "throughput_ratio_hone_over_torch": ratio,
+        "config": { "vocab": VOCAB, "d_model": D, "layers": LAYERS, "heads": HEADS, "seq": SEQ, "batch": BATCH, "optimizer": "AdamW", "dtype": "f32", "threads": threads },
+        "cases": cases,
     });
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/hone-bench");
     std::fs::create_dir_all(dir).ok();
