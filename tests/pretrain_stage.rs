@@ -45,10 +45,21 @@ fn pretraining_from_scratch_lowers_validation_perplexity_and_reproduces() {
     let runs = std::fs::read_dir(p.store().join("runs")).unwrap().count();
     assert!(runs >= 1);
 
-    // Cached rerun; forced rerun reproduces the same bytes.
+    // Cached rerun; forced rerun reproduces the same bytes, from the cached tokenization.
     assert!(p.hone(&["run", "r.yaml"]).ran().is_empty());
     let artifact = lf["stages"]["lm"]["artifact"].as_str().unwrap().to_owned();
+    let tokenized = || {
+        std::fs::read_dir(p.store().join("tokenized"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(
+        tokenized(),
+        2,
+        "train and validation texts, tokenized once each"
+    );
     p.hone(&["run", "r.yaml", "--force", "lm"]).ok();
+    assert_eq!(tokenized(), 2, "the forced rerun reused them");
     let again: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(p.path("r.lock")).unwrap()).unwrap();
     assert_eq!(
@@ -56,6 +67,12 @@ fn pretraining_from_scratch_lowers_validation_perplexity_and_reproduces() {
         artifact,
         "identical reruns give bit-identical models"
     );
+    // Another tokenizer can never reuse them.
+    p.hone(&["run", "r.yaml", "--set", "stages.tok.vocab_size=380"])
+        .ok();
+    assert_eq!(tokenized(), 4);
+    let gc = p.hone(&["cache", "gc"]).ok();
+    assert!(gc.contains("4 tokenized caches"), "{gc}");
 }
 
 #[test]

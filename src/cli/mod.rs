@@ -511,7 +511,7 @@ fn cache(cli: &Cli, command: &CacheCommand) -> Result<ExitCode> {
             };
             let r = store.gc(keep_actions.as_ref(), *dry_run)?;
             println!(
-                "{}{} actions, {} blobs ({}), {} leftovers",
+                "{}{} actions, {} blobs ({}), {} leftovers, {} tokenized caches",
                 if *dry_run {
                     "would remove "
                 } else {
@@ -520,7 +520,8 @@ fn cache(cli: &Cli, command: &CacheCommand) -> Result<ExitCode> {
                 r.actions_removed,
                 r.blobs_removed,
                 render::bytes(r.bytes_freed),
-                r.scratch_removed
+                r.scratch_removed,
+                r.tokenized_removed
             );
         }
     }

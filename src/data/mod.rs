@@ -4,3 +4,4 @@ pub mod leakage;
 pub mod masking;
 pub mod split;
 pub mod table;
+pub mod tokenized;

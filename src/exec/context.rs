@@ -90,6 +90,8 @@ pub struct StageContext {
     pub events: Vec<serde_json::Value>,
     /// Where training checkpoints of this action go (kept until the action commits).
     pub checkpoint_dir: Option<PathBuf>,
+    /// The store's cache of tokenized examples (`data::tokenized`).
+    pub token_cache: Option<PathBuf>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -112,6 +114,7 @@ impl StageContext {
             progress,
             events: Vec::new(),
             checkpoint_dir: None,
+            token_cache: None,
             scratch,
             produced: Vec::new(),
         }

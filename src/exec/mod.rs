@@ -321,6 +321,7 @@ fn run_stage(
         progress.clone(),
     );
     ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
+    ctx.token_cache = Some(store.root().join("tokenized"));
     for (rel, input) in stage.spec.inputs() {
         let resolved = match input {
             Input::Source(src) => ResolvedInput::File {

@@ -273,6 +273,19 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     ))
 }
 
+/// `compute`'s encoding of `examples`, or the store's cached copy of it (see
+/// `data::tokenized`): keyed by the tokenizer's content, `how` and the examples.
+pub fn encode_cached(
+    ctx: &crate::exec::context::StageContext,
+    tokenizer: &tokenizers::Tokenizer,
+    how: &serde_json::Value,
+    examples: &(impl serde::Serialize + ?Sized),
+    compute: impl FnOnce() -> anyhow::Result<Vec<crate::data::tokenized::Encoded>>,
+) -> anyhow::Result<Vec<crate::data::tokenized::Encoded>> {
+    let key = crate::data::tokenized::key(tokenizer, how, examples)?;
+    crate::data::tokenized::cached(ctx.token_cache.as_deref(), &key, compute)
+}
+
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
 /// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
 /// a function of the seed and the stage alone, not of which stages ran before it in this

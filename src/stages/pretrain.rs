@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use super::tokenizer::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult, texts_of};
 use crate::data::masking::{Masked, mask_tokens};
+use crate::data::tokenized::Encoded;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, bert, gpt2, llama, save_hf_dir};
 use crate::recipe::types::{Arch, ModelInit, ModelInput, PretrainObjective, PretrainSpec};
@@ -51,24 +52,19 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let (leaked, mut warnings) =
         super::guards::leakage_warnings(&[("validation", &val_texts, "training", &train_texts)]);
     let (trained, summary, mean_tps) = if causal {
+        // Packed rows keep whole texts (they continue on the next row); unpacked ones are cut.
+        let limit = (!spec.packing).then_some(spec.max_length);
+        let encode = |texts: &[String], limit: Option<usize>| {
+            let how = json!({ "encode": "texts", "eos": eos, "max_length": limit });
+            super::encode_cached(ctx, &tokenizer, &how, texts, || {
+                encode_texts(&tokenizer, texts, eos, limit)
+            })
+        };
+        let train_encoded = encode(&train_texts, limit)?;
         let train_batches = if spec.packing {
-            packed_batches(
-                &tokenizer,
-                &train_texts,
-                eos,
-                spec.max_length,
-                batch,
-                &device,
-            )?
+            packed_batches(&train_encoded, spec.max_length, batch, &device)
         } else {
-            batches(
-                &tokenizer,
-                &train_texts,
-                eos,
-                spec.max_length,
-                batch,
-                &device,
-            )?
+            text_batches(&train_encoded, batch, &device)
         };
         let mut train_batches = train_batches;
         if let Some(replay) = &spec.replay {
@@ -79,7 +75,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 |texts| batches(&tokenizer, texts, eos, spec.max_length, batch, &device),
             )?);
         }
-        let val_batches = batches(&tokenizer, &val_texts, eos, spec.max_length, batch, &device)?;
+        let val_batches = text_batches(&encode(&val_texts, Some(spec.max_length))?, batch, &device);
         ctx.check_cancelled()?;
         super::train_logged(
             backbone,
@@ -188,41 +184,61 @@ pub(super) fn batches(
     batch: usize,
     device: &Device,
 ) -> Result<Vec<LmBatch>> {
-    let mut seqs = Vec::with_capacity(texts.len());
-    for t in texts {
-        let enc = tokenizer
-            .encode(t.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
-        let mut ids = enc.get_ids().to_vec();
-        ids.extend(eos);
-        ids.truncate(max_len.max(2));
-        if ids.len() >= 2 {
-            seqs.push(ids);
-        }
-    }
-    Ok(seqs
-        .chunks(batch)
-        .map(|c| LmBatch::from_sequences(c, device))
-        .collect())
+    Ok(text_batches(
+        &encode_texts(tokenizer, texts, eos, Some(max_len))?,
+        batch,
+        device,
+    ))
 }
 
-/// Packed rows: the texts (each followed by end-of-text) laid end to end and cut into rows of
-/// `max_len` tokens; every row is full but the last.
-pub(super) fn packed_batches(
+/// Each text's tokens then end-of-text, every token a target; cut to `max_len` when given.
+pub(super) fn encode_texts(
     tokenizer: &Tokenizer,
     texts: &[String],
     eos: Option<u32>,
+    max_len: Option<usize>,
+) -> Result<Vec<Encoded>> {
+    texts
+        .iter()
+        .map(|t| {
+            let enc = tokenizer
+                .encode(t.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+            let mut ids = enc.get_ids().to_vec();
+            ids.extend(eos);
+            if let Some(m) = max_len {
+                ids.truncate(m.max(2));
+            }
+            let targets = vec![true; ids.len()];
+            Ok(Encoded { ids, targets })
+        })
+        .collect()
+}
+
+/// One sequence per row (sequences shorter than two tokens predict nothing and are dropped).
+pub(super) fn text_batches(encoded: &[Encoded], batch: usize, device: &Device) -> Vec<LmBatch> {
+    let seqs: Vec<Vec<u32>> = encoded
+        .iter()
+        .filter(|e| e.ids.len() >= 2)
+        .map(|e| e.ids.clone())
+        .collect();
+    seqs.chunks(batch)
+        .map(|c| LmBatch::from_sequences(c, device))
+        .collect()
+}
+
+/// Packed rows: the sequences laid end to end and cut into rows of `max_len` tokens; every row
+/// is full but the last.
+pub(super) fn packed_batches(
+    encoded: &[Encoded],
     max_len: usize,
     batch: usize,
     device: &Device,
-) -> Result<Vec<LmBatch>> {
+) -> Vec<LmBatch> {
     let max_len = max_len.max(2);
     let (mut rows, mut docs) = (vec![Vec::new()], vec![Vec::new()]);
-    for (d, t) in texts.iter().enumerate() {
-        let enc = tokenizer
-            .encode(t.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
-        for &id in enc.get_ids().iter().chain(eos.as_ref()) {
+    for (d, e) in encoded.iter().enumerate() {
+        for &id in &e.ids {
             if rows.last().is_some_and(|r: &Vec<u32>| r.len() == max_len) {
                 rows.push(Vec::new());
                 docs.push(Vec::new());
@@ -231,11 +247,10 @@ pub(super) fn packed_batches(
             docs.last_mut().expect("a row").push(d as u32);
         }
     }
-    Ok(rows
-        .chunks(batch)
+    rows.chunks(batch)
         .zip(docs.chunks(batch))
         .map(|(r, d)| LmBatch::packed(r, d, device))
-        .collect())
+        .collect()
 }
 
 /// Masked-token batches: each text encoded with the tokenizer's special tokens ([CLS] ...

@@ -14,6 +14,7 @@ use super::tokenizer::EOS;
 use super::{ArtifactType, StageResult, guards};
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
+use crate::data::tokenized::Encoded;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
@@ -185,24 +186,18 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     ctx.progress.set_message("tokenizing");
     let batch = spec.train.batch_size.max(1);
-    let train_batches = encode_conversations(
-        &tokenizer,
-        &format,
-        &train_pairs,
-        eos,
-        spec.max_length,
-        batch,
-        &device,
-    )?;
-    let val_batches = encode_conversations(
-        &tokenizer,
-        &format,
-        &val_pairs,
-        eos,
-        spec.max_length,
-        batch,
-        &device,
-    )?;
+    // The template's identity (the model's own when `template: model`) is part of the key.
+    let how = json!({
+        "encode": "conversations", "template": spec.template, "model_template": chat_template,
+        "eos": eos, "max_length": spec.max_length,
+    });
+    let encode = |convs: &Conversations| {
+        super::encode_cached(ctx, &tokenizer, &how, convs, || {
+            tokenize_conversations(&tokenizer, &format, convs, eos, spec.max_length)
+        })
+    };
+    let train_batches = conversation_batches(&encode(&train_pairs)?, batch, &device);
+    let val_batches = conversation_batches(&encode(&val_pairs)?, batch, &device);
     let mut train_batches = train_batches;
     if let Some(replay) = &spec.replay {
         train_batches.extend(guards::replay_batches(
@@ -426,8 +421,7 @@ pub(super) fn eos_token(tok: &Tokenizer, config: &serde_json::Value) -> Option<u
 }
 
 /// Batches whose targets are the assistant's tokens (and, for plain text, the end-of-text
-/// token after the last answer). Each piece is tokenized on its own, so a target never shares
-/// a token with its context.
+/// token after the last answer).
 pub(super) fn encode_conversations(
     tok: &Tokenizer,
     format: &Format,
@@ -437,31 +431,58 @@ pub(super) fn encode_conversations(
     batch: usize,
     device: &Device,
 ) -> Result<Vec<LmBatch>> {
-    let mut seqs = Vec::new();
-    let mut targets = Vec::new();
+    Ok(conversation_batches(
+        &tokenize_conversations(tok, format, convs, eos, max_len)?,
+        batch,
+        device,
+    ))
+}
+
+/// Each conversation's tokens with the assistant's marked as targets. Each piece is tokenized
+/// on its own, so a target never shares a token with its context.
+pub(super) fn tokenize_conversations(
+    tok: &Tokenizer,
+    format: &Format,
+    convs: &[Vec<Message>],
+    eos: Option<u32>,
+    max_len: usize,
+) -> Result<Vec<Encoded>> {
+    let mut out = Vec::with_capacity(convs.len());
     for conv in convs {
-        let (mut seq, mut target) = (Vec::new(), Vec::new());
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
         for (text, is_target) in format.pieces(conv)? {
-            let ids = encode(tok, &text)?;
-            target.extend(std::iter::repeat_n(is_target, ids.len()));
-            seq.extend(ids);
+            let piece = encode(tok, &text)?;
+            targets.extend(std::iter::repeat_n(is_target, piece.len()));
+            ids.extend(piece);
         }
-        if format.plain() && target.last() == Some(&true) {
-            seq.extend(eos);
-            target.extend(eos.map(|_| true));
+        if format.plain() && targets.last() == Some(&true) {
+            ids.extend(eos);
+            targets.extend(eos.map(|_| true));
         }
-        seq.truncate(max_len);
-        target.truncate(max_len);
-        if target.iter().any(|t| *t) {
-            seqs.push(seq);
-            targets.push(target);
-        }
+        ids.truncate(max_len);
+        targets.truncate(max_len);
+        out.push(Encoded { ids, targets });
     }
-    Ok(seqs
-        .chunks(batch)
-        .zip(targets.chunks(batch))
-        .map(|(s, t)| LmBatch::with_targets(s, t, device))
-        .collect())
+    Ok(out)
+}
+
+/// Batches of encoded conversations; one whose targets were all cut off is dropped.
+pub(super) fn conversation_batches(
+    encoded: &[Encoded],
+    batch: usize,
+    device: &Device,
+) -> Vec<LmBatch> {
+    let kept: Vec<&Encoded> = encoded
+        .iter()
+        .filter(|e| e.targets.iter().any(|t| *t))
+        .collect();
+    kept.chunks(batch)
+        .map(|c| {
+            let seqs: Vec<Vec<u32>> = c.iter().map(|e| e.ids.clone()).collect();
+            let targets: Vec<Vec<bool>> = c.iter().map(|e| e.targets.clone()).collect();
+            LmBatch::with_targets(&seqs, &targets, device)
+        })
+        .collect()
 }
 
 /// Share of validation conversations whose last assistant turn the model reproduces, greedy,

@@ -10,6 +10,7 @@
 //!   scratch/<key>-<pid>-<n>/    work in progress; never read, removed by gc
 //!   checkpoints/<key>/          training checkpoints of an unfinished action (resume); removed
 //!                               when the action commits, or by gc once it has
+//!   tokenized/<key>             tokenized examples (a cache keyed by tokenizer and data)
 //!   runs/<time>-<pid>/          resolved recipe, metrics JSONL and summary of each run
 //!   hashcache.json              (size, mtime, inode) -> digest of input files
 //! ```
@@ -493,6 +494,16 @@ impl Store {
                 fs::remove_file(p)?;
             }
         }
+        // Tokenized examples are a pure cache (`data::tokenized`): recomputed when needed.
+        if let Ok(entries) = fs::read_dir(self.root.join("tokenized")) {
+            for e in entries.flatten() {
+                report.bytes_freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                report.tokenized_removed += 1;
+                if !dry_run {
+                    fs::remove_file(e.path())?;
+                }
+            }
+        }
         for p in &scratch {
             report.scratch_removed += 1;
             if !dry_run {
@@ -509,7 +520,14 @@ impl Store {
     /// Bytes used per area of the store.
     pub fn disk_usage(&self) -> Result<BTreeMap<&'static str, (u64, u64)>> {
         let mut out = BTreeMap::new();
-        for area in ["blobs", "actions", "scratch", "checkpoints", "runs"] {
+        for area in [
+            "blobs",
+            "actions",
+            "scratch",
+            "checkpoints",
+            "tokenized",
+            "runs",
+        ] {
             let dir = self.root.join(area);
             let files = hash::walk_files(&dir)?;
             let bytes = files
@@ -537,6 +555,7 @@ pub struct GcReport {
     pub actions_removed: usize,
     pub blobs_removed: usize,
     pub scratch_removed: usize,
+    pub tokenized_removed: usize,
     pub bytes_freed: u64,
 }
 

@@ -1,0 +1,164 @@
+//! The tokenized form of a stage's examples, cached in the store (`.hone/tokenized/<key>`) so a
+//! rerun that changes only training settings (lr, epochs, LoRA rank...) does not tokenize the
+//! data again. The key is BLAKE3 over the tokenizer's full content (vocabulary, merges,
+//! normaliser, special tokens), the examples' text and how they were encoded (template,
+//! length limit, end token): a different tokenizer, or the same data encoded differently, can
+//! never reuse an entry. Entries are written whole (temp file, rename) or not at all, and are
+//! pure caches: `hone cache gc` removes them, and a damaged one is recomputed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use tokenizers::Tokenizer;
+
+use crate::store::hash::hash_bytes;
+
+/// One encoded example: its token ids and, per token, whether the loss covers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub targets: Vec<bool>,
+}
+
+const MAGIC: &[u8; 8] = b"HONETOK1";
+
+/// The cache key of `examples` (any serialisable form of the text) encoded by `tokenizer` as
+/// `how` says.
+pub fn key(
+    tokenizer: &Tokenizer,
+    how: &serde_json::Value,
+    examples: &(impl serde::Serialize + ?Sized),
+) -> Result<String> {
+    let tok = tokenizer
+        .to_string(false)
+        .map_err(|e| anyhow::anyhow!("cannot serialise the tokenizer: {e}"))?;
+    let material = serde_json::json!({
+        "tokenizer": hash_bytes(tok.as_bytes()),
+        "how": how,
+        "examples": hash_bytes(serde_json::to_string(examples)?.as_bytes()),
+    });
+    Ok(hash_bytes(material.to_string().as_bytes()))
+}
+
+/// The cached encoding under `key` in `dir`, or `compute`'s, stored for next time. Without a
+/// directory (a stage run outside a store) it just computes.
+pub fn cached(
+    dir: Option<&Path>,
+    key: &str,
+    compute: impl FnOnce() -> Result<Vec<Encoded>>,
+) -> Result<Vec<Encoded>> {
+    let Some(dir) = dir else { return compute() };
+    let path = dir.join(key);
+    if let Some(hit) = std::fs::read(&path).ok().and_then(|b| decode(&b)) {
+        return Ok(hit);
+    }
+    let encoded = compute()?;
+    // A cache that cannot be written costs speed, not correctness.
+    let _ = store(dir, &path, &encoded);
+    Ok(encoded)
+}
+
+fn store(dir: &Path, path: &PathBuf, encoded: &[Encoded]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut out =
+        Vec::with_capacity(16 + encoded.iter().map(|e| 8 + e.ids.len() * 5).sum::<usize>());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+    for e in encoded {
+        out.extend_from_slice(&(e.ids.len() as u64).to_le_bytes());
+        for id in &e.ids {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out.extend(e.targets.iter().map(|&t| t as u8));
+    }
+    let tmp = dir.join(format!(
+        ".{}-{}",
+        std::process::id(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&out)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn decode(bytes: &[u8]) -> Option<Vec<Encoded>> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = bytes.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    if take(8)? != MAGIC {
+        return None;
+    }
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize;
+    let n = u64_of(take(8)?);
+    let mut out = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let len = u64_of(take(8)?);
+        let ids = take(len * 4)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let targets = take(len)?.iter().map(|&b| b == 1).collect();
+        out.push(Encoded { ids, targets });
+    }
+    (at == bytes.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(vocab: &[&str]) -> Tokenizer {
+        let v: std::collections::HashMap<String, u32> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(v.into_iter().collect())
+            .unk_token("[UNK]".into())
+            .build()
+            .unwrap();
+        Tokenizer::new(model)
+    }
+
+    #[test]
+    fn entries_round_trip_and_keys_follow_the_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![Encoded {
+            ids: vec![1, 2, 70000],
+            targets: vec![false, true, true],
+        }];
+        let (a, b) = (tokenizer(&["[UNK]", "a"]), tokenizer(&["[UNK]", "b"]));
+        let how = serde_json::json!({ "max_length": 8 });
+        let key_a = key(&a, &how, &["x"]).unwrap();
+        assert_ne!(
+            key_a,
+            key(&b, &how, &["x"]).unwrap(),
+            "another tokenizer, another key"
+        );
+        assert_ne!(
+            key_a,
+            key(&a, &serde_json::json!({ "max_length": 9 }), &["x"]).unwrap()
+        );
+        assert_ne!(key_a, key(&a, &how, &["y"]).unwrap());
+        let first = cached(Some(dir.path()), &key_a, || Ok(data.clone())).unwrap();
+        assert_eq!(first, data);
+        let again = cached(Some(dir.path()), &key_a, || {
+            panic!("must come from the cache")
+        })
+        .unwrap();
+        assert_eq!(again, data);
+        // A damaged entry is recomputed, not trusted.
+        std::fs::write(dir.path().join(&key_a), b"HONETOK1garbage").unwrap();
+        let recomputed = cached(Some(dir.path()), &key_a, || Ok(vec![])).unwrap();
+        assert!(recomputed.is_empty());
+    }
+}
