@@ -714,6 +714,15 @@ pub enum PeftSpec {
     Lora(crate::model::lora::LoraConfig),
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    #[default]
+    End,
+    Prompt,
+    Drop,
+}
+
 /// What `sft` trains.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -761,9 +770,14 @@ pub struct SftSpec {
     pub template: PromptTemplate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peft: Option<PeftSpec>,
-    /// Prompt + response are cut to this many tokens.
+    /// Prompt + response are cut to this many tokens, as `truncation` says.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// What happens to an example longer than `max_length`: `end` cuts its end (default),
+    /// `prompt` cuts the start of the text before the last answer so the answer survives,
+    /// `drop` leaves the example out. The count of affected examples is reported.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub truncation: Truncation,
     /// New tokens generated per validation prompt for exact-match accuracy.
     #[serde(default = "default_eval_tokens")]
     pub eval_max_new_tokens: usize,

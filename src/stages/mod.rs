@@ -217,6 +217,12 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     use crate::train::trainer::{Hooks, Record, TrainError};
     let total = train.len().div_ceil(cfg.grad_accum.max(1)) * cfg.epochs.max(1);
     ctx.progress.set_length(total as u64);
+    ctx.progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  {spinner} running   {prefix:<20} {bar:24} {pos}/{len} steps  {msg}  [{elapsed}, ETA {eta}]",
+        )
+        .expect("valid template"),
+    );
     let progress = ctx.progress.clone();
     let checkpointing = ctx.checkpoint_dir.clone().map(|dir| Checkpointing {
         dir,
@@ -232,10 +238,7 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     let on_record = |r: &Record| {
         if let Record::Step(s) = r {
             progress.set_position(s.step as u64);
-            progress.set_message(format!(
-                "step {}/{total} loss {:.3} lr {:.2e}",
-                s.step, s.loss, s.lr
-            ));
+            progress.set_message(format!("loss {:.3}  lr {:.2e}", s.loss, s.lr));
         }
     };
     let hooks = Hooks {

@@ -19,7 +19,9 @@ use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{MissingPolicy, NamedTemplate, PeftSpec, PromptTemplate, SftSpec};
+use crate::recipe::types::{
+    MissingPolicy, NamedTemplate, PeftSpec, PromptTemplate, SftSpec, Truncation,
+};
 use crate::train::objectives::{CausalLm, LmBatch};
 
 /// Conversations (a prompt/response pair is a one-turn conversation).
@@ -187,17 +189,22 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("tokenizing");
     let batch = spec.train.batch_size.max(1);
     // The template's identity (the model's own when `template: model`) is part of the key.
+    // The cache holds whole examples, so changing `max_length` or `truncation` reuses it.
     let how = json!({
         "encode": "conversations", "template": spec.template, "model_template": chat_template,
-        "eos": eos, "max_length": spec.max_length,
+        "eos": eos,
     });
-    let encode = |convs: &Conversations| {
-        super::encode_cached(ctx, &tokenizer, &how, convs, || {
-            tokenize_conversations(&tokenizer, &format, convs, eos, spec.max_length)
-        })
+    let mut too_long = 0;
+    let mut encode = |convs: &Conversations| -> Result<Vec<LmBatch>> {
+        let whole = super::encode_cached(ctx, &tokenizer, &how, convs, || {
+            tokenize_conversations(&tokenizer, &format, convs, eos)
+        })?;
+        let (cut, long) = truncate(whole, spec.max_length, spec.truncation);
+        too_long += long;
+        Ok(conversation_batches(&cut, batch, &device))
     };
-    let train_batches = conversation_batches(&encode(&train_pairs)?, batch, &device);
-    let val_batches = conversation_batches(&encode(&val_pairs)?, batch, &device);
+    let train_batches = encode(&train_pairs)?;
+    let val_batches = encode(&val_pairs)?;
     let mut train_batches = train_batches;
     if let Some(replay) = &spec.replay {
         train_batches.extend(guards::replay_batches(
@@ -311,6 +318,18 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     if leaked > 0 {
         metrics.insert("leaked_examples".into(), leaked.into());
+    }
+    if too_long > 0 {
+        let what = match spec.truncation {
+            Truncation::Drop => "left out",
+            Truncation::Prompt => "cut at the start of the prompt",
+            Truncation::End => "cut at the end",
+        };
+        metrics.insert("truncated_examples".into(), too_long.into());
+        warnings.push(format!(
+            "{too_long} examples are longer than max_length {} and were {what}",
+            spec.max_length
+        ));
     }
     warnings.extend(guards::fit_warnings(&summary, &mut metrics));
     let summary_json = json!({
@@ -431,21 +450,21 @@ pub(super) fn encode_conversations(
     batch: usize,
     device: &Device,
 ) -> Result<Vec<LmBatch>> {
-    Ok(conversation_batches(
-        &tokenize_conversations(tok, format, convs, eos, max_len)?,
-        batch,
-        device,
-    ))
+    let (encoded, _) = truncate(
+        tokenize_conversations(tok, format, convs, eos)?,
+        max_len,
+        Truncation::End,
+    );
+    Ok(conversation_batches(&encoded, batch, device))
 }
 
-/// Each conversation's tokens with the assistant's marked as targets. Each piece is tokenized
-/// on its own, so a target never shares a token with its context.
+/// Each conversation's tokens with the assistant's marked as targets, whole. Each piece is
+/// tokenized on its own, so a target never shares a token with its context.
 pub(super) fn tokenize_conversations(
     tok: &Tokenizer,
     format: &Format,
     convs: &[Vec<Message>],
     eos: Option<u32>,
-    max_len: usize,
 ) -> Result<Vec<Encoded>> {
     let mut out = Vec::with_capacity(convs.len());
     for conv in convs {
@@ -459,11 +478,49 @@ pub(super) fn tokenize_conversations(
             ids.extend(eos);
             targets.extend(eos.map(|_| true));
         }
-        ids.truncate(max_len);
-        targets.truncate(max_len);
         out.push(Encoded { ids, targets });
     }
     Ok(out)
+}
+
+/// Examples cut to `max_len` tokens by `policy`; returns them and how many were longer.
+/// `Prompt` removes tokens from the start so the last answer survives (and cuts the answer's
+/// end only when the answer alone is too long); `Drop` leaves long examples out.
+pub(super) fn truncate(
+    encoded: Vec<Encoded>,
+    max_len: usize,
+    policy: Truncation,
+) -> (Vec<Encoded>, usize) {
+    let mut long = 0;
+    let mut out = Vec::with_capacity(encoded.len());
+    for mut e in encoded {
+        if e.ids.len() <= max_len {
+            out.push(e);
+            continue;
+        }
+        long += 1;
+        match policy {
+            Truncation::Drop => continue,
+            Truncation::Prompt => {
+                // The start of the last run of targets (the last answer).
+                let answer_start = match e.targets.iter().rposition(|t| *t) {
+                    Some(end) => e.targets[..=end]
+                        .iter()
+                        .rposition(|t| !t)
+                        .map_or(0, |i| i + 1),
+                    None => e.ids.len(),
+                };
+                let cut = (e.ids.len() - max_len).min(answer_start);
+                e.ids.drain(..cut);
+                e.targets.drain(..cut);
+            }
+            Truncation::End => {}
+        }
+        e.ids.truncate(max_len);
+        e.targets.truncate(max_len);
+        out.push(e);
+    }
+    (out, long)
 }
 
 /// Batches of encoded conversations; one whose targets were all cut off is dropped.
@@ -615,6 +672,26 @@ mod tests {
             custom("{{ messages[-1].content }}{% if add_generation_prompt %}>{% endif %}");
         let err = last_only.pieces(&two_turns()).unwrap_err().to_string();
         assert!(err.contains("incrementally"), "{err}");
+    }
+
+    #[test]
+    fn truncation_policies_keep_the_answer_or_drop_the_example() {
+        let e = |n_prompt: usize, n_answer: usize| Encoded {
+            ids: (0..(n_prompt + n_answer) as u32).collect(),
+            targets: (0..n_prompt + n_answer).map(|i| i >= n_prompt).collect(),
+        };
+        let (end, long) = truncate(vec![e(6, 3), e(2, 2)], 5, Truncation::End);
+        assert_eq!(long, 1);
+        assert_eq!(end[0].ids, vec![0, 1, 2, 3, 4]);
+        assert!(end[0].targets.iter().all(|t| !t), "the answer was cut off");
+        let (prompt, _) = truncate(vec![e(6, 3)], 5, Truncation::Prompt);
+        assert_eq!(prompt[0].ids, vec![4, 5, 6, 7, 8]);
+        assert_eq!(prompt[0].targets, vec![false, false, true, true, true]);
+        // An answer longer than the limit keeps its start.
+        let (long_answer, _) = truncate(vec![e(2, 7)], 5, Truncation::Prompt);
+        assert_eq!(long_answer[0].ids, vec![2, 3, 4, 5, 6]);
+        let (dropped, long) = truncate(vec![e(6, 3), e(2, 2)], 5, Truncation::Drop);
+        assert_eq!((dropped.len(), long), (1, 1));
     }
 
     #[test]
