@@ -6,5 +6,7 @@ pub mod clip;
 pub mod loss;
 pub mod objectives;
 pub mod optim;
+pub mod preference;
+pub mod rl;
 pub mod schedule;
 pub mod trainer;
