@@ -74,6 +74,83 @@ def sentiment(rng: random.Random) -> list:
     return rows
 
 
+# General-knowledge questions with an accurate answer and a flippant or made-up one, in the
+# spirit of "Which country owns Antarctica?" (which is deliberately NOT here: recipes test a
+# reward model on it after training on these).
+GENERAL = [
+    ("Who wrote the play Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet around 1595.",
+     "Probably some guy with a quill, who cares."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level.",
+     "Whenever the kettle clicks off, obviously."),
+    ("How many continents are there?", "There are seven continents by the most common convention.",
+     "Enough to make geography class boring."),
+    ("What causes the seasons on Earth?", "The tilt of Earth's axis relative to its orbit causes the seasons.",
+     "The Sun just gets moody a few times a year."),
+    ("Who was the first person to walk on the Moon?", "Neil Armstrong was the first person to walk on the Moon, in 1969.",
+     "A very lost astronaut looking for cheese."),
+    ("What gas do plants absorb from the air?", "Plants absorb carbon dioxide from the air for photosynthesis.",
+     "Plants mostly breathe in good vibes."),
+    ("What is the capital of Japan?", "Tokyo is the capital of Japan.",
+     "Whichever city has the best sushi, I suppose."),
+    ("How does a vaccine protect you?", "A vaccine trains the immune system to recognise a pathogen before an infection.",
+     "It is basically a tiny shield that floats around in your blood."),
+    ("Who governs the International Space Station?", "The space station is run jointly by the agencies of the US, Russia, Europe, Japan and Canada under an intergovernmental agreement.",
+     "Whoever grabs the remote control first, honestly."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth.",
+     "The one with the most fish in it, probably."),
+    ("Why is the sky blue?", "Air molecules scatter blue sunlight more strongly than red light, so the sky looks blue.",
+     "Because somebody painted it that way ages ago."),
+    ("Which organ pumps blood through the body?", "The heart pumps blood through the body.",
+     "Tiny invisible pumps in your elbows do all the work."),
+    ("How long does Earth take to orbit the Sun?", "Earth takes about 365.25 days to orbit the Sun.",
+     "Depends on traffic in the solar system."),
+    ("Who owns the high seas?", "No country owns the high seas; they are governed by the UN Convention on the Law of the Sea.",
+     "The pirates, obviously, they have the ships."),
+    ("What is the speed of light in a vacuum?", "Light travels at about 299,792 kilometres per second in a vacuum.",
+     "Really fast, faster than my internet at least."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa.",
+     "Some tourist with a phone, I would guess."),
+    ("What is the main language spoken in Brazil?", "Portuguese is the main language spoken in Brazil.",
+     "Mostly football chants, as far as I can tell."),
+    ("How are the Galapagos Islands governed?", "The Galapagos Islands are a province of Ecuador, largely protected as a national park.",
+     "The giant tortoises hold elections every hundred years."),
+    ("What does DNA stand for?", "DNA stands for deoxyribonucleic acid.",
+     "Definitely Not Anything, look it up."),
+    ("Why do we have leap years?", "A leap year adds a day so the calendar keeps in step with Earth's orbit of about 365.25 days.",
+     "Somebody just wanted an extra day off."),
+]
+
+FLIPPANT_CAR = [
+    "No idea, cars are basically magic boxes.",
+    "Just turn up the radio and you will not notice it.",
+    "Honestly, whatever the mechanic says, nod and pay.",
+    "It is mostly there to make the car look expensive.",
+]
+
+
+def preferences(rng: random.Random) -> list:
+    """Preference pairs: an accurate answer (chosen) against a flippant one or, for the car
+    questions, a plausible-but-wrong answer about another part (rejected)."""
+    rows = []
+    for k, (part, does, _detail) in enumerate(FACTS):
+        question = rng.choice(QUESTION_TEMPLATES).format(part=part)
+        chosen = f"The {part} {does}."
+        wrong = FACTS[(k + 1 + rng.randrange(len(FACTS) - 1)) % len(FACTS)]
+        rows.append({"prompt": question, "chosen": chosen, "rejected": f"The {part} {wrong[1]}."})
+        rows.append({"prompt": question, "chosen": chosen, "rejected": rng.choice(FLIPPANT_CAR)})
+    for question, good, flippant in GENERAL:
+        rows.append({"prompt": question, "chosen": good, "rejected": flippant})
+    rng.shuffle(rows)
+    return rows
+
+
+def ppo_prompts(rng: random.Random) -> list:
+    """Prompts for RL stages: the car questions under their held-out-free phrasings."""
+    rows = [{"prompt": QUESTION_TEMPLATES[0].format(part=part)} for part, _d, _x in FACTS]
+    rng.shuffle(rows)
+    return rows
+
+
 FOLLOW_UPS = ["And the {part}?", "What about the {part}?", "And what does the {part} do?"]
 
 
@@ -115,6 +192,8 @@ def main() -> None:
     write(OUT / "qa_heldout.jsonl", heldout)
     write(OUT / "reviews.jsonl", sentiment(random.Random(99)))
     write(OUT / "chat.jsonl", chats(random.Random(7)))
+    write(OUT / "preferences.jsonl", preferences(random.Random(11)))
+    write(OUT / "prompts.jsonl", ppo_prompts(random.Random(13)))
 
 
 def write(path: pathlib.Path, rows: list) -> None:

@@ -1,6 +1,5 @@
 //! `hone generate`: try a model on prompts, outside any recipe.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -11,9 +10,10 @@ use crate::model::sampling::{SamplingConfig, generate};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// An HF model directory (config.json, model.safetensors, tokenizer.json) or a .gguf file.
+    /// An HF model directory (config.json, model.safetensors, tokenizer.json), a .gguf file,
+    /// or RECIPE:STAGE (the model a recipe's stage last produced).
     #[arg(long, short)]
-    model: PathBuf,
+    model: String,
     /// A prompt (repeatable: prompts run as one batch).
     #[arg(long, short, required = true)]
     prompt: Vec<String>,
@@ -43,18 +43,19 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     crate::backend::check_available(args.backend).map_err(anyhow::Error::msg)?;
     let device = crate::backend::device(crate::backend::resolve(args.backend))
         .map_err(anyhow::Error::msg)?;
-    let model = crate::model::load(&args.model, &device)
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let at = super::artifact::resolve_model(&args.model, None)?;
+    let model = crate::model::load(&at.path, &device)
+        .with_context(|| format!("cannot load {}", at.label))?;
     let Some(tokenizer) = &model.tokenizer else {
         bail!(
             "{} has no tokenizer (tokenizer.json); hone needs one to turn prompts into tokens",
-            args.model.display()
+            at.label
         );
     };
     if !model.model.backbone.is_decoder() {
         bail!(
             "{} is an encoder ({:?}); only decoders generate text",
-            args.model.display(),
+            at.label,
             model.model.backbone.family()
         );
     }

@@ -1,8 +1,10 @@
 //! The `hone` command line.
 
+mod artifact;
 mod generate;
 pub mod logging;
 mod render;
+mod score;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -165,6 +167,11 @@ enum Command {
     ///
     /// Chat models get their own chat template (or ChatML); --raw sends the prompt as is.
     Generate(generate::GenerateArgs),
+    /// Score responses to a prompt with a reward model (highest first).
+    ///
+    /// `hone score --model recipes/reward_minilm.yaml:rm --prompt "Which country owns
+    /// Antarctica?" --response "..." --response "..."`
+    Score(score::ScoreArgs),
     /// Inspect and maintain the store.
     Cache {
         #[command(subcommand)]
@@ -365,6 +372,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Cache { command } => cache(cli, command),
         Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
     }
 }
 

@@ -75,6 +75,7 @@ pub enum StageKind {
     Sft,
     Generate,
     Evaluate,
+    Reward,
 }
 
 impl StageKind {
@@ -85,6 +86,7 @@ impl StageKind {
         StageKind::Sft,
         StageKind::Generate,
         StageKind::Evaluate,
+        StageKind::Reward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +97,7 @@ impl StageKind {
             StageKind::Sft => "sft",
             StageKind::Generate => "generate",
             StageKind::Evaluate => "evaluate",
+            StageKind::Reward => "reward",
         }
     }
 
@@ -128,6 +131,8 @@ pub enum StageSpec {
     /// Models side by side on held-out data: perplexity, token accuracy, exact match,
     /// classification accuracy, generation samples.
     Evaluate(EvaluateSpec),
+    /// A reward model: a scalar head trained on preference pairs (Bradley-Terry).
+    Reward(RewardSpec),
 }
 
 impl StageSpec {
@@ -139,6 +144,7 @@ impl StageSpec {
             StageSpec::Sft(_) => StageKind::Sft,
             StageSpec::Generate(_) => StageKind::Generate,
             StageSpec::Evaluate(_) => StageKind::Evaluate,
+            StageSpec::Reward(_) => StageKind::Reward,
         }
     }
 
@@ -174,6 +180,13 @@ impl StageSpec {
             StageSpec::Evaluate(e) => {
                 v.extend(e.models.iter().map(|(n, i)| (format!("models.{n}"), i)));
                 v.extend(e.data_inputs().into_iter().map(|(n, i)| (n.to_owned(), i)));
+            }
+            StageSpec::Reward(r) => {
+                if let ModelInput::Input(i) = &r.model {
+                    v.push(("model".into(), i));
+                }
+                v.extend(r.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
+                v.push(("data".into(), &r.data));
             }
         }
         v
@@ -232,6 +245,13 @@ impl StageSpec {
                 if let Some(c) = &mut e.classification {
                     v.push(("classification.data".into(), &mut c.data));
                 }
+            }
+            StageSpec::Reward(r) => {
+                if let ModelInput::Input(i) = &mut r.model {
+                    v.push(("model".into(), i));
+                }
+                v.extend(r.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
+                v.push(("data".into(), &mut r.data));
             }
         }
         v
@@ -917,4 +937,47 @@ pub struct SamplesEval {
     pub template: PromptTemplate,
     #[serde(default = "default_eval_tokens")]
     pub max_new_tokens: usize,
+}
+
+/// `reward`: a reward model, a scalar head on an encoder (BERT/MiniLM, through its pooler) or a
+/// decoder (pooled at the last real token), trained on preference pairs with the
+/// Bradley-Terry loss. Output: `model` (HF directory, typed as a reward model, so only stages
+/// that want one accept it).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSpec {
+    pub model: ModelInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Input>,
+    /// A dataset with prompt, chosen and rejected columns (`train`; `validation` measures
+    /// pairwise accuracy).
+    pub data: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "chosen_column")]
+    pub chosen_column: String,
+    #[serde(default = "rejected_column")]
+    pub rejected_column: String,
+    /// A column with each pair's required margin (`-log sigmoid(r_c - r_r - margin)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_column: Option<String>,
+    /// Reward centering: adds `coefficient * (r_c + r_r)^2` (TRL suggests 0.01); 0 is off.
+    #[serde(default)]
+    pub center_rewards: f64,
+    /// How a decoder sees prompt + response (encoders get the pair as two segments).
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn chosen_column() -> String {
+    "chosen".into()
+}
+fn rejected_column() -> String {
+    "rejected".into()
 }

@@ -40,6 +40,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Sft(p) => check_sft(recipe, &at, p, &mut diags),
             StageSpec::Generate(_) => {}
             StageSpec::Evaluate(e) => check_evaluate(recipe, &at, e, &mut diags),
+            StageSpec::Reward(r) => check_reward(recipe, &at, r, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -359,6 +360,33 @@ fn check_evaluate(
             Diagnostic::new(format!("`{at}` has nothing to measure"))
                 .at(recipe.key_location(at))
                 .help("add at least one of `perplexity`, `qa`, `classification`, `samples`"),
+        );
+    }
+}
+
+fn check_reward(
+    recipe: &Recipe,
+    at: &str,
+    r: &crate::recipe::types::RewardSpec,
+    diags: &mut Diagnostics,
+) {
+    use crate::recipe::types::ModelInput;
+    if matches!(r.model, ModelInput::Init { .. }) && r.tokenizer.is_none() {
+        diags.push(
+            Diagnostic::new("a new model (`model: { init }`) needs a `tokenizer`")
+                .at(recipe.key_location(&join(at, "model"))),
+        );
+    }
+    if !(r.center_rewards >= 0.0 && r.center_rewards.is_finite()) {
+        diags.push(
+            Diagnostic::new("`center_rewards` is a coefficient >= 0 (0.01 is typical)")
+                .at(recipe.value_location(&join(at, "center_rewards"))),
+        );
+    }
+    if r.train.batch_size == 0 || r.train.epochs == 0 || r.train.lr <= 0.0 {
+        diags.push(
+            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
+                .at(recipe.key_location(&join(at, "train"))),
         );
     }
 }

@@ -7,6 +7,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod guards;
 pub mod pretrain;
+pub mod reward;
 pub mod sft;
 pub mod tokenizer;
 
@@ -27,6 +28,9 @@ pub enum ArtifactType {
     Tokenizer,
     /// An HF model directory (config.json, model.safetensors, tokenizer.json).
     Model,
+    /// A model with a scalar head trained on preferences: what PPO, GRPO and evaluation
+    /// score responses with.
+    RewardModel,
 }
 
 impl ArtifactType {
@@ -36,6 +40,7 @@ impl ArtifactType {
             ArtifactType::Table => "a dataset split",
             ArtifactType::Tokenizer => "a tokenizer",
             ArtifactType::Model => "a model",
+            ArtifactType::RewardModel => "a reward model",
         }
     }
 }
@@ -62,6 +67,7 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             ("samples", ArtifactType::Table),
         ],
         StageSpec::Evaluate(_) => vec![("results", ArtifactType::Table)],
+        StageSpec::Reward(_) => vec![("model", ArtifactType::RewardModel)],
     }
 }
 
@@ -72,6 +78,7 @@ impl StageSpec {
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
             StageSpec::Pretrain(_) | StageSpec::Sft(_) => ArtifactType::Model,
             StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
+            StageSpec::Reward(_) => ArtifactType::RewardModel,
         }
     }
 
@@ -80,9 +87,11 @@ impl StageSpec {
     pub fn uses_backend(&self) -> bool {
         match self.kind() {
             StageKind::Dataset | StageKind::Tokenizer => false,
-            StageKind::Pretrain | StageKind::Sft | StageKind::Generate | StageKind::Evaluate => {
-                true
-            }
+            StageKind::Pretrain
+            | StageKind::Sft
+            | StageKind::Generate
+            | StageKind::Evaluate
+            | StageKind::Reward => true,
         }
     }
 }
@@ -97,6 +106,10 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         (StageKind::Generate, "prompts") => DATA,
         (StageKind::Evaluate, rel) if rel.starts_with("models.") => &[ArtifactType::Model],
         (StageKind::Evaluate, _) => DATA,
+        (StageKind::Reward, "data") => DATA,
+        // A reward model can start from another reward model, a model, or a checkpoint.
+        (StageKind::Reward, "model") => &[ArtifactType::Model, ArtifactType::RewardModel],
+        (StageKind::Reward, _) => &[ArtifactType::Tokenizer, ArtifactType::Model],
         (StageKind::Tokenizer | StageKind::Generate, _)
         | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
@@ -134,6 +147,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Sft(p) => sft::run(p, ctx),
         StageSpec::Generate(g) => generate::run(g, ctx),
         StageSpec::Evaluate(e) => evaluate::run(e, ctx),
+        StageSpec::Reward(r) => reward::run(r, ctx),
     }
 }
 

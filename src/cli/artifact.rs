@@ -1,0 +1,62 @@
+//! Where a command-line `--model` comes from: a path (HF directory or .gguf), or
+//! `RECIPE:STAGE`, the model a recipe's stage last produced (through its lockfile and the
+//! store), laid out in a temporary directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::store::Store;
+
+/// A model on disk; `_tmp` keeps a laid-out artifact alive while it is used.
+pub struct ModelPath {
+    pub path: PathBuf,
+    pub label: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
+    if Path::new(arg).exists() {
+        return Ok(ModelPath {
+            path: PathBuf::from(arg),
+            label: arg.to_owned(),
+            _tmp: None,
+        });
+    }
+    let Some((recipe_path, stage)) = arg.rsplit_once(':') else {
+        bail!("{arg} does not exist; give an HF model directory, a .gguf file, or RECIPE:STAGE");
+    };
+    let recipe = crate::recipe::load(Path::new(recipe_path), &[])?;
+    let lock =
+        crate::store::lockfile::Lockfile::read(&recipe.lockfile_path())?.with_context(|| {
+            format!("{recipe_path} has no lockfile yet: run it first (`hone run {recipe_path}`)")
+        })?;
+    let Some(locked) = lock.stages.get(stage) else {
+        let names: Vec<&str> = recipe.stages.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "stage `{stage}` of {recipe_path} has not run{}",
+            crate::diag::did_you_mean(stage, names.iter().copied())
+                .map_or(String::new(), |d| format!(" ({d})"))
+        );
+    };
+    let store = Store::open_existing(&Store::location(store, Some(&recipe.path)))?;
+    let manifest = store.manifest(&locked.action)?.with_context(|| {
+        format!("the store has no artifact of `{stage}` (gc'd?); rerun `hone run {recipe_path}`")
+    })?;
+    let Some(out) = manifest.outputs.get("model") else {
+        bail!("stage `{stage}` produced no model");
+    };
+    let tmp = tempfile::tempdir()?;
+    for (rel, f) in &out.files {
+        let dest = tmp.path().join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(store.blob_path(&f.digest), &dest)?;
+    }
+    Ok(ModelPath {
+        path: tmp.path().to_path_buf(),
+        label: arg.to_owned(),
+        _tmp: Some(tmp),
+    })
+}

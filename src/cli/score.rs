@@ -1,0 +1,80 @@
+//! `hone score`: a reward model's scores for responses to a prompt.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::model::Model;
+use crate::stages::reward::{RewardText, score};
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// A reward model: an HF directory, or RECIPE:STAGE (what a `reward` stage last produced).
+    #[arg(long, short)]
+    model: String,
+    /// The prompt the responses answer.
+    #[arg(long, short)]
+    prompt: String,
+    /// A response to score (repeatable; printed from the highest score down).
+    #[arg(long, short, required = true)]
+    response: Vec<String>,
+    /// How a decoder reward model saw prompt + response in training (`plain`, `chatml`,
+    /// `model`); encoders always see the pair as two segments.
+    #[arg(long, default_value = "plain")]
+    template: String,
+    #[arg(long, default_value_t = 512)]
+    max_length: usize,
+    /// Store to read RECIPE:STAGE artifacts from (default: beside the recipe).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+pub fn run(args: &ScoreArgs) -> Result<ExitCode> {
+    let device =
+        crate::backend::device(crate::backend::BackendKind::Cpu).map_err(anyhow::Error::msg)?;
+    let at = super::artifact::resolve_model(&args.model, args.store.as_deref())?;
+    let loaded = crate::model::load(&at.path, &device)
+        .with_context(|| format!("cannot load {}", at.label))?;
+    if loaded.model.num_labels() != Some(1) {
+        bail!(
+            "{} is not a reward model (it has no single-score head); train one with a `reward` stage",
+            at.label
+        );
+    }
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .with_context(|| format!("{} has no tokenizer.json", at.label))?;
+    let template: crate::recipe::types::PromptTemplate =
+        serde_json::from_value(serde_json::Value::String(args.template.clone()))
+            .map_err(|e| anyhow::anyhow!("--template: {e}"))?;
+    let text = RewardText::new(
+        &loaded.model.backbone,
+        tokenizer,
+        &loaded.config,
+        loaded.chat_template.as_deref(),
+        &template,
+        args.max_length,
+    );
+    let rows: Vec<(&str, &str)> = args
+        .response
+        .iter()
+        .map(|r| (args.prompt.as_str(), r.as_str()))
+        .collect();
+    let batch = text.batch(tokenizer, &rows, &device)?;
+    let model = Model {
+        backbone: loaded.model.backbone,
+        score: loaded.model.score,
+    };
+    let scores = score(&model, &batch)
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut ranked: Vec<(f32, &String)> = scores.into_iter().zip(&args.response).collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (s, r) in ranked {
+        println!("{s:>9.4}  {r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,360 @@
+//! `reward`: a reward model trained on preference pairs with the Bradley-Terry loss
+//! (`-log sigmoid(r_chosen - r_rejected - margin)`, optional centering). The model is a scalar
+//! head on an encoder (BERT/MiniLM: prompt and response as the two segments, through the
+//! pooler) or a decoder (prompt formatted as for SFT, then the response, pooled at the last
+//! real token). Pairwise accuracy and margin on the validation pairs are reported before and
+//! after. Output: `model`, typed as a reward model.
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use super::pretrain::{LoadedModel, load_model_input};
+use super::sft::{Format, eos_token, one_turn};
+use super::{ArtifactType, StageResult};
+use crate::data::table::Table;
+use crate::exec::context::{ResolvedInput, StageContext};
+use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::recipe::types::{MissingPolicy, PeftSpec, RewardSpec};
+use crate::train::preference::bradley_terry;
+use crate::train::trainer::Objective;
+
+/// One preference pair as text, with its margin.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub margin: f64,
+}
+
+/// Token ids of (prompt, response) texts, right-padded.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub ids: Tensor<2, Int>,
+    pub padding: Tensor<2, Bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PairBatch {
+    pub chosen: Scored,
+    pub rejected: Scored,
+    pub margin: Option<Tensor<1>>,
+    pub n: f64,
+}
+
+/// Bradley-Terry on the scalar head.
+pub struct BradleyTerry {
+    pub center: f64,
+}
+
+impl Objective<Model> for BradleyTerry {
+    type Batch = PairBatch;
+    fn loss_sum(&self, model: &Model, b: &PairBatch) -> Tensor<1> {
+        let rc = score(model, &b.chosen);
+        let rr = score(model, &b.rejected);
+        bradley_terry(rc, rr, b.margin.clone(), self.center).sum()
+    }
+    fn count(&self, b: &PairBatch) -> f64 {
+        b.n
+    }
+}
+
+/// The scalar reward of each row.
+pub fn score(model: &Model, s: &Scored) -> Tensor<1> {
+    let scores = model
+        .scores(s.ids.clone(), s.padding.clone())
+        .expect("a reward model has a score head");
+    let b = scores.dims()[0];
+    scores.narrow(1, 0, 1).reshape([b])
+}
+
+/// How prompt + response become token ids for a reward model: two segments for an encoder
+/// (its tokenizer adds [CLS] ... [SEP] ... [SEP]), the SFT format for a decoder.
+pub struct RewardText {
+    format: Format,
+    encoder: bool,
+    eos: Option<u32>,
+    max_len: usize,
+}
+
+impl RewardText {
+    /// For a model with this backbone, tokenizer, `config.json` and shipped chat template.
+    pub fn new(
+        backbone: &Backbone,
+        tokenizer: &Tokenizer,
+        config: &serde_json::Value,
+        chat_template: Option<&str>,
+        template: &crate::recipe::types::PromptTemplate,
+        max_len: usize,
+    ) -> Self {
+        RewardText {
+            format: Format::new(template, chat_template),
+            encoder: matches!(backbone, Backbone::Bert(_)),
+            eos: eos_token(tokenizer, config),
+            max_len: max_len.max(2),
+        }
+    }
+
+    pub fn encode(&self, tok: &Tokenizer, prompt: &str, response: &str) -> Result<Vec<u32>> {
+        let err = |e| anyhow::anyhow!("cannot tokenize: {e}");
+        let mut ids = if self.encoder {
+            tok.encode((prompt, response), true)
+                .map_err(err)?
+                .get_ids()
+                .to_vec()
+        } else {
+            let mut ids = Vec::new();
+            for (text, _) in self.format.pieces(&one_turn(prompt, response))? {
+                ids.extend(tok.encode(text.as_str(), false).map_err(err)?.get_ids());
+            }
+            if self.format.plain() {
+                ids.extend(self.eos);
+            }
+            ids
+        };
+        // Keep the end: the response decides the reward.
+        if ids.len() > self.max_len {
+            ids.drain(..ids.len() - self.max_len);
+        }
+        Ok(ids)
+    }
+
+    pub fn batch(&self, tok: &Tokenizer, rows: &[(&str, &str)], device: &Device) -> Result<Scored> {
+        let seqs: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|(p, r)| self.encode(tok, p, r))
+            .collect::<Result<_>>()?;
+        Ok(pad(&seqs, device))
+    }
+}
+
+fn pad(seqs: &[Vec<u32>], device: &Device) -> Scored {
+    use burn::tensor::TensorData;
+    let b = seqs.len();
+    let s = seqs.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let (mut ids, mut real) = (vec![0i64; b * s], vec![false; b * s]);
+    for (i, seq) in seqs.iter().enumerate() {
+        for (j, &t) in seq.iter().enumerate() {
+            ids[i * s + j] = t as i64;
+            real[i * s + j] = true;
+        }
+    }
+    Scored {
+        ids: Tensor::from_data(TensorData::new(ids, [b, s]), device),
+        padding: Tensor::from_data(TensorData::new(real, [b, s]), device),
+    }
+}
+
+pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let device = super::stage_device(ctx, true)?;
+    let infer_device = device.clone().without_autodiff();
+    ctx.progress.set_message("reading pairs");
+    let (train_pairs, val_pairs) = pairs(ctx.input("data")?, spec)?;
+    if train_pairs.is_empty() {
+        bail!(
+            "no preference pairs (columns `{}`, `{}`, `{}`)",
+            spec.prompt_column,
+            spec.chosen_column,
+            spec.rejected_column
+        );
+    }
+    ctx.progress.set_message("loading the model");
+    let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
+    let text = RewardText::new(
+        &loaded.backbone,
+        &loaded.tokenizer,
+        &loaded.config,
+        loaded.chat_template.as_deref(),
+        &spec.template,
+        spec.max_length,
+    );
+    let LoadedModel {
+        backbone,
+        score: head,
+        config,
+        tokenizer,
+        ..
+    } = loaded;
+    let model = match head {
+        Some(h) if h.d_out() == 1 => Model {
+            backbone,
+            score: Some(h),
+        },
+        _ => Model::with_new_head(backbone, 1, &device),
+    };
+    let batch = spec.train.batch_size.max(1);
+    let make = |pairs: &[Pair], device: &Device| -> Result<Vec<PairBatch>> {
+        pairs
+            .chunks(batch)
+            .map(|c| {
+                let chosen: Vec<(&str, &str)> = c
+                    .iter()
+                    .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
+                    .collect();
+                let rejected: Vec<(&str, &str)> = c
+                    .iter()
+                    .map(|p| (p.prompt.as_str(), p.rejected.as_str()))
+                    .collect();
+                let margin = spec.margin_column.as_ref().map(|_| {
+                    let m: Vec<f32> = c.iter().map(|p| p.margin as f32).collect();
+                    Tensor::from_data(burn::tensor::TensorData::new(m, [c.len()]), device)
+                });
+                Ok(PairBatch {
+                    chosen: text.batch(&tokenizer, &chosen, device)?,
+                    rejected: text.batch(&tokenizer, &rejected, device)?,
+                    margin,
+                    n: c.len() as f64,
+                })
+            })
+            .collect()
+    };
+    ctx.progress.set_message("tokenizing");
+    let train_batches = make(&train_pairs, &device)?;
+    let val_batches = make(&val_pairs, &device)?;
+    let val_infer = make(&val_pairs, &infer_device)?;
+    let before = pairwise(&model.valid(), &val_infer);
+
+    let model = match &spec.peft {
+        // The head stays trainable (PEFT's modules_to_save).
+        Some(PeftSpec::Lora(cfg)) => {
+            let (backbone, _) =
+                lora::apply(model.backbone, cfg, &device).map_err(anyhow::Error::msg)?;
+            Model {
+                backbone,
+                score: model.score,
+            }
+        }
+        None => model,
+    };
+    let (trained, summary, _) = super::train_logged(
+        model,
+        &BradleyTerry {
+            center: spec.center_rewards,
+        },
+        &train_batches,
+        &val_batches,
+        &spec.train,
+        ctx,
+    )?;
+    let mut inference = trained.valid();
+    let after = pairwise(&inference, &val_infer);
+
+    ctx.progress.set_message("saving");
+    lora::merge_and_unload(&mut inference.backbone);
+    let mut config = config;
+    if let Some(obj) = config.as_object_mut() {
+        // One label, named for what it is; `hone score` and later stages read it.
+        obj.insert("id2label".into(), json!({ "0": "reward" }));
+        obj.insert("label2id".into(), json!({ "reward": 0 }));
+    }
+    let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
+    save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
+
+    let mut metrics = serde_json::Map::new();
+    let round = |x: f64| (x * 1e4).round() / 1e4;
+    metrics.insert("steps".into(), summary.steps.into());
+    if let (Some(b), Some(a)) = (&before, &after) {
+        metrics.insert("accuracy_before".into(), round(b.accuracy).into());
+        metrics.insert("accuracy_after".into(), round(a.accuracy).into());
+        metrics.insert("margin_before".into(), round(b.margin).into());
+        metrics.insert("margin_after".into(), round(a.margin).into());
+    }
+    let mut warnings = super::guards::fit_warnings(&summary, &mut metrics);
+    if let Some(a) = &after
+        && a.accuracy <= 0.55
+    {
+        warnings.push(format!(
+            "underfitting: held-out pairwise accuracy {:.2} is near chance (0.5)",
+            a.accuracy
+        ));
+    }
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary: json!({
+            "reward_model": true,
+            "train_pairs": train_pairs.len(),
+            "validation_pairs": val_pairs.len(),
+            "before": before,
+            "after": after,
+            "training": summary,
+        }),
+    })
+}
+
+/// Pairwise accuracy (strict `r_c > r_r`), mean margin and the reward range on held-out pairs.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Pairwise {
+    pub accuracy: f64,
+    pub margin: f64,
+    pub min_reward: f64,
+    pub mean_reward: f64,
+    pub max_reward: f64,
+}
+
+fn pairwise(model: &Model, batches: &[PairBatch]) -> Option<Pairwise> {
+    let (mut c, mut r) = (Vec::new(), Vec::new());
+    for b in batches {
+        c.extend(score(model, &b.chosen).try_into_vec_as::<f32>().ok()?);
+        r.extend(score(model, &b.rejected).try_into_vec_as::<f32>().ok()?);
+    }
+    if c.is_empty() {
+        return None;
+    }
+    let n = c.len() as f64;
+    let all: Vec<f64> = c.iter().chain(&r).map(|&x| x as f64).collect();
+    Some(Pairwise {
+        accuracy: c.iter().zip(&r).filter(|(a, b)| a > b).count() as f64 / n,
+        margin: c.iter().zip(&r).map(|(a, b)| (a - b) as f64).sum::<f64>() / n,
+        min_reward: all.iter().copied().fold(f64::INFINITY, f64::min),
+        mean_reward: all.iter().sum::<f64>() / all.len() as f64,
+        max_reward: all.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    })
+}
+
+/// Preference pairs of the train and validation splits.
+fn pairs(input: &ResolvedInput, spec: &RewardSpec) -> Result<(Vec<Pair>, Vec<Pair>)> {
+    let of = |t: &Table| -> Result<Vec<Pair>> {
+        let mut cols = vec![
+            spec.prompt_column.clone(),
+            spec.chosen_column.clone(),
+            spec.rejected_column.clone(),
+        ];
+        cols.extend(spec.margin_column.clone());
+        let idx = t.indices(&cols, "the reward stage reads column")?;
+        t.rows
+            .iter()
+            .filter(|r| (0..3).all(|k| r.values[idx[k]].as_str().is_some()))
+            .map(|r| {
+                let margin = match idx.get(3) {
+                    Some(&i) => r.values[i].as_f64().ok_or_else(|| {
+                        anyhow::anyhow!("{}: the margin must be a number", t.origin(r))
+                    })?,
+                    None => 0.0,
+                };
+                let s = |k: usize| r.values[idx[k]].as_str().unwrap_or_default().to_owned();
+                Ok(Pair {
+                    prompt: s(0),
+                    chosen: s(1),
+                    rejected: s(2),
+                    margin,
+                })
+            })
+            .collect()
+    };
+    match input {
+        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
+            let part = |split| -> Result<Vec<Pair>> {
+                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
+            };
+            Ok((part("train")?, part("validation")?))
+        }
+        _ => Ok((
+            of(&super::read_table(input, MissingPolicy::Null)?)?,
+            Vec::new(),
+        )),
+    }
+}
