@@ -59,6 +59,26 @@ pub fn cached(
     Ok(encoded)
 }
 
+/// Numbers computed from data (a reference model's log-probabilities), cached like tokens:
+/// stored bit for bit as the ids of one entry, so a reread gives the very same floats.
+pub fn cached_floats(
+    dir: Option<&Path>,
+    key: &str,
+    compute: impl FnOnce() -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let entry = cached(dir, key, || {
+        let values = compute()?;
+        Ok(vec![Encoded {
+            targets: vec![false; values.len()],
+            ids: values.iter().map(|v| v.to_bits()).collect(),
+        }])
+    })?;
+    Ok(entry
+        .first()
+        .map(|e| e.ids.iter().map(|&b| f32::from_bits(b)).collect())
+        .unwrap_or_default())
+}
+
 fn store(dir: &Path, path: &PathBuf, encoded: &[Encoded]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut out =

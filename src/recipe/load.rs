@@ -575,6 +575,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
         StageKind::Generate => from_value(v, &path, sources).map(StageSpec::Generate),
         StageKind::Evaluate => from_value(v, &path, sources).map(StageSpec::Evaluate),
         StageKind::Reward => from_value(v, &path, sources).map(StageSpec::Reward),
+        StageKind::Dpo => from_value(v, &path, sources).map(StageSpec::Dpo),
     }
 }
 

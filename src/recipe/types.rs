@@ -76,6 +76,7 @@ pub enum StageKind {
     Generate,
     Evaluate,
     Reward,
+    Dpo,
 }
 
 impl StageKind {
@@ -87,6 +88,7 @@ impl StageKind {
         StageKind::Generate,
         StageKind::Evaluate,
         StageKind::Reward,
+        StageKind::Dpo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +100,7 @@ impl StageKind {
             StageKind::Generate => "generate",
             StageKind::Evaluate => "evaluate",
             StageKind::Reward => "reward",
+            StageKind::Dpo => "dpo",
         }
     }
 
@@ -133,6 +136,9 @@ pub enum StageSpec {
     Evaluate(EvaluateSpec),
     /// A reward model: a scalar head trained on preference pairs (Bradley-Terry).
     Reward(RewardSpec),
+    /// Direct preference optimisation and its variants (IPO, hinge, robust, conservative,
+    /// SimPO, ORPO, KTO) on preference data.
+    Dpo(DpoSpec),
 }
 
 impl StageSpec {
@@ -145,6 +151,7 @@ impl StageSpec {
             StageSpec::Generate(_) => StageKind::Generate,
             StageSpec::Evaluate(_) => StageKind::Evaluate,
             StageSpec::Reward(_) => StageKind::Reward,
+            StageSpec::Dpo(_) => StageKind::Dpo,
         }
     }
 
@@ -187,6 +194,11 @@ impl StageSpec {
                 }
                 v.extend(r.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &r.data));
+            }
+            StageSpec::Dpo(d) => {
+                v.push(("model".into(), &d.model));
+                v.extend(d.reference.iter().map(|i| ("reference".to_owned(), i)));
+                v.push(("data".into(), &d.data));
             }
         }
         v
@@ -252,6 +264,11 @@ impl StageSpec {
                 }
                 v.extend(r.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
                 v.push(("data".into(), &mut r.data));
+            }
+            StageSpec::Dpo(d) => {
+                v.push(("model".into(), &mut d.model));
+                v.extend(d.reference.iter_mut().map(|i| ("reference".to_owned(), i)));
+                v.push(("data".into(), &mut d.data));
             }
         }
         v
@@ -980,4 +997,58 @@ fn chosen_column() -> String {
 }
 fn rejected_column() -> String {
     "rejected".into()
+}
+
+/// `dpo`: preference optimisation of a policy (usually an SFT model) on prompt / chosen /
+/// rejected pairs. The reference is the
+/// starting model (a frozen copy; with LoRA, the same model with its adapter off) unless
+/// `reference` names another; its log-probabilities are computed once and cached in the store.
+/// Outputs: `model` and, with LoRA, `adapter`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DpoSpec {
+    /// The policy to start from: a model stage or a checkpoint.
+    pub model: Input,
+    /// Another reference model (default: the starting policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Input>,
+    pub data: Input,
+    #[serde(default)]
+    pub loss: crate::train::preference::DpoLoss,
+    /// KTO instead of a pairwise loss: every chosen answer is a desirable example and every
+    /// rejected one an undesirable example, each scored on its own.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kto: bool,
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Robust / conservative DPO: the share of pairs assumed mislabelled.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub label_smoothing: f64,
+    /// SimPO's target reward margin.
+    #[serde(default = "default_simpo_gamma")]
+    pub simpo_gamma: f64,
+    /// Compare with no reference model (its log-probabilities count as zero).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reference_free: bool,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "chosen_column")]
+    pub chosen_column: String,
+    #[serde(default = "rejected_column")]
+    pub rejected_column: String,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_beta() -> f64 {
+    0.1
+}
+fn default_simpo_gamma() -> f64 {
+    0.5
 }

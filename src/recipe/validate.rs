@@ -41,6 +41,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Generate(_) => {}
             StageSpec::Evaluate(e) => check_evaluate(recipe, &at, e, &mut diags),
             StageSpec::Reward(r) => check_reward(recipe, &at, r, &mut diags),
+            StageSpec::Dpo(d) => check_dpo(recipe, &at, d, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -384,6 +385,46 @@ fn check_reward(
         );
     }
     if r.train.batch_size == 0 || r.train.epochs == 0 || r.train.lr <= 0.0 {
+        diags.push(
+            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
+                .at(recipe.key_location(&join(at, "train"))),
+        );
+    }
+}
+
+fn check_dpo(
+    recipe: &Recipe,
+    at: &str,
+    d: &crate::recipe::types::DpoSpec,
+    diags: &mut Diagnostics,
+) {
+    use crate::train::preference::DpoLoss;
+    if !(d.beta > 0.0 && d.beta.is_finite()) {
+        diags.push(
+            Diagnostic::new(format!("`beta` must be above 0, not {}", d.beta))
+                .at(recipe.value_location(&join(at, "beta"))),
+        );
+    }
+    if !(0.0..0.5).contains(&d.label_smoothing) {
+        diags.push(
+            Diagnostic::new("`label_smoothing` is a share of mislabelled pairs in [0, 0.5)")
+                .at(recipe.value_location(&join(at, "label_smoothing"))),
+        );
+    }
+    if d.reference.is_some() && (!d.loss.uses_reference() || d.reference_free) {
+        diags.push(
+            Diagnostic::new("this loss uses no reference model, so `reference` would be ignored")
+                .at(recipe.key_location(&join(at, "reference")))
+                .help("remove `reference`, or pick a loss that compares with one"),
+        );
+    }
+    if d.kto && d.loss != DpoLoss::Sigmoid {
+        diags.push(
+            Diagnostic::new("`kto: true` replaces `loss`; set one or the other")
+                .at(recipe.key_location(&join(at, "loss"))),
+        );
+    }
+    if d.train.batch_size == 0 || d.train.epochs == 0 || d.train.lr <= 0.0 {
         diags.push(
             Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
                 .at(recipe.key_location(&join(at, "train"))),

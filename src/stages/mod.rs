@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod dataset;
+pub mod dpo;
 pub mod evaluate;
 pub mod generate;
 pub mod guards;
@@ -68,6 +69,11 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
         ],
         StageSpec::Evaluate(_) => vec![("results", ArtifactType::Table)],
         StageSpec::Reward(_) => vec![("model", ArtifactType::RewardModel)],
+        StageSpec::Dpo(d) if d.peft.is_some() => vec![
+            ("model", ArtifactType::Model),
+            ("adapter", ArtifactType::Model),
+        ],
+        StageSpec::Dpo(_) => vec![("model", ArtifactType::Model)],
     }
 }
 
@@ -76,7 +82,7 @@ impl StageSpec {
         match self {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
-            StageSpec::Pretrain(_) | StageSpec::Sft(_) => ArtifactType::Model,
+            StageSpec::Pretrain(_) | StageSpec::Sft(_) | StageSpec::Dpo(_) => ArtifactType::Model,
             StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
             StageSpec::Reward(_) => ArtifactType::RewardModel,
         }
@@ -91,7 +97,8 @@ impl StageSpec {
             | StageKind::Sft
             | StageKind::Generate
             | StageKind::Evaluate
-            | StageKind::Reward => true,
+            | StageKind::Reward
+            | StageKind::Dpo => true,
         }
     }
 }
@@ -110,6 +117,8 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         // A reward model can start from another reward model, a model, or a checkpoint.
         (StageKind::Reward, "model") => &[ArtifactType::Model, ArtifactType::RewardModel],
         (StageKind::Reward, _) => &[ArtifactType::Tokenizer, ArtifactType::Model],
+        (StageKind::Dpo, "data") => DATA,
+        (StageKind::Dpo, _) => &[ArtifactType::Model],
         (StageKind::Tokenizer | StageKind::Generate, _)
         | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
@@ -148,6 +157,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Generate(g) => generate::run(g, ctx),
         StageSpec::Evaluate(e) => evaluate::run(e, ctx),
         StageSpec::Reward(r) => reward::run(r, ctx),
+        StageSpec::Dpo(d) => dpo::run(d, ctx),
     }
 }
 
@@ -301,6 +311,38 @@ pub fn encode_cached(
 ) -> anyhow::Result<Vec<crate::data::tokenized::Encoded>> {
     let key = crate::data::tokenized::key(tokenizer, how, examples)?;
     crate::data::tokenized::cached(ctx.token_cache.as_deref(), &key, compute)
+}
+
+/// What identifies an input's content, for cache keys: the digests of an artifact's files
+/// (their blob names), or a file's path, size and modification time.
+pub fn input_identity(input: &crate::exec::context::ResolvedInput) -> String {
+    use crate::exec::context::ResolvedInput;
+    match input {
+        ResolvedInput::Artifact(view) => view
+            .outputs
+            .iter()
+            .flat_map(|(o, v)| {
+                v.files.iter().map(move |(rel, blob)| {
+                    format!(
+                        "{o}/{rel}={}",
+                        blob.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        ResolvedInput::File { path, .. } => {
+            let meta = std::fs::metadata(path).ok();
+            format!(
+                "{}:{}:{:?}",
+                path.display(),
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok())
+            )
+        }
+    }
 }
 
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:

@@ -97,6 +97,25 @@ impl LmBatch {
     }
 }
 
+/// Each row's summed log-probability of its target tokens, and how many targets it has
+/// (`[b]` each): what preference losses compare.
+pub fn sequence_logps(model: &Backbone, b: &LmBatch) -> (Tensor<1>, Tensor<1>) {
+    let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
+    let logits = model
+        .lm_logits(hidden)
+        .expect("sequence log-probabilities need a decoder");
+    let [n, s, v] = logits.dims();
+    let lp = burn::tensor::activation::log_softmax(logits.narrow(1, 0, s - 1), 2)
+        .gather(2, b.ids.clone().narrow(1, 1, s - 1).reshape([n, s - 1, 1]))
+        .reshape([n, s - 1]);
+    let _ = v;
+    let mask = b.target_mask.clone().narrow(1, 1, s - 1);
+    (
+        (lp * mask.clone()).sum_dim(1).reshape([n]),
+        mask.sum_dim(1).reshape([n]),
+    )
+}
+
 /// Next-token prediction (pretraining and SFT).
 pub struct CausalLm;
 
