@@ -421,6 +421,13 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "grpo scored by a model that is not a reward model",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  g:\n    kind: grpo\n    model: { path: m }\n    prompts: { from: d }\n    prompt_column: question\n    reward: { model: { from: d } }\n",
+            files: &[],
+            args: &[],
+            expect: &["reward.model", "a reward model", "r.yaml:10:"],
+        },
+        Case {
             name: "evaluate with nothing to measure",
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: {}\n",
             files: &[],

@@ -1,7 +1,8 @@
-//! `dpo`: on a tiny car model (pretrained, then LoRA-SFT'd), DPO and its variants raise the
-//! held-out preference accuracy and margin (TRL's rewards/accuracies and rewards/margins),
-//! with full fine-tuning and with LoRA (reference = adapter off); the reference
-//! log-probabilities are computed once and reused when only `beta` changes.
+//! Preference and RL stages on a tiny car model (pretrained, then LoRA-SFT'd): DPO and its
+//! variants raise the held-out preference accuracy and margin (TRL's rewards/accuracies and
+//! rewards/margins), with full fine-tuning and with LoRA (reference = adapter off); the
+//! reference log-probabilities are computed once and reused when only `beta` changes. GRPO
+//! raises a rule reward.
 
 mod common;
 use std::path::Path;
@@ -75,6 +76,15 @@ stages:
     data: {{ from: prefs }}
     max_length: 64
     train: {{ epochs: 5, batch_size: 8, lr: 5.0e-4 }}
+  grpo:
+    kind: grpo
+    model: {{ from: sft }}
+    prompts: {{ from: qa }}
+    # A templated task: answer in at most six words.
+    reward: {{ length: {{ min: 1, max: 6 }} }}
+    group_size: 6
+    max_new_tokens: 24
+    train: {{ epochs: 4, batch_size: 4, lr: 5.0e-4 }}
 "#,
         d = d.display()
     )
@@ -103,6 +113,16 @@ fn dpo_and_its_variants_raise_held_out_preference_accuracy() {
     assert!(
         lora.contains("LoRA adapter off") && lora.contains("output   adapter"),
         "{lora}"
+    );
+
+    let grpo = p.hone(&["show", "r.yaml", "grpo"]).ok();
+    let (before, after) = (
+        metric(&grpo, "reward_before"),
+        metric(&grpo, "reward_after"),
+    );
+    assert!(
+        after >= before + 0.4,
+        "GRPO rule reward {before} -> {after}\n{grpo}"
     );
 
     // A new beta reruns DPO only, and reuses the cached reference log-probabilities.

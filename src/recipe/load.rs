@@ -576,6 +576,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
         StageKind::Evaluate => from_value(v, &path, sources).map(StageSpec::Evaluate),
         StageKind::Reward => from_value(v, &path, sources).map(StageSpec::Reward),
         StageKind::Dpo => from_value(v, &path, sources).map(StageSpec::Dpo),
+        StageKind::Grpo => from_value(v, &path, sources).map(StageSpec::Grpo),
     }
 }
 

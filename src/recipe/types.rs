@@ -77,6 +77,7 @@ pub enum StageKind {
     Evaluate,
     Reward,
     Dpo,
+    Grpo,
 }
 
 impl StageKind {
@@ -89,6 +90,7 @@ impl StageKind {
         StageKind::Evaluate,
         StageKind::Reward,
         StageKind::Dpo,
+        StageKind::Grpo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +103,7 @@ impl StageKind {
             StageKind::Evaluate => "evaluate",
             StageKind::Reward => "reward",
             StageKind::Dpo => "dpo",
+            StageKind::Grpo => "grpo",
         }
     }
 
@@ -139,6 +142,9 @@ pub enum StageSpec {
     /// Direct preference optimisation and its variants (IPO, hinge, robust, conservative,
     /// SimPO, ORPO, KTO) on preference data.
     Dpo(DpoSpec),
+    /// Group relative policy optimisation: groups of sampled answers per prompt, scored by a
+    /// reward model or a rule, advantages normalised within each group.
+    Grpo(GrpoSpec),
 }
 
 impl StageSpec {
@@ -152,6 +158,7 @@ impl StageSpec {
             StageSpec::Evaluate(_) => StageKind::Evaluate,
             StageSpec::Reward(_) => StageKind::Reward,
             StageSpec::Dpo(_) => StageKind::Dpo,
+            StageSpec::Grpo(_) => StageKind::Grpo,
         }
     }
 
@@ -199,6 +206,16 @@ impl StageSpec {
                 v.push(("model".into(), &d.model));
                 v.extend(d.reference.iter().map(|i| ("reference".to_owned(), i)));
                 v.push(("data".into(), &d.data));
+            }
+            StageSpec::Grpo(g) => {
+                v.push(("model".into(), &g.model));
+                v.push(("prompts".into(), &g.prompts));
+                v.extend(
+                    g.reward
+                        .model
+                        .iter()
+                        .map(|i| ("reward.model".to_owned(), i)),
+                );
             }
         }
         v
@@ -269,6 +286,16 @@ impl StageSpec {
                 v.push(("model".into(), &mut d.model));
                 v.extend(d.reference.iter_mut().map(|i| ("reference".to_owned(), i)));
                 v.push(("data".into(), &mut d.data));
+            }
+            StageSpec::Grpo(g) => {
+                v.push(("model".into(), &mut g.model));
+                v.push(("prompts".into(), &mut g.prompts));
+                v.extend(
+                    g.reward
+                        .model
+                        .iter_mut()
+                        .map(|i| ("reward.model".to_owned(), i)),
+                );
             }
         }
         v
@@ -1051,4 +1078,80 @@ fn default_beta() -> f64 {
 }
 fn default_simpo_gamma() -> f64 {
     0.5
+}
+
+/// Where an RL stage's rewards come from: a reward model and/or rules; what is set adds up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSource {
+    /// A `reward` stage's model (`{ from: rm }`), scoring prompt + response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Input>,
+    /// 1 when the response equals the prompt's reference answer in this column (after
+    /// normalising case, punctuation and spaces), else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_match: Option<String>,
+    /// 1 when the response has between `min` and `max` words, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<LengthRule>,
+    /// 1 when the response matches this regular expression, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LengthRule {
+    pub min: usize,
+    pub max: usize,
+}
+
+/// `grpo`: for each prompt, `group_size` sampled answers scored by `reward`; each answer's
+/// advantage is its reward normalised within its group; the clipped objective (with an
+/// optional k3 KL penalty, `beta`) trains the policy. Outputs: `model` and, with LoRA,
+/// `adapter`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoSpec {
+    pub model: Input,
+    /// A dataset (or file) of prompts; `validation` prompts measure the reward before/after.
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    pub reward: RewardSource,
+    /// Answers sampled per prompt.
+    #[serde(default = "default_group_size")]
+    pub group_size: usize,
+    #[serde(default = "default_rl_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_rl_temperature")]
+    pub temperature: f64,
+    /// Clipping of the probability ratio.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// Weight of the k3 KL penalty to the starting policy (0: none, TRL's default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub beta: f64,
+    #[serde(default)]
+    pub aggregation: crate::train::rl::GrpoAggregation,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    /// `batch_size` is prompts per step; an epoch is a pass over the prompts.
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_group_size() -> usize {
+    8
+}
+fn default_rl_tokens() -> usize {
+    32
+}
+fn default_rl_temperature() -> f64 {
+    1.0
+}
+fn default_epsilon() -> f64 {
+    0.2
 }

@@ -42,6 +42,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Evaluate(e) => check_evaluate(recipe, &at, e, &mut diags),
             StageSpec::Reward(r) => check_reward(recipe, &at, r, &mut diags),
             StageSpec::Dpo(d) => check_dpo(recipe, &at, d, &mut diags),
+            StageSpec::Grpo(g) => check_grpo(recipe, &at, g, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -425,6 +426,52 @@ fn check_dpo(
         );
     }
     if d.train.batch_size == 0 || d.train.epochs == 0 || d.train.lr <= 0.0 {
+        diags.push(
+            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
+                .at(recipe.key_location(&join(at, "train"))),
+        );
+    }
+}
+
+fn check_grpo(
+    recipe: &Recipe,
+    at: &str,
+    g: &crate::recipe::types::GrpoSpec,
+    diags: &mut Diagnostics,
+) {
+    let r = &g.reward;
+    if r.model.is_none() && r.exact_match.is_none() && r.length.is_none() && r.regex.is_none() {
+        diags.push(
+            Diagnostic::new(format!("`{at}.reward` gives no reward"))
+                .at(recipe.key_location(&join(at, "reward")))
+                .help("set `model: { from: <reward stage> }`, or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
+        );
+    }
+    if let Some(re) = &r.regex
+        && let Err(e) = regex::Regex::new(re)
+    {
+        diags.push(
+            Diagnostic::new(format!("invalid regular expression: {e}"))
+                .at(recipe.value_location(&join(at, "reward.regex"))),
+        );
+    }
+    if let Some(l) = &r.length
+        && l.min > l.max
+    {
+        diags.push(
+            Diagnostic::new(format!("length rule: min {} is above max {}", l.min, l.max))
+                .at(recipe.key_location(&join(at, "reward.length"))),
+        );
+    }
+    if g.group_size < 2 {
+        diags.push(
+            Diagnostic::new(
+                "`group_size` must be at least 2: advantages compare answers within a group",
+            )
+            .at(recipe.value_location(&join(at, "group_size"))),
+        );
+    }
+    if g.train.batch_size == 0 || g.train.epochs == 0 || g.train.lr <= 0.0 {
         diags.push(
             Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
                 .at(recipe.key_location(&join(at, "train"))),

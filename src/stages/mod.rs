@@ -6,9 +6,11 @@ pub mod dataset;
 pub mod dpo;
 pub mod evaluate;
 pub mod generate;
+pub mod grpo;
 pub mod guards;
 pub mod pretrain;
 pub mod reward;
+pub mod rollout;
 pub mod sft;
 pub mod tokenizer;
 
@@ -74,6 +76,11 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             ("adapter", ArtifactType::Model),
         ],
         StageSpec::Dpo(_) => vec![("model", ArtifactType::Model)],
+        StageSpec::Grpo(g) if g.peft.is_some() => vec![
+            ("model", ArtifactType::Model),
+            ("adapter", ArtifactType::Model),
+        ],
+        StageSpec::Grpo(_) => vec![("model", ArtifactType::Model)],
     }
 }
 
@@ -82,7 +89,9 @@ impl StageSpec {
         match self {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
-            StageSpec::Pretrain(_) | StageSpec::Sft(_) | StageSpec::Dpo(_) => ArtifactType::Model,
+            StageSpec::Pretrain(_) | StageSpec::Sft(_) | StageSpec::Dpo(_) | StageSpec::Grpo(_) => {
+                ArtifactType::Model
+            }
             StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
             StageSpec::Reward(_) => ArtifactType::RewardModel,
         }
@@ -98,7 +107,8 @@ impl StageSpec {
             | StageKind::Generate
             | StageKind::Evaluate
             | StageKind::Reward
-            | StageKind::Dpo => true,
+            | StageKind::Dpo
+            | StageKind::Grpo => true,
         }
     }
 }
@@ -119,6 +129,10 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         (StageKind::Reward, _) => &[ArtifactType::Tokenizer, ArtifactType::Model],
         (StageKind::Dpo, "data") => DATA,
         (StageKind::Dpo, _) => &[ArtifactType::Model],
+        (StageKind::Grpo, "prompts") => DATA,
+        // Only a reward model scores rollouts: anything else fails validation.
+        (StageKind::Grpo, "reward.model") => &[ArtifactType::RewardModel],
+        (StageKind::Grpo, _) => &[ArtifactType::Model],
         (StageKind::Tokenizer | StageKind::Generate, _)
         | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
@@ -158,6 +172,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Evaluate(e) => evaluate::run(e, ctx),
         StageSpec::Reward(r) => reward::run(r, ctx),
         StageSpec::Dpo(d) => dpo::run(d, ctx),
+        StageSpec::Grpo(g) => grpo::run(g, ctx),
     }
 }
 

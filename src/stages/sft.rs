@@ -29,7 +29,7 @@ type Conversations = Vec<Vec<Message>>;
 
 /// Turns conversations into text: the prompt a model answers, and the pieces of a training
 /// example with the assistant's text marked as the target.
-pub(super) struct Format {
+pub struct Format {
     template: Option<ChatTemplate>,
     /// The text that ends an answer (ChatML's end of turn); generation is cut there.
     end: Option<String>,

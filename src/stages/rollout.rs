@@ -1,0 +1,256 @@
+//! What the RL stages share: prompts (with optional reference answers), sampling answers from
+//! the policy, scoring them (a reward model and/or rules), and per-token log-probabilities.
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use tokenizers::Tokenizer;
+
+use super::pretrain::{LoadedModel, load_checkpoint};
+use super::reward::{RewardText, score};
+use super::sft::Format;
+use crate::data::leakage::normalize;
+use crate::data::table::Table;
+use crate::exec::context::{ResolvedInput, StageContext};
+use crate::model::sampling::{SamplingConfig, generate};
+use crate::model::{Backbone, Model};
+use crate::recipe::types::{MissingPolicy, RewardSource};
+use crate::train::objectives::LmBatch;
+
+/// A prompt, and its reference answer when a rule needs one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PromptRow {
+    pub prompt: String,
+    pub answer: Option<String>,
+}
+
+/// Prompts of the train and validation splits (a file or single split: all train).
+pub fn read_prompts(
+    input: &ResolvedInput,
+    prompt_column: &str,
+    answer_column: Option<&str>,
+) -> Result<(Vec<PromptRow>, Vec<PromptRow>)> {
+    let of = |t: &Table| -> Result<Vec<PromptRow>> {
+        let mut cols = vec![prompt_column.to_owned()];
+        cols.extend(answer_column.map(str::to_owned));
+        let idx = t.indices(&cols, "the stage reads column")?;
+        Ok(t.rows
+            .iter()
+            .filter_map(|r| {
+                Some(PromptRow {
+                    prompt: r.values[idx[0]].as_str()?.to_owned(),
+                    answer: idx
+                        .get(1)
+                        .and_then(|&i| r.values[i].as_str().map(str::to_owned)),
+                })
+            })
+            .collect())
+    };
+    match input {
+        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
+            let part = |split| -> Result<Vec<PromptRow>> {
+                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
+            };
+            Ok((part("train")?, part("validation")?))
+        }
+        _ => Ok((
+            of(&super::read_table(input, MissingPolicy::Null)?)?,
+            Vec::new(),
+        )),
+    }
+}
+
+/// Scores responses: the reward model's score plus 1 for each rule a response meets.
+pub struct Scorer {
+    model: Option<(Model, Tokenizer, RewardText)>,
+    exact_match: bool,
+    length: Option<(usize, usize)>,
+    regex: Option<regex::Regex>,
+    device: Device,
+}
+
+impl Scorer {
+    /// The scorer of `source`; the reward model (input `reward.model`) loads on `device`.
+    pub fn new(source: &RewardSource, ctx: &StageContext, device: &Device) -> Result<Scorer> {
+        let model = match &source.model {
+            Some(_) => {
+                let LoadedModel {
+                    backbone,
+                    score: head,
+                    config,
+                    tokenizer,
+                    chat_template,
+                } = load_checkpoint(ctx, "reward.model", None, false, device)?;
+                if head.as_ref().map(|h| h.d_out()) != Some(1) {
+                    bail!(
+                        "`reward.model` has no single-score head: train it with a `reward` stage"
+                    );
+                }
+                let text = RewardText::new(
+                    &backbone,
+                    &tokenizer,
+                    &config,
+                    chat_template.as_deref(),
+                    &crate::recipe::types::PromptTemplate::default(),
+                    512,
+                );
+                Some((
+                    Model {
+                        backbone,
+                        score: head,
+                    },
+                    tokenizer,
+                    text,
+                ))
+            }
+            None => None,
+        };
+        Ok(Scorer {
+            model,
+            exact_match: source.exact_match.is_some(),
+            length: source.length.as_ref().map(|l| (l.min, l.max)),
+            regex: source
+                .regex
+                .as_deref()
+                .map(regex::Regex::new)
+                .transpose()
+                .context("reward.regex")?,
+            device: device.clone(),
+        })
+    }
+
+    /// The reward of each (prompt row, response).
+    pub fn score(&self, rows: &[(&PromptRow, &str)]) -> Result<Vec<f64>> {
+        let mut rewards = vec![0.0; rows.len()];
+        if let Some((model, tok, text)) = &self.model {
+            for (chunk, out) in rows.chunks(16).zip(rewards.chunks_mut(16)) {
+                let pairs: Vec<(&str, &str)> =
+                    chunk.iter().map(|(p, r)| (p.prompt.as_str(), *r)).collect();
+                let batch = text.batch(tok, &pairs, &self.device)?;
+                let s = score(model, &batch)
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                for (o, v) in out.iter_mut().zip(s) {
+                    *o += v as f64;
+                }
+            }
+        }
+        for ((row, response), r) in rows.iter().zip(rewards.iter_mut()) {
+            if self.exact_match
+                && row
+                    .answer
+                    .as_deref()
+                    .is_some_and(|a| normalize(a) == normalize(response))
+            {
+                *r += 1.0;
+            }
+            if let Some((min, max)) = self.length {
+                let words = response.split_whitespace().count();
+                if (min..=max).contains(&words) {
+                    *r += 1.0;
+                }
+            }
+            if let Some(re) = &self.regex
+                && re.is_match(response)
+            {
+                *r += 1.0;
+            }
+        }
+        Ok(rewards)
+    }
+}
+
+/// Sampled answers: for every prompt, `group` completions (token ids, ending with a stop
+/// token when one was produced) and their decoded text.
+pub struct Rollout {
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// (prompt index, completion ids, completion text)
+    pub completions: Vec<(usize, Vec<u32>, String)>,
+}
+
+pub fn rollout(
+    policy: &Backbone,
+    tok: &Tokenizer,
+    format: &Format,
+    prompts: &[PromptRow],
+    group: usize,
+    sampling: &SamplingConfig,
+    device: &Device,
+) -> Result<Rollout> {
+    let prompt_ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| format.encode_prompt(tok, &p.prompt))
+        .collect::<Result<_>>()?;
+    let mut inputs = Vec::with_capacity(prompts.len() * group);
+    for ids in &prompt_ids {
+        inputs.extend(std::iter::repeat_n(ids.clone(), group));
+    }
+    let outs = generate(policy, &inputs, sampling, device);
+    let mut completions = Vec::with_capacity(outs.len());
+    for (k, out) in outs.into_iter().enumerate() {
+        let text = tok
+            .decode(&out, true)
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+        completions.push((k / group, out, format.answer(&text).trim().to_owned()));
+    }
+    Ok(Rollout {
+        prompt_ids,
+        completions,
+    })
+}
+
+impl Rollout {
+    /// Prompt + completion rows with the completion tokens as targets.
+    pub fn batch(&self, device: &Device) -> LmBatch {
+        let (mut seqs, mut targets) = (Vec::new(), Vec::new());
+        for (p, ids, _) in &self.completions {
+            let prompt = &self.prompt_ids[*p];
+            seqs.push([prompt.as_slice(), ids.as_slice()].concat());
+            targets.push(
+                std::iter::repeat_n(false, prompt.len())
+                    .chain(std::iter::repeat_n(true, ids.len()))
+                    .collect(),
+            );
+        }
+        LmBatch::with_targets(&seqs, &targets, device)
+    }
+}
+
+/// Per-token log-probabilities of the targets `[b, s-1]` (position t holds token t+1's), and
+/// the target mask aligned with them.
+pub fn token_logps(model: &Backbone, b: &LmBatch) -> (Tensor<2>, Tensor<2>) {
+    let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
+    let logits = model.lm_logits(hidden).expect("a decoder");
+    let [n, s, _] = logits.dims();
+    let lp = burn::tensor::activation::log_softmax(logits.narrow(1, 0, s - 1), 2)
+        .gather(2, b.ids.clone().narrow(1, 1, s - 1).reshape([n, s - 1, 1]))
+        .reshape([n, s - 1]);
+    let mask = b.target_mask.clone().narrow(1, 1, s - 1);
+    (lp * mask.clone(), mask)
+}
+
+/// Mean reward of greedy answers to `prompts` (the before/after measure of RL stages).
+pub fn mean_reward(
+    policy: &Backbone,
+    tok: &Tokenizer,
+    format: &Format,
+    prompts: &[PromptRow],
+    scorer: &Scorer,
+    sampling: &SamplingConfig,
+    device: &Device,
+) -> Result<Option<f64>> {
+    if prompts.is_empty() {
+        return Ok(None);
+    }
+    let greedy = SamplingConfig {
+        temperature: 0.0,
+        ..sampling.clone()
+    };
+    let r = rollout(policy, tok, format, prompts, 1, &greedy, device)?;
+    let rows: Vec<(&PromptRow, &str)> = r
+        .completions
+        .iter()
+        .map(|(p, _, text)| (&prompts[*p], text.as_str()))
+        .collect();
+    let rewards = scorer.score(&rows)?;
+    Ok(Some(rewards.iter().sum::<f64>() / rewards.len() as f64))
+}
