@@ -85,6 +85,27 @@ stages:
     group_size: 6
     max_new_tokens: 24
     train: {{ epochs: 4, batch_size: 4, lr: 5.0e-4 }}
+  prompts:
+    kind: dataset
+    source: {{ path: {d}/prompts.jsonl }}
+    split: {{ validation: 0.25 }}
+  # A reward model on the SFT model reads the policy's tokens, so PPO's value model starts
+  # from it (as in TRL).
+  rm:
+    kind: reward
+    model: {{ from: sft }}
+    data: {{ from: prefs }}
+    max_length: 64
+    train: {{ epochs: 10, batch_size: 8, lr: 1.0e-3, warmup_steps: 5 }}
+  ppo:
+    kind: ppo
+    model: {{ from: sft }}
+    reward_model: {{ from: rm }}
+    prompts: {{ from: prompts }}
+    max_new_tokens: 24
+    temperature: 1.0
+    kl_coef: 0.2
+    train: {{ epochs: 20, batch_size: 18, lr: 1.0e-4 }}
 "#,
         d = d.display()
     )
@@ -124,6 +145,26 @@ fn dpo_and_its_variants_raise_held_out_preference_accuracy() {
         after >= before + 0.4,
         "GRPO rule reward {before} -> {after}\n{grpo}"
     );
+
+    let rm = p.hone(&["show", "r.yaml", "rm"]).ok();
+    assert!(
+        metric(&rm, "accuracy_after") > metric(&rm, "accuracy_before"),
+        "{rm}"
+    );
+    let ppo = p.hone(&["show", "r.yaml", "ppo"]).ok();
+    let (first, last) = (
+        metric(&ppo, "scores_first_quarter"),
+        metric(&ppo, "scores_last_quarter"),
+    );
+    assert!(
+        last > first + 0.2,
+        "PPO objective/scores {first} -> {last}\n{ppo}"
+    );
+    assert!(
+        metric(&ppo, "kl_last_quarter") < 3.0,
+        "KL stays bounded: {ppo}"
+    );
+    assert!(ppo.contains("value_model the reward model"), "{ppo}");
 
     // A new beta reruns DPO only, and reuses the cached reference log-probabilities.
     let cached = || {

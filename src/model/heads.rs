@@ -35,6 +35,15 @@ impl Model {
         }
     }
 
+    /// The head applied at every position: `[b, s]` scalars (a value model's per-token
+    /// estimates); `None` without a head.
+    pub fn token_scores(&self, ids: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Option<Tensor<2>> {
+        let score = self.score.as_ref()?;
+        let [b, s] = ids.dims();
+        let hidden = self.backbone.hidden(ids, Some(padding));
+        Some(score.forward(hidden).narrow(2, 0, 1).reshape([b, s]))
+    }
+
     pub fn num_labels(&self) -> Option<usize> {
         self.score.as_ref().map(Proj::d_out)
     }

@@ -577,6 +577,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
         StageKind::Reward => from_value(v, &path, sources).map(StageSpec::Reward),
         StageKind::Dpo => from_value(v, &path, sources).map(StageSpec::Dpo),
         StageKind::Grpo => from_value(v, &path, sources).map(StageSpec::Grpo),
+        StageKind::Ppo => from_value(v, &path, sources).map(StageSpec::Ppo),
     }
 }
 

@@ -78,6 +78,7 @@ pub enum StageKind {
     Reward,
     Dpo,
     Grpo,
+    Ppo,
 }
 
 impl StageKind {
@@ -91,6 +92,7 @@ impl StageKind {
         StageKind::Reward,
         StageKind::Dpo,
         StageKind::Grpo,
+        StageKind::Ppo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +106,7 @@ impl StageKind {
             StageKind::Reward => "reward",
             StageKind::Dpo => "dpo",
             StageKind::Grpo => "grpo",
+            StageKind::Ppo => "ppo",
         }
     }
 
@@ -145,6 +148,9 @@ pub enum StageSpec {
     /// Group relative policy optimisation: groups of sampled answers per prompt, scored by a
     /// reward model or a rule, advantages normalised within each group.
     Grpo(GrpoSpec),
+    /// RLHF with PPO: the policy's sampled answers scored by a reward model, a per-token KL
+    /// penalty to the starting policy, GAE, clipped policy and value losses.
+    Ppo(PpoSpec),
 }
 
 impl StageSpec {
@@ -159,6 +165,7 @@ impl StageSpec {
             StageSpec::Reward(_) => StageKind::Reward,
             StageSpec::Dpo(_) => StageKind::Dpo,
             StageSpec::Grpo(_) => StageKind::Grpo,
+            StageSpec::Ppo(_) => StageKind::Ppo,
         }
     }
 
@@ -216,6 +223,11 @@ impl StageSpec {
                         .iter()
                         .map(|i| ("reward.model".to_owned(), i)),
                 );
+            }
+            StageSpec::Ppo(p) => {
+                v.push(("model".into(), &p.model));
+                v.push(("reward_model".into(), &p.reward_model));
+                v.push(("prompts".into(), &p.prompts));
             }
         }
         v
@@ -296,6 +308,11 @@ impl StageSpec {
                         .iter_mut()
                         .map(|i| ("reward.model".to_owned(), i)),
                 );
+            }
+            StageSpec::Ppo(p) => {
+                v.push(("model".into(), &mut p.model));
+                v.push(("reward_model".into(), &mut p.reward_model));
+                v.push(("prompts".into(), &mut p.prompts));
             }
         }
         v
@@ -1154,4 +1171,72 @@ fn default_rl_temperature() -> f64 {
 }
 fn default_epsilon() -> f64 {
     0.2
+}
+
+/// `ppo`: RLHF with PPO (TRL's OpenAI-style trainer). For each batch of prompts the policy
+/// samples answers; the reward model scores them (minus `missing_eos_penalty` for answers
+/// that never ended); every answer token gets `-kl_coef * KL` to the starting policy, and the
+/// score lands on the answer's last token; GAE gives advantages (whitened) and returns; then
+/// `ppo_epochs` passes of clipped policy and value losses. The value model starts from the
+/// reward model when they share a vocabulary, else from the policy with a new scalar head.
+/// Outputs: `model` and, with LoRA, `adapter`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PpoSpec {
+    pub model: Input,
+    /// A `reward` stage's model; anything else fails validation.
+    pub reward_model: Input,
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "default_kl_coef")]
+    pub kl_coef: f64,
+    #[serde(default)]
+    pub kl_estimator: crate::train::rl::KlEstimator,
+    #[serde(default = "default_epsilon")]
+    pub cliprange: f64,
+    #[serde(default = "default_epsilon")]
+    pub cliprange_value: f64,
+    #[serde(default = "default_vf_coef")]
+    pub vf_coef: f64,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    #[serde(default = "default_lambda")]
+    pub lam: f64,
+    /// Optimisation passes over each batch of rollouts.
+    #[serde(default = "default_ppo_epochs")]
+    pub ppo_epochs: usize,
+    #[serde(default = "default_ppo_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_rl_tokens")]
+    pub max_new_tokens: usize,
+    /// Subtracted from the score of an answer that did not end with an end token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_eos_penalty: Option<f64>,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    /// `batch_size` is prompts per rollout; an epoch is a pass over the prompts.
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_kl_coef() -> f64 {
+    0.05
+}
+fn default_vf_coef() -> f64 {
+    0.1
+}
+fn default_gamma() -> f64 {
+    1.0
+}
+fn default_lambda() -> f64 {
+    0.95
+}
+fn default_ppo_epochs() -> usize {
+    4
+}
+fn default_ppo_temperature() -> f64 {
+    0.7
 }

@@ -43,6 +43,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Reward(r) => check_reward(recipe, &at, r, &mut diags),
             StageSpec::Dpo(d) => check_dpo(recipe, &at, d, &mut diags),
             StageSpec::Grpo(g) => check_grpo(recipe, &at, g, &mut diags),
+            StageSpec::Ppo(p) => check_ppo(recipe, &at, p, &mut diags),
         }
     }
     match Dag::build(recipe) {
@@ -472,6 +473,46 @@ fn check_grpo(
         );
     }
     if g.train.batch_size == 0 || g.train.epochs == 0 || g.train.lr <= 0.0 {
+        diags.push(
+            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
+                .at(recipe.key_location(&join(at, "train"))),
+        );
+    }
+}
+
+fn check_ppo(
+    recipe: &Recipe,
+    at: &str,
+    p: &crate::recipe::types::PpoSpec,
+    diags: &mut Diagnostics,
+) {
+    if p.ppo_epochs == 0 {
+        diags.push(
+            Diagnostic::new("`ppo_epochs` must be at least 1")
+                .at(recipe.value_location(&join(at, "ppo_epochs"))),
+        );
+    }
+    for (key, v) in [
+        ("kl_coef", p.kl_coef),
+        ("vf_coef", p.vf_coef),
+        ("cliprange", p.cliprange),
+        ("cliprange_value", p.cliprange_value),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            diags.push(
+                Diagnostic::new(format!("`{key}` must be a number >= 0, not {v}"))
+                    .at(recipe.value_location(&join(at, key))),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) {
+        diags.push(
+            Diagnostic::new("`gamma` and `lam` are in [0, 1]").at(recipe
+                .key_location(&join(at, "gamma"))
+                .or(recipe.key_location(at))),
+        );
+    }
+    if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
         diags.push(
             Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
                 .at(recipe.key_location(&join(at, "train"))),

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::pretrain::{LoadedModel, load_checkpoint};
-use super::rollout::{PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps};
+use super::rollout::{Answering, PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps};
 use super::sft::Format;
 use super::{ArtifactType, StageResult};
 use crate::exec::context::StageContext;
@@ -88,7 +88,7 @@ impl Objective<Backbone> for Grpo<'_> {
             .collect();
 
         let batch = r.batch(&device);
-        let (lp, mask) = token_logps(model, &batch);
+        let (lp, mask) = token_logps(model, &batch, self.sampling.temperature);
         let [n, t] = lp.dims();
         let adv = Tensor::<1>::from_data(burn::tensor::TensorData::new(advantages, [n]), &device)
             .reshape([n, 1])
@@ -97,7 +97,11 @@ impl Objective<Backbone> for Grpo<'_> {
         if self.beta > 0.0
             && let Some(reference) = &self.reference
         {
-            let (ref_lp, _) = token_logps(reference, &r.batch(&self.infer_device));
+            let (ref_lp, _) = token_logps(
+                reference,
+                &r.batch(&self.infer_device),
+                self.sampling.temperature,
+            );
             let ref_lp = Tensor::<2>::from_data(ref_lp.into_data(), &device);
             // k3 = exp(ref - lp) - (ref - lp) - 1, per token.
             let logr = ref_lp - lp;
@@ -148,12 +152,18 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     for p in train_prompts.iter().chain(&val_prompts) {
         format.encode_prompt(&tokenizer, &p.prompt)?;
     }
-    let scorer = Scorer::new(&spec.reward, ctx, &infer_device)?;
+    let scorer = Scorer::new(&spec.reward, "reward.model", ctx, &infer_device)?;
     let sampling = SamplingConfig {
         max_new_tokens: spec.max_new_tokens,
         temperature: spec.temperature,
         stop_tokens: stops,
         ..Default::default()
+    };
+    let answering = Answering {
+        tok: &tokenizer,
+        format: &format,
+        sampling: &sampling,
+        device: &infer_device,
     };
     let measured = if val_prompts.is_empty() {
         &train_prompts
@@ -161,15 +171,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &val_prompts
     };
     ctx.progress.set_message("measuring the reward (before)");
-    let before = mean_reward(
-        &backbone.valid(),
-        &tokenizer,
-        &format,
-        measured,
-        &scorer,
-        &sampling,
-        &infer_device,
-    )?;
+    let before = mean_reward(&backbone.valid(), &answering, measured, &scorer, 1)?;
     let reference = (spec.beta > 0.0).then(|| backbone.valid());
     let (backbone, adapted) = match &spec.peft {
         Some(PeftSpec::Lora(cfg)) => {
@@ -198,15 +200,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         super::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)?;
     let mut inference = trained.valid();
     ctx.progress.set_message("measuring the reward (after)");
-    let after = mean_reward(
-        &inference,
-        &tokenizer,
-        &format,
-        measured,
-        &scorer,
-        &sampling,
-        &infer_device,
-    )?;
+    let after = mean_reward(&inference, &answering, measured, &scorer, 1)?;
     let sampled = objective.rewards.into_inner();
 
     ctx.progress.set_message("saving");

@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod grpo;
 pub mod guards;
+pub mod ppo;
 pub mod pretrain;
 pub mod reward;
 pub mod rollout;
@@ -81,6 +82,11 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             ("adapter", ArtifactType::Model),
         ],
         StageSpec::Grpo(_) => vec![("model", ArtifactType::Model)],
+        StageSpec::Ppo(p) if p.peft.is_some() => vec![
+            ("model", ArtifactType::Model),
+            ("adapter", ArtifactType::Model),
+        ],
+        StageSpec::Ppo(_) => vec![("model", ArtifactType::Model)],
     }
 }
 
@@ -89,9 +95,11 @@ impl StageSpec {
         match self {
             StageSpec::Dataset(_) => ArtifactType::Dataset,
             StageSpec::Tokenizer(_) => ArtifactType::Tokenizer,
-            StageSpec::Pretrain(_) | StageSpec::Sft(_) | StageSpec::Dpo(_) | StageSpec::Grpo(_) => {
-                ArtifactType::Model
-            }
+            StageSpec::Pretrain(_)
+            | StageSpec::Sft(_)
+            | StageSpec::Dpo(_)
+            | StageSpec::Grpo(_)
+            | StageSpec::Ppo(_) => ArtifactType::Model,
             StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
             StageSpec::Reward(_) => ArtifactType::RewardModel,
         }
@@ -108,7 +116,8 @@ impl StageSpec {
             | StageKind::Evaluate
             | StageKind::Reward
             | StageKind::Dpo
-            | StageKind::Grpo => true,
+            | StageKind::Grpo
+            | StageKind::Ppo => true,
         }
     }
 }
@@ -133,6 +142,9 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         // Only a reward model scores rollouts: anything else fails validation.
         (StageKind::Grpo, "reward.model") => &[ArtifactType::RewardModel],
         (StageKind::Grpo, _) => &[ArtifactType::Model],
+        (StageKind::Ppo, "prompts") => DATA,
+        (StageKind::Ppo, "reward_model") => &[ArtifactType::RewardModel],
+        (StageKind::Ppo, _) => &[ArtifactType::Model],
         (StageKind::Tokenizer | StageKind::Generate, _)
         | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
@@ -173,6 +185,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Reward(r) => reward::run(r, ctx),
         StageSpec::Dpo(d) => dpo::run(d, ctx),
         StageSpec::Grpo(g) => grpo::run(g, ctx),
+        StageSpec::Ppo(p) => ppo::run(p, ctx),
     }
 }
 

@@ -61,7 +61,7 @@ pub fn read_prompts(
 
 /// Scores responses: the reward model's score plus 1 for each rule a response meets.
 pub struct Scorer {
-    model: Option<(Model, Tokenizer, RewardText)>,
+    pub model: Option<(Model, Tokenizer, RewardText)>,
     exact_match: bool,
     length: Option<(usize, usize)>,
     regex: Option<regex::Regex>,
@@ -69,8 +69,14 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// The scorer of `source`; the reward model (input `reward.model`) loads on `device`.
-    pub fn new(source: &RewardSource, ctx: &StageContext, device: &Device) -> Result<Scorer> {
+    /// The scorer of `source`; its reward model (the stage's input `model_input`) loads on
+    /// `device`.
+    pub fn new(
+        source: &RewardSource,
+        model_input: &str,
+        ctx: &StageContext,
+        device: &Device,
+    ) -> Result<Scorer> {
         let model = match &source.model {
             Some(_) => {
                 let LoadedModel {
@@ -79,10 +85,10 @@ impl Scorer {
                     config,
                     tokenizer,
                     chat_template,
-                } = load_checkpoint(ctx, "reward.model", None, false, device)?;
+                } = load_checkpoint(ctx, model_input, None, false, device)?;
                 if head.as_ref().map(|h| h.d_out()) != Some(1) {
                     bail!(
-                        "`reward.model` has no single-score head: train it with a `reward` stage"
+                        "`{model_input}` has no single-score head: train it with a `reward` stage"
                     );
                 }
                 let text = RewardText::new(
@@ -216,10 +222,15 @@ impl Rollout {
 }
 
 /// Per-token log-probabilities of the targets `[b, s-1]` (position t holds token t+1's), and
-/// the target mask aligned with them.
-pub fn token_logps(model: &Backbone, b: &LmBatch) -> (Tensor<2>, Tensor<2>) {
+/// the target mask aligned with them. `temperature` divides the logits first, as sampling
+/// did (TRL scores PPO rollouts so): the ratios and KL estimates then refer to the
+/// distribution the tokens came from.
+pub fn token_logps(model: &Backbone, b: &LmBatch, temperature: f64) -> (Tensor<2>, Tensor<2>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
-    let logits = model.lm_logits(hidden).expect("a decoder");
+    let mut logits = model.lm_logits(hidden).expect("a decoder");
+    if temperature > 0.0 && temperature != 1.0 {
+        logits = logits.div_scalar(temperature);
+    }
     let [n, s, _] = logits.dims();
     let lp = burn::tensor::activation::log_softmax(logits.narrow(1, 0, s - 1), 2)
         .gather(2, b.ids.clone().narrow(1, 1, s - 1).reshape([n, s - 1, 1]))
@@ -228,24 +239,47 @@ pub fn token_logps(model: &Backbone, b: &LmBatch) -> (Tensor<2>, Tensor<2>) {
     (lp * mask.clone(), mask)
 }
 
-/// Mean reward of greedy answers to `prompts` (the before/after measure of RL stages).
+/// How a stage's policy answers prompts: its tokenizer, prompt format, sampling settings and
+/// inference device.
+#[derive(Clone, Copy)]
+pub struct Answering<'a> {
+    pub tok: &'a Tokenizer,
+    pub format: &'a Format,
+    pub sampling: &'a SamplingConfig,
+    pub device: &'a Device,
+}
+
+/// Mean reward of answers to `prompts` (the before/after measure of RL stages): greedy ones
+/// with `samples == 1`, else `samples` answers per prompt drawn as in training, from a fixed
+/// seed (the same draws before and after).
 pub fn mean_reward(
     policy: &Backbone,
-    tok: &Tokenizer,
-    format: &Format,
+    how: &Answering,
     prompts: &[PromptRow],
     scorer: &Scorer,
-    sampling: &SamplingConfig,
-    device: &Device,
+    samples: usize,
 ) -> Result<Option<f64>> {
+    let Answering {
+        tok,
+        format,
+        sampling,
+        device,
+    } = *how;
     if prompts.is_empty() {
         return Ok(None);
     }
-    let greedy = SamplingConfig {
-        temperature: 0.0,
-        ..sampling.clone()
+    let cfg = if samples <= 1 {
+        SamplingConfig {
+            temperature: 0.0,
+            ..sampling.clone()
+        }
+    } else {
+        SamplingConfig {
+            seed: 0x5eed,
+            ..sampling.clone()
+        }
     };
-    let r = rollout(policy, tok, format, prompts, 1, &greedy, device)?;
+    let r = rollout(policy, tok, format, prompts, samples.max(1), &cfg, device)?;
     let rows: Vec<(&PromptRow, &str)> = r
         .completions
         .iter()

@@ -19,6 +19,11 @@ pub trait Objective<M: Module> {
     type Batch;
     fn loss_sum(&self, model: &M, batch: &Self::Batch) -> Tensor<1>;
     fn count(&self, batch: &Self::Batch) -> f64;
+    /// Whether batches are shuffled each epoch (PPO keeps its order: several optimisation
+    /// passes over one rollout follow each other).
+    fn shuffle(&self) -> bool {
+        true
+    }
 }
 
 /// The recipe's `train:` block. Defaults follow transformers' `TrainingArguments`.
@@ -268,8 +273,10 @@ pub fn train<M: Module, O: Objective<M>>(
         // The shuffle is drawn for every epoch, skipped ones included, so the RNG is where an
         // uninterrupted run has it.
         let mut order: Vec<usize> = (0..train.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
+        if obj.shuffle() {
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
         }
         if epoch < start_epoch {
             continue;

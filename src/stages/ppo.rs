@@ -1,0 +1,501 @@
+//! `ppo`: RLHF with PPO, after TRL's OpenAI-style trainer (`train::rl` holds the arithmetic).
+//!
+//! Each batch of prompts is `ppo_epochs` consecutive trainer steps over one rollout: the first
+//! samples answers from the current policy and computes, without gradients, their
+//! log-probabilities, the reference's, the value model's estimates and the reward model's
+//! scores; then per-token rewards (`-kl_coef * KL`, plus the score on the answer's last
+//! token), GAE advantages (whitened over the batch's answer tokens) and returns. Every step
+//! then takes the clipped policy loss plus `vf_coef` times the clipped value loss.
+//!
+//! Where the score goes: on the last token of the answer (its end token when it has one). TRL
+//! puts it one position past the end token, a position the policy never generated (an open
+//! upstream issue questions it); here the token whose choice ended the answer is the one the
+//! score rewards, and GAE carries it back to the earlier tokens.
+//!
+//! Resume: a checkpoint taken between rollouts resumes exactly; one taken between the PPO
+//! epochs of a rollout resumes with a fresh rollout for the rest of that batch.
+
+use std::cell::RefCell;
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::prelude::*;
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use super::pretrain::{LoadedModel, load_checkpoint};
+use super::rollout::{Answering, PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps};
+use super::sft::Format;
+use super::{ArtifactType, StageResult};
+use crate::exec::context::StageContext;
+use crate::model::sampling::SamplingConfig;
+use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::recipe::types::{PeftSpec, PpoSpec, RewardSource};
+use crate::train::objectives::LmBatch;
+use crate::train::rl::{
+    KlEstimator, clipped_policy_loss, clipped_value_loss, gae, kl, masked_mean, shaped_rewards,
+    whiten,
+};
+use crate::train::trainer::Objective;
+
+/// Answers per held-out prompt for the before/after score: what PPO optimises is the score of
+/// its samples (TRL's objective/scores), so that is what is measured, from a fixed seed.
+const SAMPLES: usize = 4;
+
+/// What PPO trains: the policy and its value model, side by side.
+#[derive(Module, Debug)]
+pub struct PolicyValue {
+    pub policy: Backbone,
+    pub value: Model,
+}
+
+/// One trainer step: a batch of prompts and which PPO pass over its rollout this is.
+#[derive(Debug, Clone)]
+pub struct PpoBatch {
+    pub prompts: Vec<PromptRow>,
+    pub pass: usize,
+}
+
+struct Rollout {
+    batch: LmBatch,
+    old_logp: Tensor<2>,
+    old_values: Tensor<2>,
+    advantages: Tensor<2>,
+    returns: Tensor<2>,
+}
+
+/// TRL's logged quantities, per optimisation step.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PpoStepMetrics {
+    #[serde(rename = "objective/scores")]
+    pub scores: f64,
+    #[serde(rename = "objective/kl")]
+    pub kl: f64,
+    #[serde(rename = "objective/non_score_reward")]
+    pub non_score_reward: f64,
+    #[serde(rename = "objective/rlhf_reward")]
+    pub rlhf_reward: f64,
+    #[serde(rename = "policy/clipfrac_avg")]
+    pub clipfrac: f64,
+    #[serde(rename = "val/clipfrac_avg")]
+    pub value_clipfrac: f64,
+    #[serde(rename = "policy/approxkl_avg")]
+    pub approxkl: f64,
+    #[serde(rename = "loss/policy_avg")]
+    pub policy_loss: f64,
+    #[serde(rename = "loss/value_avg")]
+    pub value_loss: f64,
+}
+
+pub struct Ppo<'a> {
+    pub spec: &'a PpoSpec,
+    pub tokenizer: &'a Tokenizer,
+    pub format: &'a Format,
+    pub scorer: &'a Scorer,
+    pub reference: Backbone,
+    pub sampling: SamplingConfig,
+    pub infer_device: Device,
+    current: RefCell<Option<Rollout>>,
+    pub log: RefCell<Vec<PpoStepMetrics>>,
+}
+
+fn rows_of(t: Tensor<2>) -> Vec<Vec<f64>> {
+    let [n, s] = t.dims();
+    let v: Vec<f32> = t.try_into_vec_as::<f32>().unwrap_or_default();
+    (0..n)
+        .map(|i| v[i * s..(i + 1) * s].iter().map(|&x| x as f64).collect())
+        .collect()
+}
+
+fn from_rows(rows: &[Vec<f64>], device: &Device) -> Tensor<2> {
+    let (n, s) = (rows.len(), rows.first().map_or(0, Vec::len));
+    let flat: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
+    Tensor::from_data(burn::tensor::TensorData::new(flat, [n, s]), device)
+}
+
+impl Ppo<'_> {
+    /// Samples answers and computes everything the PPO passes over them need.
+    fn collect(&self, model: &PolicyValue, prompts: &[PromptRow], device: &Device) -> Rollout {
+        let seed = Tensor::<1>::random([1], burn::tensor::Distribution::Uniform(0.0, 1.0), device)
+            .into_scalar::<f32>();
+        let sampling = SamplingConfig {
+            seed: (seed as f64 * u32::MAX as f64) as u64,
+            ..self.sampling.clone()
+        };
+        let policy = model.policy.valid();
+        let value = model.value.valid();
+        let r = rollout(
+            &policy,
+            self.tokenizer,
+            self.format,
+            prompts,
+            1,
+            &sampling,
+            &self.infer_device,
+        )
+        .expect("prompts were tokenized before training");
+        let rows: Vec<(&PromptRow, &str)> = r
+            .completions
+            .iter()
+            .map(|(p, _, text)| (&prompts[*p], text.as_str()))
+            .collect();
+        let mut scores = self
+            .scorer
+            .score(&rows)
+            .expect("the reward model scores text");
+        if let Some(penalty) = self.spec.missing_eos_penalty {
+            for (s, (_, ids, _)) in scores.iter_mut().zip(&r.completions) {
+                if !ids
+                    .last()
+                    .is_some_and(|t| self.sampling.stop_tokens.contains(t))
+                {
+                    *s -= penalty;
+                }
+            }
+        }
+        let infer_batch = r.batch(&self.infer_device);
+        let (lp, mask) = token_logps(&policy, &infer_batch, self.spec.temperature);
+        let (ref_lp, _) = token_logps(&self.reference, &infer_batch, self.spec.temperature);
+        let [n, t] = lp.dims();
+        let values = value
+            .token_scores(infer_batch.ids.clone(), infer_batch.padding.clone())
+            .expect("the value model has a head")
+            .narrow(1, 0, t);
+        let (lp, ref_lp, values, mask) =
+            (rows_of(lp), rows_of(ref_lp), rows_of(values), rows_of(mask));
+        let (mut adv, mut ret) = (vec![vec![0.0; t]; n], vec![vec![0.0; t]; n]);
+        let (mut kl_sum, mut score_sum) = (0.0, 0.0);
+        for i in 0..n {
+            let pos: Vec<usize> = (0..t).filter(|&k| mask[i][k] > 0.5).collect();
+            if pos.is_empty() {
+                continue;
+            }
+            let pick = |v: &[f64]| -> Vec<f64> { pos.iter().map(|&k| v[k]).collect() };
+            let k = kl(&pick(&lp[i]), &pick(&ref_lp[i]), self.spec.kl_estimator);
+            let rewards =
+                shaped_rewards(&k, self.spec.kl_coef, pos.len(), scores[i], pos.len() - 1);
+            let (a, rt) = gae(&rewards, &pick(&values[i]), self.spec.gamma, self.spec.lam);
+            for (j, &k) in pos.iter().enumerate() {
+                adv[i][k] = a[j];
+                ret[i][k] = rt[j];
+            }
+            kl_sum += k.iter().sum::<f64>();
+            score_sum += scores[i];
+        }
+        // Advantages whitened over every answer token of the batch.
+        let flat: Vec<f64> = adv.iter().flatten().copied().collect();
+        let valid: Vec<bool> = mask.iter().flatten().map(|m| *m > 0.5).collect();
+        let white = whiten(&flat, &valid);
+        let adv: Vec<Vec<f64>> = white.chunks(t.max(1)).map(<[f64]>::to_vec).collect();
+        let nf = n.max(1) as f64;
+        self.log.borrow_mut().push(PpoStepMetrics {
+            scores: score_sum / nf,
+            kl: kl_sum / nf,
+            non_score_reward: -self.spec.kl_coef * kl_sum / nf,
+            rlhf_reward: (score_sum - self.spec.kl_coef * kl_sum) / nf,
+            ..Default::default()
+        });
+        Rollout {
+            batch: r.batch(device),
+            old_logp: from_rows(&lp, device),
+            old_values: from_rows(&values, device),
+            advantages: from_rows(&adv, device),
+            returns: from_rows(&ret, device),
+        }
+    }
+}
+
+impl Objective<PolicyValue> for Ppo<'_> {
+    type Batch = PpoBatch;
+
+    fn loss_sum(&self, model: &PolicyValue, b: &PpoBatch) -> Tensor<1> {
+        let device = model
+            .policy
+            .devices()
+            .into_iter()
+            .next()
+            .expect("the policy lives on a device");
+        let fresh = b.pass == 0 || self.current.borrow().is_none();
+        if fresh {
+            let r = self.collect(model, &b.prompts, &device);
+            *self.current.borrow_mut() = Some(r);
+        } else {
+            // Another pass over the same rollout: its scores and KL are those of the rollout.
+            let last = self.log.borrow().last().cloned();
+            self.log.borrow_mut().extend(last);
+        }
+        let current = self.current.borrow();
+        let r = current.as_ref().expect("a rollout");
+        let (lp, mask) = token_logps(&model.policy, &r.batch, self.spec.temperature);
+        let t = lp.dims()[1];
+        let values = model
+            .value
+            .token_scores(r.batch.ids.clone(), r.batch.padding.clone())
+            .expect("the value model has a head")
+            .narrow(1, 0, t);
+        let (pg, clipped) = clipped_policy_loss(
+            lp.clone(),
+            r.old_logp.clone(),
+            r.advantages.clone(),
+            self.spec.cliprange,
+        );
+        let (vf, vclipped) = clipped_value_loss(
+            values,
+            r.old_values.clone(),
+            r.returns.clone(),
+            self.spec.cliprange_value,
+        );
+        let pg = masked_mean(pg, mask.clone());
+        let vf = masked_mean(vf, mask.clone());
+        let scalar = |x: Tensor<1>| x.into_scalar::<f32>() as f64;
+        if let Some(m) = self.log.borrow_mut().last_mut() {
+            m.policy_loss = scalar(pg.clone().detach());
+            m.value_loss = scalar(vf.clone().detach());
+            m.clipfrac = scalar(masked_mean(clipped.float(), mask.clone()));
+            m.value_clipfrac = scalar(masked_mean(vclipped.float(), mask.clone()));
+            let d = (lp.detach() - r.old_logp.clone()).powi_scalar(2);
+            m.approxkl = 0.5 * scalar(masked_mean(d, mask));
+        }
+        (pg + vf.mul_scalar(self.spec.vf_coef)).mul_scalar(b.prompts.len() as f64)
+    }
+
+    fn count(&self, b: &PpoBatch) -> f64 {
+        b.prompts.len() as f64
+    }
+
+    fn shuffle(&self) -> bool {
+        false
+    }
+}
+
+pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let device = super::stage_device(ctx, true)?;
+    let infer_device = device.clone().without_autodiff();
+    ctx.progress.set_message("reading prompts");
+    let (train_prompts, val_prompts) =
+        read_prompts(ctx.input("prompts")?, &spec.prompt_column, None)?;
+    if train_prompts.is_empty() {
+        bail!("no prompts in column `{}`", spec.prompt_column);
+    }
+    ctx.progress
+        .set_message("loading the policy, reference, reward and value models");
+    let LoadedModel {
+        backbone,
+        config,
+        tokenizer,
+        chat_template,
+        ..
+    } = load_checkpoint(ctx, "model", None, true, &device)?;
+    let reference = backbone.valid();
+    let source = RewardSource {
+        model: Some(spec.reward_model.clone()),
+        ..Default::default()
+    };
+    let scorer = Scorer::new(&source, "reward_model", ctx, &infer_device)?;
+    // The value model: the reward model when it reads the policy's tokens, else the policy
+    // (a fresh copy, its own parameters) with a new scalar head.
+    let rm_is_decoder_like_policy = scorer.model.as_ref().is_some_and(|(m, tok, _)| {
+        m.backbone.is_decoder() && tok.get_vocab_size(true) == tokenizer.get_vocab_size(true)
+    });
+    let (value, value_from) = if rm_is_decoder_like_policy {
+        let v = load_checkpoint(ctx, "reward_model", None, false, &device)?;
+        (
+            Model {
+                backbone: v.backbone,
+                score: v.score,
+            },
+            "the reward model",
+        )
+    } else {
+        let v = load_checkpoint(ctx, "model", None, true, &device)?;
+        (
+            Model::with_new_head(v.backbone, 1, &device),
+            "the policy with a new scalar head (the reward model reads other tokens)",
+        )
+    };
+    let mut stops: Vec<u32> = tokenizer
+        .token_to_id(super::tokenizer::EOS)
+        .into_iter()
+        .collect();
+    stops.extend(tokenizer.token_to_id("<|im_end|>"));
+    stops.extend(config["eos_token_id"].as_u64().map(|v| v as u32));
+    let format = Format::new(&spec.template, chat_template.as_deref());
+    for p in train_prompts.iter().chain(&val_prompts) {
+        format.encode_prompt(&tokenizer, &p.prompt)?;
+    }
+    let sampling = SamplingConfig {
+        max_new_tokens: spec.max_new_tokens,
+        temperature: spec.temperature,
+        stop_tokens: stops,
+        ..Default::default()
+    };
+    let answering = Answering {
+        tok: &tokenizer,
+        format: &format,
+        sampling: &sampling,
+        device: &infer_device,
+    };
+    let measured = if val_prompts.is_empty() {
+        &train_prompts
+    } else {
+        &val_prompts
+    };
+    ctx.progress.set_message("measuring the reward (before)");
+    let before = mean_reward(&reference, &answering, measured, &scorer, SAMPLES)?;
+
+    let (policy, adapted) = match &spec.peft {
+        Some(PeftSpec::Lora(cfg)) => {
+            lora::apply(backbone, cfg, &device).map_err(anyhow::Error::msg)?
+        }
+        None => (backbone, Vec::new()),
+    };
+    let objective = Ppo {
+        spec,
+        tokenizer: &tokenizer,
+        format: &format,
+        scorer: &scorer,
+        reference: reference.clone(),
+        sampling: sampling.clone(),
+        infer_device: infer_device.clone(),
+        current: RefCell::new(None),
+        log: RefCell::new(Vec::new()),
+    };
+    let mut batches = Vec::new();
+    for chunk in train_prompts.chunks(spec.train.batch_size.max(1)) {
+        for pass in 0..spec.ppo_epochs.max(1) {
+            batches.push(PpoBatch {
+                prompts: chunk.to_vec(),
+                pass,
+            });
+        }
+    }
+    let (trained, summary, _) = super::train_logged(
+        PolicyValue { policy, value },
+        &objective,
+        &batches,
+        &[],
+        &spec.train,
+        ctx,
+    )?;
+    let steps = objective.log.into_inner();
+    for (i, m) in steps.iter().enumerate() {
+        let mut e = serde_json::to_value(m)?;
+        e["event"] = json!("ppo");
+        e["step"] = json!(i + 1);
+        ctx.log(e);
+    }
+    let mut inference = trained.policy.valid();
+    ctx.progress.set_message("measuring the reward (after)");
+    let after = mean_reward(&inference, &answering, measured, &scorer, SAMPLES)?;
+    let kl_after = sampled_kl(
+        &inference,
+        &reference,
+        &tokenizer,
+        &format,
+        measured,
+        &sampling,
+        &infer_device,
+    )?;
+
+    ctx.progress.set_message("saving");
+    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
+        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
+        lora::save_peft(&mut inference, cfg, "model", &dir)?;
+    }
+    lora::merge_and_unload(&mut inference);
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    save_hf_dir(&Model::new(inference), &config, Some(&tokenizer), &dir)?;
+
+    let mut metrics = serde_json::Map::new();
+    let round = |x: f64| (x * 1e4).round() / 1e4;
+    metrics.insert("steps".into(), summary.steps.into());
+    if let (Some(b), Some(a)) = (before, after) {
+        metrics.insert("score_before".into(), round(b).into());
+        metrics.insert("score_after".into(), round(a).into());
+    }
+    metrics.insert("kl_after".into(), round(kl_after).into());
+    // TRL's objective/scores and objective/kl over training, first and last quarter of steps.
+    let quarter = |f: fn(&PpoStepMetrics) -> f64, last: bool| {
+        let k = (steps.len() / 4).max(1).min(steps.len().max(1));
+        let part = if last {
+            &steps[steps.len().saturating_sub(k)..]
+        } else {
+            &steps[..k.min(steps.len())]
+        };
+        part.iter().map(f).sum::<f64>() / part.len().max(1) as f64
+    };
+    metrics.insert(
+        "scores_first_quarter".into(),
+        round(quarter(|m| m.scores, false)).into(),
+    );
+    metrics.insert(
+        "scores_last_quarter".into(),
+        round(quarter(|m| m.scores, true)).into(),
+    );
+    metrics.insert(
+        "kl_last_quarter".into(),
+        round(quarter(|m| m.kl, true)).into(),
+    );
+    let mut warnings = Vec::new();
+    if let (Some(b), Some(a)) = (before, after)
+        && a <= b
+    {
+        warnings.push(format!(
+            "the reward model's score on the held-out prompts did not rise ({b:.3} -> {a:.3}; on the training prompts {:.3} -> {:.3}): more prompts, more steps, or a value model that reads the policy's tokens may help",
+            quarter(|m| m.scores, false),
+            quarter(|m| m.scores, true)
+        ));
+    }
+    if kl_after > 10.0 {
+        warnings.push(format!(
+            "the policy moved far from the reference (KL {kl_after:.2} nats per answer): reward hacking? raise kl_coef"
+        ));
+    }
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary: json!({
+            "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
+            "value_model": value_from,
+            "score_placement": "on the answer's last token (its end token when it has one)",
+            "prompts": train_prompts.len(),
+            "validation_prompts": val_prompts.len(),
+            "score_before": before,
+            "score_after": after,
+            "kl_after": kl_after,
+            "first_step": steps.first(),
+            "last_step": steps.last(),
+            "training": summary,
+        }),
+    })
+}
+
+/// Mean KL (k1, summed over the answer) between `policy` and `reference` on `SAMPLES`
+/// answers per prompt sampled from the policy as in training (fixed seed).
+fn sampled_kl(
+    policy: &Backbone,
+    reference: &Backbone,
+    tok: &Tokenizer,
+    format: &Format,
+    prompts: &[PromptRow],
+    sampling: &SamplingConfig,
+    device: &Device,
+) -> Result<f64> {
+    let cfg = SamplingConfig {
+        seed: 0x5eed,
+        ..sampling.clone()
+    };
+    let r = rollout(policy, tok, format, prompts, SAMPLES, &cfg, device)?;
+    let b = r.batch(device);
+    let (lp, mask) = token_logps(policy, &b, sampling.temperature);
+    let (ref_lp, _) = token_logps(reference, &b, sampling.temperature);
+    let (lp, ref_lp, mask) = (rows_of(lp), rows_of(ref_lp), rows_of(mask));
+    let mut total = 0.0;
+    for i in 0..lp.len() {
+        let pos: Vec<usize> = (0..mask[i].len()).filter(|&k| mask[i][k] > 0.5).collect();
+        let a: Vec<f64> = pos.iter().map(|&k| lp[i][k]).collect();
+        let b: Vec<f64> = pos.iter().map(|&k| ref_lp[i][k]).collect();
+        total += kl(&a, &b, KlEstimator::K1).iter().sum::<f64>();
+    }
+    Ok(total / lp.len().max(1) as f64)
+}
