@@ -24,7 +24,9 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::pretrain::{LoadedModel, load_checkpoint};
-use super::rollout::{Answering, PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps};
+use super::rollout::{
+    Answering, PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps,
+};
 use super::sft::Format;
 use super::{ArtifactType, StageResult};
 use crate::exec::context::StageContext;
