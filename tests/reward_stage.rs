@@ -110,3 +110,66 @@ stages:
         missing.stderr()
     );
 }
+
+#[test]
+fn a_reward_model_can_also_regress_on_scored_responses() {
+    // Scored rows made from the preference pairs (accurate answer 1, the other 0); a small
+    // decoder from scratch fits them by squared error and ranks held-out answers.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = Project::new();
+    let mut scored = String::new();
+    for line in std::fs::read_to_string(root.join("data/cars/preferences.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (key, s) in [("chosen", 1.0), ("rejected", 0.0)] {
+            scored.push_str(
+                &serde_json::json!({ "prompt": v["prompt"], "response": v[key], "score": s })
+                    .to_string(),
+            );
+            scored.push('\n');
+        }
+    }
+    p.write("scored.jsonl", &scored);
+    p.write(
+        "r.yaml",
+        &format!(
+            r#"version: 1
+name: rm
+seed: 3
+stages:
+  corpus: {{ kind: dataset, source: {{ path: {} }} }}
+  scored:
+    kind: dataset
+    source: {{ path: scored.jsonl }}
+    split: {{ validation: 0.2 }}
+    leakage_key: [prompt]
+  tok: {{ kind: tokenizer, data: {{ from: corpus }}, vocab_size: 400 }}
+  rm:
+    kind: reward
+    model: {{ init: {{ arch: gpt2, layers: 2, d_model: 64, heads: 4, context: 96 }} }}
+    tokenizer: {{ from: tok }}
+    data: {{ from: scored }}
+    score_column: score
+    max_length: 96
+    train: {{ epochs: 15, batch_size: 8, lr: 1.0e-3, warmup_steps: 5 }}
+"#,
+            root.join("data/cars/corpus.jsonl").display()
+        ),
+    );
+    p.hone(&["run", "r.yaml"]).ok();
+    let show = p.hone(&["show", "r.yaml", "rm"]).ok();
+    assert!(
+        metric(&show, "rmse_after") < metric(&show, "rmse_before"),
+        "{show}"
+    );
+    assert!(
+        metric(&show, "correlation_after") > metric(&show, "correlation_before") + 0.3,
+        "{show}"
+    );
+    assert_eq!(
+        common::manifest(&p, "rm")["outputs"]["model"]["type"],
+        "reward_model"
+    );
+}

@@ -227,8 +227,11 @@ pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) 
     for (name, o) in &m.outputs {
         let size: u64 = o.files.values().map(|f| f.size).sum();
         println!(
-            "output   {name:<12} {:<9} {}  {}",
-            format!("{:?}", o.artifact_type).to_lowercase(),
+            "output   {name:<12} {:<12} {}  {}",
+            serde_json::to_value(o.artifact_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             &o.digest[..16],
             bytes(size)
         );

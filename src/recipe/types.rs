@@ -1022,6 +1022,12 @@ pub struct RewardSpec {
     /// A column with each pair's required margin (`-log sigmoid(r_c - r_r - margin)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin_column: Option<String>,
+    /// Regression instead of pairs: rows of prompt, `response_column` and this numeric score,
+    /// fitted with the squared error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_column: Option<String>,
+    #[serde(default = "response_column")]
+    pub response_column: String,
     /// Reward centering: adds `coefficient * (r_c + r_r)^2` (TRL suggests 0.01); 0 is off.
     #[serde(default)]
     pub center_rewards: f64,

@@ -149,6 +149,9 @@ fn pad(seqs: &[Vec<u32>], device: &Device) -> Scored {
 }
 
 pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    if spec.score_column.is_some() {
+        return regression::run(spec, ctx);
+    }
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading pairs");
@@ -356,5 +359,221 @@ fn pairs(input: &ResolvedInput, spec: &RewardSpec) -> Result<(Vec<Pair>, Vec<Pai
             of(&super::read_table(input, MissingPolicy::Null)?)?,
             Vec::new(),
         )),
+    }
+}
+
+/// Reward models fitted to scored responses (`score_column`) by squared error.
+mod regression {
+    use anyhow::{Result, bail};
+    use burn::module::Module;
+    use burn::prelude::*;
+    use serde_json::json;
+
+    use super::{RewardText, Scored, score};
+    use crate::exec::context::{ResolvedInput, StageContext};
+    use crate::model::{Model, lora, save_hf_dir};
+    use crate::recipe::types::{MissingPolicy, PeftSpec, RewardSpec};
+    use crate::stages::pretrain::{LoadedModel, load_model_input};
+    use crate::stages::{ArtifactType, StageResult};
+    use crate::train::trainer::Objective;
+
+    pub struct ScoredBatch {
+        texts: Scored,
+        targets: Tensor<1>,
+        n: f64,
+    }
+
+    struct SquaredError;
+
+    impl Objective<Model> for SquaredError {
+        type Batch = ScoredBatch;
+        fn loss_sum(&self, model: &Model, b: &ScoredBatch) -> Tensor<1> {
+            (score(model, &b.texts) - b.targets.clone())
+                .powi_scalar(2)
+                .sum()
+        }
+        fn count(&self, b: &ScoredBatch) -> f64 {
+            b.n
+        }
+    }
+
+    type Rows = Vec<(String, String, f64)>;
+
+    fn rows(input: &ResolvedInput, spec: &RewardSpec, column: &str) -> Result<(Rows, Rows)> {
+        let of = |t: &crate::data::table::Table| -> Result<Rows> {
+            let idx = t.indices(
+                &[
+                    spec.prompt_column.clone(),
+                    spec.response_column.clone(),
+                    column.to_owned(),
+                ],
+                "the reward stage reads column",
+            )?;
+            t.rows
+                .iter()
+                .filter(|r| r.values[idx[0]].is_string() && r.values[idx[1]].is_string())
+                .map(|r| {
+                    let s = r.values[idx[2]].as_f64().ok_or_else(|| {
+                        anyhow::anyhow!("{}: the score must be a number", t.origin(r))
+                    })?;
+                    let text = |k: usize| r.values[idx[k]].as_str().unwrap_or_default().to_owned();
+                    Ok((text(0), text(1), s))
+                })
+                .collect()
+        };
+        match input {
+            ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
+                let part = |split| -> Result<Rows> {
+                    crate::stages::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
+                };
+                Ok((part("train")?, part("validation")?))
+            }
+            _ => Ok((
+                of(&crate::stages::read_table(input, MissingPolicy::Null)?)?,
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// Root-mean-square error and Pearson correlation of predictions with the scores.
+    fn fit(model: &Model, batches: &[ScoredBatch]) -> Option<serde_json::Value> {
+        let (mut p, mut y) = (Vec::new(), Vec::new());
+        for b in batches {
+            p.extend(score(model, &b.texts).try_into_vec_as::<f32>().ok()?);
+            y.extend(b.targets.clone().try_into_vec_as::<f32>().ok()?);
+        }
+        if p.is_empty() {
+            return None;
+        }
+        let n = p.len() as f64;
+        let (p, y): (Vec<f64>, Vec<f64>) = (
+            p.into_iter().map(f64::from).collect(),
+            y.into_iter().map(f64::from).collect(),
+        );
+        let rmse = (p.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n).sqrt();
+        let (mp, my) = (p.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let cov: f64 = p.iter().zip(&y).map(|(a, b)| (a - mp) * (b - my)).sum();
+        let (vp, vy) = (
+            p.iter().map(|a| (a - mp).powi(2)).sum::<f64>(),
+            y.iter().map(|b| (b - my).powi(2)).sum::<f64>(),
+        );
+        let corr = if vp > 0.0 && vy > 0.0 {
+            cov / (vp * vy).sqrt()
+        } else {
+            0.0
+        };
+        Some(json!({ "rmse": rmse, "correlation": corr }))
+    }
+
+    pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        let column = spec.score_column.as_deref().unwrap_or("score");
+        let device = crate::stages::stage_device(ctx, true)?;
+        let infer_device = device.clone().without_autodiff();
+        let (train_rows, val_rows) = rows(ctx.input("data")?, spec, column)?;
+        if train_rows.is_empty() {
+            bail!(
+                "no scored responses (columns `{}`, `{}`, `{column}`)",
+                spec.prompt_column,
+                spec.response_column
+            );
+        }
+        let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
+        let text = RewardText::new(
+            &loaded.backbone,
+            &loaded.tokenizer,
+            &loaded.config,
+            loaded.chat_template.as_deref(),
+            &spec.template,
+            spec.max_length,
+        );
+        let LoadedModel {
+            backbone,
+            score: head,
+            config,
+            tokenizer,
+            ..
+        } = loaded;
+        let model = match head {
+            Some(h) if h.d_out() == 1 => Model {
+                backbone,
+                score: Some(h),
+            },
+            _ => Model::with_new_head(backbone, 1, &device),
+        };
+        let make = |rows: &Rows, device: &Device| -> Result<Vec<ScoredBatch>> {
+            rows.chunks(spec.train.batch_size.max(1))
+                .map(|c| {
+                    let pairs: Vec<(&str, &str)> =
+                        c.iter().map(|(p, r, _)| (p.as_str(), r.as_str())).collect();
+                    let y: Vec<f32> = c.iter().map(|(_, _, s)| *s as f32).collect();
+                    Ok(ScoredBatch {
+                        texts: text.batch(&tokenizer, &pairs, device)?,
+                        targets: Tensor::from_data(
+                            burn::tensor::TensorData::new(y, [c.len()]),
+                            device,
+                        ),
+                        n: c.len() as f64,
+                    })
+                })
+                .collect()
+        };
+        let (train_b, val_b, val_infer) = (
+            make(&train_rows, &device)?,
+            make(&val_rows, &device)?,
+            make(&val_rows, &infer_device)?,
+        );
+        let before = fit(&model.valid(), &val_infer);
+        let model = match &spec.peft {
+            Some(PeftSpec::Lora(cfg)) => {
+                let (backbone, _) =
+                    lora::apply(model.backbone, cfg, &device).map_err(anyhow::Error::msg)?;
+                Model {
+                    backbone,
+                    score: model.score,
+                }
+            }
+            None => model,
+        };
+        let (trained, summary, _) =
+            crate::stages::train_logged(model, &SquaredError, &train_b, &val_b, &spec.train, ctx)?;
+        let mut inference = trained.valid();
+        let after = fit(&inference, &val_infer);
+        lora::merge_and_unload(&mut inference.backbone);
+        let mut config = config;
+        if let Some(obj) = config.as_object_mut() {
+            obj.insert("id2label".into(), json!({ "0": "reward" }));
+            obj.insert("label2id".into(), json!({ "reward": 0 }));
+        }
+        let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
+        save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
+        let mut metrics = serde_json::Map::new();
+        let round = |x: f64| (x * 1e4).round() / 1e4;
+        metrics.insert("steps".into(), summary.steps.into());
+        for (name, m) in [("before", &before), ("after", &after)] {
+            if let Some(m) = m {
+                metrics.insert(
+                    format!("rmse_{name}"),
+                    round(m["rmse"].as_f64().unwrap_or(f64::NAN)).into(),
+                );
+                metrics.insert(
+                    format!("correlation_{name}"),
+                    round(m["correlation"].as_f64().unwrap_or(f64::NAN)).into(),
+                );
+            }
+        }
+        let warnings = crate::stages::guards::fit_warnings(&summary, &mut metrics);
+        Ok(StageResult {
+            metrics,
+            warnings,
+            summary: json!({
+                "reward_model": true,
+                "objective": "squared error on scores",
+                "train_rows": train_rows.len(),
+                "validation_rows": val_rows.len(),
+                "before": before,
+                "after": after,
+                "training": summary,
+            }),
+        })
     }
 }
