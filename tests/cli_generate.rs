@@ -52,7 +52,10 @@ fn models_that_cannot_generate_say_why() {
     );
     let run = p.hone(&["generate", "--model", "nope/", "--prompt", "hi"]);
     assert!(
-        run.stderr().contains("cannot load nope/") && run.stderr().contains("config.json"),
+        run.stderr().contains("nope/ does not exist")
+            && run
+                .stderr()
+                .contains("an HF model directory, a .gguf file, or RECIPE:STAGE"),
         "{}",
         run.stderr()
     );

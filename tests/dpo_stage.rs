@@ -85,6 +85,15 @@ stages:
     group_size: 6
     max_new_tokens: 24
     train: {{ epochs: 4, batch_size: 4, lr: 5.0e-4 }}
+  grpo_lora:
+    kind: grpo
+    model: {{ from: sft }}
+    prompts: {{ from: qa }}
+    reward: {{ length: {{ min: 1, max: 6 }} }}
+    group_size: 6
+    max_new_tokens: 24
+    peft: {{ method: lora, r: 8, alpha: 16, target_modules: [c_attn, c_proj, c_fc] }}
+    train: {{ epochs: 4, batch_size: 4, lr: 5.0e-3 }}
   prompts:
     kind: dataset
     source: {{ path: {d}/prompts.jsonl }}
