@@ -133,7 +133,8 @@ def preferences(rng: random.Random) -> list:
     questions, a plausible-but-wrong answer about another part (rejected)."""
     rows = []
     for k, (part, does, _detail) in enumerate(FACTS):
-        question = rng.choice(QUESTION_TEMPLATES).format(part=part)
+        # Never a held-out phrasing (the last template): qa_heldout.jsonl must stay unseen.
+        question = rng.choice(QUESTION_TEMPLATES[:-1]).format(part=part)
         chosen = f"The {part} {does}."
         wrong = FACTS[(k + 1 + rng.randrange(len(FACTS) - 1)) % len(FACTS)]
         rows.append({"prompt": question, "chosen": chosen, "rejected": f"The {part} {wrong[1]}."})

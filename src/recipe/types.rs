@@ -286,6 +286,10 @@ impl StageSpec {
                 if let Some(c) = &mut e.classification {
                     v.push(("classification.data".into(), &mut c.data));
                 }
+                if let Some(r) = &mut e.reward {
+                    v.push(("reward.model".into(), &mut r.model));
+                    v.push(("reward.prompts".into(), &mut r.prompts));
+                }
             }
             StageSpec::Reward(r) => {
                 if let ModelInput::Input(i) = &mut r.model {
@@ -930,12 +934,38 @@ pub struct EvaluateSpec {
     /// Prompts every model answers (greedy), to read side by side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<SamplesEval>,
+    /// A reward model judges each model's greedy answers: the mean score, and the share of
+    /// prompts where a model's answer beats the baseline model's (win rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardEval>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardEval {
+    /// A `reward` stage.
+    pub model: Input,
+    /// Prompts to answer (a dataset's held-out split, or a file).
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
+    /// The model the others are compared with (default: `base`, else the first by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 impl EvaluateSpec {
     /// The data inputs of the enabled checks, by their path in the stage.
     pub fn data_inputs(&self) -> Vec<(&'static str, &Input)> {
         let mut v = Vec::new();
+        if let Some(r) = &self.reward {
+            v.push(("reward.model", &r.model));
+            v.push(("reward.prompts", &r.prompts));
+        }
         if let Some(t) = &self.perplexity {
             v.push(("perplexity.data", &t.data));
         }

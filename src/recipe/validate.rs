@@ -357,12 +357,18 @@ fn check_evaluate(
             );
         }
     }
-    if e.perplexity.is_none() && e.qa.is_none() && e.classification.is_none() && e.samples.is_none()
+    if e.perplexity.is_none()
+        && e.qa.is_none()
+        && e.classification.is_none()
+        && e.samples.is_none()
+        && e.reward.is_none()
     {
         diags.push(
             Diagnostic::new(format!("`{at}` has nothing to measure"))
                 .at(recipe.key_location(at))
-                .help("add at least one of `perplexity`, `qa`, `classification`, `samples`"),
+                .help(
+                    "add at least one of `perplexity`, `qa`, `classification`, `samples`, `reward`",
+                ),
         );
     }
 }

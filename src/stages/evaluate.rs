@@ -55,6 +55,24 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         None => None,
     };
 
+    let reward_eval = match &spec.reward {
+        Some(r) => {
+            let (train, val) =
+                super::rollout::read_prompts(ctx.input("reward.prompts")?, &r.prompt_column, None)?;
+            // Held-out prompts when the dataset has them.
+            let prompts = if val.is_empty() { train } else { val };
+            let source = crate::recipe::types::RewardSource {
+                model: Some(r.model.clone()),
+                ..Default::default()
+            };
+            let scorer = super::rollout::Scorer::new(&source, "reward.model", ctx, &device)?;
+            Some((r, prompts, scorer))
+        }
+        None => None,
+    };
+    // Each model's reward-model score per prompt, for win rates.
+    let mut judged: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+
     // Evaluation texts, to check against what each model trained on.
     let mut eval_texts: Vec<(&str, Vec<String>)> = Vec::new();
     if let Some(t) = &texts {
@@ -168,6 +186,41 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 scores.push(("macro_f1".into(), c.macro_f1));
             }
         }
+        if let Some((cfg, prompts, scorer)) = &reward_eval {
+            if !decoder {
+                bail!(
+                    "model `{name}` is an encoder: it cannot answer prompts for the reward model"
+                );
+            }
+            ctx.progress
+                .set_message(format!("{name}: answers for the reward model"));
+            let format = Format::new(&cfg.template, m.chat_template.as_deref());
+            let sampling = SamplingConfig {
+                max_new_tokens: cfg.max_new_tokens,
+                stop_tokens: m.stop_tokens(),
+                ..Default::default()
+            };
+            let r = super::rollout::rollout(
+                &m.backbone,
+                &m.tokenizer,
+                &format,
+                prompts,
+                1,
+                &sampling,
+                &device,
+            )?;
+            let rows: Vec<(&super::rollout::PromptRow, &str)> = r
+                .completions
+                .iter()
+                .map(|(p, _, text)| (&prompts[*p], text.as_str()))
+                .collect();
+            let s = scorer.score(&rows)?;
+            scores.push((
+                "reward_score".into(),
+                s.iter().sum::<f64>() / s.len().max(1) as f64,
+            ));
+            judged.insert(name.clone(), s);
+        }
         if let Some(cfg) = &spec.samples
             && decoder
         {
@@ -181,6 +234,41 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             }));
         }
         results.insert(name.clone(), scores);
+    }
+
+    // Win rate against the baseline: the share of prompts where a model's answer scores
+    // higher (a tie counts half).
+    if let Some((cfg, _, _)) = &reward_eval {
+        let baseline = cfg
+            .baseline
+            .clone()
+            .filter(|b| judged.contains_key(b))
+            .or_else(|| judged.contains_key("base").then(|| "base".to_owned()))
+            .or_else(|| judged.keys().next().cloned());
+        if let Some(b) = baseline {
+            let base = judged[&b].clone();
+            for (name, s) in &judged {
+                if *name == b {
+                    continue;
+                }
+                let wins: f64 = s
+                    .iter()
+                    .zip(&base)
+                    .map(|(x, y)| {
+                        if x > y {
+                            1.0
+                        } else if x == y {
+                            0.5
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum();
+                if let Some(scores) = results.get_mut(name) {
+                    scores.push((format!("win_rate_vs_{b}"), wins / base.len().max(1) as f64));
+                }
+            }
+        }
     }
 
     let mut rows = Vec::new();

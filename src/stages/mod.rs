@@ -131,6 +131,7 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         (StageKind::Pretrain | StageKind::Sft, "forgetting_probe.data" | "replay.data") => DATA,
         (StageKind::Generate, "prompts") => DATA,
         (StageKind::Evaluate, rel) if rel.starts_with("models.") => &[ArtifactType::Model],
+        (StageKind::Evaluate, "reward.model") => &[ArtifactType::RewardModel],
         (StageKind::Evaluate, _) => DATA,
         (StageKind::Reward, "data") => DATA,
         // A reward model can start from another reward model, a model, or a checkpoint.
