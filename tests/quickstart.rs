@@ -13,12 +13,13 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     let recipe = std::fs::read_to_string(root.join("recipes/quickstart.yaml"))
         .unwrap()
         .replace("../data/", &format!("{}/data/", root.display()))
-        .replace("../schemas/", &format!("{}/schemas/", root.display()));
+        .replace("../schemas/", &format!("{}/schemas/", root.display()))
+        .replace("../dist/", "dist/");
     let p = Project::new();
     p.write("quickstart.yaml", &recipe);
     let first = p.hone(&["run", "quickstart.yaml"]);
     let out = first.ok();
-    assert_eq!(first.ran().len(), 12, "{out}");
+    assert_eq!(first.ran().len(), 13, "{out}");
     assert!(
         out.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity  reward_score  win_rate_vs_base"),
         "{out}"
@@ -29,7 +30,29 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{eval}"
     );
     assert!(metric(&eval, "sft.reward_score") > metric(&eval, "base.reward_score"));
+    // The export: an HF directory with a model card, outside the store.
+    let exported = p.path("dist/car-assistant");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+    ] {
+        assert!(exported.join(f).is_file(), "export lacks {f}");
+    }
+    let card = std::fs::read_to_string(exported.join("README.md")).unwrap();
+    assert!(
+        card.contains("from `dpo`") && card.contains("GPT2LMHeadModel"),
+        "{card}"
+    );
+
+    // Cached: nothing runs; a deleted export is written again from the store.
+    std::fs::remove_dir_all(&exported).unwrap();
     let again = p.hone(&["run", "quickstart.yaml"]);
-    again.ok();
+    let out = again.ok();
     assert!(again.ran().is_empty(), "the second run is fully cached");
+    assert!(
+        out.contains("exported export") && exported.join("config.json").is_file(),
+        "{out}"
+    );
 }

@@ -75,6 +75,8 @@ pub enum ResolvedInput {
 
 pub struct StageContext {
     pub stage: String,
+    /// The recipe's `name`.
+    pub recipe_name: String,
     /// Inputs by their path in the stage config (`source`, `models.0`).
     pub inputs: BTreeMap<String, ResolvedInput>,
     /// `eval` datasets this stage is checked against for leakage, by stage name.
@@ -106,6 +108,7 @@ impl StageContext {
     ) -> StageContext {
         StageContext {
             stage,
+            recipe_name: String::new(),
             inputs: BTreeMap::new(),
             checked_against: BTreeMap::new(),
             training_data: BTreeMap::new(),

@@ -212,6 +212,18 @@ pub fn run(
         if !opts.quiet {
             print_stage_line(&stage.name, &kind, outcome, wall, &manifest);
         }
+        // An export lands outside the store, also when the stage itself was cached.
+        if let crate::recipe::types::StageSpec::Export(e) = &stage.spec {
+            let base = recipe
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let dest = crate::stages::export::tidy(&base.join(&e.to));
+            if crate::stages::export::publish(store, &manifest, &dest)? && !opts.quiet {
+                println!("  exported {:<20} to {}", stage.name, dest.display());
+            }
+        }
         rundir.stage_done(&stage.name, outcome, &manifest)?;
         let entry = LockedStage::from_manifest(&manifest);
         // A stage that reproduced the recorded action and output keeps its entry (and the wall
@@ -320,6 +332,7 @@ fn run_stage(
         backend,
         progress.clone(),
     );
+    ctx.recipe_name = recipe.header.name.clone();
     ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
     ctx.token_cache = Some(store.root().join("tokenized"));
     for (rel, input) in stage.spec.inputs() {

@@ -578,6 +578,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
         StageKind::Dpo => from_value(v, &path, sources).map(StageSpec::Dpo),
         StageKind::Grpo => from_value(v, &path, sources).map(StageSpec::Grpo),
         StageKind::Ppo => from_value(v, &path, sources).map(StageSpec::Ppo),
+        StageKind::Export => from_value(v, &path, sources).map(StageSpec::Export),
     }
 }
 

@@ -79,6 +79,7 @@ pub enum StageKind {
     Dpo,
     Grpo,
     Ppo,
+    Export,
 }
 
 impl StageKind {
@@ -93,6 +94,7 @@ impl StageKind {
         StageKind::Dpo,
         StageKind::Grpo,
         StageKind::Ppo,
+        StageKind::Export,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +109,7 @@ impl StageKind {
             StageKind::Dpo => "dpo",
             StageKind::Grpo => "grpo",
             StageKind::Ppo => "ppo",
+            StageKind::Export => "export",
         }
     }
 
@@ -151,6 +154,8 @@ pub enum StageSpec {
     /// RLHF with PPO: the policy's sampled answers scored by a reward model, a per-token KL
     /// penalty to the starting policy, GAE, clipped policy and value losses.
     Ppo(PpoSpec),
+    /// A model copied out of the store into a directory of your choice, with a model card.
+    Export(ExportSpec),
 }
 
 impl StageSpec {
@@ -166,6 +171,7 @@ impl StageSpec {
             StageSpec::Dpo(_) => StageKind::Dpo,
             StageSpec::Grpo(_) => StageKind::Grpo,
             StageSpec::Ppo(_) => StageKind::Ppo,
+            StageSpec::Export(_) => StageKind::Export,
         }
     }
 
@@ -229,6 +235,7 @@ impl StageSpec {
                 v.push(("reward_model".into(), &p.reward_model));
                 v.push(("prompts".into(), &p.prompts));
             }
+            StageSpec::Export(e) => v.push(("model".into(), &e.model)),
         }
         v
     }
@@ -318,6 +325,7 @@ impl StageSpec {
                 v.push(("reward_model".into(), &mut p.reward_model));
                 v.push(("prompts".into(), &mut p.prompts));
             }
+            StageSpec::Export(e) => v.push(("model".into(), &mut e.model)),
         }
         v
     }
@@ -1275,4 +1283,16 @@ fn default_ppo_epochs() -> usize {
 }
 fn default_ppo_temperature() -> f64 {
     0.7
+}
+
+/// `export`: the model of a stage as an HF directory outside the store (`to`, relative to the
+/// recipe), with a `README.md` model card naming where it came from. The directory is
+/// (re)written whenever it is missing or differs, also when the stage itself is cached.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// A model stage (`{ from: dpo }`); with LoRA stages, the merged model.
+    pub model: Input,
+    /// The directory to write, relative to the recipe file.
+    pub to: String,
 }

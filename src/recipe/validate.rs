@@ -44,6 +44,14 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Dpo(d) => check_dpo(recipe, &at, d, &mut diags),
             StageSpec::Grpo(g) => check_grpo(recipe, &at, g, &mut diags),
             StageSpec::Ppo(p) => check_ppo(recipe, &at, p, &mut diags),
+            StageSpec::Export(e) => {
+                if e.to.trim().is_empty() {
+                    diags.push(
+                        Diagnostic::new("`to` names the directory to export to")
+                            .at(recipe.value_location(&join(&at, "to"))),
+                    );
+                }
+            }
         }
     }
     match Dag::build(recipe) {

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod dataset;
 pub mod dpo;
 pub mod evaluate;
+pub mod export;
 pub mod generate;
 pub mod grpo;
 pub mod guards;
@@ -87,6 +88,7 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
             ("adapter", ArtifactType::Model),
         ],
         StageSpec::Ppo(_) => vec![("model", ArtifactType::Model)],
+        StageSpec::Export(_) => vec![("model", ArtifactType::Model)],
     }
 }
 
@@ -99,7 +101,8 @@ impl StageSpec {
             | StageSpec::Sft(_)
             | StageSpec::Dpo(_)
             | StageSpec::Grpo(_)
-            | StageSpec::Ppo(_) => ArtifactType::Model,
+            | StageSpec::Ppo(_)
+            | StageSpec::Export(_) => ArtifactType::Model,
             StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
             StageSpec::Reward(_) => ArtifactType::RewardModel,
         }
@@ -109,7 +112,7 @@ impl StageSpec {
     /// its action key; data preparation is the same on every backend, so it is not).
     pub fn uses_backend(&self) -> bool {
         match self.kind() {
-            StageKind::Dataset | StageKind::Tokenizer => false,
+            StageKind::Dataset | StageKind::Tokenizer | StageKind::Export => false,
             StageKind::Pretrain
             | StageKind::Sft
             | StageKind::Generate
@@ -146,6 +149,7 @@ pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
         (StageKind::Ppo, "prompts") => DATA,
         (StageKind::Ppo, "reward_model") => &[ArtifactType::RewardModel],
         (StageKind::Ppo, _) => &[ArtifactType::Model],
+        (StageKind::Export, _) => &[ArtifactType::Model, ArtifactType::RewardModel],
         (StageKind::Tokenizer | StageKind::Generate, _)
         | (StageKind::Pretrain | StageKind::Sft, "model") => &[ArtifactType::Model],
         (StageKind::Pretrain | StageKind::Sft, _) => {
@@ -187,6 +191,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Dpo(d) => dpo::run(d, ctx),
         StageSpec::Grpo(g) => grpo::run(g, ctx),
         StageSpec::Ppo(p) => ppo::run(p, ctx),
+        StageSpec::Export(e) => export::run(e, ctx),
     }
 }
 

@@ -1,0 +1,158 @@
+//! `export`: a model out of the store, as an HF directory at a path of the recipe's choosing,
+//! with a model card. The stage's artifact is the exported directory (so it is cached and
+//! locked like any other); `publish` then lays it out at `to` whenever the directory there is
+//! missing or differs, also on a fully cached run, and replaces it whole (temp dir, renames).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::{ArtifactType, StageResult};
+use crate::exec::context::{ResolvedInput, StageContext};
+use crate::recipe::types::ExportSpec;
+use crate::store::{Manifest, Store};
+
+pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let files: Vec<(String, PathBuf)> = match ctx.input("model")? {
+        ResolvedInput::Artifact(view) => {
+            let out = view
+                .outputs
+                .get("model")
+                .or_else(|| view.outputs.values().next())
+                .with_context(|| format!("`{}` has no model output", view.label))?;
+            out.files
+                .iter()
+                .map(|(r, p)| (r.clone(), p.clone()))
+                .collect()
+        }
+        ResolvedInput::File { path, label, .. } => {
+            if !path.is_dir() {
+                bail!("{label} is not a model directory");
+            }
+            crate::store::hash::walk_files(path)?
+                .into_iter()
+                .map(|r| (r.to_string_lossy().to_string(), path.join(&r)))
+                .collect()
+        }
+    };
+    if !files.iter().any(|(r, _)| r == "config.json") {
+        bail!("the model to export has no config.json");
+    }
+    let label = ctx
+        .inputs
+        .get("model")
+        .map(|i| match i {
+            ResolvedInput::Artifact(v) => v.label.clone(),
+            ResolvedInput::File { label, .. } => label.clone(),
+        })
+        .unwrap_or_default();
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    let mut rows = Vec::new();
+    let mut total = 0u64;
+    for (rel, src) in &files {
+        let dest = dir.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(src, &dest)?;
+        let size = std::fs::metadata(&dest)?.len();
+        total += size;
+        rows.push(format!(
+            "| `{rel}` | {size} | `{}` |",
+            crate::store::hash::hash_file(&dest)?
+        ));
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).unwrap_or_default();
+    let card = format!(
+        "# {name}\n\nExported by hone {version} from `{label}` of recipe `{recipe}` (stage `{stage}`).\n\nArchitecture: {arch}.\n\n| file | bytes | BLAKE3 |\n|---|---|---|\n{rows}\n\nLoad it with transformers: `AutoModel.from_pretrained(\"<this directory>\")`, or with hone: `hone generate --model <this directory> --prompt ...`.\n",
+        name = spec
+            .to
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("model"),
+        version = crate::plan::key::HONE_VERSION,
+        recipe = ctx.recipe_name,
+        stage = ctx.stage,
+        arch = config["architectures"][0].as_str().unwrap_or("unknown"),
+        rows = rows.join("\n"),
+    );
+    std::fs::write(dir.join("README.md"), card)?;
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("files".into(), (files.len() + 1).into());
+    metrics.insert("bytes".into(), total.into());
+    Ok(StageResult {
+        metrics,
+        warnings: vec![],
+        summary: json!({ "from": label, "to": spec.to }),
+    })
+}
+
+/// Lays the export's artifact out at `dest` unless the directory there already holds exactly
+/// those files. Returns whether it wrote anything.
+pub fn publish(store: &Store, manifest: &Manifest, dest: &Path) -> Result<bool> {
+    let Some(out) = manifest.outputs.get("model") else {
+        return Ok(false);
+    };
+    let same = out.files.iter().all(|(rel, f)| {
+        let p = dest.join(rel);
+        std::fs::metadata(&p).is_ok_and(|m| m.len() == f.size)
+            && crate::store::hash::hash_file(&p).is_ok_and(|d| d == f.digest)
+    }) && crate::store::hash::walk_files(dest)
+        .is_ok_and(|all| all.len() == out.files.len());
+    if same {
+        return Ok(false);
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.hone-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for (rel, f) in &out.files {
+        let p = tmp.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::copy(store.blob_path(&f.digest), &p)?;
+        // Blobs are read-only; the exported copy is the user's to change.
+        let mut perms = std::fs::metadata(&p)?.permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&p, perms)?;
+    }
+    // Swap: the old directory moves aside, the new one in, the old one goes.
+    let old = parent.join(format!(".{name}.hone-old-{}", std::process::id()));
+    if dest.exists() {
+        std::fs::rename(dest, &old)?;
+    }
+    std::fs::rename(&tmp, dest)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(true)
+}
+
+/// `a/b/../c` as `a/c`, for messages (the path need not exist yet).
+pub fn tidy(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
