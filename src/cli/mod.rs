@@ -268,6 +268,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 locked: *locked,
                 rehash: *rehash,
                 quiet: cli.quiet,
+                no_lockfile: false,
             };
             let report = exec::run(
                 &recipe,

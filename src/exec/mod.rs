@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub rehash: bool,
     /// No progress bars and no per-stage lines.
     pub quiet: bool,
+    /// Leave the recipe's lockfile alone (experiments and sweeps run from code).
+    pub no_lockfile: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -235,7 +237,7 @@ pub fn run(
             .is_some_and(|old| old.action == entry.action && old.artifact == entry.artifact);
         if !reproduced {
             lockfile.stages.insert(stage.name.clone(), entry);
-            if !opts.locked {
+            if !opts.locked && !opts.no_lockfile {
                 lockfile_changed |= lockfile.write(&recipe.lockfile_path())?;
             }
         }
@@ -250,7 +252,7 @@ pub fn run(
         known.insert(i, Known::Done(Box::new(manifest)));
     }
     // Stages removed from the recipe leave the lockfile even when nothing ran.
-    if !opts.locked {
+    if !opts.locked && !opts.no_lockfile {
         lockfile_changed |= lockfile.write(&recipe.lockfile_path())?;
     }
     eval.hashes.save().ok();
