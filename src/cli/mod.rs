@@ -4,6 +4,7 @@ mod artifact;
 mod generate;
 pub mod logging;
 mod render;
+mod report;
 mod score;
 
 use std::path::PathBuf;
@@ -162,6 +163,15 @@ enum Command {
         /// The full manifest as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a self-contained HTML report of a recipe's last results: the DAG with each stage's
+    /// status, wall times, metrics, training curves, evaluation tables and pitfall warnings.
+    Report {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Where to write it (default: <recipe>.report.html beside the recipe).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Generate text with a model: an HF directory or a .gguf file.
     ///
@@ -352,6 +362,25 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 Some(p) => crate::store::write_atomic(p, text.as_bytes())?,
                 None => print!("{text}"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            recipe: args,
+            output,
+        } => {
+            let (recipe, dag) = load(args)?;
+            let root = Store::location(cli.store.as_deref(), Some(&recipe.path));
+            let store = Store::open_existing(&root)?;
+            let backend: BackendKind = backend::resolve(recipe.header.backend);
+            let mut eval = Evaluator::new(&recipe, &dag, &store, backend, false)?;
+            let all: std::collections::BTreeSet<usize> = (0..recipe.stages.len()).collect();
+            let statuses = eval.statuses(&all, &|_| false)?;
+            let html = report::render(&recipe, &dag, &store, &statuses)?;
+            let out = output
+                .clone()
+                .unwrap_or_else(|| recipe.path.with_extension("report.html"));
+            report::write(&html, &out)?;
+            println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { args, set, json } => {
