@@ -22,9 +22,12 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// (step, value) points of a curve.
+type Curve = Vec<(f64, f64)>;
+
 /// Training curves of `stage` at `action`: the step and eval records of the run in which that
 /// action ran (the newest such run).
-fn curves(store: &Store, stage: &str, action: &str) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn curves(store: &Store, stage: &str, action: &str) -> (Curve, Curve) {
     let Ok(entries) = std::fs::read_dir(store.root().join("runs")) else {
         return (vec![], vec![]);
     };
@@ -45,7 +48,7 @@ fn curves(store: &Store, stage: &str, action: &str) -> (Vec<(f64, f64)>, Vec<(f6
         if !ran_here {
             continue;
         }
-        let pick = |event: &str, key: &str| -> Vec<(f64, f64)> {
+        let pick = |event: &str, key: &str| -> Curve {
             records
                 .iter()
                 .filter(|r| r["event"] == event)
