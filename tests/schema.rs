@@ -64,3 +64,29 @@ fn schema_rejects_what_the_loader_rejects() {
         "interpolated scalars are allowed"
     );
 }
+
+#[test]
+fn committed_recipe_reference_is_up_to_date() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+        .args(["schema", "--markdown"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/recipe-reference.md"),
+    )
+    .unwrap_or_default();
+    assert!(
+        generated == committed,
+        "docs/recipe-reference.md is out of date: regenerate it with `cargo run --release -- schema --markdown -o docs/recipe-reference.md`"
+    );
+    for kind in [
+        "dataset", "pretrain", "sft", "reward", "dpo", "ppo", "grpo", "evaluate", "export",
+    ] {
+        assert!(
+            generated.contains(&format!("`kind: {kind}`")),
+            "the reference lacks {kind}"
+        );
+    }
+}

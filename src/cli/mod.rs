@@ -1,6 +1,7 @@
 //! The `hone` command line.
 
 mod artifact;
+mod docs;
 mod generate;
 pub mod logging;
 mod render;
@@ -150,6 +151,9 @@ enum Command {
         /// Write to this file instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// The recipe reference as Markdown (docs/recipe-reference.md) instead of JSON Schema.
+        #[arg(long)]
+        markdown: bool,
     },
     /// Summary of a stage's artifact: metrics, warnings, rows and columns, first rows.
     ///
@@ -353,11 +357,15 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema { output } => {
-            let text = format!(
-                "{}\n",
-                serde_json::to_string_pretty(&recipe::json_schema())?
-            );
+        Command::Schema { output, markdown } => {
+            let text = if *markdown {
+                docs::markdown(&recipe::json_schema())
+            } else {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&recipe::json_schema())?
+                )
+            };
             match output {
                 Some(p) => crate::store::write_atomic(p, text.as_bytes())?,
                 None => print!("{text}"),
