@@ -1,6 +1,6 @@
 //! The README's main job: the quickstart recipe runs end to end on CPU from an empty store,
-//! prints the comparison table, SFT beats the base model on held-out exact match, and a second
-//! run is fully cached.
+//! prints the comparison table, SFT beats the base model on held-out exact match, a second run
+//! is fully cached, and a new DPO beta reruns only DPO and the evaluation.
 
 mod common;
 use std::path::Path;
@@ -42,8 +42,22 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     }
     let card = std::fs::read_to_string(exported.join("README.md")).unwrap();
     assert!(
-        card.contains("from `dpo`") && card.contains("GPT2LMHeadModel"),
+        card.contains("from `ppo`") && card.contains("GPT2LMHeadModel"),
         "{card}"
+    );
+
+    // A new DPO beta reruns DPO and the evaluation only.
+    let status = p
+        .hone(&["status", "quickstart.yaml", "--set", "stages.dpo.beta=0.2"])
+        .ok();
+    let stale: Vec<&str> = status
+        .lines()
+        .filter(|l| l.trim_start().starts_with("stale") || l.trim_start().starts_with("maybe"))
+        .collect();
+    assert_eq!(stale.len(), 2, "{status}");
+    assert!(
+        stale[0].contains("dpo") && stale[1].contains("evaluate"),
+        "{status}"
     );
 
     // Cached: nothing runs; a deleted export is written again from the store.
@@ -55,4 +69,7 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         out.contains("exported export") && exported.join("config.json").is_file(),
         "{out}"
     );
+    let rerun = p.hone(&["run", "quickstart.yaml", "--set", "stages.dpo.beta=0.2"]);
+    rerun.ok();
+    assert_eq!(rerun.ran(), ["dpo", "evaluate"]);
 }
