@@ -20,10 +20,10 @@ pub struct ScoreArgs {
     /// A response to score (repeatable; printed from the highest score down).
     #[arg(long, short, required = true)]
     response: Vec<String>,
-    /// How a decoder reward model saw prompt + response in training (`plain`, `chatml`,
-    /// `model`); encoders always see the pair as two segments.
-    #[arg(long, default_value = "plain")]
-    template: String,
+    /// How a decoder reward model saw prompt + response (`plain`, `chatml`, `model`); default:
+    /// what its `reward` stage recorded. Encoders always see the pair as two segments.
+    #[arg(long)]
+    template: Option<String>,
     #[arg(long, default_value_t = 512)]
     max_length: usize,
     /// Store to read RECIPE:STAGE artifacts from (default: beside the recipe).
@@ -47,9 +47,11 @@ pub fn run(args: &ScoreArgs) -> Result<ExitCode> {
         .tokenizer
         .as_ref()
         .with_context(|| format!("{} has no tokenizer.json", at.label))?;
-    let template: crate::recipe::types::PromptTemplate =
-        serde_json::from_value(serde_json::Value::String(args.template.clone()))
-            .map_err(|e| anyhow::anyhow!("--template: {e}"))?;
+    let template: crate::recipe::types::PromptTemplate = match &args.template {
+        Some(t) => serde_json::from_value(serde_json::Value::String(t.clone()))
+            .map_err(|e| anyhow::anyhow!("--template: {e}"))?,
+        None => crate::stages::reward::trained_template(&loaded.config),
+    };
     let text = RewardText::new(
         &loaded.model.backbone,
         tokenizer,

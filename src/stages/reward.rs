@@ -131,6 +131,28 @@ impl RewardText {
     }
 }
 
+/// The `config.json` of a reward model: one label, named for what it is, and the template its
+/// decoder saw prompt + response through, so whoever scores with it formats the same way.
+fn mark_reward_model(
+    mut config: serde_json::Value,
+    template: &crate::recipe::types::PromptTemplate,
+) -> serde_json::Value {
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("id2label".into(), json!({ "0": "reward" }));
+        obj.insert("label2id".into(), json!({ "reward": 0 }));
+        obj.insert(
+            "hone_reward_template".into(),
+            serde_json::to_value(template).unwrap_or_default(),
+        );
+    }
+    config
+}
+
+/// The template a reward model was trained with (`plain` when its config does not say).
+pub fn trained_template(config: &serde_json::Value) -> crate::recipe::types::PromptTemplate {
+    serde_json::from_value(config["hone_reward_template"].clone()).unwrap_or_default()
+}
+
 fn pad(seqs: &[Vec<u32>], device: &Device) -> Scored {
     use burn::tensor::TensorData;
     let b = seqs.len();
@@ -247,12 +269,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     ctx.progress.set_message("saving");
     lora::merge_and_unload(&mut inference.backbone);
-    let mut config = config;
-    if let Some(obj) = config.as_object_mut() {
-        // One label, named for what it is; `hone score` and later stages read it.
-        obj.insert("id2label".into(), json!({ "0": "reward" }));
-        obj.insert("label2id".into(), json!({ "reward": 0 }));
-    }
+    let config = mark_reward_model(config, &spec.template);
     let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
     save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
 
@@ -539,11 +556,7 @@ mod regression {
         let mut inference = trained.valid();
         let after = fit(&inference, &val_infer);
         lora::merge_and_unload(&mut inference.backbone);
-        let mut config = config;
-        if let Some(obj) = config.as_object_mut() {
-            obj.insert("id2label".into(), json!({ "0": "reward" }));
-            obj.insert("label2id".into(), json!({ "reward": 0 }));
-        }
+        let config = super::mark_reward_model(config, &spec.template);
         let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
         save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
         let mut metrics = serde_json::Map::new();
@@ -575,5 +588,21 @@ mod regression {
                 "training": summary,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::types::{NamedTemplate, PromptTemplate};
+
+    #[test]
+    fn the_training_template_travels_with_the_reward_model() {
+        let chatml = PromptTemplate::Named(NamedTemplate::Chatml);
+        let config = mark_reward_model(json!({ "model_type": "gpt2" }), &chatml);
+        assert_eq!(config["id2label"]["0"], "reward");
+        assert_eq!(trained_template(&config), chatml);
+        // A reward model from elsewhere, without the record, is read as plain text.
+        assert_eq!(trained_template(&json!({})), PromptTemplate::default());
     }
 }

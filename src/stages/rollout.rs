@@ -96,7 +96,7 @@ impl Scorer {
                     &tokenizer,
                     &config,
                     chat_template.as_deref(),
-                    &crate::recipe::types::PromptTemplate::default(),
+                    &super::reward::trained_template(&config),
                     512,
                 );
                 Some((
