@@ -278,12 +278,7 @@ fn check_pretrain(
             );
         }
     }
-    if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
-        diags.push(
-            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
-                .at(recipe.key_location(&join(at, "train"))),
-        );
-    }
+    check_train(recipe, at, &p.train, diags);
 }
 
 fn check_sft(
@@ -331,12 +326,7 @@ fn check_sft(
                 .at(recipe.value_location(&join(at, "peft.r"))),
         );
     }
-    if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
-        diags.push(
-            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
-                .at(recipe.key_location(&join(at, "train"))),
-        );
-    }
+    check_train(recipe, at, &p.train, diags);
 }
 
 fn check_evaluate(
@@ -400,12 +390,7 @@ fn check_reward(
                 .at(recipe.value_location(&join(at, "center_rewards"))),
         );
     }
-    if r.train.batch_size == 0 || r.train.epochs == 0 || r.train.lr <= 0.0 {
-        diags.push(
-            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
-                .at(recipe.key_location(&join(at, "train"))),
-        );
-    }
+    check_train(recipe, at, &r.train, diags);
 }
 
 fn check_dpo(
@@ -440,12 +425,7 @@ fn check_dpo(
                 .at(recipe.key_location(&join(at, "loss"))),
         );
     }
-    if d.train.batch_size == 0 || d.train.epochs == 0 || d.train.lr <= 0.0 {
-        diags.push(
-            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
-                .at(recipe.key_location(&join(at, "train"))),
-        );
-    }
+    check_train(recipe, at, &d.train, diags);
 }
 
 fn check_grpo(
@@ -486,12 +466,7 @@ fn check_grpo(
             .at(recipe.value_location(&join(at, "group_size"))),
         );
     }
-    if g.train.batch_size == 0 || g.train.epochs == 0 || g.train.lr <= 0.0 {
-        diags.push(
-            Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
-                .at(recipe.key_location(&join(at, "train"))),
-        );
-    }
+    check_train(recipe, at, &g.train, diags);
 }
 
 fn check_ppo(
@@ -526,7 +501,17 @@ fn check_ppo(
                 .or(recipe.key_location(at))),
         );
     }
-    if p.train.batch_size == 0 || p.train.epochs == 0 || p.train.lr <= 0.0 {
+    check_train(recipe, at, &p.train, diags);
+}
+
+/// The settings every training stage needs to train at all.
+fn check_train(
+    recipe: &Recipe,
+    at: &str,
+    train: &crate::train::trainer::TrainConfig,
+    diags: &mut Diagnostics,
+) {
+    if train.batch_size == 0 || train.epochs == 0 || train.lr <= 0.0 {
         diags.push(
             Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
                 .at(recipe.key_location(&join(at, "train"))),

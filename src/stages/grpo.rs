@@ -134,22 +134,15 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         bail!("no prompts in column `{}`", spec.prompt_column);
     }
     ctx.progress.set_message("loading the policy");
+    let loaded = load_checkpoint(ctx, "model", None, true, &device)?;
+    let stops = loaded.stop_tokens();
     let LoadedModel {
         backbone,
         config,
         tokenizer,
         chat_template,
         ..
-    } = load_checkpoint(ctx, "model", None, true, &device)?;
-    let stops = {
-        let mut s: Vec<u32> = tokenizer
-            .token_to_id(super::tokenizer::EOS)
-            .into_iter()
-            .collect();
-        s.extend(tokenizer.token_to_id("<|im_end|>"));
-        s.extend(config["eos_token_id"].as_u64().map(|v| v as u32));
-        s
-    };
+    } = loaded;
     let format = Format::new(&spec.template, chat_template.as_deref());
     for p in train_prompts.iter().chain(&val_prompts) {
         format.encode_prompt(&tokenizer, &p.prompt)?;

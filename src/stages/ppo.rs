@@ -281,13 +281,15 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     ctx.progress
         .set_message("loading the policy, reference, reward and value models");
+    let loaded = load_checkpoint(ctx, "model", None, true, &device)?;
+    let stops = loaded.stop_tokens();
     let LoadedModel {
         backbone,
         config,
         tokenizer,
         chat_template,
         ..
-    } = load_checkpoint(ctx, "model", None, true, &device)?;
+    } = loaded;
     let reference = backbone.valid();
     let source = RewardSource {
         model: Some(spec.reward_model.clone()),
@@ -315,12 +317,6 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "the policy with a new scalar head (the reward model reads other tokens)",
         )
     };
-    let mut stops: Vec<u32> = tokenizer
-        .token_to_id(super::tokenizer::EOS)
-        .into_iter()
-        .collect();
-    stops.extend(tokenizer.token_to_id("<|im_end|>"));
-    stops.extend(config["eos_token_id"].as_u64().map(|v| v as u32));
     let format = Format::new(&spec.template, chat_template.as_deref());
     for p in train_prompts.iter().chain(&val_prompts) {
         format.encode_prompt(&tokenizer, &p.prompt)?;
