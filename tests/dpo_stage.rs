@@ -16,32 +16,11 @@ fn recipe() -> String {
 name: dpo
 seed: 42
 stages:
-  corpus:
-    kind: dataset
-    source: {{ path: {d}/corpus.jsonl }}
-    split: {{ validation: 0.1 }}
-  qa:
-    kind: dataset
-    source: {{ path: {d}/qa.jsonl }}
-    columns: {{ question: prompt, answer: response }}
-    split: {{ validation: 0.1 }}
-    leakage_key: [prompt]
-  prefs:
+{car_lm}  prefs:
     kind: dataset
     source: {{ path: {d}/preferences.jsonl }}
     split: {{ validation: 0.2 }}
     leakage_key: [prompt]
-  tok:
-    kind: tokenizer
-    data: {{ from: corpus.train }}
-    vocab_size: 512
-  lm:
-    kind: pretrain
-    model: {{ init: {{ arch: gpt2, layers: 2, d_model: 64, heads: 4, context: 64 }} }}
-    tokenizer: {{ from: tok }}
-    data: {{ from: corpus }}
-    max_length: 64
-    train: {{ epochs: 30, batch_size: 8, lr: 3.0e-3, warmup_steps: 10 }}
   sft:
     kind: sft
     model: {{ from: lm }}
@@ -116,7 +95,8 @@ stages:
     kl_coef: 0.2
     train: {{ epochs: 20, batch_size: 18, lr: 1.0e-4 }}
 "#,
-        d = d.display()
+        d = d.display(),
+        car_lm = common::car_lm_stages()
     )
 }
 

@@ -3,39 +3,16 @@
 //! validation gap reported as a number.
 
 mod common;
-use std::path::Path;
 
 use common::{Project, metric};
 
 fn recipe(fail: bool) -> String {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
     format!(
         r#"version: 1
 name: forget
 seed: 42
 stages:
-  corpus:
-    kind: dataset
-    source: {{ path: {d}/corpus.jsonl }}
-    split: {{ validation: 0.1 }}
-  qa:
-    kind: dataset
-    source: {{ path: {d}/qa.jsonl }}
-    columns: {{ question: prompt, answer: response }}
-    split: {{ validation: 0.1 }}
-    leakage_key: [prompt]
-  tok:
-    kind: tokenizer
-    data: {{ from: corpus.train }}
-    vocab_size: 512
-  lm:
-    kind: pretrain
-    model: {{ init: {{ arch: gpt2, layers: 2, d_model: 64, heads: 4, context: 64 }} }}
-    tokenizer: {{ from: tok }}
-    data: {{ from: corpus }}
-    max_length: 64
-    train: {{ epochs: 30, batch_size: 8, lr: 3.0e-3, warmup_steps: 10 }}
-  sft:
+{car_lm}  sft:
     kind: sft
     model: {{ from: lm }}
     data: {{ from: qa }}
@@ -59,7 +36,7 @@ stages:
     models: {{ sft: {{ from: sft }} }}
     qa: {{ data: {{ from: qa.train }} }}
 "#,
-        d = d.display()
+        car_lm = common::car_lm_stages()
     )
 }
 

@@ -193,3 +193,35 @@ pub fn kill_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
     );
     seen
 }
+
+/// The stages most training tests start from: the car corpus and QA pairs (validation splits,
+/// QA grouped by prompt), a 512-token BPE, and a tiny GPT-2 pretrained on the corpus (`lm`).
+/// Indented to sit under `stages:`.
+pub fn car_lm_stages() -> String {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
+    format!(
+        r#"  corpus:
+    kind: dataset
+    source: {{ path: {d}/corpus.jsonl }}
+    split: {{ validation: 0.1 }}
+  qa:
+    kind: dataset
+    source: {{ path: {d}/qa.jsonl }}
+    columns: {{ question: prompt, answer: response }}
+    split: {{ validation: 0.1 }}
+    leakage_key: [prompt]
+  tok:
+    kind: tokenizer
+    data: {{ from: corpus.train }}
+    vocab_size: 512
+  lm:
+    kind: pretrain
+    model: {{ init: {{ arch: gpt2, layers: 2, d_model: 64, heads: 4, context: 64 }} }}
+    tokenizer: {{ from: tok }}
+    data: {{ from: corpus }}
+    max_length: 64
+    train: {{ epochs: 30, batch_size: 8, lr: 3.0e-3, warmup_steps: 10 }}
+"#,
+        d = d.display()
+    )
+}
