@@ -194,19 +194,13 @@ fn check_pretrain(
 ) {
     use crate::recipe::types::{Arch, ModelInput, PretrainObjective};
     if p.objective == PretrainObjective::MaskedLm {
-        for (key, set) in [
-            ("forgetting_probe", p.forgetting_probe.is_some()),
-            ("replay", p.replay.is_some()),
-        ] {
-            if set {
-                diags.push(
-                    Diagnostic::new(format!(
-                        "`{key}` works with next-token models (`causal_lm`), not `masked_lm`"
-                    ))
-                    .at(recipe.key_location(&join(at, key))),
-                );
-            }
-        }
+        reject_guards(
+            recipe,
+            at,
+            [p.forgetting_probe.is_some(), p.replay.is_some()],
+            "next-token models (`causal_lm`), not `masked_lm`",
+            diags,
+        );
     }
     if p.packing && p.objective == PretrainObjective::MaskedLm {
         diags.push(
@@ -289,19 +283,13 @@ fn check_sft(
 ) {
     use crate::recipe::types::{ModelInput, PeftSpec, SftTask};
     if p.task == SftTask::Classification {
-        for (key, set) in [
-            ("forgetting_probe", p.forgetting_probe.is_some()),
-            ("replay", p.replay.is_some()),
-        ] {
-            if set {
-                diags.push(
-                    Diagnostic::new(format!(
-                        "`{key}` works with language-model SFT (`instruction`, `chat`), not `classification`"
-                    ))
-                    .at(recipe.key_location(&join(at, key))),
-                );
-            }
-        }
+        reject_guards(
+            recipe,
+            at,
+            [p.forgetting_probe.is_some(), p.replay.is_some()],
+            "language-model SFT (`instruction`, `chat`), not `classification`",
+            diags,
+        );
     }
     if let Some(r) = &p.replay
         && !(r.ratio > 0.0 && r.ratio.is_finite())
@@ -516,5 +504,23 @@ fn check_train(
             Diagnostic::new("`train` needs batch_size >= 1, epochs >= 1 and lr > 0")
                 .at(recipe.key_location(&join(at, "train"))),
         );
+    }
+}
+
+/// `forgetting_probe` and `replay` where they cannot work: one error per key set.
+fn reject_guards(
+    recipe: &Recipe,
+    at: &str,
+    set: [bool; 2],
+    works_with: &str,
+    diags: &mut Diagnostics,
+) {
+    for (key, set) in ["forgetting_probe", "replay"].into_iter().zip(set) {
+        if set {
+            diags.push(
+                Diagnostic::new(format!("`{key}` works with {works_with}"))
+                    .at(recipe.key_location(&join(at, key))),
+            );
+        }
     }
 }

@@ -83,18 +83,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let val_infer = encode(&tokenizer, &val_rows, spec.max_length, batch, &infer_device)?;
     let before = accuracy(&model.valid(), &val_infer, num_labels);
 
-    let model = match &spec.peft {
-        // The head is not part of the backbone: it stays trainable (PEFT's modules_to_save).
-        Some(PeftSpec::Lora(cfg)) => {
-            let (backbone, _) =
-                lora::apply(model.backbone, cfg, &device).map_err(anyhow::Error::msg)?;
-            Model {
-                backbone,
-                score: model.score,
-            }
-        }
-        None => model,
-    };
+    let model = crate::stages::with_peft(model, &spec.peft, &device)?;
     let (trained, summary, _) = super::train_logged(
         model,
         &Classification,

@@ -379,6 +379,26 @@ pub fn input_identity(input: &crate::exec::context::ResolvedInput) -> String {
     }
 }
 
+/// LoRA on a scored model's backbone when `peft` asks for it. The head is not part of the
+/// backbone: it stays fully trainable (PEFT's `modules_to_save`).
+pub fn with_peft(
+    model: crate::model::Model,
+    peft: &Option<crate::recipe::types::PeftSpec>,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<crate::model::Model> {
+    match peft {
+        Some(crate::recipe::types::PeftSpec::Lora(cfg)) => {
+            let (backbone, _) = crate::model::lora::apply(model.backbone, cfg, device)
+                .map_err(anyhow::Error::msg)?;
+            Ok(crate::model::Model {
+                backbone,
+                score: model.score,
+            })
+        }
+        None => Ok(model),
+    }
+}
+
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
 /// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
 /// a function of the seed and the stage alone, not of which stages ran before it in this

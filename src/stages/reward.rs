@@ -17,7 +17,7 @@ use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{MissingPolicy, PeftSpec, RewardSpec};
+use crate::recipe::types::{MissingPolicy, RewardSpec};
 use crate::train::preference::bradley_terry;
 use crate::train::trainer::Objective;
 
@@ -131,6 +131,39 @@ impl RewardText {
     }
 }
 
+/// The model a reward stage trains: its input with a single-score head (the checkpoint's own
+/// when it has one, else a new one), how it reads prompt + response, its config and tokenizer.
+fn scalar_model(
+    spec: &RewardSpec,
+    ctx: &mut StageContext,
+    device: &Device,
+) -> Result<(Model, RewardText, serde_json::Value, Tokenizer)> {
+    let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, device)?;
+    let text = RewardText::new(
+        &loaded.backbone,
+        &loaded.tokenizer,
+        &loaded.config,
+        loaded.chat_template.as_deref(),
+        &spec.template,
+        spec.max_length,
+    );
+    let LoadedModel {
+        backbone,
+        score: head,
+        config,
+        tokenizer,
+        ..
+    } = loaded;
+    let model = match head {
+        Some(h) if h.d_out() == 1 => Model {
+            backbone,
+            score: Some(h),
+        },
+        _ => Model::with_new_head(backbone, 1, device),
+    };
+    Ok((model, text, config, tokenizer))
+}
+
 /// The `config.json` of a reward model: one label, named for what it is, and the template its
 /// decoder saw prompt + response through, so whoever scores with it formats the same way.
 fn mark_reward_model(
@@ -187,29 +220,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
         );
     }
     ctx.progress.set_message("loading the model");
-    let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
-    let text = RewardText::new(
-        &loaded.backbone,
-        &loaded.tokenizer,
-        &loaded.config,
-        loaded.chat_template.as_deref(),
-        &spec.template,
-        spec.max_length,
-    );
-    let LoadedModel {
-        backbone,
-        score: head,
-        config,
-        tokenizer,
-        ..
-    } = loaded;
-    let model = match head {
-        Some(h) if h.d_out() == 1 => Model {
-            backbone,
-            score: Some(h),
-        },
-        _ => Model::with_new_head(backbone, 1, &device),
-    };
+    let (model, text, config, tokenizer) = scalar_model(spec, ctx, &device)?;
     let batch = spec.train.batch_size.max(1);
     let make = |pairs: &[Pair], device: &Device| -> Result<Vec<PairBatch>> {
         pairs
@@ -242,18 +253,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let val_infer = make(&val_pairs, &infer_device)?;
     let before = pairwise(&model.valid(), &val_infer);
 
-    let model = match &spec.peft {
-        // The head stays trainable (PEFT's modules_to_save).
-        Some(PeftSpec::Lora(cfg)) => {
-            let (backbone, _) =
-                lora::apply(model.backbone, cfg, &device).map_err(anyhow::Error::msg)?;
-            Model {
-                backbone,
-                score: model.score,
-            }
-        }
-        None => model,
-    };
+    let model = crate::stages::with_peft(model, &spec.peft, &device)?;
     let (trained, summary, _) = super::train_logged(
         model,
         &BradleyTerry {
@@ -386,11 +386,10 @@ mod regression {
     use burn::prelude::*;
     use serde_json::json;
 
-    use super::{RewardText, Scored, score};
+    use super::{Scored, score};
     use crate::exec::context::{ResolvedInput, StageContext};
     use crate::model::{Model, lora, save_hf_dir};
-    use crate::recipe::types::{MissingPolicy, PeftSpec, RewardSpec};
-    use crate::stages::pretrain::{LoadedModel, load_model_input};
+    use crate::recipe::types::{MissingPolicy, RewardSpec};
     use crate::stages::{ArtifactType, StageResult};
     use crate::train::trainer::Objective;
 
@@ -494,29 +493,7 @@ mod regression {
                 spec.response_column
             );
         }
-        let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
-        let text = RewardText::new(
-            &loaded.backbone,
-            &loaded.tokenizer,
-            &loaded.config,
-            loaded.chat_template.as_deref(),
-            &spec.template,
-            spec.max_length,
-        );
-        let LoadedModel {
-            backbone,
-            score: head,
-            config,
-            tokenizer,
-            ..
-        } = loaded;
-        let model = match head {
-            Some(h) if h.d_out() == 1 => Model {
-                backbone,
-                score: Some(h),
-            },
-            _ => Model::with_new_head(backbone, 1, &device),
-        };
+        let (model, text, config, tokenizer) = super::scalar_model(spec, ctx, &device)?;
         let make = |rows: &Rows, device: &Device| -> Result<Vec<ScoredBatch>> {
             rows.chunks(spec.train.batch_size.max(1))
                 .map(|c| {
@@ -540,17 +517,7 @@ mod regression {
             make(&val_rows, &infer_device)?,
         );
         let before = fit(&model.valid(), &val_infer);
-        let model = match &spec.peft {
-            Some(PeftSpec::Lora(cfg)) => {
-                let (backbone, _) =
-                    lora::apply(model.backbone, cfg, &device).map_err(anyhow::Error::msg)?;
-                Model {
-                    backbone,
-                    score: model.score,
-                }
-            }
-            None => model,
-        };
+        let model = crate::stages::with_peft(model, &spec.peft, &device)?;
         let (trained, summary, _) =
             crate::stages::train_logged(model, &SquaredError, &train_b, &val_b, &spec.train, ctx)?;
         let mut inference = trained.valid();
