@@ -223,8 +223,19 @@ enum CacheCommand {
     },
 }
 
-/// Runs the CLI; returns the process exit code.
+/// Runs the CLI; returns the process exit code. Call it first thing in `main` (it sets up the
+/// process: the CPU backend's threads and burn's default device). A program that registers
+/// its own stage kinds (`stages::custom`) registers them first and is then a complete `hone`.
 pub fn main() -> ExitCode {
+    // burn puts a few things on its *default* device (a restored optimizer state, before the
+    // next step moves it to the parameters' device); with wgpu compiled in that default is a
+    // GPU, whose start-up is slow and fails on machines without Vulkan. hone names its devices
+    // explicitly everywhere else, so the CPU is the right default.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called at the start of `main`, before hone starts any thread.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
+    crate::backend::init_cpu();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     match dispatch(&cli) {

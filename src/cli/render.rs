@@ -93,7 +93,7 @@ pub fn dag_ascii(recipe: &Recipe, dag: &Dag) -> String {
     let mut out = String::new();
     for &i in &dag.order {
         let s = &recipe.stages[i];
-        out.push_str(&format!("{} ({})\n", s.name, s.spec.kind()));
+        out.push_str(&format!("{} ({})\n", s.name, s.spec.kind_name()));
         let incoming = dag.incoming(i);
         for (k, (up, e)) in incoming.iter().enumerate() {
             let branch = if k + 1 == incoming.len() {
@@ -119,7 +119,7 @@ pub fn dag_mermaid(recipe: &Recipe, dag: &Dag) -> String {
             "  {}[\"{} ({})\"]\n",
             s.name.replace('-', "_"),
             s.name,
-            s.spec.kind()
+            s.spec.kind_name()
         ));
     }
     for &i in &dag.order {
@@ -148,7 +148,7 @@ pub fn dag_dot(recipe: &Recipe, dag: &Dag) -> String {
             "  \"{}\" [label=\"{}\\n{}\"];\n",
             s.name,
             s.name,
-            s.spec.kind()
+            s.spec.kind_name()
         ));
     }
     for &i in &dag.order {

@@ -170,7 +170,7 @@ fn dag_svg(recipe: &Recipe, dag: &Dag, statuses: &BTreeMap<String, &StageStatus>
             esc(&stage.name),
             x + 8.0,
             y + 32.0,
-            stage.spec.kind()
+            stage.spec.kind_name()
         );
     }
     svg.push_str("</svg>");
@@ -234,7 +234,7 @@ pub fn render(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&stage.name),
-            stage.spec.kind(),
+            stage.spec.kind_name(),
             esc(&state),
             m.map(|m| format!("{:.2} s", m.wall_time_s))
                 .unwrap_or_default(),
@@ -258,7 +258,7 @@ pub fn render(
             "<figure>{}<figcaption>{} ({}): training loss (line), validation loss (dots)</figcaption></figure>",
             chart(&train, &val),
             esc(&stage.name),
-            stage.spec.kind()
+            stage.spec.kind_name()
         );
     }
     html.push_str("</section>");

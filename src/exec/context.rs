@@ -148,6 +148,12 @@ impl StageContext {
         Ok(dir)
     }
 
+    /// Writes `table` as output `name` (a dataset split, or any table a stage produces).
+    pub fn write_table(&mut self, name: &str, table: &crate::data::table::Table) -> Result<()> {
+        let dir = self.output_dir(name, ArtifactType::Table)?;
+        crate::data::table::write_parquet(table, &dir.join(crate::stages::dataset::TABLE_FILE))
+    }
+
     /// Private working space that is not committed (checkpoints, temp files).
     pub fn work_dir(&self) -> Result<PathBuf> {
         let dir = self.scratch.join("work");

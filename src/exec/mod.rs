@@ -115,7 +115,7 @@ pub fn run(
 
     for &i in &dag.order {
         let stage = &recipe.stages[i];
-        let kind = stage.spec.kind().to_string();
+        let kind = stage.spec.kind_name().to_string();
         if CANCELLED.load(Ordering::SeqCst) {
             bail!(context::Cancelled);
         }
@@ -382,7 +382,7 @@ fn run_stage(
         format: CACHE_FORMAT,
         action: action.key.clone(),
         stage: stage.name.clone(),
-        kind: stage.spec.kind().to_string(),
+        kind: stage.spec.kind_name().to_string(),
         material: action.material.clone(),
         input_labels: action.input_labels.clone(),
         outputs: BTreeMap::new(),
@@ -427,7 +427,10 @@ fn training_data(
     let mut out = Vec::new();
     for a in dag.ancestors(m) {
         let s = &recipe.stages[a];
-        if !matches!(s.spec.kind(), StageKind::Pretrain | StageKind::Sft) {
+        if !matches!(
+            s.spec.builtin_kind(),
+            Some(StageKind::Pretrain | StageKind::Sft)
+        ) {
             continue;
         }
         for (rel, input) in s.spec.inputs() {

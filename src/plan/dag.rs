@@ -11,7 +11,7 @@ use petgraph::visit::EdgeRef;
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
 use crate::recipe::types::{DatasetRole, Input, StageSpec};
 use crate::recipe::{Recipe, source_map::join};
-use crate::stages::{accepts, outputs};
+use crate::stages::outputs;
 
 /// Why one stage depends on another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl Dag {
                     );
                     continue;
                 };
-                let wanted = accepts(stage.spec.kind(), &rel);
+                let wanted = stage.spec.accepts(&rel);
                 if !wanted.contains(&ty) {
                     let want: Vec<&str> = wanted.iter().map(|t| t.describe()).collect();
                     diags.push(

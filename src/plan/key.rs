@@ -22,7 +22,10 @@ pub fn material(
     inputs: &BTreeMap<String, String>,
     checked_against: &[String],
 ) -> Value {
-    let mut config = serde_json::to_value(&stage.spec).expect("stage config serializes");
+    let mut config = match &stage.spec {
+        crate::recipe::types::StageSpec::Custom(c) => c.key_config(),
+        spec => serde_json::to_value(spec).expect("stage config serializes"),
+    };
     // Settings that change how a stage runs but not what it produces.
     if let Some(train) = config.get_mut("train").and_then(Value::as_object_mut) {
         train.remove("checkpoint_every");

@@ -284,7 +284,7 @@ impl<'a> Evaluator<'a> {
             };
             out.push(StageStatus {
                 stage: stage.name.clone(),
-                kind: stage.spec.kind().to_string(),
+                kind: stage.spec.kind_name().to_string(),
                 state,
                 action: action.map(|a| a.key),
                 reasons,

@@ -10,6 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::source_map::{SourceMap, join};
 use super::types::{Input, RecipeFile, StageKind, StageSpec};
 use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
+use crate::stages::custom;
 
 /// A loaded, typed recipe (not yet checked across stages: see `recipe::validate`).
 #[derive(Debug, Clone)]
@@ -425,13 +426,13 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     for (k, v) in &defaults {
         let kind = k.as_str().unwrap_or("?");
         let path = join("defaults", kind);
-        if StageKind::parse(kind).is_none() {
-            let kinds = StageKind::ALL.iter().map(|k| k.name());
+        if StageKind::parse(kind).is_none() && !custom::registered().contains(&kind) {
+            let kinds = all_kinds();
             diags.push(
                 Diagnostic::new(format!("`defaults` names unknown stage kind `{kind}`"))
                     .at(sources.key(&path))
                     .help(
-                        did_you_mean(kind, kinds)
+                        did_you_mean(kind, kinds.iter().copied())
                             .unwrap_or_else(|| format!("stage kinds: {}", kind_list())),
                     ),
             );
@@ -465,12 +466,15 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     Ok(())
 }
 
+/// Built-in kinds, then the kinds registered by the program (`stages::custom`).
+fn all_kinds() -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> = StageKind::ALL.iter().map(|k| k.name()).collect();
+    kinds.extend(custom::registered());
+    kinds
+}
+
 fn kind_list() -> String {
-    StageKind::ALL
-        .iter()
-        .map(|k| k.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+    all_kinds().join(", ")
 }
 
 /// The typed header and stages. Errors in the header or the shape of `stages` are fatal here;
@@ -556,18 +560,23 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
                 .help(format!("stage kinds: {}", kind_list())));
         }
     };
-    let Some(kind) = StageKind::parse(&kind) else {
-        let kinds = StageKind::ALL.iter().map(|k| k.name());
+    let Some(builtin) = StageKind::parse(&kind) else {
+        if let Some(parsed) = custom::parse(&kind, v, &path, sources) {
+            return parsed.map(StageSpec::Custom);
+        }
+        let kinds = all_kinds();
         return Err(
             Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
                 .at(sources.value(&join(&path, "kind")))
-                .help(
-                    did_you_mean(&kind, kinds)
-                        .unwrap_or_else(|| format!("stage kinds: {}", kind_list())),
-                ),
+                .help(did_you_mean(&kind, kinds.iter().copied()).unwrap_or_else(|| {
+                    format!(
+                        "stage kinds: {}; a kind of your own exists only in a program that registers it (see examples/custom_stage)",
+                        kind_list()
+                    )
+                })),
         );
     };
-    match kind {
+    match builtin {
         StageKind::Dataset => from_value(v, &path, sources).map(StageSpec::Dataset),
         StageKind::Tokenizer => from_value(v, &path, sources).map(StageSpec::Tokenizer),
         StageKind::Pretrain => from_value(v, &path, sources).map(StageSpec::Pretrain),

@@ -30,7 +30,8 @@ pub struct RecipeFile {
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Settings merged under every stage of a kind, keyed by kind: `defaults: { dataset: { dedup: false } }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub defaults: BTreeMap<StageKind, serde_json::Map<String, serde_json::Value>>,
+    #[schemars(schema_with = "defaults_schema")]
+    pub defaults: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// Base recipe(s) to deep-merge under this one (paths relative to this file); this file wins,
     /// and `key: null` removes an inherited key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +40,20 @@ pub struct RecipeFile {
     /// the run order; the DAG comes from `{ from: ... }` references.
     #[serde(default)]
     pub stages: BTreeMap<String, StageSpec>,
+}
+
+/// `defaults` keys: the built-in kinds for editors to complete, and any other name for kinds a
+/// program registers (`stages::custom`); the loader checks names against both.
+fn defaults_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let kinds: serde_json::Map<String, serde_json::Value> = StageKind::ALL
+        .iter()
+        .map(|k| (k.name().to_owned(), serde_json::json!({ "type": "object" })))
+        .collect();
+    schemars::json_schema!({
+        "type": "object",
+        "properties": kinds,
+        "additionalProperties": { "type": "object" },
+    })
 }
 
 /// One base recipe or several, merged in order.
@@ -156,11 +171,16 @@ pub enum StageSpec {
     Ppo(PpoSpec),
     /// A model copied out of the store into a directory of your choice, with a model card.
     Export(ExportSpec),
+    /// A kind registered by a program that uses hone as a library (`stages::custom`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    Custom(crate::stages::custom::CustomSpec),
 }
 
 impl StageSpec {
-    pub fn kind(&self) -> StageKind {
-        match self {
+    /// The built-in kind; `None` for a registered custom kind.
+    pub fn builtin_kind(&self) -> Option<StageKind> {
+        Some(match self {
             StageSpec::Dataset(_) => StageKind::Dataset,
             StageSpec::Tokenizer(_) => StageKind::Tokenizer,
             StageSpec::Pretrain(_) => StageKind::Pretrain,
@@ -172,6 +192,15 @@ impl StageSpec {
             StageSpec::Grpo(_) => StageKind::Grpo,
             StageSpec::Ppo(_) => StageKind::Ppo,
             StageSpec::Export(_) => StageKind::Export,
+            StageSpec::Custom(_) => return None,
+        })
+    }
+
+    /// The `kind:` as the recipe wrote it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StageSpec::Custom(c) => c.kind,
+            _ => self.builtin_kind().map_or("?", StageKind::name),
         }
     }
 
@@ -236,6 +265,7 @@ impl StageSpec {
                 v.push(("prompts".into(), &p.prompts));
             }
             StageSpec::Export(e) => v.push(("model".into(), &e.model)),
+            StageSpec::Custom(c) => v.extend(c.inputs.iter().map(|(k, i)| (k.clone(), i))),
         }
         v
     }
@@ -326,6 +356,7 @@ impl StageSpec {
                 v.push(("prompts".into(), &mut p.prompts));
             }
             StageSpec::Export(e) => v.push(("model".into(), &mut e.model)),
+            StageSpec::Custom(c) => v.extend(c.inputs.iter_mut().map(|(k, i)| (k.clone(), i))),
         }
         v
     }

@@ -28,7 +28,9 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
         let at = join("stages", &stage.name);
         for (rel, input) in stage.spec.inputs() {
             if let Input::Source(src) = input {
-                let table = crate::stages::accepts(stage.spec.kind(), &rel)
+                let table = stage
+                    .spec
+                    .accepts(&rel)
                     .contains(&crate::stages::ArtifactType::Table);
                 check_source(recipe, &join(&at, &rel), src, table, &mut diags);
             }
@@ -44,6 +46,20 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             StageSpec::Dpo(d) => check_dpo(recipe, &at, d, &mut diags),
             StageSpec::Grpo(g) => check_grpo(recipe, &at, g, &mut diags),
             StageSpec::Ppo(p) => check_ppo(recipe, &at, p, &mut diags),
+            StageSpec::Custom(c) => {
+                for p in c.check() {
+                    let key = join(&at, &p.key);
+                    let loc = recipe
+                        .value_location(&key)
+                        .or_else(|| recipe.key_location(&at));
+                    let d =
+                        Diagnostic::new(format!("stage `{}`: {}", stage.name, p.message)).at(loc);
+                    diags.push(match p.help {
+                        Some(h) => d.help(h),
+                        None => d,
+                    });
+                }
+            }
             StageSpec::Export(e) => {
                 if e.to.trim().is_empty() {
                     diags.push(

@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use super::{ArtifactType, StageResult};
+use super::StageResult;
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{self, Row, Table};
@@ -120,8 +120,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("writing");
     let mut rows_per_split = serde_json::Map::new();
     for (s, rows, _) in &parts {
-        let dir = ctx.output_dir(s.name(), ArtifactType::Table)?;
-        table::write_parquet(&t.with_rows(rows.clone()), &dir.join(TABLE_FILE))?;
+        ctx.write_table(s.name(), &t.with_rows(rows.clone()))?;
         rows_per_split.insert(s.name().to_owned(), rows.len().into());
     }
 

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::pretrain::{LoadedModel, load_checkpoint};
 use super::sft::{Format, encode_conversations, eos_token, exact_match, one_turn};
-use super::{ArtifactType, StageResult, read_split, read_table};
-use crate::data::table::{ColumnType, Row, Table, write_parquet};
+use super::{StageResult, read_split, read_table};
+use crate::data::table::{ColumnType, Row, Table};
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::Model;
 use crate::model::sampling::{SamplingConfig, generate};
@@ -280,17 +280,11 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             metrics.insert(format!("{model}.{metric}"), round(*value).into());
         }
     }
-    let dir = ctx.output_dir("results", ArtifactType::Table)?;
-    write_parquet(
-        &table(ctx, &["model", "metric", "value"], rows),
-        &dir.join(super::dataset::TABLE_FILE),
-    )?;
+    let results_table = table(ctx, &["model", "metric", "value"], rows);
+    ctx.write_table("results", &results_table)?;
     if spec.samples.is_some() {
-        let dir = ctx.output_dir("samples", ArtifactType::Table)?;
-        write_parquet(
-            &table(ctx, &["model", "prompt", "response"], sample_rows.clone()),
-            &dir.join(super::dataset::TABLE_FILE),
-        )?;
+        let samples_table = table(ctx, &["model", "prompt", "response"], sample_rows.clone());
+        ctx.write_table("samples", &samples_table)?;
     }
     warnings.extend(pitfalls(&results));
     Ok(StageResult {

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::pretrain::{LoadedModel, load_model_input};
 use super::sft::Format;
-use super::{ArtifactType, StageResult, read_table, texts_of};
-use crate::data::table::{ColumnType, Row, Table, write_parquet};
+use super::{StageResult, read_table, texts_of};
+use crate::data::table::{ColumnType, Row, Table};
 use crate::exec::context::StageContext;
 use crate::model::sampling::generate;
 use crate::recipe::types::{GenerateSpec, MissingPolicy, ModelInput};
@@ -76,8 +76,7 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         types: vec![ColumnType::Text, ColumnType::Text],
         rows,
     };
-    let dir = ctx.output_dir("responses", ArtifactType::Table)?;
-    write_parquet(&table, &dir.join(super::dataset::TABLE_FILE))?;
+    ctx.write_table("responses", &table)?;
     let empty = table
         .rows
         .iter()

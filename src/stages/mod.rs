@@ -2,6 +2,7 @@
 //! and how each runs. One file per kind.
 
 pub mod classify;
+pub mod custom;
 pub mod dataset;
 pub mod dpo;
 pub mod evaluate;
@@ -89,6 +90,7 @@ pub fn outputs(spec: &StageSpec) -> Vec<(&'static str, ArtifactType)> {
         ],
         StageSpec::Ppo(_) => vec![("model", ArtifactType::Model)],
         StageSpec::Export(_) => vec![("model", ArtifactType::Model)],
+        StageSpec::Custom(c) => c.outputs.clone(),
     }
 }
 
@@ -105,29 +107,42 @@ impl StageSpec {
             | StageSpec::Export(_) => ArtifactType::Model,
             StageSpec::Generate(_) | StageSpec::Evaluate(_) => ArtifactType::Dataset,
             StageSpec::Reward(_) => ArtifactType::RewardModel,
+            StageSpec::Custom(c) => c.artifact_type(),
         }
     }
 
     /// Whether this kind's result depends on the tensor backend (then the backend is part of
     /// its action key; data preparation is the same on every backend, so it is not).
     pub fn uses_backend(&self) -> bool {
-        match self.kind() {
-            StageKind::Dataset | StageKind::Tokenizer | StageKind::Export => false,
-            StageKind::Pretrain
-            | StageKind::Sft
-            | StageKind::Generate
-            | StageKind::Evaluate
-            | StageKind::Reward
-            | StageKind::Dpo
-            | StageKind::Grpo
-            | StageKind::Ppo => true,
+        match self {
+            StageSpec::Dataset(_) | StageSpec::Tokenizer(_) | StageSpec::Export(_) => false,
+            StageSpec::Pretrain(_)
+            | StageSpec::Sft(_)
+            | StageSpec::Generate(_)
+            | StageSpec::Evaluate(_)
+            | StageSpec::Reward(_)
+            | StageSpec::Dpo(_)
+            | StageSpec::Grpo(_)
+            | StageSpec::Ppo(_) => true,
+            StageSpec::Custom(c) => c.uses_backend,
+        }
+    }
+
+    /// The artifact types the input at `input` (its path inside the stage) accepts.
+    pub fn accepts(&self, input: &str) -> &'static [ArtifactType] {
+        match self {
+            StageSpec::Custom(c) => c.accepts.get(input).copied().unwrap_or(&[]),
+            _ => self.builtin_kind().map_or(&[], |k| accepts(k, input)),
         }
     }
 }
 
-/// The artifact types an input accepts, by the input's path inside the stage.
-pub fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
-    const DATA: &[ArtifactType] = &[ArtifactType::Dataset, ArtifactType::Table];
+/// What a data input accepts: a whole dataset or one of its splits.
+pub const DATA_INPUT: &[ArtifactType] = &[ArtifactType::Dataset, ArtifactType::Table];
+
+/// The artifact types an input of a built-in kind accepts, by the input's path inside the stage.
+fn accepts(kind: StageKind, input: &str) -> &'static [ArtifactType] {
+    const DATA: &[ArtifactType] = DATA_INPUT;
     match (kind, input) {
         (StageKind::Dataset, _)
         | (StageKind::Tokenizer | StageKind::Pretrain | StageKind::Sft, "data") => DATA,
@@ -192,6 +207,7 @@ pub fn run(spec: &StageSpec, ctx: &mut StageContext) -> anyhow::Result<StageResu
         StageSpec::Grpo(g) => grpo::run(g, ctx),
         StageSpec::Ppo(p) => ppo::run(p, ctx),
         StageSpec::Export(e) => export::run(e, ctx),
+        StageSpec::Custom(c) => c.run(ctx),
     }
 }
 
