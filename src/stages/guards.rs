@@ -40,10 +40,23 @@ pub fn fit_warnings(summary: &Summary, metrics: &mut Map<String, Value>) -> Vec<
                 "overfitting: validation loss rose from {best:.3} (step {best_step}) to {val:.3}; set train.eval_every and train.patience to stop at the best step"
             ));
         } else if summary.last_loss > 0.0 && val > 2.0 * summary.last_loss && gap > 0.5 {
-            warnings.push(format!(
-                "overfitting: validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3}); use more data, fewer epochs, or early stopping",
-                summary.last_loss
-            ));
+            // Periodic evaluation tells a gap that is still closing from one that is widening:
+            // only the second calls for early stopping.
+            let still_falling = summary
+                .log
+                .iter()
+                .any(|r| matches!(r, crate::train::trainer::Record::Eval(_)));
+            warnings.push(if still_falling {
+                format!(
+                    "generalisation gap: validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3}) and validation loss was at its lowest at the end, so early stopping would not help: the model memorises its training set faster than it generalises: more (or more varied) data narrows the gap",
+                    summary.last_loss
+                )
+            } else {
+                format!(
+                    "overfitting: validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3}); use more data, fewer epochs, or early stopping (train.eval_every and train.patience)",
+                    summary.last_loss
+                )
+            });
         }
     }
     warnings
@@ -206,6 +219,36 @@ mod tests {
             ..Default::default()
         };
         assert!(fit_warnings(&good, &mut m).is_empty());
+
+        // A wide gap: with periodic evaluation showing validation still at its best it is a
+        // generalisation gap, without it the warning cannot tell and says overfitting.
+        let gap = Summary {
+            first_loss: 6.0,
+            last_loss: 0.5,
+            best_eval: Some((180, 1.5)),
+            final_eval: Some(1.5),
+            log: vec![crate::train::trainer::Record::Eval(
+                crate::train::trainer::EvalRecord {
+                    step: 100,
+                    loss: 1.7,
+                },
+            )],
+            ..Default::default()
+        };
+        let w = fit_warnings(&gap, &mut m);
+        assert!(
+            w[0].starts_with("generalisation gap") && w[0].contains("lowest at the end"),
+            "{w:?}"
+        );
+        let unknown = Summary {
+            log: Vec::new(),
+            ..gap
+        };
+        let w = fit_warnings(&unknown, &mut m);
+        assert!(
+            w[0].starts_with("overfitting") && w[0].contains("patience"),
+            "{w:?}"
+        );
     }
 
     #[test]
