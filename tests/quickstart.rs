@@ -24,6 +24,23 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         out.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity  reward_score  win_rate_vs_base"),
         "{out}"
     );
+    // `hone generate` on a stage's model prompts it the way the stage trained it (the
+    // quickstart's SFT uses the plain template; a chat template would get garbage back),
+    // also through the export of a later stage.
+    for stage in ["quickstart.yaml:sft", "quickstart.yaml:export"] {
+        let said = p
+            .hone(&[
+                "generate",
+                "--model",
+                stage,
+                "--prompt",
+                "What does the radiator do?",
+                "--max-new-tokens",
+                "12",
+            ])
+            .ok();
+        assert!(said.trim().starts_with("The radiator"), "{stage}: {said}");
+    }
     let eval = p.hone(&["show", "quickstart.yaml", "evaluate"]).ok();
     assert!(
         metric(&eval, "sft.exact_match") > metric(&eval, "base.exact_match"),

@@ -12,6 +12,9 @@ use crate::store::Store;
 pub struct ModelPath {
     pub path: PathBuf,
     pub label: String,
+    /// For `RECIPE:STAGE`, the prompt template the stage trained with: a model tuned on
+    /// `plain` prompts answers garbage through a chat template, and the other way round.
+    pub template: Option<crate::recipe::types::PromptTemplate>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -20,6 +23,7 @@ pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
         return Ok(ModelPath {
             path: PathBuf::from(arg),
             label: arg.to_owned(),
+            template: None,
             _tmp: None,
         });
     }
@@ -57,6 +61,26 @@ pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
     Ok(ModelPath {
         path: tmp.path().to_path_buf(),
         label: arg.to_owned(),
+        template: trained_template(&recipe, stage),
         _tmp: Some(tmp),
     })
+}
+
+/// The prompt template `stage` trained its model with; an export takes its model's.
+fn trained_template(
+    recipe: &crate::recipe::Recipe,
+    stage: &str,
+) -> Option<crate::recipe::types::PromptTemplate> {
+    use crate::recipe::types::{Input, StageSpec};
+    match &recipe.stage(stage)?.spec {
+        StageSpec::Sft(s) => Some(s.template.clone()),
+        StageSpec::Dpo(d) => Some(d.template.clone()),
+        StageSpec::Grpo(g) => Some(g.template.clone()),
+        StageSpec::Ppo(p) => Some(p.template.clone()),
+        StageSpec::Export(e) => match &e.model {
+            Input::Stage(r) => trained_template(recipe, r.stage()),
+            Input::Source(_) => None,
+        },
+        _ => None,
+    }
 }

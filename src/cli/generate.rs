@@ -20,7 +20,9 @@ pub struct GenerateArgs {
     /// A system message for the chat template.
     #[arg(long)]
     system: Option<String>,
-    /// Send prompts as raw text instead of through the chat template.
+    /// Send prompts as raw text instead of through a template. Without it, RECIPE:STAGE
+    /// prompts go through the template the stage trained with, and other models through
+    /// their own chat template (or ChatML).
     #[arg(long)]
     raw: bool,
     #[arg(long, default_value_t = 64)]
@@ -59,25 +61,31 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             model.model.backbone.family()
         );
     }
+    // A recipe stage's model gets the template it trained with; anything else its own chat
+    // template (or ChatML).
+    let format = at
+        .template
+        .as_ref()
+        .map(|t| crate::stages::sft::Format::new(t, model.chat_template.as_deref()));
     let template = model.chat();
     let mut prompts = Vec::new();
     for p in &args.prompt {
-        let text = if args.raw {
-            p.clone()
-        } else {
-            let mut messages = Vec::new();
-            if let Some(s) = &args.system {
-                messages.push(Message::new("system", s));
-            }
-            messages.push(Message::new("user", p));
-            template
-                .render(&messages, true)
-                .map_err(anyhow::Error::msg)?
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::new("user", p));
+        let ids = match &format {
+            _ if args.raw => encode(tokenizer, p)?,
+            Some(f) => f.encode_conversation_prompt(tokenizer, &messages)?,
+            None => encode(
+                tokenizer,
+                &template
+                    .render(&messages, true)
+                    .map_err(anyhow::Error::msg)?,
+            )?,
         };
-        let enc = tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
-        prompts.push(enc.get_ids().to_vec());
+        prompts.push(ids);
     }
     let cfg = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
@@ -98,4 +106,12 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         println!("{}", text.trim_end());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn encode(tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+        .get_ids()
+        .to_vec())
 }

@@ -39,7 +39,7 @@ pub struct Format {
 pub(super) type Piece = (String, bool);
 
 impl Format {
-    pub(super) fn new(t: &PromptTemplate, model_template: Option<&str>) -> Format {
+    pub(crate) fn new(t: &PromptTemplate, model_template: Option<&str>) -> Format {
         let chatml = || Format {
             template: Some(ChatTemplate::chatml()),
             end: Some("<|im_end|>".into()),
@@ -76,7 +76,7 @@ impl Format {
     }
 
     /// The token ids of the prompt that asks for the next assistant turn after `history`.
-    pub(super) fn encode_conversation_prompt(
+    pub(crate) fn encode_conversation_prompt(
         &self,
         tok: &Tokenizer,
         history: &[Message],
