@@ -192,6 +192,14 @@ impl<S: CustomStage> Erased for S {
                 S::KIND
             ))
         })?;
+        // The action key puts the kind beside the settings' keys and finds inputs by key.
+        if !settings.is_object() {
+            return Err(Diagnostic::new(format!(
+                "stage kind `{}`: its Settings must serialize as a mapping of keys (a struct)",
+                S::KIND
+            ))
+            .at(sources.value(path)));
+        }
         let mut inputs = BTreeMap::new();
         let mut accepts = BTreeMap::new();
         for slot in CustomStage::inputs(self.as_ref()) {
