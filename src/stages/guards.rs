@@ -42,20 +42,26 @@ pub fn fit_warnings(summary: &Summary, metrics: &mut Map<String, Value>) -> Vec<
         } else if summary.last_loss > 0.0 && val > 2.0 * summary.last_loss && gap > 0.5 {
             // Periodic evaluation tells a gap that is still closing from one that is widening:
             // only the second calls for early stopping.
-            let still_falling = summary
+            let evaluated = summary
                 .log
                 .iter()
                 .any(|r| matches!(r, crate::train::trainer::Record::Eval(_)));
-            warnings.push(if still_falling {
-                format!(
-                    "generalisation gap: validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3}) and validation loss was at its lowest at the end, so early stopping would not help: the model memorises its training set faster than it generalises: more (or more varied) data narrows the gap",
-                    summary.last_loss
-                )
-            } else {
-                format!(
-                    "overfitting: validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3}); use more data, fewer epochs, or early stopping (train.eval_every and train.patience)",
-                    summary.last_loss
-                )
+            let wide = format!(
+                "validation loss {val:.3} is far above the training loss {:.3} (gap {gap:.3})",
+                summary.last_loss
+            );
+            let remedy = "the model memorises its training set faster than it generalises: more (or more varied) data narrows the gap";
+            warnings.push(match summary.kept_step {
+                Some(kept) if kept < summary.steps => format!(
+                    "generalisation gap: early stopping kept the weights of step {kept} (of {}), the best validation loss ({val:.3}), but the training loss reached {:.3} (gap {gap:.3}); {remedy}",
+                    summary.steps, summary.last_loss
+                ),
+                _ if evaluated => format!(
+                    "generalisation gap: {wide}, and validation loss was at its lowest at the end, so early stopping would not help; {remedy}"
+                ),
+                _ => format!(
+                    "overfitting: {wide}; use more data, fewer epochs, or early stopping (train.eval_every and train.patience)"
+                ),
             });
         }
     }
@@ -238,6 +244,16 @@ mod tests {
         let w = fit_warnings(&gap, &mut m);
         assert!(
             w[0].starts_with("generalisation gap") && w[0].contains("lowest at the end"),
+            "{w:?}"
+        );
+        let kept = Summary {
+            steps: 200,
+            kept_step: Some(120),
+            ..gap.clone()
+        };
+        let w = fit_warnings(&kept, &mut m);
+        assert!(
+            w[0].contains("early stopping kept the weights of step 120 (of 200)"),
             "{w:?}"
         );
         let unknown = Summary {

@@ -131,6 +131,10 @@ pub struct Summary {
     pub best_eval: Option<(usize, f64)>,
     pub final_eval: Option<f64>,
     pub early_stopped: bool,
+    /// With early stopping (`patience`), the step whose weights the run returns: its best
+    /// validation loss, which may be before the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_step: Option<usize>,
     /// The step of the checkpoint this run continued from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from: Option<usize>,
@@ -384,6 +388,7 @@ pub fn train<M: Module, O: Objective<M>>(
             // With early stopping, the best checkpoint is the result (the overfit tail is dropped).
             if cfg.patience.is_some() {
                 model = m;
+                summary.kept_step = Some(s);
             }
         }
         summary.final_eval = Some(evaluate(&model, obj, val));
