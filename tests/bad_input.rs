@@ -440,6 +440,18 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "evaluate sampling the judge's answers with no samples or a bad temperature",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: { base: { path: m } }\n    reward:\n      model: { path: rm }\n      prompts: { from: d }\n      samples: 0\n      temperature: -1\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`reward.samples` must be at least 1",
+                "r.yaml:11:16",
+                "`reward.temperature` must be above 0",
+                "r.yaml:12:20",
+            ],
+        },
+        Case {
             name: "evaluate of a dataset as a model",
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: { base: { from: d } }\n    perplexity: { data: { from: d } }\n",
             files: &[],

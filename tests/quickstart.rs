@@ -1,6 +1,7 @@
 //! The README's main job: the quickstart recipe runs end to end on CPU from an empty store,
-//! prints the comparison table, SFT beats the base model on held-out exact match, a second run
-//! is fully cached, and a new DPO beta reruns only DPO and the evaluation.
+//! prints the comparison table, SFT beats the base model on held-out exact match and PPO
+//! beats SFT on the judge's score of sampled answers, a second run is fully cached, and a new
+//! DPO beta reruns only DPO and the evaluation.
 
 mod common;
 use std::path::Path;
@@ -21,7 +22,7 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     let out = first.ok();
     assert_eq!(first.ran().len(), 13, "{out}");
     assert!(
-        out.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity  reward_score  win_rate_vs_base"),
+        out.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity  reward_score  reward_score_sampled  win_rate_vs_base"),
         "{out}"
     );
     // `hone generate` on a stage's model prompts it the way the stage trained it (the
@@ -47,6 +48,11 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{eval}"
     );
     assert!(metric(&eval, "sft.reward_score") > metric(&eval, "base.reward_score"));
+    // PPO optimises the judge's score of sampled answers, and it rose past SFT's there.
+    assert!(
+        metric(&eval, "ppo.reward_score_sampled") > metric(&eval, "sft.reward_score_sampled"),
+        "{eval}"
+    );
     // The export: an HF directory with a model card, outside the store.
     let exported = p.path("dist/car-assistant");
     for f in [

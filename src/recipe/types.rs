@@ -995,6 +995,15 @@ pub struct RewardEval {
     /// The model the others are compared with (default: `base`, else the first by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    /// Also score this many answers per prompt sampled at `temperature` (seeded by the
+    /// recipe): `reward_score_sampled`. Greedy answers show what a model says most often;
+    /// sampled ones the distribution RL stages (PPO, GRPO) optimise, which can improve while
+    /// the greedy answer stays the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// Sampling temperature for `samples` (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 impl EvaluateSpec {

@@ -373,6 +373,30 @@ fn check_evaluate(
                 ),
         );
     }
+    if let Some(r) = &e.reward {
+        let reward = join(at, "reward");
+        if r.samples == Some(0) {
+            diags.push(
+                Diagnostic::new("`reward.samples` must be at least 1")
+                    .at(recipe.value_location(&join(&reward, "samples")))
+                    .help("leave it out to score greedy answers only"),
+            );
+        }
+        if r.temperature.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+            diags.push(
+                Diagnostic::new("`reward.temperature` must be above 0")
+                    .at(recipe.value_location(&join(&reward, "temperature")))
+                    .help("sampled answers need a temperature; 1.0 samples the model as it is"),
+            );
+        }
+        if r.temperature.is_some() && r.samples.is_none() {
+            diags.push(
+                Diagnostic::new("`reward.temperature` is set but `reward.samples` is not")
+                    .at(recipe.key_location(&join(&reward, "temperature")))
+                    .help("add `samples: 8` to also score sampled answers"),
+            );
+        }
+    }
 }
 
 fn check_reward(

@@ -220,6 +220,35 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 s.iter().sum::<f64>() / s.len().max(1) as f64,
             ));
             judged.insert(name.clone(), s);
+            if let Some(n) = cfg.samples {
+                ctx.progress
+                    .set_message(format!("{name}: {n} sampled answers a prompt"));
+                // The same seed for every model: differences come from the models.
+                let sampled = SamplingConfig {
+                    temperature: cfg.temperature.unwrap_or(1.0),
+                    seed: ctx.seed,
+                    ..sampling.clone()
+                };
+                let r = super::rollout::rollout(
+                    &m.backbone,
+                    &m.tokenizer,
+                    &format,
+                    prompts,
+                    n,
+                    &sampled,
+                    &device,
+                )?;
+                let rows: Vec<(&super::rollout::PromptRow, &str)> = r
+                    .completions
+                    .iter()
+                    .map(|(p, _, text)| (&prompts[*p], text.as_str()))
+                    .collect();
+                let s = scorer.score(&rows)?;
+                scores.push((
+                    "reward_score_sampled".into(),
+                    s.iter().sum::<f64>() / s.len().max(1) as f64,
+                ));
+            }
         }
         if let Some(cfg) = &spec.samples
             && decoder
