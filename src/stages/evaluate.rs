@@ -200,25 +200,15 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 stop_tokens: m.stop_tokens(),
                 ..Default::default()
             };
-            let r = super::rollout::rollout(
-                &m.backbone,
-                &m.tokenizer,
-                &format,
-                prompts,
-                1,
-                &sampling,
-                &device,
-            )?;
-            let rows: Vec<(&super::rollout::PromptRow, &str)> = r
-                .completions
-                .iter()
-                .map(|(p, _, text)| (&prompts[*p], text.as_str()))
-                .collect();
-            let s = scorer.score(&rows)?;
-            scores.push((
-                "reward_score".into(),
-                s.iter().sum::<f64>() / s.len().max(1) as f64,
-            ));
+            let how = super::rollout::Answering {
+                tok: &m.tokenizer,
+                format: &format,
+                sampling: &sampling,
+                device: &device,
+            };
+            let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+            let s = super::rollout::judged(&m.backbone, &how, prompts, scorer, 1)?;
+            scores.push(("reward_score".into(), mean(&s)));
             judged.insert(name.clone(), s);
             if let Some(n) = cfg.samples {
                 ctx.progress
@@ -229,25 +219,12 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
                     seed: ctx.seed,
                     ..sampling.clone()
                 };
-                let r = super::rollout::rollout(
-                    &m.backbone,
-                    &m.tokenizer,
-                    &format,
-                    prompts,
-                    n,
-                    &sampled,
-                    &device,
-                )?;
-                let rows: Vec<(&super::rollout::PromptRow, &str)> = r
-                    .completions
-                    .iter()
-                    .map(|(p, _, text)| (&prompts[*p], text.as_str()))
-                    .collect();
-                let s = scorer.score(&rows)?;
-                scores.push((
-                    "reward_score_sampled".into(),
-                    s.iter().sum::<f64>() / s.len().max(1) as f64,
-                ));
+                let how = super::rollout::Answering {
+                    sampling: &sampled,
+                    ..how
+                };
+                let s = super::rollout::judged(&m.backbone, &how, prompts, scorer, n)?;
+                scores.push(("reward_score_sampled".into(), mean(&s)));
             }
         }
         if let Some(cfg) = &spec.samples

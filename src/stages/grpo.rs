@@ -9,15 +9,15 @@
 
 use std::cell::RefCell;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::pretrain::{LoadedModel, load_checkpoint};
 use super::rollout::{
-    Answering, PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps,
+    Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
+    token_logps,
 };
 use super::sft::Format;
 use super::{ArtifactType, StageResult};
@@ -124,47 +124,33 @@ impl Objective<Backbone> for Grpo<'_> {
 pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
-    ctx.progress.set_message("reading prompts");
-    let (train_prompts, val_prompts) = read_prompts(
-        ctx.input("prompts")?,
-        &spec.prompt_column,
-        spec.reward.exact_match.as_deref(),
-    )?;
-    if train_prompts.is_empty() {
-        bail!("no prompts in column `{}`", spec.prompt_column);
-    }
-    ctx.progress.set_message("loading the policy");
-    let loaded = load_checkpoint(ctx, "model", None, true, &device)?;
-    let stops = loaded.stop_tokens();
-    let LoadedModel {
+    let RlSetup {
+        train_prompts,
+        val_prompts,
         backbone,
         config,
         tokenizer,
-        chat_template,
-        ..
-    } = loaded;
-    let format = Format::new(&spec.template, chat_template.as_deref());
-    for p in train_prompts.iter().chain(&val_prompts) {
-        format.encode_prompt(&tokenizer, &p.prompt)?;
-    }
+        format,
+        sampling,
+    } = RlSetup::new(
+        &RlSettings {
+            prompt_column: &spec.prompt_column,
+            answer_column: spec.reward.exact_match.as_deref(),
+            template: &spec.template,
+            max_new_tokens: spec.max_new_tokens,
+            temperature: spec.temperature,
+        },
+        ctx,
+        &device,
+    )?;
     let scorer = Scorer::new(&spec.reward, "reward.model", ctx, &infer_device)?;
-    let sampling = SamplingConfig {
-        max_new_tokens: spec.max_new_tokens,
-        temperature: spec.temperature,
-        stop_tokens: stops,
-        ..Default::default()
-    };
     let answering = Answering {
         tok: &tokenizer,
         format: &format,
         sampling: &sampling,
         device: &infer_device,
     };
-    let measured = if val_prompts.is_empty() {
-        &train_prompts
-    } else {
-        &val_prompts
-    };
+    let measured = measured_prompts(&train_prompts, &val_prompts);
     ctx.progress.set_message("measuring the reward (before)");
     let before = mean_reward(&backbone.valid(), &answering, measured, &scorer, 1)?;
     let reference = (spec.beta > 0.0).then(|| backbone.valid());

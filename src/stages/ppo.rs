@@ -17,15 +17,16 @@
 
 use std::cell::RefCell;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::pretrain::{LoadedModel, load_checkpoint};
+use super::pretrain::load_checkpoint;
 use super::rollout::{
-    Answering, PromptRow, Scorer, mean_reward, read_prompts, rollout, token_logps,
+    Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
+    token_logps,
 };
 use super::sft::Format;
 use super::{ArtifactType, StageResult};
@@ -273,23 +274,27 @@ impl Objective<PolicyValue> for Ppo<'_> {
 pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
-    ctx.progress.set_message("reading prompts");
-    let (train_prompts, val_prompts) =
-        read_prompts(ctx.input("prompts")?, &spec.prompt_column, None)?;
-    if train_prompts.is_empty() {
-        bail!("no prompts in column `{}`", spec.prompt_column);
-    }
-    ctx.progress
-        .set_message("loading the policy, reference, reward and value models");
-    let loaded = load_checkpoint(ctx, "model", None, true, &device)?;
-    let stops = loaded.stop_tokens();
-    let LoadedModel {
+    let RlSetup {
+        train_prompts,
+        val_prompts,
         backbone,
         config,
         tokenizer,
-        chat_template,
-        ..
-    } = loaded;
+        format,
+        sampling,
+    } = RlSetup::new(
+        &RlSettings {
+            prompt_column: &spec.prompt_column,
+            answer_column: None,
+            template: &spec.template,
+            max_new_tokens: spec.max_new_tokens,
+            temperature: spec.temperature,
+        },
+        ctx,
+        &device,
+    )?;
+    ctx.progress
+        .set_message("loading the reference, reward and value models");
     let reference = backbone.valid();
     let source = RewardSource {
         model: Some(spec.reward_model.clone()),
@@ -317,27 +322,13 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "the policy with a new scalar head (the reward model reads other tokens)",
         )
     };
-    let format = Format::new(&spec.template, chat_template.as_deref());
-    for p in train_prompts.iter().chain(&val_prompts) {
-        format.encode_prompt(&tokenizer, &p.prompt)?;
-    }
-    let sampling = SamplingConfig {
-        max_new_tokens: spec.max_new_tokens,
-        temperature: spec.temperature,
-        stop_tokens: stops,
-        ..Default::default()
-    };
     let answering = Answering {
         tok: &tokenizer,
         format: &format,
         sampling: &sampling,
         device: &infer_device,
     };
-    let measured = if val_prompts.is_empty() {
-        &train_prompts
-    } else {
-        &val_prompts
-    };
+    let measured = measured_prompts(&train_prompts, &val_prompts);
     ctx.progress.set_message("measuring the reward (before)");
     let before = mean_reward(&reference, &answering, measured, &scorer, SAMPLES)?;
 

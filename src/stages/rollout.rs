@@ -259,32 +259,117 @@ pub fn mean_reward(
     scorer: &Scorer,
     samples: usize,
 ) -> Result<Option<f64>> {
-    let Answering {
-        tok,
-        format,
-        sampling,
-        device,
-    } = *how;
     if prompts.is_empty() {
         return Ok(None);
     }
     let cfg = if samples <= 1 {
         SamplingConfig {
             temperature: 0.0,
-            ..sampling.clone()
+            ..how.sampling.clone()
         }
     } else {
         SamplingConfig {
             seed: 0x5eed,
-            ..sampling.clone()
+            ..how.sampling.clone()
         }
     };
-    let r = rollout(policy, tok, format, prompts, samples.max(1), &cfg, device)?;
+    let how = Answering {
+        sampling: &cfg,
+        ..*how
+    };
+    let rewards = judged(policy, &how, prompts, scorer, samples.max(1))?;
+    Ok(Some(rewards.iter().sum::<f64>() / rewards.len() as f64))
+}
+
+/// The scores of `group` answers to each prompt (prompt-major order), sampled as `how` says.
+pub fn judged(
+    policy: &Backbone,
+    how: &Answering,
+    prompts: &[PromptRow],
+    scorer: &Scorer,
+    group: usize,
+) -> Result<Vec<f64>> {
+    let r = rollout(
+        policy,
+        how.tok,
+        how.format,
+        prompts,
+        group,
+        how.sampling,
+        how.device,
+    )?;
     let rows: Vec<(&PromptRow, &str)> = r
         .completions
         .iter()
         .map(|(p, _, text)| (&prompts[*p], text.as_str()))
         .collect();
-    let rewards = scorer.score(&rows)?;
-    Ok(Some(rewards.iter().sum::<f64>() / rewards.len() as f64))
+    scorer.score(&rows)
+}
+
+/// What every RL stage sets up the same way before training: its prompts (the held-out ones
+/// measure the reward before and after), the policy checkpoint (input `model`), the prompt
+/// format with every prompt checked to tokenize, and the sampling settings.
+pub struct RlSetup {
+    pub train_prompts: Vec<PromptRow>,
+    pub val_prompts: Vec<PromptRow>,
+    pub backbone: Backbone,
+    pub config: serde_json::Value,
+    pub tokenizer: Tokenizer,
+    pub format: Format,
+    pub sampling: SamplingConfig,
+}
+
+/// How an RL stage asks for its set-up.
+pub struct RlSettings<'a> {
+    pub prompt_column: &'a str,
+    /// The reference-answer column a rule reward needs.
+    pub answer_column: Option<&'a str>,
+    pub template: &'a crate::recipe::types::PromptTemplate,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+}
+
+impl RlSetup {
+    pub fn new(s: &RlSettings, ctx: &mut StageContext, device: &Device) -> Result<RlSetup> {
+        ctx.progress.set_message("reading prompts");
+        let (train_prompts, val_prompts) =
+            read_prompts(ctx.input("prompts")?, s.prompt_column, s.answer_column)?;
+        if train_prompts.is_empty() {
+            bail!("no prompts in column `{}`", s.prompt_column);
+        }
+        ctx.progress.set_message("loading the policy");
+        let loaded = load_checkpoint(ctx, "model", None, true, device)?;
+        let sampling = SamplingConfig {
+            max_new_tokens: s.max_new_tokens,
+            temperature: s.temperature,
+            stop_tokens: loaded.stop_tokens(),
+            ..Default::default()
+        };
+        let LoadedModel {
+            backbone,
+            config,
+            tokenizer,
+            chat_template,
+            ..
+        } = loaded;
+        let format = Format::new(s.template, chat_template.as_deref());
+        for p in train_prompts.iter().chain(&val_prompts) {
+            format.encode_prompt(&tokenizer, &p.prompt)?;
+        }
+        Ok(RlSetup {
+            train_prompts,
+            val_prompts,
+            backbone,
+            config,
+            tokenizer,
+            format,
+            sampling,
+        })
+    }
+}
+
+/// The prompts the before/after reward is measured on: the held-out ones, else the training
+/// ones.
+pub fn measured_prompts<'a>(train: &'a [PromptRow], val: &'a [PromptRow]) -> &'a [PromptRow] {
+    if val.is_empty() { train } else { val }
 }
