@@ -349,3 +349,28 @@ fn the_plain_binary_does_not_know_the_kind_and_says_where_kinds_come_from() {
     assert!(err.contains("unknown stage kind `ngram_filter`"), "{err}");
     assert!(err.contains("examples/custom_stage"), "{err}");
 }
+
+#[test]
+fn the_schema_of_a_program_that_registered_a_kind_describes_it() {
+    register_once();
+    let schema = hone::recipe::json_schema();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let p = project();
+    let instance = |recipe: &str| {
+        p.write("r.yaml", recipe);
+        let loaded = hone::recipe::load(&p.path("r.yaml"), &[]).unwrap();
+        serde_json::to_value(&loaded.resolved).unwrap()
+    };
+    let good = instance(RECIPE);
+    let errors: Vec<String> = validator
+        .iter_errors(&good)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // The settings' own schema: a misspelt key is an editor error too.
+    let bad = instance(&RECIPE.replace("    columns: [text]", "    colums: [text]"));
+    assert!(
+        !validator.is_valid(&bad),
+        "an unknown key must not validate"
+    );
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct NgramFilter;
 
 /// The stage's settings: everything under the stage in the recipe except `kind`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The rows to clean: a dataset (every split), one split, or a file.
@@ -61,6 +61,10 @@ impl CustomStage for NgramFilter {
             ("train", ArtifactType::Table),
             ("removed", ArtifactType::Table),
         ]
+    }
+
+    fn settings_schema(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(schemars::schema_for!(Settings)).ok()
     }
 
     fn check(&self, s: &Settings) -> Vec<Problem> {

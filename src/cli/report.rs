@@ -196,7 +196,7 @@ pub fn render(
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>hone report: {name}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#111}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}}th{{background:#f3f4f6}}.warn{{color:#b45309}}h2{{margin-top:1.6em}}section.curves{{display:flex;flex-wrap:wrap;gap:1em}}figure{{margin:0}}figcaption{{font-size:12px}}</style></head><body><h1>{name}</h1><p>{desc}</p>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>hone report: {name}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#111}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}}td:not(:last-child),th{{white-space:nowrap}}th{{background:#f3f4f6}}.warn{{color:#b45309}}h2{{margin-top:1.6em}}section.curves{{display:flex;flex-wrap:wrap;gap:1em}}figure{{margin:0}}figcaption{{font-size:12px}}</style></head><body><h1>{name}</h1><p>{desc}</p>",
         name = esc(&recipe.header.name),
         desc = esc(recipe.header.description.as_deref().unwrap_or("")),
     );

@@ -78,6 +78,14 @@ pub trait CustomStage: Send + Sync + 'static {
         false
     }
 
+    /// The JSON Schema of [`Self::Settings`] for `hone schema` (editors complete and check the
+    /// stage's keys): `Some(serde_json::to_value(schemars::schema_for!(Settings)).unwrap())`
+    /// when Settings derives `schemars::JsonSchema`. Without it the schema accepts the kind
+    /// with any keys, and hone still checks them when it loads the recipe.
+    fn settings_schema(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Checks across settings that types cannot express, run by `hone validate` and before
     /// every run.
     fn check(&self, _settings: &Self::Settings) -> Vec<Problem> {
@@ -148,6 +156,7 @@ impl CustomSpec {
 
 /// [`CustomStage`] without its associated types, for the registry.
 trait Erased: Send + Sync {
+    fn settings_schema(&self) -> Option<serde_json::Value>;
     fn check(&self, settings: &serde_json::Value) -> Vec<Problem>;
     fn run(
         &self,
@@ -163,6 +172,10 @@ trait Erased: Send + Sync {
 }
 
 impl<S: CustomStage> Erased for S {
+    fn settings_schema(&self) -> Option<serde_json::Value> {
+        CustomStage::settings_schema(self)
+    }
+
     fn check(&self, settings: &serde_json::Value) -> Vec<Problem> {
         match serde_json::from_value::<S::Settings>(settings.clone()) {
             Ok(s) => CustomStage::check(self, &s),
@@ -284,4 +297,46 @@ pub(crate) fn parse(
         registry.get(kind)?.clone()
     };
     Some(handler.parse(v, path, sources))
+}
+
+/// Adds every registered kind to a recipe schema's stage variants (`$defs.StageSpec.oneOf`):
+/// its settings schema with `kind` fixed, its nested definitions hoisted to the root `$defs`.
+pub(crate) fn add_to_schema(schema: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    for (kind, handler) in registry.iter() {
+        let mut variant = handler
+            .settings_schema()
+            .unwrap_or_else(|| json!({ "type": "object" }));
+        let Some(v) = variant.as_object_mut() else {
+            continue;
+        };
+        if let Some(Value::Object(defs)) = v.remove("$defs") {
+            let root = schema.as_object_mut().and_then(|r| {
+                r.entry("$defs")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+            });
+            if let Some(root) = root {
+                for (name, def) in defs {
+                    root.entry(name).or_insert(def);
+                }
+            }
+        }
+        v.remove("$schema");
+        v.remove("title");
+        v.entry("description")
+            .or_insert_with(|| format!("`{kind}`: a stage kind this program registered.").into());
+        let props = v.entry("properties").or_insert_with(|| json!({}));
+        if let Some(p) = props.as_object_mut() {
+            p.insert("kind".into(), json!({ "const": kind, "type": "string" }));
+        }
+        let required = v.entry("required").or_insert_with(|| json!([]));
+        if let Some(r) = required.as_array_mut() {
+            r.push("kind".into());
+        }
+        if let Some(Value::Array(variants)) = schema.pointer_mut("/$defs/StageSpec/oneOf") {
+            variants.push(variant);
+        }
+    }
 }
