@@ -4,7 +4,7 @@ mod artifact;
 mod docs;
 mod generate;
 pub mod logging;
-mod render;
+pub(crate) mod render;
 mod report;
 mod score;
 

@@ -62,6 +62,7 @@ pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
         head.push_str(&format!(", {waiting} waiting on upstream"));
     }
     println!("{head}");
+    let kw = kind_width(statuses.iter().map(|s| s.kind.as_str()));
     for s in statuses {
         let word = match (s.selected, s.state) {
             (false, _) => "skip",
@@ -72,9 +73,9 @@ pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
         };
         let why: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
         let first = why.first().cloned().unwrap_or_default();
-        println!("  {word:<7} {:<20} {:<9} {first}", s.stage, s.kind);
+        println!("  {word:<7} {:<20} {:<kw$} {first}", s.stage, s.kind);
         for more in why.iter().skip(1) {
-            println!("  {:<7} {:<20} {:<9} {more}", "", "", "");
+            println!("  {:<7} {:<20} {:<kw$} {more}", "", "", "");
         }
     }
 }
@@ -313,4 +314,9 @@ fn print_summary(summary: &Value) {
             }
         );
     }
+}
+
+/// The width of a kind column: the longest of `kinds`, at least that of the built-in kinds.
+pub fn kind_width<'a>(kinds: impl Iterator<Item = &'a str>) -> usize {
+    kinds.map(str::len).max().unwrap_or(0).max(9)
 }

@@ -112,6 +112,8 @@ pub fn run(
     let mut known: BTreeMap<usize, Known> = BTreeMap::new();
     let mut reports = Vec::new();
     let show_progress = !opts.quiet && std::io::stderr().is_terminal();
+    let kind_width =
+        crate::cli::render::kind_width(recipe.stages.iter().map(|s| s.spec.kind_name()));
 
     for &i in &dag.order {
         let stage = &recipe.stages[i];
@@ -212,7 +214,7 @@ pub fn run(
             0.0
         };
         if !opts.quiet {
-            print_stage_line(&stage.name, &kind, outcome, wall, &manifest);
+            print_stage_line(&stage.name, (&kind, kind_width), outcome, wall, &manifest);
         }
         // An export lands outside the store, also when the stage itself was cached.
         if let crate::recipe::types::StageSpec::Export(e) = &stage.spec {
@@ -507,7 +509,15 @@ fn view(
     })
 }
 
-fn print_stage_line(name: &str, kind: &str, outcome: Outcome, wall: f64, m: &Manifest) {
+/// `kind` with the width of the kind column (the longest kind name in the recipe, custom
+/// kinds included).
+fn print_stage_line(
+    name: &str,
+    (kind, kind_width): (&str, usize),
+    outcome: Outcome,
+    wall: f64,
+    m: &Manifest,
+) {
     let (word, detail) = match outcome {
         Outcome::Ran => ("ran", format!("{wall:.2}s")),
         Outcome::Cached => ("cached", String::new()),
@@ -521,7 +531,7 @@ fn print_stage_line(name: &str, kind: &str, outcome: Outcome, wall: f64, m: &Man
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     println!(
-        "  {word:<7} {name:<20} {kind:<9} {detail:<18} {}",
+        "  {word:<7} {name:<20} {kind:<kind_width$} {detail:<18} {}",
         headline.join(" ")
     );
     for w in &m.warnings {
