@@ -260,6 +260,29 @@ pub fn read_table(
     }
 }
 
+/// A data input's rows by split, `of` turning a table into rows: a whole dataset artifact gives
+/// its `train` and `validation` splits; a single split or a file is all training data.
+pub fn split_rows<T>(
+    input: &crate::exec::context::ResolvedInput,
+    of: impl Fn(&crate::data::table::Table) -> anyhow::Result<Vec<T>>,
+) -> anyhow::Result<(Vec<T>, Vec<T>)> {
+    match input {
+        crate::exec::context::ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
+            let part = |split| -> anyhow::Result<Vec<T>> {
+                read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
+            };
+            Ok((part("train")?, part("validation")?))
+        }
+        _ => Ok((
+            of(&read_table(
+                input,
+                crate::recipe::types::MissingPolicy::Null,
+            )?)?,
+            Vec::new(),
+        )),
+    }
+}
+
 /// One split (`train`, `validation`, `test`) of a dataset artifact; `None` when it has none.
 pub fn read_split(
     view: &crate::exec::context::ArtifactView,

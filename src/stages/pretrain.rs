@@ -164,15 +164,7 @@ pub(super) fn split_texts(
     input: &ResolvedInput,
     column: &str,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    match input {
-        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |split| -> Result<Vec<String>> {
-                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| texts_of(&t, column))
-            };
-            Ok((part("train")?, part("validation")?))
-        }
-        _ => Ok((super::text_column(input, column)?, Vec::new())),
-    }
+    super::split_rows(input, |t| texts_of(t, column))
 }
 
 /// Token sequences (each text, then end-of-text, cut to `max_len`) in batches.

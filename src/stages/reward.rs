@@ -17,7 +17,7 @@ use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{MissingPolicy, RewardSpec};
+use crate::recipe::types::RewardSpec;
 use crate::train::preference::bradley_terry;
 use crate::train::trainer::Objective;
 
@@ -365,18 +365,7 @@ fn pairs(input: &ResolvedInput, spec: &RewardSpec) -> Result<(Vec<Pair>, Vec<Pai
             })
             .collect()
     };
-    match input {
-        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |split| -> Result<Vec<Pair>> {
-                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
-            };
-            Ok((part("train")?, part("validation")?))
-        }
-        _ => Ok((
-            of(&super::read_table(input, MissingPolicy::Null)?)?,
-            Vec::new(),
-        )),
-    }
+    crate::stages::split_rows(input, of)
 }
 
 /// Reward models fitted to scored responses (`score_column`) by squared error.
@@ -389,7 +378,7 @@ mod regression {
     use super::{Scored, score};
     use crate::exec::context::{ResolvedInput, StageContext};
     use crate::model::{Model, lora, save_hf_dir};
-    use crate::recipe::types::{MissingPolicy, RewardSpec};
+    use crate::recipe::types::RewardSpec;
     use crate::stages::{ArtifactType, StageResult};
     use crate::train::trainer::Objective;
 
@@ -437,18 +426,7 @@ mod regression {
                 })
                 .collect()
         };
-        match input {
-            ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-                let part = |split| -> Result<Rows> {
-                    crate::stages::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
-                };
-                Ok((part("train")?, part("validation")?))
-            }
-            _ => Ok((
-                of(&crate::stages::read_table(input, MissingPolicy::Null)?)?,
-                Vec::new(),
-            )),
-        }
+        crate::stages::split_rows(input, of)
     }
 
     /// Root-mean-square error and Pearson correlation of predictions with the scores.

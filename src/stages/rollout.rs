@@ -13,7 +13,7 @@ use crate::data::table::Table;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model};
-use crate::recipe::types::{MissingPolicy, RewardSource};
+use crate::recipe::types::RewardSource;
 use crate::train::objectives::LmBatch;
 
 /// A prompt, and its reference answer when a rule needs one.
@@ -45,18 +45,7 @@ pub fn read_prompts(
             })
             .collect())
     };
-    match input {
-        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |split| -> Result<Vec<PromptRow>> {
-                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
-            };
-            Ok((part("train")?, part("validation")?))
-        }
-        _ => Ok((
-            of(&super::read_table(input, MissingPolicy::Null)?)?,
-            Vec::new(),
-        )),
-    }
+    crate::stages::split_rows(input, of)
 }
 
 /// Scores responses: the reward model's score plus 1 for each rule a response meets.

@@ -19,9 +19,7 @@ use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{
-    MissingPolicy, NamedTemplate, PeftSpec, PromptTemplate, SftSpec, Truncation,
-};
+use crate::recipe::types::{NamedTemplate, PeftSpec, PromptTemplate, SftSpec, Truncation};
 use crate::train::objectives::{CausalLm, LmBatch};
 
 /// Conversations (a prompt/response pair is a one-turn conversation).
@@ -398,18 +396,7 @@ fn conversations(input: &ResolvedInput, spec: &SftSpec) -> Result<(Conversations
             })
             .collect())
     };
-    match input {
-        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |split| -> Result<Conversations> {
-                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
-            };
-            Ok((part("train")?, part("validation")?))
-        }
-        _ => Ok((
-            of(&super::read_table(input, MissingPolicy::Null)?)?,
-            Vec::new(),
-        )),
-    }
+    crate::stages::split_rows(input, of)
 }
 
 /// An OpenAI-style message list: `[{ "role": "user", "content": "..." }, ...]`, with at least
