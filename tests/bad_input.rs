@@ -452,6 +452,31 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "unpaired feedback without kto",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  k:\n    kind: dpo\n    model: { path: m }\n    data: { from: d }\n    label_column: label\n    completion_column: answer\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`label_column` is unpaired feedback, which only KTO trains on",
+                "r.yaml:9:5",
+                "add `kto: true`",
+            ],
+        },
+        Case {
+            name: "unpaired feedback with a label that is not true or false",
+            recipe: concat!(
+                "version: 1\nname: t\nstages:\n  k:\n    kind: dpo\n    kto: true\n    label_column: label\n    model: { path: ",
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/models/gpt2 }\n    data: { path: fb.jsonl }\n"
+            ),
+            files: &[(
+                "fb.jsonl",
+                "{\"prompt\": \"a\", \"completion\": \"b\", \"label\": 1}\n{\"prompt\": \"c\", \"completion\": \"d\", \"label\": 2}\n",
+            )],
+            args: &[],
+            expect: &["fb.jsonl:2", "`label` is 2; a label is true or false"],
+        },
+        Case {
             name: "evaluate of a dataset as a model",
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: { base: { from: d } }\n    perplexity: { data: { from: d } }\n",
             files: &[],

@@ -55,6 +55,20 @@ stages:
     data: {{ from: prefs }}
     max_length: 64
     train: {{ epochs: 5, batch_size: 8, lr: 5.0e-4 }}
+  # Unpaired feedback (thumbs up or down on single answers), as KTO takes it.
+  feedback:
+    kind: dataset
+    source: {{ path: feedback.jsonl }}
+    split: {{ validation: 0.2 }}
+    leakage_key: [prompt]
+  kto_unpaired:
+    kind: dpo
+    kto: true
+    label_column: label
+    model: {{ from: sft }}
+    data: {{ from: feedback }}
+    max_length: 64
+    train: {{ epochs: 5, batch_size: 8, lr: 5.0e-4 }}
   grpo:
     kind: grpo
     model: {{ from: sft }}
@@ -100,10 +114,26 @@ stages:
     )
 }
 
+/// The shipped preference pairs as unpaired feedback: each chosen answer a thumbs-up, each
+/// rejected one a thumbs-down, in separate rows.
+fn unpaired_feedback() -> String {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars/preferences.jsonl");
+    let mut out = String::new();
+    for line in std::fs::read_to_string(d).unwrap().lines() {
+        let pair: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (answer, label) in [("chosen", true), ("rejected", false)] {
+            let row = serde_json::json!({ "prompt": pair["prompt"], "completion": pair[answer], "label": label });
+            out.push_str(&format!("{row}\n"));
+        }
+    }
+    out
+}
+
 #[test]
 fn dpo_and_its_variants_raise_held_out_preference_accuracy() {
     let p = Project::new();
     p.write("r.yaml", &recipe());
+    p.write("feedback.jsonl", &unpaired_feedback());
     p.hone(&["run", "r.yaml"]).ok();
     for stage in ["dpo", "dpo_lora", "ipo", "kto"] {
         let show = p.hone(&["show", "r.yaml", stage]).ok();
@@ -119,6 +149,17 @@ fn dpo_and_its_variants_raise_held_out_preference_accuracy() {
         );
         assert!(metric(&show, "margin_after") > 0.3, "{stage}: {show}");
     }
+    // KTO on unpaired feedback: held-out desirable answers gain implied reward over the
+    // undesirable ones (the margin starts at 0: the policy is the reference).
+    let kto = p.hone(&["show", "r.yaml", "kto_unpaired"]).ok();
+    assert_eq!(metric(&kto, "margin_before"), 0.0, "{kto}");
+    assert!(metric(&kto, "margin_after") > 0.3, "{kto}");
+    assert!(
+        metric(&kto, "desirable_reward_after") > metric(&kto, "undesirable_reward_after"),
+        "{kto}"
+    );
+    assert!(kto.contains("unpaired feedback"), "{kto}");
+
     let lora = p.hone(&["show", "r.yaml", "dpo_lora"]).ok();
     assert!(
         lora.contains("LoRA adapter off") && lora.contains("output   adapter"),

@@ -1164,6 +1164,14 @@ pub struct DpoSpec {
     pub chosen_column: String,
     #[serde(default = "rejected_column")]
     pub rejected_column: String,
+    /// Unpaired feedback for KTO (with `kto: true`), as thumbs-up/down logs give it: the column
+    /// saying whether each answer is desirable (true or 1) or not (false or 0). The data then
+    /// has prompt, completion and label columns instead of chosen and rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    /// The answer column of unpaired feedback (default `completion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_column: Option<String>,
     #[serde(default)]
     pub template: PromptTemplate,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -453,6 +453,20 @@ fn check_dpo(
                 .at(recipe.key_location(&join(at, "loss"))),
         );
     }
+    if d.label_column.is_some() && !d.kto {
+        diags.push(
+            Diagnostic::new("`label_column` is unpaired feedback, which only KTO trains on")
+                .at(recipe.key_location(&join(at, "label_column")))
+                .help("add `kto: true`, or give pairs (prompt, chosen, rejected) without `label_column`"),
+        );
+    }
+    if d.completion_column.is_some() && d.label_column.is_none() {
+        diags.push(
+            Diagnostic::new("`completion_column` names the answers of unpaired feedback, but there is no `label_column`")
+                .at(recipe.key_location(&join(at, "completion_column")))
+                .help("add `label_column: label` (and `kto: true`), or remove `completion_column`"),
+        );
+    }
     check_train(recipe, at, &d.train, diags);
 }
 

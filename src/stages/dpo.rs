@@ -5,7 +5,9 @@
 //! a frozen copy, and to the same model with a fresh LoRA adapter off), and cached in the
 //! store keyed by the reference model and the tokenized data, so a rerun with another `beta`
 //! does not recompute them. Reported before and after on the validation pairs: TRL's
-//! rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins and logps.
+//! rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins and logps. KTO also
+//! trains on unpaired feedback (`label_column`): single answers marked desirable or not, with
+//! the implied rewards of each kind and their margin reported.
 
 use anyhow::{Result, bail};
 use burn::module::Module;
@@ -19,7 +21,7 @@ use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{DpoSpec, MissingPolicy, PeftSpec, Truncation};
+use crate::recipe::types::{DpoSpec, PeftSpec, Truncation};
 use crate::train::objectives::{LmBatch, sequence_logps};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
 use crate::train::trainer::Objective;
@@ -96,37 +98,80 @@ struct Pair {
     rejected: String,
 }
 
+/// One answer of unpaired feedback, marked desirable or not (KTO).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Labelled {
+    prompt: String,
+    completion: String,
+    desirable: bool,
+}
+
+/// The preference data of a stage, by split: pairs, or unpaired feedback.
+enum Feedback {
+    Pairs(Vec<Pair>, Vec<Pair>),
+    Unpaired(Vec<Labelled>, Vec<Labelled>),
+}
+
 pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
-    ctx.progress.set_message("reading pairs");
-    let (train_pairs, val_pairs) = pairs(ctx.input("data")?, spec)?;
-    if train_pairs.is_empty() {
-        bail!(
-            "no preference pairs (columns `{}`, `{}`, `{}`)",
-            spec.prompt_column,
-            spec.chosen_column,
-            spec.rejected_column
-        );
-    }
+    ctx.progress.set_message("reading the preference data");
+    let feedback = match &spec.label_column {
+        Some(label) => {
+            let (train, val) = labelled(ctx.input("data")?, spec, label)?;
+            if !train.iter().any(|l| l.desirable) || !train.iter().any(|l| !l.desirable) {
+                bail!(
+                    "KTO needs desirable and undesirable answers in the training data; column `{label}` has only {}",
+                    if train.iter().any(|l| l.desirable) {
+                        "desirable ones"
+                    } else {
+                        "undesirable ones (or none)"
+                    }
+                );
+            }
+            Feedback::Unpaired(train, val)
+        }
+        None => {
+            let (train, val) = pairs(ctx.input("data")?, spec)?;
+            if train.is_empty() {
+                bail!(
+                    "no preference pairs (columns `{}`, `{}`, `{}`)",
+                    spec.prompt_column,
+                    spec.chosen_column,
+                    spec.rejected_column
+                );
+            }
+            Feedback::Pairs(train, val)
+        }
+    };
     ctx.progress.set_message("loading the policy");
     let policy = load_checkpoint(ctx, "model", None, true, &device)?;
     let format = Format::new(&spec.template, policy.chat_template.as_deref());
     let eos = eos_token(&policy.tokenizer, &policy.config);
-    let tokenize = |pairs: &[Pair], chosen: bool| -> Result<Vec<Encoded>> {
-        let convs: Vec<_> = pairs
-            .iter()
-            .map(|p| one_turn(&p.prompt, if chosen { &p.chosen } else { &p.rejected }))
-            .collect();
+    let tokenize = |answers: Vec<(&str, &str)>| -> Result<Vec<Encoded>> {
+        let convs: Vec<_> = answers.iter().map(|(p, a)| one_turn(p, a)).collect();
         let whole = tokenize_conversations(&policy.tokenizer, &format, &convs, eos)?;
-        // Cut prompts, not answers: the answer is what the pair compares.
+        // Cut prompts, not answers: the answer is what is compared.
         Ok(truncate(whole, spec.max_length, Truncation::Prompt).0)
     };
+    // The sequences scored: per split, the chosen then the rejected answers of the pairs (as
+    // two lists), or the unpaired answers (as one, the other empty).
     let sides = |pairs: &[Pair]| -> Result<(Vec<Encoded>, Vec<Encoded>)> {
-        Ok((tokenize(pairs, true)?, tokenize(pairs, false)?))
+        Ok((
+            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.chosen)).collect())?,
+            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.rejected)).collect())?,
+        ))
     };
-    let (train_c, train_r) = sides(&train_pairs)?;
-    let (val_c, val_r) = sides(&val_pairs)?;
+    let answers = |l: &[Labelled]| -> Result<(Vec<Encoded>, Vec<Encoded>)> {
+        Ok((
+            tokenize(l.iter().map(|x| (&*x.prompt, &*x.completion)).collect())?,
+            Vec::new(),
+        ))
+    };
+    let ((train_c, train_r), (val_c, val_r)) = match &feedback {
+        Feedback::Pairs(train, val) => (sides(train)?, sides(val)?),
+        Feedback::Unpaired(train, val) => (answers(train)?, answers(val)?),
+    };
 
     // Reference log-probabilities, once, cached by reference model and tokens.
     let reference_needed = spec.kto || (spec.loss.uses_reference() && !spec.reference_free);
@@ -188,8 +233,45 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         reference_free: spec.reference_free || !spec.loss.uses_reference(),
     };
     let batch = spec.train.batch_size.max(1);
-    let val_infer = pref_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &infer_device);
-    let before = measure(&policy.backbone.valid(), &val_infer, spec.beta);
+    // KTO's examples: the pairs' answers interleaved (each batch holds both kinds), or the
+    // unpaired answers as labelled.
+    let kto_rows = |c: &[Encoded], r: &[Encoded], ref_c: &[f32], ref_r: &[f32], labels: &[bool]| {
+        if r.is_empty() {
+            c.iter()
+                .zip(ref_c)
+                .zip(labels)
+                .map(|((e, x), d)| (e.clone(), *x, *d))
+                .collect::<Vec<_>>()
+        } else {
+            c.iter()
+                .zip(ref_c)
+                .zip(r.iter().zip(ref_r))
+                .flat_map(|((ec, xc), (er, xr))| {
+                    [(ec.clone(), *xc, true), (er.clone(), *xr, false)]
+                })
+                .collect()
+        }
+    };
+    let (train_labels, val_labels): (Vec<bool>, Vec<bool>) = match &feedback {
+        Feedback::Pairs(..) => (Vec::new(), Vec::new()),
+        Feedback::Unpaired(t, v) => (
+            t.iter().map(|l| l.desirable).collect(),
+            v.iter().map(|l| l.desirable).collect(),
+        ),
+    };
+    let val_kto = kto_rows(&val_c, &val_r, &ref_val_c, &ref_val_r, &val_labels);
+    let val_infer = match &feedback {
+        Feedback::Pairs(..) => {
+            pref_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &infer_device)
+        }
+        Feedback::Unpaired(..) => Vec::new(),
+    };
+    let val_kto_infer = kto_batches(&val_kto, batch, &infer_device);
+    let measure_now = |m: &Backbone| match &feedback {
+        Feedback::Pairs(..) => Measured::Pairs(measure(m, &val_infer, spec.beta)),
+        Feedback::Unpaired(..) => Measured::Unpaired(measure_kto(m, &val_kto_infer, spec.beta)),
+    };
+    let before = measure_now(&policy.backbone.valid());
 
     let LoadedModel {
         backbone,
@@ -204,15 +286,15 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         None => (backbone, Vec::new()),
     };
     let (trained, summary, _) = if spec.kto {
-        let train_b = kto_batches(
+        let train_kto = kto_rows(
             &train_c,
             &train_r,
             &ref_train_c,
             &ref_train_r,
-            batch,
-            &device,
+            &train_labels,
         );
-        let val_b = kto_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &device);
+        let train_b = kto_batches(&train_kto, batch, &device);
+        let val_b = kto_batches(&val_kto, batch, &device);
         super::train_logged(
             backbone,
             &Kto { beta: spec.beta },
@@ -234,7 +316,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         super::train_logged(backbone, &Dpo(params), &train_b, &val_b, &spec.train, ctx)?
     };
     let mut inference = trained.valid();
-    let after = measure(&inference, &val_infer, spec.beta);
+    let after = measure_now(&inference);
 
     ctx.progress.set_message("saving");
     if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
@@ -248,22 +330,42 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let mut metrics = serde_json::Map::new();
     let round = |x: f64| (x * 1e4).round() / 1e4;
     metrics.insert("steps".into(), summary.steps.into());
-    if let (Some(b), Some(a)) = (&before, &after) {
-        metrics.insert("accuracy_before".into(), round(b.rewards_accuracies).into());
-        metrics.insert("accuracy_after".into(), round(a.rewards_accuracies).into());
-        metrics.insert("margin_before".into(), round(b.rewards_margins).into());
-        metrics.insert("margin_after".into(), round(a.rewards_margins).into());
+    match (&before, &after) {
+        (Measured::Pairs(Some(b)), Measured::Pairs(Some(a))) => {
+            metrics.insert("accuracy_before".into(), round(b.rewards_accuracies).into());
+            metrics.insert("accuracy_after".into(), round(a.rewards_accuracies).into());
+            metrics.insert("margin_before".into(), round(b.rewards_margins).into());
+            metrics.insert("margin_after".into(), round(a.rewards_margins).into());
+        }
+        (Measured::Unpaired(Some(b)), Measured::Unpaired(Some(a))) => {
+            metrics.insert("margin_before".into(), round(b.margin).into());
+            metrics.insert("margin_after".into(), round(a.margin).into());
+            metrics.insert("desirable_reward_after".into(), round(a.desirable).into());
+            metrics.insert(
+                "undesirable_reward_after".into(),
+                round(a.undesirable).into(),
+            );
+        }
+        _ => {}
     }
     let mut warnings = guards::fit_warnings(&summary, &mut metrics);
-    if let Some(a) = &after
-        && a.rewards_chosen < 0.0
-        && a.rewards_rejected < a.rewards_chosen
+    let lost = match &after {
+        Measured::Pairs(Some(a)) => Some((a.rewards_chosen, a.rewards_rejected)),
+        Measured::Unpaired(Some(a)) => Some((a.desirable, a.undesirable)),
+        _ => None,
+    };
+    if let Some((good, bad)) = lost
+        && good < 0.0
+        && bad < good
     {
         warnings.push(format!(
-            "both chosen and rejected answers lost probability (rewards/chosen {:.3}, rejected {:.3}): DPO is pushing the rejected ones down faster; a lower lr or beta keeps the chosen ones likely",
-            a.rewards_chosen, a.rewards_rejected
+            "both the preferred and the rejected answers lost probability (rewards {good:.3} and {bad:.3}): training pushes the rejected ones down faster; a lower lr or beta keeps the preferred ones likely"
         ));
     }
+    let (train_n, val_n) = match &feedback {
+        Feedback::Pairs(t, v) => (t.len(), v.len()),
+        Feedback::Unpaired(t, v) => (t.len(), v.len()),
+    };
     Ok(StageResult {
         metrics,
         warnings,
@@ -272,8 +374,9 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "beta": spec.beta,
             "reference": if !reference_needed { "none" } else if spec.reference.is_some() { "the `reference` input" } else if adapted.is_empty() { "a frozen copy of the starting policy" } else { "the starting policy (LoRA adapter off)" },
             "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
-            "train_pairs": train_pairs.len(),
-            "validation_pairs": val_pairs.len(),
+            "data": if matches!(feedback, Feedback::Unpaired(..)) { "unpaired feedback" } else { "pairs" },
+            "train_examples": train_n,
+            "validation_examples": val_n,
             "before": before,
             "after": after,
             "training": summary,
@@ -316,24 +419,11 @@ fn pref_batches(
         .collect()
 }
 
-/// KTO: every chosen completion a desirable example, every rejected one an undesirable one,
-/// interleaved so each batch holds both.
-fn kto_batches(
-    chosen: &[Encoded],
-    rejected: &[Encoded],
-    ref_c: &[f32],
-    ref_r: &[f32],
-    batch: usize,
-    device: &Device,
-) -> Vec<KtoBatch> {
-    let mut rows: Vec<(&Encoded, f32, bool)> = Vec::new();
-    for i in 0..chosen.len() {
-        rows.push((&chosen[i], ref_c[i], true));
-        rows.push((&rejected[i], ref_r[i], false));
-    }
+/// KTO batches of labelled sequences with their reference log-probabilities.
+fn kto_batches(rows: &[(Encoded, f32, bool)], batch: usize, device: &Device) -> Vec<KtoBatch> {
     rows.chunks(batch)
         .map(|c| {
-            let enc: Vec<Encoded> = c.iter().map(|(e, _, _)| (*e).clone()).collect();
+            let enc: Vec<Encoded> = c.iter().map(|(e, _, _)| e.clone()).collect();
             let refs: Vec<f32> = c.iter().map(|(_, r, _)| *r).collect();
             let good: Vec<bool> = c.iter().map(|(_, _, g)| *g).collect();
             KtoBatch {
@@ -347,6 +437,50 @@ fn kto_batches(
             }
         })
         .collect()
+}
+
+/// What the held-out data says before and after: TRL's DPO metrics on pairs, or the implied
+/// rewards of desirable and undesirable answers on unpaired feedback.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Measured {
+    Pairs(Option<DpoMetrics>),
+    Unpaired(Option<KtoMetrics>),
+}
+
+/// Mean implied reward `beta (log pi - log pi_ref)` of desirable and of undesirable answers,
+/// and their difference (the margin).
+#[derive(Debug, serde::Serialize)]
+struct KtoMetrics {
+    desirable: f64,
+    undesirable: f64,
+    margin: f64,
+}
+
+fn measure_kto(model: &Backbone, batches: &[KtoBatch], beta: f64) -> Option<KtoMetrics> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for b in batches {
+        let lp = sequence_logps(model, &b.seqs)
+            .0
+            .try_into_vec_as::<f32>()
+            .ok()?;
+        let reference = b.reference.clone().try_into_vec_as::<f32>().ok()?;
+        let desirable = b.desirable.clone().into_data().try_to_vec::<bool>().ok()?;
+        for ((p, r), d) in lp.iter().zip(&reference).zip(desirable) {
+            let reward = beta * f64::from(p - r);
+            if d {
+                good.push(reward)
+            } else {
+                bad.push(reward)
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (!good.is_empty() && !bad.is_empty()).then(|| KtoMetrics {
+        desirable: mean(&good),
+        undesirable: mean(&bad),
+        margin: mean(&good) - mean(&bad),
+    })
 }
 
 /// TRL's DPO metrics on held-out pairs (before training the policy equals the reference, so
@@ -393,16 +527,54 @@ fn pairs(input: &ResolvedInput, spec: &DpoSpec) -> Result<(Vec<Pair>, Vec<Pair>)
             })
             .collect())
     };
-    match input {
-        ResolvedInput::Artifact(view) if view.outputs.len() > 1 => {
-            let part = |split| -> Result<Vec<Pair>> {
-                super::read_split(view, split)?.map_or(Ok(Vec::new()), |t| of(&t))
+    crate::stages::split_rows(input, of)
+}
+
+/// Unpaired feedback of the train and validation splits: prompt, answer and a desirable
+/// label (true/false or 1/0).
+fn labelled(
+    input: &ResolvedInput,
+    spec: &DpoSpec,
+    label: &str,
+) -> Result<(Vec<Labelled>, Vec<Labelled>)> {
+    let completion = spec.completion_column.as_deref().unwrap_or("completion");
+    let of = |t: &Table| -> Result<Vec<Labelled>> {
+        let idx = t.indices(
+            &[
+                spec.prompt_column.clone(),
+                completion.to_owned(),
+                label.to_owned(),
+            ],
+            "the dpo stage reads column",
+        )?;
+        let mut out = Vec::new();
+        for r in &t.rows {
+            let (Some(prompt), Some(answer)) =
+                (r.values[idx[0]].as_str(), r.values[idx[1]].as_str())
+            else {
+                continue;
             };
-            Ok((part("train")?, part("validation")?))
+            let desirable = match &r.values[idx[2]] {
+                serde_json::Value::Bool(b) => *b,
+                serde_json::Value::Number(n) if n.as_f64() == Some(1.0) => true,
+                serde_json::Value::Number(n) if n.as_f64() == Some(0.0) => false,
+                other => {
+                    return Err(crate::diag::input_error(
+                        crate::diag::Diagnostic::new(format!(
+                            "{}: `{label}` is {other}; a label is true or false (or 1 or 0)",
+                            t.origin(r)
+                        ))
+                        .help("mark each answer desirable (true, 1) or undesirable (false, 0)"),
+                    ));
+                }
+            };
+            out.push(Labelled {
+                prompt: prompt.to_owned(),
+                completion: answer.to_owned(),
+                desirable,
+            });
         }
-        _ => Ok((
-            of(&super::read_table(input, MissingPolicy::Null)?)?,
-            Vec::new(),
-        )),
-    }
+        Ok(out)
+    };
+    crate::stages::split_rows(input, of)
 }
