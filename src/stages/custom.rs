@@ -6,7 +6,7 @@
 //!
 //! The registry is process-wide, like a table of plugins: register once at start-up, then use
 //! [`crate::recipe::load`], [`crate::exec::run`] or the whole command line ([`crate::cli::main`])
-//! as usual. `examples/custom_stage.rs` is a complete stage.
+//! as usual. `examples/custom_stage/` is a complete stage and program.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
