@@ -79,13 +79,16 @@ fn pretraining_from_scratch_lowers_validation_perplexity_and_reproduces() {
 fn llama_pretraining_learns_too_with_and_without_packing() {
     let p = Project::new();
     p.write("r.yaml", &recipe("llama"));
-    // Packed: the corpus's short texts fill 64-token rows (fewer, fuller batches).
+    // Packed: the corpus's texts, each too long to share a 64-token row with another, fill
+    // 128-token rows several at a time (fewer, fuller batches), each text whole.
     p.write(
         "packed.yaml",
-        &recipe("llama").replace(
-            "    max_length: 64\n",
-            "    max_length: 64\n    packing: true\n",
-        ),
+        &recipe("llama")
+            .replace("context: 64", "context: 128")
+            .replace(
+                "    max_length: 64\n",
+                "    max_length: 128\n    packing: true\n",
+            ),
     );
     for (file, name) in [("r.yaml", "unpacked"), ("packed.yaml", "packed")] {
         p.hone(&["run", file]).ok();

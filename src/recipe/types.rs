@@ -710,9 +710,10 @@ pub struct PretrainSpec {
     /// are this long.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
-    /// Causal LM: concatenate the texts into full rows of `max_length` tokens instead of one
-    /// padded text per row. Documents never attend to each other (a block-diagonal mask) and
-    /// positions restart at each; long texts continue on the next row instead of being cut.
+    /// Causal LM: several texts per row of `max_length` tokens instead of one padded text per
+    /// row, packed best-fit-decreasing (longest first, each into the fullest row with room).
+    /// Texts never attend to each other (a block-diagonal mask) and positions restart at each;
+    /// a text longer than a row is cut into row-sized pieces rather than truncated.
     #[serde(default, skip_serializing_if = "is_default")]
     pub packing: bool,
     /// Measure perplexity on general text before and after; warn or fail when it rises.

@@ -52,7 +52,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let (leaked, mut warnings) =
         super::guards::leakage_warnings(&[("validation", &val_texts, "training", &train_texts)]);
     let (trained, summary, mean_tps) = if causal {
-        // Packed rows keep whole texts (they continue on the next row); unpacked ones are cut.
+        // Packed texts are cut into row-sized pieces and kept whole; unpacked ones are cut.
         let limit = (!spec.packing).then_some(spec.max_length);
         let encode = |texts: &[String], limit: Option<usize>| {
             let how = json!({ "encode": "texts", "eos": eos, "max_length": limit });
@@ -219,30 +219,62 @@ pub(super) fn text_batches(encoded: &[Encoded], batch: usize, device: &Device) -
         .collect()
 }
 
-/// Packed rows: the sequences laid end to end and cut into rows of `max_len` tokens; every row
-/// is full but the last.
+/// Packed rows in batches (see [`bfd_rows`]).
 pub(super) fn packed_batches(
     encoded: &[Encoded],
     max_len: usize,
     batch: usize,
     device: &Device,
 ) -> Vec<LmBatch> {
-    let max_len = max_len.max(2);
-    let (mut rows, mut docs) = (vec![Vec::new()], vec![Vec::new()]);
-    for (d, e) in encoded.iter().enumerate() {
-        for &id in &e.ids {
-            if rows.last().is_some_and(|r: &Vec<u32>| r.len() == max_len) {
-                rows.push(Vec::new());
-                docs.push(Vec::new());
-            }
-            rows.last_mut().expect("a row").push(id);
-            docs.last_mut().expect("a row").push(d as u32);
-        }
-    }
+    let (rows, docs) = bfd_rows(encoded, max_len);
     rows.chunks(batch)
         .zip(docs.chunks(batch))
         .map(|(r, d)| LmBatch::packed(r, d, device))
         .collect()
+}
+
+/// Best-fit-decreasing packing (TRL's `bfd`): a text longer than a row is cut into row-sized
+/// pieces; the pieces, longest first, each go into the fullest row that still has room for
+/// them, so no piece spans two rows. Returns the rows' tokens and, per token, the number of
+/// the piece it belongs to (pieces are the documents of `LmBatch::packed`).
+fn bfd_rows(encoded: &[Encoded], max_len: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let max_len = max_len.max(2);
+    let mut pieces: Vec<&[u32]> = encoded.iter().flat_map(|e| e.ids.chunks(max_len)).collect();
+    // Longest first; the sort is stable, so equal lengths keep their order and the packing is
+    // the same on every run.
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let (mut rows, mut docs): (Vec<Vec<u32>>, Vec<Vec<u32>>) = (Vec::new(), Vec::new());
+    // Rows that still have room, by how much (the first row of each size first).
+    let mut by_room: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for (d, piece) in pieces.iter().enumerate() {
+        let best = by_room
+            .range(piece.len()..)
+            .next()
+            .map(|(&room, rows)| (room, *rows.first().expect("no empty sets")));
+        let i = match best {
+            Some((room, i)) => {
+                let set = by_room.get_mut(&room).expect("just found");
+                set.remove(&i);
+                if set.is_empty() {
+                    by_room.remove(&room);
+                }
+                i
+            }
+            None => {
+                rows.push(Vec::with_capacity(max_len));
+                docs.push(Vec::with_capacity(max_len));
+                rows.len() - 1
+            }
+        };
+        rows[i].extend_from_slice(piece);
+        docs[i].extend(std::iter::repeat_n(d as u32, piece.len()));
+        let room = max_len - rows[i].len();
+        if room > 0 {
+            by_room.entry(room).or_default().insert(i);
+        }
+    }
+    (rows, docs)
 }
 
 /// Masked-token batches: each text encoded with the tokenizer's special tokens ([CLS] ...
@@ -450,5 +482,53 @@ fn init_model(
             let c: bert::BertConfig = serde_json::from_value(config.clone())?;
             Ok((Backbone::Bert(bert::Bert::init(&c, device)), config))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bfd_keeps_pieces_whole_and_fills_rows_best_first() {
+        let enc = |lens: &[usize]| -> Vec<Encoded> {
+            let mut next = 0u32;
+            lens.iter()
+                .map(|&n| Encoded {
+                    ids: (0..n)
+                        .map(|_| {
+                            next += 1;
+                            next
+                        })
+                        .collect(),
+                    targets: vec![true; n],
+                })
+                .collect()
+        };
+        // 6, 5, 4, 3, 2, 2 into rows of 8: 6+2, 5+3, 4+2.
+        let (rows, docs) = bfd_rows(&enc(&[3, 2, 6, 4, 2, 5]), 8);
+        let mut lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        lens.sort();
+        assert_eq!(lens, [6, 8, 8]);
+        // Every token once; each piece in one row, contiguous.
+        let mut all: Vec<u32> = rows.concat();
+        all.sort();
+        assert_eq!(all, (1..=22).collect::<Vec<u32>>());
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &docs {
+            for (j, id) in d.iter().enumerate() {
+                if j == 0 || d[j - 1] != *id {
+                    assert!(
+                        seen.insert(*id),
+                        "piece {id} spans rows or is split: {docs:?}"
+                    );
+                }
+            }
+        }
+        // A text longer than a row is cut into row-sized pieces.
+        let (rows, _) = bfd_rows(&enc(&[19]), 8);
+        let mut lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        lens.sort();
+        assert_eq!(lens, [3, 8, 8]);
     }
 }
