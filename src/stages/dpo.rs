@@ -16,11 +16,11 @@ use serde_json::json;
 
 use super::pretrain::{LoadedModel, load_checkpoint};
 use super::sft::{Format, eos_token, one_turn, tokenize_conversations, truncate};
-use super::{ArtifactType, StageResult, guards};
+use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
 use crate::exec::context::{ResolvedInput, StageContext};
-use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::model::{Backbone, lora};
 use crate::recipe::types::{DpoSpec, PeftSpec, Truncation};
 use crate::train::objectives::{LmBatch, sequence_logps};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
@@ -259,14 +259,22 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             v.iter().map(|l| l.desirable).collect(),
         ),
     };
-    let val_kto = kto_rows(&val_c, &val_r, &ref_val_c, &ref_val_r, &val_labels);
+    // KTO's held-out examples (unpaired feedback always trains with KTO: validated).
+    let val_kto = if spec.kto {
+        kto_rows(&val_c, &val_r, &ref_val_c, &ref_val_r, &val_labels)
+    } else {
+        Vec::new()
+    };
     let val_infer = match &feedback {
         Feedback::Pairs(..) => {
             pref_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &infer_device)
         }
         Feedback::Unpaired(..) => Vec::new(),
     };
-    let val_kto_infer = kto_batches(&val_kto, batch, &infer_device);
+    let val_kto_infer = match &feedback {
+        Feedback::Pairs(..) => Vec::new(),
+        Feedback::Unpaired(..) => kto_batches(&val_kto, batch, &infer_device),
+    };
     let measure_now = |m: &Backbone| match &feedback {
         Feedback::Pairs(..) => Measured::Pairs(measure(m, &val_infer, spec.beta)),
         Feedback::Unpaired(..) => Measured::Unpaired(measure_kto(m, &val_kto_infer, spec.beta)),
@@ -315,17 +323,10 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let val_b = pref_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &device);
         super::train_logged(backbone, &Dpo(params), &train_b, &val_b, &spec.train, ctx)?
     };
-    let mut inference = trained.valid();
+    let inference = trained.valid();
     let after = measure_now(&inference);
 
-    ctx.progress.set_message("saving");
-    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
-        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut inference, cfg, "model", &dir)?;
-    }
-    lora::merge_and_unload(&mut inference);
-    let dir = ctx.output_dir("model", ArtifactType::Model)?;
-    save_hf_dir(&Model::new(inference), &config, Some(&tokenizer), &dir)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
     let mut metrics = serde_json::Map::new();
     let round = |x: f64| (x * 1e4).round() / 1e4;

@@ -15,15 +15,15 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use super::StageResult;
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
 use super::sft::Format;
-use super::{ArtifactType, StageResult};
 use crate::exec::context::StageContext;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::model::{Backbone, lora};
 use crate::recipe::types::{GrpoSpec, PeftSpec};
 use crate::train::rl::{GrpoAggregation, aggregate, clipped_policy_loss, group_advantages};
 use crate::train::trainer::Objective;
@@ -179,19 +179,12 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         .collect();
     let (trained, summary, _) =
         super::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)?;
-    let mut inference = trained.valid();
+    let inference = trained.valid();
     ctx.progress.set_message("measuring the reward (after)");
     let after = mean_reward(&inference, &answering, measured, &scorer, 1)?;
     let sampled = objective.rewards.into_inner();
 
-    ctx.progress.set_message("saving");
-    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
-        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut inference, cfg, "model", &dir)?;
-    }
-    lora::merge_and_unload(&mut inference);
-    let dir = ctx.output_dir("model", ArtifactType::Model)?;
-    save_hf_dir(&Model::new(inference), &config, Some(&tokenizer), &dir)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
     let mut metrics = serde_json::Map::new();
     let round = |x: f64| (x * 1e4).round() / 1e4;

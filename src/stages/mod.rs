@@ -438,6 +438,32 @@ pub fn with_peft(
     }
 }
 
+/// Writes a tuned decoder: with LoRA, its PEFT adapter as output `adapter`; then the model,
+/// adapter merged, as output `model` (an HF directory with its tokenizer).
+pub fn save_policy(
+    ctx: &mut crate::exec::context::StageContext,
+    mut policy: crate::model::Backbone,
+    peft: &Option<crate::recipe::types::PeftSpec>,
+    config: &serde_json::Value,
+    tokenizer: &tokenizers::Tokenizer,
+) -> anyhow::Result<()> {
+    use crate::model::lora;
+    ctx.progress.set_message("saving");
+    if let Some(crate::recipe::types::PeftSpec::Lora(cfg)) = peft {
+        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
+        lora::save_peft(&mut policy, cfg, "model", &dir)?;
+    }
+    lora::merge_and_unload(&mut policy);
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    crate::model::save_hf_dir(
+        &crate::model::Model::new(policy),
+        config,
+        Some(tokenizer),
+        &dir,
+    )?;
+    Ok(())
+}
+
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
 /// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
 /// a function of the seed and the stage alone, not of which stages ran before it in this

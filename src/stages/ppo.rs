@@ -23,16 +23,16 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use super::StageResult;
 use super::pretrain::load_checkpoint;
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
 use super::sft::Format;
-use super::{ArtifactType, StageResult};
 use crate::exec::context::StageContext;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::model::{Backbone, Model, lora};
 use crate::recipe::types::{PeftSpec, PpoSpec, RewardSource};
 use crate::train::objectives::LmBatch;
 use crate::train::rl::{
@@ -373,7 +373,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         e["step"] = json!(i + 1);
         ctx.log(e);
     }
-    let mut inference = trained.policy.valid();
+    let inference = trained.policy.valid();
     ctx.progress.set_message("measuring the reward (after)");
     let after = mean_reward(&inference, &answering, measured, &scorer, SAMPLES)?;
     let kl_after = sampled_kl(
@@ -386,14 +386,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &infer_device,
     )?;
 
-    ctx.progress.set_message("saving");
-    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
-        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut inference, cfg, "model", &dir)?;
-    }
-    lora::merge_and_unload(&mut inference);
-    let dir = ctx.output_dir("model", ArtifactType::Model)?;
-    save_hf_dir(&Model::new(inference), &config, Some(&tokenizer), &dir)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
     let mut metrics = serde_json::Map::new();
     let round = |x: f64| (x * 1e4).round() / 1e4;

@@ -11,14 +11,14 @@ use tokenizers::Tokenizer;
 
 use super::pretrain::{LoadedModel, load_model_input};
 use super::tokenizer::EOS;
-use super::{ArtifactType, StageResult, guards};
+use super::{StageResult, guards};
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
 use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
-use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::model::{Backbone, lora};
 use crate::recipe::types::{NamedTemplate, PeftSpec, PromptTemplate, SftSpec, Truncation};
 use crate::train::objectives::{CausalLm, LmBatch};
 
@@ -281,7 +281,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     ctx.progress
         .set_message("answering validation prompts (after)");
-    let mut inference = trained.valid();
+    let inference = trained.valid();
     let after = exact_match(
         &inference,
         &tokenizer,
@@ -296,15 +296,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         None => None,
     };
 
-    ctx.progress.set_message("saving");
-    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
-        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut inference, cfg, "model", &dir)?;
-    }
-    let mut merged = inference;
-    lora::merge_and_unload(&mut merged);
-    let dir = ctx.output_dir("model", ArtifactType::Model)?;
-    save_hf_dir(&Model::new(merged), &config, Some(&tokenizer), &dir)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
     let round = |x: f64| (x * 1e4).round() / 1e4;
     metrics.insert("steps".into(), summary.steps.into());
