@@ -31,11 +31,11 @@ fn main() -> anyhow::Result<()> {
             &store,
             backend,
             &RunOptions {
-                quiet: true,
                 // A sweep's variants are experiments: the recipe's lockfile stays as it is.
                 no_lockfile: true,
                 ..Default::default()
             },
+            &mut hone::exec::observer::Silent,
         )?;
         println!(
             "lr {lr}: {} ran, {} cached in {:.1}s",

@@ -1,7 +1,30 @@
 //! Which tensor backend a run uses. burn 0.22 picks the backend at run time through `Device`;
 //! which GPU backends exist depends on hone's cargo features (`wgpu` default, `cuda` opt-in).
 
-use crate::recipe::types::BackendChoice;
+/// The `backend:` a recipe asks for.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when hone was built with `--features cuda`, else the CPU (wgpu only when asked for).
+    #[default]
+    Auto,
+    /// burn's flex CPU backend.
+    Cpu,
+    /// wgpu (Vulkan, Metal, DX12).
+    Wgpu,
+    /// NVIDIA CUDA (build hone with `--features cuda`).
+    Cuda,
+}
 
 /// The backend a stage actually runs on, as recorded in action keys and the lockfile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -11,7 +11,7 @@ use std::sync::Once;
 
 use common::Project;
 use hone::exec::{Outcome, RunOptions, RunReport};
-use hone::stages::custom::{CustomStage, InputSlot, RegisterError, register};
+use hone::stages::kind::{InputSlot, Kind, RegisterError, register};
 use hone::store::Store;
 
 fn register_once() {
@@ -80,16 +80,13 @@ fn run(p: &Project, overrides: &[&str]) -> Result<RunReport, String> {
     let recipe = hone::recipe::load(&p.path("r.yaml"), &overrides).map_err(|d| d.to_string())?;
     let dag = hone::recipe::validate(&recipe).map_err(|d| d.to_string())?;
     let store = Store::open(&p.store()).map_err(|e| e.to_string())?;
-    let opts = RunOptions {
-        quiet: true,
-        ..Default::default()
-    };
     hone::exec::run(
         &recipe,
         &dag,
         &store,
         hone::backend::BackendKind::Cpu,
-        &opts,
+        &RunOptions::default(),
+        &mut hone::exec::observer::Silent,
     )
     .map_err(|e| format!("{e:#}"))
 }
@@ -299,12 +296,12 @@ fn a_failing_custom_stage_commits_nothing() {
 }
 
 struct Impostor;
-impl CustomStage for Impostor {
+impl Kind for Impostor {
     type Settings = serde_json::Value;
-    const KIND: &'static str = "sft";
-    const VERSION: &'static str = "1";
-    fn inputs(&self) -> Vec<InputSlot> {
-        Vec::new()
+    const NAME: &'static str = "sft";
+    const VERSION: Option<&'static str> = Some("1");
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[]
     }
     fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::stages::ArtifactType)> {
         Vec::new()
@@ -312,7 +309,7 @@ impl CustomStage for Impostor {
     fn run(
         &self,
         _: &serde_json::Value,
-        _: &mut hone::exec::context::StageContext,
+        _: &mut hone::stages::context::StageContext,
     ) -> anyhow::Result<hone::stages::StageResult> {
         unreachable!("never registered")
     }
@@ -329,7 +326,7 @@ fn registering_refuses_builtin_and_taken_names() {
         register(ngram_filter::NgramFilter),
         Err(RegisterError::Taken("ngram_filter"))
     ));
-    assert!(hone::stages::custom::registered().contains(&"ngram_filter"));
+    assert!(hone::stages::kind::registered().contains(&"ngram_filter"));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 mod ngram_filter;
 
 fn main() -> std::process::ExitCode {
-    if let Err(e) = hone::stages::custom::register(ngram_filter::NgramFilter) {
+    if let Err(e) = hone::stages::kind::register(ngram_filter::NgramFilter) {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
     }

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use hone::exec::context::StageContext;
 use hone::recipe::types::{Input, MissingPolicy};
-use hone::stages::custom::{CustomStage, InputSlot, Problem};
+use hone::stages::context::StageContext;
+use hone::stages::kind::{InputSlot, Kind, Problem};
 use hone::stages::{ArtifactType, DATA_INPUT, StageResult, read_table};
 use serde::{Deserialize, Serialize};
 
@@ -35,23 +35,20 @@ fn default_n() -> usize {
     8
 }
 
-impl CustomStage for NgramFilter {
-    type Settings = Settings;
-    const KIND: &'static str = "ngram_filter";
-    // Bump when a change to this file changes which rows are kept.
-    const VERSION: &'static str = "1";
+/// The rows to clean.
+const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+/// What must not leak into them.
+const AGAINST: InputSlot = InputSlot::new("against", DATA_INPUT);
 
-    fn inputs(&self) -> Vec<InputSlot> {
-        vec![
-            InputSlot {
-                key: "data",
-                accepts: DATA_INPUT,
-            },
-            InputSlot {
-                key: "against",
-                accepts: DATA_INPUT,
-            },
-        ]
+impl Kind for NgramFilter {
+    type Settings = Settings;
+    const NAME: &'static str = "ngram_filter";
+    // Bump when a change to this file changes which rows are kept.
+    const VERSION: Option<&'static str> = Some("1");
+    const DESCRIPTION: &'static str = "Drop the rows of a dataset that share an n-word run with another dataset (decontamination).";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[DATA, AGAINST]
     }
 
     fn outputs(&self, _: &Settings) -> Vec<(&'static str, ArtifactType)> {
@@ -63,11 +60,14 @@ impl CustomStage for NgramFilter {
         ]
     }
 
-    fn settings_schema(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(schemars::schema_for!(Settings)).ok()
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(hone::stages::kind::schema_of::<Settings>(generator))
     }
 
-    fn check(&self, s: &Settings) -> Vec<Problem> {
+    fn check(&self, s: &Settings, _stage: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if s.n == 0 {
             problems
@@ -86,8 +86,8 @@ impl CustomStage for NgramFilter {
     }
 
     fn run(&self, s: &Settings, ctx: &mut StageContext) -> anyhow::Result<StageResult> {
-        let data = read_table(ctx.input("data")?, MissingPolicy::Null)?;
-        let against = read_table(ctx.input("against")?, MissingPolicy::Null)?;
+        let data = read_table(ctx.input(DATA.key)?, MissingPolicy::Null)?;
+        let against = read_table(ctx.input(AGAINST.key)?, MissingPolicy::Null)?;
         let data_cols = data.indices(&s.columns, "ngram_filter compares column")?;
         let against_cols = against.indices(
             s.against_columns.as_ref().unwrap_or(&s.columns),

@@ -71,16 +71,11 @@ fn trained_template(
     recipe: &crate::recipe::Recipe,
     stage: &str,
 ) -> Option<crate::recipe::types::PromptTemplate> {
-    use crate::recipe::types::{Input, StageSpec};
-    match &recipe.stage(stage)?.spec {
-        StageSpec::Sft(s) => Some(s.template.clone()),
-        StageSpec::Dpo(d) => Some(d.template.clone()),
-        StageSpec::Grpo(g) => Some(g.template.clone()),
-        StageSpec::Ppo(p) => Some(p.template.clone()),
-        StageSpec::Export(e) => match &e.model {
-            Input::Stage(r) => trained_template(recipe, r.stage()),
-            Input::Source(_) => None,
-        },
-        _ => None,
+    use crate::recipe::types::Input;
+    use crate::stages::kind::TemplateOf;
+    match recipe.stage(stage)?.spec.prompt_template()? {
+        TemplateOf::Own(t) => Some(t.clone()),
+        TemplateOf::Input(Input::Stage(r)) => trained_template(recipe, r.stage()),
+        TemplateOf::Input(Input::Source(_)) => None,
     }
 }

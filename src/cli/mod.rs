@@ -4,6 +4,7 @@ mod artifact;
 mod docs;
 mod generate;
 pub mod logging;
+pub mod output;
 pub(crate) mod render;
 mod report;
 mod score;
@@ -16,11 +17,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::{self, BackendKind};
 use crate::diag::Diagnostics;
-use crate::exec::{self, RunOptions, context::Cancelled};
+use crate::exec::{self, RunOptions};
 use crate::plan::Selection;
 use crate::plan::dag::Dag;
 use crate::plan::status::Evaluator;
 use crate::recipe::{self, Recipe, types::BackendChoice};
+use crate::stages::context::Cancelled;
 use crate::store::Store;
 
 const ABOUT: &str = "Run LLM fine-tuning pipelines written as YAML recipes.
@@ -112,6 +114,10 @@ enum Command {
         /// Re-read every input file instead of trusting the (size, mtime, inode) digest cache.
         #[arg(long)]
         rehash: bool,
+        /// How the run is shown: `text` (lines and progress bars) or `json` (one event a line
+        /// on stdout, for tools and CI logs).
+        #[arg(long, value_enum, default_value_t, value_name = "FORMAT")]
+        log_format: output::LogFormat,
     },
     /// What `run` would do with the same arguments: each stage, cached or stale, and why.
     Plan {
@@ -225,7 +231,7 @@ enum CacheCommand {
 
 /// Runs the CLI; returns the process exit code. Call it first thing in `main` (it sets up the
 /// process: the CPU backend's threads and burn's default device). A program that registers
-/// its own stage kinds (`stages::custom`) registers them first and is then a complete `hone`.
+/// its own stage kinds (`stages::kind::register`) registers them first and is then a complete `hone`.
 pub fn main() -> ExitCode {
     // burn puts a few things on its *default* device (a restored optimizer state, before the
     // next step moves it to the parameters' device); with wgpu compiled in that default is a
@@ -277,6 +283,19 @@ fn load(args: &RecipeArgs) -> Result<(Recipe, Dag)> {
     Ok((recipe, dag))
 }
 
+/// Installs the Ctrl-C handler: the first press stops after cleaning up, the second exits now
+/// (still safe: commits are atomic).
+fn install_ctrlc_handler() {
+    use std::sync::atomic::Ordering;
+    let _ = ctrlc::set_handler(|| {
+        if crate::stages::context::CANCELLED.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after cleaning up (press Ctrl-C again to exit at once)");
+    });
+}
+
 fn dispatch(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Run {
@@ -284,27 +303,29 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             select,
             locked,
             rehash,
+            log_format,
         } => {
             let (recipe, dag) = load(args)?;
             let store = Store::open(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
-            exec::install_ctrlc_handler();
+            install_ctrlc_handler();
             let opts = RunOptions {
                 selection: select.selection(),
                 locked: *locked,
                 rehash: *rehash,
-                quiet: cli.quiet,
                 no_lockfile: false,
             };
-            let report = exec::run(
+            let mut observer: Box<dyn exec::observer::Observer> = match log_format {
+                output::LogFormat::Text => Box::new(output::Terminal::new(cli.quiet)),
+                output::LogFormat::Json => Box::new(output::JsonLines::new()),
+            };
+            exec::run(
                 &recipe,
                 &dag,
                 &store,
                 backend::resolve(recipe.header.backend),
                 &opts,
+                observer.as_mut(),
             )?;
-            if !cli.quiet {
-                render::run_summary(&recipe, &report);
-            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan {

@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use crate::backend;
 use crate::diag::did_you_mean;
-use crate::exec::{Outcome, RunReport};
 use crate::plan::dag::{Dag, EdgeKind};
 use crate::plan::status::{Evaluator, StageStatus, State};
 use crate::recipe::Recipe;
@@ -24,21 +23,6 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{x:.1} {}", UNITS[u])
     }
-}
-
-pub fn run_summary(recipe: &Recipe, r: &RunReport) {
-    let ran = r.count(Outcome::Ran);
-    let cached = r.count(Outcome::Cached) + r.count(Outcome::RanElsewhere);
-    let skipped = r.count(Outcome::NotSelected);
-    let mut line = format!("{}: {ran} ran, {cached} cached", recipe.header.name);
-    if skipped > 0 {
-        line.push_str(&format!(", {skipped} not selected"));
-    }
-    line.push_str(&format!(" in {:.2}s", r.wall_time_s));
-    if r.lockfile_changed {
-        line.push_str(&format!("; wrote {}", recipe.lockfile_path().display()));
-    }
-    println!("{line}");
 }
 
 pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
@@ -62,7 +46,7 @@ pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
         head.push_str(&format!(", {waiting} waiting on upstream"));
     }
     println!("{head}");
-    let kw = kind_width(statuses.iter().map(|s| s.kind.as_str()));
+    let kw = super::output::kind_width(statuses.iter().map(|s| s.kind.as_str()));
     for s in statuses {
         let word = match (s.selected, s.state) {
             (false, _) => "skip",
@@ -314,9 +298,4 @@ fn print_summary(summary: &Value) {
             }
         );
     }
-}
-
-/// The width of a kind column: the longest of `kinds`, at least that of the built-in kinds.
-pub fn kind_width<'a>(kinds: impl Iterator<Item = &'a str>) -> usize {
-    kinds.map(str::len).max().unwrap_or(0).max(9)
 }

@@ -17,7 +17,48 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, Location, did_you_mean, input_error};
-use crate::recipe::types::{FileFormat, MissingPolicy};
+
+/// The file formats a table is read from, by extension.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+impl FileFormat {
+    pub const ALL: &'static [(&'static str, FileFormat)] = &[
+        ("jsonl", FileFormat::Jsonl),
+        ("json", FileFormat::Jsonl),
+        ("csv", FileFormat::Csv),
+        ("parquet", FileFormat::Parquet),
+    ];
+
+    pub fn from_extension(path: &str) -> Option<FileFormat> {
+        let ext = std::path::Path::new(path)
+            .extension()?
+            .to_str()?
+            .to_ascii_lowercase();
+        Self::ALL.iter().find(|(e, _)| *e == ext).map(|(_, f)| *f)
+    }
+}
+
+/// What a row with a missing column becomes: an error naming the row, or a null.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingPolicy {
+    #[default]
+    Error,
+    Null,
+}
+
+/// The file name of a table inside a stored dataset split.
+pub const TABLE_FILE: &str = "data.parquet";
 
 /// Field metadata marking a text column that holds JSON (lists, objects such as chat messages).
 const JSON_MARK: &str = "hone.json";

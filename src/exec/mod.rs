@@ -2,16 +2,14 @@
 //! outputs and keeps the lockfile current after every stage, so an interrupted run loses only
 //! the stage it was in.
 
-pub mod context;
+pub mod observer;
 pub mod rundir;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::backend::BackendKind;
@@ -21,9 +19,12 @@ use crate::plan::key::HONE_VERSION;
 use crate::plan::status::{Evaluator, Known};
 use crate::recipe::Recipe;
 use crate::recipe::types::Input;
+use crate::stages::context::{
+    self, ArtifactView, CANCELLED, OutputView, ResolvedInput, StageContext,
+};
 use crate::store::lockfile::{LockedStage, Lockfile};
 use crate::store::{CACHE_FORMAT, Manifest, Store};
-use context::{ArtifactView, CANCELLED, OutputView, ResolvedInput, StageContext};
+use observer::{Event, Observer};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -32,8 +33,6 @@ pub struct RunOptions {
     pub locked: bool,
     /// Distrust the (size, mtime, inode) digest cache.
     pub rehash: bool,
-    /// No progress bars and no per-stage lines.
-    pub quiet: bool,
     /// Leave the recipe's lockfile alone (experiments and sweeps run from code).
     pub no_lockfile: bool,
 }
@@ -72,24 +71,15 @@ impl RunReport {
     }
 }
 
-/// Installs the Ctrl-C handler: the first press stops after cleaning up, the second exits now
-/// (still safe: commits are atomic).
-pub fn install_ctrlc_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if CANCELLED.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: exiting now");
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupt: stopping after cleaning up (press Ctrl-C again to exit at once)");
-    });
-}
-
+/// Runs the selected stale stages of `recipe` in dependency order, telling `observer` what
+/// happens (see [`observer::Event`]).
 pub fn run(
     recipe: &Recipe,
     dag: &Dag,
     store: &Store,
     backend: BackendKind,
     opts: &RunOptions,
+    observer: &mut dyn Observer,
 ) -> Result<RunReport> {
     let started = Instant::now();
     let _store_lock = store.lock_shared()?;
@@ -111,9 +101,18 @@ pub fn run(
     let mut lockfile_changed = false;
     let mut known: BTreeMap<usize, Known> = BTreeMap::new();
     let mut reports = Vec::new();
-    let show_progress = !opts.quiet && std::io::stderr().is_terminal();
-    let kind_width =
-        crate::cli::render::kind_width(recipe.stages.iter().map(|s| s.spec.kind_name()));
+    observer.event(&Event::RunStarted {
+        recipe: &recipe.header.name,
+        stages: dag
+            .order
+            .iter()
+            .map(|&i| observer::StageHead {
+                name: &recipe.stages[i].name,
+                kind: recipe.stages[i].spec.kind_name(),
+            })
+            .collect(),
+        run_dir: rundir.path(),
+    });
 
     for &i in &dag.order {
         let stage = &recipe.stages[i];
@@ -131,6 +130,16 @@ pub fn run(
             if let Some(m) = m {
                 known.insert(i, Known::Done(Box::new(m)));
             }
+            observer.event(&Event::StageFinished {
+                stage: &stage.name,
+                kind: &kind,
+                outcome: Outcome::NotSelected,
+                action: action.as_ref().map_or("", |a| a.key.as_str()),
+                wall_time_s: 0.0,
+                metrics: &serde_json::Map::new(),
+                warnings: &[],
+                table: None,
+            });
             reports.push(StageReport {
                 stage: stage.name.clone(),
                 kind,
@@ -168,12 +177,7 @@ pub fn run(
                 let mut waited = false;
                 let _lock = store.lock_action(&action.key, || {
                     waited = true;
-                    if !opts.quiet {
-                        eprintln!(
-                            "  waiting   {:<20} another hone process is running this action",
-                            stage.name
-                        );
-                    }
+                    observer.event(&Event::Waiting { stage: &stage.name });
                 })?;
                 match store.manifest(&action.key)?.filter(|_| !forced || waited) {
                     Some(m) => {
@@ -190,7 +194,7 @@ pub fn run(
                             i,
                             &action,
                             backend,
-                            show_progress,
+                            observer,
                             &mut rundir,
                         )?
                     }
@@ -213,20 +217,32 @@ pub fn run(
         } else {
             0.0
         };
-        if !opts.quiet {
-            print_stage_line(&stage.name, (&kind, kind_width), outcome, wall, &manifest);
-        }
-        // An export lands outside the store, also when the stage itself was cached.
-        if let crate::recipe::types::StageSpec::Export(e) = &stage.spec {
-            let base = recipe
-                .path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let dest = crate::stages::export::tidy(&base.join(&e.to));
-            if crate::stages::export::publish(store, &manifest, &dest)? && !opts.quiet {
-                println!("  exported {:<20} to {}", stage.name, dest.display());
-            }
+        observer.event(&Event::StageFinished {
+            stage: &stage.name,
+            kind: &kind,
+            outcome,
+            action: &action.key,
+            wall_time_s: wall,
+            metrics: &manifest.metrics,
+            warnings: &manifest.warnings,
+            table: stage.spec.summary_table(&manifest.summary),
+        });
+        // Some kinds (export) land files outside the store, also when the stage was cached.
+        let recipe_dir = recipe
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let published = stage.spec.publish(&crate::stages::kind::Publish {
+            store,
+            manifest: &manifest,
+            recipe_dir,
+        })?;
+        if let Some(dest) = published {
+            observer.event(&Event::Published {
+                stage: &stage.name,
+                to: &dest,
+            });
         }
         rundir.stage_done(&stage.name, outcome, &manifest)?;
         let entry = LockedStage::from_manifest(&manifest);
@@ -265,6 +281,17 @@ pub fn run(
         wall_time_s: started.elapsed().as_secs_f64(),
     };
     rundir.finish(&report)?;
+    observer.event(&Event::RunFinished {
+        recipe: &recipe.header.name,
+        ran: report.count(Outcome::Ran),
+        cached: report.count(Outcome::Cached) + report.count(Outcome::RanElsewhere),
+        not_selected: report.count(Outcome::NotSelected),
+        wall_time_s: report.wall_time_s,
+        lockfile: report
+            .lockfile_changed
+            .then(|| recipe.lockfile_path())
+            .as_deref(),
+    });
     Ok(report)
 }
 
@@ -312,23 +339,17 @@ fn run_stage(
     i: usize,
     action: &crate::plan::status::Action,
     backend: BackendKind,
-    show_progress: bool,
+    observer: &mut dyn Observer,
     rundir: &mut rundir::RunDir,
 ) -> Result<Manifest> {
     let stage = &recipe.stages[i];
     let scratch = store.scratch(&action.key)?;
-    let progress = if show_progress {
-        let pb = ProgressBar::new_spinner();
-        pb.set_style(
-            ProgressStyle::with_template("  {spinner} running   {prefix:<20} {msg} [{elapsed}]")
-                .expect("valid template"),
-        );
-        pb.set_prefix(stage.name.clone());
-        pb.enable_steady_tick(Duration::from_millis(120));
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
+    observer.event(&Event::StageStarted {
+        stage: &stage.name,
+        kind: stage.spec.kind_name(),
+        action: &action.key,
+    });
+    let progress = observer.progress(&stage.name);
     let mut ctx = StageContext::new(
         stage.name.clone(),
         scratch.dir.clone(),
@@ -364,19 +385,17 @@ fn run_stage(
                 .insert(name.clone(), view(store, known, up, None, &name)?);
         }
     }
-    if let crate::recipe::types::StageSpec::Evaluate(e) = &stage.spec {
-        for (name, input) in &e.models {
-            if let Input::Stage(r) = input {
-                let data = training_data(recipe, dag, store, known, r.stage())?;
-                ctx.training_data.insert(name.clone(), data);
-            }
+    for (name, input) in stage.spec.checks_training_data_of() {
+        if let Input::Stage(r) = input {
+            let data = training_data(recipe, dag, store, known, r.stage())?;
+            ctx.training_data.insert(name, data);
         }
     }
     tracing::info!(stage = %stage.name, action = %action.key, "running");
     crate::store::fault_point("before-stage");
     let started = Instant::now();
-    let result = crate::stages::run(&stage.spec, &mut ctx);
-    progress.finish_and_clear();
+    let result = stage.spec.run(&mut ctx);
+    drop(progress);
     let result =
         result.with_context(|| format!("stage `{}` failed; nothing was committed", stage.name))?;
     ctx.check_cancelled()?;
@@ -422,23 +441,13 @@ fn training_data(
     known: &BTreeMap<usize, Known>,
     model: &str,
 ) -> Result<Vec<ResolvedInput>> {
-    use crate::recipe::types::StageKind;
     let Some(m) = recipe.stages.iter().position(|s| s.name == model) else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for a in dag.ancestors(m) {
         let s = &recipe.stages[a];
-        if !matches!(
-            s.spec.builtin_kind(),
-            Some(StageKind::Pretrain | StageKind::Sft)
-        ) {
-            continue;
-        }
-        for (rel, input) in s.spec.inputs() {
-            if rel != "data" && rel != "replay.data" {
-                continue;
-            }
+        for (_, input) in s.spec.training_inputs() {
             match input {
                 Input::Source(src) => out.push(ResolvedInput::File {
                     path: src.resolved.clone(),
@@ -507,37 +516,4 @@ fn view(
         label: label.to_owned(),
         outputs,
     })
-}
-
-/// `kind` with the width of the kind column (the longest kind name in the recipe, custom
-/// kinds included).
-fn print_stage_line(
-    name: &str,
-    (kind, kind_width): (&str, usize),
-    outcome: Outcome,
-    wall: f64,
-    m: &Manifest,
-) {
-    let (word, detail) = match outcome {
-        Outcome::Ran => ("ran", format!("{wall:.2}s")),
-        Outcome::Cached => ("cached", String::new()),
-        Outcome::RanElsewhere => ("cached", "by another process".to_owned()),
-        Outcome::NotSelected => return,
-    };
-    let headline: Vec<String> = m
-        .metrics
-        .iter()
-        .take(4)
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    println!(
-        "  {word:<7} {name:<20} {kind:<kind_width$} {detail:<18} {}",
-        headline.join(" ")
-    );
-    for w in &m.warnings {
-        println!("  warning {name:<20} {w}");
-    }
-    if let Some(table) = crate::stages::evaluate::format_table(&m.summary) {
-        print!("{table}");
-    }
 }

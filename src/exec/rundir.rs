@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::Result;
 
@@ -35,7 +36,7 @@ impl RunDir {
         )?;
         let metrics = File::create(path.join("metrics.jsonl"))?;
         if let Ok(log) = File::create(path.join("log.txt")) {
-            crate::cli::logging::log_to_file(log);
+            log_to_file(log);
         }
         Ok(RunDir { path, metrics })
     }
@@ -93,6 +94,42 @@ pub fn utc_stamp(secs: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+static RUN_LOG: OnceLock<Mutex<Option<File>>> = OnceLock::new();
+
+/// Sends the info-level log to `file` from now on.
+pub fn log_to_file(file: File) {
+    if let Ok(mut slot) = RUN_LOG.get_or_init(|| Mutex::new(None)).lock() {
+        *slot = Some(file);
+    }
+}
+
+pub struct RunLogWriter;
+
+impl Write for RunLogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match RUN_LOG.get().and_then(|m| m.lock().ok()) {
+            Some(mut slot) => match slot.as_mut() {
+                Some(f) => f.write(buf),
+                None => Ok(buf.len()),
+            },
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the CLI's tracing subscriber sends its info-level copy: the current run's `log.txt`.
+pub struct RunLog;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RunLog {
+    type Writer = RunLogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        RunLogWriter
+    }
 }
 
 #[cfg(test)]

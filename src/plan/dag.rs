@@ -9,9 +9,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
-use crate::recipe::types::{DatasetRole, Input, StageSpec};
+use crate::recipe::types::Input;
 use crate::recipe::{Recipe, source_map::join};
-use crate::stages::outputs;
+use crate::stages::kind::DataRole;
 
 /// Why one stage depends on another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,13 +78,14 @@ impl Dag {
                 let upstream = &recipe.stages[up].spec;
                 let produced = match r.output() {
                     None => Some(upstream.artifact_type()),
-                    Some(out) => outputs(upstream)
+                    Some(out) => upstream
+                        .outputs()
                         .into_iter()
                         .find(|(n, _)| *n == out)
                         .map(|(_, t)| t),
                 };
                 let Some(ty) = produced else {
-                    let names: Vec<&str> = outputs(upstream).into_iter().map(|(n, _)| n).collect();
+                    let names: Vec<&str> = upstream.outputs().into_iter().map(|(n, _)| n).collect();
                     let out = r.output().unwrap_or_default();
                     diags.push(
                         Diagnostic::new(format!("stage `{}` has no output `{out}`", r.stage()))
@@ -239,16 +240,13 @@ fn find_cycle(graph: &DiGraph<usize, EdgeKind>) -> Option<Vec<NodeIndex>> {
 /// Every `train` dataset depends on every `eval` dataset it is checked against, unless the eval
 /// dataset is itself derived from it (that edge would be a cycle).
 fn add_leakage_edges(recipe: &Recipe, graph: &mut DiGraph<usize, EdgeKind>, nodes: &[NodeIndex]) {
-    let role = |i: usize| match &recipe.stages[i].spec {
-        StageSpec::Dataset(d) => Some(d.role),
-        _ => None,
-    };
+    let role = |i: usize| recipe.stages[i].spec.data_role();
     for e in 0..recipe.stages.len() {
-        if role(e) != Some(DatasetRole::Eval) {
+        if role(e) != Some(DataRole::Eval) {
             continue;
         }
         for t in 0..recipe.stages.len() {
-            if role(t) != Some(DatasetRole::Train) {
+            if role(t) != Some(DataRole::Train) {
                 continue;
             }
             if petgraph::algo::has_path_connecting(&*graph, nodes[t], nodes[e], None) {

@@ -22,10 +22,7 @@ pub fn material(
     inputs: &BTreeMap<String, String>,
     checked_against: &[String],
 ) -> Value {
-    let mut config = match &stage.spec {
-        crate::recipe::types::StageSpec::Custom(c) => c.key_config(),
-        spec => serde_json::to_value(spec).expect("stage config serializes"),
-    };
+    let mut config = stage.spec.key_config();
     // Settings that change how a stage runs but not what it produces.
     if let Some(train) = config.get_mut("train").and_then(Value::as_object_mut) {
         train.remove("checkpoint_every");
@@ -60,15 +57,19 @@ fn pointer_mut<'a>(v: &'a mut Value, dotted: &str) -> Option<&'a mut Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::types::{DatasetSpec, Input, StageRef, StageSpec};
+    use crate::recipe::types::StageSpec;
 
-    fn stage(dedup: bool) -> Stage {
-        let spec: DatasetSpec =
-            serde_json::from_value(json!({ "source": { "from": "raw" }, "dedup": dedup })).unwrap();
+    fn stage_from(source: &str, dedup: bool) -> Stage {
+        let settings =
+            serde_yaml::to_value(json!({ "source": { "from": source }, "dedup": dedup })).unwrap();
         Stage {
             name: "s".into(),
-            spec: StageSpec::Dataset(spec),
+            spec: StageSpec::parse("dataset", settings).unwrap(),
         }
+    }
+
+    fn stage(dedup: bool) -> Stage {
+        stage_from("raw", dedup)
     }
 
     #[test]
@@ -93,13 +94,7 @@ mod tests {
             action_key(&material(&stage(true), 0, BackendKind::Cpu, &other, &[]))
         );
         // A renamed upstream with the same output digest keeps the key.
-        let mut renamed = stage(true);
-        let StageSpec::Dataset(d) = &mut renamed.spec else {
-            unreachable!("built as a dataset")
-        };
-        d.source = Input::Stage(StageRef {
-            from: "raw_renamed".into(),
-        });
+        let renamed = stage_from("raw_renamed", true);
         assert_eq!(
             k,
             action_key(&material(&renamed, 0, BackendKind::Cpu, &inputs, &[]))

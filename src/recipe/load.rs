@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
 use super::source_map::{SourceMap, join};
-use super::types::{Input, RecipeFile, StageKind, StageSpec};
+use super::types::{Input, RecipeFile, StageSpec};
 use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
-use crate::stages::custom;
+use crate::stages::kind::{self, SpecError};
 
 /// A loaded, typed recipe (not yet checked across stages: see `recipe::validate`).
 #[derive(Debug, Clone)]
@@ -426,7 +426,7 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     for (k, v) in &defaults {
         let kind = k.as_str().unwrap_or("?");
         let path = join("defaults", kind);
-        if StageKind::parse(kind).is_none() && !custom::registered().contains(&kind) {
+        if !kind::all().contains(&kind) {
             let kinds = all_kinds();
             diags.push(
                 Diagnostic::new(format!("`defaults` names unknown stage kind `{kind}`"))
@@ -466,11 +466,9 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     Ok(())
 }
 
-/// Built-in kinds, then the kinds registered by the program (`stages::custom`).
+/// Built-in kinds, then the kinds registered by the program (`stages::kind::register`).
 fn all_kinds() -> Vec<&'static str> {
-    let mut kinds: Vec<&'static str> = StageKind::ALL.iter().map(|k| k.name()).collect();
-    kinds.extend(custom::registered());
-    kinds
+    kind::all()
 }
 
 fn kind_list() -> String {
@@ -560,34 +558,34 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
                 .help(format!("stage kinds: {}", kind_list())));
         }
     };
-    let Some(builtin) = StageKind::parse(&kind) else {
-        if let Some(parsed) = custom::parse(&kind, v, &path, sources) {
-            return parsed.map(StageSpec::Custom);
+    match StageSpec::parse(&kind, v) {
+        Ok(spec) => Ok(spec),
+        Err(SpecError::UnknownKind) => {
+            let kinds = all_kinds();
+            Err(
+                Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
+                    .at(sources.value(&join(&path, "kind")))
+                    .help(did_you_mean(&kind, kinds.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "stage kinds: {}; a kind of your own exists only in a program that registers it (see examples/custom_stage)",
+                            kind_list()
+                        )
+                    })),
+            )
         }
-        let kinds = all_kinds();
-        return Err(
-            Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
-                .at(sources.value(&join(&path, "kind")))
-                .help(did_you_mean(&kind, kinds.iter().copied()).unwrap_or_else(|| {
-                    format!(
-                        "stage kinds: {}; a kind of your own exists only in a program that registers it (see examples/custom_stage)",
-                        kind_list()
-                    )
-                })),
-        );
-    };
-    match builtin {
-        StageKind::Dataset => from_value(v, &path, sources).map(StageSpec::Dataset),
-        StageKind::Tokenizer => from_value(v, &path, sources).map(StageSpec::Tokenizer),
-        StageKind::Pretrain => from_value(v, &path, sources).map(StageSpec::Pretrain),
-        StageKind::Sft => from_value(v, &path, sources).map(StageSpec::Sft),
-        StageKind::Generate => from_value(v, &path, sources).map(StageSpec::Generate),
-        StageKind::Evaluate => from_value(v, &path, sources).map(StageSpec::Evaluate),
-        StageKind::Reward => from_value(v, &path, sources).map(StageSpec::Reward),
-        StageKind::Dpo => from_value(v, &path, sources).map(StageSpec::Dpo),
-        StageKind::Grpo => from_value(v, &path, sources).map(StageSpec::Grpo),
-        StageKind::Ppo => from_value(v, &path, sources).map(StageSpec::Ppo),
-        StageKind::Export => from_value(v, &path, sources).map(StageSpec::Export),
+        Err(SpecError::Settings(e)) => Err(located(e, &path, sources)),
+        Err(SpecError::NotAMapping) => Err(Diagnostic::new(format!(
+            "stage kind `{kind}`: its Settings must serialize as a mapping of keys (a struct)"
+        ))
+        .at(sources.value(&path))),
+        Err(SpecError::Input { key, message }) => {
+            let at = join(&path, &key);
+            Err(Diagnostic::new(format!("`{at}`: {message}"))
+                .at(sources.value(&at))
+                .help(
+                    "an input is `{ from: stage }`, `{ from: stage.output }` or `{ path: file }`",
+                ))
+        }
     }
 }
 
@@ -597,18 +595,25 @@ pub fn from_value<T: DeserializeOwned>(
     path: &str,
     sources: &SourceMap,
 ) -> Result<T, Diagnostic> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let mut at = path.to_owned();
-        for seg in e.path().iter() {
-            use serde_path_to_error::Segment;
-            match seg {
-                Segment::Seq { index } => at = join(&at, &index.to_string()),
-                Segment::Map { key } => at = join(&at, key),
-                Segment::Enum { .. } | Segment::Unknown => {}
-            }
+    serde_path_to_error::deserialize(v).map_err(|e| located(e, path, sources))
+}
+
+/// serde's error at the path of keys it names under `path`, as a located diagnostic.
+fn located(
+    e: serde_path_to_error::Error<serde_yaml::Error>,
+    path: &str,
+    sources: &SourceMap,
+) -> Diagnostic {
+    let mut at = path.to_owned();
+    for seg in e.path().iter() {
+        use serde_path_to_error::Segment;
+        match seg {
+            Segment::Seq { index } => at = join(&at, &index.to_string()),
+            Segment::Map { key } => at = join(&at, key),
+            Segment::Enum { .. } | Segment::Unknown => {}
         }
-        serde_diagnostic(&e.into_inner().to_string(), &at, sources)
-    })
+    }
+    serde_diagnostic(&e.into_inner().to_string(), &at, sources)
 }
 
 /// Rewrites serde's wording ("unknown field", "missing field") in the recipe's terms.

@@ -8,15 +8,14 @@ pub mod validate;
 pub use load::{Recipe, Stage, load};
 pub use validate::validate;
 
-/// The JSON Schema of a recipe file (`hone schema`, `schemas/recipe.schema.json`), with the
-/// stage kinds this program registered (`stages::custom`).
+/// The JSON Schema of a recipe file (`hone schema`, `schemas/recipe.schema.json`), with every
+/// stage kind, those this program registered included (`stages::kind`).
 ///
 /// Scalars (numbers, booleans) also accept a `${var}` string, since variables are
 /// substituted before the recipe is typed.
 pub fn json_schema() -> serde_json::Value {
     let mut schema =
         serde_json::to_value(schemars::schema_for!(types::RecipeFile)).expect("schema serializes");
-    crate::stages::custom::add_to_schema(&mut schema);
     allow_interpolation(&mut schema);
     schema
 }

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::backend::BackendChoice;
+pub use crate::data::table::{FileFormat, MissingPolicy};
+pub use crate::stages::StageSpec;
+
 /// A recipe file: a DAG of stages plus the settings they share.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,16 +42,34 @@ pub struct RecipeFile {
     pub extends: Option<Extends>,
     /// The stages by name (letters, digits, `_`, `-`). Their order in the file breaks ties in
     /// the run order; the DAG comes from `{ from: ... }` references.
+    // The loader types each stage by its kind (`stages::kind`); this field is for the schema.
     #[serde(default)]
-    pub stages: BTreeMap<String, StageSpec>,
+    #[schemars(schema_with = "stages_schema")]
+    pub stages: BTreeMap<String, serde_json::Value>,
+}
+
+/// `stages`: every value one of the kinds' settings, tagged by `kind` (`$defs.StageSpec`).
+fn stages_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let variants = crate::stages::kind::schema_variants(generator);
+    generator.definitions_mut().insert(
+        "StageSpec".into(),
+        serde_json::json!({
+            "description": "A stage's configuration, tagged by `kind`.",
+            "oneOf": variants,
+        }),
+    );
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": { "$ref": "#/$defs/StageSpec" },
+    })
 }
 
 /// `defaults` keys: the built-in kinds for editors to complete, and any other name for kinds a
-/// program registers (`stages::custom`); the loader checks names against both.
+/// program registers (`stages::kind::register`); the loader checks names against both.
 fn defaults_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let kinds: serde_json::Map<String, serde_json::Value> = StageKind::ALL
-        .iter()
-        .map(|k| (k.name().to_owned(), serde_json::json!({ "type": "object" })))
+    let kinds: serde_json::Map<String, serde_json::Value> = crate::stages::kind::all()
+        .into_iter()
+        .map(|k| (k.to_owned(), serde_json::json!({ "type": "object" })))
         .collect();
     schemars::json_schema!({
         "type": "object",
@@ -62,319 +84,6 @@ fn defaults_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 pub enum Extends {
     One(String),
     Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// CUDA when hone was built with `--features cuda`, else the CPU (wgpu only when asked for).
-    #[default]
-    Auto,
-    /// burn's flex CPU backend.
-    Cpu,
-    /// wgpu (Vulkan, Metal, DX12).
-    Wgpu,
-    /// NVIDIA CUDA (build hone with `--features cuda`).
-    Cuda,
-}
-
-/// The closed set of stage kinds.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum StageKind {
-    Dataset,
-    Tokenizer,
-    Pretrain,
-    Sft,
-    Generate,
-    Evaluate,
-    Reward,
-    Dpo,
-    Grpo,
-    Ppo,
-    Export,
-}
-
-impl StageKind {
-    pub const ALL: &'static [StageKind] = &[
-        StageKind::Dataset,
-        StageKind::Tokenizer,
-        StageKind::Pretrain,
-        StageKind::Sft,
-        StageKind::Generate,
-        StageKind::Evaluate,
-        StageKind::Reward,
-        StageKind::Dpo,
-        StageKind::Grpo,
-        StageKind::Ppo,
-        StageKind::Export,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StageKind::Dataset => "dataset",
-            StageKind::Tokenizer => "tokenizer",
-            StageKind::Pretrain => "pretrain",
-            StageKind::Sft => "sft",
-            StageKind::Generate => "generate",
-            StageKind::Evaluate => "evaluate",
-            StageKind::Reward => "reward",
-            StageKind::Dpo => "dpo",
-            StageKind::Grpo => "grpo",
-            StageKind::Ppo => "ppo",
-            StageKind::Export => "export",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<StageKind> {
-        Self::ALL.iter().copied().find(|k| k.name() == s)
-    }
-}
-
-impl std::fmt::Display for StageKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A stage's configuration, tagged by `kind`.
-// Specs are parsed once per run; the size difference between kinds costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum StageSpec {
-    /// Read a table (JSONL, CSV, Parquet), clean it, split it, check it for leakage.
-    Dataset(DatasetSpec),
-    /// Train a byte-level BPE tokenizer on a dataset, or take a checkpoint's tokenizer.
-    Tokenizer(TokenizerSpec),
-    /// Self-supervised pretraining (next-token prediction) from scratch or from a model.
-    Pretrain(PretrainSpec),
-    /// Supervised fine-tuning on prompt/response pairs (loss on the response), full or LoRA.
-    Sft(SftSpec),
-    /// A model's responses to a set of prompts, as a dataset.
-    Generate(GenerateSpec),
-    /// Models side by side on held-out data: perplexity, token accuracy, exact match,
-    /// classification accuracy, generation samples.
-    Evaluate(EvaluateSpec),
-    /// A reward model: a scalar head trained on preference pairs (Bradley-Terry).
-    Reward(RewardSpec),
-    /// Direct preference optimisation and its variants (IPO, hinge, robust, conservative,
-    /// SimPO, ORPO, KTO) on preference data.
-    Dpo(DpoSpec),
-    /// Group relative policy optimisation: groups of sampled answers per prompt, scored by a
-    /// reward model or a rule, advantages normalised within each group.
-    Grpo(GrpoSpec),
-    /// RLHF with PPO: the policy's sampled answers scored by a reward model, a per-token KL
-    /// penalty to the starting policy, GAE, clipped policy and value losses.
-    Ppo(PpoSpec),
-    /// A model copied out of the store into a directory of your choice, with a model card.
-    Export(ExportSpec),
-    /// A kind registered by a program that uses hone as a library (`stages::custom`).
-    #[serde(skip)]
-    #[schemars(skip)]
-    Custom(crate::stages::custom::CustomSpec),
-}
-
-impl StageSpec {
-    /// The built-in kind; `None` for a registered custom kind.
-    pub fn builtin_kind(&self) -> Option<StageKind> {
-        Some(match self {
-            StageSpec::Dataset(_) => StageKind::Dataset,
-            StageSpec::Tokenizer(_) => StageKind::Tokenizer,
-            StageSpec::Pretrain(_) => StageKind::Pretrain,
-            StageSpec::Sft(_) => StageKind::Sft,
-            StageSpec::Generate(_) => StageKind::Generate,
-            StageSpec::Evaluate(_) => StageKind::Evaluate,
-            StageSpec::Reward(_) => StageKind::Reward,
-            StageSpec::Dpo(_) => StageKind::Dpo,
-            StageSpec::Grpo(_) => StageKind::Grpo,
-            StageSpec::Ppo(_) => StageKind::Ppo,
-            StageSpec::Export(_) => StageKind::Export,
-            StageSpec::Custom(_) => return None,
-        })
-    }
-
-    /// The `kind:` as the recipe wrote it.
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            StageSpec::Custom(c) => c.kind,
-            _ => self.builtin_kind().map_or("?", StageKind::name),
-        }
-    }
-
-    /// Every input of the stage with its path inside the stage (`source`, `models.0`).
-    pub fn inputs(&self) -> Vec<(String, &Input)> {
-        let mut v: Vec<(String, &Input)> = Vec::new();
-        match self {
-            StageSpec::Dataset(d) => v.push(("source".into(), &d.source)),
-            StageSpec::Tokenizer(t) => {
-                v.extend(t.data.iter().map(|i| ("data".to_owned(), i)));
-                v.extend(t.from_model.iter().map(|i| ("from_model".to_owned(), i)));
-            }
-            StageSpec::Pretrain(p) => {
-                if let ModelInput::Input(i) = &p.model {
-                    v.push(("model".into(), i));
-                }
-                v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
-                v.push(("data".into(), &p.data));
-                v.extend(guard_inputs(&p.forgetting_probe, &p.replay));
-            }
-            StageSpec::Sft(p) => {
-                if let ModelInput::Input(i) = &p.model {
-                    v.push(("model".into(), i));
-                }
-                v.extend(p.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
-                v.push(("data".into(), &p.data));
-                v.extend(guard_inputs(&p.forgetting_probe, &p.replay));
-            }
-            StageSpec::Generate(g) => {
-                v.push(("model".into(), &g.model));
-                v.push(("prompts".into(), &g.prompts));
-            }
-            StageSpec::Evaluate(e) => {
-                v.extend(e.models.iter().map(|(n, i)| (format!("models.{n}"), i)));
-                v.extend(e.data_inputs().into_iter().map(|(n, i)| (n.to_owned(), i)));
-            }
-            StageSpec::Reward(r) => {
-                if let ModelInput::Input(i) = &r.model {
-                    v.push(("model".into(), i));
-                }
-                v.extend(r.tokenizer.iter().map(|i| ("tokenizer".to_owned(), i)));
-                v.push(("data".into(), &r.data));
-            }
-            StageSpec::Dpo(d) => {
-                v.push(("model".into(), &d.model));
-                v.extend(d.reference.iter().map(|i| ("reference".to_owned(), i)));
-                v.push(("data".into(), &d.data));
-            }
-            StageSpec::Grpo(g) => {
-                v.push(("model".into(), &g.model));
-                v.push(("prompts".into(), &g.prompts));
-                v.extend(
-                    g.reward
-                        .model
-                        .iter()
-                        .map(|i| ("reward.model".to_owned(), i)),
-                );
-            }
-            StageSpec::Ppo(p) => {
-                v.push(("model".into(), &p.model));
-                v.push(("reward_model".into(), &p.reward_model));
-                v.push(("prompts".into(), &p.prompts));
-            }
-            StageSpec::Export(e) => v.push(("model".into(), &e.model)),
-            StageSpec::Custom(c) => v.extend(c.inputs.iter().map(|(k, i)| (k.clone(), i))),
-        }
-        v
-    }
-
-    pub fn inputs_mut(&mut self) -> Vec<(String, &mut Input)> {
-        let mut v: Vec<(String, &mut Input)> = Vec::new();
-        match self {
-            StageSpec::Dataset(d) => v.push(("source".into(), &mut d.source)),
-            StageSpec::Tokenizer(t) => {
-                v.extend(t.data.iter_mut().map(|i| ("data".to_owned(), i)));
-                v.extend(
-                    t.from_model
-                        .iter_mut()
-                        .map(|i| ("from_model".to_owned(), i)),
-                );
-            }
-            StageSpec::Pretrain(p) => {
-                if let ModelInput::Input(i) = &mut p.model {
-                    v.push(("model".into(), i));
-                }
-                v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
-                v.push(("data".into(), &mut p.data));
-                if let Some(g) = &mut p.forgetting_probe {
-                    v.push(("forgetting_probe.data".into(), &mut g.data));
-                }
-                if let Some(r) = &mut p.replay {
-                    v.push(("replay.data".into(), &mut r.data));
-                }
-            }
-            StageSpec::Sft(p) => {
-                if let ModelInput::Input(i) = &mut p.model {
-                    v.push(("model".into(), i));
-                }
-                v.extend(p.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
-                v.push(("data".into(), &mut p.data));
-                if let Some(g) = &mut p.forgetting_probe {
-                    v.push(("forgetting_probe.data".into(), &mut g.data));
-                }
-                if let Some(r) = &mut p.replay {
-                    v.push(("replay.data".into(), &mut r.data));
-                }
-            }
-            StageSpec::Generate(g) => {
-                v.push(("model".into(), &mut g.model));
-                v.push(("prompts".into(), &mut g.prompts));
-            }
-            StageSpec::Evaluate(e) => {
-                v.extend(e.models.iter_mut().map(|(n, i)| (format!("models.{n}"), i)));
-                if let Some(t) = &mut e.perplexity {
-                    v.push(("perplexity.data".into(), &mut t.data));
-                }
-                if let Some(q) = &mut e.qa {
-                    v.push(("qa.data".into(), &mut q.data));
-                }
-                if let Some(c) = &mut e.classification {
-                    v.push(("classification.data".into(), &mut c.data));
-                }
-                if let Some(r) = &mut e.reward {
-                    v.push(("reward.model".into(), &mut r.model));
-                    v.push(("reward.prompts".into(), &mut r.prompts));
-                }
-            }
-            StageSpec::Reward(r) => {
-                if let ModelInput::Input(i) = &mut r.model {
-                    v.push(("model".into(), i));
-                }
-                v.extend(r.tokenizer.iter_mut().map(|i| ("tokenizer".to_owned(), i)));
-                v.push(("data".into(), &mut r.data));
-            }
-            StageSpec::Dpo(d) => {
-                v.push(("model".into(), &mut d.model));
-                v.extend(d.reference.iter_mut().map(|i| ("reference".to_owned(), i)));
-                v.push(("data".into(), &mut d.data));
-            }
-            StageSpec::Grpo(g) => {
-                v.push(("model".into(), &mut g.model));
-                v.push(("prompts".into(), &mut g.prompts));
-                v.extend(
-                    g.reward
-                        .model
-                        .iter_mut()
-                        .map(|i| ("reward.model".to_owned(), i)),
-                );
-            }
-            StageSpec::Ppo(p) => {
-                v.push(("model".into(), &mut p.model));
-                v.push(("reward_model".into(), &mut p.reward_model));
-                v.push(("prompts".into(), &mut p.prompts));
-            }
-            StageSpec::Export(e) => v.push(("model".into(), &mut e.model)),
-            StageSpec::Custom(c) => v.extend(c.inputs.iter_mut().map(|(k, i)| (k.clone(), i))),
-        }
-        v
-    }
-}
-
-/// The inputs of a training stage's pitfall guards.
-fn guard_inputs<'a>(
-    probe: &'a Option<ForgettingProbe>,
-    replay: &'a Option<Replay>,
-) -> Vec<(String, &'a Input)> {
-    let mut v = Vec::new();
-    if let Some(g) = probe {
-        v.push(("forgetting_probe.data".to_owned(), &g.data));
-    }
-    if let Some(r) = replay {
-        v.push(("replay.data".to_owned(), &r.data));
-    }
-    v
 }
 
 /// Where a stage reads something from.
@@ -417,31 +126,6 @@ pub struct SourceFile {
     #[serde(skip)]
     #[schemars(skip)]
     pub resolved: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    Jsonl,
-    Csv,
-    Parquet,
-}
-
-impl FileFormat {
-    pub const ALL: &'static [(&'static str, FileFormat)] = &[
-        ("jsonl", FileFormat::Jsonl),
-        ("json", FileFormat::Jsonl),
-        ("csv", FileFormat::Csv),
-        ("parquet", FileFormat::Parquet),
-    ];
-
-    pub fn from_extension(path: &str) -> Option<FileFormat> {
-        let ext = std::path::Path::new(path)
-            .extension()?
-            .to_str()?
-            .to_ascii_lowercase();
-        Self::ALL.iter().find(|(e, _)| *e == ext).map(|(_, f)| *f)
-    }
 }
 
 impl<'de> Deserialize<'de> for Input {
@@ -518,14 +202,6 @@ pub struct DatasetSpec {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MissingPolicy {
-    #[default]
-    Error,
-    Null,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -1005,27 +681,6 @@ pub struct RewardEval {
     /// Sampling temperature for `samples` (default 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-}
-
-impl EvaluateSpec {
-    /// The data inputs of the enabled checks, by their path in the stage.
-    pub fn data_inputs(&self) -> Vec<(&'static str, &Input)> {
-        let mut v = Vec::new();
-        if let Some(r) = &self.reward {
-            v.push(("reward.model", &r.model));
-            v.push(("reward.prompts", &r.prompts));
-        }
-        if let Some(t) = &self.perplexity {
-            v.push(("perplexity.data", &t.data));
-        }
-        if let Some(q) = &self.qa {
-            v.push(("qa.data", &q.data));
-        }
-        if let Some(c) = &self.classification {
-            v.push(("classification.data", &c.data));
-        }
-        v
-    }
 }
 
 /// A held-out text set. From a dataset stage, its `test` split is used, else its `validation`

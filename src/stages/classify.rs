@@ -13,9 +13,9 @@ use tokenizers::Tokenizer;
 use super::pretrain::{LoadedModel, load_model_input};
 use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Model, lora, save_hf_dir};
 use crate::recipe::types::{MissingPolicy, PeftSpec, SftSpec};
+use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::loss::token_nll;
 use crate::train::trainer::Objective;
 

@@ -6,18 +6,121 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::StageResult;
+use super::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{self, Row, Table};
-use crate::exec::context::{ArtifactView, StageContext};
 use crate::recipe::types::{DatasetRole, DatasetSpec, MissingPolicy, OnLeak};
+use crate::stages::context::{ArtifactView, StageContext};
+use crate::store::ArtifactType;
 
 /// The file each split output holds.
-pub const TABLE_FILE: &str = "data.parquet";
+pub use crate::data::table::TABLE_FILE;
+
+/// `kind: dataset`.
+#[derive(Default)]
+pub struct DatasetKind;
+
+/// The rows, from a file or another dataset stage.
+const SOURCE: InputSlot = InputSlot::new("source", DATA_INPUT);
+
+impl Kind for DatasetKind {
+    type Settings = DatasetSpec;
+    const NAME: &'static str = "dataset";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str =
+        "Read a table (JSONL, CSV, Parquet), clean it, split it, check it for leakage.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[SOURCE]
+    }
+
+    fn outputs(&self, spec: &DatasetSpec) -> Vec<(&'static str, ArtifactType)> {
+        spec.outputs()
+            .into_iter()
+            .map(|o| (o, ArtifactType::Table))
+            .collect()
+    }
+
+    fn artifact_type(&self, _: &DatasetSpec) -> ArtifactType {
+        ArtifactType::Dataset
+    }
+
+    fn settings_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<Value> {
+        Some(kind::schema_of::<DatasetSpec>(generator))
+    }
+
+    fn check(&self, d: &DatasetSpec, _stage: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut total = 0.0;
+        for (name, amount) in [("validation", d.split.validation), ("test", d.split.test)] {
+            let Some(x) = amount else { continue };
+            let valid = (x > 0.0 && x < 1.0) || (x >= 1.0 && x.fract() == 0.0) || x == 0.0;
+            if !valid {
+                problems.push(
+                    Problem::new(
+                        format!("split.{name}"),
+                        format!(
+                            "split size `{name}: {x}` is neither a fraction in (0, 1) nor a row count"
+                        ),
+                    )
+                    .help("write 0.1 for 10% of the rows, or 50 for 50 rows"),
+                );
+            } else if x < 1.0 {
+                total += x;
+            }
+        }
+        if total >= 1.0 {
+            problems.push(Problem::new(
+                "split",
+                format!("held-out fractions add up to {total}, leaving no training rows"),
+            ));
+        }
+        if d.role == DatasetRole::Eval && (d.split.validation.is_some() || d.split.test.is_some()) {
+            problems.push(
+                Problem::at_key(
+                    "split",
+                    "an `eval` dataset is held out whole and cannot be split",
+                )
+                .help("remove `split`, or make it a `train` dataset and read its `test` output"),
+            );
+        }
+        let mut targets: Vec<&str> = Vec::new();
+        for (old, new) in &d.columns {
+            if targets.contains(&new.as_str()) {
+                problems.push(Problem::new(
+                    format!("columns.{old}"),
+                    format!("two columns are renamed to `{new}`"),
+                ));
+            }
+            targets.push(new);
+        }
+        for (key, list) in [("select", &d.select), ("leakage_key", &d.leakage_key)] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
+                problems.push(
+                    Problem::new(key, format!("`{key}` is empty"))
+                        .help("list at least one column, or remove the key"),
+                );
+            }
+        }
+        problems
+    }
+
+    fn data_role(&self, d: &DatasetSpec) -> Option<DataRole> {
+        Some(match d.role {
+            DatasetRole::Train => DataRole::Train,
+            DatasetRole::Eval => DataRole::Eval,
+        })
+    }
+
+    fn run(&self, spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
 
 pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("reading");
-    let mut t = super::read_table(ctx.input("source")?, spec.missing)?;
+    let mut t = super::read_table(ctx.input(SOURCE.key)?, spec.missing)?;
     ctx.check_cancelled()?;
     let rows_read = t.rows.len();
     t.rename(&spec.columns)?;

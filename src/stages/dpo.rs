@@ -14,14 +14,17 @@ use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
 
+use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::pretrain::{LoadedModel, load_checkpoint};
 use super::sft::{Format, eos_token, one_turn, tokenize_conversations, truncate};
 use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, lora};
+use crate::recipe::types::PromptTemplate;
 use crate::recipe::types::{DpoSpec, PeftSpec, Truncation};
+use crate::stages::context::{ResolvedInput, StageContext};
+use crate::store::ArtifactType;
 use crate::train::objectives::{LmBatch, sequence_logps};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
 use crate::train::trainer::Objective;
@@ -112,13 +115,111 @@ enum Feedback {
     Unpaired(Vec<Labelled>, Vec<Labelled>),
 }
 
+/// `kind: dpo`.
+#[derive(Default)]
+pub struct DpoKind;
+
+/// The policy to tune (and, without `reference`, the frozen reference too).
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
+/// A frozen reference other than the starting policy.
+const REFERENCE: InputSlot = InputSlot::new("reference", &[ArtifactType::Model]);
+/// Preference pairs, or unpaired feedback for KTO.
+const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+
+impl Kind for DpoKind {
+    type Settings = DpoSpec;
+    const NAME: &'static str = "dpo";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str = "Direct preference optimisation and its variants (IPO, hinge, robust, conservative,\nSimPO, ORPO, KTO) on preference data.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[MODEL, REFERENCE, DATA]
+    }
+
+    fn outputs(&self, d: &DpoSpec) -> Vec<(&'static str, ArtifactType)> {
+        super::policy_outputs(&d.peft)
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(super::kind::schema_of::<DpoSpec>(generator))
+    }
+
+    fn check(&self, d: &DpoSpec, _stage: &str) -> Vec<Problem> {
+        use crate::train::preference::DpoLoss;
+        let mut problems = Vec::new();
+        if !(d.beta > 0.0 && d.beta.is_finite()) {
+            problems.push(Problem::new(
+                "beta",
+                format!("`beta` must be above 0, not {}", d.beta),
+            ));
+        }
+        if !(0.0..0.5).contains(&d.label_smoothing) {
+            problems.push(Problem::new(
+                "label_smoothing",
+                "`label_smoothing` is a share of mislabelled pairs in [0, 0.5)",
+            ));
+        }
+        if d.reference.is_some() && (!d.loss.uses_reference() || d.reference_free) {
+            problems.push(
+                Problem::at_key(
+                    "reference",
+                    "this loss uses no reference model, so `reference` would be ignored",
+                )
+                .help("remove `reference`, or pick a loss that compares with one"),
+            );
+        }
+        if d.kto && d.loss != DpoLoss::Sigmoid {
+            problems.push(Problem::at_key(
+                "loss",
+                "`kto: true` replaces `loss`; set one or the other",
+            ));
+        }
+        if d.label_column.is_some() && !d.kto {
+            problems.push(
+                Problem::at_key(
+                    "label_column",
+                    "`label_column` is unpaired feedback, which only KTO trains on",
+                )
+                .help("add `kto: true`, or give pairs (prompt, chosen, rejected) without `label_column`"),
+            );
+        }
+        if d.completion_column.is_some() && d.label_column.is_none() {
+            problems.push(
+                Problem::at_key(
+                    "completion_column",
+                    "`completion_column` names the answers of unpaired feedback, but there is no `label_column`",
+                )
+                .help("add `label_column: label` (and `kto: true`), or remove `completion_column`"),
+            );
+        }
+        problems.extend(super::lora_problem(&d.peft));
+        problems.extend(super::train_problem(&d.train));
+        problems
+    }
+
+    fn prompt_template<'s>(&self, d: &'s DpoSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
+        Some(TemplateOf::Own(&d.template))
+    }
+
+    fn run(&self, spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading the preference data");
     let feedback = match &spec.label_column {
         Some(label) => {
-            let (train, val) = labelled(ctx.input("data")?, spec, label)?;
+            let (train, val) = labelled(ctx.input(DATA.key)?, spec, label)?;
             if !train.iter().any(|l| l.desirable) || !train.iter().any(|l| !l.desirable) {
                 bail!(
                     "KTO needs desirable and undesirable answers in the training data; column `{label}` has only {}",
@@ -132,7 +233,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             Feedback::Unpaired(train, val)
         }
         None => {
-            let (train, val) = pairs(ctx.input("data")?, spec)?;
+            let (train, val) = pairs(ctx.input(DATA.key)?, spec)?;
             if train.is_empty() {
                 bail!(
                     "no preference pairs (columns `{}`, `{}`, `{}`)",
@@ -145,7 +246,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
     };
     ctx.progress.set_message("loading the policy");
-    let policy = load_checkpoint(ctx, "model", None, true, &device)?;
+    let policy = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
     let format = Format::new(&spec.template, policy.chat_template.as_deref());
     let eos = eos_token(&policy.tokenizer, &policy.config);
     let tokenize = |answers: Vec<(&str, &str)>| -> Result<Vec<Encoded>> {
@@ -177,17 +278,17 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let reference_needed = spec.kto || (spec.loss.uses_reference() && !spec.reference_free);
     let (ref_rel, reference) = match (&spec.reference, reference_needed) {
         (Some(_), true) => (
-            "reference",
+            REFERENCE.key,
             Some(load_checkpoint(
                 ctx,
-                "reference",
+                REFERENCE.key,
                 None,
                 true,
                 &infer_device,
             )?),
         ),
-        (None, true) => ("model", None),
-        (_, false) => ("model", None),
+        (None, true) => (MODEL.key, None),
+        (_, false) => (MODEL.key, None),
     };
     let ref_model: Option<Backbone> = match (&reference, reference_needed) {
         (Some(r), _) => Some(r.backbone.clone()),

@@ -9,14 +9,16 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde_json::{Value, json};
 
+use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::pretrain::{LoadedModel, load_checkpoint};
 use super::sft::{Format, encode_conversations, eos_token, exact_match, one_turn};
 use super::{StageResult, read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table};
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::Model;
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::recipe::types::{EvaluateSpec, MissingPolicy};
+use crate::stages::context::{ResolvedInput, StageContext};
+use crate::store::ArtifactType;
 use crate::train::loss::causal_token_hits;
 use crate::train::objectives::{CausalLm, LmBatch};
 use crate::train::trainer::evaluate;
@@ -24,11 +26,136 @@ use crate::train::trainer::evaluate;
 /// Metrics of one model, in the order they were measured.
 type Scores = Vec<(String, f64)>;
 
+/// `kind: evaluate`.
+#[derive(Default)]
+pub struct EvaluateKind;
+
+/// The models compared, by name.
+const MODELS: InputSlot = InputSlot::new("models.*", &[ArtifactType::Model]);
+const PERPLEXITY_DATA: InputSlot = InputSlot::new("perplexity.data", DATA_INPUT);
+const QA_DATA: InputSlot = InputSlot::new("qa.data", DATA_INPUT);
+const CLASSIFICATION_DATA: InputSlot = InputSlot::new("classification.data", DATA_INPUT);
+/// The judge: only a reward model scores answers.
+const REWARD_MODEL: InputSlot = InputSlot::new("reward.model", &[ArtifactType::RewardModel]);
+const REWARD_PROMPTS: InputSlot = InputSlot::new("reward.prompts", DATA_INPUT);
+
+impl Kind for EvaluateKind {
+    type Settings = EvaluateSpec;
+    const NAME: &'static str = "evaluate";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str = "Models side by side on held-out data: perplexity, token accuracy, exact match,\nclassification accuracy, generation samples.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[
+            MODELS,
+            PERPLEXITY_DATA,
+            QA_DATA,
+            CLASSIFICATION_DATA,
+            REWARD_MODEL,
+            REWARD_PROMPTS,
+        ]
+    }
+
+    fn outputs(&self, e: &EvaluateSpec) -> Vec<(&'static str, ArtifactType)> {
+        let mut v = vec![("results", ArtifactType::Table)];
+        if e.samples.is_some() {
+            v.push(("samples", ArtifactType::Table));
+        }
+        v
+    }
+
+    fn artifact_type(&self, _: &EvaluateSpec) -> ArtifactType {
+        ArtifactType::Dataset
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<Value> {
+        Some(kind::schema_of::<EvaluateSpec>(generator))
+    }
+
+    fn check(&self, e: &EvaluateSpec, stage: &str) -> Vec<Problem> {
+        let at = format!("stages.{stage}");
+        let mut problems = Vec::new();
+        if e.models.is_empty() {
+            problems.push(
+                Problem::new("models", format!("`{at}` evaluates no model"))
+                    .help("name the models to compare: `models: { base: { from: pretrain }, sft: { from: sft } }`"),
+            );
+        }
+        for name in e.models.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(
+                    Problem::at_key(
+                        format!("models.{name}"),
+                        format!("model name `{name}` in `{at}` is not a plain name"),
+                    )
+                    .help("use letters, digits, `_` and `-`: it names a column of the results"),
+                );
+            }
+        }
+        if e.perplexity.is_none()
+            && e.qa.is_none()
+            && e.classification.is_none()
+            && e.samples.is_none()
+            && e.reward.is_none()
+        {
+            problems.push(
+                Problem::at_key("", format!("`{at}` has nothing to measure")).help(
+                    "add at least one of `perplexity`, `qa`, `classification`, `samples`, `reward`",
+                ),
+            );
+        }
+        if let Some(r) = &e.reward {
+            if r.samples == Some(0) {
+                problems.push(
+                    Problem::new("reward.samples", "`reward.samples` must be at least 1")
+                        .help("leave it out to score greedy answers only"),
+                );
+            }
+            if r.temperature.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+                problems.push(
+                    Problem::new("reward.temperature", "`reward.temperature` must be above 0")
+                        .help("sampled answers need a temperature; 1.0 samples the model as it is"),
+                );
+            }
+            if r.temperature.is_some() && r.samples.is_none() {
+                problems.push(
+                    Problem::at_key(
+                        "reward.temperature",
+                        "`reward.temperature` is set but `reward.samples` is not",
+                    )
+                    .help("add `samples: 8` to also score sampled answers"),
+                );
+            }
+        }
+        problems
+    }
+
+    fn checks_training_data_of(&self) -> Option<InputSlot> {
+        Some(MODELS)
+    }
+
+    fn summary_table(&self, summary: &Value) -> Option<String> {
+        format_table(summary)
+    }
+
+    fn run(&self, spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, false)?;
     let texts = match &spec.perplexity {
         Some(t) => Some(super::texts_of(
-            &held_out(ctx.input("perplexity.data")?)?,
+            &held_out(ctx.input(PERPLEXITY_DATA.key)?)?,
             &t.column,
         )?),
         None => None,
@@ -36,7 +163,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let qa = match &spec.qa {
         Some(q) => Some(
             pairs_of(
-                &held_out(ctx.input("qa.data")?)?,
+                &held_out(ctx.input(QA_DATA.key)?)?,
                 &q.prompt_column,
                 &q.response_column,
             )?
@@ -48,7 +175,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     };
     let labelled = match &spec.classification {
         Some(c) => Some(labelled_of(
-            &held_out(ctx.input("classification.data")?)?,
+            &held_out(ctx.input(CLASSIFICATION_DATA.key)?)?,
             &c.text_column,
             &c.label_column,
         )?),
@@ -57,15 +184,18 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     let reward_eval = match &spec.reward {
         Some(r) => {
-            let (train, val) =
-                super::rollout::read_prompts(ctx.input("reward.prompts")?, &r.prompt_column, None)?;
+            let (train, val) = super::rollout::read_prompts(
+                ctx.input(REWARD_PROMPTS.key)?,
+                &r.prompt_column,
+                None,
+            )?;
             // Held-out prompts when the dataset has them.
             let prompts = if val.is_empty() { train } else { val };
             let source = crate::recipe::types::RewardSource {
                 model: Some(r.model.clone()),
                 ..Default::default()
             };
-            let scorer = super::rollout::Scorer::new(&source, "reward.model", ctx, &device)?;
+            let scorer = super::rollout::Scorer::new(&source, REWARD_MODEL.key, ctx, &device)?;
             Some((r, prompts, scorer))
         }
         None => None,

@@ -8,13 +8,66 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use super::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
 use super::{ArtifactType, StageResult};
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::recipe::types::ExportSpec;
+use crate::recipe::types::PromptTemplate;
+use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::{Manifest, Store};
 
+/// `kind: export`.
+#[derive(Default)]
+pub struct ExportKind;
+
+/// The model to export.
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model, ArtifactType::RewardModel]);
+
+impl Kind for ExportKind {
+    type Settings = ExportSpec;
+    const NAME: &'static str = "export";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str =
+        "A model copied out of the store into a directory of your choice, with a model card.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[MODEL]
+    }
+
+    fn outputs(&self, _: &ExportSpec) -> Vec<(&'static str, ArtifactType)> {
+        vec![("model", ArtifactType::Model)]
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(super::kind::schema_of::<ExportSpec>(generator))
+    }
+
+    fn check(&self, e: &ExportSpec, _stage: &str) -> Vec<Problem> {
+        if e.to.trim().is_empty() {
+            return vec![Problem::new("to", "`to` names the directory to export to")];
+        }
+        Vec::new()
+    }
+
+    fn prompt_template<'s>(&self, e: &'s ExportSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
+        Some(TemplateOf::Input(&e.model))
+    }
+
+    /// An export lands outside the store, also when the stage itself was cached.
+    fn publish(&self, e: &ExportSpec, to: &Publish<'_>) -> Result<Option<PathBuf>> {
+        let dest = tidy(&to.recipe_dir.join(&e.to));
+        Ok(publish(to.store, to.manifest, &dest)?.then_some(dest))
+    }
+
+    fn run(&self, spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let files: Vec<(String, PathBuf)> = match ctx.input("model")? {
+    let files: Vec<(String, PathBuf)> = match ctx.input(MODEL.key)? {
         ResolvedInput::Artifact(view) => {
             let out = view
                 .outputs

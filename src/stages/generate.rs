@@ -4,18 +4,60 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+use super::kind::{self, DATA_INPUT, InputSlot, Kind};
 use super::pretrain::{LoadedModel, load_model_input};
 use super::sft::Format;
 use super::{StageResult, read_table, texts_of};
 use crate::data::table::{ColumnType, Row, Table};
-use crate::exec::context::StageContext;
 use crate::model::sampling::generate;
 use crate::recipe::types::{GenerateSpec, MissingPolicy, ModelInput};
+use crate::stages::context::StageContext;
+use crate::store::ArtifactType;
+
+/// `kind: generate`.
+#[derive(Default)]
+pub struct GenerateKind;
+
+/// The model that answers.
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
+/// The prompts.
+const PROMPTS: InputSlot = InputSlot::new("prompts", DATA_INPUT);
+
+impl Kind for GenerateKind {
+    type Settings = GenerateSpec;
+    const NAME: &'static str = "generate";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str = "A model's responses to a set of prompts, as a dataset.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[MODEL, PROMPTS]
+    }
+
+    fn outputs(&self, _: &GenerateSpec) -> Vec<(&'static str, ArtifactType)> {
+        vec![("responses", ArtifactType::Table)]
+    }
+
+    fn artifact_type(&self, _: &GenerateSpec) -> ArtifactType {
+        ArtifactType::Dataset
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<Value> {
+        Some(kind::schema_of::<GenerateSpec>(generator))
+    }
+
+    fn run(&self, spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
 
 pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, false)?;
     let prompts = texts_of(
-        &read_table(ctx.input("prompts")?, MissingPolicy::Null)?,
+        &read_table(ctx.input(PROMPTS.key)?, MissingPolicy::Null)?,
         &spec.prompt_column,
     )?;
     if prompts.is_empty() {

@@ -16,15 +16,18 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::StageResult;
+use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
 use super::sft::Format;
-use crate::exec::context::StageContext;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, lora};
+use crate::recipe::types::PromptTemplate;
 use crate::recipe::types::{GrpoSpec, PeftSpec};
+use crate::stages::context::StageContext;
+use crate::store::ArtifactType;
 use crate::train::rl::{GrpoAggregation, aggregate, clipped_policy_loss, group_advantages};
 use crate::train::trainer::Objective;
 
@@ -121,6 +124,87 @@ impl Objective<Backbone> for Grpo<'_> {
     }
 }
 
+/// `kind: grpo`.
+#[derive(Default)]
+pub struct GrpoKind;
+
+/// The policy to tune.
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
+/// The prompts to answer.
+const PROMPTS: InputSlot = InputSlot::new("prompts", DATA_INPUT);
+/// Only a reward model scores rollouts: anything else fails validation.
+const REWARD_MODEL: InputSlot = InputSlot::new("reward.model", &[ArtifactType::RewardModel]);
+
+impl Kind for GrpoKind {
+    type Settings = GrpoSpec;
+    const NAME: &'static str = "grpo";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str = "Group relative policy optimisation: groups of sampled answers per prompt, scored by a\nreward model or a rule, advantages normalised within each group.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[MODEL, PROMPTS, REWARD_MODEL]
+    }
+
+    fn outputs(&self, g: &GrpoSpec) -> Vec<(&'static str, ArtifactType)> {
+        super::policy_outputs(&g.peft)
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(super::kind::schema_of::<GrpoSpec>(generator))
+    }
+
+    fn check(&self, g: &GrpoSpec, stage: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let r = &g.reward;
+        if r.model.is_none() && r.exact_match.is_none() && r.length.is_none() && r.regex.is_none() {
+            problems.push(
+                Problem::at_key("reward", format!("`stages.{stage}.reward` gives no reward"))
+                    .help("set `model: { from: <reward stage> }`, or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
+            );
+        }
+        if let Some(re) = &r.regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            problems.push(Problem::new(
+                "reward.regex",
+                format!("invalid regular expression: {e}"),
+            ));
+        }
+        if let Some(l) = &r.length
+            && l.min > l.max
+        {
+            problems.push(Problem::at_key(
+                "reward.length",
+                format!("length rule: min {} is above max {}", l.min, l.max),
+            ));
+        }
+        if g.group_size < 2 {
+            problems.push(Problem::new(
+                "group_size",
+                "`group_size` must be at least 2: advantages compare answers within a group",
+            ));
+        }
+        problems.extend(super::lora_problem(&g.peft));
+        problems.extend(super::train_problem(&g.train));
+        problems
+    }
+
+    fn prompt_template<'s>(&self, g: &'s GrpoSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
+        Some(TemplateOf::Own(&g.template))
+    }
+
+    fn run(&self, spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
@@ -143,7 +227,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ctx,
         &device,
     )?;
-    let scorer = Scorer::new(&spec.reward, "reward.model", ctx, &infer_device)?;
+    let scorer = Scorer::new(&spec.reward, REWARD_MODEL.key, ctx, &infer_device)?;
     let answering = Answering {
         tok: &tokenizer,
         format: &format,

@@ -8,12 +8,28 @@ use burn::prelude::*;
 use serde_json::{Map, Value, json};
 use tokenizers::Tokenizer;
 
+use super::kind::{DATA_INPUT, InputSlot, Problem};
 use crate::data::leakage::{Key, normalize, overlap};
-use crate::exec::context::StageContext;
 use crate::model::Backbone;
 use crate::recipe::types::{ForgettingProbe, Replay};
+use crate::stages::context::StageContext;
 use crate::train::objectives::{CausalLm, LmBatch};
 use crate::train::trainer::{Summary, evaluate};
+/// The text a forgetting probe measures perplexity on.
+pub const PROBE_DATA: InputSlot = InputSlot::new("forgetting_probe.data", DATA_INPUT);
+/// General text mixed into training against forgetting.
+pub const REPLAY_DATA: InputSlot = InputSlot::new("replay.data", DATA_INPUT);
+
+/// `forgetting_probe` and `replay` where they cannot work (`set` says which are set): one
+/// problem per key set.
+pub fn misplaced(set: [bool; 2], works_with: &str) -> Vec<Problem> {
+    ["forgetting_probe", "replay"]
+        .into_iter()
+        .zip(set)
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| Problem::at_key(key, format!("`{key}` works with {works_with}")))
+        .collect()
+}
 
 /// Underfitting (the training loss barely fell) and overfitting (validation loss rose from
 /// its best, or sits far above the training loss), with the numbers. Adds the final
@@ -86,7 +102,7 @@ impl Probe {
         eos: Option<u32>,
         device: &Device,
     ) -> Result<Probe> {
-        let texts = super::text_column(ctx.input("forgetting_probe.data")?, &cfg.column)?;
+        let texts = super::text_column(ctx.input(PROBE_DATA.key)?, &cfg.column)?;
         if texts.is_empty() {
             bail!(
                 "the forgetting probe has no text in column `{}`",
@@ -144,7 +160,7 @@ pub fn replay_batches(
     examples: usize,
     encode: impl Fn(&[String]) -> Result<Vec<LmBatch>>,
 ) -> Result<Vec<LmBatch>> {
-    let texts = super::text_column(ctx.input("replay.data")?, &cfg.column)?;
+    let texts = super::text_column(ctx.input(REPLAY_DATA.key)?, &cfg.column)?;
     if texts.is_empty() {
         bail!("the replay data has no text in column `{}`", cfg.column);
     }

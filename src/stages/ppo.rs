@@ -24,16 +24,19 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::StageResult;
+use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::pretrain::load_checkpoint;
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
 use super::sft::Format;
-use crate::exec::context::StageContext;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model, lora};
+use crate::recipe::types::PromptTemplate;
 use crate::recipe::types::{PeftSpec, PpoSpec, RewardSource};
+use crate::stages::context::StageContext;
+use crate::store::ArtifactType;
 use crate::train::objectives::LmBatch;
 use crate::train::rl::{
     KlEstimator, clipped_policy_loss, clipped_value_loss, gae, kl, masked_mean, shaped_rewards,
@@ -271,6 +274,80 @@ impl Objective<PolicyValue> for Ppo<'_> {
     }
 }
 
+/// `kind: ppo`.
+#[derive(Default)]
+pub struct PpoKind;
+
+/// The policy to tune (its copy is the frozen reference).
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
+/// Only a reward model scores rollouts.
+const REWARD_MODEL: InputSlot = InputSlot::new("reward_model", &[ArtifactType::RewardModel]);
+/// The prompts to answer.
+const PROMPTS: InputSlot = InputSlot::new("prompts", DATA_INPUT);
+
+impl Kind for PpoKind {
+    type Settings = PpoSpec;
+    const NAME: &'static str = "ppo";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str = "RLHF with PPO: the policy's sampled answers scored by a reward model, a per-token KL\npenalty to the starting policy, GAE, clipped policy and value losses.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[MODEL, REWARD_MODEL, PROMPTS]
+    }
+
+    fn outputs(&self, p: &PpoSpec) -> Vec<(&'static str, ArtifactType)> {
+        super::policy_outputs(&p.peft)
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(super::kind::schema_of::<PpoSpec>(generator))
+    }
+
+    fn check(&self, p: &PpoSpec, _stage: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if p.ppo_epochs == 0 {
+            problems.push(Problem::new(
+                "ppo_epochs",
+                "`ppo_epochs` must be at least 1",
+            ));
+        }
+        for (key, v) in [
+            ("kl_coef", p.kl_coef),
+            ("vf_coef", p.vf_coef),
+            ("cliprange", p.cliprange),
+            ("cliprange_value", p.cliprange_value),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                problems.push(Problem::new(
+                    key,
+                    format!("`{key}` must be a number >= 0, not {v}"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) {
+            problems.push(Problem::at_key("gamma", "`gamma` and `lam` are in [0, 1]"));
+        }
+        problems.extend(super::lora_problem(&p.peft));
+        problems.extend(super::train_problem(&p.train));
+        problems
+    }
+
+    fn prompt_template<'s>(&self, p: &'s PpoSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
+        Some(TemplateOf::Own(&p.template))
+    }
+
+    fn run(&self, spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
@@ -300,14 +377,14 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         model: Some(spec.reward_model.clone()),
         ..Default::default()
     };
-    let scorer = Scorer::new(&source, "reward_model", ctx, &infer_device)?;
+    let scorer = Scorer::new(&source, REWARD_MODEL.key, ctx, &infer_device)?;
     // The value model: the reward model when it reads the policy's tokens, else the policy
     // (a fresh copy, its own parameters) with a new scalar head.
     let rm_is_decoder_like_policy = scorer.model.as_ref().is_some_and(|(m, tok, _)| {
         m.backbone.is_decoder() && tok.get_vocab_size(true) == tokenizer.get_vocab_size(true)
     });
     let (value, value_from) = if rm_is_decoder_like_policy {
-        let v = load_checkpoint(ctx, "reward_model", None, false, &device)?;
+        let v = load_checkpoint(ctx, REWARD_MODEL.key, None, false, &device)?;
         (
             Model {
                 backbone: v.backbone,
@@ -316,7 +393,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "the reward model",
         )
     } else {
-        let v = load_checkpoint(ctx, "model", None, true, &device)?;
+        let v = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
         (
             Model::with_new_head(v.backbone, 1, &device),
             "the policy with a new scalar head (the reward model reads other tokens)",

@@ -8,19 +8,151 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
+use super::guards;
+use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::tokenizer::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult, texts_of};
 use crate::data::masking::{Masked, mask_tokens};
 use crate::data::tokenized::Encoded;
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, bert, gpt2, llama, save_hf_dir};
 use crate::recipe::types::{Arch, ModelInit, ModelInput, PretrainObjective, PretrainSpec};
+use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::objectives::{CausalLm, LmBatch, MaskedLm, MlmBatch};
+
+/// `kind: pretrain`.
+#[derive(Default)]
+pub struct PretrainKind;
+
+/// The model to continue from (absent for `model: { init }`).
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
+/// The tokenizer of a new model: a tokenizer stage or a checkpoint's.
+const TOKENIZER: InputSlot =
+    InputSlot::new("tokenizer", &[ArtifactType::Tokenizer, ArtifactType::Model]);
+/// The texts.
+const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+
+impl Kind for PretrainKind {
+    type Settings = PretrainSpec;
+    const NAME: &'static str = "pretrain";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str =
+        "Self-supervised pretraining (next-token prediction) from scratch or from a model.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[
+            MODEL,
+            TOKENIZER,
+            DATA,
+            guards::PROBE_DATA,
+            guards::REPLAY_DATA,
+        ]
+    }
+
+    fn outputs(&self, _: &PretrainSpec) -> Vec<(&'static str, ArtifactType)> {
+        vec![("model", ArtifactType::Model)]
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<Value> {
+        Some(kind::schema_of::<PretrainSpec>(generator))
+    }
+
+    fn check(&self, p: &PretrainSpec, stage: &str) -> Vec<Problem> {
+        use crate::recipe::types::Arch;
+        let mut problems = Vec::new();
+        if p.objective == PretrainObjective::MaskedLm {
+            problems.extend(guards::misplaced(
+                [p.forgetting_probe.is_some(), p.replay.is_some()],
+                "next-token models (`causal_lm`), not `masked_lm`",
+            ));
+        }
+        if p.packing && p.objective == PretrainObjective::MaskedLm {
+            problems.push(
+                Problem::new(
+                    "packing",
+                    "`packing` is for `causal_lm`: masked-LM texts are encoded one per row",
+                )
+                .help("remove `packing`"),
+            );
+        }
+        if let ModelInput::Init { init } = &p.model {
+            let encoder = init.arch == Arch::Bert;
+            if encoder != (p.objective == PretrainObjective::MaskedLm) {
+                let (what, help) = if encoder {
+                    (
+                        "a BERT encoder cannot be trained with `causal_lm`",
+                        "set `objective: masked_lm`, or init a decoder (`arch: gpt2` or `llama`)",
+                    )
+                } else {
+                    (
+                        "`masked_lm` trains an encoder",
+                        "init one with `arch: bert` (and a `wordpiece` tokenizer, which has [MASK]), or use `objective: causal_lm`",
+                    )
+                };
+                problems.push(
+                    Problem::new("model.init.arch", format!("stage `{stage}`: {what}")).help(help),
+                );
+            }
+            if p.tokenizer.is_none() {
+                problems.push(
+                    Problem::at_key(
+                        "model",
+                        "a new model (`model: { init }`) needs a `tokenizer`",
+                    )
+                    .help("add `tokenizer: { from: <tokenizer stage> }`"),
+                );
+            }
+            if init.heads == 0
+                || init.d_model % init.heads != 0
+                || (init.d_model / init.heads.max(1)) % 2 != 0
+            {
+                problems.push(Problem::new(
+                    "model.init.heads",
+                    format!(
+                        "d_model {} must split into {} heads of an even size",
+                        init.d_model, init.heads
+                    ),
+                ));
+            }
+            if init
+                .kv_heads
+                .is_some_and(|kv| kv == 0 || init.heads % kv != 0)
+            {
+                problems.push(Problem::new(
+                    "model.init.kv_heads",
+                    "heads must be a multiple of kv_heads",
+                ));
+            }
+            if p.max_length > init.context {
+                problems.push(Problem::new(
+                    "max_length",
+                    format!(
+                        "max_length {} exceeds the model's context {}",
+                        p.max_length, init.context
+                    ),
+                ));
+            }
+        }
+        problems.extend(super::train_problem(&p.train));
+        problems
+    }
+
+    fn trains_on(&self, _: &PretrainSpec) -> &'static [InputSlot] {
+        &[DATA, guards::REPLAY_DATA]
+    }
+
+    fn run(&self, spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
 
 pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     ctx.progress.set_message("reading texts");
-    let (train_texts, val_texts) = split_texts(ctx.input("data")?, &spec.column)?;
+    let (train_texts, val_texts) = split_texts(ctx.input(DATA.key)?, &spec.column)?;
     if train_texts.is_empty() {
         bail!("column `{}` of the training data has no text", spec.column);
     }

@@ -11,13 +11,14 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use super::kind::{DATA_INPUT, InputSlot, Kind, Problem};
 use super::pretrain::{LoadedModel, load_model_input};
 use super::sft::{Format, eos_token, one_turn};
 use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::{Backbone, Model, lora, save_hf_dir};
 use crate::recipe::types::RewardSpec;
+use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::preference::bradley_terry;
 use crate::train::trainer::Objective;
 
@@ -203,6 +204,70 @@ fn pad(seqs: &[Vec<u32>], device: &Device) -> Scored {
     }
 }
 
+/// `kind: reward`.
+#[derive(Default)]
+pub struct RewardKind;
+
+/// What to start from: a reward model can start from another reward model, a model, or a
+/// checkpoint.
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model, ArtifactType::RewardModel]);
+/// The tokenizer of a new model.
+const TOKENIZER: InputSlot =
+    InputSlot::new("tokenizer", &[ArtifactType::Tokenizer, ArtifactType::Model]);
+/// Preference pairs, or scored answers.
+const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+
+impl Kind for RewardKind {
+    type Settings = RewardSpec;
+    const NAME: &'static str = "reward";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str =
+        "A reward model: a scalar head trained on preference pairs (Bradley-Terry).";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[MODEL, TOKENIZER, DATA]
+    }
+
+    fn outputs(&self, _: &RewardSpec) -> Vec<(&'static str, ArtifactType)> {
+        vec![("model", ArtifactType::RewardModel)]
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(super::kind::schema_of::<RewardSpec>(generator))
+    }
+
+    fn check(&self, r: &RewardSpec, _stage: &str) -> Vec<Problem> {
+        use crate::recipe::types::ModelInput;
+        let mut problems = Vec::new();
+        if matches!(r.model, ModelInput::Init { .. }) && r.tokenizer.is_none() {
+            problems.push(Problem::at_key(
+                "model",
+                "a new model (`model: { init }`) needs a `tokenizer`",
+            ));
+        }
+        if !(r.center_rewards >= 0.0 && r.center_rewards.is_finite()) {
+            problems.push(Problem::new(
+                "center_rewards",
+                "`center_rewards` is a coefficient >= 0 (0.01 is typical)",
+            ));
+        }
+        problems.extend(super::lora_problem(&r.peft));
+        problems.extend(super::train_problem(&r.train));
+        problems
+    }
+
+    fn run(&self, spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.score_column.is_some() {
         return regression::run(spec, ctx);
@@ -210,7 +275,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading pairs");
-    let (train_pairs, val_pairs) = pairs(ctx.input("data")?, spec)?;
+    let (train_pairs, val_pairs) = pairs(ctx.input(DATA.key)?, spec)?;
     if train_pairs.is_empty() {
         bail!(
             "no preference pairs (columns `{}`, `{}`, `{}`)",
@@ -376,9 +441,9 @@ mod regression {
     use serde_json::json;
 
     use super::{Scored, score};
-    use crate::exec::context::{ResolvedInput, StageContext};
     use crate::model::{Model, lora, save_hf_dir};
     use crate::recipe::types::RewardSpec;
+    use crate::stages::context::{ResolvedInput, StageContext};
     use crate::stages::{ArtifactType, StageResult};
     use crate::train::trainer::Objective;
 
@@ -463,7 +528,7 @@ mod regression {
         let column = spec.score_column.as_deref().unwrap_or("score");
         let device = crate::stages::stage_device(ctx, true)?;
         let infer_device = device.clone().without_autodiff();
-        let (train_rows, val_rows) = rows(ctx.input("data")?, spec, column)?;
+        let (train_rows, val_rows) = rows(ctx.input(super::DATA.key)?, spec, column)?;
         if train_rows.is_empty() {
             bail!(
                 "no scored responses (columns `{}`, `{}`, `{column}`)",

@@ -10,10 +10,10 @@ use super::reward::{RewardText, score};
 use super::sft::Format;
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model};
 use crate::recipe::types::RewardSource;
+use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::objectives::LmBatch;
 
 /// A prompt, and its reference answer when a rule needs one.

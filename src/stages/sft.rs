@@ -9,17 +9,19 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::pretrain::{LoadedModel, load_model_input};
 use super::tokenizer::EOS;
 use super::{StageResult, guards};
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, lora};
 use crate::recipe::types::{NamedTemplate, PeftSpec, PromptTemplate, SftSpec, Truncation};
+use crate::stages::context::{ResolvedInput, StageContext};
+use crate::store::ArtifactType;
 use crate::train::objectives::{CausalLm, LmBatch};
 
 /// Conversations (a prompt/response pair is a one-turn conversation).
@@ -155,6 +157,94 @@ pub(super) fn one_turn(prompt: &str, response: &str) -> Vec<Message> {
     ]
 }
 
+/// `kind: sft`.
+#[derive(Default)]
+pub struct SftKind;
+
+/// The model to fine-tune.
+const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
+/// The tokenizer of a new model: a tokenizer stage or a checkpoint's.
+const TOKENIZER: InputSlot =
+    InputSlot::new("tokenizer", &[ArtifactType::Tokenizer, ArtifactType::Model]);
+/// The examples.
+const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+
+impl Kind for SftKind {
+    type Settings = SftSpec;
+    const NAME: &'static str = "sft";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str =
+        "Supervised fine-tuning on prompt/response pairs (loss on the response), full or LoRA.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[
+            MODEL,
+            TOKENIZER,
+            DATA,
+            guards::PROBE_DATA,
+            guards::REPLAY_DATA,
+        ]
+    }
+
+    fn outputs(&self, s: &SftSpec) -> Vec<(&'static str, ArtifactType)> {
+        super::policy_outputs(&s.peft)
+    }
+
+    fn uses_backend(&self) -> bool {
+        true
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(kind::schema_of::<SftSpec>(generator))
+    }
+
+    fn check(&self, p: &SftSpec, _stage: &str) -> Vec<Problem> {
+        use crate::recipe::types::{ModelInput, SftTask};
+        let mut problems = Vec::new();
+        if p.task == SftTask::Classification {
+            problems.extend(guards::misplaced(
+                [p.forgetting_probe.is_some(), p.replay.is_some()],
+                "language-model SFT (`instruction`, `chat`), not `classification`",
+            ));
+        }
+        if let Some(r) = &p.replay
+            && !(r.ratio > 0.0 && r.ratio.is_finite())
+        {
+            problems.push(Problem::new(
+                "replay.ratio",
+                format!("replay ratio must be above 0, not {}", r.ratio),
+            ));
+        }
+        if matches!(p.model, ModelInput::Init { .. }) && p.tokenizer.is_none() {
+            problems.push(
+                Problem::at_key(
+                    "model",
+                    "a new model (`model: { init }`) needs a `tokenizer`",
+                )
+                .help("fine-tune a pretrained model instead: `model: { from: <pretrain stage> }`"),
+            );
+        }
+        problems.extend(super::lora_problem(&p.peft));
+        problems.extend(super::train_problem(&p.train));
+        problems
+    }
+
+    fn trains_on(&self, _: &SftSpec) -> &'static [InputSlot] {
+        &[DATA, guards::REPLAY_DATA]
+    }
+
+    fn prompt_template<'s>(&self, s: &'s SftSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
+        Some(TemplateOf::Own(&s.template))
+    }
+
+    fn run(&self, spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
+
 pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.task == crate::recipe::types::SftTask::Classification {
         return super::classify::run(spec, ctx);
@@ -162,7 +252,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading examples");
-    let (train_pairs, val_pairs) = conversations(ctx.input("data")?, spec)?;
+    let (train_pairs, val_pairs) = conversations(ctx.input(DATA.key)?, spec)?;
     if train_pairs.is_empty() {
         bail!(
             "the training data has no examples (columns `{}`/`{}`, or `{}` for chat)",

@@ -11,18 +11,86 @@ use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::{ArtifactType, StageResult};
-use crate::exec::context::{ResolvedInput, StageContext};
 use crate::recipe::types::{TokenizerAlgorithm, TokenizerSpec};
+use crate::stages::context::{ResolvedInput, StageContext};
 
 /// End of text: separates documents and ends every training sequence.
 pub const EOS: &str = "<|endoftext|>";
+
+/// `kind: tokenizer`.
+#[derive(Default)]
+pub struct TokenizerKind;
+
+/// Text to train on.
+const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+/// A checkpoint whose tokenizer is taken as it is.
+const FROM_MODEL: InputSlot = InputSlot::new("from_model", &[ArtifactType::Model]);
+
+impl Kind for TokenizerKind {
+    type Settings = TokenizerSpec;
+    const NAME: &'static str = "tokenizer";
+    const VERSION: Option<&'static str> = None;
+    const DESCRIPTION: &'static str =
+        "Train a byte-level BPE tokenizer on a dataset, or take a checkpoint's tokenizer.";
+
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[DATA, FROM_MODEL]
+    }
+
+    fn outputs(&self, _: &TokenizerSpec) -> Vec<(&'static str, ArtifactType)> {
+        vec![("tokenizer", ArtifactType::Tokenizer)]
+    }
+
+    fn settings_schema(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Option<serde_json::Value> {
+        Some(kind::schema_of::<TokenizerSpec>(generator))
+    }
+
+    fn check(&self, t: &TokenizerSpec, _stage: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match (&t.data, &t.from_model) {
+            (Some(_), Some(_)) => problems.push(Problem::at_key(
+                "from_model",
+                "a tokenizer stage either trains on `data` or takes one `from_model`, not both",
+            )),
+            (None, None) => problems.push(
+                Problem::at_key(
+                    "",
+                    "a tokenizer stage needs `data` (to train on) or `from_model` (to copy)",
+                )
+                .help("e.g. `data: { from: corpus }` with `vocab_size: 1024`"),
+            ),
+            _ => {}
+        }
+        if t.data.is_some() && t.vocab_size < 300 {
+            problems.push(
+                Problem::new(
+                    "vocab_size",
+                    format!(
+                        "vocab_size {} is too small: byte-level BPE starts from 256 byte tokens",
+                        t.vocab_size
+                    ),
+                )
+                .help("use at least 300"),
+            );
+        }
+        problems
+    }
+
+    fn run(&self, spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> {
+        run(spec, ctx)
+    }
+}
 
 pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let (tokenizer, how) = match (&spec.data, &spec.from_model) {
         (Some(_), _) => {
             ctx.progress.set_message("reading texts");
-            let texts = super::text_column(ctx.input("data")?, &spec.column)?;
+            let texts = super::text_column(ctx.input(DATA.key)?, &spec.column)?;
             ctx.check_cancelled()?;
             ctx.progress
                 .set_message(format!("training on {} texts", texts.len()));
@@ -48,7 +116,7 @@ pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> 
             }
         }
         (None, Some(_)) => (
-            load_tokenizer(ctx.input("from_model")?)?,
+            load_tokenizer(ctx.input(FROM_MODEL.key)?)?,
             "copied from a checkpoint".to_owned(),
         ),
         (None, None) => bail!("a tokenizer stage needs `data` or `from_model`"),

@@ -29,10 +29,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::stages::{ArtifactType, ProducedOutput};
-
 /// Bumped whenever the layout or the meaning of action keys changes; part of every key.
 pub const CACHE_FORMAT: u32 = 1;
+
+/// The type of an artifact, for contracts between stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactType {
+    /// All splits of a dataset stage (`{ from: corpus }`).
+    Dataset,
+    /// One split: a Parquet table (`{ from: corpus.train }`).
+    Table,
+    /// A `tokenizer.json`.
+    Tokenizer,
+    /// An HF model directory (config.json, model.safetensors, tokenizer.json).
+    Model,
+    /// A model with a scalar head trained on preferences: what PPO, GRPO and evaluation
+    /// score responses with.
+    RewardModel,
+}
+
+impl ArtifactType {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ArtifactType::Dataset => "a dataset",
+            ArtifactType::Table => "a dataset split",
+            ArtifactType::Tokenizer => "a tokenizer",
+            ArtifactType::Model => "a model",
+            ArtifactType::RewardModel => "a reward model",
+        }
+    }
+}
+
+/// A file a stage wrote into its scratch directory, under an output name.
+#[derive(Debug, Clone)]
+pub struct ProducedOutput {
+    pub name: String,
+    pub artifact_type: ArtifactType,
+    /// Directory holding the output's files (inside the scratch dir).
+    pub dir: PathBuf,
+}
 
 /// One file of an output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,10 +6,56 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
-use indicatif::ProgressBar;
+use std::sync::Arc;
 
-use crate::recipe::types::FileFormat;
-use crate::stages::{ArtifactType, ProducedOutput};
+use crate::data::table::FileFormat;
+use crate::store::{ArtifactType, ProducedOutput};
+
+/// Where a running stage reports how far it is: the engine's observer decides what that looks
+/// like (a bar on a terminal, JSON lines, nothing).
+pub trait ProgressSink: Send + Sync {
+    /// The work now has `len` units (steps, models, prompts).
+    fn set_length(&self, len: u64);
+    fn set_position(&self, pos: u64);
+    /// What the stage is doing now (`reading`, `loss 1.23  lr 3.0e-4`).
+    fn set_message(&self, message: &str);
+    /// Training resumed from a checkpoint at `step`.
+    fn resumed(&self, _step: usize) {}
+}
+
+/// A stage's progress reporter; cloning shares it.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn ProgressSink>);
+
+impl Progress {
+    pub fn new(sink: Arc<dyn ProgressSink>) -> Progress {
+        Progress(sink)
+    }
+
+    /// Reports nowhere.
+    pub fn hidden() -> Progress {
+        struct Hidden;
+        impl ProgressSink for Hidden {
+            fn set_length(&self, _: u64) {}
+            fn set_position(&self, _: u64) {}
+            fn set_message(&self, _: &str) {}
+        }
+        Progress(Arc::new(Hidden))
+    }
+
+    pub fn set_length(&self, len: u64) {
+        self.0.set_length(len);
+    }
+    pub fn set_position(&self, pos: u64) {
+        self.0.set_position(pos);
+    }
+    pub fn set_message(&self, message: impl AsRef<str>) {
+        self.0.set_message(message.as_ref());
+    }
+    pub fn resumed(&self, step: usize) {
+        self.0.resumed(step);
+    }
+}
 
 /// Set by Ctrl-C; stages poll it through [`StageContext::check_cancelled`].
 pub static CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -87,7 +133,7 @@ pub struct StageContext {
     pub seed: u64,
     /// The tensor backend this stage runs on.
     pub backend: crate::backend::BackendKind,
-    pub progress: ProgressBar,
+    pub progress: Progress,
     /// Metric records (training steps, evaluations) for the run's metrics.jsonl.
     pub events: Vec<serde_json::Value>,
     /// Where training checkpoints of this action go (kept until the action commits).
@@ -104,7 +150,7 @@ impl StageContext {
         scratch: PathBuf,
         seed: u64,
         backend: crate::backend::BackendKind,
-        progress: ProgressBar,
+        progress: Progress,
     ) -> StageContext {
         StageContext {
             stage,
@@ -151,7 +197,7 @@ impl StageContext {
     /// Writes `table` as output `name` (a dataset split, or any table a stage produces).
     pub fn write_table(&mut self, name: &str, table: &crate::data::table::Table) -> Result<()> {
         let dir = self.output_dir(name, ArtifactType::Table)?;
-        crate::data::table::write_parquet(table, &dir.join(crate::stages::dataset::TABLE_FILE))
+        crate::data::table::write_parquet(table, &dir.join(crate::data::table::TABLE_FILE))
     }
 
     /// Private working space that is not committed (checkpoints, temp files).

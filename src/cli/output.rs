@@ -1,0 +1,296 @@
+//! How `hone run` shows a run: the engine's events ([`crate::exec::observer`]) rendered as
+//! aligned lines with progress bars for a person (`--log-format text`, the default), or as one
+//! JSON object a line for tools and CI logs (`--log-format json`).
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::exec::Outcome;
+use crate::exec::observer::{Event, Observer};
+use crate::stages::context::{Progress, ProgressSink};
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Aligned lines for people, with progress bars on a terminal.
+    #[default]
+    Text,
+    /// One JSON event a line on stdout (`event`: run_started, stage_started, progress,
+    /// stage_finished, published, waiting, run_finished).
+    Json,
+}
+
+/// The width of the kind column: the longest kind name, and at least the header's.
+pub fn kind_width<'a>(kinds: impl Iterator<Item = &'a str>) -> usize {
+    kinds.map(str::len).max().unwrap_or(0).max(9)
+}
+
+/// Lines on stdout (`ran`, `cached`, warnings, tables, the closing count) and, on a terminal,
+/// a progress bar per running stage on stderr. `quiet` keeps only errors.
+pub struct Terminal {
+    quiet: bool,
+    bars: bool,
+    kind_width: usize,
+}
+
+impl Terminal {
+    pub fn new(quiet: bool) -> Terminal {
+        Terminal {
+            quiet,
+            bars: !quiet && std::io::stderr().is_terminal(),
+            kind_width: 9,
+        }
+    }
+}
+
+impl Observer for Terminal {
+    fn event(&mut self, event: &Event<'_>) {
+        if self.quiet {
+            return;
+        }
+        match event {
+            Event::RunStarted { stages, .. } => {
+                self.kind_width = kind_width(stages.iter().map(|s| s.kind));
+            }
+            Event::Waiting { stage } => {
+                eprintln!("  waiting   {stage:<20} another hone process is running this action");
+            }
+            Event::StageStarted { .. } => {}
+            Event::StageFinished {
+                stage,
+                kind,
+                outcome,
+                wall_time_s,
+                metrics,
+                warnings,
+                table,
+                ..
+            } => {
+                let (word, detail) = match outcome {
+                    Outcome::Ran => ("ran", format!("{wall_time_s:.2}s")),
+                    Outcome::Cached => ("cached", String::new()),
+                    Outcome::RanElsewhere => ("cached", "by another process".to_owned()),
+                    Outcome::NotSelected => return,
+                };
+                let headline: Vec<String> = metrics
+                    .iter()
+                    .take(4)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let kw = self.kind_width;
+                println!(
+                    "  {word:<7} {stage:<20} {kind:<kw$} {detail:<18} {}",
+                    headline.join(" ")
+                );
+                for w in warnings.iter() {
+                    println!("  warning {stage:<20} {w}");
+                }
+                if let Some(table) = table {
+                    print!("{table}");
+                }
+            }
+            Event::Published { stage, to } => {
+                println!("  exported {stage:<20} to {}", to.display());
+            }
+            Event::RunFinished {
+                recipe,
+                ran,
+                cached,
+                not_selected,
+                wall_time_s,
+                lockfile,
+            } => {
+                let mut line = format!("{recipe}: {ran} ran, {cached} cached");
+                if *not_selected > 0 {
+                    line.push_str(&format!(", {not_selected} not selected"));
+                }
+                line.push_str(&format!(" in {wall_time_s:.2}s"));
+                if let Some(lock) = lockfile {
+                    line.push_str(&format!("; wrote {}", lock.display()));
+                }
+                println!("{line}");
+            }
+        }
+    }
+
+    fn progress(&mut self, stage: &str) -> Progress {
+        if !self.bars {
+            return Progress::new(Arc::new(Notes {
+                stage: stage.to_owned(),
+                quiet: self.quiet,
+            }));
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(spinner_style());
+        bar.set_prefix(stage.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress::new(Arc::new(Bar {
+            bar,
+            stage: stage.to_owned(),
+        }))
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("  {spinner} running   {prefix:<20} {msg} [{elapsed}]")
+        .expect("valid template")
+}
+
+fn steps_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "  {spinner} running   {prefix:<20} {bar:24} {pos}/{len} steps  {msg}  [{elapsed}, ETA {eta}]",
+    )
+    .expect("valid template")
+}
+
+/// A stage's bar; cleared when the stage is done.
+struct Bar {
+    bar: ProgressBar,
+    stage: String,
+}
+
+impl ProgressSink for Bar {
+    fn set_length(&self, len: u64) {
+        self.bar.set_style(steps_style());
+        self.bar.set_length(len);
+    }
+    fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+    }
+    fn set_message(&self, message: &str) {
+        self.bar.set_message(message.to_owned());
+    }
+    fn resumed(&self, step: usize) {
+        self.bar.suspend(|| {
+            eprintln!(
+                "  resuming  {:<20} from its checkpoint at step {step}",
+                self.stage
+            )
+        });
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// No bar (output is not a terminal): only the notes a person must see.
+struct Notes {
+    stage: String,
+    quiet: bool,
+}
+
+impl ProgressSink for Notes {
+    fn set_length(&self, _: u64) {}
+    fn set_position(&self, _: u64) {}
+    fn set_message(&self, _: &str) {}
+    fn resumed(&self, step: usize) {
+        if !self.quiet {
+            eprintln!(
+                "  resuming  {:<20} from its checkpoint at step {step}",
+                self.stage
+            );
+        }
+    }
+}
+
+/// One JSON object a line on stdout, flushed as it is written.
+pub struct JsonLines {
+    out: Arc<Mutex<std::io::Stdout>>,
+}
+
+impl JsonLines {
+    pub fn new() -> JsonLines {
+        JsonLines {
+            out: Arc::new(Mutex::new(std::io::stdout())),
+        }
+    }
+}
+
+impl Default for JsonLines {
+    fn default() -> Self {
+        JsonLines::new()
+    }
+}
+
+fn write_line(out: &Mutex<std::io::Stdout>, value: &impl serde::Serialize) {
+    if let (Ok(line), Ok(mut out)) = (serde_json::to_string(value), out.lock()) {
+        // A closed stdout (a pipe whose reader left) is not the run's failure.
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+}
+
+impl Observer for JsonLines {
+    fn event(&mut self, event: &Event<'_>) {
+        write_line(&self.out, event);
+    }
+
+    fn progress(&mut self, stage: &str) -> Progress {
+        Progress::new(Arc::new(JsonProgress {
+            out: self.out.clone(),
+            stage: stage.to_owned(),
+            state: Mutex::new(ProgressState::default()),
+        }))
+    }
+}
+
+#[derive(Default)]
+struct ProgressState {
+    pos: u64,
+    len: Option<u64>,
+    message: String,
+    last: Option<Instant>,
+}
+
+/// `progress` events, at most one a second (and always the first), so a log stays readable.
+struct JsonProgress {
+    out: Arc<Mutex<std::io::Stdout>>,
+    stage: String,
+    state: Mutex<ProgressState>,
+}
+
+impl JsonProgress {
+    fn update(&self, change: impl FnOnce(&mut ProgressState)) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        change(&mut s);
+        if s.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        s.last = Some(Instant::now());
+        write_line(
+            &self.out,
+            &serde_json::json!({
+                "event": "progress",
+                "stage": self.stage,
+                "position": s.pos,
+                "length": s.len,
+                "message": s.message,
+            }),
+        );
+    }
+}
+
+impl ProgressSink for JsonProgress {
+    fn set_length(&self, len: u64) {
+        self.update(|s| s.len = Some(len));
+    }
+    fn set_position(&self, pos: u64) {
+        self.update(|s| s.pos = pos);
+    }
+    fn set_message(&self, message: &str) {
+        self.update(|s| s.message = message.to_owned());
+    }
+    fn resumed(&self, step: usize) {
+        write_line(
+            &self.out,
+            &serde_json::json!({ "event": "resumed", "stage": self.stage, "step": step }),
+        );
+    }
+}

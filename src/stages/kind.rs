@@ -1,0 +1,718 @@
+//! The stage contract: one trait, [`Kind`], for every stage kind, built-in and custom alike, and
+//! one registry of kinds. A kind says, in its own file, what recipes write after `kind:`, its
+//! typed settings, its inputs (declared once, with the artifact types each accepts), its outputs,
+//! whether it depends on the tensor backend, its checks, the version that enters its action key,
+//! and how it runs. Recipe loading, validation, the DAG's type checks, action keys, exec, status,
+//! show, report and the lockfile all go through [`StageSpec`], which holds a kind and its
+//! settings; nothing outside a kind's file matches on kinds.
+//!
+//! A program that uses hone as a library adds a kind the same way the built-ins are written:
+//! implement [`Kind`], call [`register`] at start-up, then use [`crate::recipe::load`],
+//! [`crate::exec::run`] or the whole command line ([`crate::cli::main`]) as usual.
+//! `examples/custom_stage/` is a complete kind and program.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::context::StageContext;
+use crate::recipe::types::Input;
+use crate::store::{ArtifactType, Manifest, Store};
+
+/// One input of a kind: the settings key that holds it (`{ from: stage }` or `{ path: file }`;
+/// dotted for a nested key, `*` for every entry of a mapping, as in `models.*`) and the artifact
+/// types it accepts. Declare each as a `const` and read it with [`StageContext::input`], so the
+/// name is written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSlot {
+    pub key: &'static str,
+    pub accepts: &'static [ArtifactType],
+}
+
+impl InputSlot {
+    pub const fn new(key: &'static str, accepts: &'static [ArtifactType]) -> InputSlot {
+        InputSlot { key, accepts }
+    }
+
+    /// Whether input path `rel` (`data`, `models.base`) is this slot.
+    pub fn matches(&self, rel: &str) -> bool {
+        let mut want = self.key.split('.');
+        let mut got = rel.split('.');
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some(w), Some(g)) if w == "*" || w == g => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// What a data input accepts: a whole dataset or one of its splits.
+pub const DATA_INPUT: &[ArtifactType] = &[ArtifactType::Dataset, ArtifactType::Table];
+
+/// Where a [`Problem`] points: the value of its key, or the key itself (for a key that should
+/// not be there, or a whole section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Value,
+    Key,
+}
+
+/// A problem [`Kind::check`] found in a stage's settings, before anything runs.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The settings key at fault (dotted for nested keys; empty for the stage itself), for the
+    /// file and line of the error.
+    pub key: String,
+    pub place: Place,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Problem {
+    /// A problem with the value at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            place: Place::Value,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    /// A problem with `key` itself (it should not be set, or names a whole section).
+    pub fn at_key(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            place: Place::Key,
+            ..Problem::new(key, message)
+        }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Problem {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// What a finished stage hands to the store.
+#[derive(Debug, Default)]
+pub struct StageResult {
+    /// Headline numbers for the lockfile, `hone show` and `hone status`.
+    pub metrics: serde_json::Map<String, Value>,
+    /// Pitfalls worth a person's attention (leakage under `on_leak: warn`, ...).
+    pub warnings: Vec<String>,
+    /// The detailed summary `hone show` prints.
+    pub summary: Value,
+}
+
+/// Whether a dataset is for training or held out for evaluation (then every training dataset
+/// of the recipe is checked against it for leakage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRole {
+    Train,
+    Eval,
+}
+
+/// What a kind that lands files outside the store (`export`) gets after its action is
+/// committed or found cached.
+pub struct Publish<'a> {
+    pub store: &'a Store,
+    pub manifest: &'a Manifest,
+    /// The directory of the recipe file, which relative destinations are resolved against.
+    pub recipe_dir: &'a Path,
+}
+
+/// A stage kind.
+pub trait Kind: Send + Sync + 'static {
+    /// Every key of the stage except `kind`. Use `#[serde(deny_unknown_fields)]` so a typo is
+    /// an error that names the key and its line; declare inputs as [`Input`] fields.
+    type Settings: DeserializeOwned + Serialize + Send + Sync + 'static;
+
+    /// The name recipes write after `kind:` (lowercase letters, digits and `_`).
+    const NAME: &'static str;
+
+    /// Enters every action key of this kind when set: cached results are reused only while it
+    /// is the same. A kind defined outside hone sets it and changes it whenever a code change
+    /// alters what the stage produces (hone cannot see that code). Built-in kinds leave it
+    /// `None`: hone's own version and cache format are in every key already.
+    const VERSION: Option<&'static str>;
+
+    /// One line for `hone schema` (editors show it).
+    const DESCRIPTION: &'static str = "";
+
+    /// The settings keys that are inputs. A key missing from a stage's settings, or holding
+    /// something other than `{ from }` / `{ path }` (such as `{ init }`), is an input it does
+    /// not use.
+    fn inputs(&self) -> &'static [InputSlot];
+
+    /// The stage's named outputs and their types (`{ from: stage.output }` picks one).
+    fn outputs(&self, settings: &Self::Settings) -> Vec<(&'static str, ArtifactType)>;
+
+    /// The type of the whole artifact (`{ from: stage }`): the output's type when there is one,
+    /// a dataset when every output is a table, else a model.
+    fn artifact_type(&self, settings: &Self::Settings) -> ArtifactType {
+        match self.outputs(settings).as_slice() {
+            [(_, t)] => *t,
+            many if many.iter().all(|(_, t)| *t == ArtifactType::Table) => ArtifactType::Dataset,
+            _ => ArtifactType::Model,
+        }
+    }
+
+    /// Whether the results depend on the tensor backend (then the backend is part of the key).
+    fn uses_backend(&self) -> bool {
+        false
+    }
+
+    /// The JSON Schema of [`Self::Settings`] for `hone schema` (editors complete and check the
+    /// stage's keys): `Some(generator.root_schema_for::<Settings>())` when Settings derives
+    /// `schemars::JsonSchema`. Without it the schema accepts the kind with any keys, and hone
+    /// still checks them when it loads the recipe.
+    fn settings_schema(&self, _generator: &mut schemars::SchemaGenerator) -> Option<Value> {
+        None
+    }
+
+    /// Checks across settings that types cannot express, run by `hone validate` and before
+    /// every run. `stage` is the stage's name, for messages.
+    fn check(&self, _settings: &Self::Settings, _stage: &str) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    /// The inputs that hold data the stage's model trains on (what evaluation data is checked
+    /// against for leakage).
+    fn trains_on(&self, _settings: &Self::Settings) -> &'static [InputSlot] {
+        &[]
+    }
+
+    /// The input whose models' training data this stage wants in
+    /// [`StageContext::training_data`] (evaluation checks its data against it).
+    fn checks_training_data_of(&self) -> Option<InputSlot> {
+        None
+    }
+
+    /// For a dataset kind: whether it is training data or held out for evaluation.
+    fn data_role(&self, _settings: &Self::Settings) -> Option<DataRole> {
+        None
+    }
+
+    /// The prompt template a model from this stage was trained with, or the input whose
+    /// model's template it keeps (an export), for `hone generate` on `RECIPE:STAGE`.
+    fn prompt_template<'s>(
+        &self,
+        _settings: &'s Self::Settings,
+    ) -> Option<TemplateOf<'s, crate::recipe::types::PromptTemplate>> {
+        None
+    }
+
+    /// Lays the artifact out somewhere outside the store after it was committed, also when the
+    /// stage was cached (an export). Returns where, when it wrote anything.
+    fn publish(
+        &self,
+        _settings: &Self::Settings,
+        _to: &Publish<'_>,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
+    /// A table of the stage's summary to print under its line (evaluation results).
+    fn summary_table(&self, _summary: &Value) -> Option<String> {
+        None
+    }
+
+    /// Produces the outputs: read inputs with [`StageContext::input`] (paths already resolved,
+    /// artifacts verified), write each output under [`StageContext::output_dir`], return the
+    /// headline metrics. Nothing is committed unless this returns `Ok`.
+    fn run(&self, settings: &Self::Settings, ctx: &mut StageContext)
+    -> anyhow::Result<StageResult>;
+}
+
+/// Where a model's prompt template comes from: its own stage's settings, or the stage an input
+/// points at.
+pub enum TemplateOf<'a, T> {
+    Own(&'a T),
+    Input(&'a Input),
+}
+
+/// [`Kind`] without its associated types, for the registry and [`StageSpec`].
+trait DynKind: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> Option<&'static str>;
+    fn description(&self) -> &'static str;
+    fn slots(&self) -> &'static [InputSlot];
+    fn parse(
+        &self,
+        v: serde_yaml::Value,
+    ) -> Result<(Arc<dyn Any + Send + Sync>, Value), ParseError>;
+    fn outputs(&self, s: &dyn Any) -> Vec<(&'static str, ArtifactType)>;
+    fn artifact_type(&self, s: &dyn Any) -> ArtifactType;
+    fn uses_backend(&self) -> bool;
+    fn settings_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<Value>;
+    fn check(&self, s: &dyn Any, stage: &str) -> Vec<Problem>;
+    fn trains_on(&self, s: &dyn Any) -> &'static [InputSlot];
+    fn checks_training_data_of(&self) -> Option<InputSlot>;
+    fn data_role(&self, s: &dyn Any) -> Option<DataRole>;
+    fn prompt_template<'a>(
+        &self,
+        s: &'a dyn Any,
+    ) -> Option<TemplateOf<'a, crate::recipe::types::PromptTemplate>>;
+    fn publish(&self, s: &dyn Any, to: &Publish<'_>) -> anyhow::Result<Option<PathBuf>>;
+    fn summary_table(&self, summary: &Value) -> Option<String>;
+    fn run(&self, s: &dyn Any, ctx: &mut StageContext) -> anyhow::Result<StageResult>;
+}
+
+/// Why a stage's settings did not parse: serde's error and the path of keys to it.
+pub type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
+
+fn typed<K: Kind>(s: &dyn Any) -> &K::Settings {
+    // A StageSpec pairs a kind with the settings that kind parsed, so this always holds.
+    s.downcast_ref::<K::Settings>()
+        .expect("a stage's settings are of its kind's type")
+}
+
+impl<K: Kind> DynKind for K {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn version(&self) -> Option<&'static str> {
+        K::VERSION
+    }
+    fn description(&self) -> &'static str {
+        K::DESCRIPTION
+    }
+    fn slots(&self) -> &'static [InputSlot] {
+        Kind::inputs(self)
+    }
+    fn parse(
+        &self,
+        v: serde_yaml::Value,
+    ) -> Result<(Arc<dyn Any + Send + Sync>, Value), ParseError> {
+        let settings: K::Settings = serde_path_to_error::deserialize(v)?;
+        let json = serde_json::to_value(&settings).unwrap_or(Value::Null);
+        Ok((Arc::new(settings), json))
+    }
+    fn outputs(&self, s: &dyn Any) -> Vec<(&'static str, ArtifactType)> {
+        Kind::outputs(self, typed::<K>(s))
+    }
+    fn artifact_type(&self, s: &dyn Any) -> ArtifactType {
+        Kind::artifact_type(self, typed::<K>(s))
+    }
+    fn uses_backend(&self) -> bool {
+        Kind::uses_backend(self)
+    }
+    fn settings_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<Value> {
+        Kind::settings_schema(self, generator)
+    }
+    fn check(&self, s: &dyn Any, stage: &str) -> Vec<Problem> {
+        Kind::check(self, typed::<K>(s), stage)
+    }
+    fn trains_on(&self, s: &dyn Any) -> &'static [InputSlot] {
+        Kind::trains_on(self, typed::<K>(s))
+    }
+    fn checks_training_data_of(&self) -> Option<InputSlot> {
+        Kind::checks_training_data_of(self)
+    }
+    fn data_role(&self, s: &dyn Any) -> Option<DataRole> {
+        Kind::data_role(self, typed::<K>(s))
+    }
+    fn prompt_template<'a>(
+        &self,
+        s: &'a dyn Any,
+    ) -> Option<TemplateOf<'a, crate::recipe::types::PromptTemplate>> {
+        Kind::prompt_template(self, typed::<K>(s))
+    }
+    fn publish(&self, s: &dyn Any, to: &Publish<'_>) -> anyhow::Result<Option<PathBuf>> {
+        Kind::publish(self, typed::<K>(s), to)
+    }
+    fn summary_table(&self, summary: &Value) -> Option<String> {
+        Kind::summary_table(self, summary)
+    }
+    fn run(&self, s: &dyn Any, ctx: &mut StageContext) -> anyhow::Result<StageResult> {
+        Kind::run(self, typed::<K>(s), ctx)
+    }
+}
+
+/// A stage as a recipe wrote it: its kind, its typed settings, the settings as they serialize
+/// (defaults filled in: what the action key hashes) and its inputs by path in the settings.
+#[derive(Clone)]
+pub struct StageSpec {
+    kind: Arc<dyn DynKind>,
+    settings: Arc<dyn Any + Send + Sync>,
+    json: Value,
+    inputs: BTreeMap<String, Input>,
+}
+
+impl std::fmt::Debug for StageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageSpec")
+            .field("kind", &self.kind.name())
+            .field("settings", &self.json)
+            .finish()
+    }
+}
+
+/// Why a stage did not parse.
+#[derive(Debug)]
+pub enum SpecError {
+    /// No kind of that name is registered.
+    UnknownKind,
+    /// The settings did not deserialize.
+    Settings(ParseError),
+    /// The settings do not serialize as a mapping (a custom kind's mistake).
+    NotAMapping,
+    /// The input at settings key `key` is malformed.
+    Input { key: String, message: String },
+}
+
+impl StageSpec {
+    /// Parses the settings of a stage of kind `kind` (`v` without its `kind` key).
+    pub fn parse(kind: &str, v: serde_yaml::Value) -> Result<StageSpec, SpecError> {
+        let kind = lookup(kind).ok_or(SpecError::UnknownKind)?;
+        let (settings, json) = kind.parse(v).map_err(SpecError::Settings)?;
+        // The action key puts the kind beside the settings' keys and finds inputs by key.
+        if !json.is_object() {
+            return Err(SpecError::NotAMapping);
+        }
+        let mut inputs = BTreeMap::new();
+        for slot in kind.slots() {
+            for (key, value) in at_slot(&json, slot.key) {
+                // `{ init: ... }` and other non-inputs under an input key are not edges.
+                let is_input = value
+                    .as_object()
+                    .is_some_and(|m| m.contains_key("from") || m.contains_key("path"));
+                if !is_input {
+                    continue;
+                }
+                let input: Input =
+                    serde_json::from_value(value.clone()).map_err(|e| SpecError::Input {
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?;
+                inputs.insert(key, input);
+            }
+        }
+        Ok(StageSpec {
+            kind,
+            settings,
+            json,
+            inputs,
+        })
+    }
+
+    /// The `kind:` as the recipe wrote it.
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// The typed settings, when the stage is of the kind whose settings are `T`.
+    pub fn settings<T: 'static>(&self) -> Option<&T> {
+        self.settings.downcast_ref::<T>()
+    }
+
+    /// The settings as they serialize, defaults filled in.
+    pub fn settings_json(&self) -> &Value {
+        &self.json
+    }
+
+    /// Every input of the stage with its path inside the stage (`source`, `models.base`).
+    pub fn inputs(&self) -> Vec<(String, &Input)> {
+        self.inputs.iter().map(|(k, i)| (k.clone(), i)).collect()
+    }
+
+    pub fn inputs_mut(&mut self) -> Vec<(String, &mut Input)> {
+        self.inputs
+            .iter_mut()
+            .map(|(k, i)| (k.clone(), i))
+            .collect()
+    }
+
+    /// The artifact types the input at `rel` (its path inside the stage) accepts; none for a
+    /// path that is not an input of the kind.
+    pub fn accepts(&self, rel: &str) -> &'static [ArtifactType] {
+        self.kind
+            .slots()
+            .iter()
+            .find(|s| s.matches(rel))
+            .map_or(&[], |s| s.accepts)
+    }
+
+    /// The stage's named outputs and their types.
+    pub fn outputs(&self) -> Vec<(&'static str, ArtifactType)> {
+        self.kind.outputs(self.settings.as_ref())
+    }
+
+    pub fn artifact_type(&self) -> ArtifactType {
+        self.kind.artifact_type(self.settings.as_ref())
+    }
+
+    /// Whether this kind's result depends on the tensor backend (then the backend is part of
+    /// its action key; data preparation is the same on every backend, so it is not).
+    pub fn uses_backend(&self) -> bool {
+        self.kind.uses_backend()
+    }
+
+    /// What the action key hashes besides inputs: the settings and the kind (and its version,
+    /// for a kind that has one).
+    pub fn key_config(&self) -> Value {
+        let mut config = self.json.clone();
+        if let Some(m) = config.as_object_mut() {
+            m.insert("kind".into(), self.kind.name().into());
+            if let Some(v) = self.kind.version() {
+                m.insert("kind_version".into(), v.into());
+            }
+        }
+        config
+    }
+
+    pub fn check(&self, stage: &str) -> Vec<Problem> {
+        self.kind.check(self.settings.as_ref(), stage)
+    }
+
+    /// The inputs holding data this stage's model trains on.
+    pub fn training_inputs(&self) -> Vec<(String, &Input)> {
+        let slots = self.kind.trains_on(self.settings.as_ref());
+        self.inputs
+            .iter()
+            .filter(|(k, _)| slots.iter().any(|s| s.matches(k)))
+            .map(|(k, i)| (k.clone(), i))
+            .collect()
+    }
+
+    /// The inputs whose models' training data the stage wants (by entry name), see
+    /// [`Kind::checks_training_data_of`].
+    pub fn checks_training_data_of(&self) -> Vec<(String, &Input)> {
+        let Some(slot) = self.kind.checks_training_data_of() else {
+            return Vec::new();
+        };
+        self.inputs
+            .iter()
+            .filter(|(k, _)| slot.matches(k))
+            .map(|(k, i)| (k.rsplit('.').next().unwrap_or(k).to_owned(), i))
+            .collect()
+    }
+
+    pub fn data_role(&self) -> Option<DataRole> {
+        self.kind.data_role(self.settings.as_ref())
+    }
+
+    pub fn prompt_template(&self) -> Option<TemplateOf<'_, crate::recipe::types::PromptTemplate>> {
+        self.kind.prompt_template(self.settings.as_ref())
+    }
+
+    pub fn publish(&self, to: &Publish<'_>) -> anyhow::Result<Option<PathBuf>> {
+        self.kind.publish(self.settings.as_ref(), to)
+    }
+
+    pub fn summary_table(&self, summary: &Value) -> Option<String> {
+        self.kind.summary_table(summary)
+    }
+
+    /// Runs the stage. Inputs, scratch space, seed and cancellation come from `ctx`.
+    pub fn run(&self, ctx: &mut StageContext) -> anyhow::Result<StageResult> {
+        self.kind.run(self.settings.as_ref(), ctx)
+    }
+}
+
+/// The JSON Schema of settings type `T`, its nested types left as definitions in `generator`:
+/// what [`Kind::settings_schema`] returns for settings that derive `schemars::JsonSchema`.
+pub fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> Value {
+    serde_json::to_value(T::json_schema(generator)).unwrap_or(Value::Null)
+}
+
+/// The values under `pattern` (`data`, `reward.model`, `models.*`) with their dotted paths.
+fn at_slot(v: &Value, pattern: &str) -> Vec<(String, Value)> {
+    let mut found = vec![(String::new(), v.clone())];
+    for seg in pattern.split('.') {
+        let mut next = Vec::new();
+        for (path, value) in found {
+            let join = |k: &str| {
+                if path.is_empty() {
+                    k.to_owned()
+                } else {
+                    format!("{path}.{k}")
+                }
+            };
+            match (seg, &value) {
+                ("*", Value::Object(m)) => {
+                    next.extend(m.iter().map(|(k, v)| (join(k), v.clone())));
+                }
+                (key, Value::Object(m)) => {
+                    if let Some(v) = m.get(key).filter(|v| !v.is_null()) {
+                        next.push((join(key), v.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        found = next;
+    }
+    found
+}
+
+type Registry = BTreeMap<&'static str, Arc<dyn DynKind>>;
+
+/// The kinds a program registered, besides the built-ins.
+static REGISTERED: RwLock<Registry> = RwLock::new(BTreeMap::new());
+
+fn lookup(name: &str) -> Option<Arc<dyn DynKind>> {
+    if let Some(k) = super::BUILTIN.iter().find(|k| k.name() == name) {
+        return Some((k.make)());
+    }
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    registered.get(name).cloned()
+}
+
+/// A built-in kind, as listed in [`super::BUILTIN`]: `Builtin::of::<sft::Sft>()`.
+pub struct Builtin {
+    name: &'static str,
+    make: fn() -> Arc<dyn DynKind>,
+}
+
+impl Builtin {
+    pub const fn of<K: Kind + Default>() -> Builtin {
+        Builtin {
+            name: K::NAME,
+            make: make::<K>,
+        }
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+fn make<K: Kind + Default>() -> Arc<dyn DynKind> {
+    Arc::new(K::default())
+}
+
+/// Why [`register`] refused a stage kind.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("`{0}` is a built-in stage kind; give yours another name")]
+    Builtin(&'static str),
+    #[error("stage kind `{0}` is already registered")]
+    Taken(&'static str),
+    #[error("stage kind `{0}` may use only lowercase letters, digits and `_`")]
+    BadName(&'static str),
+}
+
+/// Makes `kind` available to every recipe this process loads from now on.
+pub fn register<K: Kind>(kind: K) -> Result<(), RegisterError> {
+    let name = K::NAME;
+    if !is_kind_name(name) {
+        return Err(RegisterError::BadName(name));
+    }
+    if super::BUILTIN.iter().any(|k| k.name() == name) {
+        return Err(RegisterError::Builtin(name));
+    }
+    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    if registered.contains_key(name) {
+        return Err(RegisterError::Taken(name));
+    }
+    registered.insert(name, Arc::new(kind));
+    Ok(())
+}
+
+fn is_kind_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The kinds a program registered, sorted.
+pub fn registered() -> Vec<&'static str> {
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    registered.keys().copied().collect()
+}
+
+/// Every kind recipes may use: the built-ins in their order, then the registered ones.
+pub fn all() -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> = super::BUILTIN.iter().map(Builtin::name).collect();
+    kinds.extend(registered());
+    kinds
+}
+
+/// The stage variants of a recipe's JSON Schema, one a kind: its settings' schema with `kind`
+/// fixed, nested definitions left in `generator`.
+pub fn schema_variants(generator: &mut schemars::SchemaGenerator) -> Vec<Value> {
+    use serde_json::json;
+    let mut variants = Vec::new();
+    for name in all() {
+        let Some(kind) = lookup(name) else { continue };
+        let mut variant = kind
+            .settings_schema(generator)
+            .unwrap_or_else(|| json!({ "type": "object" }));
+        let Some(v) = variant.as_object_mut() else {
+            continue;
+        };
+        // A root schema carries its own definitions: they join the recipe's.
+        if let Some(Value::Object(defs)) = v.remove("$defs") {
+            let root = generator.definitions_mut();
+            for (name, def) in defs {
+                root.entry(name).or_insert(def);
+            }
+        }
+        v.remove("$schema");
+        v.remove("title");
+        let description = match kind.description() {
+            "" => format!("`{name}`: a stage kind this program registered."),
+            d => d.to_owned(),
+        };
+        v.insert("description".into(), description.into());
+        let props = v.entry("properties").or_insert_with(|| json!({}));
+        if let Some(p) = props.as_object_mut() {
+            p.insert("kind".into(), json!({ "const": name, "type": "string" }));
+        }
+        let required = v.entry("required").or_insert_with(|| json!([]));
+        if let Some(r) = required.as_array_mut() {
+            r.insert(0, "kind".into());
+        }
+        variants.push(variant);
+    }
+    variants
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_their_paths_and_wildcards() {
+        let models = InputSlot::new("models.*", &[ArtifactType::Model]);
+        assert!(models.matches("models.base"));
+        assert!(!models.matches("models"));
+        assert!(!models.matches("models.base.x"));
+        let data = InputSlot::new("replay.data", DATA_INPUT);
+        assert!(data.matches("replay.data"));
+        assert!(!data.matches("data"));
+    }
+
+    #[test]
+    fn values_are_found_under_patterns() {
+        let v = serde_json::json!({ "models": { "a": { "from": "x" }, "b": { "from": "y" } }, "reward": { "model": { "from": "rm" } }, "none": null });
+        let got: Vec<String> = at_slot(&v, "models.*")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(got, ["models.a", "models.b"]);
+        assert_eq!(at_slot(&v, "reward.model").len(), 1);
+        assert!(at_slot(&v, "none").is_empty());
+        assert!(at_slot(&v, "missing.deeper").is_empty());
+    }
+
+    #[test]
+    fn every_builtin_kind_has_a_plain_unique_name() {
+        let names: Vec<&str> = super::super::BUILTIN.iter().map(Builtin::name).collect();
+        for n in &names {
+            assert!(is_kind_name(n), "{n}");
+        }
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "{names:?}");
+    }
+}
