@@ -42,8 +42,7 @@ fn main() -> anyhow::Result<()> {
             alpha: 4.0,
             ..Default::default()
         };
-        let (mut adapted, _) =
-            lora::apply(model.model.backbone, &cfg, &device).map_err(anyhow::Error::msg)?;
+        let (mut adapted, _) = lora::apply(model.model.backbone, &cfg, &device)?;
         // A trained adapter has non-zero B; make the check meaningful.
         for (_, proj) in adapted.projections_mut() {
             if let Some(l) = proj.lora.as_mut() {

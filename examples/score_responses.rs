@@ -11,7 +11,7 @@ use std::path::Path;
 
 use hone::model::Model;
 use hone::recipe::types::PromptTemplate;
-use hone::stages::reward::{RewardText, score};
+use hone::stages::scoring::{RewardText, score};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -39,8 +39,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::copy(store.blob_path(&f.digest), dir.path().join(rel))?;
     }
 
-    let device =
-        hone::backend::device(hone::backend::BackendKind::Cpu).map_err(anyhow::Error::msg)?;
+    let device = hone::backend::device(hone::backend::BackendKind::Cpu)?;
     let hf = hone::model::load(dir.path(), &device)?;
     let tokenizer = hf
         .tokenizer

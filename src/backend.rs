@@ -45,15 +45,34 @@ impl BackendKind {
     }
 }
 
+/// Why a backend cannot be used: the one asked for is not compiled into this build of hone,
+/// or its name is not a backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// `cuda` asked for, but hone was built without the `cuda` feature.
+    #[error(
+        "backend `cuda` is not compiled into this hone: rebuild with `cargo build --release --features cuda`"
+    )]
+    CudaNotCompiled,
+    /// `wgpu` asked for, but hone was built without the `wgpu` feature.
+    #[error("backend `wgpu` is not compiled into this hone: rebuild with `--features wgpu`")]
+    WgpuNotCompiled,
+    /// A device was asked of a backend this build has no device for.
+    #[error(
+        "backend `{}` is not compiled into this hone (cargo features `wgpu`, `cuda`)",
+        .kind.name()
+    )]
+    NoDevice { kind: BackendKind },
+    /// A backend name that is none of `auto`, `cpu`, `wgpu`, `cuda`.
+    #[error("unknown backend `{0}` (auto, cpu, wgpu, cuda)")]
+    Unknown(String),
+}
+
 /// Whether `choice` can work in this build, with what to do if not.
-pub fn check_available(choice: BackendChoice) -> Result<(), String> {
+pub fn check_available(choice: BackendChoice) -> Result<(), BackendError> {
     match choice {
-        BackendChoice::Cuda if !cfg!(feature = "cuda") => {
-            Err("backend `cuda` is not compiled into this hone: rebuild with `cargo build --release --features cuda`".into())
-        }
-        BackendChoice::Wgpu if !cfg!(feature = "wgpu") => {
-            Err("backend `wgpu` is not compiled into this hone: rebuild with `--features wgpu`".into())
-        }
+        BackendChoice::Cuda if !cfg!(feature = "cuda") => Err(BackendError::CudaNotCompiled),
+        BackendChoice::Wgpu if !cfg!(feature = "wgpu") => Err(BackendError::WgpuNotCompiled),
         _ => Ok(()),
     }
 }
@@ -71,7 +90,7 @@ pub fn resolve(choice: BackendChoice) -> BackendKind {
 }
 
 /// The burn device of a backend (the plain device; training takes `.autodiff()` of it).
-pub fn device(kind: BackendKind) -> Result<burn::tensor::Device, String> {
+pub fn device(kind: BackendKind) -> Result<burn::tensor::Device, BackendError> {
     match kind {
         BackendKind::Cpu => {
             init_cpu();
@@ -84,22 +103,19 @@ pub fn device(kind: BackendKind) -> Result<burn::tensor::Device, String> {
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Ok(burn::tensor::Device::cuda(0)),
         #[allow(unreachable_patterns)]
-        other => Err(format!(
-            "backend `{}` is not compiled into this hone (cargo features `wgpu`, `cuda`)",
-            other.name()
-        )),
+        other => Err(BackendError::NoDevice { kind: other }),
     }
 }
 
 impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, BackendError> {
         match s {
             "auto" => Ok(BackendChoice::Auto),
             "cpu" => Ok(BackendChoice::Cpu),
             "wgpu" => Ok(BackendChoice::Wgpu),
             "cuda" => Ok(BackendChoice::Cuda),
-            _ => Err(format!("unknown backend `{s}` (auto, cpu, wgpu, cuda)")),
+            _ => Err(BackendError::Unknown(s.to_owned())),
         }
     }
 }

@@ -42,9 +42,8 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
-    crate::backend::check_available(args.backend).map_err(anyhow::Error::msg)?;
-    let device = crate::backend::device(crate::backend::resolve(args.backend))
-        .map_err(anyhow::Error::msg)?;
+    crate::backend::check_available(args.backend)?;
+    let device = crate::backend::device(crate::backend::resolve(args.backend))?;
     let at = super::artifact::resolve_model(&args.model, None)?;
     let model = crate::model::load(&at.path, &device)
         .with_context(|| format!("cannot load {}", at.label))?;
@@ -66,7 +65,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let format = at
         .template
         .as_ref()
-        .map(|t| crate::stages::sft::Format::new(t, model.chat_template.as_deref()));
+        .map(|t| crate::stages::conversation::Format::new(t, model.chat_template.as_deref()));
     let template = model.chat();
     let mut prompts = Vec::new();
     for p in &args.prompt {
@@ -78,12 +77,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         let ids = match &format {
             _ if args.raw => encode(tokenizer, p)?,
             Some(f) => f.encode_conversation_prompt(tokenizer, &messages)?,
-            None => encode(
-                tokenizer,
-                &template
-                    .render(&messages, true)
-                    .map_err(anyhow::Error::msg)?,
-            )?,
+            None => encode(tokenizer, &template.render(&messages, true)?)?,
         };
         prompts.push(ids);
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::model::Model;
-use crate::stages::reward::{RewardText, score};
+use crate::stages::scoring::{RewardText, score};
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
@@ -32,8 +32,7 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<ExitCode> {
-    let device =
-        crate::backend::device(crate::backend::BackendKind::Cpu).map_err(anyhow::Error::msg)?;
+    let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
     let at = super::artifact::resolve_model(&args.model, args.store.as_deref())?;
     let loaded = crate::model::load(&at.path, &device)
         .with_context(|| format!("cannot load {}", at.label))?;
@@ -50,7 +49,7 @@ pub fn run(args: &ScoreArgs) -> Result<ExitCode> {
     let template: crate::recipe::types::PromptTemplate = match &args.template {
         Some(t) => serde_json::from_value(serde_json::Value::String(t.clone()))
             .map_err(|e| anyhow::anyhow!("--template: {e}"))?,
-        None => crate::stages::reward::trained_template(&loaded.config),
+        None => crate::stages::scoring::trained_template(&loaded.config),
     };
     let text = RewardText::new(
         &loaded.model.backbone,
@@ -72,7 +71,7 @@ pub fn run(args: &ScoreArgs) -> Result<ExitCode> {
     };
     let scores = score(&model, &batch)
         .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut ranked: Vec<(f32, &String)> = scores.into_iter().zip(&args.response).collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     for (s, r) in ranked {

@@ -22,6 +22,21 @@ impl Message {
 /// ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt `<|im_start|>assistant\n`.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Why a chat template cannot turn messages into a prompt: the template does not parse, or
+/// rendering it fails (a `raise_exception` in the template, a method it cannot call).
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The template's Jinja source does not parse.
+    #[error("invalid chat template: {0}")]
+    Invalid(minijinja::Error),
+    /// The parsed template cannot be looked up again.
+    #[error("{0}")]
+    Lookup(minijinja::Error),
+    /// Rendering the messages failed.
+    #[error("cannot render chat template: {0}")]
+    Render(minijinja::Error),
+}
+
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     pub source: String,
@@ -50,7 +65,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, ChatError> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -60,15 +75,15 @@ impl ChatTemplate {
             },
         );
         env.add_template("chat", &self.source)
-            .map_err(|e| format!("invalid chat template: {e}"))?;
-        let tmpl = env.get_template("chat").map_err(|e| e.to_string())?;
+            .map_err(ChatError::Invalid)?;
+        let tmpl = env.get_template("chat").map_err(ChatError::Lookup)?;
         tmpl.render(minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
         })
-        .map_err(|e| format!("cannot render chat template: {e}"))
+        .map_err(ChatError::Render)
     }
 }
 
@@ -105,6 +120,7 @@ mod tests {
         assert!(
             t.render(&[Message::new("bad", "x")], false)
                 .unwrap_err()
+                .to_string()
                 .contains("no")
         );
     }

@@ -401,6 +401,12 @@ pub fn load_llama(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    // Head counts divide the projections (un-permuting q/k rows below): a file that says 0
+    // heads, or heads that do not group, is an error here rather than a crash there.
+    cfg.check().map_err(|e| ModelError::BadGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let mut tensors = HashMap::new();
     for info in &g.tensors {
         let (shape, mut values) = g.tensor(info)?;

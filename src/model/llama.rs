@@ -51,6 +51,19 @@ pub struct RopeParameters {
     pub rope_type: Option<String>,
 }
 
+/// A `config.json` whose Llama settings hone cannot run: a rotary scaling it does not
+/// implement, no attention heads, or attention heads that do not group evenly over the
+/// key/value heads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LlamaConfigError {
+    #[error("rotary scaling `{0}` is not supported yet (only the default rotary embedding)")]
+    UnsupportedRopeScaling(String),
+    #[error("num_attention_heads must be at least 1")]
+    NoHeads,
+    #[error("num_attention_heads must be a multiple of num_key_value_heads")]
+    UngroupedHeads,
+}
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -73,8 +86,9 @@ impl LlamaConfig {
             .or(self.rope_theta)
             .unwrap_or(10_000.0)
     }
-    /// Rotary scaling hone implements: none ("default").
-    pub fn check(&self) -> Result<(), String> {
+    /// Rotary scaling hone implements: none ("default"); at least one attention head, in
+    /// groups of equal size per key/value head.
+    pub fn check(&self) -> Result<(), LlamaConfigError> {
         let kind = self
             .rope_parameters
             .as_ref()
@@ -89,13 +103,14 @@ impl LlamaConfig {
         match kind.as_deref() {
             None | Some("default") => {}
             Some(other) => {
-                return Err(format!(
-                    "rotary scaling `{other}` is not supported yet (only the default rotary embedding)"
-                ));
+                return Err(LlamaConfigError::UnsupportedRopeScaling(other.to_owned()));
             }
         }
+        if self.num_attention_heads == 0 {
+            return Err(LlamaConfigError::NoHeads);
+        }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
-            return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
+            return Err(LlamaConfigError::UngroupedHeads);
         }
         Ok(())
     }

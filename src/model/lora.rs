@@ -126,13 +126,37 @@ fn targeted(path: &str, targets: &[String]) -> bool {
         .any(|t| path == t || path.ends_with(&format!(".{t}")))
 }
 
+/// Why LoRA adapters cannot be added to a model: a setting is out of range, or
+/// `target_modules` names no module of the model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoraError {
+    #[error("LoRA rank `r` must be at least 1")]
+    ZeroRank,
+    #[error("LoRA `dropout` must be at least 0 and below 1, got {0}")]
+    Dropout(f64),
+    #[error(
+        "no module matches target_modules {targets:?}; this model has: {}",
+        .available.join(", ")
+    )]
+    NoTargetMatch {
+        targets: Vec<String>,
+        /// The model's projection names (last path component), sorted, without repeats.
+        available: Vec<String>,
+    },
+}
+
+/// Whether `p` is a dropout probability burn accepts (it panics on any other).
+fn valid_dropout(p: f64) -> bool {
+    (0.0..1.0).contains(&p)
+}
+
 /// Adds fresh adapters to the targeted projections and freezes everything else of the
 /// backbone. Returns the backbone and the adapted module paths.
 pub fn apply(
     backbone: super::Backbone,
     cfg: &LoraConfig,
     device: &Device,
-) -> Result<(super::Backbone, Vec<String>), String> {
+) -> Result<(super::Backbone, Vec<String>), LoraError> {
     let targets: Vec<String> = match &cfg.target_modules {
         Some(t) => t.clone(),
         None => default_targets(backbone.family())
@@ -141,7 +165,10 @@ pub fn apply(
             .collect(),
     };
     if cfg.r == 0 {
-        return Err("LoRA rank `r` must be at least 1".into());
+        return Err(LoraError::ZeroRank);
+    }
+    if !valid_dropout(cfg.dropout) {
+        return Err(LoraError::Dropout(cfg.dropout));
     }
     let mut backbone = backbone.no_grad();
     let mut adapted = Vec::new();
@@ -157,10 +184,10 @@ pub fn apply(
     if adapted.is_empty() {
         names.sort();
         names.dedup();
-        return Err(format!(
-            "no module matches target_modules {targets:?}; this model has: {}",
-            names.join(", ")
-        ));
+        return Err(LoraError::NoTargetMatch {
+            targets,
+            available: names,
+        });
     }
     Ok((backbone, adapted))
 }
@@ -295,6 +322,15 @@ pub fn load_peft(
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
     };
+    if !valid_dropout(cfg.dropout) {
+        return Err(super::ModelError::BadConfig {
+            path: cfg_path,
+            reason: format!(
+                "`lora_dropout` must be at least 0 and below 1, got {}",
+                cfg.dropout
+            ),
+        });
+    }
     let mut w = super::weights::WeightMap::from_safetensors(
         &dir.join("adapter_model.safetensors"),
         device,

@@ -194,27 +194,36 @@ pub struct HfModel {
     pub unused_weights: Vec<String>,
 }
 
+/// End of text: separates documents and ends every training sequence of hone's own tokenizers.
+pub const EOS: &str = "<|endoftext|>";
+
+/// The one rule for the tokens that end a generated answer: the config's `eos_token_id` (one
+/// id or several), end-of-text and ChatML's end of turn where the tokenizer has them.
+pub fn stop_tokens(
+    config: &serde_json::Value,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Vec<u32> {
+    let mut stops: Vec<u32> = match &config["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|v| v as u32).into_iter().collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(t) = tokenizer {
+        stops.extend([EOS, "<|im_end|>"].iter().filter_map(|s| t.token_to_id(s)));
+    }
+    stops.sort_unstable();
+    stops.dedup();
+    stops
+}
+
 impl HfModel {
-    /// Token ids that end a reply: `eos_token_id` (one or several) and `<|im_end|>` if known.
+    /// Token ids that end a reply (see [`stop_tokens`]).
     pub fn stop_tokens(&self) -> Vec<u32> {
-        let mut out: Vec<u32> = match &self.config["eos_token_id"] {
-            serde_json::Value::Number(n) => n.as_u64().map(|v| v as u32).into_iter().collect(),
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as u32)
-                .collect(),
-            _ => Vec::new(),
-        };
-        if let Some(id) = self
-            .tokenizer
-            .as_ref()
-            .and_then(|t| t.token_to_id("<|im_end|>"))
-            && !out.contains(&id)
-        {
-            out.push(id);
-        }
-        out
+        stop_tokens(&self.config, self.tokenizer.as_ref())
     }
 
     /// The model's chat template, or ChatML when it ships none.
@@ -300,7 +309,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
         Family::Llama => {
             let c: llama::LlamaConfig =
                 serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
-            c.check().map_err(parse)?;
+            c.check().map_err(|e| parse(e.to_string()))?;
             Backbone::Llama(llama::Llama::from_weights(&c, &mut weights)?)
         }
         Family::Bert => {
@@ -415,4 +424,29 @@ pub fn save_hf_dir(
             .map_err(|e| anyhow::anyhow!("cannot save tokenizer: {e}"))?;
     }
     Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_tokens_take_one_or_several_eos_ids_and_the_end_tokens_the_tokenizer_knows() {
+        use tokenizers::models::wordlevel::WordLevel;
+        let vocab = [("a", 0), (EOS, 1), ("<|im_end|>", 2)]
+            .into_iter()
+            .map(|(t, i)| (t.to_owned(), i))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("a".into())
+            .build()
+            .unwrap();
+        let tok = tokenizers::Tokenizer::new(model);
+        let one = serde_json::json!({ "eos_token_id": 7 });
+        assert_eq!(stop_tokens(&one, Some(&tok)), [1, 2, 7]);
+        let several = serde_json::json!({ "eos_token_id": [9, 1] });
+        assert_eq!(stop_tokens(&several, None), [1, 9]);
+        assert_eq!(stop_tokens(&serde_json::json!({}), Some(&tok)), [1, 2]);
+    }
 }

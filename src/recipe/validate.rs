@@ -22,8 +22,8 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             .help("this hone reads `version: 1`"),
         );
     }
-    if let Err(msg) = backend::check_available(recipe.header.backend) {
-        diags.push(Diagnostic::new(msg).at(recipe.value_location("backend")));
+    if let Err(e) = backend::check_available(recipe.header.backend) {
+        diags.push(Diagnostic::new(e.to_string()).at(recipe.value_location("backend")));
     }
     for stage in &recipe.stages {
         let at = join("stages", &stage.name);

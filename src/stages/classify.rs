@@ -10,7 +10,7 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use super::pretrain::{LoadedModel, load_model_input};
+use super::model_input::{LoadedModel, load_model_input};
 use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
 use crate::model::{Model, lora, save_hf_dir};

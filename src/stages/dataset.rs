@@ -9,13 +9,10 @@ use super::StageResult;
 use super::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
-use crate::data::table::{self, Row, Table};
+use crate::data::table::{Row, Table};
 use crate::recipe::types::{DatasetRole, DatasetSpec, MissingPolicy, OnLeak};
-use crate::stages::context::{ArtifactView, StageContext};
+use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
-
-/// The file each split output holds.
-pub use crate::data::table::TABLE_FILE;
 
 /// `kind: dataset`.
 #[derive(Default)]
@@ -172,7 +169,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
     }
     for (name, view) in &ctx.checked_against {
-        let eval = read_artifact(view, MissingPolicy::Null)?;
+        let eval = super::read_artifact(view, MissingPolicy::Null)?;
         let cols: Vec<String> = key_columns
             .iter()
             .filter(|c| eval.column(c).is_some())
@@ -291,36 +288,4 @@ fn row_keys(t: &Table, columns: &[String]) -> Result<Vec<Key>> {
             }
         })
         .collect())
-}
-
-/// The rows of an upstream dataset artifact: its selected splits, concatenated in order.
-pub fn read_artifact(view: &ArtifactView, missing: MissingPolicy) -> Result<Table> {
-    let mut out: Option<Table> = None;
-    // Dataset splits in their order; any other table output (a `generate` stage's
-    // `responses`) as it is.
-    let standard = ["train", "validation", "test"];
-    let names: Vec<&str> = if view.outputs.keys().any(|k| standard.contains(&k.as_str())) {
-        standard.to_vec()
-    } else {
-        view.outputs.keys().map(String::as_str).collect()
-    };
-    for split in names {
-        let Some(o) = view.outputs.get(split) else {
-            continue;
-        };
-        let Some(path) = o.files.get(TABLE_FILE) else {
-            bail!("`{}` has no {TABLE_FILE} in output `{split}`", view.label)
-        };
-        let t = table::read_parquet(path, &format!("{}.{split}", view.label), missing)?;
-        match &mut out {
-            None => out = Some(t),
-            Some(acc) => {
-                if acc.columns != t.columns {
-                    bail!("splits of `{}` have different columns", view.label);
-                }
-                acc.rows.extend(t.rows);
-            }
-        }
-    }
-    out.ok_or_else(|| anyhow::anyhow!("`{}` has no dataset splits", view.label))
 }

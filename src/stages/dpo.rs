@@ -14,9 +14,9 @@ use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
 
+use super::conversation::{Format, eos_token, one_turn, tokenize_conversations, truncate};
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
-use super::pretrain::{LoadedModel, load_checkpoint};
-use super::sft::{Format, eos_token, one_turn, tokenize_conversations, truncate};
+use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
@@ -315,7 +315,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 let (lp, _) = sequence_logps(m, &lm_batch(chunk, &infer_device));
                 out.extend(
                     lp.try_into_vec_as::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
                 );
             }
             Ok(out)
@@ -389,9 +389,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ..
     } = policy;
     let (backbone, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => {
-            lora::apply(backbone, cfg, &device).map_err(anyhow::Error::msg)?
-        }
+        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
         None => (backbone, Vec::new()),
     };
     let (trained, summary, _) = if spec.kto {

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde_json::{Value, json};
 
+use super::conversation::{Format, encode_conversations, eos_token, exact_match, one_turn};
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
-use super::pretrain::{LoadedModel, load_checkpoint};
-use super::sft::{Format, encode_conversations, eos_token, exact_match, one_turn};
+use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::Model;
@@ -255,7 +255,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             ctx.progress.set_message(format!("{name}: perplexity"));
             let eos = eos_token(&m.tokenizer, &m.config);
             let batches =
-                super::pretrain::batches(&m.tokenizer, texts, eos, cfg.max_length, 8, &device)?;
+                super::batches::batches(&m.tokenizer, texts, eos, cfg.max_length, 8, &device)?;
             let nll = evaluate(&m.backbone, &CausalLm, &batches);
             scores.push(("perplexity".into(), nll.exp()));
             scores.push(("token_accuracy".into(), token_accuracy(&m, &batches)));

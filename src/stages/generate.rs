@@ -4,9 +4,9 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+use super::conversation::Format;
 use super::kind::{self, DATA_INPUT, InputSlot, Kind};
-use super::pretrain::{LoadedModel, load_model_input};
-use super::sft::Format;
+use super::model_input::{LoadedModel, load_model_input};
 use super::{StageResult, read_table, texts_of};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::sampling::generate;

@@ -16,12 +16,12 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::StageResult;
+use super::conversation::Format;
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
-use super::sft::Format;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, lora};
 use crate::recipe::types::PromptTemplate;
@@ -239,9 +239,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let before = mean_reward(&backbone.valid(), &answering, measured, &scorer, 1)?;
     let reference = (spec.beta > 0.0).then(|| backbone.valid());
     let (backbone, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => {
-            lora::apply(backbone, cfg, &device).map_err(anyhow::Error::msg)?
-        }
+        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
         None => (backbone, Vec::new()),
     };
     let objective = Grpo {

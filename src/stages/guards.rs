@@ -112,7 +112,7 @@ impl Probe {
         if !model.is_decoder() {
             bail!("a forgetting probe measures perplexity: it needs a decoder");
         }
-        let batches = super::pretrain::batches(tokenizer, &texts, eos, cfg.max_length, 8, device)?;
+        let batches = super::batches::batches(tokenizer, &texts, eos, cfg.max_length, 8, device)?;
         let before = evaluate(model, &CausalLm, &batches).exp();
         Ok(Probe {
             batches,

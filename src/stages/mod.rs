@@ -2,8 +2,11 @@
 //! implements and [`BUILTIN`] the list of built-in kinds; [`context`] is what a running stage
 //! gets.
 
+pub mod batches;
 pub mod classify;
+pub mod concat;
 pub mod context;
+pub mod conversation;
 pub mod dataset;
 pub mod dpo;
 pub mod evaluate;
@@ -12,21 +15,27 @@ pub mod generate;
 pub mod grpo;
 pub mod guards;
 pub mod kind;
+pub mod model_input;
 pub mod ppo;
 pub mod pretrain;
 pub mod reward;
 pub mod rollout;
+pub mod scoring;
 pub mod sft;
 pub mod tokenizer;
 
 pub use crate::store::{ArtifactType, ProducedOutput};
 pub use kind::{DATA_INPUT, InputSlot, Kind, Problem, StageResult, StageSpec};
 
+use anyhow::bail;
 use kind::Builtin;
+
+use crate::data::table::{self, TABLE_FILE, Table};
 
 /// The built-in stage kinds. A new kind is a file in this directory and one line here.
 pub const BUILTIN: &[Builtin] = &[
     Builtin::of::<dataset::DatasetKind>(),
+    Builtin::of::<concat::ConcatKind>(),
     Builtin::of::<tokenizer::TokenizerKind>(),
     Builtin::of::<pretrain::PretrainKind>(),
     Builtin::of::<sft::SftKind>(),
@@ -60,7 +69,7 @@ pub fn train_problem(train: &crate::train::trainer::TrainConfig) -> Option<Probl
     })
 }
 
-/// A LoRA rank of 0 trains nothing.
+/// A LoRA rank of 0 trains nothing; dropout is a probability below 1.
 pub fn lora_problem(peft: &Option<crate::recipe::types::PeftSpec>) -> Option<Problem> {
     match peft {
         Some(crate::recipe::types::PeftSpec::Lora(l)) if l.r == 0 => {
@@ -115,7 +124,7 @@ pub fn read_table(
                 .unwrap_or(FileFormat::Jsonl);
             crate::data::table::read_file(path, label, format, missing)
         }
-        ResolvedInput::Artifact(view) => dataset::read_artifact(view, missing),
+        ResolvedInput::Artifact(view) => read_artifact(view, missing),
     }
 }
 
@@ -154,7 +163,42 @@ pub fn read_split(
         label: view.label.clone(),
         outputs: [(split.to_owned(), out.clone())].into_iter().collect(),
     };
-    dataset::read_artifact(&sub, crate::recipe::types::MissingPolicy::Null).map(Some)
+    read_artifact(&sub, crate::recipe::types::MissingPolicy::Null).map(Some)
+}
+
+/// The rows of an upstream dataset artifact: its selected splits, concatenated in order.
+pub fn read_artifact(
+    view: &crate::stages::context::ArtifactView,
+    missing: crate::recipe::types::MissingPolicy,
+) -> anyhow::Result<crate::data::table::Table> {
+    let mut out: Option<Table> = None;
+    // Dataset splits in their order; any other table output (a `generate` stage's
+    // `responses`) as it is.
+    let standard = ["train", "validation", "test"];
+    let names: Vec<&str> = if view.outputs.keys().any(|k| standard.contains(&k.as_str())) {
+        standard.to_vec()
+    } else {
+        view.outputs.keys().map(String::as_str).collect()
+    };
+    for split in names {
+        let Some(o) = view.outputs.get(split) else {
+            continue;
+        };
+        let Some(path) = o.files.get(TABLE_FILE) else {
+            bail!("`{}` has no {TABLE_FILE} in output `{split}`", view.label)
+        };
+        let t = table::read_parquet(path, &format!("{}.{split}", view.label), missing)?;
+        match &mut out {
+            None => out = Some(t),
+            Some(acc) => {
+                if acc.columns != t.columns {
+                    bail!("splits of `{}` have different columns", view.label);
+                }
+                acc.rows.extend(t.rows);
+            }
+        }
+    }
+    out.ok_or_else(|| anyhow::anyhow!("`{}` has no dataset splits", view.label))
 }
 
 /// Runs the shared trainer with the stage's progress bar, checkpoints and metrics log: each
@@ -277,8 +321,7 @@ pub fn with_peft(
 ) -> anyhow::Result<crate::model::Model> {
     match peft {
         Some(crate::recipe::types::PeftSpec::Lora(cfg)) => {
-            let (backbone, _) = crate::model::lora::apply(model.backbone, cfg, device)
-                .map_err(anyhow::Error::msg)?;
+            let (backbone, _) = crate::model::lora::apply(model.backbone, cfg, device)?;
             Ok(crate::model::Model {
                 backbone,
                 score: model.score,
@@ -322,7 +365,7 @@ pub fn stage_device(
     ctx: &crate::stages::context::StageContext,
     autodiff: bool,
 ) -> anyhow::Result<burn::tensor::Device> {
-    let device = crate::backend::device(ctx.backend).map_err(anyhow::Error::msg)?;
+    let device = crate::backend::device(ctx.backend)?;
     device.seed(ctx.seed);
     Ok(if autodiff { device.autodiff() } else { device })
 }

@@ -24,13 +24,13 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::StageResult;
+use super::conversation::Format;
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
-use super::pretrain::load_checkpoint;
+use super::model_input::load_checkpoint;
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
-use super::sft::Format;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model, lora};
 use crate::recipe::types::PromptTemplate;
@@ -410,9 +410,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let before = mean_reward(&reference, &answering, measured, &scorer, SAMPLES)?;
 
     let (policy, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => {
-            lora::apply(backbone, cfg, &device).map_err(anyhow::Error::msg)?
-        }
+        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
         None => (backbone, Vec::new()),
     };
     let objective = Ppo {

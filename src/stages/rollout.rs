@@ -5,9 +5,9 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use tokenizers::Tokenizer;
 
-use super::pretrain::{LoadedModel, load_checkpoint};
-use super::reward::{RewardText, score};
-use super::sft::Format;
+use super::conversation::Format;
+use super::model_input::{LoadedModel, load_checkpoint};
+use super::scoring::{RewardText, score};
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::model::sampling::{SamplingConfig, generate};
@@ -85,7 +85,7 @@ impl Scorer {
                     &tokenizer,
                     &config,
                     chat_template.as_deref(),
-                    &super::reward::trained_template(&config),
+                    &super::scoring::trained_template(&config),
                     512,
                 );
                 Some((
@@ -123,7 +123,7 @@ impl Scorer {
                 let batch = text.batch(tok, &pairs, &self.device)?;
                 let s = score(model, &batch)
                     .try_into_vec_as::<f32>()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 for (o, v) in out.iter_mut().zip(s) {
                     *o += v as f64;
                 }

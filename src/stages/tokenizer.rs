@@ -2,8 +2,6 @@
 //! unknown token) on a dataset's text column, or takes a checkpoint's tokenizer. Output:
 //! `tokenizer/tokenizer.json`, loadable by HF `tokenizers` and transformers.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tokenizers::models::TrainerWrapper;
@@ -12,12 +10,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use super::model_input::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult};
 use crate::recipe::types::{TokenizerAlgorithm, TokenizerSpec};
-use crate::stages::context::{ResolvedInput, StageContext};
-
-/// End of text: separates documents and ends every training sequence.
-pub const EOS: &str = "<|endoftext|>";
+use crate::stages::context::StageContext;
 
 /// `kind: tokenizer`.
 #[derive(Default)]
@@ -25,6 +21,7 @@ pub struct TokenizerKind;
 
 /// Text to train on.
 const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
+
 /// A checkpoint whose tokenizer is taken as it is.
 const FROM_MODEL: InputSlot = InputSlot::new("from_model", &[ArtifactType::Model]);
 
@@ -218,32 +215,4 @@ pub fn train_wordpiece(
         .build()?;
     tokenizer.with_post_processor(Some(post));
     Ok(tokenizer)
-}
-
-/// The tokenizer of a checkpoint or tokenizer artifact: an HF directory, a `tokenizer.json`,
-/// a `.gguf` file, or a stage's `tokenizer`/`model` output.
-pub fn load_tokenizer(input: &ResolvedInput) -> Result<Tokenizer> {
-    let from_file = |p: &Path| -> Result<Tokenizer> { Ok(crate::model::load_tokenizer_file(p)?) };
-    match input {
-        ResolvedInput::File { path, label, .. } => {
-            if path.is_dir() {
-                from_file(&path.join("tokenizer.json"))
-                    .with_context(|| format!("{label} has no tokenizer.json"))
-            } else if path.extension().is_some_and(|e| e == "gguf") {
-                let device = crate::backend::device(crate::backend::BackendKind::Cpu)
-                    .map_err(anyhow::Error::msg)?;
-                crate::model::load(path, &device)?
-                    .tokenizer
-                    .with_context(|| format!("{label} carries no tokenizer"))
-            } else {
-                from_file(path)
-            }
-        }
-        ResolvedInput::Artifact(view) => {
-            let file = view
-                .file(None, "tokenizer.json")
-                .with_context(|| format!("`{}` has no tokenizer.json", view.label))?;
-            from_file(file)
-        }
-    }
 }

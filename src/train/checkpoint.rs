@@ -198,7 +198,7 @@ impl Checkpointing {
         }
         optim
             .save(next.join("optim.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot save the optimizer state: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot save the optimizer state: {e}"))?;
         let mut f = fs::File::create(next.join("state.json"))?;
         f.write_all(serde_json::to_string(state)?.as_bytes())?;
         f.sync_all()?;
@@ -247,7 +247,7 @@ impl Checkpointing {
         let model = restore(model, &dir.join("params.bin"))?;
         let optim = optim
             .load(dir.join("optim.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", dir.display()))?;
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", dir.display()))?;
         Ok(Some(Loaded {
             model,
             optim,

@@ -1,0 +1,453 @@
+//! Conversations as a model sees them: a prompt template turns turns into text (the prompt a
+//! model answers, and the pieces of a training example with the assistant's text marked as
+//! the target), then tokens, cut to a length and batched. Shared by every stage that trains or
+//! prompts a chat model (sft, dpo, reward, grpo, ppo, generate, evaluate).
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use tokenizers::Tokenizer;
+
+use super::model_input::EOS;
+use crate::data::leakage::normalize;
+use crate::data::tokenized::Encoded;
+use crate::model::Backbone;
+use crate::model::chat::{ChatTemplate, Message};
+use crate::model::sampling::{SamplingConfig, generate};
+use crate::recipe::types::{NamedTemplate, PromptTemplate, Truncation};
+use crate::train::objectives::LmBatch;
+
+/// Conversations (a prompt/response pair is a one-turn conversation).
+pub type Conversations = Vec<Vec<Message>>;
+
+/// Turns conversations into text: the prompt a model answers, and the pieces of a training
+/// example with the assistant's text marked as the target.
+pub struct Format {
+    template: Option<ChatTemplate>,
+    /// The text that ends an answer (ChatML's end of turn); generation is cut there.
+    end: Option<String>,
+}
+
+/// A stretch of an example's text and whether the loss covers it.
+pub(crate) type Piece = (String, bool);
+
+impl Format {
+    pub(crate) fn new(t: &PromptTemplate, model_template: Option<&str>) -> Format {
+        let chatml = || Format {
+            template: Some(ChatTemplate::chatml()),
+            end: Some("<|im_end|>".into()),
+        };
+        match t {
+            PromptTemplate::Named(NamedTemplate::Plain) => Format {
+                template: None,
+                end: None,
+            },
+            PromptTemplate::Named(NamedTemplate::Model) => match model_template {
+                Some(src) => Format {
+                    template: Some(ChatTemplate::new(src, "", "")),
+                    end: Some("<|im_end|>".into()),
+                },
+                None => chatml(),
+            },
+            PromptTemplate::Named(NamedTemplate::Chatml) => chatml(),
+            PromptTemplate::Custom(c) => Format {
+                template: Some(ChatTemplate::new(&c.jinja, &c.bos_token, &c.eos_token)),
+                end: c.end_of_turn.clone(),
+            },
+        }
+    }
+
+    /// Whether the format ends answers with the end-of-text token (plain text has no other
+    /// end marker).
+    pub(crate) fn plain(&self) -> bool {
+        self.template.is_none()
+    }
+
+    /// The token ids of a formatted one-turn prompt.
+    pub(crate) fn encode_prompt(&self, tok: &Tokenizer, p: &str) -> Result<Vec<u32>> {
+        self.encode_conversation_prompt(tok, &[Message::new("user", p)])
+    }
+
+    /// The token ids of the prompt that asks for the next assistant turn after `history`.
+    pub(crate) fn encode_conversation_prompt(
+        &self,
+        tok: &Tokenizer,
+        history: &[Message],
+    ) -> Result<Vec<u32>> {
+        encode(tok, &self.prompt(history)?)
+    }
+
+    fn prompt(&self, history: &[Message]) -> Result<String> {
+        match &self.template {
+            None => Ok(history.iter().map(|m| format!("{}\n", m.content)).collect()),
+            Some(t) => Ok(t.render(history, true)?),
+        }
+    }
+
+    /// The conversation as pieces, the assistant turns marked as targets. With a chat
+    /// template, an assistant turn is what rendering it adds after the generation prompt (its
+    /// end-of-turn marker included), so training sees exactly what inference will.
+    pub(crate) fn pieces(&self, conv: &[Message]) -> Result<Vec<Piece>> {
+        let Some(t) = &self.template else {
+            return Ok(conv
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let assistant = m.role == "assistant";
+                    let last = i + 1 == conv.len();
+                    let sep = if assistant && last { "" } else { "\n" };
+                    (format!("{}{sep}", m.content), assistant)
+                })
+                .collect());
+        };
+        let render = |msgs: &[Message], generation| t.render(msgs, generation);
+        let mut out = Vec::new();
+        let mut done = String::new();
+        for i in 0..conv.len() {
+            if conv[i].role != "assistant" {
+                continue;
+            }
+            let before = render(&conv[..i], true)?;
+            let after = render(&conv[..=i], false)?;
+            let (Some(context), Some(answer)) =
+                (before.strip_prefix(&done), after.strip_prefix(&before))
+            else {
+                bail!(
+                    "the chat template does not render conversations incrementally (turn {} changes the text before it), so the assistant's tokens cannot be found",
+                    i + 1
+                );
+            };
+            out.push((context.to_owned(), false));
+            out.push((answer.to_owned(), true));
+            done = after;
+        }
+        Ok(out)
+    }
+
+    /// A generated answer up to the end-of-turn marker.
+    pub(crate) fn answer<'a>(&self, generated: &'a str) -> &'a str {
+        match &self.end {
+            Some(end) => generated.split(end.as_str()).next().unwrap_or(generated),
+            None => generated,
+        }
+    }
+}
+
+fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+        .get_ids()
+        .to_vec())
+}
+
+/// A prompt/response pair as a conversation.
+pub(crate) fn one_turn(prompt: &str, response: &str) -> Vec<Message> {
+    vec![
+        Message::new("user", prompt),
+        Message::new("assistant", response),
+    ]
+}
+
+/// An OpenAI-style message list: `[{ "role": "user", "content": "..." }, ...]`, with at least
+/// one assistant turn.
+pub(crate) fn parse_messages(v: &serde_json::Value) -> Result<Vec<Message>> {
+    let messages: Vec<Message> = serde_json::from_value(v.clone())
+        .map_err(|e| anyhow::anyhow!("expected a list of {{ role, content }} objects ({e})"))?;
+    if let Some(m) = messages
+        .iter()
+        .find(|m| !["system", "user", "assistant", "tool"].contains(&m.role.as_str()))
+    {
+        bail!(
+            "unknown role `{}` (roles: system, user, assistant, tool)",
+            m.role
+        );
+    }
+    if !messages.iter().any(|m| m.role == "assistant") {
+        bail!("the conversation has no assistant turn to learn from");
+    }
+    Ok(messages)
+}
+
+/// The end-of-text token appended to training texts: the tokenizer's `<|endoftext|>`, else the
+/// config's `eos_token_id`.
+pub(crate) fn eos_token(tok: &Tokenizer, config: &serde_json::Value) -> Option<u32> {
+    tok.token_to_id(EOS)
+        .or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32))
+}
+
+/// Batches whose targets are the assistant's tokens (and, for plain text, the end-of-text
+/// token after the last answer).
+pub(crate) fn encode_conversations(
+    tok: &Tokenizer,
+    format: &Format,
+    convs: &[Vec<Message>],
+    eos: Option<u32>,
+    max_len: usize,
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<LmBatch>> {
+    let (encoded, _) = truncate(
+        tokenize_conversations(tok, format, convs, eos)?,
+        max_len,
+        Truncation::End,
+    );
+    Ok(conversation_batches(&encoded, batch, device))
+}
+
+/// Each conversation's tokens with the assistant's marked as targets, whole. Each piece is
+/// tokenized on its own, so a target never shares a token with its context.
+pub(crate) fn tokenize_conversations(
+    tok: &Tokenizer,
+    format: &Format,
+    convs: &[Vec<Message>],
+    eos: Option<u32>,
+) -> Result<Vec<Encoded>> {
+    let mut out = Vec::with_capacity(convs.len());
+    for conv in convs {
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        for (text, is_target) in format.pieces(conv)? {
+            let piece = encode(tok, &text)?;
+            targets.extend(std::iter::repeat_n(is_target, piece.len()));
+            ids.extend(piece);
+        }
+        if format.plain() && targets.last() == Some(&true) {
+            ids.extend(eos);
+            targets.extend(eos.map(|_| true));
+        }
+        out.push(Encoded { ids, targets });
+    }
+    Ok(out)
+}
+
+/// Examples cut to `max_len` tokens by `policy`; returns them and how many were longer.
+/// `Prompt` removes tokens from the start so the last answer survives (and cuts the answer's
+/// end only when the answer alone is too long); `Drop` leaves long examples out.
+pub(crate) fn truncate(
+    encoded: Vec<Encoded>,
+    max_len: usize,
+    policy: Truncation,
+) -> (Vec<Encoded>, usize) {
+    let mut long = 0;
+    let mut out = Vec::with_capacity(encoded.len());
+    for mut e in encoded {
+        if e.ids.len() <= max_len {
+            out.push(e);
+            continue;
+        }
+        long += 1;
+        match policy {
+            Truncation::Drop => continue,
+            Truncation::Prompt => {
+                // The start of the last run of targets (the last answer).
+                let answer_start = match e.targets.iter().rposition(|t| *t) {
+                    Some(end) => e.targets[..=end]
+                        .iter()
+                        .rposition(|t| !t)
+                        .map_or(0, |i| i + 1),
+                    None => e.ids.len(),
+                };
+                let cut = (e.ids.len() - max_len).min(answer_start);
+                e.ids.drain(..cut);
+                e.targets.drain(..cut);
+            }
+            Truncation::End => {}
+        }
+        e.ids.truncate(max_len);
+        e.targets.truncate(max_len);
+        out.push(e);
+    }
+    (out, long)
+}
+
+/// Batches of encoded conversations; one whose targets were all cut off is dropped.
+pub(crate) fn conversation_batches(
+    encoded: &[Encoded],
+    batch: usize,
+    device: &Device,
+) -> Vec<LmBatch> {
+    let kept: Vec<&Encoded> = encoded
+        .iter()
+        .filter(|e| e.targets.iter().any(|t| *t))
+        .collect();
+    kept.chunks(batch)
+        .map(|c| {
+            let seqs: Vec<Vec<u32>> = c.iter().map(|e| e.ids.clone()).collect();
+            let targets: Vec<Vec<bool>> = c.iter().map(|e| e.targets.clone()).collect();
+            LmBatch::with_targets(&seqs, &targets, device)
+        })
+        .collect()
+}
+
+/// Share of validation conversations whose last assistant turn the model reproduces, greedy,
+/// from the turns before it (after normalising case, punctuation and spaces); `None` without
+/// validation data.
+pub(crate) fn exact_match(
+    model: &Backbone,
+    tok: &Tokenizer,
+    format: &Format,
+    convs: &[Vec<Message>],
+    sampling: &SamplingConfig,
+    device: &Device,
+) -> Result<Option<f64>> {
+    let cases: Vec<(&[Message], &str)> = convs
+        .iter()
+        .filter_map(|c| {
+            let last = c.iter().rposition(|m| m.role == "assistant")?;
+            Some((&c[..last], c[last].content.as_str()))
+        })
+        .collect();
+    if cases.is_empty() {
+        return Ok(None);
+    }
+    let mut hits = 0;
+    for chunk in cases.chunks(16) {
+        let prompts: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(history, _)| format.encode_conversation_prompt(tok, history))
+            .collect::<Result<_>>()?;
+        let outputs = generate(model, &prompts, sampling, device);
+        for ((_, want), out) in chunk.iter().zip(outputs) {
+            let text = tok.decode(&out, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if normalize(format.answer(&text)) == normalize(want) {
+                hits += 1;
+            }
+        }
+    }
+    Ok(Some(hits as f64 / cases.len() as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::types::CustomTemplate;
+
+    fn two_turns() -> Vec<Message> {
+        vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", "Q1"),
+            Message::new("assistant", "A1"),
+            Message::new("user", "Q2"),
+            Message::new("assistant", "A2"),
+        ]
+    }
+
+    #[test]
+    fn chatml_marks_every_assistant_turn_with_its_end_of_turn() {
+        let f = Format::new(&PromptTemplate::Named(NamedTemplate::Chatml), None);
+        let pieces = f.pieces(&two_turns()).unwrap();
+        let im = |r: &str, c: &str| format!("<|im_start|>{r}\n{c}<|im_end|>\n");
+        assert_eq!(
+            pieces,
+            vec![
+                (
+                    format!(
+                        "{}{}<|im_start|>assistant\n",
+                        im("system", "Be brief."),
+                        im("user", "Q1")
+                    ),
+                    false
+                ),
+                ("A1<|im_end|>\n".to_owned(), true),
+                (
+                    format!("{}<|im_start|>assistant\n", im("user", "Q2")),
+                    false
+                ),
+                ("A2<|im_end|>\n".to_owned(), true),
+            ]
+        );
+        // Training text is exactly what the template renders for the whole conversation.
+        let whole: String = pieces.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            whole,
+            ChatTemplate::chatml().render(&two_turns(), false).unwrap()
+        );
+    }
+
+    #[test]
+    fn plain_text_joins_turns_with_newlines() {
+        let f = Format::new(&PromptTemplate::default(), None);
+        let pieces = f.pieces(&two_turns()[1..]).unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                ("Q1\n".to_owned(), false),
+                ("A1\n".to_owned(), true),
+                ("Q2\n".to_owned(), false),
+                ("A2".to_owned(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recipe_template_renders_and_a_non_incremental_one_is_refused() {
+        let custom = |jinja: &str| {
+            Format::new(
+                &PromptTemplate::Custom(CustomTemplate {
+                    jinja: jinja.into(),
+                    end_of_turn: Some("</s>".into()),
+                    bos_token: String::new(),
+                    eos_token: String::new(),
+                }),
+                None,
+            )
+        };
+        let f = custom(
+            "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% if m.role == 'assistant' %}</s>{% endif %}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+        );
+        let pieces = f.pieces(&two_turns()[1..3]).unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                ("[user] Q1\n[assistant] ".to_owned(), false),
+                ("A1</s>\n".to_owned(), true)
+            ]
+        );
+        assert_eq!(f.answer("A1</s>\n[user]"), "A1");
+        // A template that shows only the last message cannot be split into turns.
+        let last_only =
+            custom("{{ messages[-1].content }}{% if add_generation_prompt %}>{% endif %}");
+        let err = last_only.pieces(&two_turns()).unwrap_err().to_string();
+        assert!(err.contains("incrementally"), "{err}");
+    }
+
+    #[test]
+    fn truncation_policies_keep_the_answer_or_drop_the_example() {
+        let e = |n_prompt: usize, n_answer: usize| Encoded {
+            ids: (0..(n_prompt + n_answer) as u32).collect(),
+            targets: (0..n_prompt + n_answer).map(|i| i >= n_prompt).collect(),
+        };
+        let (end, long) = truncate(vec![e(6, 3), e(2, 2)], 5, Truncation::End);
+        assert_eq!(long, 1);
+        assert_eq!(end[0].ids, vec![0, 1, 2, 3, 4]);
+        assert!(end[0].targets.iter().all(|t| !t), "the answer was cut off");
+        let (prompt, _) = truncate(vec![e(6, 3)], 5, Truncation::Prompt);
+        assert_eq!(prompt[0].ids, vec![4, 5, 6, 7, 8]);
+        assert_eq!(prompt[0].targets, vec![false, false, true, true, true]);
+        // An answer longer than the limit keeps its start.
+        let (long_answer, _) = truncate(vec![e(2, 7)], 5, Truncation::Prompt);
+        assert_eq!(long_answer[0].ids, vec![2, 3, 4, 5, 6]);
+        let (dropped, long) = truncate(vec![e(6, 3), e(2, 2)], 5, Truncation::Drop);
+        assert_eq!((dropped.len(), long), (1, 1));
+    }
+
+    #[test]
+    fn messages_must_be_role_content_lists_with_an_answer() {
+        let ok = serde_json::json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]);
+        assert_eq!(parse_messages(&ok).unwrap().len(), 2);
+        let no_answer = serde_json::json!([{"role": "user", "content": "hi"}]);
+        assert!(
+            parse_messages(&no_answer)
+                .unwrap_err()
+                .to_string()
+                .contains("no assistant turn")
+        );
+        let bad_role = serde_json::json!([{"role": "bot", "content": "hi"}]);
+        assert!(
+            parse_messages(&bad_role)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown role `bot`")
+        );
+        assert!(parse_messages(&serde_json::json!("text")).is_err());
+    }
+}

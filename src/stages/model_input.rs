@@ -1,0 +1,192 @@
+//! A stage's model input: a new model from `init` (seeded from the recipe) or a checkpoint (a
+//! file, or a model artifact of an upstream stage), with its tokenizer and the tokens that end
+//! its answers.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use crate::model::{Backbone, bert, gpt2, llama};
+use crate::recipe::types::{Arch, ModelInit, ModelInput};
+use crate::stages::context::{ResolvedInput, StageContext};
+
+pub use crate::model::EOS;
+
+/// The tokenizer of a checkpoint or tokenizer artifact: an HF directory, a `tokenizer.json`,
+/// a `.gguf` file, or a stage's `tokenizer`/`model` output.
+pub fn load_tokenizer(input: &ResolvedInput) -> Result<Tokenizer> {
+    let from_file = |p: &Path| -> Result<Tokenizer> { Ok(crate::model::load_tokenizer_file(p)?) };
+    match input {
+        ResolvedInput::File { path, label, .. } => {
+            if path.is_dir() {
+                from_file(&path.join("tokenizer.json"))
+                    .with_context(|| format!("{label} has no tokenizer.json"))
+            } else if path.extension().is_some_and(|e| e == "gguf") {
+                let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
+                crate::model::load(path, &device)?
+                    .tokenizer
+                    .with_context(|| format!("{label} carries no tokenizer"))
+            } else {
+                from_file(path)
+            }
+        }
+        ResolvedInput::Artifact(view) => {
+            let file = view
+                .file(None, "tokenizer.json")
+                .with_context(|| format!("`{}` has no tokenizer.json", view.label))?;
+            from_file(file)
+        }
+    }
+}
+
+/// The model of a training stage and its tokenizer: a new decoder (`init`, seeded from the
+/// recipe) or a checkpoint; the stage's `tokenizer` input, when given, wins over the model's.
+/// A training stage's starting model.
+pub(crate) struct LoadedModel {
+    pub backbone: Backbone,
+    /// The checkpoint's classification / score head, if it has one.
+    pub score: Option<crate::model::layers::Proj>,
+    pub config: Value,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+}
+
+pub(crate) fn load_model_input(
+    model: &ModelInput,
+    has_tokenizer: bool,
+    need_decoder: bool,
+    ctx: &mut StageContext,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let stage_tokenizer = if has_tokenizer {
+        Some(load_tokenizer(ctx.input("tokenizer")?)?)
+    } else {
+        None
+    };
+    match model {
+        ModelInput::Init { init } => {
+            let tokenizer = stage_tokenizer.context("a new model needs a `tokenizer`")?;
+            // Seed right before the random init: the init is then a function of the seed.
+            device.seed(ctx.seed);
+            let (backbone, config) = init_model(init, &tokenizer, device)?;
+            Ok(LoadedModel {
+                backbone,
+                score: None,
+                config,
+                tokenizer,
+                chat_template: None,
+            })
+        }
+        ModelInput::Input(_) => {
+            load_checkpoint(ctx, "model", stage_tokenizer, need_decoder, device)
+        }
+    }
+}
+
+/// A checkpoint input (`rel` of the stage): a file path or a model artifact, laid out as a
+/// directory. `tokenizer`, when given, wins over the checkpoint's own.
+pub(crate) fn load_checkpoint(
+    ctx: &StageContext,
+    rel: &str,
+    tokenizer: Option<Tokenizer>,
+    need_decoder: bool,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let path = match ctx.input(rel)? {
+        ResolvedInput::File { path, .. } => path.clone(),
+        ResolvedInput::Artifact(view) => {
+            let out = if view.outputs.contains_key("model") {
+                "model"
+            } else {
+                view.outputs
+                    .keys()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or("model")
+            };
+            view.materialize(out, &ctx.work_dir()?.join(rel))?
+        }
+    };
+    let loaded = crate::model::load(&path, device)
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    if need_decoder && !loaded.model.backbone.is_decoder() {
+        bail!(
+            "this stage needs a decoder; {} is an encoder",
+            path.display()
+        );
+    }
+    let tokenizer = tokenizer.or(loaded.tokenizer).with_context(|| {
+        format!(
+            "{} has no tokenizer; add `tokenizer:` to the stage",
+            path.display()
+        )
+    })?;
+    Ok(LoadedModel {
+        backbone: loaded.model.backbone,
+        score: loaded.model.score,
+        config: loaded.config,
+        tokenizer,
+        chat_template: loaded.chat_template,
+    })
+}
+
+impl LoadedModel {
+    /// Tokens that end a generated answer: end-of-text, ChatML's end of turn, the config's EOS.
+    pub(crate) fn stop_tokens(&self) -> Vec<u32> {
+        crate::model::stop_tokens(&self.config, Some(&self.tokenizer))
+    }
+}
+
+/// A new decoder sized by `init`, its vocabulary the tokenizer's; returns it with an HF
+/// `config.json`.
+fn init_model(
+    init: &ModelInit,
+    tokenizer: &Tokenizer,
+    device: &Device,
+) -> Result<(Backbone, Value)> {
+    let vocab = tokenizer.get_vocab_size(true);
+    let eos = tokenizer.token_to_id(EOS);
+    match init.arch {
+        Arch::Gpt2 => {
+            let config = json!({
+                "model_type": "gpt2", "vocab_size": vocab, "n_positions": init.context, "n_embd": init.d_model,
+                "n_layer": init.layers, "n_head": init.heads, "n_inner": init.intermediate, "layer_norm_epsilon": 1e-5,
+                "activation_function": "gelu_new", "bos_token_id": eos, "eos_token_id": eos, "tie_word_embeddings": true,
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            });
+            let c: gpt2::Gpt2Config = serde_json::from_value(config.clone())?;
+            Ok((Backbone::Gpt2(gpt2::Gpt2::init(&c, device)), config))
+        }
+        Arch::Llama => {
+            // SwiGLU keeps the MLP's parameter count near 4 d^2 with a width of 8/3 d.
+            let inner = init
+                .intermediate
+                .unwrap_or((init.d_model * 8 / 3).div_ceil(8) * 8);
+            let config = json!({
+                "model_type": "llama", "vocab_size": vocab, "hidden_size": init.d_model, "intermediate_size": inner,
+                "num_hidden_layers": init.layers, "num_attention_heads": init.heads,
+                "num_key_value_heads": init.kv_heads.unwrap_or(init.heads), "max_position_embeddings": init.context,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true, "hidden_act": "silu",
+                "bos_token_id": eos, "eos_token_id": eos,
+            });
+            let c: llama::LlamaConfig = serde_json::from_value(config.clone())?;
+            Ok((Backbone::Llama(llama::Llama::init(&c, device)), config))
+        }
+        Arch::Bert => {
+            let config = json!({
+                "model_type": "bert", "vocab_size": vocab, "hidden_size": init.d_model,
+                "num_hidden_layers": init.layers, "num_attention_heads": init.heads,
+                "intermediate_size": init.intermediate.unwrap_or(4 * init.d_model),
+                "max_position_embeddings": init.context, "type_vocab_size": 2,
+                "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+                "pad_token_id": tokenizer.token_to_id("[PAD]").unwrap_or(0),
+                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+            });
+            let c: bert::BertConfig = serde_json::from_value(config.clone())?;
+            Ok((Backbone::Bert(bert::Bert::init(&c, device)), config))
+        }
+    }
+}
