@@ -6,7 +6,7 @@ with respect to the token embeddings (tied to the LM head) and the first block's
 computed by PyTorch + transformers.
 
 Run by hand: python3 scripts/make_dpo_fixture.py (needs torch + transformers). The Rust test
-tests/dpo_parity.rs reads the file and needs no Python.
+tests/it/dpo_parity.rs reads the file and needs no Python.
 """
 import json
 import pathlib

@@ -2,6 +2,8 @@
 //! before anything runs with errors that point at the recipe, typed at its edges in the DAG,
 //! cached by content, recorded in the lockfile, and read by built-in stages downstream.
 
+#[allow(dead_code)]
+#[path = "it/common.rs"]
 mod common;
 #[path = "../examples/custom_stage/ngram_filter.rs"]
 mod ngram_filter;

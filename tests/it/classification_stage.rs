@@ -1,10 +1,9 @@
 //! `sft` with `task: classification`: sentiment on the shipped car reviews, with a decoder
 //! (pooled at the last real token) and with the real MiniLM encoder (through its pooler).
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 #[test]
 fn sentiment_classifiers_learn_on_held_out_reviews() {

@@ -3,10 +3,9 @@
 //! beats SFT on the judge's score of sampled answers, a second run is fully cached, and a new
 //! DPO beta reruns only DPO and the evaluation.
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 #[test]
 fn the_quickstart_runs_end_to_end_and_then_is_cached() {

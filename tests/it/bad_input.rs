@@ -1,8 +1,7 @@
 //! Malformed recipes and datasets: each must fail with exit code 2, an error that names the
 //! place (file:line or the --set), and nothing committed to the store.
 
-mod common;
-use common::{Project, qa_jsonl};
+use crate::common::{Project, qa_jsonl};
 
 struct Case {
     name: &'static str,

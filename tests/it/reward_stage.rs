@@ -2,10 +2,9 @@
 //! pairs above chance, and `hone score` orders two answers to a question it never saw (the
 //! Antarctica example) the way a person would.
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 #[test]
 fn a_minilm_reward_model_prefers_accurate_answers_it_never_saw() {
@@ -55,7 +54,7 @@ stages:
         "held-out pairwise accuracy {before} -> {after}\n{show}"
     );
     assert!(metric(&show, "margin_after") > metric(&show, "margin_before") + 0.3);
-    let manifest = common::manifest(&p, "rm");
+    let manifest = crate::common::manifest(&p, "rm");
     assert_eq!(manifest["outputs"]["model"]["type"], "reward_model");
 
     let good = "Antarctica is governed by the Antarctic Treaty System";
@@ -169,7 +168,7 @@ stages:
         "{show}"
     );
     assert_eq!(
-        common::manifest(&p, "rm")["outputs"]["model"]["type"],
+        crate::common::manifest(&p, "rm")["outputs"]["model"]["type"],
         "reward_model"
     );
 }

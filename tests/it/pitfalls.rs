@@ -2,9 +2,7 @@
 //! or fail and commit nothing), replay of general text that prevents it, and the train /
 //! validation gap reported as a number.
 
-mod common;
-
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 fn recipe(fail: bool) -> String {
     format!(
@@ -36,7 +34,7 @@ stages:
     models: {{ sft: {{ from: sft }} }}
     qa: {{ data: {{ from: qa.train }} }}
 "#,
-        car_lm = common::car_lm_stages()
+        car_lm = crate::common::car_lm_stages()
     )
 }
 

@@ -1,5 +1,4 @@
 //! Helpers for end-to-end tests: a scratch project directory and the real `hone` binary.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,10 +1,9 @@
 //! `generate`: the real SmolLM2 answers a prompt set through its chat template; the responses
 //! are a table that a downstream dataset stage reads like any split.
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 #[test]
 fn responses_become_a_dataset_artifact() {

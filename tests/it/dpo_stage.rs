@@ -4,10 +4,9 @@
 //! reference log-probabilities are computed once and reused when only `beta` changes. GRPO
 //! raises a rule reward.
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 fn recipe() -> String {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
@@ -110,7 +109,7 @@ stages:
     train: {{ epochs: 20, batch_size: 18, lr: 1.0e-4 }}
 "#,
         d = d.display(),
-        car_lm = common::car_lm_stages()
+        car_lm = crate::common::car_lm_stages()
     )
 }
 

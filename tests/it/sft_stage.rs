@@ -2,10 +2,9 @@
 //! held-out phrasings of the car questions (exact match before/after), with full fine-tuning
 //! and with LoRA (only adapters train; a PEFT adapter is written).
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 fn recipe() -> String {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
@@ -133,7 +132,7 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
         first_run.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity"),
         "{first_run}"
     );
-    let manifest = common::manifest(&p, "eval");
+    let manifest = crate::common::manifest(&p, "eval");
     let outputs = manifest["outputs"].as_object().unwrap();
     assert!(outputs.contains_key("results") && outputs.contains_key("samples"));
     assert_eq!(

@@ -2,10 +2,9 @@
 //! writing one) continues from the last complete checkpoint on the next `hone run`, and ends
 //! with the same bytes as a run that was never interrupted.
 
-mod common;
 use std::path::Path;
 
-use common::Project;
+use crate::common::Project;
 
 fn recipe() -> String {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
@@ -61,10 +60,10 @@ fn a_killed_training_run_resumes_to_the_same_artifacts() {
     let p = Project::new();
     p.write("r.yaml", &recipe());
     // Killed right after pretraining's step-20 checkpoint.
-    common::kill_at(&p, &["run", "r.yaml"], "checkpoint-20");
+    crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-20");
     // The rerun resumes pretraining there and is killed in SFT while it writes its step-12
     // checkpoint (after step 8's was complete).
-    let second = common::kill_at(&p, &["run", "r.yaml"], "checkpoint-12-written");
+    let second = crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-12-written");
     assert!(
         second
             .iter()

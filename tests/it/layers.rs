@@ -91,3 +91,53 @@ fn the_check_sees_plain_and_grouped_imports_but_not_comments() {
     assert_eq!(upward_imports("// see crate::cli::main").len(), 0);
     assert_eq!(upward_imports("use crate::model::recipe_like;").len(), 0);
 }
+
+/// The modules of the built-in kinds, read from the registry in `src/stages/mod.rs`.
+fn kind_modules(src: &Path) -> Vec<String> {
+    let registry = std::fs::read_to_string(src.join("stages/mod.rs")).unwrap();
+    registry
+        .split("Builtin::of::<")
+        .skip(1)
+        .filter_map(|rest| rest.split("::").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn no_file_imports_a_stage_kind_but_the_registry() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let kinds = kind_modules(&src);
+    assert!(kinds.len() >= 11, "registry not found: {kinds:?}");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut problems = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap().display().to_string();
+        if rel == "stages/mod.rs" {
+            continue;
+        }
+        let own = f.file_stem().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for kind in kinds.iter().filter(|k| **k != own) {
+                let named = [
+                    format!("super::{kind}::"),
+                    format!("stages::{kind}::"),
+                    format!("super::{kind};"),
+                    format!("super::{{{kind}"),
+                ]
+                .iter()
+                .any(|p| code.contains(p.as_str()));
+                if named {
+                    problems.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "a stage kind's module is used outside it (move the shared code to a module named for what it holds):\n{}",
+        problems.join("\n")
+    );
+}

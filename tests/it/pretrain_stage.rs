@@ -1,10 +1,9 @@
 //! `tokenizer` + `pretrain` stages in a recipe, through the real binary: a byte-level BPE
 //! trained on the shipped car corpus, a tiny GPT-2 pretrained from scratch on it.
 
-mod common;
 use std::path::Path;
 
-use common::{Project, metric};
+use crate::common::{Project, metric};
 
 fn recipe(arch: &str) -> String {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars/corpus.jsonl");
@@ -36,7 +35,7 @@ fn pretraining_from_scratch_lowers_validation_perplexity_and_reproduces() {
     // The artifact is an HF directory hone (and transformers) load.
     let lock = std::fs::read_to_string(p.path("r.lock")).unwrap();
     let lf: serde_yaml::Value = serde_yaml::from_str(&lock).unwrap();
-    let manifest = common::manifest(&p, "lm");
+    let manifest = crate::common::manifest(&p, "lm");
     let files = manifest["outputs"]["model"]["files"].as_object().unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(files.contains_key(f), "model output lacks {f}: {files:?}");
@@ -159,7 +158,7 @@ fn masked_lm_pretrains_a_bert_encoder_from_scratch() {
         before / after >= 2.5,
         "masked-token perplexity {before} -> {after}:\n{show}"
     );
-    let manifest = common::manifest(&p, "tok");
+    let manifest = crate::common::manifest(&p, "tok");
     assert!(
         manifest["summary"]["tokenizer"]
             .as_str()
@@ -167,7 +166,7 @@ fn masked_lm_pretrains_a_bert_encoder_from_scratch() {
             .starts_with("WordPiece")
     );
     // The artifact is a BertForMaskedLM directory with a WordPiece tokenizer.
-    let model = common::manifest(&p, "enc");
+    let model = crate::common::manifest(&p, "enc");
     let config = model["outputs"]["model"]["files"]["config.json"]["digest"]
         .as_str()
         .unwrap()

@@ -1,7 +1,6 @@
 //! Running, caching, status reasons, the lockfile and `--locked`, selection flags.
 
-mod common;
-use common::{Project, qa_jsonl, two_dataset_project};
+use crate::common::{Project, qa_jsonl, two_dataset_project};
 
 #[test]
 fn second_run_is_fully_cached_and_edits_rerun_only_what_they_affect() {

@@ -1,12 +1,11 @@
 //! The store survives a SIGKILL at any point of a commit, and two concurrent runs.
 
-mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::two_dataset_project;
+use crate::common::two_dataset_project;
 
 const POINTS: &[&str] = &[
     "before-commit",
@@ -20,7 +19,7 @@ const POINTS: &[&str] = &[
 fn sigkill_at_every_commit_point_leaves_a_consistent_store() {
     for point in POINTS {
         let p = two_dataset_project();
-        common::kill_at(&p, &["run", "r.yaml"], point);
+        crate::common::kill_at(&p, &["run", "r.yaml"], point);
 
         let verify = p.hone(&["cache", "verify"]);
         let out = verify.ok();
@@ -67,8 +66,8 @@ fn two_concurrent_runs_run_each_stage_once() {
     let a = spawn();
     let b = spawn();
     let (a, b) = (
-        common::Run(a.wait_with_output().unwrap()),
-        common::Run(b.wait_with_output().unwrap()),
+        crate::common::Run(a.wait_with_output().unwrap()),
+        crate::common::Run(b.wait_with_output().unwrap()),
     );
     a.ok();
     b.ok();
@@ -92,7 +91,7 @@ fn corrupt_blob_is_detected_and_repaired_by_recomputing() {
     let p = two_dataset_project();
     p.hone(&["run", "r.yaml"]).ok();
     // Damage the qa stage's train table in the store.
-    let manifest = common::manifest(&p, "qa");
+    let manifest = crate::common::manifest(&p, "qa");
     let digest = manifest["outputs"]["train"]["files"]["data.parquet"]["digest"]
         .as_str()
         .unwrap()

@@ -3,11 +3,10 @@
 //! screenshot is not blank and the DAG, stage table, curves and evaluation table are in the
 //! rendered DOM. The screenshot is kept at `target/test-artifacts/report.png`.
 
-mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::Project;
+use crate::common::Project;
 
 fn chromium() -> String {
     for name in ["chromium", "chromium-browser", "google-chrome"] {

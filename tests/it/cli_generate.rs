@@ -1,10 +1,9 @@
 //! `hone generate` end to end: a real chat model answers through its chat template; clear
 //! errors for models that cannot generate.
 
-mod common;
 use std::path::Path;
 
-use common::Project;
+use crate::common::Project;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,200 @@
+//! The command line's output, whole, as a person sees it: `run` (first, cached, JSON lines),
+//! `status` with reasons, `show`, `dag`, `validate` errors and `cache verify`. Snapshots live in
+//! `tests/it/snapshots/`; review a change with `cargo insta review` (or rerun with
+//! `INSTA_UPDATE=always` and read the diff). Times, temporary paths, digests and trained
+//! floating-point values are filtered out, so a snapshot changes only when the output's words,
+//! layout or counts do.
+
+use crate::common::Project;
+
+/// A small pipeline: a dataset split three ways, a tokenizer trained on it, and a tiny GPT-2
+/// pretrained for a few steps.
+fn recipe(p: &Project) {
+    let rows: String = (0..24)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"The engine part number {i} keeps the car running smoothly on long roads.\"}}\n"
+            )
+        })
+        .collect();
+    p.write("data/corpus.jsonl", &rows);
+    p.write(
+        "r.yaml",
+        "version: 1
+name: snap
+seed: 7
+stages:
+  corpus:
+    kind: dataset
+    source: { path: data/corpus.jsonl }
+    split: { validation: 0.2, test: 0.1 }
+  tok:
+    kind: tokenizer
+    data: { from: corpus.train }
+    vocab_size: 320
+  lm:
+    kind: pretrain
+    model: { init: { arch: gpt2, layers: 1, d_model: 32, heads: 2, context: 32 } }
+    tokenizer: { from: tok }
+    data: { from: corpus }
+    max_length: 32
+    train: { epochs: 2, batch_size: 8, lr: 1.0e-3 }
+",
+    );
+}
+
+/// Runs `hone args` in `p`, and returns its exit code, stdout and stderr as one text.
+fn hone(p: &Project, args: &[&str]) -> String {
+    let out = p.hone(args);
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        out.code(),
+        out.stdout(),
+        out.stderr()
+    )
+}
+
+/// Snapshot settings: what varies between runs and machines is replaced by a placeholder.
+fn settings(p: &Project) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    let dir = p.dir.path().display().to_string();
+    let real = std::fs::canonicalize(p.dir.path())
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| dir.clone());
+    s.add_filter(&regex_escape(&real), "[TMP]");
+    s.add_filter(&regex_escape(&dir), "[TMP]");
+    s.add_filter(r"[0-9a-f]{64}", "[DIGEST]");
+    s.add_filter(r"\b[0-9a-f]{16}\b", "[KEY]");
+    s.add_filter(r"runs/[^/\s]+", "runs/[RUN]");
+    s.add_filter(r#""(wall_time_s)":[0-9.e-]+"#, r#""$1":[TIME]"#);
+    s.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
+    // What training computes depends on the CPU's float kernels; the words and counts do not.
+    s.add_filter(r"((?:loss|gap|ppl|perplexity)[a-z_]*)=-?\d+\.\d+", "$1=[F]");
+    s.add_filter(
+        r#""([a-z_]*(?:loss|gap|ppl|perplexity)[a-z_]*)":-?[0-9.e+-]+"#,
+        r#""$1":[F]"#,
+    );
+    s.add_filter(r"\d+(\.\d+)? (KiB|MiB|B)\b", "[SIZE]");
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$#&-~".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn run_status_show_dag_and_cache_verify() {
+    let p = Project::new();
+    recipe(&p);
+    let s = settings(&p);
+    s.bind(|| {
+        insta::assert_snapshot!("validate_ok", hone(&p, &["validate", "r.yaml"]));
+        insta::assert_snapshot!("dag", hone(&p, &["dag", "r.yaml"]));
+        insta::assert_snapshot!(
+            "dag_mermaid",
+            hone(&p, &["dag", "r.yaml", "--format", "mermaid"])
+        );
+        insta::assert_snapshot!("status_empty_store", hone(&p, &["status", "r.yaml"]));
+        insta::assert_snapshot!("run_first", hone(&p, &["run", "r.yaml"]));
+        insta::assert_snapshot!("run_cached", hone(&p, &["run", "r.yaml"]));
+        insta::assert_snapshot!(
+            "status_changed_config",
+            hone(
+                &p,
+                &["status", "r.yaml", "--set", "stages.lm.train.lr=2.0e-3"]
+            )
+        );
+        insta::assert_snapshot!("show_dataset", hone(&p, &["show", "r.yaml", "corpus"]));
+        insta::assert_snapshot!("cache_verify_clean", hone(&p, &["cache", "verify"]));
+    });
+    // A flipped byte in a stored blob is found, named and counted.
+    let blobs = p.store().join("blobs");
+    let blob = walk(&blobs).into_iter().next().expect("a blob");
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    s.bind(|| {
+        insta::assert_snapshot!("cache_verify_corrupt", hone(&p, &["cache", "verify"]));
+    });
+}
+
+#[test]
+fn run_as_json_lines() {
+    let p = Project::new();
+    recipe(&p);
+    let s = settings(&p);
+    s.bind(|| {
+        let first = hone(&p, &["run", "r.yaml", "--log-format", "json"]);
+        // Progress events come at most once a second: how many depends on the machine.
+        let stable: Vec<&str> = first
+            .lines()
+            .filter(|l| !l.starts_with("{\"event\":\"progress\""))
+            .collect();
+        insta::assert_snapshot!("run_json", stable.join("\n"));
+    });
+    // Every line of stdout is one JSON object with an `event`.
+    let out = p.hone(&["run", "r.yaml", "--log-format", "json"]);
+    for line in out.stdout().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert!(v["event"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn validate_reports_every_error_located() {
+    let p = Project::new();
+    recipe(&p);
+    p.write(
+        "bad.yaml",
+        "version: 1
+name: bad
+stages:
+  corpus:
+    kind: dataset
+    source: { path: data/corpus.jsonl }
+    splt: { validation: 0.2 }
+  tok:
+    kind: tokeniser
+    data: { from: corpus }
+  lm:
+    kind: pretrain
+    model: { init: { arch: gpt2, layers: 1, d_model: 30, heads: 4, context: 32 } }
+    tokenizer: { from: tokk }
+    data: { from: corpus.missing }
+    max_length: 64
+    train: { epochs: 0, batch_size: 8, lr: 1.0e-3 }
+",
+    );
+    settings(&p).bind(|| {
+        insta::assert_snapshot!("validate_errors", hone(&p, &["validate", "bad.yaml"]));
+    });
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            out.extend(walk(&e));
+        } else {
+            out.push(e);
+        }
+    }
+    out
+}

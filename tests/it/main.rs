@@ -1,0 +1,31 @@
+//! hone's integration tests: one binary (linking burn, arrow and parquet once), a module per
+//! topic. `common` holds the scratch project and the helpers that drive the real `hone`
+//! binary. (`tests/custom_stage.rs` is a binary of its own: it registers a stage kind in the
+//! process-wide registry, which would change what every other test here sees.)
+
+mod backends;
+mod bad_input;
+mod classification_stage;
+mod cli_generate;
+mod cli_snapshots;
+mod common;
+mod concat_stage;
+mod dpo_parity;
+mod dpo_stage;
+mod generate_stage;
+mod layers;
+mod lora_training;
+mod model_parity;
+mod pitfalls;
+mod pretrain_stage;
+mod quickstart;
+mod real_checkpoints;
+mod report;
+mod resume;
+mod reward_stage;
+mod run_cache;
+mod sampling;
+mod schema;
+mod sft_stage;
+mod store_safety;
+mod training;
