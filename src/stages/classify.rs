@@ -1,21 +1,14 @@
-//! `sft` with `task: classification`: a classification head on a decoder (pooled at the last
-//! real token) or an encoder such as MiniLM/BERT (through its pooler), trained with
-//! cross-entropy. Accuracy on the validation split before and after, and macro-F1 after.
+//! Classification with a head on a decoder (pooled at the last real token) or an encoder such as
+//! MiniLM/BERT (through its pooler): texts with labels as batches, the cross-entropy objective,
+//! label ids, accuracy and macro-F1. Shared by `sft` with `task: classification` (which trains
+//! with it) and `evaluate`'s classification check.
 
-use std::collections::BTreeMap;
-
-use anyhow::{Result, bail};
-use burn::module::Module;
+use anyhow::Result;
 use burn::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use super::model_input::{LoadedModel, load_model_input};
-use super::{ArtifactType, StageResult};
-use crate::data::table::Table;
-use crate::model::{Model, lora, save_hf_dir};
-use crate::recipe::types::{MissingPolicy, PeftSpec, SftSpec};
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::model::Model;
 use crate::train::loss::token_nll;
 use crate::train::trainer::Objective;
 
@@ -41,174 +34,6 @@ impl Objective<Model> for Classification {
     fn count(&self, b: &ClsBatch) -> f64 {
         b.n
     }
-}
-
-type Examples = Vec<(String, usize)>;
-
-pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, true)?;
-    let infer_device = device.clone().without_autodiff();
-    ctx.progress.set_message("reading examples");
-    let (train_rows, val_rows, names) =
-        examples(ctx.input("data")?, &spec.text_column, &spec.label_column)?;
-    let num_labels = spec.num_labels.unwrap_or(names.len()).max(2);
-    if let Some(bad) = train_rows
-        .iter()
-        .chain(&val_rows)
-        .find(|(_, l)| *l >= num_labels)
-    {
-        bail!(
-            "label {} is out of range for num_labels {num_labels}",
-            bad.1
-        );
-    }
-    ctx.progress.set_message("loading the model");
-    let LoadedModel {
-        backbone,
-        score,
-        config,
-        tokenizer,
-        ..
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
-    let model = match score {
-        Some(head) if head.d_out() == num_labels => Model {
-            backbone,
-            score: Some(head),
-        },
-        _ => Model::with_new_head(backbone, num_labels, &device),
-    };
-    let batch = spec.train.batch_size.max(1);
-    let train_batches = encode(&tokenizer, &train_rows, spec.max_length, batch, &device)?;
-    let val_batches = encode(&tokenizer, &val_rows, spec.max_length, batch, &device)?;
-    let val_infer = encode(&tokenizer, &val_rows, spec.max_length, batch, &infer_device)?;
-    let before = accuracy(&model.valid(), &val_infer, num_labels);
-
-    let model = crate::stages::with_peft(model, &spec.peft, &device)?;
-    let (trained, summary, _) = super::train_logged(
-        model,
-        &Classification,
-        &train_batches,
-        &val_batches,
-        &spec.train,
-        ctx,
-    )?;
-    let mut inference = trained.valid();
-    let after = accuracy(&inference, &val_infer, num_labels);
-
-    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
-        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut inference.backbone, cfg, "model", &dir)?;
-    }
-    lora::merge_and_unload(&mut inference.backbone);
-    // The label names travel with the model (HF's id2label), so evaluation maps text labels
-    // to the ids the head was trained on.
-    let mut config = config;
-    if names.len() == num_labels
-        && let Some(obj) = config.as_object_mut()
-    {
-        let id2label: serde_json::Map<String, Value> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i.to_string(), Value::from(n.clone())))
-            .collect();
-        let label2id: serde_json::Map<String, Value> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), Value::from(i)))
-            .collect();
-        obj.insert("id2label".into(), id2label.into());
-        obj.insert("label2id".into(), label2id.into());
-    }
-    let dir = ctx.output_dir("model", ArtifactType::Model)?;
-    save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
-
-    let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
-    metrics.insert("steps".into(), summary.steps.into());
-    if let (Some(b), Some(a)) = (&before, &after) {
-        metrics.insert("accuracy_before".into(), round(b.accuracy).into());
-        metrics.insert("accuracy_after".into(), round(a.accuracy).into());
-        metrics.insert("macro_f1_after".into(), round(a.macro_f1).into());
-    }
-    let mut warnings = Vec::new();
-    if let Some(a) = &after
-        && a.accuracy <= 1.0 / num_labels as f64 + 0.05
-    {
-        warnings.push(format!(
-            "underfitting: validation accuracy {:.2} is near chance ({:.2})",
-            a.accuracy,
-            1.0 / num_labels as f64
-        ));
-    }
-    let label_names: BTreeMap<usize, String> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (i, n.clone()))
-        .collect();
-    let summary_json = json!({
-        "task": "classification",
-        "labels": label_names,
-        "train_examples": train_rows.len(),
-        "validation_examples": val_rows.len(),
-        "before": before.map(|m| m.to_json()),
-        "after": after.map(|m| m.to_json()),
-        "training": summary,
-    });
-    Ok(StageResult {
-        metrics,
-        warnings,
-        summary: summary_json,
-    })
-}
-
-/// Train and validation examples, and the label names (ids in sorted order of text labels,
-/// or the integers themselves).
-fn examples(
-    input: &ResolvedInput,
-    text: &str,
-    label: &str,
-) -> Result<(Examples, Examples, Vec<String>)> {
-    let tables: Vec<(String, Table)> = match input {
-        ResolvedInput::Artifact(view) => {
-            let mut out = Vec::new();
-            for split in view.outputs.keys() {
-                if let Some(t) = super::read_split(view, split)? {
-                    out.push((split.clone(), t));
-                }
-            }
-            out
-        }
-        file => vec![(
-            "train".into(),
-            super::read_table(file, MissingPolicy::Null)?,
-        )],
-    };
-    let mut raw: Vec<(String, String, Value)> = Vec::new();
-    for (split, t) in &tables {
-        let idx = t.indices(
-            &[text.to_owned(), label.to_owned()],
-            "the classification stage reads column",
-        )?;
-        for r in &t.rows {
-            if let Some(s) = r.values[idx[0]].as_str() {
-                raw.push((split.clone(), s.to_owned(), r.values[idx[1]].clone()));
-            }
-        }
-    }
-    let (ids, names) = label_ids(raw.iter().map(|(_, _, v)| v));
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for ((split, t, _), id) in raw.iter().zip(ids) {
-        let ex = (t.clone(), id);
-        if split == "validation" {
-            val.push(ex)
-        } else if split != "test" {
-            train.push(ex)
-        }
-    }
-    if train.is_empty() {
-        bail!("no training examples (text column `{text}`, label column `{label}`)");
-    }
-    Ok((train, val, names))
 }
 
 /// Label ids of label values: integers are their own ids; text labels are numbered in sorted

@@ -10,9 +10,100 @@ use super::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{Row, Table};
-use crate::recipe::types::{DatasetRole, DatasetSpec, MissingPolicy, OnLeak};
+use crate::recipe::types::MissingPolicy;
 use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
+use std::collections::BTreeMap;
+
+use crate::recipe::types::Input;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `dataset`: read a table, clean it, split it deterministically, check it for leakage.
+/// Outputs: `train`, plus `validation` / `test` when split off (role `train`);
+/// `test` alone for role `eval`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// The rows: a JSONL/CSV/Parquet file, or another dataset stage (`{ from: raw.train }`).
+    pub source: Input,
+    /// Renames, `{ old_name: new_name }`; other columns keep their names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
+    /// Keep only these columns (names after renaming), in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<String>>,
+    /// Drop rows identical to an earlier row (the count is reported).
+    #[serde(default = "yes")]
+    pub dedup: bool,
+    /// A row without a column other rows have: `error` (default) names the file and line;
+    /// `null` keeps the row with an empty value.
+    #[serde(default)]
+    pub missing: MissingPolicy,
+    /// Held-out splits.
+    #[serde(default)]
+    pub split: SplitSpec,
+    /// `eval`: this dataset is for evaluation only; every `train`-role dataset of the recipe is
+    /// checked against it for leakage.
+    #[serde(default)]
+    pub role: DatasetRole,
+    /// Columns whose text identifies an example for leakage checks and split grouping
+    /// (default: every text column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leakage_key: Option<Vec<String>>,
+    /// What an overlap between splits, or with an `eval` dataset, does: `error` (default) or `warn`.
+    #[serde(default)]
+    pub on_leak: OnLeak,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetRole {
+    #[default]
+    Train,
+    Eval,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeak {
+    #[default]
+    Error,
+    Warn,
+}
+
+/// Sizes of held-out splits: a fraction in (0, 1) or a whole number of rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<f64>,
+}
+
+impl DatasetSpec {
+    /// Output names, in a stable order.
+    pub fn outputs(&self) -> Vec<&'static str> {
+        match self.role {
+            DatasetRole::Eval => vec!["test"],
+            DatasetRole::Train => {
+                let mut v = vec!["train"];
+                if self.split.validation.is_some_and(|x| x > 0.0) {
+                    v.push("validation");
+                }
+                if self.split.test.is_some_and(|x| x > 0.0) {
+                    v.push("test");
+                }
+                v
+            }
+        }
+    }
+}
 
 /// `kind: dataset`.
 #[derive(Default)]

@@ -22,12 +22,80 @@ use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
 use crate::model::{Backbone, lora};
 use crate::recipe::types::PromptTemplate;
-use crate::recipe::types::{DpoSpec, PeftSpec, Truncation};
+use crate::recipe::types::{
+    Input, chosen_column, default_max_length, is_default, prompt_column, rejected_column,
+};
+use crate::recipe::types::{PeftSpec, Truncation};
 use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::ArtifactType;
 use crate::train::objectives::{LmBatch, sequence_logps};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
 use crate::train::trainer::Objective;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `dpo`: preference optimisation of a policy (usually an SFT model) on prompt / chosen /
+/// rejected pairs. The reference is the
+/// starting model (a frozen copy; with LoRA, the same model with its adapter off) unless
+/// `reference` names another; its log-probabilities are computed once and cached in the store.
+/// Outputs: `model` and, with LoRA, `adapter`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DpoSpec {
+    /// The policy to start from: a model stage or a checkpoint.
+    pub model: Input,
+    /// Another reference model (default: the starting policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Input>,
+    pub data: Input,
+    #[serde(default)]
+    pub loss: crate::train::preference::DpoLoss,
+    /// KTO instead of a pairwise loss: every chosen answer is a desirable example and every
+    /// rejected one an undesirable example, each scored on its own.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kto: bool,
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Robust / conservative DPO: the share of pairs assumed mislabelled.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub label_smoothing: f64,
+    /// SimPO's target reward margin.
+    #[serde(default = "default_simpo_gamma")]
+    pub simpo_gamma: f64,
+    /// Compare with no reference model (its log-probabilities count as zero).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reference_free: bool,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "chosen_column")]
+    pub chosen_column: String,
+    #[serde(default = "rejected_column")]
+    pub rejected_column: String,
+    /// Unpaired feedback for KTO (with `kto: true`), as thumbs-up/down logs give it: the column
+    /// saying whether each answer is desirable (true or 1) or not (false or 0). The data then
+    /// has prompt, completion and label columns instead of chosen and rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    /// The answer column of unpaired feedback (default `completion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_column: Option<String>,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_beta() -> f64 {
+    0.1
+}
+
+fn default_simpo_gamma() -> f64 {
+    0.5
+}
 
 /// A batch of preference pairs with their reference log-probabilities.
 #[derive(Debug, Clone)]

@@ -16,12 +16,123 @@ use super::{StageResult, read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::Model;
 use crate::model::sampling::{SamplingConfig, generate};
-use crate::recipe::types::{EvaluateSpec, MissingPolicy};
+use crate::recipe::types::MissingPolicy;
+use crate::recipe::types::{
+    Input, PromptTemplate, default_eval_tokens, default_max_length, label_column, prompt_column,
+    response_column, text_column,
+};
 use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::ArtifactType;
 use crate::train::loss::causal_token_hits;
 use crate::train::objectives::{CausalLm, LmBatch};
 use crate::train::trainer::evaluate;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `evaluate`: the named models side by side on held-out data. Each enabled check adds its
+/// metrics for every model. Outputs: `results` (a table: `model`, `metric`, `value`) and, with
+/// `samples`, `samples` (`model`, `prompt`, `response`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// The models, by the name each gets in the table: `{ base: { from: pretrain }, sft: { from: sft } }`.
+    pub models: BTreeMap<String, Input>,
+    /// Language modelling on raw text: perplexity and next-token accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<TextEval>,
+    /// Held-out questions: exact match of the greedy answer, and the perplexity of the
+    /// reference answer given the question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa: Option<QaEval>,
+    /// Labelled texts through each model's classification head: accuracy and macro-F1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<ClassificationEval>,
+    /// Prompts every model answers (greedy), to read side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SamplesEval>,
+    /// A reward model judges each model's greedy answers: the mean score, and the share of
+    /// prompts where a model's answer beats the baseline model's (win rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardEval>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardEval {
+    /// A `reward` stage.
+    pub model: Input,
+    /// Prompts to answer (a dataset's held-out split, or a file).
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
+    /// The model the others are compared with (default: `base`, else the first by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// Also score this many answers per prompt sampled at `temperature` (seeded by the
+    /// recipe): `reward_score_sampled`. Greedy answers show what a model says most often;
+    /// sampled ones the distribution RL stages (PPO, GRPO) optimise, which can improve while
+    /// the greedy answer stays the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// Sampling temperature for `samples` (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+/// A held-out text set. From a dataset stage, its `test` split is used, else its `validation`
+/// split; a single split or a file is used whole.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextEval {
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub column: String,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QaEval {
+    pub data: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "response_column")]
+    pub response_column: String,
+    /// How each model is prompted (use the template its SFT stage trained with).
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationEval {
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub text_column: String,
+    #[serde(default = "label_column")]
+    pub label_column: String,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesEval {
+    pub prompts: Vec<String>,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default = "default_eval_tokens")]
+    pub max_new_tokens: usize,
+}
 
 /// Metrics of one model, in the order they were measured.
 type Scores = Vec<(String, f64)>;
@@ -514,11 +625,7 @@ fn token_accuracy(m: &LoadedModel, batches: &[LmBatch]) -> f64 {
     if n > 0.0 { hits / n } else { f64::NAN }
 }
 
-fn samples(
-    m: &LoadedModel,
-    cfg: &crate::recipe::types::SamplesEval,
-    device: &Device,
-) -> Result<Vec<(String, String)>> {
+fn samples(m: &LoadedModel, cfg: &SamplesEval, device: &Device) -> Result<Vec<(String, String)>> {
     let format = Format::new(&cfg.template, m.chat_template.as_deref());
     let sampling = SamplingConfig {
         max_new_tokens: cfg.max_new_tokens,

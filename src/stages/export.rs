@@ -10,10 +10,25 @@ use serde_json::json;
 
 use super::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
 use super::{ArtifactType, StageResult};
-use crate::recipe::types::ExportSpec;
+
+use crate::recipe::types::Input;
 use crate::recipe::types::PromptTemplate;
 use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::{Manifest, Store};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `export`: the model of a stage as an HF directory outside the store (`to`, relative to the
+/// recipe), with a `README.md` model card naming where it came from. The directory is
+/// (re)written whenever it is missing or differs, also when the stage itself is cached.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// A model stage (`{ from: dpo }`); with LoRA stages, the merged model.
+    pub model: Input,
+    /// The directory to write, relative to the recipe file.
+    pub to: String,
+}
 
 /// `kind: export`.
 #[derive(Default)]

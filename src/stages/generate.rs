@@ -10,9 +10,30 @@ use super::model_input::{LoadedModel, load_model_input};
 use super::{StageResult, read_table, texts_of};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::sampling::generate;
-use crate::recipe::types::{GenerateSpec, MissingPolicy, ModelInput};
+use crate::recipe::types::{Input, PromptTemplate, prompt_column};
+use crate::recipe::types::{MissingPolicy, ModelInput};
 use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `generate`: a model's responses to a set of prompts. Output: `responses` (a table with
+/// columns `prompt` and `response`) that dataset, training and evaluation stages can read.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// A checkpoint (`{ path: ... }`, HF directory or .gguf) or a model stage (`{ from: sft }`).
+    pub model: Input,
+    /// A dataset (or a JSONL/CSV/Parquet file) with a prompt column.
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    /// Decoding: greedy by default (`temperature: 0`); the model's end tokens always stop.
+    #[serde(default)]
+    pub sampling: crate::model::sampling::SamplingConfig,
+}
 
 /// `kind: generate`.
 #[derive(Default)]

@@ -24,12 +24,62 @@ use super::rollout::{
 };
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, lora};
+use crate::recipe::types::PeftSpec;
 use crate::recipe::types::PromptTemplate;
-use crate::recipe::types::{GrpoSpec, PeftSpec};
+use crate::recipe::types::{
+    Input, RewardSource, default_epsilon, default_rl_tokens, is_default, prompt_column,
+};
 use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
 use crate::train::rl::{GrpoAggregation, aggregate, clipped_policy_loss, group_advantages};
 use crate::train::trainer::Objective;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `grpo`: for each prompt, `group_size` sampled answers scored by `reward`; each answer's
+/// advantage is its reward normalised within its group; the clipped objective (with an
+/// optional k3 KL penalty, `beta`) trains the policy. Outputs: `model` and, with LoRA,
+/// `adapter`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoSpec {
+    pub model: Input,
+    /// A dataset (or file) of prompts; `validation` prompts measure the reward before/after.
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    pub reward: RewardSource,
+    /// Answers sampled per prompt.
+    #[serde(default = "default_group_size")]
+    pub group_size: usize,
+    #[serde(default = "default_rl_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_rl_temperature")]
+    pub temperature: f64,
+    /// Clipping of the probability ratio.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// Weight of the k3 KL penalty to the starting policy (0: none, TRL's default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub beta: f64,
+    #[serde(default)]
+    pub aggregation: crate::train::rl::GrpoAggregation,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    /// `batch_size` is prompts per step; an epoch is a pass over the prompts.
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_group_size() -> usize {
+    8
+}
+
+fn default_rl_temperature() -> f64 {
+    1.0
+}
 
 pub struct Grpo<'a> {
     pub tokenizer: &'a Tokenizer,

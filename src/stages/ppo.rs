@@ -34,7 +34,8 @@ use super::rollout::{
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model, lora};
 use crate::recipe::types::PromptTemplate;
-use crate::recipe::types::{PeftSpec, PpoSpec, RewardSource};
+use crate::recipe::types::{Input, default_epsilon, default_rl_tokens, prompt_column};
+use crate::recipe::types::{PeftSpec, RewardSource};
 use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
 use crate::train::objectives::LmBatch;
@@ -43,6 +44,81 @@ use crate::train::rl::{
     whiten,
 };
 use crate::train::trainer::Objective;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `ppo`: RLHF with PPO (TRL's OpenAI-style trainer). For each batch of prompts the policy
+/// samples answers; the reward model scores them (minus `missing_eos_penalty` for answers
+/// that never ended); every answer token gets `-kl_coef * KL` to the starting policy, and the
+/// score lands on the answer's last token; GAE gives advantages (whitened) and returns; then
+/// `ppo_epochs` passes of clipped policy and value losses. The value model starts from the
+/// reward model when they share a vocabulary, else from the policy with a new scalar head.
+/// Outputs: `model` and, with LoRA, `adapter`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PpoSpec {
+    pub model: Input,
+    /// A `reward` stage's model; anything else fails validation.
+    pub reward_model: Input,
+    pub prompts: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "default_kl_coef")]
+    pub kl_coef: f64,
+    #[serde(default)]
+    pub kl_estimator: crate::train::rl::KlEstimator,
+    #[serde(default = "default_epsilon")]
+    pub cliprange: f64,
+    #[serde(default = "default_epsilon")]
+    pub cliprange_value: f64,
+    #[serde(default = "default_vf_coef")]
+    pub vf_coef: f64,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    #[serde(default = "default_lambda")]
+    pub lam: f64,
+    /// Optimisation passes over each batch of rollouts.
+    #[serde(default = "default_ppo_epochs")]
+    pub ppo_epochs: usize,
+    #[serde(default = "default_ppo_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_rl_tokens")]
+    pub max_new_tokens: usize,
+    /// Subtracted from the score of an answer that did not end with an end token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_eos_penalty: Option<f64>,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    /// `batch_size` is prompts per rollout; an epoch is a pass over the prompts.
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn default_kl_coef() -> f64 {
+    0.05
+}
+
+fn default_vf_coef() -> f64 {
+    0.1
+}
+
+fn default_gamma() -> f64 {
+    1.0
+}
+
+fn default_lambda() -> f64 {
+    0.95
+}
+
+fn default_ppo_epochs() -> usize {
+    4
+}
+
+fn default_ppo_temperature() -> f64 {
+    0.7
+}
 
 /// Answers per held-out prompt for the before/after score: what PPO optimises is the score of
 /// its samples (TRL's objective/scores), so that is what is measured, from a fixed seed.

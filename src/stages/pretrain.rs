@@ -15,9 +15,59 @@ use super::model_input::{LoadedModel, load_model_input};
 use super::{ArtifactType, StageResult, texts_of};
 use crate::data::masking::{Masked, mask_tokens};
 use crate::model::{Backbone, Model, save_hf_dir};
-use crate::recipe::types::{ModelInput, PretrainObjective, PretrainSpec};
+use crate::recipe::types::ModelInput;
+use crate::recipe::types::{
+    ForgettingProbe, Input, Replay, default_max_length, is_default, text_column,
+};
 use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::objectives::{CausalLm, MaskedLm, MlmBatch};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainObjective {
+    /// Next-token prediction.
+    #[default]
+    CausalLm,
+    /// BERT-style masked tokens (encoders).
+    MaskedLm,
+}
+
+/// `pretrain`: self-supervised training on raw text. Output: `model` (HF directory with the
+/// tokenizer).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSpec {
+    pub model: ModelInput,
+    /// Required with `model: { init }`; default: the model's own tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Input>,
+    /// A dataset stage (its `train` split trains, its `validation` split measures perplexity).
+    pub data: Input,
+    #[serde(default = "text_column")]
+    pub column: String,
+    #[serde(default)]
+    pub objective: PretrainObjective,
+    /// Texts are cut to this many tokens (end-of-text token included); with `packing`, rows
+    /// are this long.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Causal LM: several texts per row of `max_length` tokens instead of one padded text per
+    /// row, packed best-fit-decreasing (longest first, each into the fullest row with room).
+    /// Texts never attend to each other (a block-diagonal mask) and positions restart at each;
+    /// a text longer than a row is cut into row-sized pieces rather than truncated.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub packing: bool,
+    /// Measure perplexity on general text before and after; warn or fail when it rises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgetting_probe: Option<ForgettingProbe>,
+    /// Mix general text into training (next-token loss), against forgetting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
 
 /// `kind: pretrain`.
 #[derive(Default)]

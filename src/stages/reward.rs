@@ -18,10 +18,58 @@ use super::scoring::{Scored, score};
 use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
 use crate::model::{Model, lora, save_hf_dir};
-use crate::recipe::types::RewardSpec;
+
+use crate::recipe::types::{
+    Input, ModelInput, PeftSpec, PromptTemplate, chosen_column, default_max_length, prompt_column,
+    rejected_column, response_column,
+};
 use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::preference::bradley_terry;
 use crate::train::trainer::Objective;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `reward`: a reward model, a scalar head on an encoder (BERT/MiniLM, through its pooler) or a
+/// decoder (pooled at the last real token), trained on preference pairs with the
+/// Bradley-Terry loss. Output: `model` (HF directory, typed as a reward model, so only stages
+/// that want one accept it).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSpec {
+    pub model: ModelInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Input>,
+    /// A dataset with prompt, chosen and rejected columns (`train`; `validation` measures
+    /// pairwise accuracy).
+    pub data: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "chosen_column")]
+    pub chosen_column: String,
+    #[serde(default = "rejected_column")]
+    pub rejected_column: String,
+    /// A column with each pair's required margin (`-log sigmoid(r_c - r_r - margin)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_column: Option<String>,
+    /// Regression instead of pairs: rows of prompt, `response_column` and this numeric score,
+    /// fitted with the squared error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_column: Option<String>,
+    #[serde(default = "response_column")]
+    pub response_column: String,
+    /// Reward centering: adds `coefficient * (r_c + r_r)^2` (TRL suggests 0.01); 0 is off.
+    #[serde(default)]
+    pub center_rewards: f64,
+    /// How a decoder sees prompt + response (encoders get the pair as two segments).
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
 
 /// One preference pair as text, with its margin.
 #[derive(Debug, Clone)]
@@ -345,8 +393,9 @@ mod regression {
     use serde_json::json;
 
     use super::super::scoring::{Scored, score};
+    use super::RewardSpec;
     use crate::model::{Model, lora, save_hf_dir};
-    use crate::recipe::types::RewardSpec;
+
     use crate::stages::context::{ResolvedInput, StageContext};
     use crate::stages::{ArtifactType, StageResult};
     use crate::train::trainer::Objective;

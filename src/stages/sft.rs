@@ -3,11 +3,14 @@
 //! answers to the validation prompts is measured before and after, so "did it learn to answer"
 //! is a number. Outputs `model` (HF directory, LoRA merged in) and, with LoRA, `adapter`.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::classify;
 use super::conversation::{
     Conversations, Format, conversation_batches, eos_token, exact_match, one_turn, parse_messages,
     tokenize_conversations, truncate,
@@ -18,11 +21,93 @@ use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::model::chat::Message;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Backbone, lora};
-use crate::recipe::types::{PeftSpec, PromptTemplate, SftSpec, Truncation};
+use crate::model::{Backbone, Model, lora, save_hf_dir};
+use crate::recipe::types::{
+    ForgettingProbe, Input, ModelInput, Replay, default_eval_tokens, default_max_length,
+    is_default, label_column, prompt_column, response_column, text_column,
+};
+use crate::recipe::types::{MissingPolicy, PeftSpec, PromptTemplate, Truncation};
 use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::ArtifactType;
 use crate::train::objectives::{CausalLm, LmBatch};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What `sft` trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SftTask {
+    /// Prompt/response pairs, loss on the response (instruction tuning).
+    #[default]
+    Instruction,
+    /// Text/label pairs through a classification head (e.g. sentiment).
+    Classification,
+    /// OpenAI-style conversations (a `messages` list of `{ role, content }`), rendered with
+    /// the chat template; the loss covers the assistant turns.
+    Chat,
+}
+
+/// `sft`: supervised fine-tuning. Instruction data trains the response tokens only;
+/// classification data trains a head on the text. Outputs: `model` (HF directory; LoRA merged
+/// in) and, with LoRA, `adapter` (PEFT layout).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SftSpec {
+    #[serde(default)]
+    pub task: SftTask,
+    pub model: ModelInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Input>,
+    /// A dataset stage with prompt and response columns (`train`; `validation` is evaluated).
+    pub data: Input,
+    #[serde(default = "prompt_column")]
+    pub prompt_column: String,
+    #[serde(default = "response_column")]
+    pub response_column: String,
+    /// Chat: the column holding each conversation's messages.
+    #[serde(default = "messages_column", skip_serializing_if = "is_messages")]
+    pub messages_column: String,
+    /// Classification: the text and label columns (labels: integers, or text mapped to ids in
+    /// sorted order).
+    #[serde(default = "text_column")]
+    pub text_column: String,
+    #[serde(default = "label_column")]
+    pub label_column: String,
+    /// Classification: number of labels (default: from the data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
+    #[serde(default)]
+    pub template: PromptTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftSpec>,
+    /// Prompt + response are cut to this many tokens, as `truncation` says.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// What happens to an example longer than `max_length`: `end` cuts its end (default),
+    /// `prompt` cuts the start of the text before the last answer so the answer survives,
+    /// `drop` leaves the example out. The count of affected examples is reported.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub truncation: Truncation,
+    /// New tokens generated per validation prompt for exact-match accuracy.
+    #[serde(default = "default_eval_tokens")]
+    pub eval_max_new_tokens: usize,
+    /// Measure perplexity on general text before and after; warn or fail when it rises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgetting_probe: Option<ForgettingProbe>,
+    /// Mix general text into training (next-token loss), against forgetting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+}
+
+fn messages_column() -> String {
+    "messages".into()
+}
+
+fn is_messages(s: &str) -> bool {
+    s == "messages"
+}
 
 /// `kind: sft`.
 #[derive(Default)]
@@ -70,7 +155,7 @@ impl Kind for SftKind {
     }
 
     fn check(&self, p: &SftSpec, _stage: &str) -> Vec<Problem> {
-        use crate::recipe::types::{ModelInput, SftTask};
+        use crate::recipe::types::ModelInput;
         let mut problems = Vec::new();
         if p.task == SftTask::Classification {
             problems.extend(guards::misplaced(
@@ -114,8 +199,8 @@ impl Kind for SftKind {
 }
 
 pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    if spec.task == crate::recipe::types::SftTask::Classification {
-        return super::classify::run(spec, ctx);
+    if spec.task == SftTask::Classification {
+        return run_classification(spec, ctx);
     }
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
@@ -314,7 +399,7 @@ fn trainable(model: &Backbone) -> usize {
 /// The conversations of the train and validation splits: prompt/response pairs (`task:
 /// instruction`) or message lists (`task: chat`).
 fn conversations(input: &ResolvedInput, spec: &SftSpec) -> Result<(Conversations, Conversations)> {
-    let chat = spec.task == crate::recipe::types::SftTask::Chat;
+    let chat = spec.task == SftTask::Chat;
     let of = |t: &Table| -> Result<Conversations> {
         if chat {
             let i = t.indices(
@@ -345,4 +430,172 @@ fn conversations(input: &ResolvedInput, spec: &SftSpec) -> Result<(Conversations
             .collect())
     };
     crate::stages::split_rows(input, of)
+}
+
+type Examples = Vec<(String, usize)>;
+
+fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let device = super::stage_device(ctx, true)?;
+    let infer_device = device.clone().without_autodiff();
+    ctx.progress.set_message("reading examples");
+    let (train_rows, val_rows, names) =
+        classification_examples(ctx.input(DATA.key)?, &spec.text_column, &spec.label_column)?;
+    let num_labels = spec.num_labels.unwrap_or(names.len()).max(2);
+    if let Some(bad) = train_rows
+        .iter()
+        .chain(&val_rows)
+        .find(|(_, l)| *l >= num_labels)
+    {
+        bail!(
+            "label {} is out of range for num_labels {num_labels}",
+            bad.1
+        );
+    }
+    ctx.progress.set_message("loading the model");
+    let LoadedModel {
+        backbone,
+        score,
+        config,
+        tokenizer,
+        ..
+    } = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
+    let model = match score {
+        Some(head) if head.d_out() == num_labels => Model {
+            backbone,
+            score: Some(head),
+        },
+        _ => Model::with_new_head(backbone, num_labels, &device),
+    };
+    let batch = spec.train.batch_size.max(1);
+    let train_batches = classify::encode(&tokenizer, &train_rows, spec.max_length, batch, &device)?;
+    let val_batches = classify::encode(&tokenizer, &val_rows, spec.max_length, batch, &device)?;
+    let val_infer = classify::encode(&tokenizer, &val_rows, spec.max_length, batch, &infer_device)?;
+    let before = classify::accuracy(&model.valid(), &val_infer, num_labels);
+
+    let model = crate::stages::with_peft(model, &spec.peft, &device)?;
+    let (trained, summary, _) = super::train_logged(
+        model,
+        &classify::Classification,
+        &train_batches,
+        &val_batches,
+        &spec.train,
+        ctx,
+    )?;
+    let mut inference = trained.valid();
+    let after = classify::accuracy(&inference, &val_infer, num_labels);
+
+    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
+        let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
+        lora::save_peft(&mut inference.backbone, cfg, "model", &dir)?;
+    }
+    lora::merge_and_unload(&mut inference.backbone);
+    // The label names travel with the model (HF's id2label), so evaluation maps text labels
+    // to the ids the head was trained on.
+    let mut config = config;
+    if names.len() == num_labels
+        && let Some(obj) = config.as_object_mut()
+    {
+        let id2label: serde_json::Map<String, Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), Value::from(n.clone())))
+            .collect();
+        let label2id: serde_json::Map<String, Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), Value::from(i)))
+            .collect();
+        obj.insert("id2label".into(), id2label.into());
+        obj.insert("label2id".into(), label2id.into());
+    }
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
+
+    let mut metrics = serde_json::Map::new();
+    let round = |x: f64| (x * 1e4).round() / 1e4;
+    metrics.insert("steps".into(), summary.steps.into());
+    if let (Some(b), Some(a)) = (&before, &after) {
+        metrics.insert("accuracy_before".into(), round(b.accuracy).into());
+        metrics.insert("accuracy_after".into(), round(a.accuracy).into());
+        metrics.insert("macro_f1_after".into(), round(a.macro_f1).into());
+    }
+    let mut warnings = Vec::new();
+    if let Some(a) = &after
+        && a.accuracy <= 1.0 / num_labels as f64 + 0.05
+    {
+        warnings.push(format!(
+            "underfitting: validation accuracy {:.2} is near chance ({:.2})",
+            a.accuracy,
+            1.0 / num_labels as f64
+        ));
+    }
+    let label_names: BTreeMap<usize, String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i, n.clone()))
+        .collect();
+    let summary_json = json!({
+        "task": "classification",
+        "labels": label_names,
+        "train_examples": train_rows.len(),
+        "validation_examples": val_rows.len(),
+        "before": before.map(|m| m.to_json()),
+        "after": after.map(|m| m.to_json()),
+        "training": summary,
+    });
+    Ok(StageResult {
+        metrics,
+        warnings,
+        summary: summary_json,
+    })
+}
+
+/// Train and validation examples, and the label names (ids in sorted order of text labels,
+/// or the integers themselves).
+fn classification_examples(
+    input: &ResolvedInput,
+    text: &str,
+    label: &str,
+) -> Result<(Examples, Examples, Vec<String>)> {
+    let tables: Vec<(String, Table)> = match input {
+        ResolvedInput::Artifact(view) => {
+            let mut out = Vec::new();
+            for split in view.outputs.keys() {
+                if let Some(t) = super::read_split(view, split)? {
+                    out.push((split.clone(), t));
+                }
+            }
+            out
+        }
+        file => vec![(
+            "train".into(),
+            super::read_table(file, MissingPolicy::Null)?,
+        )],
+    };
+    let mut raw: Vec<(String, String, Value)> = Vec::new();
+    for (split, t) in &tables {
+        let idx = t.indices(
+            &[text.to_owned(), label.to_owned()],
+            "the classification stage reads column",
+        )?;
+        for r in &t.rows {
+            if let Some(s) = r.values[idx[0]].as_str() {
+                raw.push((split.clone(), s.to_owned(), r.values[idx[1]].clone()));
+            }
+        }
+    }
+    let (ids, names) = classify::label_ids(raw.iter().map(|(_, _, v)| v));
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for ((split, t, _), id) in raw.iter().zip(ids) {
+        let ex = (t.clone(), id);
+        if split == "validation" {
+            val.push(ex)
+        } else if split != "test" {
+            train.push(ex)
+        }
+    }
+    if train.is_empty() {
+        bail!("no training examples (text column `{text}`, label column `{label}`)");
+    }
+    Ok((train, val, names))
 }

@@ -12,8 +12,57 @@ use tokenizers::{AddedToken, Tokenizer};
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::model_input::{EOS, load_tokenizer};
 use super::{ArtifactType, StageResult};
-use crate::recipe::types::{TokenizerAlgorithm, TokenizerSpec};
+
+use crate::recipe::types::{Input, is_default, text_column};
 use crate::stages::context::StageContext;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `tokenizer`: train a tokenizer on a dataset's text (`data`), or take the tokenizer of a
+/// checkpoint (`from_model`). Output: `tokenizer` (`tokenizer.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    /// A dataset to train on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Input>,
+    /// What to train: `bpe` (byte-level, GPT-2 style, for decoders) or `wordpiece` (BERT style,
+    /// lowercased, with [CLS] [SEP] [MASK] [PAD] [UNK], for encoders and masked-LM pretraining).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: TokenizerAlgorithm,
+    /// The text column of `data`.
+    #[serde(default = "text_column")]
+    pub column: String,
+    /// Target vocabulary size (the 256 byte tokens and special tokens included).
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    /// Merge pairs seen fewer times than this are not learned.
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+    /// More special tokens, each one id that text never splits (e.g. ChatML's
+    /// `[<|im_start|>, <|im_end|>]` for `template: chatml`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub special_tokens: Vec<String>,
+    /// A checkpoint (HF directory, `tokenizer.json`, or a model stage) whose tokenizer to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_model: Option<Input>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerAlgorithm {
+    #[default]
+    Bpe,
+    Wordpiece,
+}
+
+fn default_vocab() -> usize {
+    1024
+}
+
+fn default_min_frequency() -> u64 {
+    2
+}
 
 /// `kind: tokenizer`.
 #[derive(Default)]
