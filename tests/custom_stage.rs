@@ -302,7 +302,28 @@ impl Kind for Impostor {
     type Settings = serde_json::Value;
     const NAME: &'static str = "sft";
     const VERSION: Option<&'static str> = Some("1");
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
+        &[]
+    }
+    fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::stages::ArtifactType)> {
+        Vec::new()
+    }
+    fn run(
+        &self,
+        _: &serde_json::Value,
+        _: &mut hone::stages::context::StageContext,
+    ) -> anyhow::Result<hone::stages::StageResult> {
+        unreachable!("never registered")
+    }
+}
+
+/// A kind without a version: its code could change without its cached results noticing.
+struct Unversioned;
+impl Kind for Unversioned {
+    type Settings = serde_json::Value;
+    const NAME: &'static str = "unversioned";
+    const VERSION: Option<&'static str> = None;
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[]
     }
     fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::stages::ArtifactType)> {
@@ -318,7 +339,7 @@ impl Kind for Impostor {
 }
 
 #[test]
-fn registering_refuses_builtin_and_taken_names() {
+fn registering_refuses_builtin_taken_and_unversioned_kinds() {
     register_once();
     assert!(matches!(
         register(Impostor),
@@ -327,6 +348,10 @@ fn registering_refuses_builtin_and_taken_names() {
     assert!(matches!(
         register(ngram_filter::NgramFilter),
         Err(RegisterError::Taken("ngram_filter"))
+    ));
+    assert!(matches!(
+        register(Unversioned),
+        Err(RegisterError::NoVersion("unversioned"))
     ));
     assert!(hone::stages::kind::registered().contains(&"ngram_filter"));
 }

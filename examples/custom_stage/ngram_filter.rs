@@ -47,7 +47,7 @@ impl Kind for NgramFilter {
     const VERSION: Option<&'static str> = Some("1");
     const DESCRIPTION: &'static str = "Drop the rows of a dataset that share an n-word run with another dataset (decontamination).";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[DATA, AGAINST]
     }
 

@@ -51,7 +51,7 @@ pub struct Cli {
     /// Store directory (default: $HONE_STORE, else .hone/ beside the recipe).
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
-    /// No progress bars or per-stage lines.
+    /// No progress bars or per-stage lines (errors, and `--log-format json` events, still print).
     #[arg(long, short, global = true)]
     quiet: bool,
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.

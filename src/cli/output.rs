@@ -19,7 +19,7 @@ pub enum LogFormat {
     #[default]
     Text,
     /// One JSON event a line on stdout (`event`: run_started, stage_started, progress,
-    /// stage_finished, published, waiting, run_finished).
+    /// resumed, stage_finished, published, waiting, run_finished); `--quiet` does not apply.
     Json,
 }
 
@@ -120,7 +120,6 @@ impl Observer for Terminal {
         if !self.bars {
             return Progress::new(Arc::new(Notes {
                 stage: stage.to_owned(),
-                quiet: self.quiet,
             }));
         }
         let bar = ProgressBar::new_spinner();
@@ -139,9 +138,10 @@ fn spinner_style() -> ProgressStyle {
         .expect("valid template")
 }
 
-fn steps_style() -> ProgressStyle {
+/// Once a stage knows how much work it has (training steps, prompts, models).
+fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "  {spinner} running   {prefix:<20} {bar:24} {pos}/{len} steps  {msg}  [{elapsed}, ETA {eta}]",
+        "  {spinner} running   {prefix:<20} {bar:24} {pos}/{len}  {msg}  [{elapsed}, ETA {eta}]",
     )
     .expect("valid template")
 }
@@ -154,7 +154,7 @@ struct Bar {
 
 impl ProgressSink for Bar {
     fn set_length(&self, len: u64) {
-        self.bar.set_style(steps_style());
+        self.bar.set_style(bar_style());
         self.bar.set_length(len);
     }
     fn set_position(&self, pos: u64) {
@@ -162,6 +162,9 @@ impl ProgressSink for Bar {
     }
     fn set_message(&self, message: &str) {
         self.bar.set_message(message.to_owned());
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
     fn resumed(&self, step: usize) {
         self.bar.suspend(|| {
@@ -179,10 +182,9 @@ impl Drop for Bar {
     }
 }
 
-/// No bar (output is not a terminal): only the notes a person must see.
+/// No bar (output is not a terminal, or `--quiet`): only the notes a person must see.
 struct Notes {
     stage: String,
-    quiet: bool,
 }
 
 impl ProgressSink for Notes {
@@ -190,12 +192,10 @@ impl ProgressSink for Notes {
     fn set_position(&self, _: u64) {}
     fn set_message(&self, _: &str) {}
     fn resumed(&self, step: usize) {
-        if !self.quiet {
-            eprintln!(
-                "  resuming  {:<20} from its checkpoint at step {step}",
-                self.stage
-            );
-        }
+        eprintln!(
+            "  resuming  {:<20} from its checkpoint at step {step}",
+            self.stage
+        );
     }
 }
 

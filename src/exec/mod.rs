@@ -395,7 +395,7 @@ fn run_stage(
     crate::store::fault_point("before-stage");
     let started = Instant::now();
     let result = stage.spec.run(&mut ctx);
-    drop(progress);
+    progress.finish();
     let result =
         result.with_context(|| format!("stage `{}` failed; nothing was committed", stage.name))?;
     ctx.check_cancelled()?;

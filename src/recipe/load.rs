@@ -427,7 +427,7 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
         let kind = k.as_str().unwrap_or("?");
         let path = join("defaults", kind);
         if !kind::all().contains(&kind) {
-            let kinds = all_kinds();
+            let kinds = kind::all();
             diags.push(
                 Diagnostic::new(format!("`defaults` names unknown stage kind `{kind}`"))
                     .at(sources.key(&path))
@@ -466,13 +466,8 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     Ok(())
 }
 
-/// Built-in kinds, then the kinds registered by the program (`stages::kind::register`).
-fn all_kinds() -> Vec<&'static str> {
-    kind::all()
-}
-
 fn kind_list() -> String {
-    all_kinds().join(", ")
+    kind::all().join(", ")
 }
 
 /// The typed header and stages. Errors in the header or the shape of `stages` are fatal here;
@@ -561,7 +556,7 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
     match StageSpec::parse(&kind, v) {
         Ok(spec) => Ok(spec),
         Err(SpecError::UnknownKind) => {
-            let kinds = all_kinds();
+            let kinds = kind::all();
             Err(
                 Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
                     .at(sources.value(&join(&path, "kind")))
@@ -574,6 +569,10 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
             )
         }
         Err(SpecError::Settings(e)) => Err(located(e, &path, sources)),
+        Err(SpecError::Serialize(e)) => Err(Diagnostic::new(format!(
+            "stage kind `{kind}`: its settings do not serialize: {e}"
+        ))
+        .at(sources.value(&path))),
         Err(SpecError::NotAMapping) => Err(Diagnostic::new(format!(
             "stage kind `{kind}`: its Settings must serialize as a mapping of keys (a struct)"
         ))

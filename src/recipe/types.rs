@@ -1,5 +1,7 @@
-//! The recipe language as Rust types. These types are the single source of truth for
-//! parsing, for `schemas/recipe.schema.json` (`hone schema`) and for action keys.
+//! The recipe language as Rust types: the header, and what several stage kinds' settings share
+//! (inputs, model inputs, prompt templates, PEFT, guards, reward sources, default column
+//! names). Each kind's own settings live in its file under `stages/`. Together they are what
+//! parsing, `schemas/recipe.schema.json` (`hone schema`) and action keys are made from.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -39,7 +39,7 @@ impl Kind for ConcatKind {
     const DESCRIPTION: &'static str =
         "One table from several (files or dataset stages), their rows one after another.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[PARTS]
     }
 
@@ -59,13 +59,29 @@ impl Kind for ConcatKind {
     }
 
     fn check(&self, spec: &ConcatSpec, _stage: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if spec.parts.len() < 2 {
-            return vec![
+            problems.push(
                 Problem::new("parts", "`parts` names fewer than two tables")
                     .help("list two or more: `parts: { a: { from: x }, b: { path: y.jsonl } }`"),
-            ];
+            );
         }
-        Vec::new()
+        for name in spec.parts.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(
+                    Problem::at_key(
+                        format!("parts.{name}"),
+                        format!("part name `{name}` is not a plain name"),
+                    )
+                    .help("use letters, digits, `_` and `-`: it names a metric (`rows_<name>`)"),
+                );
+            }
+        }
+        problems
     }
 
     fn run(&self, spec: &ConcatSpec, ctx: &mut StageContext) -> Result<StageResult> {

@@ -21,6 +21,8 @@ pub trait ProgressSink: Send + Sync {
     fn set_message(&self, message: &str);
     /// Training resumed from a checkpoint at `step`.
     fn resumed(&self, _step: usize) {}
+    /// The stage is done: take the bar (if any) off the screen.
+    fn finish(&self) {}
 }
 
 /// A stage's progress reporter; cloning shares it.
@@ -54,6 +56,9 @@ impl Progress {
     }
     pub fn resumed(&self, step: usize) {
         self.0.resumed(step);
+    }
+    pub fn finish(&self) {
+        self.0.finish();
     }
 }
 
@@ -123,7 +128,7 @@ pub struct StageContext {
     pub stage: String,
     /// The recipe's `name`.
     pub recipe_name: String,
-    /// Inputs by their path in the stage config (`source`, `models.0`).
+    /// Inputs by their path in the stage config (`source`, `models.base`).
     pub inputs: BTreeMap<String, ResolvedInput>,
     /// `eval` datasets this stage is checked against for leakage, by stage name.
     pub checked_against: BTreeMap<String, ArtifactView>,

@@ -119,7 +119,7 @@ impl Kind for DatasetKind {
     const DESCRIPTION: &'static str =
         "Read a table (JSONL, CSV, Parquet), clean it, split it, check it for leakage.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[SOURCE]
     }
 

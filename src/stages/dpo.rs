@@ -200,7 +200,7 @@ impl Kind for DpoKind {
     const VERSION: Option<&'static str> = None;
     const DESCRIPTION: &'static str = "Direct preference optimisation and its variants (IPO, hinge, robust, conservative,\nSimPO, ORPO, KTO) on preference data.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, REFERENCE, DATA]
     }
 

@@ -156,7 +156,7 @@ impl Kind for EvaluateKind {
     const VERSION: Option<&'static str> = None;
     const DESCRIPTION: &'static str = "Models side by side on held-out data: perplexity, token accuracy, exact match,\nclassification accuracy, generation samples.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[
             MODELS,
             PERPLEXITY_DATA,

@@ -44,7 +44,7 @@ impl Kind for ExportKind {
     const DESCRIPTION: &'static str =
         "A model copied out of the store into a directory of your choice, with a model card.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL]
     }
 

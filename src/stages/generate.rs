@@ -50,7 +50,7 @@ impl Kind for GenerateKind {
     const VERSION: Option<&'static str> = None;
     const DESCRIPTION: &'static str = "A model's responses to a set of prompts, as a dataset.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, PROMPTS]
     }
 

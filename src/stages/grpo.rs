@@ -191,7 +191,7 @@ impl Kind for GrpoKind {
     const VERSION: Option<&'static str> = None;
     const DESCRIPTION: &'static str = "Group relative policy optimisation: groups of sampled answers per prompt, scored by a\nreward model or a rule, advantages normalised within each group.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, PROMPTS, REWARD_MODEL]
     }
 

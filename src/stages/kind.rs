@@ -131,16 +131,19 @@ pub struct Publish<'a> {
 /// A stage kind.
 pub trait Kind: Send + Sync + 'static {
     /// Every key of the stage except `kind`. Use `#[serde(deny_unknown_fields)]` so a typo is
-    /// an error that names the key and its line; declare inputs as [`Input`] fields.
+    /// an error that names the key and its line; declare inputs as [`Input`] fields, and read
+    /// them in [`Kind::run`] through [`StageContext::input`] (resolved paths, verified
+    /// artifacts), not from these fields.
     type Settings: DeserializeOwned + Serialize + Send + Sync + 'static;
 
     /// The name recipes write after `kind:` (lowercase letters, digits and `_`).
     const NAME: &'static str;
 
     /// Enters every action key of this kind when set: cached results are reused only while it
-    /// is the same. A kind defined outside hone sets it and changes it whenever a code change
-    /// alters what the stage produces (hone cannot see that code). Built-in kinds leave it
-    /// `None`: hone's own version and cache format are in every key already.
+    /// is the same. A kind defined outside hone must set it ([`register`] refuses `None`) and
+    /// change it whenever a code change alters what the stage produces (hone cannot see that
+    /// code). Built-in kinds leave it `None`: hone's own version and cache format are in every
+    /// key already.
     const VERSION: Option<&'static str>;
 
     /// One line for `hone schema` (editors show it).
@@ -149,7 +152,7 @@ pub trait Kind: Send + Sync + 'static {
     /// The settings keys that are inputs. A key missing from a stage's settings, or holding
     /// something other than `{ from }` / `{ path }` (such as `{ init }`), is an input it does
     /// not use.
-    fn inputs(&self) -> &'static [InputSlot];
+    fn input_slots(&self) -> &'static [InputSlot];
 
     /// The stage's named outputs and their types (`{ from: stage.output }` picks one).
     fn outputs(&self, settings: &Self::Settings) -> Vec<(&'static str, ArtifactType)>;
@@ -244,10 +247,7 @@ trait DynKind: Send + Sync {
     fn version(&self) -> Option<&'static str>;
     fn description(&self) -> &'static str;
     fn slots(&self) -> &'static [InputSlot];
-    fn parse(
-        &self,
-        v: serde_yaml::Value,
-    ) -> Result<(Arc<dyn Any + Send + Sync>, Value), ParseError>;
+    fn parse(&self, v: serde_yaml::Value) -> Result<(Arc<dyn Any + Send + Sync>, Value), Parsed>;
     fn outputs(&self, s: &dyn Any) -> Vec<(&'static str, ArtifactType)>;
     fn artifact_type(&self, s: &dyn Any) -> ArtifactType;
     fn uses_backend(&self) -> bool;
@@ -268,6 +268,15 @@ trait DynKind: Send + Sync {
 /// Why a stage's settings did not parse: serde's error and the path of keys to it.
 pub type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
 
+/// Typed settings that do not serialize back to JSON.
+struct SerializeError(String);
+
+/// Why [`DynKind::parse`] failed.
+enum Parsed {
+    Settings(ParseError),
+    Serialize(SerializeError),
+}
+
 fn typed<K: Kind>(s: &dyn Any) -> &K::Settings {
     // A StageSpec pairs a kind with the settings that kind parsed, so this always holds.
     s.downcast_ref::<K::Settings>()
@@ -285,14 +294,13 @@ impl<K: Kind> DynKind for K {
         K::DESCRIPTION
     }
     fn slots(&self) -> &'static [InputSlot] {
-        Kind::inputs(self)
+        Kind::input_slots(self)
     }
-    fn parse(
-        &self,
-        v: serde_yaml::Value,
-    ) -> Result<(Arc<dyn Any + Send + Sync>, Value), ParseError> {
-        let settings: K::Settings = serde_path_to_error::deserialize(v)?;
-        let json = serde_json::to_value(&settings).unwrap_or(Value::Null);
+    fn parse(&self, v: serde_yaml::Value) -> Result<(Arc<dyn Any + Send + Sync>, Value), Parsed> {
+        let settings: K::Settings =
+            serde_path_to_error::deserialize(v).map_err(Parsed::Settings)?;
+        let json = serde_json::to_value(&settings)
+            .map_err(|e| Parsed::Serialize(SerializeError(e.to_string())))?;
         Ok((Arc::new(settings), json))
     }
     fn outputs(&self, s: &dyn Any) -> Vec<(&'static str, ArtifactType)> {
@@ -364,6 +372,8 @@ pub enum SpecError {
     Settings(ParseError),
     /// The settings do not serialize as a mapping (a custom kind's mistake).
     NotAMapping,
+    /// The settings do not serialize at all (a custom kind's mistake).
+    Serialize(String),
     /// The input at settings key `key` is malformed.
     Input { key: String, message: String },
 }
@@ -372,7 +382,10 @@ impl StageSpec {
     /// Parses the settings of a stage of kind `kind` (`v` without its `kind` key).
     pub fn parse(kind: &str, v: serde_yaml::Value) -> Result<StageSpec, SpecError> {
         let kind = lookup(kind).ok_or(SpecError::UnknownKind)?;
-        let (settings, json) = kind.parse(v).map_err(SpecError::Settings)?;
+        let (settings, json) = kind.parse(v).map_err(|e| match e {
+            Parsed::Settings(e) => SpecError::Settings(e),
+            Parsed::Serialize(SerializeError(e)) => SpecError::Serialize(e),
+        })?;
         // The action key puts the kind beside the settings' keys and finds inputs by key.
         if !json.is_object() {
             return Err(SpecError::NotAMapping);
@@ -380,6 +393,16 @@ impl StageSpec {
         let mut inputs = BTreeMap::new();
         for slot in kind.slots() {
             for (key, value) in at_slot(&json, slot.key) {
+                // Input paths are dotted and become JSON pointers in the action key: an entry
+                // name with `.`, `/` or `~` would be an input the key never sees.
+                let dotted_entry =
+                    slot.key.contains('*') && key.split('.').count() != slot.key.split('.').count();
+                if dotted_entry || key.contains(['/', '~']) {
+                    return Err(SpecError::Input {
+                        key,
+                        message: "an entry name here may not contain `.`, `/` or `~`".into(),
+                    });
+                }
                 // `{ init: ... }` and other non-inputs under an input key are not edges.
                 let is_input = value
                     .as_object()
@@ -406,16 +429,6 @@ impl StageSpec {
     /// The `kind:` as the recipe wrote it.
     pub fn kind_name(&self) -> &'static str {
         self.kind.name()
-    }
-
-    /// The typed settings, when the stage is of the kind whose settings are `T`.
-    pub fn settings<T: 'static>(&self) -> Option<&T> {
-        self.settings.downcast_ref::<T>()
-    }
-
-    /// The settings as they serialize, defaults filled in.
-    pub fn settings_json(&self) -> &Value {
-        &self.json
     }
 
     /// Every input of the stage with its path inside the stage (`source`, `models.base`).
@@ -597,6 +610,10 @@ pub enum RegisterError {
     Taken(&'static str),
     #[error("stage kind `{0}` may use only lowercase letters, digits and `_`")]
     BadName(&'static str),
+    #[error(
+        "stage kind `{0}` has no VERSION: set one (and change it when the kind's output changes), so cached results of older code are not reused"
+    )]
+    NoVersion(&'static str),
 }
 
 /// Makes `kind` available to every recipe this process loads from now on.
@@ -604,6 +621,9 @@ pub fn register<K: Kind>(kind: K) -> Result<(), RegisterError> {
     let name = K::NAME;
     if !is_kind_name(name) {
         return Err(RegisterError::BadName(name));
+    }
+    if K::VERSION.is_none() {
+        return Err(RegisterError::NoVersion(name));
     }
     if super::BUILTIN.iter().any(|k| k.name() == name) {
         return Err(RegisterError::Builtin(name));
@@ -658,11 +678,17 @@ pub fn schema_variants(generator: &mut schemars::SchemaGenerator) -> Vec<Value> 
         }
         v.remove("$schema");
         v.remove("title");
-        let description = match kind.description() {
-            "" => format!("`{name}`: a stage kind this program registered."),
-            d => d.to_owned(),
-        };
-        v.insert("description".into(), description.into());
+        // The kind's one line; else the settings' own doc comment; else a generic line.
+        match kind.description() {
+            "" => {
+                v.entry("description").or_insert_with(|| {
+                    format!("`{name}`: a stage kind this program registered.").into()
+                });
+            }
+            d => {
+                v.insert("description".into(), d.into());
+            }
+        }
         let props = v.entry("properties").or_insert_with(|| json!({}));
         if let Some(p) = props.as_object_mut() {
             p.insert("kind".into(), json!({ "const": name, "type": "string" }));

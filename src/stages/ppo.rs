@@ -367,7 +367,7 @@ impl Kind for PpoKind {
     const VERSION: Option<&'static str> = None;
     const DESCRIPTION: &'static str = "RLHF with PPO: the policy's sampled answers scored by a reward model, a per-token KL\npenalty to the starting policy, GAE, clipped policy and value losses.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, REWARD_MODEL, PROMPTS]
     }
 

@@ -89,7 +89,7 @@ impl Kind for PretrainKind {
     const DESCRIPTION: &'static str =
         "Self-supervised pretraining (next-token prediction) from scratch or from a model.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[
             MODEL,
             TOKENIZER,

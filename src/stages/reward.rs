@@ -176,7 +176,7 @@ impl Kind for RewardKind {
     const DESCRIPTION: &'static str =
         "A reward model: a scalar head trained on preference pairs (Bradley-Terry).";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, TOKENIZER, DATA]
     }
 

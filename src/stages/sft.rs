@@ -129,7 +129,7 @@ impl Kind for SftKind {
     const DESCRIPTION: &'static str =
         "Supervised fine-tuning on prompt/response pairs (loss on the response), full or LoRA.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[
             MODEL,
             TOKENIZER,

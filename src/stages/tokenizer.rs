@@ -81,7 +81,7 @@ impl Kind for TokenizerKind {
     const DESCRIPTION: &'static str =
         "Train a byte-level BPE tokenizer on a dataset, or take a checkpoint's tokenizer.";
 
-    fn inputs(&self) -> &'static [InputSlot] {
+    fn input_slots(&self) -> &'static [InputSlot] {
         &[DATA, FROM_MODEL]
     }
 

@@ -29,8 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever the layout or the meaning of action keys changes; part of every key.
-pub const CACHE_FORMAT: u32 = 1;
+/// Bumped whenever the layout or the meaning of action keys changes, or what an action with
+/// the same key produces; part of every key.
+/// 2: one stop-token rule (a list `eos_token_id` ends generated answers in stages too, not only
+/// in `hone generate`), and JSON floats parsed exactly in every build (serde_json's
+/// `float_roundtrip`, which only test builds had).
+pub const CACHE_FORMAT: u32 = 2;
 
 /// The type of an artifact, for contracts between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
