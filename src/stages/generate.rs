@@ -6,12 +6,12 @@ use serde_json::{Value, json};
 
 use super::conversation::Format;
 use super::kind::{self, DATA_INPUT, InputSlot, Kind};
-use super::model_input::{LoadedModel, load_model_input};
+use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, read_table, texts_of};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::sampling::generate;
+use crate::recipe::types::MissingPolicy;
 use crate::recipe::types::{Input, PromptTemplate, prompt_column};
-use crate::recipe::types::{MissingPolicy, ModelInput};
 use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
 use schemars::JsonSchema;
@@ -85,13 +85,7 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         bail!("column `{}` of the prompts has no text", spec.prompt_column);
     }
     ctx.progress.set_message("loading the model");
-    let loaded = load_model_input(
-        &ModelInput::Input(spec.model.clone()),
-        false,
-        true,
-        ctx,
-        &device,
-    )?;
+    let loaded = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
     let mut sampling = spec.sampling.clone();
     sampling.stop_tokens.extend(loaded.stop_tokens());
     let LoadedModel {

@@ -268,6 +268,8 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         sampling,
     } = RlSetup::new(
         &RlSettings {
+            prompts_input: PROMPTS.key,
+            policy_input: MODEL.key,
             prompt_column: &spec.prompt_column,
             answer_column: spec.reward.exact_match.as_deref(),
             template: &spec.template,

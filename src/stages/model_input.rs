@@ -54,17 +54,19 @@ pub(crate) struct LoadedModel {
     pub chat_template: Option<String>,
 }
 
+/// `model` is the stage's setting, read from input `model_key` when it is not `init`;
+/// `tokenizer_key` is the stage's tokenizer input, when it has one.
 pub(crate) fn load_model_input(
     model: &ModelInput,
-    has_tokenizer: bool,
+    model_key: &str,
+    tokenizer_key: Option<&str>,
     need_decoder: bool,
     ctx: &mut StageContext,
     device: &Device,
 ) -> Result<LoadedModel> {
-    let stage_tokenizer = if has_tokenizer {
-        Some(load_tokenizer(ctx.input("tokenizer")?)?)
-    } else {
-        None
+    let stage_tokenizer = match tokenizer_key {
+        Some(key) => Some(load_tokenizer(ctx.input(key)?)?),
+        None => None,
     };
     match model {
         ModelInput::Init { init } => {
@@ -81,7 +83,7 @@ pub(crate) fn load_model_input(
             })
         }
         ModelInput::Input(_) => {
-            load_checkpoint(ctx, "model", stage_tokenizer, need_decoder, device)
+            load_checkpoint(ctx, model_key, stage_tokenizer, need_decoder, device)
         }
     }
 }

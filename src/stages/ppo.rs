@@ -437,6 +437,8 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         sampling,
     } = RlSetup::new(
         &RlSettings {
+            prompts_input: PROMPTS.key,
+            policy_input: MODEL.key,
             prompt_column: &spec.prompt_column,
             answer_column: None,
             template: &spec.template,

@@ -215,7 +215,14 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         config,
         tokenizer,
         ..
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), causal, ctx, &device)?;
+    } = load_model_input(
+        &spec.model,
+        MODEL.key,
+        spec.tokenizer.is_some().then_some(TOKENIZER.key),
+        causal,
+        ctx,
+        &device,
+    )?;
 
     ctx.progress.set_message("tokenizing");
     let batch = spec.train.batch_size.max(1);

@@ -112,7 +112,14 @@ fn scalar_model(
     ctx: &mut StageContext,
     device: &Device,
 ) -> Result<(Model, RewardText, serde_json::Value, Tokenizer)> {
-    let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, device)?;
+    let loaded = load_model_input(
+        &spec.model,
+        MODEL.key,
+        spec.tokenizer.is_some().then_some(TOKENIZER.key),
+        false,
+        ctx,
+        device,
+    )?;
     let text = RewardText::new(
         &loaded.backbone,
         &loaded.tokenizer,

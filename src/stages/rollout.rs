@@ -310,6 +310,9 @@ pub struct RlSetup {
 
 /// How an RL stage asks for its set-up.
 pub struct RlSettings<'a> {
+    /// The stage's inputs: its prompts and the policy it starts from.
+    pub prompts_input: &'a str,
+    pub policy_input: &'a str,
     pub prompt_column: &'a str,
     /// The reference-answer column a rule reward needs.
     pub answer_column: Option<&'a str>,
@@ -321,13 +324,16 @@ pub struct RlSettings<'a> {
 impl RlSetup {
     pub fn new(s: &RlSettings, ctx: &mut StageContext, device: &Device) -> Result<RlSetup> {
         ctx.progress.set_message("reading prompts");
-        let (train_prompts, val_prompts) =
-            read_prompts(ctx.input("prompts")?, s.prompt_column, s.answer_column)?;
+        let (train_prompts, val_prompts) = read_prompts(
+            ctx.input(s.prompts_input)?,
+            s.prompt_column,
+            s.answer_column,
+        )?;
         if train_prompts.is_empty() {
             bail!("no prompts in column `{}`", s.prompt_column);
         }
         ctx.progress.set_message("loading the policy");
-        let loaded = load_checkpoint(ctx, "model", None, true, device)?;
+        let loaded = load_checkpoint(ctx, s.policy_input, None, true, device)?;
         let sampling = SamplingConfig {
             max_new_tokens: s.max_new_tokens,
             temperature: s.temperature,

@@ -215,7 +215,14 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         );
     }
     ctx.progress.set_message("loading the model");
-    let loaded = load_model_input(&spec.model, spec.tokenizer.is_some(), true, ctx, &device)?;
+    let loaded = load_model_input(
+        &spec.model,
+        MODEL.key,
+        spec.tokenizer.is_some().then_some(TOKENIZER.key),
+        true,
+        ctx,
+        &device,
+    )?;
     let stops = loaded.stop_tokens();
     let LoadedModel {
         backbone,
@@ -458,7 +465,14 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
         config,
         tokenizer,
         ..
-    } = load_model_input(&spec.model, spec.tokenizer.is_some(), false, ctx, &device)?;
+    } = load_model_input(
+        &spec.model,
+        MODEL.key,
+        spec.tokenizer.is_some().then_some(TOKENIZER.key),
+        false,
+        ctx,
+        &device,
+    )?;
     let model = match score {
         Some(head) if head.d_out() == num_labels => Model {
             backbone,
