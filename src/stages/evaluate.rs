@@ -15,6 +15,7 @@ use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::Model;
+use crate::model::chat::Message;
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::recipe::types::MissingPolicy;
 use crate::recipe::types::{
@@ -358,115 +359,28 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let mut scores = Scores::new();
         let decoder = m.backbone.is_decoder();
         if let (Some(cfg), Some(texts)) = (&spec.perplexity, &texts) {
-            if !decoder {
-                bail!(
-                    "model `{name}` is an encoder: it has no perplexity; evaluate it with `classification`"
-                );
-            }
             ctx.progress.set_message(format!("{name}: perplexity"));
-            let eos = eos_token(&m.tokenizer, &m.config);
-            let batches =
-                super::batches::batches(&m.tokenizer, texts, eos, cfg.max_length, 8, &device)?;
-            let nll = evaluate(&m.backbone, &CausalLm, &batches);
-            scores.push(("perplexity".into(), nll.exp()));
-            scores.push(("token_accuracy".into(), token_accuracy(&m, &batches)));
+            scores.extend(perplexity(name, &m, cfg, texts, &device)?);
         }
         if let (Some(cfg), Some(pairs)) = (&spec.qa, &qa) {
-            if !decoder {
-                bail!("model `{name}` is an encoder: it cannot answer questions");
-            }
             ctx.progress
                 .set_message(format!("{name}: answering questions"));
-            let format = Format::new(&cfg.template, m.chat_template.as_deref());
-            let sampling = SamplingConfig {
-                max_new_tokens: cfg.max_new_tokens,
-                stop_tokens: m.stop_tokens(),
-                ..Default::default()
-            };
-            let em = exact_match(
-                &m.backbone,
-                &m.tokenizer,
-                &format,
-                pairs,
-                &sampling,
-                &device,
-            )?;
-            scores.push(("exact_match".into(), em.unwrap_or(f64::NAN)));
-            let eos = eos_token(&m.tokenizer, &m.config);
-            let batches = encode_conversations(
-                &m.tokenizer,
-                &format,
-                pairs,
-                eos,
-                cfg.max_length,
-                8,
-                &device,
-            )?;
-            scores.push((
-                "answer_perplexity".into(),
-                evaluate(&m.backbone, &CausalLm, &batches).exp(),
-            ));
+            scores.extend(answers(name, &m, cfg, pairs, &device)?);
         }
         if let (Some(cfg), Some(labelled)) = (&spec.classification, &labelled) {
             ctx.progress.set_message(format!("{name}: classifying"));
-            let model = Model {
-                backbone: m.backbone.clone(),
-                score: m.score.clone(),
-            };
-            let heads = model.num_labels().with_context(|| {
-                format!("model `{name}` has no classification head (train one with `sft`, `task: classification`)")
-            })?;
-            let rows = label_ids(&m.config, labelled);
-            if let Some((_, bad)) = rows.iter().find(|(_, l)| *l >= heads) {
-                bail!("the data has label id {bad}; model `{name}` has {heads} labels");
-            }
-            let batches =
-                super::classify::encode(&m.tokenizer, &rows, cfg.max_length, 16, &device)?;
-            if let Some(c) = super::classify::accuracy(&model, &batches, heads) {
-                scores.push(("accuracy".into(), c.accuracy));
-                scores.push(("macro_f1".into(), c.macro_f1));
-            }
+            scores.extend(classification(name, &m, cfg, labelled, &device)?);
         }
         if let Some((cfg, prompts, scorer)) = &reward_eval {
-            if !decoder {
-                bail!(
-                    "model `{name}` is an encoder: it cannot answer prompts for the reward model"
-                );
-            }
-            ctx.progress
-                .set_message(format!("{name}: answers for the reward model"));
-            let format = Format::new(&cfg.template, m.chat_template.as_deref());
-            let sampling = SamplingConfig {
-                max_new_tokens: cfg.max_new_tokens,
-                stop_tokens: m.stop_tokens(),
-                ..Default::default()
+            let judge = Judge {
+                cfg,
+                prompts,
+                scorer,
+                seed: ctx.seed,
             };
-            let how = super::rollout::Answering {
-                tok: &m.tokenizer,
-                format: &format,
-                sampling: &sampling,
-                device: &device,
-            };
-            let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
-            let s = super::rollout::judged(&m.backbone, &how, prompts, scorer, 1)?;
-            scores.push(("reward_score".into(), mean(&s)));
-            judged.insert(name.clone(), s);
-            if let Some(n) = cfg.samples {
-                ctx.progress
-                    .set_message(format!("{name}: {n} sampled answers a prompt"));
-                // The same seed for every model: differences come from the models.
-                let sampled = SamplingConfig {
-                    temperature: cfg.temperature.unwrap_or(1.0),
-                    seed: ctx.seed,
-                    ..sampling.clone()
-                };
-                let how = super::rollout::Answering {
-                    sampling: &sampled,
-                    ..how
-                };
-                let s = super::rollout::judged(&m.backbone, &how, prompts, scorer, n)?;
-                scores.push(("reward_score_sampled".into(), mean(&s)));
-            }
+            let (s, per_prompt) = judge.scores(name, &m, &ctx.progress, &device)?;
+            scores.extend(s);
+            judged.insert(name.clone(), per_prompt);
         }
         if let Some(cfg) = &spec.samples
             && decoder
@@ -547,6 +461,145 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
 /// The rows an evaluation reads: a dataset's `test` split, else its `validation` split (the
 /// held-out data); a single split or a file whole.
+/// Perplexity and next-token accuracy of a decoder on held-out text.
+fn perplexity(
+    name: &str,
+    m: &LoadedModel,
+    cfg: &TextEval,
+    texts: &[String],
+    device: &Device,
+) -> Result<Scores> {
+    if !m.backbone.is_decoder() {
+        bail!(
+            "model `{name}` is an encoder: it has no perplexity; evaluate it with `classification`"
+        );
+    }
+    let eos = eos_token(&m.tokenizer, &m.config);
+    let batches = super::batches::batches(&m.tokenizer, texts, eos, cfg.max_length, 8, device)?;
+    let nll = evaluate(&m.backbone, &CausalLm, &batches);
+    Ok(vec![
+        ("perplexity".into(), nll.exp()),
+        ("token_accuracy".into(), token_accuracy(m, &batches)),
+    ])
+}
+
+/// Exact match of greedy answers to held-out questions (one-turn conversations), and the
+/// perplexity of the reference answers.
+fn answers(
+    name: &str,
+    m: &LoadedModel,
+    cfg: &QaEval,
+    pairs: &[Vec<Message>],
+    device: &Device,
+) -> Result<Scores> {
+    if !m.backbone.is_decoder() {
+        bail!("model `{name}` is an encoder: it cannot answer questions");
+    }
+    let format = Format::new(&cfg.template, m.chat_template.as_deref());
+    let sampling = SamplingConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        stop_tokens: m.stop_tokens(),
+        ..Default::default()
+    };
+    let em = exact_match(&m.backbone, &m.tokenizer, &format, pairs, &sampling, device)?;
+    let eos = eos_token(&m.tokenizer, &m.config);
+    let batches =
+        encode_conversations(&m.tokenizer, &format, pairs, eos, cfg.max_length, 8, device)?;
+    Ok(vec![
+        ("exact_match".into(), em.unwrap_or(f64::NAN)),
+        (
+            "answer_perplexity".into(),
+            evaluate(&m.backbone, &CausalLm, &batches).exp(),
+        ),
+    ])
+}
+
+/// Accuracy and macro-F1 of a model's classification head on labelled texts.
+fn classification(
+    name: &str,
+    m: &LoadedModel,
+    cfg: &ClassificationEval,
+    labelled: &[(String, Value)],
+    device: &Device,
+) -> Result<Scores> {
+    let model = Model {
+        backbone: m.backbone.clone(),
+        score: m.score.clone(),
+    };
+    let heads = model.num_labels().with_context(|| {
+        format!("model `{name}` has no classification head (train one with `sft`, `task: classification`)")
+    })?;
+    let rows = label_ids(&m.config, labelled);
+    if let Some((_, bad)) = rows.iter().find(|(_, l)| *l >= heads) {
+        bail!("the data has label id {bad}; model `{name}` has {heads} labels");
+    }
+    let batches = super::classify::encode(&m.tokenizer, &rows, cfg.max_length, 16, device)?;
+    Ok(match super::classify::accuracy(&model, &batches, heads) {
+        Some(c) => vec![
+            ("accuracy".into(), c.accuracy),
+            ("macro_f1".into(), c.macro_f1),
+        ],
+        None => Vec::new(),
+    })
+}
+
+/// The reward model judging each model's answers to the same prompts.
+struct Judge<'a> {
+    cfg: &'a RewardEval,
+    prompts: &'a [super::rollout::PromptRow],
+    scorer: &'a super::rollout::Scorer,
+    /// The same seed for every model's sampled answers: differences come from the models.
+    seed: u64,
+}
+
+impl Judge<'_> {
+    /// The mean score of greedy answers (and of sampled ones with `samples`), and the greedy
+    /// score per prompt (for win rates).
+    fn scores(
+        &self,
+        name: &str,
+        m: &LoadedModel,
+        progress: &super::context::Progress,
+        device: &Device,
+    ) -> Result<(Scores, Vec<f64>)> {
+        if !m.backbone.is_decoder() {
+            bail!("model `{name}` is an encoder: it cannot answer prompts for the reward model");
+        }
+        progress.set_message(format!("{name}: answers for the reward model"));
+        let cfg = self.cfg;
+        let format = Format::new(&cfg.template, m.chat_template.as_deref());
+        let sampling = SamplingConfig {
+            max_new_tokens: cfg.max_new_tokens,
+            stop_tokens: m.stop_tokens(),
+            ..Default::default()
+        };
+        let how = super::rollout::Answering {
+            tok: &m.tokenizer,
+            format: &format,
+            sampling: &sampling,
+            device,
+        };
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+        let greedy = super::rollout::judged(&m.backbone, &how, self.prompts, self.scorer, 1)?;
+        let mut scores = vec![("reward_score".into(), mean(&greedy))];
+        if let Some(n) = cfg.samples {
+            progress.set_message(format!("{name}: {n} sampled answers a prompt"));
+            let sampled = SamplingConfig {
+                temperature: cfg.temperature.unwrap_or(1.0),
+                seed: self.seed,
+                ..sampling.clone()
+            };
+            let how = super::rollout::Answering {
+                sampling: &sampled,
+                ..how
+            };
+            let s = super::rollout::judged(&m.backbone, &how, self.prompts, self.scorer, n)?;
+            scores.push(("reward_score_sampled".into(), mean(&s)));
+        }
+        Ok((scores, greedy))
+    }
+}
+
 fn held_out(input: &ResolvedInput) -> Result<Table> {
     if let ResolvedInput::Artifact(view) = input
         && view.outputs.len() > 1
