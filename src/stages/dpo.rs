@@ -496,7 +496,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
     let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     metrics.insert("steps".into(), summary.steps.into());
     match (&before, &after) {
         (Measured::Pairs(Some(b)), Measured::Pairs(Some(a))) => {

@@ -434,7 +434,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     let mut rows = Vec::new();
     let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     for (model, scores) in &results {
         for (metric, value) in scores {
             rows.push(vec![json!(model), json!(metric), json!(round(*value))]);
@@ -753,7 +753,7 @@ fn comparison(spec: &EvaluateSpec, results: &BTreeMap<String, Scores>) -> Value 
                     scores
                         .iter()
                         .find(|(m, _)| m == c)
-                        .map_or(Value::Null, |(_, v)| json!((v * 1e4).round() / 1e4))
+                        .map_or(Value::Null, |(_, v)| json!(crate::stages::round4(*v)))
                 })
                 .collect();
             json!({ "model": name, "values": values })

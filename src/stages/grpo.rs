@@ -321,7 +321,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
     let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     metrics.insert("steps".into(), summary.steps.into());
     if let (Some(b), Some(a)) = (before, after) {
         metrics.insert("reward_before".into(), round(b).into());

@@ -47,7 +47,7 @@ pub fn fit_warnings(summary: &Summary, metrics: &mut Map<String, Value>) -> Vec<
     }
     if let Some(val) = summary.final_eval {
         let gap = val - summary.last_loss;
-        metrics.insert("train_val_gap".into(), ((gap * 1e4).round() / 1e4).into());
+        metrics.insert("train_val_gap".into(), crate::stages::round4(gap).into());
         if let Some((best_step, best)) = summary.best_eval
             && val > best * 1.02
             && !summary.early_stopped
@@ -131,7 +131,7 @@ impl Probe {
     ) -> Result<Value> {
         let after = evaluate(model, &CausalLm, &self.batches).exp();
         let rise = after / self.before - 1.0;
-        let round = |x: f64| (x * 1e4).round() / 1e4;
+        let round = crate::stages::round4;
         metrics.insert("probe_ppl_before".into(), round(self.before).into());
         metrics.insert("probe_ppl_after".into(), round(after).into());
         if rise > self.cfg.max_increase {

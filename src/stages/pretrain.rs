@@ -313,7 +313,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     )?;
 
     let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     metrics.insert("steps".into(), summary.steps.into());
     metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
     metrics.insert("train_loss_last".into(), round(summary.last_loss).into());

@@ -298,7 +298,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
 
     let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     metrics.insert("steps".into(), summary.steps.into());
     if let (Some(b), Some(a)) = (&before, &after) {
         metrics.insert("accuracy_before".into(), round(b.accuracy).into());
@@ -530,7 +530,7 @@ mod regression {
         let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
         save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
         let mut metrics = serde_json::Map::new();
-        let round = |x: f64| (x * 1e4).round() / 1e4;
+        let round = crate::stages::round4;
         metrics.insert("steps".into(), summary.steps.into());
         for (name, m) in [("before", &before), ("after", &after)] {
             if let Some(m) = m {

@@ -346,7 +346,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     metrics.insert("steps".into(), summary.steps.into());
     metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
     metrics.insert("train_loss_last".into(), round(summary.last_loss).into());
@@ -526,7 +526,7 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
     save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
 
     let mut metrics = serde_json::Map::new();
-    let round = |x: f64| (x * 1e4).round() / 1e4;
+    let round = crate::stages::round4;
     metrics.insert("steps".into(), summary.steps.into());
     if let (Some(b), Some(a)) = (&before, &after) {
         metrics.insert("accuracy_before".into(), round(b.accuracy).into());
