@@ -100,7 +100,7 @@ impl ColumnType {
     }
 
     /// The type of a column holding both; `None` if they do not mix.
-    fn unify(self, other: ColumnType) -> Option<ColumnType> {
+    pub fn unify(self, other: ColumnType) -> Option<ColumnType> {
         use ColumnType::*;
         match (self, other) {
             (a, b) if a == b => Some(a),

@@ -1,7 +1,7 @@
 //! `concat`: one table from several, their rows one after another (parts in the order of their
 //! names), each part a file or a dataset stage (all its splits, or one). For mixing data
 //! sources before a `dataset` stage splits, deduplicates and checks the whole for leakage
-//! (`source: { from: <this stage> }`). The parts must have the same columns of the same types.
+//! (`source: { from: <this stage> }`). The parts must have the same columns, of types that mix.
 //! Output: `train`.
 
 use std::collections::BTreeMap;
@@ -94,13 +94,24 @@ impl Kind for ConcatKind {
             match &mut out {
                 None => out = Some((name.clone(), part)),
                 Some((first, acc)) => {
-                    if acc.columns != part.columns || acc.types != part.types {
+                    // Same columns, of types that mix (integers and numbers, nulls and anything).
+                    let types = (acc.columns == part.columns)
+                        .then(|| {
+                            acc.types
+                                .iter()
+                                .zip(&part.types)
+                                .map(|(a, b)| a.unify(*b))
+                                .collect::<Option<Vec<_>>>()
+                        })
+                        .flatten();
+                    let Some(types) = types else {
                         bail!(
                             "parts `{first}` ({}) and `{name}` ({}) have different columns; rename or select them to match in a dataset stage first",
                             describe(acc),
                             describe(&part)
                         );
-                    }
+                    };
+                    acc.types = types;
                     acc.rows.extend(part.rows);
                 }
             }

@@ -94,3 +94,30 @@ stages:
     );
     assert!(v.stderr().contains("one.yaml:6:"), "{}", v.stderr());
 }
+
+#[test]
+fn integer_and_fractional_columns_mix_like_in_one_file() {
+    let p = Project::new();
+    p.write(
+        "a.jsonl",
+        "{\"text\": \"first\", \"score\": 1}\n{\"text\": \"second\", \"score\": 2}\n",
+    );
+    p.write("b.jsonl", "{\"text\": \"third\", \"score\": 0.5}\n");
+    p.write(
+        "r.yaml",
+        "version: 1
+name: mix
+stages:
+  mixed:
+    kind: concat
+    parts: { a: { path: a.jsonl }, b: { path: b.jsonl } }
+  all:
+    kind: dataset
+    source: { from: mixed }
+",
+    );
+    let out = p.hone(&["run", "r.yaml"]).ok();
+    assert!(out.contains("rows=3"), "{out}");
+    let show = p.hone(&["show", "r.yaml", "all"]).ok();
+    assert!(show.contains("score (float)"), "{show}");
+}
