@@ -166,7 +166,7 @@ impl ProgressSink for Bar {
     fn finish(&self) {
         self.bar.finish_and_clear();
     }
-    fn resumed(&self, step: usize) {
+    fn resumed(&self, step: u64) {
         self.bar.suspend(|| {
             eprintln!(
                 "  resuming  {:<20} from its checkpoint at step {step}",
@@ -191,7 +191,7 @@ impl ProgressSink for Notes {
     fn set_length(&self, _: u64) {}
     fn set_position(&self, _: u64) {}
     fn set_message(&self, _: &str) {}
-    fn resumed(&self, step: usize) {
+    fn resumed(&self, step: u64) {
         eprintln!(
             "  resuming  {:<20} from its checkpoint at step {step}",
             self.stage
@@ -287,7 +287,7 @@ impl ProgressSink for JsonProgress {
     fn set_message(&self, message: &str) {
         self.update(|s| s.message = message.to_owned());
     }
-    fn resumed(&self, step: usize) {
+    fn resumed(&self, step: u64) {
         write_line(
             &self.out,
             &serde_json::json!({ "event": "resumed", "stage": self.stage, "step": step }),

@@ -20,7 +20,7 @@ pub trait ProgressSink: Send + Sync {
     /// What the stage is doing now (`reading`, `loss 1.23  lr 3.0e-4`).
     fn set_message(&self, message: &str);
     /// Training resumed from a checkpoint at `step`.
-    fn resumed(&self, _step: usize) {}
+    fn resumed(&self, _step: u64) {}
     /// The stage is done: take the bar (if any) off the screen.
     fn finish(&self) {}
 }
@@ -54,7 +54,7 @@ impl Progress {
     pub fn set_message(&self, message: impl AsRef<str>) {
         self.0.set_message(message.as_ref());
     }
-    pub fn resumed(&self, step: usize) {
+    pub fn resumed(&self, step: u64) {
         self.0.resumed(step);
     }
     pub fn finish(&self) {

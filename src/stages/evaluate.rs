@@ -788,7 +788,7 @@ fn pitfalls(results: &BTreeMap<String, Scores>) -> Vec<String> {
 
 /// The comparison table of an evaluate stage's summary, as aligned text (`None` for other
 /// stages' summaries).
-pub fn format_table(summary: &Value) -> Option<String> {
+fn format_table(summary: &Value) -> Option<String> {
     let t = summary.get("table")?;
     let columns: Vec<&str> = t["columns"]
         .as_array()?

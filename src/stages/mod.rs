@@ -229,7 +229,7 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
         every_secs: 120.0,
     });
     if let Some(step) = checkpointing.as_ref().and_then(Checkpointing::saved_step) {
-        progress.resumed(step as usize);
+        progress.resumed(step);
     }
     let on_record = |r: &Record| {
         if let Record::Step(s) = r {
