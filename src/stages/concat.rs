@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use super::metrics;
 use super::{StageResult, read_table};
 use crate::data::table::MissingPolicy;
 use crate::recipe::types::Input;
@@ -31,6 +32,14 @@ pub struct ConcatKind;
 
 /// Every part.
 const PARTS: InputSlot = InputSlot::new("parts.*", DATA_INPUT);
+
+/// The rows of the joined table and of each part (`rows_<part>`).
+#[derive(Serialize)]
+struct ConcatMetrics {
+    rows: usize,
+    #[serde(flatten)]
+    part_rows: BTreeMap<String, usize>,
+}
 
 impl Kind for ConcatKind {
     type Settings = ConcatSpec;
@@ -86,11 +95,11 @@ impl Kind for ConcatKind {
 
     fn run(&self, spec: &ConcatSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let mut out: Option<(String, crate::data::table::Table)> = None;
-        let mut metrics = serde_json::Map::new();
+        let mut part_rows = BTreeMap::new();
         for name in spec.parts.keys() {
             ctx.check_cancelled()?;
             let part = read_table(ctx.input(&format!("parts.{name}"))?, MissingPolicy::Null)?;
-            metrics.insert(format!("rows_{name}"), part.rows.len().into());
+            part_rows.insert(format!("rows_{name}"), part.rows.len());
             match &mut out {
                 None => out = Some((name.clone(), part)),
                 Some((first, acc)) => {
@@ -119,10 +128,13 @@ impl Kind for ConcatKind {
         let Some((_, table)) = out else {
             bail!("`parts` is empty");
         };
-        metrics.insert("rows".into(), table.rows.len().into());
+        let metrics = ConcatMetrics {
+            rows: table.rows.len(),
+            part_rows,
+        };
         ctx.write_table("train", &table)?;
         Ok(StageResult {
-            metrics,
+            metrics: metrics::record(&metrics),
             ..StageResult::default()
         })
     }

@@ -5,8 +5,8 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use super::StageResult;
 use super::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
+use super::{StageResult, metrics};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{Row, Table};
@@ -206,6 +206,19 @@ impl Kind for DatasetKind {
     }
 }
 
+/// What a dataset stage records: the rows of each split it made, and what it dropped or found.
+#[derive(Serialize)]
+struct DatasetMetrics {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows_train: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows_validation: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows_test: Option<usize>,
+    duplicates_dropped: usize,
+    leaked_rows: usize,
+}
+
 pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("reading");
     let mut t = super::read_table(ctx.input(SOURCE.key)?, spec.missing)?;
@@ -315,15 +328,19 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         rows_per_split.insert(s.name().to_owned(), rows.len().into());
     }
 
-    let mut metrics = serde_json::Map::new();
-    for (s, rows, _) in &parts {
-        metrics.insert(format!("rows_{}", s.name()), rows.len().into());
-    }
-    metrics.insert("duplicates_dropped".into(), duplicates.into());
-    metrics.insert(
-        "leaked_rows".into(),
-        leaks.iter().map(|o| o.total()).sum::<usize>().into(),
-    );
+    let rows_of = |split: Split| {
+        parts
+            .iter()
+            .find(|(s, ..)| *s == split)
+            .map(|(_, rows, _)| rows.len())
+    };
+    let metrics = DatasetMetrics {
+        rows_train: rows_of(Split::Train),
+        rows_validation: rows_of(Split::Validation),
+        rows_test: rows_of(Split::Test),
+        duplicates_dropped: duplicates,
+        leaked_rows: leaks.iter().map(|o| o.total()).sum(),
+    };
     let columns: Vec<Value> = t
         .columns
         .iter()
@@ -341,7 +358,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "first_rows": t.with_rows(parts[0].1.iter().take(3).cloned().collect()).row_objects(3),
     });
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary,
     })

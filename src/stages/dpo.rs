@@ -9,13 +9,17 @@
 //! trains on unpaired feedback (`label_column`): single answers marked desirable or not, with
 //! the implied rewards of each kind and their margin reported.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
+use tokenizers::Tokenizer;
 
 use super::conversation::{Format, eos_token, one_turn, tokenize_conversations, truncate};
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, guards};
 use crate::data::table::Table;
@@ -30,7 +34,7 @@ use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::ArtifactType;
 use crate::train::objectives::{LmBatch, sequence_logps};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
-use crate::train::trainer::Objective;
+use crate::train::trainer::{Objective, Summary};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -285,62 +289,13 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading the preference data");
-    let feedback = match &spec.label_column {
-        Some(label) => {
-            let (train, val) = labelled(ctx.input(DATA.key)?, spec, label)?;
-            if !train.iter().any(|l| l.desirable) || !train.iter().any(|l| !l.desirable) {
-                bail!(
-                    "KTO needs desirable and undesirable answers in the training data; column `{label}` has only {}",
-                    if train.iter().any(|l| l.desirable) {
-                        "desirable ones"
-                    } else {
-                        "undesirable ones (or none)"
-                    }
-                );
-            }
-            Feedback::Unpaired(train, val)
-        }
-        None => {
-            let (train, val) = pairs(ctx.input(DATA.key)?, spec)?;
-            if train.is_empty() {
-                bail!(
-                    "no preference pairs (columns `{}`, `{}`, `{}`)",
-                    spec.prompt_column,
-                    spec.chosen_column,
-                    spec.rejected_column
-                );
-            }
-            Feedback::Pairs(train, val)
-        }
-    };
+    let feedback = read_feedback(spec, ctx)?;
     ctx.progress.set_message("loading the policy");
     let policy = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
     let format = Format::new(&spec.template, policy.chat_template.as_deref());
     let eos = eos_token(&policy.tokenizer, &policy.config);
-    let tokenize = |answers: Vec<(&str, &str)>| -> Result<Vec<Encoded>> {
-        let convs: Vec<_> = answers.iter().map(|(p, a)| one_turn(p, a)).collect();
-        let whole = tokenize_conversations(&policy.tokenizer, &format, &convs, eos)?;
-        // Cut prompts, not answers: the answer is what is compared.
-        Ok(truncate(whole, spec.max_length, Truncation::Prompt).0)
-    };
-    // The sequences scored: per split, the chosen then the rejected answers of the pairs (as
-    // two lists), or the unpaired answers (as one, the other empty).
-    let sides = |pairs: &[Pair]| -> Result<(Vec<Encoded>, Vec<Encoded>)> {
-        Ok((
-            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.chosen)).collect())?,
-            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.rejected)).collect())?,
-        ))
-    };
-    let answers = |l: &[Labelled]| -> Result<(Vec<Encoded>, Vec<Encoded>)> {
-        Ok((
-            tokenize(l.iter().map(|x| (&*x.prompt, &*x.completion)).collect())?,
-            Vec::new(),
-        ))
-    };
-    let ((train_c, train_r), (val_c, val_r)) = match &feedback {
-        Feedback::Pairs(train, val) => (sides(train)?, sides(val)?),
-        Feedback::Unpaired(train, val) => (answers(train)?, answers(val)?),
-    };
+    let ((train_c, train_r), (val_c, val_r)) =
+        encode_feedback(&feedback, &policy.tokenizer, &format, eos, spec.max_length)?;
 
     // Reference log-probabilities, once, cached by reference model and tokens.
     let reference_needed = spec.kto || (spec.loss.uses_reference() && !spec.reference_free);
@@ -364,30 +319,15 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         (None, false) => None,
     };
     let ref_identity = super::input_identity(ctx.input(ref_rel)?);
-    let ref_logps = |enc: &[Encoded]| -> Result<Vec<f32>> {
-        let Some(m) = &ref_model else {
-            return Ok(vec![0.0; enc.len()]);
-        };
-        let seqs: Vec<(Vec<u32>, Vec<bool>)> = enc
-            .iter()
-            .map(|e| (e.ids.clone(), e.targets.clone()))
-            .collect();
-        let key = crate::data::tokenized::key(
+    let ref_logps = |enc: &[Encoded]| {
+        reference_logps(
+            ref_model.as_ref(),
+            &ref_identity,
             &policy.tokenizer,
-            &json!({ "reference_logps": ref_identity }),
-            &seqs,
-        )?;
-        crate::data::tokenized::cached_floats(ctx.token_cache.as_deref(), &key, || {
-            let mut out = Vec::with_capacity(enc.len());
-            for chunk in enc.chunks(8) {
-                let (lp, _) = sequence_logps(m, &lm_batch(chunk, &infer_device));
-                out.extend(
-                    lp.try_into_vec_as::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e}"))?,
-                );
-            }
-            Ok(out)
-        })
+            ctx.token_cache.as_deref(),
+            enc,
+            &infer_device,
+        )
     };
     ctx.progress.set_message("reference log-probabilities");
     let (ref_train_c, ref_train_r) = (ref_logps(&train_c)?, ref_logps(&train_r)?);
@@ -495,47 +435,13 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    match (&before, &after) {
-        (Measured::Pairs(Some(b)), Measured::Pairs(Some(a))) => {
-            metrics.insert("accuracy_before".into(), round(b.rewards_accuracies).into());
-            metrics.insert("accuracy_after".into(), round(a.rewards_accuracies).into());
-            metrics.insert("margin_before".into(), round(b.rewards_margins).into());
-            metrics.insert("margin_after".into(), round(a.rewards_margins).into());
-        }
-        (Measured::Unpaired(Some(b)), Measured::Unpaired(Some(a))) => {
-            metrics.insert("margin_before".into(), round(b.margin).into());
-            metrics.insert("margin_after".into(), round(a.margin).into());
-            metrics.insert("desirable_reward_after".into(), round(a.desirable).into());
-            metrics.insert(
-                "undesirable_reward_after".into(),
-                round(a.undesirable).into(),
-            );
-        }
-        _ => {}
-    }
-    let mut warnings = guards::fit_warnings(&summary, &mut metrics);
-    let lost = match &after {
-        Measured::Pairs(Some(a)) => Some((a.rewards_chosen, a.rewards_rejected)),
-        Measured::Unpaired(Some(a)) => Some((a.desirable, a.undesirable)),
-        _ => None,
-    };
-    if let Some((good, bad)) = lost
-        && good < 0.0
-        && bad < good
-    {
-        warnings.push(format!(
-            "both the preferred and the rejected answers lost probability (rewards {good:.3} and {bad:.3}): training pushes the rejected ones down faster; a lower lr or beta keeps the preferred ones likely"
-        ));
-    }
+    let (metrics, warnings) = report(&before, &after, &summary);
     let (train_n, val_n) = match &feedback {
         Feedback::Pairs(t, v) => (t.len(), v.len()),
         Feedback::Unpaired(t, v) => (t.len(), v.len()),
     };
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
             "loss": if spec.kto { "kto".to_owned() } else { format!("{:?}", spec.loss).to_lowercase() },
@@ -550,6 +456,151 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "training": summary,
         }),
     })
+}
+
+/// The preference data: pairs, or (with `label_column`) unpaired answers labelled desirable
+/// or not, split into training and validation.
+fn read_feedback(spec: &DpoSpec, ctx: &StageContext) -> Result<Feedback> {
+    Ok(match &spec.label_column {
+        Some(label) => {
+            let (train, val) = labelled(ctx.input(DATA.key)?, spec, label)?;
+            if !train.iter().any(|l| l.desirable) || !train.iter().any(|l| !l.desirable) {
+                bail!(
+                    "KTO needs desirable and undesirable answers in the training data; column `{label}` has only {}",
+                    if train.iter().any(|l| l.desirable) {
+                        "desirable ones"
+                    } else {
+                        "undesirable ones (or none)"
+                    }
+                );
+            }
+            Feedback::Unpaired(train, val)
+        }
+        None => {
+            let (train, val) = pairs(ctx.input(DATA.key)?, spec)?;
+            if train.is_empty() {
+                bail!(
+                    "no preference pairs (columns `{}`, `{}`, `{}`)",
+                    spec.prompt_column,
+                    spec.chosen_column,
+                    spec.rejected_column
+                );
+            }
+            Feedback::Pairs(train, val)
+        }
+    })
+}
+
+/// The chosen and the rejected answers of one split, tokenized (unpaired: the answers, and
+/// none).
+type Sides = (Vec<Encoded>, Vec<Encoded>);
+
+/// The sequences scored, tokenized: per split (training, validation), the chosen then the
+/// rejected answers of the pairs (as two lists), or the unpaired answers (as one, the other
+/// empty).
+fn encode_feedback(
+    feedback: &Feedback,
+    tokenizer: &Tokenizer,
+    format: &Format,
+    eos: Option<u32>,
+    max_length: usize,
+) -> Result<(Sides, Sides)> {
+    let tokenize = |answers: Vec<(&str, &str)>| -> Result<Vec<Encoded>> {
+        let convs: Vec<_> = answers.iter().map(|(p, a)| one_turn(p, a)).collect();
+        let whole = tokenize_conversations(tokenizer, format, &convs, eos)?;
+        // Cut prompts, not answers: the answer is what is compared.
+        Ok(truncate(whole, max_length, Truncation::Prompt).0)
+    };
+    let sides = |pairs: &[Pair]| -> Result<Sides> {
+        Ok((
+            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.chosen)).collect())?,
+            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.rejected)).collect())?,
+        ))
+    };
+    let answers = |l: &[Labelled]| -> Result<Sides> {
+        Ok((
+            tokenize(l.iter().map(|x| (&*x.prompt, &*x.completion)).collect())?,
+            Vec::new(),
+        ))
+    };
+    Ok(match feedback {
+        Feedback::Pairs(train, val) => (sides(train)?, sides(val)?),
+        Feedback::Unpaired(train, val) => (answers(train)?, answers(val)?),
+    })
+}
+
+/// Reference log-probabilities of `enc`, computed once: cached by the reference model's
+/// identity and the tokens. Without a reference (reference-free losses) each is 0.
+fn reference_logps(
+    reference: Option<&Backbone>,
+    identity: &str,
+    tokenizer: &Tokenizer,
+    cache: Option<&Path>,
+    enc: &[Encoded],
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let Some(m) = reference else {
+        return Ok(vec![0.0; enc.len()]);
+    };
+    let seqs: Vec<(Vec<u32>, Vec<bool>)> = enc
+        .iter()
+        .map(|e| (e.ids.clone(), e.targets.clone()))
+        .collect();
+    let key =
+        crate::data::tokenized::key(tokenizer, &json!({ "reference_logps": identity }), &seqs)?;
+    crate::data::tokenized::cached_floats(cache, &key, || {
+        let mut out = Vec::with_capacity(enc.len());
+        for chunk in enc.chunks(8) {
+            let (lp, _) = sequence_logps(m, &lm_batch(chunk, device));
+            out.extend(
+                lp.try_into_vec_as::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// The stage's metrics (held-out figures before and after) and the pitfalls they show.
+fn report(
+    before: &Measured,
+    after: &Measured,
+    summary: &Summary,
+) -> (DpoStageMetrics, Vec<String>) {
+    let held_out = match (before, after) {
+        (Measured::Pairs(Some(b)), Measured::Pairs(Some(a))) => Some(HeldOut::Pairs {
+            accuracy_before: Rounded(b.rewards_accuracies),
+            accuracy_after: Rounded(a.rewards_accuracies),
+            margin_before: Rounded(b.rewards_margins),
+            margin_after: Rounded(a.rewards_margins),
+        }),
+        (Measured::Unpaired(Some(b)), Measured::Unpaired(Some(a))) => Some(HeldOut::Unpaired {
+            margin_before: Rounded(b.margin),
+            margin_after: Rounded(a.margin),
+            desirable_reward_after: Rounded(a.desirable),
+            undesirable_reward_after: Rounded(a.undesirable),
+        }),
+        _ => None,
+    };
+    let metrics = DpoStageMetrics {
+        training: Training::of(summary),
+        held_out,
+    };
+    let mut warnings = guards::fit_warnings(summary);
+    let lost = match after {
+        Measured::Pairs(Some(a)) => Some((a.rewards_chosen, a.rewards_rejected)),
+        Measured::Unpaired(Some(a)) => Some((a.desirable, a.undesirable)),
+        _ => None,
+    };
+    if let Some((good, bad)) = lost
+        && good < 0.0
+        && bad < good
+    {
+        warnings.push(format!(
+            "both the preferred and the rejected answers lost probability (rewards {good:.3} and {bad:.3}): training pushes the rejected ones down faster; a lower lr or beta keeps the preferred ones likely"
+        ));
+    }
+    (metrics, warnings)
 }
 
 /// One batch of all of `enc`, in order (no example is left out, so rows stay aligned with
@@ -605,6 +656,34 @@ fn kto_batches(rows: &[(Encoded, f32, bool)], batch: usize, device: &Device) -> 
             }
         })
         .collect()
+}
+
+/// What a preference stage records.
+#[derive(Serialize)]
+struct DpoStageMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(flatten)]
+    held_out: Option<HeldOut>,
+}
+
+/// The held-out figures after training beside those before: TRL's reward accuracy and margin
+/// on pairs, or the implied rewards of desirable and undesirable answers for KTO.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum HeldOut {
+    Pairs {
+        accuracy_before: Rounded,
+        accuracy_after: Rounded,
+        margin_before: Rounded,
+        margin_after: Rounded,
+    },
+    Unpaired {
+        margin_before: Rounded,
+        margin_after: Rounded,
+        desirable_reward_after: Rounded,
+        undesirable_reward_after: Rounded,
+    },
 }
 
 /// What the held-out data says before and after: TRL's DPO metrics on pairs, or the implied

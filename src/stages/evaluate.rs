@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::conversation::{Format, encode_conversations, eos_token, exact_match, one_turn};
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use super::metrics::{self, Rounded};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table};
@@ -433,12 +434,12 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
 
     let mut rows = Vec::new();
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
+    // Every model's every metric, as `<model>.<metric>`.
+    let mut metrics: BTreeMap<String, Rounded> = BTreeMap::new();
     for (model, scores) in &results {
         for (metric, value) in scores {
-            rows.push(vec![json!(model), json!(metric), json!(round(*value))]);
-            metrics.insert(format!("{model}.{metric}"), round(*value).into());
+            rows.push(vec![json!(model), json!(metric), json!(Rounded(*value))]);
+            metrics.insert(format!("{model}.{metric}"), Rounded(*value));
         }
     }
     let results_table = table(ctx, &["model", "metric", "value"], rows);
@@ -449,7 +450,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     warnings.extend(pitfalls(&results));
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
             "leaked_examples": leaked,
@@ -753,7 +754,7 @@ fn comparison(spec: &EvaluateSpec, results: &BTreeMap<String, Scores>) -> Value 
                     scores
                         .iter()
                         .find(|(m, _)| m == c)
-                        .map_or(Value::Null, |(_, v)| json!(crate::stages::round4(*v)))
+                        .map_or(Value::Null, |(_, v)| json!(Rounded(*v)))
                 })
                 .collect();
             json!({ "model": name, "values": values })

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
-use super::{ArtifactType, StageResult};
+use super::{ArtifactType, StageResult, metrics};
 
 use crate::recipe::types::Input;
 use crate::recipe::types::PromptTemplate;
@@ -81,6 +81,13 @@ impl Kind for ExportKind {
     }
 }
 
+/// What an export stage records: the files it wrote and their size.
+#[derive(Serialize)]
+struct ExportMetrics {
+    files: usize,
+    bytes: u64,
+}
+
 pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let files: Vec<(String, PathBuf)> = match ctx.input(MODEL.key)? {
         ResolvedInput::Artifact(view) => {
@@ -148,11 +155,13 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         rows = rows.join("\n"),
     );
     std::fs::write(dir.join("README.md"), card)?;
-    let mut metrics = serde_json::Map::new();
-    metrics.insert("files".into(), (files.len() + 1).into());
-    metrics.insert("bytes".into(), total.into());
+    let metrics = ExportMetrics {
+        // The model card is the one file more.
+        files: files.len() + 1,
+        bytes: total,
+    };
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings: vec![],
         summary: json!({ "from": label, "to": spec.to }),
     })

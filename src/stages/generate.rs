@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::conversation::Format;
 use super::kind::{self, DATA_INPUT, InputSlot, Kind};
 use super::model_input::{LoadedModel, load_checkpoint};
-use super::{StageResult, read_table, texts_of};
+use super::{StageResult, metrics, read_table, texts_of};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::sampling::generate;
 use crate::recipe::types::MissingPolicy;
@@ -75,6 +75,14 @@ impl Kind for GenerateKind {
     }
 }
 
+/// What a generation stage records.
+#[derive(Serialize)]
+struct GenerateMetrics {
+    responses: usize,
+    mean_new_tokens: f64,
+    empty_responses: usize,
+}
+
 pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, false)?;
     let prompts = texts_of(
@@ -139,21 +147,20 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         .iter()
         .filter(|r| r.values[1].as_str().is_some_and(str::is_empty))
         .count();
-    let mut metrics = serde_json::Map::new();
-    metrics.insert("responses".into(), table.rows.len().into());
     let mean_new = new_tokens as f64 / table.rows.len() as f64;
-    metrics.insert(
-        "mean_new_tokens".into(),
-        ((mean_new * 10.0).round() / 10.0).into(),
-    );
-    metrics.insert("empty_responses".into(), empty.into());
+    let metrics = GenerateMetrics {
+        responses: table.rows.len(),
+        // A token count to one decimal says all there is to say.
+        mean_new_tokens: (mean_new * 10.0).round() / 10.0,
+        empty_responses: empty,
+    };
     let warnings = if empty > 0 {
         vec![format!("{empty} prompts got an empty response")]
     } else {
         vec![]
     };
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: json!({ "first_rows": table.row_objects(3), "rows": { "responses": table.rows.len() } }),
     })

@@ -18,6 +18,7 @@ use tokenizers::Tokenizer;
 use super::StageResult;
 use super::conversation::Format;
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::metrics::{self, Rounded, Training};
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
@@ -255,6 +256,20 @@ impl Kind for GrpoKind {
     }
 }
 
+/// What a GRPO stage records: the reward on held-out prompts before and after, and the mean
+/// sampled reward over the first and last quarter of training.
+#[derive(Serialize)]
+struct GrpoMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reward_before: Option<Rounded>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reward_after: Option<Rounded>,
+    sampled_reward_first_quarter: Rounded,
+    sampled_reward_last_quarter: Rounded,
+}
+
 pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
@@ -320,13 +335,6 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    if let (Some(b), Some(a)) = (before, after) {
-        metrics.insert("reward_before".into(), round(b).into());
-        metrics.insert("reward_after".into(), round(a).into());
-    }
     let first_last = |v: &[f64]| {
         let k = (v.len() / 4).max(1);
         let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
@@ -336,8 +344,13 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         )
     };
     let (early, late) = first_last(&sampled);
-    metrics.insert("sampled_reward_first_quarter".into(), round(early).into());
-    metrics.insert("sampled_reward_last_quarter".into(), round(late).into());
+    let metrics = GrpoMetrics {
+        training: Training::of(&summary),
+        reward_before: before.zip(after).map(|(b, _)| Rounded(b)),
+        reward_after: before.zip(after).map(|(_, a)| Rounded(a)),
+        sampled_reward_first_quarter: Rounded(early),
+        sampled_reward_last_quarter: Rounded(late),
+    };
     let mut warnings = Vec::new();
     if let (Some(b), Some(a)) = (before, after)
         && a <= b
@@ -347,7 +360,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ));
     }
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
             "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },

@@ -5,10 +5,11 @@
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use super::kind::{DATA_INPUT, InputSlot, Problem};
+use super::metrics::{Forgetting, Rounded};
 use crate::data::leakage::{Key, normalize, overlap};
 use crate::model::Backbone;
 use crate::recipe::types::{ForgettingProbe, Replay};
@@ -32,9 +33,8 @@ pub fn misplaced(set: [bool; 2], works_with: &str) -> Vec<Problem> {
 }
 
 /// Underfitting (the training loss barely fell) and overfitting (validation loss rose from
-/// its best, or sits far above the training loss), with the numbers. Adds the final
-/// train/validation gap to `metrics`.
-pub fn fit_warnings(summary: &Summary, metrics: &mut Map<String, Value>) -> Vec<String> {
+/// its best, or sits far above the training loss), with the numbers.
+pub fn fit_warnings(summary: &Summary) -> Vec<String> {
     let mut warnings = Vec::new();
     let drop = (summary.first_loss - summary.last_loss) / summary.first_loss.abs().max(1e-9);
     if drop < 0.05 {
@@ -47,7 +47,6 @@ pub fn fit_warnings(summary: &Summary, metrics: &mut Map<String, Value>) -> Vec<
     }
     if let Some(val) = summary.final_eval {
         let gap = val - summary.last_loss;
-        metrics.insert("train_val_gap".into(), crate::stages::round4(gap).into());
         if let Some((best_step, best)) = summary.best_eval
             && val > best * 1.02
             && !summary.early_stopped
@@ -93,15 +92,20 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Reads the probe texts and measures the model before training.
+    /// The stage's probe (`forgetting_probe`, if it has one): reads the probe texts and
+    /// measures the model before training.
     pub fn before(
-        cfg: &ForgettingProbe,
+        cfg: Option<&ForgettingProbe>,
         ctx: &StageContext,
         model: &Backbone,
         tokenizer: &Tokenizer,
         eos: Option<u32>,
         device: &Device,
-    ) -> Result<Probe> {
+    ) -> Result<Option<Probe>> {
+        let Some(cfg) = cfg else {
+            return Ok(None);
+        };
+        ctx.progress.set_message("measuring the forgetting probe");
         let texts = super::text_column(ctx.input(PROBE_DATA.key)?, &cfg.column)?;
         if texts.is_empty() {
             bail!(
@@ -114,26 +118,34 @@ impl Probe {
         }
         let batches = super::batches::batches(tokenizer, &texts, eos, cfg.max_length, 8, device)?;
         let before = evaluate(model, &CausalLm, &batches).exp();
-        Ok(Probe {
+        Ok(Some(Probe {
             batches,
             cfg: cfg.clone(),
             before,
-        })
+        }))
     }
 
-    /// Measures the trained model; warns (or fails, with `fail: true`) when the probe's
-    /// perplexity rose by more than `max_increase`.
+    /// Measures the trained model, if the stage has a probe; warns (or fails, with
+    /// `fail: true`) when the probe's perplexity rose by more than `max_increase`. Returns the
+    /// metrics and the summary.
     pub fn after(
+        probe: Option<&Probe>,
+        model: &Backbone,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Option<Forgetting>, Option<Value>)> {
+        let Some(probe) = probe else {
+            return Ok((None, None));
+        };
+        probe.measure_after(model, warnings)
+    }
+
+    fn measure_after(
         &self,
         model: &Backbone,
-        metrics: &mut Map<String, Value>,
         warnings: &mut Vec<String>,
-    ) -> Result<Value> {
+    ) -> Result<(Option<Forgetting>, Option<Value>)> {
         let after = evaluate(model, &CausalLm, &self.batches).exp();
         let rise = after / self.before - 1.0;
-        let round = crate::stages::round4;
-        metrics.insert("probe_ppl_before".into(), round(self.before).into());
-        metrics.insert("probe_ppl_after".into(), round(after).into());
         if rise > self.cfg.max_increase {
             let msg = format!(
                 "catastrophic forgetting: perplexity on the forgetting probe rose {:.0}% ({:.2} -> {after:.2}), above the allowed {:.0}%; mix in general text with `replay`, lower lr, or train fewer steps (LoRA forgets less)",
@@ -146,7 +158,14 @@ impl Probe {
             }
             warnings.push(msg);
         }
-        Ok(json!({ "before": self.before, "after": after, "rise": rise }))
+        let metrics = Forgetting {
+            probe_ppl_before: Rounded(self.before),
+            probe_ppl_after: Rounded(after),
+        };
+        Ok((
+            Some(metrics),
+            Some(json!({ "before": self.before, "after": after, "rise": rise })),
+        ))
     }
 }
 
@@ -210,19 +229,17 @@ mod tests {
 
     #[test]
     fn fit_warnings_name_the_pitfall_with_numbers() {
-        let mut m = Map::new();
         let flat = Summary {
             first_loss: 2.0,
             last_loss: 1.98,
             final_eval: Some(2.0),
             ..Default::default()
         };
-        let w = fit_warnings(&flat, &mut m);
+        let w = fit_warnings(&flat);
         assert!(
             w[0].starts_with("underfitting") && w[0].contains("2.000 -> 1.980"),
             "{w:?}"
         );
-        assert_eq!(m["train_val_gap"], json!(0.02));
 
         let overfit = Summary {
             first_loss: 3.0,
@@ -231,7 +248,7 @@ mod tests {
             final_eval: Some(1.6),
             ..Default::default()
         };
-        let w = fit_warnings(&overfit, &mut m);
+        let w = fit_warnings(&overfit);
         assert!(w[0].contains("rose from 1.000 (step 20) to 1.600"), "{w:?}");
         let good = Summary {
             first_loss: 3.0,
@@ -240,7 +257,7 @@ mod tests {
             final_eval: Some(1.0),
             ..Default::default()
         };
-        assert!(fit_warnings(&good, &mut m).is_empty());
+        assert!(fit_warnings(&good).is_empty());
 
         // A wide gap: with periodic evaluation showing validation still at its best it is a
         // generalisation gap, without it the warning cannot tell and says overfitting.
@@ -257,7 +274,7 @@ mod tests {
             )],
             ..Default::default()
         };
-        let w = fit_warnings(&gap, &mut m);
+        let w = fit_warnings(&gap);
         assert!(
             w[0].starts_with("generalisation gap") && w[0].contains("lowest at the end"),
             "{w:?}"
@@ -267,7 +284,7 @@ mod tests {
             kept_step: Some(120),
             ..gap.clone()
         };
-        let w = fit_warnings(&kept, &mut m);
+        let w = fit_warnings(&kept);
         assert!(
             w[0].contains("early stopping kept the weights of step 120 (of 200)"),
             "{w:?}"
@@ -276,7 +293,7 @@ mod tests {
             log: Vec::new(),
             ..gap
         };
-        let w = fit_warnings(&unknown, &mut m);
+        let w = fit_warnings(&unknown);
         assert!(
             w[0].starts_with("overfitting") && w[0].contains("patience"),
             "{w:?}"

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod grpo;
 pub mod guards;
 pub mod kind;
+pub mod metrics;
 pub mod model_input;
 pub mod ppo;
 pub mod pretrain;
@@ -47,11 +48,6 @@ pub const BUILTIN: &[Builtin] = &[
     Builtin::of::<ppo::PpoKind>(),
     Builtin::of::<export::ExportKind>(),
 ];
-
-/// A metric as manifests, lockfiles, `hone show` and the report record it: 4 decimals.
-pub fn round4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
-}
 
 /// A tuned decoder's outputs: the model, and with LoRA its PEFT adapter (see [`save_policy`]).
 pub fn policy_outputs(

@@ -26,6 +26,7 @@ use tokenizers::Tokenizer;
 use super::StageResult;
 use super::conversation::Format;
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::metrics::{self, Rounded, Training};
 use super::model_input::load_checkpoint;
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
@@ -43,7 +44,7 @@ use crate::train::rl::{
     KlEstimator, clipped_policy_loss, clipped_value_loss, gae, kl, masked_mean, shaped_rewards,
     whiten,
 };
-use crate::train::trainer::Objective;
+use crate::train::trainer::{Objective, Summary};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +145,22 @@ struct Rollout {
     old_values: Tensor<2>,
     advantages: Tensor<2>,
     returns: Tensor<2>,
+}
+
+/// What a PPO stage records: the reward model's score on held-out prompts and the sampled KL
+/// from the reference after training, and TRL's training curves in quarters.
+#[derive(Serialize)]
+struct PpoMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_before: Option<Rounded>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_after: Option<Rounded>,
+    kl_after: Rounded,
+    scores_first_quarter: Rounded,
+    scores_last_quarter: Rounded,
+    kl_last_quarter: Rounded,
 }
 
 /// TRL's logged quantities, per optimisation step.
@@ -456,27 +473,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ..Default::default()
     };
     let scorer = Scorer::new(&source, REWARD_MODEL.key, ctx, &infer_device)?;
-    // The value model: the reward model when it reads the policy's tokens, else the policy
-    // (a fresh copy, its own parameters) with a new scalar head.
-    let rm_is_decoder_like_policy = scorer.model.as_ref().is_some_and(|(m, tok, _)| {
-        m.backbone.is_decoder() && tok.get_vocab_size(true) == tokenizer.get_vocab_size(true)
-    });
-    let (value, value_from) = if rm_is_decoder_like_policy {
-        let v = load_checkpoint(ctx, REWARD_MODEL.key, None, false, &device)?;
-        (
-            Model {
-                backbone: v.backbone,
-                score: v.score,
-            },
-            "the reward model",
-        )
-    } else {
-        let v = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
-        (
-            Model::with_new_head(v.backbone, 1, &device),
-            "the policy with a new scalar head (the reward model reads other tokens)",
-        )
-    };
+    let (value, value_from) = value_model(&scorer, &tokenizer, ctx, &device)?;
     let answering = Answering {
         tok: &tokenizer,
         format: &format,
@@ -541,53 +538,9 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    if let (Some(b), Some(a)) = (before, after) {
-        metrics.insert("score_before".into(), round(b).into());
-        metrics.insert("score_after".into(), round(a).into());
-    }
-    metrics.insert("kl_after".into(), round(kl_after).into());
-    // TRL's objective/scores and objective/kl over training, first and last quarter of steps.
-    let quarter = |f: fn(&PpoStepMetrics) -> f64, last: bool| {
-        let k = (steps.len() / 4).max(1).min(steps.len().max(1));
-        let part = if last {
-            &steps[steps.len().saturating_sub(k)..]
-        } else {
-            &steps[..k.min(steps.len())]
-        };
-        part.iter().map(f).sum::<f64>() / part.len().max(1) as f64
-    };
-    metrics.insert(
-        "scores_first_quarter".into(),
-        round(quarter(|m| m.scores, false)).into(),
-    );
-    metrics.insert(
-        "scores_last_quarter".into(),
-        round(quarter(|m| m.scores, true)).into(),
-    );
-    metrics.insert(
-        "kl_last_quarter".into(),
-        round(quarter(|m| m.kl, true)).into(),
-    );
-    let mut warnings = Vec::new();
-    if let (Some(b), Some(a)) = (before, after)
-        && a <= b
-    {
-        warnings.push(format!(
-            "the reward model's score on the held-out prompts did not rise ({b:.3} -> {a:.3}; on the training prompts {:.3} -> {:.3}): more prompts, more steps, or a value model that reads the policy's tokens may help",
-            quarter(|m| m.scores, false),
-            quarter(|m| m.scores, true)
-        ));
-    }
-    if kl_after > 10.0 {
-        warnings.push(format!(
-            "the policy moved far from the reference (KL {kl_after:.2} nats per answer): reward hacking? raise kl_coef"
-        ));
-    }
+    let (metrics, warnings) = report(before, after, kl_after, &steps, &summary);
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
             "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
@@ -603,6 +556,81 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "training": summary,
         }),
     })
+}
+
+/// The value model: the reward model when it reads the policy's tokens, else the policy (a
+/// fresh copy, its own parameters) with a new scalar head. With where it came from, in words.
+fn value_model(
+    scorer: &Scorer,
+    tokenizer: &Tokenizer,
+    ctx: &StageContext,
+    device: &Device,
+) -> Result<(Model, &'static str)> {
+    let rm_is_decoder_like_policy = scorer.model.as_ref().is_some_and(|(m, tok, _)| {
+        m.backbone.is_decoder() && tok.get_vocab_size(true) == tokenizer.get_vocab_size(true)
+    });
+    Ok(if rm_is_decoder_like_policy {
+        let v = load_checkpoint(ctx, REWARD_MODEL.key, None, false, device)?;
+        (
+            Model {
+                backbone: v.backbone,
+                score: v.score,
+            },
+            "the reward model",
+        )
+    } else {
+        let v = load_checkpoint(ctx, MODEL.key, None, true, device)?;
+        (
+            Model::with_new_head(v.backbone, 1, device),
+            "the policy with a new scalar head (the reward model reads other tokens)",
+        )
+    })
+}
+
+/// The stage's metrics and the pitfalls they show: the held-out score before and after, the
+/// sampled KL after, and TRL's training curves in quarters.
+fn report(
+    before: Option<f64>,
+    after: Option<f64>,
+    kl_after: f64,
+    steps: &[PpoStepMetrics],
+    summary: &Summary,
+) -> (PpoMetrics, Vec<String>) {
+    // TRL's objective/scores and objective/kl over training, first and last quarter of steps.
+    let quarter = |f: fn(&PpoStepMetrics) -> f64, last: bool| {
+        let k = (steps.len() / 4).max(1).min(steps.len().max(1));
+        let part = if last {
+            &steps[steps.len().saturating_sub(k)..]
+        } else {
+            &steps[..k.min(steps.len())]
+        };
+        part.iter().map(f).sum::<f64>() / part.len().max(1) as f64
+    };
+    let metrics = PpoMetrics {
+        training: Training::of(summary),
+        score_before: before.zip(after).map(|(b, _)| Rounded(b)),
+        score_after: before.zip(after).map(|(_, a)| Rounded(a)),
+        kl_after: Rounded(kl_after),
+        scores_first_quarter: Rounded(quarter(|m| m.scores, false)),
+        scores_last_quarter: Rounded(quarter(|m| m.scores, true)),
+        kl_last_quarter: Rounded(quarter(|m| m.kl, true)),
+    };
+    let mut warnings = Vec::new();
+    if let (Some(b), Some(a)) = (before, after)
+        && a <= b
+    {
+        warnings.push(format!(
+            "the reward model's score on the held-out prompts did not rise ({b:.3} -> {a:.3}; on the training prompts {:.3} -> {:.3}): more prompts, more steps, or a value model that reads the policy's tokens may help",
+            quarter(|m| m.scores, false),
+            quarter(|m| m.scores, true)
+        ));
+    }
+    if kl_after > 10.0 {
+        warnings.push(format!(
+            "the policy moved far from the reference (KL {kl_after:.2} nats per answer): reward hacking? raise kl_coef"
+        ));
+    }
+    (metrics, warnings)
 }
 
 /// Mean KL (k1, summed over the answer) between `policy` and `reference` on `SAMPLES`

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use super::batches::{batches, encode_texts, packed_batches, text_batches};
 use super::guards;
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use super::metrics::{self, Forgetting, Rounded, TrainLoss, Training};
 use super::model_input::{LoadedModel, load_model_input};
 use super::{ArtifactType, StageResult, texts_of};
 use crate::data::masking::{Masked, mask_tokens};
@@ -200,6 +201,36 @@ impl Kind for PretrainKind {
     }
 }
 
+/// What a pretraining stage records.
+#[derive(Serialize)]
+struct PretrainMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(flatten)]
+    loss: TrainLoss,
+    #[serde(flatten)]
+    perplexity: Option<Perplexity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaked_examples: Option<usize>,
+    #[serde(flatten)]
+    forgetting: Option<Forgetting>,
+}
+
+/// Validation perplexity before and after: of every next token for a decoder, of the masked
+/// tokens for an encoder (the two are not comparable, so they carry different names).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Perplexity {
+    Tokens {
+        val_ppl_before: Rounded,
+        val_ppl_after: Rounded,
+    },
+    MaskedTokens {
+        val_mlm_ppl_before: Rounded,
+        val_mlm_ppl_after: Rounded,
+    },
+}
+
 pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let device = super::stage_device(ctx, true)?;
     ctx.progress.set_message("reading texts");
@@ -228,17 +259,14 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let batch = spec.train.batch_size.max(1);
     let eos = super::conversation::eos_token(&tokenizer, &config);
     let infer_device = device.clone().without_autodiff();
-    let probe = match &spec.forgetting_probe {
-        Some(p) => Some(super::guards::Probe::before(
-            p,
-            ctx,
-            &backbone.valid(),
-            &tokenizer,
-            eos,
-            &infer_device,
-        )?),
-        None => None,
-    };
+    let probe = guards::Probe::before(
+        spec.forgetting_probe.as_ref(),
+        ctx,
+        &backbone.valid(),
+        &tokenizer,
+        eos,
+        &infer_device,
+    )?;
     let (leaked, mut warnings) =
         super::guards::leakage_warnings(&[("validation", &val_texts, "training", &train_texts)]);
     let (trained, summary, mean_tps) = if causal {
@@ -312,25 +340,33 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &dir,
     )?;
 
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
-    metrics.insert("train_loss_last".into(), round(summary.last_loss).into());
-    // Masked LM: the perplexity of the masked tokens (not comparable to a decoder's).
-    let ppl = if causal { "val_ppl" } else { "val_mlm_ppl" };
-    if let (Some(before), Some(after)) = (summary.initial_eval, summary.final_eval) {
-        metrics.insert(format!("{ppl}_before"), round(before.exp()).into());
-        metrics.insert(format!("{ppl}_after"), round(after.exp()).into());
-    }
-    if leaked > 0 {
-        metrics.insert("leaked_examples".into(), leaked.into());
-    }
-    let probe_summary = match &probe {
-        Some(p) => Some(p.after(&trained.valid(), &mut metrics, &mut warnings)?),
-        None => None,
+    let (probe_metrics, probe_summary) =
+        guards::Probe::after(probe.as_ref(), &trained.valid(), &mut warnings)?;
+    let perplexity = match (summary.initial_eval, summary.final_eval) {
+        (Some(before), Some(after)) => {
+            let (before, after) = (Rounded(before.exp()), Rounded(after.exp()));
+            Some(if causal {
+                Perplexity::Tokens {
+                    val_ppl_before: before,
+                    val_ppl_after: after,
+                }
+            } else {
+                Perplexity::MaskedTokens {
+                    val_mlm_ppl_before: before,
+                    val_mlm_ppl_after: after,
+                }
+            })
+        }
+        _ => None,
     };
-    warnings.extend(super::guards::fit_warnings(&summary, &mut metrics));
+    let metrics = PretrainMetrics {
+        training: Training::of(&summary),
+        loss: TrainLoss::of(&summary),
+        perplexity,
+        leaked_examples: (leaked > 0).then_some(leaked),
+        forgetting: probe_metrics,
+    };
+    warnings.extend(super::guards::fit_warnings(&summary));
     let summary_json = json!({
         "forgetting_probe": probe_summary,
         "model": config.get("model_type"),
@@ -342,7 +378,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "training": summary,
     });
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: summary_json,
     })

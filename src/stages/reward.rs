@@ -12,6 +12,7 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem};
+use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_model_input};
 use super::scoring::RewardText;
 use super::scoring::{Scored, score};
@@ -227,6 +228,24 @@ impl Kind for RewardKind {
     }
 }
 
+/// What a reward model trained on pairs records.
+#[derive(Serialize)]
+struct RewardMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(flatten)]
+    held_out: Option<PairAccuracy>,
+}
+
+/// Held-out pairwise accuracy and margin (chosen minus rejected score), before and after.
+#[derive(Serialize)]
+struct PairAccuracy {
+    accuracy_before: Rounded,
+    accuracy_after: Rounded,
+    margin_before: Rounded,
+    margin_after: Rounded,
+}
+
 pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.score_column.is_some() {
         return regression::run(spec, ctx);
@@ -297,16 +316,19 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
     save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
 
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    if let (Some(b), Some(a)) = (&before, &after) {
-        metrics.insert("accuracy_before".into(), round(b.accuracy).into());
-        metrics.insert("accuracy_after".into(), round(a.accuracy).into());
-        metrics.insert("margin_before".into(), round(b.margin).into());
-        metrics.insert("margin_after".into(), round(a.margin).into());
-    }
-    let mut warnings = super::guards::fit_warnings(&summary, &mut metrics);
+    let metrics = RewardMetrics {
+        training: Training::of(&summary),
+        held_out: before
+            .as_ref()
+            .zip(after.as_ref())
+            .map(|(b, a)| PairAccuracy {
+                accuracy_before: Rounded(b.accuracy),
+                accuracy_after: Rounded(a.accuracy),
+                margin_before: Rounded(b.margin),
+                margin_after: Rounded(a.margin),
+            }),
+    };
+    let mut warnings = super::guards::fit_warnings(&summary);
     if let Some(a) = &after
         && a.accuracy <= 0.55
     {
@@ -316,7 +338,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ));
     }
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
             "reward_model": true,
@@ -404,8 +426,24 @@ mod regression {
     use crate::model::{Model, lora, save_hf_dir};
 
     use crate::stages::context::{ResolvedInput, StageContext};
+    use crate::stages::metrics::{self, Rounded, Training};
     use crate::stages::{ArtifactType, StageResult};
     use crate::train::trainer::Objective;
+
+    /// What a reward model trained on scores records: held-out RMSE and correlation.
+    #[derive(serde::Serialize)]
+    struct ScoreMetrics {
+        #[serde(flatten)]
+        training: Training,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rmse_before: Option<Rounded>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rmse_after: Option<Rounded>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        correlation_before: Option<Rounded>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        correlation_after: Option<Rounded>,
+    }
 
     pub struct ScoredBatch {
         texts: Scored,
@@ -529,24 +567,20 @@ mod regression {
         let config = super::mark_reward_model(config, &spec.template);
         let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
         save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
-        let mut metrics = serde_json::Map::new();
-        let round = crate::stages::round4;
-        metrics.insert("steps".into(), summary.steps.into());
-        for (name, m) in [("before", &before), ("after", &after)] {
-            if let Some(m) = m {
-                metrics.insert(
-                    format!("rmse_{name}"),
-                    round(m["rmse"].as_f64().unwrap_or(f64::NAN)).into(),
-                );
-                metrics.insert(
-                    format!("correlation_{name}"),
-                    round(m["correlation"].as_f64().unwrap_or(f64::NAN)).into(),
-                );
-            }
-        }
-        let warnings = crate::stages::guards::fit_warnings(&summary, &mut metrics);
+        let fit_of = |m: &Option<serde_json::Value>, field: &str| {
+            m.as_ref()
+                .map(|m| Rounded(m[field].as_f64().unwrap_or(f64::NAN)))
+        };
+        let metrics = ScoreMetrics {
+            training: Training::of(&summary),
+            rmse_before: fit_of(&before, "rmse"),
+            rmse_after: fit_of(&after, "rmse"),
+            correlation_before: fit_of(&before, "correlation"),
+            correlation_after: fit_of(&after, "correlation"),
+        };
+        let warnings = crate::stages::guards::fit_warnings(&summary);
         Ok(StageResult {
-            metrics,
+            metrics: metrics::record(&metrics),
             warnings,
             summary: json!({
                 "reward_model": true,

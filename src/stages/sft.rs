@@ -16,6 +16,7 @@ use super::conversation::{
     tokenize_conversations, truncate,
 };
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::metrics::{self, Forgetting, Rounded, TrainLoss, Training};
 use super::model_input::{LoadedModel, load_model_input};
 use super::{StageResult, guards};
 use crate::data::table::Table;
@@ -198,6 +199,47 @@ impl Kind for SftKind {
     }
 }
 
+/// What a generative fine-tuning stage records.
+#[derive(Serialize)]
+struct SftMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(flatten)]
+    loss: TrainLoss,
+    #[serde(flatten)]
+    exact_match: Option<ExactMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaked_examples: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated_examples: Option<usize>,
+    #[serde(flatten)]
+    forgetting: Option<Forgetting>,
+}
+
+/// Exact match of greedy answers on the validation pairs.
+#[derive(Serialize)]
+struct ExactMatch {
+    exact_match_before: Rounded,
+    exact_match_after: Rounded,
+}
+
+/// What a classification stage records.
+#[derive(Serialize)]
+struct ClassificationMetrics {
+    #[serde(flatten)]
+    training: Training,
+    #[serde(flatten)]
+    accuracy: Option<Accuracy>,
+}
+
+/// Validation accuracy before and after, and the macro F1 the trained head reaches.
+#[derive(Serialize)]
+struct Accuracy {
+    accuracy_before: Rounded,
+    accuracy_after: Rounded,
+    macro_f1_after: Rounded,
+}
+
 pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.task == SftTask::Classification {
         return run_classification(spec, ctx);
@@ -264,23 +306,11 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
             },
         )?);
     }
-    let prompts = |convs: &[Vec<Message>]| -> Vec<String> {
-        convs
-            .iter()
-            .map(|c| {
-                c.iter()
-                    .filter(|m| m.role == "user")
-                    .map(|m| m.content.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .collect()
-    };
     let (leaked, mut warnings) = guards::leakage_warnings(&[(
         "validation",
-        &prompts(&val_pairs),
+        &user_prompts(&val_pairs),
         "training",
-        &prompts(&train_pairs),
+        &user_prompts(&train_pairs),
     )]);
     let sampling = SamplingConfig {
         max_new_tokens: spec.eval_max_new_tokens,
@@ -288,20 +318,14 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ..Default::default()
     };
 
-    let probe = match &spec.forgetting_probe {
-        Some(p) => {
-            ctx.progress.set_message("measuring the forgetting probe");
-            Some(guards::Probe::before(
-                p,
-                ctx,
-                &backbone.valid(),
-                &tokenizer,
-                eos,
-                &infer_device,
-            )?)
-        }
-        None => None,
-    };
+    let probe = guards::Probe::before(
+        spec.forgetting_probe.as_ref(),
+        ctx,
+        &backbone.valid(),
+        &tokenizer,
+        eos,
+        &infer_device,
+    )?;
     ctx.progress
         .set_message("answering validation prompts (before)");
     let before = exact_match(
@@ -338,38 +362,26 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &sampling,
         &infer_device,
     )?;
-    let mut metrics = serde_json::Map::new();
-    let probe_summary = match &probe {
-        Some(p) => Some(p.after(&inference, &mut metrics, &mut warnings)?),
-        None => None,
-    };
+    let (forgetting, probe_summary) =
+        guards::Probe::after(probe.as_ref(), &inference, &mut warnings)?;
 
     super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
 
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    metrics.insert("train_loss_first".into(), round(summary.first_loss).into());
-    metrics.insert("train_loss_last".into(), round(summary.last_loss).into());
-    if let (Some(b), Some(a)) = (before, after) {
-        metrics.insert("exact_match_before".into(), round(b).into());
-        metrics.insert("exact_match_after".into(), round(a).into());
-    }
-    if leaked > 0 {
-        metrics.insert("leaked_examples".into(), leaked.into());
-    }
     if too_long > 0 {
-        let what = match spec.truncation {
-            Truncation::Drop => "left out",
-            Truncation::Prompt => "cut at the start of the prompt",
-            Truncation::End => "cut at the end",
-        };
-        metrics.insert("truncated_examples".into(), too_long.into());
-        warnings.push(format!(
-            "{too_long} examples are longer than max_length {} and were {what}",
-            spec.max_length
-        ));
+        warnings.push(truncation_warning(spec, too_long));
     }
-    warnings.extend(guards::fit_warnings(&summary, &mut metrics));
+    warnings.extend(guards::fit_warnings(&summary));
+    let metrics = SftMetrics {
+        training: Training::of(&summary),
+        loss: TrainLoss::of(&summary),
+        exact_match: before.zip(after).map(|(b, a)| ExactMatch {
+            exact_match_before: Rounded(b),
+            exact_match_after: Rounded(a),
+        }),
+        leaked_examples: (leaked > 0).then_some(leaked),
+        truncated_examples: (too_long > 0).then_some(too_long),
+        forgetting,
+    };
     let summary_json = json!({
         "forgetting_probe": probe_summary,
         "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
@@ -382,10 +394,37 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "training": summary,
     });
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: summary_json,
     })
+}
+
+/// What the user said in each conversation, for leakage checks: a validation question
+/// that also occurs in training measures memory, not skill.
+fn user_prompts(convs: &[Vec<Message>]) -> Vec<String> {
+    convs
+        .iter()
+        .map(|c| {
+            c.iter()
+                .filter(|m| m.role == "user")
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect()
+}
+
+fn truncation_warning(spec: &SftSpec, too_long: usize) -> String {
+    let what = match spec.truncation {
+        Truncation::Drop => "left out",
+        Truncation::Prompt => "cut at the start of the prompt",
+        Truncation::End => "cut at the end",
+    };
+    format!(
+        "{too_long} examples are longer than max_length {} and were {what}",
+        spec.max_length
+    )
 }
 
 /// Parameters that train (LoRA: adapters only).
@@ -525,14 +564,14 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
     save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
 
-    let mut metrics = serde_json::Map::new();
-    let round = crate::stages::round4;
-    metrics.insert("steps".into(), summary.steps.into());
-    if let (Some(b), Some(a)) = (&before, &after) {
-        metrics.insert("accuracy_before".into(), round(b.accuracy).into());
-        metrics.insert("accuracy_after".into(), round(a.accuracy).into());
-        metrics.insert("macro_f1_after".into(), round(a.macro_f1).into());
-    }
+    let metrics = ClassificationMetrics {
+        training: Training::steps(&summary),
+        accuracy: before.as_ref().zip(after.as_ref()).map(|(b, a)| Accuracy {
+            accuracy_before: Rounded(b.accuracy),
+            accuracy_after: Rounded(a.accuracy),
+            macro_f1_after: Rounded(a.macro_f1),
+        }),
+    };
     let mut warnings = Vec::new();
     if let Some(a) = &after
         && a.accuracy <= 1.0 / num_labels as f64 + 0.05
@@ -558,7 +597,7 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
         "training": summary,
     });
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&metrics),
         warnings,
         summary: summary_json,
     })

@@ -11,7 +11,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::model_input::{EOS, load_tokenizer};
-use super::{ArtifactType, StageResult};
+use super::{ArtifactType, StageResult, metrics};
 
 use crate::recipe::types::{Input, is_default, text_column};
 use crate::stages::context::StageContext;
@@ -132,6 +132,12 @@ impl Kind for TokenizerKind {
     }
 }
 
+/// What a tokenizer stage records.
+#[derive(Serialize)]
+struct TokenizerMetrics {
+    vocab_size: usize,
+}
+
 pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let (tokenizer, how) = match (&spec.data, &spec.from_model) {
         (Some(_), _) => {
@@ -172,10 +178,8 @@ pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> 
         .save(dir.join("tokenizer.json"), false)
         .map_err(|e| anyhow::anyhow!("cannot save the tokenizer: {e}"))?;
     let vocab = tokenizer.get_vocab_size(true);
-    let mut metrics = serde_json::Map::new();
-    metrics.insert("vocab_size".into(), vocab.into());
     Ok(StageResult {
-        metrics,
+        metrics: metrics::record(&TokenizerMetrics { vocab_size: vocab }),
         warnings: vec![],
         summary: json!({ "tokenizer": how, "vocab_size": vocab }),
     })
