@@ -203,9 +203,9 @@ pub fn dequantize(t: u32, data: &[u8], n: usize) -> Option<Vec<f32>> {
 
 impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Gguf::parse(path, bytes)
     }

@@ -300,9 +300,9 @@ pub fn load_peft(
     device: &Device,
 ) -> Result<LoraConfig, super::ModelError> {
     let cfg_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| super::ModelError::Io {
+    let text = std::fs::read_to_string(&cfg_path).map_err(|error| super::ModelError::Io {
         path: cfg_path.clone(),
-        source,
+        error,
     })?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| super::ModelError::BadConfig {

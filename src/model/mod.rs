@@ -278,9 +278,9 @@ pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, ModelEr
 /// Loads `dir/config.json`, `dir/model.safetensors` and, when present, `dir/tokenizer.json`.
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(&config_path).map_err(|error| ModelError::Io {
         path: config_path.clone(),
-        source,
+        error,
     })?;
     let config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| bad_config(&config_path, format!("invalid JSON: {e}")))?;

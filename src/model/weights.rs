@@ -11,10 +11,11 @@ use safetensors::{Dtype, SafeTensors};
 /// What can go wrong turning files into a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    // Not `source`: the message says the cause once, also under `{:#}`.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a valid safetensors file (truncated or corrupt?): {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
@@ -55,9 +56,9 @@ pub struct WeightMap {
 impl WeightMap {
     /// Reads every tensor of a safetensors file (f32, f16, bf16 and f64 become f32).
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<WeightMap, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::BadSafetensors {
             path: path.to_path_buf(),
