@@ -50,14 +50,11 @@ pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
     let Some(out) = manifest.outputs.get("model") else {
         bail!("stage `{stage}` produced no model");
     };
-    let tmp = tempfile::tempdir()?;
-    for (rel, f) in &out.files {
-        let dest = tmp.path().join(rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::copy(store.blob_path(&f.digest), &dest)?;
+    if !out.files.contains_key("config.json") {
+        bail!("stage `{stage}` produced no model");
     }
+    let tmp = tempfile::tempdir()?;
+    store.checkout(&manifest, "model", tmp.path())?;
     Ok(ModelPath {
         path: tmp.path().to_path_buf(),
         label: arg.to_owned(),

@@ -251,7 +251,7 @@ pub fn main() -> ExitCode {
                 || e.chain().any(|c| c.downcast_ref::<Cancelled>().is_some())
             {
                 eprintln!(
-                    "interrupted: completed stages are committed and a training stage saved a checkpoint; run again to continue"
+                    "interrupted: completed stages are committed, and a training stage continues from its last checkpoint; run again to continue"
                 );
                 return ExitCode::from(130);
             }
@@ -441,8 +441,8 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { command } => cache(cli, command),
-        Command::Generate(args) => generate::run(args),
-        Command::Score(args) => score::run(args),
+        Command::Generate(args) => generate::run(args, cli.store.as_deref()),
+        Command::Score(args) => score::run(args, cli.store.as_deref()),
     }
 }
 
@@ -547,9 +547,10 @@ fn cache(cli: &Cli, command: &CacheCommand) -> Result<ExitCode> {
                 println!("reclaimable: {r}");
             }
             println!(
-                "verified {} actions, {} blobs: {} problems, {} reclaimable{}",
+                "verified {} actions, {} blobs, {} cache entries: {} problems, {} reclaimable{}",
                 report.actions,
                 report.blobs_checked,
+                report.cache_entries_checked,
                 report.problems.len(),
                 report.reclaimable.len(),
                 if report.reclaimable.is_empty() {

@@ -1,6 +1,6 @@
 //! `hone score`: a reward model's scores for responses to a prompt.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -26,14 +26,12 @@ pub struct ScoreArgs {
     template: Option<String>,
     #[arg(long, default_value_t = 512)]
     max_length: usize,
-    /// Store to read RECIPE:STAGE artifacts from (default: beside the recipe).
-    #[arg(long)]
-    store: Option<PathBuf>,
 }
 
-pub fn run(args: &ScoreArgs) -> Result<ExitCode> {
+/// `store`: the global `--store`, where RECIPE:STAGE artifacts are read from.
+pub fn run(args: &ScoreArgs, store: Option<&Path>) -> Result<ExitCode> {
     let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
-    let at = super::artifact::resolve_model(&args.model, args.store.as_deref())?;
+    let at = super::artifact::resolve_model(&args.model, store)?;
     let loaded = crate::model::load(&at.path, &device)
         .with_context(|| format!("cannot load {}", at.label))?;
     if loaded.model.num_labels() != Some(1) {

@@ -101,6 +101,7 @@ pub fn run(
     let mut lockfile_changed = false;
     let mut known: BTreeMap<usize, Known> = BTreeMap::new();
     let mut reports = Vec::new();
+    let protected = protected_paths(recipe);
     observer.event(&Event::RunStarted {
         recipe: &recipe.header.name,
         stages: dag
@@ -237,6 +238,7 @@ pub fn run(
             store,
             manifest: &manifest,
             recipe_dir,
+            protected: &protected,
         })?;
         if let Some(dest) = published {
             observer.event(&Event::Published {
@@ -473,6 +475,23 @@ fn training_data(
         }
     }
     Ok(out)
+}
+
+/// What a stage that writes outside the store (export) must never replace: the recipe file
+/// and every file it reads.
+fn protected_paths(recipe: &Recipe) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = vec![("the recipe".to_owned(), recipe.path.clone())];
+    for stage in &recipe.stages {
+        for (_, input) in stage.spec.inputs() {
+            if let crate::recipe::types::Input::Source(src) = input {
+                out.push((
+                    format!("the data of stage `{}`", stage.name),
+                    src.resolved.clone(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// An upstream artifact's outputs at their blob paths, each blob verified against its digest.

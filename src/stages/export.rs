@@ -73,7 +73,7 @@ impl Kind for ExportKind {
     /// An export lands outside the store, also when the stage itself was cached.
     fn publish(&self, e: &ExportSpec, to: &Publish<'_>) -> Result<Option<PathBuf>> {
         let dest = tidy(&to.recipe_dir.join(&e.to));
-        Ok(publish(to.store, to.manifest, &dest)?.then_some(dest))
+        Ok(publish(to.store, to.manifest, &dest, to.protected)?.then_some(dest))
     }
 
     fn run(&self, spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
@@ -167,20 +167,49 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     })
 }
 
+/// The file hone writes into every export directory, naming what it holds: a later run
+/// replaces a directory only when it finds this file there (or the directory is empty).
+pub const MARKER: &str = ".hone-export.json";
+
 /// Lays the export's artifact out at `dest` unless the directory there already holds exactly
-/// those files. Returns whether it wrote anything.
-pub fn publish(store: &Store, manifest: &Manifest, dest: &Path) -> Result<bool> {
+/// those files. Returns whether it wrote anything. Refuses a destination that contains any
+/// of `protected` (the recipe, its data, the store) or lies inside the store, and an existing
+/// directory that hone did not write; checks every blob as it copies it; a failure leaves
+/// nothing behind.
+pub fn publish(
+    store: &Store,
+    manifest: &Manifest,
+    dest: &Path,
+    protected: &[(String, PathBuf)],
+) -> Result<bool> {
     let Some(out) = manifest.outputs.get("model") else {
         return Ok(false);
     };
-    let same = out.files.iter().all(|(rel, f)| {
-        let p = dest.join(rel);
-        std::fs::metadata(&p).is_ok_and(|m| m.len() == f.size)
-            && crate::store::hash::hash_file(&p).is_ok_and(|d| d == f.digest)
-    }) && crate::store::hash::walk_files(dest)
-        .is_ok_and(|all| all.len() == out.files.len());
-    if same {
-        return Ok(false);
+    check_destination(dest, protected, store.root())?;
+    let marker = json!({
+        "written_by": "hone",
+        "stage": manifest.stage,
+        "action": manifest.action,
+        "artifact": manifest.artifact_digest(),
+    });
+    match std::fs::symlink_metadata(dest) {
+        Ok(meta) if meta.is_dir() => {
+            if !dest.join(MARKER).is_file() && !is_empty_dir(dest)? {
+                bail!(
+                    "will not replace {}: the directory exists and hone did not write it (it has no {MARKER}); remove it, or export to another `to:`",
+                    dest.display()
+                );
+            }
+            if holds(dest, out, &marker) {
+                return Ok(false);
+            }
+        }
+        Ok(_) => bail!(
+            "will not replace {}: it exists and is not a directory; remove it, or export to another `to:`",
+            dest.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dest.display())),
     }
     let parent = dest
         .parent()
@@ -192,28 +221,134 @@ pub fn publish(store: &Store, manifest: &Manifest, dest: &Path) -> Result<bool> 
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.hone-tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    for (rel, f) in &out.files {
-        let p = tmp.join(rel);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        std::fs::copy(store.blob_path(&f.digest), &p)?;
-        // Blobs are read-only; the exported copy is the user's to change.
-        let mut perms = std::fs::metadata(&p)?.permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perms.set_readonly(false);
-        std::fs::set_permissions(&p, perms)?;
-    }
+    remove_stale_temps(parent, &name);
+    let tmp = TempDir::create(parent.join(format!(".{name}.hone-tmp-{}", std::process::id())))?;
+    store.checkout(manifest, "model", &tmp.0)?;
+    let marker_path = tmp.0.join(MARKER);
+    std::fs::write(&marker_path, serde_json::to_vec_pretty(&marker)?)
+        .with_context(|| format!("cannot write {}", marker_path.display()))?;
     // Swap: the old directory moves aside, the new one in, the old one goes.
     let old = parent.join(format!(".{name}.hone-old-{}", std::process::id()));
     if dest.exists() {
-        std::fs::rename(dest, &old)?;
+        std::fs::rename(dest, &old)
+            .with_context(|| format!("cannot move {} aside", dest.display()))?;
     }
-    std::fs::rename(&tmp, dest)?;
+    if let Err(e) = std::fs::rename(&tmp.0, dest) {
+        let _ = std::fs::rename(&old, dest);
+        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
+    }
+    tmp.keep();
     let _ = std::fs::remove_dir_all(&old);
     Ok(true)
+}
+
+/// Refuses a destination that would swallow what the run needs or what the user keeps: a
+/// directory containing the recipe, its data or the store, or one inside the store.
+fn check_destination(dest: &Path, protected: &[(String, PathBuf)], store: &Path) -> Result<()> {
+    let dest_abs = resolve(dest)?;
+    let store_abs = resolve(store)?;
+    if dest_abs.starts_with(&store_abs) {
+        bail!(
+            "will not export to {}: it is inside the store {}; export to a directory of its own",
+            dest.display(),
+            store.display()
+        );
+    }
+    let store_entry = ("the store".to_owned(), store.to_path_buf());
+    for (what, p) in protected.iter().chain([&store_entry]) {
+        if resolve(p)?.starts_with(&dest_abs) {
+            bail!(
+                "will not export to {}: replacing it would delete {what} ({}); export to a directory of its own",
+                dest.display(),
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `p` absolute, with symbolic links resolved as far as it exists (the rest need not).
+fn resolve(p: &Path) -> Result<PathBuf> {
+    let abs =
+        tidy(&std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))?);
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return Ok(rest.iter().rev().fold(real, |acc, c| acc.join(c)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .next()
+        .is_none())
+}
+
+/// Whether `dest` holds exactly this export: the same marker and the same files.
+fn holds(dest: &Path, out: &crate::store::OutputEntry, marker: &serde_json::Value) -> bool {
+    let marked = std::fs::read(dest.join(MARKER))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|m| &m == marker);
+    marked
+        && out.files.iter().all(|(rel, f)| {
+            let p = dest.join(rel);
+            std::fs::metadata(&p).is_ok_and(|m| m.len() == f.size)
+                && crate::store::hash::hash_file(&p).is_ok_and(|d| d == f.digest)
+        })
+        && crate::store::hash::walk_files(dest).is_ok_and(|all| all.len() == out.files.len() + 1)
+}
+
+/// Temp and aside directories of earlier publishes of `name` whose process is gone (killed,
+/// or out of disk before it could clean up).
+fn remove_stale_temps(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        let pid = [".hone-tmp-", ".hone-old-"]
+            .iter()
+            .find_map(|tag| file.strip_prefix(&format!(".{name}{tag}")))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A directory removed on drop unless kept: a failed publish leaves nothing behind.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(path: PathBuf) -> Result<TempDir> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `a/b/../c` as `a/c`, for messages (the path need not exist yet).
@@ -230,6 +365,9 @@ pub fn tidy(p: &Path) -> PathBuf {
             Component::CurDir => {}
             other => out.push(other.as_os_str()),
         }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
     }
     out
 }

@@ -173,6 +173,16 @@ impl Objective<Backbone> for Grpo<'_> {
     fn count(&self, prompts: &Vec<PromptRow>) -> f64 {
         prompts.len() as f64
     }
+
+    /// The sampled rewards so far: the stage's metrics read all of them at the end.
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.rewards.borrow()).unwrap_or_default()
+    }
+
+    fn restore(&self, state: serde_json::Value) -> Result<(), String> {
+        *self.rewards.borrow_mut() = serde_json::from_value(state).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
 /// `kind: grpo`.

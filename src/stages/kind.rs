@@ -126,6 +126,8 @@ pub struct Publish<'a> {
     pub manifest: &'a Manifest,
     /// The directory of the recipe file, which relative destinations are resolved against.
     pub recipe_dir: &'a Path,
+    /// What a destination must not contain, described: the recipe file and its data.
+    pub protected: &'a [(String, PathBuf)],
 }
 
 /// A stage kind.

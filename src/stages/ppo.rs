@@ -164,7 +164,7 @@ struct PpoMetrics {
 }
 
 /// TRL's logged quantities, per optimisation step.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PpoStepMetrics {
     #[serde(rename = "objective/scores")]
     pub scores: f64,
@@ -364,6 +364,21 @@ impl Objective<PolicyValue> for Ppo<'_> {
 
     fn shuffle(&self) -> bool {
         false
+    }
+
+    /// The per-step log: the stage's metrics read all of it at the end.
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.log.borrow()).unwrap_or_default()
+    }
+
+    fn restore(&self, state: serde_json::Value) -> Result<(), String> {
+        *self.log.borrow_mut() = serde_json::from_value(state).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Only after the last pass over a rollout: a resumed run samples a fresh rollout.
+    fn resumable_after(&self, b: &PpoBatch) -> bool {
+        b.pass + 1 >= self.spec.ppo_epochs.max(1)
     }
 }
 

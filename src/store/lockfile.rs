@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::Manifest;
@@ -63,12 +63,31 @@ const HEADER: &str = "# Written by hone: what each stage last produced. Commit i
 impl Lockfile {
     pub fn read(path: &Path) -> Result<Option<Lockfile>> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Some(serde_yaml::from_str(&text).with_context(|| {
-                format!(
-                    "cannot parse lockfile {} (delete it to start afresh)",
-                    path.display()
-                )
-            })?)),
+            Ok(text) => {
+                let lock: Lockfile = serde_yaml::from_str(&text).with_context(|| {
+                    format!(
+                        "cannot parse lockfile {} (delete it to start afresh)",
+                        path.display()
+                    )
+                })?;
+                // Its keys name files in the store: a damaged or hand-edited one must not
+                // reach a path.
+                for (stage, s) in &lock.stages {
+                    let digests = [("action", &s.action), ("artifact", &s.artifact)]
+                        .into_iter()
+                        .chain(s.outputs.values().map(|d| ("output", d)));
+                    for (what, d) in digests {
+                        if !super::is_digest(d) {
+                            bail!(
+                                "lockfile {}: stage `{stage}` has an invalid {what} digest `{}`; restore the lockfile from version control, or delete it to start afresh",
+                                path.display(),
+                                d.escape_debug()
+                            );
+                        }
+                    }
+                }
+                Ok(Some(lock))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }

@@ -19,6 +19,7 @@
 
 pub mod hash;
 pub mod lockfile;
+pub mod sealed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -118,6 +119,69 @@ impl Manifest {
     pub fn artifact_digest(&self) -> String {
         artifact_digest(&self.outputs)
     }
+
+    /// Parses a manifest and checks everything a reader will use as a path or a key, so a
+    /// damaged or hostile manifest (from a shared or remote store) is refused before any use:
+    /// the action and every digest are 64 lowercase hex characters, every file name is a
+    /// relative path of plain components, and each output's digest is the digest of its files.
+    /// `action` is the key the manifest was found under.
+    pub fn parse(bytes: &[u8], action: &str) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if m.action != action {
+            return Err(format!(
+                "it records action `{}`, but is stored as `{action}`",
+                m.action.escape_debug()
+            ));
+        }
+        for (name, out) in &m.outputs {
+            if !is_plain_name(name) {
+                return Err(format!(
+                    "output name `{}` is not a plain name",
+                    name.escape_debug()
+                ));
+            }
+            for (rel, f) in &out.files {
+                if !is_relative_path(rel) {
+                    return Err(format!(
+                        "output `{name}`: file name `{}` is not a relative path inside the output",
+                        rel.escape_debug()
+                    ));
+                }
+                if !is_digest(&f.digest) {
+                    return Err(format!(
+                        "output `{name}`: file `{rel}` has an invalid digest `{}`",
+                        f.digest.escape_debug()
+                    ));
+                }
+            }
+            if out.digest != output_digest(out.artifact_type, &out.files) {
+                return Err(format!(
+                    "output `{name}`: its digest does not match its files"
+                ));
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// A BLAKE3 digest as hone writes it: 64 lowercase hex characters. Action keys are digests too.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A file name inside an output: `/`-separated plain components (no empty, `.` or `..`
+/// component, no absolute path, no backslash or NUL), so joining it to a directory stays
+/// inside that directory.
+pub fn is_relative_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 4096
+        && !s.contains(['\\', '\0'])
+        && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// An output name: one plain component.
+pub fn is_plain_name(s: &str) -> bool {
+    is_relative_path(s) && !s.contains('/')
 }
 
 pub fn artifact_digest(outputs: &BTreeMap<String, OutputEntry>) -> String {
@@ -230,15 +294,27 @@ impl Store {
         &self.root
     }
 
+    /// Where the blob of `digest` lives. Digests come from hashing or from manifests that
+    /// [`Manifest::parse`] checked; anything else is refused with a path that cannot exist.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
+        if !is_digest(digest) {
+            return self.root.join("blobs").join("invalid-digest");
+        }
         self.root.join("blobs").join(&digest[..2]).join(digest)
     }
 
-    fn manifest_path(&self, action: &str) -> PathBuf {
-        self.root
+    fn manifest_path(&self, action: &str) -> Result<PathBuf> {
+        if !is_digest(action) {
+            bail!(
+                "`{}` is not an action key (64 hex characters); is the lockfile damaged?",
+                action.escape_debug()
+            );
+        }
+        Ok(self
+            .root
             .join("actions")
             .join(&action[..2])
-            .join(format!("{action}.json"))
+            .join(format!("{action}.json")))
     }
 
     pub fn hash_cache(&self, distrust: bool) -> hash::HashCache {
@@ -246,33 +322,54 @@ impl Store {
     }
 
     pub fn has(&self, action: &str) -> bool {
-        self.manifest_path(action).is_file()
+        self.manifest_path(action).is_ok_and(|p| p.is_file())
     }
 
+    /// The manifest of `action`, checked ([`Manifest::parse`]); `None` when it never ran.
     pub fn manifest(&self, action: &str) -> Result<Option<Manifest>> {
-        let path = self.manifest_path(action);
+        let path = self.manifest_path(action)?;
         match fs::read(&path) {
-            Ok(bytes) => {
-                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                    format!("corrupt manifest {}", path.display())
-                })?))
-            }
+            Ok(bytes) => match Manifest::parse(&bytes, action) {
+                Ok(m) => Ok(Some(m)),
+                Err(why) => bail!(
+                    "the store is damaged: manifest {} cannot be used ({why})\nrun `hone cache verify --repair` to drop it, then run again to recompute it",
+                    path.display()
+                ),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
     }
 
-    /// Every manifest in the store (unreadable ones are skipped; `verify` reports them).
-    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+    /// Every manifest file of the store with what reading it gave: the manifest, or why it
+    /// cannot be used.
+    fn manifest_files(&self) -> Result<Vec<(PathBuf, Result<Manifest, String>)>> {
         let mut out = Vec::new();
         for f in hash::walk_files(&self.root.join("actions"))? {
-            if f.extension().is_some_and(|e| e == "json")
-                && let Ok(bytes) = fs::read(self.root.join("actions").join(&f))
-                && let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
-            {
-                out.push(m);
-            }
+            let path = self.root.join("actions").join(&f);
+            let Some(action) = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| !n.starts_with('.'))
+            else {
+                continue; // unfinished manifests are listed with the garbage
+            };
+            let read = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| Manifest::parse(&bytes, action));
+            out.push((path, read));
         }
+        Ok(out)
+    }
+
+    /// Every usable manifest in the store (`verify` reports the others).
+    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out: Vec<Manifest> = self
+            .manifest_files()?
+            .into_iter()
+            .filter_map(|(_, m)| m.ok())
+            .collect();
         out.sort_by(|a, b| (a.created_unix, &a.stage).cmp(&(b.created_unix, &b.stage)));
         Ok(out)
     }
@@ -365,7 +462,7 @@ impl Store {
             File::open(dir)?.sync_all()?;
         }
         fault_point("before-manifest");
-        let path = self.manifest_path(&manifest.action);
+        let path = self.manifest_path(&manifest.action)?;
         fs::create_dir_all(path.parent().expect("manifest has a parent"))?;
         write_atomic_with(&path, &serde_json::to_vec_pretty(&manifest)?, || {
             fault_point("manifest-tmp-written")
@@ -398,9 +495,69 @@ impl Store {
         problems
     }
 
+    /// Copies output `name` of `m` into `dir` as ordinary files (writable by their owner,
+    /// permissions from the umask, not the blobs' read-only ones), checking each blob's digest
+    /// as it is copied: a damaged blob is an error that names the stage and the blob, and
+    /// nothing the copy wrote so far is kept by the caller (`dir` is its temp directory).
+    pub fn checkout(&self, m: &Manifest, name: &str, dir: &Path) -> Result<()> {
+        let Some(out) = m.outputs.get(name) else {
+            bail!("stage `{}` has no output `{name}`", m.stage);
+        };
+        for (rel, f) in &out.files {
+            // Manifest::parse checked the name; a second look costs nothing.
+            if !is_relative_path(rel) {
+                bail!(
+                    "stage `{}` output `{name}`: unsafe file name `{}`",
+                    m.stage,
+                    rel.escape_debug()
+                );
+            }
+            let blob = self.blob_path(&f.digest);
+            let dest = dir.join(rel);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let damaged = |what: &str| {
+                anyhow::anyhow!(
+                    "the store is damaged: stage `{}` output `{name}`: {rel} is {what} (blob {})\nrun `hone cache verify --repair`, then run again to recompute it",
+                    m.stage,
+                    blob.display()
+                )
+            };
+            let mut src = match File::open(&blob) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(damaged("missing")),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read {}", blob.display()));
+                }
+            };
+            let mut dst =
+                File::create(&dest).with_context(|| format!("cannot write {}", dest.display()))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = io::Read::read(&mut src, &mut buf)
+                    .with_context(|| format!("cannot read {}", blob.display()))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                dst.write_all(&buf[..n])
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
+            }
+            dst.sync_all()
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+            if hasher.finalize().to_hex().as_str() != f.digest {
+                return Err(damaged("corrupt"));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a manifest (a broken action becomes "never run").
     pub fn forget(&self, action: &str) -> Result<()> {
-        match fs::remove_file(self.manifest_path(action)) {
+        match fs::remove_file(self.manifest_path(action)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
@@ -409,26 +566,18 @@ impl Store {
     /// Full check of the store.
     pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        for f in hash::walk_files(&self.root.join("actions"))? {
-            let path = self.root.join("actions").join(&f);
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            if !name.ends_with(".json") || name.starts_with('.') {
-                continue; // unfinished manifests are listed with the garbage below
-            }
-            let m = fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
-            let Some(m) = m else {
-                report
-                    .problems
-                    .push(format!("unreadable manifest {}", path.display()));
-                if repair {
-                    fs::remove_file(&path)?;
+        for (path, read) in self.manifest_files()? {
+            let m = match read {
+                Ok(m) => m,
+                Err(why) => {
+                    report
+                        .problems
+                        .push(format!("unusable manifest {} ({why})", path.display()));
+                    if repair {
+                        fs::remove_file(&path)?;
+                    }
+                    continue;
                 }
-                continue;
             };
             report.actions += 1;
             let problems = self.verify_manifest(&m);
@@ -446,6 +595,7 @@ impl Store {
             }
             report.problems.extend(problems);
         }
+        self.verify_caches(repair, &mut report)?;
         let (orphans, scratch) = self.garbage(&self.referenced_blobs()?)?;
         report.reclaimable.extend(
             orphans
@@ -458,6 +608,49 @@ impl Store {
                 .map(|p| format!("leftover scratch {}", p.display())),
         );
         Ok(report)
+    }
+
+    /// Tokenized entries and checkpoints carry their own digests (`sealed`): a damaged one
+    /// is a problem, and repair removes it (both are recomputed by the next run).
+    fn verify_caches(&self, repair: bool, report: &mut VerifyReport) -> Result<()> {
+        if let Ok(entries) = fs::read_dir(self.root.join("tokenized")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with('.') {
+                    continue;
+                }
+                report.cache_entries_checked += 1;
+                if fs::read(e.path()).is_ok_and(|b| sealed::open(&b).is_some()) {
+                    continue;
+                }
+                report.problems.push(format!(
+                    "damaged tokenized cache entry {}",
+                    e.path().display()
+                ));
+                if repair {
+                    fs::remove_file(e.path())?;
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.root.join("checkpoints")) {
+            for e in entries.flatten() {
+                for sub in ["current", "old"] {
+                    let dir = e.path().join(sub);
+                    if !dir.is_dir() {
+                        continue;
+                    }
+                    report.cache_entries_checked += 1;
+                    if let Err(why) = sealed::check_digests(&dir) {
+                        report.problems.push(format!("damaged checkpoint: {why}"));
+                        if repair {
+                            fs::remove_dir_all(e.path())?;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn referenced_blobs(&self) -> Result<BTreeSet<String>> {
@@ -584,6 +777,8 @@ impl Store {
 pub struct VerifyReport {
     pub actions: usize,
     pub blobs_checked: usize,
+    /// Tokenized entries and checkpoints checked against their own digests.
+    pub cache_entries_checked: usize,
     /// Corruption: missing or altered blobs, unreadable manifests.
     pub problems: Vec<String>,
     /// Not corruption: leftovers of interrupted runs that `gc` removes.

@@ -6,8 +6,11 @@
 //! <dir>/current/   params.bin   trainable tensors in module order: id, require_grad, shape, f32
 //!                  best.bin     the best model so far (early stopping), when there is one
 //!                  optim.bpk    burn's optimizer record (burnpack), keyed by parameter id
-//!                  state.json   step, epoch, data position, summary, metric log; written last
+//!                  state.json   step, epoch, data position, summary, metric log
+//!                  digests.json BLAKE3 of each file above; written last
 //! ```
+//! A checkpoint whose files do not match their digests (a truncated write, a flipped bit) is
+//! discarded with a warning, and the stage trains from the start: never from damaged weights.
 //! Frozen parameters (a LoRA base) are not saved: the stage rebuilds them from the same inputs.
 //! Loading gives each trainable parameter back the id it had, so the optimizer record (keyed by
 //! id) attaches to the right tensors.
@@ -21,6 +24,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+
+use crate::store::sealed::{check_digests, write_digests};
 
 const MAGIC: &[u8; 8] = b"HONECKP1";
 
@@ -107,8 +112,9 @@ fn read_params(path: &Path) -> Result<Vec<Saved>> {
     fs::File::open(path)?.read_to_end(&mut bytes)?;
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {
-        let s = bytes
-            .get(at..at + n)
+        let s = at
+            .checked_add(n)
+            .and_then(|end| bytes.get(at..end))
             .with_context(|| format!("{} is truncated", path.display()))?;
         at += n;
         Ok(s)
@@ -117,17 +123,22 @@ fn read_params(path: &Path) -> Result<Vec<Saved>> {
         bail!("{} is not a hone checkpoint", path.display());
     }
     let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let n = u64_of(take(8)?) as usize;
-    let mut out = Vec::with_capacity(n);
+    let too_big = || anyhow::anyhow!("{} is damaged (a size past its end)", path.display());
+    let n = usize::try_from(u64_of(take(8)?)).map_err(|_| too_big())?;
+    // Each tensor takes at least 16 bytes: a count beyond that is damage, not a reservation.
+    let mut out = Vec::with_capacity(n.min(bytes.len() / 16));
     for _ in 0..n {
         let id = u64_of(take(8)?);
-        let rank = u64_of(take(8)?) as usize;
-        let mut shape = Vec::with_capacity(rank);
+        let rank = usize::try_from(u64_of(take(8)?)).map_err(|_| too_big())?;
+        let mut shape = Vec::with_capacity(rank.min(8));
         for _ in 0..rank {
-            shape.push(u64_of(take(8)?) as usize);
+            shape.push(usize::try_from(u64_of(take(8)?)).map_err(|_| too_big())?);
         }
-        let len: usize = shape.iter().product();
-        let data = take(len * 4)?
+        let bytes_len = shape
+            .iter()
+            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(too_big)?;
+        let data = take(bytes_len)?
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
@@ -202,6 +213,11 @@ impl Checkpointing {
         let mut f = fs::File::create(next.join("state.json"))?;
         f.write_all(serde_json::to_string(state)?.as_bytes())?;
         f.sync_all()?;
+        let mut files = vec!["params.bin", "optim.bpk", "state.json"];
+        if best.is_some() {
+            files.push("best.bin");
+        }
+        write_digests(&next, &files)?;
         let step = state["step"].as_u64().unwrap_or(0);
         crate::store::fault_point(&format!("checkpoint-{step}-written"));
         // `current` -> `old`, `next` -> `current`: a crash in between leaves `old` complete.
@@ -220,22 +236,40 @@ impl Checkpointing {
         Ok(())
     }
 
-    /// The step of the newest complete checkpoint, without loading it.
+    /// The newest complete, undamaged checkpoint: `current`, or `old` when a crash fell
+    /// between the two renames. A damaged one is removed with a warning, so the stage
+    /// recomputes instead of resuming from it (or failing on it for good).
+    fn intact(&self) -> Option<PathBuf> {
+        let mut damaged = None;
+        for dir in [self.current(), self.dir.join("old")] {
+            if !dir.exists() {
+                continue;
+            }
+            match check_digests(&dir) {
+                Ok(()) => return Some(dir),
+                Err(why) => damaged = Some(why),
+            }
+        }
+        if let Some(why) = damaged {
+            tracing::warn!("discarding a damaged checkpoint ({why}); training starts again");
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        None
+    }
+
+    /// The step of the newest intact checkpoint, without loading it.
     pub fn saved_step(&self) -> Option<u64> {
-        [self.current(), self.dir.join("old")]
-            .into_iter()
-            .find_map(|d| fs::read(d.join("state.json")).ok())
+        self.intact()
+            .and_then(|d| fs::read(d.join("state.json")).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v["step"].as_u64())
     }
 
-    /// The newest complete checkpoint, if any, loaded into `model` and `optim`.
+    /// The newest intact checkpoint, if any, loaded into `model` and `optim`.
     pub fn load<M: Module>(&self, model: M, optim: ModuleOptimizer) -> Result<Option<Loaded<M>>> {
-        // `current` when it is complete; `old` when a crash fell between the two renames.
-        let dir = [self.current(), self.dir.join("old")]
-            .into_iter()
-            .find(|d| d.join("state.json").is_file());
-        let Some(dir) = dir else { return Ok(None) };
+        let Some(dir) = self.intact() else {
+            return Ok(None);
+        };
         let state: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.join("state.json"))?)
                 .with_context(|| format!("{} is damaged", dir.join("state.json").display()))?;

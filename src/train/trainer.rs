@@ -24,6 +24,24 @@ pub trait Objective<M: Module> {
     fn shuffle(&self) -> bool {
         true
     }
+    /// What the objective remembers across steps that the end of the run reads (PPO's and
+    /// GRPO's per-step logs). Saved with every checkpoint and handed back to [`restore`] on
+    /// resume, so a resumed run reports what an uninterrupted one does.
+    ///
+    /// [`restore`]: Objective::restore
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore(&self, _state: serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether the run may be checkpointed (and so resumed) right after `batch`. PPO's passes
+    /// over one rollout may not be split: the rollout was sampled from the policy as it was
+    /// before the first pass, which a resumed run no longer has. A checkpoint that falls due
+    /// inside such a span is written at its end.
+    fn resumable_after(&self, _batch: &Self::Batch) -> bool {
+        true
+    }
 }
 
 /// The recipe's `train:` block. Defaults follow transformers' `TrainingArguments`.
@@ -189,6 +207,9 @@ struct Position {
     best: Option<(usize, f64)>,
     summary: Summary,
     log: Vec<Record>,
+    /// [`Objective::state`].
+    #[serde(default)]
+    objective: serde_json::Value,
 }
 
 /// Mean loss per item over `batches`, without gradients.
@@ -260,6 +281,8 @@ pub fn train<M: Module, O: Objective<M>>(
             };
             (stale_evals, step, start_epoch, start_group) =
                 (pos.stale_evals, pos.step, pos.epoch, pos.group);
+            obj.restore(pos.objective)
+                .map_err(|e| TrainError::Checkpoint(format!("unreadable objective state: {e}")))?;
             summary = pos.summary;
             summary.log = pos.log;
             summary.resumed_from = Some(step);
@@ -273,6 +296,9 @@ pub fn train<M: Module, O: Objective<M>>(
     let device = model.devices().into_iter().next();
     let mut rng = SplitMix64::new(seed);
     let mut last_checkpoint = std::time::Instant::now();
+    // A checkpoint fell due where the objective cannot resume; it is written at the next step
+    // that can.
+    let mut checkpoint_pending = false;
     'epochs: for epoch in 0..epochs {
         // The shuffle is drawn for every epoch, skipped ones included, so the RNG is where an
         // uninterrupted run has it.
@@ -346,13 +372,18 @@ pub fn train<M: Module, O: Objective<M>>(
                     }
                 }
             }
+            // Tests interrupt a run at an exact step here.
+            crate::store::fault_point(&format!("step-{step}"));
             let cancelled = (hooks.cancelled)();
+            let mut saved = false;
             if let Some(c) = hooks.checkpoint {
                 let due = match c.every_steps {
                     Some(n) => n > 0 && step.is_multiple_of(n),
                     None => last_checkpoint.elapsed().as_secs_f64() >= c.every_secs,
                 };
-                if (due || cancelled) && step < total {
+                checkpoint_pending |= due;
+                let resumable = group.last().is_none_or(|&i| obj.resumable_after(&train[i]));
+                if (checkpoint_pending || cancelled) && resumable && step < total {
                     let pos = Position {
                         fingerprint,
                         step,
@@ -362,19 +393,19 @@ pub fn train<M: Module, O: Objective<M>>(
                         best: best.as_ref().map(|(s, l, _)| (*s, *l)),
                         summary: summary.clone(),
                         log: summary.log.clone(),
+                        objective: obj.state(),
                     };
                     let state = serde_json::to_value(&pos)
                         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
                     c.save(&model, &optim, best.as_ref().map(|(_, _, m)| m), &state)
                         .map_err(ckpt_err)?;
                     last_checkpoint = std::time::Instant::now();
+                    checkpoint_pending = false;
+                    saved = true;
                 }
             }
             if cancelled {
-                return Err(TrainError::Interrupted {
-                    step,
-                    saved: hooks.checkpoint.is_some(),
-                });
+                return Err(TrainError::Interrupted { step, saved });
             }
         }
     }

@@ -26,6 +26,7 @@ mod reward_stage;
 mod run_cache;
 mod sampling;
 mod schema;
+mod security;
 mod sft_stage;
 mod store_safety;
 mod training;

@@ -97,3 +97,241 @@ fn a_killed_training_run_resumes_to_the_same_artifacts() {
     let verify = p.hone(&["cache", "verify"]).ok();
     assert!(verify.contains("0 problems"), "{verify}");
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn flip_a_bit(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at.min(bytes.len() - 1);
+    bytes[at] ^= 0x04;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_tokenized_entry_is_recomputed_not_trained_on() {
+    let p = Project::new();
+    p.write("r.yaml", &recipe());
+    p.hone(&["run", "r.yaml", "--until", "lm"]).ok();
+    let locked = artifacts(&p);
+    let entries = files_under(&p.store().join("tokenized"));
+    assert!(!entries.is_empty(), "pretraining caches its tokens");
+    // A flipped bit in the token ids (past the header) of every entry.
+    for e in &entries {
+        flip_a_bit(e, 40);
+    }
+    let verify = p.hone(&["cache", "verify"]);
+    assert_eq!(verify.code(), 1, "{}", verify.stdout());
+    assert!(
+        verify.stdout().contains("damaged tokenized cache entry"),
+        "{}",
+        verify.stdout()
+    );
+    let rerun = p.hone(&["run", "r.yaml", "--until", "lm", "--force", "lm"]);
+    rerun.ok();
+    assert!(
+        rerun
+            .stderr()
+            .contains("discarding a damaged tokenized cache entry"),
+        "{}",
+        rerun.stderr()
+    );
+    assert_eq!(
+        artifacts(&p)["stages"]["lm"]["artifact"],
+        locked["stages"]["lm"]["artifact"],
+        "a damaged cache must not train a different model"
+    );
+    assert!(p.hone(&["cache", "verify"]).ok().contains("0 problems"));
+}
+
+#[test]
+fn a_damaged_checkpoint_is_discarded_and_the_stage_trains_again() {
+    let whole = Project::new();
+    whole.write("r.yaml", &recipe());
+    whole.hone(&["run", "r.yaml", "--until", "lm"]).ok();
+
+    for damage in ["truncate", "huge count"] {
+        let p = Project::new();
+        p.write("r.yaml", &recipe());
+        crate::common::kill_at(&p, &["run", "r.yaml", "--until", "lm"], "checkpoint-20");
+        let params = files_under(&p.store().join("checkpoints"))
+            .into_iter()
+            .find(|f| f.ends_with("current/params.bin"))
+            .expect("a checkpoint");
+        let mut bytes = std::fs::read(&params).unwrap();
+        match damage {
+            "truncate" => bytes.truncate(bytes.len() / 2),
+            // A tensor count of 2^60: no reader may try to reserve room for it.
+            _ => bytes[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes()),
+        }
+        std::fs::write(&params, bytes).unwrap();
+
+        let verify = p.hone(&["cache", "verify"]);
+        assert_eq!(verify.code(), 1, "{damage}: {}", verify.stdout());
+        assert!(
+            verify.stdout().contains("damaged checkpoint"),
+            "{damage}: {}",
+            verify.stdout()
+        );
+        let rerun = p.hone(&["run", "r.yaml", "--until", "lm"]);
+        rerun.ok();
+        assert!(
+            rerun.stderr().contains("discarding a damaged checkpoint")
+                && !rerun.stderr().contains("resuming"),
+            "{damage}: {}",
+            rerun.stderr()
+        );
+        assert_eq!(
+            artifacts(&p)["stages"]["lm"]["artifact"],
+            artifacts(&whole)["stages"]["lm"]["artifact"],
+            "{damage}: training again gives the uninterrupted run's model"
+        );
+    }
+}
+
+/// A tiny policy, a reward model on the preference pairs, then PPO (two passes over each
+/// rollout) and GRPO, checkpointing at every step they can resume from.
+fn rl_recipe() -> String {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
+    format!(
+        r#"version: 1
+name: rl_resume
+seed: 5
+stages:
+  corpus:
+    kind: dataset
+    source: {{ path: {data}/corpus.jsonl }}
+  prefs:
+    kind: dataset
+    source: {{ path: {data}/preferences.jsonl }}
+    split: {{ validation: 0.2 }}
+    leakage_key: [prompt]
+  prompts:
+    kind: dataset
+    source: {{ path: {data}/prompts.jsonl }}
+    split: {{ validation: 0.25 }}
+  tok:
+    kind: tokenizer
+    data: {{ from: corpus }}
+    vocab_size: 300
+  lm:
+    kind: pretrain
+    model: {{ init: {{ arch: llama, layers: 1, d_model: 32, heads: 2, context: 64 }} }}
+    tokenizer: {{ from: tok }}
+    data: {{ from: corpus }}
+    max_length: 48
+    train: {{ epochs: 2, batch_size: 8, lr: 3.0e-3 }}
+  rm:
+    kind: reward
+    model: {{ from: lm }}
+    data: {{ from: prefs }}
+    max_length: 48
+    train: {{ epochs: 1, batch_size: 8, lr: 1.0e-3 }}
+  ppo:
+    kind: ppo
+    model: {{ from: lm }}
+    reward_model: {{ from: rm }}
+    prompts: {{ from: prompts }}
+    max_new_tokens: 6
+    ppo_epochs: 2
+    train: {{ epochs: 2, batch_size: 6, lr: 1.0e-3, checkpoint_every: 1 }}
+  grpo:
+    kind: grpo
+    model: {{ from: lm }}
+    prompts: {{ from: prompts }}
+    reward: {{ model: {{ from: rm }} }}
+    group_size: 2
+    max_new_tokens: 6
+    train: {{ epochs: 2, batch_size: 6, lr: 1.0e-3, checkpoint_every: 1 }}
+"#,
+        data = data.display()
+    )
+}
+
+/// Runs `args` paused at `point`, sends SIGINT there (Ctrl-C), and returns its stderr.
+fn ctrl_c_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = p
+        .cmd(args)
+        .env("HONE_TEST_PAUSE", format!("{point}=1500"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let want = format!("hone-pause-point: {point}");
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("{point} never reached: {seen:#?}"));
+        if line == want {
+            break;
+        }
+        seen.push(line);
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    seen.extend(rx.iter());
+    assert_eq!(status.code(), Some(130), "{seen:#?}");
+    seen
+}
+
+#[test]
+fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
+    let whole = Project::new();
+    whole.write("r.yaml", &rl_recipe());
+    whole.hone(&["run", "r.yaml"]).ok();
+    let expected = artifacts(&whole);
+
+    let p = Project::new();
+    p.write("r.yaml", &rl_recipe());
+    p.hone(&["run", "r.yaml", "--until", "rm"]).ok();
+    // Ctrl-C in PPO's step 3, the first pass over the second rollout: the checkpoint can
+    // only be the one after step 2, the end of the first rollout.
+    ctrl_c_at(&p, &["run", "r.yaml", "--until", "ppo"], "step-3");
+    // Killed in GRPO right after its step-2 checkpoint.
+    crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-2");
+    let rerun = p.hone(&["run", "r.yaml"]);
+    rerun.ok();
+    assert!(
+        rerun.stderr().contains("resuming  grpo"),
+        "{}",
+        rerun.stderr()
+    );
+    let got = artifacts(&p);
+    for stage in ["ppo", "grpo"] {
+        assert_eq!(
+            got["stages"][stage]["artifact"], expected["stages"][stage]["artifact"],
+            "{stage}: the resumed run's model differs from the uninterrupted one"
+        );
+        assert_eq!(
+            got["stages"][stage]["metrics"], expected["stages"][stage]["metrics"],
+            "{stage}: the resumed run's metrics differ from the uninterrupted one"
+        );
+    }
+    let show = p.hone(&["show", "r.yaml", "ppo"]).ok();
+    assert!(show.contains("resumed_from"), "{show}");
+}

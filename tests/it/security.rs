@@ -1,0 +1,294 @@
+//! What hone does with a destination it must not replace and with a store it cannot trust:
+//! export replaces only what hone wrote, every manifest path and digest is checked before any
+//! use, and a damaged blob never reaches a user or a model.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::common::{Project, Run};
+
+/// A recipe with one export stage of a small model that ships with the tests (no training).
+fn export_project(to: &str) -> Project {
+    let p = Project::new();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2");
+    p.write(
+        "r.yaml",
+        &format!(
+            "version: 1\nname: exp\nstages:\n  exp:\n    kind: export\n    model: {{ path: {} }}\n    to: {to}\n",
+            model.display()
+        ),
+    );
+    p
+}
+
+fn set_to(p: &Project, to: &str) {
+    let text = std::fs::read_to_string(p.path("r.yaml")).unwrap();
+    let (head, _) = text.rsplit_once("    to: ").unwrap();
+    p.write("r.yaml", &format!("{head}    to: {to}\n"));
+}
+
+fn failed(run: &Run) -> String {
+    assert_ne!(run.code(), 0, "expected a failure:\n{}", run.stdout());
+    let err = run.stderr();
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// The manifest file of `stage` (recipe `r.yaml`, default store).
+fn manifest_path(p: &Project, stage: &str) -> PathBuf {
+    let m = crate::common::manifest(p, stage);
+    let action = m["action"].as_str().unwrap().to_owned();
+    p.store()
+        .join("actions")
+        .join(&action[..2])
+        .join(format!("{action}.json"))
+}
+
+fn edit_manifest(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn writable(path: &Path) {
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    perms.set_mode(0o644);
+    std::fs::set_permissions(path, perms).unwrap();
+}
+
+fn blob_of(p: &Project, stage: &str, file: &str) -> PathBuf {
+    let m = crate::common::manifest(p, stage);
+    let digest = m["outputs"]["model"]["files"][file]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    p.store().join("blobs").join(&digest[..2]).join(&digest)
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".hone-tmp") || n.contains(".hone-old"))
+        .collect()
+}
+
+#[test]
+fn export_never_replaces_a_directory_hone_did_not_write() {
+    let p = export_project("data");
+    p.write("data/keep.jsonl", "{\"text\": \"mine\"}\n");
+    let err = failed(&p.hone(&["run", "r.yaml"]));
+    assert!(
+        err.contains("will not replace") && err.contains("hone did not write it"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/keep.jsonl")).unwrap(),
+        "{\"text\": \"mine\"}\n"
+    );
+
+    // The recipe's own directory, its data's, the store's, and a file.
+    for (to, says) in [
+        ("\".\"", "would delete the recipe"),
+        ("..", "would delete the recipe"),
+        (".hone", "inside the store"),
+        ("r.yaml", "would delete the recipe"),
+    ] {
+        set_to(&p, to);
+        let err = failed(&p.hone(&["run", "r.yaml"]));
+        assert!(err.contains(says), "to: {to}: {err}");
+        assert!(p.path("r.yaml").is_file() && p.path("data/keep.jsonl").is_file());
+    }
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    set_to(&p, &model_dir.display().to_string());
+    let err = failed(&p.hone(&["run", "r.yaml"]));
+    assert!(err.contains("the data of stage `exp`"), "{err}");
+    assert!(model_dir.join("gpt2/config.json").is_file());
+
+    // An empty directory is the user's way of saying "put it here".
+    std::fs::create_dir(p.path("empty")).unwrap();
+    set_to(&p, "empty");
+    p.hone(&["run", "r.yaml"]).ok();
+    assert!(p.path("empty/config.json").is_file());
+}
+
+#[test]
+fn export_writes_ordinary_files_and_replaces_only_its_own() {
+    let p = export_project("dist/m");
+    let out = p.hone(&["run", "r.yaml"]).ok();
+    assert!(out.contains("exported"), "{out}");
+    let config = p.path("dist/m/config.json");
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert!(
+        mode & 0o200 != 0 && mode & 0o022 == 0,
+        "exported files are the owner's to change and nobody else's: {mode:o}"
+    );
+    assert!(p.path("dist/m").join(".hone-export.json").is_file());
+
+    // Its own export, changed by hand, is written again whole.
+    std::fs::write(&config, "{}").unwrap();
+    std::fs::write(p.path("dist/m/extra.txt"), "x").unwrap();
+    let out = p.hone(&["run", "r.yaml"]).ok();
+    assert!(out.contains("exported"), "{out}");
+    assert_ne!(std::fs::read_to_string(&config).unwrap(), "{}");
+    assert!(!p.path("dist/m/extra.txt").exists());
+    // Unchanged: nothing is written.
+    assert!(!p.hone(&["run", "r.yaml"]).ok().contains("exported"));
+    assert!(leftovers(&p.path("dist")).is_empty());
+}
+
+#[test]
+fn a_damaged_blob_is_never_exported_or_loaded() {
+    let p = export_project("dist/m");
+    p.hone(&["run", "r.yaml"]).ok();
+    std::fs::remove_dir_all(p.path("dist/m")).unwrap();
+    let blob = blob_of(&p, "exp", "model.safetensors");
+    writable(&blob);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let err = failed(&p.hone(&["run", "r.yaml"]));
+    assert!(
+        err.contains("stage `exp` output `model`: model.safetensors is corrupt")
+            && err.contains("hone cache verify --repair"),
+        "{err}"
+    );
+    assert!(!p.path("dist/m").exists());
+    assert!(
+        leftovers(&p.path("dist")).is_empty(),
+        "{:?}",
+        leftovers(&p.path("dist"))
+    );
+
+    let err = failed(&p.hone(&["generate", "--model", "r.yaml:exp", "--prompt", "hi"]));
+    assert!(err.contains("model.safetensors is corrupt"), "{err}");
+
+    // Repair forgets the action; the next run recomputes and exports it.
+    p.hone(&["cache", "verify", "--repair"]).ok();
+    p.hone(&["run", "r.yaml"]).ok();
+    assert!(p.path("dist/m/model.safetensors").is_file());
+}
+
+#[test]
+fn generate_reads_recipe_stages_from_the_given_store() {
+    let p = export_project("dist/m");
+    p.hone(&["run", "r.yaml", "--store", "elsewhere"]).ok();
+    // No store beside the recipe: only `--store` has the artifact. (The fixture has no
+    // tokenizer, so getting as far as that error means the model was found and laid out.)
+    let err = failed(&p.hone(&[
+        "generate",
+        "--store",
+        "elsewhere",
+        "--model",
+        "r.yaml:exp",
+        "--prompt",
+        "hi",
+    ]));
+    assert!(err.contains("no tokenizer"), "{err}");
+    let err = failed(&p.hone(&["generate", "--model", "r.yaml:exp", "--prompt", "hi"]));
+    assert!(err.contains("no hone store"), "{err}");
+}
+
+#[test]
+fn a_crafted_manifest_reaches_nothing_outside_the_store() {
+    let p = export_project("dist/m");
+    p.hone(&["run", "r.yaml"]).ok();
+    let victim = p.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("canary.txt"), "alive").unwrap();
+    let path = manifest_path(&p, "exp");
+    let pristine = std::fs::read(&path).unwrap();
+    let restore = || std::fs::write(&path, &pristine).unwrap();
+
+    // A digest that is a path: verify calls the manifest unusable and repair deletes nothing
+    // but the manifest.
+    edit_manifest(&path, |m| {
+        m["outputs"]["model"]["files"]["config.json"]["digest"] = "../../victim/canary.txt".into();
+    });
+    let verify = p.hone(&["cache", "verify"]);
+    assert_eq!(verify.code(), 1, "{}", verify.stdout());
+    assert!(
+        verify.stdout().contains("unusable manifest") && verify.stdout().contains("invalid digest"),
+        "{}",
+        verify.stdout()
+    );
+    p.hone(&["cache", "verify", "--repair"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(victim.join("canary.txt")).unwrap(),
+        "alive"
+    );
+    restore();
+
+    // A digest too short to index: refused, no panic, in verify and run.
+    edit_manifest(&path, |m| {
+        m["outputs"]["model"]["files"]["config.json"]["digest"] = "a".into();
+    });
+    assert_eq!(p.hone(&["cache", "verify"]).code(), 1);
+    let err = failed(&p.hone(&["run", "r.yaml"]));
+    assert!(err.contains("the store is damaged"), "{err}");
+    restore();
+
+    // A file name that climbs out: nothing is written outside the export or the temp dir.
+    std::fs::remove_dir_all(p.path("dist/m")).unwrap();
+    edit_manifest(&path, |m| {
+        let files = m["outputs"]["model"]["files"].as_object_mut().unwrap();
+        let entry = files.remove("config.json").unwrap();
+        files.insert("../../../victim/x".into(), entry);
+    });
+    let err = failed(&p.hone(&["run", "r.yaml"]));
+    assert!(
+        err.contains("not a relative path inside the output"),
+        "{err}"
+    );
+    let err = failed(&p.hone(&["generate", "--model", "r.yaml:exp", "--prompt", "hi"]));
+    assert!(err.contains("the store is damaged"), "{err}");
+    assert!(!victim.join("x").exists() && !p.path("x").exists());
+    assert!(
+        p.hone(&["cache", "verify"])
+            .stdout()
+            .contains("unusable manifest")
+    );
+    restore();
+
+    // A manifest copied under another action's key, or whose output digest was edited to
+    // point downstream stages elsewhere, is refused too.
+    edit_manifest(&path, |m| {
+        m["outputs"]["model"]["digest"] = "0".repeat(64).into();
+    });
+    assert!(
+        p.hone(&["cache", "verify"])
+            .stdout()
+            .contains("its digest does not match its files")
+    );
+    restore();
+    edit_manifest(&path, |m| m["action"] = "f".repeat(64).into());
+    assert!(
+        p.hone(&["cache", "verify"])
+            .stdout()
+            .contains("but is stored as")
+    );
+    restore();
+    assert!(p.hone(&["cache", "verify"]).ok().contains("0 problems"));
+}
+
+#[test]
+fn a_damaged_lockfile_names_no_path() {
+    let p = export_project("dist/m");
+    p.hone(&["run", "r.yaml"]).ok();
+    let lock = std::fs::read_to_string(p.path("r.lock")).unwrap();
+    let action = crate::common::manifest(&p, "exp")["action"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    p.write("r.lock", &lock.replace(&action, "../../x"));
+    for args in [
+        &["status", "r.yaml"][..],
+        &["generate", "--model", "r.yaml:exp", "--prompt", "hi"],
+    ] {
+        let err = failed(&p.hone(args));
+        assert!(err.contains("invalid action digest"), "{args:?}: {err}");
+    }
+}
