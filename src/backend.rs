@@ -69,6 +69,34 @@ pub enum BackendError {
 }
 
 /// Whether `choice` can work in this build, with what to do if not.
+/// Bytes of memory this machine has (`MemTotal`), where the system says.
+pub fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Why a model of `parameters` cannot be trained here, if it cannot: full training in f32
+/// holds the weights, their gradients and AdamW's two moments, 16 bytes a parameter.
+pub fn training_memory_problem(parameters: f64) -> Option<String> {
+    let needed = parameters * 16.0;
+    let host = host_memory()? as f64;
+    (needed > host).then(|| {
+        format!(
+            "a model of about {parameters:.3e} parameters needs about {:.1} GiB to train (weights, gradients and AdamW state in f32); this machine has {:.1} GiB",
+            needed / f64::from(1u32 << 30),
+            host / f64::from(1u32 << 30)
+        )
+    })
+}
+
 pub fn check_available(choice: BackendChoice) -> Result<(), BackendError> {
     match choice {
         BackendChoice::Cuda if !cfg!(feature = "cuda") => Err(BackendError::CudaNotCompiled),

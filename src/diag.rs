@@ -36,6 +36,24 @@ impl fmt::Display for Location {
     }
 }
 
+/// The most of a line a diagnostic shows (data files can have lines of megabytes).
+const SHOWN_CHARS: usize = 160;
+
+/// Line `line` (1-based) of `file`, read no further than needed and cut to [`SHOWN_CHARS`];
+/// `None` when the file is not text or has no such line.
+fn source_line(file: &std::path::Path, line: usize) -> Option<String> {
+    use std::io::BufRead;
+    let reader = std::io::BufReader::new(std::fs::File::open(file).ok()?);
+    let text = reader.lines().nth(line.saturating_sub(1))?.ok()?;
+    if text.chars().count() > SHOWN_CHARS {
+        return Some(format!(
+            "{}…",
+            text.chars().take(SHOWN_CHARS).collect::<String>()
+        ));
+    }
+    Some(text)
+}
+
 /// One problem found in user input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -76,14 +94,13 @@ impl fmt::Display for Diagnostic {
         match &self.location {
             Some(loc @ Location::File { file, line, col }) => {
                 writeln!(f, "  --> {loc}")?;
-                if let Some(text) = std::fs::read_to_string(file)
-                    .ok()
-                    .and_then(|s| s.lines().nth(line.saturating_sub(1)).map(str::to_owned))
-                {
+                if let Some(text) = source_line(file, *line) {
                     let gutter = line.to_string().len();
                     writeln!(f, "{:gutter$} |", "")?;
                     writeln!(f, "{line} | {text}")?;
-                    writeln!(f, "{:gutter$} | {:>width$}", "", "^", width = (*col).max(1))?;
+                    if *col <= SHOWN_CHARS {
+                        writeln!(f, "{:gutter$} | {:>width$}", "", "^", width = (*col).max(1))?;
+                    }
                 }
             }
             Some(loc) => writeln!(f, "  --> {loc}")?,

@@ -524,6 +524,16 @@ fn cache(cli: &Cli, command: &CacheCommand) -> Result<ExitCode> {
                     m.outputs.keys().cloned().collect::<Vec<_>>().join(",")
                 );
             }
+            let unusable = store.unusable_manifests()?;
+            for (path, why) in &unusable {
+                println!("unusable  {} ({why})", path.display());
+            }
+            if !unusable.is_empty() {
+                println!(
+                    "{} manifests cannot be used; `hone cache verify --repair` drops them",
+                    unusable.len()
+                );
+            }
         }
         CacheCommand::Du => {
             let mut total = 0;

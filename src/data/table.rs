@@ -423,9 +423,23 @@ pub fn read_file(
 }
 
 fn read_jsonl(path: &Path, label: &str, missing: MissingPolicy) -> Result<Table> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {label} (is it UTF-8 text?)"))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {label}"))?;
     let mut b = Builder::new(label, path, true);
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            // The line and column (in characters) of the first byte that is not UTF-8.
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let good = std::str::from_utf8(good).unwrap_or_default();
+            let line = good.matches('\n').count() + 1;
+            let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            return Err(b.error(
+                line,
+                col,
+                "not UTF-8 text: JSONL files are UTF-8 (re-encode the file, e.g. with iconv)",
+            ));
+        }
+    };
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = if i == 0 {
@@ -461,6 +475,15 @@ fn read_csv(path: &Path, label: &str, missing: MissingPolicy) -> Result<Table> {
         .map(str::to_owned)
         .collect();
     let mut b = Builder::new(label, path, true);
+    for (i, h) in headers.iter().enumerate() {
+        if headers[..i].contains(h) {
+            return Err(b.error(
+                1,
+                1,
+                format!("the header names column `{h}` twice; rename one of them"),
+            ));
+        }
+    }
     let mut raw: Vec<(Vec<String>, usize)> = Vec::new();
     for rec in reader.records() {
         let rec = rec.map_err(|e| {
@@ -536,8 +559,14 @@ impl CsvCell {
 pub fn read_parquet(path: &Path, label: &str, missing: MissingPolicy) -> Result<Table> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {label}"))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{label} is not a readable Parquet file"))?
-        .build()?;
+        .and_then(|b| b.build())
+        .map_err(|e| {
+            input_error(
+                Diagnostic::new(format!("{label} is not a readable Parquet file: {e}"))
+                    .at(Some(Location::file(path, 1, 1)))
+                    .help("check the file's format, or give `format:` in the source"),
+            )
+        })?;
     let mut b = Builder::new(label, path, false);
     let mut row_no = 0;
     for batch in reader {

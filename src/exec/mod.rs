@@ -20,7 +20,7 @@ use crate::plan::status::{Evaluator, Known};
 use crate::recipe::Recipe;
 use crate::recipe::types::Input;
 use crate::stages::context::{
-    self, ArtifactView, CANCELLED, OutputView, ResolvedInput, StageContext,
+    self, ArtifactView, CANCELLED, OutputView, ResolvedInput, SettingError, StageContext,
 };
 use crate::store::lockfile::{LockedStage, Lockfile};
 use crate::store::{CACHE_FORMAT, Manifest, Store};
@@ -398,6 +398,21 @@ fn run_stage(
     let started = Instant::now();
     let result = stage.spec.run(&mut ctx);
     progress.finish();
+    // A setting that only the data shows to be wrong is located in the recipe, like any
+    // other invalid input.
+    let result = result.map_err(|e| match e.downcast::<SettingError>() {
+        Ok(bad) => {
+            let key = format!("stages.{}.{}", stage.name, bad.key);
+            let d = crate::diag::Diagnostic::new(bad.message).at(recipe
+                .value_location(&key)
+                .or_else(|| recipe.key_location(&key)));
+            crate::diag::input_error(match bad.help {
+                Some(h) => d.help(h),
+                None => d,
+            })
+        }
+        Err(e) => e,
+    });
     let result =
         result.with_context(|| format!("stage `{}` failed; nothing was committed", stage.name))?;
     ctx.check_cancelled()?;

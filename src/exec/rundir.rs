@@ -25,7 +25,18 @@ impl RunDir {
         let name = format!(
             "{}-{}-{}",
             utc_stamp(now.as_secs()),
-            recipe.header.name.replace(['/', ' '], "_"),
+            // A file name: plain characters, and short whatever the recipe says.
+            recipe
+                .header
+                .name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                })
+                .take(64)
+                .collect::<String>(),
             std::process::id()
         );
         let path = store.root().join("runs").join(name);

@@ -35,7 +35,16 @@ pub enum ChatError {
     /// Rendering the messages failed.
     #[error("cannot render chat template: {0}")]
     Render(minijinja::Error),
+    /// The template ran past [`TEMPLATE_FUEL`] steps on one conversation.
+    #[error(
+        "the chat template did not finish within {TEMPLATE_FUEL} steps on one conversation: does it loop without end?"
+    )]
+    OutOfFuel,
 }
+
+/// Steps one rendering may take. Real chat templates take thousands per conversation; a
+/// template from a checkpoint or a recipe is code from elsewhere, and must not hang a run.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
 
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -67,6 +76,7 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -83,7 +93,10 @@ impl ChatTemplate {
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
         })
-        .map_err(ChatError::Render)
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => ChatError::OutOfFuel,
+            _ => ChatError::Render(e),
+        })
     }
 }
 
@@ -100,6 +113,17 @@ mod tests {
             text,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn a_template_that_loops_for_ever_stops_with_an_error() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "",
+            "",
+        );
+        let e = t.render(&[Message::new("user", "Hi")], true).unwrap_err();
+        assert!(matches!(e, ChatError::OutOfFuel), "{e}");
     }
 
     #[test]

@@ -47,7 +47,13 @@ impl Recipe {
             .chain(self.broken.iter().map(|(n, _)| n.as_str()))
     }
     /// The lockfile beside the recipe: `quickstart.yaml` -> `quickstart.lock`.
+    /// `r.yaml` -> `r.lock`. A recipe already named `*.lock` gets `*.lock.lock`, never itself.
     pub fn lockfile_path(&self) -> PathBuf {
+        if self.path.extension().is_some_and(|e| e == "lock") {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(".lock");
+            return PathBuf::from(name);
+        }
         self.path.with_extension("lock")
     }
     /// Where the key at `path` (dotted) was written.
@@ -60,8 +66,18 @@ impl Recipe {
 }
 
 /// Loads `path`, applying `overrides` (`a.b.c=value`, YAML-typed) on top.
+/// The largest recipe file hone reads. Recipes are short; this bounds what a mistaken path
+/// (`/dev/zero`, a dataset) costs.
+pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
+/// How deep `extends` may chain, and how many files one recipe may read through it.
+pub const MAX_EXTENDS_DEPTH: usize = 16;
+pub const MAX_RECIPE_FILES: usize = 64;
+/// How much text and structure `${var}` substitution may produce in all, so variables that
+/// repeat each other cannot grow a small recipe exponentially.
+pub const MAX_EXPANSION: usize = 1 << 20;
+
 pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Diagnostics> {
-    let (mut root, mut sources) = load_merged(path, &mut Vec::new())?;
+    let (mut root, mut sources) = load_merged(path, &mut Vec::new(), &mut 0)?;
     apply_overrides(&mut root, &mut sources, overrides)?;
     interpolate_vars(&mut root, &sources)?;
     apply_defaults(&mut root, &mut sources)?;
@@ -78,11 +94,49 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Diagnostics> {
     Ok(recipe)
 }
 
-fn read_yaml(path: &Path) -> Result<(Value, SourceMap), Diagnostics> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// The text of a recipe file: a regular file of at most [`MAX_RECIPE_BYTES`].
+fn read_recipe_text(path: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| {
         Diagnostic::new(format!("cannot read recipe {}: {e}", path.display()))
             .help("check the path; recipe paths are relative to the working directory")
-    })?;
+    };
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(
+            Diagnostic::new(format!("recipe {} is not a regular file", path.display()))
+                .help("a recipe is a YAML file"),
+        );
+    }
+    let too_big = || {
+        Diagnostic::new(format!(
+            "recipe {} is larger than {} KiB, the most hone reads",
+            path.display(),
+            MAX_RECIPE_BYTES / 1024
+        ))
+        .help("a recipe names its data by path (`source: { path: ... }`) instead of holding it")
+    };
+    if meta.len() > MAX_RECIPE_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_RECIPE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_RECIPE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Diagnostic::new(format!(
+            "recipe {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn read_yaml(path: &Path) -> Result<(Value, SourceMap), Diagnostics> {
+    let text = read_recipe_text(path)?;
     let value: Value = serde_yaml::from_str(&text).map_err(|e| {
         let loc = e
             .location()
@@ -110,8 +164,13 @@ fn strip_position(msg: &str) -> String {
     msg.find(" at line ").map_or(msg, |i| &msg[..i]).to_owned()
 }
 
-/// Reads `path` and everything it `extends`, deep-merged (this file wins).
-fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Value, SourceMap), Diagnostics> {
+/// Reads `path` and everything it `extends`, deep-merged (this file wins). `chain` is the
+/// path of `extends` that led here, `files` how many files were read so far.
+fn load_merged(
+    path: &Path,
+    chain: &mut Vec<PathBuf>,
+    files: &mut usize,
+) -> Result<(Value, SourceMap), Diagnostics> {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     if let Some(i) = chain.iter().position(|p| *p == canonical) {
         let cycle: Vec<String> = chain[i..]
@@ -124,6 +183,15 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Value, SourceMa
                 .help("a recipe cannot extend itself, directly or through its bases")
                 .into(),
         );
+    }
+    *files += 1;
+    if chain.len() > MAX_EXTENDS_DEPTH || *files > MAX_RECIPE_FILES {
+        return Err(Diagnostic::new(format!(
+            "`extends` reaches too far at {}: at most {MAX_EXTENDS_DEPTH} levels and {MAX_RECIPE_FILES} files in all",
+            path.display()
+        ))
+        .help("extend a shared base once instead of through long chains or repeated lists")
+        .into());
     }
     let (mut value, mut sources) = read_yaml(path)?;
     let Some(extends) = value.as_mapping_mut().and_then(|m| m.remove("extends")) else {
@@ -154,7 +222,7 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Value, SourceMa
     let mut merged_sources = SourceMap::default();
     for (key, base) in bases {
         let base_path = dir.join(&base);
-        if !base_path.is_file() {
+        if !base_path.exists() {
             return Err(Diagnostic::new(format!(
                 "extended recipe {} not found",
                 base_path.display()
@@ -163,7 +231,16 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<(Value, SourceMa
             .help("`extends` paths are relative to the recipe that names them")
             .into());
         }
-        let (base_value, base_sources) = load_merged(&base_path, chain)?;
+        let (base_value, base_sources) =
+            load_merged(&base_path, chain, files).map_err(|mut d| {
+                // A base that cannot be read is located at the `extends` entry naming it.
+                for diag in &mut d.0 {
+                    if diag.location.is_none() {
+                        diag.location = sources.value(&key);
+                    }
+                }
+                d
+            })?;
         merged = deep_merge(merged, base_value);
         merged_sources.overlay(base_sources);
     }
@@ -271,6 +348,7 @@ fn interpolate_vars(root: &mut Value, sources: &SourceMap) -> Result<(), Diagnos
         .filter_map(|k| k.as_str().map(str::to_owned))
         .collect();
     let mut diags = Diagnostics::default();
+    let mut budget = MAX_EXPANSION;
     for name in &names {
         let mut resolving = vec![name.clone()];
         let mut v = vars[name.as_str()].clone();
@@ -280,6 +358,7 @@ fn interpolate_vars(root: &mut Value, sources: &SourceMap) -> Result<(), Diagnos
             &format!("vars.{name}"),
             sources,
             &mut resolving,
+            &mut budget,
         ) {
             diags.push(d);
         }
@@ -294,39 +373,54 @@ fn interpolate_vars(root: &mut Value, sources: &SourceMap) -> Result<(), Diagnos
         if key == "vars" {
             continue;
         }
-        if let Err(d) = substitute(v, &vars, key, sources, &mut Vec::new()) {
+        if let Err(d) = substitute(v, &vars, key, sources, &mut Vec::new(), &mut budget) {
             diags.push(d);
         }
     }
     diags.into_result(())
 }
 
+/// Replaces `${name}` in `v` with the variable's value. `budget` is what substitution may
+/// still produce ([`MAX_EXPANSION`], shared by the whole recipe).
 fn substitute(
     v: &mut Value,
     vars: &Mapping,
     path: &str,
     sources: &SourceMap,
     resolving: &mut Vec<String>,
+    budget: &mut usize,
 ) -> Result<(), Diagnostic> {
     match v {
         Value::String(s) if s.contains("${") => {
-            *v = expand(s, vars, path, sources, resolving)?;
+            *v = expand(s, vars, path, sources, resolving, budget)?;
             Ok(())
         }
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                substitute(item, vars, &join(path, &i.to_string()), sources, resolving)?;
+                let at = join(path, &i.to_string());
+                substitute(item, vars, &at, sources, resolving, budget)?;
             }
             Ok(())
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
                 let key = k.as_str().unwrap_or("?").to_owned();
-                substitute(item, vars, &join(path, &key), sources, resolving)?;
+                substitute(item, vars, &join(path, &key), sources, resolving, budget)?;
             }
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// Text bytes plus one per node: what a value costs against the expansion budget.
+fn value_size(v: &Value) -> usize {
+    1 + match v {
+        Value::String(s) => s.len(),
+        Value::Sequence(items) => items.iter().map(value_size).sum(),
+        Value::Mapping(m) => m.iter().map(|(k, v)| value_size(k) + value_size(v)).sum(),
+        Value::Tagged(t) => value_size(&t.value),
+        _ => 0,
     }
 }
 
@@ -336,6 +430,7 @@ fn expand(
     path: &str,
     sources: &SourceMap,
     resolving: &mut Vec<String>,
+    budget: &mut usize,
 ) -> Result<Value, Diagnostic> {
     let mut out = String::new();
     let mut rest = s;
@@ -378,8 +473,20 @@ fn expand(
             &format!("vars.{name}"),
             sources,
             resolving,
+            budget,
         )?;
         resolving.pop();
+        match budget.checked_sub(value_size(&value)) {
+            Some(left) => *budget = left,
+            None => {
+                return Err(Diagnostic::new(format!(
+                    "variables expand to more than {} KiB (at `${{{name}}}`)",
+                    MAX_EXPANSION / 1024
+                ))
+                .at(sources.value(path))
+                .help("variables that each use another several times grow exponentially; use each variable once"));
+            }
+        }
         let is_whole = i == 0 && end + 1 == rest.len() && out.is_empty();
         if is_whole {
             whole = Some(value);

@@ -229,6 +229,26 @@ pub struct ModelInit {
     pub intermediate: Option<usize>,
 }
 
+impl ModelInit {
+    /// About how many parameters the model has with a vocabulary of `vocab`: attention and
+    /// MLP weights per layer, token (and for GPT-2 and BERT position) embeddings. A float,
+    /// since the figures come from a recipe and may be absurd.
+    pub fn parameters(&self, vocab: usize) -> f64 {
+        let d = self.d_model as f64;
+        let (mlp_matrices, default_inner) = match self.arch {
+            Arch::Llama => (3.0, d * 8.0 / 3.0),
+            Arch::Gpt2 | Arch::Bert => (2.0, 4.0 * d),
+        };
+        let inner = self.intermediate.map_or(default_inner, |i| i as f64);
+        let per_layer = 4.0 * d * d + mlp_matrices * d * inner;
+        let positions = match self.arch {
+            Arch::Llama => 0.0,
+            Arch::Gpt2 | Arch::Bert => self.context as f64 * d,
+        };
+        self.layers as f64 * per_layer + (vocab as f64 + positions) * d
+    }
+}
+
 pub(crate) fn default_max_length() -> usize {
     128
 }

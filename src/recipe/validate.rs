@@ -22,6 +22,14 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             .help("this hone reads `version: 1`"),
         );
     }
+    let name = &recipe.header.name;
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        diags.push(
+            Diagnostic::new("`name` must be 1 to 100 characters, without control characters")
+                .at(recipe.value_location("name"))
+                .help("a short name such as `car-assistant`: it names run directories and reports"),
+        );
+    }
     if let Err(e) = backend::check_available(recipe.header.backend) {
         diags.push(Diagnostic::new(e.to_string()).at(recipe.value_location("backend")));
     }
@@ -80,6 +88,23 @@ fn check_source(
             ))
             .at(loc.clone())
             .help("source paths are relative to the recipe file that names them"),
+        );
+        return;
+    }
+    // A FIFO or a device (`/dev/zero`) would hang hashing and reading; a table is a file.
+    let kind = std::fs::metadata(&src.resolved).map(|m| m.file_type());
+    let usable = kind.is_ok_and(|t| t.is_file() || (!table && t.is_dir()));
+    if !usable {
+        diags.push(
+            Diagnostic::new(format!(
+                "source `{}` is not a regular file{}",
+                src.path,
+                if table { "" } else { " or a model directory" }
+            ))
+            .at(loc)
+            .help(
+                "point the source at a data file (JSONL, CSV, Parquet, ...) or a model directory",
+            ),
         );
         return;
     }

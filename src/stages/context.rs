@@ -70,6 +70,32 @@ pub static CANCELLED: AtomicBool = AtomicBool::new(false);
 #[error("interrupted")]
 pub struct Cancelled;
 
+/// A setting of the stage that only the data shows to be wrong (a split that leaves no rows
+/// to train on). The runner locates it at `key` (under the stage) in the recipe, and it exits
+/// as invalid input does.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SettingError {
+    pub key: String,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl SettingError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> SettingError {
+        SettingError {
+            key: key.into(),
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> SettingError {
+        self.help = Some(help.into());
+        self
+    }
+}
+
 /// One output of an upstream stage, its files at their (verified, read-only) blob paths.
 #[derive(Debug, Clone)]
 pub struct OutputView {

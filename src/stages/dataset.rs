@@ -11,7 +11,7 @@ use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{Row, Table};
 use crate::recipe::types::MissingPolicy;
-use crate::stages::context::StageContext;
+use crate::stages::context::{SettingError, StageContext};
 use crate::store::ArtifactType;
 use std::collections::BTreeMap;
 
@@ -237,7 +237,12 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         DatasetRole::Eval => vec![Split::Test; t.rows.len()],
         DatasetRole::Train => {
             let groups: Vec<String> = keys.iter().map(|k| k.normalized.clone()).collect();
-            split::assign(&groups, spec.split.validation, spec.split.test, ctx.seed)?
+            split::assign(&groups, spec.split.validation, spec.split.test, ctx.seed).map_err(
+                |e| {
+                    SettingError::new("split", e.to_string())
+                        .help("hold out fewer rows, or give the dataset more")
+                },
+            )?
         }
     };
     let splits: Vec<Split> = spec

@@ -272,7 +272,8 @@ impl Kind for DpoKind {
             );
         }
         problems.extend(super::lora_problem(&d.peft));
-        problems.extend(super::train_problem(&d.train));
+        problems.extend(super::length_problem(d.max_length));
+        problems.extend(super::train_problems(&d.train));
         problems
     }
 

@@ -20,13 +20,15 @@ use serde::{Deserialize, Serialize};
 
 /// `export`: the model of a stage as an HF directory outside the store (`to`, relative to the
 /// recipe), with a `README.md` model card naming where it came from. The directory is
-/// (re)written whenever it is missing or differs, also when the stage itself is cached.
+/// (re)written whenever it is missing or differs, also when the stage itself is cached; hone
+/// replaces only a directory it wrote itself (it leaves a `.hone-export.json` there) or an
+/// empty one, and never one that holds the recipe, its data or the store.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     /// A model stage (`{ from: dpo }`); with LoRA stages, the merged model.
     pub model: Input,
-    /// The directory to write, relative to the recipe file.
+    /// The directory to write, relative to the recipe file: new, empty, or an earlier export.
     pub to: String,
 }
 
@@ -128,15 +130,15 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     for (rel, src) in &files {
         let dest = dir.join(rel);
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::copy(src, &dest)?;
-        let size = std::fs::metadata(&dest)?.len();
+        let size = std::fs::copy(src, &dest)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
         total += size;
-        rows.push(format!(
-            "| `{rel}` | {size} | `{}` |",
-            crate::store::hash::hash_file(&dest)?
-        ));
+        let digest = crate::store::hash::hash_file(&dest)
+            .with_context(|| format!("cannot read {}", dest.display()))?;
+        rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
     }
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).unwrap_or_default();
@@ -154,7 +156,9 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         arch = config["architectures"][0].as_str().unwrap_or("unknown"),
         rows = rows.join("\n"),
     );
-    std::fs::write(dir.join("README.md"), card)?;
+    let card_path = dir.join("README.md");
+    std::fs::write(&card_path, card)
+        .with_context(|| format!("cannot write {}", card_path.display()))?;
     let metrics = ExportMetrics {
         // The model card is the one file more.
         files: files.len() + 1,

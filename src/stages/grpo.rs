@@ -253,7 +253,7 @@ impl Kind for GrpoKind {
             ));
         }
         problems.extend(super::lora_problem(&g.peft));
-        problems.extend(super::train_problem(&g.train));
+        problems.extend(super::train_problems(&g.train));
         problems
     }
 

@@ -60,14 +60,52 @@ pub fn policy_outputs(
     v
 }
 
-/// The settings every training stage needs to train at all.
-pub fn train_problem(train: &crate::train::trainer::TrainConfig) -> Option<Problem> {
-    (train.batch_size == 0 || train.epochs == 0 || train.lr <= 0.0).then(|| {
-        Problem::at_key(
-            "train",
-            "`train` needs batch_size >= 1, epochs >= 1 and lr > 0",
-        )
-    })
+/// The settings every training stage needs to train at all, each at its key: counts of at
+/// least 1, a learning rate and weight decay that are numbers (not `.nan`, `.inf`) of the
+/// right sign, and a clipping norm above 0 (clipping to a negative norm turns every step
+/// around: the loss rises).
+pub fn train_problems(train: &crate::train::trainer::TrainConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (key, value) in [("batch_size", train.batch_size), ("epochs", train.epochs)] {
+        if value == 0 {
+            problems.push(Problem::new(
+                format!("train.{key}"),
+                format!("`{key}` must be at least 1"),
+            ));
+        }
+    }
+    if !(train.lr.is_finite() && train.lr > 0.0) {
+        problems.push(Problem::new(
+            "train.lr",
+            format!("`lr` must be a positive number, not {}", train.lr),
+        ));
+    }
+    if !(train.weight_decay.is_finite() && train.weight_decay >= 0.0) {
+        problems.push(Problem::new(
+            "train.weight_decay",
+            format!(
+                "`weight_decay` must be a number of at least 0, not {}",
+                train.weight_decay
+            ),
+        ));
+    }
+    if let Some(norm) = train.max_grad_norm
+        && !(norm.is_finite() && norm > 0.0)
+    {
+        problems.push(
+            Problem::new(
+                "train.max_grad_norm",
+                format!("`max_grad_norm` must be a positive number, not {norm}"),
+            )
+            .help("write `max_grad_norm: null` to train without clipping"),
+        );
+    }
+    problems
+}
+
+/// A `max_length` of 0 leaves no token to train on.
+pub fn length_problem(max_length: usize) -> Option<Problem> {
+    (max_length == 0).then(|| Problem::new("max_length", "`max_length` must be at least 1"))
 }
 
 /// A LoRA rank of 0 trains nothing; dropout is a probability below 1.

@@ -150,6 +150,11 @@ fn init_model(
     device: &Device,
 ) -> Result<(Backbone, Value)> {
     let vocab = tokenizer.get_vocab_size(true);
+    if let Some(why) = crate::backend::training_memory_problem(init.parameters(vocab)) {
+        bail!(
+            "{why}; make the model smaller (`layers`, `d_model`, `intermediate`, or the vocabulary)"
+        );
+    }
     let eos = tokenizer.token_to_id(EOS);
     match init.arch {
         Arch::Gpt2 => {

@@ -443,7 +443,7 @@ impl Kind for PpoKind {
             problems.push(Problem::at_key("gamma", "`gamma` and `lam` are in [0, 1]"));
         }
         problems.extend(super::lora_problem(&p.peft));
-        problems.extend(super::train_problem(&p.train));
+        problems.extend(super::train_problems(&p.train));
         problems
     }
 

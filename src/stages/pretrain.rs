@@ -157,6 +157,25 @@ impl Kind for PretrainKind {
                     .help("add `tokenizer: { from: <tokenizer stage> }`"),
                 );
             }
+            for (key, value) in [
+                ("layers", init.layers),
+                ("d_model", init.d_model),
+                ("context", init.context),
+            ] {
+                if value == 0 {
+                    problems.push(Problem::new(
+                        format!("model.init.{key}"),
+                        format!("`{key}` must be at least 1"),
+                    ));
+                }
+            }
+            // The vocabulary comes from the tokenizer at run time; the rest is known now.
+            if let Some(why) = crate::backend::training_memory_problem(init.parameters(0)) {
+                problems.push(
+                    Problem::at_key("model.init", why)
+                        .help("make the model smaller: fewer `layers`, a smaller `d_model`"),
+                );
+            }
             if init.heads == 0
                 || init.d_model % init.heads != 0
                 || (init.d_model / init.heads.max(1)) % 2 != 0
@@ -188,7 +207,8 @@ impl Kind for PretrainKind {
                 ));
             }
         }
-        problems.extend(super::train_problem(&p.train));
+        problems.extend(super::length_problem(p.max_length));
+        problems.extend(super::train_problems(&p.train));
         problems
     }
 

@@ -219,7 +219,8 @@ impl Kind for RewardKind {
             ));
         }
         problems.extend(super::lora_problem(&r.peft));
-        problems.extend(super::train_problem(&r.train));
+        problems.extend(super::length_problem(r.max_length));
+        problems.extend(super::train_problems(&r.train));
         problems
     }
 

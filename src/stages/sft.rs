@@ -182,7 +182,8 @@ impl Kind for SftKind {
             );
         }
         problems.extend(super::lora_problem(&p.peft));
-        problems.extend(super::train_problem(&p.train));
+        problems.extend(super::length_problem(p.max_length));
+        problems.extend(super::train_problems(&p.train));
         problems
     }
 

@@ -64,6 +64,10 @@ fn default_min_frequency() -> u64 {
     2
 }
 
+/// The largest vocabulary a tokenizer stage trains: well above any model in use, well below
+/// what would exhaust memory.
+pub const MAX_VOCAB: usize = 1 << 20;
+
 /// `kind: tokenizer`.
 #[derive(Default)]
 pub struct TokenizerKind;
@@ -111,6 +115,18 @@ impl Kind for TokenizerKind {
                 .help("e.g. `data: { from: corpus }` with `vocab_size: 1024`"),
             ),
             _ => {}
+        }
+        if t.vocab_size > MAX_VOCAB {
+            problems.push(
+                Problem::new(
+                    "vocab_size",
+                    format!(
+                        "vocab_size {} is larger than {MAX_VOCAB}, beyond any model hone trains",
+                        t.vocab_size
+                    ),
+                )
+                .help("the largest vocabularies in use have about 260,000 tokens"),
+            );
         }
         if t.data.is_some() && t.vocab_size < 300 {
             problems.push(

@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 
 /// Hex BLAKE3 of a file's bytes (memory-mapped and multi-threaded for large files).
 pub fn hash_file(path: &Path) -> io::Result<String> {
+    // A FIFO or a device would block or never end.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
     let mut h = blake3::Hasher::new();
     h.update_mmap_rayon(path)?;
     Ok(h.finalize().to_hex().to_string())

@@ -363,6 +363,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The manifest files that cannot be used, with why.
+    pub fn unusable_manifests(&self) -> Result<Vec<(PathBuf, String)>> {
+        Ok(self
+            .manifest_files()?
+            .into_iter()
+            .filter_map(|(path, m)| m.err().map(|why| (path, why)))
+            .collect())
+    }
+
     /// Every usable manifest in the store (`verify` reports the others).
     pub fn manifests(&self) -> Result<Vec<Manifest>> {
         let mut out: Vec<Manifest> = self
@@ -762,7 +771,11 @@ impl Store {
             "runs",
         ] {
             let dir = self.root.join(area);
-            let files = hash::walk_files(&dir)?;
+            // Areas appear when first used (`checkpoints/` only once a run was interrupted).
+            let files = match hash::walk_files(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                other => other.with_context(|| format!("cannot read {}", dir.display()))?,
+            };
             let bytes = files
                 .iter()
                 .map(|f| fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))

@@ -493,6 +493,141 @@ fn cases() -> Vec<Case> {
                 "r.yaml:8:5",
             ],
         },
+        Case {
+            name: "variables that repeat each other exponentially",
+            recipe: "version: 1\nname: t\nvars:\n  a0: xxxxxxxxxxxxxxxx\n  a1: ${a0}${a0}${a0}${a0}\n  a2: ${a1}${a1}${a1}${a1}\n  a3: ${a2}${a2}${a2}${a2}\n  a4: ${a3}${a3}${a3}${a3}\n  a5: ${a4}${a4}${a4}${a4}\n  a6: ${a5}${a5}${a5}${a5}\n  a7: ${a6}${a6}${a6}${a6}\n  a8: ${a7}${a7}${a7}${a7}\n  a9: ${a8}${a8}${a8}${a8}\n  a10: ${a9}${a9}${a9}${a9}\n  a11: ${a10}${a10}${a10}${a10}\n  a12: ${a11}${a11}${a11}${a11}\nstages:\n  a: { kind: dataset, source: { path: d.jsonl }, text_column: \"${a12}\" }\n",
+            files: &[],
+            args: &[],
+            expect: &["variables expand to more than 1024 KiB", "r.yaml:"],
+        },
+        Case {
+            name: "variables nested as lists exponentially",
+            recipe: "version: 1\nname: t\nvars:\n  l0: [x, x, x, x, x, x, x, x]\n  l1: [\"${l0}\", \"${l0}\", \"${l0}\", \"${l0}\", \"${l0}\", \"${l0}\", \"${l0}\", \"${l0}\"]\n  l2: [\"${l1}\", \"${l1}\", \"${l1}\", \"${l1}\", \"${l1}\", \"${l1}\", \"${l1}\", \"${l1}\"]\n  l3: [\"${l2}\", \"${l2}\", \"${l2}\", \"${l2}\", \"${l2}\", \"${l2}\", \"${l2}\", \"${l2}\"]\n  l4: [\"${l3}\", \"${l3}\", \"${l3}\", \"${l3}\", \"${l3}\", \"${l3}\", \"${l3}\", \"${l3}\"]\n  l5: [\"${l4}\", \"${l4}\", \"${l4}\", \"${l4}\", \"${l4}\", \"${l4}\", \"${l4}\", \"${l4}\"]\n  l6: [\"${l5}\", \"${l5}\", \"${l5}\", \"${l5}\", \"${l5}\", \"${l5}\", \"${l5}\", \"${l5}\"]\n  l7: [\"${l6}\", \"${l6}\", \"${l6}\", \"${l6}\", \"${l6}\", \"${l6}\", \"${l6}\", \"${l6}\"]\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["variables expand to more than", "r.yaml:"],
+        },
+        Case {
+            name: "extends a directory",
+            recipe: "version: 1\nname: t\nextends: base\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[("base/x.yaml", "version: 1\n")],
+            args: &[],
+            expect: &["recipe base is not a regular file", "r.yaml:3:10"],
+        },
+        Case {
+            name: "extends a device",
+            recipe: "version: 1\nname: t\nextends: /dev/zero\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["recipe /dev/zero is not a regular file", "r.yaml:3:10"],
+        },
+        Case {
+            name: "a source that is a device",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: /dev/zero, format: jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["source `/dev/zero` is not a regular file", "r.yaml:4:39"],
+        },
+        Case {
+            name: "a negative gradient clipping norm",
+            recipe: "version: 1\nname: t\nstages:\n  s:\n    kind: sft\n    model: { path: m }\n    data: { path: d.jsonl }\n    train: { max_grad_norm: -1 }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`max_grad_norm` must be a positive number, not -1",
+                "r.yaml:8:29",
+                "max_grad_norm: null",
+            ],
+        },
+        Case {
+            name: "a learning rate and weight decay that are not numbers",
+            recipe: "version: 1\nname: t\nstages:\n  s:\n    kind: sft\n    model: { path: m }\n    data: { path: d.jsonl }\n    train: { lr: .nan, weight_decay: .inf }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`lr` must be a positive number, not NaN",
+                "r.yaml:8:18",
+                "`weight_decay` must be a number of at least 0, not inf",
+                "r.yaml:8:38",
+            ],
+        },
+        Case {
+            name: "a model too large for this machine",
+            recipe: "version: 1\nname: t\nstages:\n  tok: { kind: tokenizer, data: { path: d.jsonl }, column: question, vocab_size: 300 }\n  lm:\n    kind: pretrain\n    model: { init: { arch: gpt2, layers: 1000000000, d_model: 64, heads: 4, context: 64 } }\n    tokenizer: { from: tok }\n    data: { path: d.jsonl }\n    column: question\n    max_length: 64\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "needs about",
+                "GiB to train",
+                "this machine has",
+                "r.yaml:7:",
+            ],
+        },
+        Case {
+            name: "a model too wide for this machine",
+            recipe: "version: 1\nname: t\nstages:\n  tok: { kind: tokenizer, data: { path: d.jsonl }, column: question, vocab_size: 300 }\n  lm:\n    kind: pretrain\n    model: { init: { arch: llama, layers: 2, d_model: 1048576, heads: 4, context: 64 } }\n    tokenizer: { from: tok }\n    data: { path: d.jsonl }\n    column: question\n    max_length: 64\n",
+            files: &[],
+            args: &[],
+            expect: &["GiB to train", "r.yaml:7:"],
+        },
+        Case {
+            name: "a context and max_length of zero",
+            recipe: "version: 1\nname: t\nstages:\n  tok: { kind: tokenizer, data: { path: d.jsonl }, column: question, vocab_size: 300 }\n  lm:\n    kind: pretrain\n    model: { init: { arch: gpt2, layers: 1, d_model: 8, heads: 2, context: 0 } }\n    tokenizer: { from: tok }\n    data: { path: d.jsonl }\n    column: question\n    max_length: 0\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`context` must be at least 1",
+                "r.yaml:7:76",
+                "`max_length` must be at least 1",
+                "r.yaml:11:17",
+            ],
+        },
+        Case {
+            name: "a vocabulary no model has",
+            recipe: "version: 1\nname: t\nstages:\n  tok: { kind: tokenizer, data: { path: d.jsonl }, column: question, vocab_size: 1000000000000 }\n",
+            files: &[],
+            args: &[],
+            expect: &["vocab_size 1000000000000 is larger than", "r.yaml:4:"],
+        },
+        Case {
+            name: "a name too long for a file name",
+            recipe: "version: 1\nname: nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["`name` must be 1 to 100 characters", "r.yaml:2:7"],
+        },
+        Case {
+            name: "a name with a NUL",
+            recipe: "version: 1\nname: \"a\\0b\"\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+            files: &[],
+            args: &[],
+            expect: &["without control characters", "r.yaml:2:7"],
+        },
+        Case {
+            name: "a CSV header that names a column twice",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: dup.csv } }\n",
+            files: &[("dup.csv", "a,a\n1,2\n")],
+            args: &[],
+            expect: &["the header names column `a` twice", "dup.csv:1:1"],
+        },
+        Case {
+            name: "a Parquet file that is not Parquet",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: g.parquet } }\n",
+            files: &[("g.parquet", "this is not parquet\n")],
+            args: &[],
+            expect: &["is not a readable Parquet file", "g.parquet:1:1"],
+        },
+        Case {
+            name: "a split that leaves nothing to train on",
+            recipe: "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl }, split: { validation: 0.99 } }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "leaving none to train on",
+                "r.yaml:4:57",
+                "hold out fewer rows",
+            ],
+        },
     ]
 }
 
@@ -590,4 +725,96 @@ fn validation_never_creates_a_store() {
         !p.store().exists(),
         "read-only commands must not create .hone/"
     );
+}
+
+/// Inputs whose cost grows without bound unless hone bounds it: each must end, quickly, in a
+/// clear error (exit 2), never in an abort or a hang.
+#[test]
+fn small_inputs_cannot_ask_for_unbounded_work() {
+    use std::time::{Duration, Instant};
+    let p = Project::new();
+    p.write("d.jsonl", &qa_jsonl(10, 0));
+    // `extends: [next, next]` twenty deep: 2^20 reads unless the count is bounded.
+    for i in 0..20 {
+        p.write(
+            &format!("b{i}.yaml"),
+            &format!("extends: [b{n}.yaml, b{n}.yaml]\n", n = i + 1),
+        );
+    }
+    p.write("b20.yaml", "seed: 1\n");
+    p.write(
+        "chain.yaml",
+        "version: 1\nname: t\nextends: b0.yaml\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+    );
+    // A recipe larger than any recipe: read up to the limit, not until memory runs out.
+    let mut big = String::from(
+        "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+    );
+    while big.len() < (2 << 20) {
+        big.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    p.write("big.yaml", &big);
+    // A source that is a FIFO: reading or hashing it would block for ever.
+    let fifo = p.path("pipe.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    p.write(
+        "fifo.yaml",
+        "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: pipe.jsonl } }\n",
+    );
+    // A JSONL file with a byte that is not UTF-8 on its third line.
+    let mut bad_utf8 = qa_jsonl(2, 0).into_bytes();
+    bad_utf8.extend_from_slice(b"{\"question\": \"caf\xe9\"}\n");
+    std::fs::write(p.path("latin1.jsonl"), bad_utf8).unwrap();
+    p.write(
+        "latin1.yaml",
+        "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: latin1.jsonl } }\n",
+    );
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["run", "latin1.yaml"],
+            &["not UTF-8 text", "latin1.jsonl:3:18"],
+        ),
+        (
+            &["validate", "chain.yaml"],
+            &["`extends` reaches too far", ".yaml:1:"],
+        ),
+        (&["run", "big.yaml"], &["big.yaml is larger than 1024 KiB"]),
+        (
+            &["run", "/dev/zero"],
+            &["recipe /dev/zero is not a regular file"],
+        ),
+        (
+            &["validate", "fifo.yaml"],
+            &["source `pipe.jsonl` is not a regular file", "fifo.yaml:4:"],
+        ),
+        (
+            &["run", "fifo.yaml"],
+            &["source `pipe.jsonl` is not a regular file"],
+        ),
+        (
+            &["status", "fifo.yaml"],
+            &["source `pipe.jsonl` is not a regular file"],
+        ),
+    ];
+    for (args, expect) in cases {
+        let started = Instant::now();
+        let run = p.hone(args);
+        let err = run.stderr();
+        assert_eq!(run.code(), 2, "{args:?}: {err}");
+        for want in expect {
+            assert!(
+                err.contains(want),
+                "{args:?}: stderr lacks {want:?}:\n{err}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
 }

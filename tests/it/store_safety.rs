@@ -1,4 +1,5 @@
-//! The store survives a SIGKILL at any point of a commit, and two concurrent runs.
+//! The store survives a SIGKILL at any point of a commit, and two concurrent runs; the cache
+//! commands see every state of a store, damaged ones included.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -164,4 +165,44 @@ fn ctrl_c_stops_cleanly_and_the_next_run_continues() {
     let rerun = p.hone(&["run", "r.yaml"]);
     rerun.ok();
     assert_eq!(rerun.ran(), ["qa", "reviews", "qa_clean"]);
+}
+
+#[test]
+fn cache_commands_see_every_state_of_a_store() {
+    let p = two_dataset_project();
+    p.hone(&["run", "r.yaml"]).ok();
+    // An uninterrupted run leaves no checkpoints/ area: du counts it as empty.
+    assert!(!p.store().join("checkpoints").exists());
+    let du = p.hone(&["cache", "du"]).ok();
+    assert!(du.contains("checkpoints") && du.contains("total"), "{du}");
+
+    // A truncated manifest is named by ls, not silently left out.
+    let m = crate::common::manifest(&p, "qa");
+    let path = p
+        .store()
+        .join("actions")
+        .join(&m["action"].as_str().unwrap()[..2])
+        .join(format!("{}.json", m["action"].as_str().unwrap()));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let ls = p.hone(&["cache", "ls"]).ok();
+    assert!(
+        ls.contains("unusable") && ls.contains("1 manifests cannot be used"),
+        "{ls}"
+    );
+}
+
+#[test]
+fn a_recipe_named_like_a_lockfile_keeps_its_own_lockfile() {
+    let p = two_dataset_project();
+    let text = std::fs::read_to_string(p.path("r.yaml")).unwrap();
+    p.write("r.lock", &text);
+    p.hone(&["run", "r.lock"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(p.path("r.lock")).unwrap(),
+        text,
+        "the recipe was overwritten by its lockfile"
+    );
+    assert!(p.path("r.lock.lock").is_file());
+    assert!(p.hone(&["run", "r.lock", "--locked"]).ran().is_empty());
 }
