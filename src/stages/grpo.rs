@@ -179,8 +179,8 @@ impl Objective<Backbone> for Grpo<'_> {
         serde_json::to_value(&*self.rewards.borrow()).unwrap_or_default()
     }
 
-    fn restore(&self, state: serde_json::Value) -> Result<(), String> {
-        *self.rewards.borrow_mut() = serde_json::from_value(state).map_err(|e| e.to_string())?;
+    fn restore(&self, state: serde_json::Value) -> Result<(), serde_json::Error> {
+        *self.rewards.borrow_mut() = serde_json::from_value(state)?;
         Ok(())
     }
 }

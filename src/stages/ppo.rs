@@ -371,8 +371,8 @@ impl Objective<PolicyValue> for Ppo<'_> {
         serde_json::to_value(&*self.log.borrow()).unwrap_or_default()
     }
 
-    fn restore(&self, state: serde_json::Value) -> Result<(), String> {
-        *self.log.borrow_mut() = serde_json::from_value(state).map_err(|e| e.to_string())?;
+    fn restore(&self, state: serde_json::Value) -> Result<(), serde_json::Error> {
+        *self.log.borrow_mut() = serde_json::from_value(state)?;
         Ok(())
     }
 

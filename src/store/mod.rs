@@ -125,43 +125,61 @@ impl Manifest {
     /// the action and every digest are 64 lowercase hex characters, every file name is a
     /// relative path of plain components, and each output's digest is the digest of its files.
     /// `action` is the key the manifest was found under.
-    pub fn parse(bytes: &[u8], action: &str) -> Result<Manifest, String> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub fn parse(bytes: &[u8], action: &str) -> Result<Manifest, ManifestError> {
+        let m: Manifest = serde_json::from_slice(bytes)?;
         if m.action != action {
-            return Err(format!(
-                "it records action `{}`, but is stored as `{action}`",
-                m.action.escape_debug()
-            ));
+            return Err(ManifestError::StoredElsewhere {
+                records: m.action.escape_debug().to_string(),
+                stored: action.to_owned(),
+            });
         }
         for (name, out) in &m.outputs {
+            let output = name.escape_debug().to_string();
             if !is_plain_name(name) {
-                return Err(format!(
-                    "output name `{}` is not a plain name",
-                    name.escape_debug()
-                ));
+                return Err(ManifestError::OutputName(output));
             }
             for (rel, f) in &out.files {
                 if !is_relative_path(rel) {
-                    return Err(format!(
-                        "output `{name}`: file name `{}` is not a relative path inside the output",
-                        rel.escape_debug()
-                    ));
+                    let file = rel.escape_debug().to_string();
+                    return Err(ManifestError::FileName { output, file });
                 }
                 if !is_digest(&f.digest) {
-                    return Err(format!(
-                        "output `{name}`: file `{rel}` has an invalid digest `{}`",
-                        f.digest.escape_debug()
-                    ));
+                    return Err(ManifestError::Digest {
+                        output,
+                        file: rel.clone(),
+                        digest: f.digest.escape_debug().to_string(),
+                    });
                 }
             }
             if out.digest != output_digest(out.artifact_type, &out.files) {
-                return Err(format!(
-                    "output `{name}`: its digest does not match its files"
-                ));
+                return Err(ManifestError::OutputDigest(output));
             }
         }
         Ok(m)
     }
+}
+
+/// Why a manifest cannot be used. Names from the manifest are escaped: it may be hostile.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read it: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a manifest: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("it records action `{records}`, but is stored as `{stored}`")]
+    StoredElsewhere { records: String, stored: String },
+    #[error("output name `{0}` is not a plain name")]
+    OutputName(String),
+    #[error("output `{output}`: file name `{file}` is not a relative path inside the output")]
+    FileName { output: String, file: String },
+    #[error("output `{output}`: file `{file}` has an invalid digest `{digest}`")]
+    Digest {
+        output: String,
+        file: String,
+        digest: String,
+    },
+    #[error("output `{0}`: its digest does not match its files")]
+    OutputDigest(String),
 }
 
 /// A BLAKE3 digest as hone writes it: 64 lowercase hex characters. Action keys are digests too.
@@ -343,7 +361,7 @@ impl Store {
 
     /// Every manifest file of the store with what reading it gave: the manifest, or why it
     /// cannot be used.
-    fn manifest_files(&self) -> Result<Vec<(PathBuf, Result<Manifest, String>)>> {
+    fn manifest_files(&self) -> Result<Vec<(PathBuf, Result<Manifest, ManifestError>)>> {
         let mut out = Vec::new();
         for f in hash::walk_files(&self.root.join("actions"))? {
             let path = self.root.join("actions").join(&f);
@@ -356,7 +374,7 @@ impl Store {
                 continue; // unfinished manifests are listed with the garbage
             };
             let read = fs::read(&path)
-                .map_err(|e| e.to_string())
+                .map_err(ManifestError::from)
                 .and_then(|bytes| Manifest::parse(&bytes, action));
             out.push((path, read));
         }
@@ -364,7 +382,7 @@ impl Store {
     }
 
     /// The manifest files that cannot be used, with why.
-    pub fn unusable_manifests(&self) -> Result<Vec<(PathBuf, String)>> {
+    pub fn unusable_manifests(&self) -> Result<Vec<(PathBuf, ManifestError)>> {
         Ok(self
             .manifest_files()?
             .into_iter()

@@ -6,7 +6,7 @@
 //! never train a different model under the right action key.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::hash::hash_file;
 
@@ -42,20 +42,32 @@ pub fn write_digests(dir: &Path, files: &[&str]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Checks every file `dir/digests.json` lists; says what is wrong otherwise.
-pub fn check_digests(dir: &Path) -> Result<(), String> {
-    let listed = std::fs::read(dir.join(DIGESTS_FILE))
-        .map_err(|_| format!("{} has no {DIGESTS_FILE}", dir.display()))?;
-    let digests: BTreeMap<String, String> = serde_json::from_slice(&listed)
-        .map_err(|_| format!("{} is damaged", dir.join(DIGESTS_FILE).display()))?;
+/// What is wrong with a directory of files listed in `digests.json`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    #[error("{} has no {DIGESTS_FILE}", .0.display())]
+    NoDigests(PathBuf),
+    #[error("{} is damaged", .0.display())]
+    Damaged(PathBuf),
+    #[error("{} is missing", .0.display())]
+    Missing(PathBuf),
+}
+
+/// Checks every file `dir/digests.json` lists.
+pub fn check_digests(dir: &Path) -> Result<(), SealError> {
+    let list = dir.join(DIGESTS_FILE);
+    let listed = std::fs::read(&list).map_err(|_| SealError::NoDigests(dir.to_path_buf()))?;
+    let digests: BTreeMap<String, String> =
+        serde_json::from_slice(&listed).map_err(|_| SealError::Damaged(list.clone()))?;
     for (name, digest) in &digests {
+        // A name that is not a plain file name means the list itself was altered.
         if !super::is_plain_name(name) {
-            return Err(format!("{} lists `{}`", dir.display(), name.escape_debug()));
+            return Err(SealError::Damaged(list));
         }
         match hash_file(&dir.join(name)) {
             Ok(d) if &d == digest => {}
-            Ok(_) => return Err(format!("{} is damaged", dir.join(name).display())),
-            Err(_) => return Err(format!("{} is missing", dir.join(name).display())),
+            Ok(_) => return Err(SealError::Damaged(dir.join(name))),
+            Err(_) => return Err(SealError::Missing(dir.join(name))),
         }
     }
     Ok(())
@@ -86,17 +98,13 @@ mod tests {
         write_digests(dir.path(), &["a.bin", "state.json"]).unwrap();
         assert_eq!(check_digests(dir.path()), Ok(()));
         std::fs::write(dir.path().join("a.bin"), b"on").unwrap();
-        assert!(
-            check_digests(dir.path())
-                .unwrap_err()
-                .contains("a.bin is damaged")
+        let a = dir.path().join("a.bin");
+        assert_eq!(
+            check_digests(dir.path()),
+            Err(SealError::Damaged(a.clone()))
         );
-        std::fs::remove_file(dir.path().join("a.bin")).unwrap();
-        assert!(
-            check_digests(dir.path())
-                .unwrap_err()
-                .contains("a.bin is missing")
-        );
+        std::fs::remove_file(&a).unwrap();
+        assert_eq!(check_digests(dir.path()), Err(SealError::Missing(a)));
         std::fs::remove_file(dir.path().join(DIGESTS_FILE)).unwrap();
         assert!(check_digests(dir.path()).is_err());
     }

@@ -32,7 +32,7 @@ pub trait Objective<M: Module> {
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
-    fn restore(&self, _state: serde_json::Value) -> Result<(), String> {
+    fn restore(&self, _state: serde_json::Value) -> Result<(), serde_json::Error> {
         Ok(())
     }
     /// Whether the run may be checkpointed (and so resumed) right after `batch`. PPO's passes
