@@ -157,13 +157,20 @@ pub fn manifest(p: &Project, stage: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// Runs `hone args` with `HONE_TEST_FAULT=point`, waits until the process reports reaching
-/// the point (it then stops there), and SIGKILLs it. Returns what it wrote to stderr.
-pub fn kill_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
+/// Runs `hone args` with the environment variable `var` set to `value`, waits until the
+/// process writes `announce` on stderr, sends it `signal` (`KILL` or `INT`) and waits for it
+/// to end. Returns its exit code (`None` when a signal ended it) and every stderr line.
+fn interrupt_at(
+    p: &Project,
+    args: &[&str],
+    (var, value): (&str, String),
+    announce: &str,
+    signal: &str,
+) -> (Option<i32>, Vec<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = p
         .cmd(args)
-        .env("HONE_TEST_FAULT", point)
+        .env(var, value)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -175,21 +182,49 @@ pub fn kill_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
             let _ = tx.send(line);
         }
     });
-    let want = format!("hone-fault-point: {point}");
     let mut seen = Vec::new();
     let reached = loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
-            Ok(line) if line == want => break true,
+        match rx.recv_timeout(std::time::Duration::from_secs(300)) {
+            Ok(line) if line == announce => break true,
             Ok(line) => seen.push(line),
             Err(_) => break false,
         }
     };
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(
-        reached,
-        "fault point {point} was never reached; stderr: {seen:#?}"
-    );
+    if !reached {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("`{announce}` never came; stderr: {seen:#?}");
+    }
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    seen.extend(rx.iter());
+    (status.code(), seen)
+}
+
+/// Runs `hone args` with `HONE_TEST_FAULT=point`, waits until the process reports reaching
+/// the point (it then stops there), and SIGKILLs it. Returns what it wrote to stderr.
+pub fn kill_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
+    let fault = ("HONE_TEST_FAULT", point.to_owned());
+    interrupt_at(
+        p,
+        args,
+        fault,
+        &format!("hone-fault-point: {point}"),
+        "KILL",
+    )
+    .1
+}
+
+/// Runs `hone args` paused at `point` (`HONE_TEST_PAUSE`), presses Ctrl-C there (SIGINT),
+/// and checks that hone stopped as interrupted (exit 130). Returns what it wrote to stderr.
+pub fn ctrl_c_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
+    let pause = ("HONE_TEST_PAUSE", format!("{point}=1500"));
+    let (code, seen) = interrupt_at(p, args, pause, &format!("hone-pause-point: {point}"), "INT");
+    assert_eq!(code, Some(130), "{seen:#?}");
     seen
 }
 

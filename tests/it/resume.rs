@@ -260,45 +260,6 @@ stages:
     )
 }
 
-/// Runs `args` paused at `point`, sends SIGINT there (Ctrl-C), and returns its stderr.
-fn ctrl_c_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
-    use std::io::{BufRead, BufReader};
-    let mut child = p
-        .cmd(args)
-        .env("HONE_TEST_PAUSE", format!("{point}=1500"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let want = format!("hone-pause-point: {point}");
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("{point} never reached: {seen:#?}"));
-        if line == want {
-            break;
-        }
-        seen.push(line);
-    }
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = child.wait().unwrap();
-    seen.extend(rx.iter());
-    assert_eq!(status.code(), Some(130), "{seen:#?}");
-    seen
-}
-
 #[test]
 fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     let whole = Project::new();
@@ -311,7 +272,7 @@ fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     p.hone(&["run", "r.yaml", "--until", "rm"]).ok();
     // Ctrl-C in PPO's step 3, the first pass over the second rollout: the checkpoint can
     // only be the one after step 2, the end of the first rollout.
-    ctrl_c_at(&p, &["run", "r.yaml", "--until", "ppo"], "step-3");
+    crate::common::ctrl_c_at(&p, &["run", "r.yaml", "--until", "ppo"], "step-3");
     // Killed in GRPO right after its step-2 checkpoint.
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-2");
     let rerun = p.hone(&["run", "r.yaml"]);

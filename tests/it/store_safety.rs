@@ -1,10 +1,7 @@
 //! The store survives a SIGKILL at any point of a commit, and two concurrent runs; the cache
 //! commands see every state of a store, damaged ones included.
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::common::two_dataset_project;
 
@@ -131,30 +128,7 @@ fn corrupt_blob_is_detected_and_repaired_by_recomputing() {
 #[test]
 fn ctrl_c_stops_cleanly_and_the_next_run_continues() {
     let p = two_dataset_project();
-    let mut child = p
-        .cmd(&["run", "r.yaml"])
-        .env("HONE_TEST_PAUSE", "before-stage=1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let paused = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    assert_eq!(paused, "hone-pause-point: before-stage");
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = child.wait().unwrap();
-    let rest: Vec<String> = rx.iter().collect();
-    assert_eq!(status.code(), Some(130), "stderr: {rest:?}");
+    let rest = crate::common::ctrl_c_at(&p, &["run", "r.yaml"], "before-stage");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
     assert_eq!(p.actions(), 0, "the interrupted stage committed nothing");
     let verify = p.hone(&["cache", "verify"]).ok();
