@@ -127,8 +127,42 @@ def mlm() -> None:
     save("bert-mlm", bert, {"logits": rows(out.logits)})
 
 
+def families() -> None:
+    """The Llama-architecture families and rotary scalings beyond Llama 2: Llama 3's `llama3`
+    scaling, YaRN, dynamic NTK (with a context shorter than the batch, so it acts), linear,
+    attention biases on q/k/v/o, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms, a head_dim
+    that is not hidden/heads). Small original contexts make every scaling change the outputs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                 tie_word_embeddings=False)
+    rope = lambda **p: {"rope_theta": 10000.0, **p}
+    models = {
+        "llama3-rope": LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=64, rope_parameters=rope(
+            rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=16))),
+        "llama-yarn": LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=64, rope_parameters=rope(
+            rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
+        "llama-dynamic": LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=6, rope_parameters=rope(
+            rope_type="dynamic", factor=2.0))),
+        "llama-linear-bias": LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=64, attention_bias=True,
+                                                          rope_parameters=rope(rope_type="linear", factor=3.0))),
+        "qwen2": Qwen2ForCausalLM(Qwen2Config(**shape, max_position_embeddings=64, rope_parameters=rope())),
+        "qwen3": Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=16, max_position_embeddings=64,
+                                              rope_parameters=rope())),
+    }
+    for name, model in models.items():
+        torch.manual_seed(3)
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -194,31 +194,6 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, s, h * d])
 }
 
-/// Rotary position embedding tables in the HF "half-split" layout: `cos`/`sin` `[len, d]` for
-/// positions `0..len`, frequencies repeated over both halves of the head dimension.
-pub fn rope_tables(
-    head_dim: usize,
-    theta: f64,
-    len: usize,
-    device: &Device,
-) -> (Tensor<2>, Tensor<2>) {
-    let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(len * head_dim);
-    let mut sin = Vec::with_capacity(len * head_dim);
-    for pos in 0..len {
-        for j in 0..head_dim {
-            let i = j % half;
-            let inv_freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
-            let angle = pos as f64 * inv_freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    let to =
-        |v: Vec<f32>| Tensor::from_data(burn::tensor::TensorData::new(v, [len, head_dim]), device);
-    (to(cos), to(sin))
-}
-
 /// Rows of a `[len, d]` table at `positions` `[b, s]`, shaped `[b, 1, s, d]` to broadcast over heads.
 pub fn rows_at(table: &Tensor<2>, positions: &Tensor<2, Int>) -> Tensor<4> {
     let [b, s] = positions.dims();

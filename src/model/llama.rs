@@ -1,6 +1,12 @@
-//! Llama style decoder: RMSNorm, rotary embeddings in HF's half-split layout, SwiGLU MLP,
-//! grouped-query attention, optional tied LM head. Also covers SmolLM2, Mistral-like configs
-//! without sliding windows, and Qwen2 without attention biases.
+//! Llama style decoder: RMSNorm, rotary embeddings in HF's half-split layout (with every
+//! rotary scaling of `rope.rs`, Llama 3's included), SwiGLU MLP, grouped-query attention,
+//! optional tied LM head. The families built the same way differ only in where attention has
+//! biases and norms, which `model_type` says, as in transformers:
+//! - `llama` (Llama 2 and 3.x, SmolLM2): q/k/v/o biases when `attention_bias`;
+//! - `mistral`: as llama (sliding windows only matter past `sliding_window` tokens);
+//! - `qwen2` (Qwen2, Qwen2.5): q/k/v always with biases, o without;
+//! - `qwen3`: biases as llama, and an RMSNorm over each head of q and k before the rotation
+//!   (`q_norm`, `k_norm`), with an explicit `head_dim`.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
@@ -8,9 +14,10 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, repeat_kv, rope_tables,
-    rows_at, split_heads,
+    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, repeat_kv, rows_at,
+    split_heads,
 };
+use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `LlamaConfig` that shape the network.
@@ -30,10 +37,10 @@ pub struct LlamaConfig {
     /// transformers < 5 writes `rope_theta` at the top level...
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    /// ...transformers 5 inside `rope_parameters`.
-    #[serde(default)]
-    pub rope_parameters: Option<RopeParameters>,
-    #[serde(default)]
+    /// ...transformers 5 inside `rope_parameters`, with the scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -41,23 +48,21 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub attention_bias: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RopeParameters {
+    /// Biases on the MLP's gate, up and down projections.
     #[serde(default)]
-    pub rope_theta: Option<f64>,
-    #[serde(default)]
-    pub rope_type: Option<String>,
+    pub mlp_bias: bool,
+    /// Which of the Llama-architecture families (module docs); `llama` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
 }
 
 /// A `config.json` whose Llama settings hone cannot run: a rotary scaling it does not
 /// implement, no attention heads, or attention heads that do not group evenly over the
 /// key/value heads.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LlamaConfigError {
-    #[error("rotary scaling `{0}` is not supported yet (only the default rotary embedding)")]
-    UnsupportedRopeScaling(String),
+    #[error(transparent)]
+    Rope(#[from] RopeError),
     #[error("num_attention_heads must be at least 1")]
     NoHeads,
     #[error("num_attention_heads must be a multiple of num_key_value_heads")]
@@ -82,30 +87,38 @@ impl LlamaConfig {
     pub fn theta(&self) -> f64 {
         self.rope_parameters
             .as_ref()
-            .and_then(|r| r.rope_theta)
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
             .or(self.rope_theta)
             .unwrap_or(10_000.0)
     }
-    /// Rotary scaling hone implements: none ("default"); at least one attention head, in
-    /// groups of equal size per key/value head.
+    /// The rotary scaling of `rope_parameters` or `rope_scaling`.
+    pub fn rope_scaling(&self) -> Result<RopeScaling, RopeError> {
+        RopeScaling::from_config(&serde_json::json!({
+            "rope_parameters": self.rope_parameters,
+            "rope_scaling": self.rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+        }))
+    }
+    fn family(&self) -> &str {
+        self.model_type.as_deref().unwrap_or("llama")
+    }
+    /// Whether q, k and v have biases: Qwen2 always, the others with `attention_bias`.
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.family() == "qwen2"
+    }
+    /// Whether the output projection has a bias: with `attention_bias`, except in Qwen2.
+    pub fn o_bias(&self) -> bool {
+        self.attention_bias && self.family() != "qwen2"
+    }
+    /// Whether each head of q and k is RMS-normalised before the rotation (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family() == "qwen3"
+    }
+    /// A rotary scaling hone implements, and at least one attention head, in groups of equal
+    /// size per key/value head.
     pub fn check(&self) -> Result<(), LlamaConfigError> {
-        let kind = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.clone())
-            .or_else(|| {
-                self.rope_scaling
-                    .as_ref()
-                    .and_then(|s| s.get("rope_type").or(s.get("type")))
-                    .and_then(|t| t.as_str())
-                    .map(str::to_owned)
-            });
-        match kind.as_deref() {
-            None | Some("default") => {}
-            Some(other) => {
-                return Err(LlamaConfigError::UnsupportedRopeScaling(other.to_owned()));
-            }
-        }
+        self.rope_scaling()?;
         if self.num_attention_heads == 0 {
             return Err(LlamaConfigError::NoHeads);
         }
@@ -123,6 +136,9 @@ pub struct LlamaLayer {
     pub k_proj: Proj,
     pub v_proj: Proj,
     pub o_proj: Proj,
+    /// Qwen3's per-head norms of queries and keys, before the rotation.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub post_attention_layernorm: RmsNorm,
     pub gate_proj: Proj,
     pub up_proj: Proj,
@@ -141,16 +157,14 @@ impl LlamaLayer {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let h = self.input_layernorm.forward(x.clone());
-        let q = apply_rope(
-            split_heads(self.q_proj.forward(h.clone()), self.n_heads),
-            cos,
-            sin,
-        );
-        let k = apply_rope(
-            split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads),
-            cos,
-            sin,
-        );
+        let norm = |t: Tensor<4>, n: &Option<RmsNorm>| match n {
+            Some(n) => n.forward(t),
+            None => t,
+        };
+        let q = split_heads(self.q_proj.forward(h.clone()), self.n_heads);
+        let q = apply_rope(norm(q, &self.q_norm), cos, sin);
+        let k = split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads);
+        let k = apply_rope(norm(k, &self.k_norm), cos, sin);
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
         let (k, v) = match cache {
             Some((c, layer)) => c.extend(layer, k, v),
@@ -174,6 +188,8 @@ pub struct Llama {
     pub lm_head: Option<Proj>,
     #[module(skip)]
     pub config: LlamaConfig,
+    #[module(skip)]
+    pub rope: RopeScaling,
 }
 
 impl Llama {
@@ -184,18 +200,21 @@ impl Llama {
             config.kv_heads(),
             config.intermediate_size,
         );
-        let bias = config.attention_bias;
+        let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
+        let head_norm = || config.qk_norm().then(|| RmsNorm::init(hd, eps, device));
         let layers = (0..config.num_hidden_layers)
             .map(|_| LlamaLayer {
                 input_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
                 q_proj: Proj::init(d, h * hd, bias, std, device),
                 k_proj: Proj::init(d, kv * hd, bias, std, device),
                 v_proj: Proj::init(d, kv * hd, bias, std, device),
-                o_proj: Proj::init(h * hd, d, false, std, device),
+                o_proj: Proj::init(h * hd, d, config.o_bias(), std, device),
+                q_norm: head_norm(),
+                k_norm: head_norm(),
                 post_attention_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
-                gate_proj: Proj::init(d, inner, false, std, device),
-                up_proj: Proj::init(d, inner, false, std, device),
-                down_proj: Proj::init(inner, d, false, std, device),
+                gate_proj: Proj::init(d, inner, config.mlp_bias, std, device),
+                up_proj: Proj::init(d, inner, config.mlp_bias, std, device),
+                down_proj: Proj::init(inner, d, config.mlp_bias, std, device),
                 n_heads: h,
                 n_kv_heads: kv,
             })
@@ -211,6 +230,8 @@ impl Llama {
             lm_head: (!config.tie_word_embeddings)
                 .then(|| Proj::init(d, config.vocab_size, false, std, device)),
             config: config.clone(),
+            // A new model comes from a recipe's `init`, which has no scaling.
+            rope: config.rope_scaling().unwrap_or(RopeScaling::Default),
         }
     }
 
@@ -244,9 +265,19 @@ impl Llama {
             Ok(Proj::new(w.take_linear(&format!("{p}.weight"), i, o)?, b))
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
         for i in 0..config.num_hidden_layers {
             let p = format!("layers.{i}");
-            let bias = config.attention_bias;
+            let mut head_norm = |name: &str| -> Result<Option<RmsNorm>, ModelError> {
+                match config.qk_norm() {
+                    true => Ok(Some(RmsNorm::new(
+                        w.take(&format!("{p}.self_attn.{name}.weight"), [hd])?,
+                        eps,
+                    ))),
+                    false => Ok(None),
+                }
+            };
+            let (q_norm, k_norm) = (head_norm("q_norm")?, head_norm("k_norm")?);
             layers.push(LlamaLayer {
                 input_layernorm: RmsNorm::new(
                     w.take(&format!("{p}.input_layernorm.weight"), [d])?,
@@ -255,14 +286,22 @@ impl Llama {
                 q_proj: lin(w, &format!("{p}.self_attn.q_proj"), d, h * hd, bias)?,
                 k_proj: lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?,
                 v_proj: lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?,
-                o_proj: lin(w, &format!("{p}.self_attn.o_proj"), h * hd, d, false)?,
+                o_proj: lin(
+                    w,
+                    &format!("{p}.self_attn.o_proj"),
+                    h * hd,
+                    d,
+                    config.o_bias(),
+                )?,
+                q_norm,
+                k_norm,
                 post_attention_layernorm: RmsNorm::new(
                     w.take(&format!("{p}.post_attention_layernorm.weight"), [d])?,
                     config.rms_norm_eps,
                 ),
-                gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, false)?,
-                up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, false)?,
-                down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, false)?,
+                gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, config.mlp_bias)?,
+                up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, config.mlp_bias)?,
+                down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
                 n_heads: h,
                 n_kv_heads: kv,
             });
@@ -281,6 +320,10 @@ impl Llama {
             norm: RmsNorm::new(w.take("norm.weight", [d])?, config.rms_norm_eps),
             lm_head,
             config: config.clone(),
+            rope: config.rope_scaling().map_err(|e| ModelError::BadConfig {
+                path: w.path().to_path_buf(),
+                reason: e.to_string(),
+            })?,
         })
     }
 
@@ -297,6 +340,11 @@ impl Llama {
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.weight.val(),
             );
+            for (name, norm) in [("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
+                if let Some(n) = norm {
+                    w.put(format!("{p}.self_attn.{name}.weight"), n.weight.val());
+                }
+            }
             for (name, proj) in [
                 ("self_attn.q_proj", &l.q_proj),
                 ("self_attn.k_proj", &l.k_proj),
@@ -353,6 +401,7 @@ impl Llama {
         let (cos, sin) = rope_tables(
             self.config.head_dim(),
             self.config.theta(),
+            &self.rope,
             max_pos,
             &device,
         );

@@ -11,6 +11,7 @@ pub mod heads;
 pub mod layers;
 pub mod llama;
 pub mod lora;
+pub mod rope;
 pub mod sampling;
 pub mod weights;
 
@@ -43,12 +44,13 @@ impl Family {
     pub fn from_model_type(t: &str) -> Option<Family> {
         match t {
             "gpt2" => Some(Family::Gpt2),
-            "llama" | "mistral" => Some(Family::Llama),
+            "llama" | "mistral" | "qwen2" | "qwen3" => Some(Family::Llama),
             "bert" => Some(Family::Bert),
             _ => None,
         }
     }
-    pub const SUPPORTED: &'static str = "gpt2, llama (and mistral-style), bert";
+    pub const SUPPORTED: &'static str =
+        "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, bert";
 }
 
 /// The transformer body of a model, whatever its family.

@@ -118,6 +118,23 @@ fn llama_with_gqa_matches_transformers() {
     decoder_parity("llama");
 }
 
+/// Llama 3's rotary scaling and the others transformers implements, attention biases, and the
+/// Llama-architecture families Qwen2 and Qwen3 (fixtures from transformers 5, whose configs
+/// carry `rope_parameters`).
+#[test]
+fn llama_families_and_rotary_scalings_match_transformers() {
+    for name in [
+        "llama3-rope",
+        "llama-yarn",
+        "llama-dynamic",
+        "llama-linear-bias",
+        "qwen2",
+        "qwen3",
+    ] {
+        decoder_parity(name);
+    }
+}
+
 #[test]
 fn bert_matches_transformers() {
     let device = Device::flex();
