@@ -42,9 +42,10 @@ def rows(t: torch.Tensor) -> list:
     return t.detach().to(torch.float32).tolist()
 
 
-def save(name: str, model: torch.nn.Module, outputs: dict) -> None:
+def save(name: str, model: torch.nn.Module, outputs: dict, **save_args) -> None:
     d = OUT / name
-    model.save_pretrained(d, safe_serialization=True)
+    model.save_pretrained(d, safe_serialization=True, **save_args)
+    (d / "generation_config.json").unlink(missing_ok=True)
     ref = {"input_ids": INPUT_IDS, "attention_mask": MASK, **outputs}
     (d / "reference.json").write_text(json.dumps(ref))
     size = sum(f.stat().st_size for f in d.iterdir())
@@ -159,6 +160,18 @@ def families() -> None:
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+    # Stored as bf16 in shards of at most 40 KB (model.safetensors.index.json), as checkpoints
+    # above a few GB are. The reference loads them back in f32, as hone does (a model cast to
+    # bf16 and back in memory would also have rounded its rotary frequencies).
+    name = "qwen3-sharded-bf16"
+    save(name, models["qwen3"].to(torch.bfloat16), {}, max_shard_size="40KB")
+    back = Qwen3ForCausalLM.from_pretrained(OUT / name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = back(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    ref = {"input_ids": INPUT_IDS, "attention_mask": MASK, "logits": rows(out.logits),
+           "last_hidden": rows(out.hidden_states[-1])}
+    (OUT / name / "reference.json").write_text(json.dumps(ref))
 
 
 if __name__ == "__main__":

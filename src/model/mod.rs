@@ -300,7 +300,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
             },
             supported: Family::SUPPORTED.into(),
         })?;
-    let mut weights = WeightMap::from_safetensors(&dir.join("model.safetensors"), device)?;
+    let mut weights = WeightMap::from_hf_dir(dir, device)?;
     let parse = |what| bad_config(&config_path, what);
     let backbone = match family {
         Family::Gpt2 => {

@@ -46,6 +46,72 @@ pub enum ModelError {
     BadGguf { path: PathBuf, reason: String },
 }
 
+/// The index of a sharded checkpoint: which shard file holds each tensor.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+/// Adds the float tensors of safetensors file `path` to `tensors`, as f32 (f16, bf16 and f64
+/// converted). The file is memory-mapped, not read into memory.
+fn read_safetensors(
+    path: &Path,
+    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<(), ModelError> {
+    let io = |error| ModelError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read once, here, while hone holds the file open; a checkpoint
+    // rewritten under a running load is outside what any loader can promise (transformers
+    // maps the same way).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| ModelError::BadSafetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+            // Integer tensors are buffers (e.g. BERT's `position_ids`), not weights.
+            Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => {
+                tracing::debug!(tensor = %name, "skipping integer buffer");
+                continue;
+            }
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    name,
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        tensors.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(())
+}
+
 /// Tensors of a checkpoint by name, as f32, consumed as the model takes them.
 pub struct WeightMap {
     path: PathBuf,
@@ -56,53 +122,58 @@ pub struct WeightMap {
 impl WeightMap {
     /// Reads every tensor of a safetensors file (f32, f16, bf16 and f64 become f32).
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<WeightMap, ModelError> {
-        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::BadSafetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
         let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|c| {
-                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                    })
-                    .collect(),
-                // Integer tensors are buffers (e.g. BERT's `position_ids`), not weights.
-                Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => {
-                    tracing::debug!(tensor = %name, "skipping integer buffer");
-                    continue;
-                }
-                other => {
-                    return Err(ModelError::UnsupportedDtype {
-                        path: path.to_path_buf(),
-                        name,
-                        dtype: format!("{other:?}"),
-                    });
-                }
-            };
-            tensors.insert(name, (view.shape().to_vec(), values));
-        }
+        read_safetensors(path, &mut tensors)?;
         Ok(WeightMap {
             path: path.to_path_buf(),
+            tensors,
+            device: device.clone(),
+        })
+    }
+
+    /// The weights of an HF model directory: `model.safetensors`, or the shards that
+    /// `model.safetensors.index.json` lists (as transformers saves checkpoints above
+    /// `max_shard_size`). Each shard is memory-mapped and read in turn, so loading holds one
+    /// f32 copy of the weights, not also the files.
+    pub fn from_hf_dir(dir: &Path, device: &Device) -> Result<WeightMap, ModelError> {
+        let index = dir.join(INDEX_FILE);
+        if !index.is_file() {
+            return WeightMap::from_safetensors(&dir.join("model.safetensors"), device);
+        }
+        let text = std::fs::read_to_string(&index).map_err(|error| ModelError::Io {
+            path: index.clone(),
+            error,
+        })?;
+        let bad = |reason: String| ModelError::BadConfig {
+            path: index.clone(),
+            reason,
+        };
+        let parsed: ShardIndex =
+            serde_json::from_str(&text).map_err(|e| bad(format!("invalid index: {e}")))?;
+        let mut shards: Vec<&str> = parsed.weight_map.values().map(String::as_str).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut tensors = HashMap::new();
+        for shard in shards {
+            // The index names files beside it; anything else is not a shard of this model.
+            if shard.is_empty() || shard.contains(['/', '\\']) || shard == ".." {
+                return Err(bad(format!(
+                    "`{}` is not a shard file name",
+                    shard.escape_debug()
+                )));
+            }
+            read_safetensors(&dir.join(shard), &mut tensors)?;
+        }
+        for (name, shard) in &parsed.weight_map {
+            if !tensors.contains_key(name) {
+                return Err(ModelError::MissingTensor {
+                    path: dir.join(shard),
+                    name: name.clone(),
+                });
+            }
+        }
+        Ok(WeightMap {
+            path: index,
             tensors,
             device: device.clone(),
         })

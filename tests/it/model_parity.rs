@@ -130,9 +130,69 @@ fn llama_families_and_rotary_scalings_match_transformers() {
         "llama-linear-bias",
         "qwen2",
         "qwen3",
+        "qwen3-sharded-bf16",
     ] {
         decoder_parity(name);
     }
+}
+
+/// A sharded checkpoint whose index names a shard that is not there, a shard cut short, or a
+/// tensor its shard lacks: each error names the file.
+#[test]
+fn damaged_shards_are_named() {
+    let src = fixture("qwen3-sharded-bf16");
+    let copy = || {
+        let dir = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+        dir
+    };
+    let err = |dir: &std::path::Path| match load_hf_dir(dir, &Device::flex()) {
+        Ok(_) => panic!("loaded a damaged checkpoint"),
+        Err(e) => format!("{e:#}"),
+    };
+    let shard = "model-00002-of-00002.safetensors";
+
+    let dir = copy();
+    std::fs::remove_file(dir.path().join(shard)).unwrap();
+    let e = err(dir.path());
+    assert!(e.contains(shard) && e.contains("cannot read"), "{e}");
+
+    let dir = copy();
+    let bytes = std::fs::read(dir.path().join(shard)).unwrap();
+    std::fs::write(dir.path().join(shard), &bytes[..bytes.len() / 2]).unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains(shard) && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
+
+    let dir = copy();
+    let index = dir.path().join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(
+        &index,
+        text.replace(
+            "\"weight_map\": {",
+            "\"weight_map\": {\n    \"model.extra.weight\": \"model-00001-of-00002.safetensors\",",
+        ),
+    )
+    .unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("model.extra.weight") && e.contains("model-00001-of-00002.safetensors"),
+        "{e}"
+    );
+
+    let dir = copy();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        text.replace("model-00002-of-00002.safetensors", "../../etc/passwd"),
+    )
+    .unwrap();
+    let e = err(dir.path());
+    assert!(e.contains("is not a shard file name"), "{e}");
 }
 
 #[test]
