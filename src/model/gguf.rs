@@ -1,12 +1,13 @@
-//! GGUF v3 files (llama.cpp's format): metadata, the tensor table, dequantisation of F32, F16,
-//! BF16, Q8_0, Q4_0 and Q4_1 blocks, and the mapping of a `llama` GGUF onto hone's Llama
-//! family, with the BPE tokenizer and chat template rebuilt from the metadata.
+//! GGUF v3 files (llama.cpp's format): metadata, the tensor table (dequantised by
+//! `ggml_quants`), and the mapping of a `llama` GGUF onto hone's Llama family, with the BPE
+//! tokenizer and chat template rebuilt from the metadata.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use super::ggml_quants::{SUPPORTED, block_layout, dequantize, type_name};
 use super::llama::{Llama, LlamaConfig};
 use super::weights::{ModelError, WeightMap};
 
@@ -130,77 +131,6 @@ impl Reader<'_> {
     }
 }
 
-/// Bytes per block and elements per block of a ggml type.
-fn block_layout(t: u32) -> Option<(usize, usize)> {
-    match t {
-        0 => Some((4, 1)),   // F32
-        1 => Some((2, 1)),   // F16
-        30 => Some((2, 1)),  // BF16
-        2 => Some((18, 32)), // Q4_0: f16 d + 16 bytes
-        3 => Some((20, 32)), // Q4_1: f16 d, f16 m + 16 bytes
-        8 => Some((34, 32)), // Q8_0: f16 d + 32 i8
-        _ => None,
-    }
-}
-
-pub fn type_name(t: u32) -> String {
-    match t {
-        0 => "F32".into(),
-        1 => "F16".into(),
-        2 => "Q4_0".into(),
-        3 => "Q4_1".into(),
-        8 => "Q8_0".into(),
-        30 => "BF16".into(),
-        other => format!("ggml type {other}"),
-    }
-}
-
-fn f16(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-/// Dequantises `n` elements of type `t` from `data`.
-pub fn dequantize(t: u32, data: &[u8], n: usize) -> Option<Vec<f32>> {
-    let mut out = Vec::with_capacity(n);
-    match t {
-        0 => out.extend(
-            data.chunks_exact(4)
-                .take(n)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        1 => out.extend(data.chunks_exact(2).take(n).map(f16)),
-        30 => out.extend(
-            data.chunks_exact(2)
-                .take(n)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        2 => {
-            for block in data.chunks_exact(18).take(n / 32) {
-                let d = f16(&block[0..2]);
-                let qs = &block[2..18];
-                out.extend(qs.iter().map(|q| ((q & 0x0F) as i32 - 8) as f32 * d));
-                out.extend(qs.iter().map(|q| ((q >> 4) as i32 - 8) as f32 * d));
-            }
-        }
-        3 => {
-            for block in data.chunks_exact(20).take(n / 32) {
-                let (d, m) = (f16(&block[0..2]), f16(&block[2..4]));
-                let qs = &block[4..20];
-                out.extend(qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
-                out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
-            }
-        }
-        8 => {
-            for block in data.chunks_exact(34).take(n / 32) {
-                let d = f16(&block[0..2]);
-                out.extend(block[2..34].iter().map(|&q| q as i8 as f32 * d));
-            }
-        }
-        _ => return None,
-    }
-    (out.len() == n).then_some(out)
-}
-
 impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf, ModelError> {
         let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
@@ -253,28 +183,48 @@ impl Gguf {
                 offset,
             });
         }
+        let bad = |reason: String| ModelError::BadGguf {
+            path: path.to_path_buf(),
+            reason,
+        };
         let align = metadata
             .get("general.alignment")
             .and_then(Meta::as_i64)
-            .unwrap_or(32) as usize;
+            .unwrap_or(32);
+        let align = usize::try_from(align)
+            .ok()
+            .filter(|a| a.is_power_of_two())
+            .ok_or_else(|| bad(format!("general.alignment {align} is not a power of two")))?;
         let data_start = r.pos.div_ceil(align) * align;
         for t in &tensors {
-            let n: usize = t.dims.iter().product();
             let (bytes_per, per_block) =
                 block_layout(t.ggml_type).ok_or_else(|| ModelError::UnsupportedDtype {
                     path: path.to_path_buf(),
                     name: t.name.clone(),
-                    dtype: type_name(t.ggml_type),
+                    dtype: format!("{} (hone reads {})", type_name(t.ggml_type), SUPPORTED),
                 })?;
-            let end = data_start + t.offset as usize + n / per_block * bytes_per;
-            if end > bytes.len() {
-                return Err(ModelError::BadGguf {
-                    path: path.to_path_buf(),
-                    reason: format!(
+            // Sizes come from the file: computed without overflow, checked against its length.
+            let n = t.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            let end = n
+                .filter(|n| n.is_multiple_of(per_block))
+                .and_then(|n| (n / per_block).checked_mul(bytes_per))
+                .and_then(|len| len.checked_add(usize::try_from(t.offset).ok()?))
+                .and_then(|len| len.checked_add(data_start));
+            match end {
+                Some(end) if end <= bytes.len() => {}
+                Some(_) => {
+                    return Err(bad(format!(
                         "tensor `{}` runs past the end of the file (truncated?)",
                         t.name
-                    ),
-                });
+                    )));
+                }
+                None => {
+                    return Err(bad(format!(
+                        "tensor `{}` has a size that is not whole {} blocks or cannot be",
+                        t.name,
+                        type_name(t.ggml_type)
+                    )));
+                }
             }
         }
         Ok(Gguf {
@@ -462,29 +412,6 @@ fn hf_name(gguf: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dequantizes_q8_0_q4_0_and_q4_1_blocks() {
-        let d = half::f16::from_f32(0.5).to_le_bytes();
-        let m = half::f16::from_f32(-1.0).to_le_bytes();
-        // Q8_0: d=0.5, q = -16..16
-        let mut q8 = d.to_vec();
-        q8.extend((0..32).map(|i| (i as i8 - 16) as u8));
-        let v = dequantize(8, &q8, 32).unwrap();
-        assert_eq!(v[0], -8.0);
-        assert_eq!(v[31], 7.5);
-        // Q4_0: byte j holds element j (low nibble) and j+16 (high nibble), minus 8.
-        let mut q4 = d.to_vec();
-        q4.extend((0..16).map(|j| (j as u8) | (15 - j as u8) << 4));
-        let v = dequantize(2, &q4, 32).unwrap();
-        assert_eq!((v[0], v[1], v[16], v[31]), (-4.0, -3.5, 3.5, -4.0));
-        // Q4_1: x = q * d + m.
-        let mut q41 = d.to_vec();
-        q41.extend(m);
-        q41.extend((0..16).map(|j| (j as u8) | (15 - j as u8) << 4));
-        let v = dequantize(3, &q41, 32).unwrap();
-        assert_eq!((v[0], v[15], v[16]), (-1.0, 6.5, 6.5));
-    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permutation() {

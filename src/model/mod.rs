@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gpt2;

@@ -13,6 +13,7 @@ mod concat_stage;
 mod dpo_parity;
 mod dpo_stage;
 mod generate_stage;
+mod ggml_quants;
 mod layers;
 mod lora_training;
 mod model_parity;

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Builds tests/fixtures/ggml_quants.json: random blocks of every ggml quantisation type hone
+reads, and their values as the `gguf` package's numpy dequantisers compute them (the reference
+for llama.cpp's layouts). The scale fields are set to finite f16 values; every other byte is
+random, so every bit of every quant field is exercised.
+
+Run by hand (needs `pip install gguf numpy`):
+    /tmp/venv/bin/python scripts/make_quant_fixtures.py
+"""
+import json
+import pathlib
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "ggml_quants.json"
+
+# type: (bytes per block, elements per block, offsets of the f16 scale fields)
+LAYOUTS = {
+    T.Q4_0: (18, 32, [0]),
+    T.Q4_1: (20, 32, [0, 2]),
+    T.Q5_0: (22, 32, [0]),
+    T.Q5_1: (24, 32, [0, 2]),
+    T.Q8_0: (34, 32, [0]),
+    T.Q2_K: (84, 256, [80, 82]),
+    T.Q3_K: (110, 256, [108]),
+    T.Q4_K: (144, 256, [0, 2]),
+    T.Q5_K: (176, 256, [0, 2]),
+    T.Q6_K: (210, 256, [208]),
+    T.IQ4_NL: (18, 32, [0]),
+}
+
+
+def main() -> None:
+    rng = np.random.default_rng(20261130)
+    cases = []
+    for qtype, (size, n, scales) in LAYOUTS.items():
+        blocks = 3
+        raw = rng.integers(0, 256, size=(blocks, size), dtype=np.uint8)
+        for b in range(blocks):
+            for off in scales:
+                d = np.array([rng.uniform(-0.05, 0.05)], dtype=np.float16)
+                raw[b, off:off + 2] = np.frombuffer(d.tobytes(), dtype=np.uint8)
+        values = dequantize(raw.reshape(-1), qtype).astype(np.float32).reshape(-1)
+        assert values.shape == (blocks * n,) and np.isfinite(values).all()
+        cases.append({
+            "type": int(qtype),
+            "name": qtype.name,
+            "elements": blocks * n,
+            "bytes": raw.reshape(-1).tobytes().hex(),
+            "values": [float(v) for v in values],
+        })
+    OUT.write_text(json.dumps(cases))
+    print(f"{OUT}: {len(cases)} types, {OUT.stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+//! Every ggml quantisation type hone reads, dequantised exactly as the `gguf` package's numpy
+//! reference does it (`scripts/make_quant_fixtures.py`: random blocks, finite scales).
+
+use std::path::Path;
+
+use hone::model::ggml_quants::{dequantize, type_name};
+
+#[test]
+fn every_quant_type_dequantises_exactly_like_the_reference() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ggml_quants.json");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert!(cases.len() >= 11, "{} types", cases.len());
+    for case in &cases {
+        let t = case["type"].as_u64().unwrap() as u32;
+        let name = case["name"].as_str().unwrap();
+        assert_eq!(type_name(t), name);
+        let hex = case["bytes"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let n = case["elements"].as_u64().unwrap() as usize;
+        let got = dequantize(t, &bytes, n).unwrap_or_else(|| panic!("{name}: not read"));
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let differ: Vec<usize> = (0..n)
+            .filter(|&i| got[i].to_bits() != want[i].to_bits())
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{name}: {} of {n} values differ, first at {}: {} vs {}",
+            differ.len(),
+            differ[0],
+            got[differ[0]],
+            want[differ[0]]
+        );
+    }
+}
