@@ -103,6 +103,16 @@ impl LlamaConfig {
     fn family(&self) -> &str {
         self.model_type.as_deref().unwrap_or("llama")
     }
+    /// The start of transformers' class names for this family (`Qwen2` in
+    /// `Qwen2ForCausalLM`), for the `architectures` of a saved config.
+    pub fn class_prefix(&self) -> &'static str {
+        match self.family() {
+            "mistral" => "Mistral",
+            "qwen2" => "Qwen2",
+            "qwen3" => "Qwen3",
+            _ => "Llama",
+        }
+    }
     /// Whether q, k and v have biases: Qwen2 always, the others with `attention_bias`.
     pub fn qkv_bias(&self) -> bool {
         self.attention_bias || self.family() == "qwen2"

@@ -377,13 +377,15 @@ pub fn save_hf_dir(
     let backbone = &model.backbone;
     if let Some(obj) = config.as_object_mut() {
         let class = match (backbone, model.num_labels()) {
-            (Backbone::Gpt2(_), None) => "GPT2LMHeadModel",
-            (Backbone::Gpt2(_), Some(_)) => "GPT2ForSequenceClassification",
-            (Backbone::Llama(_), None) => "LlamaForCausalLM",
-            (Backbone::Llama(_), Some(_)) => "LlamaForSequenceClassification",
-            (Backbone::Bert(b), None) if b.mlm_head.is_some() => "BertForMaskedLM",
-            (Backbone::Bert(_), None) => "BertModel",
-            (Backbone::Bert(_), Some(_)) => "BertForSequenceClassification",
+            (Backbone::Gpt2(_), None) => "GPT2LMHeadModel".to_owned(),
+            (Backbone::Gpt2(_), Some(_)) => "GPT2ForSequenceClassification".to_owned(),
+            (Backbone::Llama(m), None) => format!("{}ForCausalLM", m.config.class_prefix()),
+            (Backbone::Llama(m), Some(_)) => {
+                format!("{}ForSequenceClassification", m.config.class_prefix())
+            }
+            (Backbone::Bert(b), None) if b.mlm_head.is_some() => "BertForMaskedLM".to_owned(),
+            (Backbone::Bert(_), None) => "BertModel".to_owned(),
+            (Backbone::Bert(_), Some(_)) => "BertForSequenceClassification".to_owned(),
         };
         obj.insert("architectures".into(), serde_json::json!([class]));
         obj.insert("dtype".into(), "float32".into());

@@ -106,6 +106,11 @@ fn decoder_parity(name: &str) {
         to_vec(logits),
         "{name}: save + load changed the outputs"
     );
+    // transformers picks the class from `architectures`: the family's own.
+    assert_eq!(
+        again.config["architectures"], model.config["architectures"],
+        "{name}: saved as another class"
+    );
 }
 
 #[test]
