@@ -198,7 +198,7 @@ pub fn publish(
     });
     match std::fs::symlink_metadata(dest) {
         Ok(meta) if meta.is_dir() => {
-            if !dest.join(MARKER).is_file() && !is_empty_dir(dest)? {
+            if !written_by_hone(dest) && !is_empty_dir(dest)? {
                 bail!(
                     "will not replace {}: the directory exists and hone did not write it (it has no {MARKER}); remove it, or export to another `to:`",
                     dest.display()
@@ -289,6 +289,31 @@ fn resolve(p: &Path) -> Result<PathBuf> {
             _ => return Ok(abs),
         }
     }
+}
+
+/// Whether hone wrote the directory: it has the marker, or (an export of an hone from before
+/// the marker) the model card hone writes and nothing but files of a model.
+fn written_by_hone(dir: &Path) -> bool {
+    if dir.join(MARKER).is_file() {
+        return true;
+    }
+    let card = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+    let model_file = |name: &str| {
+        name == "README.md"
+            || name.ends_with(".json")
+            || name.ends_with(".safetensors")
+            || name.ends_with(".txt")
+            || name.ends_with(".model")
+    };
+    card.lines()
+        .take(3)
+        .any(|l| l.starts_with("Exported by hone "))
+        && crate::store::hash::walk_files(dir).is_ok_and(|files| {
+            files.iter().all(|f| {
+                f.to_str()
+                    .is_some_and(|n| !n.contains('/') && model_file(n))
+            })
+        })
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool> {

@@ -106,6 +106,26 @@ fn export_never_replaces_a_directory_hone_did_not_write() {
     assert!(err.contains("the data of stage `exp`"), "{err}");
     assert!(model_dir.join("gpt2/config.json").is_file());
 
+    // An export of an earlier hone (its model card, no marker) is replaced; the same card in a
+    // directory that also holds other files is not taken for one.
+    std::fs::create_dir_all(p.path("old")).unwrap();
+    p.write(
+        "old/README.md",
+        "# m\n\nExported by hone 0.1.0 from `x` of recipe `r` (stage `e`).\n",
+    );
+    p.write("old/config.json", "{}");
+    set_to(&p, "old");
+    p.hone(&["run", "r.yaml"]).ok();
+    assert!(p.path("old/.hone-export.json").is_file());
+    p.write(
+        "data/README.md",
+        "# m\n\nExported by hone 0.1.0 from `x` of recipe `r` (stage `e`).\n",
+    );
+    set_to(&p, "data");
+    let err = failed(&p.hone(&["run", "r.yaml"]));
+    assert!(err.contains("hone did not write it"), "{err}");
+    assert!(p.path("data/keep.jsonl").is_file());
+
     // An empty directory is the user's way of saying "put it here".
     std::fs::create_dir(p.path("empty")).unwrap();
     set_to(&p, "empty");
