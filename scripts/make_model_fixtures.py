@@ -161,6 +161,23 @@ def families() -> None:
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
+    # Gemma 3: sliding layers (window 4, shorter than the batch) and a full one, each with
+    # its rotary base (the full layers linearly scaled), a head_dim that is not hidden/heads and
+    # a query_pre_attn_scalar that is not head_dim, tied embeddings.
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], max_position_embeddings=64,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}))
+    torch.manual_seed(3)
+    randomize(gemma, 0.2)
+    gemma.eval()
+    with torch.no_grad():
+        out = gemma(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    save("gemma3", gemma, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
     # Stored as bf16 in shards of at most 40 KB (model.safetensors.index.json), as checkpoints
     # above a few GB are. The reference loads them back in f32, as hone does (a model cast to
     # bf16 and back in memory would also have rounded its rotary frequencies).

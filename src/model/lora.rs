@@ -113,7 +113,7 @@ impl LoraAdapter {
 pub fn default_targets(family: super::Family) -> &'static [&'static str] {
     match family {
         super::Family::Gpt2 => &["c_attn"],
-        super::Family::Llama => &["q_proj", "v_proj"],
+        super::Family::Llama | super::Family::Gemma3 => &["q_proj", "v_proj"],
         super::Family::Bert => &["query", "value"],
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod gemma3;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_tokenizer;
@@ -37,6 +38,7 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 pub enum Family {
     Gpt2,
     Llama,
+    Gemma3,
     Bert,
 }
 
@@ -46,12 +48,13 @@ impl Family {
         match t {
             "gpt2" => Some(Family::Gpt2),
             "llama" | "mistral" | "qwen2" | "qwen3" => Some(Family::Llama),
+            "gemma3_text" => Some(Family::Gemma3),
             "bert" => Some(Family::Bert),
             _ => None,
         }
     }
     pub const SUPPORTED: &'static str =
-        "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, bert";
+        "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, gemma3_text, bert";
 }
 
 /// The transformer body of a model, whatever its family.
@@ -61,6 +64,7 @@ impl Family {
 pub enum Backbone {
     Gpt2(gpt2::Gpt2),
     Llama(llama::Llama),
+    Gemma3(gemma3::Gemma3),
     Bert(bert::Bert),
 }
 
@@ -69,6 +73,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(_) => Family::Gpt2,
             Backbone::Llama(_) => Family::Llama,
+            Backbone::Gemma3(_) => Family::Gemma3,
             Backbone::Bert(_) => Family::Bert,
         }
     }
@@ -78,6 +83,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.forward(ids, padding),
             Backbone::Llama(m) => m.forward(ids, padding),
+            Backbone::Gemma3(m) => m.forward(ids, padding),
             Backbone::Bert(m) => m.forward(ids, None, padding),
         }
     }
@@ -94,6 +100,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.forward_with(ids, positions, Some(mask), None),
             Backbone::Llama(m) => m.forward_with(ids, positions, Some(mask), None),
+            Backbone::Gemma3(m) => m.forward_with(ids, positions, Some(mask), None),
             Backbone::Bert(_) => panic!("packing is for decoders"),
         }
     }
@@ -109,6 +116,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.forward_with(ids, positions, mask, Some(cache)),
             Backbone::Llama(m) => m.forward_with(ids, positions, mask, Some(cache)),
+            Backbone::Gemma3(m) => m.forward_with(ids, positions, mask, Some(cache)),
             Backbone::Bert(_) => panic!("BERT is an encoder: it has no incremental decoding"),
         }
     }
@@ -117,6 +125,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.config.n_embd,
             Backbone::Llama(m) => m.config.hidden_size,
+            Backbone::Gemma3(m) => m.config.hidden_size,
             Backbone::Bert(m) => m.config.hidden_size,
         }
     }
@@ -126,6 +135,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.config.n_positions,
             Backbone::Llama(m) => m.config.max_position_embeddings,
+            Backbone::Gemma3(m) => m.config.max_position_embeddings,
             Backbone::Bert(m) => m.config.max_position_embeddings,
         }
     }
@@ -135,6 +145,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(_) => true,
             Backbone::Llama(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
+            Backbone::Gemma3(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
             Backbone::Bert(_) => false,
         }
     }
@@ -143,6 +154,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.h.len(),
             Backbone::Llama(m) => m.layers.len(),
+            Backbone::Gemma3(m) => m.layers.len(),
             Backbone::Bert(m) => m.layers.len(),
         }
     }
@@ -160,6 +172,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => Some(m.logits(hidden)),
             Backbone::Llama(m) => m.logits(hidden),
+            Backbone::Gemma3(m) => m.logits(hidden),
             Backbone::Bert(_) => None,
         }
     }
@@ -169,6 +182,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.projections_mut(),
             Backbone::Llama(m) => m.projections_mut(),
+            Backbone::Gemma3(m) => m.projections_mut(),
             Backbone::Bert(m) => m.projections_mut(),
         }
     }
@@ -177,6 +191,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2(m) => m.write_weights(w),
             Backbone::Llama(m) => m.write_weights(w),
+            Backbone::Gemma3(m) => m.write_weights(w),
             // `BertForMaskedLM` nests the encoder under `bert.`; `BertModel` has no prefix.
             Backbone::Bert(m) if m.mlm_head.is_some() => m.write_weights(w, "bert."),
             Backbone::Bert(m) => m.write_weights(w, ""),
@@ -315,6 +330,12 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
             c.check().map_err(|e| parse(e.to_string()))?;
             Backbone::Llama(llama::Llama::from_weights(&c, &mut weights)?)
         }
+        Family::Gemma3 => {
+            let c: gemma3::Gemma3Config =
+                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
+            c.check().map_err(|e| parse(e.to_string()))?;
+            Backbone::Gemma3(gemma3::Gemma3::from_weights(&c, &mut weights)?)
+        }
         Family::Bert => {
             let c: bert::BertConfig =
                 serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
@@ -330,7 +351,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
                 Some(weights.take("classifier.bias", [n])?),
             ))
         }
-        Family::Gpt2 | Family::Llama if weights.contains("score.weight") => {
+        Family::Gpt2 | Family::Llama | Family::Gemma3 if weights.contains("score.weight") => {
             let n = weights.shape("score.weight").map_or(0, |s| s[0]);
             Some(layers::Proj::new(
                 weights.take_linear("score.weight", d, n)?,
@@ -383,6 +404,8 @@ pub fn save_hf_dir(
             (Backbone::Llama(m), Some(_)) => {
                 format!("{}ForSequenceClassification", m.config.class_prefix())
             }
+            (Backbone::Gemma3(_), None) => "Gemma3ForCausalLM".to_owned(),
+            (Backbone::Gemma3(_), Some(_)) => "Gemma3TextForSequenceClassification".to_owned(),
             (Backbone::Bert(b), None) if b.mlm_head.is_some() => "BertForMaskedLM".to_owned(),
             (Backbone::Bert(_), None) => "BertModel".to_owned(),
             (Backbone::Bert(_), Some(_)) => "BertForSequenceClassification".to_owned(),

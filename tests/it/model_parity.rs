@@ -123,9 +123,9 @@ fn llama_with_gqa_matches_transformers() {
     decoder_parity("llama");
 }
 
-/// Llama 3's rotary scaling and the others transformers implements, attention biases, and the
-/// Llama-architecture families Qwen2 and Qwen3 (fixtures from transformers 5, whose configs
-/// carry `rope_parameters`).
+/// Llama 3's rotary scaling and the others transformers implements, attention biases, the
+/// Llama-architecture families Qwen2 and Qwen3, and Gemma 3 (fixtures from transformers 5,
+/// whose configs carry `rope_parameters`).
 #[test]
 fn llama_families_and_rotary_scalings_match_transformers() {
     for name in [
@@ -136,6 +136,7 @@ fn llama_families_and_rotary_scalings_match_transformers() {
         "qwen2",
         "qwen3",
         "qwen3-sharded-bf16",
+        "gemma3",
     ] {
         decoder_parity(name);
     }

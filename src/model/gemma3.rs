@@ -1,0 +1,588 @@
+//! Gemma 3 text decoders (`gemma3_text`: Gemma 3 270M and 1B, the text part of the larger
+//! ones): embeddings scaled by sqrt(hidden), RMSNorm scaled by (1 + w), four norms a layer
+//! (before and after attention, before and after the MLP), per-head q/k norms, GeGLU with the
+//! tanh GELU, attention scaled by `query_pre_attn_scalar`^-1/2, and layers of two kinds:
+//! `sliding_attention` (a window of `sliding_window` tokens, its own rotary base) and
+//! `full_attention`. Config and weights as transformers names them (`Gemma3TextConfig`,
+//! `Gemma3ForCausalLM`); both transformers 4's flat rope settings and 5's per-layer-type
+//! `rope_parameters` are read.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::gelu_approximate;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::layers::{
+    KvCache, Proj, attend, causal_inputs, merge_heads, repeat_kv, rows_at, split_heads,
+};
+use super::rope::{RopeError, RopeScaling, rope_tables};
+use super::weights::{ModelError, WeightMap, WeightWriter};
+
+/// The fields of HF's `Gemma3TextConfig` that shape the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gemma3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_head_dim")]
+    pub head_dim: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_head_dim")]
+    pub query_pre_attn_scalar: usize,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// `sliding_attention` or `full_attention` per layer (transformers 5; else the pattern).
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// transformers 4: every `sliding_window_pattern`-th layer is a full one.
+    #[serde(default = "default_pattern")]
+    pub sliding_window_pattern: usize,
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
+}
+
+fn default_head_dim() -> usize {
+    256
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_pattern() -> usize {
+    6
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_pos() -> usize {
+    131_072
+}
+
+/// A Gemma 3 config hone cannot run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Gemma3ConfigError {
+    #[error(transparent)]
+    Rope(#[from] RopeError),
+    #[error("layer_types has {0} entries for {1} layers")]
+    LayerTypes(usize, usize),
+    #[error("layer type `{0}` is not sliding_attention or full_attention")]
+    LayerType(String),
+    #[error(
+        "attention heads must be at least 1 and a multiple of num_key_value_heads, head_dim even"
+    )]
+    Heads,
+    #[error("{0} is not supported yet (Gemma 2's soft-capping, bidirectional attention)")]
+    Unsupported(&'static str),
+}
+
+impl Gemma3Config {
+    /// Whether each layer attends through a sliding window.
+    pub fn sliding_layers(&self) -> Result<Vec<bool>, Gemma3ConfigError> {
+        match &self.layer_types {
+            Some(types) => {
+                if types.len() != self.num_hidden_layers {
+                    return Err(Gemma3ConfigError::LayerTypes(
+                        types.len(),
+                        self.num_hidden_layers,
+                    ));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => Err(Gemma3ConfigError::LayerType(other.to_owned())),
+                    })
+                    .collect()
+            }
+            None => Ok((0..self.num_hidden_layers)
+                .map(|i| !(i + 1).is_multiple_of(self.sliding_window_pattern.max(1)))
+                .collect()),
+        }
+    }
+
+    /// Rotary base and scaling of each layer kind, `(full, sliding)`: transformers 5 keeps
+    /// them per layer type in `rope_parameters`; 4 has `rope_theta` and `rope_scaling` for the
+    /// full layers and `rope_local_base_freq` for the sliding ones.
+    pub fn rope(&self) -> Result<[(f64, RopeScaling); 2], RopeError> {
+        let of = |kind: &str, theta: Option<f64>, scaling: Option<&Value>, default: f64| {
+            let params = self.rope_parameters.as_ref().and_then(|p| p.get(kind));
+            let theta = params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .or(theta)
+                .unwrap_or(default);
+            let config = json!({
+                "rope_parameters": params,
+                "rope_scaling": scaling,
+                "max_position_embeddings": self.max_position_embeddings,
+            });
+            Ok((theta, RopeScaling::from_config(&config)?))
+        };
+        Ok([
+            of(
+                "full_attention",
+                self.rope_theta,
+                self.rope_scaling.as_ref(),
+                1_000_000.0,
+            )?,
+            of(
+                "sliding_attention",
+                self.rope_local_base_freq,
+                None,
+                10_000.0,
+            )?,
+        ])
+    }
+
+    pub fn check(&self) -> Result<(), Gemma3ConfigError> {
+        self.sliding_layers()?;
+        self.rope()?;
+        let (h, kv) = (self.num_attention_heads, self.num_key_value_heads);
+        if h == 0 || kv == 0 || !h.is_multiple_of(kv) || !self.head_dim.is_multiple_of(2) {
+            return Err(Gemma3ConfigError::Heads);
+        }
+        if self.attn_logit_softcapping.is_some() {
+            return Err(Gemma3ConfigError::Unsupported("attn_logit_softcapping"));
+        }
+        if self.use_bidirectional_attention == Some(true) {
+            return Err(Gemma3ConfigError::Unsupported(
+                "use_bidirectional_attention",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Gemma's RMSNorm: the normalised input times (1 + weight); the weight starts at 0.
+#[derive(Module, Debug)]
+pub struct GemmaNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl GemmaNorm {
+    pub fn new(weight: Tensor<1>, eps: f64) -> GemmaNorm {
+        GemmaNorm {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+    fn init(d: usize, eps: f64, device: &Device) -> GemmaNorm {
+        GemmaNorm::new(Tensor::zeros([d], device), eps)
+    }
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        let d = self.weight.dims()[0];
+        let mut shape = [1usize; D];
+        shape[D - 1] = d;
+        (x / rms) * self.weight.val().add_scalar(1.0).reshape(shape)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gemma3Layer {
+    pub input_layernorm: GemmaNorm,
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub o_proj: Proj,
+    pub q_norm: GemmaNorm,
+    pub k_norm: GemmaNorm,
+    pub post_attention_layernorm: GemmaNorm,
+    pub pre_feedforward_layernorm: GemmaNorm,
+    pub gate_proj: Proj,
+    pub up_proj: Proj,
+    pub down_proj: Proj,
+    pub post_feedforward_layernorm: GemmaNorm,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    /// The window of a sliding-attention layer, in tokens.
+    pub window: Option<usize>,
+    /// What queries are multiplied by so that `attend`'s 1/sqrt(head_dim) makes the scaling
+    /// `query_pre_attn_scalar`^-1/2 (1 when they agree, as in every released Gemma 3).
+    pub query_factor: f64,
+}
+
+impl Gemma3Layer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Option<Tensor<4, Bool>>,
+        rope: (&Tensor<4>, &Tensor<4>),
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let (cos, sin) = rope;
+        let h = self.input_layernorm.forward(x.clone());
+        let q = self
+            .q_norm
+            .forward(split_heads(self.q_proj.forward(h.clone()), self.n_heads));
+        let q = super::layers::apply_rope(q, cos, sin);
+        let q = if self.query_factor == 1.0 {
+            q
+        } else {
+            q.mul_scalar(self.query_factor)
+        };
+        let k = self
+            .k_norm
+            .forward(split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads));
+        let k = super::layers::apply_rope(k, cos, sin);
+        let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
+        let (k, v) = match cache {
+            Some((c, layer)) => c.extend(layer, k, v),
+            None => (k, v),
+        };
+        let mask = match self.window {
+            Some(w) => Some(window_mask(mask, q.dims()[2], k.dims()[2], w, &q.device())),
+            None => mask,
+        };
+        let rep = self.n_heads / self.n_kv_heads;
+        let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
+        let a = self
+            .post_attention_layernorm
+            .forward(self.o_proj.forward(merge_heads(a)));
+        let x = x + a;
+        let h = self.pre_feedforward_layernorm.forward(x.clone());
+        let m = gelu_approximate(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h);
+        x + self
+            .post_feedforward_layernorm
+            .forward(self.down_proj.forward(m))
+    }
+}
+
+/// `mask` (true where a query may not see a key) with the keys `window` or more positions
+/// before each query also hidden. The `s` queries are the last of the `t` keys; positions
+/// count in the padded sequence, as transformers counts them for sliding windows.
+fn window_mask(
+    mask: Option<Tensor<4, Bool>>,
+    s: usize,
+    t: usize,
+    window: usize,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let offset = t - s;
+    let far: Vec<bool> = (0..s)
+        .flat_map(|i| (0..t).map(move |j| (offset + i).saturating_sub(j) >= window))
+        .collect();
+    let far =
+        Tensor::<4, Bool>::from_data(burn::tensor::TensorData::new(far, [1, 1, s, t]), device);
+    match mask {
+        Some(m) => {
+            let [b, h, ..] = m.dims();
+            m.bool_or(far.expand([b, h, s, t]))
+        }
+        None => far,
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gemma3 {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<Gemma3Layer>,
+    pub norm: GemmaNorm,
+    /// `None` when tied to `embed_tokens` (every released Gemma 3).
+    pub lm_head: Option<Proj>,
+    #[module(skip)]
+    pub config: Gemma3Config,
+    /// Rotary base and scaling of the full and the sliding layers.
+    #[module(skip)]
+    pub rope: [(f64, RopeScaling); 2],
+}
+
+impl Gemma3 {
+    fn layer_shape(config: &Gemma3Config) -> Result<Vec<(Option<usize>, f64)>, ModelError> {
+        let sliding = config.sliding_layers().map_err(|e| ModelError::BadConfig {
+            path: "config.json".into(),
+            reason: e.to_string(),
+        })?;
+        let factor = (config.head_dim as f64).sqrt() / (config.query_pre_attn_scalar as f64).sqrt();
+        Ok(sliding
+            .into_iter()
+            .map(|s| {
+                (
+                    s.then_some(config.sliding_window.unwrap_or(usize::MAX)),
+                    factor,
+                )
+            })
+            .collect())
+    }
+
+    /// A new, randomly initialised model (norm weights 0, so every norm starts as x * 1).
+    pub fn init(config: &Gemma3Config, device: &Device) -> Result<Gemma3, ModelError> {
+        let (d, hd, std, eps) = (
+            config.hidden_size,
+            config.head_dim,
+            0.02,
+            config.rms_norm_eps,
+        );
+        let (h, kv, inner) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.intermediate_size,
+        );
+        let bias = config.attention_bias;
+        let layers = Gemma3::layer_shape(config)?
+            .into_iter()
+            .map(|(window, query_factor)| Gemma3Layer {
+                input_layernorm: GemmaNorm::init(d, eps, device),
+                q_proj: Proj::init(d, h * hd, bias, std, device),
+                k_proj: Proj::init(d, kv * hd, bias, std, device),
+                v_proj: Proj::init(d, kv * hd, bias, std, device),
+                o_proj: Proj::init(h * hd, d, bias, std, device),
+                q_norm: GemmaNorm::init(hd, eps, device),
+                k_norm: GemmaNorm::init(hd, eps, device),
+                post_attention_layernorm: GemmaNorm::init(d, eps, device),
+                pre_feedforward_layernorm: GemmaNorm::init(d, eps, device),
+                gate_proj: Proj::init(d, inner, false, std, device),
+                up_proj: Proj::init(d, inner, false, std, device),
+                down_proj: Proj::init(inner, d, false, std, device),
+                post_feedforward_layernorm: GemmaNorm::init(d, eps, device),
+                n_heads: h,
+                n_kv_heads: kv,
+                window,
+                query_factor,
+            })
+            .collect();
+        Ok(Gemma3 {
+            embed_tokens: Param::from_tensor(Tensor::random(
+                [config.vocab_size, d],
+                burn::tensor::Distribution::Normal(0.0, std),
+                device,
+            )),
+            layers,
+            norm: GemmaNorm::init(d, eps, device),
+            lm_head: (!config.tie_word_embeddings)
+                .then(|| Proj::init(d, config.vocab_size, false, std, device)),
+            rope: config.rope().map_err(|e| ModelError::BadConfig {
+                path: "config.json".into(),
+                reason: e.to_string(),
+            })?,
+            config: config.clone(),
+        })
+    }
+
+    /// Reads HF weights (`Gemma3TextModel` or `Gemma3ForCausalLM` names).
+    pub fn from_weights(config: &Gemma3Config, w: &mut WeightMap) -> Result<Gemma3, ModelError> {
+        let (d, hd, eps) = (config.hidden_size, config.head_dim, config.rms_norm_eps);
+        let (h, kv, inner) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.intermediate_size,
+        );
+        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
+            true => Some(Proj::new(
+                w.take_linear("lm_head.weight", d, config.vocab_size)?,
+                None,
+            )),
+            false => None,
+        };
+        // A tied checkpoint may still carry the head; it is the embedding.
+        if config.tie_word_embeddings && w.contains("lm_head.weight") {
+            w.take("lm_head.weight", [config.vocab_size, d])?;
+        }
+        w.strip_prefix("model.");
+        let bias = config.attention_bias;
+        let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize, bias: bool| {
+            let b = match bias {
+                true => Some(w.take(&format!("{p}.bias"), [o])?),
+                false => None,
+            };
+            Ok::<_, ModelError>(Proj::new(w.take_linear(&format!("{p}.weight"), i, o)?, b))
+        };
+        let norm = |w: &mut WeightMap, name: &str, n: usize| {
+            Ok::<_, ModelError>(GemmaNorm::new(w.take(name, [n])?, eps))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for (i, (window, query_factor)) in Gemma3::layer_shape(config)?.into_iter().enumerate() {
+            let p = format!("layers.{i}");
+            layers.push(Gemma3Layer {
+                input_layernorm: norm(w, &format!("{p}.input_layernorm.weight"), d)?,
+                q_proj: lin(w, &format!("{p}.self_attn.q_proj"), d, h * hd, bias)?,
+                k_proj: lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?,
+                v_proj: lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?,
+                o_proj: lin(w, &format!("{p}.self_attn.o_proj"), h * hd, d, bias)?,
+                q_norm: norm(w, &format!("{p}.self_attn.q_norm.weight"), hd)?,
+                k_norm: norm(w, &format!("{p}.self_attn.k_norm.weight"), hd)?,
+                post_attention_layernorm: norm(
+                    w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    d,
+                )?,
+                pre_feedforward_layernorm: norm(
+                    w,
+                    &format!("{p}.pre_feedforward_layernorm.weight"),
+                    d,
+                )?,
+                gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, false)?,
+                up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, false)?,
+                down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, false)?,
+                post_feedforward_layernorm: norm(
+                    w,
+                    &format!("{p}.post_feedforward_layernorm.weight"),
+                    d,
+                )?,
+                n_heads: h,
+                n_kv_heads: kv,
+                window,
+                query_factor,
+            });
+        }
+        let embed = w.take("embed_tokens.weight", [config.vocab_size, d])?;
+        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
+            return Err(ModelError::MissingTensor {
+                path: w.path().to_path_buf(),
+                name: "lm_head.weight".into(),
+            });
+        }
+        Ok(Gemma3 {
+            embed_tokens: Param::from_tensor(embed),
+            layers,
+            norm: norm(w, "norm.weight", d)?,
+            lm_head,
+            rope: config.rope().map_err(|e| ModelError::BadConfig {
+                path: w.path().to_path_buf(),
+                reason: e.to_string(),
+            })?,
+            config: config.clone(),
+        })
+    }
+
+    /// Writes HF `Gemma3ForCausalLM` weights (LoRA merged in).
+    pub fn write_weights(&self, w: &mut WeightWriter) {
+        w.put("model.embed_tokens.weight", self.embed_tokens.val());
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            for (name, n) in [
+                ("input_layernorm", &l.input_layernorm),
+                ("self_attn.q_norm", &l.q_norm),
+                ("self_attn.k_norm", &l.k_norm),
+                ("post_attention_layernorm", &l.post_attention_layernorm),
+                ("pre_feedforward_layernorm", &l.pre_feedforward_layernorm),
+                ("post_feedforward_layernorm", &l.post_feedforward_layernorm),
+            ] {
+                w.put(format!("{p}.{name}.weight"), n.weight.val());
+            }
+            for (name, proj) in l.projections() {
+                w.put_linear(format!("{p}.{name}.weight"), proj.merged_weight());
+                if let Some(b) = &proj.bias {
+                    w.put(format!("{p}.{name}.bias"), b.val());
+                }
+            }
+        }
+        w.put("model.norm.weight", self.norm.weight.val());
+        if let Some(head) = &self.lm_head {
+            w.put_linear("lm_head.weight", head.merged_weight());
+        }
+    }
+
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
+        }
+        out
+    }
+
+    /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
+    pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        let (positions, mask) = causal_inputs(&ids, padding);
+        self.forward_with(ids, positions, mask, None)
+    }
+
+    /// The general forward, as `Llama::forward_with`.
+    pub fn forward_with(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let device = ids.device();
+        let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
+        let tables = self.rope.clone().map(|(theta, scaling)| {
+            let (cos, sin) = rope_tables(self.config.head_dim, theta, &scaling, max_pos, &device);
+            (rows_at(&cos, &positions), rows_at(&sin, &positions))
+        });
+        let [full, sliding] = &tables;
+        let scale = (self.config.hidden_size as f64).sqrt() as f32;
+        let mut x =
+            burn::tensor::module::embedding(self.embed_tokens.val(), ids).mul_scalar(scale as f64);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (cos, sin) = if layer.window.is_some() {
+                sliding
+            } else {
+                full
+            };
+            x = layer.forward(
+                x,
+                mask.clone(),
+                (cos, sin),
+                cache.as_deref_mut().map(|c| (c, i)),
+            );
+        }
+        self.norm.forward(x)
+    }
+
+    /// LM logits (soft-capped when the config says so); `None` without an LM head.
+    pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None if self.config.tie_word_embeddings => {
+                burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None)
+            }
+            None => return None,
+        };
+        Some(match self.config.final_logit_softcapping {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        })
+    }
+}
+
+impl Gemma3Layer {
+    fn projections(&self) -> [(&'static str, &Proj); 7] {
+        [
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.o_proj", &self.o_proj),
+            ("mlp.gate_proj", &self.gate_proj),
+            ("mlp.up_proj", &self.up_proj),
+            ("mlp.down_proj", &self.down_proj),
+        ]
+    }
+}
