@@ -6,6 +6,8 @@ as small JSON fixtures for the Rust tests:
   with models/all-MiniLM-L6-v2 (mean pooling + L2 normalisation).
 - tests/fixtures/smollm2_greedy.json: for three chat prompts, the chat-templated prompt, its
   token ids and 24 greedy new tokens from transformers loading the same GGUF file hone loads.
+- tests/fixtures/gemma3_greedy.json: for three raw prompts, their token ids (with BOS, as the
+  GGUF asks) and 16 greedy new tokens from transformers loading Gemma 3 270M's Q4_K_M GGUF.
 
 Run by hand: pip install torch transformers sentence-transformers gguf; python3 scripts/make_real_fixtures.py
 """
@@ -64,5 +66,29 @@ def main() -> None:
     (OUT / "smollm2_greedy.json").write_text(json.dumps({"gguf": gguf, "cases": cases}, indent=1))
 
 
+def gemma3() -> None:
+    gguf = "gemma-3-270m-q4_k_m.gguf"
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=gguf, torch_dtype=torch.float32).eval()
+    cases = []
+    for text in ["The capital of France is", "Three primary colors are red,", "A car's radiator"]:
+        ids = tok(text, return_tensors="pt").input_ids
+        seq, new, margins = ids, [], []
+        with torch.no_grad():
+            for _ in range(16):
+                logits = model(seq).logits[0, -1]
+                top = torch.topk(logits, 2)
+                new.append(int(top.indices[0]))
+                margins.append(round(float(top.values[0] - top.values[1]), 4))
+                seq = torch.cat([seq, top.indices[:1].view(1, 1)], dim=1)
+        cases.append({"prompt": text, "ids": ids[0].tolist(), "new_ids": new, "new_text": tok.decode(new),
+                      "top2_margins": margins})
+        print(repr(text), "->", repr(tok.decode(new)))
+    (OUT / "gemma3_greedy.json").write_text(json.dumps({"gguf": gguf, "cases": cases}, indent=1))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    parts = {"main": main, "gemma3": gemma3}
+    for part in sys.argv[1:] or list(parts):
+        parts[part]()

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use super::Backbone;
+use super::gemma3::{Gemma3, Gemma3Config};
 use super::ggml_quants::{SUPPORTED, block_layout, dequantize, type_name};
 use super::llama::{Llama, LlamaConfig};
 use super::weights::{ModelError, WeightMap};
@@ -282,70 +284,157 @@ fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
     out
 }
 
-/// A `llama` GGUF as hone's Llama model, its HF-style config, and the rebuilt tokenizer.
-pub fn load_llama(
-    path: &Path,
-    device: &Device,
-) -> Result<
-    (
-        Llama,
-        serde_json::Value,
-        Option<tokenizers::Tokenizer>,
-        Option<String>,
-    ),
-    ModelError,
-> {
+/// A model read from a GGUF: the network, an HF-style `config.json`, the tokenizer rebuilt from
+/// the metadata (when its kind is supported) and the chat template.
+pub struct GgufModel {
+    pub backbone: Backbone,
+    pub config: serde_json::Value,
+    pub tokenizer: Option<tokenizers::Tokenizer>,
+    pub chat_template: Option<String>,
+}
+
+/// A tensor's PyTorch shape and its values.
+type Shaped = (Vec<usize>, Vec<f32>);
+
+/// The architectures (`general.architecture`) hone maps onto its families.
+pub const ARCHITECTURES: &str = "llama, gemma3";
+
+/// A GGUF file as one of hone's model families.
+pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
     let g = Gguf::open(path)?;
     let arch = g
         .need("general.architecture")?
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    if arch != "llama" {
-        return Err(ModelError::UnknownArchitecture {
-            path: path.to_path_buf(),
-            found: arch,
-            supported: "llama (GGUF)".into(),
-        });
-    }
-    let int = |k: &str| -> Result<usize, ModelError> {
-        g.need(&format!("llama.{k}"))?
-            .as_i64()
-            .map(|v| v as usize)
-            .ok_or_else(|| ModelError::BadGguf {
+    let (backbone, config) = match arch.as_str() {
+        "llama" => load_llama(&g, device)?,
+        "gemma3" => load_gemma3(&g, device)?,
+        _ => {
+            return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
-                reason: format!("`llama.{k}` is not an integer"),
-            })
+                found: arch,
+                supported: format!("{ARCHITECTURES} (GGUF)"),
+            });
+        }
     };
-    let heads = int("attention.head_count")?;
-    let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
-    let embd = g
-        .tensors
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .ok_or_else(|| ModelError::MissingTensor {
-            path: path.to_path_buf(),
-            name: "token_embd.weight".into(),
-        })?;
-    let vocab = embd.dims[1];
-    let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
-    let config = serde_json::json!({
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": vocab,
-        "hidden_size": int("embedding_length")?,
-        "intermediate_size": int("feed_forward_length")?,
-        "num_hidden_layers": int("block_count")?,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "max_position_embeddings": int("context_length")?,
-        "rms_norm_eps": g.meta("llama.attention.layer_norm_rms_epsilon").and_then(Meta::as_f64).unwrap_or(1e-5),
-        "rope_theta": g.meta("llama.rope.freq_base").and_then(Meta::as_f64).unwrap_or(10_000.0),
-        "tie_word_embeddings": tied,
-        "bos_token_id": g.meta("tokenizer.ggml.bos_token_id").and_then(Meta::as_i64),
-        "eos_token_id": g.meta("tokenizer.ggml.eos_token_id").and_then(Meta::as_i64),
-        "pad_token_id": g.meta("tokenizer.ggml.padding_token_id").and_then(Meta::as_i64),
-    });
+    Ok(GgufModel {
+        backbone,
+        config,
+        tokenizer: super::gguf_tokenizer::build(&g)?,
+        chat_template: g
+            .meta("tokenizer.chat_template")
+            .and_then(Meta::as_str)
+            .map(str::to_owned),
+    })
+}
+
+impl Gguf {
+    /// Integer metadata `<arch>.<key>`.
+    fn int(&self, arch: &str, key: &str) -> Result<usize, ModelError> {
+        self.need(&format!("{arch}.{key}"))?
+            .as_i64()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| ModelError::BadGguf {
+                path: self.path.clone(),
+                reason: format!("`{arch}.{key}` is not a count"),
+            })
+    }
+
+    fn float(&self, arch: &str, key: &str) -> Option<f64> {
+        self.meta(&format!("{arch}.{key}")).and_then(Meta::as_f64)
+    }
+
+    /// The vocabulary size (the token embedding's rows) and whether the LM head is tied to it
+    /// (no `output.weight`).
+    fn vocab_and_tied(&self) -> Result<(usize, bool), ModelError> {
+        let embd = self
+            .tensors
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: "token_embd.weight".into(),
+            })?;
+        let vocab = embd
+            .dims
+            .get(1)
+            .copied()
+            .ok_or_else(|| ModelError::BadGguf {
+                path: self.path.clone(),
+                reason: "token_embd.weight is not a matrix".into(),
+            })?;
+        Ok((
+            vocab,
+            !self.tensors.iter().any(|t| t.name == "output.weight"),
+        ))
+    }
+
+    fn special_ids(&self) -> serde_json::Value {
+        let id = |k: &str| {
+            self.meta(&format!("tokenizer.ggml.{k}"))
+                .and_then(Meta::as_i64)
+        };
+        serde_json::json!({
+            "bos_token_id": id("bos_token_id"),
+            "eos_token_id": id("eos_token_id"),
+            "pad_token_id": id("padding_token_id"),
+        })
+    }
+
+    /// Every tensor dequantised under its HF name (`rename`; `None` is an unexpected tensor),
+    /// after `adjust` (llama.cpp's layout changes undone).
+    fn hf_tensors(
+        &self,
+        arch: &str,
+        rename: impl Fn(&str) -> Option<String>,
+        adjust: impl Fn(&str, &[usize], Vec<f32>) -> Vec<f32>,
+    ) -> Result<HashMap<String, Shaped>, ModelError> {
+        let mut tensors = HashMap::new();
+        for info in &self.tensors {
+            let (shape, values) = self.tensor(info)?;
+            let hf = rename(&info.name).ok_or_else(|| ModelError::BadGguf {
+                path: self.path.clone(),
+                reason: format!("unexpected tensor `{}` for {arch}", info.name),
+            })?;
+            let values = adjust(&info.name, &shape, values);
+            tensors.insert(hf, (shape, values));
+        }
+        Ok(tensors)
+    }
+}
+
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// A `llama` GGUF: llama.cpp stores q and k rows interleaved for its rotary layout; they are
+/// put back in HF's half-split order.
+fn load_llama(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+    let path = &g.path;
+    let heads = g.int("llama", "attention.head_count")?;
+    let kv_heads = g.int("llama", "attention.head_count_kv").unwrap_or(heads);
+    let (vocab, tied) = g.vocab_and_tied()?;
+    let config = merge(
+        serde_json::json!({
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": vocab,
+            "hidden_size": g.int("llama", "embedding_length")?,
+            "intermediate_size": g.int("llama", "feed_forward_length")?,
+            "num_hidden_layers": g.int("llama", "block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "max_position_embeddings": g.int("llama", "context_length")?,
+            "rms_norm_eps": g.float("llama", "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            "rope_theta": g.float("llama", "rope.freq_base").unwrap_or(10_000.0),
+            "tie_word_embeddings": tied,
+        }),
+        g.special_ids(),
+    );
     let cfg: LlamaConfig =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
             path: path.to_path_buf(),
@@ -357,32 +446,99 @@ pub fn load_llama(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mut tensors = HashMap::new();
-    for info in &g.tensors {
-        let (shape, mut values) = g.tensor(info)?;
-        let hf = hf_name(&info.name).ok_or_else(|| ModelError::BadGguf {
-            path: path.to_path_buf(),
-            reason: format!("unexpected tensor `{}` for llama", info.name),
-        })?;
-        if info.name.ends_with("attn_q.weight") {
-            values = unpermute_rows(&values, shape[0], shape[1], heads);
-        } else if info.name.ends_with("attn_k.weight") {
-            values = unpermute_rows(&values, shape[0], shape[1], kv_heads);
+    let tensors = g.hf_tensors("llama", llama_name, |name, shape, values| {
+        if name.ends_with("attn_q.weight") {
+            unpermute_rows(&values, shape[0], shape[1], heads)
+        } else if name.ends_with("attn_k.weight") {
+            unpermute_rows(&values, shape[0], shape[1], kv_heads)
+        } else {
+            values
         }
-        tensors.insert(hf, (shape, values));
-    }
+    })?;
     let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
     let model = Llama::from_weights(&cfg, &mut weights)?;
-    let tokenizer = super::gguf_tokenizer::build(&g)?;
-    let template = g
-        .meta("tokenizer.chat_template")
-        .and_then(Meta::as_str)
-        .map(str::to_owned);
-    Ok((model, config, tokenizer, template))
+    Ok((Backbone::Llama(model), config))
 }
 
-/// llama.cpp tensor names -> HF names.
-fn hf_name(gguf: &str) -> Option<String> {
+/// A `gemma3` GGUF (text): llama.cpp stores every norm weight plus 1 (Gemma's norms scale by
+/// 1 + w), takes q and k as they are (Gemma's rotary layout is HF's), makes every sixth layer a
+/// full-attention one, gives the sliding ones a rotary base of 10000, and scales attention by
+/// the head size.
+fn load_gemma3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+    let path = &g.path;
+    let head_dim = g.int("gemma3", "attention.key_length")?;
+    let (vocab, tied) = g.vocab_and_tied()?;
+    let scaling = g
+        .meta("gemma3.rope.scaling.type")
+        .and_then(Meta::as_str)
+        .filter(|t| *t != "none")
+        .map(|t| {
+            serde_json::json!({ "rope_type": t, "factor": g.float("gemma3", "rope.scaling.factor") })
+        });
+    let config = merge(
+        serde_json::json!({
+            "model_type": "gemma3_text",
+            "architectures": ["Gemma3ForCausalLM"],
+            "vocab_size": vocab,
+            "hidden_size": g.int("gemma3", "embedding_length")?,
+            "intermediate_size": g.int("gemma3", "feed_forward_length")?,
+            "num_hidden_layers": g.int("gemma3", "block_count")?,
+            "num_attention_heads": g.int("gemma3", "attention.head_count")?,
+            "num_key_value_heads": g.int("gemma3", "attention.head_count_kv")?,
+            "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim,
+            "max_position_embeddings": g.int("gemma3", "context_length")?,
+            "rms_norm_eps": g.float("gemma3", "attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            "rope_theta": g.float("gemma3", "rope.freq_base").unwrap_or(1_000_000.0),
+            "rope_local_base_freq": 10_000.0,
+            "rope_scaling": scaling,
+            "sliding_window": g.int("gemma3", "attention.sliding_window").ok(),
+            "sliding_window_pattern": 6,
+            "tie_word_embeddings": tied,
+            "hidden_activation": "gelu_pytorch_tanh",
+        }),
+        g.special_ids(),
+    );
+    let cfg: Gemma3Config =
+        serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    cfg.check().map_err(|e| ModelError::BadGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tensors = g.hf_tensors("gemma3", gemma3_name, |name, _, values| {
+        if name.ends_with("norm.weight") {
+            values.into_iter().map(|w| w - 1.0).collect()
+        } else {
+            values
+        }
+    })?;
+    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let model = Gemma3::from_weights(&cfg, &mut weights)?;
+    Ok((Backbone::Gemma3(model), config))
+}
+
+/// llama.cpp's names of a Gemma 3 layer's tensors -> HF's.
+fn gemma3_name(gguf: &str) -> Option<String> {
+    let Some(rest) = gguf.strip_prefix("blk.") else {
+        return llama_name(gguf);
+    };
+    let (layer, part) = rest.split_once('.')?;
+    let hf = match part {
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
+        "post_attention_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_norm.weight" => "pre_feedforward_layernorm.weight",
+        "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
+        _ => return llama_name(gguf),
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// llama.cpp tensor names -> HF names (Llama's; other families rename some on top).
+fn llama_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),

@@ -264,12 +264,12 @@ impl HfModel {
 /// Loads a model from an HF directory or a `.gguf` file.
 pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        let (llama, config, tokenizer, chat_template) = gguf::load_llama(path, device)?;
+        let g = gguf::load(path, device)?;
         return Ok(HfModel {
-            model: Model::new(Backbone::Llama(llama)),
-            config,
-            tokenizer,
-            chat_template,
+            model: Model::new(g.backbone),
+            config: g.config,
+            tokenizer: g.tokenizer,
+            chat_template: g.chat_template,
             unused_weights: vec![],
         });
     }

@@ -126,3 +126,33 @@ fn smollm2_gguf_chat_tokens_and_greedy_continuation_match_transformers() {
         );
     }
 }
+
+/// Gemma 3 270M as people download it (Q4_K_M GGUF: Q4_K, Q6_K, Q5_0, Q8_0 and F32 tensors,
+/// `gemma3` architecture): from the prompts' token ids, the same greedy continuation as
+/// transformers loading the same file. (Its SentencePiece tokenizer is not rebuilt yet: the
+/// fixture carries transformers' token ids.)
+#[test]
+fn gemma3_gguf_q4_k_m_greedy_continuation_matches_transformers() {
+    let device = Device::flex();
+    let reference = fixture("gemma3_greedy.json");
+    let path = models().join(reference["gguf"].as_str().unwrap());
+    let model = hone::model::load(&path, &device).unwrap();
+    assert_eq!(model.config["model_type"], "gemma3_text");
+    let backbone = model.model.backbone;
+    for case in reference["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["new_ids"].clone()).unwrap();
+        let cfg = SamplingConfig {
+            max_new_tokens: want.len(),
+            // Greedy to the end: the reference does not stop at the end-of-turn token either.
+            stop_tokens: vec![],
+            ..Default::default()
+        };
+        let got = generate(&backbone, &[ids], &cfg, &device).remove(0);
+        assert_eq!(
+            got, want,
+            "{:?}: transformers said {:?}",
+            case["prompt"], case["new_text"]
+        );
+    }
+}
