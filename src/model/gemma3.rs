@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
-    KvCache, Proj, attend, causal_inputs, merge_heads, repeat_kv, rows_at, split_heads,
+    KvCache, Proj, attend, causal_inputs, merge_heads, named_projections, repeat_kv, rms_normalize,
+    rows_at, split_heads, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -194,16 +195,7 @@ impl GemmaNorm {
         GemmaNorm::new(Tensor::zeros([d], device), eps)
     }
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt();
-        let d = self.weight.dims()[0];
-        let mut shape = [1usize; D];
-        shape[D - 1] = d;
-        (x / rms) * self.weight.val().add_scalar(1.0).reshape(shape)
+        rms_normalize(x, self.eps).mul(self.weight.val().add_scalar(1.0).unsqueeze())
     }
 }
 
@@ -489,12 +481,7 @@ impl Gemma3 {
             ] {
                 w.put(format!("{p}.{name}.weight"), n.weight.val());
             }
-            for (name, proj) in l.projections() {
-                w.put_linear(format!("{p}.{name}.weight"), proj.merged_weight());
-                if let Some(b) = &proj.bias {
-                    w.put(format!("{p}.{name}.bias"), b.val());
-                }
-            }
+            write_projections(w, named_projections(i, l.projections()));
         }
         w.put("model.norm.weight", self.norm.weight.val());
         if let Some(head) = &self.lm_head {
@@ -503,18 +490,10 @@ impl Gemma3 {
     }
 
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
-        }
-        out
+        let layers = self.layers.iter_mut().enumerate();
+        layers
+            .flat_map(|(i, l)| named_projections(i, l.projections_mut()))
+            .collect()
     }
 
     /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
@@ -574,15 +553,28 @@ impl Gemma3 {
 }
 
 impl Gemma3Layer {
-    fn projections(&self) -> [(&'static str, &Proj); 7] {
+    /// In [`DECODER_PROJECTIONS`](super::layers::DECODER_PROJECTIONS) order.
+    fn projections(&self) -> [&Proj; 7] {
         [
-            ("self_attn.q_proj", &self.q_proj),
-            ("self_attn.k_proj", &self.k_proj),
-            ("self_attn.v_proj", &self.v_proj),
-            ("self_attn.o_proj", &self.o_proj),
-            ("mlp.gate_proj", &self.gate_proj),
-            ("mlp.up_proj", &self.up_proj),
-            ("mlp.down_proj", &self.down_proj),
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [&mut Proj; 7] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
         ]
     }
 }

@@ -105,14 +105,15 @@ impl RmsNorm {
         RmsNorm::new(Tensor::ones([d], device), eps)
     }
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt();
-        x.div(rms).mul(self.weight.val().unsqueeze())
+        rms_normalize(x, self.eps).mul(self.weight.val().unsqueeze())
     }
+}
+
+/// `x` divided by its root mean square over the last dimension (plus `eps`): the part of an
+/// RMSNorm before its weight.
+pub fn rms_normalize<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
+    x.div(rms)
 }
 
 /// Value added to masked attention scores: large and finite, so a fully masked row (a padding
@@ -192,6 +193,40 @@ pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
 pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     let [b, h, s, d] = x.dims();
     x.swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// The seven projections of a Llama-style decoder layer (Llama, Qwen, Mistral, Gemma 3), by
+/// their HF module names under `model.layers.<i>`, in the order [`named_projections`] expects.
+pub const DECODER_PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// Layer `layer`'s projections (in [`DECODER_PROJECTIONS`] order) by their full HF paths, for
+/// LoRA and for saving.
+pub fn named_projections<P>(layer: usize, projs: [P; 7]) -> impl Iterator<Item = (String, P)> {
+    DECODER_PROJECTIONS
+        .into_iter()
+        .zip(projs)
+        .map(move |(name, p)| (format!("model.layers.{layer}.{name}"), p))
+}
+
+/// Writes projections (LoRA merged in) and their biases under their paths.
+pub fn write_projections<'a>(
+    w: &mut super::weights::WeightWriter,
+    projs: impl IntoIterator<Item = (String, &'a Proj)>,
+) {
+    for (path, proj) in projs {
+        w.put_linear(format!("{path}.weight"), proj.merged_weight());
+        if let Some(b) = &proj.bias {
+            w.put(format!("{path}.bias"), b.val());
+        }
+    }
 }
 
 /// Rows of a `[len, d]` table at `positions` `[b, s]`, shaped `[b, 1, s, d]` to broadcast over heads.

@@ -14,8 +14,8 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, repeat_kv, rows_at,
-    split_heads,
+    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, named_projections,
+    repeat_kv, rows_at, split_heads, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -158,6 +158,31 @@ pub struct LlamaLayer {
 }
 
 impl LlamaLayer {
+    /// In [`DECODER_PROJECTIONS`] order.
+    fn projections(&self) -> [&Proj; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [&mut Proj; 7] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
+    }
+
     fn forward(
         &self,
         x: Tensor<3>,
@@ -355,20 +380,7 @@ impl Llama {
                     w.put(format!("{p}.self_attn.{name}.weight"), n.weight.val());
                 }
             }
-            for (name, proj) in [
-                ("self_attn.q_proj", &l.q_proj),
-                ("self_attn.k_proj", &l.k_proj),
-                ("self_attn.v_proj", &l.v_proj),
-                ("self_attn.o_proj", &l.o_proj),
-                ("mlp.gate_proj", &l.gate_proj),
-                ("mlp.up_proj", &l.up_proj),
-                ("mlp.down_proj", &l.down_proj),
-            ] {
-                w.put_linear(format!("{p}.{name}.weight"), proj.merged_weight());
-                if let Some(b) = &proj.bias {
-                    w.put(format!("{p}.{name}.bias"), b.val());
-                }
-            }
+            write_projections(w, named_projections(i, l.projections()));
         }
         w.put("model.norm.weight", self.norm.weight.val());
         if let Some(head) = &self.lm_head {
@@ -377,18 +389,10 @@ impl Llama {
     }
 
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
-        }
-        out
+        let layers = self.layers.iter_mut().enumerate();
+        layers
+            .flat_map(|(i, l)| named_projections(i, l.projections_mut()))
+            .collect()
     }
 
     /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
