@@ -50,8 +50,14 @@ pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
     let model = crate::model::load(&at.path, &device)
         .with_context(|| format!("cannot load {}", at.label))?;
     let Some(tokenizer) = &model.tokenizer else {
+        // A GGUF carries its tokenizer in its metadata; an HF directory in tokenizer.json.
+        let missing = if at.path.extension().is_some_and(|e| e == "gguf") {
+            "hone cannot rebuild this GGUF's tokenizer yet (only `gpt2` BPE vocabularies)"
+        } else {
+            "the directory has no tokenizer.json"
+        };
         bail!(
-            "{} has no tokenizer (tokenizer.json); hone needs one to turn prompts into tokens",
+            "{} has no tokenizer: {missing}; hone needs one to turn prompts into tokens",
             at.label
         );
     };

@@ -45,7 +45,8 @@ fn models_that_cannot_generate_say_why() {
     ]);
     assert_eq!(run.code(), 1);
     assert!(
-        run.stderr().contains("has no tokenizer"),
+        run.stderr()
+            .contains("has no tokenizer: the directory has no tokenizer.json"),
         "{}",
         run.stderr()
     );
