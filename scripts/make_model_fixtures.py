@@ -191,8 +191,77 @@ def families() -> None:
     (OUT / name / "reference.json").write_text(json.dumps(ref))
 
 
+def gguf_files() -> None:
+    """The qwen2 and qwen3 fixtures as GGUF files in llama.cpp's layout (F32 tensors, so the
+    HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf` beside their directories. The
+    qwen2 file is checked by loading it back with transformers (`gguf_file=`) and comparing
+    logits."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+             "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+             "mlp.down_proj.weight": "ffn_down.weight", "self_attn.o_proj.weight": "attn_output.weight"}
+    for proj in "qkv":
+        for kind in ("weight", "bias"):
+            parts[f"self_attn.{proj}_proj.{kind}"] = f"attn_{proj}.{kind}"
+    for arch in ("qwen2", "qwen3"):
+        d = OUT / arch
+        config = json.loads((d / "config.json").read_text())
+        path = OUT / f"{arch}.gguf"
+        w = gguf.GGUFWriter(str(path), arch)
+        w.add_context_length(config["max_position_embeddings"])
+        w.add_embedding_length(config["hidden_size"])
+        w.add_feed_forward_length(config["intermediate_size"])
+        w.add_block_count(config["num_hidden_layers"])
+        w.add_head_count(config["num_attention_heads"])
+        w.add_head_count_kv(config["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+        w.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        # A byte-level vocabulary of the model's size (transformers reads vocab_size from it):
+        # the first 100 characters of GPT-2's byte alphabet, no merges.
+        alphabet = [chr(c) for c in range(ord("!"), ord("~") + 1)] + [chr(c) for c in range(0xA1, 0xAD)]
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list(alphabet[:config["vocab_size"]])
+        w.add_token_types([1] * config["vocab_size"])
+        w.add_token_merges([])
+        for name, value in load_file(str(d / "model.safetensors")).items():
+            if name.startswith("model.layers."):
+                layer, rest = name[len("model.layers."):].split(".", 1)
+                gname = f"blk.{layer}.{parts[rest]}"
+            else:
+                gname = names[name]
+            w.add_tensor(gname, value.astype(np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        if arch == "qwen3":
+            # transformers' GGUF config mapping for qwen3 ignores attention.key_length (it
+            # assumes head_dim 128), so it cannot read this tiny file back; its tensor names
+            # are the ones it maps (it reports only their sizes as mismatched).
+            print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
+            continue
+        ref = json.loads((d / "reference.json").read_text())
+        back = AutoModelForCausalLM.from_pretrained(OUT, gguf_file=path.name, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits = back(input_ids=torch.tensor(INPUT_IDS), attention_mask=torch.tensor(MASK)).logits
+        diff = max(abs(a - b) for r1, r2 in zip(rows(logits), ref["logits"]) for t1, t2 in zip(r1, r2)
+                   for a, b in zip(t1, t2))
+        print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB, transformers reads it back "
+              f"within {diff:.1e} of the reference logits")
+
+
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "gguf": gguf_files}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -297,7 +297,7 @@ pub struct GgufModel {
 type Shaped = (Vec<usize>, Vec<f32>);
 
 /// The architectures (`general.architecture`) hone maps onto its families.
-pub const ARCHITECTURES: &str = "llama, gemma3";
+pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma3";
 
 /// A GGUF file as one of hone's model families.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
@@ -308,7 +308,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
         .unwrap_or_default()
         .to_owned();
     let (backbone, config) = match arch.as_str() {
-        "llama" => load_llama(&g, device)?,
+        "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device)?,
         "gemma3" => load_gemma3(&g, device)?,
         _ => {
             return Err(ModelError::UnknownArchitecture {
@@ -411,26 +411,37 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
     a
 }
 
-/// A `llama` GGUF: llama.cpp stores q and k rows interleaved for its rotary layout; they are
-/// put back in HF's half-split order.
-fn load_llama(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+/// A GGUF of a Llama-architecture family (`llama`, `qwen2`, `qwen3`). llama.cpp stores a
+/// `llama` model's q and k rows interleaved for its rotary layout; they are put back in HF's
+/// half-split order. Qwen's are stored as HF has them.
+fn load_llama(
+    g: &Gguf,
+    arch: &str,
+    device: &Device,
+) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
-    let heads = g.int("llama", "attention.head_count")?;
-    let kv_heads = g.int("llama", "attention.head_count_kv").unwrap_or(heads);
+    let heads = g.int(arch, "attention.head_count")?;
+    let kv_heads = g.int(arch, "attention.head_count_kv").unwrap_or(heads);
     let (vocab, tied) = g.vocab_and_tied()?;
+    let class = match arch {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    };
     let config = merge(
         serde_json::json!({
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
+            "model_type": arch,
+            "architectures": [class],
             "vocab_size": vocab,
-            "hidden_size": g.int("llama", "embedding_length")?,
-            "intermediate_size": g.int("llama", "feed_forward_length")?,
-            "num_hidden_layers": g.int("llama", "block_count")?,
+            "hidden_size": g.int(arch, "embedding_length")?,
+            "intermediate_size": g.int(arch, "feed_forward_length")?,
+            "num_hidden_layers": g.int(arch, "block_count")?,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
-            "max_position_embeddings": g.int("llama", "context_length")?,
-            "rms_norm_eps": g.float("llama", "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            "rope_theta": g.float("llama", "rope.freq_base").unwrap_or(10_000.0),
+            "head_dim": g.int(arch, "attention.key_length").ok(),
+            "max_position_embeddings": g.int(arch, "context_length")?,
+            "rms_norm_eps": g.float(arch, "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            "rope_theta": g.float(arch, "rope.freq_base").unwrap_or(10_000.0),
             "tie_word_embeddings": tied,
         }),
         g.special_ids(),
@@ -446,8 +457,11 @@ fn load_llama(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value)
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tensors = g.hf_tensors("llama", llama_name, |name, shape, values| {
-        if name.ends_with("attn_q.weight") {
+    let permuted = arch == "llama";
+    let tensors = g.hf_tensors(arch, llama_name, |name, shape, values| {
+        if !permuted {
+            values
+        } else if name.ends_with("attn_q.weight") {
             unpermute_rows(&values, shape[0], shape[1], heads)
         } else if name.ends_with("attn_k.weight") {
             unpermute_rows(&values, shape[0], shape[1], kv_heads)
@@ -556,6 +570,12 @@ fn llama_name(gguf: &str) -> Option<String> {
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        // Qwen2's q/k/v biases, Qwen3's per-head norms.
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",

@@ -44,7 +44,13 @@ pub fn build(g: &Gguf) -> Result<Option<Tokenizer>, ModelError> {
             .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+    // A vocabulary without merges (the GGUF writer drops an empty list) splits into its
+    // single tokens.
+    let merges = match g.meta("tokenizer.ggml.merges") {
+        Some(_) => strings("tokenizer.ggml.merges")?,
+        None => Vec::new(),
+    };
+    let merges: Vec<(String, String)> = merges
         .into_iter()
         .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
         .collect();

@@ -67,6 +67,13 @@ fn max_diff_on_tokens(got: &[f32], want: &[f32], mask: &[Vec<i64>], width: usize
 fn decoder_parity(name: &str) {
     let device = Device::flex();
     let model = load_hf_dir(&fixture(name), &device).unwrap();
+    decoder_matches(name, model);
+}
+
+/// `model` gives fixture `name`'s reference hidden states and logits, and saving and loading it
+/// again changes neither.
+fn decoder_matches(name: &str, model: hone::model::HfModel) {
+    let device = Device::flex();
     assert!(
         model.unused_weights.is_empty(),
         "unused weights: {:?}",
@@ -139,6 +146,19 @@ fn llama_families_and_rotary_scalings_match_transformers() {
         "gemma3",
     ] {
         decoder_parity(name);
+    }
+}
+
+/// The qwen2 and qwen3 fixtures written as GGUF files in llama.cpp's layout (q and k as HF has
+/// them, biases and per-head norms under llama.cpp's names; transformers reads qwen2.gguf back
+/// exactly): hone reads them to the same outputs as the HF directories.
+#[test]
+fn qwen_gguf_files_match_their_hf_checkpoints() {
+    for arch in ["qwen2", "qwen3"] {
+        let path = fixture(&format!("{arch}.gguf"));
+        let model = hone::model::load(&path, &Device::flex()).unwrap();
+        assert_eq!(model.config["model_type"], arch);
+        decoder_matches(arch, model);
     }
 }
 
