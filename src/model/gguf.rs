@@ -438,7 +438,6 @@ fn load_llama(
             "num_hidden_layers": g.int(arch, "block_count")?,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
-            "head_dim": g.int(arch, "attention.key_length").ok(),
             "max_position_embeddings": g.int(arch, "context_length")?,
             "rms_norm_eps": g.float(arch, "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             "rope_theta": g.float(arch, "rope.freq_base").unwrap_or(10_000.0),
@@ -446,6 +445,17 @@ fn load_llama(
         }),
         g.special_ids(),
     );
+    // An explicit head size only where it is not hidden / heads (Qwen3's can differ), so the
+    // config of every other model stays as it was (it is saved with each model trained from it).
+    let mut config = config;
+    if let Ok(head_dim) = g.int(arch, "attention.key_length")
+        && Some(head_dim)
+            != config["hidden_size"]
+                .as_u64()
+                .map(|d| d as usize / heads.max(1))
+    {
+        config["head_dim"] = head_dim.into();
+    }
     let cfg: LlamaConfig =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
             path: path.to_path_buf(),
