@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         &hf.model.backbone,
         &tokenizer,
         &hf.config,
-        hf.chat_template.as_deref(),
+        hf.chat_template.as_ref(),
         &PromptTemplate::default(),
         256,
     );

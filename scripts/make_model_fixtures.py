@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -191,6 +191,36 @@ def families() -> None:
     (OUT / name / "reference.json").write_text(json.dumps(ref))
 
 
+def windows() -> None:
+    """Families whose attention is windowed or capped, windows shorter than the batch so they
+    act: Mistral (every layer through a window of 3), Gemma 2 (soft-capped attention and
+    logits, every other layer through a window of 4, no q/k norms), and a multimodal Gemma 3
+    checkpoint (`Gemma3ForConditionalGeneration`, a tiny vision tower) whose text decoder hone
+    runs: the reference is its logits on text alone."""
+    from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration,
+                              Gemma3TextConfig, MistralConfig, MistralForCausalLM, SiglipVisionConfig)
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=64)
+    text = dict(shape, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=24, sliding_window=4)
+    models = {
+        "mistral-window": MistralForCausalLM(MistralConfig(**shape, sliding_window=3, tie_word_embeddings=False)),
+        "gemma2": Gemma2ForCausalLM(Gemma2Config(**text, attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
+        "gemma3-multimodal": Gemma3ForConditionalGeneration(Gemma3Config(
+            text_config=Gemma3TextConfig(**text).to_dict(),
+            vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=28, patch_size=14).to_dict(),
+            mm_tokens_per_image=4)),
+    }
+    for name, model in models.items():
+        torch.manual_seed(3)
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+
 def gguf_files() -> None:
     """The qwen2 and qwen3 fixtures as GGUF files in llama.cpp's layout (F32 tensors, so the
     HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf` beside their directories. The
@@ -260,8 +290,63 @@ def gguf_files() -> None:
               f"within {diff:.1e} of the reference logits")
 
 
+def spm() -> None:
+    """A SentencePiece (`tokenizer.ggml.model = llama`) vocabulary in a tensor-less GGUF,
+    `spm-llama.gguf`, learned from the car texts: byte tokens, a control token and a
+    user-defined one; and `spm-llama.json`, the ids transformers cuts texts into when it reads
+    the tokenizer from that file, and what it decodes them back to."""
+    import gguf
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import AutoTokenizer
+
+    corpus = []
+    for f in sorted((ROOT / "data" / "cars").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            corpus.extend(v for v in json.loads(line).values() if isinstance(v, str))
+    learner = SentencePieceBPETokenizer()
+    learner.train_from_iterator(corpus, vocab_size=600, min_frequency=2, show_progress=False)
+    learned = sorted(learner.get_vocab().items(), key=lambda kv: kv[1])
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["<|user|>", "<think>"]
+    types = [2, 3, 3] + [6] * 256 + [3, 4]
+    scores = [0.0] * len(tokens)
+    for rank, (piece, _) in enumerate(learned):
+        if piece not in tokens:
+            tokens.append(piece)
+            types.append(1)
+            scores.append(-float(rank))
+    path = OUT / "spm-llama.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_block_count(1)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = AutoTokenizer.from_pretrained(OUT, gguf_file=path.name)
+    texts = ["The radiator keeps the engine cool.", "  spaces  before, between   and after  ",
+             "<|user|> asks <think>why</think>?", "Zebra quagga: ünïcödé 中文 🚗", "line one\nline two\n", ""]
+    cases = []
+    for text in texts:
+        ids = tok(text).input_ids
+        cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True)})
+    (OUT / "spm-llama.json").write_text(json.dumps({"cases": cases}, indent=1, ensure_ascii=False))
+    print(f"{path.relative_to(ROOT)}: {len(tokens)} tokens, {path.stat().st_size / 1024:.0f} KiB")
+
+
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "gguf": gguf_files}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

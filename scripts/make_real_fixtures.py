@@ -8,6 +8,9 @@ as small JSON fixtures for the Rust tests:
   token ids and 24 greedy new tokens from transformers loading the same GGUF file hone loads.
 - tests/fixtures/gemma3_greedy.json: for three raw prompts, their token ids (with BOS, as the
   GGUF asks) and 16 greedy new tokens from transformers loading Gemma 3 270M's Q4_K_M GGUF.
+- tests/fixtures/gemma3_tokenizer.json: the token ids of texts that exercise its SentencePiece
+  vocabulary (space runs, newlines, chat markers, HTML tags, scripts, byte fallback), as
+  transformers builds the tokenizer from the same GGUF.
 
 Run by hand: pip install torch transformers sentence-transformers gguf; python3 scripts/make_real_fixtures.py
 """
@@ -87,8 +90,39 @@ def gemma3() -> None:
     (OUT / "gemma3_greedy.json").write_text(json.dumps({"gguf": gguf, "cases": cases}, indent=1))
 
 
+# Texts that exercise a SentencePiece vocabulary: spaces at either end and in runs, newlines,
+# chat markers, HTML tags (Gemma's user-defined tokens), scripts and emoji, characters only
+# byte fallback can spell, and nothing at all.
+TOKENIZER_TEXTS = [
+    "The capital of France is",
+    "  two leading spaces and  two inside,   three at the end   ",
+    "lines\n\nwith\n\n\nblank ones\n",
+    "<start_of_turn>user\nWhat does a radiator do?<end_of_turn>\n<start_of_turn>model\n",
+    "<table><tr><td>cell</td></tr></table> <b>bold</b>",
+    "Tabs\tand\r\nCRLF; numbers 1234567890 and 3.14159",
+    "ünïcödé, 中文, العربية, русский, emoji 🚗💨🧿",
+    "rare: \U0001D518\U0001D52B\U0001D526 \u2603\ufe0f \x00\x07",
+    "fn main() { println!(\"hi\"); }",
+    " ",
+    "",
+]
+
+
+def gemma3_tokens() -> None:
+    """tests/fixtures/gemma3_tokenizer.json: the ids transformers gives each text (BOS added as
+    the GGUF asks), and the text it decodes them back to."""
+    gguf = "gemma-3-270m-q4_k_m.gguf"
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=gguf)
+    cases = []
+    for text in TOKENIZER_TEXTS:
+        ids = tok(text).input_ids
+        cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True)})
+        print(repr(text), "->", len(ids), "tokens")
+    (OUT / "gemma3_tokenizer.json").write_text(json.dumps({"gguf": gguf, "cases": cases}, indent=1, ensure_ascii=False))
+
+
 if __name__ == "__main__":
     import sys
-    parts = {"main": main, "gemma3": gemma3}
+    parts = {"main": main, "gemma3": gemma3, "gemma3_tokens": gemma3_tokens}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

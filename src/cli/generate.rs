@@ -52,7 +52,7 @@ pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
     let Some(tokenizer) = &model.tokenizer else {
         // A GGUF carries its tokenizer in its metadata; an HF directory in tokenizer.json.
         let missing = if at.path.extension().is_some_and(|e| e == "gguf") {
-            "hone cannot rebuild this GGUF's tokenizer yet (only `gpt2` BPE vocabularies)"
+            "hone cannot rebuild this GGUF's kind of tokenizer (it rebuilds gpt2 byte-level BPE and llama SentencePiece vocabularies)"
         } else {
             "the directory has no tokenizer.json"
         };
@@ -73,7 +73,7 @@ pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
     let format = at
         .template
         .as_ref()
-        .map(|t| crate::stages::conversation::Format::new(t, model.chat_template.as_deref()));
+        .map(|t| crate::stages::conversation::Format::new(t, model.chat_template.as_ref()));
     let template = model.chat();
     let mut prompts = Vec::new();
     for p in &args.prompt {
@@ -83,9 +83,11 @@ pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
         }
         messages.push(Message::new("user", p));
         let ids = match &format {
-            _ if args.raw => encode(tokenizer, p)?,
+            // A raw prompt starts as the tokenizer starts any text (BOS where the model's
+            // tokenizer adds one), as llama.cpp and transformers do.
+            _ if args.raw => encode(tokenizer, p, true)?,
             Some(f) => f.encode_conversation_prompt(tokenizer, &messages)?,
-            None => encode(tokenizer, &template.render(&messages, true)?)?,
+            None => encode(tokenizer, &template.render(&messages, true)?, false)?,
         };
         prompts.push(ids);
     }
@@ -110,9 +112,9 @@ pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn encode(tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
+fn encode(tokenizer: &tokenizers::Tokenizer, text: &str, specials: bool) -> Result<Vec<u32>> {
     Ok(tokenizer
-        .encode(text, false)
+        .encode(text, specials)
         .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
         .get_ids()
         .to_vec())

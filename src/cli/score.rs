@@ -53,7 +53,7 @@ pub fn run(args: &ScoreArgs, store: Option<&Path>) -> Result<ExitCode> {
         &loaded.model.backbone,
         tokenizer,
         &loaded.config,
-        loaded.chat_template.as_deref(),
+        loaded.chat_template.as_ref(),
         &template,
         args.max_length,
     );

@@ -22,6 +22,15 @@ impl Message {
 /// ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt `<|im_start|>assistant\n`.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turns (`<start_of_turn>user ... <end_of_turn>`, the assistant called `model`, a
+/// system message put before the first user turn), for Gemma checkpoints that ship no
+/// template (the GGUF of Gemma 3 270M has none): the format the model was tuned on, not ChatML.
+pub const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// The markers that end a turn in the chat formats people use (ChatML, Gemma, Llama 3, Phi-3),
+/// searched for in a template to know where a generated answer ends.
+pub const TURN_ENDS: [&str; 4] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"];
+
 /// Why a chat template cannot turn messages into a prompt: the template does not parse, or
 /// rendering it fails (a `raise_exception` in the template, a method it cannot call).
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,18 @@ impl ChatTemplate {
         }
     }
 
+    /// The text that ends an assistant turn in this template: a known end-of-turn marker it
+    /// writes, else its EOS token when it writes that, else ChatML's.
+    pub fn end_of_turn(&self) -> String {
+        if let Some(end) = TURN_ENDS.iter().find(|e| self.source.contains(*e)) {
+            return (*end).to_owned();
+        }
+        if self.source.contains("eos_token") && !self.eos_token.is_empty() {
+            return self.eos_token.clone();
+        }
+        "<|im_end|>".to_owned()
+    }
+
     pub fn render(
         &self,
         messages: &[Message],
@@ -113,6 +134,30 @@ mod tests {
             text,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn gemma_turns_match_the_reference_format_and_name_their_end() {
+        let t = ChatTemplate::new(GEMMA, "<bos>", "<eos>");
+        let text = t
+            .render(
+                &[
+                    Message::new("system", "Be brief."),
+                    Message::new("user", " Hi "),
+                    Message::new("assistant", "Hello."),
+                    Message::new("user", "Bye"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(t.end_of_turn(), "<end_of_turn>");
+        assert_eq!(ChatTemplate::chatml().end_of_turn(), "<|im_end|>");
+        let llama2 = ChatTemplate::new("{{ m }}{{ eos_token }}", "<s>", "</s>");
+        assert_eq!(llama2.end_of_turn(), "</s>");
     }
 
     #[test]

@@ -1,11 +1,17 @@
-//! Gemma 3 text decoders (`gemma3_text`: Gemma 3 270M and 1B, the text part of the larger
-//! ones): embeddings scaled by sqrt(hidden), RMSNorm scaled by (1 + w), four norms a layer
-//! (before and after attention, before and after the MLP), per-head q/k norms, GeGLU with the
-//! tanh GELU, attention scaled by `query_pre_attn_scalar`^-1/2, and layers of two kinds:
-//! `sliding_attention` (a window of `sliding_window` tokens, its own rotary base) and
-//! `full_attention`. Config and weights as transformers names them (`Gemma3TextConfig`,
-//! `Gemma3ForCausalLM`); both transformers 4's flat rope settings and 5's per-layer-type
-//! `rope_parameters` are read.
+//! Gemma decoders, 2 and 3 (`gemma3_text`: Gemma 3 270M and 1B, the text part of the larger
+//! ones; `gemma2`): embeddings scaled by sqrt(hidden), RMSNorm scaled by (1 + w), four norms a
+//! layer (before and after attention, before and after the MLP), GeGLU with the tanh GELU,
+//! attention scaled by `query_pre_attn_scalar`^-1/2, and layers of two kinds:
+//! `sliding_attention` (a window of `sliding_window` tokens) and `full_attention`. The two
+//! generations differ in three places, as in transformers:
+//! - Gemma 3 normalises each head of q and k (`q_norm`, `k_norm`) and gives sliding layers a
+//!   rotary base of their own; every sixth layer is a full one by default;
+//! - Gemma 2 soft-caps attention scores and final logits (`tanh(x / cap) * cap`), one rotary
+//!   base for all layers, every other layer a full one by default.
+//!
+//! Config and weights as transformers names them (`Gemma3TextConfig`, `Gemma2Config`,
+//! `*ForCausalLM`); both transformers 4's flat rope settings and 5's `rope_parameters` (per
+//! layer type for Gemma 3) are read.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
@@ -14,15 +20,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
-    KvCache, Proj, attend, causal_inputs, merge_heads, named_projections, repeat_kv, rms_normalize,
-    rows_at, split_heads, write_projections,
+    KvCache, Proj, attend_capped, causal_inputs, merge_heads, named_projections, repeat_kv,
+    rms_normalize, rows_at, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
-/// The fields of HF's `Gemma3TextConfig` that shape the network.
+/// The fields of HF's `Gemma3TextConfig` / `Gemma2Config` that shape the network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gemma3Config {
+    /// `gemma3_text` or `gemma2` (module docs); Gemma 3 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -40,9 +49,10 @@ pub struct Gemma3Config {
     /// `sliding_attention` or `full_attention` per layer (transformers 5; else the pattern).
     #[serde(default)]
     pub layer_types: Option<Vec<String>>,
-    /// transformers 4: every `sliding_window_pattern`-th layer is a full one.
-    #[serde(default = "default_pattern")]
-    pub sliding_window_pattern: usize,
+    /// transformers 4: every `sliding_window_pattern`-th layer is a full one (6 for Gemma 3,
+    /// 2 for Gemma 2 when absent).
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
     #[serde(default)]
     pub rope_parameters: Option<Value>,
     #[serde(default)]
@@ -71,14 +81,51 @@ fn default_head_dim() -> usize {
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_pattern() -> usize {
-    6
-}
 fn default_true() -> bool {
     true
 }
 fn default_max_pos() -> usize {
     131_072
+}
+
+/// The `config.json` of the text decoder of a multimodal Gemma 3 checkpoint (`model_type:
+/// gemma3`, `Gemma3ForConditionalGeneration`): its `text_config`, with `Gemma3TextConfig`'s
+/// defaults for what it leaves out (released checkpoints give only a few fields) and the
+/// special token ids of the whole. hone trains and saves that decoder as `gemma3_text`.
+pub fn text_config(multimodal: &Value) -> Value {
+    let mut text = json!({
+        "model_type": "gemma3_text",
+        "vocab_size": 262_208,
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "query_pre_attn_scalar": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131_072,
+        "rms_norm_eps": 1e-6,
+        "sliding_window": 4096,
+        "tie_word_embeddings": true,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    });
+    let fields = text.as_object_mut().expect("an object");
+    for key in ["pad_token_id", "eos_token_id", "bos_token_id"] {
+        if let Some(v) = multimodal.get(key).filter(|v| !v.is_null()) {
+            fields.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(given) = multimodal.get("text_config").and_then(Value::as_object) {
+        for (k, v) in given {
+            fields.insert(k.clone(), v.clone());
+        }
+    }
+    fields.insert("model_type".into(), "gemma3_text".into());
+    fields.insert("architectures".into(), json!(["Gemma3ForCausalLM"]));
+    text
 }
 
 /// A Gemma 3 config hone cannot run.
@@ -94,11 +141,21 @@ pub enum Gemma3ConfigError {
         "attention heads must be at least 1 and a multiple of num_key_value_heads, head_dim even"
     )]
     Heads,
-    #[error("{0} is not supported yet (Gemma 2's soft-capping, bidirectional attention)")]
+    #[error("{0} is not supported yet (bidirectional attention)")]
     Unsupported(&'static str),
 }
 
 impl Gemma3Config {
+    /// Gemma 2 (`model_type: gemma2`) rather than Gemma 3.
+    pub fn is_gemma2(&self) -> bool {
+        self.model_type.as_deref() == Some("gemma2")
+    }
+
+    /// Whether each head of q and k is normalised before the rotation (Gemma 3).
+    pub fn qk_norm(&self) -> bool {
+        !self.is_gemma2()
+    }
+
     /// Whether each layer attends through a sliding window.
     pub fn sliding_layers(&self) -> Result<Vec<bool>, Gemma3ConfigError> {
         match &self.layer_types {
@@ -118,16 +175,36 @@ impl Gemma3Config {
                     })
                     .collect()
             }
-            None => Ok((0..self.num_hidden_layers)
-                .map(|i| !(i + 1).is_multiple_of(self.sliding_window_pattern.max(1)))
-                .collect()),
+            None => {
+                let default = if self.is_gemma2() { 2 } else { 6 };
+                let pattern = self.sliding_window_pattern.unwrap_or(default).max(1);
+                Ok((0..self.num_hidden_layers)
+                    .map(|i| !(i + 1).is_multiple_of(pattern))
+                    .collect())
+            }
         }
     }
 
     /// Rotary base and scaling of each layer kind, `(full, sliding)`: transformers 5 keeps
     /// them per layer type in `rope_parameters`; 4 has `rope_theta` and `rope_scaling` for the
-    /// full layers and `rope_local_base_freq` for the sliding ones.
+    /// full layers and `rope_local_base_freq` for the sliding ones. Gemma 2 has one of each for
+    /// all layers (flat in `rope_parameters`, or `rope_theta`).
     pub fn rope(&self) -> Result<[(f64, RopeScaling); 2], RopeError> {
+        if self.is_gemma2() {
+            let theta = self
+                .rope_parameters
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .or(self.rope_theta)
+                .unwrap_or(10_000.0);
+            let scaling = RopeScaling::from_config(&json!({
+                "rope_parameters": self.rope_parameters,
+                "rope_scaling": self.rope_scaling,
+                "max_position_embeddings": self.max_position_embeddings,
+            }))?;
+            return Ok([(theta, scaling.clone()), (theta, scaling)]);
+        }
         let of = |kind: &str, theta: Option<f64>, scaling: Option<&Value>, default: f64| {
             let params = self.rope_parameters.as_ref().and_then(|p| p.get(kind));
             let theta = params
@@ -164,9 +241,6 @@ impl Gemma3Config {
         let (h, kv) = (self.num_attention_heads, self.num_key_value_heads);
         if h == 0 || kv == 0 || !h.is_multiple_of(kv) || !self.head_dim.is_multiple_of(2) {
             return Err(Gemma3ConfigError::Heads);
-        }
-        if self.attn_logit_softcapping.is_some() {
-            return Err(Gemma3ConfigError::Unsupported("attn_logit_softcapping"));
         }
         if self.use_bidirectional_attention == Some(true) {
             return Err(Gemma3ConfigError::Unsupported(
@@ -206,8 +280,9 @@ pub struct Gemma3Layer {
     pub k_proj: Proj,
     pub v_proj: Proj,
     pub o_proj: Proj,
-    pub q_norm: GemmaNorm,
-    pub k_norm: GemmaNorm,
+    /// Gemma 3's per-head norms (none in Gemma 2).
+    pub q_norm: Option<GemmaNorm>,
+    pub k_norm: Option<GemmaNorm>,
     pub post_attention_layernorm: GemmaNorm,
     pub pre_feedforward_layernorm: GemmaNorm,
     pub gate_proj: Proj,
@@ -221,6 +296,8 @@ pub struct Gemma3Layer {
     /// What queries are multiplied by so that `attend`'s 1/sqrt(head_dim) makes the scaling
     /// `query_pre_attn_scalar`^-1/2 (1 when they agree, as in every released Gemma 3).
     pub query_factor: f64,
+    /// Gemma 2's cap on attention scores.
+    pub softcap: Option<f64>,
 }
 
 impl Gemma3Layer {
@@ -233,18 +310,24 @@ impl Gemma3Layer {
     ) -> Tensor<3> {
         let (cos, sin) = rope;
         let h = self.input_layernorm.forward(x.clone());
-        let q = self
-            .q_norm
-            .forward(split_heads(self.q_proj.forward(h.clone()), self.n_heads));
+        let norm = |t: Tensor<4>, n: &Option<GemmaNorm>| match n {
+            Some(n) => n.forward(t),
+            None => t,
+        };
+        let q = norm(
+            split_heads(self.q_proj.forward(h.clone()), self.n_heads),
+            &self.q_norm,
+        );
         let q = super::layers::apply_rope(q, cos, sin);
         let q = if self.query_factor == 1.0 {
             q
         } else {
             q.mul_scalar(self.query_factor)
         };
-        let k = self
-            .k_norm
-            .forward(split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads));
+        let k = norm(
+            split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads),
+            &self.k_norm,
+        );
         let k = super::layers::apply_rope(k, cos, sin);
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
         let (k, v) = match cache {
@@ -256,7 +339,7 @@ impl Gemma3Layer {
             None => mask,
         };
         let rep = self.n_heads / self.n_kv_heads;
-        let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
+        let a = attend_capped(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, self.softcap);
         let a = self
             .post_attention_layernorm
             .forward(self.o_proj.forward(merge_heads(a)));
@@ -266,31 +349,6 @@ impl Gemma3Layer {
         x + self
             .post_feedforward_layernorm
             .forward(self.down_proj.forward(m))
-    }
-}
-
-/// `mask` (true where a query may not see a key) with the keys `window` or more positions
-/// before each query also hidden. The `s` queries are the last of the `t` keys; positions
-/// count in the padded sequence, as transformers counts them for sliding windows.
-fn window_mask(
-    mask: Option<Tensor<4, Bool>>,
-    s: usize,
-    t: usize,
-    window: usize,
-    device: &Device,
-) -> Tensor<4, Bool> {
-    let offset = t - s;
-    let far: Vec<bool> = (0..s)
-        .flat_map(|i| (0..t).map(move |j| (offset + i).saturating_sub(j) >= window))
-        .collect();
-    let far =
-        Tensor::<4, Bool>::from_data(burn::tensor::TensorData::new(far, [1, 1, s, t]), device);
-    match mask {
-        Some(m) => {
-            let [b, h, ..] = m.dims();
-            m.bool_or(far.expand([b, h, s, t]))
-        }
-        None => far,
     }
 }
 
@@ -348,8 +406,8 @@ impl Gemma3 {
                 k_proj: Proj::init(d, kv * hd, bias, std, device),
                 v_proj: Proj::init(d, kv * hd, bias, std, device),
                 o_proj: Proj::init(h * hd, d, bias, std, device),
-                q_norm: GemmaNorm::init(hd, eps, device),
-                k_norm: GemmaNorm::init(hd, eps, device),
+                q_norm: config.qk_norm().then(|| GemmaNorm::init(hd, eps, device)),
+                k_norm: config.qk_norm().then(|| GemmaNorm::init(hd, eps, device)),
                 post_attention_layernorm: GemmaNorm::init(d, eps, device),
                 pre_feedforward_layernorm: GemmaNorm::init(d, eps, device),
                 gate_proj: Proj::init(d, inner, false, std, device),
@@ -360,6 +418,7 @@ impl Gemma3 {
                 n_kv_heads: kv,
                 window,
                 query_factor,
+                softcap: config.attn_logit_softcapping,
             })
             .collect();
         Ok(Gemma3 {
@@ -420,8 +479,14 @@ impl Gemma3 {
                 k_proj: lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?,
                 v_proj: lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?,
                 o_proj: lin(w, &format!("{p}.self_attn.o_proj"), h * hd, d, bias)?,
-                q_norm: norm(w, &format!("{p}.self_attn.q_norm.weight"), hd)?,
-                k_norm: norm(w, &format!("{p}.self_attn.k_norm.weight"), hd)?,
+                q_norm: match config.qk_norm() {
+                    true => Some(norm(w, &format!("{p}.self_attn.q_norm.weight"), hd)?),
+                    false => None,
+                },
+                k_norm: match config.qk_norm() {
+                    true => Some(norm(w, &format!("{p}.self_attn.k_norm.weight"), hd)?),
+                    false => None,
+                },
                 post_attention_layernorm: norm(
                     w,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -444,6 +509,7 @@ impl Gemma3 {
                 n_kv_heads: kv,
                 window,
                 query_factor,
+                softcap: config.attn_logit_softcapping,
             });
         }
         let embed = w.take("embed_tokens.weight", [config.vocab_size, d])?;
@@ -472,14 +538,25 @@ impl Gemma3 {
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             for (name, n) in [
-                ("input_layernorm", &l.input_layernorm),
-                ("self_attn.q_norm", &l.q_norm),
-                ("self_attn.k_norm", &l.k_norm),
-                ("post_attention_layernorm", &l.post_attention_layernorm),
-                ("pre_feedforward_layernorm", &l.pre_feedforward_layernorm),
-                ("post_feedforward_layernorm", &l.post_feedforward_layernorm),
+                ("input_layernorm", Some(&l.input_layernorm)),
+                ("self_attn.q_norm", l.q_norm.as_ref()),
+                ("self_attn.k_norm", l.k_norm.as_ref()),
+                (
+                    "post_attention_layernorm",
+                    Some(&l.post_attention_layernorm),
+                ),
+                (
+                    "pre_feedforward_layernorm",
+                    Some(&l.pre_feedforward_layernorm),
+                ),
+                (
+                    "post_feedforward_layernorm",
+                    Some(&l.post_feedforward_layernorm),
+                ),
             ] {
-                w.put(format!("{p}.{name}.weight"), n.weight.val());
+                if let Some(n) = n {
+                    w.put(format!("{p}.{name}.weight"), n.weight.val());
+                }
             }
             write_projections(w, named_projections(i, l.projections()));
         }

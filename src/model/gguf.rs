@@ -297,7 +297,7 @@ pub struct GgufModel {
 type Shaped = (Vec<usize>, Vec<f32>);
 
 /// The architectures (`general.architecture`) hone maps onto its families.
-pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma3";
+pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3";
 
 /// A GGUF file as one of hone's model families.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
@@ -309,7 +309,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
         .to_owned();
     let (backbone, config) = match arch.as_str() {
         "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device)?,
-        "gemma3" => load_gemma3(&g, device)?,
+        "gemma2" | "gemma3" => load_gemma(&g, &arch, device)?,
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
@@ -484,45 +484,56 @@ fn load_llama(
     Ok((Backbone::Llama(model), config))
 }
 
-/// A `gemma3` GGUF (text): llama.cpp stores every norm weight plus 1 (Gemma's norms scale by
-/// 1 + w), takes q and k as they are (Gemma's rotary layout is HF's), makes every sixth layer a
-/// full-attention one, gives the sliding ones a rotary base of 10000, and scales attention by
-/// the head size.
-fn load_gemma3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+/// A `gemma3` or `gemma2` GGUF (text): llama.cpp stores every norm weight plus 1 (Gemma's
+/// norms scale by 1 + w), takes q and k as they are (Gemma's rotary layout is HF's) and scales
+/// attention by the head size. Gemma 3: every sixth layer a full-attention one, the sliding
+/// ones with a rotary base of 10000. Gemma 2: every other layer, one rotary base, soft-capped
+/// attention scores and logits.
+fn load_gemma(
+    g: &Gguf,
+    arch: &str,
+    device: &Device,
+) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
-    let head_dim = g.int("gemma3", "attention.key_length")?;
+    let gemma2 = arch == "gemma2";
+    let head_dim = g.int(arch, "attention.key_length")?;
     let (vocab, tied) = g.vocab_and_tied()?;
     let scaling = g
-        .meta("gemma3.rope.scaling.type")
+        .meta(&format!("{arch}.rope.scaling.type"))
         .and_then(Meta::as_str)
         .filter(|t| *t != "none")
-        .map(|t| {
-            serde_json::json!({ "rope_type": t, "factor": g.float("gemma3", "rope.scaling.factor") })
-        });
+        .map(|t| serde_json::json!({ "rope_type": t, "factor": g.float(arch, "rope.scaling.factor") }));
     let config = merge(
         serde_json::json!({
-            "model_type": "gemma3_text",
-            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": if gemma2 { "gemma2" } else { "gemma3_text" },
+            "architectures": [if gemma2 { "Gemma2ForCausalLM" } else { "Gemma3ForCausalLM" }],
             "vocab_size": vocab,
-            "hidden_size": g.int("gemma3", "embedding_length")?,
-            "intermediate_size": g.int("gemma3", "feed_forward_length")?,
-            "num_hidden_layers": g.int("gemma3", "block_count")?,
-            "num_attention_heads": g.int("gemma3", "attention.head_count")?,
-            "num_key_value_heads": g.int("gemma3", "attention.head_count_kv")?,
+            "hidden_size": g.int(arch, "embedding_length")?,
+            "intermediate_size": g.int(arch, "feed_forward_length")?,
+            "num_hidden_layers": g.int(arch, "block_count")?,
+            "num_attention_heads": g.int(arch, "attention.head_count")?,
+            "num_key_value_heads": g.int(arch, "attention.head_count_kv")?,
             "head_dim": head_dim,
             "query_pre_attn_scalar": head_dim,
-            "max_position_embeddings": g.int("gemma3", "context_length")?,
-            "rms_norm_eps": g.float("gemma3", "attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            "rope_theta": g.float("gemma3", "rope.freq_base").unwrap_or(1_000_000.0),
-            "rope_local_base_freq": 10_000.0,
+            "max_position_embeddings": g.int(arch, "context_length")?,
+            "rms_norm_eps": g.float(arch, "attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            "rope_theta": g.float(arch, "rope.freq_base")
+                .unwrap_or(if gemma2 { 10_000.0 } else { 1_000_000.0 }),
             "rope_scaling": scaling,
-            "sliding_window": g.int("gemma3", "attention.sliding_window").ok(),
-            "sliding_window_pattern": 6,
+            "sliding_window": g.int(arch, "attention.sliding_window").ok(),
+            "sliding_window_pattern": if gemma2 { 2 } else { 6 },
             "tie_word_embeddings": tied,
             "hidden_activation": "gelu_pytorch_tanh",
         }),
         g.special_ids(),
     );
+    let mut config = config;
+    if gemma2 {
+        config["attn_logit_softcapping"] = g.float(arch, "attn_logit_softcapping").into();
+        config["final_logit_softcapping"] = g.float(arch, "final_logit_softcapping").into();
+    } else {
+        config["rope_local_base_freq"] = 10_000.0.into();
+    }
     let cfg: Gemma3Config =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
             path: path.to_path_buf(),
@@ -532,7 +543,7 @@ fn load_gemma3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tensors = g.hf_tensors("gemma3", gemma3_name, |name, _, values| {
+    let tensors = g.hf_tensors(arch, gemma_name, |name, _, values| {
         if name.ends_with("norm.weight") {
             values.into_iter().map(|w| w - 1.0).collect()
         } else {
@@ -544,8 +555,8 @@ fn load_gemma3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value
     Ok((Backbone::Gemma3(model), config))
 }
 
-/// llama.cpp's names of a Gemma 3 layer's tensors -> HF's.
-fn gemma3_name(gguf: &str) -> Option<String> {
+/// llama.cpp's names of a Gemma 2 or 3 layer's tensors -> HF's.
+fn gemma_name(gguf: &str) -> Option<String> {
     let Some(rest) = gguf.strip_prefix("blk.") else {
         return llama_name(gguf);
     };

@@ -174,13 +174,52 @@ pub fn attend(
     v: Tensor<4>,
     mask: Option<Tensor<4, Bool>>,
 ) -> Tensor<4> {
+    attend_capped(q, k, v, mask, None)
+}
+
+/// [`attend`] with the scores soft-capped first, `tanh(s / cap) * cap` (Gemma 2).
+pub fn attend_capped(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    softcap: Option<f64>,
+) -> Tensor<4> {
     let d = q.dims()[3];
     let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+    if let Some(cap) = softcap {
+        scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+    }
     if let Some(m) = mask {
         let [b, h, sq, sk] = scores.dims();
         scores = scores.mask_fill(m.expand([b, h, sq, sk]), MASKED);
     }
     softmax(scores, 3).matmul(v)
+}
+
+/// `mask` (true where a query may not see a key) with the keys `window` or more positions
+/// before each query also hidden. The `s` queries are the last of the `t` keys; positions
+/// count in the padded sequence, as transformers counts them for sliding windows.
+pub fn window_mask(
+    mask: Option<Tensor<4, Bool>>,
+    s: usize,
+    t: usize,
+    window: usize,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let offset = t - s;
+    let far: Vec<bool> = (0..s)
+        .flat_map(|i| (0..t).map(move |j| (offset + i).saturating_sub(j) >= window))
+        .collect();
+    let far =
+        Tensor::<4, Bool>::from_data(burn::tensor::TensorData::new(far, [1, 1, s, t]), device);
+    match mask {
+        Some(m) => {
+            let [b, h, ..] = m.dims();
+            m.bool_or(far.expand([b, h, s, t]))
+        }
+        None => far,
+    }
 }
 
 /// `[b, s, h*d]` -> `[b, h, s, d]`.

@@ -3,8 +3,10 @@
 //! optional tied LM head. The families built the same way differ only in where attention has
 //! biases and norms, which `model_type` says, as in transformers:
 //! - `llama` (Llama 2 and 3.x, SmolLM2): q/k/v/o biases when `attention_bias`;
-//! - `mistral`: as llama (sliding windows only matter past `sliding_window` tokens);
-//! - `qwen2` (Qwen2, Qwen2.5): q/k/v always with biases, o without;
+//! - `mistral`: as llama, every layer attending through a window of `sliding_window` tokens
+//!   when the config gives one;
+//! - `qwen2` (Qwen2, Qwen2.5): q/k/v always with biases, o without; with `use_sliding_window`,
+//!   the layers from `max_window_layers` on attend through the window;
 //! - `qwen3`: biases as llama, and an RMSNorm over each head of q and k before the rotation
 //!   (`q_norm`, `k_norm`), with an explicit `head_dim`.
 
@@ -15,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{
     KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, named_projections,
-    repeat_kv, rows_at, split_heads, write_projections,
+    repeat_kv, rows_at, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -54,6 +56,16 @@ pub struct LlamaConfig {
     /// Which of the Llama-architecture families (module docs); `llama` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
+    /// The attention window of sliding layers, in tokens (Mistral, Qwen's option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// `sliding_attention` or `full_attention` per layer (transformers 5; else by family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
 
 /// A `config.json` whose Llama settings hone cannot run: a rotary scaling it does not
@@ -67,6 +79,8 @@ pub enum LlamaConfigError {
     NoHeads,
     #[error("num_attention_heads must be a multiple of num_key_value_heads")]
     UngroupedHeads,
+    #[error("layer_types must name sliding_attention or full_attention for each of the {0} layers")]
+    LayerTypes(usize),
 }
 
 fn default_eps() -> f64 {
@@ -125,10 +139,40 @@ impl LlamaConfig {
     pub fn qk_norm(&self) -> bool {
         self.family() == "qwen3"
     }
+    /// Each layer's attention window (`None`: it sees every earlier token), as transformers
+    /// decides it: `layer_types` where given; else Mistral's window on every layer, Qwen's on
+    /// the layers from `max_window_layers` on when `use_sliding_window`, none for Llama.
+    pub fn windows(&self) -> Result<Vec<Option<usize>>, LlamaConfigError> {
+        let n = self.num_hidden_layers;
+        if let Some(types) = &self.layer_types {
+            if types.len() != n {
+                return Err(LlamaConfigError::LayerTypes(n));
+            }
+            return types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(self.sliding_window),
+                    "full_attention" => Ok(None),
+                    _ => Err(LlamaConfigError::LayerTypes(n)),
+                })
+                .collect();
+        }
+        Ok((0..n)
+            .map(|i| match self.family() {
+                "mistral" => self.sliding_window,
+                "qwen2" | "qwen3" if self.use_sliding_window == Some(true) => self
+                    .sliding_window
+                    .filter(|_| i >= self.max_window_layers.unwrap_or(28)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// A rotary scaling hone implements, and at least one attention head, in groups of equal
     /// size per key/value head.
     pub fn check(&self) -> Result<(), LlamaConfigError> {
         self.rope_scaling()?;
+        self.windows()?;
         if self.num_attention_heads == 0 {
             return Err(LlamaConfigError::NoHeads);
         }
@@ -155,6 +199,8 @@ pub struct LlamaLayer {
     pub down_proj: Proj,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// The attention window of a sliding layer, in tokens.
+    pub window: Option<usize>,
 }
 
 impl LlamaLayer {
@@ -205,6 +251,10 @@ impl LlamaLayer {
             Some((c, layer)) => c.extend(layer, k, v),
             None => (k, v),
         };
+        let mask = match self.window {
+            Some(w) => Some(window_mask(mask, q.dims()[2], k.dims()[2], w, &q.device())),
+            None => mask,
+        };
         let rep = self.n_heads / self.n_kv_heads;
         let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
         let x = x + self.o_proj.forward(merge_heads(a));
@@ -237,8 +287,13 @@ impl Llama {
         );
         let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
         let head_norm = || config.qk_norm().then(|| RmsNorm::init(hd, eps, device));
-        let layers = (0..config.num_hidden_layers)
-            .map(|_| LlamaLayer {
+        // A new model comes from a recipe's `init`, which sets no windows.
+        let windows = config
+            .windows()
+            .unwrap_or_else(|_| vec![None; config.num_hidden_layers]);
+        let layers = windows
+            .into_iter()
+            .map(|window| LlamaLayer {
                 input_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
                 q_proj: Proj::init(d, h * hd, bias, std, device),
                 k_proj: Proj::init(d, kv * hd, bias, std, device),
@@ -252,6 +307,7 @@ impl Llama {
                 down_proj: Proj::init(inner, d, config.mlp_bias, std, device),
                 n_heads: h,
                 n_kv_heads: kv,
+                window,
             })
             .collect();
         Llama {
@@ -301,7 +357,11 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
-        for i in 0..config.num_hidden_layers {
+        let windows = config.windows().map_err(|e| ModelError::BadConfig {
+            path: w.path().to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        for (i, window) in windows.into_iter().enumerate() {
             let p = format!("layers.{i}");
             let mut head_norm = |name: &str| -> Result<Option<RmsNorm>, ModelError> {
                 match config.qk_norm() {
@@ -339,6 +399,7 @@ impl Llama {
                 down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
                 n_heads: h,
                 n_kv_heads: kv,
+                window,
             });
         }
         let embed = w.take("embed_tokens.weight", [config.vocab_size, d])?;

@@ -48,13 +48,14 @@ impl Family {
         match t {
             "gpt2" => Some(Family::Gpt2),
             "llama" | "mistral" | "qwen2" | "qwen3" => Some(Family::Llama),
-            "gemma3_text" => Some(Family::Gemma3),
+            // Gemma 3's text decoder, the text part of a multimodal `gemma3` checkpoint, and
+            // Gemma 2, which `gemma3.rs` runs too.
+            "gemma3_text" | "gemma3" | "gemma2" => Some(Family::Gemma3),
             "bert" => Some(Family::Bert),
             _ => None,
         }
     }
-    pub const SUPPORTED: &'static str =
-        "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, gemma3_text, bert";
+    pub const SUPPORTED: &'static str = "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text decoder), bert";
 }
 
 /// The transformer body of a model, whatever its family.
@@ -206,8 +207,9 @@ pub struct HfModel {
     /// `config.json` as read (kept whole, so saving preserves fields hone does not use).
     pub config: serde_json::Value,
     pub tokenizer: Option<tokenizers::Tokenizer>,
-    /// The Jinja chat template shipped with the model (tokenizer_config.json or GGUF metadata).
-    pub chat_template: Option<String>,
+    /// The chat template shipped with the model (tokenizer_config.json or GGUF metadata), or
+    /// its family's own turns where it ships none (see [`chat_template`]).
+    pub chat_template: Option<chat::ChatTemplate>,
     /// Weights in the file that no part of the model took (e.g. a head hone did not build).
     pub unused_weights: Vec<String>,
 }
@@ -216,7 +218,8 @@ pub struct HfModel {
 pub const EOS: &str = "<|endoftext|>";
 
 /// The one rule for the tokens that end a generated answer: the config's `eos_token_id` (one
-/// id or several), end-of-text and ChatML's end of turn where the tokenizer has them.
+/// id or several), end-of-text and the end-of-turn markers of the common chat formats
+/// ([`chat::TURN_ENDS`]) where the tokenizer has them.
 pub fn stop_tokens(
     config: &serde_json::Value,
     tokenizer: Option<&tokenizers::Tokenizer>,
@@ -231,7 +234,11 @@ pub fn stop_tokens(
         _ => Vec::new(),
     };
     if let Some(t) = tokenizer {
-        stops.extend([EOS, "<|im_end|>"].iter().filter_map(|s| t.token_to_id(s)));
+        stops.extend(
+            std::iter::once(EOS)
+                .chain(chat::TURN_ENDS)
+                .filter_map(|s| t.token_to_id(s)),
+        );
     }
     stops.sort_unstable();
     stops.dedup();
@@ -244,32 +251,56 @@ impl HfModel {
         stop_tokens(&self.config, self.tokenizer.as_ref())
     }
 
-    /// The model's chat template, or ChatML when it ships none.
+    /// The model's chat template, or ChatML when it has none.
     pub fn chat(&self) -> chat::ChatTemplate {
-        let token = |key: &str| {
-            self.config[key]
-                .as_u64()
-                .and_then(|id| self.tokenizer.as_ref()?.id_to_token(id as u32))
-                .unwrap_or_default()
-        };
-        match &self.chat_template {
-            Some(src) => {
-                chat::ChatTemplate::new(src.clone(), &token("bos_token_id"), &token("eos_token_id"))
-            }
-            None => chat::ChatTemplate::chatml(),
-        }
+        self.chat_template
+            .clone()
+            .unwrap_or_else(chat::ChatTemplate::chatml)
     }
+}
+
+/// The chat template a model speaks: the Jinja source it ships, else its family's own turns
+/// (Gemma's); its `bos_token` / `eos_token` are the config's ids spelled by the tokenizer.
+/// `None` where neither exists (callers then use ChatML).
+pub fn chat_template(
+    shipped: Option<String>,
+    family: Family,
+    config: &serde_json::Value,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Option<chat::ChatTemplate> {
+    let source = shipped.or_else(|| match family {
+        Family::Gemma3 => Some(chat::GEMMA.to_owned()),
+        _ => None,
+    })?;
+    let token = |key: &str| {
+        let id = match &config[key] {
+            serde_json::Value::Array(ids) => ids.first()?.as_u64()?,
+            v => v.as_u64()?,
+        };
+        tokenizer?.id_to_token(id as u32)
+    };
+    Some(chat::ChatTemplate::new(
+        source,
+        &token("bos_token_id").unwrap_or_default(),
+        &token("eos_token_id").unwrap_or_default(),
+    ))
 }
 
 /// Loads a model from an HF directory or a `.gguf` file.
 pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
     if path.extension().is_some_and(|e| e == "gguf") {
         let g = gguf::load(path, device)?;
+        let chat_template = chat_template(
+            g.chat_template,
+            g.backbone.family(),
+            &g.config,
+            g.tokenizer.as_ref(),
+        );
         return Ok(HfModel {
             model: Model::new(g.backbone),
             config: g.config,
             tokenizer: g.tokenizer,
-            chat_template: g.chat_template,
+            chat_template,
             unused_weights: vec![],
         });
     }
@@ -300,12 +331,17 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
         path: config_path.clone(),
         error,
     })?;
-    let config: serde_json::Value = serde_json::from_str(&text)
+    let mut config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| bad_config(&config_path, format!("invalid JSON: {e}")))?;
     let model_type = config
         .get("model_type")
         .and_then(|v| v.as_str())
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_owned();
+    let model_type = model_type.as_str();
+    if model_type == "gemma3" {
+        config = gemma3::text_config(&config);
+    }
     let family =
         Family::from_model_type(model_type).ok_or_else(|| ModelError::UnknownArchitecture {
             path: config_path.clone(),
@@ -333,6 +369,13 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
         Family::Gemma3 => {
             let c: gemma3::Gemma3Config =
                 serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
+            if model_type == "gemma3" {
+                // Only the text decoder of a multimodal checkpoint: its weights sit under
+                // `language_model.model.` (transformers 4) or `model.language_model.` (5).
+                weights.replace_prefix("language_model.model.", "model.");
+                weights.replace_prefix("model.language_model.", "model.");
+                weights.replace_prefix("language_model.lm_head.", "lm_head.");
+            }
             c.check().map_err(|e| parse(e.to_string()))?;
             Backbone::Gemma3(gemma3::Gemma3::from_weights(&c, &mut weights)?)
         }
@@ -367,7 +410,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
     } else {
         None
     };
-    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+    let shipped = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| {
@@ -376,6 +419,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
                 .map(str::to_owned)
         })
         .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    let chat_template = chat_template(shipped, family, &config, tokenizer.as_ref());
     Ok(HfModel {
         model: Model { backbone, score },
         config,
@@ -403,6 +447,10 @@ pub fn save_hf_dir(
             (Backbone::Llama(m), None) => format!("{}ForCausalLM", m.config.class_prefix()),
             (Backbone::Llama(m), Some(_)) => {
                 format!("{}ForSequenceClassification", m.config.class_prefix())
+            }
+            (Backbone::Gemma3(m), None) if m.config.is_gemma2() => "Gemma2ForCausalLM".to_owned(),
+            (Backbone::Gemma3(m), Some(_)) if m.config.is_gemma2() => {
+                "Gemma2ForSequenceClassification".to_owned()
             }
             (Backbone::Gemma3(_), None) => "Gemma3ForCausalLM".to_owned(),
             (Backbone::Gemma3(_), Some(_)) => "Gemma3TextForSequenceClassification".to_owned(),

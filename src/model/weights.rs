@@ -204,15 +204,21 @@ impl WeightMap {
     /// Removes `prefix` from every name that has it (`transformer.h.0` -> `h.0`), so one loader
     /// reads both a bare base model and one saved under a task head.
     pub fn strip_prefix(&mut self, prefix: &str) {
+        self.replace_prefix(prefix, "");
+    }
+
+    /// Renames every tensor whose name starts with `from` to start with `to` instead.
+    pub fn replace_prefix(&mut self, from: &str, to: &str) {
         let names: Vec<String> = self
             .tensors
             .keys()
-            .filter(|k| k.starts_with(prefix))
+            .filter(|k| k.starts_with(from))
             .cloned()
             .collect();
         for name in names {
             if let Some(t) = self.tensors.remove(&name) {
-                self.tensors.insert(name[prefix.len()..].to_owned(), t);
+                self.tensors
+                    .insert(format!("{to}{}", &name[from.len()..]), t);
             }
         }
     }

@@ -31,7 +31,9 @@ pub struct Format {
 pub(crate) type Piece = (String, bool);
 
 impl Format {
-    pub(crate) fn new(t: &PromptTemplate, model_template: Option<&str>) -> Format {
+    /// `model_template` is the model's own chat template (`template: model`); ChatML stands in
+    /// where it has none.
+    pub(crate) fn new(t: &PromptTemplate, model_template: Option<&ChatTemplate>) -> Format {
         let chatml = || Format {
             template: Some(ChatTemplate::chatml()),
             end: Some("<|im_end|>".into()),
@@ -42,9 +44,9 @@ impl Format {
                 end: None,
             },
             PromptTemplate::Named(NamedTemplate::Model) => match model_template {
-                Some(src) => Format {
-                    template: Some(ChatTemplate::new(src, "", "")),
-                    end: Some("<|im_end|>".into()),
+                Some(t) => Format {
+                    template: Some(t.clone()),
+                    end: Some(t.end_of_turn()),
                 },
                 None => chatml(),
             },
@@ -73,7 +75,27 @@ impl Format {
         tok: &Tokenizer,
         history: &[Message],
     ) -> Result<Vec<u32>> {
-        encode(tok, &self.prompt(history)?)
+        let mut ids = self.leading_tokens(tok)?;
+        ids.extend(encode(tok, &self.prompt(history)?)?);
+        Ok(ids)
+    }
+
+    /// The tokens every example and prompt starts with. Plain text starts as the tokenizer
+    /// starts a raw text (a SentencePiece model's BOS, where its file asks for one, as
+    /// llama.cpp and transformers do); a chat template writes its own `bos_token`.
+    pub(crate) fn leading_tokens(&self, tok: &Tokenizer) -> Result<Vec<u32>> {
+        if !self.plain() {
+            return Ok(Vec::new());
+        }
+        let e = tok
+            .encode("a", true)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        Ok(e.get_ids()
+            .iter()
+            .zip(e.get_special_tokens_mask())
+            .take_while(|(_, special)| **special == 1)
+            .map(|(id, _)| *id)
+            .collect())
     }
 
     fn prompt(&self, history: &[Message]) -> Result<String> {
@@ -203,8 +225,9 @@ pub(crate) fn tokenize_conversations(
     eos: Option<u32>,
 ) -> Result<Vec<Encoded>> {
     let mut out = Vec::with_capacity(convs.len());
+    let lead = format.leading_tokens(tok)?;
     for conv in convs {
-        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        let (mut ids, mut targets) = (lead.clone(), vec![false; lead.len()]);
         for (text, is_target) in format.pieces(conv)? {
             let piece = encode(tok, &text)?;
             targets.extend(std::iter::repeat_n(is_target, piece.len()));
@@ -376,6 +399,58 @@ mod tests {
                 ("A2".to_owned(), true),
             ]
         );
+    }
+
+    /// A word-level tokenizer of `words` (ids in order) whose post-processor puts `<s>` (id 0)
+    /// before every text, as a SentencePiece GGUF asks.
+    fn tokenizer_adding_bos(words: &[&str]) -> Tokenizer {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::Whitespace;
+        use tokenizers::processors::template::TemplateProcessing;
+        let vocab = std::iter::once("<s>")
+            .chain(words.iter().copied())
+            .enumerate()
+            .map(|(i, w)| (w.to_owned(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("<s>".into())
+            .build()
+            .unwrap();
+        let mut tok = Tokenizer::new(model);
+        tok.with_pre_tokenizer(Some(Whitespace {}));
+        tok.add_special_tokens(&[
+            tokenizers::AddedToken::from("<s>", true),
+            tokenizers::AddedToken::from("<end_of_turn>", true),
+        ]);
+        let bos = TemplateProcessing::builder()
+            .try_single("<s> $A")
+            .unwrap()
+            .special_tokens(vec![("<s>", 0)])
+            .build()
+            .unwrap();
+        tok.with_post_processor(Some(bos));
+        tok
+    }
+
+    #[test]
+    fn plain_text_starts_with_the_bos_its_tokenizer_adds_and_a_model_template_writes_its_own() {
+        let tok = tokenizer_adding_bos(&["Q1", "A1", "<end_of_turn>"]);
+        let plain = Format::new(&PromptTemplate::default(), None);
+        let conv = &two_turns()[1..3];
+        let encoded = tokenize_conversations(&tok, &plain, &[conv.to_vec()], None).unwrap();
+        assert_eq!(encoded[0].ids, [0, 1, 2]);
+        assert_eq!(encoded[0].targets, [false, false, true]);
+        assert_eq!(plain.encode_prompt(&tok, "Q1").unwrap(), [0, 1]);
+        // A model template renders its own `bos_token`: no second one.
+        let own = ChatTemplate::new(
+            "{{ bos_token }}{% for m in messages %}{{ m.content }} <end_of_turn> {% endfor %}",
+            "<s>",
+            "",
+        );
+        let model = Format::new(&PromptTemplate::Named(NamedTemplate::Model), Some(&own));
+        assert_eq!(model.encode_prompt(&tok, "Q1").unwrap(), [0, 1, 3]);
+        assert_eq!(model.answer("A1 <end_of_turn> Q1"), "A1 ");
     }
 
     #[test]

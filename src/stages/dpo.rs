@@ -293,7 +293,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let feedback = read_feedback(spec, ctx)?;
     ctx.progress.set_message("loading the policy");
     let policy = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
-    let format = Format::new(&spec.template, policy.chat_template.as_deref());
+    let format = Format::new(&spec.template, policy.chat_template.as_ref());
     let eos = eos_token(&policy.tokenizer, &policy.config);
     let ((train_c, train_r), (val_c, val_r)) =
         encode_feedback(&feedback, &policy.tokenizer, &format, eos, spec.max_length)?;

@@ -496,7 +496,7 @@ fn answers(
     if !m.backbone.is_decoder() {
         bail!("model `{name}` is an encoder: it cannot answer questions");
     }
-    let format = Format::new(&cfg.template, m.chat_template.as_deref());
+    let format = Format::new(&cfg.template, m.chat_template.as_ref());
     let sampling = SamplingConfig {
         max_new_tokens: cfg.max_new_tokens,
         stop_tokens: m.stop_tokens(),
@@ -568,7 +568,7 @@ impl Judge<'_> {
         }
         progress.set_message(format!("{name}: answers for the reward model"));
         let cfg = self.cfg;
-        let format = Format::new(&cfg.template, m.chat_template.as_deref());
+        let format = Format::new(&cfg.template, m.chat_template.as_ref());
         let sampling = SamplingConfig {
             max_new_tokens: cfg.max_new_tokens,
             stop_tokens: m.stop_tokens(),
@@ -680,7 +680,7 @@ fn token_accuracy(m: &LoadedModel, batches: &[LmBatch]) -> f64 {
 }
 
 fn samples(m: &LoadedModel, cfg: &SamplesEval, device: &Device) -> Result<Vec<(String, String)>> {
-    let format = Format::new(&cfg.template, m.chat_template.as_deref());
+    let format = Format::new(&cfg.template, m.chat_template.as_ref());
     let sampling = SamplingConfig {
         max_new_tokens: cfg.max_new_tokens,
         stop_tokens: m.stop_tokens(),

@@ -102,7 +102,7 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         chat_template,
         ..
     } = loaded;
-    let format = Format::new(&spec.template, chat_template.as_deref());
+    let format = Format::new(&spec.template, chat_template.as_ref());
     ctx.progress.set_length(prompts.len() as u64);
     let mut rows = Vec::with_capacity(prompts.len());
     let mut new_tokens = 0usize;

@@ -51,7 +51,7 @@ pub(crate) struct LoadedModel {
     pub score: Option<crate::model::layers::Proj>,
     pub config: Value,
     pub tokenizer: Tokenizer,
-    pub chat_template: Option<String>,
+    pub chat_template: Option<crate::model::chat::ChatTemplate>,
 }
 
 /// `model` is the stage's setting, read from input `model_key` when it is not `init`;

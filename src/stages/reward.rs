@@ -125,7 +125,7 @@ fn scalar_model(
         &loaded.backbone,
         &loaded.tokenizer,
         &loaded.config,
-        loaded.chat_template.as_deref(),
+        loaded.chat_template.as_ref(),
         &spec.template,
         spec.max_length,
     );

@@ -84,7 +84,7 @@ impl Scorer {
                     &backbone,
                     &tokenizer,
                     &config,
-                    chat_template.as_deref(),
+                    chat_template.as_ref(),
                     &super::scoring::trained_template(&config),
                     512,
                 );
@@ -347,7 +347,7 @@ impl RlSetup {
             chat_template,
             ..
         } = loaded;
-        let format = Format::new(s.template, chat_template.as_deref());
+        let format = Format::new(s.template, chat_template.as_ref());
         for p in train_prompts.iter().chain(&val_prompts) {
             format.encode_prompt(&tokenizer, &p.prompt)?;
         }

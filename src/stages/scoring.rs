@@ -41,7 +41,7 @@ impl RewardText {
         backbone: &Backbone,
         tokenizer: &Tokenizer,
         config: &serde_json::Value,
-        chat_template: Option<&str>,
+        chat_template: Option<&crate::model::chat::ChatTemplate>,
         template: &crate::recipe::types::PromptTemplate,
         max_len: usize,
     ) -> Self {
@@ -61,7 +61,7 @@ impl RewardText {
                 .get_ids()
                 .to_vec()
         } else {
-            let mut ids = Vec::new();
+            let mut ids = self.format.leading_tokens(tok)?;
             for (text, _) in self.format.pieces(&one_turn(prompt, response))? {
                 ids.extend(tok.encode(text.as_str(), false).map_err(err)?.get_ids());
             }

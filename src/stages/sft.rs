@@ -274,7 +274,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         chat_template,
         ..
     } = loaded;
-    let format = Format::new(&spec.template, chat_template.as_deref());
+    let format = Format::new(&spec.template, chat_template.as_ref());
     let eos = eos_token(&tokenizer, &config);
 
     ctx.progress.set_message("tokenizing");
@@ -282,7 +282,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     // The template's identity (the model's own when `template: model`) is part of the key.
     // The cache holds whole examples, so changing `max_length` or `truncation` reuses it.
     let how = json!({
-        "encode": "conversations", "template": spec.template, "model_template": chat_template,
+        "encode": "conversations", "template": spec.template, "model_template": chat_template.as_ref().map(|t| &t.source),
         "eos": eos,
     });
     let mut too_long = 0;

@@ -131,8 +131,8 @@ fn llama_with_gqa_matches_transformers() {
 }
 
 /// Llama 3's rotary scaling and the others transformers implements, attention biases, the
-/// Llama-architecture families Qwen2 and Qwen3, and Gemma 3 (fixtures from transformers 5,
-/// whose configs carry `rope_parameters`).
+/// Llama-architecture families Qwen2 and Qwen3, Gemma 3, Mistral's sliding window and Gemma 2's
+/// soft-capping (fixtures from transformers 5, whose configs carry `rope_parameters`).
 #[test]
 fn llama_families_and_rotary_scalings_match_transformers() {
     for name in [
@@ -144,9 +144,30 @@ fn llama_families_and_rotary_scalings_match_transformers() {
         "qwen3",
         "qwen3-sharded-bf16",
         "gemma3",
+        "mistral-window",
+        "gemma2",
     ] {
         decoder_parity(name);
     }
+}
+
+/// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`): hone runs its text
+/// decoder to transformers' logits on text, leaves the vision tower unread, and saves the
+/// decoder as a `Gemma3ForCausalLM`.
+#[test]
+fn the_text_decoder_of_a_multimodal_gemma3_matches_transformers() {
+    let mut model = load_hf_dir(&fixture("gemma3-multimodal"), &Device::flex()).unwrap();
+    assert_eq!(model.config["model_type"], "gemma3_text");
+    assert!(!model.unused_weights.is_empty());
+    for name in std::mem::take(&mut model.unused_weights) {
+        // Saved as `vision_tower.` (as released checkpoints have it) or `model.vision_tower.`.
+        let part = name.strip_prefix("model.").unwrap_or(&name);
+        assert!(
+            part.starts_with("vision_tower.") || part.starts_with("multi_modal_projector."),
+            "{name} is not part of the vision tower"
+        );
+    }
+    decoder_matches("gemma3-multimodal", model);
 }
 
 /// The qwen2 and qwen3 fixtures written as GGUF files in llama.cpp's layout (q and k as HF has
@@ -159,6 +180,31 @@ fn qwen_gguf_files_match_their_hf_checkpoints() {
         let model = hone::model::load(&path, &Device::flex()).unwrap();
         assert_eq!(model.config["model_type"], arch);
         decoder_matches(arch, model);
+    }
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`, as Llama 2 and Mistral GGUFs
+/// carry) with scores, byte tokens, a control and a user-defined token: hone rebuilds the
+/// tokenizer that cuts texts as transformers does reading the same file (BOS added, a space
+/// before the first word, byte fallback for characters the vocabulary lacks), and decodes back.
+#[test]
+fn sentencepiece_gguf_tokenizer_matches_transformers() {
+    let g = hone::model::gguf::Gguf::open(&fixture("spm-llama.gguf")).unwrap();
+    let tok = hone::model::gguf_tokenizer::build(&g)
+        .unwrap()
+        .expect("a llama vocabulary is rebuilt");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("spm-llama.json")).unwrap()).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = tok.encode(text, true).unwrap().get_ids().to_vec();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(ids, want, "tokens of {text:?}");
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decoding {text:?}"
+        );
     }
 }
 

@@ -128,9 +128,8 @@ fn smollm2_gguf_chat_tokens_and_greedy_continuation_match_transformers() {
 }
 
 /// Gemma 3 270M as people download it (Q4_K_M GGUF: Q4_K, Q6_K, Q5_0, Q8_0 and F32 tensors,
-/// `gemma3` architecture): from the prompts' token ids, the same greedy continuation as
-/// transformers loading the same file. (Its SentencePiece tokenizer is not rebuilt yet: the
-/// fixture carries transformers' token ids.)
+/// `gemma3` architecture, SentencePiece tokenizer): the prompts' tokens (BOS added, as the file
+/// asks) and the greedy continuation are transformers' loading the same file.
 #[test]
 fn gemma3_gguf_q4_k_m_greedy_continuation_matches_transformers() {
     let device = Device::flex();
@@ -138,9 +137,13 @@ fn gemma3_gguf_q4_k_m_greedy_continuation_matches_transformers() {
     let path = models().join(reference["gguf"].as_str().unwrap());
     let model = hone::model::load(&path, &device).unwrap();
     assert_eq!(model.config["model_type"], "gemma3_text");
+    let tokenizer = model.tokenizer.expect("Gemma's GGUF carries a tokenizer");
     let backbone = model.model.backbone;
     for case in reference["cases"].as_array().unwrap() {
-        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let prompt = case["prompt"].as_str().unwrap();
+        let ids = tokenizer.encode(prompt, true).unwrap().get_ids().to_vec();
+        let want_ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids, "tokens of {prompt:?}");
         let want: Vec<u32> = serde_json::from_value(case["new_ids"].clone()).unwrap();
         let cfg = SamplingConfig {
             max_new_tokens: want.len(),
@@ -153,6 +156,28 @@ fn gemma3_gguf_q4_k_m_greedy_continuation_matches_transformers() {
             got, want,
             "{:?}: transformers said {:?}",
             case["prompt"], case["new_text"]
+        );
+    }
+}
+
+/// Gemma's SentencePiece vocabulary rebuilt from the GGUF cuts text exactly as transformers
+/// does: runs of spaces and newlines, chat markers, HTML tags, many scripts, characters only
+/// byte fallback spells, the empty text; and decodes back to the same text.
+#[test]
+fn gemma3_gguf_tokenizer_matches_transformers() {
+    let reference = fixture("gemma3_tokenizer.json");
+    let path = models().join(reference["gguf"].as_str().unwrap());
+    let model = hone::model::load(&path, &Device::flex()).unwrap();
+    let tokenizer = model.tokenizer.expect("Gemma's GGUF carries a tokenizer");
+    for case in reference["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(ids, want, "tokens of {text:?}");
+        assert_eq!(
+            tokenizer.decode(&ids, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decoding {text:?}"
         );
     }
 }
