@@ -265,6 +265,26 @@ impl Gguf {
     }
 }
 
+/// llama.cpp's reordering of q/k projection rows for its rotary layout (HF's half-split ->
+/// interleaved pairs): HF row `(head, t, j)` is GGUF row `(head, j, t)`; [`unpermute_rows`]
+/// undoes it.
+pub(crate) fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let dh = rows / heads;
+    let half = dh / 2;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let dst = h * dh + j * 2 + t;
+                let src = h * dh + t * half + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 /// Undoes llama.cpp's reordering of q/k projection rows (HF half-split rotary layout ->
 /// interleaved pairs): GGUF row `(head, j, t)` is HF row `(head, t, j)`.
 fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
@@ -297,7 +317,7 @@ pub struct GgufModel {
 type Shaped = (Vec<usize>, Vec<f32>);
 
 /// The architectures (`general.architecture`) hone maps onto its families.
-pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3";
+pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3, gpt2";
 
 /// A GGUF file as one of hone's model families.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
@@ -310,6 +330,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
     let (backbone, config) = match arch.as_str() {
         "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device)?,
         "gemma2" | "gemma3" => load_gemma(&g, &arch, device)?,
+        "gpt2" => load_gpt2(&g, device)?,
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
@@ -368,6 +389,73 @@ impl Gguf {
             vocab,
             !self.tensors.iter().any(|t| t.name == "output.weight"),
         ))
+    }
+
+    /// The HF `rope_scaling` a Llama-architecture GGUF asks for: `rope.scaling.type` linear or
+    /// yarn, or Llama 3's, recovered from the `rope_freqs` tensor llama.cpp stores it as.
+    fn rope_scaling(
+        &self,
+        arch: &str,
+        config: &serde_json::Value,
+        heads: usize,
+    ) -> Result<Option<serde_json::Value>, ModelError> {
+        let bad = |reason: String| ModelError::BadGguf {
+            path: self.path.clone(),
+            reason,
+        };
+        let kind = self
+            .meta(&format!("{arch}.rope.scaling.type"))
+            .and_then(Meta::as_str)
+            .unwrap_or("none");
+        let factor = self.float(arch, "rope.scaling.factor");
+        match kind {
+            "none" => {}
+            "linear" => {
+                return Ok(Some(
+                    serde_json::json!({ "rope_type": "linear", "factor": factor }),
+                ));
+            }
+            "yarn" => {
+                return Ok(Some(serde_json::json!({
+                    "rope_type": "yarn",
+                    "factor": factor,
+                    "original_max_position_embeddings":
+                        self.int(arch, "rope.scaling.original_context_length").ok(),
+                })));
+            }
+            other => {
+                return Err(bad(format!(
+                    "rotary scaling `{other}`; hone reads none, linear, yarn and Llama 3's rope_freqs"
+                )));
+            }
+        }
+        let Some(info) = self.tensors.iter().find(|t| t.name == "rope_freqs.weight") else {
+            return Ok(None);
+        };
+        let (_, divisors) = self.tensor(info)?;
+        let head_dim = config["head_dim"].as_u64().map_or_else(
+            || config["hidden_size"].as_u64().unwrap_or(0) as usize / heads.max(1),
+            |d| d as usize,
+        );
+        let theta = config["rope_theta"].as_f64().unwrap_or(10_000.0);
+        match super::rope::RopeScaling::llama3_from_divisors(&divisors, head_dim, theta) {
+            Some(super::rope::RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max,
+            }) => Ok(Some(serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max,
+            }))),
+            Some(_) => Ok(None),
+            None => Err(bad(
+                "rope_freqs holds rotary factors that are not Llama 3's scaling".into(),
+            )),
+        }
     }
 
     fn special_ids(&self) -> serde_json::Value {
@@ -456,6 +544,18 @@ fn load_llama(
     {
         config["head_dim"] = head_dim.into();
     }
+    // Biases and rotary scalings only where the file has them (the config of a model without
+    // them stays as it was).
+    let has = |suffix: &str| g.tensors.iter().any(|t| t.name.ends_with(suffix));
+    if has("attn_output.bias") || (arch != "qwen2" && has("attn_q.bias")) {
+        config["attention_bias"] = true.into();
+    }
+    if has("ffn_up.bias") {
+        config["mlp_bias"] = true.into();
+    }
+    if let Some(scaling) = g.rope_scaling(arch, &config, heads)? {
+        config["rope_scaling"] = scaling;
+    }
     let cfg: LlamaConfig =
         serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
             path: path.to_path_buf(),
@@ -468,13 +568,20 @@ fn load_llama(
         reason: e.to_string(),
     })?;
     let permuted = arch == "llama";
-    let tensors = g.hf_tensors(arch, llama_name, |name, shape, values| {
+    // Llama 3's rotary factors were read into the config above; the tensor stays unused.
+    let rename = |n: &str| match n {
+        "rope_freqs.weight" => Some(n.to_owned()),
+        _ => LLAMA_NAMES.to_hf(n),
+    };
+    let tensors = g.hf_tensors(arch, rename, |name, shape, values| {
+        // Biases are permuted with their rows (one column).
+        let cols = shape.get(1).copied().unwrap_or(1);
         if !permuted {
             values
-        } else if name.ends_with("attn_q.weight") {
-            unpermute_rows(&values, shape[0], shape[1], heads)
-        } else if name.ends_with("attn_k.weight") {
-            unpermute_rows(&values, shape[0], shape[1], kv_heads)
+        } else if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
+            unpermute_rows(&values, shape[0], cols, heads)
+        } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
+            unpermute_rows(&values, shape[0], cols, kv_heads)
         } else {
             values
         }
@@ -543,67 +650,210 @@ fn load_gemma(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tensors = g.hf_tensors(arch, gemma_name, |name, _, values| {
-        if name.ends_with("norm.weight") {
-            values.into_iter().map(|w| w - 1.0).collect()
-        } else {
-            values
-        }
-    })?;
+    let tensors = g.hf_tensors(
+        arch,
+        |n| GEMMA_NAMES.to_hf(n),
+        |name, _, values| {
+            if name.ends_with("norm.weight") {
+                values.into_iter().map(|w| w - 1.0).collect()
+            } else {
+                values
+            }
+        },
+    )?;
     let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
     let model = Gemma3::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Gemma3(model), config))
 }
 
-/// llama.cpp's names of a Gemma 2 or 3 layer's tensors -> HF's.
-fn gemma_name(gguf: &str) -> Option<String> {
-    let Some(rest) = gguf.strip_prefix("blk.") else {
-        return llama_name(gguf);
-    };
-    let (layer, part) = rest.split_once('.')?;
-    let hf = match part {
-        "attn_q_norm.weight" => "self_attn.q_norm.weight",
-        "attn_k_norm.weight" => "self_attn.k_norm.weight",
-        "post_attention_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_norm.weight" => "pre_feedforward_layernorm.weight",
-        "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
-        _ => return llama_name(gguf),
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
+/// A `gpt2` GGUF: llama.cpp stores the `Conv1D` projections transposed; they are put back.
+fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+    let path = &g.path;
+    let (vocab, _) = g.vocab_and_tied()?;
+    let config = merge(
+        serde_json::json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": vocab,
+            "n_embd": g.int("gpt2", "embedding_length")?,
+            "n_inner": g.int("gpt2", "feed_forward_length")?,
+            "n_layer": g.int("gpt2", "block_count")?,
+            "n_head": g.int("gpt2", "attention.head_count")?,
+            "n_positions": g.int("gpt2", "context_length")?,
+            "n_ctx": g.int("gpt2", "context_length")?,
+            "layer_norm_epsilon": g.float("gpt2", "attention.layer_norm_epsilon").unwrap_or(1e-5),
+        }),
+        g.special_ids(),
+    );
+    let cfg: super::gpt2::Gpt2Config =
+        serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let tensors = g.hf_tensors(
+        "gpt2",
+        |n| GPT2_NAMES.to_hf(n),
+        |name, shape, values| {
+            if gpt2_conv1d(name) {
+                transpose(&values, shape[0], shape[1])
+            } else {
+                values
+            }
+        },
+    )?;
+    // `hf_tensors` keeps llama.cpp's shapes; the transposed ones take HF's.
+    let tensors = tensors
+        .into_iter()
+        .map(|(name, (shape, values))| {
+            let conv = GPT2_NAMES.to_gguf(&name).is_some_and(|g| gpt2_conv1d(&g));
+            let shape = if conv {
+                vec![shape[1], shape[0]]
+            } else {
+                shape
+            };
+            (name, (shape, values))
+        })
+        .collect();
+    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    // A tied head is the embedding (GPT-2 has no other).
+    weights.discard("lm_head.weight");
+    let model = super::gpt2::Gpt2::from_weights(&cfg, &mut weights)?;
+    Ok((Backbone::Gpt2(model), config))
 }
 
-/// llama.cpp tensor names -> HF names (Llama's; other families rename some on top).
-fn llama_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_owned());
+/// A `rows` x `cols` matrix, transposed.
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
     }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let hf = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        // Qwen2's q/k/v biases, Qwen3's per-head norms.
-        "attn_q.bias" => "self_attn.q_proj.bias",
-        "attn_k.bias" => "self_attn.k_proj.bias",
-        "attn_v.bias" => "self_attn.v_proj.bias",
-        "attn_q_norm.weight" => "self_attn.q_norm.weight",
-        "attn_k_norm.weight" => "self_attn.k_norm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
+    out
+}
+
+/// llama.cpp's tensor names and HF's for one family: model-wide tensors, and a layer's parts
+/// (`blk.N.<gguf>` is `<layer_prefix>N.<hf>`). The loader reads them one way, the GGUF export
+/// writes them the other.
+pub(crate) struct TensorNames {
+    top: &'static [(&'static str, &'static str)],
+    layer_prefix: &'static str,
+    layer: &'static [(&'static str, &'static str)],
+}
+
+impl TensorNames {
+    pub(crate) fn to_hf(&self, gguf: &str) -> Option<String> {
+        if let Some((_, hf)) = self.top.iter().find(|(g, _)| *g == gguf) {
+            return Some((*hf).to_owned());
+        }
+        let (layer, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
+        let (_, hf) = self.layer.iter().find(|(g, _)| *g == part)?;
+        Some(format!("{}{layer}.{hf}", self.layer_prefix))
+    }
+
+    pub(crate) fn to_gguf(&self, hf: &str) -> Option<String> {
+        if let Some((g, _)) = self.top.iter().find(|(_, h)| *h == hf) {
+            return Some((*g).to_owned());
+        }
+        let (layer, part) = hf.strip_prefix(self.layer_prefix)?.split_once('.')?;
+        layer.parse::<usize>().ok()?;
+        let (g, _) = self.layer.iter().find(|(_, h)| *h == part)?;
+        Some(format!("blk.{layer}.{g}"))
+    }
+}
+
+const DECODER_TOP: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head norms).
+pub(crate) const LLAMA_NAMES: TensorNames = TensorNames {
+    top: DECODER_TOP,
+    layer_prefix: "model.layers.",
+    layer: &[
+        ("attn_norm.weight", "input_layernorm.weight"),
+        ("attn_q.weight", "self_attn.q_proj.weight"),
+        ("attn_k.weight", "self_attn.k_proj.weight"),
+        ("attn_v.weight", "self_attn.v_proj.weight"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("attn_q.bias", "self_attn.q_proj.bias"),
+        ("attn_k.bias", "self_attn.k_proj.bias"),
+        ("attn_v.bias", "self_attn.v_proj.bias"),
+        ("attn_output.bias", "self_attn.o_proj.bias"),
+        ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+        ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+        ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_gate.weight", "mlp.gate_proj.weight"),
+        ("ffn_up.weight", "mlp.up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+        ("ffn_gate.bias", "mlp.gate_proj.bias"),
+        ("ffn_up.bias", "mlp.up_proj.bias"),
+        ("ffn_down.bias", "mlp.down_proj.bias"),
+    ],
+};
+
+/// Gemma 2 and 3: four norms a layer, per-head norms (Gemma 3).
+pub(crate) const GEMMA_NAMES: TensorNames = TensorNames {
+    top: DECODER_TOP,
+    layer_prefix: "model.layers.",
+    layer: &[
+        ("attn_norm.weight", "input_layernorm.weight"),
+        ("attn_q.weight", "self_attn.q_proj.weight"),
+        ("attn_k.weight", "self_attn.k_proj.weight"),
+        ("attn_v.weight", "self_attn.v_proj.weight"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+        ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+        (
+            "post_attention_norm.weight",
+            "post_attention_layernorm.weight",
+        ),
+        ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+        ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+        ("ffn_gate.weight", "mlp.gate_proj.weight"),
+        ("ffn_up.weight", "mlp.up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+    ],
+};
+
+/// GPT-2: learned positions, LayerNorms with biases, fused q/k/v.
+pub(crate) const GPT2_NAMES: TensorNames = TensorNames {
+    top: &[
+        ("token_embd.weight", "transformer.wte.weight"),
+        ("position_embd.weight", "transformer.wpe.weight"),
+        ("output_norm.weight", "transformer.ln_f.weight"),
+        ("output_norm.bias", "transformer.ln_f.bias"),
+        ("output.weight", "lm_head.weight"),
+    ],
+    layer_prefix: "transformer.h.",
+    layer: &[
+        ("attn_norm.weight", "ln_1.weight"),
+        ("attn_norm.bias", "ln_1.bias"),
+        ("attn_qkv.weight", "attn.c_attn.weight"),
+        ("attn_qkv.bias", "attn.c_attn.bias"),
+        ("attn_output.weight", "attn.c_proj.weight"),
+        ("attn_output.bias", "attn.c_proj.bias"),
+        ("ffn_norm.weight", "ln_2.weight"),
+        ("ffn_norm.bias", "ln_2.bias"),
+        ("ffn_up.weight", "mlp.c_fc.weight"),
+        ("ffn_up.bias", "mlp.c_fc.bias"),
+        ("ffn_down.weight", "mlp.c_proj.weight"),
+        ("ffn_down.bias", "mlp.c_proj.bias"),
+    ],
+};
+
+/// GPT-2's projections are `Conv1D`s, stored `[in, out]` by HF and `[out, in]` by llama.cpp.
+pub(crate) fn gpt2_conv1d(gguf: &str) -> bool {
+    [
+        "attn_qkv.weight",
+        "attn_output.weight",
+        "ffn_up.weight",
+        "ffn_down.weight",
+    ]
+    .iter()
+    .any(|p| gguf.ends_with(p))
 }
 
 #[cfg(test)]
@@ -616,6 +866,28 @@ mod tests {
         // llama.cpp as interleaved pairs [a0 b0 a1 b1].
         let gguf = [0.0, 10.0, 1.0, 11.0];
         assert_eq!(unpermute_rows(&gguf, 4, 1, 1), vec![0.0, 1.0, 10.0, 11.0]);
+        assert_eq!(permute_rows(&[0.0, 1.0, 10.0, 11.0], 4, 1, 1), gguf);
+        let hf: Vec<f32> = (0..48).map(|v| v as f32).collect();
+        assert_eq!(unpermute_rows(&permute_rows(&hf, 16, 3, 2), 16, 3, 2), hf);
+    }
+
+    #[test]
+    fn tensor_names_map_both_ways() {
+        for names in [&LLAMA_NAMES, &GEMMA_NAMES, &GPT2_NAMES] {
+            for (g, _) in names.layer {
+                let gguf = format!("blk.7.{g}");
+                let hf = names.to_hf(&gguf).unwrap();
+                assert_eq!(names.to_gguf(&hf).as_deref(), Some(gguf.as_str()));
+            }
+        }
+        assert_eq!(
+            GPT2_NAMES.to_hf("blk.0.attn_qkv.weight").as_deref(),
+            Some("transformer.h.0.attn.c_attn.weight")
+        );
+        assert_eq!(
+            LLAMA_NAMES.to_gguf("model.layers.x.mlp.up_proj.weight"),
+            None
+        );
     }
 
     #[test]

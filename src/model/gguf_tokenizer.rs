@@ -372,6 +372,176 @@ fn bos_eos_processor(
         .map_err(|e| e.to_string())
 }
 
+/// ggml token types written for a vocabulary.
+const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
+const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
+
+/// The `tokenizer.*` metadata of a GGUF holding `tok` for a model of `vocab_size` rows (the
+/// vocabulary is padded to it with unused `[PAD<i>]` tokens, as llama.cpp's converter does): a
+/// byte-level BPE as `gpt2` with its merges, a BPE with byte fallback as SentencePiece
+/// (`llama`) with scores in id order, special ids from `config` and the BOS/EOS flags the
+/// tokenizer acts on.
+pub fn to_metadata(
+    tok: &Tokenizer,
+    config: &serde_json::Value,
+    vocab_size: usize,
+) -> Result<Vec<(String, super::gguf_write::MetaValue)>, super::gguf_write::GgufWriteError> {
+    use super::gguf_write::{GgufWriteError, MetaValue};
+    let bad = |m: String| GgufWriteError::Tokenizer(m);
+    let json: serde_json::Value = serde_json::from_str(
+        &tok.to_string(false)
+            .map_err(|e| bad(format!("cannot serialise it: {e}")))?,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(bad(format!(
+            "its model is {}; GGUF vocabularies are BPE (byte-level or SentencePiece)",
+            model["type"]
+        )));
+    }
+    let spm = model["byte_fallback"].as_bool() == Some(true);
+    let pre = json["pre_tokenizer"].to_string();
+    if !spm && !pre.contains("ByteLevel") {
+        return Err(bad(
+            "a BPE without byte-level pre-tokenization or byte fallback has no GGUF form".into(),
+        ));
+    }
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![NORMAL; vocab_size];
+    let mut place = |id: u64, text: &str| -> Result<usize, GgufWriteError> {
+        let i = usize::try_from(id)
+            .ok()
+            .filter(|&i| i < vocab_size)
+            .ok_or_else(|| {
+                bad(format!(
+                    "token {text:?} has id {id}, beyond the model's {vocab_size} embeddings"
+                ))
+            })?;
+        tokens[i] = Some(text.to_owned());
+        Ok(i)
+    };
+    for (text, id) in model["vocab"].as_object().into_iter().flatten() {
+        let i = place(id.as_u64().unwrap_or(u64::MAX), text)?;
+        if spm && text.len() == 6 && text.starts_with("<0x") && text.ends_with('>') {
+            types[i] = BYTE;
+        }
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let text = added["content"].as_str().unwrap_or_default();
+        let i = place(added["id"].as_u64().unwrap_or(u64::MAX), text)?;
+        types[i] = if added["special"].as_bool() == Some(true) {
+            CONTROL as i32
+        } else {
+            USER_DEFINED as i32
+        };
+    }
+    if let Some(unk) = model["unk_token"].as_str().and_then(|u| tok.token_to_id(u)) {
+        types[unk as usize] = UNKNOWN;
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.unwrap_or_else(|| {
+                types[i] = UNUSED;
+                format!("[PAD{i}]")
+            })
+        })
+        .collect();
+    let id_of = |key: &str| match &config[key] {
+        serde_json::Value::Array(ids) => ids.first().and_then(serde_json::Value::as_u64),
+        v => v.as_u64(),
+    };
+    // What the tokenizer puts around a text: BOS before it, EOS after it.
+    let around = tok
+        .encode("a", true)
+        .map_err(|e| bad(format!("cannot encode with it: {e}")))?;
+    let (ids, specials) = (around.get_ids(), around.get_special_tokens_mask());
+    let bos = id_of("bos_token_id");
+    let eos = id_of("eos_token_id");
+    let add_bos = specials.first() == Some(&1) && bos == ids.first().map(|&i| i as u64);
+    let add_eos = specials.last() == Some(&1) && eos == ids.last().map(|&i| i as u64);
+    let key = |k: &str| format!("tokenizer.ggml.{k}");
+    let mut meta = vec![
+        (
+            key("model"),
+            MetaValue::Str(if spm { "llama" } else { "gpt2" }.into()),
+        ),
+        (key("pre"), MetaValue::Str(pre_name(&pre).into())),
+    ];
+    if spm {
+        // Scores in id order (a SentencePiece vocabulary is listed best first): llama.cpp
+        // merges by them, transformers rebuilds its merges from them.
+        let scores = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match *t {
+                NORMAL => -(i as f32),
+                BYTE => 0.0,
+                _ => -1000.0,
+            })
+            .collect();
+        let prefix = pre.contains("Metaspace") && !pre.contains("\"never\"");
+        meta.push((key("tokens"), MetaValue::Strs(tokens)));
+        meta.push((key("scores"), MetaValue::F32s(scores)));
+        meta.push((key("add_space_prefix"), MetaValue::Bool(prefix)));
+    } else {
+        let merges = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                serde_json::Value::String(s) => s.clone(),
+                pair => pair
+                    .as_array()
+                    .map(|p| {
+                        p.iter()
+                            .filter_map(serde_json::Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+        meta.push((key("tokens"), MetaValue::Strs(tokens)));
+        meta.push((key("merges"), MetaValue::Strs(merges)));
+    }
+    meta.push((key("token_type"), MetaValue::I32s(types)));
+    for (name, id) in [
+        ("bos_token_id", bos),
+        ("eos_token_id", eos),
+        ("padding_token_id", id_of("pad_token_id")),
+        (
+            "unknown_token_id",
+            model["unk_token"]
+                .as_str()
+                .and_then(|u| tok.token_to_id(u))
+                .map(u64::from),
+        ),
+    ] {
+        if let Some(id) = id.filter(|&i| (i as usize) < vocab_size) {
+            meta.push((key(name), MetaValue::U32(id as u32)));
+        }
+    }
+    meta.push((key("add_bos_token"), MetaValue::Bool(add_bos)));
+    meta.push((key("add_eos_token"), MetaValue::Bool(add_eos)));
+    Ok(meta)
+}
+
+/// llama.cpp's name for a byte-level pre-tokenizer: SmolLM's splits digits one by one.
+fn pre_name(pre_tokenizer_json: &str) -> &'static str {
+    if pre_tokenizer_json.contains("\"Digits\"")
+        && pre_tokenizer_json.contains("\"individual_digits\":true")
+    {
+        "smollm"
+    } else {
+        "default"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

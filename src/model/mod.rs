@@ -5,9 +5,11 @@
 pub mod bert;
 pub mod chat;
 pub mod gemma3;
+pub mod ggml_quantize;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod gguf_write;
 pub mod gpt2;
 pub mod heads;
 pub mod layers;
@@ -286,8 +288,23 @@ pub fn chat_template(
     ))
 }
 
-/// Loads a model from an HF directory or a `.gguf` file.
+/// Loads a model from an HF directory, a `.gguf` file, or a directory holding one `.gguf` file
+/// and no `config.json` (a GGUF export).
 pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
+    if path.is_dir() && !path.join("config.json").exists() {
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [one] = ggufs.as_slice() {
+            return load(one, device);
+        }
+    }
     if path.extension().is_some_and(|e| e == "gguf") {
         let g = gguf::load(path, device)?;
         let chat_template = chat_template(

@@ -144,6 +144,70 @@ impl RopeScaling {
         })
     }
 
+    /// The Llama 3 scaling whose [`frequency_divisors`](Self::frequency_divisors) are
+    /// `divisors` (llama.cpp's `rope_freqs` tensor, which is all a Llama 3.1/3.2 GGUF keeps of
+    /// it): the factor is the largest divisor, and the ramp between fixes the original context
+    /// and the high-frequency factor, with Llama 3's low-frequency factor of 1. `None` when
+    /// no such scaling gives these divisors; `Some(Default)` when they are all 1.
+    pub fn llama3_from_divisors(divisors: &[f32], dim: usize, theta: f64) -> Option<RopeScaling> {
+        let factor = divisors.iter().fold(0f32, |m, &d| m.max(d)) as f64;
+        if divisors.is_empty() || divisors.len() != dim / 2 || factor <= 0.0 {
+            return None;
+        }
+        if (factor - 1.0).abs() < 1e-6 {
+            return Some(RopeScaling::Default);
+        }
+        let (plain, _) = RopeScaling::Default.frequencies(dim, theta, 0);
+        // On the ramp, smooth = old / wavelength / (high - low) - low / (high - low).
+        let ramp: Vec<(f64, f64)> = plain
+            .iter()
+            .zip(divisors)
+            .filter(|(_, d)| {
+                let d = **d as f64;
+                d > 1.0 + 1e-4 && d < factor * (1.0 - 1e-4)
+            })
+            .map(|(f, d)| {
+                let smooth = (factor / *d as f64 - 1.0) / (factor - 1.0);
+                (f / (2.0 * std::f64::consts::PI), smooth)
+            })
+            .collect();
+        let (&(x0, y0), &(x1, y1)) = (ramp.first()?, ramp.last()?);
+        if (x1 - x0).abs() < f64::EPSILON {
+            return None;
+        }
+        let slope = (y1 - y0) / (x1 - x0);
+        let intercept = y0 - slope * x0;
+        // The divisors are f32: the recovered settings are rounded to what configs write.
+        let round = |v: f64| (v * 1e4).round() / 1e4;
+        let low = 1.0;
+        let high = round(low - low / intercept);
+        let original = slope * (high - low);
+        let candidate = RopeScaling::Llama3 {
+            factor: round(factor),
+            low_freq_factor: low,
+            high_freq_factor: high,
+            original_max: original.round() as usize,
+        };
+        let again = candidate.frequency_divisors(dim, theta);
+        let close = again
+            .iter()
+            .zip(divisors)
+            .all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0));
+        close.then_some(candidate)
+    }
+
+    /// What each of the `dim / 2` frequencies is divided by under this scaling (llama.cpp
+    /// stores Llama 3's as the `rope_freqs` tensor).
+    pub fn frequency_divisors(&self, dim: usize, theta: f64) -> Vec<f32> {
+        let (plain, _) = RopeScaling::Default.frequencies(dim, theta, 0);
+        let (scaled, _) = self.frequencies(dim, theta, 0);
+        plain
+            .iter()
+            .zip(&scaled)
+            .map(|(p, s)| (p / s) as f32)
+            .collect()
+    }
+
     /// The inverse frequency of each of the `dim / 2` rotated pairs, and the factor cos and
     /// sin are scaled by, for a forward pass whose positions reach `len - 1`.
     pub fn frequencies(&self, dim: usize, theta: f64, len: usize) -> (Vec<f64>, f64) {
@@ -270,6 +334,27 @@ pub fn rope_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama3_scaling_is_recovered_from_llama_cpp_rope_freqs() {
+        let llama32 = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max: 8192,
+        };
+        let divisors = llama32.frequency_divisors(64, 500_000.0);
+        assert_eq!(
+            RopeScaling::llama3_from_divisors(&divisors, 64, 500_000.0),
+            Some(llama32)
+        );
+        assert_eq!(
+            RopeScaling::llama3_from_divisors(&[1.0; 32], 64, 1e4),
+            Some(RopeScaling::Default)
+        );
+        let wild: Vec<f32> = (0..32).map(|i| 1.0 + (i % 3) as f32).collect();
+        assert_eq!(RopeScaling::llama3_from_divisors(&wild, 64, 1e4), None);
+    }
     use serde_json::json;
 
     #[test]

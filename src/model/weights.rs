@@ -299,6 +299,11 @@ impl WeightWriter {
         self.tensors.keys()
     }
 
+    /// Every tensor by name: its shape and values.
+    pub fn into_tensors(self) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+        self.tensors
+    }
+
     /// Writes the file (tensors sorted by name; metadata `format: pt` as transformers expects).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self

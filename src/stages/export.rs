@@ -1,5 +1,5 @@
-//! `export`: a model out of the store, as an HF directory at a path of the recipe's choosing,
-//! with a model card. The stage's artifact is the exported directory (so it is cached and
+//! `export`: a model out of the store, as an HF directory or a GGUF file (for llama.cpp,
+//! Ollama, LM Studio) in a directory of the recipe's choosing, with a model card. The stage's artifact is the exported directory (so it is cached and
 //! locked like any other); `publish` then lays it out at `to` whenever the directory there is
 //! missing or differs, also on a fully cached run, and replaces it whole (temp dir, renames).
 
@@ -11,6 +11,7 @@ use serde_json::json;
 use super::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
 use super::{ArtifactType, StageResult, metrics};
 
+use crate::model::gguf_write::{GgufQuant, write_gguf};
 use crate::recipe::types::Input;
 use crate::recipe::types::PromptTemplate;
 use crate::stages::context::{ResolvedInput, StageContext};
@@ -30,6 +31,50 @@ pub struct ExportSpec {
     pub model: Input,
     /// The directory to write, relative to the recipe file: new, empty, or an earlier export.
     pub to: String,
+    /// `hf` (default): an HF directory transformers loads. `gguf`: one `<name>-<QUANT>.gguf`
+    /// file that llama.cpp, Ollama and LM Studio load (decoders only).
+    #[serde(default, skip_serializing_if = "ExportFormat::is_hf")]
+    pub format: ExportFormat,
+    /// With `format: gguf`: `f16`, `q8_0` (default) or `q4_k_m` (llama.cpp's mix of Q4_K and
+    /// Q6_K).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<GgufQuantName>,
+}
+
+/// What an export writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    #[default]
+    Hf,
+    Gguf,
+}
+
+impl ExportFormat {
+    fn is_hf(&self) -> bool {
+        *self == ExportFormat::Hf
+    }
+}
+
+/// The quantisations a GGUF export offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GgufQuantName {
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_k_m")]
+    Q4KM,
+}
+
+impl GgufQuantName {
+    fn quant(self) -> GgufQuant {
+        match self {
+            GgufQuantName::F16 => GgufQuant::F16,
+            GgufQuantName::Q8_0 => GgufQuant::Q8_0,
+            GgufQuantName::Q4KM => GgufQuant::Q4KM,
+        }
+    }
 }
 
 /// `kind: export`.
@@ -43,8 +88,7 @@ impl Kind for ExportKind {
     type Settings = ExportSpec;
     const NAME: &'static str = "export";
     const VERSION: Option<&'static str> = None;
-    const DESCRIPTION: &'static str =
-        "A model copied out of the store into a directory of your choice, with a model card.";
+    const DESCRIPTION: &'static str = "A model copied out of the store into a directory of your choice, as an HF directory or a GGUF file, with a model card.";
 
     fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL]
@@ -62,10 +106,17 @@ impl Kind for ExportKind {
     }
 
     fn check(&self, e: &ExportSpec, _stage: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if e.to.trim().is_empty() {
-            return vec![Problem::new("to", "`to` names the directory to export to")];
+            problems.push(Problem::new("to", "`to` names the directory to export to"));
         }
-        Vec::new()
+        if e.quant.is_some() && e.format == ExportFormat::Hf {
+            problems.push(Problem::new(
+                "quant",
+                "`quant` applies to GGUF exports; add `format: gguf` or remove `quant`",
+            ));
+        }
+        problems
     }
 
     fn prompt_template<'s>(&self, e: &'s ExportSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
@@ -91,6 +142,9 @@ struct ExportMetrics {
 }
 
 pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    if spec.format == ExportFormat::Gguf {
+        return run_gguf(spec, ctx);
+    }
     let files: Vec<(String, PathBuf)> = match ctx.input(MODEL.key)? {
         ResolvedInput::Artifact(view) => {
             let out = view
@@ -116,14 +170,7 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if !files.iter().any(|(r, _)| r == "config.json") {
         bail!("the model to export has no config.json");
     }
-    let label = ctx
-        .inputs
-        .get("model")
-        .map(|i| match i {
-            ResolvedInput::Artifact(v) => v.label.clone(),
-            ResolvedInput::File { label, .. } => label.clone(),
-        })
-        .unwrap_or_default();
+    let label = input_label(ctx);
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
     let mut rows = Vec::new();
     let mut total = 0u64;
@@ -142,23 +189,16 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).unwrap_or_default();
-    let card = format!(
-        "# {name}\n\nExported by hone {version} from `{label}` of recipe `{recipe}` (stage `{stage}`).\n\nArchitecture: {arch}.\n\n| file | bytes | BLAKE3 |\n|---|---|---|\n{rows}\n\nLoad it with transformers: `AutoModel.from_pretrained(\"<this directory>\")`, or with hone: `hone generate --model <this directory> --prompt ...`.\n",
-        name = spec
-            .to
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or("model"),
-        version = crate::plan::key::HONE_VERSION,
-        recipe = ctx.recipe_name,
-        stage = ctx.stage,
-        arch = config["architectures"][0].as_str().unwrap_or("unknown"),
-        rows = rows.join("\n"),
-    );
-    let card_path = dir.join("README.md");
-    std::fs::write(&card_path, card)
-        .with_context(|| format!("cannot write {}", card_path.display()))?;
+    let arch = config["architectures"][0].as_str().unwrap_or("unknown");
+    write_card(
+        spec,
+        ctx,
+        &dir,
+        &label,
+        arch,
+        &rows,
+        "Load it with transformers: `AutoModel.from_pretrained(\"<this directory>\")`, or with hone: `hone generate --model <this directory> --prompt ...`.",
+    )?;
     let metrics = ExportMetrics {
         // The model card is the one file more.
         files: files.len() + 1,
@@ -168,6 +208,109 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics: metrics::record(&metrics),
         warnings: vec![],
         summary: json!({ "from": label, "to": spec.to }),
+    })
+}
+
+fn input_label(ctx: &StageContext) -> String {
+    ctx.inputs
+        .get("model")
+        .map(|i| match i {
+            ResolvedInput::Artifact(v) => v.label.clone(),
+            ResolvedInput::File { label, .. } => label.clone(),
+        })
+        .unwrap_or_default()
+}
+
+/// The last part of `to`: the export's name.
+fn export_name(spec: &ExportSpec) -> &str {
+    spec.to
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("model")
+}
+
+/// The model card: where the export came from, its files, how to load it.
+fn write_card(
+    spec: &ExportSpec,
+    ctx: &StageContext,
+    dir: &Path,
+    label: &str,
+    arch: &str,
+    rows: &[String],
+    how_to_load: &str,
+) -> Result<()> {
+    let card = format!(
+        "# {name}\n\nExported by hone {version} from `{label}` of recipe `{recipe}` (stage `{stage}`).\n\nArchitecture: {arch}.\n\n| file | bytes | BLAKE3 |\n|---|---|---|\n{rows}\n\n{how_to_load}\n",
+        name = export_name(spec),
+        version = crate::plan::key::HONE_VERSION,
+        recipe = ctx.recipe_name,
+        stage = ctx.stage,
+        rows = rows.join("\n"),
+    );
+    let card_path = dir.join("README.md");
+    std::fs::write(&card_path, card)
+        .with_context(|| format!("cannot write {}", card_path.display()))
+}
+
+/// A GGUF export: the model loaded (an HF directory, a GGUF, a stage's model), written as one
+/// `<name>-<QUANT>.gguf`.
+fn run_gguf(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
+    let quant = spec.quant.unwrap_or(GgufQuantName::Q8_0).quant();
+    let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
+    ctx.progress.set_message("loading the model");
+    let loaded = super::model_input::load_checkpoint(ctx, MODEL.key, None, true, &device)?;
+    let label = input_label(ctx);
+    let model = crate::model::Model {
+        backbone: loaded.backbone,
+        score: loaded.score,
+    };
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    let file = format!("{}-{}.gguf", export_name(spec), quant.label());
+    ctx.progress
+        .set_message(format!("writing {file} ({})", quant.label()));
+    let written = write_gguf(
+        &model,
+        &loaded.config,
+        &loaded.tokenizer,
+        loaded.chat_template.as_ref().map(|t| t.source.as_str()),
+        export_name(spec),
+        quant,
+        &dir.join(&file),
+    )
+    .with_context(|| format!("cannot export {label} as GGUF"))?;
+    let digest = crate::store::hash::hash_file(&dir.join(&file))
+        .with_context(|| format!("cannot read {file}"))?;
+    let types: Vec<String> = written
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    write_card(
+        spec,
+        ctx,
+        &dir,
+        &label,
+        &format!(
+            "{} (GGUF, {}: tensors {})",
+            loaded.config["model_type"].as_str().unwrap_or("unknown"),
+            quant.label(),
+            types.join(", ")
+        ),
+        &[format!("| `{file}` | {} | `{digest}` |", written.bytes)],
+        &format!(
+            "Run it with llama.cpp: `llama-cli -m {file}`; in Ollama: a Modelfile with `FROM ./{file}`; with hone: `hone generate --model {file} --prompt ...`."
+        ),
+    )?;
+    let metrics = ExportMetrics {
+        files: 2,
+        bytes: written.bytes,
+    };
+    Ok(StageResult {
+        metrics: metrics::record(&metrics),
+        warnings: vec![],
+        summary: json!({ "from": label, "to": spec.to, "file": file, "quant": quant.label() }),
     })
 }
 
@@ -301,6 +444,7 @@ fn written_by_hone(dir: &Path) -> bool {
     let model_file = |name: &str| {
         name == "README.md"
             || name.ends_with(".json")
+            || name.ends_with(".gguf")
             || name.ends_with(".safetensors")
             || name.ends_with(".txt")
             || name.ends_with(".model")

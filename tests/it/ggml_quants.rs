@@ -41,3 +41,42 @@ fn every_quant_type_dequantises_exactly_like_the_reference() {
         );
     }
 }
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The types a GGUF export writes (Q8_0, Q5_0, Q4_K, Q6_K) quantise to exactly the bytes of
+/// ggml's reference quantizers (`quantize_row_*_ref`, compiled from ggml's source by
+/// scripts/ggml_quantize_reference/): weight-like rows, wide ones, zeros, a constant, outliers,
+/// only positive values.
+#[test]
+fn export_types_quantise_to_ggmls_own_bytes() {
+    use hone::model::ggml_quantize::quantize;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ggml_quantize.json");
+    let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 36, "{} cases", cases.len());
+    for case in cases {
+        let name = case["type"].as_str().unwrap();
+        let t = (0..64u32).find(|&t| type_name(t) == name).unwrap();
+        let input: Vec<f32> = unhex(case["input_f32_hex"].as_str().unwrap())
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let want = unhex(case["blocks_hex"].as_str().unwrap());
+        let got = quantize(t, &input).unwrap();
+        let differ: Vec<usize> = (0..want.len()).filter(|&i| got[i] != want[i]).collect();
+        assert!(
+            got.len() == want.len() && differ.is_empty(),
+            "{name} {}: {} of {} bytes differ (first at {:?})",
+            case["name"],
+            differ.len(),
+            want.len(),
+            differ.first()
+        );
+    }
+}

@@ -208,6 +208,114 @@ fn sentencepiece_gguf_tokenizer_matches_transformers() {
     }
 }
 
+/// A byte-level BPE of `n` single-character tokens (GPT-2's byte alphabet from `!`) and no
+/// merges, the last one a special end-of-text token: a vocabulary for the tiny fixtures.
+fn tiny_tokenizer(n: usize) -> tokenizers::Tokenizer {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut chars = (b'!'..=b'~').map(char::from).chain('\u{a1}'..='\u{ac}');
+    let vocab: tokenizers::models::bpe::Vocab = (0..n as u32 - 1)
+        .map(|i| (chars.next().unwrap().to_string(), i))
+        .chain([("<|endoftext|>".to_owned(), n as u32 - 1)])
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, vec![])
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+    tok
+}
+
+/// Tiny checkpoints of each family written as GGUF (llama.cpp's names and layouts: q/k rows
+/// and biases permuted for `llama`, GPT-2's Conv1Ds transposed, rotary scaling in the
+/// metadata) and read back by hone: within f16 rounding of transformers' logits at `f16`,
+/// further at `q8_0`; the vocabulary, special tokens and chat template travel with it.
+#[test]
+fn gguf_exports_read_back_to_the_reference_outputs() {
+    use hone::model::gguf_write::{GgufQuant, write_gguf};
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    // Logits reach about 4; a misplaced layout moves them by as much (Q4_K_M's layouts are
+    // checked on a real checkpoint, where its error is small: tests/it/real_checkpoints.rs).
+    for (name, quant, tolerance) in [
+        ("llama", GgufQuant::F16, 0.01),
+        ("llama-linear-bias", GgufQuant::F16, 0.01),
+        ("qwen3", GgufQuant::F16, 0.01),
+        ("gpt2", GgufQuant::F16, 0.01),
+        ("llama", GgufQuant::Q8_0, 0.3),
+    ] {
+        let model = load_hf_dir(&fixture(name), &device).unwrap();
+        let vocab = model.config["vocab_size"].as_u64().unwrap() as usize;
+        let tok = tiny_tokenizer(vocab);
+        let path = dir.path().join(format!("{name}-{}.gguf", quant.label()));
+        let template = "{% for m in messages %}{{ m.content }}{% endfor %}";
+        write_gguf(
+            &model.model,
+            &model.config,
+            &tok,
+            Some(template),
+            name,
+            quant,
+            &path,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let back = hone::model::load(&path, &device).unwrap();
+        assert_eq!(
+            back.chat_template.as_ref().map(|t| t.source.as_str()),
+            Some(template)
+        );
+        let tok_back = back.tokenizer.as_ref().expect("the vocabulary travels");
+        assert_eq!(tok_back.get_vocab_size(true), vocab);
+        let text = "Hi!<|endoftext|>";
+        assert_eq!(
+            tok_back.encode(text, false).unwrap().get_ids(),
+            tok.encode(text, false).unwrap().get_ids()
+        );
+        let reference = Reference::load(name);
+        let ids = reference.ints("input_ids", &device);
+        let padding = reference.ints("attention_mask", &device).equal_elem(1);
+        let hidden = back.model.backbone.hidden(ids, Some(padding));
+        let logits = back.model.backbone.lm_logits(hidden).unwrap();
+        let worst = max_diff_on_tokens(
+            &to_vec(logits),
+            &reference.floats("logits"),
+            &reference.mask(),
+            vocab,
+        );
+        assert!(
+            worst <= tolerance,
+            "{name} as {}: max abs logit difference {worst}",
+            quant.label()
+        );
+    }
+    // What llama.cpp cannot run is refused with the reason: a score head, an attention scale
+    // llama.cpp does not read, an encoder.
+    for (name, why) in [
+        ("gemma3", "query_pre_attn_scalar"),
+        ("llama-score", "score head"),
+        ("bert", "decoders"),
+    ] {
+        let model = load_hf_dir(&fixture(name), &device).unwrap();
+        let tok = tiny_tokenizer(100);
+        let err = write_gguf(
+            &model.model,
+            &model.config,
+            &tok,
+            None,
+            name,
+            GgufQuant::F16,
+            &dir.path().join("refused.gguf"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(why), "{name}: {err}");
+    }
+    assert!(!dir.path().join("refused.gguf").exists());
+}
+
 /// A sharded checkpoint whose index names a shard that is not there, a shard cut short, or a
 /// tensor its shard lacks: each error names the file.
 #[test]

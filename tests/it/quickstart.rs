@@ -68,6 +68,38 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{card}"
     );
 
+    // The same model as a GGUF for llama.cpp (f16), from the HF export: one file beside a
+    // model card, that answers a raw prompt as the HF directory does.
+    p.write(
+        "gguf.yaml",
+        "version: 1\nname: gguf\nstages:\n  gguf:\n    kind: export\n    model: { path: dist/car-assistant }\n    to: dist/car-assistant-gguf\n    format: gguf\n    quant: f16\n",
+    );
+    p.hone(&["run", "gguf.yaml"]).ok();
+    let gguf = p.path("dist/car-assistant-gguf/car-assistant-gguf-F16.gguf");
+    assert!(gguf.is_file());
+    let card = std::fs::read_to_string(p.path("dist/car-assistant-gguf/README.md")).unwrap();
+    assert!(
+        card.contains("llama-cli -m car-assistant-gguf-F16.gguf"),
+        "{card}"
+    );
+    let answer = |model: &str| {
+        p.hone(&[
+            "generate",
+            "--model",
+            model,
+            "--raw",
+            "--prompt",
+            "What does the radiator do?\n",
+            "--max-new-tokens",
+            "12",
+        ])
+        .ok()
+    };
+    assert_eq!(
+        answer("dist/car-assistant-gguf"),
+        answer("dist/car-assistant")
+    );
+
     // A new DPO beta reruns DPO and the evaluation only.
     let status = p
         .hone(&["status", "quickstart.yaml", "--set", "stages.dpo.beta=0.2"])

@@ -181,3 +181,54 @@ fn gemma3_gguf_tokenizer_matches_transformers() {
         );
     }
 }
+
+/// Gemma 3 270M written back out as a Q4_K_M GGUF by hone: the same mix of tensor types as
+/// llama.cpp's own Q4_K_M file (Q4_K, Q6_K where llama.cpp gives more bits, Q5_0 and Q8_0 for
+/// rows that are not whole K-quant blocks, F32 vectors), and read back it tokenizes and
+/// continues the three prompts exactly as transformers does with the original.
+#[test]
+fn gemma3_exported_as_q4_k_m_gguf_keeps_llama_cpps_mix_and_its_answers() {
+    use hone::model::gguf::Gguf;
+    use hone::model::gguf_write::{GgufQuant, write_gguf};
+    let device = Device::flex();
+    let reference = fixture("gemma3_greedy.json");
+    let original = models().join(reference["gguf"].as_str().unwrap());
+    let model = hone::model::load(&original, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemma-Q4_K_M.gguf");
+    write_gguf(
+        &model.model,
+        &model.config,
+        model.tokenizer.as_ref().unwrap(),
+        model.chat_template.as_ref().map(|t| t.source.as_str()),
+        "gemma",
+        GgufQuant::Q4KM,
+        &path,
+    )
+    .unwrap();
+    let mix = |p: &std::path::Path| {
+        let mut m = std::collections::BTreeMap::new();
+        for t in Gguf::open(p).unwrap().tensors {
+            *m.entry(hone::model::ggml_quants::type_name(t.ggml_type))
+                .or_insert(0) += 1;
+        }
+        m
+    };
+    assert_eq!(mix(&path), mix(&original));
+    let back = hone::model::load(&path, &device).unwrap();
+    let tokenizer = back.tokenizer.expect("the vocabulary travels");
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let ids = tokenizer.encode(prompt, true).unwrap().get_ids().to_vec();
+        let want_ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids, "tokens of {prompt:?}");
+        let want: Vec<u32> = serde_json::from_value(case["new_ids"].clone()).unwrap();
+        let cfg = SamplingConfig {
+            max_new_tokens: want.len(),
+            stop_tokens: vec![],
+            ..Default::default()
+        };
+        let got = generate(&back.model.backbone, &[ids], &cfg, &device).remove(0);
+        assert_eq!(got, want, "{prompt:?}");
+    }
+}
