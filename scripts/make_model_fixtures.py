@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -221,6 +221,37 @@ def windows() -> None:
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
 
+def phi3() -> None:
+    """Phi-3 (fused qkv_proj and gate_up_proj, half the head rotated, LongRoPE within its
+    original context so the short factors act, a sliding window of 5) and a Phi-4-mini-like
+    one (3/4 of the head rotated, tied embeddings, an original context of 4 shorter than the
+    batch so the long factors act)."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, pad_token_id=0)
+    models = {
+        "phi3": Phi3ForCausalLM(Phi3Config(
+            **shape, max_position_embeddings=64, original_max_position_embeddings=16, sliding_window=5,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "short_factor": [1.0, 1.5], "long_factor": [3.0, 7.0],
+                             "original_max_position_embeddings": 16})),
+        "phi4-mini": Phi3ForCausalLM(Phi3Config(
+            **shape, max_position_embeddings=64, original_max_position_embeddings=4, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                             "short_factor": [1.0, 1.2, 1.4], "long_factor": [2.0, 5.0, 11.0],
+                             "original_max_position_embeddings": 4})),
+    }
+    for name, model in models.items():
+        torch.manual_seed(3)
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+
 def gguf_files() -> None:
     """The qwen2 and qwen3 fixtures as GGUF files in llama.cpp's layout (F32 tensors, so the
     HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf` beside their directories. The
@@ -347,6 +378,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -60,13 +60,30 @@ pub struct TensorInfo {
     pub offset: u64,
 }
 
+/// A GGUF file's bytes: memory-mapped from disk (pages come in as tensors are dequantised and
+/// can go again, so a load holds little beyond the f32 weights), or owned.
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A parsed GGUF file (tensor data stays in `bytes` until dequantised).
 pub struct Gguf {
     pub path: PathBuf,
     pub version: u32,
     pub metadata: HashMap<String, Meta>,
     pub tensors: Vec<TensorInfo>,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     data_start: usize,
 }
 
@@ -135,14 +152,24 @@ impl Reader<'_> {
 
 impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf, ModelError> {
-        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
+        let io = |error| ModelError::Io {
             path: path.to_path_buf(),
             error,
-        })?;
-        Gguf::parse(path, bytes)
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: as for safetensors (weights.rs): the map is only read, while hone holds the
+        // file open; a file rewritten under a running load is outside what a loader can
+        // promise (llama.cpp maps the same way).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Gguf::from_bytes(path, Bytes::Mapped(map))
     }
 
+    /// A GGUF held in memory.
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Gguf, ModelError> {
+        Gguf::from_bytes(path, Bytes::Owned(bytes))
+    }
+
+    fn from_bytes(path: &Path, bytes: Bytes) -> Result<Gguf, ModelError> {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,

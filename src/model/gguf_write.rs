@@ -263,9 +263,9 @@ impl ArchPlan {
                     RopeScaling::Llama3 { .. } => {
                         rope_freqs = Some(m.rope.frequency_divisors(hd, c.theta()));
                     }
-                    RopeScaling::Dynamic { .. } => {
+                    RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => {
                         return Err(unsupported(
-                            "llama.cpp has no dynamic NTK rotary scaling; this model cannot be written as GGUF",
+                            "llama.cpp's llama has no dynamic NTK or LongRoPE rotary scaling; this model cannot be written as GGUF",
                         ));
                     }
                 }
@@ -380,6 +380,9 @@ impl ArchPlan {
                     rope_freqs: None,
                 })
             }
+            Backbone::Phi3(_) => Err(unsupported(
+                "hone does not write phi3 GGUFs yet (llama.cpp's phi3 keeps LongRoPE factors as tensors); export it as `format: hf` and convert it with llama.cpp's convert_hf_to_gguf.py",
+            )),
             Backbone::Bert(_) => Err(unsupported(
                 "GGUF export writes decoders (gpt2, llama, mistral, qwen2, qwen3, gemma2, gemma3); a BERT encoder has no llama.cpp form hone writes",
             )),

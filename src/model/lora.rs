@@ -114,6 +114,8 @@ pub fn default_targets(family: super::Family) -> &'static [&'static str] {
     match family {
         super::Family::Gpt2 => &["c_attn"],
         super::Family::Llama | super::Family::Gemma3 => &["q_proj", "v_proj"],
+        // PEFT's default for Phi-3: the fused q/k/v projection.
+        super::Family::Phi3 => &["qkv_proj"],
         super::Family::Bert => &["query", "value"],
     }
 }

@@ -15,6 +15,7 @@ pub mod heads;
 pub mod layers;
 pub mod llama;
 pub mod lora;
+pub mod phi3;
 pub mod rope;
 pub mod sampling;
 pub mod weights;
@@ -41,6 +42,7 @@ pub enum Family {
     Gpt2,
     Llama,
     Gemma3,
+    Phi3,
     Bert,
 }
 
@@ -53,11 +55,12 @@ impl Family {
             // Gemma 3's text decoder, the text part of a multimodal `gemma3` checkpoint, and
             // Gemma 2, which `gemma3.rs` runs too.
             "gemma3_text" | "gemma3" | "gemma2" => Some(Family::Gemma3),
+            "phi3" => Some(Family::Phi3),
             "bert" => Some(Family::Bert),
             _ => None,
         }
     }
-    pub const SUPPORTED: &'static str = "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text decoder), bert";
+    pub const SUPPORTED: &'static str = "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text decoder), phi3 (Phi-3, Phi-4-mini), bert";
 }
 
 /// The transformer body of a model, whatever its family.
@@ -68,6 +71,7 @@ pub enum Backbone {
     Gpt2(gpt2::Gpt2),
     Llama(llama::Llama),
     Gemma3(gemma3::Gemma3),
+    Phi3(phi3::Phi3),
     Bert(bert::Bert),
 }
 
@@ -77,6 +81,7 @@ impl Backbone {
             Backbone::Gpt2(_) => Family::Gpt2,
             Backbone::Llama(_) => Family::Llama,
             Backbone::Gemma3(_) => Family::Gemma3,
+            Backbone::Phi3(_) => Family::Phi3,
             Backbone::Bert(_) => Family::Bert,
         }
     }
@@ -87,6 +92,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.forward(ids, padding),
             Backbone::Llama(m) => m.forward(ids, padding),
             Backbone::Gemma3(m) => m.forward(ids, padding),
+            Backbone::Phi3(m) => m.forward(ids, padding),
             Backbone::Bert(m) => m.forward(ids, None, padding),
         }
     }
@@ -104,6 +110,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.forward_with(ids, positions, Some(mask), None),
             Backbone::Llama(m) => m.forward_with(ids, positions, Some(mask), None),
             Backbone::Gemma3(m) => m.forward_with(ids, positions, Some(mask), None),
+            Backbone::Phi3(m) => m.forward_with(ids, positions, Some(mask), None),
             Backbone::Bert(_) => panic!("packing is for decoders"),
         }
     }
@@ -120,6 +127,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.forward_with(ids, positions, mask, Some(cache)),
             Backbone::Llama(m) => m.forward_with(ids, positions, mask, Some(cache)),
             Backbone::Gemma3(m) => m.forward_with(ids, positions, mask, Some(cache)),
+            Backbone::Phi3(m) => m.forward_with(ids, positions, mask, Some(cache)),
             Backbone::Bert(_) => panic!("BERT is an encoder: it has no incremental decoding"),
         }
     }
@@ -129,6 +137,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.config.n_embd,
             Backbone::Llama(m) => m.config.hidden_size,
             Backbone::Gemma3(m) => m.config.hidden_size,
+            Backbone::Phi3(m) => m.config.hidden_size,
             Backbone::Bert(m) => m.config.hidden_size,
         }
     }
@@ -139,6 +148,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.config.n_positions,
             Backbone::Llama(m) => m.config.max_position_embeddings,
             Backbone::Gemma3(m) => m.config.max_position_embeddings,
+            Backbone::Phi3(m) => m.config.max_position_embeddings,
             Backbone::Bert(m) => m.config.max_position_embeddings,
         }
     }
@@ -149,6 +159,7 @@ impl Backbone {
             Backbone::Gpt2(_) => true,
             Backbone::Llama(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
             Backbone::Gemma3(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
+            Backbone::Phi3(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
             Backbone::Bert(_) => false,
         }
     }
@@ -158,6 +169,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.h.len(),
             Backbone::Llama(m) => m.layers.len(),
             Backbone::Gemma3(m) => m.layers.len(),
+            Backbone::Phi3(m) => m.layers.len(),
             Backbone::Bert(m) => m.layers.len(),
         }
     }
@@ -176,6 +188,7 @@ impl Backbone {
             Backbone::Gpt2(m) => Some(m.logits(hidden)),
             Backbone::Llama(m) => m.logits(hidden),
             Backbone::Gemma3(m) => m.logits(hidden),
+            Backbone::Phi3(m) => m.logits(hidden),
             Backbone::Bert(_) => None,
         }
     }
@@ -186,6 +199,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.projections_mut(),
             Backbone::Llama(m) => m.projections_mut(),
             Backbone::Gemma3(m) => m.projections_mut(),
+            Backbone::Phi3(m) => m.projections_mut(),
             Backbone::Bert(m) => m.projections_mut(),
         }
     }
@@ -195,6 +209,7 @@ impl Backbone {
             Backbone::Gpt2(m) => m.write_weights(w),
             Backbone::Llama(m) => m.write_weights(w),
             Backbone::Gemma3(m) => m.write_weights(w),
+            Backbone::Phi3(m) => m.write_weights(w),
             // `BertForMaskedLM` nests the encoder under `bert.`; `BertModel` has no prefix.
             Backbone::Bert(m) if m.mlm_head.is_some() => m.write_weights(w, "bert."),
             Backbone::Bert(m) => m.write_weights(w, ""),
@@ -396,6 +411,12 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
             c.check().map_err(|e| parse(e.to_string()))?;
             Backbone::Gemma3(gemma3::Gemma3::from_weights(&c, &mut weights)?)
         }
+        Family::Phi3 => {
+            let c: phi3::Phi3Config =
+                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
+            c.check().map_err(|e| parse(e.to_string()))?;
+            Backbone::Phi3(phi3::Phi3::from_weights(&c, &mut weights)?)
+        }
         Family::Bert => {
             let c: bert::BertConfig =
                 serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
@@ -411,7 +432,9 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
                 Some(weights.take("classifier.bias", [n])?),
             ))
         }
-        Family::Gpt2 | Family::Llama | Family::Gemma3 if weights.contains("score.weight") => {
+        Family::Gpt2 | Family::Llama | Family::Gemma3 | Family::Phi3
+            if weights.contains("score.weight") =>
+        {
             let n = weights.shape("score.weight").map_or(0, |s| s[0]);
             Some(layers::Proj::new(
                 weights.take_linear("score.weight", d, n)?,
@@ -469,6 +492,8 @@ pub fn save_hf_dir(
             (Backbone::Gemma3(m), Some(_)) if m.config.is_gemma2() => {
                 "Gemma2ForSequenceClassification".to_owned()
             }
+            (Backbone::Phi3(_), None) => "Phi3ForCausalLM".to_owned(),
+            (Backbone::Phi3(_), Some(_)) => "Phi3ForSequenceClassification".to_owned(),
             (Backbone::Gemma3(_), None) => "Gemma3ForCausalLM".to_owned(),
             (Backbone::Gemma3(_), Some(_)) => "Gemma3TextForSequenceClassification".to_owned(),
             (Backbone::Bert(b), None) if b.mlm_head.is_some() => "BertForMaskedLM".to_owned(),

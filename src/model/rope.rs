@@ -27,6 +27,15 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max: usize,
     },
+    /// LongRoPE (Phi-3, Phi-4-mini): each frequency divided by its own factor, `short` while
+    /// positions stay within `original_max`, `long` past it; cos and sin scaled by
+    /// `attention_factor`.
+    LongRope {
+        short: Vec<f64>,
+        long: Vec<f64>,
+        original_max: usize,
+        attention_factor: f64,
+    },
     /// YaRN: interpolated and extrapolated frequencies blended over a ramp of dimensions, and
     /// the attention scaled by `attention_factor`.
     Yarn {
@@ -43,7 +52,7 @@ pub enum RopeScaling {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RopeError {
     #[error(
-        "rotary scaling `{0}` is not supported (hone runs default, linear, dynamic, llama3 and yarn)"
+        "rotary scaling `{0}` is not supported (hone runs default, linear, dynamic, llama3, yarn and longrope)"
     )]
     Unsupported(String),
     #[error("rotary scaling `{kind}` needs `{field}` (a number{range})")]
@@ -52,6 +61,8 @@ pub enum RopeError {
         field: &'static str,
         range: &'static str,
     },
+    #[error("rotary scaling `{kind}` needs `{field}`, a list of positive numbers")]
+    Factors { kind: String, field: &'static str },
 }
 
 impl RopeScaling {
@@ -118,6 +129,45 @@ impl RopeScaling {
                     low_freq_factor: low,
                     high_freq_factor: high,
                     original_max,
+                }
+            }
+            "longrope" | "su" => {
+                let factors = |field: &'static str| -> Result<Vec<f64>, RopeError> {
+                    p.get(field)
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
+                        .filter(|f| f.iter().all(|x| x.is_finite() && *x > 0.0))
+                        .ok_or(RopeError::Factors {
+                            kind: kind.clone(),
+                            field,
+                        })
+                };
+                let original_max = p
+                    .get("original_max_position_embeddings")
+                    .or(config.get("original_max_position_embeddings"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(original_max as u64) as usize;
+                // Phi-3 derives the factor from how far the context was stretched.
+                let factor = match p.get("factor").and_then(Value::as_f64) {
+                    Some(f) => f,
+                    None => {
+                        config
+                            .get("max_position_embeddings")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(original_max as f64)
+                            / original_max.max(1) as f64
+                    }
+                };
+                let attention_factor = match p.get("attention_factor").and_then(Value::as_f64) {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / (original_max as f64).ln()).sqrt(),
+                };
+                RopeScaling::LongRope {
+                    short: factors("short_factor")?,
+                    long: factors("long_factor")?,
+                    original_max,
+                    attention_factor,
                 }
             }
             "yarn" => {
@@ -217,7 +267,23 @@ impl RopeScaling {
                 .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
                 .collect()
         };
+        if let RopeScaling::LongRope {
+            short,
+            long,
+            original_max,
+            attention_factor,
+        } = self
+        {
+            let ext = if len > *original_max { long } else { short };
+            let freqs = default(theta)
+                .iter()
+                .zip(ext.iter().chain(std::iter::repeat(&1.0)))
+                .map(|(f, e)| f / e)
+                .collect();
+            return (freqs, *attention_factor);
+        }
         match *self {
+            RopeScaling::LongRope { .. } => unreachable!("answered above"),
             RopeScaling::Default => (default(theta), 1.0),
             RopeScaling::Linear { factor } => {
                 (default(theta).iter().map(|f| f / factor).collect(), 1.0)
@@ -380,8 +446,15 @@ mod tests {
             Ok(RopeScaling::Default)
         );
         assert_eq!(
+            RopeScaling::from_config(&json!({ "rope_scaling": { "rope_type": "mrope" } })),
+            Err(RopeError::Unsupported("mrope".into()))
+        );
+        assert_eq!(
             RopeScaling::from_config(&json!({ "rope_scaling": { "rope_type": "longrope" } })),
-            Err(RopeError::Unsupported("longrope".into()))
+            Err(RopeError::Factors {
+                kind: "longrope".into(),
+                field: "short_factor"
+            })
         );
         assert!(matches!(
             RopeScaling::from_config(&json!({ "rope_scaling": { "rope_type": "linear" } })),

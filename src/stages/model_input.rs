@@ -25,10 +25,10 @@ pub fn load_tokenizer(input: &ResolvedInput) -> Result<Tokenizer> {
                 from_file(&path.join("tokenizer.json"))
                     .with_context(|| format!("{label} has no tokenizer.json"))
             } else if path.extension().is_some_and(|e| e == "gguf") {
-                let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
-                crate::model::load(path, &device)?
-                    .tokenizer
-                    .with_context(|| format!("{label} carries no tokenizer"))
+                // Only the metadata: the file is mapped, its tensors never read.
+                let gguf = crate::model::gguf::Gguf::open(path)?;
+                crate::model::gguf_tokenizer::build(&gguf)?
+                    .with_context(|| format!("{label} carries no tokenizer hone can rebuild"))
             } else {
                 from_file(path)
             }

@@ -131,8 +131,9 @@ fn llama_with_gqa_matches_transformers() {
 }
 
 /// Llama 3's rotary scaling and the others transformers implements, attention biases, the
-/// Llama-architecture families Qwen2 and Qwen3, Gemma 3, Mistral's sliding window and Gemma 2's
-/// soft-capping (fixtures from transformers 5, whose configs carry `rope_parameters`).
+/// Llama-architecture families Qwen2 and Qwen3, Gemma 3, Mistral's sliding window, Gemma 2's
+/// soft-capping, and Phi-3 / Phi-4-mini (fused projections, partial rotary, LongRoPE's short
+/// and long factors), from transformers 5, whose configs carry `rope_parameters`.
 #[test]
 fn llama_families_and_rotary_scalings_match_transformers() {
     for name in [
@@ -146,6 +147,8 @@ fn llama_families_and_rotary_scalings_match_transformers() {
         "gemma3",
         "mistral-window",
         "gemma2",
+        "phi3",
+        "phi4-mini",
     ] {
         decoder_parity(name);
     }
