@@ -344,7 +344,7 @@ pub struct GgufModel {
 type Shaped = (Vec<usize>, Vec<f32>);
 
 /// The architectures (`general.architecture`) hone maps onto its families.
-pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3, gpt2";
+pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3, phi3, gpt2";
 
 /// A GGUF file as one of hone's model families.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
@@ -358,6 +358,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
         "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device)?,
         "gemma2" | "gemma3" => load_gemma(&g, &arch, device)?,
         "gpt2" => load_gpt2(&g, device)?,
+        "phi3" => load_phi3(&g, device)?,
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
@@ -748,6 +749,92 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
     Ok((Backbone::Gpt2(model), config))
 }
 
+/// A `phi3` GGUF: q/k/v and gate/up stay fused as in HF, rotary on `rope.dimension_count`
+/// of each head, LongRoPE's factors as the `rope_factors_short` / `rope_factors_long` tensors.
+fn load_phi3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+    let path = &g.path;
+    let bad = |reason: String| ModelError::BadGguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let heads = g.int("phi3", "attention.head_count")?;
+    let hidden = g.int("phi3", "embedding_length")?;
+    let head_dim = hidden / heads.max(1);
+    let rotary = g.int("phi3", "rope.dimension_count").unwrap_or(head_dim);
+    let (vocab, tied) = g.vocab_and_tied()?;
+    let context = g.int("phi3", "context_length")?;
+    let original = g
+        .int("phi3", "rope.scaling.original_context_length")
+        .unwrap_or(context);
+    let theta = g.float("phi3", "rope.freq_base").unwrap_or(10_000.0);
+    let factors = |name: &str| -> Result<Option<Vec<f32>>, ModelError> {
+        match g.tensors.iter().find(|t| t.name == name) {
+            Some(info) => Ok(Some(g.tensor(info)?.1)),
+            None => Ok(None),
+        }
+    };
+    let mut rope = serde_json::json!({
+        "rope_type": "default",
+        "rope_theta": theta,
+        "partial_rotary_factor": rotary as f64 / head_dim.max(1) as f64,
+    });
+    match (
+        factors("rope_factors_short.weight")?,
+        factors("rope_factors_long.weight")?,
+    ) {
+        (Some(short), Some(long)) => {
+            rope["rope_type"] = "longrope".into();
+            rope["short_factor"] = short.into();
+            rope["long_factor"] = long.into();
+            rope["original_max_position_embeddings"] = original.into();
+            if let Some(a) = g.float("phi3", "rope.scaling.attn_factor") {
+                rope["attention_factor"] = a.into();
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err(bad(
+                "one of rope_factors_short / rope_factors_long without the other".into(),
+            ));
+        }
+    }
+    let window = g
+        .int("phi3", "attention.sliding_window")
+        .ok()
+        .filter(|w| *w > 0);
+    let config = merge(
+        serde_json::json!({
+            "model_type": "phi3",
+            "architectures": ["Phi3ForCausalLM"],
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": g.int("phi3", "feed_forward_length")?,
+            "num_hidden_layers": g.int("phi3", "block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": g.int("phi3", "attention.head_count_kv").unwrap_or(heads),
+            "max_position_embeddings": context,
+            "original_max_position_embeddings": original,
+            "rms_norm_eps": g.float("phi3", "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            "rope_parameters": rope,
+            "sliding_window": window,
+            "tie_word_embeddings": tied,
+        }),
+        g.special_ids(),
+    );
+    let cfg: super::phi3::Phi3Config =
+        serde_json::from_value(config.clone()).map_err(|e| bad(e.to_string()))?;
+    cfg.check().map_err(|e| bad(e.to_string()))?;
+    // The rotary factors were read into the config above; the tensors stay unused.
+    let rename = |n: &str| match n {
+        "rope_factors_short.weight" | "rope_factors_long.weight" => Some(n.to_owned()),
+        _ => PHI3_NAMES.to_hf(n),
+    };
+    let tensors = g.hf_tensors("phi3", rename, |_, _, values| values)?;
+    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let model = super::phi3::Phi3::from_weights(&cfg, &mut weights)?;
+    Ok((Backbone::Phi3(model), config))
+}
+
 /// A `rows` x `cols` matrix, transposed.
 pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
@@ -845,6 +932,20 @@ pub(crate) const GEMMA_NAMES: TensorNames = TensorNames {
     ],
 };
 
+/// Phi-3: q/k/v and gate/up fused, as in HF.
+pub(crate) const PHI3_NAMES: TensorNames = TensorNames {
+    top: DECODER_TOP,
+    layer_prefix: "model.layers.",
+    layer: &[
+        ("attn_norm.weight", "input_layernorm.weight"),
+        ("attn_qkv.weight", "self_attn.qkv_proj.weight"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_up.weight", "mlp.gate_up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+    ],
+};
+
 /// GPT-2: learned positions, LayerNorms with biases, fused q/k/v.
 pub(crate) const GPT2_NAMES: TensorNames = TensorNames {
     top: &[
@@ -900,7 +1001,7 @@ mod tests {
 
     #[test]
     fn tensor_names_map_both_ways() {
-        for names in [&LLAMA_NAMES, &GEMMA_NAMES, &GPT2_NAMES] {
+        for names in [&LLAMA_NAMES, &GEMMA_NAMES, &PHI3_NAMES, &GPT2_NAMES] {
             for (g, _) in names.layer {
                 let gguf = format!("blk.7.{g}");
                 let hf = names.to_hf(&gguf).unwrap();

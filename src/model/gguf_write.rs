@@ -15,7 +15,8 @@ use super::ggml_quantize::quantize;
 use super::ggml_quants::types::{F16, F32, Q4_K, Q5_0, Q6_K, Q8_0};
 use super::ggml_quants::{block_layout, type_name};
 use super::gguf::{
-    GEMMA_NAMES, GPT2_NAMES, LLAMA_NAMES, TensorNames, gpt2_conv1d, permute_rows, transpose,
+    GEMMA_NAMES, GPT2_NAMES, LLAMA_NAMES, PHI3_NAMES, TensorNames, gpt2_conv1d, permute_rows,
+    transpose,
 };
 use super::rope::RopeScaling;
 use super::weights::WeightWriter;
@@ -201,8 +202,9 @@ struct ArchPlan {
     permute: Option<(usize, usize)>,
     /// Gemma's norms are stored as 1 + w.
     norms_plus_one: bool,
-    /// Llama 3's rotary factors, written as llama.cpp's `rope_freqs` tensor.
-    rope_freqs: Option<Vec<f32>>,
+    /// Tensors llama.cpp keeps rotary settings in: Llama 3's `rope_freqs`, Phi-3's
+    /// `rope_factors_short` / `rope_factors_long`.
+    rope_tensors: Vec<(&'static str, Vec<f32>)>,
 }
 
 fn unsupported(msg: impl Into<String>) -> GgufWriteError {
@@ -244,7 +246,7 @@ impl ArchPlan {
                     ("rope.dimension_count", u(hd)),
                     ("vocab_size", u(c.vocab_size)),
                 ];
-                let mut rope_freqs = None;
+                let mut rope_tensors = Vec::new();
                 match &m.rope {
                     RopeScaling::Default => {}
                     RopeScaling::Linear { factor } => {
@@ -261,7 +263,8 @@ impl ArchPlan {
                         meta.push(("rope.scaling.original_context_length", u(*original_max)));
                     }
                     RopeScaling::Llama3 { .. } => {
-                        rope_freqs = Some(m.rope.frequency_divisors(hd, c.theta()));
+                        let divisors = m.rope.frequency_divisors(hd, c.theta());
+                        rope_tensors.push(("rope_freqs.weight", divisors));
                     }
                     RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => {
                         return Err(unsupported(
@@ -277,7 +280,7 @@ impl ArchPlan {
                     vocab: c.vocab_size,
                     permute: (arch == "llama").then_some((c.num_attention_heads, c.kv_heads())),
                     norms_plus_one: false,
-                    rope_freqs,
+                    rope_tensors,
                 })
             }
             Backbone::Gemma3(m) => {
@@ -353,7 +356,7 @@ impl ArchPlan {
                     vocab: c.vocab_size,
                     permute: None,
                     norms_plus_one: true,
-                    rope_freqs: None,
+                    rope_tensors: Vec::new(),
                 })
             }
             Backbone::Gpt2(_) => {
@@ -377,12 +380,58 @@ impl ArchPlan {
                     vocab: c.vocab_size,
                     permute: None,
                     norms_plus_one: false,
-                    rope_freqs: None,
+                    rope_tensors: Vec::new(),
                 })
             }
-            Backbone::Phi3(_) => Err(unsupported(
-                "hone does not write phi3 GGUFs yet (llama.cpp's phi3 keeps LongRoPE factors as tensors); export it as `format: hf` and convert it with llama.cpp's convert_hf_to_gguf.py",
-            )),
+            Backbone::Phi3(m) => {
+                let c = &m.config;
+                let mut meta = vec![
+                    ("context_length", u(c.max_position_embeddings)),
+                    ("embedding_length", u(c.hidden_size)),
+                    ("feed_forward_length", u(c.intermediate_size)),
+                    ("block_count", u(c.num_hidden_layers)),
+                    ("attention.head_count", u(c.num_attention_heads)),
+                    ("attention.head_count_kv", u(c.kv_heads())),
+                    (
+                        "attention.layer_norm_rms_epsilon",
+                        F32(c.rms_norm_eps as f32),
+                    ),
+                    ("rope.dimension_count", u(c.rotary_dim())),
+                    ("rope.freq_base", F32(c.theta() as f32)),
+                    ("attention.sliding_window", u(c.sliding_window.unwrap_or(0))),
+                ];
+                let mut rope_tensors = Vec::new();
+                match &m.rope {
+                    RopeScaling::Default => {}
+                    RopeScaling::LongRope {
+                        short,
+                        long,
+                        original_max,
+                        attention_factor,
+                    } => {
+                        meta.push(("rope.scaling.original_context_length", u(*original_max)));
+                        meta.push(("rope.scaling.attn_factor", F32(*attention_factor as f32)));
+                        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect();
+                        rope_tensors.push(("rope_factors_long.weight", f32s(long)));
+                        rope_tensors.push(("rope_factors_short.weight", f32s(short)));
+                    }
+                    other => {
+                        return Err(unsupported(format!(
+                            "hone writes phi3 GGUFs with LongRoPE or no rotary scaling, not {other:?}"
+                        )));
+                    }
+                }
+                Ok(ArchPlan {
+                    arch: "phi3",
+                    meta,
+                    names: &PHI3_NAMES,
+                    layers: c.num_hidden_layers,
+                    vocab: c.vocab_size,
+                    permute: None,
+                    norms_plus_one: false,
+                    rope_tensors,
+                })
+            }
             Backbone::Bert(_) => Err(unsupported(
                 "GGUF export writes decoders (gpt2, llama, mistral, qwen2, qwen3, gemma2, gemma3); a BERT encoder has no llama.cpp form hone writes",
             )),
@@ -409,8 +458,8 @@ impl ArchPlan {
             let (shape, values) = self.to_gguf_layout(&gguf, shape, values);
             out.push((gguf, shape, values));
         }
-        if let Some(f) = &self.rope_freqs {
-            out.push(("rope_freqs.weight".to_owned(), vec![f.len()], f.clone()));
+        for (name, f) in &self.rope_tensors {
+            out.push(((*name).to_owned(), vec![f.len()], f.clone()));
         }
         let rank = |n: &str| match n.strip_prefix("blk.") {
             None => (0, 0),

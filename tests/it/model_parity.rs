@@ -234,7 +234,7 @@ fn tiny_tokenizer(n: usize) -> tokenizers::Tokenizer {
 
 /// Tiny checkpoints of each family written as GGUF (llama.cpp's names and layouts: q/k rows
 /// and biases permuted for `llama`, GPT-2's Conv1Ds transposed, rotary scaling in the
-/// metadata) and read back by hone: within f16 rounding of transformers' logits at `f16`,
+/// metadata, Phi-3's LongRoPE factors as tensors) and read back by hone: within f16 rounding of transformers' logits at `f16`,
 /// further at `q8_0`; the vocabulary, special tokens and chat template travel with it.
 #[test]
 fn gguf_exports_read_back_to_the_reference_outputs() {
@@ -248,6 +248,8 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("llama-linear-bias", GgufQuant::F16, 0.01),
         ("qwen3", GgufQuant::F16, 0.01),
         ("gpt2", GgufQuant::F16, 0.01),
+        ("phi3", GgufQuant::F16, 0.01),
+        ("phi4-mini", GgufQuant::F16, 0.01),
         ("llama", GgufQuant::Q8_0, 0.3),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
