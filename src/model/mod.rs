@@ -231,6 +231,10 @@ pub struct HfModel {
     pub unused_weights: Vec<String>,
 }
 
+/// The config key under which a model saved by hone (always in f32) remembers the dtype its
+/// weights came in (`bfloat16`, `float16`; absent for float32), for exports.
+pub const SOURCE_DTYPE: &str = "hone_source_dtype";
+
 /// End of text: separates documents and ends every training sequence of hone's own tokenizers.
 pub const EOS: &str = "<|endoftext|>";
 
@@ -371,8 +375,20 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
         .unwrap_or("")
         .to_owned();
     let model_type = model_type.as_str();
+    // The dtype the weights came in, kept through training (hone computes in f32) so an export
+    // can write them back in it.
+    let declared = config
+        .get(SOURCE_DTYPE)
+        .or(config.get("dtype"))
+        .or(config.get("torch_dtype"))
+        .and_then(|v| v.as_str())
+        .filter(|d| matches!(*d, "bfloat16" | "float16"))
+        .map(str::to_owned);
     if model_type == "gemma3" {
         config = gemma3::text_config(&config);
+    }
+    if let (Some(d), Some(obj)) = (declared, config.as_object_mut()) {
+        obj.insert(SOURCE_DTYPE.into(), d.into());
     }
     let family =
         Family::from_model_type(model_type).ok_or_else(|| ModelError::UnknownArchitecture {

@@ -112,6 +112,18 @@ fn read_safetensors(
     Ok(())
 }
 
+/// Every tensor of these safetensors files (a checkpoint's shards) as f32, by name.
+pub fn read_f32_tensors(paths: &[PathBuf]) -> Result<HashMap<String, Shaped>, ModelError> {
+    let mut tensors = HashMap::new();
+    for p in paths {
+        read_safetensors(p, &mut tensors)?;
+    }
+    Ok(tensors)
+}
+
+/// A tensor's PyTorch shape and values.
+pub type Shaped = (Vec<usize>, Vec<f32>);
+
 /// Tensors of a checkpoint by name, as f32, consumed as the model takes them.
 pub struct WeightMap {
     path: PathBuf,
@@ -304,30 +316,146 @@ impl WeightWriter {
         self.tensors
     }
 
-    /// Writes the file (tensors sorted by name; metadata `format: pt` as transformers expects).
+    /// A tensor given by its PyTorch shape and values.
+    pub fn put_values(&mut self, name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
+        self.tensors.insert(name.into(), (shape, values));
+    }
+
+    /// Writes the file in f32 (tensors sorted by name; metadata `format: pt` as transformers
+    /// expects).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
-            .tensors
+        let names: Vec<&String> = self.tensors.keys().collect();
+        self.write_file(path, &names, StoredDtype::F32)
+    }
+
+    fn write_file(&self, path: &Path, names: &[&String], dtype: StoredDtype) -> anyhow::Result<()> {
+        let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = names
             .iter()
-            .map(|(n, (shape, v))| {
-                (
-                    n.clone(),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    shape.clone(),
-                )
+            .map(|n| {
+                let (shape, v) = &self.tensors[*n];
+                (*n, dtype.encode(v), shape)
             })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
             .iter()
             .map(|(n, b, s)| {
                 Ok((
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)?,
+                    (*n).clone(),
+                    safetensors::tensor::TensorView::new(dtype.safetensors(), (*s).clone(), b)?,
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
         let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
         let out = safetensors::serialize(views, Some(meta))?;
         crate::store::write_atomic(path, &out)
+    }
+
+    /// Writes the weights into `dir` in `dtype` as transformers saves them:
+    /// `model.safetensors`, or, above `max_shard_bytes`, shards of at most that size
+    /// (`model-00001-of-00003.safetensors`, a tensor larger than the limit alone in its shard)
+    /// and `model.safetensors.index.json`. Returns the names of the files written.
+    pub fn write_dir(
+        &self,
+        dir: &Path,
+        dtype: StoredDtype,
+        max_shard_bytes: u64,
+    ) -> anyhow::Result<Vec<String>> {
+        let size = |n: &String| (self.tensors[n].1.len() * dtype.bytes()) as u64;
+        let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
+        let mut current = 0u64;
+        for name in self.tensors.keys() {
+            let last = shards.last_mut().expect("one shard");
+            if !last.is_empty() && current + size(name) > max_shard_bytes {
+                shards.push(Vec::new());
+                current = 0;
+            }
+            shards.last_mut().expect("one shard").push(name);
+            current += size(name);
+        }
+        if shards.len() == 1 {
+            self.write_file(&dir.join("model.safetensors"), &shards[0], dtype)?;
+            return Ok(vec!["model.safetensors".into()]);
+        }
+        let n = shards.len();
+        let mut files = Vec::with_capacity(n + 1);
+        let mut weight_map = serde_json::Map::new();
+        for (i, names) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+            self.write_file(&dir.join(&file), names, dtype)?;
+            for name in names {
+                weight_map.insert((*name).clone(), file.clone().into());
+            }
+            files.push(file);
+        }
+        let total: u64 = self.tensors.keys().map(size).sum();
+        let index = serde_json::json!({
+            "metadata": { "total_size": total },
+            "weight_map": weight_map,
+        });
+        let index_name = "model.safetensors.index.json";
+        crate::store::write_atomic(
+            &dir.join(index_name),
+            serde_json::to_string_pretty(&index)?.as_bytes(),
+        )?;
+        files.push(index_name.into());
+        Ok(files)
+    }
+}
+
+/// The floating types hone writes checkpoints in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    BF16,
+    F16,
+}
+
+impl StoredDtype {
+    /// From a config's `dtype` / `torch_dtype` name.
+    pub fn from_config_name(name: &str) -> Option<StoredDtype> {
+        match name {
+            "float32" => Some(StoredDtype::F32),
+            "bfloat16" => Some(StoredDtype::BF16),
+            "float16" => Some(StoredDtype::F16),
+            _ => None,
+        }
+    }
+
+    pub fn config_name(self) -> &'static str {
+        match self {
+            StoredDtype::F32 => "float32",
+            StoredDtype::BF16 => "bfloat16",
+            StoredDtype::F16 => "float16",
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            StoredDtype::F32 => 4,
+            StoredDtype::BF16 | StoredDtype::F16 => 2,
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            StoredDtype::F32 => Dtype::F32,
+            StoredDtype::BF16 => Dtype::BF16,
+            StoredDtype::F16 => Dtype::F16,
+        }
+    }
+
+    /// Values as little-endian bytes of this type (rounded to nearest even).
+    fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            StoredDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            StoredDtype::BF16 => v
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+            StoredDtype::F16 => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+        }
     }
 }

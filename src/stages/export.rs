@@ -12,6 +12,7 @@ use super::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
 use super::{ArtifactType, StageResult, metrics};
 
 use crate::model::gguf_write::{GgufQuant, write_gguf};
+use crate::model::weights::{StoredDtype, WeightWriter, read_f32_tensors};
 use crate::recipe::types::Input;
 use crate::recipe::types::PromptTemplate;
 use crate::stages::context::{ResolvedInput, StageContext};
@@ -39,6 +40,33 @@ pub struct ExportSpec {
     /// Q6_K).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quant: Option<GgufQuantName>,
+    /// With `format: hf`: weights above this size are split into shards with an index, as
+    /// transformers saves them (`"5GB"` by default; decimal units B, KB, MB, GB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shard_size: Option<String>,
+}
+
+/// transformers' default `max_shard_size`.
+const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
+
+/// `"5GB"`, `"500MB"`, `"40KB"`, `"123B"` or a plain number of bytes, in decimal units as
+/// transformers reads them.
+fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes as u64)
 }
 
 /// What an export writes.
@@ -116,6 +144,19 @@ impl Kind for ExportKind {
                 "`quant` applies to GGUF exports; add `format: gguf` or remove `quant`",
             ));
         }
+        if let Some(size) = &e.max_shard_size {
+            if e.format == ExportFormat::Gguf {
+                problems.push(Problem::new(
+                    "max_shard_size",
+                    "`max_shard_size` applies to HF exports; a GGUF export is one file",
+                ));
+            } else if parse_size(size).is_none() {
+                problems.push(Problem::new(
+                    "max_shard_size",
+                    format!("`{size}` is not a size: write it like \"5GB\", \"500MB\" or a number of bytes"),
+                ));
+            }
+        }
         problems
     }
 
@@ -167,13 +208,72 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 .collect()
         }
     };
-    if !files.iter().any(|(r, _)| r == "config.json") {
+    let Some((_, config_path)) = files.iter().find(|(r, _)| r == "config.json") else {
         bail!("the model to export has no config.json");
-    }
+    };
     let label = input_label(ctx);
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
     let mut rows = Vec::new();
     let mut total = 0u64;
+    // Weights in the dtype they came in, or in shards: written anew; otherwise copied as they are.
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", config_path.display()))?;
+    // A model hone trained remembers the dtype it came in; a checkpoint names its own.
+    let source_dtype = [crate::model::SOURCE_DTYPE, "dtype", "torch_dtype"]
+        .iter()
+        .find_map(|k| config[*k].as_str())
+        .and_then(StoredDtype::from_config_name)
+        .filter(|d| *d != StoredDtype::F32);
+    let max_shard = spec
+        .max_shard_size
+        .as_deref()
+        .and_then(parse_size)
+        .unwrap_or(DEFAULT_MAX_SHARD);
+    let is_weights =
+        |rel: &str| rel.ends_with(".safetensors") || rel == "model.safetensors.index.json";
+    let weight_bytes: u64 = files
+        .iter()
+        .filter(|(r, _)| r.ends_with(".safetensors"))
+        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let rewrite = source_dtype.is_some() || weight_bytes > max_shard;
+    let mut files = files;
+    if rewrite {
+        let dtype = source_dtype.unwrap_or(StoredDtype::F32);
+        ctx.progress
+            .set_message(format!("writing the weights in {}", dtype.config_name()));
+        let shards: Vec<PathBuf> = files
+            .iter()
+            .filter(|(r, _)| r.ends_with(".safetensors"))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut w = WeightWriter::default();
+        for (name, (shape, values)) in read_f32_tensors(&shards)? {
+            w.put_values(name, shape, values);
+        }
+        let written = w.write_dir(&dir, dtype, max_shard)?;
+        if let Some(obj) = config.as_object_mut() {
+            obj.remove(crate::model::SOURCE_DTYPE);
+            obj.insert("dtype".into(), dtype.config_name().into());
+        }
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(&config)?,
+        )
+        .context("cannot write config.json")?;
+        files.retain(|(r, _)| !is_weights(r) && r != "config.json");
+        for name in written.iter().map(String::as_str).chain(["config.json"]) {
+            let p = dir.join(name);
+            let size = std::fs::metadata(&p)?.len();
+            total += size;
+            let digest = crate::store::hash::hash_file(&p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            rows.push(format!("| `{name}` | {size} | `{digest}` |"));
+        }
+    }
     for (rel, src) in &files {
         let dest = dir.join(rel);
         if let Some(parent) = dest.parent() {
@@ -187,8 +287,6 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
             .with_context(|| format!("cannot read {}", dest.display()))?;
         rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
     }
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).unwrap_or_default();
     let arch = config["architectures"][0].as_str().unwrap_or("unknown");
     write_card(
         spec,
@@ -201,7 +299,7 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     )?;
     let metrics = ExportMetrics {
         // The model card is the one file more.
-        files: files.len() + 1,
+        files: rows.len() + 1,
         bytes: total,
     };
     Ok(StageResult {
