@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [gemma_for_gguf] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -252,6 +252,30 @@ def phi3() -> None:
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
 
+def gemma_for_gguf() -> None:
+    """Gemma 2 and Gemma 3 as llama.cpp runs them (attention scaled by the head size, its layer
+    patterns: every other layer sliding for Gemma 2, five of six for Gemma 3), so hone can
+    write them as GGUF: `gemma2-gguf`, `gemma3-gguf`."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    text = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=64, head_dim=16,
+                query_pre_attn_scalar=16, sliding_window=4)
+    models = {
+        "gemma2-gguf": Gemma2ForCausalLM(Gemma2Config(**text, attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
+        "gemma3-gguf": Gemma3ForCausalLM(Gemma3TextConfig(
+            **text, rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    }
+    for name, model in models.items():
+        torch.manual_seed(3)
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+
 def gguf_files() -> None:
     """The qwen2 and qwen3 fixtures as GGUF files in llama.cpp's layout (F32 tensors, so the
     HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf` beside their directories. The
@@ -378,6 +402,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

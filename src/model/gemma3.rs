@@ -615,13 +615,12 @@ impl Gemma3 {
 
     /// LM logits (soft-capped when the config says so); `None` without an LM head.
     pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None if self.config.tie_word_embeddings => {
-                burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None)
-            }
-            None => return None,
-        };
+        let logits = super::layers::lm_logits(
+            hidden,
+            self.lm_head.as_ref(),
+            &self.embed_tokens,
+            self.config.tie_word_embeddings,
+        )?;
         Some(match self.config.final_logit_softcapping {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,

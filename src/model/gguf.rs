@@ -296,33 +296,23 @@ impl Gguf {
 /// interleaved pairs): HF row `(head, t, j)` is GGUF row `(head, j, t)`; [`unpermute_rows`]
 /// undoes it.
 pub(crate) fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let dh = rows / heads;
-    let half = dh / 2;
-    let mut out = vec![0.0; values.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for t in 0..2 {
-                let dst = h * dh + j * 2 + t;
-                let src = h * dh + t * half + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rows(values, rows, cols, heads, true)
 }
 
-/// Undoes llama.cpp's reordering of q/k projection rows (HF half-split rotary layout ->
-/// interleaved pairs): GGUF row `(head, j, t)` is HF row `(head, t, j)`.
+/// Undoes [`permute_rows`]: GGUF row `(head, j, t)` is HF row `(head, t, j)`.
 fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(values, rows, cols, heads, false)
+}
+
+fn move_rows(values: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let dh = rows / heads;
     let half = dh / 2;
     let mut out = vec![0.0; values.len()];
     for h in 0..heads {
         for j in 0..half {
             for t in 0..2 {
-                let src = h * dh + j * 2 + t;
-                let dst = h * dh + t * half + j;
+                let (gguf, hf) = (h * dh + j * 2 + t, h * dh + t * half + j);
+                let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }

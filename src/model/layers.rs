@@ -222,6 +222,25 @@ pub fn window_mask(
     }
 }
 
+/// A decoder's LM logits: through its own head, or through the embedding matrix when the two
+/// are tied; `None` for a checkpoint with neither (an untied head that was not saved).
+pub fn lm_logits(
+    hidden: Tensor<3>,
+    head: Option<&Proj>,
+    embed: &Param<Tensor<2>>,
+    tied: bool,
+) -> Option<Tensor<3>> {
+    match head {
+        Some(head) => Some(head.forward(hidden)),
+        None if tied => Some(burn::tensor::module::linear(
+            hidden,
+            embed.val().transpose(),
+            None,
+        )),
+        None => None,
+    }
+}
+
 /// `[b, s, h*d]` -> `[b, h, s, d]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, s, hd] = x.dims();

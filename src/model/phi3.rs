@@ -366,14 +366,11 @@ impl Phi3 {
 
     /// LM logits; `None` for a checkpoint without an LM head.
     pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        match &self.lm_head {
-            Some(head) => Some(head.forward(hidden)),
-            None if self.config.tie_word_embeddings => Some(burn::tensor::module::linear(
-                hidden,
-                self.embed_tokens.val().transpose(),
-                None,
-            )),
-            None => None,
-        }
+        super::layers::lm_logits(
+            hidden,
+            self.lm_head.as_ref(),
+            &self.embed_tokens,
+            self.config.tie_word_embeddings,
+        )
     }
 }

@@ -257,7 +257,9 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let written = w.write_dir(&dir, dtype, max_shard)?;
         if let Some(obj) = config.as_object_mut() {
             obj.remove(crate::model::SOURCE_DTYPE);
+            // transformers 5 reads `dtype`, 4 `torch_dtype`: both say it.
             obj.insert("dtype".into(), dtype.config_name().into());
+            obj.insert("torch_dtype".into(), dtype.config_name().into());
         }
         std::fs::write(
             dir.join("config.json"),

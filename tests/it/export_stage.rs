@@ -30,6 +30,7 @@ fn an_export_writes_the_source_dtype_in_shards() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["dtype"], "bfloat16");
+    assert_eq!(config["torch_dtype"], "bfloat16");
     assert!(config.get(hone::model::SOURCE_DTYPE).is_none());
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
