@@ -150,3 +150,82 @@ fn lora_trains_only_adapters_and_merges_exactly() {
     let reloaded_logits = to_vec(reloaded.lm_logits(reloaded.hidden(ids, None)).unwrap());
     assert_eq!(reloaded_logits, adapted_logits);
 }
+
+/// The newer families take LoRA on the modules PEFT names by default (Phi-3's fused
+/// `qkv_proj`, the others' `q_proj`/`v_proj`), learn, and round-trip as PEFT adapters.
+#[test]
+fn lora_learns_on_each_new_family_with_peft_names() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for (name, target) in [
+        ("phi3", "qkv_proj"),
+        ("gemma2-gguf", "q_proj"),
+        ("mistral-window", "q_proj"),
+        ("qwen3", "q_proj"),
+    ] {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let base = hone::model::load_hf_dir(&fixtures.join(name), &device)
+            .unwrap()
+            .model
+            .backbone;
+        let cfg = lora::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            ..Default::default()
+        };
+        let (mut model, adapted) = lora::apply(base, &cfg, &device).unwrap();
+        assert!(
+            adapted
+                .iter()
+                .any(|p| p == &format!("model.layers.0.self_attn.{target}")),
+            "{name}: {adapted:?}"
+        );
+        let ids = batch(&device);
+        let mask = Tensor::ones([2, 8], &device);
+        let mut optim = hone::train::optim::adamw().init();
+        let mut losses = Vec::new();
+        for _ in 0..20 {
+            let hidden = model.hidden(ids.clone(), None);
+            let loss = causal_lm_loss(model.lm_logits(hidden).unwrap(), ids.clone(), mask.clone());
+            losses.push(to_vec(loss.clone())[0]);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        assert!(
+            losses[19] < losses[0] - 0.1,
+            "{name}: loss {} -> {}",
+            losses[0],
+            losses[19]
+        );
+        let inference = model.valid();
+        let ids = batch(&Device::flex());
+        let logits = |m: &Backbone| to_vec(m.lm_logits(m.hidden(ids.clone(), None)).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let mut saved = inference.clone();
+        lora::save_peft(&mut saved, &cfg, name, dir.path()).unwrap();
+        let cfg_json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            cfg_json["target_modules"]
+                .as_array()
+                .unwrap()
+                .contains(&target.into()),
+            "{name}: {cfg_json}"
+        );
+        let mut reloaded = inference.clone();
+        for (_, p) in reloaded.projections_mut() {
+            p.lora = None;
+        }
+        lora::load_peft(&mut reloaded, dir.path(), &Device::flex()).unwrap();
+        // The same values; a trained adapter's memory layout may differ from a loaded one's,
+        // and with it the order of a matmul's sums.
+        let worst = logits(&reloaded)
+            .iter()
+            .zip(logits(&inference))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{name}: reloaded adapter differs by {worst}");
+    }
+}
