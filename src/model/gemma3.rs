@@ -621,10 +621,15 @@ impl Gemma3 {
             &self.embed_tokens,
             self.config.tie_word_embeddings,
         )?;
-        Some(match self.config.final_logit_softcapping {
+        Some(self.soft_cap(logits))
+    }
+
+    /// Gemma 2's final soft-capping, `tanh(x / cap) * cap`, where the config sets one.
+    pub fn soft_cap(&self, logits: Tensor<3>) -> Tensor<3> {
+        match self.config.final_logit_softcapping {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,
-        })
+        }
     }
 }
 

@@ -193,6 +193,46 @@ impl Backbone {
         }
     }
 
+    /// For decoding many steps: the transposed embedding of a tied LM head, laid out
+    /// contiguously once. burn multiplies a single row by the transposed *view* an order of
+    /// magnitude slower (482 ms against 39 ms per token for Gemma 3's 262k vocabulary), with
+    /// bit-identical results. `None` when the head is not tied.
+    pub fn tied_head_for_decoding(&self) -> Option<Tensor<2>> {
+        let embed = match self {
+            Backbone::Gpt2(m) => &m.wte,
+            Backbone::Llama(m) if m.lm_head.is_none() && m.config.tie_word_embeddings => {
+                &m.embed_tokens
+            }
+            Backbone::Gemma3(m) if m.lm_head.is_none() && m.config.tie_word_embeddings => {
+                &m.embed_tokens
+            }
+            Backbone::Phi3(m) if m.lm_head.is_none() && m.config.tie_word_embeddings => {
+                &m.embed_tokens
+            }
+            _ => return None,
+        };
+        let t = embed.val().transpose();
+        let device = t.device();
+        Some(Tensor::from_data(t.into_data(), &device))
+    }
+
+    /// [`lm_logits`](Self::lm_logits) through a head from
+    /// [`tied_head_for_decoding`](Self::tied_head_for_decoding) when there is one.
+    pub fn lm_logits_decoding(
+        &self,
+        hidden: Tensor<3>,
+        tied: Option<&Tensor<2>>,
+    ) -> Option<Tensor<3>> {
+        let Some(w) = tied else {
+            return self.lm_logits(hidden);
+        };
+        let logits = burn::tensor::module::linear(hidden, w.clone(), None);
+        Some(match self {
+            Backbone::Gemma3(m) => m.soft_cap(logits),
+            _ => logits,
+        })
+    }
+
     /// Projections by HF module path, for LoRA.
     pub fn projections_mut(&mut self) -> Vec<(String, &mut layers::Proj)> {
         match self {

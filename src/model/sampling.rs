@@ -137,10 +137,13 @@ pub fn generate(
     let mut rng = SplitMix64::new(cfg.seed);
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    let tied = model.tied_head_for_decoding();
     for _ in 0..max_new_tokens {
         let s = hidden.dims()[1];
         let last = hidden.narrow(1, s - 1, 1);
-        let logits = model.lm_logits(last).expect("generation needs a decoder");
+        let logits = model
+            .lm_logits_decoding(last, tied.as_ref())
+            .expect("generation needs a decoder");
         let v = logits.dims()[2];
         let rows = super::to_vec(logits.reshape([b, v]));
         let mut next = Vec::with_capacity(b);
