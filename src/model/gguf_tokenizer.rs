@@ -274,6 +274,9 @@ fn sentencepiece(g: &Gguf, vocab: &GgufVocab) -> Result<Tokenizer, ModelError> {
     Ok(tok)
 }
 
+/// The longest vocabulary entry (in bytes) merges are recovered for.
+const MAX_MERGED_TOKEN_BYTES: usize = 1024;
+
 /// The merges a vocabulary implies: every split of a token into two tokens, ordered by the
 /// token's score (best first), then longer left parts first; a token's splits with equal keys
 /// keep the order of their parts' ids. (transformers' `generate_merges`, so hone cuts text
@@ -288,7 +291,13 @@ fn merges_from_vocab(tokens: &[String], scores: &[f64], ids: &BpeVocab) -> Vec<(
         }
     }
     let mut merges: Vec<(&str, &str, f64)> = Vec::new();
-    for token in order {
+    // Splitting a token costs its length squared (every split is hashed): an entry longer
+    // than any real one (Gemma's longest of 262k is 31 characters) gets no merges, so a
+    // crafted file cannot make loading take hours.
+    for token in order
+        .into_iter()
+        .filter(|t| t.len() <= MAX_MERGED_TOKEN_BYTES)
+    {
         let score = score_of[token];
         let start = merges.len();
         for (i, _) in token.char_indices().skip(1) {
@@ -558,5 +567,15 @@ mod tests {
         let merges = merges_from_vocab(&tokens, &scores, &ids);
         let got: Vec<String> = merges.iter().map(|(l, r)| format!("{l} {r}")).collect();
         assert_eq!(got, ["ab c", "a bc", "a b", "b c"]);
+    }
+
+    #[test]
+    fn an_absurdly_long_entry_gets_no_merges() {
+        let long = "a".repeat(1 << 20);
+        let tokens = vec!["a".to_owned(), "aa".to_owned(), long];
+        let ids = GgufVocab::ids(&tokens);
+        // Splitting it would hash a million substrings of up to a megabyte each.
+        let merges = merges_from_vocab(&tokens, &[0.0, -1.0, -2.0], &ids);
+        assert_eq!(merges, [("a".to_owned(), "a".to_owned())]);
     }
 }
