@@ -11,7 +11,7 @@ use super::Backbone;
 use super::gemma3::{Gemma3, Gemma3Config};
 use super::ggml_quants::{SUPPORTED, block_layout, dequantize, type_name};
 use super::llama::{Llama, LlamaConfig};
-use super::weights::{ModelError, WeightMap};
+use super::weights::{ModelError, WeightMap, transpose};
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -823,17 +823,6 @@ fn load_phi3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
     let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
     let model = super::phi3::Phi3::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Phi3(model), config))
-}
-
-/// A `rows` x `cols` matrix, transposed.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }
 
 /// llama.cpp's tensor names and HF's for one family: model-wide tensors, and a layer's parts

@@ -16,10 +16,10 @@ use super::ggml_quants::types::{F16, F32, Q4_K, Q5_0, Q6_K, Q8_0};
 use super::ggml_quants::{block_layout, type_name};
 use super::gguf::{
     GEMMA_NAMES, GPT2_NAMES, LLAMA_NAMES, PHI3_NAMES, TensorNames, gpt2_conv1d, permute_rows,
-    transpose,
 };
 use super::rope::RopeScaling;
 use super::weights::WeightWriter;
+use super::weights::transpose;
 use super::{Backbone, Model};
 
 /// How an exported GGUF stores its matrices (vectors stay F32).

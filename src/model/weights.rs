@@ -112,6 +112,17 @@ fn read_safetensors(
     Ok(())
 }
 
+/// A `rows` x `cols` row-major matrix, transposed.
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
 /// Every tensor of these safetensors files (a checkpoint's shards) as f32, by name.
 pub fn read_f32_tensors(paths: &[PathBuf]) -> Result<HashMap<String, Shaped>, ModelError> {
     let mut tensors = HashMap::new();
@@ -241,6 +252,14 @@ impl WeightMap {
         name: &str,
         shape: [usize; D],
     ) -> Result<Tensor<D>, ModelError> {
+        let values = self.take_values(name, &shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
+    }
+
+    fn take_values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let (found, values) =
             self.tensors
                 .remove(name)
@@ -256,20 +275,23 @@ impl WeightMap {
                 found,
             });
         }
-        Ok(Tensor::from_data(
-            TensorData::new(values, shape),
-            &self.device,
-        ))
+        Ok(values)
     }
 
-    /// A PyTorch `nn.Linear` weight `[out, in]`, as burn's `[in, out]`.
+    /// A PyTorch `nn.Linear` weight `[out, in]`, as burn's `[in, out]`, laid out contiguously:
+    /// a transposed view would be copied by every matmul it enters (for a frozen LoRA base,
+    /// on every step), with the same values.
     pub fn take_linear(
         &mut self,
         name: &str,
         d_in: usize,
         d_out: usize,
     ) -> Result<Tensor<2>, ModelError> {
-        Ok(self.take(name, [d_out, d_in])?.transpose())
+        let values = self.take_values(name, &[d_out, d_in])?;
+        Ok(Tensor::from_data(
+            TensorData::new(transpose(&values, d_out, d_in), [d_in, d_out]),
+            &self.device,
+        ))
     }
 
     /// Drops `name` (a tied duplicate nobody needs).
