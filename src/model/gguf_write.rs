@@ -22,12 +22,18 @@ use super::weights::WeightWriter;
 use super::weights::transpose;
 use super::{Backbone, Model};
 
-/// How an exported GGUF stores its matrices (vectors stay F32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an exported GGUF stores its matrices (vectors stay F32); named in recipes as `f16`,
+/// `q8_0`, `q4_k_m`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub enum GgufQuant {
+    #[serde(rename = "f16")]
     F16,
+    #[serde(rename = "q8_0")]
     Q8_0,
     /// llama.cpp's `Q4_K_M`.
+    #[serde(rename = "q4_k_m")]
     Q4KM,
 }
 

@@ -39,7 +39,7 @@ pub struct ExportSpec {
     /// With `format: gguf`: `f16`, `q8_0` (default) or `q4_k_m` (llama.cpp's mix of Q4_K and
     /// Q6_K).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quant: Option<GgufQuantName>,
+    pub quant: Option<GgufQuant>,
     /// With `format: hf`: weights above this size are split into shards with an index, as
     /// transformers saves them (`"5GB"` by default; decimal units B, KB, MB, GB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,27 +81,6 @@ pub enum ExportFormat {
 impl ExportFormat {
     fn is_hf(&self) -> bool {
         *self == ExportFormat::Hf
-    }
-}
-
-/// The quantisations a GGUF export offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum GgufQuantName {
-    #[serde(rename = "f16")]
-    F16,
-    #[serde(rename = "q8_0")]
-    Q8_0,
-    #[serde(rename = "q4_k_m")]
-    Q4KM,
-}
-
-impl GgufQuantName {
-    fn quant(self) -> GgufQuant {
-        match self {
-            GgufQuantName::F16 => GgufQuant::F16,
-            GgufQuantName::Q8_0 => GgufQuant::Q8_0,
-            GgufQuantName::Q4KM => GgufQuant::Q4KM,
-        }
     }
 }
 
@@ -357,7 +336,7 @@ fn write_card(
 /// A GGUF export: the model loaded (an HF directory, a GGUF, a stage's model), written as one
 /// `<name>-<QUANT>.gguf`.
 fn run_gguf(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let quant = spec.quant.unwrap_or(GgufQuantName::Q8_0).quant();
+    let quant = spec.quant.unwrap_or(GgufQuant::Q8_0);
     let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
     ctx.progress.set_message("loading the model");
     let loaded = super::model_input::load_checkpoint(ctx, MODEL.key, None, true, &device)?;
