@@ -284,6 +284,22 @@ impl Gguf {
         Ok((info.dims.iter().rev().copied().collect(), values))
     }
 
+    /// The family config a GGUF's metadata was mapped to, parsed; a file it does not fit is
+    /// named as bad.
+    fn config_as<T: serde::de::DeserializeOwned>(
+        &self,
+        config: &serde_json::Value,
+    ) -> Result<T, ModelError> {
+        serde_json::from_value(config.clone()).map_err(|e| self.bad(e.to_string()))
+    }
+
+    fn bad(&self, reason: String) -> ModelError {
+        ModelError::BadGguf {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
     fn need(&self, key: &str) -> Result<&Meta, ModelError> {
         self.meta(key).ok_or_else(|| ModelError::BadGguf {
             path: self.path.clone(),
@@ -417,10 +433,7 @@ impl Gguf {
         config: &serde_json::Value,
         heads: usize,
     ) -> Result<Option<serde_json::Value>, ModelError> {
-        let bad = |reason: String| ModelError::BadGguf {
-            path: self.path.clone(),
-            reason,
-        };
+        let bad = |reason: String| self.bad(reason);
         let kind = self
             .meta(&format!("{arch}.rope.scaling.type"))
             .and_then(Meta::as_str)
@@ -574,17 +587,10 @@ fn load_llama(
     if let Some(scaling) = g.rope_scaling(arch, &config, heads)? {
         config["rope_scaling"] = scaling;
     }
-    let cfg: LlamaConfig =
-        serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let cfg: LlamaConfig = g.config_as(&config)?;
     // Head counts divide the projections (un-permuting q/k rows below): a file that says 0
     // heads, or heads that do not group, is an error here rather than a crash there.
-    cfg.check().map_err(|e| ModelError::BadGguf {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    cfg.check().map_err(|e| g.bad(e.to_string()))?;
     let permuted = arch == "llama";
     // Llama 3's rotary factors were read into the config above; the tensor stays unused.
     let rename = |n: &str| match n {
@@ -659,15 +665,8 @@ fn load_gemma(
     } else {
         config["rope_local_base_freq"] = 10_000.0.into();
     }
-    let cfg: Gemma3Config =
-        serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    cfg.check().map_err(|e| ModelError::BadGguf {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let cfg: Gemma3Config = g.config_as(&config)?;
+    cfg.check().map_err(|e| g.bad(e.to_string()))?;
     let tensors = g.hf_tensors(
         arch,
         |n| GEMMA_NAMES.to_hf(n),
@@ -703,11 +702,7 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
         }),
         g.special_ids(),
     );
-    let cfg: super::gpt2::Gpt2Config =
-        serde_json::from_value(config.clone()).map_err(|e| ModelError::BadGguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let cfg: super::gpt2::Gpt2Config = g.config_as(&config)?;
     let tensors = g.hf_tensors(
         "gpt2",
         |n| GPT2_NAMES.to_hf(n),
@@ -743,10 +738,7 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
 /// of each head, LongRoPE's factors as the `rope_factors_short` / `rope_factors_long` tensors.
 fn load_phi3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
-    let bad = |reason: String| ModelError::BadGguf {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| g.bad(reason);
     let heads = g.int("phi3", "attention.head_count")?;
     let hidden = g.int("phi3", "embedding_length")?;
     let head_dim = hidden / heads.max(1);
@@ -811,8 +803,7 @@ fn load_phi3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
         }),
         g.special_ids(),
     );
-    let cfg: super::phi3::Phi3Config =
-        serde_json::from_value(config.clone()).map_err(|e| bad(e.to_string()))?;
+    let cfg: super::phi3::Phi3Config = g.config_as(&config)?;
     cfg.check().map_err(|e| bad(e.to_string()))?;
     // The rotary factors were read into the config above; the tensors stay unused.
     let rename = |n: &str| match n {
