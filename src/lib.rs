@@ -8,6 +8,7 @@ pub mod cli;
 pub mod data;
 pub mod diag;
 pub mod exec;
+pub mod kernels;
 pub mod model;
 pub mod plan;
 pub mod recipe;

@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{LayerNorm, Proj, attend, attention_mask, merge_heads, split_heads};
@@ -65,7 +65,7 @@ impl BertLayer {
         let x = self.attention_norm.forward(a + x);
         let h = self.intermediate.forward(x.clone());
         let h = if self.tanh_gelu {
-            gelu_approximate(h)
+            crate::kernels::gelu_tanh(h)
         } else {
             gelu(h)
         };
@@ -162,7 +162,7 @@ impl Bert {
         let head = self.mlm_head.as_ref()?;
         let h = head.dense.forward(hidden);
         let h = if head.tanh_gelu {
-            gelu_approximate(h)
+            crate::kernels::gelu_tanh(h)
         } else {
             gelu(h)
         };

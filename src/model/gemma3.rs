@@ -15,13 +15,13 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::gelu_approximate;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
     KvCache, Proj, attend_capped, causal_inputs, merge_heads, named_projections, repeat_kv,
-    rms_normalize, rows_at, split_heads, window_mask, write_projections,
+    rows_at, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -269,7 +269,7 @@ impl GemmaNorm {
         GemmaNorm::new(Tensor::zeros([d], device), eps)
     }
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        rms_normalize(x, self.eps).mul(self.weight.val().add_scalar(1.0).unsqueeze())
+        crate::kernels::rms_norm(x, self.weight.val().add_scalar(1.0), self.eps)
     }
 }
 
@@ -345,7 +345,8 @@ impl Gemma3Layer {
             .forward(self.o_proj.forward(merge_heads(a)));
         let x = x + a;
         let h = self.pre_feedforward_layernorm.forward(x.clone());
-        let m = gelu_approximate(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h);
+        let m =
+            crate::kernels::gelu_tanh(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h);
         x + self
             .post_feedforward_layernorm
             .forward(self.down_proj.forward(m))

@@ -5,7 +5,7 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{KvCache, LayerNorm, Proj, attend, causal_inputs, merge_heads, split_heads};
@@ -71,7 +71,7 @@ impl Gpt2Block {
         let x = x + self.attn_c_proj.forward(merge_heads(attend(q, k, v, mask)));
         let h = self.c_fc.forward(self.ln_2.forward(x.clone()));
         let h = if self.tanh_gelu {
-            gelu_approximate(h)
+            crate::kernels::gelu_tanh(h)
         } else {
             gelu(h)
         };

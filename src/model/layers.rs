@@ -105,15 +105,8 @@ impl RmsNorm {
         RmsNorm::new(Tensor::ones([d], device), eps)
     }
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        rms_normalize(x, self.eps).mul(self.weight.val().unsqueeze())
+        crate::kernels::rms_norm(x, self.weight.val(), self.eps)
     }
-}
-
-/// `x` divided by its root mean square over the last dimension (plus `eps`): the part of an
-/// RMSNorm before its weight.
-pub fn rms_normalize<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
-    let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
-    x.div(rms)
 }
 
 /// Value added to masked attention scores: large and finite, so a fully masked row (a padding

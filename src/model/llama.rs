@@ -12,7 +12,6 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
@@ -259,7 +258,8 @@ impl LlamaLayer {
         let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
         let x = x + self.o_proj.forward(merge_heads(a));
         let h = self.post_attention_layernorm.forward(x.clone());
-        let m = silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h);
+        let m =
+            crate::kernels::silu_mul(self.gate_proj.forward(h.clone()), self.up_proj.forward(h));
         x + self.down_proj.forward(m)
     }
 }

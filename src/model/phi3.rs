@@ -7,7 +7,6 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -207,7 +206,7 @@ impl Phi3Layer {
         let inner = gu.dims()[2] / 2;
         let gate = gu.clone().narrow(2, 0, inner);
         let up = gu.narrow(2, inner, inner);
-        x + self.down_proj.forward(silu(gate) * up)
+        x + self.down_proj.forward(crate::kernels::silu_mul(gate, up))
     }
 }
 

@@ -216,14 +216,11 @@ impl Rollout {
 /// distribution the tokens came from.
 pub fn token_logps(model: &Backbone, b: &LmBatch, temperature: f64) -> (Tensor<2>, Tensor<2>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
-    let mut logits = model.lm_logits(hidden).expect("a decoder");
-    if temperature > 0.0 && temperature != 1.0 {
-        logits = logits.div_scalar(temperature);
-    }
-    let [n, s, _] = logits.dims();
-    let lp = burn::tensor::activation::log_softmax(logits.narrow(1, 0, s - 1), 2)
-        .gather(2, b.ids.clone().narrow(1, 1, s - 1).reshape([n, s - 1, 1]))
-        .reshape([n, s - 1]);
+    let lp = model
+        .next_token_nll(hidden, b.ids.clone(), temperature)
+        .expect("a decoder")
+        .neg();
+    let s = b.ids.dims()[1];
     let mask = b.target_mask.clone().narrow(1, 1, s - 1);
     (lp * mask.clone(), mask)
 }

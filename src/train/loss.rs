@@ -1,16 +1,8 @@
-//! Losses written from `log_softmax` + `gather` with 0/1 masks (burn has no ignore-index).
+//! Losses over per-token negative log-likelihoods with 0/1 masks (burn has no ignore-index).
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
-/// Negative log-likelihood of `labels` `[n]` under `logits` `[n, v]`, per row.
-pub fn token_nll(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let n = labels.dims()[0];
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([n, 1]))
-        .reshape([n])
-        .neg()
-}
+pub use crate::kernels::logits_nll as token_nll;
 
 /// Causal LM loss: position t predicts token t+1; mean over positions whose *target* has
 /// weight 1 in `target_mask` `[b, s]` (0 on prompt and padding).
@@ -30,8 +22,14 @@ pub fn causal_lm_loss_sum(
     let [b, s, v] = logits.dims();
     let pred = logits.narrow(1, 0, s - 1).reshape([b * (s - 1), v]);
     let target = ids.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
-    let w = target_mask.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
-    (token_nll(pred, target) * w).sum()
+    masked_target_sum(token_nll(pred, target).reshape([b, s - 1]), target_mask)
+}
+
+/// `sum nll * mask` over the targets: `nll` `[b, s-1]` holds position t's loss for token t+1,
+/// `target_mask` `[b, s]` weighs tokens (as [`causal_lm_loss_sum`] takes them).
+pub fn masked_target_sum(nll: Tensor<2>, target_mask: Tensor<2>) -> Tensor<1> {
+    let s = target_mask.dims()[1];
+    (nll * target_mask.narrow(1, 1, s - 1)).sum()
 }
 
 /// Next-token accuracy: (correct argmax predictions, targets) over the positions whose target

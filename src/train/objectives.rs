@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 
-use super::loss::causal_lm_loss_sum;
+use super::loss::masked_target_sum;
 use super::trainer::Objective;
 use crate::model::Backbone;
 
@@ -101,14 +101,11 @@ impl LmBatch {
 /// (`[b]` each): what preference losses compare.
 pub fn sequence_logps(model: &Backbone, b: &LmBatch) -> (Tensor<1>, Tensor<1>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
-    let logits = model
-        .lm_logits(hidden)
-        .expect("sequence log-probabilities need a decoder");
-    let [n, s, v] = logits.dims();
-    let lp = burn::tensor::activation::log_softmax(logits.narrow(1, 0, s - 1), 2)
-        .gather(2, b.ids.clone().narrow(1, 1, s - 1).reshape([n, s - 1, 1]))
-        .reshape([n, s - 1]);
-    let _ = v;
+    let lp = model
+        .next_token_nll(hidden, b.ids.clone(), 1.0)
+        .expect("sequence log-probabilities need a decoder")
+        .neg();
+    let [n, s] = b.ids.dims();
     let mask = b.target_mask.clone().narrow(1, 1, s - 1);
     (
         (lp * mask.clone()).sum_dim(1).reshape([n]),
@@ -129,10 +126,10 @@ impl Objective<Backbone> for CausalLm {
             }
             None => model.hidden(b.ids.clone(), Some(b.padding.clone())),
         };
-        let logits = model
-            .lm_logits(hidden)
+        let nll = model
+            .next_token_nll(hidden, b.ids.clone(), 1.0)
             .expect("causal LM training needs a decoder");
-        causal_lm_loss_sum(logits, b.ids.clone(), b.target_mask.clone())
+        masked_target_sum(nll, b.target_mask.clone())
     }
 
     fn count(&self, b: &LmBatch) -> f64 {

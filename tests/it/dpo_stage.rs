@@ -181,8 +181,19 @@ fn dpo_and_its_variants_raise_held_out_preference_accuracy() {
         "{rm}"
     );
     let ppo = p.hone(&["show", "r.yaml", "ppo"]).ok();
+    // The reward of sampled answers rises over training: the last quarter of steps scores
+    // above the SFT policy's own answers at the first step. (Quarter against quarter is too
+    // noisy at this size: most of the rise happens within the first quarter, and by how much
+    // varies with the seed: the first step's -0.9 to -1.6 became -0.1 to -0.6.)
+    let first_step: serde_json::Value = ppo
+        .lines()
+        .find_map(|l| l.strip_prefix("first_step "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no first_step in\n{ppo}"));
     let (first, last) = (
-        metric(&ppo, "scores_first_quarter"),
+        first_step["objective/scores"]
+            .as_f64()
+            .expect("first step's scores"),
         metric(&ppo, "scores_last_quarter"),
     );
     assert!(

@@ -1,6 +1,6 @@
-//! Layers look down only: the libraries under the runner (model, train, data, store, the backend
-//! choice and diagnostics) never name the runner's modules, so each can be used and tested
-//! alone. This reads the sources, so a new upward import fails here before review.
+//! Layers look down only: the libraries under the runner (kernels, model, train, data, store,
+//! the backend choice and diagnostics) never name the runner's modules, so each can be used
+//! and tested alone. This reads the sources, so a new upward import fails here before review.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 const UPPER: &[&str] = &["recipe", "stages", "exec", "plan", "cli"];
 
 /// The lower layers, as paths under `src/`.
-const LOWER: &[&str] = &["model", "train", "data", "store", "backend.rs", "diag.rs"];
+const LOWER: &[&str] = &[
+    "kernels",
+    "model",
+    "train",
+    "data",
+    "store",
+    "backend.rs",
+    "diag.rs",
+];
 
 /// Every `crate::<upper>` path in `source`, also inside a grouped `use crate::{...}`, as
 /// `line: text`.

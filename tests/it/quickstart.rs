@@ -25,22 +25,29 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{out}"
     );
     // `hone generate` on a stage's model prompts it the way the stage trained it (the
-    // quickstart's SFT uses the plain template; a chat template would get garbage back),
-    // also through the export of a later stage.
-    for stage in ["quickstart.yaml:sft", "quickstart.yaml:export"] {
-        let said = p
-            .hone(&[
-                "generate",
-                "--model",
-                stage,
-                "--prompt",
-                "What does the radiator do?",
-                "--max-new-tokens",
-                "12",
-            ])
-            .ok();
-        assert!(said.trim().starts_with("The radiator"), "{stage}: {said}");
-    }
+    // quickstart's SFT uses the plain template; a chat template would get garbage back), also
+    // through the export of a later stage, which answers exactly as the stage it exports.
+    // (What PPO makes of the SFT model varies from seed to seed on a model this small; the
+    // export must only not change it.)
+    let generate = |stage: &str| {
+        p.hone(&[
+            "generate",
+            "--model",
+            stage,
+            "--prompt",
+            "What does the radiator do?",
+            "--max-new-tokens",
+            "12",
+        ])
+        .ok()
+    };
+    let sft = generate("quickstart.yaml:sft");
+    assert!(sft.trim().starts_with("The radiator"), "sft: {sft}");
+    assert_eq!(
+        generate("quickstart.yaml:export"),
+        generate("quickstart.yaml:ppo"),
+        "the export answers as the PPO stage it exports"
+    );
     let eval = p.hone(&["show", "quickstart.yaml", "evaluate"]).ok();
     assert!(
         metric(&eval, "sft.exact_match") > metric(&eval, "base.exact_match"),

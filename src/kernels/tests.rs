@@ -1,0 +1,259 @@
+//! The fused kernels against burn's composed ops: values and gradients.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::{gelu_approximate, log_softmax};
+
+use super::{fused, gelu_tanh, linear_nll};
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().expect("f32 values")
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: fused {g}, composed {w}"
+        );
+    }
+}
+
+#[test]
+fn the_fused_path_is_taken_on_flex_f32_only() {
+    let d = Device::flex();
+    assert!(fused(&d, burn::tensor::DType::F32));
+    assert!(fused(&d.clone().autodiff(), burn::tensor::DType::F32));
+    assert!(!fused(&d, burn::tensor::DType::BF16));
+}
+
+#[test]
+fn exp_and_tanh_match_libm() {
+    let mut worst_exp = 0f32;
+    for i in -87_000..88_000 {
+        let x = i as f32 / 1000.0 + 0.000_37;
+        let (got, want) = (super::flex::exp(x), x.exp());
+        worst_exp = worst_exp.max(((got - want) / want).abs());
+    }
+    assert!(worst_exp < 4e-7, "exp relative error {worst_exp}");
+    for i in -20_000..20_000 {
+        let x = i as f32 / 1000.0;
+        let (got, want) = (super::flex::tanh(x), x.tanh());
+        assert!((got - want).abs() < 4e-7, "tanh({x}) = {got}, libm {want}");
+    }
+    assert_eq!(super::flex::exp(-1000.0), super::flex::exp(-87.3));
+    assert!(super::flex::exp(1000.0).is_finite());
+    assert_eq!(super::flex::tanh(100.0), 1.0);
+    assert_eq!(super::flex::tanh(-100.0), -1.0);
+}
+
+#[test]
+fn gelu_tanh_matches_burn_in_value_and_gradient() {
+    let d = Device::flex().autodiff();
+    d.seed(3);
+    let x = Tensor::<2>::random([37, 129], Distribution::Normal(0.0, 3.0), &d);
+    let up = Tensor::<2>::random([37, 129], Distribution::Normal(0.0, 1.0), &d);
+    let run = |f: fn(Tensor<2>) -> Tensor<2>| {
+        let x = x.clone().require_grad();
+        let y = f(x.clone());
+        let grads = (y.clone() * up.clone()).sum().backward();
+        (to_vec(y.inner()), to_vec(x.grad(&grads).expect("grad")))
+    };
+    let (y, dx) = run(gelu_tanh::<2>);
+    let (y_ref, dx_ref) = run(gelu_approximate::<2>);
+    assert_close(&y, &y_ref, 1e-6, "gelu");
+    assert_close(&dx, &dx_ref, 1e-5, "d gelu");
+}
+
+/// The composed reference: whole logits, log-softmax, gather.
+fn composed_nll(h: Tensor<2>, w: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let n = labels.dims()[0];
+    log_softmax(h.matmul(w), 1)
+        .gather(1, labels.reshape([n, 1]))
+        .reshape([n])
+        .neg()
+}
+
+#[test]
+fn linear_nll_matches_the_composed_loss_in_value_and_gradients() {
+    let d = Device::flex().autodiff();
+    d.seed(5);
+    let (n, dim, v) = (45, 24, 301);
+    let h = Tensor::<2>::random([n, dim], Distribution::Normal(0.0, 1.0), &d);
+    let w = Tensor::<2>::random([v, dim], Distribution::Normal(0.0, 0.5), &d);
+    let labels = Tensor::<1, Int>::from_data(
+        burn::tensor::TensorData::new((0..n as i64).map(|i| (i * 37) % v as i64).collect(), [n]),
+        &d,
+    );
+    // Per-row weights, as masked losses give: zero rows must get zero gradients.
+    let g = Tensor::<1>::from_data(
+        burn::tensor::TensorData::new(
+            (0..n)
+                .map(|i| {
+                    if i % 4 == 0 {
+                        0.0f32
+                    } else {
+                        1.0 + i as f32 / 10.0
+                    }
+                })
+                .collect(),
+            [n],
+        ),
+        &d,
+    );
+    // The weight enters transposed (a tied embedding [v, d]), as the LM head uses it.
+    let run = |f: fn(Tensor<2>, Tensor<2>, Tensor<1, Int>) -> Tensor<1>, rows: Option<usize>| {
+        let (h, w) = (h.clone().require_grad(), w.clone().require_grad());
+        let nll = match rows {
+            Some(rows) => {
+                Tensor::from_dispatch(<burn::backend::Dispatch as super::FusedOps>::linear_nll(
+                    h.clone().into_dispatch(),
+                    w.clone().transpose().into_dispatch(),
+                    labels.clone().into_dispatch(),
+                    rows,
+                ))
+            }
+            None => f(h.clone(), w.clone().transpose(), labels.clone()),
+        };
+        let grads = (nll.clone() * g.clone()).sum().backward();
+        (
+            to_vec(nll.inner()),
+            to_vec(h.grad(&grads).expect("d hidden")),
+            to_vec(w.grad(&grads).expect("d weight")),
+        )
+    };
+    let (nll_ref, dh_ref, dw_ref) = run(composed_nll, None);
+    // Whole (one chunk), through the public entry point, and in uneven chunks of 7 rows.
+    for (what, rows) in [
+        ("public", None::<usize>),
+        ("chunks of 7", Some(7)),
+        ("one row", Some(1)),
+    ] {
+        let (nll, dh, dw) = match rows {
+            None => run(linear_nll, None),
+            rows => run(composed_nll, rows),
+        };
+        assert_close(&nll, &nll_ref, 1e-5, &format!("nll, {what}"));
+        assert_close(&dh, &dh_ref, 1e-5, &format!("d hidden, {what}"));
+        assert_close(&dw, &dw_ref, 1e-5, &format!("d weight, {what}"));
+    }
+}
+
+#[test]
+fn linear_nll_without_autodiff_and_with_a_frozen_weight() {
+    let d = Device::flex();
+    d.seed(9);
+    let h = Tensor::<2>::random([10, 8], Distribution::Normal(0.0, 1.0), &d);
+    let w = Tensor::<2>::random([8, 50], Distribution::Normal(0.0, 1.0), &d);
+    let labels = Tensor::<1, Int>::from_data([1, 2, 3, 4, 5, 6, 7, 8, 9, 49], &d);
+    let nll = to_vec(linear_nll(h.clone(), w.clone(), labels.clone()));
+    let want = to_vec(composed_nll(h.clone(), w.clone(), labels.clone()));
+    assert_close(&nll, &want, 1e-5, "nll on a plain device");
+
+    // A frozen head (LoRA): only the hidden states get a gradient.
+    let da = Device::flex().autodiff();
+    let h = Tensor::<2>::from_data(h.into_data(), &da).require_grad();
+    let w = Tensor::<2>::from_data(w.into_data(), &da);
+    let labels = Tensor::<1, Int>::from_data(labels.into_data(), &da);
+    let grads = linear_nll(h.clone(), w.clone(), labels.clone())
+        .sum()
+        .backward();
+    let grads_ref = composed_nll(h.clone(), w.clone(), labels).sum().backward();
+    assert_close(
+        &to_vec(h.grad(&grads).expect("d hidden")),
+        &to_vec(h.grad(&grads_ref).expect("d hidden")),
+        1e-5,
+        "d hidden, frozen head",
+    );
+    assert!(w.grad(&grads).is_none());
+}
+
+#[test]
+fn row_reductions_match_a_plain_fold() {
+    // Lengths around the lane count, including a tail; the maximum in the tail and in a lane.
+    for n in [1usize, 5, 16, 17, 40, 333] {
+        let row: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 97) as f32 / 9.0 - 5.0)
+            .collect();
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(super::flex::row_max(&row), max, "max of {n}");
+        let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+        let got = super::flex::row_sum_exp(&row, max) as f64;
+        assert!((got - sum).abs() < 1e-6 * sum, "sum of {n}: {got} vs {sum}");
+    }
+}
+
+#[test]
+fn silu_mul_and_rms_norm_match_burn_in_value_and_gradients() {
+    use burn::tensor::activation::silu;
+    let d = Device::flex().autodiff();
+    d.seed(11);
+    let a = Tensor::<3>::random([3, 7, 40], Distribution::Normal(0.0, 2.0), &d);
+    let b = Tensor::<3>::random([3, 7, 40], Distribution::Normal(0.0, 1.0), &d);
+    let up = Tensor::<3>::random([3, 7, 40], Distribution::Normal(0.0, 1.0), &d);
+    let w = Tensor::<1>::random([40], Distribution::Normal(1.0, 0.3), &d);
+    #[allow(clippy::type_complexity)]
+    let run = |f: &dyn Fn(Tensor<3>, Tensor<3>, Tensor<1>) -> Tensor<3>| {
+        let (a, b, w) = (
+            a.clone().require_grad(),
+            b.clone().require_grad(),
+            w.clone().require_grad(),
+        );
+        let y = f(a.clone(), b.clone(), w.clone());
+        let grads = (y.clone() * up.clone()).sum().backward();
+        let g = |t: &Tensor<3>| t.grad(&grads).map(to_vec).unwrap_or_default();
+        (to_vec(y.inner()), g(&a), g(&b), w.grad(&grads).map(to_vec))
+    };
+    let (y, da, db, _) = run(&|a, b, _| super::silu_mul(a, b));
+    let (y_ref, da_ref, db_ref, _) = run(&|a, b, _| silu(a) * b);
+    assert_close(&y, &y_ref, 1e-6, "silu_mul");
+    assert_close(&da, &da_ref, 1e-5, "d gate");
+    assert_close(&db, &db_ref, 1e-5, "d up");
+
+    let eps = 1e-6;
+    let (y, da, _, dw) = run(&|a, _, w| super::rms_norm(a, w, eps));
+    let (y_ref, da_ref, _, dw_ref) = run(&|a, _, w| {
+        let rms = a.clone().square().mean_dim(2).add_scalar(eps).sqrt();
+        a.div(rms).mul(w.unsqueeze())
+    });
+    assert_close(&y, &y_ref, 1e-5, "rms_norm");
+    assert_close(&da, &da_ref, 1e-5, "d x");
+    assert_close(
+        &dw.expect("d weight"),
+        &dw_ref.expect("d weight"),
+        1e-4,
+        "d weight",
+    );
+}
+
+#[test]
+fn backward_passes_give_the_same_bits_on_any_number_of_threads() {
+    use burn::backend::flex::FlexTensor;
+    let d = Device::flex();
+    d.seed(13);
+    let x = FlexTensor::from_data(
+        Tensor::<2>::random([301, 48], Distribution::Normal(0.0, 1.0), &d).into_data(),
+    );
+    let w = FlexTensor::from_data(
+        Tensor::<1>::random([48], Distribution::Normal(1.0, 0.2), &d).into_data(),
+    );
+    let g = FlexTensor::from_data(
+        Tensor::<2>::random([301, 48], Distribution::Normal(0.0, 1.0), &d).into_data(),
+    );
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let (_, inv) = super::rms_norm::forward(&x, &w, 1e-6);
+            let (dx, dw) = super::rms_norm::backward(&x, &w, &inv, &g);
+            (dx.into_data(), dw.into_data())
+        })
+    };
+    let one = on(1);
+    for threads in [2, 3, 7] {
+        assert_eq!(on(threads), one, "rms_norm backward on {threads} threads");
+    }
+}
