@@ -4,9 +4,10 @@
 //! the label's logit, and drops the chunk: what it keeps for backward is one float per row.
 //! Backward recomputes a chunk's logits, turns them in place into
 //! `g_r (softmax(row) - onehot(label))`, and takes `dH_c = P W^T` and `dW += H_c^T P` from
-//! it. Peak memory is one chunk of logits instead of the whole `[n, v]` tensor plus the
-//! log-softmax, exp and gather outputs burn's composed ops keep; the price is the logits
-//! matmul done twice.
+//! it. Forward leaves the last chunk's softmax behind, so that one is not recomputed (and with
+//! a single chunk nothing is). Peak memory is about two chunks of logits instead of the whole
+//! `[n, v]` tensor plus the log-softmax, exp and gather outputs burn's composed ops keep; the
+//! price is the logits matmul done twice for every chunk but the last.
 
 use burn::backend::Autodiff;
 use burn::backend::Flex;
@@ -41,18 +42,32 @@ fn logits(hidden: &FlexTensor, weight: &FlexTensor, start: usize, len: usize) ->
     matmul(hidden.narrow(0, start, len), weight.clone())
 }
 
-/// Per-row negative log-likelihoods `[n]` and log-sum-exps.
+/// The last chunk's softmax, which forward can leave for backward at no extra cost: its rows
+/// `start..` of `exp(logits - lse)`. Bounded by the chunk size; with a single chunk (small
+/// vocabularies and batches) backward then recomputes no logits at all.
+#[derive(Debug, Clone)]
+pub struct KeptChunk {
+    start: usize,
+    softmax: FlexTensor,
+}
+
+/// Per-row negative log-likelihoods `[n]` and log-sum-exps, and with `keep_last` the last
+/// chunk's softmax.
 pub fn forward(
     hidden: &FlexTensor,
     weight: &FlexTensor,
     labels: &[i64],
     rows: usize,
-) -> (FlexTensor, Vec<f32>) {
+    keep_last: bool,
+) -> (FlexTensor, Vec<f32>, Option<KeptChunk>) {
     let (n, v) = check(hidden, weight, labels);
     let (mut nll, mut lse) = (vec![0f32; n], vec![0f32; n]);
-    for start in (0..n).step_by(rows.max(1)) {
+    let mut kept = None;
+    let rows = rows.max(1);
+    for start in (0..n).step_by(rows) {
         let len = rows.min(n - start);
-        let chunk = logits(hidden, weight, start, len);
+        let mut chunk = logits(hidden, weight, start, len);
+        let last = start + len == n;
         values(&chunk)
             .par_chunks(v)
             .zip(nll[start..start + len].par_iter_mut())
@@ -64,29 +79,53 @@ pub fn forward(
                 *lse = max + sum.ln();
                 *nll = *lse - row[label as usize];
             });
+        if keep_last && last {
+            // The same `exp(x - lse)` backward would compute from recomputed logits.
+            chunk
+                .storage_mut::<f32>()
+                .par_chunks_mut(v)
+                .zip(&lse[start..start + len])
+                .for_each(|(row, &lse)| row.iter_mut().for_each(|x| *x = exp(*x - lse)));
+            kept = Some(KeptChunk {
+                start,
+                softmax: chunk,
+            });
+        }
     }
-    (tensor(nll, [n]), lse)
+    (tensor(nll, [n]), lse, kept)
 }
 
 /// The gradients of `sum_r grad_r * nll_r` with respect to `hidden` and `weight`, each when
 /// asked for.
 pub fn backward(
-    hidden: &FlexTensor,
-    weight: &FlexTensor,
-    labels: &[i64],
-    lse: &[f32],
+    saved: Saved,
     grad: &FlexTensor,
-    rows: usize,
     (want_hidden, want_weight): (bool, bool),
 ) -> (Option<FlexTensor>, Option<FlexTensor>) {
-    let (n, v) = check(hidden, weight, labels);
+    let Saved {
+        hidden,
+        weight,
+        labels,
+        lse,
+        mut kept,
+        rows,
+    } = saved;
+    let (hidden, weight) = (&hidden, &weight);
+    let (n, v) = check(hidden, weight, &labels);
     let grad = contiguous(grad);
     let g = values(&grad);
     let weight_t = want_hidden.then(|| transpose(weight.clone()));
     let (mut d_hidden, mut d_weight) = (Vec::new(), None::<FlexTensor>);
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
-        let mut chunk = logits(hidden, weight, start, len);
+        // Each row becomes g (softmax - onehot(label)); zero-weight rows are zero.
+        let (mut chunk, is_softmax) = match kept.take() {
+            Some(k) if k.start == start => (k.softmax, true),
+            other => {
+                kept = other;
+                (logits(hidden, weight, start, len), false)
+            }
+        };
         chunk
             .storage_mut::<f32>()
             .par_chunks_mut(v)
@@ -98,8 +137,10 @@ pub fn backward(
                     row.fill(0.0);
                     return;
                 }
-                for x in row.iter_mut() {
-                    *x = g * exp(*x - lse);
+                if is_softmax {
+                    row.iter_mut().for_each(|x| *x *= g);
+                } else {
+                    row.iter_mut().for_each(|x| *x = g * exp(*x - lse));
                 }
                 row[label as usize] -= g;
             });
@@ -124,12 +165,14 @@ pub fn backward(
 #[derive(Debug)]
 struct LinearNll;
 
+/// What backward needs: the inputs, one log-sum-exp per row, and the kept last chunk.
 #[derive(Debug, Clone)]
-struct Saved {
+pub struct Saved {
     hidden: FlexTensor,
     weight: FlexTensor,
     labels: Vec<i64>,
     lse: Vec<f32>,
+    kept: Option<KeptChunk>,
     rows: usize,
 }
 
@@ -139,16 +182,8 @@ impl Backward<Flex, 2> for LinearNll {
     fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [hidden_node, weight_node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let s = ops.state;
-        let (d_hidden, d_weight) = backward(
-            &s.hidden,
-            &s.weight,
-            &s.labels,
-            &s.lse,
-            &grad,
-            s.rows,
-            (hidden_node.is_some(), weight_node.is_some()),
-        );
+        let wants = (hidden_node.is_some(), weight_node.is_some());
+        let (d_hidden, d_weight) = backward(ops.state, &grad, wants);
         if let (Some(node), Some(d)) = (hidden_node, d_hidden) {
             grads.register::<Flex>(node.id, d);
         }
@@ -172,18 +207,19 @@ pub fn autodiff<C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             let (h, w) = (hidden.primitive().clone(), weight.primitive().clone());
-            let (nll, lse) = forward(&h, &w, &labels, rows);
+            let (nll, lse, kept) = forward(&h, &w, &labels, rows, true);
             let saved = Saved {
                 hidden: h,
                 weight: w,
                 labels,
                 lse,
+                kept,
                 rows,
             };
             prep.finish(saved, nll)
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(forward(hidden.primitive(), weight.primitive(), &labels, rows).0)
+            prep.finish(forward(hidden.primitive(), weight.primitive(), &labels, rows, false).0)
         }
     }
 }

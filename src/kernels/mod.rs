@@ -65,7 +65,7 @@ impl FusedOps for Flex {
         labels: IntTensor<Self>,
         rows: usize,
     ) -> FloatTensor<Self> {
-        linear_nll::forward(&hidden, &weight, &flex::labels(&labels), rows).0
+        linear_nll::forward(&hidden, &weight, &flex::labels(&labels), rows, false).0
     }
 }
 
