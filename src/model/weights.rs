@@ -350,26 +350,37 @@ impl WeightWriter {
         self.write_file(path, &names, StoredDtype::F32)
     }
 
+    /// Streams the file to disk tensor by tensor (safetensors' own writer, so the same bytes as
+    /// serialising it whole): only the converted copies of bf16/f16 tensors are made, never
+    /// the file in memory. f32 values are written from where they are.
     fn write_file(&self, path: &Path, names: &[&String], dtype: StoredDtype) -> anyhow::Result<()> {
-        let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = names
+        let encoded: Vec<Option<Vec<u8>>> = names
             .iter()
-            .map(|n| {
-                let (shape, v) = &self.tensors[*n];
-                (*n, dtype.encode(v), shape)
-            })
+            .map(|n| (!dtype.is_f32_in_place()).then(|| dtype.encode(&self.tensors[*n].1)))
             .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        let views: Vec<(String, safetensors::tensor::TensorView)> = names
             .iter()
-            .map(|(n, b, s)| {
+            .zip(&encoded)
+            .map(|(n, e)| {
+                let (shape, v) = &self.tensors[*n];
+                let bytes = match e {
+                    Some(e) => e.as_slice(),
+                    None => f32_bytes(v),
+                };
                 Ok((
                     (*n).clone(),
-                    safetensors::tensor::TensorView::new(dtype.safetensors(), (*s).clone(), b)?,
+                    safetensors::tensor::TensorView::new(
+                        dtype.safetensors(),
+                        shape.clone(),
+                        bytes,
+                    )?,
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
         let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-        let out = safetensors::serialize(views, Some(meta))?;
-        crate::store::write_atomic(path, &out)
+        crate::store::write_atomic_file(path, |tmp| {
+            Ok(safetensors::serialize_to_file(views, Some(meta), tmp)?)
+        })
     }
 
     /// Writes the weights into `dir` in `dtype` as transformers saves them:
@@ -467,6 +478,11 @@ impl StoredDtype {
     }
 
     /// Values as little-endian bytes of this type (rounded to nearest even).
+    /// Whether f32 values can be written as they lie in memory (little-endian f32).
+    fn is_f32_in_place(self) -> bool {
+        self == StoredDtype::F32 && cfg!(target_endian = "little")
+    }
+
     fn encode(self, v: &[f32]) -> Vec<u8> {
         match self {
             StoredDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -480,4 +496,11 @@ impl StoredDtype {
                 .collect(),
         }
     }
+}
+
+/// The bytes of `v` as they lie in memory (little-endian on the targets that write them so).
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 initialised bytes; u8 has alignment 1; the length covers exactly
+    // the slice's memory and the borrow ties the bytes to `v`'s lifetime.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }

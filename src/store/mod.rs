@@ -841,7 +841,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, bytes, || {})
 }
 
-fn write_atomic_with(path: &Path, bytes: &[u8], before_rename: impl FnOnce()) -> Result<()> {
+/// The directory of `path` and a fresh temporary name in it (same filesystem, so a rename
+/// into place is atomic).
+fn scratch_beside(path: &Path) -> (&Path, PathBuf) {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -851,7 +853,28 @@ fn write_atomic_with(path: &Path, bytes: &[u8], before_rename: impl FnOnce()) ->
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let n = SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    (
+        dir,
+        dir.join(format!(".{name}.{}.{n}.tmp", std::process::id())),
+    )
+}
+
+/// [`write_atomic`] for a file another writer produces: `write` creates the file at the
+/// temporary path it is given (e.g. a library that streams to a path); it is then synced and
+/// renamed into place, or removed if `write` fails.
+pub fn write_atomic_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let (dir, tmp) = scratch_beside(path);
+    if let Err(e) = write(&tmp).and_then(|()| Ok(File::open(&tmp)?.sync_all()?)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.context(format!("cannot write {}", path.display())));
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], before_rename: impl FnOnce()) -> Result<()> {
+    let (dir, tmp) = scratch_beside(path);
     let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
