@@ -165,12 +165,13 @@ pub fn init_cpu() {
 }
 
 /// mimalloc (the allocator of hone's binary and benches) hands pages that fall empty back to
-/// the OS after 10 ms; burn frees and allocates the same large buffers at every step, so every
-/// step paid again for the kernel zeroing fresh pages (`clear_page_erms`, 13% of a measured
-/// pretraining profile). Keeping them mapped costs no peak memory: the pages are reused by the
-/// next step's buffers. Does nothing under another allocator.
+/// the OS after a delay (1 s in mimalloc 3, the version libmimalloc-sys builds); burn frees and
+/// allocates the same large buffers at every step, so steps kept paying the kernel for zeroing
+/// fresh pages. Never purging keeps them mapped for the next step's buffers, at some resident
+/// memory (the README's Backends section has both measured). Does nothing under another
+/// allocator.
 fn keep_freed_memory() {
-    /// `mi_option_purge_delay` in mimalloc 2's option enum (milliseconds; -1: never purge).
+    /// `mi_option_purge_delay` in mimalloc's option enum (milliseconds; -1: never purge).
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // mimalloc's own environment variable, when set, wins.
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
@@ -182,11 +183,20 @@ fn keep_freed_memory() {
 
 #[cfg(test)]
 #[test]
-fn the_purge_option_is_mimallocs_purge_delay() {
-    // Index 15 holds 10 (mimalloc 2's documented purge-delay default) until init_cpu sets -1;
-    // its neighbours default to 1 (eager_commit_delay) and 0 (use_numa_nodes).
-    let value = unsafe { libmimalloc_sys::mi_option_get(15) };
-    assert!(value == 10 || value == -1, "option 15 is {value}");
+fn init_cpu_turns_off_mimallocs_purging() {
+    let get = || unsafe { libmimalloc_sys::mi_option_get(15) };
+    if let Ok(v) = std::env::var("MIMALLOC_PURGE_DELAY") {
+        // The user's setting is left alone.
+        init_cpu();
+        assert_eq!(get().to_string(), v.trim());
+        return;
+    }
+    // Option 15 holds mimalloc 3's purge-delay default, 1000 ms (its neighbours default to
+    // 0: eager_commit_delay and use_numa_nodes), until init_cpu sets -1.
+    let before = get();
+    assert!(before == 1000 || before == -1, "option 15 is {before}");
+    init_cpu();
+    assert_eq!(get(), -1);
 }
 
 #[cfg(target_arch = "x86_64")]

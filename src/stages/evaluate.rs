@@ -670,8 +670,8 @@ fn token_accuracy(m: &LoadedModel, batches: &[LmBatch]) -> f64 {
     let (mut hits, mut n) = (0.0, 0.0);
     for b in batches {
         let hidden = m.backbone.hidden(b.ids.clone(), Some(b.padding.clone()));
-        if let Some(logits) = m.backbone.lm_logits(hidden) {
-            let (h, c) = causal_token_hits(logits, b.ids.clone(), b.target_mask.clone());
+        if let Some(predicted) = m.backbone.next_token_argmax(hidden) {
+            let (h, c) = causal_token_hits(predicted, b.ids.clone(), b.target_mask.clone());
             hits += h;
             n += c;
         }

@@ -32,19 +32,16 @@ pub fn masked_target_sum(nll: Tensor<2>, target_mask: Tensor<2>) -> Tensor<1> {
     (nll * target_mask.narrow(1, 1, s - 1)).sum()
 }
 
-/// Next-token accuracy: (correct argmax predictions, targets) over the positions whose target
-/// has weight 1 in `target_mask`, as in [`causal_lm_loss_sum`].
+/// Next-token accuracy: (correct predictions, targets) over the positions whose target has
+/// weight 1 in `target_mask`, as in [`causal_lm_loss_sum`]. `predicted` `[b, s-1]` holds each
+/// position's argmax (see `Backbone::next_token_argmax`).
 pub fn causal_token_hits(
-    logits: Tensor<3>,
+    predicted: Tensor<2, Int>,
     ids: Tensor<2, Int>,
     target_mask: Tensor<2>,
 ) -> (f64, f64) {
-    let [b, s, v] = logits.dims();
-    let pred = logits
-        .narrow(1, 0, s - 1)
-        .reshape([b * (s - 1), v])
-        .argmax(1)
-        .reshape([b * (s - 1)]);
+    let [b, s] = ids.dims();
+    let pred = predicted.reshape([b * (s - 1)]);
     let target = ids.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
     let w = target_mask.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
     let hits = pred
@@ -119,9 +116,14 @@ mod tests {
             &d,
         );
         let ids = Tensor::<2, Int>::from_data([[5, 0, 2, 1]], &d);
-        let all = causal_token_hits(logits.clone(), ids.clone(), Tensor::ones([1, 4], &d));
+        let predicted = logits.narrow(1, 0, 3).argmax(2).reshape([1, 3]);
+        let all = causal_token_hits(predicted.clone(), ids.clone(), Tensor::ones([1, 4], &d));
         assert_eq!(all, (2.0, 3.0));
-        let masked = causal_token_hits(logits, ids, Tensor::from_data([[1.0, 1.0, 0.0, 1.0]], &d));
+        let masked = causal_token_hits(
+            predicted,
+            ids,
+            Tensor::from_data([[1.0, 1.0, 0.0, 1.0]], &d),
+        );
         assert_eq!(masked, (1.0, 2.0));
     }
 }
