@@ -112,6 +112,7 @@ pub fn backward(
     } = saved;
     let (hidden, weight) = (&hidden, &weight);
     let (n, v) = check(hidden, weight, &labels);
+    let weight_len = dims(weight).iter().product();
     let grad = contiguous(grad);
     let g = values(&grad);
     let weight_t = want_hidden.then(|| transpose(weight.clone()));
@@ -156,9 +157,12 @@ pub fn backward(
         }
     }
     let d_hidden = want_hidden.then(|| match d_hidden.len() {
+        0 => tensor(Vec::new(), dims(hidden)),
         1 => d_hidden.pop().expect("one chunk"),
         _ => Flex::float_cat(d_hidden, 0),
     });
+    let d_weight =
+        d_weight.or_else(|| want_weight.then(|| tensor(vec![0.0; weight_len], dims(weight))));
     (d_hidden, d_weight)
 }
 

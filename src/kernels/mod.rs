@@ -6,7 +6,7 @@
 //! - [`rms_norm`]: RMSNorm, where burn composes six ops;
 //! - [`linear_nll`]: an LM head and cross-entropy together, in chunks of rows, so the
 //!   `[n, vocab]` logits and their log-softmax never exist whole (forward keeps one
-//!   log-sum-exp per row; backward recomputes each chunk's logits).
+//!   log-sum-exp per row and the last chunk's softmax; backward recomputes the other chunks).
 //!
 //! They are burn backend extensions: a flex implementation and an autodiff one that records
 //! the backward step. Other backends (wgpu, CUDA) and other dtypes take the composed burn ops,
@@ -24,9 +24,9 @@ use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_e
 use burn::prelude::*;
 use burn::tensor::DType;
 
-/// Rows of logits computed at once by [`linear_nll`]: enough to keep the gemm efficient,
-/// few enough that a chunk of logits stays near 64 MiB whatever the vocabulary.
-const LOGIT_ELEMENTS_PER_CHUNK: usize = 16 << 20;
+/// Logits computed at once by [`linear_nll`] (and by evaluation's argmax): rows enough to
+/// keep the gemm efficient, few enough that a chunk stays near 64 MiB whatever the vocabulary.
+pub const LOGIT_ELEMENTS_PER_CHUNK: usize = 16 << 20;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {

@@ -257,3 +257,20 @@ fn backward_passes_give_the_same_bits_on_any_number_of_threads() {
         assert_eq!(on(threads), one, "rms_norm backward on {threads} threads");
     }
 }
+
+#[test]
+fn linear_nll_of_no_rows_is_empty_with_zero_gradients() {
+    let d = Device::flex().autodiff();
+    let h = Tensor::<2>::zeros([0, 4], &d).require_grad();
+    let w = Tensor::<2>::ones([4, 9], &d).require_grad();
+    let labels = Tensor::<1, Int>::zeros([0], &d);
+    let nll = linear_nll(h.clone(), w.clone(), labels);
+    assert_eq!(nll.dims(), [0]);
+    let grads = nll.sum().backward();
+    assert_eq!(h.grad(&grads).map(|g| g.dims()), Some([0, 4]));
+    assert!(
+        to_vec(w.grad(&grads).expect("d weight"))
+            .iter()
+            .all(|&x| x == 0.0)
+    );
+}

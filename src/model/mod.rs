@@ -250,7 +250,6 @@ impl Backbone {
     /// rows at a time (about 64 MiB each) so evaluating a large vocabulary never holds the
     /// `[b, s, v]` logits; `None` for encoders.
     pub fn next_token_argmax(&self, hidden: Tensor<3>) -> Option<Tensor<2, Int>> {
-        const LOGIT_ELEMENTS_PER_CHUNK: usize = 16 << 20;
         let vocab = match self {
             Backbone::Gpt2(m) => m.wte.dims()[0],
             Backbone::Llama(m) => m.embed_tokens.dims()[0],
@@ -258,7 +257,7 @@ impl Backbone {
             Backbone::Phi3(m) => m.embed_tokens.dims()[0],
             Backbone::Bert(_) => return None,
         };
-        let rows = (LOGIT_ELEMENTS_PER_CHUNK / vocab.max(1)).max(1);
+        let rows = (crate::kernels::LOGIT_ELEMENTS_PER_CHUNK / vocab.max(1)).max(1);
         let [b, s, d] = hidden.dims();
         let n = b * (s - 1);
         let h = hidden.narrow(1, 0, s - 1).reshape([1, n, d]);
