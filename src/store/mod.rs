@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 /// 2: one stop-token rule (a list `eos_token_id` ends generated answers in stages too, not only
 /// in `hone generate`), and JSON floats parsed exactly in every build (serde_json's
 /// `float_roundtrip`, which only test builds had).
-/// 3: fused CPU kernels (`kernels`): the tanh GELU and the LM head's cross-entropy compute the
-/// same functions in another order, so f32 results on the CPU differ in the last bits.
+/// 3: fused CPU kernels (`kernels`): the tanh GELU, `silu(gate) * up`, RMSNorm and the LM
+/// head's cross-entropy compute the same functions in another order, so f32 results on the
+/// CPU differ in the last bits.
 pub const CACHE_FORMAT: u32 = 3;
 
 /// The type of an artifact, for contracts between stages.
