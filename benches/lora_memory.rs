@@ -9,7 +9,9 @@
 //! `$HONE_BENCH_PYTHON` (default `python3`; needs torch, transformers, peft, gguf). Tokens are
 //! the non-padding tokens PyTorch counts (the same texts and tokenizer on both sides); each
 //! side's time includes loading the model. Prints a table and writes
-//! `target/hone-bench/lora_memory.json`.
+//! `target/hone-bench/lora_memory.json`. `HONE_BENCH_BACKEND=wgpu|cuda` runs hone with that
+//! `--backend` (`scripts/gpu_check.sh`) and leaves out the PyTorch baseline, which runs on the
+//! CPU.
 
 use std::path::Path;
 use std::process::Command;
@@ -40,6 +42,7 @@ fn main() {
     );
     let recipe_path = dir.path().join("bench.yaml");
     std::fs::write(&recipe_path, recipe).unwrap();
+    let backend = std::env::var("HONE_BENCH_BACKEND").unwrap_or_else(|_| "cpu".into());
     let out = Command::new("/usr/bin/time")
         .args(["-f", "peak_rss_kb=%M"])
         .arg(env!("CARGO_BIN_EXE_hone"))
@@ -47,6 +50,7 @@ fn main() {
         .arg(&recipe_path)
         .arg("--store")
         .arg(dir.path().join("store"))
+        .args(["--backend", &backend])
         .output()
         .expect("/usr/bin/time runs hone");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -68,6 +72,13 @@ fn main() {
         .expect("the sft stage's time");
 
     let python = std::env::var("HONE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    if backend != "cpu" {
+        println!(
+            "LoRA SFT, SmolLM2-135M-Instruct on {backend}: sft stage {hone_s:.1} s (load included), host peak RSS {:.2} GB; PyTorch's CPU baseline left out",
+            hone_peak_kb / 1024.0 / 1024.0
+        );
+        return;
+    }
     let torch = Command::new(&python)
         .arg(root.join("scripts/bench_torch_lora.py"))
         .arg(&gguf)

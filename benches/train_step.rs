@@ -7,13 +7,15 @@
 //!   loss on the second half of each sequence only (the completion), as SFT trains.
 //!
 //! PyTorch runs through `$HONE_BENCH_PYTHON` (default `python3`); without torch the ratio is
-//! reported as absent. Writes `target/hone-bench/train_step.json`.
+//! reported as absent. `HONE_BENCH_BACKEND=wgpu|cuda` runs hone's side on that GPU backend
+//! instead of the CPU (`scripts/gpu_check.sh`), and then leaves PyTorch out: its baseline runs
+//! on the CPU, and a GPU-to-CPU ratio says nothing. Writes `target/hone-bench/train_step.json`.
 
 use std::cell::RefCell;
 use std::process::Command;
 use std::time::Instant;
 
-use burn::prelude::*;
+use hone::backend::{BackendChoice, BackendKind, check_available, resolve};
 use hone::model::Backbone;
 use hone::model::gpt2::{Gpt2, Gpt2Config};
 use hone::model::llama::{Llama, LlamaConfig};
@@ -33,9 +35,21 @@ const BATCH: usize = 8;
 const WARMUP: usize = 2;
 const STEPS: usize = 7;
 
+/// The backend `HONE_BENCH_BACKEND` names (`cpu` when unset).
+fn bench_backend() -> BackendKind {
+    let name = std::env::var("HONE_BENCH_BACKEND").unwrap_or_else(|_| "cpu".into());
+    let choice: BackendChoice = name
+        .parse()
+        .unwrap_or_else(|e| panic!("HONE_BENCH_BACKEND: {e}"));
+    check_available(choice).unwrap_or_else(|e| panic!("HONE_BENCH_BACKEND: {e}"));
+    resolve(choice)
+}
+
 /// Median milliseconds per optimizer step of hone's trainer on `case`.
-fn hone_ms_per_step(case: &str) -> f64 {
-    let device = Device::flex().autodiff();
+fn hone_ms_per_step(case: &str, backend: BackendKind) -> f64 {
+    let device = hone::backend::device(backend)
+        .expect("the bench's backend has a device")
+        .autodiff();
     device.seed(0);
     let model = match case {
         "pretrain" => Backbone::Gpt2(Gpt2::init(
@@ -141,18 +155,26 @@ fn torch_ms_per_step(case: &str) -> Result<serde_json::Value, String> {
 
 fn main() {
     hone::backend::init_cpu();
+    let backend = bench_backend();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
     let tokens = (BATCH * SEQ) as f64;
     let mut cases = Vec::new();
     for case in ["pretrain", "sft_lora"] {
-        let hone_ms = hone_ms_per_step(case);
+        let hone_ms = hone_ms_per_step(case, backend);
+        let on = match backend {
+            BackendKind::Cpu => format!("burn flex, {threads} threads"),
+            gpu => format!("burn {}", gpu.name()),
+        };
         println!(
-            "{case:<9} hone (burn flex, {threads} threads): {hone_ms:.0} ms/step, {:.0} tokens/s",
+            "{case:<9} hone ({on}): {hone_ms:.0} ms/step, {:.0} tokens/s",
             tokens / hone_ms * 1e3
         );
-        let torch = torch_ms_per_step(case);
+        let torch = match backend {
+            BackendKind::Cpu => torch_ms_per_step(case),
+            _ => Err("it runs on the CPU only, so it is left out next to a GPU backend".to_owned()),
+        };
         let (torch_ms, ratio) = match &torch {
             Ok(v) => {
                 let ms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
@@ -181,7 +203,7 @@ fn main() {
         }));
     }
     let report = serde_json::json!({
-        "config": { "vocab": VOCAB, "d_model": D, "layers": LAYERS, "heads": HEADS, "seq": SEQ, "batch": BATCH, "optimizer": "AdamW", "dtype": "f32", "threads": threads },
+        "config": { "vocab": VOCAB, "d_model": D, "layers": LAYERS, "heads": HEADS, "seq": SEQ, "batch": BATCH, "optimizer": "AdamW", "dtype": "f32", "threads": threads, "backend": backend.name() },
         "cases": cases,
     });
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/hone-bench");
