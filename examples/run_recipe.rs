@@ -31,8 +31,10 @@ fn main() -> anyhow::Result<()> {
             &store,
             backend,
             &RunOptions {
-                // A sweep's variants are experiments: the recipe's lockfile stays as it is.
+                // A sweep's variants are experiments: the recipe's lockfile and exports stay as
+                // they are.
                 no_lockfile: true,
+                no_publish: true,
                 ..Default::default()
             },
             &mut hone::exec::observer::Silent,

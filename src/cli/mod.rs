@@ -7,6 +7,7 @@ pub mod logging;
 pub mod output;
 pub(crate) mod render;
 mod report;
+mod runs;
 mod score;
 
 use std::path::PathBuf;
@@ -36,7 +37,9 @@ const AFTER: &str = "Examples:
   hone validate recipes/quickstart.yaml          check a recipe without running anything
   hone status recipes/quickstart.yaml            what is cached, what is stale and why
   hone run recipes/quickstart.yaml               run what is stale
-  hone run r.yaml --set stages.sft.train.lr=1e-4 override any key for this run
+  hone run r.yaml --set stages.sft.train.lr=1e-4 --name lr-1e-4
+                                                 an experiment: lockfile and dist/ untouched
+  hone runs r.yaml                               past runs: names, overrides, metrics
   hone run r.yaml --only corpus --force corpus   rerun one stage regardless of the cache
   hone dag r.yaml --format mermaid               draw the stage graph
   hone show r.yaml corpus                        an artifact's summary and first rows
@@ -111,6 +114,14 @@ enum Command {
         /// Fail, before running anything, if the run would change the lockfile.
         #[arg(long)]
         locked: bool,
+        /// With --set: record this run in the recipe's lockfile and publish its exports. A run
+        /// with --set is otherwise an experiment: its artifacts land in the store and its run
+        /// directory (`hone runs`), and the lockfile and `dist/` keep the recipe's own.
+        #[arg(long, conflicts_with = "locked")]
+        update_lock: bool,
+        /// A name for this run, shown by `hone runs` (e.g. `ipo-beta-0.3`).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Re-read every input file instead of trusting the (size, mtime, inode) digest cache.
         #[arg(long)]
         rehash: bool,
@@ -171,6 +182,16 @@ enum Command {
         #[arg(long, value_name = "K=V")]
         set: Vec<String>,
         /// The full manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runs of a recipe recorded in the store, oldest first: name, `--set` overrides, what
+    /// ran, and the metrics of each stage it computed. Experiments (`run --set`) leave the
+    /// lockfile alone; this is where they are found again.
+    Runs {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -302,17 +323,22 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             recipe: args,
             select,
             locked,
+            update_lock,
+            name,
             rehash,
             log_format,
         } => {
             let (recipe, dag) = load(args)?;
             let store = Store::open(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
             install_ctrlc_handler();
+            let experiment = !recipe.overrides.is_empty() && !*update_lock;
             let opts = RunOptions {
                 selection: select.selection(),
                 locked: *locked,
                 rehash: *rehash,
-                no_lockfile: false,
+                no_lockfile: experiment,
+                no_publish: experiment,
+                name: name.clone(),
             };
             let mut observer: Box<dyn exec::observer::Observer> = match log_format {
                 output::LogFormat::Text => Box::new(output::Terminal::new(cli.quiet)),
@@ -326,6 +352,13 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 &opts,
                 observer.as_mut(),
             )?;
+            if experiment && !cli.quiet {
+                eprintln!(
+                    "experiment (--set): {} and exports left as they were; `hone runs {}` lists it, --update-lock records it",
+                    recipe.lockfile_path().display(),
+                    recipe.path.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan {
@@ -423,6 +456,18 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Runs { recipe: path, json } => {
+            // Any run of the recipe counts, whatever it overrode: no overrides here.
+            let recipe = recipe::load(path, &[])?;
+            let root = Store::location(cli.store.as_deref(), Some(&recipe.path));
+            let rows = runs::list(&root, &recipe.header.name)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", runs::render(&recipe.path, &root, &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Show { args, set, json } => {
             let (recipe_path, stage) = match args.as_slice() {
                 [stage] => (find_recipe()?, stage.clone()),
@@ -472,7 +517,8 @@ fn status_like(
     if json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
     } else {
-        render::statuses(recipe, &statuses, is_plan);
+        let drift = (!is_plan).then(|| eval.lockfile_drift(&statuses));
+        render::statuses(recipe, &statuses, is_plan, drift.as_deref());
     }
     Ok(ExitCode::SUCCESS)
 }

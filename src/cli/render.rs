@@ -25,7 +25,15 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
+/// `hone status` and `hone plan`. `drift` (status only): the stages whose action key differs
+/// from the lockfile's, as `Evaluator::lockfile_drift` gives them, said after the stages so
+/// that status and `run --locked` never disagree unseen.
+pub fn statuses(
+    recipe: &Recipe,
+    statuses: &[StageStatus],
+    is_plan: bool,
+    drift: Option<&[(String, String)]>,
+) {
     let count = |s: State| {
         statuses
             .iter()
@@ -60,6 +68,28 @@ pub fn statuses(recipe: &Recipe, statuses: &[StageStatus], is_plan: bool) {
         println!("  {word:<7} {:<20} {:<kw$} {first}", s.stage, s.kind);
         for more in why.iter().skip(1) {
             println!("  {:<7} {:<20} {:<kw$} {more}", "", "", "");
+        }
+    }
+    let lock = recipe.lockfile_path();
+    match drift {
+        None => {}
+        Some(_) if !lock.is_file() => println!(
+            "lockfile {}: none yet (`hone run --locked` fails; `hone run` writes it)",
+            lock.display()
+        ),
+        Some([]) => println!(
+            "lockfile {}: records every stage as the recipe is now (`hone run --locked` passes)",
+            lock.display()
+        ),
+        Some(drift) => {
+            println!(
+                "lockfile {}: {} of {selected} stages differ (`hone run --locked` fails; `hone run` without --set records them):",
+                lock.display(),
+                drift.len()
+            );
+            for (stage, why) in drift {
+                println!("  {stage}: {why}");
+            }
         }
     }
 }

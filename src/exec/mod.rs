@@ -33,8 +33,14 @@ pub struct RunOptions {
     pub locked: bool,
     /// Distrust the (size, mtime, inode) digest cache.
     pub rehash: bool,
-    /// Leave the recipe's lockfile alone (experiments and sweeps run from code).
+    /// Leave the recipe's lockfile alone (experiments: `--set` without `--update-lock`, and
+    /// sweeps run from code).
     pub no_lockfile: bool,
+    /// Leave what stages lay out beside the recipe (exports in `dist/`) alone, for the same
+    /// reason: an experiment's artifacts stay in the store.
+    pub no_publish: bool,
+    /// The run's name (`hone run --name`), recorded in its run directory for `hone runs`.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,7 +94,7 @@ pub fn run(
     if opts.locked {
         check_locked(&mut eval, &selected)?;
     }
-    let mut rundir = rundir::RunDir::create(store, recipe)?;
+    let mut rundir = rundir::RunDir::create(store, recipe, opts)?;
     let mut lockfile = eval.lockfile.clone().unwrap_or_else(|| Lockfile {
         version: 1,
         recipe: recipe.header.name.clone(),
@@ -234,12 +240,16 @@ pub fn run(
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        let published = stage.spec.publish(&crate::stages::kind::Publish {
-            store,
-            manifest: &manifest,
-            recipe_dir,
-            protected: &protected,
-        })?;
+        let published = if opts.no_publish {
+            None
+        } else {
+            stage.spec.publish(&crate::stages::kind::Publish {
+                store,
+                manifest: &manifest,
+                recipe_dir,
+                protected: &protected,
+            })?
+        };
         if let Some(dest) = published {
             observer.event(&Event::Published {
                 stage: &stage.name,
@@ -301,27 +311,11 @@ pub fn run(
 /// would have now (upstream outputs taken from the lockfile), before anything runs.
 fn check_locked(eval: &mut Evaluator, selected: &BTreeSet<usize>) -> Result<()> {
     let statuses = eval.statuses(selected, &|_| false)?;
-    let mut problems = Vec::new();
-    for s in statuses.iter().filter(|s| s.selected) {
-        let locked = eval.locked(&s.stage);
-        let ok = matches!((locked, &s.action), (Some(l), Some(a)) if &l.action == a);
-        if !ok {
-            // "waits for upstream" is not a change; without an earlier run in this store the
-            // diff is unknown, but the key still differs from the lockfile's.
-            let why: Vec<String> = s
-                .reasons
-                .iter()
-                .filter(|r| !matches!(r, crate::plan::status::Reason::WaitsFor { .. }))
-                .map(ToString::to_string)
-                .collect();
-            let why = match (locked, why.is_empty()) {
-                (None, _) => "not in the lockfile".to_owned(),
-                (Some(_), true) => "its action key differs from the lockfile's (config, inputs or hone changed; `hone status` against the store that wrote the lockfile shows which)".to_owned(),
-                (Some(_), false) => why.join("; "),
-            };
-            problems.push(format!("  {}: {why}", s.stage));
-        }
-    }
+    let problems: Vec<String> = eval
+        .lockfile_drift(&statuses)
+        .into_iter()
+        .map(|(stage, why)| format!("  {stage}: {why}"))
+        .collect();
     if problems.is_empty() {
         return Ok(());
     }

@@ -12,13 +12,32 @@ use super::{Outcome, RunReport};
 use crate::recipe::Recipe;
 use crate::store::{Manifest, Store};
 
+/// What a run was (`run.json` in its directory): which recipe, under which name, with which
+/// overrides; `hone runs` lists runs from it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    /// The recipe's `name:`.
+    pub recipe: String,
+    /// The recipe file as given on the command line.
+    pub recipe_path: PathBuf,
+    pub name: Option<String>,
+    /// `--set` overrides, as given.
+    pub overrides: Vec<String>,
+    pub started_unix_s: u64,
+    /// Whether the run recorded itself in the recipe's lockfile (and published exports).
+    pub lockfile_updated: bool,
+}
+
+/// The file of [`RunInfo`] in a run directory.
+pub const RUN_INFO: &str = "run.json";
+
 pub struct RunDir {
     path: PathBuf,
     metrics: File,
 }
 
 impl RunDir {
-    pub fn create(store: &Store, recipe: &Recipe) -> Result<RunDir> {
+    pub fn create(store: &Store, recipe: &Recipe, opts: &super::RunOptions) -> Result<RunDir> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -45,6 +64,15 @@ impl RunDir {
             path.join("recipe.resolved.yaml"),
             serde_yaml::to_string(&recipe.resolved)?,
         )?;
+        let info = RunInfo {
+            recipe: recipe.header.name.clone(),
+            recipe_path: recipe.path.clone(),
+            name: opts.name.clone(),
+            overrides: recipe.overrides.clone(),
+            started_unix_s: now.as_secs(),
+            lockfile_updated: !opts.no_lockfile && !opts.locked,
+        };
+        std::fs::write(path.join(RUN_INFO), serde_json::to_vec_pretty(&info)?)?;
         let metrics = File::create(path.join("metrics.jsonl"))?;
         if let Ok(log) = File::create(path.join("log.txt")) {
             log_to_file(log);

@@ -227,6 +227,33 @@ impl<'a> Evaluator<'a> {
         }))
     }
 
+    /// The selected stages whose action key now differs from the one the lockfile records,
+    /// each with why: what `run --locked` refuses, and what `status` reports under the stages.
+    pub fn lockfile_drift(&self, statuses: &[StageStatus]) -> Vec<(String, String)> {
+        let mut drift = Vec::new();
+        for s in statuses.iter().filter(|s| s.selected) {
+            let locked = self.locked(&s.stage);
+            if matches!((locked, &s.action), (Some(l), Some(a)) if &l.action == a) {
+                continue;
+            }
+            // "waits for upstream" is not a change; without an earlier run in this store the
+            // diff is unknown, but the key still differs from the lockfile's.
+            let why: Vec<String> = s
+                .reasons
+                .iter()
+                .filter(|r| !matches!(r, Reason::WaitsFor { .. }))
+                .map(ToString::to_string)
+                .collect();
+            let why = match (locked, why.is_empty()) {
+                (None, _) => "not in the lockfile".to_owned(),
+                (Some(_), true) => "its action key differs from the lockfile's (config, inputs or hone changed; `hone status` against the store that wrote the lockfile shows which)".to_owned(),
+                (Some(_), false) => why.join("; "),
+            };
+            drift.push((s.stage.clone(), why));
+        }
+        drift
+    }
+
     /// Status of every stage, in run order, without running anything.
     pub fn statuses(
         &mut self,
@@ -258,7 +285,9 @@ impl<'a> Evaluator<'a> {
                 if forced {
                     reasons.insert(0, Reason::Forced);
                 }
-                let state = if waiting.is_empty() {
+                // A stage with no recorded run will run whatever its upstream produces: "never
+                // run" says more than "maybe, once upstream reruns".
+                let state = if waiting.is_empty() || reasons == [Reason::NeverRun] {
                     State::Stale
                 } else {
                     State::Waiting

@@ -27,6 +27,9 @@ pub struct Recipe {
     /// Stages that failed to parse, with their errors; `validate` reports them together with
     /// the checks across stages, so one pass shows every problem.
     pub broken: Vec<(String, crate::diag::Diagnostic)>,
+    /// The `--set` overrides applied, as given (`stages.dpo.beta=0.3`): a recipe with any is an
+    /// experiment, which leaves the lockfile and exports alone unless asked.
+    pub overrides: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Diagnostics> {
         resolved: root,
         sources,
         broken,
+        overrides: overrides.to_vec(),
     };
     resolve_source_paths(&mut recipe);
     Ok(recipe)

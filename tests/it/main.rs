@@ -12,6 +12,7 @@ mod common;
 mod concat_stage;
 mod dpo_parity;
 mod dpo_stage;
+mod experiments;
 mod export_stage;
 mod generate_stage;
 mod ggml_quants;

@@ -82,8 +82,9 @@ fn config_change_is_explained_and_identical_upstream_output_keeps_downstream_cac
     let run = p.hone(&["run", "r.yaml", "--set", "stages.qa.split.validation=0.3"]);
     run.ok();
     assert_eq!(run.ran(), ["qa", "qa_clean"]);
-    // Reasons compare with the last recorded run (0.3); the store still holds the 0.2 action,
-    // so going back to the recipe's value is a cache hit.
+    // `--set` runs are experiments, not recorded in the lockfile: reasons compare with the
+    // recipe as last recorded (0.2), whose action the store still holds, so going back to the
+    // recipe's value is a cache hit.
     let status = p
         .hone(&[
             "status",
@@ -93,7 +94,7 @@ fn config_change_is_explained_and_identical_upstream_output_keeps_downstream_cac
         ])
         .ok();
     assert!(
-        status.contains("config changed: split.validation 0.3 -> 0.25"),
+        status.contains("config changed: split.validation 0.2 -> 0.25"),
         "{status}"
     );
     assert!(status.contains("upstream qa reruns first"), "{status}");
