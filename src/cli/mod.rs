@@ -30,8 +30,9 @@ const ABOUT: &str = "Run LLM fine-tuning pipelines written as YAML recipes.
 
 A recipe is a DAG of stages (datasets, pretraining, SFT, reward models, DPO, PPO, evaluation,
 export). hone validates the whole recipe first, runs the stages in dependency order, caches every
-artifact by content in a store (.hone/ beside the recipe), and writes <recipe>.lock so a rerun
-does only what changed.";
+artifact by content in the project's store (.hone/ at the project root: the nearest directory
+up from the recipe with a .hone/ store or a hone.toml, else the repository root), and writes
+<recipe>.lock so a rerun does only what changed.";
 
 const AFTER: &str = "Examples:
   hone validate recipes/quickstart.yaml          check a recipe without running anything
@@ -51,7 +52,9 @@ Environment: HONE_STORE (store location), RUST_LOG (log filter, e.g. hone=debug)
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about = ABOUT, after_help = AFTER)]
 pub struct Cli {
-    /// Store directory (default: $HONE_STORE, else .hone/ beside the recipe).
+    /// Store directory (default: $HONE_STORE, else the project's .hone/: in the nearest
+    /// directory up from the recipe that holds a .hone/ store or a hone.toml, else in the
+    /// repository root, else beside the recipe).
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
     /// No progress bars or per-stage lines (errors, and `--log-format json` events, still print).

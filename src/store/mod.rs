@@ -1,4 +1,4 @@
-//! The content-addressed store (`.hone/` beside the recipe by default).
+//! The content-addressed store (by default the project's `.hone/`: [`project_store`]).
 //!
 //! ```text
 //! .hone/
@@ -263,8 +263,42 @@ impl Drop for Scratch {
 
 static SCRATCH_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The file that marks a project's root for [`project_store`] (it may be empty).
+pub const PROJECT_FILE: &str = "hone.toml";
+
+/// The one store of the project `dir` lies in, so that recipes in subdirectories (a team's
+/// recipe extending `../base.yaml`) share a cache, found as cargo finds a workspace: `.hone/`
+/// in the nearest of `dir` and its ancestors that holds a store (`.hone/FORMAT`) or a
+/// [`PROJECT_FILE`], looking no higher than the repository root (the nearest directory with
+/// `.git`); else in that repository root; else beside the recipe (`dir/.hone`). A store found
+/// in `dir` itself keeps the path as given, so messages stay short.
+pub fn project_store(dir: &Path) -> PathBuf {
+    let beside = if dir == Path::new(".") {
+        PathBuf::from(".hone")
+    } else {
+        dir.join(".hone")
+    };
+    let Ok(abs) = std::path::absolute(dir) else {
+        return beside;
+    };
+    for (up, ancestor) in abs.ancestors().enumerate() {
+        let marked =
+            ancestor.join(".hone/FORMAT").is_file() || ancestor.join(PROJECT_FILE).is_file();
+        let repo_root = ancestor.join(".git").exists();
+        if marked || repo_root {
+            return if up == 0 {
+                beside
+            } else {
+                ancestor.join(".hone")
+            };
+        }
+    }
+    beside
+}
+
 impl Store {
-    /// The store for a recipe: `--store`, else `$HONE_STORE`, else `.hone/` beside the recipe.
+    /// The store for a recipe (or, without one, for the working directory): `--store`, else
+    /// `$HONE_STORE`, else the project's (see [`project_store`]).
     pub fn location(explicit: Option<&Path>, recipe: Option<&Path>) -> PathBuf {
         if let Some(p) = explicit {
             return p.to_path_buf();
@@ -273,8 +307,8 @@ impl Store {
             return PathBuf::from(p);
         }
         match recipe.and_then(Path::parent) {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.join(".hone"),
-            _ => PathBuf::from(".hone"),
+            Some(dir) if !dir.as_os_str().is_empty() => project_store(dir),
+            _ => project_store(Path::new(".")),
         }
     }
 

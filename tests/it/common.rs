@@ -8,10 +8,12 @@ pub struct Project {
 }
 
 impl Project {
+    /// An empty project: a temporary directory marked as a project root (`hone.toml`), so
+    /// that its store is its own `.hone/` whatever lies above it.
     pub fn new() -> Project {
-        Project {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(hone::store::PROJECT_FILE), "").unwrap();
+        Project { dir }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

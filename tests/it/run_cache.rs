@@ -283,3 +283,55 @@ fn fresh_store_reproduces_the_lockfile_without_changing_it() {
     assert_eq!(run.ran(), ["qa", "reviews", "qa_clean"]);
     assert_eq!(std::fs::read_to_string(p.path("r.lock")).unwrap(), lock);
 }
+
+/// One store per project: a team's recipe in a subdirectory, extending the project's, finds
+/// the project's store (the nearest `.hone/` or `hone.toml` above it, up to the repository
+/// root) and its cache, instead of starting an empty `.hone/` of its own.
+#[test]
+fn recipes_in_subdirectories_share_the_project_store() {
+    let p = two_dataset_project();
+    p.hone(&["run", "r.yaml"]).ok();
+    p.write(
+        "team/team.yaml",
+        "extends: ../r.yaml\nname: team\nstages:\n  qa_clean:\n    select: [answer]\n",
+    );
+    let run = p.hone(&["run", "team/team.yaml"]);
+    run.ok();
+    assert_eq!(
+        run.ran(),
+        ["qa_clean"],
+        "qa and reviews come from the cache"
+    );
+    assert!(!p.path("team/.hone").exists());
+    assert!(
+        p.path("team/team.lock").is_file(),
+        "the lockfile stays beside its recipe"
+    );
+    let status = p.hone(&["status", "team/team.yaml"]).ok();
+    assert!(status.contains("3 cached, 0 stale"), "{status}");
+
+    // In a repository without a marker, the repository root holds the store: from a
+    // subdirectory's recipe, and from a recipe at the root alike.
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join(".git")).unwrap();
+    std::fs::create_dir_all(repo.path().join("recipes/data")).unwrap();
+    std::fs::copy(
+        p.path("data/a.jsonl"),
+        repo.path().join("recipes/data/a.jsonl"),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path().join("recipes/one.yaml"),
+        "version: 1\nname: one\nstages:\n  qa:\n    kind: dataset\n    source: { path: data/a.jsonl }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+        .args(["run", "recipes/one.yaml"])
+        .current_dir(repo.path())
+        .env_remove("HONE_STORE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(repo.path().join(".hone/FORMAT").is_file());
+    assert!(!repo.path().join("recipes/.hone").exists());
+}
