@@ -265,6 +265,7 @@ pub fn main() -> ExitCode {
         // SAFETY: called at the start of `main`, before hone starts any thread.
         unsafe { std::env::set_var("BURN_DEVICE", "flex") };
     }
+    quiet_on_closed_pipe();
     crate::backend::init_cpu();
     let cli = Cli::parse();
     logging::init(cli.verbose);
@@ -294,6 +295,18 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so writing to a pipe whose reader has gone (`hone show ... | head`)
+/// fails, and `println!` panics with "Broken pipe". Restoring the default action ends hone
+/// quietly there instead, as other command-line tools end; a run cut short this way keeps
+/// what it committed (commits are atomic) and continues on the next `hone run`.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets one signal disposition at the start of `main`, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
