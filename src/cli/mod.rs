@@ -47,7 +47,8 @@ const AFTER: &str = "Examples:
 
 Exit codes: 0 success, 1 a stage or the store failed, 2 invalid recipe, data or arguments,
 130 interrupted (Ctrl-C; nothing half-written is kept, rerun to continue).
-Environment: HONE_STORE (store location), RUST_LOG (log filter, e.g. hone=debug).";
+Environment: HONE_STORE (store location), RUST_LOG (log filter, e.g. hone=debug),
+HONE_PROGRESS_INTERVAL (seconds between progress lines when stderr is not a terminal; 10).";
 
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about = ABOUT, after_help = AFTER)]

@@ -34,14 +34,27 @@ pub struct Terminal {
     quiet: bool,
     bars: bool,
     kind_width: usize,
+    /// Without a terminal, the time between two progress lines of a stage (and before its
+    /// first).
+    line_interval: Duration,
 }
+
+/// Seconds between progress lines when stderr is not a terminal (CI, nohup, Slurm logs).
+pub const PROGRESS_INTERVAL_ENV: &str = "HONE_PROGRESS_INTERVAL";
+const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Terminal {
     pub fn new(quiet: bool) -> Terminal {
+        let line_interval = std::env::var(PROGRESS_INTERVAL_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(DEFAULT_PROGRESS_INTERVAL, Duration::from_secs_f64);
         Terminal {
             quiet,
             bars: !quiet && std::io::stderr().is_terminal(),
             kind_width: 9,
+            line_interval,
         }
     }
 }
@@ -117,9 +130,16 @@ impl Observer for Terminal {
     }
 
     fn progress(&mut self, stage: &str) -> Progress {
-        if !self.bars {
+        if self.quiet {
             return Progress::new(Arc::new(Notes {
                 stage: stage.to_owned(),
+            }));
+        }
+        if !self.bars {
+            return Progress::new(Arc::new(Lines {
+                stage: stage.to_owned(),
+                interval: self.line_interval,
+                state: Mutex::new(LineState::new()),
             }));
         }
         let bar = ProgressBar::new_spinner();
@@ -182,7 +202,124 @@ impl Drop for Bar {
     }
 }
 
-/// No bar (output is not a terminal, or `--quiet`): only the notes a person must see.
+/// Progress as plain lines on stderr, for logs that are not a terminal (a redirected run, CI,
+/// nohup, Slurm): at most one a stage every `interval` (`HONE_PROGRESS_INTERVAL` seconds,
+/// default 10), each with the position, the stage's message (for training: loss, learning
+/// rate, throughput), the time so far and the time left at the rate seen so far. A stage done
+/// within the first interval prints none.
+struct Lines {
+    stage: String,
+    interval: Duration,
+    state: Mutex<LineState>,
+}
+
+struct LineState {
+    started: Instant,
+    pos: u64,
+    len: Option<u64>,
+    message: String,
+    /// The first position seen with a length, and when: the rate for the ETA counts from
+    /// there (a resumed stage starts at its checkpoint's step, not at 0).
+    first: Option<(u64, Instant)>,
+    last_line: Option<Instant>,
+}
+
+impl LineState {
+    fn new() -> LineState {
+        LineState {
+            started: Instant::now(),
+            pos: 0,
+            len: None,
+            message: String::new(),
+            first: None,
+            // The first line comes one interval in: a stage quicker than that prints none.
+            last_line: Some(Instant::now()),
+        }
+    }
+
+    /// The line for the state now: `12/320 (4%)  loss 2.1 ...  [1m02s, ETA 4m10s]`.
+    fn line(&self, now: Instant) -> String {
+        let elapsed = now - self.started;
+        let mut parts = Vec::new();
+        if let Some(len) = self.len {
+            let pct = (self.pos * 100).checked_div(len).unwrap_or(0);
+            parts.push(format!("{}/{len} ({pct}%)", self.pos));
+        }
+        if !self.message.is_empty() {
+            parts.push(self.message.clone());
+        }
+        let mut line = parts.join("  ");
+        let eta = match (self.len, self.first) {
+            (Some(len), Some((p0, t0))) if self.pos > p0 && len >= self.pos => {
+                let per = (now - t0).as_secs_f64() / (self.pos - p0) as f64;
+                Some(Duration::from_secs_f64(per * (len - self.pos) as f64))
+            }
+            _ => None,
+        };
+        match eta {
+            Some(eta) => line.push_str(&format!(
+                "  [{}, ETA {}]",
+                short_duration(elapsed),
+                short_duration(eta)
+            )),
+            None => line.push_str(&format!("  [{}]", short_duration(elapsed))),
+        }
+        line
+    }
+}
+
+/// `42s`, `3m05s`, `2h07m`.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+impl Lines {
+    fn update(&self, change: impl FnOnce(&mut LineState)) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        change(&mut s);
+        let now = Instant::now();
+        if s.last_line.is_some_and(|t| now - t < self.interval) {
+            return;
+        }
+        s.last_line = Some(now);
+        eprintln!("  progress  {:<20} {}", self.stage, s.line(now));
+    }
+}
+
+impl ProgressSink for Lines {
+    fn set_length(&self, len: u64) {
+        self.update(|s| {
+            s.len = Some(len);
+            s.first = None;
+        });
+    }
+    fn set_position(&self, pos: u64) {
+        self.update(|s| {
+            s.pos = pos;
+            if s.len.is_some() && s.first.is_none() {
+                s.first = Some((pos, Instant::now()));
+            }
+        });
+    }
+    fn set_message(&self, message: &str) {
+        self.update(|s| s.message = message.to_owned());
+    }
+    fn resumed(&self, step: u64) {
+        eprintln!(
+            "  resuming  {:<20} from its checkpoint at step {step}",
+            self.stage
+        );
+    }
+}
+
+/// `--quiet`: no progress, only the notes a person must see.
 struct Notes {
     stage: String,
 }

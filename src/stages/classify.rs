@@ -34,6 +34,9 @@ impl Objective<Model> for Classification {
     fn count(&self, b: &ClsBatch) -> f64 {
         b.n
     }
+    fn unit(&self) -> &'static str {
+        "examples"
+    }
 }
 
 /// Label ids of label values: integers are their own ids; text labels are numbered in sorted

@@ -143,6 +143,9 @@ impl Objective<Backbone> for Dpo {
     fn count(&self, b: &PrefBatch) -> f64 {
         b.n
     }
+    fn unit(&self) -> &'static str {
+        "pairs"
+    }
 }
 
 pub struct Kto {
@@ -162,6 +165,9 @@ impl Objective<Backbone> for Kto {
     }
     fn count(&self, b: &KtoBatch) -> f64 {
         b.n
+    }
+    fn unit(&self) -> &'static str {
+        "examples"
     }
 }
 

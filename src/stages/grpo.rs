@@ -173,6 +173,9 @@ impl Objective<Backbone> for Grpo<'_> {
     fn count(&self, prompts: &Vec<PromptRow>) -> f64 {
         prompts.len() as f64
     }
+    fn unit(&self) -> &'static str {
+        "prompts"
+    }
 
     /// The sampled rewards so far: the stage's metrics read all of them at the end.
     fn state(&self) -> serde_json::Value {

@@ -267,8 +267,15 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     }
     let on_record = |r: &Record| {
         if let Record::Step(s) = r {
+            // The message first: a progress line written on the position shows this step's.
+            progress.set_message(format!(
+                "loss {:.3}  lr {:.2e}  {:.0} {}/s",
+                s.loss,
+                s.lr,
+                s.items_per_s,
+                obj.unit()
+            ));
             progress.set_position(s.step as u64);
-            progress.set_message(format!("loss {:.3}  lr {:.2e}", s.loss, s.lr));
         }
     };
     let hooks = Hooks {

@@ -361,6 +361,9 @@ impl Objective<PolicyValue> for Ppo<'_> {
     fn count(&self, b: &PpoBatch) -> f64 {
         b.prompts.len() as f64
     }
+    fn unit(&self) -> &'static str {
+        "prompts"
+    }
 
     fn shuffle(&self) -> bool {
         false

@@ -104,6 +104,9 @@ impl Objective<Model> for BradleyTerry {
     fn count(&self, b: &PairBatch) -> f64 {
         b.n
     }
+    fn unit(&self) -> &'static str {
+        "pairs"
+    }
 }
 
 /// The model a reward stage trains: its input with a single-score head (the checkpoint's own

@@ -135,6 +135,9 @@ impl Objective<Backbone> for CausalLm {
     fn count(&self, b: &LmBatch) -> f64 {
         b.targets
     }
+    fn unit(&self) -> &'static str {
+        "tokens"
+    }
 }
 
 /// A batch for masked-token prediction. Validation batches carry fixed masks (drawn once, so
@@ -298,5 +301,8 @@ impl Objective<Backbone> for MaskedLm {
 
     fn count(&self, b: &MlmBatch) -> f64 {
         b.selected
+    }
+    fn unit(&self) -> &'static str {
+        "masked tokens"
     }
 }

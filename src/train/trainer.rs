@@ -19,6 +19,10 @@ pub trait Objective<M: Module> {
     type Batch;
     fn loss_sum(&self, model: &M, batch: &Self::Batch) -> Tensor<1>;
     fn count(&self, batch: &Self::Batch) -> f64;
+    /// What [`Objective::count`] counts, plural, for progress lines (`tokens`, `pairs`).
+    fn unit(&self) -> &'static str {
+        "items"
+    }
     /// Whether batches are shuffled each epoch (PPO keeps its order: several optimisation
     /// passes over one rollout follow each other).
     fn shuffle(&self) -> bool {

@@ -228,3 +228,50 @@ fn output_into_a_closed_pipe_ends_quietly() {
         out.status
     );
 }
+
+/// With stderr redirected (CI, nohup, Slurm), a training stage still shows it is moving: plain
+/// progress lines with the step, loss, learning rate, tokens/s and the time left, at most one
+/// each `HONE_PROGRESS_INTERVAL` seconds; at the default (10 s) this quick run prints none.
+#[test]
+fn a_redirected_run_prints_progress_lines_at_a_bounded_rate() {
+    let p = Project::new();
+    recipe(&p);
+    let run = |interval: &str| {
+        let out = p
+            .cmd(&["run", "r.yaml", "--force", "lm"])
+            .env("HONE_PROGRESS_INTERVAL", interval)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let every = run("0");
+    let lm: Vec<&str> = every
+        .lines()
+        .filter(|l| l.trim_start().starts_with("progress  lm") && l.contains("loss"))
+        .collect();
+    // Interval 0: a line at every update, so one for each step at least.
+    let steps = |l: &str| -> (u64, u64) {
+        let frac = l
+            .split_whitespace()
+            .find(|w| w.contains('/') && !w.ends_with("/s"));
+        let (a, b) = frac.and_then(|f| f.split_once('/')).expect("a position");
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let (last_pos, total) = steps(lm.last().expect("progress lines"));
+    assert!(total >= 4 && last_pos == total, "{every}");
+    for pos in 1..=total {
+        assert!(
+            lm.iter().any(|l| steps(l) == (pos, total)),
+            "step {pos}: {every}"
+        );
+    }
+    let last = lm.last().unwrap();
+    assert!(last.contains("(100%)"), "{last}");
+    assert!(
+        last.contains("lr ") && last.contains("tokens/s") && last.contains("ETA 0s"),
+        "{last}"
+    );
+    let default = run("10");
+    assert!(!default.contains("progress"), "{default}");
+}
