@@ -20,6 +20,7 @@ pub struct LoraConfig {
     #[serde(default)]
     pub dropout: f64,
     /// Module names to adapt (`q_proj`, `c_attn`, `query`...); default per model family.
+    /// `all-linear` (PEFT's shorthand) adapts every linear layer but the output head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_modules: Option<Vec<String>>,
     /// Rank-stabilised scaling `alpha / sqrt(r)`.
@@ -120,12 +121,17 @@ pub fn default_targets(family: super::Family) -> &'static [&'static str] {
     }
 }
 
+/// PEFT's shorthand target for every linear layer except the output layer (`lm_head`, a
+/// classifier): in hone's models, every projection of every block.
+pub const ALL_LINEAR: &str = "all-linear";
+
 /// Whether module `path` is targeted: PEFT matches a target against the whole path or its
-/// last components (`q_proj` matches `model.layers.0.self_attn.q_proj`).
+/// last components (`q_proj` matches `model.layers.0.self_attn.q_proj`). Every path the
+/// backbone offers for adapters is a block's linear layer, so [`ALL_LINEAR`] takes them all.
 fn targeted(path: &str, targets: &[String]) -> bool {
     targets
         .iter()
-        .any(|t| path == t || path.ends_with(&format!(".{t}")))
+        .any(|t| t == ALL_LINEAR || path == t || path.ends_with(&format!(".{t}")))
 }
 
 /// Why LoRA adapters cannot be added to a model: a setting is out of range, or
@@ -398,6 +404,39 @@ mod tests {
             (base[0] - 9.0).abs() < 1e-5 && (base[1] - 21.0).abs() < 1e-5,
             "{base:?}"
         );
+    }
+
+    /// `all-linear` adapts every projection of every block of each family (PEFT's shorthand,
+    /// the output head left out), and the adapter directory names them one by one, as PEFT
+    /// resolves the shorthand before it saves.
+    #[test]
+    fn all_linear_adapts_every_block_projection() {
+        let d = Device::flex();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+        let cfg = LoraConfig {
+            target_modules: Some(vec![ALL_LINEAR.into()]),
+            ..LoraConfig::default()
+        };
+        // Projections per block, and their distinct names (GPT-2's attention and MLP both have
+        // a `c_proj`; BERT's three output layers are each a `dense`).
+        for (name, per_layer, names) in [("gpt2", 4, 3), ("llama", 7, 7), ("bert", 6, 4)] {
+            let model = crate::model::load_hf_dir(&dir.join(name), &d).unwrap();
+            let mut base = model.model.backbone;
+            let all = base.projections_mut().len();
+            assert_eq!(all % per_layer, 0, "{name}: {all}");
+            let (mut adapted, paths) = apply(base, &cfg, &d).unwrap();
+            assert_eq!(paths.len(), all, "{name}: {paths:?}");
+            assert!(paths.iter().all(|p| !p.contains("lm_head")), "{paths:?}");
+            let out = tempfile::tempdir().unwrap();
+            save_peft(&mut adapted, &cfg, "base", out.path()).unwrap();
+            let config: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(out.path().join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            let targets = config["target_modules"].as_array().unwrap();
+            assert_eq!(targets.len(), names, "{name}: {targets:?}");
+            assert!(!targets.iter().any(|t| t == ALL_LINEAR), "{targets:?}");
+        }
     }
 
     #[test]
