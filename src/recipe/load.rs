@@ -24,8 +24,9 @@ pub struct Recipe {
     /// The recipe after extends, overrides, vars and defaults: what actually runs.
     pub resolved: Value,
     pub sources: SourceMap,
-    /// Stages that failed to parse, with their errors; `validate` reports them together with
-    /// the checks across stages, so one pass shows every problem.
+    /// Stages that failed to parse, with their errors (one entry a problem, a stage's entries
+    /// next to each other); `validate` reports them together with the checks across stages,
+    /// so one pass shows every problem.
     pub broken: Vec<(String, crate::diag::Diagnostic)>,
     /// The `--set` overrides applied, as given (`stages.dpo.beta=0.3`): a recipe with any is an
     /// experiment, which leaves the lockfile and exports alone unless asked.
@@ -42,12 +43,15 @@ impl Recipe {
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }
-    /// Names of all stages, including those that failed to parse.
+    /// Names of all stages, including those that failed to parse (once each).
     pub fn stage_names(&self) -> impl Iterator<Item = &str> {
-        self.stages
-            .iter()
-            .map(|s| s.name.as_str())
-            .chain(self.broken.iter().map(|(n, _)| n.as_str()))
+        let broken = self.broken.iter().enumerate();
+        self.stages.iter().map(|s| s.name.as_str()).chain(
+            // A broken stage's problems follow each other: name it at its first.
+            broken
+                .filter(|(i, (n, _))| *i == 0 || self.broken[i - 1].0 != *n)
+                .map(|(_, (n, _))| n.as_str()),
+        )
     }
     /// The lockfile beside the recipe: `quickstart.yaml` -> `quickstart.lock`.
     /// `r.yaml` -> `r.lock`. A recipe already named `*.lock` gets `*.lock.lock`, never itself.
@@ -616,7 +620,7 @@ fn parse_typed(
                 };
                 match parse_stage(name, v, sources) {
                     Ok(spec) => stages.push(super::Stage { name: name.to_owned(), spec }),
-                    Err(d) => broken.push((name.to_owned(), d)),
+                    Err(ds) => broken.extend(ds.into_iter().map(|d| (name.to_owned(), d))),
                 }
             }
         }
@@ -633,7 +637,86 @@ fn parse_typed(
     }
 }
 
-fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpec, Diagnostic> {
+/// The most problems reported for one stage's settings.
+const MAX_STAGE_PROBLEMS: usize = 32;
+
+/// Parses one stage, reporting every problem of its settings at once: serde stops at the first
+/// (an unknown key, a value of the wrong type), so the key at fault is taken out and the parse
+/// retried, until it parses or a problem has no key to take out.
+fn parse_stage(
+    name: &str,
+    mut v: Value,
+    sources: &SourceMap,
+) -> Result<StageSpec, Vec<Diagnostic>> {
+    let path = join("stages", name);
+    let kind = stage_kind(name, &mut v, sources).map_err(|d| vec![d])?;
+    let mut settings = v.clone();
+    let mut error = match StageSpec::parse(&kind, v) {
+        Err(SpecError::Settings(e)) => e,
+        other => return spec_result(other, &kind, name, sources).map_err(|d| vec![d]),
+    };
+    let mut problems = Vec::new();
+    // Keys taken out to look past their problem: a later "missing" one of them is no news.
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    loop {
+        let message = error.inner().to_string();
+        let keys: Option<Vec<String>> = error
+            .path()
+            .iter()
+            .map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        if let (Some(rest), Some(keys)) = (message.strip_prefix("missing field `"), &keys) {
+            let field = rest.split('`').next().unwrap_or_default();
+            let mut full = keys.clone();
+            full.push(field.to_owned());
+            if removed.contains(&full) {
+                break;
+            }
+        }
+        problems.push(located(error, &path, sources));
+        let Some(keys) = keys.filter(|k| remove_key(&mut settings, k)) else {
+            break;
+        };
+        removed.push(keys);
+        if problems.len() >= MAX_STAGE_PROBLEMS {
+            break;
+        }
+        match StageSpec::parse(&kind, settings.clone()) {
+            Err(SpecError::Settings(next)) => error = next,
+            // Parsed without them, or failed otherwise: the problems found are the report.
+            _ => break,
+        }
+    }
+    // In the order they are written (serde finds them in its own order).
+    problems.sort_by_key(|d| match &d.location {
+        Some(crate::diag::Location::File { line, col, .. }) => (0, *line, *col),
+        Some(crate::diag::Location::Override { index, .. }) => (1, *index, 0),
+        None => (2, 0, 0),
+    });
+    Err(problems)
+}
+
+/// Removes the key at `keys` (a path of mapping keys) from `v`; false if there is none.
+fn remove_key(v: &mut Value, keys: &[String]) -> bool {
+    let Some((last, parents)) = keys.split_last() else {
+        return false;
+    };
+    let mut at = v;
+    for k in parents {
+        match at.as_mapping_mut().and_then(|m| m.get_mut(k.as_str())) {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    at.as_mapping_mut()
+        .is_some_and(|m| m.remove(last.as_str()).is_some())
+}
+
+/// Checks the stage's name and takes its `kind` out of `v`.
+fn stage_kind(name: &str, v: &mut Value, sources: &SourceMap) -> Result<String, Diagnostic> {
     let path = join("stages", name);
     if !name
         .chars()
@@ -652,26 +735,32 @@ fn parse_stage(name: &str, mut v: Value, sources: &SourceMap) -> Result<StageSpe
                 .at(sources.value(&path)),
         );
     };
-    let kind = match map.remove("kind") {
-        Some(Value::String(k)) => k,
-        Some(_) => {
-            return Err(Diagnostic::new("`kind` must be a stage kind name")
-                .at(sources.value(&join(&path, "kind"))));
-        }
-        None => {
-            return Err(Diagnostic::new(format!("stage `{name}` has no `kind`"))
-                .at(sources.key(&path))
-                .help(format!("stage kinds: {}", kind_list())));
-        }
-    };
-    match StageSpec::parse(&kind, v) {
+    match map.remove("kind") {
+        Some(Value::String(k)) => Ok(k),
+        Some(_) => Err(Diagnostic::new("`kind` must be a stage kind name")
+            .at(sources.value(&join(&path, "kind")))),
+        None => Err(Diagnostic::new(format!("stage `{name}` has no `kind`"))
+            .at(sources.key(&path))
+            .help(format!("stage kinds: {}", kind_list()))),
+    }
+}
+
+/// A stage kind's parse result as a diagnostic (settings errors without the retries).
+fn spec_result(
+    parsed: Result<StageSpec, SpecError>,
+    kind: &str,
+    name: &str,
+    sources: &SourceMap,
+) -> Result<StageSpec, Diagnostic> {
+    let path = join("stages", name);
+    match parsed {
         Ok(spec) => Ok(spec),
         Err(SpecError::UnknownKind) => {
             let kinds = kind::all();
             Err(
                 Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
                     .at(sources.value(&join(&path, "kind")))
-                    .help(did_you_mean(&kind, kinds.iter().copied()).unwrap_or_else(|| {
+                    .help(did_you_mean(kind, kinds.iter().copied()).unwrap_or_else(|| {
                         format!(
                             "stage kinds: {}; a kind of your own exists only in a program that registers it (see examples/custom_stage)",
                             kind_list()

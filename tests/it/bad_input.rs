@@ -709,6 +709,51 @@ fn validation_reports_every_error_at_once() {
     assert!(err.contains("3 errors"), "{err}");
 }
 
+/// Every problem of a stage's settings is reported in one pass (unknown keys, nested maps
+/// included, and a value of the wrong type), in the order written, each at its own line and
+/// column.
+#[test]
+fn every_unknown_key_of_a_stage_is_reported_at_once() {
+    let p = Project::new();
+    p.write("d.jsonl", &qa_jsonl(10, 0));
+    p.write(
+        "r.yaml",
+        &format!(
+            "{HEAD}stages:\n  a:\n    kind: dataset\n    source: {{ path: d.jsonl }}\n  lm:\n    kind: pretrain\n    model: {{ init: {{ arch: gpt2, layers: 1, d_model: 32, heads: 2, context: 32 }} }}\n    data: {{ from: a }}\n    max_lenght: 32\n    train: {{ epochz: 2, batch_size: 8, lr: oops, warmup: 3 }}\n"
+        ),
+    );
+    let run = p.hone(&["validate", "r.yaml"]);
+    assert_eq!(run.code(), 2);
+    let err = run.stderr();
+    let found: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(found.len(), 4, "{err}");
+    assert!(
+        found[0].contains("unknown key `max_lenght` in `stages.lm`"),
+        "{err}"
+    );
+    assert!(
+        found[1].contains("unknown key `epochz` in `stages.lm.train`"),
+        "{err}"
+    );
+    assert!(
+        found[2].contains("`stages.lm.train.lr`: invalid type"),
+        "{err}"
+    );
+    assert!(
+        found[3].contains("unknown key `warmup` in `stages.lm.train`"),
+        "{err}"
+    );
+    for at in [
+        "r.yaml:11:5",
+        "r.yaml:12:14",
+        "r.yaml:12:44",
+        "r.yaml:12:50",
+    ] {
+        assert!(err.contains(at), "{at} missing: {err}");
+    }
+    assert!(err.contains("4 errors"), "{err}");
+}
+
 #[test]
 fn validation_never_creates_a_store() {
     let p = Project::new();
