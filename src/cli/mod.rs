@@ -276,9 +276,14 @@ pub fn main() -> ExitCode {
             if e.downcast_ref::<Cancelled>().is_some()
                 || e.chain().any(|c| c.downcast_ref::<Cancelled>().is_some())
             {
-                eprintln!(
-                    "interrupted: completed stages are committed, and a training stage continues from its last checkpoint; run again to continue"
-                );
+                // What the interrupted stage kept (a training stage says which checkpoint).
+                for note in e
+                    .chain()
+                    .take_while(|c| c.downcast_ref::<Cancelled>().is_none())
+                {
+                    eprintln!("{note}");
+                }
+                eprintln!("interrupted: completed stages are committed; run again to continue");
                 return ExitCode::from(130);
             }
             if let Some(d) = e.chain().find_map(|c| c.downcast_ref::<Diagnostics>()) {

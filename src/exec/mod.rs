@@ -407,8 +407,12 @@ fn run_stage(
         }
         Err(e) => e,
     });
-    let result =
-        result.with_context(|| format!("stage `{}` failed; nothing was committed", stage.name))?;
+    let result = match result {
+        // Stopped by Ctrl-C is not a failure: the stage says what it kept, and the run ends as
+        // interrupted.
+        Err(e) if e.chain().any(|c| c.is::<context::Cancelled>()) => return Err(e),
+        r => r.with_context(|| format!("stage `{}` failed; nothing was committed", stage.name))?,
+    };
     ctx.check_cancelled()?;
     let manifest = Manifest {
         format: CACHE_FORMAT,

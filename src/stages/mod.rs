@@ -286,9 +286,27 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     let (model, summary) =
         match crate::train::trainer::train(model, obj, train, val, cfg, ctx.seed, hooks) {
             Ok(r) => r,
-            Err(e @ TrainError::Interrupted { .. }) => {
+            Err(e @ TrainError::Interrupted { step, saved }) => {
                 tracing::info!("{e}");
-                return Err(anyhow::Error::new(crate::stages::context::Cancelled));
+                // Say what the next run finds: this step, an earlier checkpoint, or nothing.
+                let earlier = checkpointing.as_ref().and_then(Checkpointing::saved_step);
+                let kept = match (saved, earlier) {
+                    (true, _) => {
+                        format!("saved a checkpoint at step {step}; the next run resumes there")
+                    }
+                    (false, Some(k)) => {
+                        format!("its checkpoint of step {k} is kept; the next run resumes there")
+                    }
+                    (false, None) => {
+                        "no checkpoint had been saved; the next run starts it over".to_owned()
+                    }
+                };
+                return Err(
+                    anyhow::Error::new(crate::stages::context::Cancelled).context(format!(
+                        "stage `{}` stopped after step {step}: {kept}",
+                        ctx.stage
+                    )),
+                );
             }
             Err(e) => return Err(e.into()),
         };

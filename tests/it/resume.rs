@@ -272,7 +272,18 @@ fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     p.hone(&["run", "r.yaml", "--until", "rm"]).ok();
     // Ctrl-C in PPO's step 3, the first pass over the second rollout: the checkpoint can
     // only be the one after step 2, the end of the first rollout.
-    crate::common::ctrl_c_at(&p, &["run", "r.yaml", "--until", "ppo"], "step-3");
+    let stopped = crate::common::ctrl_c_at(&p, &["run", "r.yaml", "--until", "ppo"], "step-3");
+    // And it says so: the checkpoint kept is step 2's, not one at the step it stopped after.
+    assert!(
+        stopped.iter().any(|l| l.contains(
+            "stage `ppo` stopped after step 3: its checkpoint of step 2 is kept; the next run resumes there"
+        )),
+        "{stopped:#?}"
+    );
+    assert!(
+        !stopped.iter().any(|l| l.contains("failed")),
+        "{stopped:#?}"
+    );
     // Killed in GRPO right after its step-2 checkpoint.
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-2");
     let rerun = p.hone(&["run", "r.yaml"]);
