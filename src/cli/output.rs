@@ -279,11 +279,17 @@ fn short_duration(d: Duration) -> String {
 }
 
 impl Lines {
-    fn update(&self, change: impl FnOnce(&mut LineState)) {
+    /// Applies `change`, then writes a line if one is due. A message alone does not write
+    /// once the stage counts steps: the position that follows it does, so the line shows
+    /// the step and its message together.
+    fn update(&self, change: impl FnOnce(&mut LineState), message_only: bool) {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
         change(&mut s);
+        if message_only && s.len.is_some() {
+            return;
+        }
         let now = Instant::now();
         if s.last_line.is_some_and(|t| now - t < self.interval) {
             return;
@@ -295,21 +301,27 @@ impl Lines {
 
 impl ProgressSink for Lines {
     fn set_length(&self, len: u64) {
-        self.update(|s| {
-            s.len = Some(len);
-            s.first = None;
-        });
+        self.update(
+            |s| {
+                s.len = Some(len);
+                s.first = None;
+            },
+            false,
+        );
     }
     fn set_position(&self, pos: u64) {
-        self.update(|s| {
-            s.pos = pos;
-            if s.len.is_some() && s.first.is_none() {
-                s.first = Some((pos, Instant::now()));
-            }
-        });
+        self.update(
+            |s| {
+                s.pos = pos;
+                if s.len.is_some() && s.first.is_none() {
+                    s.first = Some((pos, Instant::now()));
+                }
+            },
+            false,
+        );
     }
     fn set_message(&self, message: &str) {
-        self.update(|s| s.message = message.to_owned());
+        self.update(|s| s.message = message.to_owned(), true);
     }
     fn resumed(&self, step: u64) {
         eprintln!(

@@ -136,7 +136,8 @@ impl Objective<Backbone> for CausalLm {
         b.targets
     }
     fn unit(&self) -> &'static str {
-        "tokens"
+        // The tokens the loss covers: all of them in pretraining, the answers in SFT.
+        "target tokens"
     }
 }
 
