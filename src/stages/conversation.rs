@@ -3,7 +3,7 @@
 //! the target), then tokens, cut to a length and batched. Shared by every stage that trains or
 //! prompts a chat model (sft, dpo, reward, grpo, ppo, generate, evaluate).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use tokenizers::Tokenizer;
 
@@ -190,6 +190,117 @@ pub(crate) fn parse_messages(v: &serde_json::Value) -> Result<Vec<Message>> {
     Ok(messages)
 }
 
+/// A preference example: the conversation so far, and the answer preferred to it over the
+/// other.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Preference {
+    pub history: Vec<Message>,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+impl Preference {
+    /// The prompt as one text, for models that read (prompt, answer) text pairs: a lone user
+    /// turn as it is, a longer history one `role: content` line per turn.
+    pub(crate) fn prompt_text(&self) -> String {
+        match self.history.as_slice() {
+            [m] if m.role == "user" => m.content.clone(),
+            turns => turns
+                .iter()
+                .map(|m| format!("{}: {}", m.role, m.content))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// Reads a preference row in either of TRL's forms: text (`prompt`, `chosen`, `rejected`
+/// strings; the prompt is a user turn) or conversational (message lists: `prompt` the turns so
+/// far, `chosen` and `rejected` the assistant's answer; without a prompt column, the turns
+/// the two lists share are the prompt). `None` when a value is missing (null).
+pub(crate) fn parse_preference(
+    prompt: Option<&serde_json::Value>,
+    chosen: &serde_json::Value,
+    rejected: &serde_json::Value,
+) -> Result<Option<Preference>> {
+    use serde_json::Value;
+    let turns = |v: &Value, what: &str| -> Result<Option<Vec<Message>>> {
+        Ok(match v {
+            Value::Null => None,
+            Value::String(s) if what == "prompt" => Some(vec![Message::new("user", s)]),
+            Value::String(s) => Some(vec![Message::new("assistant", s)]),
+            Value::Array(_) => {
+                let m: Vec<Message> = serde_json::from_value(v.clone()).map_err(|e| {
+                    anyhow::anyhow!("`{what}` is not a list of {{ role, content }} objects ({e})")
+                })?;
+                Some(m)
+            }
+            _ => bail!("`{what}` is neither text nor a list of messages"),
+        })
+    };
+    let history = match prompt {
+        Some(p) => match turns(p, "prompt")? {
+            Some(h) => h,
+            None => return Ok(None),
+        },
+        None => Vec::new(),
+    };
+    let (Some(mut c), Some(mut r)) = (turns(chosen, "chosen")?, turns(rejected, "rejected")?)
+    else {
+        return Ok(None);
+    };
+    let answer = |turns: &mut Vec<Message>, what: &str| -> Result<String> {
+        match turns.pop() {
+            Some(m) if m.role == "assistant" => Ok(m.content),
+            _ => bail!("`{what}` does not end with an assistant turn"),
+        }
+    };
+    let chosen = answer(&mut c, "chosen")?;
+    let rejected = answer(&mut r, "rejected")?;
+    if c != r {
+        bail!(
+            "`chosen` and `rejected` answer different conversations (their turns before the answer differ)"
+        );
+    }
+    let mut history = history;
+    history.extend(c);
+    if !history.iter().any(|m| m.role == "user") {
+        bail!("no prompt: neither a `prompt` nor user turns before the answers");
+    }
+    Ok(Some(Preference {
+        history,
+        chosen,
+        rejected,
+    }))
+}
+
+/// The preference pairs of a table (see `parse_preference`), each with the index of its row;
+/// rows with a missing value are left out. The prompt column may be absent when the answers
+/// are message lists.
+pub(crate) fn preference_rows(
+    t: &crate::data::table::Table,
+    prompt: &str,
+    chosen: &str,
+    rejected: &str,
+    what: &str,
+) -> Result<Vec<(Preference, usize)>> {
+    use crate::data::table::ColumnType;
+    let idx = t.indices(&[chosen.to_owned(), rejected.to_owned()], what)?;
+    let prompt = match t.column(prompt) {
+        Some(i) => Some(i),
+        None if t.types[idx[0]] == ColumnType::Json => None,
+        None => Some(t.indices(&[prompt.to_owned()], what)?[0]),
+    };
+    let mut out = Vec::with_capacity(t.rows.len());
+    for (n, r) in t.rows.iter().enumerate() {
+        let p = prompt.map(|i| &r.values[i]);
+        let parsed = parse_preference(p, &r.values[idx[0]], &r.values[idx[1]])
+            .with_context(|| t.origin(r))?;
+        out.extend(parsed.map(|p| (p, n)));
+    }
+    Ok(out)
+}
+
 /// The end-of-text token appended to training texts: the tokenizer's `<|endoftext|>`, else the
 /// config's `eos_token_id`.
 pub(crate) fn eos_token(tok: &Tokenizer, config: &serde_json::Value) -> Option<u32> {
@@ -342,6 +453,57 @@ pub(crate) fn exact_match(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preferences_read_as_text_or_as_trl_conversations() {
+        use serde_json::json;
+        let text = parse_preference(Some(&json!("Q?")), &json!("yes"), &json!("no"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(text.history, vec![Message::new("user", "Q?")]);
+        let turn = |r: &str, c: &str| json!({ "role": r, "content": c });
+        let sys = turn("system", "Be brief.");
+        let implicit = parse_preference(
+            None,
+            &json!([sys, turn("user", "Q?"), turn("assistant", "yes")]),
+            &json!([sys, turn("user", "Q?"), turn("assistant", "no")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(implicit.history.len(), 2);
+        assert_eq!(
+            (implicit.chosen.as_str(), implicit.rejected.as_str()),
+            ("yes", "no")
+        );
+        assert_eq!(implicit.prompt_text(), "system: Be brief.\nuser: Q?");
+        let explicit = parse_preference(
+            Some(&json!([turn("user", "Q?")])),
+            &json!([turn("assistant", "yes")]),
+            &json!([turn("assistant", "no")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(explicit, text);
+        assert!(
+            parse_preference(Some(&json!(null)), &json!("a"), &json!("b"))
+                .unwrap()
+                .is_none()
+        );
+        let e = parse_preference(
+            None,
+            &json!([turn("user", "Q?"), turn("assistant", "yes")]),
+            &json!([turn("user", "Other?"), turn("assistant", "no")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("different conversations"), "{e}");
+        let e = parse_preference(
+            None,
+            &json!([turn("assistant", "yes")]),
+            &json!([turn("assistant", "no")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no prompt"), "{e}");
+    }
     use crate::recipe::types::CustomTemplate;
 
     fn two_turns() -> Vec<Message> {

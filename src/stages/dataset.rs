@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
 use super::{StageResult, metrics};
+use crate::data::layouts::{self, Layout};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{Row, Table};
@@ -27,6 +28,12 @@ use serde::{Deserialize, Serialize};
 pub struct DatasetSpec {
     /// The rows: a JSONL/CSV/Parquet file, or another dataset stage (`{ from: raw.train }`).
     pub source: Input,
+    /// How the rows are laid out: `auto` (default) reads ShareGPT files (`conversations` of
+    /// `{ from, value }`) as `messages` and Alpaca files (`instruction`, `input`, `output`) as
+    /// `prompt` and `response`, and anything else as it is; `sharegpt` and `alpaca` insist;
+    /// `as_is` never converts. Applied after `columns` renames.
+    #[serde(default, skip_serializing_if = "Layout::is_auto")]
+    pub layout: Layout,
     /// Renames, `{ old_name: new_name }`; other columns keep their names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, String>,
@@ -225,6 +232,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.check_cancelled()?;
     let rows_read = t.rows.len();
     t.rename(&spec.columns)?;
+    let converted = layouts::convert(&mut t, spec.layout)?;
     if let Some(select) = &spec.select {
         t.select(select)?;
     }
@@ -352,7 +360,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         .enumerate()
         .map(|(i, c)| json!({ "name": c, "type": t.types[i], "nulls": t.rows.iter().filter(|r| r.values[i].is_null()).count() }))
         .collect();
-    let summary = json!({
+    let mut summary = json!({
         "source": t.source,
         "rows_read": rows_read,
         "duplicates_dropped": duplicates,
@@ -362,6 +370,9 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "leakage": overlaps,
         "first_rows": t.with_rows(parts[0].1.iter().take(3).cloned().collect()).row_objects(3),
     });
+    if let Some(converted) = converted {
+        summary["layout"] = converted.into();
+    }
     Ok(StageResult {
         metrics: metrics::record(&metrics),
         warnings,

@@ -17,13 +17,16 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::conversation::{Format, eos_token, one_turn, tokenize_conversations, truncate};
+use super::conversation::{
+    Format, Preference, eos_token, one_turn, preference_rows, tokenize_conversations, truncate,
+};
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
+use crate::model::chat::Message;
 use crate::model::{Backbone, lora};
 use crate::recipe::types::PromptTemplate;
 use crate::recipe::types::{
@@ -172,12 +175,7 @@ impl Objective<Backbone> for Kto {
 }
 
 /// One preference pair.
-#[derive(Debug, Clone, serde::Serialize)]
-struct Pair {
-    prompt: String,
-    chosen: String,
-    rejected: String,
-}
+type Pair = Preference;
 
 /// One answer of unpaired feedback, marked desirable or not (KTO).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -512,21 +510,39 @@ fn encode_feedback(
     eos: Option<u32>,
     max_length: usize,
 ) -> Result<(Sides, Sides)> {
-    let tokenize = |answers: Vec<(&str, &str)>| -> Result<Vec<Encoded>> {
-        let convs: Vec<_> = answers.iter().map(|(p, a)| one_turn(p, a)).collect();
+    let tokenize = |convs: Vec<Vec<Message>>| -> Result<Vec<Encoded>> {
         let whole = tokenize_conversations(tokenizer, format, &convs, eos)?;
         // Cut prompts, not answers: the answer is what is compared.
         Ok(truncate(whole, max_length, Truncation::Prompt).0)
     };
+    let answered = |history: &[Message], answer: &str| -> Vec<Message> {
+        let mut conv = history.to_vec();
+        conv.push(Message::new("assistant", answer));
+        conv
+    };
     let sides = |pairs: &[Pair]| -> Result<Sides> {
         Ok((
-            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.chosen)).collect())?,
-            tokenize(pairs.iter().map(|p| (&*p.prompt, &*p.rejected)).collect())?,
+            tokenize(
+                pairs
+                    .iter()
+                    .map(|p| answered(&p.history, &p.chosen))
+                    .collect(),
+            )?,
+            tokenize(
+                pairs
+                    .iter()
+                    .map(|p| answered(&p.history, &p.rejected))
+                    .collect(),
+            )?,
         ))
     };
     let answers = |l: &[Labelled]| -> Result<Sides> {
         Ok((
-            tokenize(l.iter().map(|x| (&*x.prompt, &*x.completion)).collect())?,
+            tokenize(
+                l.iter()
+                    .map(|x| one_turn(&x.prompt, &x.completion))
+                    .collect(),
+            )?,
             Vec::new(),
         ))
     };
@@ -761,25 +777,15 @@ fn measure(model: &Backbone, batches: &[PrefBatch], beta: f64) -> Option<DpoMetr
 
 /// Pairs of the train and validation splits.
 fn pairs(input: &ResolvedInput, spec: &DpoSpec) -> Result<(Vec<Pair>, Vec<Pair>)> {
-    let of = |t: &Table| -> Result<Vec<Pair>> {
-        let idx = t.indices(
-            &[
-                spec.prompt_column.clone(),
-                spec.chosen_column.clone(),
-                spec.rejected_column.clone(),
-            ],
+    let of = |t: &Table| {
+        preference_rows(
+            t,
+            &spec.prompt_column,
+            &spec.chosen_column,
+            &spec.rejected_column,
             "the dpo stage reads column",
-        )?;
-        Ok(t.rows
-            .iter()
-            .filter_map(|r| {
-                Some(Pair {
-                    prompt: r.values[idx[0]].as_str()?.to_owned(),
-                    chosen: r.values[idx[1]].as_str()?.to_owned(),
-                    rejected: r.values[idx[2]].as_str()?.to_owned(),
-                })
-            })
-            .collect())
+        )
+        .map(|rows| rows.into_iter().map(|(p, _)| p).collect())
     };
     crate::stages::split_rows(input, of)
 }

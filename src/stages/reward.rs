@@ -11,6 +11,7 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
+use super::conversation::preference_rows;
 use super::kind::{DATA_INPUT, InputSlot, Kind, Problem};
 use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_model_input};
@@ -388,32 +389,34 @@ fn pairwise(model: &Model, batches: &[PairBatch]) -> Option<Pairwise> {
 /// Preference pairs of the train and validation splits.
 fn pairs(input: &ResolvedInput, spec: &RewardSpec) -> Result<(Vec<Pair>, Vec<Pair>)> {
     let of = |t: &Table| -> Result<Vec<Pair>> {
-        let mut cols = vec![
-            spec.prompt_column.clone(),
-            spec.chosen_column.clone(),
-            spec.rejected_column.clone(),
-        ];
-        cols.extend(spec.margin_column.clone());
-        let idx = t.indices(&cols, "the reward stage reads column")?;
-        t.rows
-            .iter()
-            .filter(|r| (0..3).all(|k| r.values[idx[k]].as_str().is_some()))
-            .map(|r| {
-                let margin = match idx.get(3) {
-                    Some(&i) => r.values[i].as_f64().ok_or_else(|| {
-                        anyhow::anyhow!("{}: the margin must be a number", t.origin(r))
-                    })?,
-                    None => 0.0,
-                };
-                let s = |k: usize| r.values[idx[k]].as_str().unwrap_or_default().to_owned();
-                Ok(Pair {
-                    prompt: s(0),
-                    chosen: s(1),
-                    rejected: s(2),
-                    margin,
-                })
-            })
-            .collect()
+        let what = "the reward stage reads column";
+        let margin = match &spec.margin_column {
+            Some(m) => Some(t.indices(std::slice::from_ref(m), what)?[0]),
+            None => None,
+        };
+        let rows = preference_rows(
+            t,
+            &spec.prompt_column,
+            &spec.chosen_column,
+            &spec.rejected_column,
+            what,
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (p, n) in rows {
+            let margin = match margin {
+                Some(i) => t.rows[n].values[i].as_f64().ok_or_else(|| {
+                    anyhow::anyhow!("{}: the margin must be a number", t.origin(&t.rows[n]))
+                })?,
+                None => 0.0,
+            };
+            out.push(Pair {
+                prompt: p.prompt_text(),
+                chosen: p.chosen,
+                rejected: p.rejected,
+                margin,
+            });
+        }
+        Ok(out)
     };
     crate::stages::split_rows(input, of)
 }

@@ -10,6 +10,7 @@ mod cli_generate;
 mod cli_snapshots;
 mod common;
 mod concat_stage;
+mod data_layouts;
 mod dpo_parity;
 mod dpo_stage;
 mod experiments;
