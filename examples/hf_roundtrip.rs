@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
         );
         let base = &model.model.backbone;
         let base_logits = to_vec(base.lm_logits(base.hidden(ids.clone(), None)).unwrap());
-        save_hf_dir(&model.model, &model.config, None, &dir.join("saved"))?;
+        save_hf_dir(&model.model, &model.config, None, None, &dir.join("saved"))?;
 
         let cfg = lora::LoraConfig {
             r: 2,
@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         save_hf_dir(
             &hone::model::Model::new(merged),
             &model.config,
+            None,
             None,
             &dir.join("merged"),
         )?;

@@ -21,9 +21,9 @@ pub struct GenerateArgs {
     /// A system message for the chat template.
     #[arg(long)]
     system: Option<String>,
-    /// Send prompts as raw text instead of through a template. Without it, RECIPE:STAGE
-    /// prompts go through the template the stage trained with, and other models through
-    /// their own chat template (or ChatML).
+    /// Send prompts as raw text instead of through a template. Without it, prompts to a
+    /// model a hone stage trained (RECIPE:STAGE, or its export) go through the template the
+    /// stage trained with, and to other models through their own chat template (or ChatML).
     #[arg(long)]
     raw: bool,
     #[arg(long, default_value_t = 64)]
@@ -68,10 +68,16 @@ pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
             model.model.backbone.family()
         );
     }
-    // A recipe stage's model gets the template it trained with; anything else its own chat
-    // template (or ChatML).
-    let format = at
-        .template
+    // A model a recipe stage trained gets the template it trained with (named by the recipe,
+    // or recorded in the model's tokenizer_config.json, as in an export); anything else its
+    // own chat template (or ChatML).
+    let trained = at.template.clone().or_else(|| {
+        model
+            .trained_template
+            .clone()
+            .and_then(|t| serde_json::from_value(t).ok())
+    });
+    let format = trained
         .as_ref()
         .map(|t| crate::stages::conversation::Format::new(t, model.chat_template.as_ref()));
     let template = model.chat();

@@ -1,6 +1,7 @@
 //! The `hone` command line.
 
 mod artifact;
+mod compare;
 mod docs;
 mod generate;
 pub mod logging;
@@ -195,6 +196,23 @@ enum Command {
     Runs {
         /// The recipe file.
         recipe: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Results side by side: recipes (what their lockfiles record) or runs (RECIPE@RUN).
+    ///
+    /// `hone compare dpo.yaml ipo.yaml`, or after `hone run r.yaml --set stages.dpo.beta=0.3
+    /// --name beta03`, `hone compare r.yaml r.yaml@beta03`: the stages with the same result in
+    /// all are named once; every metric of a stage whose result differs is a row with a column
+    /// per item. --html writes the table with those stages' loss curves overlaid.
+    Compare {
+        /// Recipes, or runs of one as RECIPE@RUN (a run's --name, or its id from `hone runs`).
+        #[arg(num_args = 2.., required = true, value_name = "RECIPE[@RUN]")]
+        items: Vec<String>,
+        /// Also write an HTML page with the table and overlaid loss curves.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -476,6 +494,19 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| recipe.path.with_extension("report.html"));
             report::write(&html, &out)?;
             println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare { items, html, json } => {
+            let c = compare::compare(items, cli.store.as_deref())?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", compare::render(&c));
+            }
+            if let Some(out) = html {
+                report::write(&compare::html(&c), out)?;
+                println!("wrote {}", out.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { recipe: path, json } => {

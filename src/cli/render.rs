@@ -262,6 +262,54 @@ pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) 
     Ok(())
 }
 
+/// How many held-out questions `hone show` prints with every model's answer.
+const ANSWERS_SHOWN: usize = 5;
+
+/// An evaluate stage's answers to held-out questions: each question with its reference and
+/// every model's answer, scored (ROUGE-L, token F1).
+fn print_answers(rows: &[Value]) {
+    let text = |r: &Value, k: &str| r[k].as_str().unwrap_or_default().replace('\n', " ");
+    let mut questions: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        let q = (text(r, "prompt"), text(r, "reference"));
+        if !questions.contains(&q) {
+            questions.push(q);
+        }
+    }
+    if questions.is_empty() {
+        return;
+    }
+    let width = rows
+        .iter()
+        .filter_map(|r| r["model"].as_str().map(str::len))
+        .max()
+        .unwrap_or(5)
+        .max("reference".len());
+    println!("answers  (rouge_l / token_f1 against the reference)");
+    for (prompt, reference) in questions.iter().take(ANSWERS_SHOWN) {
+        println!("  {prompt}");
+        println!("    {:<width$}             {reference}", "reference");
+        for r in rows
+            .iter()
+            .filter(|r| text(r, "prompt") == *prompt && text(r, "reference") == *reference)
+        {
+            println!(
+                "    {:<width$}  {:.2} / {:.2}  {}",
+                r["model"].as_str().unwrap_or("?"),
+                r["rouge_l"].as_f64().unwrap_or(f64::NAN),
+                r["token_f1"].as_f64().unwrap_or(f64::NAN),
+                text(r, "answer")
+            );
+        }
+    }
+    if questions.len() > ANSWERS_SHOWN {
+        println!(
+            "  ... and {} more questions (the stage's `answers` output has every one)",
+            questions.len() - ANSWERS_SHOWN
+        );
+    }
+}
+
 fn print_summary(summary: &Value) {
     let Some(obj) = summary.as_object() else {
         return;
@@ -315,8 +363,14 @@ fn print_summary(summary: &Value) {
                 .map_or(String::new(), |e| format!("; e.g. {}", e[0]))
         );
     }
+    if let Some(rows) = obj.get("answers").and_then(Value::as_array) {
+        print_answers(rows);
+    }
     for (k, v) in obj {
-        if matches!(k.as_str(), "columns" | "first_rows" | "rows" | "leakage") {
+        if matches!(
+            k.as_str(),
+            "columns" | "first_rows" | "rows" | "leakage" | "answers"
+        ) {
             continue;
         }
         println!(

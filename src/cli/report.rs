@@ -15,19 +15,48 @@ use crate::plan::status::{StageStatus, State};
 use crate::recipe::Recipe;
 use crate::store::{Manifest, Store};
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
+/// An evaluate stage's answers: a row per held-out question and model, with the scores.
+fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = write!(
+        html,
+        "<h2>Answers: {}</h2><table class=\"answers\"><tr><th>question</th><th>reference</th><th>model</th><th>answer</th><th>exact</th><th>contains</th><th>token F1</th><th>ROUGE-L</th></tr>",
+        esc(stage)
+    );
+    let text = |r: &Value, k: &str| esc(r[k].as_str().unwrap_or_default());
+    let num = |r: &Value, k: &str| r[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    for r in rows {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            text(r, "prompt"),
+            text(r, "reference"),
+            text(r, "model"),
+            text(r, "answer"),
+            num(r, "exact_match"),
+            num(r, "contains"),
+            num(r, "token_f1"),
+            num(r, "rouge_l"),
+        );
+    }
+    html.push_str("</table>");
+}
+
 /// (step, value) points of a curve.
-type Curve = Vec<(f64, f64)>;
+pub(crate) type Curve = Vec<(f64, f64)>;
 
 /// Training curves of `stage` at `action`: the step and eval records of the run in which that
 /// action ran (the newest such run).
-fn curves(store: &Store, stage: &str, action: &str) -> (Curve, Curve) {
+pub(crate) fn curves(store: &Store, stage: &str, action: &str) -> (Curve, Curve) {
     let Ok(entries) = std::fs::read_dir(store.root().join("runs")) else {
         return (vec![], vec![]);
     };
@@ -62,23 +91,43 @@ fn curves(store: &Store, stage: &str, action: &str) -> (Curve, Curve) {
 
 /// An SVG line chart of the training loss (line) and validation loss (dots).
 fn chart(train: &[(f64, f64)], val: &[(f64, f64)]) -> String {
+    chart_series(&[Series {
+        name: "",
+        train,
+        val,
+    }])
+}
+
+/// One run's curves in a chart: training loss and validation points, under a name.
+pub(crate) struct Series<'a> {
+    pub name: &'a str,
+    pub train: &'a [(f64, f64)],
+    pub val: &'a [(f64, f64)],
+}
+
+/// Colours of overlaid series, in order (the first is the report's own).
+const SERIES_COLOURS: [&str; 6] = [
+    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
+];
+
+/// An SVG chart of several runs' training loss (a line each) and validation loss (dots in the
+/// line's colour; a single series keeps red dots), on shared axes, with a legend when the
+/// series are named.
+pub(crate) fn chart_series(series: &[Series<'_>]) -> String {
     let (w, h, pad) = (520.0, 180.0, 36.0);
-    let all = train.iter().chain(val);
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in all {
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+    for Series { train, val, .. } in series {
+        for &(x, y) in train.iter().chain(val.iter()) {
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
     }
     if !y0.is_finite() || y1 <= y0 {
         y1 = y0 + 1.0;
     }
     let sx = |x: f64| pad + (x / x1) * (w - 2.0 * pad);
     let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
-    let points: Vec<String> = train
-        .iter()
-        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-        .collect();
     let mut svg = format!(
         "<svg class=\"chart\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\"><rect width=\"{w}\" height=\"{h}\" fill=\"#fff\"/>"
     );
@@ -97,20 +146,39 @@ fn chart(train: &[(f64, f64)], val: &[(f64, f64)]) -> String {
         w - pad - 40.0,
         h - 8.0
     );
-    if !points.is_empty() {
-        let _ = write!(
-            svg,
-            "<polyline class=\"train\" fill=\"none\" stroke=\"#2563eb\" stroke-width=\"1.5\" points=\"{}\"/>",
-            points.join(" ")
-        );
-    }
-    for &(x, y) in val {
-        let _ = write!(
-            svg,
-            "<circle class=\"val\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#dc2626\"/>",
-            sx(x),
-            sy(y)
-        );
+    for (k, Series { name, train, val }) in series.iter().enumerate() {
+        let colour = SERIES_COLOURS[k % SERIES_COLOURS.len()];
+        let dots = if series.len() == 1 { "#dc2626" } else { colour };
+        let points: Vec<String> = train
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        if !points.is_empty() {
+            let _ = write!(
+                svg,
+                "<polyline class=\"train\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                points.join(" ")
+            );
+        }
+        for &(x, y) in val.iter() {
+            let _ = write!(
+                svg,
+                "<circle class=\"val\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{dots}\"/>",
+                sx(x),
+                sy(y)
+            );
+        }
+        if !name.is_empty() {
+            let y = pad + 12.0 * k as f64;
+            let _ = write!(
+                svg,
+                "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"3\" fill=\"{colour}\"/><text x=\"{}\" y=\"{y}\" font-size=\"10\">{}</text>",
+                w - pad - 120.0,
+                y - 4.0,
+                w - pad - 106.0,
+                esc(name)
+            );
+        }
     }
     svg.push_str("</svg>");
     svg
@@ -125,18 +193,46 @@ fn dag_svg(recipe: &Recipe, dag: &Dag, statuses: &BTreeMap<String, &StageStatus>
             depth[i] = depth[i].max(depth[up] + 1);
         }
     }
-    let mut rows_in: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut pos = vec![(0.0f64, 0.0f64); n];
-    for &i in &dag.order {
-        let r = rows_in.entry(depth[i]).or_default();
-        pos[i] = (20.0 + depth[i] as f64 * 170.0, 20.0 + *r as f64 * 60.0);
-        *r += 1;
+    // Rows within each column: the first column in run order, each later one by the mean row
+    // of its stages' inputs (one barycentre pass), which keeps most edges from crossing.
+    let columns = depth.iter().max().copied().unwrap_or(0) + 1;
+    let mut row = vec![0usize; n];
+    let mut rows_in = vec![0usize; columns];
+    for (d, count) in rows_in.iter_mut().enumerate() {
+        let mut members: Vec<(f64, usize, usize)> = dag
+            .order
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| depth[**i] == d)
+            .map(|(k, &i)| {
+                let ups: Vec<f64> = dag
+                    .incoming(i)
+                    .into_iter()
+                    .map(|(u, _)| row[u] as f64)
+                    .collect();
+                let centre = if ups.is_empty() {
+                    k as f64
+                } else {
+                    ups.iter().sum::<f64>() / ups.len() as f64
+                };
+                (centre, k, i)
+            })
+            .collect();
+        members.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (r, (_, _, i)) in members.iter().enumerate() {
+            row[*i] = r;
+        }
+        *count = members.len();
     }
-    let width = 20.0 + (depth.iter().max().copied().unwrap_or(0) + 1) as f64 * 170.0;
-    let height = 20.0 + rows_in.values().max().copied().unwrap_or(1) as f64 * 60.0;
+    let pos: Vec<(f64, f64)> = (0..n)
+        .map(|i| (20.0 + depth[i] as f64 * 170.0, 20.0 + row[i] as f64 * 60.0))
+        .collect();
+    let width = 20.0 + columns as f64 * 170.0;
+    let height = 20.0 + rows_in.iter().max().copied().unwrap_or(1).max(1) as f64 * 60.0;
     let mut svg = format!(
-        "<svg class=\"dag\" viewBox=\"0 0 {width} {height}\" style=\"width:100%;max-width:{width}px\" xmlns=\"http://www.w3.org/2000/svg\">"
+        "<svg class=\"dag\" viewBox=\"0 0 {width} {height}\" style=\"width:100%;max-width:{width}px\" xmlns=\"http://www.w3.org/2000/svg\"><defs><marker id=\"arrow\" viewBox=\"0 0 8 8\" refX=\"8\" refY=\"4\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L8,4 L0,8 z\" fill=\"#888\"/></marker></defs>"
     );
+    // Edges from an output's right edge to an input's left edge, with an arrowhead.
     for &i in &dag.order {
         for (up, edge) in dag.incoming(i) {
             let (a, b) = (pos[up], pos[i]);
@@ -145,13 +241,12 @@ fn dag_svg(recipe: &Recipe, dag: &Dag, statuses: &BTreeMap<String, &StageStatus>
             } else {
                 ""
             };
+            let (x1, y1, x2, y2) = (a.0 + 140.0, a.1 + 20.0, b.0 - 2.0, b.1 + 20.0);
             let _ = write!(
                 svg,
-                "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"{dash}/>",
-                a.0 + 140.0,
-                a.1 + 20.0,
-                b.0,
-                b.1 + 20.0
+                "<path class=\"edge\" d=\"M{x1},{y1} C{},{y1} {},{y2} {x2},{y2}\" fill=\"none\" stroke=\"#888\"{dash} marker-end=\"url(#arrow)\"/>",
+                x1 + 20.0,
+                x2 - 20.0
             );
         }
     }
@@ -294,6 +389,9 @@ pub fn render(
                 html.push_str("</tr>");
             }
             html.push_str("</table>");
+        }
+        if let Some(rows) = m.summary.get("answers").and_then(Value::as_array) {
+            answers_table(&mut html, name, rows);
         }
     }
 

@@ -89,6 +89,41 @@ pub fn cached_floats(
         .unwrap_or_default())
 }
 
+/// Results computed from a model and data (an evaluation of one model), cached like tokens
+/// as sealed JSON: f64s survive JSON unchanged, so a reread gives the very same numbers.
+pub fn cached_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    dir: Option<&Path>,
+    key: &str,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<(T, bool)> {
+    let Some(dir) = dir else {
+        return Ok((compute()?, false));
+    };
+    let path = dir.join(key);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let hit = sealed::open(&bytes)
+            .and_then(|b| b.strip_prefix(JSON_MAGIC))
+            .and_then(|b| serde_json::from_slice(b).ok());
+        match hit {
+            Some(hit) => return Ok((hit, true)),
+            None => tracing::warn!(
+                "discarding a damaged cache entry {}; computing it again",
+                path.display()
+            ),
+        }
+    }
+    let value = compute()?;
+    let mut bytes = JSON_MAGIC.to_vec();
+    serde_json::to_writer(&mut bytes, &value)?;
+    // A cache that cannot be written costs time, not correctness.
+    let _ = std::fs::create_dir_all(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| crate::store::write_atomic(&path, &sealed::seal(bytes)));
+    Ok((value, false))
+}
+
+const JSON_MAGIC: &[u8; 8] = b"HONEJSN1";
+
 fn store(dir: &Path, path: &PathBuf, encoded: &[Encoded]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut out =

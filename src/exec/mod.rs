@@ -4,6 +4,7 @@
 
 pub mod observer;
 pub mod rundir;
+pub mod tensorboard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -257,14 +258,20 @@ pub fn run(
             });
         }
         rundir.stage_done(&stage.name, outcome, &manifest)?;
-        let entry = LockedStage::from_manifest(&manifest);
+        let mut entry = LockedStage::from_manifest(&manifest);
+        for (rel, input) in stage.spec.inputs() {
+            if let Input::Source(src) = input
+                && let (Some(repo), Some(Ok(commit))) = (&src.hub, &src.hub_commit)
+            {
+                entry.hub.insert(rel, format!("{repo}@{commit}"));
+            }
+        }
         // A stage that reproduced the recorded action and output keeps its entry (and the wall
         // time of the run that first produced it), so a fresh clone's first run does not churn
         // a committed lockfile.
-        let reproduced = lockfile
-            .stages
-            .get(&stage.name)
-            .is_some_and(|old| old.action == entry.action && old.artifact == entry.artifact);
+        let reproduced = lockfile.stages.get(&stage.name).is_some_and(|old| {
+            old.action == entry.action && old.artifact == entry.artifact && old.hub == entry.hub
+        });
         if !reproduced {
             lockfile.stages.insert(stage.name.clone(), entry);
             if !opts.locked && !opts.no_lockfile {
@@ -356,11 +363,27 @@ fn run_stage(
     ctx.recipe_name = recipe.header.name.clone();
     ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
     ctx.token_cache = Some(store.root().join("tokenized"));
+    let tensorboard = recipe.header.logging.tensorboard.as_ref().map(|dir| {
+        let base = recipe
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        std::sync::Arc::new(tensorboard::StageLog::new(
+            base.join(dir).join(rundir.name()).join(&stage.name),
+        ))
+    });
+    if let Some(log) = &tensorboard {
+        let log = log.clone();
+        ctx.live = Some(std::sync::Arc::new(move |r: &serde_json::Value| {
+            log.record(r)
+        }));
+    }
     for (rel, input) in stage.spec.inputs() {
         let resolved = match input {
             Input::Source(src) => ResolvedInput::File {
                 path: src.resolved.clone(),
-                label: src.path.clone(),
+                label: src.label(),
                 format: src.format,
             },
             Input::Stage(r) => {
@@ -438,6 +461,9 @@ fn run_stage(
         }
     }
     rundir.log_metrics(&stage.name, &manifest.metrics)?;
+    if let Some(log) = &tensorboard {
+        log.finish(&manifest.metrics);
+    }
     let produced = ctx.take_produced();
     let manifest = store.commit(&produced, manifest)?;
     drop(scratch);
@@ -466,7 +492,7 @@ fn training_data(
             match input {
                 Input::Source(src) => out.push(ResolvedInput::File {
                     path: src.resolved.clone(),
-                    label: src.path.clone(),
+                    label: src.label(),
                     format: src.format,
                 }),
                 Input::Stage(d) => {

@@ -84,6 +84,14 @@ impl RunDir {
         &self.path
     }
 
+    /// The run's name: its directory's (`<UTC time>-<recipe>-<pid>`).
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    }
+
     /// Appends one metrics record for `stage`.
     pub fn log_metrics(
         &mut self,

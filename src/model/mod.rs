@@ -12,12 +12,15 @@ pub mod gguf_tokenizer;
 pub mod gguf_write;
 pub mod gpt2;
 pub mod heads;
+pub mod hub;
 pub mod layers;
 pub mod llama;
 pub mod lora;
 pub mod phi3;
+pub mod probe;
 pub mod rope;
 pub mod sampling;
+pub mod serving;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -346,6 +349,9 @@ pub struct HfModel {
     pub chat_template: Option<chat::ChatTemplate>,
     /// Weights in the file that no part of the model took (e.g. a head hone did not build).
     pub unused_weights: Vec<String>,
+    /// For a model a hone stage trained, the recipe's `template:` it trained with
+    /// (`serving::TRAINED_TEMPLATE_KEY`).
+    pub trained_template: Option<serde_json::Value>,
 }
 
 /// The config key under which a model saved by hone (always in f32) remembers the dtype its
@@ -455,6 +461,7 @@ pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
             tokenizer: g.tokenizer,
             chat_template,
             unused_weights: vec![],
+            trained_template: None,
         });
     }
     load_hf_dir(path, device)
@@ -592,6 +599,11 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
                 .map(str::to_owned)
         })
         .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    let trained_template = serving::trained_template(dir);
+    // A model trained on plain prompts carries a template for other tools that spells them
+    // out; to hone it has no chat format of its own (`template: model` means ChatML there,
+    // as for any model without one).
+    let shipped = shipped.filter(|_| trained_template.as_ref().is_none_or(|t| t != "plain"));
     let chat_template = chat_template(shipped, family, &config, tokenizer.as_ref());
     Ok(HfModel {
         model: Model { backbone, score },
@@ -599,15 +611,18 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
         tokenizer,
         chat_template,
         unused_weights: weights.remaining(),
+        trained_template,
     })
 }
 
 /// Writes a directory transformers loads: `config.json`, `model.safetensors` (LoRA merged in),
-/// and `tokenizer.json` when there is a tokenizer.
+/// and with a tokenizer `tokenizer.json` and the files a serving stack reads beside it
+/// (`serving`: the chat template of `prompting`, special tokens, generation defaults).
 pub fn save_hf_dir(
     model: &Model,
     config: &serde_json::Value,
     tokenizer: Option<&tokenizers::Tokenizer>,
+    prompting: Option<&serving::Prompting>,
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -673,6 +688,8 @@ pub fn save_hf_dir(
     if let Some(t) = tokenizer {
         t.save(dir.join("tokenizer.json"), false)
             .map_err(|e| anyhow::anyhow!("cannot save tokenizer: {e}"))?;
+        let generates = backbone.is_decoder() && model.num_labels().is_none();
+        serving::write_serving_files(dir, t, &config, prompting, generates)?;
     }
     Ok(dir.to_path_buf())
 }

@@ -175,10 +175,10 @@ impl<'a> Evaluator<'a> {
             match input {
                 Input::Source(src) => {
                     let d = self.hashes.digest(&src.resolved).with_context(|| {
-                        format!("cannot read input {} of stage {}", src.path, stage.name)
+                        format!("cannot read input {} of stage {}", src.label(), stage.name)
                     })?;
                     digests.insert(rel.clone(), d);
-                    labels.insert(rel, src.path.clone());
+                    labels.insert(rel, src.label());
                 }
                 Input::Stage(r) => {
                     let up = self

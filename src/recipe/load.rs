@@ -868,6 +868,20 @@ fn resolve_source_paths(recipe: &mut Recipe) {
         let prefix = join("stages", &stage.name);
         for (rel, input) in stage.spec.inputs_mut() {
             if let Input::Source(src) = input {
+                if let Some(repo) = &src.hub {
+                    // A missing model is reported by validation, located at the `hub:` key.
+                    match crate::model::hub::resolve(repo, src.revision()) {
+                        Ok(found) => {
+                            src.resolved = found.dir;
+                            src.hub_commit = Some(Ok(found.commit));
+                        }
+                        Err(e) => {
+                            src.hub_commit =
+                                Some(Err(format!("{e}\n{}", e.help(repo, src.revision()))));
+                        }
+                    }
+                    continue;
+                }
                 let base = match recipe.sources.value(&join(&join(&prefix, &rel), "path")) {
                     Some(Location::File { file, .. }) => {
                         file.parent().map(Path::to_path_buf).unwrap_or_default()

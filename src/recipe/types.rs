@@ -38,6 +38,9 @@ pub struct RecipeFile {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "defaults_schema")]
     pub defaults: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// Where metrics go besides each run's `metrics.jsonl`: `logging: { tensorboard: runs/tb }`.
+    #[serde(default, skip_serializing_if = "Logging::is_empty")]
+    pub logging: Logging,
     /// Base recipe(s) to deep-merge under this one (paths relative to this file); this file wins,
     /// and `key: null` removes an inherited key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +83,26 @@ fn defaults_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Where metrics go besides each run's `metrics.jsonl`. Not part of any action key: logging
+/// changes no artifact.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// A directory (relative to the recipe) for TensorBoard event files: per run and stage
+    /// that ran, `<dir>/<run>/<stage>/events.out.tfevents.*`, written as training goes (`train/loss`,
+    /// `train/lr`, `train/grad_norm`, throughput, DPO's `rewards/*` and `logps/*`,
+    /// `eval/loss`), and each stage's final metrics under `metrics/`. View with
+    /// `tensorboard --logdir <dir>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensorboard: Option<String>,
+}
+
+impl Logging {
+    fn is_empty(&self) -> bool {
+        self.tensorboard.is_none()
+    }
+}
+
 /// One base recipe or several, merged in order.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -94,7 +117,8 @@ pub enum Extends {
 pub enum Input {
     /// Another stage's artifact: `{ from: stage }`, or one of its outputs: `{ from: stage.output }`.
     Stage(StageRef),
-    /// A file or directory outside the store: `{ path: data/qa.jsonl }`.
+    /// A file or directory outside the store: `{ path: data/qa.jsonl }`, or a model from the
+    /// Hugging Face cache: `{ hub: org/name, revision: main }`.
     Source(SourceFile),
 }
 
@@ -120,14 +144,44 @@ impl StageRef {
 #[serde(deny_unknown_fields)]
 pub struct SourceFile {
     /// Path relative to the recipe file that wrote it (or to the working directory for `--set`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// File format; inferred from the extension when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<FileFormat>,
-    /// The path made absolute against the directory it is relative to (filled in by the loader).
+    /// A model by its Hugging Face Hub id (`HuggingFaceTB/SmolLM2-135M-Instruct`), read from
+    /// the local Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`); instead of `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// With `hub`: the branch, tag or commit (default `main`); the lockfile records the commit
+    /// it named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The path made absolute against the directory it is relative to, or the hub model's
+    /// snapshot directory (filled in by the loader).
     #[serde(skip)]
     #[schemars(skip)]
     pub resolved: PathBuf,
+    /// With `hub`: the commit the revision named, or why it could not be found (filled in by
+    /// the loader; validation reports the error).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub hub_commit: Option<Result<String, String>>,
+}
+
+impl SourceFile {
+    /// How messages name it: its path, or `hub:org/name@revision`.
+    pub fn label(&self) -> String {
+        match &self.hub {
+            Some(repo) => format!("hub:{repo}@{}", self.revision()),
+            None => self.path.clone(),
+        }
+    }
+
+    /// The hub revision asked for (`main` by default).
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
 }
 
 impl<'de> Deserialize<'de> for Input {
@@ -138,28 +192,54 @@ impl<'de> Deserialize<'de> for Input {
             from: Option<String>,
             path: Option<String>,
             format: Option<FileFormat>,
+            hub: Option<String>,
+            revision: Option<String>,
         }
         use serde::de::Error;
-        match Raw::deserialize(d)? {
+        let raw = Raw::deserialize(d)?;
+        let given = [raw.from.is_some(), raw.path.is_some(), raw.hub.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(D::Error::custom(
+                "an input is one of `{ from: stage }`, `{ path: file }` or `{ hub: org/name }`, not several",
+            ));
+        }
+        if raw.revision.is_some() && raw.hub.is_none() {
+            return Err(D::Error::custom(
+                "`revision` goes with `hub: org/name` (a model from the Hugging Face cache)",
+            ));
+        }
+        match raw {
             Raw {
                 from: Some(from),
-                path: None,
                 format: None,
+                ..
             } => Ok(Input::Stage(StageRef { from })),
             Raw { from: Some(_), .. } => Err(D::Error::custom(
-                "an input is either `{ from: stage }` or `{ path: file }`, not both",
+                "`format` goes with `path:`, not with `from:`",
             )),
             Raw {
-                path: Some(path),
-                format,
+                hub: Some(_),
+                format: Some(_),
                 ..
-            } => Ok(Input::Source(SourceFile {
+            } => Err(D::Error::custom(
+                "`format` goes with `path:`; a hub model is a model directory",
+            )),
+            Raw {
                 path,
                 format,
+                hub,
+                revision,
+                ..
+            } if path.is_some() || hub.is_some() => Ok(Input::Source(SourceFile {
+                path: path.unwrap_or_default(),
+                format,
+                hub,
+                revision,
                 resolved: PathBuf::new(),
+                hub_commit: None,
             })),
             Raw { .. } => Err(D::Error::custom(
-                "an input needs `from: <stage>` (another stage's output) or `path: <file>`",
+                "an input needs `from: <stage>` (another stage's output), `path: <file>` or `hub: <org/name>`",
             )),
         }
     }
@@ -179,7 +259,8 @@ pub(crate) fn text_column() -> String {
 pub enum ModelInput {
     /// A new model, randomly initialised: `{ init: { arch: gpt2, layers: 4, ... } }`.
     Init { init: ModelInit },
-    /// A checkpoint: `{ path: models/x }` (HF directory or .gguf) or `{ from: stage }`.
+    /// A checkpoint: `{ path: models/x }` (HF directory or .gguf), `{ hub: org/name }` (from
+    /// the Hugging Face cache) or `{ from: stage }`.
     Input(Input),
 }
 
@@ -197,7 +278,7 @@ impl<'de> Deserialize<'de> for ModelInput {
             return Ok(ModelInput::Init { init: i.init });
         }
         Input::deserialize(v).map(ModelInput::Input).map_err(|e| {
-            D::Error::custom(format!("{e}; a model is `{{ init: {{ arch: ... }} }}`, `{{ from: stage }}` or `{{ path: dir }}`"))
+            D::Error::custom(format!("{e}; a model is `{{ init: {{ arch: ... }} }}`, `{{ from: stage }}`, `{{ path: dir }}` or `{{ hub: org/name }}`"))
         })
     }
 }

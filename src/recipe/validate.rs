@@ -37,11 +37,27 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
         let at = join("stages", &stage.name);
         for (rel, input) in stage.spec.inputs() {
             if let Input::Source(src) = input {
-                let table = stage
-                    .spec
-                    .accepts(&rel)
-                    .contains(&crate::store::ArtifactType::Table);
+                use crate::store::ArtifactType;
+                let accepts = stage.spec.accepts(&rel);
+                let table = accepts.contains(&ArtifactType::Table);
                 check_source(recipe, &join(&at, &rel), src, table, &mut diags);
+                // A checkpoint hone cannot load fails here, from its headers, not in the stage.
+                // (A tokenizer slot also takes a model, or a tokenizer.json that is none.)
+                let model = (accepts.contains(&ArtifactType::Model)
+                    || accepts.contains(&ArtifactType::RewardModel))
+                    && !accepts.contains(&ArtifactType::Tokenizer);
+                let key = if src.hub.is_some() { "hub" } else { "path" };
+                if model
+                    && !table
+                    && src.resolved.exists()
+                    && let Err(e) = crate::model::probe::probe(&src.resolved)
+                {
+                    diags.push(
+                        Diagnostic::new(format!("cannot load `{}`: {e}", src.label()))
+                            .at(recipe.value_location(&join(&join(&at, &rel), key)))
+                            .help("hone loads HF directories (config.json, safetensors) and GGUF files of the architectures above, in f32, f16, bf16 or the GGUF quantisations llama.cpp writes"),
+                    );
+                }
             }
         }
         for p in stage.spec.check(&stage.name) {
@@ -78,6 +94,17 @@ fn check_source(
     table: bool,
     diags: &mut Diagnostics,
 ) {
+    if src.hub.is_some() {
+        if let Some(Err(e)) = &src.hub_commit {
+            let (message, help) = e.split_once('\n').unwrap_or((e, ""));
+            diags.push(
+                Diagnostic::new(message)
+                    .at(recipe.value_location(&join(at, "hub")))
+                    .help(help),
+            );
+        }
+        return;
+    }
     let loc = recipe.value_location(&join(at, "path"));
     if !src.resolved.exists() {
         diags.push(

@@ -150,6 +150,9 @@ pub enum ResolvedInput {
     Artifact(ArtifactView),
 }
 
+/// A receiver of metric records as they happen.
+pub type LiveMetrics = std::sync::Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
+
 pub struct StageContext {
     pub stage: String,
     /// The recipe's `name`.
@@ -171,6 +174,9 @@ pub struct StageContext {
     pub checkpoint_dir: Option<PathBuf>,
     /// The store's cache of tokenized examples (`data::tokenized`).
     pub token_cache: Option<PathBuf>,
+    /// Receives metric records as training produces them (the runner's TensorBoard log),
+    /// besides `events`, which are written when the stage ends.
+    pub live: Option<LiveMetrics>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -195,6 +201,7 @@ impl StageContext {
             events: Vec::new(),
             checkpoint_dir: None,
             token_cache: None,
+            live: None,
             scratch,
             produced: Vec::new(),
         }

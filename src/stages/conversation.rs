@@ -58,6 +58,46 @@ impl Format {
         }
     }
 
+    /// How a model trained in this format is prompted, for its saved files: the chat template
+    /// (for plain text, one that writes each turn as `{content}\n`, as this format does) and
+    /// the recipe's `template:` setting.
+    pub(crate) fn prompting(
+        &self,
+        recipe_template: &PromptTemplate,
+        tok: &Tokenizer,
+    ) -> Result<crate::model::serving::Prompting> {
+        let chat = match &self.template {
+            Some(t) => t.clone(),
+            None => {
+                let bos: Vec<String> = self
+                    .leading_tokens(tok)?
+                    .iter()
+                    .filter_map(|&id| tok.id_to_token(id))
+                    .collect();
+                let eos = tok
+                    .token_to_id(EOS)
+                    .map(|_| EOS.to_owned())
+                    .unwrap_or_default();
+                let lead = if bos.is_empty() {
+                    ""
+                } else {
+                    "{{ bos_token }}"
+                };
+                ChatTemplate::new(
+                    format!(
+                        "{lead}{{% for message in messages %}}{{{{ message['content'] + '\n' }}}}{{% endfor %}}"
+                    ),
+                    &bos.concat(),
+                    &eos,
+                )
+            }
+        };
+        Ok(crate::model::serving::Prompting {
+            chat,
+            recipe_template: Some(serde_json::to_value(recipe_template)?),
+        })
+    }
+
     /// Whether the format ends answers with the end-of-text token (plain text has no other
     /// end marker).
     pub(crate) fn plain(&self) -> bool {
@@ -412,6 +452,55 @@ pub(crate) fn conversation_batches(
         .collect()
 }
 
+/// A held-out conversation's last assistant turn, and what a model answered in its place.
+#[derive(Debug, Clone)]
+pub(crate) struct Answered {
+    /// The last user turn before the answer (what a reader needs to judge it).
+    pub prompt: String,
+    pub reference: String,
+    pub answer: String,
+}
+
+/// Each conversation's last assistant turn answered greedily by the model from the turns
+/// before it.
+pub(crate) fn greedy_answers(
+    model: &Backbone,
+    tok: &Tokenizer,
+    format: &Format,
+    convs: &[Vec<Message>],
+    sampling: &SamplingConfig,
+    device: &Device,
+) -> Result<Vec<Answered>> {
+    let cases: Vec<(&[Message], &str)> = convs
+        .iter()
+        .filter_map(|c| {
+            let last = c.iter().rposition(|m| m.role == "assistant")?;
+            Some((&c[..last], c[last].content.as_str()))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(cases.len());
+    for chunk in cases.chunks(16) {
+        let prompts: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(history, _)| format.encode_conversation_prompt(tok, history))
+            .collect::<Result<_>>()?;
+        let outputs = generate(model, &prompts, sampling, device);
+        for ((history, want), ids) in chunk.iter().zip(outputs) {
+            let text = tok.decode(&ids, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            out.push(Answered {
+                prompt: history
+                    .iter()
+                    .rfind(|m| m.role == "user")
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default(),
+                reference: (*want).to_owned(),
+                answer: format.answer(&text).to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Share of validation conversations whose last assistant turn the model reproduces, greedy,
 /// from the turns before it (after normalising case, punctuation and spaces); `None` without
 /// validation data.
@@ -423,31 +512,15 @@ pub(crate) fn exact_match(
     sampling: &SamplingConfig,
     device: &Device,
 ) -> Result<Option<f64>> {
-    let cases: Vec<(&[Message], &str)> = convs
-        .iter()
-        .filter_map(|c| {
-            let last = c.iter().rposition(|m| m.role == "assistant")?;
-            Some((&c[..last], c[last].content.as_str()))
-        })
-        .collect();
-    if cases.is_empty() {
+    let answered = greedy_answers(model, tok, format, convs, sampling, device)?;
+    if answered.is_empty() {
         return Ok(None);
     }
-    let mut hits = 0;
-    for chunk in cases.chunks(16) {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|(history, _)| format.encode_conversation_prompt(tok, history))
-            .collect::<Result<_>>()?;
-        let outputs = generate(model, &prompts, sampling, device);
-        for ((_, want), out) in chunk.iter().zip(outputs) {
-            let text = tok.decode(&out, true).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if normalize(format.answer(&text)) == normalize(want) {
-                hits += 1;
-            }
-        }
-    }
-    Ok(Some(hits as f64 / cases.len() as f64))
+    let hits = answered
+        .iter()
+        .filter(|a| normalize(&a.answer) == normalize(&a.reference))
+        .count();
+    Ok(Some(hits as f64 / answered.len() as f64))
 }
 
 #[cfg(test)]

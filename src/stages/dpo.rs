@@ -123,13 +123,46 @@ pub struct KtoBatch {
     pub n: f64,
 }
 
-pub struct Dpo(pub DpoParams);
+/// The DPO family's objective. It also keeps each pair's log-probabilities of the current step,
+/// so every step reports TRL's metrics (`rewards/chosen`, `rewards/rejected`,
+/// `rewards/margins`, `rewards/accuracies`, `logps/chosen`, `logps/rejected`).
+pub struct Dpo {
+    pub params: DpoParams,
+    /// (policy chosen, policy rejected, reference chosen, reference rejected) per pair.
+    step_logps: std::cell::RefCell<Vec<[f64; 4]>>,
+}
+
+impl Dpo {
+    pub fn new(params: DpoParams) -> Dpo {
+        Dpo {
+            params,
+            step_logps: Default::default(),
+        }
+    }
+}
 
 impl Objective<Backbone> for Dpo {
     type Batch = PrefBatch;
     fn loss_sum(&self, model: &Backbone, b: &PrefBatch) -> Tensor<1> {
         let (c, len_c) = sequence_logps(model, &b.chosen);
         let (r, len_r) = sequence_logps(model, &b.rejected);
+        let values = |t: &Tensor<1>| -> Vec<f64> {
+            t.clone()
+                .detach()
+                .into_data()
+                .iter::<f32>()
+                .map(f64::from)
+                .collect()
+        };
+        let (pc, pr, rc, rr) = (
+            values(&c),
+            values(&r),
+            values(&b.ref_chosen),
+            values(&b.ref_rejected),
+        );
+        self.step_logps
+            .borrow_mut()
+            .extend((0..pc.len()).map(|i| [pc[i], pr[i], rc[i], rr[i]]));
         let policy = PairLogps {
             chosen: c,
             rejected: r,
@@ -141,13 +174,30 @@ impl Objective<Backbone> for Dpo {
             rejected: b.ref_rejected.clone(),
             ..policy.clone()
         };
-        dpo_loss(&policy, Some(&reference), &self.0).sum()
+        dpo_loss(&policy, Some(&reference), &self.params).sum()
     }
     fn count(&self, b: &PrefBatch) -> f64 {
         b.n
     }
     fn unit(&self) -> &'static str {
         "pairs"
+    }
+    fn step_metrics(&self) -> Vec<(String, f64)> {
+        let seen = std::mem::take(&mut *self.step_logps.borrow_mut());
+        if seen.is_empty() {
+            return Vec::new();
+        }
+        let column = |k: usize| seen.iter().map(|v| v[k]).collect::<Vec<_>>();
+        let (pc, pr, rc, rr) = (column(0), column(1), column(2), column(3));
+        let m = dpo_metrics((&pc, &pr), (&rc, &rr), self.params.beta);
+        vec![
+            ("rewards/chosen".into(), m.rewards_chosen),
+            ("rewards/rejected".into(), m.rewards_rejected),
+            ("rewards/accuracies".into(), m.rewards_accuracies),
+            ("rewards/margins".into(), m.rewards_margins),
+            ("logps/chosen".into(), m.logps_chosen),
+            ("logps/rejected".into(), m.logps_rejected),
+        ]
     }
 }
 
@@ -433,12 +483,20 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             &device,
         );
         let val_b = pref_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &device);
-        super::train_logged(backbone, &Dpo(params), &train_b, &val_b, &spec.train, ctx)?
+        super::train_logged(
+            backbone,
+            &Dpo::new(params),
+            &train_b,
+            &val_b,
+            &spec.train,
+            ctx,
+        )?
     };
     let inference = trained.valid();
     let after = measure_now(&inference);
 
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
+    let prompting = format.prompting(&spec.template, &tokenizer)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let (metrics, warnings) = report(&before, &after, &summary);
     let (train_n, val_n) = match &feedback {

@@ -1,7 +1,9 @@
 //! `evaluate`: several models side by side on held-out data. Every enabled check runs on every
-//! model: perplexity and next-token accuracy on raw text; exact match and answer perplexity on
-//! held-out questions; accuracy and macro-F1 through a classification head; greedy answers to
-//! sample prompts. Output: `results` (`model`, `metric`, `value`) and `samples`.
+//! model: perplexity and next-token accuracy on raw text; exact match, containment, token F1,
+//! ROUGE-L and answer perplexity on held-out questions (and every answer, scored); accuracy
+//! and macro-F1 through a classification head; greedy answers to sample prompts. Outputs:
+//! `results` (`model`, `metric`, `value`), `answers` and `samples`. Each model's evaluation is
+//! cached on its own, so a changed model is the only one measured again.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde_json::{Value, json};
 
-use super::conversation::{Format, encode_conversations, eos_token, exact_match, one_turn};
+use super::answer_scores::{self, AnswerScores};
+use super::conversation::{Format, encode_conversations, eos_token, greedy_answers, one_turn};
 use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::metrics::{self, Rounded};
 use super::model_input::{LoadedModel, load_checkpoint};
@@ -32,8 +35,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `evaluate`: the named models side by side on held-out data. Each enabled check adds its
-/// metrics for every model. Outputs: `results` (a table: `model`, `metric`, `value`) and, with
-/// `samples`, `samples` (`model`, `prompt`, `response`).
+/// metrics for every model. Outputs: `results` (a table: `model`, `metric`, `value`); with
+/// `samples`, `samples` (`model`, `prompt`, `response`); with `qa`, `answers` (a row per
+/// model and question: `prompt`, `reference`, `answer` and its scores). A model measured
+/// before on the same data with the same settings is not measured again (the store keeps each
+/// model's evaluation), so a new variant in a recipe costs the evaluation of that variant.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateSpec {
@@ -42,8 +48,10 @@ pub struct EvaluateSpec {
     /// Language modelling on raw text: perplexity and next-token accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity: Option<TextEval>,
-    /// Held-out questions: exact match of the greedy answer, and the perplexity of the
-    /// reference answer given the question.
+    /// Held-out questions: each model's greedy answer scored against the reference (exact
+    /// match and containment after normalising, SQuAD's token F1, ROUGE-L; the means, and
+    /// every answer in the `answers` output), and the perplexity of the reference answer
+    /// given the question.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qa: Option<QaEval>,
     /// Labelled texts through each model's classification head: accuracy and macro-F1.
@@ -155,7 +163,8 @@ const REWARD_PROMPTS: InputSlot = InputSlot::new("reward.prompts", DATA_INPUT);
 impl Kind for EvaluateKind {
     type Settings = EvaluateSpec;
     const NAME: &'static str = "evaluate";
-    const VERSION: Option<&'static str> = None;
+    /// 2: answers scored by containment, token F1 and ROUGE-L too; the `answers` output.
+    const VERSION: Option<&'static str> = Some("2");
     const DESCRIPTION: &'static str = "Models side by side on held-out data: perplexity, token accuracy, exact match,\nclassification accuracy, generation samples.";
 
     fn input_slots(&self) -> &'static [InputSlot] {
@@ -173,6 +182,9 @@ impl Kind for EvaluateKind {
         let mut v = vec![("results", ArtifactType::Table)];
         if e.samples.is_some() {
             v.push(("samples", ArtifactType::Table));
+        }
+        if e.qa.is_some() {
+            v.push(("answers", ArtifactType::Table));
         }
         v
     }
@@ -350,52 +362,59 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     let mut results: BTreeMap<String, Scores> = BTreeMap::new();
     let mut sample_rows = Vec::new();
+    let mut answer_rows: Vec<AnswerRow> = Vec::new();
+    let mut reused = Vec::new();
+    let data = EvalData {
+        texts: texts.as_deref(),
+        qa: qa.as_deref(),
+        labelled: labelled.as_deref(),
+        judge: reward_eval.as_ref().map(|(cfg, prompts, scorer)| Judge {
+            cfg,
+            prompts,
+            scorer,
+            seed: ctx.seed,
+        }),
+    };
     ctx.progress.set_length(spec.models.len() as u64);
     for (k, name) in spec.models.keys().enumerate() {
         ctx.check_cancelled()?;
         ctx.progress.set_position(k as u64);
-        ctx.progress.set_message(format!("loading {name}"));
-        let m = load_checkpoint(ctx, &format!("models.{name}"), None, false, &device)
-            .with_context(|| format!("model `{name}`"))?;
-        let mut scores = Scores::new();
-        let decoder = m.backbone.is_decoder();
-        if let (Some(cfg), Some(texts)) = (&spec.perplexity, &texts) {
-            ctx.progress.set_message(format!("{name}: perplexity"));
-            scores.extend(perplexity(name, &m, cfg, texts, &device)?);
+        ctx.progress.set_message(name.clone());
+        // A model evaluated before on the same data and settings is not evaluated again:
+        // a new variant in a recipe costs the evaluation of that variant only.
+        let key = model_eval_key(spec, ctx, name)?;
+        let (evaluated, hit) =
+            crate::data::tokenized::cached_json(ctx.token_cache.as_deref(), &key, || {
+                ctx.progress.set_message(format!("loading {name}"));
+                let m = load_checkpoint(ctx, &format!("models.{name}"), None, false, &device)
+                    .with_context(|| format!("model `{name}`"))?;
+                evaluate_model(spec, &data, name, &m, &ctx.progress, &device)
+            })?;
+        if hit {
+            reused.push(name.clone());
         }
-        if let (Some(cfg), Some(pairs)) = (&spec.qa, &qa) {
-            ctx.progress
-                .set_message(format!("{name}: answering questions"));
-            scores.extend(answers(name, &m, cfg, pairs, &device)?);
-        }
-        if let (Some(cfg), Some(labelled)) = (&spec.classification, &labelled) {
-            ctx.progress.set_message(format!("{name}: classifying"));
-            scores.extend(classification(name, &m, cfg, labelled, &device)?);
-        }
-        if let Some((cfg, prompts, scorer)) = &reward_eval {
-            let judge = Judge {
-                cfg,
-                prompts,
-                scorer,
-                seed: ctx.seed,
-            };
-            let (s, per_prompt) = judge.scores(name, &m, &ctx.progress, &device)?;
-            scores.extend(s);
+        sample_rows.extend(evaluated.samples.iter().map(|(p, r)| {
+            vec![
+                Value::String(name.clone()),
+                Value::String(p.clone()),
+                Value::String(r.clone()),
+            ]
+        }));
+        answer_rows.extend(evaluated.answers.iter().map(|a| AnswerRow {
+            model: name.clone(),
+            ..a.clone()
+        }));
+        if let Some(per_prompt) = evaluated.judged {
             judged.insert(name.clone(), per_prompt);
         }
-        if let Some(cfg) = &spec.samples
-            && decoder
-        {
-            ctx.progress.set_message(format!("{name}: samples"));
-            sample_rows.extend(samples(&m, cfg, &device)?.into_iter().map(|(p, r)| {
-                vec![
-                    Value::String(name.clone()),
-                    Value::String(p),
-                    Value::String(r),
-                ]
-            }));
-        }
-        results.insert(name.clone(), scores);
+        results.insert(
+            name.clone(),
+            evaluated
+                .scores
+                .into_iter()
+                .map(|(m, v)| (m, v.unwrap_or(f64::NAN)))
+                .collect(),
+        );
     }
 
     // Win rate against the baseline: the share of prompts where a model's answer scores
@@ -448,6 +467,9 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let samples_table = table(ctx, &["model", "prompt", "response"], sample_rows.clone());
         ctx.write_table("samples", &samples_table)?;
     }
+    if spec.qa.is_some() {
+        ctx.write_table("answers", &answers_table(ctx, &answer_rows))?;
+    }
     warnings.extend(pitfalls(&results));
     Ok(StageResult {
         metrics: metrics::record(&metrics),
@@ -456,6 +478,8 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "leaked_examples": leaked,
             "table": comparison(spec, &results),
             "samples": sample_rows,
+            "answers": answer_rows,
+            "reused": reused,
         }),
     })
 }
@@ -484,15 +508,16 @@ fn perplexity(
     ])
 }
 
-/// Exact match of greedy answers to held-out questions (one-turn conversations), and the
-/// perplexity of the reference answers.
+/// Greedy answers to held-out questions (one-turn conversations) scored against the
+/// references (exact match, containment, token F1, ROUGE-L: their means, and each answer's),
+/// and the perplexity of the reference answers.
 fn answers(
     name: &str,
     m: &LoadedModel,
     cfg: &QaEval,
     pairs: &[Vec<Message>],
     device: &Device,
-) -> Result<Scores> {
+) -> Result<(Scores, Vec<AnswerRow>)> {
     if !m.backbone.is_decoder() {
         bail!("model `{name}` is an encoder: it cannot answer questions");
     }
@@ -502,17 +527,46 @@ fn answers(
         stop_tokens: m.stop_tokens(),
         ..Default::default()
     };
-    let em = exact_match(&m.backbone, &m.tokenizer, &format, pairs, &sampling, device)?;
+    let answered = greedy_answers(&m.backbone, &m.tokenizer, &format, pairs, &sampling, device)?;
+    let rows: Vec<AnswerRow> = answered
+        .into_iter()
+        .map(|a| {
+            let s = AnswerScores::of(&a.answer, &a.reference);
+            AnswerRow {
+                model: name.to_owned(),
+                prompt: a.prompt,
+                reference: a.reference,
+                answer: a.answer.trim().to_owned(),
+                exact_match: s.exact_match,
+                contains: s.contains,
+                token_f1: s.token_f1,
+                rouge_l: s.rouge_l,
+            }
+        })
+        .collect();
+    let all: Vec<AnswerScores> = rows
+        .iter()
+        .map(|r| AnswerScores {
+            exact_match: r.exact_match,
+            contains: r.contains,
+            token_f1: r.token_f1,
+            rouge_l: r.rouge_l,
+        })
+        .collect();
+    let means = AnswerScores::mean(&all).unwrap_or([f64::NAN; 4]);
+    let mut scores: Scores = answer_scores::NAMES
+        .iter()
+        .zip(means)
+        .map(|(n, v)| ((*n).to_owned(), v))
+        .collect();
     let eos = eos_token(&m.tokenizer, &m.config);
     let batches =
         encode_conversations(&m.tokenizer, &format, pairs, eos, cfg.max_length, 8, device)?;
-    Ok(vec![
-        ("exact_match".into(), em.unwrap_or(f64::NAN)),
-        (
-            "answer_perplexity".into(),
-            evaluate(&m.backbone, &CausalLm, &batches).exp(),
-        ),
-    ])
+    scores.push((
+        "answer_perplexity".into(),
+        evaluate(&m.backbone, &CausalLm, &batches).exp(),
+    ));
+    Ok((scores, rows))
 }
 
 /// Accuracy and macro-F1 of a model's classification head on labelled texts.
@@ -599,6 +653,154 @@ impl Judge<'_> {
         }
         Ok((scores, greedy))
     }
+}
+
+/// What every model is measured on, read once for all of them.
+struct EvalData<'a> {
+    texts: Option<&'a [String]>,
+    qa: Option<&'a [Vec<Message>]>,
+    labelled: Option<&'a [(String, Value)]>,
+    judge: Option<Judge<'a>>,
+}
+
+/// One model's evaluation, as cached: its scores (`None` for a metric with nothing to
+/// measure), greedy answers to the samples and to the held-out questions, and the reward
+/// model's score of each greedy answer (for win rates).
+#[derive(Serialize, Deserialize)]
+struct ModelEval {
+    scores: Vec<(String, Option<f64>)>,
+    samples: Vec<(String, String)>,
+    answers: Vec<AnswerRow>,
+    judged: Option<Vec<f64>>,
+}
+
+/// A held-out question, its reference, one model's answer and how close it came.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AnswerRow {
+    model: String,
+    prompt: String,
+    reference: String,
+    answer: String,
+    exact_match: f64,
+    contains: f64,
+    token_f1: f64,
+    rouge_l: f64,
+}
+
+/// The key of one model's evaluation: the model's files, every data input's, the settings
+/// (models aside), seed, backend and hone's version. Two stages (or two recipes) that measure
+/// the same model the same way share it.
+fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result<String> {
+    let mut settings = serde_json::to_value(spec)?;
+    settings["models"] = Value::Null;
+    let data: BTreeMap<&str, String> = ctx
+        .inputs
+        .iter()
+        .filter(|(k, _)| !k.starts_with("models."))
+        .map(|(k, v)| (k.as_str(), super::input_identity(v)))
+        .collect();
+    let material = json!({
+        "evaluate_model": 1,
+        "hone": env!("CARGO_PKG_VERSION"),
+        "format": crate::store::CACHE_FORMAT,
+        "backend": format!("{:?}", ctx.backend),
+        "seed": ctx.seed,
+        "model": super::input_identity(ctx.input(&format!("models.{name}"))?),
+        "data": data,
+        "settings": settings,
+    });
+    Ok(format!(
+        "eval-{}",
+        crate::store::hash::hash_bytes(serde_json::to_string(&material)?.as_bytes())
+    ))
+}
+
+/// Every enabled check on one model.
+fn evaluate_model(
+    spec: &EvaluateSpec,
+    data: &EvalData,
+    name: &str,
+    m: &LoadedModel,
+    progress: &super::context::Progress,
+    device: &Device,
+) -> Result<ModelEval> {
+    let mut scores = Scores::new();
+    let mut out = ModelEval {
+        scores: Vec::new(),
+        samples: Vec::new(),
+        answers: Vec::new(),
+        judged: None,
+    };
+    if let (Some(cfg), Some(texts)) = (&spec.perplexity, data.texts) {
+        progress.set_message(format!("{name}: perplexity"));
+        scores.extend(perplexity(name, m, cfg, texts, device)?);
+    }
+    if let (Some(cfg), Some(pairs)) = (&spec.qa, data.qa) {
+        progress.set_message(format!("{name}: answering questions"));
+        let (s, rows) = answers(name, m, cfg, pairs, device)?;
+        scores.extend(s);
+        out.answers = rows;
+    }
+    if let (Some(cfg), Some(labelled)) = (&spec.classification, data.labelled) {
+        progress.set_message(format!("{name}: classifying"));
+        scores.extend(classification(name, m, cfg, labelled, device)?);
+    }
+    if let Some(judge) = &data.judge {
+        let (s, per_prompt) = judge.scores(name, m, progress, device)?;
+        scores.extend(s);
+        out.judged = Some(per_prompt);
+    }
+    if let Some(cfg) = &spec.samples
+        && m.backbone.is_decoder()
+    {
+        progress.set_message(format!("{name}: samples"));
+        out.samples = samples(m, cfg, device)?;
+    }
+    out.scores = scores
+        .into_iter()
+        .map(|(k, v)| (k, v.is_finite().then_some(v)))
+        .collect();
+    Ok(out)
+}
+
+/// The per-example answers as a table: a row per model and question.
+fn answers_table(ctx: &StageContext, rows: &[AnswerRow]) -> Table {
+    let columns = [
+        "model",
+        "prompt",
+        "reference",
+        "answer",
+        "exact_match",
+        "contains",
+        "token_f1",
+        "rouge_l",
+    ];
+    let mut t = table(
+        ctx,
+        &columns,
+        rows.iter()
+            .map(|r| {
+                vec![
+                    json!(r.model),
+                    json!(r.prompt),
+                    json!(r.reference),
+                    json!(r.answer),
+                    json!(r.exact_match),
+                    json!(r.contains),
+                    json!(r.token_f1),
+                    json!(r.rouge_l),
+                ]
+            })
+            .collect(),
+    );
+    for (i, ty) in t.types.iter_mut().enumerate() {
+        *ty = if i < 4 {
+            ColumnType::Text
+        } else {
+            ColumnType::Float
+        };
+    }
+    t
 }
 
 fn held_out(input: &ResolvedInput) -> Result<Table> {

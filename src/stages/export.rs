@@ -187,8 +187,15 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 .collect()
         }
     };
+    if !files.iter().any(|(r, _)| r == "config.json")
+        && files.iter().any(|(r, _)| r == ADAPTER_CONFIG)
+    {
+        return run_adapter(spec, ctx, &files);
+    }
     let Some((_, config_path)) = files.iter().find(|(r, _)| r == "config.json") else {
-        bail!("the model to export has no config.json");
+        bail!(
+            "the model to export has neither a config.json (an HF model) nor an {ADAPTER_CONFIG} (a PEFT adapter)"
+        );
     };
     let label = input_label(ctx);
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
@@ -269,6 +276,12 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
     }
     let arch = config["architectures"][0].as_str().unwrap_or("unknown");
+    let chat = files
+        .iter()
+        .any(|(r, _)| r == crate::model::serving::TOKENIZER_CONFIG)
+        .then(|| dir.join(crate::model::serving::TOKENIZER_CONFIG))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|t| t.contains("\"chat_template\""));
     write_card(
         spec,
         ctx,
@@ -276,7 +289,7 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &label,
         arch,
         &rows,
-        "Load it with transformers: `AutoModel.from_pretrained(\"<this directory>\")`, or with hone: `hone generate --model <this directory> --prompt ...`.",
+        &how_to_load(auto_class(arch), chat),
     )?;
     let metrics = ExportMetrics {
         // The model card is the one file more.
@@ -287,6 +300,102 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics: metrics::record(&metrics),
         warnings: vec![],
         summary: json!({ "from": label, "to": spec.to }),
+    })
+}
+
+/// The file that makes a directory a PEFT adapter.
+const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// transformers' auto class for an architecture (`LlamaForCausalLM` loads through
+/// `AutoModelForCausalLM`, which generation needs; `AutoModel` drops the head).
+fn auto_class(arch: &str) -> &'static str {
+    if arch.ends_with("ForCausalLM") || arch.ends_with("LMHeadModel") {
+        "AutoModelForCausalLM"
+    } else if arch.ends_with("ForSequenceClassification") {
+        "AutoModelForSequenceClassification"
+    } else if arch.ends_with("ForMaskedLM") {
+        "AutoModelForMaskedLM"
+    } else {
+        "AutoModel"
+    }
+}
+
+/// The model card's loading instructions: transformers (through the chat template the model
+/// was trained with, when it has one) and hone.
+fn how_to_load(class: &str, chat: bool) -> String {
+    let mut text = format!(
+        "Load it with transformers:\n\n```python\nfrom transformers import {class}, AutoTokenizer\n\ntok = AutoTokenizer.from_pretrained(\"<this directory>\")\nmodel = {class}.from_pretrained(\"<this directory>\")\n"
+    );
+    if chat && class == "AutoModelForCausalLM" {
+        text.push_str("ids = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], add_generation_prompt=True, return_tensors=\"pt\")\nout = model.generate(ids)  # greedy, stops at the end of the answer (generation_config.json)\nprint(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))\n");
+    }
+    text.push_str("```\n\n");
+    if class == "AutoModelForCausalLM" {
+        text.push_str("Or with hone, through the same template: `hone generate --model <this directory> --prompt ...`.");
+    } else {
+        text.push_str("Or with hone: `hone score --model <this directory> ...`.");
+    }
+    text
+}
+
+/// A PEFT adapter export: the adapter directory as the stage wrote it (adapter_config.json,
+/// adapter_model.safetensors, the tokenizer), which PEFT loads onto the base model.
+fn run_adapter(
+    spec: &ExportSpec,
+    ctx: &mut StageContext,
+    files: &[(String, PathBuf)],
+) -> Result<StageResult> {
+    let label = input_label(ctx);
+    let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    let mut rows = Vec::new();
+    let mut total = 0u64;
+    for (rel, src) in files {
+        let dest = dir.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let size = std::fs::copy(src, &dest)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        total += size;
+        let digest = crate::store::hash::hash_file(&dest)
+            .with_context(|| format!("cannot read {}", dest.display()))?;
+        rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
+    }
+    let adapter: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(ADAPTER_CONFIG)).context("cannot read adapter_config.json")?,
+    )
+    .context("adapter_config.json is not JSON")?;
+    let kind = adapter["peft_type"].as_str().unwrap_or("LORA");
+    let targets = adapter["target_modules"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    write_card(
+        spec,
+        ctx,
+        &dir,
+        &label,
+        &format!(
+            "a PEFT {kind} adapter (r {}, alpha {}, on {targets})",
+            adapter["r"], adapter["lora_alpha"]
+        ),
+        &rows,
+        "Load it onto the model the stage fine-tuned (the base it started from) with PEFT:\n\n```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\nbase = AutoModelForCausalLM.from_pretrained(\"<the base model>\")\nmodel = PeftModel.from_pretrained(base, \"<this directory>\")\ntok = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n\n`model.merge_and_unload()` gives the merged model, which hone also exports from the stage's `model` output.",
+    )?;
+    let metrics = ExportMetrics {
+        files: rows.len() + 1,
+        bytes: total,
+    };
+    Ok(StageResult {
+        metrics: metrics::record(&metrics),
+        warnings: vec![],
+        summary: json!({ "from": label, "to": spec.to, "adapter": true }),
     })
 }
 

@@ -346,7 +346,8 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let after = mean_reward(&inference, &answering, measured, &scorer, 1)?;
     let sampled = objective.rewards.into_inner();
 
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
+    let prompting = format.prompting(&spec.template, &tokenizer)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let first_last = |v: &[f64]| {
         let k = (v.len() / 4).max(1);

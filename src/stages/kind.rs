@@ -144,8 +144,10 @@ pub trait Kind: Send + Sync + 'static {
     /// Enters every action key of this kind when set: cached results are reused only while it
     /// is the same. A kind defined outside hone must set it ([`register`] refuses `None`) and
     /// change it whenever a code change alters what the stage produces (hone cannot see that
-    /// code). Built-in kinds leave it `None`: hone's own version and cache format are in every
-    /// key already.
+    /// code). Built-in kinds start at `None` (hone's version and cache format are in every key
+    /// already) and set it when a change alters the outputs of that kind alone: the kind's
+    /// stages are re-keyed while every other cached artifact stays valid, where a cache format
+    /// bump would re-key them all.
     const VERSION: Option<&'static str>;
 
     /// One line for `hone schema` (editors show it).
@@ -408,7 +410,7 @@ impl StageSpec {
                 // `{ init: ... }` and other non-inputs under an input key are not edges.
                 let is_input = value
                     .as_object()
-                    .is_some_and(|m| m.contains_key("from") || m.contains_key("path"));
+                    .is_some_and(|m| ["from", "path", "hub"].iter().any(|k| m.contains_key(*k)));
                 if !is_input {
                     continue;
                 }

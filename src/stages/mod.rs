@@ -2,6 +2,7 @@
 //! implements and [`BUILTIN`] the list of built-in kinds; [`context`] is what a running stage
 //! gets.
 
+pub mod answer_scores;
 pub mod batches;
 pub mod classify;
 pub mod concat;
@@ -240,6 +241,25 @@ pub fn read_artifact(
     out.ok_or_else(|| anyhow::anyhow!("`{}` has no dataset splits", view.label))
 }
 
+/// A training record as `metrics.jsonl` and the live log take it: a step (its loss, lr,
+/// gradient norm, throughput, and the objective's own metrics under their names, such as
+/// DPO's `rewards/margins`) or an evaluation.
+fn record_json(r: &crate::train::trainer::Record) -> serde_json::Value {
+    use crate::train::trainer::Record;
+    match r {
+        Record::Step(s) => {
+            let mut v = serde_json::json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "items_per_s": s.items_per_s });
+            for (k, x) in &s.extra {
+                v[k.as_str()] = (*x).into();
+            }
+            v
+        }
+        Record::Eval(e) => {
+            serde_json::json!({ "event": "eval", "step": e.step, "val_loss": e.loss, "val_ppl": e.loss.exp() })
+        }
+    }
+}
+
 /// Runs the shared trainer with the stage's progress bar, checkpoints and metrics log: each
 /// step's loss, lr, gradient norm and items/s, and each evaluation, go to the run's
 /// metrics.jsonl. Returns the trained model, the summary and the mean items (tokens, examples)
@@ -265,7 +285,11 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     if let Some(step) = checkpointing.as_ref().and_then(Checkpointing::saved_step) {
         progress.resumed(step);
     }
+    let live = ctx.live.clone();
     let on_record = |r: &Record| {
+        if let Some(live) = &live {
+            live(&record_json(r));
+        }
         if let Record::Step(s) = r {
             // The message first: a progress line written on the position shows this step's.
             progress.set_message(format!(
@@ -315,13 +339,10 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
     }
     let mut rates = Vec::new();
     for r in &summary.log {
-        match r {
-            Record::Step(s) => {
-                rates.push(s.items_per_s);
-                ctx.log(serde_json::json!({ "event": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "items_per_s": s.items_per_s }));
-            }
-            Record::Eval(v) => ctx.log(serde_json::json!({ "event": "eval", "step": v.step, "val_loss": v.loss, "val_ppl": v.loss.exp() })),
+        if let Record::Step(s) = r {
+            rates.push(s.items_per_s);
         }
+        ctx.log(record_json(r));
     }
     ctx.check_cancelled()?;
     Ok((
@@ -403,12 +424,14 @@ pub fn save_policy(
     peft: &Option<crate::recipe::types::PeftSpec>,
     config: &serde_json::Value,
     tokenizer: &tokenizers::Tokenizer,
+    prompting: &crate::model::serving::Prompting,
 ) -> anyhow::Result<()> {
     use crate::model::lora;
     ctx.progress.set_message("saving");
     if let Some(crate::recipe::types::PeftSpec::Lora(cfg)) = peft {
         let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
         lora::save_peft(&mut policy, cfg, "model", &dir)?;
+        save_adapter_tokenizer(&dir, config, tokenizer, Some(prompting))?;
     }
     lora::merge_and_unload(&mut policy);
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
@@ -416,9 +439,24 @@ pub fn save_policy(
         &crate::model::Model::new(policy),
         config,
         Some(tokenizer),
+        Some(prompting),
         &dir,
     )?;
     Ok(())
+}
+
+/// The tokenizer beside a PEFT adapter, as TRL's trainers save it: the adapter directory then
+/// serves on its own (`AutoTokenizer` and `PeftModel` both load from it).
+pub fn save_adapter_tokenizer(
+    dir: &std::path::Path,
+    config: &serde_json::Value,
+    tokenizer: &tokenizers::Tokenizer,
+    prompting: Option<&crate::model::serving::Prompting>,
+) -> anyhow::Result<()> {
+    tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("cannot save tokenizer: {e}"))?;
+    crate::model::serving::write_serving_files(dir, tokenizer, config, prompting, false)
 }
 
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:

@@ -554,7 +554,8 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         &infer_device,
     )?;
 
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
+    let prompting = format.prompting(&spec.template, &tokenizer)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let (metrics, warnings) = report(before, after, kl_after, &steps, &summary);
     Ok(StageResult {

@@ -265,6 +265,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         mut backbone,
         config,
         tokenizer,
+        chat_template,
         ..
     } = load_model_input(
         &spec.model,
@@ -353,10 +354,16 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     ctx.progress.set_message("saving");
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
+    // Continued pretraining keeps the chat format the model came with.
+    let prompting = chat_template.map(|chat| crate::model::serving::Prompting {
+        chat,
+        recipe_template: None,
+    });
     save_hf_dir(
         &Model::new(trained.valid()),
         &config,
         Some(&tokenizer),
+        prompting.as_ref(),
         &dir,
     )?;
 

@@ -319,7 +319,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     lora::merge_and_unload(&mut inference.backbone);
     let config = mark_reward_model(config, &spec.template);
     let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
-    save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
+    save_hf_dir(&inference, &config, Some(&tokenizer), None, &dir)?;
 
     let metrics = RewardMetrics {
         training: Training::of(&summary),
@@ -573,7 +573,7 @@ mod regression {
         lora::merge_and_unload(&mut inference.backbone);
         let config = super::mark_reward_model(config, &spec.template);
         let dir = ctx.output_dir("model", ArtifactType::RewardModel)?;
-        save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
+        save_hf_dir(&inference, &config, Some(&tokenizer), None, &dir)?;
         let fit_of = |m: &Option<serde_json::Value>, field: &str| {
             m.as_ref()
                 .map(|m| Rounded(m[field].as_f64().unwrap_or(f64::NAN)))

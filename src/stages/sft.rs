@@ -366,7 +366,8 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let (forgetting, probe_summary) =
         guards::Probe::after(probe.as_ref(), &inference, &mut warnings)?;
 
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer)?;
+    let prompting = format.prompting(&spec.template, &tokenizer)?;
+    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     if too_long > 0 {
         warnings.push(truncation_warning(spec, too_long));
@@ -541,6 +542,7 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
     if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
         let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
         lora::save_peft(&mut inference.backbone, cfg, "model", &dir)?;
+        super::save_adapter_tokenizer(&dir, &config, &tokenizer, None)?;
     }
     lora::merge_and_unload(&mut inference.backbone);
     // The label names travel with the model (HF's id2label), so evaluation maps text labels
@@ -563,7 +565,7 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
         obj.insert("label2id".into(), label2id.into());
     }
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
-    save_hf_dir(&inference, &config, Some(&tokenizer), &dir)?;
+    save_hf_dir(&inference, &config, Some(&tokenizer), None, &dir)?;
 
     let metrics = ClassificationMetrics {
         training: Training::steps(&summary),

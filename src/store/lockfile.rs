@@ -33,6 +33,10 @@ pub struct LockedStage {
     pub wall_time_s: f64,
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Inputs named by Hugging Face Hub id, each as `org/name@commit`: the commit the recipe's
+    /// revision named when the stage ran (the action key holds the files' content).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hub: BTreeMap<String, String>,
 }
 
 impl LockedStage {
@@ -54,6 +58,7 @@ impl LockedStage {
                 .map(str::to_owned),
             wall_time_s: (m.wall_time_s * 1000.0).round() / 1000.0,
             metrics: m.metrics.clone(),
+            hub: BTreeMap::new(),
         }
     }
 }

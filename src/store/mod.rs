@@ -38,7 +38,11 @@ use serde::{Deserialize, Serialize};
 /// 3: fused CPU kernels (`kernels`): the tanh GELU, `silu(gate) * up`, RMSNorm and the LM
 /// head's cross-entropy compute the same functions in another order, so f32 results on the
 /// CPU differ in the last bits.
-pub const CACHE_FORMAT: u32 = 3;
+/// 4: every model a stage saves carries what a serving stack reads beside the weights
+/// (`tokenizer_config.json` with the chat template it was trained with, special tokens;
+/// `generation_config.json`), adapters carry their tokenizer, and a stage's `template: model`
+/// on a trained model uses the template that model was trained with.
+pub const CACHE_FORMAT: u32 = 4;
 
 /// The type of an artifact, for contracts between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

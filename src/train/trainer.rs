@@ -19,6 +19,11 @@ pub trait Objective<M: Module> {
     type Batch;
     fn loss_sum(&self, model: &M, batch: &Self::Batch) -> Tensor<1>;
     fn count(&self, batch: &Self::Batch) -> f64;
+    /// Metrics of the step just taken beyond its loss (DPO's rewards), read once after each
+    /// optimizer step.
+    fn step_metrics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// What [`Objective::count`] counts, plural, for progress lines (`tokens`, `pairs`).
     fn unit(&self) -> &'static str {
         "items"
@@ -71,10 +76,12 @@ pub struct TrainConfig {
     pub max_grad_norm: Option<f64>,
     #[serde(default)]
     pub weight_decay: f64,
-    /// Evaluate on the validation split every N optimizer steps (and at the end).
+    /// Evaluate on the validation split every N optimizer steps (and at the end); without it,
+    /// at the end of every epoch.
     #[serde(default)]
     pub eval_every: Option<usize>,
-    /// Stop after this many evaluations without improvement, restoring the best model.
+    /// Stop after this many evaluations (epochs, without `eval_every`) without improvement,
+    /// restoring the best model.
     #[serde(default)]
     pub patience: Option<usize>,
     /// Save a checkpoint every N optimizer steps (default: every 2 minutes of training, and on
@@ -127,6 +134,9 @@ pub struct StepRecord {
     pub grad_norm: f64,
     /// Items (tokens, pairs...) per second of this step.
     pub items_per_s: f64,
+    /// The objective's own metrics of this step (`Objective::step_metrics`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +242,39 @@ fn step_seed(seed: u64, step: usize) -> u64 {
     SplitMix64::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 
+/// A validation loss measured during training, and what it changes.
+struct ValidationPoint<'a, M> {
+    step: usize,
+    loss: f64,
+    model: &'a M,
+    best: &'a mut Option<(usize, f64, M)>,
+    stale_evals: &'a mut usize,
+    patience: Option<usize>,
+    summary: &'a mut Summary,
+    on_record: &'a dyn Fn(&Record),
+}
+
+/// Records a validation point and keeps the best model so far; returns whether early stopping
+/// ends training (`patience` evaluations without improvement).
+fn validation_point<M: Clone>(p: ValidationPoint<'_, M>) -> bool {
+    let record = Record::Eval(EvalRecord {
+        step: p.step,
+        loss: p.loss,
+    });
+    (p.on_record)(&record);
+    p.summary.log.push(record);
+    if p.best.as_ref().is_none_or(|(_, b, _)| p.loss < *b) {
+        *p.best = Some((p.step, p.loss, p.model.clone()));
+        *p.stale_evals = 0;
+        false
+    } else {
+        *p.stale_evals += 1;
+        let stop = p.patience.is_some_and(|n| *p.stale_evals >= n);
+        p.summary.early_stopped |= stop;
+        stop
+    }
+}
+
 /// Trains `model` (built on an autodiff device) on `train`, evaluating on `val`. Batch order
 /// is shuffled per epoch from `seed`. With a checkpoint directory holding a checkpoint of this
 /// same run, training continues from it and ends with the weights an uninterrupted run ends with.
@@ -321,6 +364,9 @@ pub fn train<M: Module, O: Objective<M>>(
             if let Some(d) = &device {
                 d.seed(step_seed(seed, step));
             }
+            // What evaluations since the last step left in the objective's step metrics is not
+            // this step's.
+            let _ = obj.step_metrics();
             let items: f64 = group.iter().map(|&i| obj.count(&train[i])).sum();
             let mut accumulator = GradientsAccumulator::new();
             let mut loss = 0.0;
@@ -353,6 +399,7 @@ pub fn train<M: Module, O: Objective<M>>(
                 lr,
                 grad_norm,
                 items_per_s: items / started.elapsed().as_secs_f64().max(1e-9),
+                extra: obj.step_metrics(),
             });
             (hooks.on_record)(&record);
             summary.log.push(record);
@@ -362,18 +409,18 @@ pub fn train<M: Module, O: Objective<M>>(
                 && !val.is_empty()
             {
                 let loss = evaluate(&model, obj, val);
-                let record = Record::Eval(EvalRecord { step, loss });
-                (hooks.on_record)(&record);
-                summary.log.push(record);
-                if best.as_ref().is_none_or(|(_, b, _)| loss < *b) {
-                    best = Some((step, loss, model.clone()));
-                    stale_evals = 0;
-                } else {
-                    stale_evals += 1;
-                    if cfg.patience.is_some_and(|p| stale_evals >= p) {
-                        summary.early_stopped = true;
-                        break 'epochs;
-                    }
+                let stop = validation_point(ValidationPoint {
+                    step,
+                    loss,
+                    model: &model,
+                    best: &mut best,
+                    stale_evals: &mut stale_evals,
+                    patience: cfg.patience,
+                    summary: &mut summary,
+                    on_record: hooks.on_record,
+                });
+                if stop {
+                    break 'epochs;
                 }
             }
             // Tests interrupt a run at an exact step here.
@@ -412,9 +459,38 @@ pub fn train<M: Module, O: Objective<M>>(
                 return Err(TrainError::Interrupted { step, saved });
             }
         }
+        // Without `eval_every`, the validation set is measured at the end of every epoch (the
+        // last one's is the final evaluation below), so every curve has validation points and
+        // `patience` counts epochs.
+        if cfg.eval_every.is_none() && !val.is_empty() && epoch + 1 < epochs {
+            let loss = evaluate(&model, obj, val);
+            let stop = validation_point(ValidationPoint {
+                step,
+                loss,
+                model: &model,
+                best: &mut best,
+                stale_evals: &mut stale_evals,
+                patience: cfg.patience,
+                summary: &mut summary,
+                on_record: hooks.on_record,
+            });
+            if stop {
+                break 'epochs;
+            }
+        }
     }
     if !val.is_empty() {
         let last = evaluate(&model, obj, val);
+        // The end of training is a validation point too, unless one was just taken.
+        let taken = summary.log.iter().rev().find_map(|r| match r {
+            Record::Eval(e) => Some(e.step),
+            _ => None,
+        }) == Some(step);
+        if !taken {
+            let record = Record::Eval(EvalRecord { step, loss: last });
+            (hooks.on_record)(&record);
+            summary.log.push(record);
+        }
         if best.as_ref().is_none_or(|(_, b, _)| last < *b) {
             best = Some((step, last, model.clone()));
         }

@@ -192,7 +192,46 @@ fn cases() -> Vec<Case> {
             recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: dataset\n    source: { from: b, path: d.jsonl }\n",
             files: &[],
             args: &[],
-            expect: &["not both", "r.yaml:6:"],
+            expect: &["not several", "r.yaml:6:"],
+        },
+        Case {
+            name: "a checkpoint of an architecture hone does not load",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: generate\n    model: { path: m }\n    prompts: { path: p.jsonl }\n",
+            files: &[
+                ("m/config.json", "{\"model_type\": \"mamba\"}"),
+                ("p.jsonl", "{\"prompt\": \"hi\"}\n"),
+            ],
+            args: &[],
+            expect: &["cannot load `m`: unknown architecture `mamba`", "r.yaml:6:"],
+        },
+        Case {
+            name: "a checkpoint in a dtype hone does not read",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: generate\n    model: { path: m }\n    prompts: { path: p.jsonl }\n",
+            files: &[
+                ("m/config.json", "{\"model_type\": \"gpt2\"}"),
+                // A safetensors header (its length, 58, as 8 little-endian bytes) and one byte.
+                (
+                    "m/model.safetensors",
+                    "\u{3a}\0\0\0\0\0\0\0{\"w\":{\"dtype\":\"F8_E4M3\",\"shape\":[1],\"data_offsets\":[0,1]}}x",
+                ),
+                ("p.jsonl", "{\"prompt\": \"hi\"}\n"),
+            ],
+            args: &[],
+            expect: &["tensor `w`", "has dtype F8_E4M3", "r.yaml:6:"],
+        },
+        Case {
+            name: "revision without a hub id",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: generate\n    model: { path: m, revision: main }\n    prompts: { path: p.jsonl }\n",
+            files: &[],
+            args: &[],
+            expect: &["`revision` goes with `hub: org/name`", "r.yaml:6:"],
+        },
+        Case {
+            name: "a hub id that is a path",
+            recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: generate\n    model: { hub: ../../etc }\n    prompts: { path: p.jsonl }\n",
+            files: &[],
+            args: &[],
+            expect: &["`../../etc` is not a hub id", "r.yaml:6:"],
         },
         Case {
             name: "input with neither",

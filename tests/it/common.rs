@@ -261,3 +261,47 @@ pub fn car_lm_stages() -> String {
         d = d.display()
     )
 }
+
+/// A small preference pipeline on the car data: the corpus, QA pairs and preference pairs
+/// (validation splits), a 400-token BPE, a one-layer GPT-2 SFT'd from scratch, and DPO on it.
+/// `header` goes under `seed:` (e.g. `logging: ...`).
+pub fn tiny_sft_dpo_recipe(name: &str, seed: u64, header: &str) -> String {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
+    format!(
+        r#"version: 1
+name: {name}
+seed: {seed}
+{header}stages:
+  corpus:
+    kind: dataset
+    source: {{ path: {d}/corpus.jsonl }}
+  qa:
+    kind: dataset
+    source: {{ path: {d}/qa.jsonl }}
+    columns: {{ question: prompt, answer: response }}
+    split: {{ validation: 0.15 }}
+  prefs:
+    kind: dataset
+    source: {{ path: {d}/preferences.jsonl }}
+    split: {{ validation: 0.2 }}
+  tok:
+    kind: tokenizer
+    data: {{ from: corpus.train }}
+    vocab_size: 400
+  sft:
+    kind: sft
+    model: {{ init: {{ arch: gpt2, layers: 1, d_model: 32, heads: 2, context: 96 }} }}
+    tokenizer: {{ from: tok }}
+    data: {{ from: qa }}
+    max_length: 96
+    train: {{ epochs: 3, batch_size: 8, lr: 1.0e-2 }}
+  dpo:
+    kind: dpo
+    model: {{ from: sft }}
+    data: {{ from: prefs }}
+    max_length: 96
+    train: {{ epochs: 4, batch_size: 8, lr: 3.0e-3 }}
+"#,
+        d = d.display()
+    )
+}

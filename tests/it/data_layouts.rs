@@ -128,7 +128,11 @@ fn sharegpt_alpaca_and_conversational_preferences_train_like_their_native_forms(
 
     let shown = p.hone(&["show", "r.yaml", "chat_sharegpt"]).ok();
     assert!(shown.contains("read as ShareGPT"), "{shown}");
-    assert!(output(&p, "sft_chat").contains("model"), "{}", output(&p, "sft_chat"));
+    assert!(
+        output(&p, "sft_chat").contains("model"),
+        "{}",
+        output(&p, "sft_chat")
+    );
     assert_eq!(output(&p, "sft_sharegpt"), output(&p, "sft_chat"));
     assert_eq!(output(&p, "sft_alpaca"), output(&p, "sft_templated"));
     assert_eq!(output(&p, "dpo_conversational"), output(&p, "dpo"));

@@ -75,13 +75,39 @@ fn dpo_loss_and_gradients_match_pytorch() {
     assert!(max_diff(&to_vec(pc), &floats(&f["policy_chosen"])) < 1e-4);
     assert!(max_diff(&to_vec(pr), &floats(&f["policy_rejected"])) < 1e-4);
 
-    let objective = Dpo(DpoParams {
-        beta: f["beta"].as_f64().unwrap(),
+    let beta = f["beta"].as_f64().unwrap();
+    let objective = Dpo::new(DpoParams {
+        beta,
         ..Default::default()
     });
     let loss = objective
         .loss_sum(&model, &batch)
         .div_scalar(objective.count(&batch));
+    // The step's metrics, as TRL defines them: rewards are beta times the policy's log-ratio
+    // to the reference.
+    let step = objective.step_metrics();
+    let mean = |k: &str, r: &str| {
+        let (p, q) = (floats(&f[k]), floats(&f[r]));
+        p.iter()
+            .zip(&q)
+            .map(|(a, b)| beta * (*a as f64 - *b as f64))
+            .sum::<f64>()
+            / p.len() as f64
+    };
+    let named = |n: &str| step.iter().find(|(k, _)| k == n).unwrap().1;
+    assert!(
+        (named("rewards/chosen") - mean("policy_chosen", "ref_chosen")).abs() < 1e-4,
+        "{step:?}"
+    );
+    assert!(
+        (named("rewards/rejected") - mean("policy_rejected", "ref_rejected")).abs() < 1e-4,
+        "{step:?}"
+    );
+    assert!(
+        (named("rewards/margins") - (named("rewards/chosen") - named("rewards/rejected"))).abs()
+            < 1e-9
+    );
+    assert!(objective.step_metrics().is_empty(), "read once");
     let got = to_vec(loss.clone())[0] as f64;
     let want = f["loss"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-5, "loss {got} vs PyTorch {want}");

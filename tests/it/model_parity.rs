@@ -104,7 +104,7 @@ fn decoder_matches(name: &str, model: hone::model::HfModel) {
 
     // Saved by hone, loaded again: identical outputs.
     let dir = tempfile::tempdir().unwrap();
-    save_hf_dir(&model.model, &model.config, None, dir.path()).unwrap();
+    save_hf_dir(&model.model, &model.config, None, None, dir.path()).unwrap();
     let again = load_hf_dir(dir.path(), &device).unwrap();
     let h2 = again.model.backbone.hidden(ids, Some(padding));
     let l2 = again.model.backbone.lm_logits(h2).unwrap();
@@ -510,7 +510,7 @@ fn classification_and_scalar_heads_match_transformers() {
         );
 
         let dir = tempfile::tempdir().unwrap();
-        save_hf_dir(&loaded.model, &loaded.config, None, dir.path()).unwrap();
+        save_hf_dir(&loaded.model, &loaded.config, None, None, dir.path()).unwrap();
         let again = load_hf_dir(dir.path(), &device).unwrap();
         assert_eq!(
             to_vec(again.model.scores(ids, padding).unwrap()),
@@ -543,7 +543,7 @@ fn bert_masked_lm_head_matches_transformers() {
 
     // Saved as BertForMaskedLM and read back: the same logits.
     let dir = tempfile::tempdir().unwrap();
-    save_hf_dir(&loaded.model, &loaded.config, None, dir.path()).unwrap();
+    save_hf_dir(&loaded.model, &loaded.config, None, None, dir.path()).unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
             .unwrap();

@@ -21,7 +21,7 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     let out = first.ok();
     assert_eq!(first.ran().len(), 13, "{out}");
     assert!(
-        out.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity  reward_score  reward_score_sampled  win_rate_vs_base"),
+        out.contains("model  perplexity  token_accuracy  exact_match  contains  token_f1   rouge_l  answer_perplexity  reward_score  reward_score_sampled  win_rate_vs_base"),
         "{out}"
     );
     // `hone generate` on a stage's model prompts it the way the stage trained it (the

@@ -37,6 +37,11 @@ stages:
     kind: dataset
     source: {{ path: {d}/corpus.jsonl }}
     split: {{ validation: 0.1 }}
+  qa:
+    kind: dataset
+    source: {{ path: {d}/qa.jsonl }}
+    columns: {{ question: prompt, answer: response }}
+    split: {{ validation: 0.1 }}
   tok:
     kind: tokenizer
     data: {{ from: corpus.train }}
@@ -52,6 +57,7 @@ stages:
     kind: evaluate
     models: {{ lm: {{ from: lm }} }}
     perplexity: {{ data: {{ from: corpus }}, max_length: 64 }}
+    qa: {{ data: {{ from: qa }}, max_length: 64, max_new_tokens: 8 }}
 "#,
             d = d.display()
         ),
@@ -62,11 +68,13 @@ stages:
     let html = std::fs::read_to_string(p.path("report.html")).unwrap();
     for needle in [
         "<svg class=\"dag\"",
+        "marker-end=\"url(#arrow)\"",
         "<table id=\"stages\">",
         "class=\"stage cached\"",
         "<polyline class=\"train\"",
         "<circle class=\"val\"",
         "<table class=\"evaluation\">",
+        "<table class=\"answers\">",
         "<ul id=\"warnings\">",
     ] {
         assert!(html.contains(needle), "the report lacks {needle}");

@@ -129,12 +129,42 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
     let acc = metric(&eval, "base.token_accuracy");
     assert!(acc > 0.1 && acc < 1.0, "{eval}");
     assert!(
-        first_run.contains("model  perplexity  token_accuracy  exact_match  answer_perplexity"),
+        first_run.contains(
+            "model  perplexity  token_accuracy  exact_match  contains  token_f1   rouge_l  answer_perplexity"
+        ),
         "{first_run}"
     );
     let manifest = crate::common::manifest(&p, "eval");
     let outputs = manifest["outputs"].as_object().unwrap();
-    assert!(outputs.contains_key("results") && outputs.contains_key("samples"));
+    assert!(
+        outputs.contains_key("results")
+            && outputs.contains_key("samples")
+            && outputs.contains_key("answers")
+    );
+    // Every answer is kept with its scores, and they add up to the table's means; the
+    // fine-tuned model's answers overlap the references far more than the base model's.
+    let answers = manifest["summary"]["answers"].as_array().unwrap();
+    let of = |model: &str| -> Vec<&serde_json::Value> {
+        answers.iter().filter(|a| a["model"] == model).collect()
+    };
+    assert_eq!(of("base").len(), of("full").len());
+    assert!(!of("full").is_empty());
+    for model in ["base", "full", "lora"] {
+        for score in ["exact_match", "token_f1", "rouge_l"] {
+            let rows = of(model);
+            let mean =
+                rows.iter().map(|a| a[score].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+            assert!(
+                close(mean, metric(&eval, &format!("{model}.{score}"))),
+                "{model}.{score}: {mean} vs {eval}"
+            );
+        }
+    }
+    assert!(
+        metric(&eval, "full.rouge_l") > metric(&eval, "base.rouge_l") + 0.3,
+        "{eval}"
+    );
+    assert!(eval.contains("answers  (rouge_l / token_f1"), "{eval}");
     assert_eq!(
         manifest["summary"]["samples"].as_array().unwrap().len(),
         3,
@@ -177,6 +207,21 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
     let run = p.hone(&["run", "r.yaml", "--set", "stages.sft_lora.train.lr=0.005"]);
     run.ok();
     assert_eq!(run.ran(), ["sft_lora", "eval"]);
+    // ...and the evaluation measures only the changed model again: the others' results are
+    // the very numbers their first evaluation gave.
+    let again = p
+        .hone(&[
+            "show",
+            "r.yaml",
+            "eval",
+            "--set",
+            "stages.sft_lora.train.lr=0.005",
+        ])
+        .ok();
+    assert!(again.contains(r#"reused   ["base","full"]"#), "{again}");
+    for m in ["base.perplexity", "full.rouge_l", "full.exact_match"] {
+        assert_eq!(metric(&again, m), metric(&eval, m), "{m}");
+    }
 }
 
 #[test]

@@ -219,6 +219,77 @@ fn early_stopping_restores_the_best_model_when_validation_worsens() {
     assert!((evaluate(&model, &CausalLm, &val_set) - best).abs() < 1e-9);
 }
 
+/// Without `eval_every`, validation is measured at the end of every epoch and at the end of
+/// training (one point each, none twice), and `patience` counts epochs.
+#[test]
+fn without_eval_every_validation_points_fall_at_each_epoch_and_patience_counts_epochs() {
+    let device = Device::flex().autodiff();
+    let (train_set, val_set) = (batches(6, 1, &device), batches(2, 2, &device));
+    let cfg = TrainConfig {
+        epochs: 4,
+        lr: 3e-3,
+        ..Default::default()
+    };
+    let (_, summary) = train(
+        tiny(&device),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        1,
+        Hooks::default(),
+    )
+    .unwrap();
+    let points: Vec<(usize, f64)> = summary
+        .log
+        .iter()
+        .filter_map(|r| match r {
+            Record::Eval(e) => Some((e.step, e.loss)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        points.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [6, 12, 18, 24],
+        "{points:?}"
+    );
+    assert!(
+        points[3].1 < points[0].1,
+        "validation loss fell: {points:?}"
+    );
+    assert_eq!(points[3].1, summary.final_eval.unwrap());
+
+    // Trained on "+1", validated on "+5" (as above): validation worsens from the first epoch
+    // on, and two epochs without improvement stop it.
+    let (train_set, val_set) = (
+        progressions(8, &[1], 1, &device),
+        progressions(2, &[5], 2, &device),
+    );
+    let cfg = TrainConfig {
+        epochs: 30,
+        lr: 3e-3,
+        patience: Some(2),
+        ..Default::default()
+    };
+    let (_, summary) = train(
+        tiny(&device),
+        &CausalLm,
+        &train_set,
+        &val_set,
+        &cfg,
+        1,
+        Hooks::default(),
+    )
+    .unwrap();
+    assert!(summary.early_stopped, "{summary:?}");
+    assert_eq!(
+        summary.steps % 8,
+        0,
+        "stopped at an epoch's end: {summary:?}"
+    );
+    assert!(summary.steps < 30 * 8, "{summary:?}");
+}
+
 /// Every float parameter of a model, flattened in module order.
 fn all_weights(model: &Backbone) -> Vec<f32> {
     struct Flat(Vec<f32>);
