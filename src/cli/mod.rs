@@ -189,6 +189,11 @@ enum Command {
         /// The full manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead of the stage's result: its first N training examples exactly as it encodes
+        /// them (template, special tokens, truncation), the text the loss covers in [[ ]]
+        /// (sft, dpo; what the stage reads must have run).
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3")]
+        examples: Option<usize>,
     },
     /// The runs of a recipe recorded in the store, oldest first: name, `--set` overrides, what
     /// ran, and the metrics of each stage it computed. Experiments (`run --set`) leave the
@@ -521,7 +526,12 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { args, set, json } => {
+        Command::Show {
+            args,
+            set,
+            json,
+            examples,
+        } => {
             let (recipe_path, stage) = match args.as_slice() {
                 [stage] => (find_recipe()?, stage.clone()),
                 [r, stage] => (PathBuf::from(r), stage.clone()),
@@ -535,7 +545,19 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             let (recipe, dag) = load(&rargs)?;
             let store =
                 Store::open_existing(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
-            render::show(&recipe, &dag, &store, &stage, *json)?;
+            match examples {
+                Some(n) => {
+                    let backend = crate::backend::resolve(recipe.header.backend);
+                    let shown =
+                        crate::exec::preview_examples(&recipe, &dag, &store, backend, &stage, *n)?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&shown)?);
+                    } else {
+                        print!("{}", render::examples(&stage, &shown));
+                    }
+                }
+                None => render::show(&recipe, &dag, &store, &stage, *json)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { command } => cache(cli, command),

@@ -383,3 +383,34 @@ fn print_summary(summary: &Value) {
         );
     }
 }
+
+/// Training examples as a stage encodes them (`hone show --examples`): each example's text with
+/// the stretches the loss covers in `[[ ]]`, and its token counts.
+pub fn examples(stage: &str, shown: &[crate::stages::kind::EncodedExample]) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{} training examples of `{stage}` as it encodes them; the loss covers the text in [[ ]]\n",
+        shown.len()
+    );
+    for e in shown {
+        let cut = if e.cut > 0 {
+            format!(", {} cut by max_length", e.cut)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "\n--- {}: {} tokens, {} in the loss{cut}",
+            e.label, e.tokens, e.target_tokens
+        );
+        for (text, target) in &e.pieces {
+            if *target {
+                let _ = write!(out, "[[{text}]]");
+            } else {
+                out.push_str(text);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -333,6 +333,117 @@ fn check_locked(eval: &mut Evaluator, selected: &BTreeSet<usize>) -> Result<()> 
     )
 }
 
+/// Fills `ctx` with stage `i`'s inputs (files, and upstream artifacts from `known`), the eval
+/// datasets it is checked against, and the training data of the models it evaluates.
+fn resolve_inputs(
+    ctx: &mut StageContext,
+    recipe: &Recipe,
+    dag: &Dag,
+    store: &Store,
+    known: &BTreeMap<usize, Known>,
+    i: usize,
+) -> Result<()> {
+    let stage = &recipe.stages[i];
+    for (rel, input) in stage.spec.inputs() {
+        let resolved = match input {
+            Input::Source(src) => ResolvedInput::File {
+                path: src.resolved.clone(),
+                label: src.label(),
+                format: src.format,
+            },
+            Input::Stage(r) => {
+                let up = recipe
+                    .stages
+                    .iter()
+                    .position(|s| s.name == r.stage())
+                    .expect("validated");
+                ResolvedInput::Artifact(view(store, known, up, r.output(), &r.from)?)
+            }
+        };
+        ctx.inputs.insert(rel, resolved);
+    }
+    for (up, edge) in dag.incoming(i) {
+        if *edge == EdgeKind::LeakageCheck {
+            let name = recipe.stages[up].name.clone();
+            ctx.checked_against
+                .insert(name.clone(), view(store, known, up, None, &name)?);
+        }
+    }
+    for (name, input) in stage.spec.checks_training_data_of() {
+        if let Input::Stage(r) = input {
+            let data = training_data(recipe, dag, store, known, r.stage())?;
+            ctx.training_data.insert(name, data);
+        }
+    }
+    Ok(())
+}
+
+/// The first `n` training examples of `stage` as it would encode them (`hone show --examples`),
+/// from the cached results of the stages it reads. Nothing runs and nothing is written.
+pub fn preview_examples(
+    recipe: &Recipe,
+    dag: &Dag,
+    store: &Store,
+    backend: BackendKind,
+    stage: &str,
+    n: usize,
+) -> Result<Vec<crate::stages::kind::EncodedExample>> {
+    let i = recipe
+        .stages
+        .iter()
+        .position(|s| s.name == stage)
+        .with_context(|| format!("no stage `{stage}` in {}", recipe.path.display()))?;
+    let mut eval = Evaluator::new(recipe, dag, store, backend, false)?;
+    let mut known: BTreeMap<usize, Known> = BTreeMap::new();
+    for &j in &dag.order {
+        if j == i {
+            break;
+        }
+        if let Some(a) = eval.action(j, &known)?
+            && let Some(m) = store.manifest(&a.key)?
+        {
+            known.insert(j, Known::Done(Box::new(m)));
+        }
+    }
+    let missing: Vec<&str> = dag
+        .upstream(i)
+        .into_iter()
+        .filter(|u| !known.contains_key(u))
+        .map(|u| recipe.stages[u].name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "stage `{stage}` reads {}, which {} no result in the store yet: run {} first (`hone run {} --until {}`)",
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if missing.len() == 1 { "has" } else { "have" },
+            if missing.len() == 1 { "it" } else { "them" },
+            recipe.path.display(),
+            missing[missing.len() - 1],
+        );
+    }
+    let spec = &recipe.stages[i].spec;
+    let scratch = tempfile::tempdir()?;
+    let mut ctx = StageContext::new(
+        stage.to_owned(),
+        scratch.path().to_path_buf(),
+        recipe.header.seed,
+        backend,
+        crate::stages::context::Progress::hidden(),
+    );
+    ctx.recipe_name = recipe.header.name.clone();
+    resolve_inputs(&mut ctx, recipe, dag, store, &known, i)?;
+    spec.examples(&mut ctx, n).unwrap_or_else(|| {
+        bail!(
+            "`{stage}` is a {} stage, which trains on no text examples to show (sft, dpo do)",
+            spec.kind_name()
+        )
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_stage(
     recipe: &Recipe,
@@ -379,37 +490,7 @@ fn run_stage(
             log.record(r)
         }));
     }
-    for (rel, input) in stage.spec.inputs() {
-        let resolved = match input {
-            Input::Source(src) => ResolvedInput::File {
-                path: src.resolved.clone(),
-                label: src.label(),
-                format: src.format,
-            },
-            Input::Stage(r) => {
-                let up = recipe
-                    .stages
-                    .iter()
-                    .position(|s| s.name == r.stage())
-                    .expect("validated");
-                ResolvedInput::Artifact(view(store, known, up, r.output(), &r.from)?)
-            }
-        };
-        ctx.inputs.insert(rel, resolved);
-    }
-    for (up, edge) in dag.incoming(i) {
-        if *edge == EdgeKind::LeakageCheck {
-            let name = recipe.stages[up].name.clone();
-            ctx.checked_against
-                .insert(name.clone(), view(store, known, up, None, &name)?);
-        }
-    }
-    for (name, input) in stage.spec.checks_training_data_of() {
-        if let Input::Stage(r) = input {
-            let data = training_data(recipe, dag, store, known, r.stage())?;
-            ctx.training_data.insert(name, data);
-        }
-    }
+    resolve_inputs(&mut ctx, recipe, dag, store, known, i)?;
     tracing::info!(stage = %stage.name, action = %action.key, "running");
     crate::store::fault_point("before-stage");
     let started = Instant::now();

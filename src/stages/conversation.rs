@@ -452,6 +452,48 @@ pub(crate) fn conversation_batches(
         .collect()
 }
 
+/// Encoded examples as their text, in stretches of tokens the loss covers or not, for
+/// `hone show --examples`: special tokens are shown as written.
+pub(crate) fn shown_examples(
+    tok: &Tokenizer,
+    whole: Vec<Encoded>,
+    max_len: usize,
+    policy: Truncation,
+    labels: impl Iterator<Item = String>,
+) -> Result<Vec<super::kind::EncodedExample>> {
+    let mut out = Vec::new();
+    for (w, mut label) in whole.into_iter().zip(labels) {
+        let full = w.ids.len();
+        // Each alone, so an example `truncation: drop` leaves out is shown, and said to be.
+        let e = match truncate(vec![w.clone()], max_len, policy).0.pop() {
+            Some(e) => e,
+            None => {
+                label.push_str(" (left out: longer than max_length)");
+                w
+            }
+        };
+        let mut pieces: Vec<(String, bool)> = Vec::new();
+        let mut start = 0;
+        for k in 1..=e.ids.len() {
+            if k == e.ids.len() || e.targets[k] != e.targets[start] {
+                let text = tok
+                    .decode(&e.ids[start..k], false)
+                    .map_err(|err| anyhow::anyhow!("cannot decode: {err}"))?;
+                pieces.push((text, e.targets[start]));
+                start = k;
+            }
+        }
+        out.push(super::kind::EncodedExample {
+            label,
+            pieces,
+            tokens: e.ids.len(),
+            target_tokens: e.targets.iter().filter(|t| **t).count(),
+            cut: full - e.ids.len(),
+        });
+    }
+    Ok(out)
+}
+
 /// A held-out conversation's last assistant turn, and what a model answered in its place.
 #[derive(Debug, Clone)]
 pub(crate) struct Answered {

@@ -20,7 +20,7 @@ use tokenizers::Tokenizer;
 use super::conversation::{
     Format, Preference, eos_token, one_turn, preference_rows, tokenize_conversations, truncate,
 };
-use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::{StageResult, guards};
@@ -335,9 +335,61 @@ impl Kind for DpoKind {
         Some(TemplateOf::Own(&d.template))
     }
 
+    fn examples(
+        &self,
+        spec: &DpoSpec,
+        ctx: &mut StageContext,
+        n: usize,
+    ) -> Option<Result<Vec<kind::EncodedExample>>> {
+        Some(examples(spec, ctx, n))
+    }
+
     fn run(&self, spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         run(spec, ctx)
     }
+}
+
+/// The first `n` training pairs (both answers) or unpaired answers, as `run` encodes them.
+fn examples(spec: &DpoSpec, ctx: &mut StageContext, n: usize) -> Result<Vec<kind::EncodedExample>> {
+    let device = super::stage_device(ctx, false)?;
+    let feedback = read_feedback(spec, ctx)?;
+    let policy = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
+    let format = Format::new(&spec.template, policy.chat_template.as_ref());
+    let eos = eos_token(&policy.tokenizer, &policy.config);
+    let mut convs = Vec::new();
+    let mut labels = Vec::new();
+    match &feedback {
+        Feedback::Pairs(train, _) => {
+            for (k, p) in train.iter().take(n).enumerate() {
+                for (side, answer) in [("chosen", &p.chosen), ("rejected", &p.rejected)] {
+                    let mut conv = p.history.clone();
+                    conv.push(Message::new("assistant", answer));
+                    convs.push(conv);
+                    labels.push(format!("pair {} of {}, {side}", k + 1, train.len()));
+                }
+            }
+        }
+        Feedback::Unpaired(train, _) => {
+            for (k, x) in train.iter().take(n).enumerate() {
+                convs.push(one_turn(&x.prompt, &x.completion));
+                let kind = if x.desirable {
+                    "desirable"
+                } else {
+                    "undesirable"
+                };
+                labels.push(format!("answer {} of {}, {kind}", k + 1, train.len()));
+            }
+        }
+    }
+    let whole = tokenize_conversations(&policy.tokenizer, &format, &convs, eos)?;
+    // Prompts are cut, not answers, as in training.
+    super::conversation::shown_examples(
+        &policy.tokenizer,
+        whole,
+        spec.max_length,
+        Truncation::Prompt,
+        labels.into_iter(),
+    )
 }
 
 pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {

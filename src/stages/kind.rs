@@ -231,6 +231,18 @@ pub trait Kind: Send + Sync + 'static {
         None
     }
 
+    /// The first `n` training examples exactly as the stage would encode them (template,
+    /// special tokens, truncation), with what the loss covers marked (`hone show --examples`).
+    /// `None`: the kind trains on no text examples.
+    fn examples(
+        &self,
+        _settings: &Self::Settings,
+        _ctx: &mut StageContext,
+        _n: usize,
+    ) -> Option<anyhow::Result<Vec<EncodedExample>>> {
+        None
+    }
+
     /// Produces the outputs: read inputs with [`StageContext::input`] (paths already resolved,
     /// artifacts verified), write each output under [`StageContext::output_dir`], return the
     /// headline metrics. Nothing is committed unless this returns `Ok`.
@@ -266,6 +278,12 @@ trait DynKind: Send + Sync {
     ) -> Option<TemplateOf<'a, crate::recipe::types::PromptTemplate>>;
     fn publish(&self, s: &dyn Any, to: &Publish<'_>) -> anyhow::Result<Option<PathBuf>>;
     fn summary_table(&self, summary: &Value) -> Option<String>;
+    fn examples(
+        &self,
+        s: &dyn Any,
+        ctx: &mut StageContext,
+        n: usize,
+    ) -> Option<anyhow::Result<Vec<EncodedExample>>>;
     fn run(&self, s: &dyn Any, ctx: &mut StageContext) -> anyhow::Result<StageResult>;
 }
 
@@ -274,6 +292,19 @@ pub type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
 
 /// Typed settings that do not serialize back to JSON.
 struct SerializeError(String);
+
+/// A training example as a stage encodes it: its text in stretches, each marked with whether
+/// the loss covers it, and its token counts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EncodedExample {
+    /// Which example (`train 1`, `pair 2, chosen`).
+    pub label: String,
+    pub pieces: Vec<(String, bool)>,
+    pub tokens: usize,
+    pub target_tokens: usize,
+    /// Tokens cut off by `max_length` (per `truncation`).
+    pub cut: usize,
+}
 
 /// Why [`DynKind::parse`] failed.
 enum Parsed {
@@ -342,6 +373,14 @@ impl<K: Kind> DynKind for K {
     }
     fn summary_table(&self, summary: &Value) -> Option<String> {
         Kind::summary_table(self, summary)
+    }
+    fn examples(
+        &self,
+        s: &dyn Any,
+        ctx: &mut StageContext,
+        n: usize,
+    ) -> Option<anyhow::Result<Vec<EncodedExample>>> {
+        Kind::examples(self, typed::<K>(s), ctx, n)
     }
     fn run(&self, s: &dyn Any, ctx: &mut StageContext) -> anyhow::Result<StageResult> {
         Kind::run(self, typed::<K>(s), ctx)
@@ -526,6 +565,15 @@ impl StageSpec {
 
     pub fn summary_table(&self, summary: &Value) -> Option<String> {
         self.kind.summary_table(summary)
+    }
+
+    /// See [`Kind::examples`].
+    pub fn examples(
+        &self,
+        ctx: &mut StageContext,
+        n: usize,
+    ) -> Option<anyhow::Result<Vec<EncodedExample>>> {
+        self.kind.examples(self.settings.as_ref(), ctx, n)
     }
 
     /// Runs the stage. Inputs, scratch space, seed and cancellation come from `ctx`.

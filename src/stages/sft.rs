@@ -195,9 +195,48 @@ impl Kind for SftKind {
         Some(TemplateOf::Own(&s.template))
     }
 
+    fn examples(
+        &self,
+        spec: &SftSpec,
+        ctx: &mut StageContext,
+        n: usize,
+    ) -> Option<Result<Vec<kind::EncodedExample>>> {
+        (spec.task != SftTask::Classification).then(|| examples(spec, ctx, n))
+    }
+
     fn run(&self, spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         run(spec, ctx)
     }
+}
+
+/// The first `n` training conversations as `run` encodes them.
+fn examples(spec: &SftSpec, ctx: &mut StageContext, n: usize) -> Result<Vec<kind::EncodedExample>> {
+    let device = super::stage_device(ctx, false)?;
+    let (train, _) = conversations(ctx.input(DATA.key)?, spec)?;
+    let LoadedModel {
+        config,
+        tokenizer,
+        chat_template,
+        ..
+    } = load_model_input(
+        &spec.model,
+        MODEL.key,
+        spec.tokenizer.is_some().then_some(TOKENIZER.key),
+        true,
+        ctx,
+        &device,
+    )?;
+    let format = Format::new(&spec.template, chat_template.as_ref());
+    let eos = eos_token(&tokenizer, &config);
+    let shown = &train[..n.min(train.len())];
+    let whole = tokenize_conversations(&tokenizer, &format, shown, eos)?;
+    super::conversation::shown_examples(
+        &tokenizer,
+        whole,
+        spec.max_length,
+        spec.truncation,
+        (1..).map(|k| format!("train {k} of {}", train.len())),
+    )
 }
 
 /// What a generative fine-tuning stage records.

@@ -34,6 +34,7 @@ mod sampling;
 mod schema;
 mod security;
 mod sft_stage;
+mod show_examples;
 mod store_safety;
 mod tensorboard_log;
 mod training;
