@@ -27,10 +27,12 @@ fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
     if rows.is_empty() {
         return;
     }
+    let judged = rows.iter().any(|r| r.get("judge").is_some());
     let _ = write!(
         html,
-        "<h2>Answers: {}</h2><table class=\"answers\"><tr><th>question</th><th>reference</th><th>model</th><th>answer</th><th>exact</th><th>contains</th><th>token F1</th><th>ROUGE-L</th></tr>",
-        esc(stage)
+        "<h2>Answers: {}</h2><table class=\"answers\"><tr><th>question</th><th>reference</th><th>model</th><th>answer</th><th>exact</th><th>contains</th><th>token F1</th><th>ROUGE-L</th>{}</tr>",
+        esc(stage),
+        if judged { "<th>judge</th>" } else { "" }
     );
     let text = |r: &Value, k: &str| esc(r[k].as_str().unwrap_or_default());
     let num = |r: &Value, k: &str| r[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
@@ -47,6 +49,11 @@ fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
             num(r, "token_f1"),
             num(r, "rouge_l"),
         );
+        if judged {
+            // Replace the row's end with the judge's cell.
+            html.truncate(html.len() - "</tr>".len());
+            let _ = write!(html, "<td>{}</td></tr>", num(r, "judge"));
+        }
     }
     html.push_str("</table>");
 }

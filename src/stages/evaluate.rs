@@ -120,6 +120,57 @@ pub struct QaEval {
     pub max_length: usize,
     #[serde(default = "default_eval_tokens")]
     pub max_new_tokens: usize,
+    /// A model of the recipe grades every answer against the reference (LLM-as-judge):
+    /// `judge_score`, the mean grade scaled to [0, 1], and `judge_unparsed`, the share of
+    /// answers whose grade could not be read from the judge's reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeEval>,
+}
+
+/// How a judge model grades answers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeEval {
+    /// The judging model (`{ from: stage }`, `{ path }`, `{ hub }`): a chat model.
+    pub model: Input,
+    /// The grading prompt, with `{question}`, `{reference}`, `{answer}` and `{scale}` filled
+    /// in; the default asks for a grade from 1 to `scale` and the number only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rubric: Option<String>,
+    /// The top grade (default 5; grades run from 1).
+    #[serde(default = "default_scale")]
+    pub scale: u32,
+    /// How the judge is prompted (default: its own chat template).
+    #[serde(default = "model_template")]
+    pub template: PromptTemplate,
+    /// Tokens the judge may write before its grade (default 8).
+    #[serde(default = "default_judge_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn default_scale() -> u32 {
+    5
+}
+
+fn default_judge_tokens() -> usize {
+    8
+}
+
+fn model_template() -> PromptTemplate {
+    PromptTemplate::Named(crate::recipe::types::NamedTemplate::Model)
+}
+
+/// The judge's default rubric.
+const RUBRIC: &str = "Grade an answer to a question against the reference answer.\n\nQuestion: {question}\nReference answer: {reference}\nAnswer to grade: {answer}\n\nHow correct and complete is the answer, from 1 (wrong) to {scale} (as good as the reference)? Reply with the number only.";
+
+/// The grade in a judge's reply: the first whole number in it, if it lies in 1..=`scale`.
+fn parse_grade(reply: &str, scale: u32) -> Option<u32> {
+    let digits: String = reply
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().filter(|g| (1..=scale).contains(g))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -155,6 +206,8 @@ pub struct EvaluateKind;
 const MODELS: InputSlot = InputSlot::new("models.*", &[ArtifactType::Model]);
 const PERPLEXITY_DATA: InputSlot = InputSlot::new("perplexity.data", DATA_INPUT);
 const QA_DATA: InputSlot = InputSlot::new("qa.data", DATA_INPUT);
+/// The model grading answers to the held-out questions.
+const JUDGE_MODEL: InputSlot = InputSlot::new("qa.judge.model", &[ArtifactType::Model]);
 const CLASSIFICATION_DATA: InputSlot = InputSlot::new("classification.data", DATA_INPUT);
 /// The judge: only a reward model scores answers.
 const REWARD_MODEL: InputSlot = InputSlot::new("reward.model", &[ArtifactType::RewardModel]);
@@ -172,6 +225,7 @@ impl Kind for EvaluateKind {
             MODELS,
             PERPLEXITY_DATA,
             QA_DATA,
+            JUDGE_MODEL,
             CLASSIFICATION_DATA,
             REWARD_MODEL,
             REWARD_PROMPTS,
@@ -235,6 +289,14 @@ impl Kind for EvaluateKind {
                 Problem::at_key("", format!("`{at}` has nothing to measure")).help(
                     "add at least one of `perplexity`, `qa`, `classification`, `samples`, `reward`",
                 ),
+            );
+        }
+        if let Some(j) = e.qa.as_ref().and_then(|q| q.judge.as_ref())
+            && j.scale < 2
+        {
+            problems.push(
+                Problem::new("qa.judge.scale", "`scale` must be at least 2")
+                    .help("grades run from 1 to `scale`; 5 is the default"),
             );
         }
         if let Some(r) = &e.reward {
@@ -364,7 +426,17 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let mut sample_rows = Vec::new();
     let mut answer_rows: Vec<AnswerRow> = Vec::new();
     let mut reused = Vec::new();
+    let grader = match spec.qa.as_ref().and_then(|q| q.judge.as_ref()) {
+        Some(j) => {
+            ctx.progress.set_message("loading the judge");
+            let m = load_checkpoint(ctx, JUDGE_MODEL.key, None, true, &device)
+                .context("the judge (`qa.judge.model`)")?;
+            Some((j, m))
+        }
+        None => None,
+    };
     let data = EvalData {
+        grader: grader.as_ref().map(|(j, m)| (*j, m)),
         texts: texts.as_deref(),
         qa: qa.as_deref(),
         labelled: labelled.as_deref(),
@@ -468,7 +540,8 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ctx.write_table("samples", &samples_table)?;
     }
     if spec.qa.is_some() {
-        ctx.write_table("answers", &answers_table(ctx, &answer_rows))?;
+        let judged = spec.qa.as_ref().is_some_and(|q| q.judge.is_some());
+        ctx.write_table("answers", &answers_table(ctx, &answer_rows, judged))?;
     }
     warnings.extend(pitfalls(&results));
     Ok(StageResult {
@@ -541,6 +614,7 @@ fn answers(
                 contains: s.contains,
                 token_f1: s.token_f1,
                 rouge_l: s.rouge_l,
+                judge: None,
             }
         })
         .collect();
@@ -661,6 +735,8 @@ struct EvalData<'a> {
     qa: Option<&'a [Vec<Message>]>,
     labelled: Option<&'a [(String, Value)]>,
     judge: Option<Judge<'a>>,
+    /// The model grading answers to the held-out questions, and how.
+    grader: Option<(&'a JudgeEval, &'a LoadedModel)>,
 }
 
 /// One model's evaluation, as cached: its scores (`None` for a metric with nothing to
@@ -685,6 +761,9 @@ struct AnswerRow {
     contains: f64,
     token_f1: f64,
     rouge_l: f64,
+    /// The judge's grade, scaled to [0, 1] (`None`: no judge, or its reply held no grade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    judge: Option<f64>,
 }
 
 /// The key of one model's evaluation: the model's files, every data input's, the settings
@@ -737,8 +816,12 @@ fn evaluate_model(
     }
     if let (Some(cfg), Some(pairs)) = (&spec.qa, data.qa) {
         progress.set_message(format!("{name}: answering questions"));
-        let (s, rows) = answers(name, m, cfg, pairs, device)?;
+        let (s, mut rows) = answers(name, m, cfg, pairs, device)?;
         scores.extend(s);
+        if let Some((j, judge)) = data.grader {
+            progress.set_message(format!("{name}: the judge grades its answers"));
+            scores.extend(grade(j, judge, &mut rows, device)?);
+        }
         out.answers = rows;
     }
     if let (Some(cfg), Some(labelled)) = (&spec.classification, data.labelled) {
@@ -763,9 +846,69 @@ fn evaluate_model(
     Ok(out)
 }
 
+/// The judge's grade of every answer (each row's `judge`), and the metrics: `judge_score`,
+/// the mean scaled grade of the answers it graded, and `judge_unparsed`, the share it did not.
+fn grade(
+    j: &JudgeEval,
+    judge: &LoadedModel,
+    rows: &mut [AnswerRow],
+    device: &Device,
+) -> Result<Scores> {
+    if !judge.backbone.is_decoder() {
+        bail!("the judge is an encoder: it cannot write grades");
+    }
+    let format = Format::new(&j.template, judge.chat_template.as_ref());
+    let sampling = SamplingConfig {
+        max_new_tokens: j.max_new_tokens,
+        stop_tokens: judge.stop_tokens(),
+        ..Default::default()
+    };
+    let rubric = j.rubric.as_deref().unwrap_or(RUBRIC);
+    for chunk in rows.chunks_mut(16) {
+        let prompts: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|r| {
+                let text = rubric
+                    .replace("{question}", &r.prompt)
+                    .replace("{reference}", &r.reference)
+                    .replace("{answer}", &r.answer)
+                    .replace("{scale}", &j.scale.to_string());
+                format.encode_prompt(&judge.tokenizer, &text)
+            })
+            .collect::<Result<_>>()?;
+        for (r, ids) in chunk
+            .iter_mut()
+            .zip(generate(&judge.backbone, &prompts, &sampling, device))
+        {
+            let reply = judge
+                .tokenizer
+                .decode(&ids, true)
+                .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+            r.judge = parse_grade(format.answer(&reply), j.scale)
+                .map(|g| f64::from(g - 1) / f64::from(j.scale - 1));
+        }
+    }
+    let graded: Vec<f64> = rows.iter().filter_map(|r| r.judge).collect();
+    let n = rows.len().max(1) as f64;
+    Ok(vec![
+        (
+            "judge_score".into(),
+            if graded.is_empty() {
+                f64::NAN
+            } else {
+                graded.iter().sum::<f64>() / graded.len() as f64
+            },
+        ),
+        (
+            "judge_unparsed".into(),
+            (rows.len() - graded.len()) as f64 / n,
+        ),
+    ])
+}
+
 /// The per-example answers as a table: a row per model and question.
-fn answers_table(ctx: &StageContext, rows: &[AnswerRow]) -> Table {
-    let columns = [
+fn answers_table(ctx: &StageContext, rows: &[AnswerRow], judged: bool) -> Table {
+    let mut columns = vec![
         "model",
         "prompt",
         "reference",
@@ -775,12 +918,15 @@ fn answers_table(ctx: &StageContext, rows: &[AnswerRow]) -> Table {
         "token_f1",
         "rouge_l",
     ];
+    if judged {
+        columns.push("judge");
+    }
     let mut t = table(
         ctx,
         &columns,
         rows.iter()
             .map(|r| {
-                vec![
+                let mut row = vec![
                     json!(r.model),
                     json!(r.prompt),
                     json!(r.reference),
@@ -789,7 +935,11 @@ fn answers_table(ctx: &StageContext, rows: &[AnswerRow]) -> Table {
                     json!(r.contains),
                     json!(r.token_f1),
                     json!(r.rouge_l),
-                ]
+                ];
+                if judged {
+                    row.push(json!(r.judge));
+                }
+                row
             })
             .collect(),
     );
@@ -1023,4 +1173,20 @@ fn format_table(summary: &Value) -> Option<String> {
         out.push('\n');
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grade;
+
+    #[test]
+    fn a_grade_is_the_first_number_in_range() {
+        assert_eq!(parse_grade("4", 5), Some(4));
+        assert_eq!(parse_grade(" Grade: 5/5.", 5), Some(5));
+        assert_eq!(parse_grade("I would say 3 out of 5", 5), Some(3));
+        assert_eq!(parse_grade("7", 5), None);
+        assert_eq!(parse_grade("0", 5), None);
+        assert_eq!(parse_grade("excellent", 5), None);
+        assert_eq!(parse_grade("10", 10), Some(10));
+    }
 }

@@ -19,6 +19,7 @@ mod export_stage;
 mod generate_stage;
 mod ggml_quants;
 mod hub_cache;
+mod judge;
 mod layers;
 mod lora_training;
 mod model_parity;
