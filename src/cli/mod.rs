@@ -587,12 +587,18 @@ fn status_like(
     })?;
     let backend: BackendKind = backend::resolve(recipe.header.backend);
     let mut eval = Evaluator::new(recipe, dag, &store, backend, rehash)?;
-    let statuses = eval.statuses(selected, &|s| selection.forced(s))?;
+    let mut statuses = eval.statuses(selected, &|s| selection.forced(s))?;
     eval.hashes.save().ok();
+    let drift = (!is_plan).then(|| eval.lockfile_drift(&statuses));
     if json {
+        // Each stage says whether `run --locked` would pass for it, as the text's last line does.
+        for (stage, why) in drift.iter().flatten() {
+            if let Some(s) = statuses.iter_mut().find(|s| &s.stage == stage) {
+                s.lockfile_drift = Some(why.clone());
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&statuses)?);
     } else {
-        let drift = (!is_plan).then(|| eval.lockfile_drift(&statuses));
         render::statuses(recipe, &statuses, is_plan, drift.as_deref());
     }
     Ok(ExitCode::SUCCESS)

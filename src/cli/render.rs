@@ -258,7 +258,14 @@ pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) 
     for w in &m.warnings {
         println!("warning  {w}");
     }
-    print_summary(&m.summary);
+    // A kind that tabulates its summary (evaluate) shows the table, not its JSON.
+    let table = recipe
+        .stage(stage)
+        .and_then(|s| s.spec.summary_table(&m.summary));
+    if let Some(t) = &table {
+        print!("table\n{t}");
+    }
+    print_summary(&m.summary, table.is_some());
     Ok(())
 }
 
@@ -310,7 +317,7 @@ fn print_answers(rows: &[Value]) {
     }
 }
 
-fn print_summary(summary: &Value) {
+fn print_summary(summary: &Value, table_shown: bool) {
     let Some(obj) = summary.as_object() else {
         return;
     };
@@ -370,7 +377,8 @@ fn print_summary(summary: &Value) {
         if matches!(
             k.as_str(),
             "columns" | "first_rows" | "rows" | "leakage" | "answers"
-        ) {
+        ) || (table_shown && k == "table")
+        {
             continue;
         }
         println!(

@@ -97,6 +97,10 @@ pub struct StageStatus {
     pub action: Option<String>,
     pub reasons: Vec<Reason>,
     pub selected: bool,
+    /// `hone status`: why the lockfile's entry for this stage differs from what a run would
+    /// record (what makes `run --locked` fail); absent when it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockfile_drift: Option<String>,
 }
 
 /// What is known of an upstream stage's output while evaluating downstream.
@@ -318,6 +322,7 @@ impl<'a> Evaluator<'a> {
                 action: action.map(|a| a.key),
                 reasons,
                 selected: selected.contains(&i),
+                lockfile_drift: None,
             });
         }
         Ok(out)

@@ -36,6 +36,15 @@ fn lockfile_current(p: &Project, set: &[&str]) -> bool {
         current != said.contains("`hone run --locked` fails"),
         "status says neither or both:\n{said}"
     );
+    // `status --json` says the same, stage by stage.
+    let mut json = status.clone();
+    json.push("--json");
+    let stages: Vec<serde_json::Value> = serde_json::from_str(&p.hone(&json).ok()).unwrap();
+    assert_eq!(
+        stages.iter().all(|s| s.get("lockfile_drift").is_none()),
+        current,
+        "status --json disagrees with status:\n{said}\n{stages:?}"
+    );
     let mut run = vec!["run", "r.yaml", "--locked"];
     run.extend(set.iter().flat_map(|s| ["--set", s]));
     let locked = p.hone(&run);
