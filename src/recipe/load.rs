@@ -597,10 +597,15 @@ fn parse_typed(
     let stages_value = header_value
         .as_mapping_mut()
         .and_then(|m| m.remove("stages"));
-    let header = match from_value::<RecipeFile>(header_value, "", sources) {
+    let header = match serde_path_to_error::deserialize::<_, RecipeFile>(header_value.clone()) {
         Ok(h) => Some(h),
-        Err(d) => {
-            diags.push(d);
+        Err(first) => {
+            // Every problem of the header at once, as for a stage's settings.
+            diags
+                .0
+                .extend(every_problem(first, header_value, "", sources, |v| {
+                    serde_path_to_error::deserialize::<_, RecipeFile>(v).err()
+                }));
             None
         }
     };
@@ -637,7 +642,7 @@ fn parse_typed(
     }
 }
 
-/// The most problems reported for one stage's settings.
+/// The most problems reported for one stage's settings (or the header).
 const MAX_STAGE_PROBLEMS: usize = 32;
 
 /// Parses one stage, reporting every problem of its settings at once: serde stops at the first
@@ -650,11 +655,31 @@ fn parse_stage(
 ) -> Result<StageSpec, Vec<Diagnostic>> {
     let path = join("stages", name);
     let kind = stage_kind(name, &mut v, sources).map_err(|d| vec![d])?;
-    let mut settings = v.clone();
-    let mut error = match StageSpec::parse(&kind, v) {
+    let first = match StageSpec::parse(&kind, v.clone()) {
         Err(SpecError::Settings(e)) => e,
         other => return spec_result(other, &kind, name, sources).map_err(|d| vec![d]),
     };
+    Err(every_problem(first, v, &path, sources, |settings| {
+        match StageSpec::parse(&kind, settings) {
+            Err(SpecError::Settings(next)) => Some(next),
+            // Parsed without them, or failed otherwise: the problems found are the report.
+            _ => None,
+        }
+    }))
+}
+
+/// Every problem of `value` (at `path`), starting from serde's `first`: serde stops at the
+/// first (an unknown key, a value of the wrong type), so the key at fault is taken out and
+/// `reparse` tried again, until it finds no more or a problem has no key to take out. In the
+/// order they are written.
+fn every_problem(
+    first: ParseError,
+    mut value: Value,
+    path: &str,
+    sources: &SourceMap,
+    reparse: impl Fn(Value) -> Option<ParseError>,
+) -> Vec<Diagnostic> {
+    let mut error = first;
     let mut problems = Vec::new();
     // Keys taken out to look past their problem: a later "missing" one of them is no news.
     let mut removed: Vec<Vec<String>> = Vec::new();
@@ -676,28 +701,29 @@ fn parse_stage(
                 break;
             }
         }
-        problems.push(located(error, &path, sources));
-        let Some(keys) = keys.filter(|k| remove_key(&mut settings, k)) else {
+        problems.push(located(error, path, sources));
+        let Some(keys) = keys.filter(|k| remove_key(&mut value, k)) else {
             break;
         };
         removed.push(keys);
         if problems.len() >= MAX_STAGE_PROBLEMS {
             break;
         }
-        match StageSpec::parse(&kind, settings.clone()) {
-            Err(SpecError::Settings(next)) => error = next,
-            // Parsed without them, or failed otherwise: the problems found are the report.
-            _ => break,
+        match reparse(value.clone()) {
+            Some(next) => error = next,
+            None => break,
         }
     }
-    // In the order they are written (serde finds them in its own order).
     problems.sort_by_key(|d| match &d.location {
         Some(crate::diag::Location::File { line, col, .. }) => (0, *line, *col),
         Some(crate::diag::Location::Override { index, .. }) => (1, *index, 0),
         None => (2, 0, 0),
     });
-    Err(problems)
+    problems
 }
+
+/// What serde reports about a recipe value, with the path of keys to it.
+type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
 
 /// Removes the key at `keys` (a path of mapping keys) from `v`; false if there is none.
 fn remove_key(v: &mut Value, keys: &[String]) -> bool {
@@ -830,7 +856,11 @@ fn serde_diagnostic(msg: &str, at: &str, sources: &SourceMap) -> Diagnostic {
         let field = names.first().cloned().unwrap_or_default();
         let expected: Vec<&str> = names.iter().skip(1).map(String::as_str).collect();
         // serde_path_to_error's path ends at the unknown key itself.
-        let parent = at.strip_suffix(&format!(".{field}")).unwrap_or(at);
+        let parent = if at == field {
+            ""
+        } else {
+            at.strip_suffix(&format!(".{field}")).unwrap_or(at)
+        };
         let parent_place = if parent.is_empty() {
             "the recipe".to_owned()
         } else {

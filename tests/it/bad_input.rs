@@ -220,6 +220,19 @@ fn cases() -> Vec<Case> {
             expect: &["tensor `w`", "has dtype F8_E4M3", "r.yaml:6:"],
         },
         Case {
+            name: "every unknown key of the header at once",
+            recipe: "version: 1\nname: t\nsede: 3\nbakend: cpu\nstages:\n  a:\n    kind: dataset\n    source: { path: d.jsonl }\n",
+            files: &[("d.jsonl", "{\"a\": 1}\n")],
+            args: &[],
+            expect: &[
+                "unknown key `sede` in the recipe",
+                "r.yaml:3:1",
+                "did you mean `seed`",
+                "unknown key `bakend` in the recipe",
+                "r.yaml:4:1",
+            ],
+        },
+        Case {
             name: "revision without a hub id",
             recipe: "version: 1\nname: t\nstages:\n  a:\n    kind: generate\n    model: { path: m, revision: main }\n    prompts: { path: p.jsonl }\n",
             files: &[],
