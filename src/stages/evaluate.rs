@@ -426,17 +426,25 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let mut sample_rows = Vec::new();
     let mut answer_rows: Vec<AnswerRow> = Vec::new();
     let mut reused = Vec::new();
-    let grader = match spec.qa.as_ref().and_then(|q| q.judge.as_ref()) {
-        Some(j) => {
-            ctx.progress.set_message("loading the judge");
-            let m = load_checkpoint(ctx, JUDGE_MODEL.key, None, true, &device)
-                .context("the judge (`qa.judge.model`)")?;
-            Some((j, m))
+    // The judge is loaded the first time a model's answers need grading (not when every
+    // evaluation comes from the cache).
+    let judge_model: std::cell::OnceCell<LoadedModel> = std::cell::OnceCell::new();
+    let load_judge = || -> Result<&LoadedModel> {
+        if let Some(m) = judge_model.get() {
+            return Ok(m);
         }
-        None => None,
+        ctx.progress.set_message("loading the judge");
+        let m = load_checkpoint(ctx, JUDGE_MODEL.key, None, true, &device)
+            .context("the judge (`qa.judge.model`)")?;
+        Ok(judge_model.get_or_init(|| m))
     };
+    let grader = spec
+        .qa
+        .as_ref()
+        .and_then(|q| q.judge.as_ref())
+        .map(|j| (j, &load_judge as &JudgeLoader));
     let data = EvalData {
-        grader: grader.as_ref().map(|(j, m)| (*j, m)),
+        grader,
         texts: texts.as_deref(),
         qa: qa.as_deref(),
         labelled: labelled.as_deref(),
@@ -735,9 +743,12 @@ struct EvalData<'a> {
     qa: Option<&'a [Vec<Message>]>,
     labelled: Option<&'a [(String, Value)]>,
     judge: Option<Judge<'a>>,
-    /// The model grading answers to the held-out questions, and how.
-    grader: Option<(&'a JudgeEval, &'a LoadedModel)>,
+    /// How answers to the held-out questions are graded, and the judge (loaded on first use).
+    grader: Option<(&'a JudgeEval, &'a JudgeLoader<'a>)>,
 }
+
+/// Gives the judge model, loading it the first time.
+type JudgeLoader<'a> = dyn Fn() -> Result<&'a LoadedModel> + 'a;
 
 /// One model's evaluation, as cached: its scores (`None` for a metric with nothing to
 /// measure), greedy answers to the samples and to the held-out questions, and the reward
@@ -819,6 +830,7 @@ fn evaluate_model(
         let (s, mut rows) = answers(name, m, cfg, pairs, device)?;
         scores.extend(s);
         if let Some((j, judge)) = data.grader {
+            let judge = judge()?;
             progress.set_message(format!("{name}: the judge grades its answers"));
             scores.extend(grade(j, judge, &mut rows, device)?);
         }

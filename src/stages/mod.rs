@@ -366,7 +366,8 @@ pub fn encode_cached(
 }
 
 /// What identifies an input's content, for cache keys: the digests of an artifact's files
-/// (their blob names), or a file's path, size and modification time.
+/// (their blob names), or a file's path, size and modification time (every file's, for a
+/// directory).
 pub fn input_identity(input: &crate::stages::context::ResolvedInput) -> String {
     use crate::stages::context::ResolvedInput;
     match input {
@@ -386,13 +387,25 @@ pub fn input_identity(input: &crate::stages::context::ResolvedInput) -> String {
             .collect::<Vec<_>>()
             .join(","),
         ResolvedInput::File { path, .. } => {
-            let meta = std::fs::metadata(path).ok();
-            format!(
-                "{}:{}:{:?}",
-                path.display(),
-                meta.as_ref().map_or(0, |m| m.len()),
-                meta.and_then(|m| m.modified().ok())
-            )
+            let stamp = |p: &std::path::Path| {
+                let meta = std::fs::metadata(p).ok();
+                format!(
+                    "{}:{}:{:?}",
+                    p.display(),
+                    meta.as_ref().map_or(0, |m| m.len()),
+                    meta.and_then(|m| m.modified().ok())
+                )
+            };
+            // A directory's own time does not change when a file in it is rewritten: each
+            // file is stamped, as the input digests of action keys are.
+            match crate::store::hash::walk_files(path) {
+                Ok(files) if path.is_dir() => files
+                    .iter()
+                    .map(|rel| stamp(&path.join(rel)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => stamp(path),
+            }
         }
     }
 }
@@ -470,4 +483,24 @@ pub fn stage_device(
     let device = crate::backend::device(ctx.backend)?;
     device.seed(ctx.seed);
     Ok(if autodiff { device.autodiff() } else { device })
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::input_identity;
+    use crate::stages::context::ResolvedInput;
+
+    #[test]
+    fn a_rewritten_file_in_a_model_directory_changes_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), b"old").unwrap();
+        let input = ResolvedInput::File {
+            path: dir.path().to_path_buf(),
+            label: "m".into(),
+            format: None,
+        };
+        let before = input_identity(&input);
+        std::fs::write(dir.path().join("model.safetensors"), b"new weights").unwrap();
+        assert_ne!(input_identity(&input), before);
+    }
 }
