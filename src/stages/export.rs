@@ -262,19 +262,7 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
             rows.push(format!("| `{name}` | {size} | `{digest}` |"));
         }
     }
-    for (rel, src) in &files {
-        let dest = dir.join(rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let size = std::fs::copy(src, &dest)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
-        total += size;
-        let digest = crate::store::hash::hash_file(&dest)
-            .with_context(|| format!("cannot read {}", dest.display()))?;
-        rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
-    }
+    total += copy_files(&files, &dir, &mut rows)?;
     let arch = config["architectures"][0].as_str().unwrap_or("unknown");
     let chat = files
         .iter()
@@ -348,20 +336,7 @@ fn run_adapter(
     let label = input_label(ctx);
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
     let mut rows = Vec::new();
-    let mut total = 0u64;
-    for (rel, src) in files {
-        let dest = dir.join(rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let size = std::fs::copy(src, &dest)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
-        total += size;
-        let digest = crate::store::hash::hash_file(&dest)
-            .with_context(|| format!("cannot read {}", dest.display()))?;
-        rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
-    }
+    let total = copy_files(files, &dir, &mut rows)?;
     let adapter: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join(ADAPTER_CONFIG)).context("cannot read adapter_config.json")?,
     )
@@ -397,6 +372,26 @@ fn run_adapter(
         warnings: vec![],
         summary: json!({ "from": label, "to": spec.to, "adapter": true }),
     })
+}
+
+/// Copies `files` (relative name, source) into `dir`, adding each one's model-card row (name,
+/// size, BLAKE3) to `rows`; returns the bytes copied.
+fn copy_files(files: &[(String, PathBuf)], dir: &Path, rows: &mut Vec<String>) -> Result<u64> {
+    let mut total = 0;
+    for (rel, src) in files {
+        let dest = dir.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let size = std::fs::copy(src, &dest)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        total += size;
+        let digest = crate::store::hash::hash_file(&dest)
+            .with_context(|| format!("cannot read {}", dest.display()))?;
+        rows.push(format!("| `{rel}` | {size} | `{digest}` |"));
+    }
+    Ok(total)
 }
 
 fn input_label(ctx: &StageContext) -> String {
