@@ -430,22 +430,29 @@ pub fn chat_template(
     ))
 }
 
+/// The one `.gguf` file of a directory without `config.json` (a GGUF export), if that is
+/// what `path` is.
+pub fn lone_gguf(path: &Path) -> Option<PathBuf> {
+    if !path.is_dir() || path.join("config.json").exists() {
+        return None;
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
+        .collect();
+    match <[PathBuf; 1]>::try_from(ggufs) {
+        Ok([one]) => Some(one),
+        Err(_) => None,
+    }
+}
+
 /// Loads a model from an HF directory, a `.gguf` file, or a directory holding one `.gguf` file
 /// and no `config.json` (a GGUF export).
 pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
-    if path.is_dir() && !path.join("config.json").exists() {
-        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let [one] = ggufs.as_slice() {
-            return load(one, device);
-        }
+    if let Some(one) = lone_gguf(path) {
+        return load(&one, device);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
         let g = gguf::load(path, device)?;

@@ -16,19 +16,8 @@ const READABLE_DTYPES: [&str; 10] = [
 /// Checks that hone can load the checkpoint at `path` (an HF directory, a `.gguf`, or a
 /// directory holding one `.gguf`) without reading any weights.
 pub fn probe(path: &Path) -> Result<(), ModelError> {
-    if path.is_dir() && !path.join("config.json").exists() {
-        let ggufs: Vec<_> = std::fs::read_dir(path)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let [one] = ggufs.as_slice() {
-            return probe(one);
-        }
+    if let Some(one) = super::lone_gguf(path) {
+        return probe(&one);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
         let g = super::gguf::Gguf::open(path)?;
