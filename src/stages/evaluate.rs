@@ -163,6 +163,35 @@ fn model_template() -> PromptTemplate {
 /// The judge's default rubric.
 const RUBRIC: &str = "Grade an answer to a question against the reference answer.\n\nQuestion: {question}\nReference answer: {reference}\nAnswer to grade: {answer}\n\nHow correct and complete is the answer, from 1 (wrong) to {scale} (as good as the reference)? Reply with the number only.";
 
+/// `template` with each `{name}` of `values` replaced in one pass, so a value holding a
+/// placeholder's text (a question that says `{answer}`) is left as it is.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let hit = values.iter().find_map(|(name, value)| {
+            after
+                .strip_prefix(name)
+                .and_then(|t| t.strip_prefix('}'))
+                .map(|t| (value, t))
+        });
+        match hit {
+            Some((value, t)) => {
+                out.push_str(value);
+                rest = t;
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The grade in a judge's reply: the first whole number in it, if it lies in 1..=`scale`.
 fn parse_grade(reply: &str, scale: u32) -> Option<u32> {
     let digits: String = reply
@@ -880,11 +909,16 @@ fn grade(
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
             .map(|r| {
-                let text = rubric
-                    .replace("{question}", &r.prompt)
-                    .replace("{reference}", &r.reference)
-                    .replace("{answer}", &r.answer)
-                    .replace("{scale}", &j.scale.to_string());
+                let scale = j.scale.to_string();
+                let text = fill(
+                    rubric,
+                    &[
+                        ("question", &r.prompt),
+                        ("reference", &r.reference),
+                        ("answer", &r.answer),
+                        ("scale", &scale),
+                    ],
+                );
                 format.encode_prompt(&judge.tokenizer, &text)
             })
             .collect::<Result<_>>()?;
@@ -1190,6 +1224,19 @@ fn format_table(summary: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::parse_grade;
+
+    #[test]
+    fn a_rubric_is_filled_in_one_pass() {
+        let got = super::fill(
+            "Q: {question} A: {answer} of {scale} {other}",
+            &[
+                ("question", "what is {answer}?"),
+                ("answer", "42"),
+                ("scale", "5"),
+            ],
+        );
+        assert_eq!(got, "Q: what is {answer}? A: 42 of 5 {other}");
+    }
 
     #[test]
     fn a_grade_is_the_first_number_in_range() {
