@@ -820,6 +820,8 @@ fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result
         .collect();
     let material = json!({
         "evaluate_model": 1,
+        // The kind's version moves when its outputs change: old evaluations must not be reused.
+        "kind_version": <EvaluateKind as Kind>::VERSION,
         "hone": env!("CARGO_PKG_VERSION"),
         "format": crate::store::CACHE_FORMAT,
         "backend": format!("{:?}", ctx.backend),
