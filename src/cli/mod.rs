@@ -1,6 +1,7 @@
 //! The `hone` command line.
 
 mod artifact;
+mod cache;
 mod compare;
 mod docs;
 mod generate;
@@ -14,7 +15,7 @@ mod score;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::{self, BackendKind};
@@ -45,11 +46,16 @@ const AFTER: &str = "Examples:
   hone run r.yaml --only corpus --force corpus   rerun one stage regardless of the cache
   hone dag r.yaml --format mermaid               draw the stage graph
   hone show r.yaml corpus                        an artifact's summary and first rows
+  HONE_REMOTE=s3://team/hone hone run r.yaml     take what a teammate pushed, compute the rest
+  hone cache push r.yaml --remote s3://team/hone publish this recipe's results
 
 Exit codes: 0 success, 1 a stage or the store failed, 2 invalid recipe, data or arguments,
 130 interrupted (Ctrl-C; nothing half-written is kept, rerun to continue).
 Environment: HONE_STORE (store location), RUST_LOG (log filter, e.g. hone=debug),
-HONE_PROGRESS_INTERVAL (seconds between progress lines when stderr is not a terminal; 10).";
+HONE_PROGRESS_INTERVAL (seconds between progress lines when stderr is not a terminal; 10),
+HONE_REMOTE (a remote cache URL: s3://bucket/prefix, gs://, az://, https://, file:///dir),
+HONE_REMOTE_WRITE (1: upload what runs compute; 0: never), AWS_* / GOOGLE_* / AZURE_*
+(the remote's endpoint, region and credentials, as object_store reads them).";
 
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about = ABOUT, after_help = AFTER)]
@@ -134,6 +140,8 @@ enum Command {
         /// on stdout, for tools and CI logs).
         #[arg(long, value_enum, default_value_t, value_name = "FORMAT")]
         log_format: output::LogFormat,
+        #[command(flatten)]
+        remote: cache::RemoteArgs,
     },
     /// What `run` would do with the same arguments: each stage, cached or stale, and why.
     Plan {
@@ -146,6 +154,8 @@ enum Command {
         json: bool,
         #[arg(long)]
         rehash: bool,
+        #[command(flatten)]
+        remote: cache::RemoteArgs,
     },
     /// Each stage of a recipe: cached or stale, and why.
     Status {
@@ -155,6 +165,8 @@ enum Command {
         json: bool,
         #[arg(long)]
         rehash: bool,
+        #[command(flatten)]
+        remote: cache::RemoteArgs,
     },
     /// Check a recipe (syntax, types, keys, references, cycles, files, contracts); run nothing.
     Validate {
@@ -243,7 +255,7 @@ enum Command {
     /// Inspect and maintain the store.
     Cache {
         #[command(subcommand)]
-        command: CacheCommand,
+        command: cache::CacheCommand,
     },
 }
 
@@ -252,29 +264,6 @@ enum DagFormat {
     Ascii,
     Mermaid,
     Dot,
-}
-
-#[derive(Debug, Subcommand)]
-enum CacheCommand {
-    /// List the actions in the store.
-    Ls,
-    /// Disk usage of the store.
-    Du,
-    /// Check every blob against its digest; exit 1 if anything is corrupt.
-    Verify {
-        /// Forget actions with missing or corrupt blobs, so the next run recomputes them.
-        #[arg(long)]
-        repair: bool,
-    },
-    /// Remove leftovers of interrupted runs and unreferenced blobs.
-    Gc {
-        /// Also drop every action not recorded in these recipes' lockfiles (repeatable).
-        #[arg(long, value_name = "RECIPE")]
-        keep: Vec<PathBuf>,
-        /// Report what would be removed, remove nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
 }
 
 /// Runs the CLI; returns the process exit code. Call it first thing in `main` (it sets up the
@@ -372,8 +361,10 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             name,
             rehash,
             log_format,
+            remote,
         } => {
             let (recipe, dag) = load(args)?;
+            let remote = cache::open(remote, Some(&recipe))?;
             let store = Store::open(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
             install_ctrlc_handler();
             let experiment = !recipe.overrides.is_empty() && !*update_lock;
@@ -384,6 +375,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 no_lockfile: experiment,
                 no_publish: experiment,
                 name: name.clone(),
+                remote,
             };
             let mut observer: Box<dyn exec::observer::Observer> = match log_format {
                 output::LogFormat::Text => Box::new(output::Terminal::new(cli.quiet)),
@@ -411,18 +403,20 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             select,
             json,
             rehash,
+            remote,
         } => {
             let (recipe, dag) = load(args)?;
             let selection = select.selection();
             let selected = selection.resolve(&recipe, &dag)?;
             status_like(
-                cli, &recipe, &dag, &selected, &selection, *json, *rehash, true,
+                cli, &recipe, &dag, &selected, &selection, *json, *rehash, true, remote,
             )
         }
         Command::Status {
             recipe: args,
             json,
             rehash,
+            remote,
         } => {
             let (recipe, dag) = load(args)?;
             let selected = (0..recipe.stages.len()).collect();
@@ -435,6 +429,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                 *json,
                 *rehash,
                 false,
+                remote,
             )
         }
         Command::Validate { recipe: args } => {
@@ -560,7 +555,7 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cache { command } => cache(cli, command),
+        Command::Cache { command } => cache::run(cli.store.as_deref(), command),
         Command::Generate(args) => generate::run(args, cli.store.as_deref()),
         Command::Score(args) => score::run(args, cli.store.as_deref()),
     }
@@ -576,6 +571,7 @@ fn status_like(
     json: bool,
     rehash: bool,
     is_plan: bool,
+    remote: &cache::RemoteArgs,
 ) -> Result<ExitCode> {
     let root = Store::location(cli.store.as_deref(), Some(&recipe.path));
     // Planning never creates a store: an absent one is planned against as an empty one.
@@ -589,6 +585,34 @@ fn status_like(
     let mut eval = Evaluator::new(recipe, dag, &store, backend, rehash)?;
     let mut statuses = eval.statuses(selected, &|s| selection.forced(s))?;
     eval.hashes.save().ok();
+    // What a run would pull, found as the run finds it (keys downstream of a remote hit come
+    // from its manifest). Only stages missing here are looked up, so a fully cached recipe
+    // costs the remote nothing.
+    let missing = statuses
+        .iter()
+        .any(|s| s.selected && s.state != crate::plan::status::State::Cached);
+    if missing && let Some(remote) = cache::open(remote, Some(recipe))?.filter(|r| r.read) {
+        let hits = exec::remote_hits::find(
+            recipe,
+            dag,
+            &store,
+            &mut eval,
+            selected,
+            &|s| selection.forced(s),
+            &remote,
+            &mut output::StderrWarnings,
+        )?;
+        for i in hits.hits.keys() {
+            if let Some(s) = statuses
+                .iter_mut()
+                .find(|s| s.stage == recipe.stages[*i].name)
+                && s.selected
+            {
+                s.on_remote = true;
+                s.action = Some(hits.hits[i].action.clone());
+            }
+        }
+    }
     let drift = (!is_plan).then(|| eval.lockfile_drift(&statuses));
     if json {
         // Each stage says whether `run --locked` would pass for it, as the text's last line does.
@@ -630,116 +654,4 @@ fn find_recipe() -> Result<PathBuf> {
                 .join(", ")
         ),
     }
-}
-
-fn cache(cli: &Cli, command: &CacheCommand) -> Result<ExitCode> {
-    let store = Store::open_existing(&Store::location(cli.store.as_deref(), None))?;
-    match command {
-        CacheCommand::Ls => {
-            for m in store.manifests()? {
-                let size: u64 = m
-                    .outputs
-                    .values()
-                    .flat_map(|o| o.files.values().map(|f| f.size))
-                    .sum();
-                println!(
-                    "{}  {:<20} {:<9} {:>10}  {}",
-                    &m.action[..16],
-                    m.stage,
-                    m.kind,
-                    render::bytes(size),
-                    m.outputs.keys().cloned().collect::<Vec<_>>().join(",")
-                );
-            }
-            let unusable = store.unusable_manifests()?;
-            for (path, why) in &unusable {
-                println!("unusable  {} ({why})", path.display());
-            }
-            if !unusable.is_empty() {
-                println!(
-                    "{} manifests cannot be used; `hone cache verify --repair` drops them",
-                    unusable.len()
-                );
-            }
-        }
-        CacheCommand::Du => {
-            let mut total = 0;
-            for (area, (files, bytes)) in store.disk_usage()? {
-                total += bytes;
-                println!("{area:<8} {files:>7} files {:>10}", render::bytes(bytes));
-            }
-            println!(
-                "{:<8} {:>7}       {:>10}",
-                "total",
-                "",
-                render::bytes(total)
-            );
-        }
-        CacheCommand::Verify { repair } => {
-            let report = store.verify(*repair)?;
-            for p in &report.problems {
-                println!("corrupt: {p}");
-            }
-            for r in &report.reclaimable {
-                println!("reclaimable: {r}");
-            }
-            println!(
-                "verified {} actions, {} blobs, {} cache entries: {} problems, {} reclaimable{}",
-                report.actions,
-                report.blobs_checked,
-                report.cache_entries_checked,
-                report.problems.len(),
-                report.reclaimable.len(),
-                if report.reclaimable.is_empty() {
-                    ""
-                } else {
-                    " (`hone cache gc` removes them)"
-                }
-            );
-            if !report.problems.is_empty() {
-                if *repair {
-                    println!(
-                        "repaired: the broken actions are forgotten and will be recomputed by the next run"
-                    );
-                } else {
-                    println!("run `hone cache verify --repair` to forget the broken actions");
-                    return Ok(ExitCode::from(1));
-                }
-            }
-        }
-        CacheCommand::Gc { keep, dry_run } => {
-            let keep_actions = if keep.is_empty() {
-                None
-            } else {
-                let mut set = std::collections::BTreeSet::new();
-                for r in keep {
-                    let lock = r.with_extension("lock");
-                    let l = crate::store::lockfile::Lockfile::read(&lock)?.with_context(|| {
-                        format!(
-                            "{} has no lockfile ({}); run it first",
-                            r.display(),
-                            lock.display()
-                        )
-                    })?;
-                    set.extend(l.stages.into_values().map(|s| s.action));
-                }
-                Some(set)
-            };
-            let r = store.gc(keep_actions.as_ref(), *dry_run)?;
-            println!(
-                "{}{} actions, {} blobs ({}), {} leftovers, {} tokenized caches",
-                if *dry_run {
-                    "would remove "
-                } else {
-                    "removed "
-                },
-                r.actions_removed,
-                r.blobs_removed,
-                render::bytes(r.bytes_freed),
-                r.scratch_removed,
-                r.tokenized_removed
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,20 @@ pub fn kind_width<'a>(kinds: impl Iterator<Item = &'a str>) -> usize {
     kinds.map(str::len).max().unwrap_or(0).max(9)
 }
 
+/// Only the remote cache's warnings, on stderr (`hone status`, which prints its own table).
+pub struct StderrWarnings;
+
+impl Observer for StderrWarnings {
+    fn event(&mut self, event: &Event<'_>) {
+        if let Event::RemoteWarning { stage, message } = event {
+            match stage {
+                Some(stage) => eprintln!("warning: {stage}: {message}"),
+                None => eprintln!("warning: {message}"),
+            }
+        }
+    }
+}
+
 /// Lines on stdout (`ran`, `cached`, warnings, tables, the closing count) and, on a terminal,
 /// a progress bar per running stage on stderr. `quiet` keeps only errors.
 pub struct Terminal {
@@ -80,12 +94,20 @@ impl Observer for Terminal {
                 metrics,
                 warnings,
                 table,
+                pulled,
                 ..
             } => {
                 let (word, detail) = match outcome {
                     Outcome::Ran => ("ran", format!("{wall_time_s:.2}s")),
                     Outcome::Cached => ("cached", String::new()),
                     Outcome::RanElsewhere => ("cached", "by another process".to_owned()),
+                    Outcome::Pulled => (
+                        "pulled",
+                        pulled.map_or(String::new(), |t| {
+                            format!("{} {:.2}s", crate::cli::render::bytes(t.bytes), t.seconds)
+                        }),
+                    ),
+                    Outcome::OnRemote => ("remote", "not needed here".to_owned()),
                     Outcome::NotSelected => return,
                 };
                 let headline: Vec<String> = metrics
@@ -105,18 +127,41 @@ impl Observer for Terminal {
                     print!("{table}");
                 }
             }
+            Event::Pushed {
+                stage,
+                to,
+                created,
+                transfer,
+            } => {
+                if *created {
+                    println!(
+                        "  pushed  {stage:<20} {} in {:.2}s to {to}",
+                        crate::cli::render::bytes(transfer.bytes),
+                        transfer.seconds
+                    );
+                }
+            }
+            Event::RemoteWarning { stage, message } => match stage {
+                Some(stage) => println!("  warning {stage:<20} {message}"),
+                None => println!("  warning {message}"),
+            },
             Event::Published { stage, to } => {
                 println!("  exported {stage:<20} to {}", to.display());
             }
             Event::RunFinished {
                 recipe,
                 ran,
+                pulled,
                 cached,
                 not_selected,
                 wall_time_s,
                 lockfile,
             } => {
-                let mut line = format!("{recipe}: {ran} ran, {cached} cached");
+                let mut line = format!("{recipe}: {ran} ran, ");
+                if *pulled > 0 {
+                    line.push_str(&format!("{pulled} pulled, "));
+                }
+                line.push_str(&format!("{cached} cached"));
                 if *not_selected > 0 {
                     line.push_str(&format!(", {not_selected} not selected"));
                 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::backend;
 use crate::diag::did_you_mean;
 use crate::plan::dag::{Dag, EdgeKind};
-use crate::plan::status::{Evaluator, StageStatus, State};
+use crate::plan::status::{Evaluator, Reason, StageStatus, State};
 use crate::recipe::Recipe;
 use crate::store::Store;
 
@@ -53,17 +53,34 @@ pub fn statuses(
     if waiting > 0 {
         head.push_str(&format!(", {waiting} waiting on upstream"));
     }
+    let remote = statuses
+        .iter()
+        .filter(|s| s.selected && s.on_remote)
+        .count();
+    if remote > 0 {
+        head.push_str(&format!(", {remote} on the remote cache"));
+    }
     println!("{head}");
     let kw = super::output::kind_width(statuses.iter().map(|s| s.kind.as_str()));
     for s in statuses {
         let word = match (s.selected, s.state) {
             (false, _) => "skip",
+            (true, _) if s.on_remote => "pull",
             (true, State::Cached) => "cached",
             (true, State::Stale) if is_plan => "run",
             (true, State::Stale) => "stale",
             (true, State::Waiting) => "maybe",
         };
-        let why: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+        let mut why: Vec<String> = s
+            .reasons
+            .iter()
+            // An upstream's rerun does not matter to a stage the remote has under this key.
+            .filter(|r| !(s.on_remote && matches!(r, Reason::WaitsFor { .. })))
+            .map(ToString::to_string)
+            .collect();
+        if s.on_remote {
+            why.insert(0, "on the remote cache: a run pulls it".to_owned());
+        }
         let first = why.first().cloned().unwrap_or_default();
         println!("  {word:<7} {:<20} {:<kw$} {first}", s.stage, s.kind);
         for more in why.iter().skip(1) {

@@ -3,6 +3,7 @@
 //! the stage it was in.
 
 pub mod observer;
+pub mod remote_hits;
 pub mod rundir;
 pub mod tensorboard;
 
@@ -24,6 +25,7 @@ use crate::stages::context::{
     self, ArtifactView, CANCELLED, OutputView, ResolvedInput, SettingError, StageContext,
 };
 use crate::store::lockfile::{LockedStage, Lockfile};
+use crate::store::remote::{Pushed, Remote, Transfer};
 use crate::store::{CACHE_FORMAT, Manifest, Store};
 use observer::{Event, Observer};
 
@@ -42,6 +44,10 @@ pub struct RunOptions {
     pub no_publish: bool,
     /// The run's name (`hone run --name`), recorded in its run directory for `hone runs`.
     pub name: Option<String>,
+    /// The remote cache behind the store (`--remote`, `HONE_REMOTE`, the recipe's `cache:`):
+    /// stages missing here are pulled from it when it has them, and with `write` what ran is
+    /// pushed to it.
+    pub remote: Option<std::sync::Arc<Remote>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +57,11 @@ pub enum Outcome {
     Cached,
     /// Another process ran it while this one waited for the action's lock.
     RanElsewhere,
+    /// Downloaded from the remote cache (checked), not computed.
+    Pulled,
+    /// The remote cache has it and nothing in this run needs its files (the stages that read
+    /// it are cached here): recorded, not downloaded.
+    OnRemote,
     NotSelected,
 }
 
@@ -62,6 +73,9 @@ pub struct StageReport {
     pub action: Option<String>,
     pub wall_time_s: f64,
     pub warnings: Vec<String>,
+    /// What a pull downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<Transfer>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +109,22 @@ pub fn run(
     if opts.locked {
         check_locked(&mut eval, &selected)?;
     }
+    let remote = opts.remote.as_deref();
+    let mut from_remote = match remote.filter(|r| r.read) {
+        Some(r) => remote_hits::find(
+            recipe,
+            dag,
+            store,
+            &mut eval,
+            &selected,
+            &|s| opts.selection.forced(s),
+            r,
+            observer,
+        )?,
+        None => remote_hits::RemoteHits::default(),
+    };
+    // Remote hits recorded without their files: pulled if a stage that runs reads them.
+    let mut remote_only: BTreeMap<usize, Manifest> = BTreeMap::new();
     let mut rundir = rundir::RunDir::create(store, recipe, opts)?;
     let mut lockfile = eval.lockfile.clone().unwrap_or_else(|| Lockfile {
         version: 1,
@@ -137,6 +167,11 @@ pub fn run(
             };
             if let Some(m) = m {
                 known.insert(i, Known::Done(Box::new(m)));
+            } else if let Some(a) = &action
+                && let Some(m) = from_remote.hits.remove(&i).filter(|m| m.action == a.key)
+            {
+                known.insert(i, Known::Done(Box::new(m.clone())));
+                remote_only.insert(i, m);
             }
             observer.event(&Event::StageFinished {
                 stage: &stage.name,
@@ -147,6 +182,7 @@ pub fn run(
                 metrics: &serde_json::Map::new(),
                 warnings: &[],
                 table: None,
+                pulled: None,
             });
             reports.push(StageReport {
                 stage: stage.name.clone(),
@@ -155,6 +191,7 @@ pub fn run(
                 action: action.map(|a| a.key),
                 wall_time_s: 0.0,
                 warnings: vec![],
+                pulled: None,
             });
             continue;
         }
@@ -179,6 +216,7 @@ pub fn run(
         let forced = opts.selection.forced(&stage.name);
         let stage_started = Instant::now();
         let mut outcome = Outcome::Cached;
+        let mut pulled = None;
         let manifest = match store.manifest(&action.key)?.filter(|_| !forced) {
             Some(m) => m,
             None => {
@@ -192,20 +230,60 @@ pub fn run(
                         outcome = Outcome::RanElsewhere;
                         m
                     }
-                    None => {
-                        outcome = Outcome::Ran;
-                        run_stage(
-                            recipe,
-                            dag,
-                            store,
-                            &known,
-                            i,
-                            &action,
-                            backend,
-                            observer,
-                            &mut rundir,
-                        )?
-                    }
+                    None => match from_remote
+                        .hits
+                        .remove(&i)
+                        .filter(|m| m.action == action.key)
+                        .map(|m| (m, from_remote.pull.contains(&i)))
+                        .or_else(|| late_hit(remote, &from_remote, &action.key).map(|m| (m, true)))
+                        .filter(|_| !forced)
+                        .and_then(|(m, pull_now)| {
+                            let r = remote.expect("hits come from a remote");
+                            if !pull_now {
+                                return Some((Outcome::OnRemote, m, None));
+                            }
+                            if r.is_down() {
+                                return None; // warned once already; computed here
+                            }
+                            crate::store::fault_point("before-pull");
+                            match r.pull(store, &m) {
+                                Ok(t) => Some((Outcome::Pulled, m, Some(t))),
+                                Err(e) => {
+                                    observer.event(&Event::RemoteWarning {
+                                        stage: Some(&stage.name),
+                                        message: &format!(
+                                            "not pulled from {}: {e}; it runs here",
+                                            r.label
+                                        ),
+                                    });
+                                    None
+                                }
+                            }
+                        }) {
+                        Some((o, m, t)) => {
+                            outcome = o;
+                            pulled = t;
+                            if o == Outcome::OnRemote {
+                                remote_only.insert(i, m.clone());
+                            }
+                            m
+                        }
+                        None => {
+                            outcome = Outcome::Ran;
+                            pull_inputs(recipe, dag, store, remote, &mut remote_only, i)?;
+                            run_stage(
+                                recipe,
+                                dag,
+                                store,
+                                &known,
+                                i,
+                                &action,
+                                backend,
+                                observer,
+                                &mut rundir,
+                            )?
+                        }
+                    },
                 }
             }
         };
@@ -234,14 +312,21 @@ pub fn run(
             metrics: &manifest.metrics,
             warnings: &manifest.warnings,
             table: stage.spec.summary_table(&manifest.summary),
+            pulled: pulled.as_ref(),
         });
+        if outcome == Outcome::Ran
+            && let Some(r) = remote.filter(|r| r.write && !r.is_down())
+        {
+            push_one(r, store, &manifest, observer);
+        }
         // Some kinds (export) land files outside the store, also when the stage was cached.
         let recipe_dir = recipe
             .path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        let published = if opts.no_publish {
+        // A stage left on the remote has no files here to lay out.
+        let published = if opts.no_publish || outcome == Outcome::OnRemote {
             None
         } else {
             stage.spec.publish(&crate::stages::kind::Publish {
@@ -285,6 +370,7 @@ pub fn run(
             action: Some(action.key.clone()),
             wall_time_s: wall,
             warnings: manifest.warnings.clone(),
+            pulled,
         });
         known.insert(i, Known::Done(Box::new(manifest)));
     }
@@ -303,7 +389,10 @@ pub fn run(
     observer.event(&Event::RunFinished {
         recipe: &recipe.header.name,
         ran: report.count(Outcome::Ran),
-        cached: report.count(Outcome::Cached) + report.count(Outcome::RanElsewhere),
+        pulled: report.count(Outcome::Pulled),
+        cached: report.count(Outcome::Cached)
+            + report.count(Outcome::RanElsewhere)
+            + report.count(Outcome::OnRemote),
         not_selected: report.count(Outcome::NotSelected),
         wall_time_s: report.wall_time_s,
         lockfile: report
@@ -312,6 +401,79 @@ pub fn run(
             .as_deref(),
     });
     Ok(report)
+}
+
+/// The remote's manifest of an action the look-ahead did not ask for (its key depends on a
+/// stage that ran here); failures are left to the look-ahead's single warning.
+fn late_hit(
+    remote: Option<&Remote>,
+    looked: &remote_hits::RemoteHits,
+    key: &str,
+) -> Option<Manifest> {
+    let r = remote.filter(|r| r.read && !r.is_down())?;
+    if looked.looked_up.contains(key) {
+        return None;
+    }
+    r.manifest(key).ok().flatten()
+}
+
+/// Pulls the remote-only results (see [`remote_hits`]) that stage `i` reads, directly or
+/// through the training data it checks, before it runs.
+fn pull_inputs(
+    recipe: &Recipe,
+    dag: &Dag,
+    store: &Store,
+    remote: Option<&Remote>,
+    remote_only: &mut BTreeMap<usize, Manifest>,
+    i: usize,
+) -> Result<()> {
+    let Some(r) = remote else {
+        return Ok(());
+    };
+    for up in dag.ancestors(i) {
+        if let Some(m) = remote_only.remove(&up) {
+            r.pull(store, &m).with_context(|| {
+                format!(
+                    "stage `{}` reads `{}`, whose result is on {} but could not be pulled; run with --no-remote to compute everything here",
+                    recipe.stages[i].name, recipe.stages[up].name, r.label
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Write-through: uploads what a stage just committed. A failure is a warning: the result is
+/// safe in the local store, and `hone cache push` can publish it later.
+fn push_one(remote: &Remote, store: &Store, m: &Manifest, observer: &mut dyn Observer) {
+    match remote.push(store, m) {
+        Ok((pushed, t)) => {
+            if let Pushed::Conflict { remote: theirs, local } = &pushed {
+                observer.event(&Event::RemoteWarning {
+                    stage: Some(&m.stage),
+                    message: &format!(
+                        "{} already records output {} for this action, this run produced {} (the first writer wins; is the stage deterministic?)",
+                        remote.label,
+                        &theirs[..16],
+                        &local[..16]
+                    ),
+                });
+            }
+            observer.event(&Event::Pushed {
+                stage: &m.stage,
+                to: &remote.label,
+                created: pushed == Pushed::Created,
+                transfer: &t,
+            });
+        }
+        Err(e) => observer.event(&Event::RemoteWarning {
+            stage: Some(&m.stage),
+            message: &format!(
+                "not pushed to {}: {e} (it is in the local store; `hone cache push` publishes it later)",
+                remote.label
+            ),
+        }),
+    }
 }
 
 /// `--locked`: every selected stage must be recorded in the lockfile under the action key it

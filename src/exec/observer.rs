@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::Outcome;
 use crate::stages::context::Progress;
+use crate::store::remote::Transfer;
 
 /// One thing that happened during a run. Serialized (tag `event`), it is one line of
 /// `hone run --log-format json`.
@@ -43,6 +44,23 @@ pub enum Event<'a> {
         /// A table the kind renders from its summary (evaluation results), for people.
         #[serde(skip_serializing_if = "Option::is_none")]
         table: Option<String>,
+        /// What was downloaded, when the outcome is `pulled`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pulled: Option<&'a Transfer>,
+    },
+    /// What a stage committed was uploaded to the remote cache (write-through). `created` is
+    /// false when the remote had the action already.
+    Pushed {
+        stage: &'a str,
+        to: &'a str,
+        created: bool,
+        transfer: &'a Transfer,
+    },
+    /// The remote cache could not serve or take something; the run goes on without it.
+    RemoteWarning {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stage: Option<&'a str>,
+        message: &'a str,
     },
     /// The stage wrote its artifact outside the store (an export).
     Published { stage: &'a str, to: &'a Path },
@@ -50,6 +68,9 @@ pub enum Event<'a> {
     RunFinished {
         recipe: &'a str,
         ran: usize,
+        /// Stages downloaded from the remote cache.
+        #[serde(skip_serializing_if = "is_zero")]
+        pulled: usize,
         cached: usize,
         not_selected: usize,
         wall_time_s: f64,
@@ -57,6 +78,10 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         lockfile: Option<&'a Path>,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A stage as [`Event::RunStarted`] lists it.

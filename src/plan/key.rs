@@ -2,6 +2,12 @@
 //! Inputs enter by content digest (files by their bytes, upstream stages by what they produced),
 //! never by path or time, so moving a file or rerunning an upstream stage that produces the same
 //! bytes does not invalidate anything.
+//!
+//! hone's version is not in the key: a release that computes every artifact as the last one did
+//! keeps every team's cache (local and remote) valid. What a key does hold is the cache format
+//! ([`CACHE_FORMAT`]), bumped by any change to what an action produces; the shipped recipes'
+//! lockfiles, checked with `run --locked` on empty stores in the tests and by hand, catch an
+//! output that changed without a bump.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::backend::BackendKind;
 use crate::recipe::Stage;
-use crate::store::{CACHE_FORMAT, hash::hash_bytes};
+use crate::store::CACHE_FORMAT;
 
+/// Recorded in manifests and lockfiles (who produced an artifact), never hashed into a key.
 pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What the action key of `stage` hashes. `inputs` maps each input's path in the stage to its
@@ -36,7 +43,6 @@ pub fn material(
     against.sort();
     json!({
         "format": CACHE_FORMAT,
-        "hone": HONE_VERSION,
         "config": config,
         "seed": seed,
         "backend": stage.spec.uses_backend().then(|| backend.name()),
@@ -44,10 +50,7 @@ pub fn material(
     })
 }
 
-/// The key of a material: BLAKE3 of its canonical JSON (serde_json maps are sorted by key).
-pub fn action_key(material: &Value) -> String {
-    hash_bytes(material.to_string().as_bytes())
-}
+pub use crate::store::action_key;
 
 fn pointer_mut<'a>(v: &'a mut Value, dotted: &str) -> Option<&'a mut Value> {
     let pointer: String = dotted.split('.').map(|s| format!("/{s}")).collect();

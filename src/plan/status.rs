@@ -46,7 +46,8 @@ pub enum Reason {
         old: String,
         new: String,
     },
-    HoneChanged {
+    /// The cache format changed: this hone computes some artifact differently.
+    FormatChanged {
         old: String,
         new: String,
     },
@@ -70,7 +71,9 @@ impl fmt::Display for Reason {
             ),
             Reason::SeedChanged { old, new } => write!(f, "seed changed: {old} -> {new}"),
             Reason::BackendChanged { old, new } => write!(f, "backend changed: {old} -> {new}"),
-            Reason::HoneChanged { old, new } => write!(f, "hone version changed: {old} -> {new}"),
+            Reason::FormatChanged { old, new } => {
+                write!(f, "cache format changed: {old} -> {new}")
+            }
             Reason::NotInStore => write!(
                 f,
                 "in the lockfile but not in the store (was the store cleared?)"
@@ -101,6 +104,9 @@ pub struct StageStatus {
     /// record (what makes `run --locked` fail); absent when it matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockfile_drift: Option<String>,
+    /// Not cached here, but the remote cache has this action: a run pulls it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_remote: bool,
 }
 
 /// What is known of an upstream stage's output while evaluating downstream.
@@ -250,7 +256,7 @@ impl<'a> Evaluator<'a> {
                 .collect();
             let why = match (locked, why.is_empty()) {
                 (None, _) => "not in the lockfile".to_owned(),
-                (Some(_), true) => "its action key differs from the lockfile's (config, inputs or hone changed; `hone status` against the store that wrote the lockfile shows which)".to_owned(),
+                (Some(_), true) => "its action key differs from the lockfile's (config, inputs or cache format changed; `hone status` against the store that wrote the lockfile shows which)".to_owned(),
                 (Some(_), false) => why.join("; "),
             };
             drift.push((s.stage.clone(), why));
@@ -323,6 +329,7 @@ impl<'a> Evaluator<'a> {
                 reasons,
                 selected: selected.contains(&i),
                 lockfile_drift: None,
+                on_remote: false,
             });
         }
         Ok(out)
@@ -365,7 +372,7 @@ fn diff(old: &Manifest, new: &Action) -> Vec<Reason> {
             (|old, new| Reason::SeedChanged { old, new }) as fn(String, String) -> Reason,
         ),
         ("backend", |old, new| Reason::BackendChanged { old, new }),
-        ("hone", |old, new| Reason::HoneChanged { old, new }),
+        ("format", |old, new| Reason::FormatChanged { old, new }),
     ] {
         if o.get(field) != n.get(field) {
             reasons.push(make(show(o.get(field)), show(n.get(field))));

@@ -41,6 +41,10 @@ pub struct RecipeFile {
     /// Where metrics go besides each run's `metrics.jsonl`: `logging: { tensorboard: runs/tb }`.
     #[serde(default, skip_serializing_if = "Logging::is_empty")]
     pub logging: Logging,
+    /// A remote cache behind the local store, shared between teams:
+    /// `cache: { remote: s3://bucket/hone, write: false }`. Not part of any action key.
+    #[serde(default, skip_serializing_if = "CacheSettings::is_empty")]
+    pub cache: CacheSettings,
     /// Base recipe(s) to deep-merge under this one (paths relative to this file); this file wins,
     /// and `key: null` removes an inherited key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +104,52 @@ pub struct Logging {
 impl Logging {
     fn is_empty(&self) -> bool {
         self.tensorboard.is_none()
+    }
+}
+
+/// The remote cache (object storage) behind the local store. Settings here apply when the
+/// remote comes from the recipe; `--remote URL` / `HONE_REMOTE` replace it (with their own
+/// provider settings from the environment), `--no-remote` turns it off, and
+/// `HONE_REMOTE_WRITE=1` / `=0` overrides `write` (CI publishes, laptops read). Credentials
+/// never go here: they come from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `GOOGLE_APPLICATION_CREDENTIALS`, ...) or the provider's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Where: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
+    /// `https://host/path` (WebDAV) or `file:///shared/dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Take stages missing from the local store from the remote (checked on arrival).
+    #[serde(default = "yes")]
+    pub read: bool,
+    /// Upload what this machine computes (write-through).
+    #[serde(default)]
+    pub write: bool,
+    /// Provider settings, as `object_store` names them: `endpoint`, `region`, `allow_http`,
+    /// `timeout`, ... (no credentials).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            remote: None,
+            read: true,
+            write: false,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl CacheSettings {
+    fn is_empty(&self) -> bool {
+        *self == CacheSettings::default()
     }
 }
 

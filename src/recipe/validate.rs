@@ -30,6 +30,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
                 .help("a short name such as `car-assistant`: it names run directories and reports"),
         );
     }
+    check_cache(recipe, &mut diags);
     if let Err(e) = backend::check_available(recipe.header.backend) {
         diags.push(Diagnostic::new(e.to_string()).at(recipe.value_location("backend")));
     }
@@ -84,6 +85,35 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             diags.0.extend(more.0);
             Err(diags)
         }
+    }
+}
+
+/// The `cache:` block: a URL hone can use, and no credentials in the recipe.
+fn check_cache(recipe: &Recipe, diags: &mut Diagnostics) {
+    use crate::store::remote;
+    let cache = &recipe.header.cache;
+    if let Some(url) = &cache.remote
+        && let Err(e) = remote::parse_url(url)
+    {
+        diags.push(
+            Diagnostic::new(format!("cache.remote: {e}")).at(recipe.value_location("cache.remote")),
+        );
+    }
+    for key in cache.options.keys() {
+        if remote::is_secret_option(key) {
+            diags.push(
+                Diagnostic::new(format!("cache.options.{key} would put a credential in the recipe"))
+                    .at(recipe.key_location(&join("cache.options", key)))
+                    .help("credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY) or the provider's files; remove it here"),
+            );
+        }
+    }
+    if cache.remote.is_none() && (cache.write || !cache.options.is_empty()) {
+        diags.push(
+            Diagnostic::new("cache: `write` and `options` need a `remote`")
+                .at(recipe.key_location("cache"))
+                .help("add `remote: s3://bucket/prefix` (or give one with --remote / HONE_REMOTE)"),
+        );
     }
 }
 

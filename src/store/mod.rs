@@ -19,6 +19,7 @@
 
 pub mod hash;
 pub mod lockfile;
+pub mod remote;
 pub mod sealed;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +32,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the layout or the meaning of action keys changes, or what an action with
-/// the same key produces; part of every key.
+/// the same key produces; part of every key. It, not hone's version, is what invalidates
+/// caches: keep it unchanged across releases that produce the same artifacts.
 /// 2: one stop-token rule (a list `eos_token_id` ends generated answers in stages too, not only
 /// in `hone generate`), and JSON floats parsed exactly in every build (serde_json's
 /// `float_roundtrip`, which only test builds had).
@@ -42,7 +44,10 @@ use serde::{Deserialize, Serialize};
 /// (`tokenizer_config.json` with the chat template it was trained with, special tokens;
 /// `generation_config.json`), adapters carry their tokenizer, and a stage's `template: model`
 /// on a trained model uses the template that model was trained with.
-pub const CACHE_FORMAT: u32 = 4;
+/// 5: hone's version left the action key (this format stands for what actions produce, so
+/// a release that changes no output keeps every cache, local and remote); the remote cache
+/// (`remote`) shares actions by these keys.
+pub const CACHE_FORMAT: u32 = 5;
 
 /// The type of an artifact, for contracts between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,6 +212,12 @@ pub fn is_relative_path(s: &str) -> bool {
 /// An output name: one plain component.
 pub fn is_plain_name(s: &str) -> bool {
     is_relative_path(s) && !s.contains('/')
+}
+
+/// The key of an action: BLAKE3 of the canonical JSON of its material (serde_json maps are
+/// sorted by key). A manifest read from elsewhere proves it belongs under a key by hashing to it.
+pub fn action_key(material: &serde_json::Value) -> String {
+    hash::hash_bytes(material.to_string().as_bytes())
 }
 
 pub fn artifact_digest(outputs: &BTreeMap<String, OutputEntry>) -> String {
@@ -530,13 +541,49 @@ impl Store {
             File::open(dir)?.sync_all()?;
         }
         fault_point("before-manifest");
-        let path = self.manifest_path(&manifest.action)?;
-        fs::create_dir_all(path.parent().expect("manifest has a parent"))?;
-        write_atomic_with(&path, &serde_json::to_vec_pretty(&manifest)?, || {
-            fault_point("manifest-tmp-written")
-        })?;
+        self.record_manifest(&manifest)?;
         fault_point("after-manifest");
         Ok(manifest)
+    }
+
+    /// Writes `m` as the manifest of its action, atomically: the last step of a commit, once
+    /// every blob it names is in `blobs/` (a commit, or a pull from a remote).
+    pub fn record_manifest(&self, m: &Manifest) -> Result<()> {
+        let path = self.manifest_path(&m.action)?;
+        fs::create_dir_all(path.parent().expect("manifest has a parent"))?;
+        write_atomic_with(&path, &serde_json::to_vec_pretty(m)?, || {
+            fault_point("manifest-tmp-written")
+        })
+    }
+
+    /// A fresh path in `scratch/` for a file being downloaded (gc removes leftovers).
+    pub fn download_path(&self) -> PathBuf {
+        let n = SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("scratch")
+            .join(format!("download-{}-{n}", std::process::id()))
+    }
+
+    /// Moves `file`, whose content the caller checked hashes to `digest`, into `blobs/` (synced,
+    /// read-only); removes it instead when the store has that blob already.
+    pub fn adopt_blob(&self, file: &Path, digest: &str) -> Result<()> {
+        if !is_digest(digest) {
+            bail!("`{}` is not a digest", digest.escape_debug());
+        }
+        let dst = self.blob_path(digest);
+        if dst.is_file() {
+            fs::remove_file(file)?;
+            return Ok(());
+        }
+        File::open(file)?.sync_all()?;
+        let dir = dst.parent().expect("blob has a parent");
+        fs::create_dir_all(dir)?;
+        let mut perms = fs::metadata(file)?.permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(file, perms)?;
+        fs::rename(file, &dst)?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
     }
 
     /// Checks a manifest's blobs against their digests (verification on read).

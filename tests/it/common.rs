@@ -33,6 +33,8 @@ impl Project {
         c.args(args)
             .current_dir(self.dir.path())
             .env_remove("HONE_STORE")
+            .env_remove("HONE_REMOTE")
+            .env_remove("HONE_REMOTE_WRITE")
             .env_remove("RUST_LOG");
         c
     }
@@ -169,10 +171,20 @@ fn interrupt_at(
     announce: &str,
     signal: &str,
 ) -> (Option<i32>, Vec<String>) {
+    interrupt_at_with(p, args, &[(var, value)], announce, signal)
+}
+
+fn interrupt_at_with(
+    p: &Project,
+    args: &[&str],
+    env: &[(&str, String)],
+    announce: &str,
+    signal: &str,
+) -> (Option<i32>, Vec<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = p
         .cmd(args)
-        .env(var, value)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -219,6 +231,29 @@ pub fn kill_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
         "KILL",
     )
     .1
+}
+
+/// [`kill_at`] with more environment (a remote's endpoint and credentials).
+pub fn kill_at_with(
+    p: &Project,
+    args: &[&str],
+    point: &str,
+    env: &[(&str, String)],
+) -> Vec<String> {
+    let mut env = env.to_vec();
+    env.push(("HONE_TEST_FAULT", point.to_owned()));
+    interrupt_at_with(p, args, &env, &format!("hone-fault-point: {point}"), "KILL").1
+}
+
+/// The shipped quickstart recipe, its paths made absolute so it runs from any directory (its
+/// export lands in the project's `dist/`).
+pub fn quickstart_recipe() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join("recipes/quickstart.yaml"))
+        .unwrap()
+        .replace("../data/", &format!("{}/data/", root.display()))
+        .replace("../schemas/", &format!("{}/schemas/", root.display()))
+        .replace("../dist/", "dist/")
 }
 
 /// Runs `hone args` paused at `point` (`HONE_TEST_PAUSE`), presses Ctrl-C there (SIGINT),

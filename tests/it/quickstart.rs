@@ -5,21 +5,17 @@
 
 use std::path::Path;
 
-use crate::common::{Project, metric};
+use crate::common::{Project, metric, quickstart_recipe};
 
 #[test]
 fn the_quickstart_runs_end_to_end_and_then_is_cached() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let recipe = std::fs::read_to_string(root.join("recipes/quickstart.yaml"))
-        .unwrap()
-        .replace("../data/", &format!("{}/data/", root.display()))
-        .replace("../schemas/", &format!("{}/schemas/", root.display()))
-        .replace("../dist/", "dist/");
+    let recipe = quickstart_recipe();
     let p = Project::new();
     p.write("quickstart.yaml", &recipe);
     let first = p.hone(&["run", "quickstart.yaml"]);
     let out = first.ok();
     assert_eq!(first.ran().len(), 13, "{out}");
+    outputs_match_the_cache_format(&p);
     assert!(
         out.contains("model  perplexity  token_accuracy  exact_match  contains  token_f1   rouge_l  answer_perplexity  reward_score  reward_score_sampled  win_rate_vs_base"),
         "{out}"
@@ -133,4 +129,34 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     let rerun = p.hone(&["run", "quickstart.yaml", "--set", "stages.dpo.beta=0.2"]);
     rerun.ok();
     assert_eq!(rerun.ran(), ["dpo", "evaluate"]);
+}
+
+/// The cache format, not hone's version, is what invalidates every team's cache (local and
+/// remote), so it must change exactly when outputs do: the quickstart's outputs are recorded
+/// per format in a fixture, and an output that changes under the same format fails here.
+fn outputs_match_the_cache_format(p: &Project) {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cache_format_outputs.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        fixture["format"],
+        hone::store::CACHE_FORMAT,
+        "CACHE_FORMAT changed: relock the shipped recipes and record the quickstart's new outputs in tests/fixtures/cache_format_outputs.json"
+    );
+    let lock: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(p.path("quickstart.lock")).unwrap()).unwrap();
+    let expected = fixture["artifacts"].as_object().unwrap();
+    assert_eq!(lock["stages"].as_mapping().unwrap().len(), expected.len());
+    for (stage, digest) in expected {
+        assert_eq!(
+            lock["stages"][stage.as_str()]["artifact"].as_str(),
+            digest.as_str(),
+            "stage `{stage}` produced another output under cache format {}: if the change means to alter outputs, bump CACHE_FORMAT (src/store/mod.rs) and update tests/fixtures/cache_format_outputs.json; if not, it is a regression",
+            hone::store::CACHE_FORMAT
+        );
+    }
 }

@@ -1,0 +1,424 @@
+//! The remote cache: one team's results are another's cache hits, through a real S3 server on
+//! loopback (moto) and `file://` remotes; everything pulled is checked, a push killed at any
+//! step or raced by another leaves the remote consistent, and a remote that is down never
+//! fails a run that can compute locally.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::common::{Project, Run, kill_at_with, quickstart_recipe, two_dataset_project};
+use crate::services::S3Server;
+
+fn with_env(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {
+    Run(p
+        .cmd(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("hone runs"))
+}
+
+/// Stage names on lines that start with `word` (`pulled`, `ran`).
+fn stages(out: &str, word: &str) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix(&format!("{word} ")))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
+fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+/// The remote's file of a digest (`blobs/ab/<d>`) or an action (`actions/ab/<k>.json`).
+fn remote_blob(root: &Path, digest: &str) -> PathBuf {
+    root.join("blobs").join(&digest[..2]).join(digest)
+}
+
+fn remote_manifest(root: &Path, action: &str) -> PathBuf {
+    root.join("actions")
+        .join(&action[..2])
+        .join(format!("{action}.json"))
+}
+
+/// Both lockfiles record the same action and output for every stage (a stage recomputed here
+/// has its own wall time).
+fn assert_same_results(a: &Project, b: &Project, lock: &str) {
+    let read = |p: &Project| -> Vec<(String, String, String)> {
+        let l: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(p.path(lock)).unwrap()).unwrap();
+        l["stages"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_owned(),
+                    v["action"].as_str().unwrap().to_owned(),
+                    v["artifact"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(read(a), read(b));
+}
+
+fn lock_entry(p: &Project, lock: &str, stage: &str, field: &str) -> String {
+    let lock: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(p.path(lock)).unwrap()).unwrap();
+    lock["stages"][stage][field].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn two_teams_share_the_quickstart_through_s3() {
+    let server = S3Server::start();
+    let mut env = server.env();
+    env.push(("HONE_REMOTE", server.url("hone")));
+    let recipe = quickstart_recipe();
+
+    // Team A computes everything and publishes it (write-through).
+    let a = Project::new();
+    a.write("quickstart.yaml", &recipe);
+    let mut write = env.clone();
+    write.push(("HONE_REMOTE_WRITE", "1".into()));
+    let run_a = with_env(&a, &["run", "quickstart.yaml"], &write);
+    let out = run_a.ok();
+    assert_eq!(run_a.ran().len(), 13, "{out}");
+    assert_eq!(stages(&out, "pushed").len(), 13, "{out}");
+    let lock_a = std::fs::read(a.path("quickstart.lock")).unwrap();
+
+    // Team B, in a fresh project with an empty store: every stage is pulled, nothing trains,
+    // and its lockfile is team A's byte for byte.
+    let b = Project::new();
+    b.write("quickstart.yaml", &recipe);
+    let status = with_env(&b, &["status", "quickstart.yaml"], &env).ok();
+    assert!(status.contains("13 on the remote cache"), "{status}");
+    let run_b = with_env(&b, &["run", "quickstart.yaml"], &env);
+    let out = run_b.ok();
+    assert!(run_b.ran().is_empty(), "{out}");
+    assert_eq!(stages(&out, "pulled").len(), 13, "{out}");
+    assert!(out.contains("0 ran, 13 pulled, 0 cached"), "{out}");
+    assert_eq!(std::fs::read(b.path("quickstart.lock")).unwrap(), lock_a);
+    assert!(b.path("dist/car-assistant/model.safetensors").is_file());
+    // What was pulled is whole: the local store verifies, and --locked without the remote
+    // computes nothing.
+    b.hone(&["cache", "verify"]).ok();
+    let again = b.hone(&["run", "quickstart.yaml", "--locked"]);
+    assert!(
+        again.ok().contains("0 ran, 13 cached"),
+        "{}",
+        again.stdout()
+    );
+
+    // `hone cache pull` takes exactly the lockfile's actions.
+    let c = Project::new();
+    c.write("quickstart.yaml", &recipe);
+    std::fs::write(c.path("quickstart.lock"), &lock_a).unwrap();
+    let pulled = with_env(&c, &["cache", "pull", "quickstart.yaml"], &env).ok();
+    assert!(pulled.contains("pulled 13 actions"), "{pulled}");
+    let locked = c.hone(&["run", "quickstart.yaml", "--locked", "--no-remote"]);
+    assert!(
+        locked.ok().contains("0 ran, 13 cached"),
+        "{}",
+        locked.stdout()
+    );
+
+    // Team B's own recipe extends the quickstart with another DPO beta: everything up to DPO
+    // comes from team A, and only DPO and the evaluation that reads it train.
+    let d = Project::new();
+    d.write("quickstart.yaml", &recipe);
+    d.write(
+        "team_b.yaml",
+        "version: 1\nname: team-b\nextends: quickstart.yaml\nstages:\n  dpo:\n    beta: 0.2\n",
+    );
+    let run_d = with_env(&d, &["run", "team_b.yaml"], &env);
+    let out = run_d.ok();
+    assert_eq!(stages(&out, "ran"), ["dpo", "evaluate"], "{out}");
+    assert_eq!(stages(&out, "pulled").len(), 11, "{out}");
+}
+
+#[test]
+fn a_corrupt_blob_or_a_forged_manifest_is_recomputed() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    let pushed = with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+    assert_eq!(stages(&pushed, "pushed").len(), 3, "{pushed}");
+
+    // One blob of `qa` altered on the remote (same size), and the manifest of `reviews`
+    // rewritten to claim another action's record (a forger's result under a wanted key).
+    let qa_action = lock_entry(&a, "r.lock", "qa", "action");
+    let qa: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(remote_manifest(remote.path(), &qa_action)).unwrap())
+            .unwrap();
+    let digest = qa["outputs"]["train"]["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blob = remote_blob(remote.path(), &digest);
+    let len = std::fs::metadata(&blob).unwrap().len() as usize;
+    std::fs::write(&blob, vec![b'x'; len]).unwrap();
+    let reviews_action = lock_entry(&a, "r.lock", "reviews", "action");
+    let reviews_path = remote_manifest(remote.path(), &reviews_action);
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&reviews_path).unwrap()).unwrap();
+    forged["material"] = qa["material"].clone();
+    std::fs::write(&reviews_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+
+    let verify = a.hone(&["cache", "remote", "verify", "--deep", "--remote", &url]);
+    assert_eq!(verify.code(), 1, "{}", verify.stdout());
+    assert!(
+        verify.stdout().contains("does not prove its key")
+            && verify.stdout().contains("does not match its digest"),
+        "{}",
+        verify.stdout()
+    );
+
+    // A second team gets both recomputed, with a warning each, and the same results.
+    let b = two_dataset_project();
+    let run = b.hone(&["run", "r.yaml", "--remote", &url]);
+    let out = run.ok();
+    assert_eq!(stages(&out, "ran"), ["qa", "reviews"], "{out}");
+    assert_eq!(stages(&out, "pulled"), ["qa_clean"], "{out}");
+    assert!(out.contains("does not match its digest"), "{out}");
+    assert!(out.contains("does not prove its key"), "{out}");
+    assert_same_results(&a, &b, "r.lock");
+    // Nothing of the bad blob reached the store.
+    b.hone(&["cache", "verify"]).ok();
+}
+
+#[test]
+fn a_push_killed_at_any_step_leaves_no_manifest_and_the_next_push_completes() {
+    let server = S3Server::start();
+    let env = server.env();
+    for point in ["remote-mid-blobs", "remote-before-manifest"] {
+        let url = server.url(point);
+        let p = two_dataset_project();
+        p.hone(&["run", "r.yaml"]).ok();
+        kill_at_with(
+            &p,
+            &["cache", "push", "r.yaml", "--remote", &url],
+            point,
+            &env,
+        );
+        // Blobs may be there; no manifest is, so no one can pull a half-pushed action.
+        let ls = with_env(&p, &["cache", "remote", "ls", "--remote", &url], &env).ok();
+        assert_eq!(ls.trim(), "", "{point}: {ls}");
+        with_env(&p, &["cache", "remote", "verify", "--remote", &url], &env).ok();
+        // The rest goes up in multipart uploads (every blob above 1 KB), as large ones do.
+        let mut multipart = env.clone();
+        multipart.push(("HONE_REMOTE_MULTIPART_BYTES", "1000".into()));
+        let again = with_env(
+            &p,
+            &["cache", "push", "r.yaml", "--remote", &url],
+            &multipart,
+        )
+        .ok();
+        assert!(again.contains("pushed 3 actions"), "{point}: {again}");
+        let verify = with_env(
+            &p,
+            &["cache", "remote", "verify", "--deep", "--remote", &url],
+            &env,
+        )
+        .ok();
+        assert!(verify.contains("verified 3 actions"), "{verify}");
+    }
+}
+
+#[test]
+fn two_pushers_at_once_leave_one_valid_manifest_per_action() {
+    let server = S3Server::start();
+    let url = server.url("race");
+    let (a, b) = (two_dataset_project(), two_dataset_project());
+    a.hone(&["run", "r.yaml"]).ok();
+    b.hone(&["run", "r.yaml"]).ok();
+    // Both upload their blobs, then wait, so their manifests are created at the same moment.
+    let mut env = server.env();
+    env.push(("HONE_TEST_PAUSE", "remote-before-manifest=1500".into()));
+    let spawn = |p: &Project| {
+        p.cmd(&["cache", "push", "r.yaml", "--remote", &url])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(&a), spawn(&b));
+    let outs = [
+        Run(ca.wait_with_output().unwrap()),
+        Run(cb.wait_with_output().unwrap()),
+    ];
+    let created: usize = outs
+        .iter()
+        .map(|r| {
+            let out = r.ok();
+            assert!(!out.contains("warning"), "{out}");
+            out.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(created, 3, "each action is created by exactly one pusher");
+    let verify = with_env(
+        &a,
+        &["cache", "remote", "verify", "--deep", "--remote", &url],
+        &server.env(),
+    )
+    .ok();
+    assert!(verify.contains("verified 3 actions"), "{verify}");
+}
+
+#[test]
+fn a_remote_that_is_down_never_fails_a_run_that_can_compute() {
+    // Nothing listens on this port: the run warns once and computes everything.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("HONE_REMOTE", "s3://nowhere/hone".into()),
+        ("HONE_REMOTE_WRITE", "1".into()),
+    ];
+    let p = two_dataset_project();
+    let run = with_env(&p, &["run", "r.yaml"], &dead);
+    let out = run.ok();
+    assert_eq!(run.ran().len(), 3, "{out}");
+    assert_eq!(
+        out.matches("remote unavailable").count(),
+        1,
+        "one warning, then the run does without the remote: {out}"
+    );
+    // Everything local: neither status nor run contacts the remote at all.
+    let status = with_env(&p, &["status", "r.yaml"], &dead);
+    assert!(!status.stderr().contains("warning"), "{}", status.stderr());
+    let cached = with_env(&p, &["run", "r.yaml"], &dead).ok();
+    assert!(!cached.contains("warning"), "{cached}");
+
+    // The remote goes down in the middle of a run that was pulling from it.
+    let mut server = S3Server::start();
+    let mut env = server.env();
+    env.push(("HONE_REMOTE", server.url("hone")));
+    let a = two_dataset_project();
+    env.push(("HONE_REMOTE_WRITE", "1".into()));
+    with_env(&a, &["run", "r.yaml"], &env).ok();
+    env.pop();
+    let b = two_dataset_project();
+    env.push(("HONE_TEST_PAUSE", "before-pull=2000".into()));
+    let mut child = b
+        .cmd(&["run", "r.yaml"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stderr is drained to the end (a closed pipe would end hone with SIGPIPE).
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let paused = rx.iter().any(|l| l == "hone-pause-point: before-pull");
+    assert!(paused, "the run never reached its first pull");
+    server.stop();
+    let run = Run(child.wait_with_output().unwrap());
+    let out = run.ok();
+    assert_eq!(run.ran().len(), 3, "{out}");
+    assert!(out.contains("remote unavailable"), "{out}");
+    assert_same_results(&a, &b, "r.lock");
+}
+
+#[test]
+fn remote_settings_are_checked_and_keep_credentials_out_of_recipes() {
+    let p = two_dataset_project();
+    let recipe = std::fs::read_to_string(p.path("r.yaml")).unwrap();
+    let with_cache = |cache: &str| recipe.replacen("stages:\n", &format!("{cache}stages:\n"), 1);
+    p.write("bad.yaml", &with_cache("cache:\n  remote: ftp://host/x\n"));
+    let bad = p.hone(&["validate", "bad.yaml"]);
+    assert_eq!(bad.code(), 2);
+    assert!(
+        bad.stderr().contains("bad.yaml:5:") && bad.stderr().contains("not supported"),
+        "{}",
+        bad.stderr()
+    );
+    p.write(
+        "secret.yaml",
+        &with_cache(
+            "cache:\n  remote: s3://b/p\n  options:\n    region: eu-west-1\n    aws_secret_access_key: hunter2\n",
+        ),
+    );
+    let secret = p.hone(&["validate", "secret.yaml"]);
+    assert_eq!(secret.code(), 2);
+    assert!(
+        secret.stderr().contains("secret.yaml:8:") && secret.stderr().contains("credential"),
+        "{}",
+        secret.stderr()
+    );
+    p.write(
+        "unknown.yaml",
+        &with_cache("cache:\n  remote: file:///tmp/x\n  writ: true\n"),
+    );
+    let unknown = p.hone(&["validate", "unknown.yaml"]);
+    assert!(unknown.stderr().contains("write"), "{}", unknown.stderr());
+    // A URL with credentials in it is refused on the command line too, without echoing them.
+    let url = p.hone(&["status", "r.yaml", "--remote", "https://me:hunter2@host/x"]);
+    assert_eq!(url.code(), 1, "{}", url.stderr());
+    assert!(url.stderr().contains("credentials"), "{}", url.stderr());
+    assert!(!url.stderr().contains("hunter2"), "{}", url.stderr());
+}
+
+#[test]
+fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+
+    // Here everything ran once, then `qa`'s result was dropped while `qa_clean`, which reads
+    // it, stayed: a run needs nothing of `qa`, so nothing of it is downloaded.
+    let b = two_dataset_project();
+    b.hone(&["run", "r.yaml"]).ok();
+    let qa = lock_entry(&b, "r.lock", "qa", "action");
+    std::fs::remove_file(
+        b.store()
+            .join("actions")
+            .join(&qa[..2])
+            .join(format!("{qa}.json")),
+    )
+    .unwrap();
+    b.hone(&["cache", "gc"]).ok();
+    let blobs = b.blobs();
+    let lock = std::fs::read(b.path("r.lock")).unwrap();
+    let run = b.hone(&["run", "r.yaml", "--remote", &url]);
+    let out = run.ok();
+    assert!(run.ran().is_empty(), "{out}");
+    assert_eq!(stages(&out, "remote"), ["qa"], "{out}");
+    assert_eq!(b.blobs(), blobs, "nothing was downloaded: {out}");
+    assert_eq!(std::fs::read(b.path("r.lock")).unwrap(), lock);
+
+    // Once a stage that reads it runs, it is pulled first.
+    let forced = b.hone(&["run", "r.yaml", "--remote", &url, "--force", "qa_clean"]);
+    let out = forced.ok();
+    assert_eq!(stages(&out, "pulled"), ["qa"], "{out}");
+    assert_eq!(forced.ran(), ["qa_clean"], "{out}");
+    b.hone(&["cache", "verify"]).ok();
+}
