@@ -92,14 +92,27 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
 fn check_cache(recipe: &Recipe, diags: &mut Diagnostics) {
     use crate::store::remote;
     let cache = &recipe.header.cache;
-    if let Some(url) = &cache.remote
-        && let Err(e) = remote::parse_url(url)
-    {
-        diags.push(
-            Diagnostic::new(format!("cache.remote: {e}")).at(recipe.value_location("cache.remote")),
-        );
-    }
+    let scheme = match cache.remote.as_deref().map(remote::parse_url) {
+        Some(Ok(url)) => Some(url.scheme().to_owned()),
+        Some(Err(e)) => {
+            diags.push(
+                Diagnostic::new(format!("cache.remote: {e}"))
+                    .at(recipe.value_location("cache.remote")),
+            );
+            None
+        }
+        None => None,
+    };
     for key in cache.options.keys() {
+        if let Some(scheme) = &scheme
+            && !remote::is_secret_option(key)
+            && let Err(why) = remote::check_option(scheme, key)
+        {
+            diags.push(
+                Diagnostic::new(format!("cache.options: {why}"))
+                    .at(recipe.key_location(&join("cache.options", key))),
+            );
+        }
         if remote::is_secret_option(key) {
             diags.push(
                 Diagnostic::new(format!("cache.options.{key} would put a credential in the recipe"))

@@ -26,8 +26,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -148,9 +148,15 @@ fn one_line(e: &dyn std::error::Error) -> String {
     }
     let s: String = s.chars().filter(|c| !c.is_control()).collect();
     // A signed URL in an error would show its signature.
-    regex::Regex::new(r"\?[^\s)]*")
+    let mut s = regex::Regex::new(r"\?[^\s)]*")
         .map(|re| re.replace_all(&s, "").into_owned())
-        .unwrap_or(s)
+        .unwrap_or(s);
+    // Servers put whole XML error documents in their messages.
+    if let Some((cut, _)) = s.char_indices().nth(400) {
+        s.truncate(cut);
+        s.push_str(" ...");
+    }
+    s
 }
 
 /// What a pull moved.
@@ -180,11 +186,17 @@ pub struct Remote {
     pub label: String,
     pub read: bool,
     pub write: bool,
+    settings: RemoteSettings,
+    client: OnceLock<Result<Client, String>>,
+    /// Set at the first failure to reach the remote: the rest of the run does without it.
+    down: AtomicBool,
+}
+
+/// What talks to the remote: built on first use.
+struct Client {
     objects: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     runtime: tokio::runtime::Runtime,
-    /// Set at the first failure to reach the remote: the rest of the run does without it.
-    down: AtomicBool,
 }
 
 impl std::fmt::Debug for Remote {
@@ -201,17 +213,12 @@ impl std::fmt::Debug for Remote {
 const REQUEST_TIMEOUT: &str = "60s";
 const CONNECT_TIMEOUT: &str = "5s";
 
-impl Remote {
-    /// Opens the remote of `settings`; contacts nothing yet. Errors are configuration errors
-    /// (a malformed URL, an unknown option), not an unreachable server.
-    pub fn open(settings: &RemoteSettings) -> Result<Remote> {
+impl Client {
+    /// Builds the client of a remote (checked by [`Remote::open`]): provider settings from
+    /// the environment and the options, the retry policy and time-outs, an I/O runtime.
+    fn build(settings: &RemoteSettings) -> Result<Client> {
         let url = parse_url(&settings.url)?;
         let label = display_url(&settings.url);
-        if let Some(k) = settings.options.keys().find(|k| is_secret_option(k)) {
-            bail!(
-                "remote option `{k}` would carry a credential; give credentials through the environment or the provider's files, never in a recipe"
-            );
-        }
         let retry = object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -297,15 +304,82 @@ impl Remote {
             .context("cannot start the remote's I/O runtime")?;
         let prefix = ObjectPath::from_url_path(prefix.trim_matches('/'))
             .with_context(|| format!("`{label}`: the path is not a valid object prefix"))?;
-        Ok(Remote {
-            label,
-            read: settings.read,
-            write: settings.write,
+        Ok(Client {
             objects,
             prefix,
             runtime,
+        })
+    }
+
+    fn location(&self, rel: &str) -> ObjectPath {
+        rel.split('/')
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    fn manifest_location(&self, action: &str) -> ObjectPath {
+        self.location(&format!("actions/{}/{action}.json", &action[..2]))
+    }
+
+    fn blob_location(&self, digest: &str) -> ObjectPath {
+        self.location(&format!("blobs/{}/{digest}", &digest[..2]))
+    }
+}
+
+/// Whether `key` is a setting `object_store` knows for remotes of `scheme` (`s3`, `gs`, ...).
+pub fn check_option(scheme: &str, key: &str) -> Result<(), String> {
+    use object_store::ClientConfigKey;
+    use object_store::aws::AmazonS3ConfigKey;
+    use object_store::azure::AzureConfigKey;
+    use object_store::gcp::GoogleConfigKey;
+    let known = match scheme {
+        "file" => return Err("file:// remotes take no options".into()),
+        "s3" | "s3a" => key.parse::<AmazonS3ConfigKey>().map(|_| ()),
+        "gs" => key.parse::<GoogleConfigKey>().map(|_| ()),
+        "http" | "https" => key.parse::<ClientConfigKey>().map(|_| ()),
+        _ => key.parse::<AzureConfigKey>().map(|_| ()),
+    };
+    known.map_err(|_| {
+        format!(
+            "`{}` is not a setting of {scheme}:// remotes (object_store's names: endpoint, region, allow_http, timeout, ...)",
+            key.escape_debug()
+        )
+    })
+}
+
+impl Remote {
+    /// Opens the remote of `settings`: checks the URL and the options (no credentials, only
+    /// settings the provider knows) and contacts nothing; the client is built on first use, so
+    /// a run that finds everything in the local store pays nothing for its remote.
+    pub fn open(settings: &RemoteSettings) -> Result<Remote> {
+        let url = parse_url(&settings.url)?;
+        for k in settings.options.keys() {
+            if is_secret_option(k) {
+                bail!(
+                    "remote option `{k}` would carry a credential; give credentials through the environment or the provider's files, never in a recipe"
+                );
+            }
+            check_option(url.scheme(), k).map_err(anyhow::Error::msg)?;
+        }
+        Ok(Remote {
+            label: display_url(&settings.url),
+            read: settings.read,
+            write: settings.write,
+            settings: settings.clone(),
+            client: OnceLock::new(),
             down: AtomicBool::new(false),
         })
+    }
+
+    /// The client, built at the first request; a failure to build it (bad settings the
+    /// provider found, no runtime) makes the remote unavailable for this process.
+    fn client(&self) -> Result<&Client, RemoteError> {
+        let built = self
+            .client
+            .get_or_init(|| Client::build(&self.settings).map_err(|e| format!("{e:#}")));
+        let r = built
+            .as_ref()
+            .map_err(|e| RemoteError::Unavailable(e.clone()));
+        self.note(r)
     }
 
     /// Whether an earlier request found the remote unreachable (the run goes on without it).
@@ -321,19 +395,6 @@ impl Remote {
         r
     }
 
-    fn location(&self, rel: &str) -> ObjectPath {
-        rel.split('/')
-            .fold(self.prefix.clone(), |p, part| p.join(part))
-    }
-
-    fn manifest_location(&self, action: &str) -> ObjectPath {
-        self.location(&format!("actions/{}/{action}.json", &action[..2]))
-    }
-
-    fn blob_location(&self, digest: &str) -> ObjectPath {
-        self.location(&format!("blobs/{}/{digest}", &digest[..2]))
-    }
-
     /// The remote's manifest of `action`, checked (see the module docs); `Ok(None)` when the
     /// remote does not have it.
     pub fn manifest(&self, action: &str) -> Result<Option<Manifest>, RemoteError> {
@@ -343,8 +404,9 @@ impl Remote {
                 action.escape_debug()
             )));
         }
-        let r = self.runtime.block_on(async {
-            let got = match self.objects.get(&self.manifest_location(action)).await {
+        let c = self.client()?;
+        let r = c.runtime.block_on(async {
+            let got = match c.objects.get(&c.manifest_location(action)).await {
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
                 other => other?,
             };
@@ -399,9 +461,10 @@ impl Remote {
         size: u64,
         what: &str,
     ) -> Result<u64, RemoteError> {
+        let c = self.client()?;
         let tmp = store.download_path();
-        let r = self.runtime.block_on(async {
-            let got = match self.objects.get(&self.blob_location(digest)).await {
+        let r = c.runtime.block_on(async {
+            let got = match c.objects.get(&c.blob_location(digest)).await {
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(RemoteError::Rejected(format!(
                         "{what}: the remote has no blob {}",
@@ -485,10 +548,11 @@ impl Remote {
         digest: &str,
         multipart_at: u64,
     ) -> Result<Option<u64>, RemoteError> {
-        let loc = self.blob_location(digest);
+        let c = self.client()?;
+        let loc = c.blob_location(digest);
         let path = store.blob_path(digest);
-        self.runtime.block_on(async {
-            match self.objects.head(&loc).await {
+        c.runtime.block_on(async {
+            match c.objects.head(&loc).await {
                 Ok(meta) if meta.size == fs::metadata(&path).map(|m| m.len()).unwrap_or(0) => {
                     return Ok(None);
                 }
@@ -500,7 +564,7 @@ impl Remote {
                 .with_context(|| format!("cannot read blob {}", path.display()))?;
             let size = file.metadata().map_err(anyhow::Error::from)?.len();
             if size > multipart_at {
-                let upload = self.objects.put_multipart(&loc).await?;
+                let upload = c.objects.put_multipart(&loc).await?;
                 let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
                 let mut buf = vec![0u8; PART_BYTES];
                 loop {
@@ -520,12 +584,12 @@ impl Remote {
                     .with_context(|| format!("cannot read blob {}", path.display()))?;
                 let payload = PutPayload::from(bytes);
                 let create = PutOptions::from(PutMode::Create);
-                match self.objects.put_opts(&loc, payload.clone(), create).await {
+                match c.objects.put_opts(&loc, payload.clone(), create).await {
                     Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
                     // A store without conditional writes: a blob is named by its content, so
                     // writing it over an equal one changes nothing.
                     Err(object_store::Error::NotImplemented { .. }) => {
-                        self.objects.put(&loc, payload).await?;
+                        c.objects.put(&loc, payload).await?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -535,11 +599,12 @@ impl Remote {
     }
 
     fn put_manifest(&self, m: &Manifest) -> Result<Pushed, RemoteError> {
-        let loc = self.manifest_location(&m.action);
+        let c = self.client()?;
+        let loc = c.manifest_location(&m.action);
         let bytes = serde_json::to_vec_pretty(m).map_err(anyhow::Error::from)?;
-        let created = self.runtime.block_on(async {
+        let created = c.runtime.block_on(async {
             let create = PutOptions::from(PutMode::Create);
-            match self
+            match c
                 .objects
                 .put_opts(&loc, PutPayload::from(bytes.clone()), create)
                 .await
@@ -549,12 +614,10 @@ impl Remote {
                 Err(object_store::Error::NotImplemented { .. }) => {
                     // No conditional writes (WebDAV): look first. Two pushers racing here
                     // both write a valid manifest of the same action; the later one stays.
-                    match self.objects.head(&loc).await {
+                    match c.objects.head(&loc).await {
                         Ok(_) => Ok(false),
                         Err(object_store::Error::NotFound { .. }) => {
-                            self.objects
-                                .put(&loc, PutPayload::from(bytes.clone()))
-                                .await?;
+                            c.objects.put(&loc, PutPayload::from(bytes.clone())).await?;
                             Ok(true)
                         }
                         Err(e) => Err(RemoteError::from(e)),
@@ -576,8 +639,8 @@ impl Remote {
             }),
             // What is there cannot be used by anyone: replace it with a good one.
             Ok(None) | Err(RemoteError::Rejected(_)) => {
-                self.runtime
-                    .block_on(self.objects.put(&loc, PutPayload::from(bytes)))?;
+                c.runtime
+                    .block_on(c.objects.put(&loc, PutPayload::from(bytes)))?;
                 Ok(Pushed::Created)
             }
             Err(e) => Err(e),
@@ -586,9 +649,10 @@ impl Remote {
 
     /// Every action key the remote has a manifest for.
     pub fn actions(&self) -> Result<Vec<String>, RemoteError> {
-        let r = self.runtime.block_on(async {
-            let prefix = self.location("actions");
-            let mut list = self.objects.list(Some(&prefix));
+        let c = self.client()?;
+        let r = c.runtime.block_on(async {
+            let prefix = c.location("actions");
+            let mut list = c.objects.list(Some(&prefix));
             let mut keys = Vec::new();
             while let Some(meta) = list.next().await {
                 let meta = meta?;
@@ -610,12 +674,13 @@ impl Remote {
     /// Checks that the remote has every blob of `m` at its recorded size (`deep`: downloads each
     /// and checks its digest too). Returns the problems.
     pub fn check_blobs(&self, m: &Manifest, deep: bool) -> Result<Vec<String>, RemoteError> {
+        let c = self.client()?;
         let mut problems = Vec::new();
         for (name, out) in &m.outputs {
             for (rel, f) in &out.files {
-                let loc = self.blob_location(&f.digest);
-                let r: Result<Option<String>, RemoteError> = self.runtime.block_on(async {
-                    let meta = match self.objects.head(&loc).await {
+                let loc = c.blob_location(&f.digest);
+                let r: Result<Option<String>, RemoteError> = c.runtime.block_on(async {
+                    let meta = match c.objects.head(&loc).await {
                         Ok(meta) => meta,
                         Err(object_store::Error::NotFound { .. }) => {
                             return Ok(Some("is missing".to_owned()));
@@ -629,7 +694,7 @@ impl Remote {
                         )));
                     }
                     if deep {
-                        let mut stream = self.objects.get(&loc).await?.into_stream();
+                        let mut stream = c.objects.get(&loc).await?.into_stream();
                         let mut hasher = blake3::Hasher::new();
                         while let Some(chunk) = stream.next().await {
                             hasher.update(&chunk?);

@@ -378,6 +378,17 @@ fn remote_settings_are_checked_and_keep_credentials_out_of_recipes() {
     );
     let unknown = p.hone(&["validate", "unknown.yaml"]);
     assert!(unknown.stderr().contains("write"), "{}", unknown.stderr());
+    p.write(
+        "option.yaml",
+        &with_cache("cache:\n  remote: s3://b/p\n  options:\n    regoin: eu-west-1\n"),
+    );
+    let option = p.hone(&["validate", "option.yaml"]);
+    assert_eq!(option.code(), 2);
+    assert!(
+        option.stderr().contains("option.yaml:7:") && option.stderr().contains("`regoin`"),
+        "{}",
+        option.stderr()
+    );
     // A URL with credentials in it is refused on the command line too, without echoing them.
     let url = p.hone(&["status", "r.yaml", "--remote", "https://me:hunter2@host/x"]);
     assert_eq!(url.code(), 1, "{}", url.stderr());
