@@ -19,7 +19,8 @@ pub enum LogFormat {
     #[default]
     Text,
     /// One JSON event a line on stdout (`event`: run_started, stage_started, progress,
-    /// resumed, stage_finished, published, waiting, run_finished); `--quiet` does not apply.
+    /// resumed, stage_finished, published, pushed, remote_warning, waiting, run_finished);
+    /// `--quiet` does not apply.
     Json,
 }
 

@@ -433,3 +433,40 @@ fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
     assert_eq!(forced.ran(), ["qa_clean"], "{out}");
     b.hone(&["cache", "verify"]).ok();
 }
+
+#[test]
+fn a_push_that_finds_other_outputs_for_its_action_warns_and_the_first_writer_stays() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+
+    // Another store records other outputs for `qa`'s action, as a stage that is not
+    // deterministic across machines would (here: `qa_clean`'s files under `qa`'s key).
+    let b = two_dataset_project();
+    b.hone(&["run", "r.yaml"]).ok();
+    let manifest_of = |stage: &str| {
+        let action = lock_entry(&b, "r.lock", stage, "action");
+        b.store()
+            .join("actions")
+            .join(&action[..2])
+            .join(format!("{action}.json"))
+    };
+    let read = |p: &PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut qa = read(&manifest_of("qa"));
+    qa["outputs"] = read(&manifest_of("qa_clean"))["outputs"].clone();
+    std::fs::write(manifest_of("qa"), serde_json::to_vec(&qa).unwrap()).unwrap();
+    let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]).ok();
+    assert!(
+        push.contains("warning: stage `qa`") && push.contains("first writer wins"),
+        "{push}"
+    );
+    assert!(push.contains("pushed 0 actions"), "{push}");
+    // The remote still serves team A's result.
+    let c = two_dataset_project();
+    c.hone(&["run", "r.yaml", "--remote", &url]).ok();
+    assert_same_results(&a, &c, "r.lock");
+}
