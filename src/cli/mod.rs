@@ -15,7 +15,7 @@ mod score;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::{self, BackendKind};
@@ -48,6 +48,7 @@ const AFTER: &str = "Examples:
   hone show r.yaml corpus                        an artifact's summary and first rows
   HONE_REMOTE=s3://team/hone hone run r.yaml     take what a teammate pushed, compute the rest
   hone cache push r.yaml --remote s3://team/hone publish this recipe's results
+  hone run r.yaml --executor slurm --wait        each stale stage a Slurm job; follow them
 
 Exit codes: 0 success, 1 a stage or the store failed, 2 invalid recipe, data or arguments,
 130 interrupted (Ctrl-C; nothing half-written is kept, rerun to continue).
@@ -55,7 +56,8 @@ Environment: HONE_STORE (store location), RUST_LOG (log filter, e.g. hone=debug)
 HONE_PROGRESS_INTERVAL (seconds between progress lines when stderr is not a terminal; 10),
 HONE_REMOTE (a remote cache URL: s3://bucket/prefix, gs://, az://, https://, file:///dir),
 HONE_REMOTE_WRITE (1: upload what runs compute; 0: never), AWS_* / GOOGLE_* / AZURE_*
-(the remote's endpoint, region and credentials, as object_store reads them).";
+(the remote's endpoint, region and credentials, as object_store reads them),
+HONE_SLURM_POLL (seconds between checks of `run --executor slurm --wait`; 5).";
 
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about = ABOUT, after_help = AFTER)]
@@ -142,6 +144,18 @@ enum Command {
         log_format: output::LogFormat,
         #[command(flatten)]
         remote: cache::RemoteArgs,
+        /// Where the stages run: `local` (here) or `slurm` (each stale stage a Slurm job,
+        /// chained by dependencies); overrides the recipe's `executor.kind`.
+        #[arg(long, value_enum, value_name = "local|slurm")]
+        executor: Option<recipe::types::ExecutorKind>,
+        /// With --executor slurm: follow the jobs until the pipeline ends, and exit with its
+        /// result (failed jobs' logs are named).
+        #[arg(long)]
+        wait: bool,
+        /// Inside a Slurm job: run the selected stage and leave the lockfile and exports to the
+        /// final job.
+        #[arg(long, hide = true)]
+        stage_job: bool,
     },
     /// What `run` would do with the same arguments: each stage, cached or stale, and why.
     Plan {
@@ -361,13 +375,31 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
             name,
             rehash,
             log_format,
-            remote,
+            remote: remote_args,
+            executor,
+            wait,
+            stage_job,
         } => {
             let (recipe, dag) = load(args)?;
-            let remote = cache::open(remote, Some(&recipe))?;
+            let remote = cache::open(remote_args, Some(&recipe))?;
+            let executor = executor.unwrap_or(recipe.header.executor.kind);
+            if executor == recipe::types::ExecutorKind::Slurm && !*stage_job {
+                if !select.force.is_empty() {
+                    bail!(
+                        "--force is not supported with --executor slurm: run the forced stage with --executor local"
+                    );
+                }
+                if let Some(code) =
+                    slurm_submit(cli, args, select, remote_args, &recipe, &dag, *wait)?
+                {
+                    return Ok(code);
+                }
+            } else if *wait {
+                bail!("--wait follows Slurm jobs: use it with --executor slurm");
+            }
             let store = Store::open(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
             install_ctrlc_handler();
-            let experiment = !recipe.overrides.is_empty() && !*update_lock;
+            let experiment = (!recipe.overrides.is_empty() && !*update_lock) || *stage_job;
             let opts = RunOptions {
                 selection: select.selection(),
                 locked: *locked,
@@ -561,6 +593,134 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
     }
 }
 
+/// `hone status` after `run --executor slurm`: the job of each stage not cached yet.
+fn slurm_jobs(store: &Store, recipe: &Recipe, statuses: &mut [crate::plan::status::StageStatus]) {
+    use crate::exec::slurm;
+    use crate::plan::status::{JobView, State};
+    let Some(submission) = slurm::last_submission(store, &recipe.path) else {
+        return;
+    };
+    let pending: Vec<&slurm::Job> = submission
+        .jobs
+        .iter()
+        .filter(|j| {
+            statuses
+                .iter()
+                .any(|s| s.stage == j.stage && s.state != State::Cached)
+        })
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let states = match slurm::states(&pending) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: cannot ask Slurm about the recipe's jobs: {e:#}");
+            return;
+        }
+    };
+    for job in pending {
+        if let (Some(s), Some(st)) = (
+            statuses.iter_mut().find(|s| s.stage == job.stage),
+            states.get(&job.id),
+        ) {
+            s.job = Some(JobView {
+                id: job.id.clone(),
+                state: st.state.clone(),
+                reason: st.reason.clone(),
+                description: st.describe(),
+                log: job.log.clone(),
+            });
+        }
+    }
+}
+
+/// `run --executor slurm`: submits the stale stages as jobs (see `exec::slurm`). `None` when
+/// every stage is cached: the run then goes on here (it only writes the lockfile).
+fn slurm_submit(
+    cli: &Cli,
+    args: &RecipeArgs,
+    select: &SelectArgs,
+    remote: &cache::RemoteArgs,
+    recipe: &Recipe,
+    dag: &Dag,
+    wait: bool,
+) -> Result<Option<ExitCode>> {
+    use crate::exec::slurm;
+    let store = Store::open(&Store::location(cli.store.as_deref(), Some(&recipe.path)))?;
+    let backend: BackendKind = backend::resolve(recipe.header.backend);
+    let selection = select.selection();
+    let selected = selection.resolve(recipe, dag)?;
+    let mut eval = Evaluator::new(recipe, dag, &store, backend, false)?;
+    let statuses = eval.statuses(&selected, &|_| false)?;
+    eval.hashes.save().ok();
+    let mut forward = Vec::new();
+    for s in &args.set {
+        forward.extend(["--set".to_owned(), s.clone()]);
+    }
+    if args.backend.is_some() {
+        // The backend this run resolved: every job computes on it.
+        forward.extend(["--backend".to_owned(), backend.name().to_owned()]);
+    }
+    if let Some(url) = &remote.remote {
+        forward.extend(["--remote".to_owned(), url.clone()]);
+    }
+    if remote.no_remote {
+        forward.push("--no-remote".into());
+    }
+    let opts = slurm::SlurmOptions {
+        hone: std::env::current_exe().context("cannot find this hone's path for the jobs")?,
+        forward,
+        gpu_backend: backend != BackendKind::Cpu,
+    };
+    let quiet = cli.quiet;
+    let mut say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
+    let Some(submission) = slurm::submit(recipe, dag, &store, &statuses, &opts, &mut say)? else {
+        say(&format!(
+            "{}: every stage is cached; nothing to submit",
+            recipe.path.display()
+        ));
+        return Ok(None);
+    };
+    let submitted = submission.jobs.iter().filter(|j| !j.found).count();
+    say(&format!(
+        "{}: {submitted} jobs submitted, {} already queued; `hone status {}` follows them",
+        recipe.path.display(),
+        submission.jobs.len() - submitted,
+        recipe.path.display()
+    ));
+    if !wait {
+        return Ok(Some(ExitCode::SUCCESS));
+    }
+    let poll = std::env::var("HONE_SLURM_POLL")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs_f64,
+        );
+    let ok = slurm::wait(&submission, poll, &mut say)?;
+    say(&format!(
+        "{}: {}",
+        recipe.path.display(),
+        if ok {
+            "every job completed; the lockfile is written"
+        } else {
+            "the pipeline did not complete (see the failed jobs above)"
+        }
+    ));
+    Ok(Some(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn status_like(
     cli: &Cli,
@@ -612,6 +772,9 @@ fn status_like(
                 s.action = Some(hits.hits[i].action.clone());
             }
         }
+    }
+    if !is_plan {
+        slurm_jobs(&store, recipe, &mut statuses);
     }
     let drift = (!is_plan).then(|| eval.lockfile_drift(&statuses));
     if json {

@@ -63,8 +63,17 @@ pub fn statuses(
     println!("{head}");
     let kw = super::output::kind_width(statuses.iter().map(|s| s.kind.as_str()));
     for s in statuses {
+        let job_word = s.job.as_ref().map(|j| match j.state.as_str() {
+            "PENDING" => "queued",
+            "RUNNING" | "COMPLETING" | "CONFIGURING" => "running",
+            "CANCELLED" => "cancel",
+            "COMPLETED" => "done",
+            "UNKNOWN" => "stale",
+            _ => "failed",
+        });
         let word = match (s.selected, s.state) {
             (false, _) => "skip",
+            (true, _) if job_word.is_some() => job_word.unwrap_or_default(),
             (true, _) if s.on_remote => "pull",
             (true, State::Cached) => "cached",
             (true, State::Stale) if is_plan => "run",
@@ -80,6 +89,13 @@ pub fn statuses(
             .collect();
         if s.on_remote {
             why.insert(0, "on the remote cache: a run pulls it".to_owned());
+        }
+        if let Some(j) = &s.job {
+            let mut line = format!("slurm job {}: {}", j.id, j.description);
+            if !matches!(j.state.as_str(), "PENDING" | "RUNNING" | "CANCELLED") {
+                line.push_str(&format!("; log: {}", j.log.display()));
+            }
+            why.insert(0, line);
         }
         let first = why.first().cloned().unwrap_or_default();
         println!("  {word:<7} {:<20} {:<kw$} {first}", s.stage, s.kind);

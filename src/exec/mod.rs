@@ -5,6 +5,7 @@
 pub mod observer;
 pub mod remote_hits;
 pub mod rundir;
+pub mod slurm;
 pub mod tensorboard;
 
 use std::collections::{BTreeMap, BTreeSet};

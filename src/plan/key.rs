@@ -68,6 +68,7 @@ mod tests {
         Stage {
             name: "s".into(),
             spec: StageSpec::parse("dataset", settings).unwrap(),
+            resources: Default::default(),
         }
     }
 

@@ -107,6 +107,22 @@ pub struct StageStatus {
     /// Not cached here, but the remote cache has this action: a run pulls it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_remote: bool,
+    /// The Slurm job of the last `run --executor slurm`, while the stage is not cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobView>,
+}
+
+/// A stage's Slurm job as `hone status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: String,
+    /// Slurm's state (PENDING, RUNNING, FAILED, CANCELLED, ...).
+    pub state: String,
+    pub reason: String,
+    /// In words: `queued (waits for the jobs it reads from)`, `cancelled (a job it depends on
+    /// failed)`, ...
+    pub description: String,
+    pub log: std::path::PathBuf,
 }
 
 /// What is known of an upstream stage's output while evaluating downstream.
@@ -330,6 +346,7 @@ impl<'a> Evaluator<'a> {
                 selected: selected.contains(&i),
                 lockfile_drift: None,
                 on_remote: false,
+                job: None,
             });
         }
         Ok(out)

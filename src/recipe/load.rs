@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
 use super::source_map::{SourceMap, join};
-use super::types::{Input, RecipeFile, StageSpec};
+use super::types::{Input, RecipeFile, Resources, StageSpec};
 use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
 use crate::stages::kind::{self, SpecError};
 
@@ -37,6 +37,8 @@ pub struct Recipe {
 pub struct Stage {
     pub name: String,
     pub spec: StageSpec,
+    /// What its Slurm job asks for (`resources:`); not part of the action key.
+    pub resources: Resources,
 }
 
 impl Recipe {
@@ -624,7 +626,11 @@ fn parse_typed(
                     continue;
                 };
                 match parse_stage(name, v, sources) {
-                    Ok(spec) => stages.push(super::Stage { name: name.to_owned(), spec }),
+                    Ok((spec, resources)) => stages.push(super::Stage {
+                        name: name.to_owned(),
+                        spec,
+                        resources,
+                    }),
                     Err(ds) => broken.extend(ds.into_iter().map(|d| (name.to_owned(), d))),
                 }
             }
@@ -652,12 +658,23 @@ fn parse_stage(
     name: &str,
     mut v: Value,
     sources: &SourceMap,
-) -> Result<StageSpec, Vec<Diagnostic>> {
+) -> Result<(StageSpec, Resources), Vec<Diagnostic>> {
     let path = join("stages", name);
     let kind = stage_kind(name, &mut v, sources).map_err(|d| vec![d])?;
+    // `resources` (what a Slurm job asks for) is the runner's, beside every kind's settings,
+    // and never part of the action key.
+    let resources = match v.as_mapping_mut().and_then(|m| m.remove("resources")) {
+        None => Resources::default(),
+        Some(r) => serde_path_to_error::deserialize::<_, Resources>(r)
+            .map_err(|e| vec![located(e, &join(&path, "resources"), sources)])?,
+    };
     let first = match StageSpec::parse(&kind, v.clone()) {
         Err(SpecError::Settings(e)) => e,
-        other => return spec_result(other, &kind, name, sources).map_err(|d| vec![d]),
+        other => {
+            return spec_result(other, &kind, name, sources)
+                .map(|spec| (spec, resources))
+                .map_err(|d| vec![d]);
+        }
     };
     Err(every_problem(first, v, &path, sources, |settings| {
         match StageSpec::parse(&kind, settings) {

@@ -45,6 +45,10 @@ pub struct RecipeFile {
     /// `cache: { remote: s3://bucket/hone, write: false }`. Not part of any action key.
     #[serde(default, skip_serializing_if = "CacheSettings::is_empty")]
     pub cache: CacheSettings,
+    /// Where stages run: here (`local`, the default) or as Slurm jobs
+    /// (`executor: { kind: slurm, partition: gpu }`). Not part of any action key.
+    #[serde(default, skip_serializing_if = "ExecutorSettings::is_default")]
+    pub executor: ExecutorSettings,
     /// Base recipe(s) to deep-merge under this one (paths relative to this file); this file wins,
     /// and `key: null` removes an inherited key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +154,80 @@ impl Default for CacheSettings {
 impl CacheSettings {
     fn is_empty(&self) -> bool {
         *self == CacheSettings::default()
+    }
+}
+
+/// Where a recipe's stages run. `hone run --executor slurm|local` overrides `kind`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSettings {
+    #[serde(default)]
+    pub kind: ExecutorKind,
+    /// What every stage's job asks for unless the stage says otherwise (`resources:` in a
+    /// stage, or under `defaults: { <kind>: ... }`).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// More `sbatch` options for every job, as written (`--account=ml`, `--qos=high`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sbatch_args: Vec<String>,
+}
+
+impl ExecutorSettings {
+    fn is_default(&self) -> bool {
+        *self == ExecutorSettings::default()
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// Stages run in this process, one after another.
+    #[default]
+    Local,
+    /// Each stale stage is a Slurm job (`sbatch`), chained by `afterok` dependencies; the
+    /// store must be on a filesystem every node reaches (or behind a remote cache).
+    Slurm,
+}
+
+/// What a stage's Slurm job asks for. Unset fields take the executor's `resources`, then
+/// Slurm's defaults; a stage that computes with tensors asks for one GPU when the backend is a
+/// GPU one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// GPUs (`sbatch --gpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// CPUs (`--cpus-per-task`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory, as Slurm writes it: `16G`, `4000M` (`--mem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// Time limit, as Slurm writes it: `2:00:00`, `1-00:00:00` (`--time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// The partition (`--partition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        *self == Resources::default()
+    }
+
+    /// These resources, each unset field taken from `base`.
+    pub fn over(&self, base: &Resources) -> Resources {
+        Resources {
+            gpus: self.gpus.or(base.gpus),
+            cpus: self.cpus.or(base.cpus),
+            mem: self.mem.clone().or_else(|| base.mem.clone()),
+            time: self.time.clone().or_else(|| base.time.clone()),
+            partition: self.partition.clone().or_else(|| base.partition.clone()),
+        }
     }
 }
 

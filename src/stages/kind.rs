@@ -744,6 +744,10 @@ pub fn schema_variants(generator: &mut schemars::SchemaGenerator) -> Vec<Value> 
         let props = v.entry("properties").or_insert_with(|| json!({}));
         if let Some(p) = props.as_object_mut() {
             p.insert("kind".into(), json!({ "const": name, "type": "string" }));
+            p.insert(
+                "resources".into(),
+                json!({ "$ref": "#/$defs/Resources", "description": "What this stage's Slurm job asks for (`executor: { kind: slurm }`); not part of the action key." }),
+            );
         }
         let required = v.entry("required").or_insert_with(|| json!([]));
         if let Some(r) = required.as_array_mut() {

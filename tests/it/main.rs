@@ -38,6 +38,7 @@ mod security;
 mod services;
 mod sft_stage;
 mod show_examples;
+mod slurm_executor;
 mod store_safety;
 mod tensorboard_log;
 mod training;

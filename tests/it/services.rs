@@ -112,3 +112,149 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// A single-node Slurm cluster on loopback (slurmctld, slurmd, munge; installed by
+/// `scripts/test_services.sh`), with its own configuration, state and ports; stopped on drop.
+/// Clusters are started one at a time (a guard held while one runs), since each takes the
+/// machine's CPUs as its node's.
+pub struct SlurmCluster {
+    daemons: Vec<Child>,
+    pub dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl SlurmCluster {
+    pub fn start() -> SlurmCluster {
+        let guard = SLURM.lock().unwrap_or_else(|e| e.into_inner());
+        for tool in ["slurmctld", "slurmd", "sbatch", "munged"] {
+            let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).is_file());
+            assert!(
+                found,
+                "`{tool}` is missing: run scripts/test_services.sh (installs slurmctld, slurmd, slurm-client and munge)"
+            );
+        }
+        // One munge daemon serves every cluster on the machine.
+        if !Path::new("/run/munge/munge.socket.2").exists() {
+            std::fs::create_dir_all("/run/munge").unwrap();
+            let status = Command::new("chown")
+                .args(["munge:munge", "/run/munge"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot prepare /run/munge (root needed)");
+            let status = Command::new("runuser")
+                .args(["-u", "munge", "--", "munged"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "munged did not start");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["state", "spool", "log"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let conf = format!(
+            "ClusterName=hone-test\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={}\nSlurmdPort={}\n\
+             SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nProctrackType=proctrack/linuxproc\n\
+             TaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n\
+             AccountingStorageType=accounting_storage/none\nSelectType=select/cons_tres\n\
+             SelectTypeParameters=CR_Core_Memory\nDefMemPerCPU=200\nMpiDefault=none\nReturnToService=2\n\
+             SchedulerParameters=sched_min_interval=200000\nMinJobAge=600\n\
+             StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
+             SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\n\
+             SlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.log\n\
+             NodeName={host} CPUs=2 RealMemory=2000 State=UNKNOWN\n\
+             PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            free_port(),
+            free_port(),
+            d = d.display()
+        );
+        let conf_path = d.join("slurm.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let daemon = |cmd: &str, args: &[&str]| {
+            Command::new(cmd)
+                .args(args)
+                .env("SLURM_CONF", &conf_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"))
+        };
+        let conf_arg = conf_path.to_str().unwrap();
+        let daemons = vec![
+            daemon("slurmctld", &["-D", "-i", "-f", conf_arg]),
+            daemon("slurmd", &["-D", "-f", conf_arg]),
+        ];
+        let cluster = SlurmCluster {
+            daemons,
+            dir,
+            _one_at_a_time: guard,
+        };
+        let started = Instant::now();
+        loop {
+            let out = Command::new("sinfo")
+                .args(["-h", "-o", "%t"])
+                .env("SLURM_CONF", &conf_path)
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the Slurm node did not come up idle: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        cluster
+    }
+
+    /// The environment Slurm's commands (and hone's calls to them) need for this cluster.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "SLURM_CONF",
+            self.dir.path().join("slurm.conf").display().to_string(),
+        )]
+    }
+
+    /// Runs a Slurm command against this cluster; its stdout.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> String {
+        let out = Command::new(cmd)
+            .args(args)
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for SlurmCluster {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}

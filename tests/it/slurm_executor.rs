@@ -1,0 +1,194 @@
+//! `hone run --executor slurm` on a real single-node Slurm cluster started here (slurmctld,
+//! slurmd, munge): the quickstart through Slurm ends with the lockfile a local run writes; a
+//! failed stage cancels what depends on it and `status` says which; a second submit while
+//! jobs are queued submits nothing; a submit after a partial run submits only what is stale.
+
+use crate::common::{Project, Run, quickstart_recipe, two_dataset_project};
+use crate::services::SlurmCluster;
+
+fn with_env(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {
+    Run(p
+        .cmd(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("HONE_SLURM_POLL", "0.5")
+        .output()
+        .expect("hone runs"))
+}
+
+/// Stage -> (action, artifact) of a lockfile.
+fn results(p: &Project, lock: &str) -> Vec<(String, String, String)> {
+    let l: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(p.path(lock)).unwrap()).unwrap();
+    l["stages"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v["action"].as_str().unwrap().to_owned(),
+                v["artifact"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Lines of `out` that name `stage` in its column and contain `words`.
+fn says(out: &str, stage: &str, words: &str) -> bool {
+    out.lines()
+        .any(|l| l.split_whitespace().any(|w| w == stage) && l.contains(words))
+}
+
+#[test]
+fn the_quickstart_through_slurm_ends_with_the_lockfile_of_a_local_run() {
+    let cluster = SlurmCluster::start();
+    let env = cluster.env();
+    let local = Project::new();
+    local.write("quickstart.yaml", &quickstart_recipe());
+    local.hone(&["run", "quickstart.yaml"]).ok();
+
+    let p = Project::new();
+    p.write("quickstart.yaml", &quickstart_recipe());
+    let run = with_env(
+        &p,
+        &["run", "quickstart.yaml", "--executor", "slurm", "--wait"],
+        &env,
+    );
+    let out = run.ok();
+    assert_eq!(
+        out.matches("  submitted ").count(),
+        14,
+        "13 stages and the final job: {out}"
+    );
+    assert!(out.contains("every job completed"), "{out}");
+    assert_eq!(
+        results(&p, "quickstart.lock"),
+        results(&local, "quickstart.lock")
+    );
+    assert!(p.path("quickstart.report.html").is_file());
+    assert!(p.path("dist/car-assistant/model.safetensors").is_file());
+    let again = p.hone(&["run", "quickstart.yaml", "--locked"]);
+    assert!(
+        again.ok().contains("0 ran, 13 cached"),
+        "{}",
+        again.stdout()
+    );
+    // Submitting a fully cached recipe submits nothing.
+    let none = with_env(&p, &["run", "quickstart.yaml", "--executor", "slurm"], &env).ok();
+    assert!(none.contains("nothing to submit"), "{none}");
+}
+
+#[test]
+fn a_failed_stage_cancels_its_dependants_and_status_says_which() {
+    let cluster = SlurmCluster::start();
+    let env = cluster.env();
+    let p = two_dataset_project();
+    // `qa` selects a column its data lacks: valid as written, it fails when it runs.
+    let recipe = std::fs::read_to_string(p.path("r.yaml")).unwrap().replacen(
+        "    split: { validation: 0.2 }\n",
+        "    split: { validation: 0.2 }\n    select: [no_such_column]\n",
+        1,
+    );
+    p.write("r.yaml", &recipe);
+    let run = with_env(
+        &p,
+        &["run", "r.yaml", "--executor", "slurm", "--wait"],
+        &env,
+    );
+    let out = run.stdout();
+    assert_eq!(run.code(), 1, "{out}{}", run.stderr());
+    assert!(says(&out, "qa", "failed; log: "), "{out}");
+    assert!(
+        says(&out, "qa_clean", "cancelled (a job it depends on failed)"),
+        "{out}"
+    );
+    assert!(says(&out, "reviews", "completed"), "{out}");
+    assert!(out.contains("did not complete"), "{out}");
+    let log = out
+        .lines()
+        .find(|l| says(l, "qa", "failed"))
+        .and_then(|l| l.split("log: ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("no_such_column"), "{log_text}");
+
+    let status = with_env(&p, &["status", "r.yaml"], &env).ok();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("failed") && l.contains(" qa ") && l.contains("slurm job")),
+        "{status}"
+    );
+    assert!(
+        status.lines().any(|l| l.contains("cancel")
+            && l.contains("qa_clean")
+            && l.contains("depends on failed")),
+        "{status}"
+    );
+    assert!(says(&status, "reviews", "cached"), "{status}");
+}
+
+#[test]
+fn resubmits_find_queued_jobs_and_a_partial_run_submits_only_what_is_stale() {
+    let cluster = SlurmCluster::start();
+    let env = cluster.env();
+    let p = two_dataset_project();
+    // `reviews` already ran here: only `qa` and `qa_clean` are stale.
+    p.hone(&["run", "r.yaml", "--only", "reviews"]).ok();
+    // Held jobs stay queued, so the second submit meets them.
+    let recipe = std::fs::read_to_string(p.path("r.yaml")).unwrap().replacen(
+        "stages:\n",
+        "executor: { kind: slurm, sbatch_args: [--hold] }\nstages:\n",
+        1,
+    );
+    p.write("r.yaml", &recipe);
+    let first = with_env(&p, &["run", "r.yaml"], &env).ok();
+    assert!(says(&first, "qa", "submitted"), "{first}");
+    assert!(says(&first, "qa_clean", "submitted"), "{first}");
+    assert!(!first.contains("reviews"), "{first}");
+    assert!(
+        first.contains("2 jobs submitted, 0 already queued"),
+        "{first}"
+    );
+    let queued_before = cluster.run("squeue", &["-h", "-o", "%i"]).lines().count();
+    assert_eq!(queued_before, 3, "two stages and the final job");
+
+    let second = with_env(&p, &["run", "r.yaml"], &env).ok();
+    assert!(
+        second.contains("0 jobs submitted, 2 already queued"),
+        "{second}"
+    );
+    assert_eq!(
+        cluster.run("squeue", &["-h", "-o", "%i"]).lines().count(),
+        3
+    );
+    let status = with_env(&p, &["status", "r.yaml"], &env).ok();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("queued") && l.contains(" qa ")),
+        "{status}"
+    );
+
+    // A job cancelled by hand is reported as such.
+    let qa_job = first
+        .lines()
+        .find(|l| says(l, "qa", "submitted"))
+        .and_then(|l| l.split("job ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    cluster.run("scancel", &[&qa_job]);
+    let mut status = String::new();
+    for _ in 0..40 {
+        status = with_env(&p, &["status", "r.yaml"], &env).ok();
+        if status.contains("cancelled (scancel)") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(status.contains("cancelled (scancel)"), "{status}");
+    cluster.run("scancel", &["--user=root"]);
+}
