@@ -148,6 +148,83 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+/// The devices one training stage runs on at once (`train: { devices: ... }`): a count (the
+/// backend's first N: CUDA 0..N, wgpu's discrete GPUs 0..N, or the CPU N times) or a list
+/// (`[0, 1]`, `[cuda:0, cuda:1]`, `[cpu, cpu]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Devices {
+    Count(usize),
+    List(Vec<DeviceRef>),
+}
+
+/// One entry of a device list: an index of the stage's backend, or `cpu`, `cuda:N`, `wgpu:N`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum DeviceRef {
+    Index(usize),
+    Name(String),
+}
+
+impl Devices {
+    pub fn count(&self) -> usize {
+        match self {
+            Devices::Count(n) => *n,
+            Devices::List(l) => l.len(),
+        }
+    }
+}
+
+/// The devices of `spec` on backend `kind` (plain devices; training takes `.autodiff()` of
+/// them). Every entry must be a device of that backend.
+pub fn devices(kind: BackendKind, spec: &Devices) -> Result<Vec<burn::tensor::Device>, String> {
+    let refs: Vec<DeviceRef> = match spec {
+        Devices::Count(0) => return Err("`devices` must be at least 1".into()),
+        Devices::Count(n) => (0..*n).map(DeviceRef::Index).collect(),
+        Devices::List(l) if l.is_empty() => return Err("`devices` must name a device".into()),
+        Devices::List(l) => l.clone(),
+    };
+    refs.iter()
+        .map(|r| {
+            let index = match r {
+                DeviceRef::Index(i) => Some(*i),
+                DeviceRef::Name(n) => match (n.split_once(':'), n.as_str()) {
+                    (None, "cpu") if kind == BackendKind::Cpu => None,
+                    (Some((k, i)), _) if k == kind.name() => Some(
+                        i.parse::<usize>()
+                            .map_err(|_| format!("device `{n}`: `{i}` is not a device index"))?,
+                    ),
+                    _ => {
+                        return Err(format!(
+                            "device `{n}` is not a device of the stage's backend `{}`",
+                            kind.name()
+                        ));
+                    }
+                },
+            };
+            device_at(kind, index)
+        })
+        .collect()
+}
+
+fn device_at(kind: BackendKind, index: Option<usize>) -> Result<burn::tensor::Device, String> {
+    match kind {
+        // The CPU is one device however many times it is listed: replicas share its threads.
+        BackendKind::Cpu => device(kind).map_err(|e| e.to_string()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(burn::tensor::Device::wgpu(
+            burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0)),
+        )),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(burn::tensor::Device::cuda(index.unwrap_or(0))),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = index;
+            Err(BackendError::NoDevice { kind: other }.to_string())
+        }
+    }
+}
+
 /// Prepares the CPU for training: flush-to-zero and denormals-are-zero on every thread burn
 /// computes on (this thread and the rayon pool). Subnormal floats are handled in microcode on
 /// x86 and made one measured backward pass 20x slower; flushing them changes results only

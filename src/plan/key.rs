@@ -33,6 +33,16 @@ pub fn material(
     // Settings that change how a stage runs but not what it produces.
     if let Some(train) = config.get_mut("train").and_then(Value::as_object_mut) {
         train.remove("checkpoint_every");
+        // Which devices does not change what is computed; how many does (the micro-batches
+        // of a step), and one is the same as none.
+        let count = match train.remove("devices") {
+            Some(Value::Array(list)) => list.len() as u64,
+            Some(v) => v.as_u64().unwrap_or(1),
+            None => 1,
+        };
+        if count > 1 {
+            train.insert("devices".into(), count.into());
+        }
     }
     for (rel, digest) in inputs {
         if let Some(slot) = pointer_mut(&mut config, rel) {

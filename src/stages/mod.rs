@@ -90,6 +90,12 @@ pub fn train_problems(train: &crate::train::trainer::TrainConfig) -> Vec<Problem
             ),
         ));
     }
+    if train.devices.as_ref().is_some_and(|d| d.count() == 0) {
+        problems.push(Problem::new(
+            "train.devices",
+            "`devices` must be at least 1 (or name at least one device)",
+        ));
+    }
     if let Some(norm) = train.max_grad_norm
         && !(norm.is_finite() && norm > 0.0)
     {
@@ -274,7 +280,7 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
 ) -> anyhow::Result<(M, crate::train::trainer::Summary, f64)> {
     use crate::train::checkpoint::Checkpointing;
     use crate::train::trainer::{Hooks, Record, TrainError};
-    let total = train.len().div_ceil(cfg.grad_accum.max(1)) * cfg.epochs.max(1);
+    let total = train.len().div_ceil(cfg.micro_batches_per_step()) * cfg.epochs.max(1);
     ctx.progress.set_length(total as u64);
     let progress = ctx.progress.clone();
     let checkpointing = ctx.checkpoint_dir.clone().map(|dir| Checkpointing {
@@ -302,7 +308,13 @@ pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective
             progress.set_position(s.step as u64);
         }
     };
+    let devices = match &cfg.devices {
+        Some(spec) if spec.count() > 1 => crate::backend::devices(ctx.backend, spec)
+            .map_err(|e| anyhow::anyhow!("train.devices: {e}"))?,
+        _ => Vec::new(),
+    };
     let hooks = Hooks {
+        devices,
         checkpoint: checkpointing.as_ref(),
         cancelled: &|| crate::stages::context::CANCELLED.load(std::sync::atomic::Ordering::SeqCst),
         on_record: &on_record,

@@ -89,6 +89,29 @@ pub struct TrainConfig {
     /// part of the action key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Train on several devices at once (data parallel): each optimizer step takes
+    /// `grad_accum` micro-batches per device, spread over replicas of the model; their
+    /// gradients are summed on the first device in the order of the micro-batches, and one
+    /// optimizer step follows. The same arithmetic as `grad_accum` of that many micro-batches
+    /// on one device. `devices: 2` (the backend's first two), `[0, 1]`, `[cuda:0, cuda:1]`,
+    /// `[cpu, cpu]`. Part of the action key only as a count above 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<crate::backend::Devices>,
+}
+
+impl TrainConfig {
+    /// How many devices train at once.
+    pub fn device_count(&self) -> usize {
+        self.devices
+            .as_ref()
+            .map_or(1, crate::backend::Devices::count)
+            .max(1)
+    }
+
+    /// Micro-batches per optimizer step: `grad_accum` on each device.
+    pub fn micro_batches_per_step(&self) -> usize {
+        self.grad_accum.max(1) * self.device_count()
+    }
 }
 
 fn default_epochs() -> usize {
@@ -121,6 +144,7 @@ impl Default for TrainConfig {
             eval_every: None,
             patience: None,
             checkpoint_every: None,
+            devices: None,
         }
     }
 }
@@ -196,6 +220,9 @@ pub struct Hooks<'a> {
     pub cancelled: &'a dyn Fn() -> bool,
     /// Called as each step and evaluation is logged (progress display).
     pub on_record: &'a dyn Fn(&Record),
+    /// With several, the devices the step's micro-batches are spread over (`train.devices`),
+    /// as plain devices; the first holds the model that the optimizer steps.
+    pub devices: Vec<Device>,
 }
 
 impl Default for Hooks<'_> {
@@ -204,6 +231,7 @@ impl Default for Hooks<'_> {
             checkpoint: None,
             cancelled: &|| false,
             on_record: &|_| {},
+            devices: Vec::new(),
         }
     }
 }
@@ -290,7 +318,7 @@ pub fn train<M: Module, O: Objective<M>>(
     if train.is_empty() {
         return Err(TrainError::NoData);
     }
-    let accum = cfg.grad_accum.max(1);
+    let accum = cfg.micro_batches_per_step();
     let steps_per_epoch = train.len().div_ceil(accum);
     let epochs = cfg.epochs.max(1);
     let total = steps_per_epoch * epochs;
@@ -341,6 +369,20 @@ pub fn train<M: Module, O: Objective<M>>(
         }
     }
     let device = model.devices().into_iter().next();
+    // Data parallel: the model trains on the first device, replicas on the others; it goes
+    // back to its own device at the end (the stage evaluates and saves it there).
+    let home = device.clone();
+    let parallel: Vec<Device> = if hooks.devices.len() > 1 {
+        hooks.devices.iter().map(|d| d.clone().autodiff()).collect()
+    } else {
+        Vec::new()
+    };
+    if let Some(first) = parallel.first()
+        && Some(first) != device.as_ref()
+    {
+        model = model.fork(first);
+    }
+    let device = parallel.first().cloned().or(device);
     let mut rng = SplitMix64::new(seed);
     let mut last_checkpoint = std::time::Instant::now();
     // A checkpoint fell due where the objective cannot resume; it is written at the next step
@@ -369,13 +411,30 @@ pub fn train<M: Module, O: Objective<M>>(
             let _ = obj.step_metrics();
             let items: f64 = group.iter().map(|&i| obj.count(&train[i])).sum();
             let mut accumulator = GradientsAccumulator::new();
-            let mut loss = 0.0;
-            for &i in group {
-                let l = obj.loss_sum(&model, &train[i]).div_scalar(items.max(1.0));
-                loss += l.clone().detach().into_scalar::<f32>() as f64;
-                let grads = GradientsParams::from_grads(l.backward(), &model);
+            // Replicas carry this step's weights to the other devices.
+            let replicas: Vec<M> = parallel
+                .iter()
+                .skip(1)
+                .map(|d| model.clone().fork(d))
+                .collect();
+            let mut losses = Vec::with_capacity(group.len());
+            for (j, &i) in group.iter().enumerate() {
+                let on = j % parallel.len().max(1);
+                let m = if on == 0 { &model } else { &replicas[on - 1] };
+                let l = obj.loss_sum(m, &train[i]).div_scalar(items.max(1.0));
+                losses.push(l.clone().detach());
+                let mut grads = GradientsParams::from_grads(l.backward(), m);
+                if on > 0 {
+                    grads = grads.to_device(&parallel[0], m);
+                }
+                // Summed in the order of the micro-batches, as on one device.
                 accumulator.accumulate(&model, grads);
             }
+            // Read once all micro-batches are queued, so devices are not waited on one by one.
+            let loss: f64 = losses
+                .into_iter()
+                .map(|l| l.into_scalar::<f32>() as f64)
+                .sum();
             if !loss.is_finite() {
                 return Err(TrainError::NonFinite { step, loss });
             }
@@ -503,6 +562,11 @@ pub fn train<M: Module, O: Objective<M>>(
             }
         }
         summary.final_eval = Some(evaluate(&model, obj, val));
+    }
+    if let (Some(first), Some(home)) = (parallel.first(), &home)
+        && first != home
+    {
+        model = model.fork(home);
     }
     Ok((model, summary))
 }

@@ -12,6 +12,7 @@ mod common;
 mod compare;
 mod concat_stage;
 mod data_layouts;
+mod data_parallel;
 mod dpo_parity;
 mod dpo_stage;
 mod experiments;
