@@ -138,11 +138,19 @@ fn resubmits_find_queued_jobs_and_a_partial_run_submits_only_what_is_stale() {
     // `reviews` already ran here: only `qa` and `qa_clean` are stale.
     p.hone(&["run", "r.yaml", "--only", "reviews"]).ok();
     // Held jobs stay queued, so the second submit meets them.
-    let recipe = std::fs::read_to_string(p.path("r.yaml")).unwrap().replacen(
-        "stages:\n",
-        "executor: { kind: slurm, sbatch_args: [--hold] }\nstages:\n",
-        1,
-    );
+    // What each job asks for: a stage's own `resources`, over the kind's `defaults`.
+    let recipe = std::fs::read_to_string(p.path("r.yaml"))
+        .unwrap()
+        .replacen(
+            "stages:\n",
+            "executor: { kind: slurm, sbatch_args: [--hold] }\ndefaults: { dataset: { resources: { time: \"0:20:00\" } } }\nstages:\n",
+            1,
+        )
+        .replacen(
+            "    split: { validation: 0.2 }\n",
+            "    split: { validation: 0.2 }\n    resources: { mem: 300M, cpus: 1 }\n",
+            1,
+        );
     p.write("r.yaml", &recipe);
     let first = with_env(&p, &["run", "r.yaml"], &env).ok();
     assert!(says(&first, "qa", "submitted"), "{first}");
@@ -154,6 +162,28 @@ fn resubmits_find_queued_jobs_and_a_partial_run_submits_only_what_is_stale() {
     );
     let queued_before = cluster.run("squeue", &["-h", "-o", "%i"]).lines().count();
     assert_eq!(queued_before, 3, "two stages and the final job");
+    let job_of = |out: &str, stage: &str| {
+        out.lines()
+            .find(|l| says(l, stage, "submitted"))
+            .and_then(|l| l.split("job ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned()
+    };
+    let qa_job = job_of(&first, "qa");
+    let asked = cluster.run("scontrol", &["show", "job", "-o", &qa_job]);
+    for field in ["TimeLimit=00:20:00", "MinMemoryNode=300M", "NumCPUs=1"] {
+        assert!(asked.contains(field), "{field}: {asked}");
+    }
+    let clean_asked = cluster.run(
+        "scontrol",
+        &["show", "job", "-o", &job_of(&first, "qa_clean")],
+    );
+    assert!(clean_asked.contains("TimeLimit=00:20:00"), "{clean_asked}");
+    assert!(
+        clean_asked.contains(&format!("Dependency=afterok:{qa_job}")),
+        "{clean_asked}"
+    );
 
     let second = with_env(&p, &["run", "r.yaml"], &env).ok();
     assert!(
@@ -173,13 +203,6 @@ fn resubmits_find_queued_jobs_and_a_partial_run_submits_only_what_is_stale() {
     );
 
     // A job cancelled by hand is reported as such.
-    let qa_job = first
-        .lines()
-        .find(|l| says(l, "qa", "submitted"))
-        .and_then(|l| l.split("job ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
     cluster.run("scancel", &[&qa_job]);
     let mut status = String::new();
     for _ in 0..40 {
