@@ -266,7 +266,8 @@ enum Command {
     /// `hone score --model recipes/reward_minilm.yaml:rm --prompt "Which country owns
     /// Antarctica?" --response "..." --response "..."`
     Score(score::ScoreArgs),
-    /// Inspect and maintain the store.
+    /// Inspect and maintain the store, and share it through a remote cache (push, pull,
+    /// remote ls/verify).
     Cache {
         #[command(subcommand)]
         command: cache::CacheCommand,

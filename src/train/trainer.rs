@@ -256,6 +256,10 @@ struct Position {
 
 /// Mean loss per item over `batches`, without gradients.
 pub fn evaluate<M: Module, O: Objective<M>>(model: &M, obj: &O, batches: &[O::Batch]) -> f64 {
+    // Parameters that require no gradient keep the autodiff backend from recording the
+    // forward passes: their activations are freed batch by batch instead of held for a
+    // backward pass that never comes.
+    let model = &model.clone().no_grad();
     let (mut sum, mut n) = (0.0, 0.0);
     for b in batches {
         sum += obj.loss_sum(model, b).detach().into_scalar::<f32>() as f64;
