@@ -1,14 +1,15 @@
 //! Peak memory and speed of LoRA SFT on a real checkpoint next to PyTorch + PEFT (not a test):
 //! `cargo bench --bench lora_memory`.
 //!
-//! Both sides tune SmolLM2-135M-Instruct (read from the GGUF `scripts/fetch_models.sh` fetches,
-//! dequantised to f32) on the car QA pairs through its chat template: LoRA r 16, alpha 32 on
+//! Both sides tune SmolLM2-135M-Instruct and Gemma 3 270M (read from the GGUFs
+//! `scripts/fetch_models.sh` fetches, dequantised to f32; `HONE_BENCH_MODELS=smollm2` or
+//! `=gemma3` picks one) on the car QA pairs through each model's chat template: LoRA r 16, alpha 32 on
 //! every attention and MLP projection, batch 8, at most 96 tokens, 2 epochs, AdamW lr 2e-3,
 //! clipping at 1.0, 2 threads. hone runs as `hone run` of a one-stage recipe under
 //! `/usr/bin/time` (peak RSS of the process); PyTorch as `scripts/bench_torch_lora.py` through
 //! `$HONE_BENCH_PYTHON` (default `python3`; needs torch, transformers, peft, gguf). Tokens are
 //! the non-padding tokens PyTorch counts (the same texts and tokenizer on both sides); each
-//! side's time includes loading the model. Prints a table and writes
+//! side's time includes loading the model. Prints a table per model and writes
 //! `target/hone-bench/lora_memory.json`. `HONE_BENCH_BACKEND=wgpu|cuda` runs hone with that
 //! `--backend` (`scripts/gpu_check.sh`) and leaves out the PyTorch baseline, which runs on the
 //! CPU.
@@ -25,15 +26,49 @@ const LR: f64 = 2e-3;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let gguf = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let qa = root.join("data/cars/qa.jsonl");
-    if !gguf.is_file() {
-        eprintln!(
-            "lora_memory: {} is missing; run scripts/fetch_models.sh",
-            gguf.display()
-        );
-        return;
+    let wanted = std::env::var("HONE_BENCH_MODELS").unwrap_or_else(|_| "smollm2,gemma3".into());
+    let mut report = serde_json::Map::new();
+    // The Gemma 3 GGUF ships no chat template: both sides use the Gemma turns hone falls
+    // back to (`model::chat::GEMMA`).
+    for (key, name, file, template) in [
+        (
+            "smollm2",
+            "SmolLM2-135M-Instruct",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            None,
+        ),
+        (
+            "gemma3",
+            "Gemma 3 270M",
+            "gemma-3-270m-q4_k_m.gguf",
+            Some(hone::model::chat::GEMMA),
+        ),
+    ] {
+        if !wanted.split(',').any(|w| w.trim() == key) {
+            continue;
+        }
+        let gguf = root.join("models").join(file);
+        if !gguf.is_file() {
+            eprintln!(
+                "lora_memory: {} is missing; run scripts/fetch_models.sh",
+                gguf.display()
+            );
+            continue;
+        }
+        report.insert(key.into(), bench_model(root, name, &gguf, template));
     }
+    let out_dir = root.join("target/hone-bench");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(
+        out_dir.join("lora_memory.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+}
+
+/// One model: hone and the PyTorch baseline, a table, and the numbers for the report.
+fn bench_model(root: &Path, name: &str, gguf: &Path, template: Option<&str>) -> serde_json::Value {
+    let qa = root.join("data/cars/qa.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let recipe = format!(
         "version: 1\nname: lora-memory\nseed: 7\nstages:\n  qa:\n    kind: dataset\n    source: {{ path: {qa} }}\n    columns: {{ question: prompt, answer: response }}\n  sft:\n    kind: sft\n    model: {{ path: {gguf} }}\n    data: {{ from: qa }}\n    template: model\n    max_length: {MAX_LEN}\n    peft: {{ method: lora, r: {RANK}, alpha: {ALPHA}, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] }}\n    train: {{ epochs: {EPOCHS}, batch_size: {BATCH}, lr: {LR}, warmup_steps: 0 }}\n",
@@ -74,17 +109,18 @@ fn main() {
     let python = std::env::var("HONE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     if backend != "cpu" {
         println!(
-            "LoRA SFT, SmolLM2-135M-Instruct on {backend}: sft stage {hone_s:.1} s (load included), host peak RSS {:.2} GB; PyTorch's CPU baseline left out",
+            "LoRA SFT, {name} on {backend}: sft stage {hone_s:.1} s (load included), host peak RSS {:.2} GB; PyTorch's CPU baseline left out",
             hone_peak_kb / 1024.0 / 1024.0
         );
-        return;
+        return serde_json::json!({ "hone": { "peak_rss_kb": hone_peak_kb, "seconds": hone_s, "backend": backend } });
     }
     let torch = Command::new(&python)
         .arg(root.join("scripts/bench_torch_lora.py"))
-        .arg(&gguf)
+        .arg(gguf)
         .arg(&qa)
         .args([EPOCHS, BATCH, MAX_LEN, RANK].map(|v| v.to_string()))
         .args([ALPHA, LR].map(|v| v.to_string()))
+        .args(template)
         .output();
     let torch: Option<serde_json::Value> = match torch {
         Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
@@ -102,7 +138,7 @@ fn main() {
     };
     let gb = |kb: f64| kb / 1024.0 / 1024.0;
     println!(
-        "LoRA SFT, SmolLM2-135M-Instruct, r {RANK}, batch {BATCH}, <= {MAX_LEN} tokens, {EPOCHS} epochs, 2 threads"
+        "LoRA SFT, {name}, r {RANK}, batch {BATCH}, <= {MAX_LEN} tokens, {EPOCHS} epochs, 2 threads"
     );
     println!("| | hone | PyTorch + PEFT | hone / PyTorch |");
     println!("|---|---|---|---|");
@@ -136,11 +172,5 @@ fn main() {
             gb(hone_peak_kb)
         ),
     }
-    let out_dir = root.join("target/hone-bench");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    std::fs::write(
-        out_dir.join("lora_memory.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
+    report
 }

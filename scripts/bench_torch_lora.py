@@ -3,7 +3,8 @@
 checkpoint on the car QA pairs with the settings hone's bench recipe uses, and this process's
 peak RSS.
 
-Arguments: gguf_path qa_jsonl epochs batch max_length rank alpha lr
+Arguments: gguf_path qa_jsonl epochs batch max_length rank alpha lr [chat_template]
+(the template is used when the GGUF ships none, as Gemma 3 270M's does not)
 The model is read from the GGUF (dequantised to f32, as hone reads it); prompts go through its
 chat template; the loss covers the assistant's tokens only; LoRA on every attention and MLP
 projection; AdamW (PyTorch defaults but the lr), global-norm clipping at 1.0, 2 threads.
@@ -27,6 +28,8 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tok.chat_template is None and len(sys.argv) > 9:
+        tok.chat_template = sys.argv[9]
     base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
