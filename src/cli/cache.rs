@@ -244,11 +244,7 @@ fn remote_command(command: &RemoteCommand, args: &RemoteArgs) -> Result<ExitCode
         };
         match command {
             RemoteCommand::Ls => {
-                let size: u64 = m
-                    .outputs
-                    .values()
-                    .flat_map(|o| o.files.values().map(|f| f.size))
-                    .sum();
+                let size = m.total_bytes();
                 println!(
                     "{}  {:<20} {:<9} {:>10}  hone {}",
                     &m.action[..16],
@@ -366,11 +362,7 @@ pub fn run(store_flag: Option<&Path>, command: &CacheCommand) -> Result<ExitCode
         }
         CacheCommand::Ls => {
             for m in store.manifests()? {
-                let size: u64 = m
-                    .outputs
-                    .values()
-                    .flat_map(|o| o.files.values().map(|f| f.size))
-                    .sum();
+                let size = m.total_bytes();
                 println!(
                     "{}  {:<20} {:<9} {:>10}  {}",
                     &m.action[..16],

@@ -132,6 +132,14 @@ impl Manifest {
         artifact_digest(&self.outputs)
     }
 
+    /// Bytes of all output files together.
+    pub fn total_bytes(&self) -> u64 {
+        self.outputs
+            .values()
+            .flat_map(|o| o.files.values().map(|f| f.size))
+            .sum()
+    }
+
     /// Parses a manifest and checks everything a reader will use as a path or a key, so a
     /// damaged or hostile manifest (from a shared or remote store) is refused before any use:
     /// the action and every digest are 64 lowercase hex characters, every file name is a

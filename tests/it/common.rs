@@ -111,6 +111,35 @@ impl Run {
     }
 }
 
+/// Runs `hone args` in `p` with more environment (a remote's endpoint, a Slurm cluster's
+/// configuration).
+pub fn run_with_env(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {
+    Run(p
+        .cmd(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("hone runs"))
+}
+
+/// Each stage's action and artifact in the lockfile `lock` of `p`: what two runs must agree
+/// on to have produced the same results (wall times may differ).
+pub fn lock_results(p: &Project, lock: &str) -> Vec<(String, String, String)> {
+    let l: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(p.path(lock)).unwrap()).unwrap();
+    l["stages"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v["action"].as_str().unwrap().to_owned(),
+                v["artifact"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Rows of a small QA dataset as JSONL.
 pub fn qa_jsonl(n: usize, offset: usize) -> String {
     (offset..offset + n)

@@ -7,16 +7,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::common::{Project, Run, kill_at_with, quickstart_recipe, two_dataset_project};
+use crate::common::{
+    Project, Run, kill_at_with, lock_results, quickstart_recipe, run_with_env as with_env,
+    two_dataset_project,
+};
 use crate::services::S3Server;
-
-fn with_env(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {
-    Run(p
-        .cmd(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("hone runs"))
-}
 
 /// Stage names on lines that start with `word` (`pulled`, `ran`).
 fn stages(out: &str, word: &str) -> Vec<String> {
@@ -47,23 +42,27 @@ fn remote_manifest(root: &Path, action: &str) -> PathBuf {
 /// Both lockfiles record the same action and output for every stage (a stage recomputed here
 /// has its own wall time).
 fn assert_same_results(a: &Project, b: &Project, lock: &str) {
-    let read = |p: &Project| -> Vec<(String, String, String)> {
-        let l: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(p.path(lock)).unwrap()).unwrap();
-        l["stages"]
-            .as_mapping()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().unwrap().to_owned(),
-                    v["action"].as_str().unwrap().to_owned(),
-                    v["artifact"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
-    assert_eq!(read(a), read(b));
+    assert_eq!(lock_results(a, lock), lock_results(b, lock));
+}
+
+/// The manifest file of `stage`'s action in `p`'s local store.
+fn local_manifest(p: &Project, stage: &str) -> PathBuf {
+    let action = lock_entry(p, "r.lock", stage, "action");
+    p.store()
+        .join("actions")
+        .join(&action[..2])
+        .join(format!("{action}.json"))
+}
+
+/// A project whose results went to the `file://` remote `url` (write-through), and a second
+/// project of the same recipe that computed them locally, without the remote.
+fn published_and_local(url: &str) -> (Project, Project) {
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    with_env(&a, &["run", "r.yaml", "--remote", url], &write).ok();
+    let b = two_dataset_project();
+    b.hone(&["run", "r.yaml"]).ok();
+    (a, b)
 }
 
 fn lock_entry(p: &Project, lock: &str, stage: &str, field: &str) -> String {
@@ -400,22 +399,10 @@ fn remote_settings_are_checked_and_keep_credentials_out_of_recipes() {
 fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
     let remote = tempfile::tempdir().unwrap();
     let url = file_url(remote.path());
-    let a = two_dataset_project();
-    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
-    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
-
     // Here everything ran once, then `qa`'s result was dropped while `qa_clean`, which reads
     // it, stayed: a run needs nothing of `qa`, so nothing of it is downloaded.
-    let b = two_dataset_project();
-    b.hone(&["run", "r.yaml"]).ok();
-    let qa = lock_entry(&b, "r.lock", "qa", "action");
-    std::fs::remove_file(
-        b.store()
-            .join("actions")
-            .join(&qa[..2])
-            .join(format!("{qa}.json")),
-    )
-    .unwrap();
+    let (_a, b) = published_and_local(&url);
+    std::fs::remove_file(local_manifest(&b, "qa")).unwrap();
     b.hone(&["cache", "gc"]).ok();
     let blobs = b.blobs();
     let lock = std::fs::read(b.path("r.lock")).unwrap();
@@ -438,27 +425,15 @@ fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
 fn a_push_that_finds_other_outputs_for_its_action_warns_and_the_first_writer_stays() {
     let remote = tempfile::tempdir().unwrap();
     let url = file_url(remote.path());
-    let a = two_dataset_project();
-    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
-    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
-
     // Another store records other outputs for `qa`'s action, as a stage that is not
     // deterministic across machines would (here: `qa_clean`'s files under `qa`'s key).
-    let b = two_dataset_project();
-    b.hone(&["run", "r.yaml"]).ok();
-    let manifest_of = |stage: &str| {
-        let action = lock_entry(&b, "r.lock", stage, "action");
-        b.store()
-            .join("actions")
-            .join(&action[..2])
-            .join(format!("{action}.json"))
-    };
-    let read = |p: &PathBuf| -> serde_json::Value {
+    let (a, b) = published_and_local(&url);
+    let read = |p: PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
     };
-    let mut qa = read(&manifest_of("qa"));
-    qa["outputs"] = read(&manifest_of("qa_clean"))["outputs"].clone();
-    std::fs::write(manifest_of("qa"), serde_json::to_vec(&qa).unwrap()).unwrap();
+    let mut qa = read(local_manifest(&b, "qa"));
+    qa["outputs"] = read(local_manifest(&b, "qa_clean"))["outputs"].clone();
+    std::fs::write(local_manifest(&b, "qa"), serde_json::to_vec(&qa).unwrap()).unwrap();
     let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]).ok();
     assert!(
         push.contains("warning: stage `qa`") && push.contains("first writer wins"),

@@ -3,34 +3,15 @@
 //! failed stage cancels what depends on it and `status` says which; a second submit while
 //! jobs are queued submits nothing; a submit after a partial run submits only what is stale.
 
-use crate::common::{Project, Run, quickstart_recipe, two_dataset_project};
+use crate::common::{
+    Project, Run, lock_results, quickstart_recipe, run_with_env, two_dataset_project,
+};
 use crate::services::SlurmCluster;
 
 fn with_env(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {
-    Run(p
-        .cmd(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("HONE_SLURM_POLL", "0.5")
-        .output()
-        .expect("hone runs"))
-}
-
-/// Stage -> (action, artifact) of a lockfile.
-fn results(p: &Project, lock: &str) -> Vec<(String, String, String)> {
-    let l: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(p.path(lock)).unwrap()).unwrap();
-    l["stages"]
-        .as_mapping()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().unwrap().to_owned(),
-                v["action"].as_str().unwrap().to_owned(),
-                v["artifact"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    let mut env = env.to_vec();
+    env.push(("HONE_SLURM_POLL", "0.5".into()));
+    run_with_env(p, args, &env)
 }
 
 /// Lines of `out` that name `stage` in its column and contain `words`.
@@ -62,8 +43,8 @@ fn the_quickstart_through_slurm_ends_with_the_lockfile_of_a_local_run() {
     );
     assert!(out.contains("every job completed"), "{out}");
     assert_eq!(
-        results(&p, "quickstart.lock"),
-        results(&local, "quickstart.lock")
+        lock_results(&p, "quickstart.lock"),
+        lock_results(&local, "quickstart.lock")
     );
     assert!(p.path("quickstart.report.html").is_file());
     assert!(p.path("dist/car-assistant/model.safetensors").is_file());
