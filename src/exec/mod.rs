@@ -236,8 +236,14 @@ pub fn run(
                         .remove(&i)
                         .filter(|m| m.action == action.key)
                         .map(|m| (m, from_remote.pull.contains(&i)))
-                        .or_else(|| late_hit(remote, &from_remote, &action.key).map(|m| (m, true)))
                         .filter(|_| !forced)
+                        .or_else(|| {
+                            // A forced stage is computed here, never taken from the remote.
+                            (!forced)
+                                .then(|| late_hit(remote, &from_remote, &action.key))
+                                .flatten()
+                                .map(|m| (m, true))
+                        })
                         .and_then(|(m, pull_now)| {
                             let r = remote.expect("hits come from a remote");
                             if !pull_now {
