@@ -231,42 +231,16 @@ pub fn run(
                         outcome = Outcome::RanElsewhere;
                         m
                     }
-                    None => match from_remote
-                        .hits
-                        .remove(&i)
-                        .filter(|m| m.action == action.key)
-                        .map(|m| (m, from_remote.pull.contains(&i)))
-                        .filter(|_| !forced)
-                        .or_else(|| {
-                            // A forced stage is computed here, never taken from the remote.
-                            (!forced)
-                                .then(|| late_hit(remote, &from_remote, &action.key))
-                                .flatten()
-                                .map(|m| (m, true))
-                        })
-                        .and_then(|(m, pull_now)| {
-                            let r = remote.expect("hits come from a remote");
-                            if !pull_now {
-                                return Some((Outcome::OnRemote, m, None));
-                            }
-                            if r.is_down() {
-                                return None; // warned once already; computed here
-                            }
-                            crate::store::fault_point("before-pull");
-                            match r.pull(store, &m) {
-                                Ok(t) => Some((Outcome::Pulled, m, Some(t))),
-                                Err(e) => {
-                                    observer.event(&Event::RemoteWarning {
-                                        stage: Some(&stage.name),
-                                        message: &format!(
-                                            "not pulled from {}: {e}; it runs here",
-                                            r.label
-                                        ),
-                                    });
-                                    None
-                                }
-                            }
-                        }) {
+                    None => match take_from_remote(
+                        remote,
+                        &mut from_remote,
+                        i,
+                        &action.key,
+                        forced,
+                        store,
+                        &stage.name,
+                        observer,
+                    ) {
                         Some((o, m, t)) => {
                             outcome = o;
                             pulled = t;
@@ -410,14 +384,50 @@ pub fn run(
     Ok(report)
 }
 
+/// Stage `i`'s result from the remote cache, when this run may take one: downloaded now
+/// (`Pulled`), or only recorded (`OnRemote`) when nothing here needs its files. `None`: the
+/// stage runs here (forced, not on the remote, or the pull failed: a warning says why).
+#[allow(clippy::too_many_arguments)]
+fn take_from_remote(
+    remote: Option<&Remote>,
+    hits: &mut remote_hits::RemoteHits,
+    i: usize,
+    key: &str,
+    forced: bool,
+    store: &Store,
+    stage: &str,
+    observer: &mut dyn Observer,
+) -> Option<(Outcome, Manifest, Option<Transfer>)> {
+    let r = remote.filter(|_| !forced)?;
+    let (m, pull_now) = match hits.hits.remove(&i).filter(|m| m.action == key) {
+        Some(m) => (m, hits.pull.contains(&i)),
+        None => (late_hit(r, hits, key)?, true),
+    };
+    if !pull_now {
+        return Some((Outcome::OnRemote, m, None));
+    }
+    if r.is_down() {
+        return None; // warned once already; computed here
+    }
+    crate::store::fault_point("before-pull");
+    match r.pull(store, &m) {
+        Ok(t) => Some((Outcome::Pulled, m, Some(t))),
+        Err(e) => {
+            observer.event(&Event::RemoteWarning {
+                stage: Some(stage),
+                message: &format!("not pulled from {}: {e}; it runs here", r.label),
+            });
+            None
+        }
+    }
+}
+
 /// The remote's manifest of an action the look-ahead did not ask for (its key depends on a
 /// stage that ran here); failures are left to the look-ahead's single warning.
-fn late_hit(
-    remote: Option<&Remote>,
-    looked: &remote_hits::RemoteHits,
-    key: &str,
-) -> Option<Manifest> {
-    let r = remote.filter(|r| r.read && !r.is_down())?;
+fn late_hit(r: &Remote, looked: &remote_hits::RemoteHits, key: &str) -> Option<Manifest> {
+    if !r.read || r.is_down() {
+        return None;
+    }
     if looked.looked_up.contains(key) {
         return None;
     }
