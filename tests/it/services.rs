@@ -1,5 +1,6 @@
-//! Real services the tests start on loopback: an S3 protocol server (moto), installed by
-//! `scripts/test_services.sh` (which `.ci/run` calls). No mock stands in for it.
+//! Real services the tests start on loopback: an S3 protocol server (moto) and a single-node
+//! Slurm cluster, installed by `scripts/test_services.sh` (which `.ci/run` calls). No mock
+//! stands in for either.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -113,8 +114,9 @@ impl Drop for S3Server {
     }
 }
 
-/// A single-node Slurm cluster on loopback (slurmctld, slurmd, munge; installed by
-/// `scripts/test_services.sh`), with its own configuration, state and ports; stopped on drop.
+/// A single-node Slurm cluster on loopback (slurmctld, slurmd, munged; installed by
+/// `scripts/test_services.sh`), with its own configuration, munge key, state and ports; stopped
+/// on drop.
 /// Clusters are started one at a time (a guard held while one runs), since each takes the
 /// machine's CPUs as its node's.
 pub struct SlurmCluster {
@@ -145,32 +147,21 @@ impl SlurmCluster {
                 "`{tool}` is missing: run scripts/test_services.sh (installs slurmctld, slurmd, slurm-client and munge)"
             );
         }
-        // One munge daemon serves every cluster on the machine.
-        if !Path::new("/run/munge/munge.socket.2").exists() {
-            std::fs::create_dir_all("/run/munge").unwrap();
-            let status = Command::new("chown")
-                .args(["munge:munge", "/run/munge"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "cannot prepare /run/munge (root needed)");
-            let status = Command::new("runuser")
-                .args(["-u", "munge", "--", "munged"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "munged did not start");
-        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for sub in ["state", "spool", "log"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
+        // The cluster's own munge daemon, key and socket: a system munged may be absent, or
+        // have left a socket nobody listens on (as a package's install does in a container).
+        let munge = start_munged(d);
         let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
             .unwrap()
             .trim()
             .to_owned();
         let conf = format!(
             "ClusterName=hone-test\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={}\nSlurmdPort={}\n\
-             SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nProctrackType=proctrack/linuxproc\n\
+             SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nAuthInfo=socket={socket}\nProctrackType=proctrack/linuxproc\n\
              TaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n\
              AccountingStorageType=accounting_storage/none\nSelectType=select/cons_tres\n\
              SelectTypeParameters=CR_Core_Memory\nDefMemPerCPU=200\nMpiDefault=none\nReturnToService=2\n\
@@ -182,7 +173,8 @@ impl SlurmCluster {
              PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
             free_port(),
             free_port(),
-            d = d.display()
+            d = d.display(),
+            socket = d.join("munge.socket").display(),
         );
         let conf_path = d.join("slurm.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -196,9 +188,11 @@ impl SlurmCluster {
                 .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"))
         };
         let conf_arg = conf_path.to_str().unwrap();
+        // Stopped in this order on drop: munged last.
         let daemons = vec![
             daemon("slurmctld", &["-D", "-i", "-f", conf_arg]),
             daemon("slurmd", &["-D", "-f", conf_arg]),
+            munge,
         ];
         let cluster = SlurmCluster {
             daemons,
@@ -248,6 +242,46 @@ impl SlurmCluster {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// Starts munged in the foreground with a fresh key and its socket, pid, seed and log files in
+/// `dir` (`--force`: the tests run as root, which Slurm's daemons need anyway); returns once
+/// the socket answers.
+fn start_munged(dir: &Path) -> Child {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("munge.key");
+    let mut bytes = vec![0u8; 1024];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .unwrap();
+    std::fs::write(&key, &bytes).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let socket = dir.join("munge.socket");
+    let arg = |name: &str, path: PathBuf| format!("--{name}={}", path.display());
+    let child = Command::new("munged")
+        .args([
+            "--foreground".to_owned(),
+            "--force".to_owned(),
+            arg("socket", socket.clone()),
+            arg("key-file", key),
+            arg("pid-file", dir.join("munged.pid")),
+            arg("seed-file", dir.join("munged.seed")),
+            arg("log-file", dir.join("log/munged.log")),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start munged: {e}"));
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "munged did not open its socket {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
 }
 
 impl Drop for SlurmCluster {
