@@ -104,6 +104,26 @@ pub fn fused(device: &Device, dtype: DType) -> bool {
     flex && dtype == DType::F32
 }
 
+/// `f` of `t`'s values as f32, row-major: borrowed where they lie when `t` is a contiguous f32
+/// tensor on the flex backend (a model's weights, which saving then never copies), else read
+/// back once.
+pub fn with_f32_values<const D: usize, R>(t: Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> R {
+    use burn::backend::{BackendTensor, DispatchTensorKind};
+    if t.dtype() == DType::F32 {
+        let dispatch = t.clone().into_dispatch();
+        if let DispatchTensorKind::Flex(BackendTensor::Float(flex)) = &dispatch.kind
+            && let Some(values) = flex.as_slice::<f32>()
+        {
+            return f(values);
+        }
+    }
+    let data = t.into_data();
+    match data.as_slice::<f32>() {
+        Ok(values) => f(values),
+        Err(_) => f(&data.convert::<f32>().try_into_vec::<f32>().expect("f32 values")),
+    }
+}
+
 /// Negative log-likelihood of `labels` `[n]` under `logits` `[n, v]`, per row, from burn's
 /// composed ops (`log_softmax` + `gather`; burn has no ignore-index).
 pub fn logits_nll(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {

@@ -312,35 +312,89 @@ impl WeightMap {
 }
 
 /// Named tensors on their way to a safetensors file.
+///
+/// A tensor put from the model is read back only when the file is written, one tensor at a
+/// time: saving a model costs one tensor's copy on top of the model, never a second copy of
+/// all its weights (on a 270M model with a 262k vocabulary, the difference is a gigabyte).
 #[derive(Default)]
 pub struct WeightWriter {
-    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+struct Entry {
+    shape: Vec<usize>,
+    values: Values,
+}
+
+enum Values {
+    Ready(Vec<f32>),
+    /// Hands the tensor's values to a visitor when the file is written (a transposed or
+    /// merged weight is computed then; a loaded one is read where it lies).
+    Deferred(Box<dyn Fn(&mut dyn FnMut(&[f32]))>),
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// `f` of the values, read now for a deferred tensor.
+    fn with_values<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        match &self.values {
+            Values::Ready(v) => f(v),
+            Values::Deferred(read) => {
+                let (mut f, mut out) = (Some(f), None);
+                read(&mut |v| {
+                    assert_eq!(v.len(), self.len(), "a tensor reads back in its shape");
+                    out = f.take().map(|f| f(v));
+                });
+                out.expect("a deferred tensor is read once")
+            }
+        }
+    }
 }
 
 impl WeightWriter {
     pub fn put<const D: usize>(&mut self, name: impl Into<String>, t: Tensor<D>) {
         let shape = t.dims().to_vec();
-        let values = super::to_vec(t);
-        self.tensors.insert(name.into(), (shape, values));
+        let read = move |visit: &mut dyn FnMut(&[f32])| {
+            crate::kernels::with_f32_values(t.clone(), |v| visit(v))
+        };
+        self.tensors.insert(
+            name.into(),
+            Entry {
+                shape,
+                values: Values::Deferred(Box::new(read)),
+            },
+        );
     }
 
     /// Stores a burn `[in, out]` weight as PyTorch's `[out, in]`.
     pub fn put_linear(&mut self, name: impl Into<String>, w: Tensor<2>) {
         self.put(name, w.transpose());
     }
-
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.tensors.keys()
     }
 
-    /// Every tensor by name: its shape and values.
-    pub fn into_tensors(self) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-        self.tensors
+    /// Every tensor by name, in name order: its shape and values, each read as it is reached.
+    pub fn into_tensors(self) -> impl Iterator<Item = (String, (Vec<usize>, Vec<f32>))> {
+        self.tensors.into_iter().map(|(name, entry)| {
+            let values = entry.with_values(<[f32]>::to_vec);
+            (name, (entry.shape, values))
+        })
     }
 
     /// A tensor given by its PyTorch shape and values.
     pub fn put_values(&mut self, name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
-        self.tensors.insert(name.into(), (shape, values));
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "values fill the shape");
+        self.tensors.insert(
+            name.into(),
+            Entry {
+                shape,
+                values: Values::Ready(values),
+            },
+        );
     }
 
     /// Writes the file in f32 (tensors sorted by name; metadata `format: pt` as transformers
@@ -350,36 +404,45 @@ impl WeightWriter {
         self.write_file(path, &names, StoredDtype::F32)
     }
 
-    /// Streams the file to disk tensor by tensor (safetensors' own writer, so the same bytes as
-    /// serialising it whole): only the converted copies of bf16/f16 tensors are made, never
-    /// the file in memory. f32 values are written from where they are.
+    /// Streams the file to disk tensor by tensor, each read (and converted to `dtype`) only
+    /// when it is written. The bytes are those of safetensors' own serialiser: its header
+    /// (`Metadata`, padded with spaces to 8 bytes), then the data in the order it sorts tensors
+    /// in, by name here since all have one dtype (a test holds the two to the same bytes).
     fn write_file(&self, path: &Path, names: &[&String], dtype: StoredDtype) -> anyhow::Result<()> {
-        let encoded: Vec<Option<Vec<u8>>> = names
+        use std::io::Write;
+        let mut names = names.to_vec();
+        names.sort();
+        let mut offset = 0;
+        let infos = names
             .iter()
-            .map(|n| (!dtype.is_f32_in_place()).then(|| dtype.encode(&self.tensors[*n].1)))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = names
-            .iter()
-            .zip(&encoded)
-            .map(|(n, e)| {
-                let (shape, v) = &self.tensors[*n];
-                let bytes = match e {
-                    Some(e) => e.as_slice(),
-                    None => f32_bytes(v),
+            .map(|n| {
+                let entry = &self.tensors[*n];
+                let len = entry.len() * dtype.bytes();
+                let info = safetensors::tensor::TensorInfo {
+                    dtype: dtype.safetensors(),
+                    shape: entry.shape.clone(),
+                    data_offsets: (offset, offset + len),
                 };
-                Ok((
-                    (*n).clone(),
-                    safetensors::tensor::TensorView::new(
-                        dtype.safetensors(),
-                        shape.clone(),
-                        bytes,
-                    )?,
-                ))
+                offset += len;
+                ((*n).clone(), info)
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+        let header = safetensors::tensor::Metadata::new(Some(meta), infos)?;
+        let mut header = serde_json::to_string(&header)?.into_bytes();
+        header.resize(header.len().next_multiple_of(8), b' ');
         crate::store::write_atomic_file(path, |tmp| {
-            Ok(safetensors::serialize_to_file(views, Some(meta), tmp)?)
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
+            f.write_all(&(header.len() as u64).to_le_bytes())?;
+            f.write_all(&header)?;
+            for n in &names {
+                self.tensors[*n].with_values(|values| match dtype.is_f32_in_place() {
+                    true => f.write_all(f32_bytes(values)),
+                    false => f.write_all(&dtype.encode(values)),
+                })?;
+            }
+            f.into_inner().map_err(|e| e.into_error())?;
+            Ok(())
         })
     }
 
@@ -393,7 +456,7 @@ impl WeightWriter {
         dtype: StoredDtype,
         max_shard_bytes: u64,
     ) -> anyhow::Result<Vec<String>> {
-        let size = |n: &String| (self.tensors[n].1.len() * dtype.bytes()) as u64;
+        let size = |n: &String| (self.tensors[n].len() * dtype.bytes()) as u64;
         let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
         let mut current = 0u64;
         for name in self.tensors.keys() {
@@ -503,4 +566,48 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
     // SAFETY: any f32 is 4 initialised bytes; u8 has alignment 1; the length covers exactly
     // the slice's memory and the borrow ties the bytes to `v`'s lifetime.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    /// The streaming writer produces the bytes safetensors' own serialiser does, for tensors
+    /// put as values and as (transposed) tensors, in f32 and converted.
+    #[test]
+    fn streamed_files_are_the_bytes_safetensors_writes() {
+        let d = Device::flex();
+        let linear: Vec<f32> = (0..6).map(|v| v as f32 * 0.5 - 1.0).collect();
+        let vector = vec![0.25f32, -3.0, 7.5];
+        let mut w = WeightWriter::default();
+        w.put_linear(
+            "b.linear.weight",
+            Tensor::<2>::from_data(TensorData::new(linear.clone(), [2, 3]), &d),
+        );
+        w.put_values("a.norm.weight", vec![3], vector.clone());
+        w.put("c.scalar", Tensor::<1>::from_data(TensorData::new(vec![9.0f32], [1]), &d));
+        let dir = tempfile::tempdir().unwrap();
+        for dtype in [StoredDtype::F32, StoredDtype::BF16, StoredDtype::F16] {
+            // PyTorch's [out, in] = the transpose of burn's [in, out] = [2, 3].
+            let expected = [
+                ("a.norm.weight", vec![3], dtype.encode(&vector)),
+                ("b.linear.weight", vec![3, 2], dtype.encode(&transpose(&linear, 2, 3))),
+                ("c.scalar", vec![1], dtype.encode(&[9.0])),
+            ];
+            let views: Vec<(&str, TensorView)> = expected
+                .iter()
+                .map(|(n, shape, bytes)| {
+                    (*n, TensorView::new(dtype.safetensors(), shape.clone(), bytes).unwrap())
+                })
+                .collect();
+            let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+            let reference = safetensors::serialize(views, Some(meta)).unwrap();
+            let names: Vec<String> = w.names().cloned().collect();
+            let names: Vec<&String> = names.iter().collect();
+            let path = dir.path().join("w.safetensors");
+            w.write_file(&path, &names, dtype).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), reference, "{dtype:?}");
+        }
+    }
 }
