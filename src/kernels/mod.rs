@@ -15,6 +15,7 @@
 mod flex;
 mod gelu;
 mod linear_nll;
+mod recompute;
 mod rms_norm;
 mod silu_mul;
 
@@ -23,6 +24,8 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
+
+pub use recompute::checkpointed;
 
 /// Logits computed at once by [`linear_nll`] (and by evaluation's argmax): rows enough to
 /// keep the gemm efficient, few enough that a chunk stays near 64 MiB whatever the vocabulary.
@@ -43,6 +46,13 @@ pub trait FusedOps: Backend {
         weight: FloatTensor<Self>,
         labels: IntTensor<Self>,
         rows: usize,
+    ) -> FloatTensor<Self>;
+    /// `block(x)`, recomputed in backward instead of kept; `token` is a fresh tracked
+    /// scalar that keeps the op recorded ([`checkpointed`]).
+    fn recompute(
+        x: FloatTensor<Self>,
+        token: FloatTensor<Self>,
+        block: recompute::Recompute,
     ) -> FloatTensor<Self>;
 }
 
@@ -67,6 +77,14 @@ impl FusedOps for Flex {
     ) -> FloatTensor<Self> {
         linear_nll::forward(&hidden, &weight, &flex::labels(&labels), rows, false).0
     }
+
+    fn recompute(
+        x: FloatTensor<Self>,
+        _token: FloatTensor<Self>,
+        block: recompute::Recompute,
+    ) -> FloatTensor<Self> {
+        recompute::forward_quietly(x, &block)
+    }
 }
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
@@ -89,6 +107,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         rows: usize,
     ) -> FloatTensor<Self> {
         linear_nll::autodiff::<C>(hidden, weight, labels, rows)
+    }
+
+    fn recompute(
+        x: FloatTensor<Self>,
+        token: FloatTensor<Self>,
+        block: recompute::Recompute,
+    ) -> FloatTensor<Self> {
+        recompute::autodiff::<C>(x, token, block)
     }
 }
 
@@ -120,7 +146,10 @@ pub fn with_f32_values<const D: usize, R>(t: Tensor<D>, f: impl FnOnce(&[f32]) -
     let data = t.into_data();
     match data.as_slice::<f32>() {
         Ok(values) => f(values),
-        Err(_) => f(&data.convert::<f32>().try_into_vec::<f32>().expect("f32 values")),
+        Err(_) => f(&data
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 values")),
     }
 }
 

@@ -274,3 +274,97 @@ fn linear_nll_of_no_rows_is_empty_with_zero_gradients() {
             .all(|&x| x == 0.0)
     );
 }
+
+/// Every float parameter's gradient, in visiting order.
+struct ParamGrads<'a>(&'a burn::optim::GradientsParams, Vec<Vec<f32>>);
+
+impl burn::module::ModuleVisitor for ParamGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        if let Some(g) = self.0.get::<D>(param.id) {
+            self.1.push(to_vec(g));
+        }
+    }
+}
+
+/// Tiny random models of each family, for the recomputation test.
+fn tiny_backbones(d: &Device) -> Vec<(&'static str, crate::model::Backbone)> {
+    use crate::model::{Backbone, bert, gemma3, gpt2, llama};
+    let llama: llama::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 40, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    }))
+    .unwrap();
+    let gpt2: gpt2::Gpt2Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 40, "n_positions": 16, "n_embd": 32, "n_layer": 2, "n_head": 4,
+    }))
+    .unwrap();
+    let gemma: gemma3::Gemma3Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 40, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+        "query_pre_attn_scalar": 16, "sliding_window": 4, "sliding_window_pattern": 2,
+    }))
+    .unwrap();
+    let bert: bert::BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 48,
+    }))
+    .unwrap();
+    vec![
+        ("llama", Backbone::Llama(llama::Llama::init(&llama, d))),
+        ("gpt2", Backbone::Gpt2(gpt2::Gpt2::init(&gpt2, d))),
+        (
+            "gemma3",
+            Backbone::Gemma3(gemma3::Gemma3::init(&gemma, d).unwrap()),
+        ),
+        ("bert", Backbone::Bert(bert::Bert::init(&bert, d))),
+    ]
+}
+
+#[test]
+fn checkpointed_layers_give_the_gradients_of_kept_ones() {
+    use crate::model::{GradientCheckpointing, lora};
+    use burn::module::Module;
+    let d = Device::flex().autodiff();
+    d.seed(11);
+    let ids = Tensor::<2, Int>::from_data([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 0]], &d);
+    let padding =
+        Tensor::<2, Bool>::from_data([[true; 6], [true, true, true, true, false, false]], &d);
+    let weights = Tensor::<3>::random([2, 6, 32], Distribution::Normal(0.0, 1.0), &d);
+    let lora_cfg = lora::LoraConfig {
+        r: 4,
+        ..Default::default()
+    };
+    for (family, base) in tiny_backbones(&d) {
+        let (adapted, _) = lora::apply(base.clone(), &lora_cfg, &d).unwrap();
+        // Full fine-tuning (the embedding is trained: the first layer's input needs a
+        // gradient) and LoRA (it does not: only the adapters in the layers do).
+        for (how, model) in [("full", base), ("lora", adapted)] {
+            let what = format!("{family} {how}");
+            let run = |checkpoint: bool| {
+                let mut m = model.clone();
+                m.set_gradient_checkpointing(checkpoint);
+                let hidden = m.hidden(ids.clone(), Some(padding.clone()));
+                let loss = (hidden.clone() * weights.clone()).sum();
+                let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &m);
+                let mut visitor = ParamGrads(&grads, Vec::new());
+                m.visit(&mut visitor);
+                (to_vec(hidden.inner()), visitor.1)
+            };
+            let (kept_out, kept) = run(false);
+            let before = super::recompute::RECOMPUTED.load(std::sync::atomic::Ordering::SeqCst);
+            let (recomputed_out, recomputed) = run(true);
+            let after = super::recompute::RECOMPUTED.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(after - before >= 2, "{what}: the layers were recomputed");
+            assert_close(&recomputed_out, &kept_out, 0.0, &format!("{what}: hidden"));
+            assert!(kept.len() > 2, "{what}: parameters have gradients");
+            assert_eq!(
+                kept.len(),
+                recomputed.len(),
+                "{what}: every gradient arrives"
+            );
+            for (i, (r, k)) in recomputed.iter().zip(&kept).enumerate() {
+                assert_close(r, k, 1e-5, &format!("{what}: gradient {i}"));
+            }
+        }
+    }
+}

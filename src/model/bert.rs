@@ -95,6 +95,10 @@ pub struct Bert {
     pub mlm_head: Option<MlmHead>,
     #[module(skip)]
     pub config: BertConfig,
+    /// Recompute each layer in backward instead of keeping its activations
+    /// (`train.gradient_checkpointing`).
+    #[module(skip)]
+    pub checkpoint_layers: bool,
 }
 
 /// Layer paths inside a BERT checkpoint, relative to `encoder.layer.{i}.`.
@@ -141,6 +145,7 @@ impl Bert {
             pooler: Some(Proj::init(d, d, true, std, device)),
             mlm_head: None,
             config: config.clone(),
+            checkpoint_layers: false,
         }
     }
 
@@ -259,6 +264,7 @@ impl Bert {
             pooler,
             mlm_head,
             config: config.clone(),
+            checkpoint_layers: false,
         })
     }
 
@@ -359,7 +365,13 @@ impl Bert {
         let mut x = self.embeddings_norm.forward(x);
         let mask = attention_mask(padding, b, s, s, false, 0, &device);
         for layer in &self.layers {
-            x = layer.forward(x, mask.clone());
+            x = match self.checkpoint_layers {
+                true => {
+                    let mask = mask.clone();
+                    crate::kernels::checkpointed(layer, x, move |l, x| l.forward(x, mask.clone()))
+                }
+                false => layer.forward(x, mask.clone()),
+            };
         }
         x
     }

@@ -365,6 +365,10 @@ pub struct Gemma3 {
     /// Rotary base and scaling of the full and the sliding layers.
     #[module(skip)]
     pub rope: [(f64, RopeScaling); 2],
+    /// Recompute each layer in backward instead of keeping its activations
+    /// (`train.gradient_checkpointing`).
+    #[module(skip)]
+    pub checkpoint_layers: bool,
 }
 
 impl Gemma3 {
@@ -437,6 +441,7 @@ impl Gemma3 {
                 reason: e.to_string(),
             })?,
             config: config.clone(),
+            checkpoint_layers: false,
         })
     }
 
@@ -530,6 +535,7 @@ impl Gemma3 {
                 reason: e.to_string(),
             })?,
             config: config.clone(),
+            checkpoint_layers: false,
         })
     }
 
@@ -604,12 +610,15 @@ impl Gemma3 {
             } else {
                 full
             };
-            x = layer.forward(
-                x,
-                mask.clone(),
-                (cos, sin),
-                cache.as_deref_mut().map(|c| (c, i)),
-            );
+            x = match cache.as_deref_mut() {
+                None if self.checkpoint_layers => {
+                    let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
+                    crate::kernels::checkpointed(layer, x, move |l, x| {
+                        l.forward(x, mask.clone(), (&cos, &sin), None)
+                    })
+                }
+                c => layer.forward(x, mask.clone(), (cos, sin), c.map(|c| (c, i))),
+            };
         }
         self.norm.forward(x)
     }

@@ -87,6 +87,10 @@ pub struct Gpt2 {
     pub ln_f: LayerNorm,
     #[module(skip)]
     pub config: Gpt2Config,
+    /// Recompute each layer in backward instead of keeping its activations
+    /// (`train.gradient_checkpointing`).
+    #[module(skip)]
+    pub checkpoint_layers: bool,
 }
 
 impl Gpt2 {
@@ -116,6 +120,7 @@ impl Gpt2 {
             h,
             ln_f: LayerNorm::init(d, config.layer_norm_epsilon, device),
             config: config.clone(),
+            checkpoint_layers: false,
         }
     }
 
@@ -160,6 +165,7 @@ impl Gpt2 {
             h,
             ln_f: ln(w, "ln_f")?,
             config: config.clone(),
+            checkpoint_layers: false,
         })
     }
 
@@ -220,7 +226,15 @@ impl Gpt2 {
         let mut x = burn::tensor::module::embedding(self.wte.val(), ids)
             + burn::tensor::module::embedding(self.wpe.val(), positions);
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(x, mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
+            x = match cache.as_deref_mut() {
+                None if self.checkpoint_layers => {
+                    let mask = mask.clone();
+                    crate::kernels::checkpointed(block, x, move |b, x| {
+                        b.forward(x, mask.clone(), None)
+                    })
+                }
+                c => block.forward(x, mask.clone(), c.map(|c| (c, i))),
+            };
         }
         self.ln_f.forward(x)
     }

@@ -275,6 +275,10 @@ pub struct Llama {
     pub config: LlamaConfig,
     #[module(skip)]
     pub rope: RopeScaling,
+    /// Recompute each layer in backward instead of keeping its activations
+    /// (`train.gradient_checkpointing`).
+    #[module(skip)]
+    pub checkpoint_layers: bool,
 }
 
 impl Llama {
@@ -323,6 +327,7 @@ impl Llama {
             config: config.clone(),
             // A new model comes from a recipe's `init`, which has no scaling.
             rope: config.rope_scaling().unwrap_or(RopeScaling::Default),
+            checkpoint_layers: false,
         }
     }
 
@@ -420,6 +425,7 @@ impl Llama {
                 path: w.path().to_path_buf(),
                 reason: e.to_string(),
             })?,
+            checkpoint_layers: false,
         })
     }
 
@@ -483,13 +489,15 @@ impl Llama {
         let (cos, sin) = (rows_at(&cos, &positions), rows_at(&sin, &positions));
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(
-                x,
-                mask.clone(),
-                &cos,
-                &sin,
-                cache.as_deref_mut().map(|c| (c, i)),
-            );
+            x = match cache.as_deref_mut() {
+                None if self.checkpoint_layers => {
+                    let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
+                    crate::kernels::checkpointed(layer, x, move |l, x| {
+                        l.forward(x, mask.clone(), &cos, &sin, None)
+                    })
+                }
+                c => layer.forward(x, mask.clone(), &cos, &sin, c.map(|c| (c, i))),
+            };
         }
         self.norm.forward(x)
     }

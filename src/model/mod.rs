@@ -622,6 +622,31 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
     })
 }
 
+/// Models that can train with per-layer recomputation (`train.gradient_checkpointing`): each
+/// transformer layer's forward is recomputed in backward instead of its activations kept. A
+/// no-op outside autodiff and off the CPU backend.
+pub trait GradientCheckpointing {
+    fn set_gradient_checkpointing(&mut self, on: bool);
+}
+
+impl GradientCheckpointing for Backbone {
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        match self {
+            Backbone::Gpt2(m) => m.checkpoint_layers = on,
+            Backbone::Llama(m) => m.checkpoint_layers = on,
+            Backbone::Gemma3(m) => m.checkpoint_layers = on,
+            Backbone::Phi3(m) => m.checkpoint_layers = on,
+            Backbone::Bert(m) => m.checkpoint_layers = on,
+        }
+    }
+}
+
+impl GradientCheckpointing for Model {
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.backbone.set_gradient_checkpointing(on);
+    }
+}
+
 /// Writes a directory transformers loads: `config.json`, `model.safetensors` (LoRA merged in),
 /// and with a tokenizer `tokenizer.json` and the files a serving stack reads beside it
 /// (`serving`: the chat template of `prompting`, special tokens, generation defaults).

@@ -221,6 +221,10 @@ pub struct Phi3 {
     pub config: Phi3Config,
     #[module(skip)]
     pub rope: RopeScaling,
+    /// Recompute each layer in backward instead of keeping its activations
+    /// (`train.gradient_checkpointing`).
+    #[module(skip)]
+    pub checkpoint_layers: bool,
 }
 
 impl Phi3 {
@@ -288,6 +292,7 @@ impl Phi3 {
             lm_head,
             config: config.clone(),
             rope,
+            checkpoint_layers: false,
         })
     }
 
@@ -352,13 +357,15 @@ impl Phi3 {
         let (cos, sin) = (rows_at(&cos, &positions), rows_at(&sin, &positions));
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(
-                x,
-                mask.clone(),
-                &cos,
-                &sin,
-                cache.as_deref_mut().map(|c| (c, i)),
-            );
+            x = match cache.as_deref_mut() {
+                None if self.checkpoint_layers => {
+                    let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
+                    crate::kernels::checkpointed(layer, x, move |l, x| {
+                        l.forward(x, mask.clone(), &cos, &sin, None)
+                    })
+                }
+                c => layer.forward(x, mask.clone(), &cos, &sin, c.map(|c| (c, i))),
+            };
         }
         self.norm.forward(x)
     }

@@ -326,11 +326,14 @@ struct Entry {
     values: Values,
 }
 
+/// Receives a tensor's values.
+type Visit<'a> = &'a mut dyn FnMut(&[f32]);
+
 enum Values {
     Ready(Vec<f32>),
     /// Hands the tensor's values to a visitor when the file is written (a transposed or
     /// merged weight is computed then; a loaded one is read where it lies).
-    Deferred(Box<dyn Fn(&mut dyn FnMut(&[f32]))>),
+    Deferred(Box<dyn Fn(Visit<'_>)>),
 }
 
 impl Entry {
@@ -387,7 +390,11 @@ impl WeightWriter {
 
     /// A tensor given by its PyTorch shape and values.
     pub fn put_values(&mut self, name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "values fill the shape");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "values fill the shape"
+        );
         self.tensors.insert(
             name.into(),
             Entry {
@@ -586,19 +593,29 @@ mod tests {
             Tensor::<2>::from_data(TensorData::new(linear.clone(), [2, 3]), &d),
         );
         w.put_values("a.norm.weight", vec![3], vector.clone());
-        w.put("c.scalar", Tensor::<1>::from_data(TensorData::new(vec![9.0f32], [1]), &d));
+        w.put(
+            "c.scalar",
+            Tensor::<1>::from_data(TensorData::new(vec![9.0f32], [1]), &d),
+        );
         let dir = tempfile::tempdir().unwrap();
         for dtype in [StoredDtype::F32, StoredDtype::BF16, StoredDtype::F16] {
             // PyTorch's [out, in] = the transpose of burn's [in, out] = [2, 3].
             let expected = [
                 ("a.norm.weight", vec![3], dtype.encode(&vector)),
-                ("b.linear.weight", vec![3, 2], dtype.encode(&transpose(&linear, 2, 3))),
+                (
+                    "b.linear.weight",
+                    vec![3, 2],
+                    dtype.encode(&transpose(&linear, 2, 3)),
+                ),
                 ("c.scalar", vec![1], dtype.encode(&[9.0])),
             ];
             let views: Vec<(&str, TensorView)> = expected
                 .iter()
                 .map(|(n, shape, bytes)| {
-                    (*n, TensorView::new(dtype.safetensors(), shape.clone(), bytes).unwrap())
+                    (
+                        *n,
+                        TensorView::new(dtype.safetensors(), shape.clone(), bytes).unwrap(),
+                    )
                 })
                 .collect();
             let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);

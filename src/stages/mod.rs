@@ -270,15 +270,26 @@ fn record_json(r: &crate::train::trainer::Record) -> serde_json::Value {
 /// step's loss, lr, gradient norm and items/s, and each evaluation, go to the run's
 /// metrics.jsonl. Returns the trained model, the summary and the mean items (tokens, examples)
 /// per second.
-pub fn train_logged<M: burn::module::Module, O: crate::train::trainer::Objective<M>>(
-    model: M,
+pub fn train_logged<M, O>(
+    mut model: M,
     obj: &O,
     train: &[O::Batch],
     val: &[O::Batch],
     cfg: &crate::train::trainer::TrainConfig,
     ctx: &mut crate::stages::context::StageContext,
-) -> anyhow::Result<(M, crate::train::trainer::Summary, f64)> {
+) -> anyhow::Result<(M, crate::train::trainer::Summary, f64)>
+where
+    M: burn::module::Module + crate::model::GradientCheckpointing,
+    O: crate::train::trainer::Objective<M>,
+{
     use crate::train::checkpoint::Checkpointing;
+    if cfg.gradient_checkpointing && ctx.backend != crate::backend::BackendKind::Cpu {
+        tracing::warn!(
+            "train.gradient_checkpointing recomputes layers on the CPU backend only; on {} this stage keeps every activation",
+            ctx.backend.name()
+        );
+    }
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing);
     use crate::train::trainer::{Hooks, Record, TrainError};
     let total = train.len().div_ceil(cfg.micro_batches_per_step()) * cfg.epochs.max(1);
     ctx.progress.set_length(total as u64);

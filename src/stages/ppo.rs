@@ -132,6 +132,13 @@ pub struct PolicyValue {
     pub value: Model,
 }
 
+impl crate::model::GradientCheckpointing for PolicyValue {
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.policy.set_gradient_checkpointing(on);
+        self.value.set_gradient_checkpointing(on);
+    }
+}
+
 /// One trainer step: a batch of prompts and which PPO pass over its rollout this is.
 #[derive(Debug, Clone)]
 pub struct PpoBatch {

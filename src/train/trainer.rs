@@ -97,6 +97,12 @@ pub struct TrainConfig {
     /// `[cpu, cpu]`. Part of the action key only as a count above 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<crate::backend::Devices>,
+    /// Recompute each layer in backward instead of keeping its activations from forward (as
+    /// transformers' `gradient_checkpointing`): activation memory of one layer instead of all,
+    /// for about one more forward pass per step. The CPU backend; other backends train without
+    /// it (with a warning). Part of the action key when on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainConfig {
@@ -145,6 +151,7 @@ impl Default for TrainConfig {
             patience: None,
             checkpoint_every: None,
             devices: None,
+            gradient_checkpointing: false,
         }
     }
 }

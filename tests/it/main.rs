@@ -19,6 +19,7 @@ mod experiments;
 mod export_stage;
 mod generate_stage;
 mod ggml_quants;
+mod gradient_checkpointing;
 mod hub_cache;
 mod judge;
 mod layers;
