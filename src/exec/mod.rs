@@ -251,7 +251,39 @@ pub fn run(
                         }
                         None => {
                             outcome = Outcome::Ran;
-                            pull_inputs(recipe, dag, store, remote, &mut remote_only, i)?;
+                            let lost = pull_inputs(
+                                dag,
+                                store,
+                                remote,
+                                &mut remote_only,
+                                i,
+                                &stage.name,
+                                observer,
+                            );
+                            for up in lost {
+                                let theirs = match known.get(&up) {
+                                    Some(Known::Done(m)) => Some(m.artifact_digest()),
+                                    _ => None,
+                                };
+                                let m = compute_here(
+                                    recipe,
+                                    dag,
+                                    store,
+                                    &mut eval,
+                                    &known,
+                                    up,
+                                    backend,
+                                    observer,
+                                    &mut rundir,
+                                )?;
+                                if theirs.is_some_and(|d| d != m.artifact_digest()) {
+                                    observer.event(&Event::RemoteWarning {
+                                        stage: Some(&recipe.stages[up].name),
+                                        message: "computed here with other outputs than the remote's result of the same action (is the stage deterministic?)",
+                                    });
+                                }
+                                known.insert(up, Known::Done(Box::new(m)));
+                            }
                             run_stage(
                                 recipe,
                                 dag,
@@ -435,29 +467,88 @@ fn late_hit(r: &Remote, looked: &remote_hits::RemoteHits, key: &str) -> Option<M
 }
 
 /// Pulls the remote-only results (see [`remote_hits`]) that stage `i` reads, directly or
-/// through the training data it checks, before it runs.
+/// through the training data it checks, before it runs. Returns those that could not be
+/// pulled (a warning says why), in dependency order: they are computed here instead, since
+/// a remote that fails never fails a run that can compute.
 fn pull_inputs(
-    recipe: &Recipe,
     dag: &Dag,
     store: &Store,
     remote: Option<&Remote>,
     remote_only: &mut BTreeMap<usize, Manifest>,
     i: usize,
-) -> Result<()> {
+    stage: &str,
+    observer: &mut dyn Observer,
+) -> Vec<usize> {
     let Some(r) = remote else {
-        return Ok(());
+        return Vec::new();
     };
-    for up in dag.ancestors(i) {
-        if let Some(m) = remote_only.remove(&up) {
-            r.pull(store, &m).with_context(|| {
-                format!(
-                    "stage `{}` reads `{}`, whose result is on {} but could not be pulled; run with --no-remote to compute everything here",
-                    recipe.stages[i].name, recipe.stages[up].name, r.label
-                )
-            })?;
+    let mut lost = Vec::new();
+    let ancestors = dag.ancestors(i);
+    for &up in dag.order.iter().filter(|u| ancestors.contains(u)) {
+        let Some(m) = remote_only.remove(&up) else {
+            continue;
+        };
+        let pulled = if r.is_down() {
+            Err(None)
+        } else {
+            r.pull(store, &m).map_err(Some)
+        };
+        if let Err(e) = pulled {
+            observer.event(&Event::RemoteWarning {
+                stage: Some(stage),
+                message: &format!(
+                    "reads `{}`, whose result stayed on {}{}; it is computed here first",
+                    m.stage,
+                    r.label,
+                    e.map(|e| format!(" and could not be pulled ({e})"))
+                        .unwrap_or_default()
+                ),
+            });
+            lost.push(up);
         }
     }
-    Ok(())
+    lost
+}
+
+/// Runs stage `up`, whose result this run left on the remote, here after all: a stage that
+/// reads it is about to run and the remote could not deliver it.
+#[allow(clippy::too_many_arguments)]
+fn compute_here(
+    recipe: &Recipe,
+    dag: &Dag,
+    store: &Store,
+    eval: &mut Evaluator,
+    known: &BTreeMap<usize, Known>,
+    up: usize,
+    backend: BackendKind,
+    observer: &mut dyn Observer,
+    rundir: &mut rundir::RunDir,
+) -> Result<Manifest> {
+    let stage = &recipe.stages[up];
+    let action = eval
+        .action(up, known)?
+        .with_context(|| format!("stage `{}`: its inputs are not known here", stage.name))?;
+    let _lock = store.lock_action(&action.key, || {})?;
+    if let Some(m) = store.manifest(&action.key)? {
+        return Ok(m);
+    }
+    let started = Instant::now();
+    let m = run_stage(
+        recipe, dag, store, known, up, &action, backend, observer, rundir,
+    )?;
+    observer.event(&Event::StageFinished {
+        stage: &stage.name,
+        kind: stage.spec.kind_name(),
+        outcome: Outcome::Ran,
+        action: &action.key,
+        wall_time_s: started.elapsed().as_secs_f64(),
+        metrics: &m.metrics,
+        warnings: &m.warnings,
+        table: stage.spec.summary_table(&m.summary),
+        pulled: None,
+    });
+    rundir.stage_done(&stage.name, Outcome::Ran, &m)?;
+    Ok(m)
 }
 
 /// Write-through: uploads what a stage just committed. A failure is a warning: the result is

@@ -463,8 +463,9 @@ impl Remote {
     ) -> Result<u64, RemoteError> {
         let c = self.client()?;
         let tmp = store.download_path();
+        let loc = c.blob_location(digest);
         let r = c.runtime.block_on(async {
-            let got = match c.objects.get(&c.blob_location(digest)).await {
+            let meta = match c.objects.head(&loc).await {
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(RemoteError::Rejected(format!(
                         "{what}: the remote has no blob {}",
@@ -473,25 +474,34 @@ impl Remote {
                 }
                 other => other?,
             };
-            let mut file = File::create(&tmp)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            if meta.size != size {
+                return Err(RemoteError::Rejected(format!(
+                    "{what}: the remote blob {} is {} bytes, not the {size} its manifest records",
+                    &digest[..16],
+                    meta.size
+                )));
+            }
+            let mut file =
+                File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
             let mut hasher = blake3::Hasher::new();
+            // One request per part, each under the request time-out: a large checkpoint on a
+            // slow link takes many requests, never one longer than a part takes.
             let mut n = 0u64;
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                n += chunk.len() as u64;
-                if n > size {
+            while n < size {
+                let end = (n + PART_BYTES as u64).min(size);
+                let part = c.objects.get_range(&loc, n..end).await?;
+                if part.len() as u64 != end - n {
                     return Err(RemoteError::Rejected(format!(
-                        "{what}: the remote blob {} is larger than the {size} bytes its manifest records",
+                        "{what}: the remote blob {} changed while it was read",
                         &digest[..16]
                     )));
                 }
-                hasher.update(&chunk);
-                file.write_all(&chunk)
+                hasher.update(&part);
+                file.write_all(&part)
                     .with_context(|| format!("cannot write {}", tmp.display()))?;
+                n = end;
             }
-            if n != size || hasher.finalize().to_hex().as_str() != digest {
+            if hasher.finalize().to_hex().as_str() != digest {
                 return Err(RemoteError::Rejected(format!(
                     "{what}: the remote blob {} does not match its digest (corrupt or altered)",
                     &digest[..16]
@@ -552,14 +562,16 @@ impl Remote {
         let loc = c.blob_location(digest);
         let path = store.blob_path(digest);
         c.runtime.block_on(async {
-            match c.objects.head(&loc).await {
+            // A remote blob of the wrong size is damaged (a blob is named by its content):
+            // it is written over, where a missing one is created only if still missing.
+            let damaged = match c.objects.head(&loc).await {
                 Ok(meta) if meta.size == fs::metadata(&path).map(|m| m.len()).unwrap_or(0) => {
                     return Ok(None);
                 }
-                // A remote blob of the wrong size is damaged; replace it.
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
                 Err(e) => return Err(e.into()),
-            }
+            };
             let mut file = File::open(&path)
                 .with_context(|| format!("cannot read blob {}", path.display()))?;
             let size = file.metadata().map_err(anyhow::Error::from)?.len();
@@ -583,8 +595,12 @@ impl Remote {
                 file.read_to_end(&mut bytes)
                     .with_context(|| format!("cannot read blob {}", path.display()))?;
                 let payload = PutPayload::from(bytes);
-                let create = PutOptions::from(PutMode::Create);
-                match c.objects.put_opts(&loc, payload.clone(), create).await {
+                let mode = if damaged {
+                    PutMode::Overwrite
+                } else {
+                    PutMode::Create
+                };
+                match c.objects.put_opts(&loc, payload.clone(), mode.into()).await {
                     Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
                     // A store without conditional writes: a blob is named by its content, so
                     // writing it over an equal one changes nothing.

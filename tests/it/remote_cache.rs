@@ -422,6 +422,113 @@ fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
 }
 
 #[test]
+fn a_stage_left_on_the_remote_is_computed_here_when_its_reader_runs_and_the_pull_fails() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let (_a, b) = published_and_local(&url);
+    std::fs::remove_file(local_manifest(&b, "qa")).unwrap();
+    b.hone(&["cache", "gc"]).ok();
+    let lock = std::fs::read(b.path("r.lock")).unwrap();
+    // Every blob on the remote is damaged (same size, other bytes): `qa`'s manifest still
+    // names them, so the run records `qa` from the remote, and its pull fails only when
+    // `qa_clean` runs and needs its files.
+    for shard in std::fs::read_dir(remote.path().join("blobs")).unwrap() {
+        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let path = blob.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            for b in &mut bytes {
+                *b = !*b;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    // `qa` is not selected: the run takes it as it finds it, recorded from the remote.
+    let run = b.hone(&[
+        "run", "r.yaml", "--remote", &url, "--only", "qa_clean", "--force", "qa_clean",
+    ]);
+    let out = run.ok();
+    assert!(
+        out.contains("whose result stayed on") && out.contains("computed here first"),
+        "{out}"
+    );
+    assert_eq!(run.ran(), ["qa", "qa_clean"], "{out}");
+    assert!(stages(&out, "pulled").is_empty(), "{out}");
+    assert_eq!(std::fs::read(b.path("r.lock")).unwrap(), lock, "{out}");
+    b.hone(&["cache", "verify"]).ok();
+}
+
+#[test]
+fn a_push_replaces_a_remote_blob_of_the_wrong_size() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let (_a, b) = published_and_local(&url);
+    // Cut short on the remote (an upload that died half-way through a store without atomic
+    // writes): `verify --deep` sees it, and the next push writes it anew.
+    for shard in std::fs::read_dir(remote.path().join("blobs")).unwrap() {
+        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let path = blob.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        }
+    }
+    let damaged = b.hone(&["cache", "remote", "verify", "--remote", &url]);
+    assert_eq!(damaged.code(), 1, "{}", damaged.stdout());
+    let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]).ok();
+    assert!(push.contains("pushed 0 actions"), "{push}");
+    b.hone(&["cache", "remote", "verify", "--deep", "--remote", &url])
+        .ok();
+}
+
+/// `two_dataset_project` with `cache:` settings in its recipe.
+fn project_with_cache(settings: &str) -> Project {
+    let p = two_dataset_project();
+    let recipe = std::fs::read_to_string(p.path("r.yaml")).unwrap();
+    p.write("r.yaml", &format!("{recipe}\ncache: {settings}\n"));
+    p
+}
+
+#[test]
+fn the_recipe_names_its_remote_and_read_false_or_no_remote_keep_a_run_here() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    // The recipe's own `cache:` block, with write-through: no flag, no environment.
+    let a = project_with_cache(&format!("{{ remote: '{url}', write: true }}"));
+    let out = a.hone(&["run", "r.yaml"]).ok();
+    assert_eq!(a.hone(&["run", "r.yaml"]).ran(), Vec::<String>::new());
+    assert!(
+        std::fs::read_dir(remote.path().join("actions")).is_ok(),
+        "nothing was published: {out}"
+    );
+
+    // A team that reads it pulls everything.
+    let b = project_with_cache(&format!("{{ remote: '{url}' }}"));
+    let run = b.hone(&["run", "r.yaml"]);
+    let out = run.ok();
+    assert!(run.ran().is_empty(), "{out}");
+    assert_eq!(
+        stages(&out, "pulled"),
+        ["qa", "qa_clean", "reviews"],
+        "{out}"
+    );
+
+    // `read: false` in the recipe, and `--no-remote` over HONE_REMOTE: computed here.
+    let c = project_with_cache(&format!("{{ remote: '{url}', read: false }}"));
+    let run = c.hone(&["run", "r.yaml"]);
+    let out = run.ok();
+    assert_eq!(run.ran(), ["qa", "reviews", "qa_clean"], "{out}");
+    assert!(stages(&out, "pulled").is_empty(), "{out}");
+    let d = two_dataset_project();
+    let run = with_env(
+        &d,
+        &["run", "r.yaml", "--no-remote"],
+        &[("HONE_REMOTE", url)],
+    );
+    let out = run.ok();
+    assert_eq!(run.ran(), ["qa", "reviews", "qa_clean"], "{out}");
+    assert_same_results(&a, &d, "r.lock");
+}
+
+#[test]
 fn a_push_that_finds_other_outputs_for_its_action_warns_and_the_first_writer_stays() {
     let remote = tempfile::tempdir().unwrap();
     let url = file_url(remote.path());
