@@ -390,9 +390,21 @@ fn dispatch(cli: &Cli) -> Result<ExitCode> {
                         "--force is not supported with --executor slurm: run the forced stage with --executor local"
                     );
                 }
-                if let Some(code) =
-                    slurm_submit(cli, args, select, remote_args, &recipe, &dag, *wait)?
-                {
+                let lockfile = LockfileArgs {
+                    locked: *locked,
+                    update_lock: *update_lock,
+                    name: name.clone(),
+                };
+                if let Some(code) = slurm_submit(
+                    cli,
+                    args,
+                    select,
+                    remote_args,
+                    &lockfile,
+                    &recipe,
+                    &dag,
+                    *wait,
+                )? {
                     return Ok(code);
                 }
             } else if *wait {
@@ -636,13 +648,22 @@ fn slurm_jobs(store: &Store, recipe: &Recipe, statuses: &mut [crate::plan::statu
     }
 }
 
+/// What `run` was asked to do with the lockfile, which the Slurm executor's final job does.
+struct LockfileArgs {
+    locked: bool,
+    update_lock: bool,
+    name: Option<String>,
+}
+
 /// `run --executor slurm`: submits the stale stages as jobs (see `exec::slurm`). `None` when
 /// every stage is cached: the run then goes on here (it only writes the lockfile).
+#[allow(clippy::too_many_arguments)]
 fn slurm_submit(
     cli: &Cli,
     args: &RecipeArgs,
     select: &SelectArgs,
     remote: &cache::RemoteArgs,
+    lockfile: &LockfileArgs,
     recipe: &Recipe,
     dag: &Dag,
     wait: bool,
@@ -653,8 +674,31 @@ fn slurm_submit(
     let selection = select.selection();
     let selected = selection.resolve(recipe, dag)?;
     let mut eval = Evaluator::new(recipe, dag, &store, backend, false)?;
+    if lockfile.locked {
+        // Before anything is submitted, as a local run checks before anything runs.
+        crate::exec::check_locked(&mut eval, &selected)?;
+    }
     let statuses = eval.statuses(&selected, &|_| false)?;
     eval.hashes.save().ok();
+    let mut final_args = Vec::new();
+    for s in &select.only {
+        final_args.extend(["--only".to_owned(), s.clone()]);
+    }
+    if let Some(s) = &select.from {
+        final_args.extend(["--from".to_owned(), s.clone()]);
+    }
+    if let Some(s) = &select.until {
+        final_args.extend(["--until".to_owned(), s.clone()]);
+    }
+    if lockfile.locked {
+        final_args.push("--locked".into());
+    }
+    if lockfile.update_lock {
+        final_args.push("--update-lock".into());
+    }
+    if let Some(n) = &lockfile.name {
+        final_args.extend(["--name".to_owned(), n.clone()]);
+    }
     let mut forward = Vec::new();
     for s in &args.set {
         forward.extend(["--set".to_owned(), s.clone()]);
@@ -672,6 +716,7 @@ fn slurm_submit(
     let opts = slurm::SlurmOptions {
         hone: std::env::current_exe().context("cannot find this hone's path for the jobs")?,
         forward,
+        final_args,
         gpu_backend: backend != BackendKind::Cpu,
     };
     let quiet = cli.quiet;

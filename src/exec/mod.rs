@@ -586,7 +586,7 @@ fn push_one(remote: &Remote, store: &Store, m: &Manifest, observer: &mut dyn Obs
 
 /// `--locked`: every selected stage must be recorded in the lockfile under the action key it
 /// would have now (upstream outputs taken from the lockfile), before anything runs.
-fn check_locked(eval: &mut Evaluator, selected: &BTreeSet<usize>) -> Result<()> {
+pub fn check_locked(eval: &mut Evaluator, selected: &BTreeSet<usize>) -> Result<()> {
     let statuses = eval.statuses(selected, &|_| false)?;
     let problems: Vec<String> = eval
         .lockfile_drift(&statuses)

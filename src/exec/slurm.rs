@@ -6,9 +6,10 @@
 //! writes the lockfile, the exports and the report, in one process (the stage jobs leave the
 //! lockfile alone, so concurrent jobs never race on it).
 //!
-//! Job names carry the action key (`hone-<key>`), so submitting again while jobs are queued or
-//! running finds them (`squeue`) instead of duplicating them; cached stages are never
-//! submitted. What was submitted is kept in the store (`slurm/<recipe>.json`) for
+//! Job names carry the action key and the store (`hone-<key>-<store>`), so submitting again
+//! while this user's jobs are queued or running finds them (`squeue --me`) instead of
+//! duplicating them; a stage whose key waited on an upstream job is found through the last
+//! submission. Cached stages are never submitted. What was submitted is kept in the store (`slurm/<recipe>.json`) for
 //! `hone status` and `--wait`, which ask `squeue` and `scontrol` how each job stands.
 //!
 //! hone grows no scheduler: Slurm decides where and when; the store (a shared directory, or a
@@ -36,6 +37,10 @@ pub struct SlurmOptions {
     /// Arguments every job's `hone run` gets besides the recipe and the store (`--set`,
     /// `--backend`, `--remote`).
     pub forward: Vec<String>,
+    /// Arguments only the final job's `hone run` gets: the run's selection (`--only`,
+    /// `--from`, `--until`) and what it does with the lockfile (`--locked`, `--update-lock`,
+    /// `--name`), so the final job finishes exactly the run that was asked for.
+    pub final_args: Vec<String>,
     /// Whether a GPU backend runs the tensor stages (they then ask for a GPU by default).
     pub gpu_backend: bool,
 }
@@ -146,9 +151,12 @@ pub fn last_submission(store: &Store, recipe: &Path) -> Option<Submission> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Jobs queued or running now, by name.
+/// This user's jobs queued or running now, by name.
 fn queued_by_name() -> Result<BTreeMap<String, String>> {
-    let out = slurm("squeue", &["-h".into(), "-o".into(), "%i|%j|%T".into()])?;
+    let out = slurm(
+        "squeue",
+        &["--me".into(), "-h".into(), "-o".into(), "%i|%j|%T".into()],
+    )?;
     Ok(out
         .lines()
         .filter_map(|l| {
@@ -162,6 +170,18 @@ fn queued_by_name() -> Result<BTreeMap<String, String>> {
             (live && name.starts_with("hone-")).then(|| (name.to_owned(), id.to_owned()))
         })
         .collect())
+}
+
+/// How many devices `stage` trains on (`train.devices`), 1 for every other stage: a GPU
+/// stage's default `--gpus`.
+fn device_count(stage: &crate::recipe::Stage) -> u32 {
+    let config = stage.spec.key_config();
+    match config.get("train").and_then(|t| t.get("devices")) {
+        Some(serde_json::Value::Array(list)) => list.len() as u32,
+        Some(v) => v.as_u64().map_or(1, |n| n as u32),
+        None => 1,
+    }
+    .max(1)
 }
 
 /// The `sbatch` options for a stage's resources.
@@ -243,6 +263,22 @@ pub fn submit(
     let logs = store_path.join("slurm").join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let queued = queued_by_name()?;
+    let live: std::collections::BTreeSet<&String> = queued.values().collect();
+    // The last submission's jobs still queued or running, by stage: a stage that waited on an
+    // upstream job was named by that wait, and is found here once its own key is known.
+    let previous = last_submission(store, &recipe.path);
+    let still_live = |stage: &str| -> Option<Job> {
+        let p = previous.as_ref()?;
+        let job = if stage.is_empty() {
+            &p.final_job
+        } else {
+            p.jobs.iter().find(|j| j.stage == stage)?
+        };
+        live.contains(&job.id).then(|| job.clone())
+    };
+    // Job names also carry the store: the same action for another store is another job.
+    let store_tag = hash_bytes(store_path.to_string_lossy().as_bytes());
+    let store_tag = &store_tag[..6];
     let executor = &recipe.header.executor;
     let hone = |extra: &[String]| -> String {
         let mut words = vec![
@@ -251,6 +287,9 @@ pub fn submit(
             recipe_path.display().to_string(),
             "--store".into(),
             store_path.display().to_string(),
+            // A job computes where Slurm put it, whatever the recipe's executor says.
+            "--executor".into(),
+            "local".into(),
         ];
         words.extend(extra.iter().cloned());
         words.extend(opts.forward.iter().cloned());
@@ -292,11 +331,11 @@ pub fn submit(
                 .as_bytes(),
             ),
         };
-        let name = format!("hone-{}", &key[..16]);
+        let name = format!("hone-{}-{store_tag}", &key[..16]);
         let log = logs.join(format!("{}-{}.out", stage.name, &key[..16]));
         let mut resources = stage.resources.over(&executor.resources);
         if resources.gpus.is_none() && opts.gpu_backend && stage.spec.uses_backend() {
-            resources.gpus = Some(1);
+            resources.gpus = Some(device_count(stage));
         }
         let after: Vec<String> = upstream.iter().map(|u| ids[u].clone()).collect();
         let command = hone(&[
@@ -305,15 +344,22 @@ pub fn submit(
             "--stage-job".into(),
             "--quiet".into(),
         ]);
-        let (id, found) = submit_one(
-            &name,
-            &log,
-            &after,
-            &resource_args(&resources),
-            &executor.sbatch_args,
-            &command,
-            &queued,
-        )?;
+        let (id, found, name, log) =
+            match still_live(&stage.name).filter(|_| !queued.contains_key(&name)) {
+                Some(job) => (job.id, true, job.name, job.log),
+                None => {
+                    let (id, found) = submit_one(
+                        &name,
+                        &log,
+                        &after,
+                        &resource_args(&resources),
+                        &executor.sbatch_args,
+                        &command,
+                        &queued,
+                    )?;
+                    (id, found, name, log)
+                }
+            };
         report(&format!(
             "  {:<9} {:<20} job {id}{}",
             if found { "queued" } else { "submitted" },
@@ -360,20 +406,29 @@ pub fn submit(
     .map(|w| shell_word(w))
     .collect::<Vec<_>>()
     .join(" ");
-    let final_command = format!("{} && {report_cmd}", hone(&[]));
+    let final_command = format!("{} && {report_cmd}", hone(&opts.final_args));
     let final_resources = resource_args(&Resources {
         partition: executor.resources.partition.clone(),
         ..Resources::default()
     });
-    let (id, found) = submit_one(
-        &final_name,
-        &final_log,
-        &all,
-        &final_resources,
-        &executor.sbatch_args,
-        &final_command,
-        &queued,
-    )?;
+    // Every stage job was already there: so is the final job that waits on them.
+    let reused = still_live("")
+        .filter(|_| jobs.iter().all(|j| j.found) && !queued.contains_key(&final_name));
+    let (id, found, final_name, final_log) = match reused {
+        Some(job) => (job.id, true, job.name, job.log),
+        None => {
+            let (id, found) = submit_one(
+                &final_name,
+                &final_log,
+                &all,
+                &final_resources,
+                &executor.sbatch_args,
+                &final_command,
+                &queued,
+            )?;
+            (id, found, final_name, final_log)
+        }
+    };
     report(&format!(
         "  {:<9} {:<20} job {id} (lockfile and report, after every stage)",
         if found { "queued" } else { "submitted" },

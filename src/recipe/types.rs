@@ -46,7 +46,7 @@ pub struct RecipeFile {
     #[serde(default, skip_serializing_if = "CacheSettings::is_empty")]
     pub cache: CacheSettings,
     /// Where stages run: here (`local`, the default) or as Slurm jobs
-    /// (`executor: { kind: slurm, partition: gpu }`). Not part of any action key.
+    /// (`executor: { kind: slurm, resources: { partition: gpu } }`). Not part of any action key.
     #[serde(default, skip_serializing_if = "ExecutorSettings::is_default")]
     pub executor: ExecutorSettings,
     /// Base recipe(s) to deep-merge under this one (paths relative to this file); this file wins,

@@ -183,8 +183,31 @@ fn resubmits_find_queued_jobs_and_a_partial_run_submits_only_what_is_stale() {
         "{status}"
     );
 
+    // Once `qa` ran, `qa_clean` is named by its own action key: a submit finds its job
+    // all the same, and the final job that waits on it.
+    cluster.run("scontrol", &["release", &qa_job]);
+    let mut status = String::new();
+    for _ in 0..120 {
+        status = with_env(&p, &["status", "r.yaml"], &env).ok();
+        if says(&status, "qa", "cached") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(says(&status, "qa", "cached"), "{status}");
+    let third = with_env(&p, &["run", "r.yaml"], &env).ok();
+    assert!(
+        third.contains("0 jobs submitted, 1 already queued"),
+        "{third}"
+    );
+    assert_eq!(
+        cluster.run("squeue", &["-h", "-o", "%i"]).lines().count(),
+        2,
+        "qa_clean and the final job"
+    );
+
     // A job cancelled by hand is reported as such.
-    cluster.run("scancel", &[&qa_job]);
+    cluster.run("scancel", &[&job_of(&first, "qa_clean")]);
     let mut status = String::new();
     for _ in 0..40 {
         status = with_env(&p, &["status", "r.yaml"], &env).ok();
@@ -195,4 +218,45 @@ fn resubmits_find_queued_jobs_and_a_partial_run_submits_only_what_is_stale() {
     }
     assert!(status.contains("cancelled (scancel)"), "{status}");
     cluster.run("scancel", &["--user=root"]);
+}
+
+#[test]
+fn the_final_job_finishes_the_run_that_was_asked_for() {
+    let cluster = SlurmCluster::start();
+    let env = cluster.env();
+    let p = two_dataset_project();
+    // The recipe says slurm; `--only reviews` computes `reviews` and nothing else, in its
+    // job and in the final one.
+    let recipe = std::fs::read_to_string(p.path("r.yaml")).unwrap().replacen(
+        "stages:\n",
+        "executor: { kind: slurm }\nstages:\n",
+        1,
+    );
+    p.write("r.yaml", &recipe);
+    let only = with_env(&p, &["run", "r.yaml", "--wait", "--only", "reviews"], &env).ok();
+    assert!(only.contains("1 jobs submitted"), "{only}");
+    assert!(only.contains("every job completed"), "{only}");
+    let status = with_env(&p, &["status", "r.yaml"], &env).ok();
+    assert!(says(&status, "reviews", "cached"), "{status}");
+    assert!(!says(&status, "qa", "cached"), "{status}");
+    assert!(!says(&status, "qa_clean", "cached"), "{status}");
+
+    let all = with_env(&p, &["run", "r.yaml", "--wait"], &env).ok();
+    assert!(all.contains("2 jobs submitted"), "{all}");
+    assert!(all.contains("every job completed"), "{all}");
+    let lock = std::fs::read(p.path("r.lock")).unwrap();
+
+    // `--locked` is checked before anything is submitted.
+    p.write(
+        "r.yaml",
+        &recipe.replacen("validation: 0.2", "validation: 0.25", 1),
+    );
+    let locked = with_env(&p, &["run", "r.yaml", "--locked"], &env);
+    assert_eq!(locked.code(), 1, "{}", locked.stdout());
+    assert!(locked.stderr().contains("--locked"), "{}", locked.stderr());
+    assert_eq!(
+        cluster.run("squeue", &["-h", "-o", "%i"]).lines().count(),
+        0
+    );
+    assert_eq!(std::fs::read(p.path("r.lock")).unwrap(), lock);
 }
