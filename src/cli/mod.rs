@@ -816,6 +816,7 @@ fn status_like(
             {
                 s.on_remote = true;
                 s.action = Some(hits.hits[i].action.clone());
+                s.pull_bytes = hits.pull.contains(i).then(|| hits.hits[i].total_bytes());
             }
         }
     }

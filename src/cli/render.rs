@@ -74,7 +74,8 @@ pub fn statuses(
         let word = match (s.selected, s.state) {
             (false, _) => "skip",
             (true, _) if job_word.is_some() => job_word.unwrap_or_default(),
-            (true, _) if s.on_remote => "pull",
+            (true, _) if s.on_remote && s.pull_bytes.is_some() => "pull",
+            (true, _) if s.on_remote => "remote",
             (true, State::Cached) => "cached",
             (true, State::Stale) if is_plan => "run",
             (true, State::Stale) => "stale",
@@ -88,7 +89,13 @@ pub fn statuses(
             .map(ToString::to_string)
             .collect();
         if s.on_remote {
-            why.insert(0, "on the remote cache: a run pulls it".to_owned());
+            why.insert(
+                0,
+                match s.pull_bytes {
+                    Some(n) => format!("on the remote cache: a run pulls it ({})", bytes(n)),
+                    None => "on the remote cache: nothing that runs here reads it, so a run leaves it there".to_owned(),
+                },
+            );
         }
         if let Some(j) = &s.job {
             let mut line = format!("slurm job {}: {}", j.id, j.description);

@@ -104,9 +104,13 @@ pub struct StageStatus {
     /// record (what makes `run --locked` fail); absent when it matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockfile_drift: Option<String>,
-    /// Not cached here, but the remote cache has this action: a run pulls it.
+    /// Not cached here, but the remote cache has this action.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_remote: bool,
+    /// The bytes a run downloads for it from the remote cache; absent for a stage a run leaves
+    /// there (nothing that runs here reads its files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_bytes: Option<u64>,
     /// The Slurm job of the last `run --executor slurm`, while the stage is not cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobView>,
@@ -346,6 +350,7 @@ impl<'a> Evaluator<'a> {
                 selected: selected.contains(&i),
                 lockfile_drift: None,
                 on_remote: false,
+                pull_bytes: None,
                 job: None,
             });
         }

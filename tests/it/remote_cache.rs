@@ -406,6 +406,9 @@ fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
     b.hone(&["cache", "gc"]).ok();
     let blobs = b.blobs();
     let lock = std::fs::read(b.path("r.lock")).unwrap();
+    let status = b.hone(&["status", "r.yaml", "--remote", &url]).ok();
+    assert_eq!(stages(&status, "remote"), ["qa"], "{status}");
+    assert!(status.contains("a run leaves it there"), "{status}");
     let run = b.hone(&["run", "r.yaml", "--remote", &url]);
     let out = run.ok();
     assert!(run.ran().is_empty(), "{out}");
@@ -500,8 +503,15 @@ fn the_recipe_names_its_remote_and_read_false_or_no_remote_keep_a_run_here() {
         "nothing was published: {out}"
     );
 
-    // A team that reads it pulls everything.
+    // A team that reads it pulls everything; `status` says so first, with the bytes.
     let b = project_with_cache(&format!("{{ remote: '{url}' }}"));
+    let status = b.hone(&["status", "r.yaml"]).ok();
+    assert_eq!(
+        stages(&status, "pull"),
+        ["qa", "qa_clean", "reviews"],
+        "{status}"
+    );
+    assert_eq!(status.matches("a run pulls it (").count(), 3, "{status}");
     let run = b.hone(&["run", "r.yaml"]);
     let out = run.ok();
     assert!(run.ran().is_empty(), "{out}");
@@ -526,6 +536,40 @@ fn the_recipe_names_its_remote_and_read_false_or_no_remote_keep_a_run_here() {
     let out = run.ok();
     assert_eq!(run.ran(), ["qa", "reviews", "qa_clean"], "{out}");
     assert_same_results(&a, &d, "r.lock");
+}
+
+#[test]
+fn a_remote_that_never_answers_costs_a_bounded_wait_then_the_run_computes() {
+    // A server that takes connections and never answers them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let env = [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+    ];
+    // The recipe's options set the request time-out (60 s unless they do).
+    let p =
+        project_with_cache("{ remote: s3://silent/hone, write: true, options: { timeout: 1s } }");
+    let started = std::time::Instant::now();
+    let run = with_env(&p, &["run", "r.yaml"], &env);
+    let out = run.ok();
+    let waited = started.elapsed();
+    assert_eq!(run.ran().len(), 3, "{out}");
+    assert_eq!(out.matches("remote unavailable").count(), 1, "{out}");
+    // Three tries of one second each, with back-off between them, then no more requests.
+    assert!(
+        waited < std::time::Duration::from_secs(30),
+        "{waited:?}: {out}"
+    );
 }
 
 #[test]
