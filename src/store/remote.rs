@@ -464,42 +464,63 @@ impl Remote {
         let c = self.client()?;
         let tmp = store.download_path();
         let loc = c.blob_location(digest);
+        let missing =
+            || RemoteError::Rejected(format!("{what}: the remote has no blob {}", &digest[..16]));
         let r = c.runtime.block_on(async {
-            let meta = match c.objects.head(&loc).await {
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(RemoteError::Rejected(format!(
-                        "{what}: the remote has no blob {}",
-                        &digest[..16]
-                    )));
-                }
-                other => other?,
-            };
-            if meta.size != size {
-                return Err(RemoteError::Rejected(format!(
-                    "{what}: the remote blob {} is {} bytes, not the {size} its manifest records",
-                    &digest[..16],
-                    meta.size
-                )));
-            }
-            let mut file =
-                File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            let mut file = File::create(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
             let mut hasher = blake3::Hasher::new();
-            // One request per part, each under the request time-out: a large checkpoint on a
-            // slow link takes many requests, never one longer than a part takes.
             let mut n = 0u64;
-            while n < size {
-                let end = (n + PART_BYTES as u64).min(size);
-                let part = c.objects.get_range(&loc, n..end).await?;
-                if part.len() as u64 != end - n {
-                    return Err(RemoteError::Rejected(format!(
-                        "{what}: the remote blob {} changed while it was read",
-                        &digest[..16]
-                    )));
+            loop {
+                let from = n;
+                let got = if from == 0 {
+                    c.objects.get(&loc).await
+                } else {
+                    let range = Some((from..size).into());
+                    let opts = object_store::GetOptions {
+                        range,
+                        ..Default::default()
+                    };
+                    c.objects.get_opts(&loc, opts).await
+                };
+                let got = match got {
+                    Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+                    other => other?,
+                };
+                let mut stream = got.into_stream();
+                let mut cut = None;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) => {
+                            cut = Some(e);
+                            break;
+                        }
+                    };
+                    n += chunk.len() as u64;
+                    if n > size {
+                        return Err(RemoteError::Rejected(format!(
+                            "{what}: the remote blob {} is larger than the {size} bytes its manifest records",
+                            &digest[..16]
+                        )));
+                    }
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)
+                        .with_context(|| format!("cannot write {}", tmp.display()))?;
                 }
-                hasher.update(&part);
-                file.write_all(&part)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                n = end;
+                match cut {
+                    None => break,
+                    // Cut off part-way (the request time-out ends a long body on a slow
+                    // link): a ranged request goes on from there, as long as each gets further.
+                    Some(_) if n > from && n < size => continue,
+                    Some(e) => return Err(e.into()),
+                }
+            }
+            if n != size {
+                return Err(RemoteError::Rejected(format!(
+                    "{what}: the remote blob {} is {n} bytes, not the {size} its manifest records",
+                    &digest[..16]
+                )));
             }
             if hasher.finalize().to_hex().as_str() != digest {
                 return Err(RemoteError::Rejected(format!(
