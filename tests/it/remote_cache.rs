@@ -196,6 +196,68 @@ fn a_corrupt_blob_or_a_forged_manifest_is_recomputed() {
 }
 
 #[test]
+fn hostile_remote_manifests_are_refused_and_the_stages_computed_here() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+    let manifest_of =
+        |stage: &str| remote_manifest(remote.path(), &lock_entry(&a, "r.lock", stage, "action"));
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    // `qa`: an output file that climbs out of the store. The manifest still proves its key
+    // (outputs are not part of it): only the path check stands in the way.
+    let qa = manifest_of("qa");
+    let mut m = read(&qa);
+    let files = m["outputs"]["train"]["files"].as_object_mut().unwrap();
+    let (name, entry) = files
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    files.remove(&name);
+    files.insert("../../../../escaped.parquet".into(), entry);
+    std::fs::write(&qa, serde_json::to_vec(&m).unwrap()).unwrap();
+    // `reviews`: a manifest padded past any real one (80 MB), then one whose files claim a
+    // petabyte (a download that would never end).
+    let reviews = manifest_of("reviews");
+    let original = read(&reviews);
+    let mut padded = original.clone();
+    padded["summary"] = serde_json::json!({ "padding": "x".repeat(80 << 20) });
+    let mut huge = original;
+    for out in huge["outputs"].as_object_mut().unwrap().values_mut() {
+        for f in out["files"].as_object_mut().unwrap().values_mut() {
+            f["size"] = serde_json::json!(1u64 << 50);
+        }
+    }
+    for (m, why) in [
+        (padded, "more than a manifest can be"),
+        (huge, "more than 4 TiB"),
+    ] {
+        std::fs::write(&reviews, serde_json::to_vec(&m).unwrap()).unwrap();
+        let b = two_dataset_project();
+        let run = b.hone(&["run", "r.yaml", "--remote", &url]);
+        let out = run.ok();
+        assert_eq!(stages(&out, "ran"), ["qa", "reviews"], "{out}");
+        // `qa` computed here gives the outputs team A had: what reads it is a true hit.
+        assert_eq!(stages(&out, "pulled"), ["qa_clean"], "{out}");
+        assert!(
+            out.contains("escaped.parquet` is not a relative path"),
+            "{out}"
+        );
+        assert!(out.contains(why), "{why}: {out}");
+        assert_same_results(&a, &b, "r.lock");
+        let outside = b.path("").parent().unwrap().join("escaped.parquet");
+        assert!(!outside.exists() && !b.path("escaped.parquet").exists());
+        b.hone(&["cache", "verify"]).ok();
+    }
+    let verify = a.hone(&["cache", "remote", "verify", "--remote", &url]);
+    assert_eq!(verify.code(), 1, "{}", verify.stdout());
+}
+
+#[test]
 fn a_push_killed_at_any_step_leaves_no_manifest_and_the_next_push_completes() {
     let server = S3Server::start();
     let env = server.env();
