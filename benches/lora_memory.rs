@@ -12,7 +12,7 @@
 //! side's time includes loading the model. Prints a table per model and writes
 //! `target/hone-bench/lora_memory.json`. `HONE_BENCH_BACKEND=wgpu|cuda` runs hone with that
 //! `--backend` (`scripts/gpu_check.sh`) and leaves out the PyTorch baseline, which runs on the
-//! CPU.
+//! CPU. `HONE_BENCH_PRECISION=bf16|f16` trains both sides in that precision (default f32).
 
 use std::path::Path;
 use std::process::Command;
@@ -66,12 +66,24 @@ fn main() {
     .unwrap();
 }
 
+/// `HONE_BENCH_PRECISION`: `f32` (the default), `bf16` or `f16`; hone trains with that
+/// `train.precision`, PyTorch loads the base in that dtype (PEFT keeps the adapters in f32).
+fn precision() -> String {
+    let p = std::env::var("HONE_BENCH_PRECISION").unwrap_or_else(|_| "f32".into());
+    assert!(
+        ["f32", "bf16", "f16"].contains(&p.as_str()),
+        "HONE_BENCH_PRECISION is f32, bf16 or f16, not {p}"
+    );
+    p
+}
+
 /// One model: hone and the PyTorch baseline, a table, and the numbers for the report.
 fn bench_model(root: &Path, name: &str, gguf: &Path, template: Option<&str>) -> serde_json::Value {
     let qa = root.join("data/cars/qa.jsonl");
     let dir = tempfile::tempdir().unwrap();
+    let precision = precision();
     let recipe = format!(
-        "version: 1\nname: lora-memory\nseed: 7\nstages:\n  qa:\n    kind: dataset\n    source: {{ path: {qa} }}\n    columns: {{ question: prompt, answer: response }}\n  sft:\n    kind: sft\n    model: {{ path: {gguf} }}\n    data: {{ from: qa }}\n    template: model\n    max_length: {MAX_LEN}\n    peft: {{ method: lora, r: {RANK}, alpha: {ALPHA}, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] }}\n    train: {{ epochs: {EPOCHS}, batch_size: {BATCH}, lr: {LR}, warmup_steps: 0 }}\n",
+        "version: 1\nname: lora-memory\nseed: 7\nstages:\n  qa:\n    kind: dataset\n    source: {{ path: {qa} }}\n    columns: {{ question: prompt, answer: response }}\n  sft:\n    kind: sft\n    model: {{ path: {gguf} }}\n    data: {{ from: qa }}\n    template: model\n    max_length: {MAX_LEN}\n    peft: {{ method: lora, r: {RANK}, alpha: {ALPHA}, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] }}\n    train: {{ epochs: {EPOCHS}, batch_size: {BATCH}, lr: {LR}, warmup_steps: 0, precision: {precision} }}\n",
         qa = qa.display(),
         gguf = gguf.display(),
     );
@@ -138,7 +150,7 @@ fn bench_model(root: &Path, name: &str, gguf: &Path, template: Option<&str>) -> 
     };
     let gb = |kb: f64| kb / 1024.0 / 1024.0;
     println!(
-        "LoRA SFT, {name}, r {RANK}, batch {BATCH}, <= {MAX_LEN} tokens, {EPOCHS} epochs, 2 threads"
+        "LoRA SFT, {name}, r {RANK}, batch {BATCH}, <= {MAX_LEN} tokens, {EPOCHS} epochs, 2 threads, {precision}"
     );
     println!("| | hone | PyTorch + PEFT | hone / PyTorch |");
     println!("|---|---|---|---|");

@@ -10,6 +10,7 @@ chat template; the loss covers the assistant's tokens only; LoRA on every attent
 projection; AdamW (PyTorch defaults but the lr), global-norm clipping at 1.0, 2 threads.
 """
 import json
+import os
 import pathlib
 import resource
 import sys
@@ -30,7 +31,10 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if tok.chat_template is None and len(sys.argv) > 9:
         tok.chat_template = sys.argv[9]
-    base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # HONE_BENCH_PRECISION (the bench's setting): the base in that dtype; PEFT keeps adapters in f32.
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[
+        os.environ.get("HONE_BENCH_PRECISION", "f32")]
+    base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
     rows = [json.loads(line) for line in qa.read_text().splitlines() if line.strip()]

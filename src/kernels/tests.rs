@@ -368,3 +368,89 @@ fn checkpointed_layers_give_the_gradients_of_kept_ones() {
         }
     }
 }
+
+#[test]
+fn reduced_precision_stores_a_frozen_base_low_and_computes_close_to_f32() {
+    use crate::model::lora;
+    use crate::model::precision::{Precision, ReducedPrecision};
+    use burn::module::Module;
+    use burn::tensor::DType;
+    let d = Device::flex().autodiff();
+    d.seed(11);
+    let ids = Tensor::<2, Int>::from_data([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 0]], &d);
+    let padding =
+        Tensor::<2, Bool>::from_data([[true; 6], [true, true, true, true, false, false]], &d);
+    let weights = Tensor::<3>::random([2, 6, 32], Distribution::Normal(0.0, 1.0), &d);
+    let lora_cfg = lora::LoraConfig {
+        r: 4,
+        ..Default::default()
+    };
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b)).max(1e-30)
+    };
+    for (family, base) in tiny_backbones(&d) {
+        let (adapted, _) = lora::apply(base.clone(), &lora_cfg, &d).unwrap();
+        for (how, model) in [("full", base), ("lora", adapted)] {
+            for precision in [Precision::Bf16, Precision::F16] {
+                let what = format!("{family} {how} {}", precision.name());
+                let run = |p: Precision| {
+                    let mut m = model.clone();
+                    m.set_precision(p);
+                    let dtypes: Vec<(DType, Option<DType>)> = m
+                        .projections_mut()
+                        .into_iter()
+                        .map(|(_, proj)| {
+                            (
+                                proj.weight.val().dtype(),
+                                proj.lora.as_ref().map(|l| l.a.val().dtype()),
+                            )
+                        })
+                        .collect();
+                    let hidden = m.hidden(ids.clone(), Some(padding.clone()));
+                    let loss = (hidden.clone() * weights.clone()).sum();
+                    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &m);
+                    let mut visitor = ParamGrads(&grads, Vec::new());
+                    m.visit(&mut visitor);
+                    (dtypes, to_vec(hidden.inner()), visitor.1)
+                };
+                let (_, want, want_grads) = run(Precision::F32);
+                let (dtypes, got, got_grads) = run(precision);
+                // A frozen base is stored low, adapters and trainable weights stay f32.
+                for (weight, adapter) in dtypes {
+                    let stored = if how == "lora" {
+                        precision.dtype()
+                    } else {
+                        DType::F32
+                    };
+                    assert_eq!(weight, stored, "{what}: projection weight");
+                    assert!(adapter.is_none_or(|a| a == DType::F32), "{what}: adapter");
+                }
+                let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+                assert!(err > 0.0, "{what}: computed in f32 after all");
+                assert!(
+                    err < 0.05 * scale,
+                    "{what}: hidden off by {err} (scale {scale})"
+                );
+                assert_eq!(got_grads.len(), want_grads.len(), "{what}: gradients");
+                let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let largest = want_grads.iter().map(|v| norm(v)).fold(0f32, f32::max);
+                for (i, (g, w)) in got_grads.iter().zip(&want_grads).enumerate() {
+                    if norm(w) < 1e-6 * largest {
+                        // Zero in exact arithmetic: LoRA's A while B is zero, attention's key
+                        // bias (softmax ignores a constant per query). Rounding noise only.
+                        assert!(norm(g) < 1e-3 * largest, "{what}: gradient {i}");
+                        continue;
+                    }
+                    let c = cosine(g, w);
+                    assert!(c > 0.99, "{what}: gradient {i} at cosine {c}");
+                }
+            }
+        }
+    }
+}

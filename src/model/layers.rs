@@ -5,7 +5,10 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+use burn::tensor::DType;
+
 use super::lora::LoraAdapter;
+use super::precision::Precision;
 
 /// A linear projection `y = x W + b` with `W` stored `[in, out]`, plus an optional LoRA adapter.
 #[derive(Module, Debug)]
@@ -13,6 +16,10 @@ pub struct Proj {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub lora: Option<LoraAdapter>,
+    /// The dtype `x W + b` is computed in when it is not f32 (`train.precision`; see
+    /// [`super::precision`]).
+    #[module(skip)]
+    pub compute: Option<DType>,
 }
 
 impl Proj {
@@ -21,6 +28,28 @@ impl Proj {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
             lora: None,
+            compute: None,
+        }
+    }
+
+    /// Computes in `precision` from now on; a frozen weight is stored in it (a trainable one
+    /// stays the f32 master weight).
+    pub fn set_precision(&mut self, precision: Precision) {
+        let dtype = precision.dtype();
+        self.compute = (precision != Precision::F32).then_some(dtype);
+        let w = self.weight.val();
+        if !w.is_require_grad() && w.dtype() != dtype {
+            self.weight = self.weight.clone().map(|t| t.cast(dtype));
+        }
+    }
+
+    /// The weight in f32, whatever it is stored in.
+    fn weight_f32(&self) -> Tensor<2> {
+        let w = self.weight.val();
+        if w.dtype() == DType::F32 {
+            w
+        } else {
+            w.cast(DType::F32)
         }
     }
 
@@ -43,11 +72,24 @@ impl Proj {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = burn::tensor::module::linear(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let y = match self.compute {
+            // Autocast: the product in the low precision, the result back in f32. Casting a
+            // weight stored in that dtype is the weight itself, so backward keeps no copy.
+            Some(dtype) => {
+                let cast = |t: Tensor<2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+                burn::tensor::module::linear(
+                    x.clone().cast(dtype),
+                    cast(self.weight.val()),
+                    self.bias.as_ref().map(|b| b.val().cast(dtype)),
+                )
+                .cast(DType::F32)
+            }
+            None => burn::tensor::module::linear(
+                x.clone(),
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+            ),
+        };
         match &self.lora {
             Some(l) if l.enabled && !l.merged => y + l.forward(x),
             _ => y,
@@ -57,9 +99,20 @@ impl Proj {
     /// The weight with the adapter folded in (for export and merged models).
     pub fn merged_weight(&self) -> Tensor<2> {
         match &self.lora {
-            Some(l) if l.enabled && !l.merged => self.weight.val() + l.delta(),
+            Some(l) if l.enabled && !l.merged => self.weight_f32() + l.delta(),
             _ => self.weight.val(),
         }
+    }
+
+    /// `W + delta`, stored in `W`'s dtype (PEFT's merge keeps the base's dtype too).
+    pub fn add_to_weight(&mut self, delta: Tensor<2>) {
+        let dtype = self.weight.val().dtype();
+        let sum = self.weight_f32() + delta;
+        self.weight = Param::from_tensor(if dtype == DType::F32 {
+            sum
+        } else {
+            sum.cast(dtype)
+        });
     }
 }
 

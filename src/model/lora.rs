@@ -221,7 +221,7 @@ pub fn merge(backbone: &mut super::Backbone) {
         else {
             continue;
         };
-        proj.weight = Param::from_tensor(proj.weight.val() + delta);
+        proj.add_to_weight(delta);
         if let Some(l) = proj.lora.as_mut() {
             l.merged = true;
         }
@@ -239,7 +239,7 @@ pub fn unmerge(backbone: &mut super::Backbone) {
         else {
             continue;
         };
-        proj.weight = Param::from_tensor(proj.weight.val() - delta);
+        proj.add_to_weight(delta.neg());
         if let Some(l) = proj.lora.as_mut() {
             l.merged = false;
         }

@@ -17,6 +17,7 @@ pub mod layers;
 pub mod llama;
 pub mod lora;
 pub mod phi3;
+pub mod precision;
 pub mod probe;
 pub mod rope;
 pub mod sampling;

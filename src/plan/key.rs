@@ -43,6 +43,19 @@ pub fn material(
         if count > 1 {
             train.insert("devices".into(), count.into());
         }
+        // `precision: f32` computes what hone always computed: the key it always had.
+        // Without `precision`, a GPU backend computes in the checkpoint's dtype (which the
+        // model input's digest pins): a key of its own, apart from results computed in f32
+        // before that default; the CPU backend's default is f32.
+        match train.get("precision").and_then(Value::as_str) {
+            Some("f32") => {
+                train.remove("precision");
+            }
+            None if backend != BackendKind::Cpu && stage.spec.uses_backend() => {
+                train.insert("precision".into(), "checkpoint".into());
+            }
+            _ => {}
+        }
     }
     for (rel, digest) in inputs {
         if let Some(slot) = pointer_mut(&mut config, rel) {

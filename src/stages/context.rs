@@ -177,6 +177,9 @@ pub struct StageContext {
     /// Receives metric records as training produces them (the runner's TensorBoard log),
     /// besides `events`, which are written when the stage ends.
     pub live: Option<LiveMetrics>,
+    /// The dtype the checkpoint a training stage starts from was stored in, when it is not
+    /// f32 (the default `train.precision` on GPU backends).
+    pub source_precision: Option<crate::model::precision::Precision>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -202,6 +205,7 @@ impl StageContext {
             checkpoint_dir: None,
             token_cache: None,
             live: None,
+            source_precision: None,
             scratch,
             produced: Vec::new(),
         }

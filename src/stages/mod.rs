@@ -279,10 +279,25 @@ pub fn train_logged<M, O>(
     ctx: &mut crate::stages::context::StageContext,
 ) -> anyhow::Result<(M, crate::train::trainer::Summary, f64)>
 where
-    M: burn::module::Module + crate::model::GradientCheckpointing,
+    M: burn::module::Module
+        + crate::model::GradientCheckpointing
+        + crate::model::precision::ReducedPrecision,
     O: crate::train::trainer::Objective<M>,
 {
     use crate::train::checkpoint::Checkpointing;
+    let precision = training_precision(cfg, ctx, &model.devices())?;
+    if precision != crate::model::precision::Precision::F32 {
+        tracing::info!(
+            "train.precision {}: linear layers compute in {}, frozen weights are stored in it",
+            precision.name(),
+            precision.name()
+        );
+    }
+    model.set_precision(precision);
+    let cfg = &crate::train::trainer::TrainConfig {
+        precision: Some(precision),
+        ..cfg.clone()
+    };
     if cfg.gradient_checkpointing && ctx.backend != crate::backend::BackendKind::Cpu {
         tracing::warn!(
             "train.gradient_checkpointing recomputes layers on the CPU backend only; on {} this stage keeps every activation",
@@ -499,6 +514,36 @@ pub fn save_adapter_tokenizer(
 /// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
 /// a function of the seed and the stage alone, not of which stages ran before it in this
 /// process, so a stage reproduces its artifact whether it runs alone or after others.
+/// The precision a training stage computes in: `train.precision`, else on a GPU backend the
+/// dtype of the checkpoint it starts from (where the device has it), else f32. An explicit
+/// precision the device lacks is an error.
+fn training_precision(
+    cfg: &crate::train::trainer::TrainConfig,
+    ctx: &crate::stages::context::StageContext,
+    devices: &[burn::tensor::Device],
+) -> anyhow::Result<crate::model::precision::Precision> {
+    use crate::model::precision::Precision;
+    let supported = |p: Precision| devices.iter().all(|d| d.supports_dtype(p.dtype()));
+    match cfg.precision {
+        Some(p) if !supported(p) => anyhow::bail!(
+            "train.precision: {} is not supported by the {} device; use f32{}",
+            p.name(),
+            ctx.backend.name(),
+            if p == Precision::Bf16 && supported(Precision::F16) {
+                " or f16"
+            } else {
+                ""
+            }
+        ),
+        Some(p) => Ok(p),
+        None if ctx.backend != crate::backend::BackendKind::Cpu => Ok(ctx
+            .source_precision
+            .filter(|p| supported(*p))
+            .unwrap_or(Precision::F32)),
+        None => Ok(Precision::F32),
+    }
+}
+
 pub fn stage_device(
     ctx: &crate::stages::context::StageContext,
     autodiff: bool,

@@ -83,7 +83,13 @@ pub(crate) fn load_model_input(
             })
         }
         ModelInput::Input(_) => {
-            load_checkpoint(ctx, model_key, stage_tokenizer, need_decoder, device)
+            let loaded = load_checkpoint(ctx, model_key, stage_tokenizer, need_decoder, device)?;
+            ctx.source_precision = loaded
+                .config
+                .get(crate::model::SOURCE_DTYPE)
+                .and_then(|d| d.as_str())
+                .and_then(crate::model::precision::Precision::from_config_name);
+            Ok(loaded)
         }
     }
 }

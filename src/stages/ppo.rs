@@ -139,6 +139,13 @@ impl crate::model::GradientCheckpointing for PolicyValue {
     }
 }
 
+impl crate::model::precision::ReducedPrecision for PolicyValue {
+    fn set_precision(&mut self, precision: crate::model::precision::Precision) {
+        self.policy.set_precision(precision);
+        self.value.set_precision(precision);
+    }
+}
+
 /// One trainer step: a batch of prompts and which PPO pass over its rollout this is.
 #[derive(Debug, Clone)]
 pub struct PpoBatch {

@@ -31,6 +31,11 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
+/// Multiplies every gradient of `model`'s parameters by `factor`.
+pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f64) {
+    model.visit(&mut Scale { grads, factor });
+}
+
 /// The L2 norm over all gradients of `model`'s parameters.
 pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
     let mut v = SquaredNorm {

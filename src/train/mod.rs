@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod loss;
+pub mod loss_scale;
 pub mod objectives;
 pub mod optim;
 pub mod preference;

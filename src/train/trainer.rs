@@ -10,8 +10,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpointing;
-use super::clip::{clip_global_norm, global_norm};
+use super::clip::{clip_global_norm, global_norm, scale_grads};
+use super::loss_scale::LossScale;
 use super::schedule::{Schedule, factor};
+use crate::model::precision::Precision;
 use crate::rng::SplitMix64;
 
 /// What a stage trains: the summed loss of a batch and how many items it sums over.
@@ -103,6 +105,13 @@ pub struct TrainConfig {
     /// it (with a warning). Part of the action key when on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gradient_checkpointing: bool,
+    /// The precision linear layers compute in: `bf16` or `f16` multiply in that dtype (frozen
+    /// weights, a LoRA base, are also stored in it: half their memory), with norms, losses,
+    /// LoRA factors, the weights the optimizer updates and its state in f32; `f16` adds
+    /// dynamic loss scaling. Default: f32 on the CPU backend; on GPU backends, the
+    /// checkpoint's dtype where the device has it. Part of the action key when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::model::precision::Precision>,
 }
 
 impl TrainConfig {
@@ -152,6 +161,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             devices: None,
             gradient_checkpointing: false,
+            precision: None,
         }
     }
 }
@@ -259,6 +269,9 @@ struct Position {
     /// [`Objective::state`].
     #[serde(default)]
     objective: serde_json::Value,
+    /// f16 training's loss scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss_scale: Option<LossScale>,
 }
 
 /// Mean loss per item over `batches`, without gradients.
@@ -341,6 +354,7 @@ pub fn train<M: Module, O: Objective<M>>(
     let mut summary = Summary::default();
     let mut best: Option<(usize, f64, M)> = None;
     let (mut stale_evals, mut step, mut start_epoch, mut start_group) = (0, 0, 0, 0);
+    let mut loss_scale = (cfg.precision == Some(Precision::F16)).then(LossScale::default);
     let ckpt_err = |e: anyhow::Error| TrainError::Checkpoint(format!("{e:#}"));
     let resumed = match hooks.checkpoint {
         Some(c) => c.load(model.clone(), optim.clone()).map_err(ckpt_err)?,
@@ -369,6 +383,9 @@ pub fn train<M: Module, O: Objective<M>>(
                 (pos.stale_evals, pos.step, pos.epoch, pos.group);
             obj.restore(pos.objective)
                 .map_err(|e| TrainError::Checkpoint(format!("unreadable objective state: {e}")))?;
+            if pos.loss_scale.is_some() {
+                loss_scale = pos.loss_scale;
+            }
             summary = pos.summary;
             summary.log = pos.log;
             summary.resumed_from = Some(step);
@@ -434,6 +451,10 @@ pub fn train<M: Module, O: Objective<M>>(
                 let m = if on == 0 { &model } else { &replicas[on - 1] };
                 let l = obj.loss_sum(m, &train[i]).div_scalar(items.max(1.0));
                 losses.push(l.clone().detach());
+                let l = match &loss_scale {
+                    Some(s) => l.mul_scalar(s.scale),
+                    None => l,
+                };
                 let mut grads = GradientsParams::from_grads(l.backward(), m);
                 if on > 0 {
                     grads = grads.to_device(&parallel[0], m);
@@ -450,12 +471,22 @@ pub fn train<M: Module, O: Objective<M>>(
                 return Err(TrainError::NonFinite { step, loss });
             }
             let mut grads = accumulator.grads();
+            // f16: gradients back to their true size, and a step that overflowed is skipped.
+            let finite = match loss_scale.as_mut() {
+                Some(s) => {
+                    scale_grads(&model, &mut grads, 1.0 / s.scale);
+                    s.update(global_norm(&model, &grads))
+                }
+                None => true,
+            };
             let grad_norm = match cfg.max_grad_norm {
-                Some(max) => clip_global_norm(&model, &mut grads, max),
-                None => global_norm(&model, &grads),
+                Some(max) if finite => clip_global_norm(&model, &mut grads, max),
+                _ => global_norm(&model, &grads),
             };
             let lr = cfg.lr * factor(cfg.schedule, step, total, cfg.warmup_steps);
-            model = optim.step(lr, model, grads);
+            if finite {
+                model = optim.step(lr, model, grads);
+            }
             step += 1;
             if summary.steps == 0 {
                 summary.first_loss = loss;
@@ -469,7 +500,13 @@ pub fn train<M: Module, O: Objective<M>>(
                 lr,
                 grad_norm,
                 items_per_s: items / started.elapsed().as_secs_f64().max(1e-9),
-                extra: obj.step_metrics(),
+                extra: {
+                    let mut extra = obj.step_metrics();
+                    if let Some(s) = &loss_scale {
+                        extra.push(("loss_scale".into(), s.scale));
+                    }
+                    extra
+                },
             });
             (hooks.on_record)(&record);
             summary.log.push(record);
@@ -515,6 +552,7 @@ pub fn train<M: Module, O: Objective<M>>(
                         summary: summary.clone(),
                         log: summary.log.clone(),
                         objective: obj.state(),
+                        loss_scale: loss_scale.clone(),
                     };
                     let state = serde_json::to_value(&pos)
                         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;

@@ -26,6 +26,7 @@ mod layers;
 mod lora_training;
 mod model_parity;
 mod pitfalls;
+mod precision;
 mod pretrain_stage;
 mod quickstart;
 mod real_checkpoints;

@@ -1,0 +1,79 @@
+//! Reduced-precision training (`train.precision`), as PyTorch's autocast does it for linear
+//! layers: each projection multiplies in the training precision (its input and weight cast to
+//! bf16 or f16, the product cast back to f32), while norms, softmax, losses, LoRA factors and
+//! everything the optimizer updates stay f32.
+//!
+//! - Frozen projection weights (a LoRA base) are *stored* in the low precision: half the
+//!   memory, and no f32 copy on the autodiff tape (the product's backward keeps the stored
+//!   weight itself, and no input, since the weight takes no gradient).
+//! - Trainable weights (full fine-tuning) stay f32 master weights; forward casts a low-precision
+//!   copy, whose gradient flows back to the master in f32.
+//! - f16 needs loss scaling (`train::loss_scale`), bf16 does not (f32's exponent range).
+//!
+//! Embeddings and LM heads are not cast: a tied head feeds the chunked cross-entropy kernel,
+//! which reads f32 weights.
+
+use burn::tensor::DType;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The precision linear layers compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// From a checkpoint config's `dtype` / `torch_dtype` (`bfloat16`, `float16`, `float32`).
+    pub fn from_config_name(name: &str) -> Option<Precision> {
+        match name {
+            "float32" => Some(Precision::F32),
+            "bfloat16" => Some(Precision::Bf16),
+            "float16" => Some(Precision::F16),
+            _ => None,
+        }
+    }
+}
+
+/// Models whose linear layers can compute in a reduced precision (see the module docs). Call
+/// it after freezing: what is frozen then is what gets stored in the low precision.
+pub trait ReducedPrecision {
+    fn set_precision(&mut self, precision: Precision);
+}
+
+impl ReducedPrecision for super::Backbone {
+    fn set_precision(&mut self, precision: Precision) {
+        for (_, proj) in self.projections_mut() {
+            proj.set_precision(precision);
+        }
+    }
+}
+
+impl ReducedPrecision for super::Model {
+    fn set_precision(&mut self, precision: Precision) {
+        self.backbone.set_precision(precision);
+        if let Some(score) = self.score.as_mut() {
+            score.set_precision(precision);
+        }
+    }
+}

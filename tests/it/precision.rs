@@ -1,0 +1,71 @@
+//! `train: { precision: bf16 | f16 }`: linear layers multiply in the low precision (a LoRA
+//! base is stored in it), everything the optimizer updates stays f32, f16 scales the loss.
+//! Training still learns, ends near where f32 ends, and `precision: f32` is the default's
+//! action (the key of every recipe written before the option).
+
+use crate::common::{Project, car_lm_stages, lock_results, metric};
+
+#[test]
+fn bf16_and_f16_train_close_to_f32_and_f32_keeps_its_key() {
+    let p = Project::new();
+    let sft = |name: &str, train: &str, peft: &str| {
+        format!(
+            "  {name}:\n    kind: sft\n    model: {{ from: lm }}\n    data: {{ from: qa }}\n    max_length: 64\n{peft}    train: {{ epochs: 3, batch_size: 4, lr: 2.0e-3{train} }}\n"
+        )
+    };
+    let lora = "    peft: { method: lora, r: 8, alpha: 16, target_modules: [c_attn, c_fc] }\n";
+    let stages = car_lm_stages().replace("epochs: 30", "epochs: 4");
+    let recipe = format!(
+        "version: 1\nname: precision\nseed: 5\nstages:\n{stages}{}{}{}{}{}{}",
+        sft("full", "", ""),
+        sft("full_bf16", ", precision: bf16", ""),
+        sft("lora", "", lora),
+        sft("lora_f32", ", precision: f32", lora),
+        sft("lora_bf16", ", precision: bf16", lora),
+        sft("lora_f16", ", precision: f16", lora),
+    );
+    p.write("r.yaml", &recipe);
+    let out = p.hone(&["run", "r.yaml"]).ok();
+    let results = lock_results(&p, "r.lock");
+    let get = |s: &str| {
+        results
+            .iter()
+            .find(|(name, _, _)| name == s)
+            .unwrap_or_else(|| panic!("{s} in the lockfile"))
+            .clone()
+    };
+    // `precision: f32` is what a stage without it computes, under the same key.
+    assert_eq!(get("lora_f32").1, get("lora").1, "{out}");
+    assert_eq!(get("lora_f32").2, get("lora").2, "{out}");
+    let loss = |stage: &str| {
+        let show = p.hone(&["show", "r.yaml", stage]).ok();
+        (
+            metric(&show, "train_loss_first"),
+            metric(&show, "train_loss_last"),
+        )
+    };
+    for (f32_stage, low) in [
+        ("full", "full_bf16"),
+        ("lora", "lora_bf16"),
+        ("lora", "lora_f16"),
+    ] {
+        assert_ne!(get(low).1, get(f32_stage).1, "{low} is its own action");
+        assert_ne!(
+            get(low).2,
+            get(f32_stage).2,
+            "{low} computed in its own precision"
+        );
+        let (first, last) = loss(low);
+        let (f32_first, f32_last) = loss(f32_stage);
+        assert!(last < 0.97 * first, "{low} learned: {first} -> {last}");
+        // The same data, schedule and seed: the curves stay together.
+        assert!(
+            (first - f32_first).abs() < 0.02 * f32_first,
+            "{low} starts at {first}, f32 at {f32_first}"
+        );
+        assert!(
+            (last - f32_last).abs() < 0.1 * f32_last,
+            "{low} ends at {last}, f32 at {f32_last}"
+        );
+    }
+}
