@@ -542,6 +542,22 @@ fn a_push_replaces_a_remote_blob_of_the_wrong_size() {
     assert!(push.contains("pushed 0 actions"), "{push}");
     b.hone(&["cache", "remote", "verify", "--deep", "--remote", &url])
         .ok();
+    // `--all` offers the whole store; the remote has it all already.
+    let all = b
+        .hone(&["cache", "push", "r.yaml", "--all", "--remote", &url])
+        .ok();
+    assert!(
+        all.contains("pushed 0 actions") && all.contains("(3 already there)"),
+        "{all}"
+    );
+    let ls = b.hone(&["cache", "remote", "ls", "--remote", &url]).ok();
+    for stage in ["qa", "qa_clean", "reviews"] {
+        let action = lock_entry(&b, "r.lock", stage, "action");
+        assert!(
+            ls.contains(&action[..12]) && ls.contains(stage),
+            "{stage}: {ls}"
+        );
+    }
 }
 
 /// `two_dataset_project` with `cache:` settings in its recipe.
@@ -602,36 +618,53 @@ fn the_recipe_names_its_remote_and_read_false_or_no_remote_keep_a_run_here() {
 
 #[test]
 fn a_remote_that_never_answers_costs_a_bounded_wait_then_the_run_computes() {
-    // A server that takes connections and never answers them.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    // A server that takes connections and never answers them, and one that answers every
+    // request with a server error.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let mut held = Vec::new();
-        for conn in listener.incoming() {
+        for conn in silent.incoming() {
             held.push(conn);
         }
     });
-    let env = [
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-    ];
-    // The recipe's options set the request time-out (60 s unless they do).
-    let p =
-        project_with_cache("{ remote: s3://silent/hone, write: true, options: { timeout: 1s } }");
-    let started = std::time::Instant::now();
-    let run = with_env(&p, &["run", "r.yaml"], &env);
-    let out = run.ok();
-    let waited = started.elapsed();
-    assert_eq!(run.ran().len(), 3, "{out}");
-    assert_eq!(out.matches("remote unavailable").count(), 1, "{out}");
-    // Three tries of one second each, with back-off between them, then no more requests.
-    assert!(
-        waited < std::time::Duration::from_secs(30),
-        "{waited:?}: {out}"
-    );
+    let failing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing_port = failing.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in failing.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    for port in [silent_port, failing_port] {
+        let env = [
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ];
+        // The recipe's options set the request time-out (60 s unless they do).
+        let p = project_with_cache(
+            "{ remote: s3://silent/hone, write: true, options: { timeout: 1s } }",
+        );
+        let started = std::time::Instant::now();
+        let run = with_env(&p, &["run", "r.yaml"], &env);
+        let out = run.ok();
+        let waited = started.elapsed();
+        assert_eq!(run.ran().len(), 3, "{out}");
+        assert_eq!(out.matches("remote unavailable").count(), 1, "{out}");
+        // Three tries of at most a second each, with back-off between them, then no more
+        // requests.
+        assert!(
+            waited < std::time::Duration::from_secs(30),
+            "{waited:?}: {out}"
+        );
+    }
 }
 
 #[test]
