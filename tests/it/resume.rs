@@ -99,6 +99,35 @@ fn a_killed_training_run_resumes_to_the_same_artifacts() {
 }
 
 /// Every file under `dir`, recursively.
+#[test]
+fn a_killed_f16_run_resumes_to_the_same_artifacts() {
+    // f16 LoRA: the base stored in f16, the loss scale carried in the checkpoint.
+    let recipe = recipe().replace(
+        "checkpoint_every: 4 }",
+        "checkpoint_every: 4, precision: f16 }",
+    );
+    let whole = Project::new();
+    whole.write("r.yaml", &recipe);
+    whole.hone(&["run", "r.yaml"]).ok();
+    let p = Project::new();
+    p.write("r.yaml", &recipe);
+    crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-8");
+    let again = p.hone(&["run", "r.yaml"]);
+    again.ok();
+    assert!(
+        again.stderr().contains("resuming  sft") && again.stderr().contains("step 8"),
+        "{}",
+        again.stderr()
+    );
+    let (a, b) = (artifacts(&whole), artifacts(&p));
+    assert_eq!(
+        a["stages"]["sft"]["artifact"],
+        b["stages"]["sft"]["artifact"]
+    );
+    let show = p.hone(&["show", "r.yaml", "sft"]).ok();
+    assert!(show.contains("resumed_from"), "{show}");
+}
+
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
