@@ -320,20 +320,34 @@ fn tiny_backbones(d: &Device) -> Vec<(&'static str, crate::model::Backbone)> {
     ]
 }
 
-#[test]
-fn checkpointed_layers_give_the_gradients_of_kept_ones() {
-    use crate::model::{GradientCheckpointing, lora};
-    use burn::module::Module;
+/// What the per-family model tests feed [`tiny_backbones`]: an autodiff device, two rows of
+/// ids (the second padded), weights that turn the hidden states into a loss, and LoRA r 4.
+#[allow(clippy::type_complexity)]
+fn tiny_inputs() -> (
+    Device,
+    Tensor<2, Int>,
+    Tensor<2, Bool>,
+    Tensor<3>,
+    crate::model::lora::LoraConfig,
+) {
     let d = Device::flex().autodiff();
     d.seed(11);
     let ids = Tensor::<2, Int>::from_data([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 0]], &d);
     let padding =
         Tensor::<2, Bool>::from_data([[true; 6], [true, true, true, true, false, false]], &d);
     let weights = Tensor::<3>::random([2, 6, 32], Distribution::Normal(0.0, 1.0), &d);
-    let lora_cfg = lora::LoraConfig {
+    let lora_cfg = crate::model::lora::LoraConfig {
         r: 4,
         ..Default::default()
     };
+    (d, ids, padding, weights, lora_cfg)
+}
+
+#[test]
+fn checkpointed_layers_give_the_gradients_of_kept_ones() {
+    use crate::model::{GradientCheckpointing, lora};
+    use burn::module::Module;
+    let (d, ids, padding, weights, lora_cfg) = tiny_inputs();
     for (family, base) in tiny_backbones(&d) {
         let (adapted, _) = lora::apply(base.clone(), &lora_cfg, &d).unwrap();
         // Full fine-tuning (the embedding is trained: the first layer's input needs a
@@ -375,16 +389,7 @@ fn reduced_precision_stores_a_frozen_base_low_and_computes_close_to_f32() {
     use crate::model::precision::{Precision, ReducedPrecision};
     use burn::module::Module;
     use burn::tensor::DType;
-    let d = Device::flex().autodiff();
-    d.seed(11);
-    let ids = Tensor::<2, Int>::from_data([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 0]], &d);
-    let padding =
-        Tensor::<2, Bool>::from_data([[true; 6], [true, true, true, true, false, false]], &d);
-    let weights = Tensor::<3>::random([2, 6, 32], Distribution::Normal(0.0, 1.0), &d);
-    let lora_cfg = lora::LoraConfig {
-        r: 4,
-        ..Default::default()
-    };
+    let (d, ids, padding, weights, lora_cfg) = tiny_inputs();
     let cosine = |a: &[f32], b: &[f32]| {
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -140,6 +140,15 @@ pub fn lock_results(p: &Project, lock: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `stage`'s (name, action, artifact) in `results` (from [`lock_results`]).
+pub fn lock_result(results: &[(String, String, String)], stage: &str) -> (String, String, String) {
+    results
+        .iter()
+        .find(|(name, _, _)| name == stage)
+        .unwrap_or_else(|| panic!("{stage} in the lockfile"))
+        .clone()
+}
+
 /// Rows of a small QA dataset as JSONL.
 pub fn qa_jsonl(n: usize, offset: usize) -> String {
     (offset..offset + n)
@@ -297,6 +306,19 @@ pub fn ctrl_c_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
 /// The stages most training tests start from: the car corpus and QA pairs (validation splits,
 /// QA grouped by prompt), a 512-token BPE, and a tiny GPT-2 pretrained on the corpus (`lm`).
 /// Indented to sit under `stages:`.
+/// An SFT stage of the tiny car LM (`car_lm_stages`'s `lm`) on its QA pairs: `train` is
+/// appended inside its `train:` block (`", lr: 1e-3"`), `peft` is a whole line or empty
+/// ([`CAR_LORA`]).
+pub fn car_sft_stage(name: &str, epochs: usize, train: &str, peft: &str) -> String {
+    format!(
+        "  {name}:\n    kind: sft\n    model: {{ from: lm }}\n    data: {{ from: qa }}\n    max_length: 64\n{peft}    train: {{ epochs: {epochs}, batch_size: 4, lr: 2.0e-3{train} }}\n"
+    )
+}
+
+/// LoRA on the tiny car LM's attention and MLP input projections.
+pub const CAR_LORA: &str =
+    "    peft: { method: lora, r: 8, alpha: 16, target_modules: [c_attn, c_fc] }\n";
+
 pub fn car_lm_stages() -> String {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
     format!(

@@ -3,17 +3,13 @@
 //! full fine-tuning and LoRA produce the very weights they produce without it; the option is
 //! part of the action key only when on.
 
-use crate::common::{Project, car_lm_stages, lock_results};
+use crate::common::{CAR_LORA, Project, car_lm_stages, car_sft_stage, lock_result, lock_results};
 
 #[test]
 fn recomputed_layers_train_the_same_weights_as_kept_ones() {
     let p = Project::new();
-    let sft = |name: &str, train: &str, peft: &str| {
-        format!(
-            "  {name}:\n    kind: sft\n    model: {{ from: lm }}\n    data: {{ from: qa }}\n    max_length: 64\n{peft}    train: {{ epochs: 2, batch_size: 4, lr: 2.0e-3{train} }}\n"
-        )
-    };
-    let lora = "    peft: { method: lora, r: 8, alpha: 16, target_modules: [c_attn, c_fc] }\n";
+    let sft = |name: &str, train: &str, peft: &str| car_sft_stage(name, 2, train, peft);
+    let lora = CAR_LORA;
     let on = ", gradient_checkpointing: true";
     let stages = car_lm_stages().replace("epochs: 30", "epochs: 2");
     let lm_on = stages.replace("  lm:\n", "  lm_on:\n").replace(
@@ -32,13 +28,7 @@ fn recomputed_layers_train_the_same_weights_as_kept_ones() {
     let run = p.hone(&["run", "r.yaml"]);
     run.ok();
     let results = lock_results(&p, "r.lock");
-    let get = |s: &str| {
-        results
-            .iter()
-            .find(|(name, _, _)| name == s)
-            .unwrap_or_else(|| panic!("{s} in the lockfile"))
-            .clone()
-    };
+    let get = |s: &str| lock_result(&results, s);
     for (off, on) in [("lm", "lm_on"), ("full", "full_on"), ("lora", "lora_on")] {
         let (off, on) = (get(off), get(on));
         assert_eq!(on.2, off.2, "{} and {} saved other weights", on.0, off.0);

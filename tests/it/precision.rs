@@ -3,17 +3,15 @@
 //! Training still learns, ends near where f32 ends, and `precision: f32` is the default's
 //! action (the key of every recipe written before the option).
 
-use crate::common::{Project, car_lm_stages, lock_results, metric};
+use crate::common::{
+    CAR_LORA, Project, car_lm_stages, car_sft_stage, lock_result, lock_results, metric,
+};
 
 #[test]
 fn bf16_and_f16_train_close_to_f32_and_f32_keeps_its_key() {
     let p = Project::new();
-    let sft = |name: &str, train: &str, peft: &str| {
-        format!(
-            "  {name}:\n    kind: sft\n    model: {{ from: lm }}\n    data: {{ from: qa }}\n    max_length: 64\n{peft}    train: {{ epochs: 3, batch_size: 4, lr: 2.0e-3{train} }}\n"
-        )
-    };
-    let lora = "    peft: { method: lora, r: 8, alpha: 16, target_modules: [c_attn, c_fc] }\n";
+    let sft = |name: &str, train: &str, peft: &str| car_sft_stage(name, 3, train, peft);
+    let lora = CAR_LORA;
     let stages = car_lm_stages().replace("epochs: 30", "epochs: 4");
     let recipe = format!(
         "version: 1\nname: precision\nseed: 5\nstages:\n{stages}{}{}{}{}{}{}",
@@ -27,13 +25,7 @@ fn bf16_and_f16_train_close_to_f32_and_f32_keeps_its_key() {
     p.write("r.yaml", &recipe);
     let out = p.hone(&["run", "r.yaml"]).ok();
     let results = lock_results(&p, "r.lock");
-    let get = |s: &str| {
-        results
-            .iter()
-            .find(|(name, _, _)| name == s)
-            .unwrap_or_else(|| panic!("{s} in the lockfile"))
-            .clone()
-    };
+    let get = |s: &str| lock_result(&results, s);
     // `precision: f32` is what a stage without it computes, under the same key.
     assert_eq!(get("lora_f32").1, get("lora").1, "{out}");
     assert_eq!(get("lora_f32").2, get("lora").2, "{out}");

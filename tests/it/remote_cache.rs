@@ -39,6 +39,17 @@ fn remote_manifest(root: &Path, action: &str) -> PathBuf {
         .join(format!("{action}.json"))
 }
 
+/// Rewrites every blob of the `file://` remote at `root` as `f` says (damage, for the tests).
+fn rewrite_remote_blobs(root: &Path, f: impl Fn(&[u8]) -> Vec<u8>) {
+    for shard in std::fs::read_dir(root.join("blobs")).unwrap() {
+        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let path = blob.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, f(&bytes)).unwrap();
+        }
+    }
+}
+
 /// Both lockfiles record the same action and output for every stage (a stage recomputed here
 /// has its own wall time).
 fn assert_same_results(a: &Project, b: &Project, lock: &str) {
@@ -497,16 +508,7 @@ fn a_stage_left_on_the_remote_is_computed_here_when_its_reader_runs_and_the_pull
     // Every blob on the remote is damaged (same size, other bytes): `qa`'s manifest still
     // names them, so the run records `qa` from the remote, and its pull fails only when
     // `qa_clean` runs and needs its files.
-    for shard in std::fs::read_dir(remote.path().join("blobs")).unwrap() {
-        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = blob.unwrap().path();
-            let mut bytes = std::fs::read(&path).unwrap();
-            for b in &mut bytes {
-                *b = !*b;
-            }
-            std::fs::write(&path, bytes).unwrap();
-        }
-    }
+    rewrite_remote_blobs(remote.path(), |bytes| bytes.iter().map(|b| !b).collect());
     // `qa` is not selected: the run takes it as it finds it, recorded from the remote.
     let run = b.hone(&[
         "run", "r.yaml", "--remote", &url, "--only", "qa_clean", "--force", "qa_clean",
@@ -529,13 +531,7 @@ fn a_push_replaces_a_remote_blob_of_the_wrong_size() {
     let (_a, b) = published_and_local(&url);
     // Cut short on the remote (an upload that died half-way through a store without atomic
     // writes): `verify --deep` sees it, and the next push writes it anew.
-    for shard in std::fs::read_dir(remote.path().join("blobs")).unwrap() {
-        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = blob.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        }
-    }
+    rewrite_remote_blobs(remote.path(), |bytes| bytes[..bytes.len() / 2].to_vec());
     let damaged = b.hone(&["cache", "remote", "verify", "--remote", &url]);
     assert_eq!(damaged.code(), 1, "{}", damaged.stdout());
     let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]).ok();
