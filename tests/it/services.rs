@@ -169,7 +169,7 @@ impl SlurmCluster {
              StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
              SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\n\
              SlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.log\n\
-             NodeName={host} CPUs=2 RealMemory=2000 State=UNKNOWN\n\
+             GresTypes=gpu\nNodeName={host} CPUs=2 RealMemory=2000 Gres=gpu:2 State=UNKNOWN\n\
              PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
             free_port(),
             free_port(),
@@ -178,6 +178,25 @@ impl SlurmCluster {
         );
         let conf_path = d.join("slurm.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        // Two GPUs for scheduling only: character devices made here (slurmd checks that its
+        // gres files exist), nothing behind them. Jobs that ask for them are placed and run
+        // like any other.
+        for i in 0..2 {
+            let made = Command::new("mknod")
+                .arg(d.join(format!("gpu{i}")))
+                .args(["c", "195", &i.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                made,
+                "cannot make the test cluster's fake GPU devices (mknod, as root)"
+            );
+        }
+        std::fs::write(
+            d.join("gres.conf"),
+            format!("NodeName={host} Name=gpu File={}/gpu[0-1]\n", d.display()),
+        )
+        .unwrap();
         let daemon = |cmd: &str, args: &[&str]| {
             Command::new(cmd)
                 .args(args)

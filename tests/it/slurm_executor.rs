@@ -4,7 +4,7 @@
 //! jobs are queued submits nothing; a submit after a partial run submits only what is stale.
 
 use crate::common::{
-    Project, Run, lock_results, quickstart_recipe, run_with_env, two_dataset_project,
+    Project, Run, car_lm_stages, lock_results, quickstart_recipe, run_with_env, two_dataset_project,
 };
 use crate::services::SlurmCluster;
 
@@ -259,4 +259,47 @@ fn the_final_job_finishes_the_run_that_was_asked_for() {
         0
     );
     assert_eq!(std::fs::read(p.path("r.lock")).unwrap(), lock);
+}
+
+#[test]
+fn jobs_ask_for_the_gpus_and_partition_their_stages_need() {
+    let cluster = SlurmCluster::start();
+    let env = cluster.env();
+    let p = Project::new();
+    // Held: what each job asks for is read from Slurm, nothing runs. On a GPU backend a
+    // tensor stage asks for a GPU per training device; a stage's own `resources` win.
+    let stages = car_lm_stages()
+        .replace("warmup_steps: 10 }", "warmup_steps: 10, devices: 2 }")
+        .replacen(
+            "    leakage_key: [prompt]\n",
+            "    leakage_key: [prompt]\n    resources: { gpus: 1, partition: main }\n",
+            1,
+        );
+    p.write(
+        "r.yaml",
+        &format!(
+            "version: 1\nname: gpus\nseed: 1\nexecutor: {{ kind: slurm, sbatch_args: [--hold] }}\nstages:\n{stages}"
+        ),
+    );
+    let out = with_env(&p, &["run", "r.yaml", "--backend", "wgpu"], &env).ok();
+    let job_of = |stage: &str| {
+        out.lines()
+            .find(|l| says(l, stage, "submitted"))
+            .and_then(|l| l.split("job ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{stage}: {out}"))
+            .to_owned()
+    };
+    let show = |stage: &str| cluster.run("scontrol", &["show", "job", "-o", &job_of(stage)]);
+    let lm = show("lm");
+    assert!(lm.contains("gpu:2"), "lm trains on 2 devices: {lm}");
+    let qa = show("qa");
+    assert!(
+        qa.contains("gpu:1") && qa.contains("Partition=main"),
+        "{qa}"
+    );
+    // A data stage asks for no GPU.
+    let corpus = show("corpus");
+    assert!(!corpus.contains("gpu"), "{corpus}");
+    cluster.run("scancel", &["--user=root"]);
 }
