@@ -9,8 +9,9 @@
 //! Job names carry the action key and the store (`hone-<key>-<store>`), so submitting again
 //! while this user's jobs are queued or running finds them (`squeue --me`) instead of
 //! duplicating them; a stage whose key waited on an upstream job is found through the last
-//! submission. Cached stages are never submitted. What was submitted is kept in the store (`slurm/<recipe>.json`) for
-//! `hone status` and `--wait`, which ask `squeue` and `scontrol` how each job stands.
+//! submission. Cached stages are never submitted. What was submitted is kept in the store
+//! (`slurm/<recipe>.json`) for `hone status` and `--wait`, which ask `squeue` and `scontrol`
+//! how each job stands.
 //!
 //! hone grows no scheduler: Slurm decides where and when; the store (a shared directory, or a
 //! local one behind the remote cache) is how jobs on different nodes see each other's results.

@@ -3,9 +3,8 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
-
 use burn::tensor::DType;
+use burn::tensor::activation::softmax;
 
 use super::lora::LoraAdapter;
 use super::precision::Precision;

@@ -510,10 +510,6 @@ pub fn save_adapter_tokenizer(
     crate::model::serving::write_serving_files(dir, tokenizer, config, prompting, false)
 }
 
-/// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
-/// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
-/// a function of the seed and the stage alone, not of which stages ran before it in this
-/// process, so a stage reproduces its artifact whether it runs alone or after others.
 /// The precision a training stage computes in: `train.precision`, else on a GPU backend the
 /// dtype of the checkpoint it starts from (where the device has it), else f32. An explicit
 /// precision the device lacks is an error.
@@ -544,6 +540,10 @@ fn training_precision(
     }
 }
 
+/// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
+/// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
+/// a function of the seed and the stage alone, not of which stages ran before it in this
+/// process, so a stage reproduces its artifact whether it runs alone or after others.
 pub fn stage_device(
     ctx: &crate::stages::context::StageContext,
     autodiff: bool,
