@@ -50,10 +50,9 @@ pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
     total as f64
 }
 
-/// Scales all gradients so their global norm is at most `max_norm`; returns the norm before
-/// clipping (what trainers log as `grad_norm`).
-pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let norm = global_norm(model, grads);
+/// Scales all gradients so their global norm, `norm` ([`global_norm`]), is at most
+/// `max_norm`.
+pub fn clip_to<M: Module>(model: &M, grads: &mut GradientsParams, norm: f64, max_norm: f64) {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         model.visit(&mut Scale {
@@ -61,5 +60,4 @@ pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_n
             factor: coef,
         });
     }
-    norm
 }

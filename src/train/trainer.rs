@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpointing;
-use super::clip::{clip_global_norm, global_norm, scale_grads};
+use super::clip::{clip_to, global_norm, scale_grads};
 use super::loss_scale::LossScale;
 use super::schedule::{Schedule, factor};
 use crate::model::precision::Precision;
@@ -472,17 +472,14 @@ pub fn train<M: Module, O: Objective<M>>(
             }
             let mut grads = accumulator.grads();
             // f16: gradients back to their true size, and a step that overflowed is skipped.
-            let finite = match loss_scale.as_mut() {
-                Some(s) => {
-                    scale_grads(&model, &mut grads, 1.0 / s.scale);
-                    s.update(global_norm(&model, &grads))
-                }
-                None => true,
-            };
-            let grad_norm = match cfg.max_grad_norm {
-                Some(max) if finite => clip_global_norm(&model, &mut grads, max),
-                _ => global_norm(&model, &grads),
-            };
+            if let Some(s) = &loss_scale {
+                scale_grads(&model, &mut grads, 1.0 / s.scale);
+            }
+            let grad_norm = global_norm(&model, &grads);
+            let finite = loss_scale.as_mut().is_none_or(|s| s.update(grad_norm));
+            if let Some(max) = cfg.max_grad_norm.filter(|_| finite) {
+                clip_to(&model, &mut grads, grad_norm, max);
+            }
             let lr = cfg.lr * factor(cfg.schedule, step, total, cfg.warmup_steps);
             if finite {
                 model = optim.step(lr, model, grads);
