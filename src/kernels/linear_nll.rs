@@ -18,6 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::DType;
 use rayon::prelude::*;
 
 use super::flex::{contiguous, dims, exp, matmul, row_max, row_sum_exp, tensor, transpose, values};
@@ -51,19 +52,30 @@ pub struct KeptChunk {
     softmax: FlexTensor,
 }
 
+/// Rows of a chunk that spans all `v` columns, for the budget of a `rows` x `cols` tile.
+fn full_width_rows((rows, cols): (usize, usize), v: usize) -> usize {
+    (rows * cols / v.max(1)).max(1)
+}
+
 /// Per-row negative log-likelihoods `[n]` and log-sum-exps, and with `keep_last` the last
-/// chunk's softmax.
+/// chunk's softmax. Chunks of rows span the whole vocabulary, as many rows as fit the
+/// `rows` x `cols` tile's budget; a weight stored in a low precision is read in `rows` x
+/// `cols` tiles instead ([`super::linear_nll_blocks`]).
 pub fn forward(
     hidden: &FlexTensor,
     weight: &FlexTensor,
     labels: &[i64],
-    rows: usize,
+    (rows, cols): (usize, usize),
     keep_last: bool,
 ) -> (FlexTensor, Vec<f32>, Option<KeptChunk>) {
     let (n, v) = check(hidden, weight, labels);
+    if weight.dtype() != DType::F32 {
+        let (nll, lse) = super::linear_nll_blocks::forward(hidden, weight, labels, rows, cols);
+        return (nll, lse, None);
+    }
     let (mut nll, mut lse) = (vec![0f32; n], vec![0f32; n]);
     let mut kept = None;
-    let rows = rows.max(1);
+    let rows = full_width_rows((rows, cols), v);
     for start in (0..n).step_by(rows) {
         let len = rows.min(n - start);
         let mut chunk = logits(hidden, weight, start, len);
@@ -109,15 +121,28 @@ pub fn backward(
         lse,
         mut kept,
         rows,
+        cols,
     } = saved;
     let (hidden, weight) = (&hidden, &weight);
     let (n, v) = check(hidden, weight, &labels);
     let weight_len = dims(weight).iter().product();
     let grad = contiguous(grad);
     let g = values(&grad);
+    if weight.dtype() != DType::F32 {
+        return super::linear_nll_blocks::backward(
+            hidden,
+            weight,
+            &labels,
+            &lse,
+            g,
+            (rows, cols),
+            (want_hidden, want_weight),
+        );
+    }
     let weight_t = want_hidden.then(|| transpose(weight.clone()));
     let (mut d_hidden, mut d_weight) = (Vec::new(), None::<FlexTensor>);
-    for start in (0..n).step_by(rows.max(1)) {
+    let rows = full_width_rows((rows, cols), v);
+    for start in (0..n).step_by(rows) {
         let len = rows.min(n - start);
         // Each row becomes g (softmax - onehot(label)); zero-weight rows are zero.
         let (mut chunk, is_softmax) = match kept.take() {
@@ -178,6 +203,7 @@ pub struct Saved {
     lse: Vec<f32>,
     kept: Option<KeptChunk>,
     rows: usize,
+    cols: usize,
 }
 
 impl Backward<Flex, 2> for LinearNll {
@@ -201,7 +227,7 @@ pub fn autodiff<C: CheckpointStrategy>(
     hidden: FloatTensor<Autodiff<Flex, C>>,
     weight: FloatTensor<Autodiff<Flex, C>>,
     labels: IntTensor<Autodiff<Flex, C>>,
-    rows: usize,
+    (rows, cols): (usize, usize),
 ) -> FloatTensor<Autodiff<Flex, C>> {
     let labels = super::flex::labels(&labels);
     match LinearNll
@@ -211,7 +237,7 @@ pub fn autodiff<C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             let (h, w) = (hidden.primitive().clone(), weight.primitive().clone());
-            let (nll, lse, kept) = forward(&h, &w, &labels, rows, true);
+            let (nll, lse, kept) = forward(&h, &w, &labels, (rows, cols), true);
             let saved = Saved {
                 hidden: h,
                 weight: w,
@@ -219,11 +245,13 @@ pub fn autodiff<C: CheckpointStrategy>(
                 lse,
                 kept,
                 rows,
+                cols,
             };
             prep.finish(saved, nll)
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(forward(hidden.primitive(), weight.primitive(), &labels, rows, false).0)
+            let (h, w) = (hidden.primitive(), weight.primitive());
+            prep.finish(forward(h, w, &labels, (rows, cols), false).0)
         }
     }
 }

@@ -6,15 +6,25 @@
 //! - [`rms_norm`]: RMSNorm, where burn composes six ops;
 //! - [`linear_nll`]: an LM head and cross-entropy together, in chunks of rows, so the
 //!   `[n, vocab]` logits and their log-softmax never exist whole (forward keeps one
-//!   log-sum-exp per row and the last chunk's softmax; backward recomputes the other chunks).
+//!   log-sum-exp per row and the last chunk's softmax; backward recomputes the other chunks);
+//!   a head stored in bf16 or f16 is read a block of columns at a time (`linear_nll_blocks`).
 //!
 //! They are burn backend extensions: a flex implementation and an autodiff one that records
-//! the backward step. Other backends (wgpu, CUDA) and other dtypes take the composed burn ops,
-//! which compute the same function; [`fused`] says which path a device gets.
+//! the backward step. Other backends (wgpu, CUDA) and other dtypes take the composed burn ops
+//! for the element-wise ones, which compute the same function; [`fused`] says which path a
+//! device gets.
+//!
+//! Two ops change what training keeps in memory rather than how fast it runs, so every backend
+//! has them ([`PortableOps`]): [`linear_nll`] (the flex kernel above, and on wgpu and CUDA
+//! the same chunked loss written in burn's tensor ops, `chunked_nll`) and [`checkpointed`]
+//! (per-block recomputation, `recompute`).
 
+mod chunked_nll;
 mod flex;
 mod gelu;
+mod lane;
 mod linear_nll;
+mod linear_nll_blocks;
 mod recompute;
 mod rms_norm;
 mod silu_mul;
@@ -26,6 +36,9 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 pub use recompute::checkpointed;
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use burn::backend::Cube;
 
 /// Logits computed at once by [`linear_nll`] (and by evaluation's argmax): rows enough to
 /// keep the gemm efficient, few enough that a chunk stays near 64 MiB whatever the vocabulary.
@@ -39,13 +52,20 @@ pub trait FusedOps: Backend {
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+}
+
+/// The memory-saving ops, on every backend compiled in.
+#[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
+pub trait PortableOps: Backend {
     /// Per row of `hidden` `[n, d]`: `-log softmax(hidden @ weight)[label]`, with `weight`
-    /// `[d, v]` and `labels` `[n]`; `[n]` out. `rows` logits rows are computed at a time.
+    /// `[d, v]` and `labels` `[n]`; `[n]` out. The logits are computed `rows` x `cols` at a
+    /// time, or (the f32 CPU kernel) in chunks of whole rows of the same size.
     fn linear_nll(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         labels: IntTensor<Self>,
         rows: usize,
+        cols: usize,
     ) -> FloatTensor<Self>;
     /// `block(x)`, recomputed in backward instead of kept; `token` is a fresh tracked
     /// scalar that keeps the op recorded ([`checkpointed`]).
@@ -68,23 +88,6 @@ impl FusedOps for Flex {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_norm::forward(&x, &weight, eps).0
     }
-
-    fn linear_nll(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        labels: IntTensor<Self>,
-        rows: usize,
-    ) -> FloatTensor<Self> {
-        linear_nll::forward(&hidden, &weight, &flex::labels(&labels), rows, false).0
-    }
-
-    fn recompute(
-        x: FloatTensor<Self>,
-        _token: FloatTensor<Self>,
-        block: recompute::Recompute,
-    ) -> FloatTensor<Self> {
-        recompute::forward_quietly(x, &block)
-    }
 }
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
@@ -99,14 +102,44 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_norm::autodiff::<C>(x, weight, eps)
     }
+}
 
+impl PortableOps for Flex {
     fn linear_nll(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         labels: IntTensor<Self>,
         rows: usize,
+        cols: usize,
     ) -> FloatTensor<Self> {
-        linear_nll::autodiff::<C>(hidden, weight, labels, rows)
+        linear_nll::forward(
+            &hidden,
+            &weight,
+            &flex::labels(&labels),
+            (rows, cols),
+            false,
+        )
+        .0
+    }
+
+    fn recompute(
+        x: FloatTensor<Self>,
+        _token: FloatTensor<Self>,
+        block: recompute::Recompute,
+    ) -> FloatTensor<Self> {
+        recompute::forward_quietly::<Flex>(x, &block)
+    }
+}
+
+impl<C: CheckpointStrategy> PortableOps for Autodiff<Flex, C> {
+    fn linear_nll(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        rows: usize,
+        cols: usize,
+    ) -> FloatTensor<Self> {
+        linear_nll::autodiff::<C>(hidden, weight, labels, (rows, cols))
     }
 
     fn recompute(
@@ -114,7 +147,49 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         token: FloatTensor<Self>,
         block: recompute::Recompute,
     ) -> FloatTensor<Self> {
-        recompute::autodiff::<C>(x, token, block)
+        recompute::autodiff::<Flex, C>(x, token, block)
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl PortableOps for Cube {
+    fn linear_nll(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        rows: usize,
+        cols: usize,
+    ) -> FloatTensor<Self> {
+        chunked_nll::forward::<Self>(hidden, weight, labels, rows, cols)
+    }
+
+    fn recompute(
+        x: FloatTensor<Self>,
+        _token: FloatTensor<Self>,
+        block: recompute::Recompute,
+    ) -> FloatTensor<Self> {
+        recompute::forward_quietly::<Self>(x, &block)
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl<C: CheckpointStrategy> PortableOps for Autodiff<Cube, C> {
+    fn linear_nll(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        rows: usize,
+        cols: usize,
+    ) -> FloatTensor<Self> {
+        chunked_nll::autodiff::<Cube, C>(hidden, weight, labels, rows, cols)
+    }
+
+    fn recompute(
+        x: FloatTensor<Self>,
+        token: FloatTensor<Self>,
+        block: recompute::Recompute,
+    ) -> FloatTensor<Self> {
+        recompute::autodiff::<Cube, C>(x, token, block)
     }
 }
 
@@ -130,26 +205,50 @@ pub fn fused(device: &Device, dtype: DType) -> bool {
     flex && dtype == DType::F32
 }
 
-/// `f` of `t`'s values as f32, row-major: borrowed where they lie when `t` is a contiguous f32
-/// tensor on the flex backend (a model's weights, which saving then never copies), else read
-/// back once.
-pub fn with_f32_values<const D: usize, R>(t: Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> R {
+/// Elements converted to f32 at a time by [`for_f32_pieces`]: 4 MiB of f32.
+const PIECE: usize = 1 << 20;
+
+/// `visit` of `t`'s values as f32, row-major, in consecutive pieces: borrowed where they lie
+/// when `t` is a contiguous f32 tensor on the flex backend (a model's weights, which saving
+/// then never copies); converted a piece at a time from a contiguous bf16 or f16 one (a frozen
+/// weight stored in the training precision), so no f32 copy of it exists at once; else read
+/// back once (in its own dtype) and converted the same way.
+pub fn for_f32_pieces<const D: usize>(t: Tensor<D>, visit: &mut dyn FnMut(&[f32])) {
     use burn::backend::{BackendTensor, DispatchTensorKind};
-    if t.dtype() == DType::F32 {
-        let dispatch = t.clone().into_dispatch();
-        if let DispatchTensorKind::Flex(BackendTensor::Float(flex)) = &dispatch.kind
-            && let Some(values) = flex.as_slice::<f32>()
-        {
-            return f(values);
+    use burn::tensor::{bf16, f16};
+    fn pieces<E: Copy + Sync>(values: &[E], f32_of: fn(E) -> f32, visit: &mut dyn FnMut(&[f32])) {
+        use rayon::prelude::*;
+        for piece in values.chunks(PIECE) {
+            let converted: Vec<f32> = piece.par_iter().map(|&x| f32_of(x)).collect();
+            visit(&converted);
+        }
+    }
+    let dispatch = t.clone().into_dispatch();
+    if let DispatchTensorKind::Flex(BackendTensor::Float(flex)) = &dispatch.kind {
+        if let Some(values) = flex.as_slice::<f32>() {
+            return visit(values);
+        }
+        if let Some(values) = flex.as_slice::<bf16>() {
+            return pieces(values, bf16::to_f32, visit);
+        }
+        if let Some(values) = flex.as_slice::<f16>() {
+            return pieces(values, f16::to_f32, visit);
         }
     }
     let data = t.into_data();
-    match data.as_slice::<f32>() {
-        Ok(values) => f(values),
-        Err(_) => f(&data
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 values")),
+    if let Ok(values) = data.as_slice::<f32>() {
+        visit(values)
+    } else if let Ok(values) = data.as_slice::<bf16>() {
+        pieces(values, bf16::to_f32, visit)
+    } else if let Ok(values) = data.as_slice::<f16>() {
+        pieces(values, f16::to_f32, visit)
+    } else {
+        visit(
+            &data
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 values"),
+        )
     }
 }
 
@@ -197,20 +296,23 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
 }
 
 /// Negative log-likelihood of `labels` `[n]` under the logits `hidden @ weight`
-/// (`hidden` `[n, d]`, `weight` `[d, v]`), per row, `[n]`. On the fused path the logits are
-/// computed a chunk of rows at a time and never kept; elsewhere this is
+/// (`hidden` `[n, d]`, `weight` `[d, v]`), per row, `[n]`. The logits are computed in f32 a
+/// chunk at a time and never kept, on every backend, for a weight in any float dtype (a frozen
+/// head stored in `train.precision`); hidden states in another dtype than f32 take
 /// [`logits_nll`] of the whole logits.
 pub fn linear_nll(hidden: Tensor<2>, weight: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let [_, v] = weight.dims();
-    if !fused(&hidden.device(), hidden.dtype()) || weight.dtype() != DType::F32 {
+    if hidden.dtype() != DType::F32 {
         return logits_nll(hidden.matmul(weight), labels);
     }
-    let rows = (LOGIT_ELEMENTS_PER_CHUNK / v.max(1)).max(1);
-    Tensor::from_dispatch(<Dispatch as FusedOps>::linear_nll(
+    let cols = v.clamp(1, chunked_nll::COLUMNS_PER_BLOCK);
+    let rows = (LOGIT_ELEMENTS_PER_CHUNK / cols).max(1);
+    Tensor::from_dispatch(<Dispatch as PortableOps>::linear_nll(
         hidden.into_dispatch(),
         weight.into_dispatch(),
         labels.into_dispatch(),
         rows,
+        cols,
     ))
 }
 

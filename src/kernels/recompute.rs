@@ -21,14 +21,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients as TapeGradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Autodiff, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex,
-    GradientCheckpointingStrategy,
+    Autodiff, DispatchAutodiffContext, DispatchTensor, GradientCheckpointingStrategy,
 };
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
+
+use super::lane::{Lane, leaf, plain, primitive, tracked_node};
 
 /// A block to recompute: its forward with parameters tracked (`true`) or not, and how to
 /// read each tracked parameter's gradient from a recomputed pass.
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Recompute {
 }
 
 /// Reads one parameter's gradient from a recomputed pass's gradients.
-type ReadGrad = Box<dyn Fn(&burn::tensor::Gradients) -> Option<FlexTensor> + Send + Sync>;
+type ReadGrad = Box<dyn Fn(&burn::tensor::Gradients) -> Option<DispatchTensor> + Send + Sync>;
 
 /// A tracked parameter: its node, and its gradient in a recomputed pass's gradients.
 struct ParamGrad {
@@ -61,7 +61,7 @@ impl ModuleVisitor for TrackedParams {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
         if let Some(node) = tracked_node(&t) {
-            let grad = move |g: &burn::tensor::Gradients| t.grad(g).map(flex_of);
+            let grad = move |g: &burn::tensor::Gradients| t.grad(g).map(Tensor::into_dispatch);
             self.0.push(ParamGrad {
                 node,
                 grad: Box::new(grad),
@@ -70,60 +70,9 @@ impl ModuleVisitor for TrackedParams {
     }
 }
 
-/// The autodiff node of a tracked tensor on the flex backend.
-fn tracked_node<const D: usize>(t: &Tensor<D>) -> Option<NodeId> {
-    match t.clone().into_dispatch().kind {
-        DispatchTensorKind::Autodiff(inner) => match *inner {
-            DispatchTensorKind::Flex(BackendTensor::Autodiff(ad)) if ad.is_tracked() => {
-                Some(ad.id())
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The flex tensor under a float tensor, tracked or not.
-fn flex_of<const D: usize>(t: Tensor<D>) -> FlexTensor {
-    match t.into_dispatch().kind {
-        DispatchTensorKind::Flex(BackendTensor::Float(f)) => f,
-        DispatchTensorKind::Flex(BackendTensor::Autodiff(ad)) => ad.into_primitive(),
-        DispatchTensorKind::Autodiff(inner) => match *inner {
-            DispatchTensorKind::Flex(BackendTensor::Autodiff(ad)) => ad.into_primitive(),
-            DispatchTensorKind::Flex(BackendTensor::Float(f)) => f,
-            other => panic!("recompute: not a flex float tensor: {other:?}"),
-        },
-        other => panic!("recompute: not a flex float tensor: {other:?}"),
-    }
-}
-
-/// A flex tensor as a plain (non-autodiff) tensor.
-fn plain<const D: usize>(f: FlexTensor) -> Tensor<D> {
-    Tensor::from_dispatch(DispatchTensor {
-        kind: DispatchTensorKind::Flex(BackendTensor::Float(f)),
-        autodiff: DispatchAutodiffContext::Disabled,
-    })
-}
-
-/// A flex tensor as a fresh autodiff leaf, requiring its gradient when `tracked`.
-fn leaf<const D: usize>(
-    f: FlexTensor,
-    tracked: bool,
-    strategy: GradientCheckpointingStrategy,
-) -> Tensor<D> {
-    let ad = <FloatTensor<Autodiff<Flex>>>::new(f);
-    let ad = if tracked { ad.require_grad() } else { ad };
-    Tensor::from_dispatch(DispatchTensor {
-        kind: DispatchTensorKind::Autodiff(Box::new(DispatchTensorKind::Flex(
-            BackendTensor::Autodiff(ad),
-        ))),
-        autodiff: DispatchAutodiffContext::Enabled(strategy),
-    })
-}
-
 /// `forward(module, x)`, recomputed in backward instead of kept (see the module docs), when
-/// `x` is an f32 tensor on the flex backend under autodiff and something in the block needs a
-/// gradient; otherwise simply `forward(module, x)`.
+/// `x` is under autodiff and something in the block needs a gradient; otherwise simply
+/// `forward(module, x)`. Any backend: the op is written in burn's tensor ops.
 pub fn checkpointed<M, F>(module: &M, x: Tensor<3>, forward: F) -> Tensor<3>
 where
     M: Module + Sync + 'static,
@@ -133,9 +82,6 @@ where
     let DispatchAutodiffContext::Enabled(strategy) = dispatch.autodiff else {
         return forward(module, x);
     };
-    if !super::fused(&x.device(), x.dtype()) {
-        return forward(module, x);
-    }
     let mut params = TrackedParams(Vec::new());
     module.visit(&mut params);
     if params.0.is_empty() && tracked_node(&x).is_none() {
@@ -151,7 +97,7 @@ where
         strategy,
     };
     let token = Tensor::<1>::zeros([1], &x.device()).require_grad();
-    Tensor::from_dispatch(<burn::backend::Dispatch as super::FusedOps>::recompute(
+    Tensor::from_dispatch(<burn::backend::Dispatch as super::PortableOps>::recompute(
         x.into_dispatch(),
         token.into_dispatch(),
         block,
@@ -159,59 +105,63 @@ where
 }
 
 /// The block's output from its input, nothing recorded.
-pub fn forward_quietly(x: FlexTensor, block: &Recompute) -> FlexTensor {
-    flex_of((block.forward)(plain(x), false))
+pub fn forward_quietly<B: Lane>(x: FloatTensor<B>, block: &Recompute) -> FloatTensor<B> {
+    primitive::<B>((block.forward)(plain::<B, 3>(x), false).into_dispatch())
 }
 
-/// Blocks recomputed so far (the tests check that the path was taken).
-pub static RECOMPUTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// Blocks this thread's backward passes recomputed so far (the tests check that the path
+    /// was taken; per thread, so tests running side by side do not count for each other).
+    pub static RECOMPUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 #[derive(Debug)]
 struct RecomputeBlock;
 
 #[derive(Debug, Clone)]
-pub struct Saved {
-    x: FlexTensor,
+pub struct Saved<B: Lane> {
+    x: FloatTensor<B>,
     block: Recompute,
 }
 
-impl Backward<Flex, 2> for RecomputeBlock {
-    type State = Saved;
+impl<B: Lane> Backward<B, 2> for RecomputeBlock {
+    type State = Saved<B>;
 
-    fn backward(self, ops: Ops<Saved, 2>, grads: &mut TapeGradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Saved<B>, 2>, grads: &mut TapeGradients, _: &mut Checkpointer) {
         let [x_node, _token] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
+        let grad = grads.consume::<B>(&ops.node);
         let Saved { x, block } = ops.state;
-        let x = leaf::<3>(x, x_node.is_some(), block.strategy);
+        let x = leaf::<B, 3>(x, x_node.is_some(), block.strategy);
         let y = (block.forward)(x.clone(), true);
-        let inner = (y * plain::<3>(grad)).sum().backward();
-        RECOMPUTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let inner = (y * plain::<B, 3>(grad)).sum().backward();
+        RECOMPUTED.with(|n| n.set(n.get() + 1));
         if let (Some(node), Some(dx)) = (x_node, x.grad(&inner)) {
-            grads.register::<Flex>(node.id, flex_of(dx));
+            grads.register::<B>(node.id, primitive::<B>(dx.into_dispatch()));
         }
         for p in block.params.iter() {
             if let Some(g) = (p.grad)(&inner) {
-                grads.register::<Flex>(p.node, g);
+                grads.register::<B>(p.node, primitive::<B>(g));
             }
         }
     }
 }
 
-pub fn autodiff<C: CheckpointStrategy>(
-    x: FloatTensor<Autodiff<Flex, C>>,
-    token: FloatTensor<Autodiff<Flex, C>>,
+pub fn autodiff<B: Lane, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    token: FloatTensor<Autodiff<B, C>>,
     block: Recompute,
-) -> FloatTensor<Autodiff<Flex, C>> {
-    match RecomputeBlock
-        .prepare::<C>([x.node(), token.node()])
+) -> FloatTensor<Autodiff<B, C>> {
+    match <RecomputeBlock as Backward<B, 2>>::prepare::<C>(RecomputeBlock, [x.node(), token.node()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
             let x = x.primitive().clone();
-            let y = forward_quietly(x.clone(), &block);
+            let y = forward_quietly::<B>(x.clone(), &block);
             prep.finish(Saved { x, block }, y)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward_quietly(x.primitive().clone(), &block)),
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward_quietly::<B>(x.primitive().clone(), &block))
+        }
     }
 }

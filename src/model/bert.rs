@@ -173,10 +173,10 @@ impl Bert {
         };
         let h = head.norm.forward(h);
         let [b, s, d] = h.dims();
-        let logits = h
-            .reshape([b * s, d])
-            .matmul(self.word_embeddings.val().transpose())
-            + head.bias.val().unsqueeze::<2>();
+        let logits = super::layers::matmul_autocast(
+            h.reshape([b * s, d]),
+            self.word_embeddings.val().transpose(),
+        ) + head.bias.val().unsqueeze::<2>();
         Some(logits.reshape([b, s, self.config.vocab_size]))
     }
 
@@ -359,7 +359,7 @@ impl Bert {
             .val()
             .narrow(0, 0, s)
             .unsqueeze::<3>();
-        let x = burn::tensor::module::embedding(self.word_embeddings.val(), ids)
+        let x = super::layers::embed(&self.word_embeddings, ids)
             + burn::tensor::module::embedding(self.token_type_embeddings.val(), types)
             + pos;
         let mut x = self.embeddings_norm.forward(x);

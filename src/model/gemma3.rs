@@ -602,8 +602,7 @@ impl Gemma3 {
         });
         let [full, sliding] = &tables;
         let scale = (self.config.hidden_size as f64).sqrt() as f32;
-        let mut x =
-            burn::tensor::module::embedding(self.embed_tokens.val(), ids).mul_scalar(scale as f64);
+        let mut x = super::layers::embed(&self.embed_tokens, ids).mul_scalar(scale as f64);
         for (i, layer) in self.layers.iter().enumerate() {
             let (cos, sin) = if layer.window.is_some() {
                 sliding

@@ -223,7 +223,7 @@ impl Gpt2 {
         mask: Option<Tensor<4, Bool>>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let mut x = burn::tensor::module::embedding(self.wte.val(), ids)
+        let mut x = super::layers::embed(&self.wte, ids)
             + burn::tensor::module::embedding(self.wpe.val(), positions);
         for (i, block) in self.h.iter().enumerate() {
             x = match cache.as_deref_mut() {
@@ -241,6 +241,6 @@ impl Gpt2 {
 
     /// Next-token logits `[b, s, vocab]` from hidden states (tied head).
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        burn::tensor::module::linear(hidden, self.wte.val().transpose(), None)
+        super::layers::matmul_autocast(hidden, self.wte.val().transpose())
     }
 }

@@ -267,6 +267,35 @@ pub fn window_mask(
     }
 }
 
+/// Rows `ids` of a token embedding table, in f32 whatever the table is stored in (a frozen
+/// table is stored in the training precision, [`set_table_precision`]).
+pub fn embed(table: &Param<Tensor<2>>, ids: Tensor<2, Int>) -> Tensor<3> {
+    let rows = burn::tensor::module::embedding(table.val(), ids);
+    match rows.dtype() {
+        DType::F32 => rows,
+        _ => rows.cast(DType::F32),
+    }
+}
+
+/// `x @ w` in f32: a weight stored in a low precision multiplies in it, the product cast
+/// back, as [`Proj`] does (autocast). For tied LM heads (`w` the transposed embedding).
+pub fn matmul_autocast<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+    match w.dtype() {
+        DType::F32 => burn::tensor::module::linear(x, w, None),
+        low => burn::tensor::module::linear(x.cast(low), w, None).cast(DType::F32),
+    }
+}
+
+/// Stores a frozen token embedding table in `precision` (a LoRA base's: half the memory of
+/// the largest tensor of a big-vocabulary model); a trainable one stays the f32 master.
+pub fn set_table_precision(table: &mut Param<Tensor<2>>, precision: Precision) {
+    let dtype = precision.dtype();
+    let t = table.val();
+    if !t.is_require_grad() && t.dtype() != dtype {
+        *table = table.clone().map(|t| t.cast(dtype));
+    }
+}
+
 /// A decoder's LM logits: through its own head, or through the embedding matrix when the two
 /// are tied; `None` for a checkpoint with neither (an untied head that was not saved).
 pub fn lm_logits(
@@ -277,11 +306,7 @@ pub fn lm_logits(
 ) -> Option<Tensor<3>> {
     match head {
         Some(head) => Some(head.forward(hidden)),
-        None if tied => Some(burn::tensor::module::linear(
-            hidden,
-            embed.val().transpose(),
-            None,
-        )),
+        None if tied => Some(matmul_autocast(hidden, embed.val().transpose())),
         None => None,
     }
 }

@@ -487,7 +487,7 @@ impl Llama {
             &device,
         );
         let (cos, sin) = (rows_at(&cos, &positions), rows_at(&sin, &positions));
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
+        let mut x = super::layers::embed(&self.embed_tokens, ids);
         for (i, layer) in self.layers.iter().enumerate() {
             x = match cache.as_deref_mut() {
                 None if self.checkpoint_layers => {

@@ -220,7 +220,7 @@ impl Backbone {
     /// The negative log-likelihood of each position's next token, `[b, s-1]` (position t
     /// scores `ids[t+1]`), under logits divided by `temperature`. Through
     /// [`kernels::linear_nll`](crate::kernels::linear_nll) where the head allows, so the
-    /// `[b, s, v]` logits are never whole on the CPU; `None` for encoders.
+    /// `[b, s, v]` logits are never whole, on any backend; `None` for encoders.
     pub fn next_token_nll(
         &self,
         hidden: Tensor<3>,
@@ -307,7 +307,7 @@ impl Backbone {
         let Some(w) = tied else {
             return self.lm_logits(hidden);
         };
-        let logits = burn::tensor::module::linear(hidden, w.clone(), None);
+        let logits = layers::matmul_autocast(hidden, w.clone());
         Some(match self {
             Backbone::Gemma3(m) => m.soft_cap(logits),
             _ => logits,

@@ -10,8 +10,9 @@
 //!   copy, whose gradient flows back to the master in f32.
 //! - f16 needs loss scaling (`train::loss_scale`), bf16 does not (f32's exponent range).
 //!
-//! Embeddings and LM heads are not cast: a tied head feeds the chunked cross-entropy kernel,
-//! which reads f32 weights.
+//! - Frozen token embedding tables and LM heads are stored low too: a row lookup is cast to
+//!   f32, and the chunked cross-entropy casts a tied head one block of columns at a time
+//!   (`kernels::linear_nll`), so no f32 copy of the head exists at once.
 
 use burn::tensor::DType;
 use schemars::JsonSchema;
@@ -63,8 +64,22 @@ pub trait ReducedPrecision {
 
 impl ReducedPrecision for super::Backbone {
     fn set_precision(&mut self, precision: Precision) {
+        use super::Backbone;
         for (_, proj) in self.projections_mut() {
             proj.set_precision(precision);
+        }
+        let (table, head) = match self {
+            Backbone::Gpt2(m) => (&mut m.wte, None),
+            Backbone::Llama(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
+            Backbone::Gemma3(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
+            Backbone::Phi3(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
+            Backbone::Bert(m) => (&mut m.word_embeddings, None),
+        };
+        super::layers::set_table_precision(table, precision);
+        // Only a frozen head: a trainable one keeps computing in f32, as the training loss
+        // (which reads its f32 master weight) does.
+        if let Some(head) = head.filter(|h| !h.weight.val().is_require_grad()) {
+            head.set_precision(precision);
         }
     }
 }

@@ -326,12 +326,12 @@ struct Entry {
     values: Values,
 }
 
-/// Receives a tensor's values.
+/// Receives a tensor's values, in one or more consecutive pieces.
 type Visit<'a> = &'a mut dyn FnMut(&[f32]);
 
 enum Values {
     Ready(Vec<f32>),
-    /// Hands the tensor's values to a visitor when the file is written (a transposed or
+    /// Hands the tensor's values to a visitor, in pieces, when the file is written (a transposed or
     /// merged weight is computed then; a loaded one is read where it lies).
     Deferred(Box<dyn Fn(Visit<'_>)>),
 }
@@ -341,28 +341,33 @@ impl Entry {
         self.shape.iter().product()
     }
 
-    /// `f` of the values, read now for a deferred tensor.
-    fn with_values<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+    /// `visit` of the values in consecutive pieces, read now for a deferred tensor.
+    fn for_each_piece(&self, visit: &mut dyn FnMut(&[f32])) {
         match &self.values {
-            Values::Ready(v) => f(v),
+            Values::Ready(v) => visit(v),
             Values::Deferred(read) => {
-                let (mut f, mut out) = (Some(f), None);
-                read(&mut |v| {
-                    assert_eq!(v.len(), self.len(), "a tensor reads back in its shape");
-                    out = f.take().map(|f| f(v));
+                let mut seen = 0;
+                read(&mut |piece| {
+                    seen += piece.len();
+                    visit(piece);
                 });
-                out.expect("a deferred tensor is read once")
+                assert_eq!(seen, self.len(), "a tensor reads back in its shape");
             }
         }
+    }
+
+    /// The values, whole.
+    fn to_vec(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.len());
+        self.for_each_piece(&mut |piece| out.extend_from_slice(piece));
+        out
     }
 }
 
 impl WeightWriter {
     pub fn put<const D: usize>(&mut self, name: impl Into<String>, t: Tensor<D>) {
         let shape = t.dims().to_vec();
-        let read = move |visit: &mut dyn FnMut(&[f32])| {
-            crate::kernels::with_f32_values(t.clone(), |v| visit(v))
-        };
+        let read = move |visit: Visit<'_>| crate::kernels::for_f32_pieces(t.clone(), visit);
         self.tensors.insert(
             name.into(),
             Entry {
@@ -383,7 +388,7 @@ impl WeightWriter {
     /// Every tensor by name, in name order: its shape and values, each read as it is reached.
     pub fn into_tensors(self) -> impl Iterator<Item = (String, (Vec<usize>, Vec<f32>))> {
         self.tensors.into_iter().map(|(name, entry)| {
-            let values = entry.with_values(<[f32]>::to_vec);
+            let values = entry.to_vec();
             (name, (entry.shape, values))
         })
     }
@@ -443,10 +448,16 @@ impl WeightWriter {
             f.write_all(&(header.len() as u64).to_le_bytes())?;
             f.write_all(&header)?;
             for n in &names {
-                self.tensors[*n].with_values(|values| match dtype.is_f32_in_place() {
-                    true => f.write_all(f32_bytes(values)),
-                    false => f.write_all(&dtype.encode(values)),
-                })?;
+                let mut written = Ok(());
+                self.tensors[*n].for_each_piece(&mut |values| {
+                    if written.is_ok() {
+                        written = match dtype.is_f32_in_place() {
+                            true => f.write_all(f32_bytes(values)),
+                            false => f.write_all(&dtype.encode(values)),
+                        };
+                    }
+                });
+                written?;
             }
             f.into_inner().map_err(|e| e.into_error())?;
             Ok(())

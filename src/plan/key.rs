@@ -17,6 +17,10 @@ use crate::backend::BackendKind;
 use crate::recipe::Stage;
 use crate::store::CACHE_FORMAT;
 
+/// The revision of what `train.precision` below f32 computes, in the keys of such stages
+/// only (see [`material`]).
+const REDUCED_PRECISION_REVISION: u32 = 2;
+
 /// Recorded in manifests and lockfiles (who produced an artifact), never hashed into a key.
 pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -47,14 +51,26 @@ pub fn material(
         // Without `precision`, a GPU backend computes in the checkpoint's dtype (which the
         // model input's digest pins): a key of its own, apart from results computed in f32
         // before that default; the CPU backend's default is f32.
-        match train.get("precision").and_then(Value::as_str) {
+        let reduced = match train.get("precision").and_then(Value::as_str) {
             Some("f32") => {
                 train.remove("precision");
+                false
             }
             None if backend != BackendKind::Cpu && stage.spec.uses_backend() => {
                 train.insert("precision".into(), "checkpoint".into());
+                true
             }
-            _ => {}
+            None => false,
+            Some(_) => true,
+        };
+        // What a reduced precision stores low changed without a cache format of its own:
+        // 2 stores frozen token embedding tables and LM heads low too (1, unmarked, stored
+        // only projections low). f32 keys are untouched.
+        if reduced {
+            train.insert(
+                "precision_revision".into(),
+                REDUCED_PRECISION_REVISION.into(),
+            );
         }
     }
     for (rel, digest) in inputs {

@@ -298,12 +298,6 @@ where
         precision: Some(precision),
         ..cfg.clone()
     };
-    if cfg.gradient_checkpointing && ctx.backend != crate::backend::BackendKind::Cpu {
-        tracing::warn!(
-            "train.gradient_checkpointing recomputes layers on the CPU backend only; on {} this stage keeps every activation",
-            ctx.backend.name()
-        );
-    }
     model.set_gradient_checkpointing(cfg.gradient_checkpointing);
     use crate::train::trainer::{Hooks, Record, TrainError};
     let total = train.len().div_ceil(cfg.micro_batches_per_step()) * cfg.epochs.max(1);

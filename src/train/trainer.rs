@@ -101,8 +101,8 @@ pub struct TrainConfig {
     pub devices: Option<crate::backend::Devices>,
     /// Recompute each layer in backward instead of keeping its activations from forward (as
     /// transformers' `gradient_checkpointing`): activation memory of one layer instead of all,
-    /// for about one more forward pass per step. The CPU backend; other backends train without
-    /// it (with a warning). Part of the action key when on.
+    /// for about one more forward pass per step, on every backend. Part of the action key when
+    /// on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gradient_checkpointing: bool,
     /// The precision linear layers compute in: `bf16` or `f16` multiply in that dtype (frozen

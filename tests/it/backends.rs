@@ -44,9 +44,11 @@ fn wgpu_forward_matches_flex() {
 
 /// Loss and gradient norm of each of four optimizer steps of hone's trainer (next-token loss
 /// on the second half of each sequence, AdamW) on `device`, from the fixture `name`, LoRA r 4
-/// on every projection when `lora`. The model is built on the CPU and moved: LoRA's `A` is
-/// drawn from the backend's random generator, whose stream differs between backends.
-fn train_records(name: &str, lora: bool, device: &Device) -> Vec<(f64, f64)> {
+/// on every projection when `lora`, each layer recomputed in backward when `checkpoint`. The
+/// model is built on the CPU and moved: LoRA's `A` is drawn from the backend's random
+/// generator, whose stream differs between backends.
+fn train_records(name: &str, lora: bool, checkpoint: bool, device: &Device) -> Vec<(f64, f64)> {
+    use hone::model::GradientCheckpointing;
     use hone::model::lora::{LoraConfig, apply};
     use hone::train::objectives::{CausalLm, LmBatch};
     use hone::train::trainer::{Hooks, Record, TrainConfig, train};
@@ -67,7 +69,8 @@ fn train_records(name: &str, lora: bool, device: &Device) -> Vec<(f64, f64)> {
         };
         backbone = apply(backbone, &cfg, &cpu).unwrap().0;
     }
-    let backbone = backbone.fork(&device);
+    let mut backbone = backbone.fork(&device);
+    backbone.set_gradient_checkpointing(checkpoint);
     let seqs: Vec<Vec<u32>> = (0..4u32)
         .map(|b| (0..12).map(|j| (b * 31 + j * 7) % 100).collect())
         .collect();
@@ -98,15 +101,20 @@ fn train_records(name: &str, lora: bool, device: &Device) -> Vec<(f64, f64)> {
 
 /// Training on the GPU backend, built with burn's `fusion` and `autotune` (fused element-wise
 /// kernels, matmul kernels picked by timing), follows the CPU's: the same losses and gradient
-/// norms step after step, for full fine-tuning and for LoRA.
+/// norms step after step, for full fine-tuning and for LoRA, with the loss computed a chunk of
+/// rows at a time on both, and with layers recomputed in backward on the GPU.
 #[test]
 fn wgpu_training_matches_flex() {
     let cpu = device(BackendKind::Cpu).unwrap();
     let gpu = device(BackendKind::Wgpu).unwrap();
-    for (name, lora) in [("gpt2", false), ("llama", true)] {
+    for (name, lora, checkpoint) in [
+        ("gpt2", false, false),
+        ("llama", true, false),
+        ("llama", true, true),
+    ] {
         let (a, b) = (
-            train_records(name, lora, &cpu),
-            train_records(name, lora, &gpu),
+            train_records(name, lora, false, &cpu),
+            train_records(name, lora, checkpoint, &gpu),
         );
         assert_eq!(a.len(), 4, "{name}: {a:?}");
         assert_eq!(a.len(), b.len());
@@ -116,7 +124,7 @@ fn wgpu_training_matches_flex() {
             let close = |x: f64, y: f64| (x - y).abs() <= 1e-3 * x.abs().max(1.0);
             assert!(
                 close(*la, *lb) && close(*ga, *gb),
-                "{name} lora={lora} step {step}: flex loss {la} grad norm {ga}, wgpu {lb} {gb}"
+                "{name} lora={lora} checkpointed={checkpoint} step {step}: flex loss {la} grad norm {ga}, wgpu {lb} {gb}"
             );
         }
     }
