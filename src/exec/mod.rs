@@ -742,6 +742,7 @@ fn run_stage(
         progress.clone(),
     );
     ctx.recipe_name = recipe.header.name.clone();
+    ctx.frozen_base_dtypes = crate::stages::frozen_base_dtypes(&stage.spec.key_config(), backend);
     ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
     ctx.token_cache = Some(store.root().join("tokenized"));
     let tensorboard = recipe.header.logging.tensorboard.as_ref().map(|dir| {

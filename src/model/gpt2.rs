@@ -156,9 +156,9 @@ impl Gpt2 {
                 tanh_gelu: config.activation_function != "gelu",
             });
         }
-        let wte = w.take("wte.weight", [config.vocab_size, d])?;
+        let wte = w.take_table("wte.weight", [config.vocab_size, d])?;
         // The LM head is tied to `wte`; a saved copy is redundant.
-        let _ = w.take::<2>("lm_head.weight", [config.vocab_size, d]);
+        w.discard("lm_head.weight");
         Ok(Gpt2 {
             wte: Param::from_tensor(wte),
             wpe: Param::from_tensor(w.take("wpe.weight", [config.n_positions, d])?),

@@ -31,15 +31,12 @@ impl Proj {
         }
     }
 
-    /// Computes in `precision` from now on; a frozen weight is stored in it (a trainable one
-    /// stays the f32 master weight).
+    /// Computes in `precision` from now on; a frozen weight is stored in it, a trainable one
+    /// is the f32 master weight (cast up if it was loaded low).
     pub fn set_precision(&mut self, precision: Precision) {
         let dtype = precision.dtype();
         self.compute = (precision != Precision::F32).then_some(dtype);
-        let w = self.weight.val();
-        if !w.is_require_grad() && w.dtype() != dtype {
-            self.weight = self.weight.clone().map(|t| t.cast(dtype));
-        }
+        set_stored_precision(&mut self.weight, precision);
     }
 
     /// The weight in f32, whatever it is stored in.
@@ -71,7 +68,12 @@ impl Proj {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = match self.compute {
+        // A weight loaded in a low precision computes in it until `set_precision` says more.
+        let stored = self.weight.val().dtype();
+        let compute = self
+            .compute
+            .or((stored != DType::F32 && x.dtype() == DType::F32).then_some(stored));
+        let y = match compute {
             // Autocast: the product in the low precision, the result back in f32. Casting a
             // weight stored in that dtype is the weight itself, so backward keeps no copy.
             Some(dtype) => {
@@ -287,12 +289,26 @@ pub fn matmul_autocast<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> 
 }
 
 /// Stores a frozen token embedding table in `precision` (a LoRA base's: half the memory of
-/// the largest tensor of a big-vocabulary model); a trainable one stays the f32 master.
+/// the largest tensor of a big-vocabulary model); a trainable one is the f32 master.
 pub fn set_table_precision(table: &mut Param<Tensor<2>>, precision: Precision) {
-    let dtype = precision.dtype();
-    let t = table.val();
-    if !t.is_require_grad() && t.dtype() != dtype {
-        *table = table.clone().map(|t| t.cast(dtype));
+    set_stored_precision(table, precision);
+}
+
+/// A frozen weight stored in `precision`; a trainable one in f32, a fresh leaf when it is
+/// cast up (a weight loaded low), so the optimizer finds its gradient under its own node.
+fn set_stored_precision(param: &mut Param<Tensor<2>>, precision: Precision) {
+    let t = param.val();
+    let trainable = t.is_require_grad();
+    let dtype = if trainable {
+        DType::F32
+    } else {
+        precision.dtype()
+    };
+    if t.dtype() != dtype {
+        *param = param.clone().map(|t| match trainable {
+            true => t.cast(dtype).detach().require_grad(),
+            false => t.cast(dtype),
+        });
     }
 }
 

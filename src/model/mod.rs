@@ -452,8 +452,19 @@ pub fn lone_gguf(path: &Path) -> Option<PathBuf> {
 /// Loads a model from an HF directory, a `.gguf` file, or a directory holding one `.gguf` file
 /// and no `config.json` (a GGUF export).
 pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
+    load_keeping(path, device, &[])
+}
+
+/// [`load`], with the projection weights, token table and LM head of a safetensors
+/// checkpoint that stores them in one of `keep` left in it
+/// ([`WeightMap::keep_as_stored`]): for a stage that trains a frozen base in that precision.
+pub fn load_keeping(
+    path: &Path,
+    device: &Device,
+    keep: &[burn::tensor::DType],
+) -> Result<HfModel, ModelError> {
     if let Some(one) = lone_gguf(path) {
-        return load(&one, device);
+        return load_keeping(&one, device, keep);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
         let g = gguf::load(path, device)?;
@@ -472,7 +483,7 @@ pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
             trained_template: None,
         });
     }
-    load_hf_dir(path, device)
+    load_hf_dir_keeping(path, device, keep)
 }
 
 fn bad_config(path: &Path, reason: impl std::fmt::Display) -> ModelError {
@@ -494,6 +505,15 @@ pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, ModelEr
 
 /// Loads `dir/config.json`, `dir/model.safetensors` and, when present, `dir/tokenizer.json`.
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
+    load_hf_dir_keeping(dir, device, &[])
+}
+
+/// [`load_hf_dir`], keeping weights stored in one of `keep` as stored ([`load_keeping`]).
+pub fn load_hf_dir_keeping(
+    dir: &Path,
+    device: &Device,
+    keep: &[burn::tensor::DType],
+) -> Result<HfModel, ModelError> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|error| ModelError::Io {
         path: config_path.clone(),
@@ -533,6 +553,7 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
             supported: Family::SUPPORTED.into(),
         })?;
     let mut weights = WeightMap::from_hf_dir(dir, device)?;
+    weights.keep_as_stored(keep);
     let parse = |what| bad_config(&config_path, what);
     let backbone = match family {
         Family::Gpt2 => {

@@ -1,11 +1,12 @@
-//! Checkpoint tensors in and out: safetensors files read into f32 tensors by name (with the
-//! checks that turn a wrong file into a clear error), and named tensors written back.
+//! Checkpoint tensors in and out: safetensors files read into tensors by name (f32, or the
+//! stored dtype for the weights a stage keeps low; with the checks that turn a wrong file into
+//! a clear error), and named tensors written back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData, bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 /// What can go wrong turning files into a model.
@@ -54,11 +55,58 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
-/// Adds the float tensors of safetensors file `path` to `tensors`, as f32 (f16, bf16 and f64
-/// converted). The file is memory-mapped, not read into memory.
+/// A tensor's values in the dtype its file stores them in (f64 is read as f32): a bf16
+/// checkpoint costs half of an f32 copy while it is read, and weights a stage keeps in that
+/// dtype ([`WeightMap::keep_as_stored`]) never exist in f32.
+pub enum Stored {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl Stored {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Stored::F32(_) => DType::F32,
+            Stored::Bf16(_) => DType::BF16,
+            Stored::F16(_) => DType::F16,
+        }
+    }
+
+    /// The values as f32.
+    pub fn into_f32(self) -> Vec<f32> {
+        use rayon::prelude::*;
+        match self {
+            Stored::F32(v) => v,
+            Stored::Bf16(v) => v.par_iter().map(|x| x.to_f32()).collect(),
+            Stored::F16(v) => v.par_iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    /// The values as a `rows` x `cols` matrix, transposed.
+    fn transposed(self, rows: usize, cols: usize) -> Stored {
+        match self {
+            Stored::F32(v) => Stored::F32(transpose(&v, rows, cols)),
+            Stored::Bf16(v) => Stored::Bf16(transpose(&v, rows, cols)),
+            Stored::F16(v) => Stored::F16(transpose(&v, rows, cols)),
+        }
+    }
+
+    /// The values as tensor data of `shape`, in their stored dtype.
+    fn into_data(self, shape: Vec<usize>) -> TensorData {
+        match self {
+            Stored::F32(v) => TensorData::new(v, shape),
+            Stored::Bf16(v) => TensorData::new(v, shape),
+            Stored::F16(v) => TensorData::new(v, shape),
+        }
+    }
+}
+
+/// Adds the float tensors of safetensors file `path` to `tensors`, in the dtype the file
+/// stores them in (f64 converted to f32). The file is memory-mapped, not read into memory.
 fn read_safetensors(
     path: &Path,
-    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &mut HashMap<String, (Vec<usize>, Stored)>,
 ) -> Result<(), ModelError> {
     let io = |error| ModelError::Io {
         path: path.to_path_buf(),
@@ -75,25 +123,29 @@ fn read_safetensors(
     })?;
     for (name, view) in st.tensors() {
         let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|c| {
-                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                })
-                .collect(),
+        let values = match view.dtype() {
+            Dtype::F32 => Stored::F32(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => Stored::F16(
+                data.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            Dtype::BF16 => Stored::Bf16(
+                data.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            Dtype::F64 => Stored::F32(
+                data.chunks_exact(8)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
+                    .collect(),
+            ),
             // Integer tensors are buffers (e.g. BERT's `position_ids`), not weights.
             Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => {
                 tracing::debug!(tensor = %name, "skipping integer buffer");
@@ -113,8 +165,8 @@ fn read_safetensors(
 }
 
 /// A `rows` x `cols` row-major matrix, transposed.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
+pub(crate) fn transpose<T: Copy + Default>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); values.len()];
     for r in 0..rows {
         for c in 0..cols {
             out[c * rows + r] = values[r * cols + c];
@@ -129,21 +181,27 @@ pub fn read_f32_tensors(paths: &[PathBuf]) -> Result<HashMap<String, Shaped>, Mo
     for p in paths {
         read_safetensors(p, &mut tensors)?;
     }
-    Ok(tensors)
+    Ok(tensors
+        .into_iter()
+        .map(|(name, (shape, values))| (name, (shape, values.into_f32())))
+        .collect())
 }
 
 /// A tensor's PyTorch shape and values.
 pub type Shaped = (Vec<usize>, Vec<f32>);
 
-/// Tensors of a checkpoint by name, as f32, consumed as the model takes them.
+/// Tensors of a checkpoint by name, in the dtype the file stores them in, consumed as the
+/// model takes them: as f32, or, for the weights a stage keeps low
+/// ([`keep_as_stored`](Self::keep_as_stored)), as stored.
 pub struct WeightMap {
     path: PathBuf,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: HashMap<String, (Vec<usize>, Stored)>,
     device: Device,
+    keep: Vec<DType>,
 }
 
 impl WeightMap {
-    /// Reads every tensor of a safetensors file (f32, f16, bf16 and f64 become f32).
+    /// Reads every tensor of a safetensors file (f32, f16 and bf16 as stored; f64 as f32).
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<WeightMap, ModelError> {
         let mut tensors = HashMap::new();
         read_safetensors(path, &mut tensors)?;
@@ -151,7 +209,16 @@ impl WeightMap {
             path: path.to_path_buf(),
             tensors,
             device: device.clone(),
+            keep: Vec::new(),
         })
+    }
+
+    /// Projection weights, token embedding tables and LM heads stored in one of `dtypes` are
+    /// taken in it, not as f32: a stage that keeps its frozen base in the training precision
+    /// (LoRA under `train.precision`) then never holds an f32 copy of them. Everything else
+    /// (norms, biases) is f32 whatever the file stores.
+    pub fn keep_as_stored(&mut self, dtypes: &[DType]) {
+        self.keep = dtypes.to_vec();
     }
 
     /// The weights of an HF model directory: `model.safetensors`, or the shards that
@@ -199,6 +266,7 @@ impl WeightMap {
             path: index,
             tensors,
             device: device.clone(),
+            keep: Vec::new(),
         })
     }
 
@@ -208,10 +276,15 @@ impl WeightMap {
         tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
         device: &Device,
     ) -> WeightMap {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, (shape, values))| (name, (shape, Stored::F32(values))))
+            .collect();
         WeightMap {
             path,
             tensors,
             device: device.clone(),
+            keep: Vec::new(),
         }
     }
 
@@ -246,20 +319,36 @@ impl WeightMap {
         }
     }
 
-    /// The tensor `name` with exactly `shape`.
+    /// The tensor `name` with exactly `shape`, in f32.
     pub fn take<const D: usize>(
         &mut self,
         name: &str,
         shape: [usize; D],
     ) -> Result<Tensor<D>, ModelError> {
-        let values = self.take_values(name, &shape)?;
+        let values = self.take_values(name, &shape)?.into_f32();
         Ok(Tensor::from_data(
             TensorData::new(values, shape),
             &self.device,
         ))
     }
 
-    fn take_values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    /// A token embedding table (or a tied LM head) `[vocab, d]`: in its stored dtype when the
+    /// stage keeps it so ([`keep_as_stored`](Self::keep_as_stored)), else f32.
+    pub fn take_table(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, ModelError> {
+        let values = self.take_values(name, &shape)?;
+        Ok(self.tensor(values, shape.to_vec()))
+    }
+
+    /// `values` as a tensor of `shape`: in their stored dtype when it is kept, else f32.
+    fn tensor<const D: usize>(&self, values: Stored, shape: Vec<usize>) -> Tensor<D> {
+        let dtype = values.dtype();
+        match self.keep.contains(&dtype) {
+            true => Tensor::from_data(values.into_data(shape), (&self.device, dtype)),
+            false => Tensor::from_data(TensorData::new(values.into_f32(), shape), &self.device),
+        }
+    }
+
+    fn take_values(&mut self, name: &str, shape: &[usize]) -> Result<Stored, ModelError> {
         let (found, values) =
             self.tensors
                 .remove(name)
@@ -280,7 +369,8 @@ impl WeightMap {
 
     /// A PyTorch `nn.Linear` weight `[out, in]`, as burn's `[in, out]`, laid out contiguously:
     /// a transposed view would be copied by every matmul it enters (for a frozen LoRA base,
-    /// on every step), with the same values.
+    /// on every step), with the same values. In its stored dtype when the stage keeps it so
+    /// ([`keep_as_stored`](Self::keep_as_stored)), else f32.
     pub fn take_linear(
         &mut self,
         name: &str,
@@ -288,10 +378,7 @@ impl WeightMap {
         d_out: usize,
     ) -> Result<Tensor<2>, ModelError> {
         let values = self.take_values(name, &[d_out, d_in])?;
-        Ok(Tensor::from_data(
-            TensorData::new(transpose(&values, d_out, d_in), [d_in, d_out]),
-            &self.device,
-        ))
+        Ok(self.tensor(values.transposed(d_out, d_in), vec![d_in, d_out]))
     }
 
     /// Drops `name` (a tied duplicate nobody needs).

@@ -180,6 +180,11 @@ pub struct StageContext {
     /// The dtype the checkpoint a training stage starts from was stored in, when it is not
     /// f32 (the default `train.precision` on GPU backends).
     pub source_precision: Option<crate::model::precision::Precision>,
+    /// For a stage that trains a frozen base (LoRA) in a reduced precision (`train.precision`,
+    /// or on a GPU backend the checkpoint's by default): the dtypes its `model` checkpoint's
+    /// projections, token table and LM head are loaded in when stored in them, so they never
+    /// exist in f32 ([`frozen_base_dtypes`](crate::stages::frozen_base_dtypes)).
+    pub frozen_base_dtypes: Vec<burn::tensor::DType>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -206,6 +211,7 @@ impl StageContext {
             token_cache: None,
             live: None,
             source_precision: None,
+            frozen_base_dtypes: Vec::new(),
             scratch,
             produced: Vec::new(),
         }

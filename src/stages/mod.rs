@@ -534,6 +534,26 @@ fn training_precision(
     }
 }
 
+/// The dtypes in which a stage with `config` (its key config) on `backend` may load its
+/// `model` checkpoint's frozen weights as stored: it trains adapters (`peft`), so its base is
+/// frozen, in `train.precision` bf16 or f16, or without `precision` on a GPU backend (where
+/// the checkpoint's own dtype is the default). Empty otherwise: everything loads as f32.
+pub fn frozen_base_dtypes(
+    config: &serde_json::Value,
+    backend: crate::backend::BackendKind,
+) -> Vec<burn::tensor::DType> {
+    use burn::tensor::DType;
+    if config.get("peft").is_none_or(serde_json::Value::is_null) {
+        return Vec::new();
+    }
+    match config.pointer("/train/precision").and_then(|p| p.as_str()) {
+        Some("bf16") => vec![DType::BF16],
+        Some("f16") => vec![DType::F16],
+        None if backend != crate::backend::BackendKind::Cpu => vec![DType::BF16, DType::F16],
+        _ => Vec::new(),
+    }
+}
+
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:
 /// seeding at stage start makes every random draw of a stage (init, LoRA, new heads, dropout)
 /// a function of the seed and the stage alone, not of which stages ran before it in this
@@ -564,5 +584,32 @@ mod identity_tests {
         let before = input_identity(&input);
         std::fs::write(dir.path().join("model.safetensors"), b"new weights").unwrap();
         assert_ne!(input_identity(&input), before);
+    }
+}
+
+#[cfg(test)]
+mod frozen_base_tests {
+    use super::frozen_base_dtypes;
+    use crate::backend::BackendKind::{Cpu, Wgpu};
+    use burn::tensor::DType::{BF16, F16};
+    use serde_json::json;
+
+    #[test]
+    fn only_adapters_in_a_reduced_precision_load_their_base_as_stored() {
+        let lora = json!({ "method": "lora", "r": 8 });
+        let stage = |peft: serde_json::Value, precision: Option<&str>| json!({ "peft": peft, "train": { "precision": precision } });
+        let bf16 = stage(lora.clone(), Some("bf16"));
+        assert_eq!(frozen_base_dtypes(&bf16, Cpu), vec![BF16]);
+        let f16 = stage(lora.clone(), Some("f16"));
+        assert_eq!(frozen_base_dtypes(&f16, Wgpu), vec![F16]);
+        // A GPU backend's default is the checkpoint's own dtype; the CPU's is f32.
+        let default = stage(lora.clone(), None);
+        assert_eq!(frozen_base_dtypes(&default, Wgpu), vec![BF16, F16]);
+        assert!(frozen_base_dtypes(&default, Cpu).is_empty());
+        assert!(frozen_base_dtypes(&stage(lora, Some("f32")), Wgpu).is_empty());
+        // Full fine-tuning trains every weight: f32 masters, loaded as f32.
+        let full = stage(serde_json::Value::Null, Some("bf16"));
+        assert!(frozen_base_dtypes(&full, Cpu).is_empty());
+        assert!(frozen_base_dtypes(&json!({ "train": {} }), Wgpu).is_empty());
     }
 }

@@ -118,7 +118,17 @@ pub(crate) fn load_checkpoint(
             view.materialize(out, &ctx.work_dir()?.join(rel))?
         }
     };
-    let loaded = crate::model::load(&path, device)
+    // The stage's own model may keep a frozen base as the checkpoint stores it.
+    let keep: Vec<_> = match rel == "model" {
+        true => ctx
+            .frozen_base_dtypes
+            .iter()
+            .copied()
+            .filter(|d| device.supports_dtype(*d))
+            .collect(),
+        false => Vec::new(),
+    };
+    let loaded = crate::model::load_keeping(&path, device, &keep)
         .with_context(|| format!("cannot load {}", path.display()))?;
     if need_decoder && !loaded.model.backbone.is_decoder() {
         bail!(

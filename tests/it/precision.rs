@@ -61,3 +61,72 @@ fn bf16_and_f16_train_close_to_f32_and_f32_keeps_its_key() {
         );
     }
 }
+
+/// A checkpoint stored in bf16, loaded for a stage that keeps its frozen base in bf16 (LoRA
+/// under `precision: bf16`): its projections, token table and LM head arrive in bf16, never
+/// as f32, its norms in f32, and it computes what the f32 load computes, to bf16's
+/// precision. Loaded for anything else, every weight is f32 as before.
+#[test]
+fn a_bf16_checkpoint_loads_its_frozen_base_in_bf16() {
+    use burn::prelude::*;
+    use burn::tensor::DType;
+    use hone::model::{Backbone, load_hf_dir, load_hf_dir_keeping, to_vec};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/qwen3-sharded-bf16");
+    let device = Device::flex();
+    let logits = |model: &Backbone| {
+        let ids = Tensor::<2, Int>::from_data([[5, 17, 42, 8, 99, 3, 21, 64]], &device);
+        to_vec(model.lm_logits(model.hidden(ids, None)).unwrap())
+    };
+    let mut kept = load_hf_dir_keeping(&dir, &device, &[DType::BF16])
+        .unwrap()
+        .model
+        .backbone;
+    let mut plain = load_hf_dir(&dir, &device).unwrap().model.backbone;
+    let dtypes = |m: &mut Backbone| {
+        let projections: Vec<DType> = m
+            .projections_mut()
+            .into_iter()
+            .map(|(_, p)| p.weight.val().dtype())
+            .collect();
+        let Backbone::Llama(l) = m else {
+            panic!("qwen3 loads as the llama family")
+        };
+        (
+            projections,
+            l.embed_tokens.val().dtype(),
+            l.lm_head.as_ref().map(|h| h.weight.val().dtype()),
+            l.norm.weight.val().dtype(),
+        )
+    };
+    let (projections, table, head, norm) = dtypes(&mut kept);
+    assert!(!projections.is_empty());
+    assert!(
+        projections.iter().all(|d| *d == DType::BF16),
+        "{projections:?}"
+    );
+    assert_eq!(
+        (table, head, norm),
+        (DType::BF16, Some(DType::BF16), DType::F32)
+    );
+    let (projections, table, head, norm) = dtypes(&mut plain);
+    assert!(
+        projections.iter().all(|d| *d == DType::F32),
+        "{projections:?}"
+    );
+    assert_eq!(
+        (table, head, norm),
+        (DType::F32, Some(DType::F32), DType::F32)
+    );
+    let (low, full) = (logits(&kept), logits(&plain));
+    let scale = full.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = low
+        .iter()
+        .zip(&full)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err > 0.0, "the bf16 load multiplies in bf16");
+    assert!(
+        err < 0.05 * scale,
+        "bf16 logits off by {err} (scale {scale})"
+    );
+}
