@@ -1,6 +1,7 @@
 //! An LM head and its cross-entropy a block at a time, written in burn's tensor ops:
-//! [`linear_nll`](super::linear_nll) for the backends without a hand kernel (wgpu, CUDA), and
-//! for a head stored in a low precision (`train.precision` on a frozen tied embedding).
+//! [`linear_nll`](super::linear_nll) for the backends without a hand kernel (wgpu, CUDA),
+//! with the head in f32 or stored in a low precision (`train.precision` on a frozen base). The
+//! CPU's kernels do the same in `linear_nll` and `linear_nll_blocks`.
 //!
 //! The logits are computed a block of vocabulary columns times a chunk of rows at a time, and
 //! dropped: forward keeps a running maximum, sum of exponentials and label logit per row (an
