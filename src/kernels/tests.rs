@@ -474,8 +474,8 @@ fn checkpointed_layers_give_the_gradients_of_kept_ones_on(
 
 #[test]
 fn reduced_precision_stores_a_frozen_base_low_and_computes_close_to_f32() {
+    use crate::model::lora;
     use crate::model::precision::{Precision, ReducedPrecision};
-    use crate::model::{Backbone, lora};
     use burn::module::Module;
     use burn::tensor::DType;
     let (d, ids, padding, weights, lora_cfg) = tiny_inputs();
@@ -502,13 +502,7 @@ fn reduced_precision_stores_a_frozen_base_low_and_computes_close_to_f32() {
                             )
                         })
                         .collect();
-                    let table = match &m {
-                        Backbone::Gpt2(g) => g.wte.val().dtype(),
-                        Backbone::Llama(l) => l.embed_tokens.val().dtype(),
-                        Backbone::Gemma3(g) => g.embed_tokens.val().dtype(),
-                        Backbone::Phi3(p) => p.embed_tokens.val().dtype(),
-                        Backbone::Bert(b) => b.word_embeddings.val().dtype(),
-                    };
+                    let table = m.token_table().val().dtype();
                     let hidden = m.hidden(ids.clone(), Some(padding.clone()));
                     // Decoders add the next-token loss through their (tied) head.
                     let lm = m.next_token_nll(hidden.clone(), ids.clone(), 1.0);

@@ -249,7 +249,7 @@ impl Bert {
         };
         Ok(Bert {
             word_embeddings: Param::from_tensor(
-                w.take_table("embeddings.word_embeddings.weight", [config.vocab_size, d])?,
+                w.take_matrix("embeddings.word_embeddings.weight", [config.vocab_size, d])?,
             ),
             position_embeddings: Param::from_tensor(w.take(
                 "embeddings.position_embeddings.weight",

@@ -518,7 +518,7 @@ impl Gemma3 {
                 softcap: config.attn_logit_softcapping,
             });
         }
-        let embed = w.take_table("embed_tokens.weight", [config.vocab_size, d])?;
+        let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
         if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
             return Err(ModelError::MissingTensor {
                 path: w.path().to_path_buf(),

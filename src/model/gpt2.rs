@@ -138,7 +138,7 @@ impl Gpt2 {
         };
         let conv = |w: &mut WeightMap, p: &str, i: usize, o: usize| -> Result<Proj, ModelError> {
             Ok(Proj::new(
-                w.take(&format!("{p}.weight"), [i, o])?,
+                w.take_matrix(&format!("{p}.weight"), [i, o])?,
                 Some(w.take(&format!("{p}.bias"), [o])?),
             ))
         };
@@ -156,7 +156,7 @@ impl Gpt2 {
                 tanh_gelu: config.activation_function != "gelu",
             });
         }
-        let wte = w.take_table("wte.weight", [config.vocab_size, d])?;
+        let wte = w.take_matrix("wte.weight", [config.vocab_size, d])?;
         // The LM head is tied to `wte`; a saved copy is redundant.
         w.discard("lm_head.weight");
         Ok(Gpt2 {

@@ -407,7 +407,7 @@ impl Llama {
                 window,
             });
         }
-        let embed = w.take_table("embed_tokens.weight", [config.vocab_size, d])?;
+        let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
         // A sequence-classification checkpoint has a `score` head instead of an LM head.
         if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
             return Err(ModelError::MissingTensor {

@@ -197,6 +197,17 @@ impl Backbone {
         }
     }
 
+    /// The token embedding table `[vocab, d]`.
+    pub fn token_table(&self) -> &burn::module::Param<Tensor<2>> {
+        match self {
+            Backbone::Gpt2(m) => &m.wte,
+            Backbone::Llama(m) => &m.embed_tokens,
+            Backbone::Gemma3(m) => &m.embed_tokens,
+            Backbone::Phi3(m) => &m.embed_tokens,
+            Backbone::Bert(m) => &m.word_embeddings,
+        }
+    }
+
     /// The LM head as one `[d, v]` matrix when the logits are exactly `hidden @ head`: a
     /// plain projection or the tied embedding, no bias, no LoRA adapter on the head, no
     /// soft-capping. `None` otherwise (and for encoders).

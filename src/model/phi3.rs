@@ -278,7 +278,7 @@ impl Phi3 {
                 window: config.sliding_window,
             });
         }
-        let embed = w.take_table("embed_tokens.weight", [config.vocab_size, d])?;
+        let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
         if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
             return Err(ModelError::MissingTensor {
                 path: w.path().to_path_buf(),

@@ -45,6 +45,16 @@ impl Precision {
         }
     }
 
+    /// The precision of tensors of `dtype`, if it is one.
+    pub fn from_dtype(dtype: DType) -> Option<Precision> {
+        match dtype {
+            DType::F32 => Some(Precision::F32),
+            DType::BF16 => Some(Precision::Bf16),
+            DType::F16 => Some(Precision::F16),
+            _ => None,
+        }
+    }
+
     /// From a checkpoint config's `dtype` / `torch_dtype` (`bfloat16`, `float16`, `float32`).
     pub fn from_config_name(name: &str) -> Option<Precision> {
         match name {

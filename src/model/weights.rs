@@ -332,9 +332,10 @@ impl WeightMap {
         ))
     }
 
-    /// A token embedding table (or a tied LM head) `[vocab, d]`: in its stored dtype when the
-    /// stage keeps it so ([`keep_as_stored`](Self::keep_as_stored)), else f32.
-    pub fn take_table(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, ModelError> {
+    /// A weight matrix read as it lies (a token embedding table `[vocab, d]`, a GPT-2 Conv1D
+    /// weight, already `[in, out]`): in its stored dtype when the stage keeps it so
+    /// ([`keep_as_stored`](Self::keep_as_stored)), else f32.
+    pub fn take_matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, ModelError> {
         let values = self.take_values(name, &shape)?;
         Ok(self.tensor(values, shape.to_vec()))
     }

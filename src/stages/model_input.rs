@@ -130,6 +130,14 @@ pub(crate) fn load_checkpoint(
     };
     let loaded = crate::model::load_keeping(&path, device, &keep)
         .with_context(|| format!("cannot load {}", path.display()))?;
+    let table = loaded.model.backbone.token_table().val().dtype();
+    if table != burn::tensor::DType::F32 {
+        tracing::info!(
+            "`{rel}`: the frozen base stays in {}, as {} stores it (projections, token table, LM head)",
+            crate::model::precision::Precision::from_dtype(table).map_or("its dtype", |p| p.name()),
+            path.display()
+        );
+    }
     if need_decoder && !loaded.model.backbone.is_decoder() {
         bail!(
             "this stage needs a decoder; {} is an encoder",

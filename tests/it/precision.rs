@@ -130,3 +130,108 @@ fn a_bf16_checkpoint_loads_its_frozen_base_in_bf16() {
         "bf16 logits off by {err} (scale {scale})"
     );
 }
+
+/// The same tensors, each f32 one rewritten in bf16 (a checkpoint as transformers saves a
+/// bf16 model).
+fn bf16_copy(from: &std::path::Path, to: &std::path::Path) {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if path.is_file() && name != "model.safetensors" && name != "config.json" {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from.join("config.json")).unwrap()).unwrap();
+    config["torch_dtype"] = "bfloat16".into();
+    config["dtype"] = "bfloat16".into();
+    std::fs::write(to.join("config.json"), config.to_string()).unwrap();
+    let bytes = std::fs::read(from.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), Dtype::F32, "{name}");
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+                })
+                .collect();
+            (name, view.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = TensorView::new(Dtype::BF16, shape.clone(), data).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(to.join("model.safetensors"), out).unwrap();
+}
+
+/// Through a recipe: LoRA in bf16 from a bf16 checkpoint loads the frozen base as stored
+/// (the run says so), learns, and ends near the same stage in f32, which loads it as f32.
+#[test]
+fn lora_in_bf16_from_a_bf16_checkpoint_keeps_its_base_as_stored() {
+    let p = Project::new();
+    let stages = car_lm_stages().replace("epochs: 30", "epochs: 6");
+    let export = "  out: { kind: export, model: { from: lm }, to: dist/lm }\n";
+    p.write(
+        "base.yaml",
+        &format!("version: 1\nname: base\nseed: 5\nstages:\n{stages}{export}"),
+    );
+    p.hone(&["run", "base.yaml"]).ok();
+    bf16_copy(&p.path("dist/lm"), &p.path("lm-bf16"));
+    let sft = |name: &str, precision: &str| {
+        format!(
+            "  {name}:\n    kind: sft\n    model: {{ path: lm-bf16 }}\n    data: {{ from: qa }}\n    max_length: 64\n{CAR_LORA}    train: {{ epochs: 3, batch_size: 4, lr: 2.0e-3, precision: {precision} }}\n"
+        )
+    };
+    let qa = stages
+        .split("  tok:")
+        .next()
+        .unwrap()
+        .split("  qa:")
+        .nth(1)
+        .unwrap();
+    p.write(
+        "r.yaml",
+        &format!(
+            "version: 1\nname: r\nseed: 5\nstages:\n  qa:{qa}{}{}",
+            sft("low", "bf16"),
+            sft("full", "f32")
+        ),
+    );
+    let run = p.hone(&["run", "r.yaml", "-v"]);
+    run.ok();
+    let said = run.stderr();
+    let kept: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("the frozen base stays in bf16"))
+        .collect();
+    assert_eq!(kept.len(), 1, "only the bf16 stage keeps its base:\n{said}");
+    let loss = |stage: &str| {
+        let show = p.hone(&["show", "r.yaml", stage]).ok();
+        (
+            metric(&show, "train_loss_first"),
+            metric(&show, "train_loss_last"),
+        )
+    };
+    let ((first, last), (f32_first, f32_last)) = (loss("low"), loss("full"));
+    assert!(last < 0.97 * first, "bf16 learned: {first} -> {last}");
+    assert!(
+        (first - f32_first).abs() < 0.02 * f32_first,
+        "bf16 starts at {first}, f32 at {f32_first}"
+    );
+    assert!(
+        (last - f32_last).abs() < 0.1 * f32_last,
+        "bf16 ends at {last}, f32 at {f32_last}"
+    );
+}
