@@ -34,7 +34,14 @@ fn allow_interpolation(v: &mut serde_json::Value) {
                 _ => false,
             };
             if is_scalar {
-                let original = Value::Object(std::mem::take(map));
+                let mut original = std::mem::take(map);
+                // What the field means stays on the field, where editors and the reference
+                // (`hone schema --markdown`) read it, not on one branch of its `anyOf`.
+                for key in ["title", "description", "default", "examples", "deprecated"] {
+                    if let Some(annotation) = original.remove(key) {
+                        map.insert(key.into(), annotation);
+                    }
+                }
                 map.insert(
                     "anyOf".into(),
                     json!([original, { "type": "string", "pattern": "\\$\\{[^}]+\\}" }]),

@@ -59,15 +59,21 @@ pub trait Objective<M: Module> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Passes over the training split.
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Examples (sequences, pairs) per micro-batch; an optimizer step takes `grad_accum`
+    /// micro-batches.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// Peak learning rate.
     #[serde(default = "default_lr")]
     pub lr: f64,
+    /// Optimizer steps over which the learning rate rises linearly from 0 to `lr`.
     #[serde(default)]
     pub warmup_steps: usize,
+    /// The learning rate after warmup: `constant`, `linear` decay to 0, or `cosine` decay
+    /// to 0.
     #[serde(default)]
     pub schedule: Schedule,
     /// Micro-batches per optimizer step.
@@ -76,6 +82,7 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this (none: no clipping).
     #[serde(default = "default_clip")]
     pub max_grad_norm: Option<f64>,
+    /// AdamW's decoupled weight decay.
     #[serde(default)]
     pub weight_decay: f64,
     /// Evaluate on the validation split every N optimizer steps (and at the end); without it,
