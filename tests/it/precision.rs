@@ -29,13 +29,6 @@ fn bf16_and_f16_train_close_to_f32_and_f32_keeps_its_key() {
     // `precision: f32` is what a stage without it computes, under the same key.
     assert_eq!(get("lora_f32").1, get("lora").1, "{out}");
     assert_eq!(get("lora_f32").2, get("lora").2, "{out}");
-    let loss = |stage: &str| {
-        let show = p.hone(&["show", "r.yaml", stage]).ok();
-        (
-            metric(&show, "train_loss_first"),
-            metric(&show, "train_loss_last"),
-        )
-    };
     for (f32_stage, low) in [
         ("full", "full_bf16"),
         ("lora", "lora_bf16"),
@@ -47,19 +40,30 @@ fn bf16_and_f16_train_close_to_f32_and_f32_keeps_its_key() {
             get(f32_stage).2,
             "{low} computed in its own precision"
         );
-        let (first, last) = loss(low);
-        let (f32_first, f32_last) = loss(f32_stage);
-        assert!(last < 0.97 * first, "{low} learned: {first} -> {last}");
-        // The same data, schedule and seed: the curves stay together.
-        assert!(
-            (first - f32_first).abs() < 0.02 * f32_first,
-            "{low} starts at {first}, f32 at {f32_first}"
-        );
-        assert!(
-            (last - f32_last).abs() < 0.1 * f32_last,
-            "{low} ends at {last}, f32 at {f32_last}"
-        );
+        assert_learns_like_f32(&p, "r.yaml", low, f32_stage);
     }
+}
+
+/// Stage `low` of `recipe` learned, and started and ended near where stage `f32_stage` did:
+/// the same data, schedule and seed, so the curves stay together.
+fn assert_learns_like_f32(p: &Project, recipe: &str, low: &str, f32_stage: &str) {
+    let loss = |stage: &str| {
+        let show = p.hone(&["show", recipe, stage]).ok();
+        (
+            metric(&show, "train_loss_first"),
+            metric(&show, "train_loss_last"),
+        )
+    };
+    let ((first, last), (f32_first, f32_last)) = (loss(low), loss(f32_stage));
+    assert!(last < 0.97 * first, "{low} learned: {first} -> {last}");
+    assert!(
+        (first - f32_first).abs() < 0.02 * f32_first,
+        "{low} starts at {first}, f32 at {f32_first}"
+    );
+    assert!(
+        (last - f32_last).abs() < 0.1 * f32_last,
+        "{low} ends at {last}, f32 at {f32_last}"
+    );
 }
 
 /// A checkpoint stored in bf16, loaded for a stage that keeps its frozen base in bf16 (LoRA
@@ -217,21 +221,5 @@ fn lora_in_bf16_from_a_bf16_checkpoint_keeps_its_base_as_stored() {
         .filter(|l| l.contains("the frozen base stays in bf16"))
         .collect();
     assert_eq!(kept.len(), 1, "only the bf16 stage keeps its base:\n{said}");
-    let loss = |stage: &str| {
-        let show = p.hone(&["show", "r.yaml", stage]).ok();
-        (
-            metric(&show, "train_loss_first"),
-            metric(&show, "train_loss_last"),
-        )
-    };
-    let ((first, last), (f32_first, f32_last)) = (loss("low"), loss("full"));
-    assert!(last < 0.97 * first, "bf16 learned: {first} -> {last}");
-    assert!(
-        (first - f32_first).abs() < 0.02 * f32_first,
-        "bf16 starts at {first}, f32 at {f32_first}"
-    );
-    assert!(
-        (last - f32_last).abs() < 0.1 * f32_last,
-        "bf16 ends at {last}, f32 at {f32_last}"
-    );
+    assert_learns_like_f32(&p, "r.yaml", "low", "full");
 }
