@@ -21,38 +21,12 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
 
+use super::blocks;
 use super::lane::{Lane, plain, plain_int, primitive};
 
 /// Vocabulary columns per block: few enough that a block of a low-precision head cast to f32
 /// stays small (a 2,048-wide model: 64 MiB), enough to keep the matmul efficient.
 pub const COLUMNS_PER_BLOCK: usize = 8 << 10;
-
-/// How a `[n, v]` logits matrix is cut: `cols` vocabulary columns a block, `rows` rows a chunk.
-struct Tiling {
-    n: usize,
-    v: usize,
-    rows: usize,
-    cols: usize,
-}
-
-impl Tiling {
-    fn new(n: usize, v: usize, rows: usize, cols: usize) -> Tiling {
-        let (rows, cols) = (rows.max(1), cols.clamp(1, v.max(1)));
-        Tiling { n, v, rows, cols }
-    }
-
-    /// `(start, len)` of each chunk of rows.
-    fn row_chunks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
-        let (n, rows) = (self.n, self.rows);
-        (0..n).step_by(rows).map(move |s| (s, rows.min(n - s)))
-    }
-
-    /// `(start, len)` of each block of columns.
-    fn col_blocks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
-        let (v, cols) = (self.v, self.cols);
-        (0..v).step_by(cols).map(move |s| (s, cols.min(v - s)))
-    }
-}
 
 /// Columns `start..start + len` of the head, in f32.
 fn f32_block(weight: &Tensor<2>, start: usize, len: usize) -> Tensor<2> {
@@ -94,11 +68,9 @@ fn nll_and_lse(
         let empty = Tensor::<1>::zeros([0], &device);
         return (empty.clone(), empty);
     }
-    let tiling = Tiling::new(n, v, rows, cols);
     let labels = labels.reshape([n, 1]);
     // Per chunk of rows: running maximum, sum of exp(logit - maximum), label logit.
-    let mut state: Vec<(Tensor<2>, Tensor<2>, Tensor<2>)> = tiling
-        .row_chunks()
+    let mut state: Vec<(Tensor<2>, Tensor<2>, Tensor<2>)> = blocks(n, rows)
         .map(|(_, len)| {
             (
                 Tensor::full([len, 1], f32::NEG_INFINITY, &device),
@@ -107,9 +79,9 @@ fn nll_and_lse(
             )
         })
         .collect();
-    for (col, width) in tiling.col_blocks() {
+    for (col, width) in blocks(v, cols) {
         let block = f32_block(&weight, col, width);
-        for ((start, len), (max, sum, picked)) in tiling.row_chunks().zip(state.iter_mut()) {
+        for ((start, len), (max, sum, picked)) in blocks(n, rows).zip(state.iter_mut()) {
             let logits = hidden.clone().narrow(0, start, len).matmul(block.clone());
             let (column, inside) =
                 labels_in_block(&labels.clone().narrow(0, start, len), col, width);
@@ -121,7 +93,7 @@ fn nll_and_lse(
         }
     }
     let (mut nll, mut lse) = (Vec::new(), Vec::new());
-    for ((_, len), (max, sum, picked)) in tiling.row_chunks().zip(state) {
+    for ((_, len), (max, sum, picked)) in blocks(n, rows).zip(state) {
         let row_lse = sum.log() + max;
         nll.push((row_lse.clone() - picked).reshape([len]));
         lse.push(row_lse.reshape([len]));
@@ -178,17 +150,15 @@ impl<B: Lane> Backward<B, 2> for ChunkedNll {
         let (labels, lse) = (plain_int::<B, 1>(labels), plain::<B, 1>(lse));
         let ([n, d], v) = (h.dims(), w.dims()[1]);
         let device = h.device();
-        let tiling = Tiling::new(n, v, rows, cols);
         let labels = labels.reshape([n, 1]);
-        let mut dh: Vec<Tensor<2>> = tiling
-            .row_chunks()
+        let mut dh: Vec<Tensor<2>> = blocks(n, rows)
             .map(|(_, len)| Tensor::zeros([len, d], &device))
             .collect();
         let mut dw = Vec::new();
-        for (col, width) in tiling.col_blocks() {
+        for (col, width) in blocks(v, cols) {
             let block = f32_block(&w, col, width);
             let mut dw_block = None::<Tensor<2>>;
-            for ((start, len), dh) in tiling.row_chunks().zip(dh.iter_mut()) {
+            for ((start, len), dh) in blocks(n, rows).zip(dh.iter_mut()) {
                 let h_c = h.clone().narrow(0, start, len);
                 let logits = h_c.clone().matmul(block.clone());
                 let softmax = (logits - lse.clone().narrow(0, start, len).reshape([len, 1])).exp();

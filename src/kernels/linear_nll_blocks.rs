@@ -17,6 +17,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, bf16, f16};
 use rayon::prelude::*;
 
+use super::blocks;
 use super::flex::{dims, exp, matmul, row_max, row_sum_exp, tensor, transpose, values};
 
 /// Elements `range` of a contiguous tensor's storage, as f32; `None` when it is not laid out
@@ -51,14 +52,6 @@ fn f32_columns(weight: &FlexTensor, start: usize, len: usize) -> FlexTensor {
         .map(|r| f32_range(&weight, r * v + start..r * v + start + len).expect("contiguous"))
         .collect();
     tensor(rows.concat(), [d, len])
-}
-
-/// `(start, len)` of each block of `step` out of `total`.
-fn blocks(total: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
-    let step = step.max(1);
-    (0..total)
-        .step_by(step)
-        .map(move |s| (s, step.min(total - s)))
 }
 
 /// Per-row negative log-likelihoods `[n]` and log-sum-exps, `rows` x `cols` logits at a time.

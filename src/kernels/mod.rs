@@ -193,6 +193,15 @@ impl<C: CheckpointStrategy> PortableOps for Autodiff<Cube, C> {
     }
 }
 
+/// `(start, len)` of each block of `step` (at least 1) out of `total`: the row chunks and
+/// column blocks the chunked losses walk.
+fn blocks(total: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = step.max(1);
+    (0..total)
+        .step_by(step)
+        .map(move |s| (s, step.min(total - s)))
+}
+
 /// Whether tensors of `dtype` on `device` take the fused kernels: f32 on the flex backend
 /// (with or without autodiff).
 pub fn fused(device: &Device, dtype: DType) -> bool {

@@ -36,7 +36,7 @@ impl Proj {
     pub fn set_precision(&mut self, precision: Precision) {
         let dtype = precision.dtype();
         self.compute = (precision != Precision::F32).then_some(dtype);
-        set_stored_precision(&mut self.weight, precision);
+        set_weight_precision(&mut self.weight, precision);
     }
 
     /// The weight in f32, whatever it is stored in.
@@ -270,7 +270,7 @@ pub fn window_mask(
 }
 
 /// Rows `ids` of a token embedding table, in f32 whatever the table is stored in (a frozen
-/// table is stored in the training precision, [`set_table_precision`]).
+/// table is stored in the training precision, [`set_weight_precision`]).
 pub fn embed(table: &Param<Tensor<2>>, ids: Tensor<2, Int>) -> Tensor<3> {
     let rows = burn::tensor::module::embedding(table.val(), ids);
     match rows.dtype() {
@@ -288,15 +288,10 @@ pub fn matmul_autocast<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> 
     }
 }
 
-/// Stores a frozen token embedding table in `precision` (a LoRA base's: half the memory of
-/// the largest tensor of a big-vocabulary model); a trainable one is the f32 master.
-pub fn set_table_precision(table: &mut Param<Tensor<2>>, precision: Precision) {
-    set_stored_precision(table, precision);
-}
-
-/// A frozen weight stored in `precision`; a trainable one in f32, a fresh leaf when it is
-/// cast up (a weight loaded low), so the optimizer finds its gradient under its own node.
-fn set_stored_precision(param: &mut Param<Tensor<2>>, precision: Precision) {
+/// Stores a frozen weight (a LoRA base's projection, token table or head) in `precision`; a
+/// trainable one is the f32 master, a fresh leaf when it is cast up (a weight loaded low), so
+/// the optimizer finds its gradient under its own node.
+pub fn set_weight_precision(param: &mut Param<Tensor<2>>, precision: Precision) {
     let t = param.val();
     let trainable = t.is_require_grad();
     let dtype = if trainable {

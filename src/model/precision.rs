@@ -85,7 +85,7 @@ impl ReducedPrecision for super::Backbone {
             Backbone::Phi3(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
             Backbone::Bert(m) => (&mut m.word_embeddings, None),
         };
-        super::layers::set_table_precision(table, precision);
+        super::layers::set_weight_precision(table, precision);
         // Only a frozen head: a trainable one keeps computing in f32, as the training loss
         // (which reads its f32 master weight) does.
         if let Some(head) = head.filter(|h| !h.weight.val().is_require_grad()) {
