@@ -40,8 +40,8 @@ fn plan_200_stages(dir: &Path) -> f64 {
     let mut samples = Vec::new();
     for _ in 0..21 {
         let (t, n) = time(|| {
-            let recipe = hone::recipe::load(&path, &[]).unwrap();
-            let dag = hone::recipe::validate(&recipe).unwrap();
+            let recipe = hone::recipe::load(&path, &[], &hone::stages::registry()).unwrap();
+            let dag = hone::plan::validate(&recipe).unwrap();
             let mut eval = hone::plan::status::Evaluator::new(
                 &recipe,
                 &dag,

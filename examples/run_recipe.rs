@@ -21,8 +21,12 @@ fn main() -> anyhow::Result<()> {
 
     // Overrides are what `--set` takes: a sweep over the LoRA learning rate.
     for lr in ["0.01", "0.005"] {
-        let recipe = hone::recipe::load(&recipe_path, &[format!("stages.lora.train.lr={lr}")])?;
-        let dag = hone::recipe::validate(&recipe)?;
+        let recipe = hone::recipe::load(
+            &recipe_path,
+            &[format!("stages.lora.train.lr={lr}")],
+            &hone::stages::registry(),
+        )?;
+        let dag = hone::plan::validate(&recipe)?;
         let store = Store::open(&store_dir)?;
         let backend = hone::backend::resolve(recipe.header.backend);
         let report = run(

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use hone::model::Model;
-use hone::recipe::types::PromptTemplate;
+use hone::spec::settings::PromptTemplate;
 use hone::stages::scoring::{RewardText, score};
 
 fn main() -> anyhow::Result<()> {
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let stage = args.next().unwrap_or_else(|| "rm".into());
 
     // The artifact the stage last produced, by the recipe's lockfile.
-    let loaded = hone::recipe::load(Path::new(&recipe), &[])?;
+    let loaded = hone::recipe::load(Path::new(&recipe), &[], &hone::stages::registry())?;
     let lock = hone::store::lockfile::Lockfile::read(&loaded.lockfile_path())?
         .ok_or_else(|| anyhow::anyhow!("run {recipe} first"))?;
     let action = &lock

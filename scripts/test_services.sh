@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Installs the real services the integration tests start on loopback. Idempotent.
+# Installs what the tests need besides the checkpoints (scripts/fetch_models.sh): the real
+# services they start on loopback, and the system packages some of them drive. Idempotent.
 #   .test-services/bin/moto_server   an S3 protocol server (moto, from PyPI), for the
 #                                    remote-cache tests (not committed)
 #   slurmctld, slurmd, sbatch, munge a single-node Slurm cluster, for the Slurm executor tests
 #                                    (Debian packages; the tests start and stop it themselves)
+#   mesa-vulkan-drivers, libvulkan1  software Vulkan (lavapipe), so the wgpu backend's tests
+#                                    run without a GPU (without it wgpu falls back to slow
+#                                    OpenGL)
+#   chromium                         headless Chromium, which renders the HTML run report in
+#                                    tests/it/report.rs
 # The tests look for moto_server there, then at $HONE_TEST_MOTO_SERVER, then on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+if command -v dpkg >/dev/null; then
+  dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+  dpkg -s libvulkan1 >/dev/null 2>&1 || missing+=(libvulkan1)
+fi
 command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || missing+=(slurmctld)
 command -v slurmd >/dev/null || [ -x /usr/sbin/slurmd ] || missing+=(slurmd)
 command -v sbatch >/dev/null || missing+=(slurm-client)
@@ -33,3 +44,4 @@ else
   echo ".test-services/bin/moto_server: installed"
 fi
 echo "slurm: $(slurmctld -V)"
+echo "chromium: $(chromium --version 2>/dev/null || echo missing)"

@@ -1,7 +1,10 @@
 //! hone: runs LLM fine-tuning pipelines written as YAML recipes.
 //!
-//! `recipe` (language, loading, validation) -> `plan` (DAG, action keys, statuses) ->
-//! `exec` (runs stale stages through `stages`, commits to the `store`, writes the lockfile).
+//! `recipe` (language, loading) -> `plan` (validation, DAG, action keys, statuses) -> `exec`
+//! (runs stale stages through `stages`, commits to the `store`, writes the lockfile), driven by
+//! `cli`. Layers look down only, ranked `cli > exec > plan > {recipe, stages} > spec > the
+//! libraries (model, train, data, store, kernels, backend, diag, rng)`; recipe and stages never
+//! name each other, and `tests/it/layers.rs` holds every module to its rank.
 
 pub mod backend;
 pub mod cli;
@@ -13,6 +16,10 @@ pub mod model;
 pub mod plan;
 pub mod recipe;
 pub mod rng;
+pub mod spec;
 pub mod stages;
 pub mod store;
 pub mod train;
+
+/// Recorded in manifests and lockfiles (who produced an artifact), never hashed into a key.
+pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use hone::recipe::types::{Input, MissingPolicy};
-use hone::stages::context::StageContext;
-use hone::stages::kind::{InputSlot, Kind, Problem};
-use hone::stages::{ArtifactType, DATA_INPUT, StageResult, read_table};
+use hone::spec::context::StageContext;
+use hone::spec::settings::{Input, MissingPolicy};
+use hone::spec::{DATA_INPUT, InputSlot, Kind, Problem, StageResult};
+use hone::stages::tables::read_table;
+use hone::store::ArtifactType;
 use serde::{Deserialize, Serialize};
 
 pub struct NgramFilter;
@@ -64,7 +65,7 @@ impl Kind for NgramFilter {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Option<serde_json::Value> {
-        Some(hone::stages::kind::schema_of::<Settings>(generator))
+        Some(hone::spec::kind::schema_of::<Settings>(generator))
     }
 
     fn check(&self, s: &Settings, _stage: &str) -> Vec<Problem> {

@@ -14,11 +14,15 @@ pub struct ModelPath {
     pub label: String,
     /// For `RECIPE:STAGE`, the prompt template the stage trained with: a model tuned on
     /// `plain` prompts answers garbage through a chat template, and the other way round.
-    pub template: Option<crate::recipe::types::PromptTemplate>,
+    pub template: Option<crate::spec::settings::PromptTemplate>,
     _tmp: Option<tempfile::TempDir>,
 }
 
-pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
+pub fn resolve_model(
+    arg: &str,
+    store: Option<&Path>,
+    kinds: &crate::spec::Registry,
+) -> Result<ModelPath> {
     if Path::new(arg).exists() {
         return Ok(ModelPath {
             path: PathBuf::from(arg),
@@ -30,7 +34,7 @@ pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
     let Some((recipe_path, stage)) = arg.rsplit_once(':') else {
         bail!("{arg} does not exist; give an HF model directory, a .gguf file, or RECIPE:STAGE");
     };
-    let recipe = crate::recipe::load(Path::new(recipe_path), &[])?;
+    let recipe = crate::recipe::load(Path::new(recipe_path), &[], kinds)?;
     let lock =
         crate::store::lockfile::Lockfile::read(&recipe.lockfile_path())?.with_context(|| {
             format!("{recipe_path} has no lockfile yet: run it first (`hone run {recipe_path}`)")
@@ -67,9 +71,9 @@ pub fn resolve_model(arg: &str, store: Option<&Path>) -> Result<ModelPath> {
 fn trained_template(
     recipe: &crate::recipe::Recipe,
     stage: &str,
-) -> Option<crate::recipe::types::PromptTemplate> {
-    use crate::recipe::types::Input;
-    use crate::stages::kind::TemplateOf;
+) -> Option<crate::spec::settings::PromptTemplate> {
+    use crate::spec::kind::TemplateOf;
+    use crate::spec::settings::Input;
     match recipe.stage(stage)?.spec.prompt_template()? {
         TemplateOf::Own(t) => Some(t.clone()),
         TemplateOf::Input(Input::Stage(r)) => trained_template(recipe, r.stage()),

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{RecipeArgs, load, render};
+use super::args::{Globals, RecipeArgs};
+use super::render;
 use crate::recipe::Recipe;
+use crate::spec::Registry;
 use crate::store::Store;
 use crate::store::lockfile::Lockfile;
 use crate::store::remote::{self, Remote, RemoteError, RemoteSettings};
@@ -86,11 +88,12 @@ fn require(args: &RemoteArgs, recipe: Option<&Recipe>) -> Result<Arc<Remote>> {
 
 fn push(
     store_flag: Option<&Path>,
+    kinds: &Registry,
     args: &RecipeArgs,
     all: bool,
     remote_args: &RemoteArgs,
 ) -> Result<ExitCode> {
-    let (recipe, _dag) = load(args)?;
+    let (recipe, _dag) = args.load(kinds)?;
     let remote = require(remote_args, Some(&recipe))?;
     let store = Store::open_existing(&Store::location(store_flag, Some(&recipe.path)))?;
     let manifests = if all {
@@ -149,10 +152,11 @@ fn lockfile(recipe: &Recipe) -> Result<Lockfile> {
 
 fn pull(
     store_flag: Option<&Path>,
+    kinds: &Registry,
     args: &RecipeArgs,
     remote_args: &RemoteArgs,
 ) -> Result<ExitCode> {
-    let (recipe, _dag) = load(args)?;
+    let (recipe, _dag) = args.load(kinds)?;
     let remote = require(remote_args, Some(&recipe))?;
     let lock = lockfile(&recipe)?;
     let store = Store::open(&Store::location(store_flag, Some(&recipe.path)))?;
@@ -344,14 +348,15 @@ pub enum RemoteCommand {
     },
 }
 
-pub fn run(store_flag: Option<&Path>, command: &CacheCommand) -> Result<ExitCode> {
+pub fn run(g: &Globals, command: &CacheCommand) -> Result<ExitCode> {
+    let store_flag = g.store;
     match command {
         CacheCommand::Push {
             recipe,
             all,
             remote,
-        } => return push(store_flag, recipe, *all, remote),
-        CacheCommand::Pull { recipe, remote } => return pull(store_flag, recipe, remote),
+        } => return push(store_flag, g.kinds, recipe, *all, remote),
+        CacheCommand::Pull { recipe, remote } => return pull(store_flag, g.kinds, recipe, remote),
         CacheCommand::Remote { command, remote } => return remote_command(command, remote),
         _ => {}
     }

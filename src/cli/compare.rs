@@ -8,14 +8,45 @@
 use std::fmt::Write as _;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::args::Globals;
 use super::report::{Curve, Series};
+use crate::spec::Registry;
 use crate::store::Store;
 use crate::store::lockfile::Lockfile;
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Recipes, or runs of one as RECIPE@RUN (a run's --name, or its id from `hone runs`).
+    #[arg(num_args = 2.., required = true, value_name = "RECIPE[@RUN]")]
+    pub items: Vec<String>,
+    /// Also write an HTML page with the table and overlaid loss curves.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &Globals, args: &CompareArgs) -> Result<ExitCode> {
+    let c = compare(&args.items, g.store, g.kinds)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print!("{}", render(&c));
+    }
+    if let Some(out) = &args.html {
+        super::report::write(&html(&c), out)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// One column of the comparison.
 struct Item {
@@ -46,13 +77,13 @@ pub struct DifferingStage {
 }
 
 /// Resolves `args` (recipes or `RECIPE@RUN`) against `store` (the global `--store`).
-pub fn compare(args: &[String], store: Option<&Path>) -> Result<Comparison> {
+pub fn compare(args: &[String], store: Option<&Path>, kinds: &Registry) -> Result<Comparison> {
     if args.len() < 2 {
         bail!("give at least two things to compare: recipes, or runs as RECIPE@RUN");
     }
     let items: Vec<Item> = args
         .iter()
-        .map(|a| resolve(a, store))
+        .map(|a| resolve(a, store, kinds))
         .collect::<Result<_>>()?;
     let mut order: Vec<String> = Vec::new();
     for it in &items {
@@ -124,7 +155,7 @@ pub fn compare(args: &[String], store: Option<&Path>) -> Result<Comparison> {
     })
 }
 
-fn resolve(arg: &str, store: Option<&Path>) -> Result<Item> {
+fn resolve(arg: &str, store: Option<&Path>, kinds: &Registry) -> Result<Item> {
     let (path, run) = match arg.rsplit_once('@') {
         Some((p, r)) if Path::new(p).is_file() => (PathBuf::from(p), Some(r)),
         _ => (PathBuf::from(arg), None),
@@ -134,7 +165,7 @@ fn resolve(arg: &str, store: Option<&Path>) -> Result<Item> {
             "{arg}: no such recipe; give a recipe file, or RECIPE@RUN for one of its runs (`hone runs RECIPE` lists them)"
         );
     }
-    let recipe = crate::recipe::load(&path, &[])?;
+    let recipe = crate::recipe::load(&path, &[], kinds)?;
     let root = Store::location(store, Some(&recipe.path));
     let st = Store::open_existing(&root)?;
     let order: Vec<&str> = recipe.stages.iter().map(|s| s.name.as_str()).collect();

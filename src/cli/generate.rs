@@ -1,6 +1,5 @@
 //! `hone generate`: try a model on prompts, outside any recipe.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -43,10 +42,11 @@ pub struct GenerateArgs {
 }
 
 /// `store`: the global `--store`, where RECIPE:STAGE artifacts are read from.
-pub fn run(args: &GenerateArgs, store: Option<&Path>) -> Result<ExitCode> {
+pub fn run(g: &super::args::Globals, args: &GenerateArgs) -> Result<ExitCode> {
+    let store = g.store;
     crate::backend::check_available(args.backend)?;
     let device = crate::backend::device(crate::backend::resolve(args.backend))?;
-    let at = super::artifact::resolve_model(&args.model, store)?;
+    let at = super::artifact::resolve_model(&args.model, store, g.kinds)?;
     let model = crate::model::load(&at.path, &device)
         .with_context(|| format!("cannot load {}", at.label))?;
     let Some(tokenizer) = &model.tokenizer else {

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exec::Outcome;
 use crate::exec::observer::{Event, Observer};
-use crate::stages::context::{Progress, ProgressSink};
+use crate::spec::context::{Progress, ProgressSink};
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

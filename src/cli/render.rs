@@ -434,7 +434,7 @@ fn print_summary(summary: &Value, table_shown: bool) {
 
 /// Training examples as a stage encodes them (`hone show --examples`): each example's text with
 /// the stretches the loss covers in `[[ ]]`, and its token counts.
-pub fn examples(stage: &str, shown: &[crate::stages::kind::EncodedExample]) -> String {
+pub fn examples(stage: &str, shown: &[crate::spec::kind::EncodedExample]) -> String {
     use std::fmt::Write;
     let mut out = format!(
         "{} training examples of `{stage}` as it encodes them; the loss covers the text in [[ ]]\n",

@@ -5,15 +5,46 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::Args;
 use serde_json::Value;
 
+use super::args::{Globals, RecipeArgs};
+use crate::backend;
 use crate::plan::dag::{Dag, EdgeKind};
-use crate::plan::status::{StageStatus, State};
+use crate::plan::status::{Evaluator, StageStatus, State};
 use crate::recipe::Recipe;
 use crate::store::{Manifest, Store};
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Where to write it (default: <recipe>.report.html beside the recipe).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(g: &Globals, args: &ReportArgs) -> Result<ExitCode> {
+    let (recipe, dag) = args.recipe.load(g.kinds)?;
+    let root = Store::location(g.store, Some(&recipe.path));
+    let store = Store::open_existing(&root)?;
+    let backend = backend::resolve(recipe.header.backend);
+    let mut eval = Evaluator::new(&recipe, &dag, &store, backend, false)?;
+    let all: std::collections::BTreeSet<usize> = (0..recipe.stages.len()).collect();
+    let statuses = eval.statuses(&all, &|_| false)?;
+    let html = render(&recipe, &dag, &store, &statuses)?;
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| recipe.path.with_extension("report.html"));
+    write(&html, &out)?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
 
 pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -4,11 +4,37 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::Args;
 use serde::Serialize;
 
+use super::args::Globals;
 use crate::exec::rundir::{RUN_INFO, RunInfo};
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &Globals, args: &RunsArgs) -> Result<ExitCode> {
+    // Any run of the recipe counts, whatever it overrode: no overrides here.
+    let recipe = crate::recipe::load(&args.recipe, &[], g.kinds)?;
+    let root = Store::location(g.store, Some(&recipe.path));
+    let rows = list(&root, &recipe.header.name)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", render(&recipe.path, &root, &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// One run as `hone runs` shows it.
 #[derive(Debug, Serialize)]

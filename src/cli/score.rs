@@ -1,6 +1,5 @@
 //! `hone score`: a reward model's scores for responses to a prompt.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -29,9 +28,10 @@ pub struct ScoreArgs {
 }
 
 /// `store`: the global `--store`, where RECIPE:STAGE artifacts are read from.
-pub fn run(args: &ScoreArgs, store: Option<&Path>) -> Result<ExitCode> {
+pub fn run(g: &super::args::Globals, args: &ScoreArgs) -> Result<ExitCode> {
+    let store = g.store;
     let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
-    let at = super::artifact::resolve_model(&args.model, store)?;
+    let at = super::artifact::resolve_model(&args.model, store, g.kinds)?;
     let loaded = crate::model::load(&at.path, &device)
         .with_context(|| format!("cannot load {}", at.label))?;
     if loaded.model.num_labels() != Some(1) {
@@ -44,7 +44,7 @@ pub fn run(args: &ScoreArgs, store: Option<&Path>) -> Result<ExitCode> {
         .tokenizer
         .as_ref()
         .with_context(|| format!("{} has no tokenizer.json", at.label))?;
-    let template: crate::recipe::types::PromptTemplate = match &args.template {
+    let template: crate::spec::settings::PromptTemplate = match &args.template {
         Some(t) => serde_json::from_value(serde_json::Value::String(t.clone()))
             .map_err(|e| anyhow::anyhow!("--template: {e}"))?,
         None => crate::stages::scoring::trained_template(&loaded.config),

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::Outcome;
-use crate::stages::context::Progress;
+use crate::spec::context::Progress;
 use crate::store::remote::Transfer;
 
 /// One thing that happened during a run. Serialized (tag `event`), it is one line of

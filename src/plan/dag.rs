@@ -9,9 +9,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
 use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
-use crate::recipe::types::Input;
 use crate::recipe::{Recipe, source_map::join};
-use crate::stages::kind::DataRole;
+use crate::spec::kind::DataRole;
+use crate::spec::settings::Input;
 
 /// Why one stage depends on another.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,9 +21,6 @@ use crate::store::CACHE_FORMAT;
 /// only (see [`material`]).
 const REDUCED_PRECISION_REVISION: u32 = 2;
 
-/// Recorded in manifests and lockfiles (who produced an artifact), never hashed into a key.
-pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// What the action key of `stage` hashes. `inputs` maps each input's path in the stage to its
 /// digest; `checked_against` holds digests of datasets the stage is checked against for leakage.
 pub fn material(
@@ -99,14 +96,15 @@ fn pointer_mut<'a>(v: &'a mut Value, dotted: &str) -> Option<&'a mut Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::types::StageSpec;
 
     fn stage_from(source: &str, dedup: bool) -> Stage {
         let settings =
             serde_yaml::to_value(json!({ "source": { "from": source }, "dedup": dedup })).unwrap();
         Stage {
             name: "s".into(),
-            spec: StageSpec::parse("dataset", settings).unwrap(),
+            spec: crate::stages::registry()
+                .parse("dataset", settings)
+                .unwrap(),
             resources: Default::default(),
         }
     }

@@ -11,6 +11,20 @@ use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
 use crate::recipe::Recipe;
 use dag::Dag;
 
+/// Validates `recipe` whole, before anything runs: the recipe's own checks (header values,
+/// per-stage settings, source files) and those across stages (references, artifact contracts,
+/// cycles), all problems at once; returns its stage graph.
+pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
+    let mut diags = crate::recipe::check(recipe);
+    match Dag::build(recipe) {
+        Ok(dag) => diags.into_result(dag),
+        Err(more) => {
+            diags.0.extend(more.0);
+            Err(diags)
+        }
+    }
+}
+
 /// Which stages a command covers (`--only`, `--from`, `--until`) and which it reruns regardless
 /// of the cache (`--force`).
 #[derive(Debug, Clone, Default)]

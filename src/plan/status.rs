@@ -12,7 +12,7 @@ use super::dag::{Dag, EdgeKind};
 use super::key::{action_key, material};
 use crate::backend::BackendKind;
 use crate::recipe::Recipe;
-use crate::recipe::types::Input;
+use crate::spec::settings::Input;
 use crate::store::hash::HashCache;
 use crate::store::lockfile::{LockedStage, Lockfile};
 use crate::store::{Manifest, Store};

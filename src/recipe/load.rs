@@ -8,11 +8,12 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
 use super::source_map::{SourceMap, join};
-use super::types::{Input, RecipeFile, Resources, StageSpec};
+use super::types::{RecipeFile, Resources};
 use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
-use crate::stages::kind::{self, SpecError};
+use crate::spec::settings::Input;
+use crate::spec::{Registry, SpecError, StageSpec};
 
-/// A loaded, typed recipe (not yet checked across stages: see `recipe::validate`).
+/// A loaded, typed recipe (not yet checked across stages: see `plan::validate`).
 #[derive(Debug, Clone)]
 pub struct Recipe {
     /// The recipe file as given on the command line.
@@ -85,12 +86,14 @@ pub const MAX_RECIPE_FILES: usize = 64;
 /// repeat each other cannot grow a small recipe exponentially.
 pub const MAX_EXPANSION: usize = 1 << 20;
 
-pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Diagnostics> {
+/// Each stage is typed by the kind `kinds` has under its `kind:` (`stages::registry()` for the
+/// built-ins).
+pub fn load(path: &Path, overrides: &[String], kinds: &Registry) -> Result<Recipe, Diagnostics> {
     let (mut root, mut sources) = load_merged(path, &mut Vec::new(), &mut 0)?;
     apply_overrides(&mut root, &mut sources, overrides)?;
     interpolate_vars(&mut root, &sources)?;
-    apply_defaults(&mut root, &mut sources)?;
-    let (header, stages, broken) = parse_typed(&root, &sources)?;
+    apply_defaults(&mut root, &mut sources, kinds)?;
+    let (header, stages, broken) = parse_typed(&root, &sources, kinds)?;
     let mut recipe = Recipe {
         path: path.to_path_buf(),
         header,
@@ -524,7 +527,11 @@ fn expand(
 }
 
 /// Merges `defaults.<kind>` under every stage of that kind.
-fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagnostics> {
+fn apply_defaults(
+    root: &mut Value,
+    sources: &mut SourceMap,
+    kinds: &Registry,
+) -> Result<(), Diagnostics> {
     let Some(map) = root.as_mapping_mut() else {
         return Ok(());
     };
@@ -543,14 +550,13 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     for (k, v) in &defaults {
         let kind = k.as_str().unwrap_or("?");
         let path = join("defaults", kind);
-        if !kind::all().contains(&kind) {
-            let kinds = kind::all();
+        if !kinds.knows(kind) {
             diags.push(
                 Diagnostic::new(format!("`defaults` names unknown stage kind `{kind}`"))
                     .at(sources.key(&path))
                     .help(
-                        did_you_mean(kind, kinds.iter().copied())
-                            .unwrap_or_else(|| format!("stage kinds: {}", kind_list())),
+                        did_you_mean(kind, kinds.names().into_iter())
+                            .unwrap_or_else(|| format!("stage kinds: {}", kind_list(kinds))),
                     ),
             );
         } else if !v.is_mapping() {
@@ -583,8 +589,8 @@ fn apply_defaults(root: &mut Value, sources: &mut SourceMap) -> Result<(), Diagn
     Ok(())
 }
 
-fn kind_list() -> String {
-    kind::all().join(", ")
+fn kind_list(kinds: &Registry) -> String {
+    kinds.names().join(", ")
 }
 
 /// The typed header and stages. Errors in the header or the shape of `stages` are fatal here;
@@ -593,6 +599,7 @@ fn kind_list() -> String {
 fn parse_typed(
     root: &Value,
     sources: &SourceMap,
+    kinds: &Registry,
 ) -> Result<(RecipeFile, Vec<super::Stage>, Vec<(String, Diagnostic)>), Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut header_value = root.clone();
@@ -625,7 +632,7 @@ fn parse_typed(
                     diags.push(Diagnostic::new("stage names must be text").at(sources.value("stages")));
                     continue;
                 };
-                match parse_stage(name, v, sources) {
+                match parse_stage(name, v, sources, kinds) {
                     Ok((spec, resources)) => stages.push(super::Stage {
                         name: name.to_owned(),
                         spec,
@@ -658,9 +665,10 @@ fn parse_stage(
     name: &str,
     mut v: Value,
     sources: &SourceMap,
+    kinds: &Registry,
 ) -> Result<(StageSpec, Resources), Vec<Diagnostic>> {
     let path = join("stages", name);
-    let kind = stage_kind(name, &mut v, sources).map_err(|d| vec![d])?;
+    let kind = stage_kind(name, &mut v, sources, kinds).map_err(|d| vec![d])?;
     // `resources` (what a Slurm job asks for) is the runner's, beside every kind's settings,
     // and never part of the action key.
     let resources = match v.as_mapping_mut().and_then(|m| m.remove("resources")) {
@@ -668,16 +676,16 @@ fn parse_stage(
         Some(r) => serde_path_to_error::deserialize::<_, Resources>(r)
             .map_err(|e| vec![located(e, &join(&path, "resources"), sources)])?,
     };
-    let first = match StageSpec::parse(&kind, v.clone()) {
+    let first = match kinds.parse(&kind, v.clone()) {
         Err(SpecError::Settings(e)) => e,
         other => {
-            return spec_result(other, &kind, name, sources)
+            return spec_result(other, &kind, name, sources, kinds)
                 .map(|spec| (spec, resources))
                 .map_err(|d| vec![d]);
         }
     };
     Err(every_problem(first, v, &path, sources, |settings| {
-        match StageSpec::parse(&kind, settings) {
+        match kinds.parse(&kind, settings) {
             Err(SpecError::Settings(next)) => Some(next),
             // Parsed without them, or failed otherwise: the problems found are the report.
             _ => None,
@@ -759,7 +767,12 @@ fn remove_key(v: &mut Value, keys: &[String]) -> bool {
 }
 
 /// Checks the stage's name and takes its `kind` out of `v`.
-fn stage_kind(name: &str, v: &mut Value, sources: &SourceMap) -> Result<String, Diagnostic> {
+fn stage_kind(
+    name: &str,
+    v: &mut Value,
+    sources: &SourceMap,
+    kinds: &Registry,
+) -> Result<String, Diagnostic> {
     let path = join("stages", name);
     if !name
         .chars()
@@ -784,7 +797,7 @@ fn stage_kind(name: &str, v: &mut Value, sources: &SourceMap) -> Result<String, 
             .at(sources.value(&join(&path, "kind")))),
         None => Err(Diagnostic::new(format!("stage `{name}` has no `kind`"))
             .at(sources.key(&path))
-            .help(format!("stage kinds: {}", kind_list()))),
+            .help(format!("stage kinds: {}", kind_list(kinds)))),
     }
 }
 
@@ -794,19 +807,19 @@ fn spec_result(
     kind: &str,
     name: &str,
     sources: &SourceMap,
+    kinds: &Registry,
 ) -> Result<StageSpec, Diagnostic> {
     let path = join("stages", name);
     match parsed {
         Ok(spec) => Ok(spec),
         Err(SpecError::UnknownKind) => {
-            let kinds = kind::all();
             Err(
                 Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
                     .at(sources.value(&join(&path, "kind")))
-                    .help(did_you_mean(kind, kinds.iter().copied()).unwrap_or_else(|| {
+                    .help(did_you_mean(kind, kinds.names().into_iter()).unwrap_or_else(|| {
                         format!(
                             "stage kinds: {}; a kind of your own exists only in a program that registers it (see examples/custom_stage)",
-                            kind_list()
+                            kind_list(kinds)
                         )
                     })),
             )

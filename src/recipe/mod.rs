@@ -1,4 +1,5 @@
-//! The recipe language: types, loading (extends, vars, defaults, overrides) and validation.
+//! The recipe language: types, loading (extends, vars, defaults, overrides) and the checks a
+//! recipe needs on its own (`plan::validate` adds those across stages).
 
 pub mod load;
 pub mod source_map;
@@ -6,16 +7,42 @@ pub mod types;
 pub mod validate;
 
 pub use load::{Recipe, Stage, load};
-pub use validate::validate;
+pub use validate::check;
 
 /// The JSON Schema of a recipe file (`hone schema`, `schemas/recipe.schema.json`), with every
-/// stage kind, those this program registered included (`stages::kind`).
+/// stage kind of `kinds`, those a program registered included.
 ///
 /// Scalars (numbers, booleans) also accept a `${var}` string, since variables are
 /// substituted before the recipe is typed.
-pub fn json_schema() -> serde_json::Value {
-    let mut schema =
-        serde_json::to_value(schemars::schema_for!(types::RecipeFile)).expect("schema serializes");
+pub fn json_schema(kinds: &crate::spec::Registry) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut generator = schemars::SchemaGenerator::default();
+    let root = generator.root_schema_for::<types::RecipeFile>();
+    let variants = kinds.schema_variants(&mut generator);
+    let mut schema = serde_json::to_value(root).expect("schema serializes");
+    if let Some(Value::Object(defs)) = schema.get_mut("$defs") {
+        // The kinds' nested types join the header's.
+        for (name, def) in generator.definitions() {
+            defs.entry(name.clone()).or_insert_with(|| def.clone());
+        }
+        defs.insert(
+            "StageSpec".into(),
+            json!({
+                "description": "A stage's configuration, tagged by `kind`.",
+                "oneOf": variants,
+            }),
+        );
+    }
+    // `defaults` keys: the kinds, for editors to complete; other names stay allowed in the
+    // schema (the loader names the unknown ones).
+    if let Some(Value::Object(defaults)) = schema.pointer_mut("/properties/defaults") {
+        let names: serde_json::Map<String, Value> = kinds
+            .names()
+            .into_iter()
+            .map(|k| (k.to_owned(), json!({ "type": "object" })))
+            .collect();
+        defaults.insert("properties".into(), Value::Object(names));
+    }
     allow_interpolation(&mut schema);
     schema
 }

@@ -1,16 +1,17 @@
-//! Checks across the whole recipe, before anything runs: header values, per-stage settings,
-//! source files, references, artifact contracts and cycles. All problems are reported at once.
+//! Checks of a loaded recipe on its own, before anything runs: header values, per-stage
+//! settings and source files. The checks that need the stage graph (references, artifact
+//! contracts, cycles) are the planner's: `plan::validate` runs these and then builds the DAG,
+//! so all problems are reported at once.
 
 use crate::backend;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::plan::dag::Dag;
 use crate::recipe::Recipe;
 use crate::recipe::source_map::join;
-use crate::recipe::types::{FileFormat, Input};
-use crate::stages::kind::Place;
+use crate::spec::Place;
+use crate::spec::settings::{FileFormat, Input};
 
-/// Validates `recipe` and returns its stage graph.
-pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
+/// Every problem of `recipe` that the stage graph is not needed to see.
+pub fn check(recipe: &Recipe) -> Diagnostics {
     let mut diags = Diagnostics(recipe.broken.iter().map(|(_, d)| d.clone()).collect());
     if recipe.header.version != 1 {
         diags.push(
@@ -79,13 +80,7 @@ pub fn validate(recipe: &Recipe) -> Result<Dag, Diagnostics> {
             });
         }
     }
-    match Dag::build(recipe) {
-        Ok(dag) => diags.into_result(dag),
-        Err(more) => {
-            diags.0.extend(more.0);
-            Err(diags)
-        }
-    }
+    diags
 }
 
 /// The `cache:` block: a URL hone can use, and no credentials in the recipe.
@@ -133,7 +128,7 @@ fn check_cache(recipe: &Recipe, diags: &mut Diagnostics) {
 fn check_source(
     recipe: &Recipe,
     at: &str,
-    src: &crate::recipe::types::SourceFile,
+    src: &crate::spec::settings::SourceFile,
     table: bool,
     diags: &mut Diagnostics,
 ) {

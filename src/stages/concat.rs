@@ -10,12 +10,13 @@ use anyhow::{Result, bail};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::metrics;
-use super::{StageResult, read_table};
+use super::tables::read_table;
 use crate::data::table::MissingPolicy;
-use crate::recipe::types::Input;
-use crate::stages::context::StageContext;
+use crate::spec::StageResult;
+use crate::spec::context::StageContext;
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use crate::spec::settings::Input;
 use crate::store::ArtifactType;
 
 /// `kind: concat`.

@@ -13,7 +13,7 @@ use crate::data::tokenized::Encoded;
 use crate::model::Backbone;
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::sampling::{SamplingConfig, generate};
-use crate::recipe::types::{NamedTemplate, PromptTemplate, Truncation};
+use crate::spec::settings::{NamedTemplate, PromptTemplate, Truncation};
 use crate::train::objectives::LmBatch;
 
 /// Conversations (a prompt/response pair is a one-turn conversation).
@@ -460,7 +460,7 @@ pub(crate) fn shown_examples(
     max_len: usize,
     policy: Truncation,
     labels: impl Iterator<Item = String>,
-) -> Result<Vec<super::kind::EncodedExample>> {
+) -> Result<Vec<crate::spec::kind::EncodedExample>> {
     let mut out = Vec::new();
     for (w, mut label) in whole.into_iter().zip(labels) {
         let full = w.ids.len();
@@ -483,7 +483,7 @@ pub(crate) fn shown_examples(
                 start = k;
             }
         }
-        out.push(super::kind::EncodedExample {
+        out.push(crate::spec::kind::EncodedExample {
             label,
             pieces,
             tokens: e.ids.len(),
@@ -619,7 +619,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("no prompt"), "{e}");
     }
-    use crate::recipe::types::CustomTemplate;
+    use crate::spec::settings::CustomTemplate;
 
     fn two_turns() -> Vec<Message> {
         vec![

@@ -5,18 +5,19 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use super::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
-use super::{StageResult, metrics};
+use super::metrics;
 use crate::data::layouts::{self, Layout};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
 use crate::data::table::{Row, Table};
-use crate::recipe::types::MissingPolicy;
-use crate::stages::context::{SettingError, StageContext};
+use crate::spec::StageResult;
+use crate::spec::context::{SettingError, StageContext};
+use crate::spec::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
+use crate::spec::settings::MissingPolicy;
 use crate::store::ArtifactType;
 use std::collections::BTreeMap;
 
-use crate::recipe::types::Input;
+use crate::spec::settings::Input;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -228,7 +229,7 @@ struct DatasetMetrics {
 
 pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("reading");
-    let mut t = super::read_table(ctx.input(SOURCE.key)?, spec.missing)?;
+    let mut t = super::tables::read_table(ctx.input(SOURCE.key)?, spec.missing)?;
     ctx.check_cancelled()?;
     let rows_read = t.rows.len();
     t.rename(&spec.columns)?;
@@ -286,7 +287,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
     }
     for (name, view) in &ctx.checked_against {
-        let eval = super::read_artifact(view, MissingPolicy::Null)?;
+        let eval = super::tables::read_artifact(view, MissingPolicy::Null)?;
         let cols: Vec<String> = key_columns
             .iter()
             .filter(|c| eval.column(c).is_some())

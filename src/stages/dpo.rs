@@ -20,20 +20,21 @@ use tokenizers::Tokenizer;
 use super::conversation::{
     Format, Preference, eos_token, one_turn, preference_rows, tokenize_conversations, truncate,
 };
-use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::guards;
 use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_checkpoint};
-use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
 use crate::model::chat::Message;
 use crate::model::{Backbone, lora};
-use crate::recipe::types::PromptTemplate;
-use crate::recipe::types::{
+use crate::spec::StageResult;
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use crate::spec::settings::PromptTemplate;
+use crate::spec::settings::{
     Input, chosen_column, default_max_length, is_default, prompt_column, rejected_column,
 };
-use crate::recipe::types::{PeftSpec, Truncation};
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::spec::settings::{PeftSpec, Truncation};
 use crate::store::ArtifactType;
 use crate::train::objectives::{LmBatch, sequence_logps};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
@@ -263,7 +264,7 @@ impl Kind for DpoKind {
     }
 
     fn outputs(&self, d: &DpoSpec) -> Vec<(&'static str, ArtifactType)> {
-        super::policy_outputs(&d.peft)
+        super::training::policy_outputs(&d.peft)
     }
 
     fn uses_backend(&self) -> bool {
@@ -274,7 +275,7 @@ impl Kind for DpoKind {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Option<serde_json::Value> {
-        Some(super::kind::schema_of::<DpoSpec>(generator))
+        Some(crate::spec::kind::schema_of::<DpoSpec>(generator))
     }
 
     fn check(&self, d: &DpoSpec, _stage: &str) -> Vec<Problem> {
@@ -325,9 +326,9 @@ impl Kind for DpoKind {
                 .help("add `label_column: label` (and `kto: true`), or remove `completion_column`"),
             );
         }
-        problems.extend(super::lora_problem(&d.peft));
-        problems.extend(super::length_problem(d.max_length));
-        problems.extend(super::train_problems(&d.train));
+        problems.extend(super::training::lora_problem(&d.peft));
+        problems.extend(super::training::length_problem(d.max_length));
+        problems.extend(super::training::train_problems(&d.train));
         problems
     }
 
@@ -351,7 +352,7 @@ impl Kind for DpoKind {
 
 /// The first `n` training pairs (both answers) or unpaired answers, as `run` encodes them.
 fn examples(spec: &DpoSpec, ctx: &mut StageContext, n: usize) -> Result<Vec<kind::EncodedExample>> {
-    let device = super::stage_device(ctx, false)?;
+    let device = super::training::stage_device(ctx, false)?;
     let feedback = read_feedback(spec, ctx)?;
     let policy = load_checkpoint(ctx, MODEL.key, None, true, &device)?;
     let format = Format::new(&spec.template, policy.chat_template.as_ref());
@@ -393,7 +394,7 @@ fn examples(spec: &DpoSpec, ctx: &mut StageContext, n: usize) -> Result<Vec<kind
 }
 
 pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading the preference data");
     let feedback = read_feedback(spec, ctx)?;
@@ -425,7 +426,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         (None, true) => Some(policy.backbone.valid()),
         (None, false) => None,
     };
-    let ref_identity = super::input_identity(ctx.input(ref_rel)?);
+    let ref_identity = super::training::input_identity(ctx.input(ref_rel)?);
     let ref_logps = |enc: &[Encoded]| {
         reference_logps(
             ref_model.as_ref(),
@@ -517,7 +518,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         );
         let train_b = kto_batches(&train_kto, batch, &device);
         let val_b = kto_batches(&val_kto, batch, &device);
-        super::train_logged(
+        super::training::train_logged(
             backbone,
             &Kto { beta: spec.beta },
             &train_b,
@@ -535,7 +536,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             &device,
         );
         let val_b = pref_batches(&val_c, &val_r, &ref_val_c, &ref_val_r, batch, &device);
-        super::train_logged(
+        super::training::train_logged(
             backbone,
             &Dpo::new(params),
             &train_b,
@@ -548,7 +549,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let after = measure_now(&inference);
 
     let prompting = format.prompting(&spec.template, &tokenizer)?;
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
+    super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let (metrics, warnings) = report(&before, &after, &summary);
     let (train_n, val_n) = match &feedback {
@@ -897,7 +898,7 @@ fn pairs(input: &ResolvedInput, spec: &DpoSpec) -> Result<(Vec<Pair>, Vec<Pair>)
         )
         .map(|rows| rows.into_iter().map(|(p, _)| p).collect())
     };
-    crate::stages::split_rows(input, of)
+    crate::stages::tables::split_rows(input, of)
 }
 
 /// Unpaired feedback of the train and validation splits: prompt, answer and a desirable
@@ -946,5 +947,5 @@ fn labelled(
         }
         Ok(out)
     };
-    crate::stages::split_rows(input, of)
+    crate::stages::tables::split_rows(input, of)
 }

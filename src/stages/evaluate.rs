@@ -13,20 +13,21 @@ use serde_json::{Value, json};
 
 use super::answer_scores::{self, AnswerScores};
 use super::conversation::{Format, encode_conversations, eos_token, greedy_answers, one_turn};
-use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::metrics::{self, Rounded};
 use super::model_input::{LoadedModel, load_checkpoint};
-use super::{StageResult, read_split, read_table};
+use super::tables::{read_split, read_table};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::Model;
 use crate::model::chat::Message;
 use crate::model::sampling::{SamplingConfig, generate};
-use crate::recipe::types::MissingPolicy;
-use crate::recipe::types::{
+use crate::spec::StageResult;
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use crate::spec::settings::MissingPolicy;
+use crate::spec::settings::{
     Input, PromptTemplate, default_eval_tokens, default_max_length, label_column, prompt_column,
     response_column, text_column,
 };
-use crate::stages::context::{ResolvedInput, StageContext};
 use crate::store::ArtifactType;
 use crate::train::loss::causal_token_hits;
 use crate::train::objectives::{CausalLm, LmBatch};
@@ -157,7 +158,7 @@ fn default_judge_tokens() -> usize {
 }
 
 fn model_template() -> PromptTemplate {
-    PromptTemplate::Named(crate::recipe::types::NamedTemplate::Model)
+    PromptTemplate::Named(crate::spec::settings::NamedTemplate::Model)
 }
 
 /// The judge's default rubric.
@@ -368,9 +369,9 @@ impl Kind for EvaluateKind {
 }
 
 pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, false)?;
+    let device = super::training::stage_device(ctx, false)?;
     let texts = match &spec.perplexity {
-        Some(t) => Some(super::texts_of(
+        Some(t) => Some(super::tables::texts_of(
             &held_out(ctx.input(PERPLEXITY_DATA.key)?)?,
             &t.column,
         )?),
@@ -407,7 +408,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             )?;
             // Held-out prompts when the dataset has them.
             let prompts = if val.is_empty() { train } else { val };
-            let source = crate::recipe::types::RewardSource {
+            let source = crate::spec::settings::RewardSource {
                 model: Some(r.model.clone()),
                 ..Default::default()
             };
@@ -437,7 +438,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         for input in inputs {
             let t = read_table(input, MissingPolicy::Null)?;
             for c in t.text_columns() {
-                trained_on.extend(super::texts_of(&t, &c)?);
+                trained_on.extend(super::tables::texts_of(&t, &c)?);
             }
         }
         for (check, texts) in &eval_texts {
@@ -725,7 +726,7 @@ impl Judge<'_> {
         &self,
         name: &str,
         m: &LoadedModel,
-        progress: &super::context::Progress,
+        progress: &crate::spec::context::Progress,
         device: &Device,
     ) -> Result<(Scores, Vec<f64>)> {
         if !m.backbone.is_decoder() {
@@ -816,7 +817,7 @@ fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result
         .inputs
         .iter()
         .filter(|(k, _)| !k.starts_with("models."))
-        .map(|(k, v)| (k.as_str(), super::input_identity(v)))
+        .map(|(k, v)| (k.as_str(), super::training::input_identity(v)))
         .collect();
     let material = json!({
         "evaluate_model": 1,
@@ -826,7 +827,7 @@ fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result
         "format": crate::store::CACHE_FORMAT,
         "backend": format!("{:?}", ctx.backend),
         "seed": ctx.seed,
-        "model": super::input_identity(ctx.input(&format!("models.{name}"))?),
+        "model": super::training::input_identity(ctx.input(&format!("models.{name}"))?),
         "data": data,
         "settings": settings,
     });
@@ -842,7 +843,7 @@ fn evaluate_model(
     data: &EvalData,
     name: &str,
     m: &LoadedModel,
-    progress: &super::context::Progress,
+    progress: &crate::spec::context::Progress,
     device: &Device,
 ) -> Result<ModelEval> {
     let mut scores = Scores::new();

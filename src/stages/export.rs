@@ -8,14 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use super::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
-use super::{ArtifactType, StageResult, metrics};
+use super::metrics;
+use crate::spec::StageResult;
+use crate::spec::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
+use crate::store::ArtifactType;
 
 use crate::model::gguf_write::{GgufQuant, write_gguf};
 use crate::model::weights::{StoredDtype, WeightWriter, read_f32_tensors};
-use crate::recipe::types::Input;
-use crate::recipe::types::PromptTemplate;
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::settings::Input;
+use crate::spec::settings::PromptTemplate;
 use crate::store::{Manifest, Store};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -109,7 +111,7 @@ impl Kind for ExportKind {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Option<serde_json::Value> {
-        Some(super::kind::schema_of::<ExportSpec>(generator))
+        Some(crate::spec::kind::schema_of::<ExportSpec>(generator))
     }
 
     fn check(&self, e: &ExportSpec, _stage: &str) -> Vec<Problem> {
@@ -427,7 +429,7 @@ fn write_card(
     let card = format!(
         "# {name}\n\nExported by hone {version} from `{label}` of recipe `{recipe}` (stage `{stage}`).\n\nArchitecture: {arch}.\n\n| file | bytes | BLAKE3 |\n|---|---|---|\n{rows}\n\n{how_to_load}\n",
         name = export_name(spec),
-        version = crate::plan::key::HONE_VERSION,
+        version = crate::HONE_VERSION,
         recipe = ctx.recipe_name,
         stage = ctx.stage,
         rows = rows.join("\n"),

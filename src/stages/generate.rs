@@ -5,14 +5,16 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::conversation::Format;
-use super::kind::{self, DATA_INPUT, InputSlot, Kind};
+use super::metrics;
 use super::model_input::{LoadedModel, load_checkpoint};
-use super::{StageResult, metrics, read_table, texts_of};
+use super::tables::{read_table, texts_of};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::sampling::generate;
-use crate::recipe::types::MissingPolicy;
-use crate::recipe::types::{Input, PromptTemplate, prompt_column};
-use crate::stages::context::StageContext;
+use crate::spec::StageResult;
+use crate::spec::context::StageContext;
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind};
+use crate::spec::settings::MissingPolicy;
+use crate::spec::settings::{Input, PromptTemplate, prompt_column};
 use crate::store::ArtifactType;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -84,7 +86,7 @@ struct GenerateMetrics {
 }
 
 pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, false)?;
+    let device = super::training::stage_device(ctx, false)?;
     let prompts = texts_of(
         &read_table(ctx.input(PROMPTS.key)?, MissingPolicy::Null)?,
         &spec.prompt_column,

@@ -15,9 +15,7 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::StageResult;
 use super::conversation::Format;
-use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::metrics::{self, Rounded, Training};
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
@@ -25,12 +23,14 @@ use super::rollout::{
 };
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, lora};
-use crate::recipe::types::PeftSpec;
-use crate::recipe::types::PromptTemplate;
-use crate::recipe::types::{
+use crate::spec::StageResult;
+use crate::spec::context::StageContext;
+use crate::spec::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use crate::spec::settings::PeftSpec;
+use crate::spec::settings::PromptTemplate;
+use crate::spec::settings::{
     Input, RewardSource, default_epsilon, default_rl_tokens, is_default, prompt_column,
 };
-use crate::stages::context::StageContext;
 use crate::store::ArtifactType;
 use crate::train::rl::{GrpoAggregation, aggregate, clipped_policy_loss, group_advantages};
 use crate::train::trainer::Objective;
@@ -210,7 +210,7 @@ impl Kind for GrpoKind {
     }
 
     fn outputs(&self, g: &GrpoSpec) -> Vec<(&'static str, ArtifactType)> {
-        super::policy_outputs(&g.peft)
+        super::training::policy_outputs(&g.peft)
     }
 
     fn uses_backend(&self) -> bool {
@@ -221,7 +221,7 @@ impl Kind for GrpoKind {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Option<serde_json::Value> {
-        Some(super::kind::schema_of::<GrpoSpec>(generator))
+        Some(crate::spec::kind::schema_of::<GrpoSpec>(generator))
     }
 
     fn check(&self, g: &GrpoSpec, stage: &str) -> Vec<Problem> {
@@ -255,8 +255,8 @@ impl Kind for GrpoKind {
                 "`group_size` must be at least 2: advantages compare answers within a group",
             ));
         }
-        problems.extend(super::lora_problem(&g.peft));
-        problems.extend(super::train_problems(&g.train));
+        problems.extend(super::training::lora_problem(&g.peft));
+        problems.extend(super::training::train_problems(&g.train));
         problems
     }
 
@@ -284,7 +284,7 @@ struct GrpoMetrics {
 }
 
 pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     let RlSetup {
         train_prompts,
@@ -340,14 +340,14 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         .map(<[PromptRow]>::to_vec)
         .collect();
     let (trained, summary, _) =
-        super::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)?;
+        super::training::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)?;
     let inference = trained.valid();
     ctx.progress.set_message("measuring the reward (after)");
     let after = mean_reward(&inference, &answering, measured, &scorer, 1)?;
     let sampled = objective.rewards.into_inner();
 
     let prompting = format.prompting(&spec.template, &tokenizer)?;
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
+    super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let first_last = |v: &[f64]| {
         let k = (v.len() / 4).max(1);

@@ -8,12 +8,12 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use super::kind::{DATA_INPUT, InputSlot, Problem};
 use super::metrics::{Forgetting, Rounded};
 use crate::data::leakage::{Key, normalize, overlap};
 use crate::model::Backbone;
-use crate::recipe::types::{ForgettingProbe, Replay};
-use crate::stages::context::StageContext;
+use crate::spec::context::StageContext;
+use crate::spec::kind::{DATA_INPUT, InputSlot, Problem};
+use crate::spec::settings::{ForgettingProbe, Replay};
 use crate::train::objectives::{CausalLm, LmBatch};
 use crate::train::trainer::{Summary, evaluate};
 /// The text a forgetting probe measures perplexity on.
@@ -106,7 +106,7 @@ impl Probe {
             return Ok(None);
         };
         ctx.progress.set_message("measuring the forgetting probe");
-        let texts = super::text_column(ctx.input(PROBE_DATA.key)?, &cfg.column)?;
+        let texts = super::tables::text_column(ctx.input(PROBE_DATA.key)?, &cfg.column)?;
         if texts.is_empty() {
             bail!(
                 "the forgetting probe has no text in column `{}`",
@@ -179,7 +179,7 @@ pub fn replay_batches(
     examples: usize,
     encode: impl Fn(&[String]) -> Result<Vec<LmBatch>>,
 ) -> Result<Vec<LmBatch>> {
-    let texts = super::text_column(ctx.input(REPLAY_DATA.key)?, &cfg.column)?;
+    let texts = super::tables::text_column(ctx.input(REPLAY_DATA.key)?, &cfg.column)?;
     if texts.is_empty() {
         bail!("the replay data has no text in column `{}`", cfg.column);
     }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use crate::model::{Backbone, bert, gpt2, llama};
-use crate::recipe::types::{Arch, ModelInit, ModelInput};
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::settings::{Arch, ModelInit, ModelInput};
 
 pub use crate::model::EOS;
 

@@ -23,9 +23,7 @@ use burn::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::StageResult;
 use super::conversation::Format;
-use super::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
 use super::metrics::{self, Rounded, Training};
 use super::model_input::load_checkpoint;
 use super::rollout::{
@@ -34,10 +32,12 @@ use super::rollout::{
 };
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model, lora};
-use crate::recipe::types::PromptTemplate;
-use crate::recipe::types::{Input, default_epsilon, default_rl_tokens, prompt_column};
-use crate::recipe::types::{PeftSpec, RewardSource};
-use crate::stages::context::StageContext;
+use crate::spec::StageResult;
+use crate::spec::context::StageContext;
+use crate::spec::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use crate::spec::settings::PromptTemplate;
+use crate::spec::settings::{Input, default_epsilon, default_rl_tokens, prompt_column};
+use crate::spec::settings::{PeftSpec, RewardSource};
 use crate::store::ArtifactType;
 use crate::train::objectives::LmBatch;
 use crate::train::rl::{
@@ -421,7 +421,7 @@ impl Kind for PpoKind {
     }
 
     fn outputs(&self, p: &PpoSpec) -> Vec<(&'static str, ArtifactType)> {
-        super::policy_outputs(&p.peft)
+        super::training::policy_outputs(&p.peft)
     }
 
     fn uses_backend(&self) -> bool {
@@ -432,7 +432,7 @@ impl Kind for PpoKind {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Option<serde_json::Value> {
-        Some(super::kind::schema_of::<PpoSpec>(generator))
+        Some(crate::spec::kind::schema_of::<PpoSpec>(generator))
     }
 
     fn check(&self, p: &PpoSpec, _stage: &str) -> Vec<Problem> {
@@ -459,8 +459,8 @@ impl Kind for PpoKind {
         if !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) {
             problems.push(Problem::at_key("gamma", "`gamma` and `lam` are in [0, 1]"));
         }
-        problems.extend(super::lora_problem(&p.peft));
-        problems.extend(super::train_problems(&p.train));
+        problems.extend(super::training::lora_problem(&p.peft));
+        problems.extend(super::training::train_problems(&p.train));
         problems
     }
 
@@ -474,7 +474,7 @@ impl Kind for PpoKind {
 }
 
 pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     let RlSetup {
         train_prompts,
@@ -540,7 +540,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             });
         }
     }
-    let (trained, summary, _) = super::train_logged(
+    let (trained, summary, _) = super::training::train_logged(
         PolicyValue { policy, value },
         &objective,
         &batches,
@@ -569,7 +569,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     )?;
 
     let prompting = format.prompting(&spec.template, &tokenizer)?;
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
+    super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let (metrics, warnings) = report(before, after, kl_after, &steps, &summary);
     Ok(StageResult {

@@ -10,17 +10,19 @@ use tokenizers::Tokenizer;
 
 use super::batches::{batches, encode_texts, packed_batches, text_batches};
 use super::guards;
-use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
 use super::metrics::{self, Forgetting, Rounded, TrainLoss, Training};
 use super::model_input::{LoadedModel, load_model_input};
-use super::{ArtifactType, StageResult, texts_of};
+use super::tables::texts_of;
 use crate::data::masking::{Masked, mask_tokens};
 use crate::model::{Backbone, Model, save_hf_dir};
-use crate::recipe::types::ModelInput;
-use crate::recipe::types::{
+use crate::spec::StageResult;
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use crate::spec::settings::ModelInput;
+use crate::spec::settings::{
     ForgettingProbe, Input, Replay, default_max_length, is_default, text_column,
 };
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::store::ArtifactType;
 use crate::train::objectives::{CausalLm, MaskedLm, MlmBatch};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -113,7 +115,7 @@ impl Kind for PretrainKind {
     }
 
     fn check(&self, p: &PretrainSpec, stage: &str) -> Vec<Problem> {
-        use crate::recipe::types::Arch;
+        use crate::spec::settings::Arch;
         let mut problems = Vec::new();
         if p.objective == PretrainObjective::MaskedLm {
             problems.extend(guards::misplaced(
@@ -207,8 +209,8 @@ impl Kind for PretrainKind {
                 ));
             }
         }
-        problems.extend(super::length_problem(p.max_length));
-        problems.extend(super::train_problems(&p.train));
+        problems.extend(super::training::length_problem(p.max_length));
+        problems.extend(super::training::train_problems(&p.train));
         problems
     }
 
@@ -252,7 +254,7 @@ enum Perplexity {
 }
 
 pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     ctx.progress.set_message("reading texts");
     let (train_texts, val_texts) = split_texts(ctx.input(DATA.key)?, &spec.column)?;
     if train_texts.is_empty() {
@@ -295,7 +297,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let limit = (!spec.packing).then_some(spec.max_length);
         let encode = |texts: &[String], limit: Option<usize>| {
             let how = json!({ "encode": "texts", "eos": eos, "max_length": limit });
-            super::encode_cached(ctx, &tokenizer, &how, texts, || {
+            super::training::encode_cached(ctx, &tokenizer, &how, texts, || {
                 encode_texts(&tokenizer, texts, eos, limit)
             })
         };
@@ -316,7 +318,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
         let val_batches = text_batches(&encode(&val_texts, Some(spec.max_length))?, batch, &device);
         ctx.check_cancelled()?;
-        super::train_logged(
+        super::training::train_logged(
             backbone,
             &CausalLm,
             &train_batches,
@@ -342,7 +344,7 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let train_batches = masking(&train_texts, false)?;
         let val_batches = masking(&val_texts, true)?;
         ctx.check_cancelled()?;
-        super::train_logged(
+        super::training::train_logged(
             backbone,
             &MaskedLm,
             &train_batches,
@@ -417,7 +419,7 @@ pub(super) fn split_texts(
     input: &ResolvedInput,
     column: &str,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    super::split_rows(input, |t| texts_of(t, column))
+    super::tables::split_rows(input, |t| texts_of(t, column))
 }
 
 /// Masked-token batches: each text encoded with the tokenizer's special tokens ([CLS] ...

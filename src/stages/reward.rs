@@ -12,20 +12,21 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::conversation::preference_rows;
-use super::kind::{DATA_INPUT, InputSlot, Kind, Problem};
 use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_model_input};
 use super::scoring::RewardText;
 use super::scoring::{Scored, score};
-use super::{ArtifactType, StageResult};
 use crate::data::table::Table;
 use crate::model::{Model, lora, save_hf_dir};
+use crate::spec::StageResult;
+use crate::spec::kind::{DATA_INPUT, InputSlot, Kind, Problem};
+use crate::store::ArtifactType;
 
-use crate::recipe::types::{
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::settings::{
     Input, ModelInput, PeftSpec, PromptTemplate, chosen_column, default_max_length, prompt_column,
     rejected_column, response_column,
 };
-use crate::stages::context::{ResolvedInput, StageContext};
 use crate::train::preference::bradley_terry;
 use crate::train::trainer::Objective;
 use schemars::JsonSchema;
@@ -154,7 +155,7 @@ fn scalar_model(
 /// decoder saw prompt + response through, so whoever scores with it formats the same way.
 fn mark_reward_model(
     mut config: serde_json::Value,
-    template: &crate::recipe::types::PromptTemplate,
+    template: &crate::spec::settings::PromptTemplate,
 ) -> serde_json::Value {
     if let Some(obj) = config.as_object_mut() {
         obj.insert("id2label".into(), json!({ "0": "reward" }));
@@ -204,11 +205,11 @@ impl Kind for RewardKind {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Option<serde_json::Value> {
-        Some(super::kind::schema_of::<RewardSpec>(generator))
+        Some(crate::spec::kind::schema_of::<RewardSpec>(generator))
     }
 
     fn check(&self, r: &RewardSpec, _stage: &str) -> Vec<Problem> {
-        use crate::recipe::types::ModelInput;
+        use crate::spec::settings::ModelInput;
         let mut problems = Vec::new();
         if matches!(r.model, ModelInput::Init { .. }) && r.tokenizer.is_none() {
             problems.push(Problem::at_key(
@@ -222,9 +223,9 @@ impl Kind for RewardKind {
                 "`center_rewards` is a coefficient >= 0 (0.01 is typical)",
             ));
         }
-        problems.extend(super::lora_problem(&r.peft));
-        problems.extend(super::length_problem(r.max_length));
-        problems.extend(super::train_problems(&r.train));
+        problems.extend(super::training::lora_problem(&r.peft));
+        problems.extend(super::training::length_problem(r.max_length));
+        problems.extend(super::training::train_problems(&r.train));
         problems
     }
 
@@ -255,7 +256,7 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.score_column.is_some() {
         return regression::run(spec, ctx);
     }
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading pairs");
     let (train_pairs, val_pairs) = pairs(ctx.input(DATA.key)?, spec)?;
@@ -301,8 +302,8 @@ pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let val_infer = make(&val_pairs, &infer_device)?;
     let before = pairwise(&model.valid(), &val_infer);
 
-    let model = crate::stages::with_peft(model, &spec.peft, &device)?;
-    let (trained, summary, _) = super::train_logged(
+    let model = crate::stages::training::with_peft(model, &spec.peft, &device)?;
+    let (trained, summary, _) = super::training::train_logged(
         model,
         &BradleyTerry {
             center: spec.center_rewards,
@@ -418,7 +419,7 @@ fn pairs(input: &ResolvedInput, spec: &RewardSpec) -> Result<(Vec<Pair>, Vec<Pai
         }
         Ok(out)
     };
-    crate::stages::split_rows(input, of)
+    crate::stages::tables::split_rows(input, of)
 }
 
 /// Reward models fitted to scored responses (`score_column`) by squared error.
@@ -432,9 +433,10 @@ mod regression {
     use super::RewardSpec;
     use crate::model::{Model, lora, save_hf_dir};
 
-    use crate::stages::context::{ResolvedInput, StageContext};
+    use crate::spec::StageResult;
+    use crate::spec::context::{ResolvedInput, StageContext};
     use crate::stages::metrics::{self, Rounded, Training};
-    use crate::stages::{ArtifactType, StageResult};
+    use crate::store::ArtifactType;
     use crate::train::trainer::Objective;
 
     /// What a reward model trained on scores records: held-out RMSE and correlation.
@@ -496,7 +498,7 @@ mod regression {
                 })
                 .collect()
         };
-        crate::stages::split_rows(input, of)
+        crate::stages::tables::split_rows(input, of)
     }
 
     /// Root-mean-square error and Pearson correlation of predictions with the scores.
@@ -531,7 +533,7 @@ mod regression {
 
     pub fn run(spec: &RewardSpec, ctx: &mut StageContext) -> Result<StageResult> {
         let column = spec.score_column.as_deref().unwrap_or("score");
-        let device = crate::stages::stage_device(ctx, true)?;
+        let device = crate::stages::training::stage_device(ctx, true)?;
         let infer_device = device.clone().without_autodiff();
         let (train_rows, val_rows) = rows(ctx.input(super::DATA.key)?, spec, column)?;
         if train_rows.is_empty() {
@@ -565,9 +567,15 @@ mod regression {
             make(&val_rows, &infer_device)?,
         );
         let before = fit(&model.valid(), &val_infer);
-        let model = crate::stages::with_peft(model, &spec.peft, &device)?;
-        let (trained, summary, _) =
-            crate::stages::train_logged(model, &SquaredError, &train_b, &val_b, &spec.train, ctx)?;
+        let model = crate::stages::training::with_peft(model, &spec.peft, &device)?;
+        let (trained, summary, _) = crate::stages::training::train_logged(
+            model,
+            &SquaredError,
+            &train_b,
+            &val_b,
+            &spec.train,
+            ctx,
+        )?;
         let mut inference = trained.valid();
         let after = fit(&inference, &val_infer);
         lora::merge_and_unload(&mut inference.backbone);
@@ -605,7 +613,7 @@ mod regression {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::types::{NamedTemplate, PromptTemplate};
+    use crate::spec::settings::{NamedTemplate, PromptTemplate};
     use crate::stages::scoring::trained_template;
 
     #[test]

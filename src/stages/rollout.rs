@@ -12,8 +12,8 @@ use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::model::sampling::{SamplingConfig, generate};
 use crate::model::{Backbone, Model};
-use crate::recipe::types::RewardSource;
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::settings::RewardSource;
 use crate::train::objectives::LmBatch;
 
 /// A prompt, and its reference answer when a rule needs one.
@@ -45,7 +45,7 @@ pub fn read_prompts(
             })
             .collect())
     };
-    crate::stages::split_rows(input, of)
+    crate::stages::tables::split_rows(input, of)
 }
 
 /// Scores responses: the reward model's score plus 1 for each rule a response meets.
@@ -313,7 +313,7 @@ pub struct RlSettings<'a> {
     pub prompt_column: &'a str,
     /// The reference-answer column a rule reward needs.
     pub answer_column: Option<&'a str>,
-    pub template: &'a crate::recipe::types::PromptTemplate,
+    pub template: &'a crate::spec::settings::PromptTemplate,
     pub max_new_tokens: usize,
     pub temperature: f64,
 }

@@ -42,7 +42,7 @@ impl RewardText {
         tokenizer: &Tokenizer,
         config: &serde_json::Value,
         chat_template: Option<&crate::model::chat::ChatTemplate>,
-        template: &crate::recipe::types::PromptTemplate,
+        template: &crate::spec::settings::PromptTemplate,
         max_len: usize,
     ) -> Self {
         RewardText {
@@ -87,7 +87,7 @@ impl RewardText {
 }
 
 /// The template a reward model was trained with (`plain` when its config does not say).
-pub fn trained_template(config: &serde_json::Value) -> crate::recipe::types::PromptTemplate {
+pub fn trained_template(config: &serde_json::Value) -> crate::spec::settings::PromptTemplate {
     serde_json::from_value(config["hone_reward_template"].clone()).unwrap_or_default()
 }
 

@@ -15,20 +15,21 @@ use super::conversation::{
     Conversations, Format, conversation_batches, eos_token, exact_match, one_turn, parse_messages,
     tokenize_conversations, truncate,
 };
-use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use super::guards;
 use super::metrics::{self, Forgetting, Rounded, TrainLoss, Training};
 use super::model_input::{LoadedModel, load_model_input};
-use super::{StageResult, guards};
 use crate::data::table::Table;
 use crate::model::chat::Message;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model, lora, save_hf_dir};
-use crate::recipe::types::{
+use crate::spec::StageResult;
+use crate::spec::context::{ResolvedInput, StageContext};
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
+use crate::spec::settings::{
     ForgettingProbe, Input, ModelInput, Replay, default_eval_tokens, default_max_length,
     is_default, label_column, prompt_column, response_column, text_column,
 };
-use crate::recipe::types::{MissingPolicy, PeftSpec, PromptTemplate, Truncation};
-use crate::stages::context::{ResolvedInput, StageContext};
+use crate::spec::settings::{MissingPolicy, PeftSpec, PromptTemplate, Truncation};
 use crate::store::ArtifactType;
 use crate::train::objectives::{CausalLm, LmBatch};
 use schemars::JsonSchema;
@@ -141,7 +142,7 @@ impl Kind for SftKind {
     }
 
     fn outputs(&self, s: &SftSpec) -> Vec<(&'static str, ArtifactType)> {
-        super::policy_outputs(&s.peft)
+        super::training::policy_outputs(&s.peft)
     }
 
     fn uses_backend(&self) -> bool {
@@ -156,7 +157,7 @@ impl Kind for SftKind {
     }
 
     fn check(&self, p: &SftSpec, _stage: &str) -> Vec<Problem> {
-        use crate::recipe::types::ModelInput;
+        use crate::spec::settings::ModelInput;
         let mut problems = Vec::new();
         if p.task == SftTask::Classification {
             problems.extend(guards::misplaced(
@@ -181,9 +182,9 @@ impl Kind for SftKind {
                 .help("fine-tune a pretrained model instead: `model: { from: <pretrain stage> }`"),
             );
         }
-        problems.extend(super::lora_problem(&p.peft));
-        problems.extend(super::length_problem(p.max_length));
-        problems.extend(super::train_problems(&p.train));
+        problems.extend(super::training::lora_problem(&p.peft));
+        problems.extend(super::training::length_problem(p.max_length));
+        problems.extend(super::training::train_problems(&p.train));
         problems
     }
 
@@ -211,7 +212,7 @@ impl Kind for SftKind {
 
 /// The first `n` training conversations as `run` encodes them.
 fn examples(spec: &SftSpec, ctx: &mut StageContext, n: usize) -> Result<Vec<kind::EncodedExample>> {
-    let device = super::stage_device(ctx, false)?;
+    let device = super::training::stage_device(ctx, false)?;
     let (train, _) = conversations(ctx.input(DATA.key)?, spec)?;
     let LoadedModel {
         config,
@@ -284,7 +285,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.task == SftTask::Classification {
         return run_classification(spec, ctx);
     }
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading examples");
     let (train_pairs, val_pairs) = conversations(ctx.input(DATA.key)?, spec)?;
@@ -326,7 +327,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     });
     let mut too_long = 0;
     let mut encode = |convs: &Conversations| -> Result<Vec<LmBatch>> {
-        let whole = super::encode_cached(ctx, &tokenizer, &how, convs, || {
+        let whole = super::training::encode_cached(ctx, &tokenizer, &how, convs, || {
             tokenize_conversations(&tokenizer, &format, convs, eos)
         })?;
         let (cut, long) = truncate(whole, spec.max_length, spec.truncation);
@@ -382,7 +383,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
         None => (backbone, Vec::new()),
     };
-    let (trained, summary, _) = super::train_logged(
+    let (trained, summary, _) = super::training::train_logged(
         backbone,
         &CausalLm,
         &train_batches,
@@ -406,7 +407,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         guards::Probe::after(probe.as_ref(), &inference, &mut warnings)?;
 
     let prompting = format.prompting(&spec.template, &tokenizer)?;
-    super::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
+    super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     if too_long > 0 {
         warnings.push(truncation_warning(spec, too_long));
@@ -516,13 +517,13 @@ fn conversations(input: &ResolvedInput, spec: &SftSpec) -> Result<(Conversations
             })
             .collect())
     };
-    crate::stages::split_rows(input, of)
+    crate::stages::tables::split_rows(input, of)
 }
 
 type Examples = Vec<(String, usize)>;
 
 fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
-    let device = super::stage_device(ctx, true)?;
+    let device = super::training::stage_device(ctx, true)?;
     let infer_device = device.clone().without_autodiff();
     ctx.progress.set_message("reading examples");
     let (train_rows, val_rows, names) =
@@ -566,8 +567,8 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
     let val_infer = classify::encode(&tokenizer, &val_rows, spec.max_length, batch, &infer_device)?;
     let before = classify::accuracy(&model.valid(), &val_infer, num_labels);
 
-    let model = crate::stages::with_peft(model, &spec.peft, &device)?;
-    let (trained, summary, _) = super::train_logged(
+    let model = crate::stages::training::with_peft(model, &spec.peft, &device)?;
+    let (trained, summary, _) = super::training::train_logged(
         model,
         &classify::Classification,
         &train_batches,
@@ -581,7 +582,7 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
     if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
         let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
         lora::save_peft(&mut inference.backbone, cfg, "model", &dir)?;
-        super::save_adapter_tokenizer(&dir, &config, &tokenizer, None)?;
+        super::training::save_adapter_tokenizer(&dir, &config, &tokenizer, None)?;
     }
     lora::merge_and_unload(&mut inference.backbone);
     // The label names travel with the model (HF's id2label), so evaluation maps text labels
@@ -656,7 +657,7 @@ fn classification_examples(
         ResolvedInput::Artifact(view) => {
             let mut out = Vec::new();
             for split in view.outputs.keys() {
-                if let Some(t) = super::read_split(view, split)? {
+                if let Some(t) = super::tables::read_split(view, split)? {
                     out.push((split.clone(), t));
                 }
             }
@@ -664,7 +665,7 @@ fn classification_examples(
         }
         file => vec![(
             "train".into(),
-            super::read_table(file, MissingPolicy::Null)?,
+            super::tables::read_table(file, MissingPolicy::Null)?,
         )],
     };
     let mut raw: Vec<(String, String, Value)> = Vec::new();

@@ -9,12 +9,14 @@ use tokenizers::models::bpe::{BPE, BpeTrainer};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use super::metrics;
 use super::model_input::{EOS, load_tokenizer};
-use super::{ArtifactType, StageResult, metrics};
+use crate::spec::StageResult;
+use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem};
+use crate::store::ArtifactType;
 
-use crate::recipe::types::{Input, is_default, text_column};
-use crate::stages::context::StageContext;
+use crate::spec::context::StageContext;
+use crate::spec::settings::{Input, is_default, text_column};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -158,7 +160,7 @@ pub fn run(spec: &TokenizerSpec, ctx: &mut StageContext) -> Result<StageResult> 
     let (tokenizer, how) = match (&spec.data, &spec.from_model) {
         (Some(_), _) => {
             ctx.progress.set_message("reading texts");
-            let texts = super::text_column(ctx.input(DATA.key)?, &spec.column)?;
+            let texts = super::tables::text_column(ctx.input(DATA.key)?, &spec.column)?;
             ctx.check_cancelled()?;
             ctx.progress
                 .set_message(format!("training on {} texts", texts.len()));

@@ -1,47 +1,74 @@
-//! Layers look down only: the libraries under the runner (kernels, model, train, data, store,
-//! the backend choice and diagnostics) never name the runner's modules, so each can be used
-//! and tested alone. This reads the sources, so a new upward import fails here before review.
+//! Layers look down only, ranked: `cli > exec > plan > {recipe, stages} > spec > the libraries
+//! (kernels, model, train, data, store, backend, diag, rng)`. A module names only modules of a
+//! lower rank; recipe and stages, of one rank, never name each other; the libraries may use one
+//! another but never the runner, so each can be used and tested alone. This reads the sources,
+//! so a new upward import fails here before review.
 
 use std::path::{Path, PathBuf};
 
-/// Modules of the runner that the lower layers must not name.
-const UPPER: &[&str] = &["recipe", "stages", "exec", "plan", "cli"];
-
-/// The lower layers, as paths under `src/`.
-const LOWER: &[&str] = &[
-    "kernels",
-    "model",
-    "train",
-    "data",
-    "store",
-    "backend.rs",
-    "diag.rs",
+/// Every top-level module of `src/` with its rank.
+const RANKS: &[(&str, u8)] = &[
+    ("cli", 5),
+    ("exec", 4),
+    ("plan", 3),
+    ("recipe", 2),
+    ("stages", 2),
+    ("spec", 1),
+    ("kernels", 0),
+    ("model", 0),
+    ("train", 0),
+    ("data", 0),
+    ("store", 0),
+    ("backend", 0),
+    ("diag", 0),
+    ("rng", 0),
 ];
 
-/// Every `crate::<upper>` path in `source`, also inside a grouped `use crate::{...}`, as
-/// `line: text`.
-fn upward_imports(source: &str) -> Vec<String> {
+fn rank(module: &str) -> Option<u8> {
+    RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+}
+
+/// Whether `from` may name `to`: a lower rank, or both libraries (rank 0).
+fn may_name(from: &str, to: &str) -> bool {
+    match (rank(from), rank(to)) {
+        (Some(f), Some(t)) => from == to || t < f || (f == 0 && t == 0),
+        _ => true,
+    }
+}
+
+/// Every `crate::<module>` path in `source`, also inside a grouped `use crate::{...}`, as
+/// (`line: text`, module). Comments are not code.
+fn named_modules(source: &str) -> Vec<(String, &'static str)> {
     let mut found = Vec::new();
     let mut in_group = false;
     for (n, line) in source.lines().enumerate() {
         let code = line.split("//").next().unwrap_or("");
-        let mut hit = UPPER.iter().any(|m| {
-            code.contains(&format!("crate::{m}::")) || code.contains(&format!("crate::{m};"))
-        });
+        let mut hits: Vec<&'static str> = RANKS
+            .iter()
+            .map(|(m, _)| *m)
+            .filter(|m| {
+                code.contains(&format!("crate::{m}::")) || code.contains(&format!("crate::{m};"))
+            })
+            .collect();
         if code.contains("crate::{") {
             in_group = true;
         }
         if in_group {
-            let words = code
+            let words: Vec<&str> = code
                 .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .filter(|w| !w.is_empty());
-            hit |= words.clone().any(|w| UPPER.contains(&w));
+                .filter(|w| !w.is_empty())
+                .collect();
+            for (m, _) in RANKS {
+                if words.contains(m) && !hits.contains(m) {
+                    hits.push(m);
+                }
+            }
             if code.contains("};") {
                 in_group = false;
             }
         }
-        if hit {
-            found.push(format!("{}: {}", n + 1, line.trim()));
+        for m in hits {
+            found.push((format!("{}: {}", n + 1, line.trim()), m));
         }
     }
     found
@@ -63,41 +90,75 @@ fn rust_files(path: &Path, out: &mut Vec<PathBuf>) {
 }
 
 #[test]
-fn lower_layers_never_name_the_runner() {
+fn every_module_names_only_modules_below_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    for lower in LOWER {
-        rust_files(&src.join(lower), &mut files);
-    }
-    assert!(
-        files.len() > 20,
-        "expected the lower layers' files, found {files:?}"
-    );
     let mut problems = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).unwrap();
-        for hit in upward_imports(&text) {
-            problems.push(format!("{}:{hit}", f.strip_prefix(&src).unwrap().display()));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if name == "lib" || name == "main" {
+            continue;
+        }
+        assert!(
+            rank(&name).is_some(),
+            "src/{name} has no rank: add it to RANKS (and to the ranks in DESIGN.md and lib.rs)"
+        );
+        let mut files = Vec::new();
+        rust_files(&path, &mut files);
+        for f in &files {
+            checked += 1;
+            let text = std::fs::read_to_string(f).unwrap();
+            for (hit, to) in named_modules(&text) {
+                if !may_name(&name, to) {
+                    problems.push(format!(
+                        "{} ({name} names {to}):{hit}",
+                        f.strip_prefix(&src).unwrap().display()
+                    ));
+                }
+            }
         }
     }
     assert!(
+        checked > 100,
+        "expected hone's sources, read {checked} files"
+    );
+    assert!(
         problems.is_empty(),
-        "lower layers name the runner (move the item down, or take it as a parameter):\n{}",
+        "modules name modules at or above their rank (move the item down to the layer both use, or take it as a parameter):\n{}",
         problems.join("\n")
     );
 }
 
 #[test]
+fn the_ranks_allow_down_and_refuse_up_and_across() {
+    assert!(may_name("cli", "exec"));
+    assert!(may_name("plan", "recipe"));
+    assert!(may_name("stages", "spec"));
+    assert!(may_name("model", "data"));
+    assert!(!may_name("spec", "stages"));
+    assert!(!may_name("recipe", "stages"));
+    assert!(!may_name("stages", "recipe"));
+    assert!(!may_name("recipe", "plan"));
+    assert!(!may_name("model", "spec"));
+    assert!(!may_name("exec", "cli"));
+}
+
+#[test]
 fn the_check_sees_plain_and_grouped_imports_but_not_comments() {
-    assert_eq!(upward_imports("use crate::recipe::types::X;").len(), 1);
-    assert_eq!(upward_imports("let x = crate::stages::run(a);").len(), 1);
+    let modules = |s: &str| -> Vec<&str> { named_modules(s).into_iter().map(|(_, m)| m).collect() };
+    assert_eq!(modules("use crate::recipe::types::X;"), ["recipe"]);
+    assert_eq!(modules("let x = crate::stages::run(a);"), ["stages"]);
     assert_eq!(
-        upward_imports("use crate::{\n    model::Model,\n    exec::Thing,\n};").len(),
-        1
+        modules("use crate::{\n    model::Model,\n    exec::Thing,\n};"),
+        ["model", "exec"]
     );
-    assert_eq!(upward_imports("use crate::{data::table, store};").len(), 0);
-    assert_eq!(upward_imports("// see crate::cli::main").len(), 0);
-    assert_eq!(upward_imports("use crate::model::recipe_like;").len(), 0);
+    assert_eq!(
+        modules("use crate::{data::table, store};"),
+        ["data", "store"]
+    );
+    assert!(modules("// see crate::cli::main").is_empty());
+    assert!(modules("use crate::model::recipe_like;") == ["model"]);
 }
 
 /// The modules of the built-in kinds, read from the registry in `src/stages/mod.rs`.

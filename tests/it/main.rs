@@ -1,7 +1,6 @@
 //! hone's integration tests: one binary (linking burn, arrow and parquet once), a module per
 //! topic. `common` holds the scratch project and the helpers that drive the real `hone`
-//! binary. (`tests/custom_stage.rs` is a binary of its own: it registers a stage kind in the
-//! process-wide registry, which would change what every other test here sees.)
+//! binary.
 
 mod backends;
 mod bad_input;
@@ -11,6 +10,7 @@ mod cli_snapshots;
 mod common;
 mod compare;
 mod concat_stage;
+mod custom_stage;
 mod data_layouts;
 mod data_parallel;
 mod dpo_parity;

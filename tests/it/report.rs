@@ -1,5 +1,5 @@
 //! `hone report`: a self-contained HTML page of a recipe's results, checked as text and as
-//! rendered by headless Chromium (Debian's `chromium`, which `.ci/run` installs): the
+//! rendered by headless Chromium (Debian's `chromium`, which `scripts/test_services.sh` installs): the
 //! screenshot is not blank and the DAG, stage table, curves and evaluation table are in the
 //! rendered DOM. The screenshot is kept at `target/test-artifacts/report.png`.
 
@@ -18,7 +18,9 @@ fn chromium() -> String {
             return name.to_owned();
         }
     }
-    panic!("headless Chromium is needed: apt-get install chromium (.ci/run does)");
+    panic!(
+        "headless Chromium is needed: run scripts/test_services.sh (as root it installs Debian's chromium), or apt-get install chromium"
+    );
 }
 
 #[test]

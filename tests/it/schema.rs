@@ -9,7 +9,8 @@ const SCHEMA: &str = "schemas/recipe.schema.json";
 fn committed_schema_is_up_to_date() {
     let generated = format!(
         "{}\n",
-        serde_json::to_string_pretty(&hone::recipe::json_schema()).unwrap()
+        serde_json::to_string_pretty(&hone::recipe::json_schema(&hone::stages::registry()))
+            .unwrap()
     );
     let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SCHEMA))
         .unwrap_or_default();
@@ -22,7 +23,7 @@ fn committed_schema_is_up_to_date() {
 #[test]
 fn every_shipped_recipe_validates_against_the_schema() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let schema = hone::recipe::json_schema();
+    let schema = hone::recipe::json_schema(&hone::stages::registry());
     let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
     let mut checked = 0;
     for entry in std::fs::read_dir(root.join("recipes")).unwrap() {
@@ -30,9 +31,9 @@ fn every_shipped_recipe_validates_against_the_schema() {
         if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             continue;
         }
-        let recipe =
-            hone::recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
-        hone::recipe::validate(&recipe).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        let recipe = hone::recipe::load(&path, &[], &hone::stages::registry())
+            .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        hone::plan::validate(&recipe).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
         let instance = serde_json::to_value(&recipe.resolved).unwrap();
         let errors: Vec<String> = validator
             .iter_errors(&instance)
@@ -51,7 +52,7 @@ fn every_shipped_recipe_validates_against_the_schema() {
 
 #[test]
 fn schema_rejects_what_the_loader_rejects() {
-    let schema = hone::recipe::json_schema();
+    let schema = hone::recipe::json_schema(&hone::stages::registry());
     let validator = jsonschema::validator_for(&schema).unwrap();
     let bad = serde_json::json!({ "version": 1, "name": "x", "stages": { "a": { "kind": "dataset", "source": { "path": "d.jsonl" }, "splt": {} } } });
     assert!(

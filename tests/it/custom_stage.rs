@@ -1,24 +1,25 @@
 //! A stage kind defined outside hone (the `ngram_filter` of examples/custom_stage): checked
 //! before anything runs with errors that point at the recipe, typed at its edges in the DAG,
-//! cached by content, recorded in the lockfile, and read by built-in stages downstream.
+//! cached by content, recorded in the lockfile, and read by built-in stages downstream. The
+//! kind lives in a registry value, so the other tests of this binary never see it.
 
-#[allow(dead_code)]
-#[path = "it/common.rs"]
-mod common;
-#[path = "../examples/custom_stage/ngram_filter.rs"]
+#[path = "../../examples/custom_stage/ngram_filter.rs"]
 mod ngram_filter;
 
 use std::path::Path;
-use std::sync::Once;
 
-use common::Project;
+use crate::common::Project;
 use hone::exec::{Outcome, RunOptions, RunReport};
-use hone::stages::kind::{InputSlot, Kind, RegisterError, register};
+use hone::spec::{InputSlot, Kind, RegisterError, Registry};
 use hone::store::Store;
 
-fn register_once() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| register(ngram_filter::NgramFilter).expect("registers"));
+/// The built-in kinds and `ngram_filter`, as `examples/custom_stage` registers them.
+fn kinds() -> Registry {
+    let mut kinds = hone::stages::registry();
+    kinds
+        .register(ngram_filter::NgramFilter)
+        .expect("registers");
+    kinds
 }
 
 /// Eight documents; three hold an evaluation answer word for word (any case), one only
@@ -79,8 +80,9 @@ stages:
 
 fn run(p: &Project, overrides: &[&str]) -> Result<RunReport, String> {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    let recipe = hone::recipe::load(&p.path("r.yaml"), &overrides).map_err(|d| d.to_string())?;
-    let dag = hone::recipe::validate(&recipe).map_err(|d| d.to_string())?;
+    let recipe =
+        hone::recipe::load(&p.path("r.yaml"), &overrides, &kinds()).map_err(|d| d.to_string())?;
+    let dag = hone::plan::validate(&recipe).map_err(|d| d.to_string())?;
     let store = Store::open(&p.store()).map_err(|e| e.to_string())?;
     hone::exec::run(
         &recipe,
@@ -131,7 +133,7 @@ fn texts(p: &Project, report: &RunReport, stage: &str, output: &str) -> Vec<Stri
     let table = hone::data::table::read_parquet(
         &store.blob_path(&file.digest),
         output,
-        hone::recipe::types::MissingPolicy::Null,
+        hone::spec::settings::MissingPolicy::Null,
     )
     .unwrap();
     let i = table.column("text").unwrap();
@@ -144,7 +146,6 @@ fn texts(p: &Project, report: &RunReport, stage: &str, output: &str) -> Vec<Stri
 
 #[test]
 fn a_registered_kind_runs_caches_and_feeds_builtin_stages() {
-    register_once();
     let p = project();
     p.write("r.yaml", RECIPE);
 
@@ -214,7 +215,6 @@ fn line_of(recipe: &str, needle: &str) -> usize {
 
 #[test]
 fn mistakes_in_a_registered_kind_point_at_the_recipe_before_anything_runs() {
-    register_once();
     let p = project();
     let at = |recipe: &str, needle: &str| format!("r.yaml:{}:", line_of(recipe, needle));
 
@@ -272,7 +272,6 @@ fn mistakes_in_a_registered_kind_point_at_the_recipe_before_anything_runs() {
 
 #[test]
 fn a_failing_custom_stage_commits_nothing() {
-    register_once();
     let p = project();
     // Every row shares a run with itself: the stage refuses to produce an empty dataset.
     let recipe = RECIPE
@@ -305,14 +304,14 @@ impl Kind for Impostor {
     fn input_slots(&self) -> &'static [InputSlot] {
         &[]
     }
-    fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::stages::ArtifactType)> {
+    fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::store::ArtifactType)> {
         Vec::new()
     }
     fn run(
         &self,
         _: &serde_json::Value,
-        _: &mut hone::stages::context::StageContext,
-    ) -> anyhow::Result<hone::stages::StageResult> {
+        _: &mut hone::spec::context::StageContext,
+    ) -> anyhow::Result<hone::spec::StageResult> {
         unreachable!("never registered")
     }
 }
@@ -326,34 +325,54 @@ impl Kind for Unversioned {
     fn input_slots(&self) -> &'static [InputSlot] {
         &[]
     }
-    fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::stages::ArtifactType)> {
+    fn outputs(&self, _: &serde_json::Value) -> Vec<(&'static str, hone::store::ArtifactType)> {
         Vec::new()
     }
     fn run(
         &self,
         _: &serde_json::Value,
-        _: &mut hone::stages::context::StageContext,
-    ) -> anyhow::Result<hone::stages::StageResult> {
+        _: &mut hone::spec::context::StageContext,
+    ) -> anyhow::Result<hone::spec::StageResult> {
         unreachable!("never registered")
     }
 }
 
 #[test]
 fn registering_refuses_builtin_taken_and_unversioned_kinds() {
-    register_once();
+    let mut kinds = kinds();
     assert!(matches!(
-        register(Impostor),
+        kinds.register(Impostor),
         Err(RegisterError::Builtin("sft"))
     ));
     assert!(matches!(
-        register(ngram_filter::NgramFilter),
+        kinds.register(ngram_filter::NgramFilter),
         Err(RegisterError::Taken("ngram_filter"))
     ));
     assert!(matches!(
-        register(Unversioned),
+        kinds.register(Unversioned),
         Err(RegisterError::NoVersion("unversioned"))
     ));
-    assert!(hone::stages::kind::registered().contains(&"ngram_filter"));
+    assert_eq!(kinds.registered(), ["ngram_filter"]);
+}
+
+#[test]
+fn a_registry_without_the_kind_does_not_know_it_in_the_same_process() {
+    // No process-wide state: the kind registered in `kinds()` is not in a fresh registry.
+    let p = project();
+    p.write("r.yaml", RECIPE);
+    let check = |kinds: &Registry| {
+        let recipe =
+            hone::recipe::load(&p.path("r.yaml"), &[], kinds).map_err(|d| d.to_string())?;
+        hone::plan::validate(&recipe).map_err(|d| d.to_string())
+    };
+    let plain = check(&hone::stages::registry()).expect_err("ngram_filter is unknown here");
+    assert!(
+        plain.contains("unknown stage kind `ngram_filter`"),
+        "{plain}"
+    );
+    assert!(check(&kinds()).is_ok());
+    let schema = hone::recipe::json_schema(&hone::stages::registry()).to_string();
+    assert!(!schema.contains("ngram_filter"));
 }
 
 #[test]
@@ -376,13 +395,12 @@ fn the_plain_binary_does_not_know_the_kind_and_says_where_kinds_come_from() {
 
 #[test]
 fn the_schema_of_a_program_that_registered_a_kind_describes_it() {
-    register_once();
-    let schema = hone::recipe::json_schema();
+    let schema = hone::recipe::json_schema(&kinds());
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
     let p = project();
     let instance = |recipe: &str| {
         p.write("r.yaml", recipe);
-        let loaded = hone::recipe::load(&p.path("r.yaml"), &[]).unwrap();
+        let loaded = hone::recipe::load(&p.path("r.yaml"), &[], &kinds()).unwrap();
         serde_json::to_value(&loaded.resolved).unwrap()
     };
     let good = instance(RECIPE);

@@ -1,5 +1,5 @@
-//! The stage contract: one trait, [`Kind`], for every stage kind, built-in and custom alike, and
-//! one registry of kinds. A kind says, in its own file, what recipes write after `kind:`, its
+//! The stage contract: one trait, [`Kind`], for every stage kind, built-in and custom alike. A
+//! kind says, in its own file, what recipes write after `kind:`, its
 //! typed settings, its inputs (declared once, with the artifact types each accepts), its outputs,
 //! whether it depends on the tensor backend, its checks, the version that enters its action key,
 //! and how it runs. Recipe loading, validation, the DAG's type checks, action keys, exec, status,
@@ -7,21 +7,21 @@
 //! settings; nothing outside a kind's file matches on kinds.
 //!
 //! A program that uses hone as a library adds a kind the same way the built-ins are written:
-//! implement [`Kind`], call [`register`] at start-up, then use [`crate::recipe::load`],
-//! [`crate::exec::run`] or the whole command line ([`crate::cli::main`]) as usual.
-//! `examples/custom_stage/` is a complete kind and program.
+//! implement [`Kind`], add it to the registry (`stages::registry()` then
+//! [`super::Registry::register`]), and hand that registry to `recipe::load`, or to the whole
+//! command line (`cli::main_with`). `examples/custom_stage/` is a complete kind and program.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::context::StageContext;
-use crate::recipe::types::Input;
+use crate::spec::settings::Input;
 use crate::store::{ArtifactType, Manifest, Store};
 
 /// One input of a kind: the settings key that holds it (`{ from: stage }` or `{ path: file }`;
@@ -212,7 +212,7 @@ pub trait Kind: Send + Sync + 'static {
     fn prompt_template<'s>(
         &self,
         _settings: &'s Self::Settings,
-    ) -> Option<TemplateOf<'s, crate::recipe::types::PromptTemplate>> {
+    ) -> Option<TemplateOf<'s, crate::spec::settings::PromptTemplate>> {
         None
     }
 
@@ -258,7 +258,7 @@ pub enum TemplateOf<'a, T> {
 }
 
 /// [`Kind`] without its associated types, for the registry and [`StageSpec`].
-trait DynKind: Send + Sync {
+pub(super) trait DynKind: Send + Sync {
     fn name(&self) -> &'static str;
     fn version(&self) -> Option<&'static str>;
     fn description(&self) -> &'static str;
@@ -275,7 +275,7 @@ trait DynKind: Send + Sync {
     fn prompt_template<'a>(
         &self,
         s: &'a dyn Any,
-    ) -> Option<TemplateOf<'a, crate::recipe::types::PromptTemplate>>;
+    ) -> Option<TemplateOf<'a, crate::spec::settings::PromptTemplate>>;
     fn publish(&self, s: &dyn Any, to: &Publish<'_>) -> anyhow::Result<Option<PathBuf>>;
     fn summary_table(&self, summary: &Value) -> Option<String>;
     fn examples(
@@ -291,7 +291,7 @@ trait DynKind: Send + Sync {
 pub type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
 
 /// Typed settings that do not serialize back to JSON.
-struct SerializeError(String);
+pub(super) struct SerializeError(String);
 
 /// A training example as a stage encodes it: its text in stretches, each marked with whether
 /// the loss covers it, and its token counts.
@@ -307,7 +307,7 @@ pub struct EncodedExample {
 }
 
 /// Why [`DynKind::parse`] failed.
-enum Parsed {
+pub(super) enum Parsed {
     Settings(ParseError),
     Serialize(SerializeError),
 }
@@ -365,7 +365,7 @@ impl<K: Kind> DynKind for K {
     fn prompt_template<'a>(
         &self,
         s: &'a dyn Any,
-    ) -> Option<TemplateOf<'a, crate::recipe::types::PromptTemplate>> {
+    ) -> Option<TemplateOf<'a, crate::spec::settings::PromptTemplate>> {
         Kind::prompt_template(self, typed::<K>(s))
     }
     fn publish(&self, s: &dyn Any, to: &Publish<'_>) -> anyhow::Result<Option<PathBuf>> {
@@ -422,9 +422,12 @@ pub enum SpecError {
 }
 
 impl StageSpec {
-    /// Parses the settings of a stage of kind `kind` (`v` without its `kind` key).
-    pub fn parse(kind: &str, v: serde_yaml::Value) -> Result<StageSpec, SpecError> {
-        let kind = lookup(kind).ok_or(SpecError::UnknownKind)?;
+    /// Parses the settings of a stage of kind `kind` (`v` without its `kind` key); see
+    /// [`super::Registry::parse`].
+    pub(super) fn parse(
+        kind: Arc<dyn DynKind>,
+        v: serde_yaml::Value,
+    ) -> Result<StageSpec, SpecError> {
         let (settings, json) = kind.parse(v).map_err(|e| match e {
             Parsed::Settings(e) => SpecError::Settings(e),
             Parsed::Serialize(SerializeError(e)) => SpecError::Serialize(e),
@@ -555,7 +558,7 @@ impl StageSpec {
         self.kind.data_role(self.settings.as_ref())
     }
 
-    pub fn prompt_template(&self) -> Option<TemplateOf<'_, crate::recipe::types::PromptTemplate>> {
+    pub fn prompt_template(&self) -> Option<TemplateOf<'_, crate::spec::settings::PromptTemplate>> {
         self.kind.prompt_template(self.settings.as_ref())
     }
 
@@ -618,146 +621,6 @@ fn at_slot(v: &Value, pattern: &str) -> Vec<(String, Value)> {
     found
 }
 
-type Registry = BTreeMap<&'static str, Arc<dyn DynKind>>;
-
-/// The kinds a program registered, besides the built-ins.
-static REGISTERED: RwLock<Registry> = RwLock::new(BTreeMap::new());
-
-fn lookup(name: &str) -> Option<Arc<dyn DynKind>> {
-    if let Some(k) = super::BUILTIN.iter().find(|k| k.name() == name) {
-        return Some((k.make)());
-    }
-    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
-    registered.get(name).cloned()
-}
-
-/// A built-in kind, as listed in [`super::BUILTIN`]: `Builtin::of::<sft::Sft>()`.
-pub struct Builtin {
-    name: &'static str,
-    make: fn() -> Arc<dyn DynKind>,
-}
-
-impl Builtin {
-    pub const fn of<K: Kind + Default>() -> Builtin {
-        Builtin {
-            name: K::NAME,
-            make: make::<K>,
-        }
-    }
-    fn name(&self) -> &'static str {
-        self.name
-    }
-}
-
-fn make<K: Kind + Default>() -> Arc<dyn DynKind> {
-    Arc::new(K::default())
-}
-
-/// Why [`register`] refused a stage kind.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    #[error("`{0}` is a built-in stage kind; give yours another name")]
-    Builtin(&'static str),
-    #[error("stage kind `{0}` is already registered")]
-    Taken(&'static str),
-    #[error("stage kind `{0}` may use only lowercase letters, digits and `_`")]
-    BadName(&'static str),
-    #[error(
-        "stage kind `{0}` has no VERSION: set one (and change it when the kind's output changes), so cached results of older code are not reused"
-    )]
-    NoVersion(&'static str),
-}
-
-/// Makes `kind` available to every recipe this process loads from now on.
-pub fn register<K: Kind>(kind: K) -> Result<(), RegisterError> {
-    let name = K::NAME;
-    if !is_kind_name(name) {
-        return Err(RegisterError::BadName(name));
-    }
-    if K::VERSION.is_none() {
-        return Err(RegisterError::NoVersion(name));
-    }
-    if super::BUILTIN.iter().any(|k| k.name() == name) {
-        return Err(RegisterError::Builtin(name));
-    }
-    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
-    if registered.contains_key(name) {
-        return Err(RegisterError::Taken(name));
-    }
-    registered.insert(name, Arc::new(kind));
-    Ok(())
-}
-
-fn is_kind_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// The kinds a program registered, sorted.
-pub fn registered() -> Vec<&'static str> {
-    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
-    registered.keys().copied().collect()
-}
-
-/// Every kind recipes may use: the built-ins in their order, then the registered ones.
-pub fn all() -> Vec<&'static str> {
-    let mut kinds: Vec<&'static str> = super::BUILTIN.iter().map(Builtin::name).collect();
-    kinds.extend(registered());
-    kinds
-}
-
-/// The stage variants of a recipe's JSON Schema, one a kind: its settings' schema with `kind`
-/// fixed, nested definitions left in `generator`.
-pub fn schema_variants(generator: &mut schemars::SchemaGenerator) -> Vec<Value> {
-    use serde_json::json;
-    let mut variants = Vec::new();
-    for name in all() {
-        let Some(kind) = lookup(name) else { continue };
-        let mut variant = kind
-            .settings_schema(generator)
-            .unwrap_or_else(|| json!({ "type": "object" }));
-        let Some(v) = variant.as_object_mut() else {
-            continue;
-        };
-        // A root schema carries its own definitions: they join the recipe's.
-        if let Some(Value::Object(defs)) = v.remove("$defs") {
-            let root = generator.definitions_mut();
-            for (name, def) in defs {
-                root.entry(name).or_insert(def);
-            }
-        }
-        v.remove("$schema");
-        v.remove("title");
-        // The kind's one line; else the settings' own doc comment; else a generic line.
-        match kind.description() {
-            "" => {
-                v.entry("description").or_insert_with(|| {
-                    format!("`{name}`: a stage kind this program registered.").into()
-                });
-            }
-            d => {
-                v.insert("description".into(), d.into());
-            }
-        }
-        let props = v.entry("properties").or_insert_with(|| json!({}));
-        if let Some(p) = props.as_object_mut() {
-            p.insert("kind".into(), json!({ "const": name, "type": "string" }));
-            p.insert(
-                "resources".into(),
-                json!({ "$ref": "#/$defs/Resources", "description": "What this stage's Slurm job asks for (`executor: { kind: slurm }`); not part of the action key." }),
-            );
-        }
-        let required = v.entry("required").or_insert_with(|| json!([]));
-        if let Some(r) = required.as_array_mut() {
-            r.insert(0, "kind".into());
-        }
-        variants.push(variant);
-    }
-    variants
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,17 +647,5 @@ mod tests {
         assert_eq!(at_slot(&v, "reward.model").len(), 1);
         assert!(at_slot(&v, "none").is_empty());
         assert!(at_slot(&v, "missing.deeper").is_empty());
-    }
-
-    #[test]
-    fn every_builtin_kind_has_a_plain_unique_name() {
-        let names: Vec<&str> = super::super::BUILTIN.iter().map(Builtin::name).collect();
-        for n in &names {
-            assert!(is_kind_name(n), "{n}");
-        }
-        let mut sorted = names.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), names.len(), "{names:?}");
     }
 }

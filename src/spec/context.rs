@@ -183,7 +183,7 @@ pub struct StageContext {
     /// For a stage that trains a frozen base (LoRA) in a reduced precision (`train.precision`,
     /// or on a GPU backend the checkpoint's by default): the dtypes its `model` checkpoint's
     /// projections, token table and LM head are loaded in when stored in them, so they never
-    /// exist in f32 ([`frozen_base_dtypes`](crate::stages::frozen_base_dtypes)).
+    /// exist in f32 (`stages::training::frozen_base_dtypes`).
     pub frozen_base_dtypes: Vec<burn::tensor::DType>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
