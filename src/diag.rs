@@ -166,6 +166,37 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// Runs `f`, turning a panic inside it into `Err(message)`: for the parsers of other crates
+/// (tokenizers, parquet) that can panic on crafted input instead of returning an error. The
+/// panic's own report is kept off stderr (on this thread only, while `f` runs), so the user
+/// sees hone's error for the file, not a backtrace.
+pub fn without_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    use std::cell::Cell;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    thread_local! {
+        static CONTAINED: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINED.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = CONTAINED.with(|c| c.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(outer));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a parser failed".to_owned())
+    })
+}
+
 /// "did you mean `x`?" when a candidate is close to `word`.
 pub fn did_you_mean<'a>(
     word: &str,
@@ -185,6 +216,20 @@ mod tests {
         assert_eq!(closest("batchsize", keys), Some("batch_size"));
         assert_eq!(closest("lrr", keys), Some("lr"));
         assert_eq!(closest("tokenizer", keys), None);
+    }
+
+    #[test]
+    fn a_contained_panic_is_an_error_and_the_next_one_is_not_hidden() {
+        assert_eq!(without_panic(|| 2 + 2), Ok(4));
+        let err = without_panic(|| -> u8 { panic!("bad header {}", 7) }).unwrap_err();
+        assert_eq!(err, "bad header 7");
+        // Nested: the inner one restores the outer's state.
+        let outer = without_panic(|| {
+            let inner = without_panic(|| -> () { panic!("inner") });
+            assert_eq!(inner.unwrap_err(), "inner");
+            panic!("outer")
+        });
+        assert_eq!(outer.unwrap_err(), "outer");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `recipe` (language, loading) -> `plan` (validation, DAG, action keys, statuses) -> `exec`
 //! (runs stale stages through `stages`, commits to the `store`, writes the lockfile), driven by
 //! `cli`. Layers look down only, ranked `cli > exec > plan > {recipe, stages} > spec > the
-//! libraries (model, train, data, store, kernels, backend, diag, rng)`; recipe and stages never
+//! libraries (model, train, data, store, kernels, backend, diag, rng, yaml)`; recipe and stages never
 //! name each other, and `tests/it/layers.rs` holds every module to its rank.
 
 pub mod backend;
@@ -20,6 +20,7 @@ pub mod spec;
 pub mod stages;
 pub mod store;
 pub mod train;
+pub mod yaml;
 
 /// Recorded in manifests and lockfiles (who produced an artifact), never hashed into a key.
 pub const HONE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -188,12 +188,8 @@ fn pull(
                 continue;
             }
         };
-        if m.artifact_digest() != entry.artifact {
-            missing.push(format!(
-                "{stage}: the remote's result ({}) is not the one the lockfile records ({})",
-                &m.artifact_digest()[..16],
-                &entry.artifact[..16]
-            ));
+        if let Some(why) = entry.contradicts(&m) {
+            missing.push(format!("{stage}: the remote's manifest: {why}"));
             continue;
         }
         match remote.pull(&store, &m) {

@@ -524,9 +524,12 @@ fn read_csv(path: &Path, label: &str, missing: MissingPolicy) -> Result<Table> {
         b.push(fields, *line)?;
     }
     if raw.is_empty() {
-        return Err(input_error(Diagnostic::new(format!(
-            "{label} has a header but no rows"
-        ))));
+        let what = if headers.iter().all(String::is_empty) {
+            "is empty: no header line and no rows"
+        } else {
+            "has a header but no rows"
+        };
+        return Err(input_error(Diagnostic::new(format!("{label} {what}"))));
     }
     b.finish(missing)
 }
@@ -557,6 +560,18 @@ impl CsvCell {
 
 /// Reads a Parquet file (hone's own outputs, or any file of flat columns).
 pub fn read_parquet(path: &Path, label: &str, missing: MissingPolicy) -> Result<Table> {
+    // The parquet and arrow readers panic on some damaged files (a bitmap shorter than its
+    // column) instead of returning an error.
+    crate::diag::without_panic(|| read_parquet_checked(path, label, missing)).unwrap_or_else(|e| {
+        Err(input_error(
+            Diagnostic::new(format!("{label} is not a readable Parquet file: {e}"))
+                .at(Some(Location::file(path, 1, 1)))
+                .help("check the file's format, or give `format:` in the source"),
+        ))
+    })
+}
+
+fn read_parquet_checked(path: &Path, label: &str, missing: MissingPolicy) -> Result<Table> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {label}"))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())

@@ -65,6 +65,13 @@ pub fn find(
         found.looked_up.insert(action.key.clone());
         match remote.manifest(&action.key) {
             Ok(Some(m)) => {
+                if let Some(why) = eval.locked(name).and_then(|l| l.contradicts(&m)) {
+                    observer.event(&Event::RemoteWarning {
+                        stage: Some(name),
+                        message: &format!("not taken from {}: {why}; it runs here", remote.label),
+                    });
+                    continue;
+                }
                 known.insert(i, Known::Done(Box::new(m.clone())));
                 found.hits.insert(i, m);
             }

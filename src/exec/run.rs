@@ -251,6 +251,14 @@ impl<'a> Run<'a> {
             Some(m) => (m, hits.pull.contains(&i)),
             None => (late_hit(r, hits, key)?, true),
         };
+        let name = &self.recipe.stages[i].name;
+        if let Some(why) = self.eval.locked(name).and_then(|l| l.contradicts(&m)) {
+            self.observer.event(&Event::RemoteWarning {
+                stage: Some(name),
+                message: &format!("not taken from {}: {why}; it runs here", r.label),
+            });
+            return None;
+        }
         if !pull_now {
             return Some(Resolved {
                 outcome: Outcome::OnRemote,

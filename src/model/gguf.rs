@@ -87,6 +87,9 @@ pub struct Gguf {
     data_start: usize,
 }
 
+/// How deeply metadata arrays may nest.
+const MAX_ARRAY_DEPTH: usize = 4;
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -101,7 +104,9 @@ impl Reader<'_> {
         }
     }
     fn take(&mut self, n: usize) -> Result<&[u8], ModelError> {
-        if self.pos + n > self.bytes.len() {
+        // `n` comes from the file and may be anything up to 2^64-1: compared with what is
+        // left, never added to the position first.
+        if n > self.bytes.len() - self.pos {
             return Err(self.err("unexpected end of file"));
         }
         let s = &self.bytes[self.pos..self.pos + n];
@@ -119,10 +124,10 @@ impl Reader<'_> {
         ))
     }
     fn string(&mut self) -> Result<String, ModelError> {
-        let n = self.u64()? as usize;
+        let n = usize::try_from(self.u64()?).map_err(|_| self.err("unexpected end of file"))?;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| self.err("string is not UTF-8"))
     }
-    fn value(&mut self, t: u32) -> Result<Meta, ModelError> {
+    fn value(&mut self, t: u32, depth: usize) -> Result<Meta, ModelError> {
         Ok(match t {
             0 => Meta::Int(self.take(1)?[0] as i64),
             1 => Meta::Int(self.take(1)?[0] as i8 as i64),
@@ -134,11 +139,18 @@ impl Reader<'_> {
             7 => Meta::Bool(self.take(1)?[0] != 0),
             8 => Meta::Str(self.string()?),
             9 => {
+                // llama.cpp writes flat arrays; a few levels allow for nesting, and bound the
+                // recursion a crafted file could ask for.
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err(&format!(
+                        "metadata arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                    )));
+                }
                 let inner = self.u32()?;
-                let n = self.u64()? as usize;
-                let mut items = Vec::with_capacity(n.min(1 << 20));
+                let n = self.u64()?;
+                let mut items = Vec::with_capacity(n.min(1 << 20) as usize);
                 for _ in 0..n {
-                    items.push(self.value(inner)?);
+                    items.push(self.value(inner, depth + 1)?);
                 }
                 Meta::Array(items)
             }
@@ -194,7 +206,7 @@ impl Gguf {
         for _ in 0..n_meta {
             let key = r.string()?;
             let t = r.u32()?;
-            metadata.insert(key, r.value(t)?);
+            metadata.insert(key, r.value(t, 0)?);
         }
         let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
         for _ in 0..n_tensors {
@@ -224,7 +236,11 @@ impl Gguf {
             .ok()
             .filter(|a| a.is_power_of_two())
             .ok_or_else(|| bad(format!("general.alignment {align} is not a power of two")))?;
-        let data_start = r.pos.div_ceil(align) * align;
+        let data_start = r
+            .pos
+            .div_ceil(align)
+            .checked_mul(align)
+            .ok_or_else(|| bad(format!("general.alignment {align} is too large")))?;
         for t in &tensors {
             let (bytes_per, per_block) =
                 block_layout(t.ggml_type).ok_or_else(|| ModelError::UnsupportedDtype {

@@ -40,6 +40,16 @@ const SPACE: char = '\u{2581}';
 /// `Ok(None)` for tokenizer kinds hone cannot rebuild (the model still loads; a stage can name
 /// a `tokenizer:` of its own).
 pub fn build(g: &Gguf) -> Result<Option<Tokenizer>, ModelError> {
+    // `tokenizers`' builders panic on some vocabularies a crafted file can hold.
+    crate::diag::without_panic(|| build_checked(g)).unwrap_or_else(|e| {
+        Err(ModelError::BadGguf {
+            path: g.path.clone(),
+            reason: format!("its tokenizer cannot be built: {e}"),
+        })
+    })
+}
+
+fn build_checked(g: &Gguf) -> Result<Option<Tokenizer>, ModelError> {
     let kind = g
         .meta("tokenizer.ggml.model")
         .and_then(Meta::as_str)

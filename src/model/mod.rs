@@ -508,7 +508,11 @@ fn bad_config(path: &Path, reason: impl std::fmt::Display) -> ModelError {
 /// pads and truncates itself (with masks), and a tokenizer.json that pads every text to a
 /// fixed length would hand it padding as if it were text.
 pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, ModelError> {
-    let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| bad_config(path, e))?;
+    // `tokenizers` panics on some malformed files (a decoder of unknown shape, a merge
+    // shorter than the subword prefix) instead of returning an error.
+    let mut t = crate::diag::without_panic(|| tokenizers::Tokenizer::from_file(path))
+        .map_err(|e| bad_config(path, format!("the tokenizer cannot be built: {e}")))?
+        .map_err(|e| bad_config(path, e))?;
     t.with_padding(None);
     t.with_truncation(None).map_err(|e| bad_config(path, e))?;
     Ok(t)

@@ -12,6 +12,7 @@ use super::types::{RecipeFile, Resources};
 use crate::diag::{Diagnostic, Diagnostics, Location, did_you_mean};
 use crate::spec::settings::Input;
 use crate::spec::{Registry, SpecError, StageSpec};
+use crate::yaml::MAX_NESTING;
 
 /// A loaded, typed recipe (not yet checked across stages: see `plan::validate`).
 #[derive(Debug, Clone)]
@@ -150,11 +151,26 @@ fn read_recipe_text(path: &Path) -> Result<String, Diagnostic> {
 
 fn read_yaml(path: &Path) -> Result<(Value, SourceMap), Diagnostics> {
     let text = read_recipe_text(path)?;
+    // The YAML parser's time grows with the square of flow nesting (`[[[[...]]]]`), and it
+    // refuses more than 128 levels anyway: found first, in one pass, nothing is parsed.
+    if let Some((line, col)) = crate::yaml::too_deep(&text, MAX_NESTING) {
+        return Err(Diagnostic::new(format!(
+            "the recipe nests `[` and `{{` deeper than {MAX_NESTING} levels"
+        ))
+        .at(Some(Location::file(path, line, col)))
+        .help("a recipe is a few levels deep: stages, their settings, lists of inputs")
+        .into());
+    }
     let value: Value = serde_yaml::from_str(&text).map_err(|e| {
         let loc = e
             .location()
             .map(|l| Location::file(path, l.line(), l.column()));
-        Diagnostic::new(format!("invalid YAML: {}", strip_position(&e.to_string()))).at(loc)
+        let message = strip_position(&e.to_string());
+        let d = Diagnostic::new(format!("invalid YAML: {message}")).at(loc);
+        match yaml_help(&message, &text, e.location().map(|l| l.line())) {
+            Some(help) => d.help(help),
+            None => d,
+        }
     })?;
     match value {
         Value::Mapping(_) => Ok((value, SourceMap::build(&text, path))),
@@ -170,6 +186,29 @@ fn read_yaml(path: &Path) -> Result<(Value, SourceMap), Diagnostics> {
         .at(Some(Location::file(path, 1, 1)))
         .into()),
     }
+}
+
+/// What to do about a YAML error whose own message does not say: a number too large for 64
+/// bits ("invalid type: integer ... as u128"), or a key longer than YAML's 1024 characters
+/// (which the parser reports as "mapping values are not allowed in this context").
+fn yaml_help(message: &str, text: &str, line: Option<usize>) -> Option<String> {
+    if message.contains(" as u128") || message.contains(" as i128") {
+        return Some(
+            "that number does not fit in 64 bits: integers in a recipe are at most 18446744073709551615 (counts are far smaller)"
+                .into(),
+        );
+    }
+    if message.contains("mapping values are not allowed") {
+        let line = text.lines().nth(line?.checked_sub(1)?)?;
+        let key = line.trim().split(':').next().unwrap_or_default();
+        if key.chars().count() > 1024 {
+            return Some(format!(
+                "the key on this line is {} characters long; YAML allows at most 1024 in a key (stage names are short: letters, digits, `_` and `-`)",
+                key.chars().count()
+            ));
+        }
+    }
+    None
 }
 
 /// serde_yaml appends " at line X column Y" to its messages; the location is shown separately.
@@ -306,6 +345,13 @@ fn apply_overrides(
         if path.is_empty() || path.split('.').any(str::is_empty) {
             return Err(Diagnostic::new(format!(
                 "`--set {text}`: `{path}` is not a dotted key path"
+            ))
+            .at(Some(loc))
+            .into());
+        }
+        if crate::yaml::too_deep(raw, MAX_NESTING).is_some() {
+            return Err(Diagnostic::new(format!(
+                "`--set {path}=...`: the value nests `[` and `{{` deeper than {MAX_NESTING} levels"
             ))
             .at(Some(loc))
             .into());

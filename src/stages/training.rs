@@ -16,18 +16,40 @@ pub fn policy_outputs(
     v
 }
 
+/// The largest count `train:` takes (epochs, steps, batch sizes): far above any real run, and
+/// low enough that a product of two of them (epochs times steps per epoch) cannot overflow.
+pub const MAX_TRAIN_COUNT: usize = 1_000_000_000;
+
 /// The settings every training stage needs to train at all, each at its key: counts of at
-/// least 1, a learning rate and weight decay that are numbers (not `.nan`, `.inf`) of the
-/// right sign, and a clipping norm above 0 (clipping to a negative norm turns every step
-/// around: the loss rises).
+/// least 1 (and at most [`MAX_TRAIN_COUNT`]), a learning rate and weight decay that are
+/// numbers (not `.nan`, `.inf`) of the right sign, and a clipping norm above 0 (clipping to a
+/// negative norm turns every step around: the loss rises).
 pub fn train_problems(train: &crate::train::trainer::TrainConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for (key, value) in [("batch_size", train.batch_size), ("epochs", train.epochs)] {
-        if value == 0 {
+    let counts = [
+        ("batch_size", Some(train.batch_size), 1),
+        ("epochs", Some(train.epochs), 1),
+        ("grad_accum", Some(train.grad_accum), 1),
+        ("warmup_steps", Some(train.warmup_steps), 0),
+        ("eval_every", train.eval_every, 0),
+        ("patience", train.patience, 0),
+        ("checkpoint_every", train.checkpoint_every, 0),
+    ];
+    for (key, value, least) in counts {
+        let Some(value) = value else { continue };
+        if value < least {
             problems.push(Problem::new(
                 format!("train.{key}"),
-                format!("`{key}` must be at least 1"),
+                format!("`{key}` must be at least {least}"),
             ));
+        } else if value > MAX_TRAIN_COUNT {
+            problems.push(
+                Problem::new(
+                    format!("train.{key}"),
+                    format!("`{key}` must be at most {MAX_TRAIN_COUNT}, not {value}"),
+                )
+                .help("counts in `train:` are epochs, optimizer steps or examples; a value this large is a typo"),
+            );
         }
     }
     if !(train.lr.is_finite() && train.lr > 0.0) {
@@ -133,7 +155,10 @@ where
     };
     model.set_gradient_checkpointing(cfg.gradient_checkpointing);
     use crate::train::trainer::{Hooks, Record, TrainError};
-    let total = train.len().div_ceil(cfg.micro_batches_per_step()) * cfg.epochs.max(1);
+    let total = train
+        .len()
+        .div_ceil(cfg.micro_batches_per_step())
+        .saturating_mul(cfg.epochs.max(1));
     ctx.progress.set_length(total as u64);
     let progress = ctx.progress.clone();
     let checkpointing = ctx.checkpoint_dir.clone().map(|dir| Checkpointing {

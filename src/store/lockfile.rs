@@ -40,6 +40,41 @@ pub struct LockedStage {
 }
 
 impl LockedStage {
+    /// Why `m`, a manifest of this entry's action from elsewhere (a remote cache), is not the
+    /// result this entry records: other outputs, or other metrics (a manifest's metrics are
+    /// its writer's word; the lockfile committed with the recipe is the reader's). `None` when
+    /// it is, or when `m` is of another action (then the lockfile says nothing of it).
+    pub fn contradicts(&self, m: &Manifest) -> Option<String> {
+        if m.action != self.action {
+            return None;
+        }
+        let artifact = m.artifact_digest();
+        if artifact != self.artifact {
+            return Some(format!(
+                "its result ({}) is not the one the lockfile records ({})",
+                &artifact[..16],
+                &self.artifact[..16]
+            ));
+        }
+        if m.metrics != self.metrics {
+            let differ: Vec<&str> = m
+                .metrics
+                .keys()
+                .chain(self.metrics.keys())
+                .filter(|k| m.metrics.get(*k) != self.metrics.get(*k))
+                .map(String::as_str)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .take(5)
+                .collect();
+            return Some(format!(
+                "its metrics ({}) are not those the lockfile records (forged or damaged)",
+                differ.join(", ")
+            ));
+        }
+        None
+    }
+
     pub fn from_manifest(m: &Manifest) -> LockedStage {
         LockedStage {
             kind: m.kind.clone(),
@@ -69,6 +104,13 @@ impl Lockfile {
     pub fn read(path: &Path) -> Result<Option<Lockfile>> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
+                if let Some((line, _)) = crate::yaml::too_deep(&text, crate::yaml::MAX_NESTING) {
+                    bail!(
+                        "cannot parse lockfile {}: nested deeper than {} levels at line {line} (delete it to start afresh)",
+                        path.display(),
+                        crate::yaml::MAX_NESTING
+                    );
+                }
                 let lock: Lockfile = serde_yaml::from_str(&text).with_context(|| {
                     format!(
                         "cannot parse lockfile {} (delete it to start afresh)",

@@ -757,17 +757,30 @@ impl Store {
         }
         if let Ok(entries) = fs::read_dir(self.root.join("checkpoints")) {
             for e in entries.flatten() {
+                let current = e.path().join("current");
+                let current_intact = current.is_dir() && sealed::check_digests(&current).is_ok();
                 for sub in ["current", "old"] {
                     let dir = e.path().join(sub);
                     if !dir.is_dir() {
                         continue;
                     }
                     report.cache_entries_checked += 1;
-                    if let Err(why) = sealed::check_digests(&dir) {
-                        report.problems.push(format!("damaged checkpoint: {why}"));
-                        if repair {
-                            fs::remove_dir_all(e.path())?;
-                            break;
+                    match sealed::check_digests(&dir) {
+                        Ok(()) => {}
+                        // A run killed while it rotated checkpoints leaves the previous one
+                        // (`old`) part-deleted beside an intact `current`, which resumes:
+                        // nothing is damaged that a run would read.
+                        Err(_) if sub == "old" && current_intact => {
+                            if repair {
+                                fs::remove_dir_all(&dir)?;
+                            }
+                        }
+                        Err(why) => {
+                            report.problems.push(format!("damaged checkpoint: {why}"));
+                            if repair {
+                                fs::remove_dir_all(e.path())?;
+                                break;
+                            }
                         }
                     }
                 }

@@ -45,6 +45,11 @@ pub const MULTIPART_BYTES: u64 = 64 << 20;
 const PART_BYTES: usize = 16 << 20;
 /// A manifest larger than this is refused unread (real ones are kilobytes).
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// The largest summary (and warnings, together) a remote manifest may carry, far above what
+/// hone's stages write (summaries of numbers and short tables).
+const MAX_SUMMARY_BYTES: usize = 4 << 20;
+/// The most metrics a remote manifest may carry.
+const MAX_METRICS: usize = 4096;
 
 /// Where the remote is and what this process may do with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -803,6 +808,16 @@ pub fn check_manifest(bytes: &[u8], action: &str) -> Result<Manifest, RemoteErro
     if total > 1u128 << 42 {
         return Err(RemoteError::Rejected(format!(
             "its manifest records {total} bytes of outputs, more than 4 TiB"
+        )));
+    }
+    // What is only shown is bounded too: a manifest is a few KiB of numbers and text.
+    let summary = serde_json::to_vec(&m.summary).map_or(0, |v| v.len());
+    let warnings: usize = m.warnings.iter().map(String::len).sum();
+    if summary > MAX_SUMMARY_BYTES || warnings > MAX_SUMMARY_BYTES || m.metrics.len() > MAX_METRICS
+    {
+        return Err(RemoteError::Rejected(format!(
+            "its manifest records a summary of {summary} bytes, warnings of {warnings} bytes and {} metrics; at most {MAX_SUMMARY_BYTES} bytes and {MAX_METRICS} metrics are believed",
+            m.metrics.len()
         )));
     }
     let clean = |s: &mut String| s.retain(|c| !c.is_control());

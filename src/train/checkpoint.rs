@@ -185,6 +185,9 @@ pub struct Loaded<M> {
     pub state: serde_json::Value,
 }
 
+/// Where a checkpoint directory goes while it is deleted (see [`Checkpointing::save`]).
+const DISCARDED: &str = "discarded";
+
 impl Checkpointing {
     fn current(&self) -> PathBuf {
         self.dir.join("current")
@@ -222,17 +225,28 @@ impl Checkpointing {
         crate::store::fault_point(&format!("checkpoint-{step}-written"));
         // `current` -> `old`, `next` -> `current`: a crash in between leaves `old` complete.
         let (current, old) = (self.current(), self.dir.join("old"));
-        if old.exists() {
-            fs::remove_dir_all(&old)?;
-        }
+        self.discard(&old)?;
         if current.exists() {
             fs::rename(&current, &old)?;
         }
         fs::rename(&next, &current)?;
-        if old.exists() {
-            fs::remove_dir_all(&old)?;
-        }
+        self.discard(&old)?;
         crate::store::fault_point(&format!("checkpoint-{step}"));
+        Ok(())
+    }
+
+    /// Removes checkpoint directory `dir` without ever leaving it half-removed: renamed out
+    /// of the way first (one step), then deleted. A kill during the deletion leaves only the
+    /// renamed directory, which nothing reads and the next save removes.
+    fn discard(&self, dir: &Path) -> Result<()> {
+        let trash = self.dir.join(DISCARDED);
+        if trash.exists() {
+            fs::remove_dir_all(&trash)?;
+        }
+        if dir.exists() {
+            fs::rename(dir, &trash)?;
+            fs::remove_dir_all(&trash)?;
+        }
         Ok(())
     }
 

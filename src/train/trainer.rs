@@ -235,6 +235,8 @@ pub enum TrainError {
     Interrupted { step: usize, saved: bool },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("{epochs} epochs is more optimizer steps than can be counted; lower `epochs`")]
+    TooManySteps { epochs: usize },
 }
 
 /// What the loop needs from its stage besides data: where to checkpoint, and whether the
@@ -352,7 +354,10 @@ pub fn train<M: Module, O: Objective<M>>(
     let accum = cfg.micro_batches_per_step();
     let steps_per_epoch = train.len().div_ceil(accum);
     let epochs = cfg.epochs.max(1);
-    let total = steps_per_epoch * epochs;
+    // Validation bounds the counts; a caller from code may not have validated.
+    let total = steps_per_epoch
+        .checked_mul(epochs)
+        .ok_or(TrainError::TooManySteps { epochs })?;
     let fingerprint = (train.len(), val.len(), total);
     let mut optim = super::optim::adamw()
         .with_weight_decay(cfg.weight_decay as f32)

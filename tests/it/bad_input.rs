@@ -592,6 +592,45 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "counts that would overflow the step total",
+            recipe: "version: 1\nname: t\nstages:\n  s:\n    kind: sft\n    model: { path: m }\n    data: { path: d.jsonl }\n    train: { epochs: 18446744073709551615, grad_accum: 0, warmup_steps: 1000000000000 }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`epochs` must be at most 1000000000, not 18446744073709551615",
+                "r.yaml:8:22",
+                "`grad_accum` must be at least 1",
+                "`warmup_steps` must be at most 1000000000, not 1000000000000",
+            ],
+        },
+        Case {
+            name: "a number too large for 64 bits",
+            recipe: "version: 1\nname: t\nstages:\n  d:\n    kind: dataset\n    source: { path: d.jsonl }\n    split: { test: 18446744073709551616 }\n",
+            files: &[],
+            args: &[],
+            expect: &["invalid YAML", "r.yaml:7:", "does not fit in 64 bits"],
+        },
+        Case {
+            name: "a stage name longer than YAML allows in a key",
+            recipe: Box::leak(
+                format!(
+                    "version: 1\nname: t\nstages:\n  {}:\n    kind: dataset\n    source: {{ path: d.jsonl }}\n",
+                    "a".repeat(5000)
+                )
+                .into_boxed_str(),
+            ),
+            files: &[],
+            args: &[],
+            expect: &["r.yaml:4:", "5000 characters long", "at most 1024"],
+        },
+        Case {
+            name: "an empty CSV file",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: e.csv } }\n",
+            files: &[("e.csv", "")],
+            args: &[],
+            expect: &["e.csv is empty: no header line and no rows"],
+        },
+        Case {
             name: "a learning rate and weight decay that are not numbers",
             recipe: "version: 1\nname: t\nstages:\n  s:\n    kind: sft\n    model: { path: m }\n    data: { path: d.jsonl }\n    train: { lr: .nan, weight_decay: .inf }\n",
             files: &[],
@@ -870,7 +909,48 @@ fn small_inputs_cannot_ask_for_unbounded_work() {
         "latin1.yaml",
         "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: latin1.jsonl } }\n",
     );
-    let cases: [(&[&str], &[&str]); 7] = [
+    // Flow collections nested 160,000 deep (320 KB), and flow mappings 25,000 deep: the YAML
+    // parser's time grows with the square of the depth (32 s at 160 KB before the check).
+    let nested = |open: &str, close: &str, n: usize| {
+        format!(
+            "version: 1\nname: t\nx: {}1{}\nstages:\n  a: {{ kind: dataset, source: {{ path: d.jsonl }} }}\n",
+            open.repeat(n),
+            close.repeat(n)
+        )
+    };
+    p.write("deep.yaml", &nested("[", "]", 160_000));
+    p.write("deepmap.yaml", &nested("{a: ", "}", 25_000));
+    let deep_set = format!(
+        "stages.a.split={}0.1{}",
+        "[".repeat(60_000),
+        "]".repeat(60_000)
+    );
+    p.write(
+        "plain.yaml",
+        "version: 1\nname: t\nstages:\n  a: { kind: dataset, source: { path: d.jsonl } }\n",
+    );
+    let cases: [(&[&str], &[&str]); 10] = [
+        (
+            &["validate", "deep.yaml"],
+            &[
+                "nests `[` and `{` deeper than 128 levels",
+                "deep.yaml:3:132",
+            ],
+        ),
+        (
+            &["validate", "deepmap.yaml"],
+            &[
+                "nests `[` and `{` deeper than 128 levels",
+                "deepmap.yaml:3:",
+            ],
+        ),
+        (
+            &["validate", "plain.yaml", "--set", &deep_set],
+            &[
+                "the value nests `[` and `{` deeper than 128 levels",
+                "--set",
+            ],
+        ),
         (
             &["run", "latin1.yaml"],
             &["not UTF-8 text", "latin1.jsonl:3:18"],

@@ -17,6 +17,7 @@ mod dpo_parity;
 mod dpo_stage;
 mod experiments;
 mod export_stage;
+mod fuzz;
 mod generate_stage;
 mod ggml_quants;
 mod gradient_checkpointing;

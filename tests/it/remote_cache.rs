@@ -687,3 +687,58 @@ fn a_push_that_finds_other_outputs_for_its_action_warns_and_the_first_writer_sta
     c.hone(&["run", "r.yaml", "--remote", &url]).ok();
     assert_same_results(&a, &c, "r.lock");
 }
+
+#[test]
+fn forged_metrics_or_an_oversized_summary_on_a_remote_are_not_believed() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+    let manifest_of =
+        |stage: &str| remote_manifest(remote.path(), &lock_entry(&a, "r.lock", stage, "action"));
+    let edit = |stage: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = manifest_of(stage);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(&mut m);
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    // `reviews`: every metric made 0.999 (its key and outputs still true). `qa`: a summary of
+    // 5 MB, under the manifest limit, over what a summary may be.
+    edit("reviews", &|m| {
+        for v in m["metrics"].as_object_mut().unwrap().values_mut() {
+            *v = serde_json::json!(0.999);
+        }
+    });
+    edit("qa", &|m| {
+        m["summary"] = serde_json::json!({ "padding": "x".repeat(5 << 20) });
+    });
+    // A reader with the recipe's committed lockfile.
+    let b = two_dataset_project();
+    std::fs::copy(a.path("r.lock"), b.path("r.lock")).unwrap();
+    let run = b.hone(&["run", "r.yaml", "--remote", &url, "--locked"]);
+    let out = run.ok();
+    assert_eq!(stages(&out, "ran"), ["qa", "reviews"], "{out}");
+    assert!(out.contains("are not those the lockfile records"), "{out}");
+    assert!(out.contains("at most 4194304 bytes"), "{out}");
+    assert_same_results(&a, &b, "r.lock");
+    let show = b.hone(&["show", "r.yaml", "reviews"]).ok();
+    assert!(!show.contains("0.999"), "{show}");
+    assert_eq!(
+        crate::common::manifest(&b, "reviews")["metrics"],
+        crate::common::manifest(&a, "reviews")["metrics"],
+        "the reader keeps what was computed, not what was claimed"
+    );
+    // `cache pull` refuses the forged manifest by the same rule.
+    let c = two_dataset_project();
+    std::fs::copy(a.path("r.lock"), c.path("r.lock")).unwrap();
+    let pull = c.hone(&["cache", "pull", "r.yaml", "--remote", &url]);
+    assert_eq!(pull.code(), 1, "{}", pull.stdout());
+    assert!(
+        pull.stdout()
+            .contains("reviews: the remote's manifest: its metrics"),
+        "{}",
+        pull.stdout()
+    );
+}

@@ -336,3 +336,42 @@ fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     let show = p.hone(&["show", "r.yaml", "ppo"]).ok();
     assert!(show.contains("resumed_from"), "{show}");
 }
+
+#[test]
+fn a_kill_while_checkpoints_rotate_leaves_nothing_damaged_and_resumes() {
+    let whole = Project::new();
+    whole.write("r.yaml", &recipe());
+    whole.hone(&["run", "r.yaml"]).ok();
+    let p = Project::new();
+    p.write("r.yaml", &recipe());
+    crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-8");
+    // What a SIGKILL part-way through deleting the previous checkpoint leaves: `old/` with
+    // only some of its files, beside the new, intact `current/`.
+    let checkpoints: Vec<_> = std::fs::read_dir(p.store().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let (current, old) = (checkpoints[0].join("current"), checkpoints[0].join("old"));
+    assert!(current.join("params.bin").is_file() && !old.exists());
+    std::fs::create_dir(&old).unwrap();
+    std::fs::copy(current.join("params.bin"), old.join("params.bin")).unwrap();
+    let verify = p.hone(&["cache", "verify"]);
+    assert_eq!(verify.code(), 0, "{}{}", verify.stdout(), verify.stderr());
+    assert!(
+        verify.stdout().contains("0 problems"),
+        "{}",
+        verify.stdout()
+    );
+    let again = p.hone(&["run", "r.yaml"]);
+    again.ok();
+    assert!(
+        again.stderr().contains("resuming  sft") && again.stderr().contains("step 8"),
+        "{}",
+        again.stderr()
+    );
+    assert_eq!(
+        artifacts(&whole)["stages"]["sft"]["artifact"],
+        artifacts(&p)["stages"]["sft"]["artifact"]
+    );
+}

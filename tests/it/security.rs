@@ -312,3 +312,93 @@ fn a_damaged_lockfile_names_no_path() {
         assert!(err.contains("invalid action digest"), "{args:?}: {err}");
     }
 }
+
+/// A GGUF file's header: magic, version 3, the tensor and metadata counts, then `rest`.
+fn gguf(n_tensors: u64, n_meta: u64, rest: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(n_tensors.to_le_bytes());
+    b.extend(n_meta.to_le_bytes());
+    b.extend(rest);
+    b
+}
+
+#[test]
+fn a_crafted_gguf_is_refused_with_a_message_never_a_panic() {
+    let p = Project::new();
+    let key = |k: &str| {
+        [
+            (k.len() as u64).to_le_bytes().to_vec(),
+            k.as_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    // Arrays of arrays, 200 deep, each holding one array: recursion a file may not ask for.
+    let mut nested = key("k");
+    nested.extend(9u32.to_le_bytes());
+    for _ in 0..200 {
+        nested.extend(9u32.to_le_bytes());
+        nested.extend(1u64.to_le_bytes());
+    }
+    // An alignment of 2^62 before one small f32 tensor: its data would start past any file.
+    let mut aligned = key("general.alignment");
+    aligned.extend(10u32.to_le_bytes());
+    aligned.extend((1u64 << 62).to_le_bytes());
+    aligned.extend(key("t"));
+    aligned.extend(1u32.to_le_bytes());
+    aligned.extend(32u64.to_le_bytes());
+    aligned.extend(0u32.to_le_bytes());
+    aligned.extend(0u64.to_le_bytes());
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        // A metadata key, then a tensor name, whose length is 2^64-1: the offset would wrap.
+        (
+            "key",
+            gguf(0, 1, &[u64::MAX.to_le_bytes().as_slice(), b"abc"].concat()),
+            "unexpected end of file",
+        ),
+        (
+            "tensor",
+            gguf(1, 0, &[u64::MAX.to_le_bytes().as_slice(), b"abc"].concat()),
+            "unexpected end of file",
+        ),
+        (
+            "string value",
+            gguf(
+                0,
+                1,
+                &[
+                    key("a"),
+                    8u32.to_le_bytes().to_vec(),
+                    u64::MAX.to_le_bytes().to_vec(),
+                ]
+                .concat(),
+            ),
+            "unexpected end of file",
+        ),
+        ("nested", gguf(0, 1, &nested), "nested deeper than 4"),
+        (
+            "aligned",
+            gguf(1, 1, &aligned),
+            "runs past the end of the file",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let path = p.path(&format!("{name}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        let run = p.hone(&[
+            "generate",
+            "--raw",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+        ]);
+        let err = failed(&run);
+        assert!(
+            matches!(run.code(), 1 | 2),
+            "{name}: exit {}: {err}",
+            run.code()
+        );
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
