@@ -107,9 +107,12 @@ fn safetensors_dtypes(path: &Path) -> Result<Vec<(String, String)>, ModelError> 
     f.read_exact(&mut len)
         .map_err(|e| bad(format!("no header: {e}")))?;
     let len = u64::from_le_bytes(len);
-    // safetensors caps headers at 100 MB.
-    if len > 100_000_000 {
-        return Err(bad(format!("a header of {len} bytes")));
+    // safetensors caps headers at 100 MB; a header longer than the file is not read either.
+    let file_len = f.metadata().map_or(0, |m| m.len());
+    if len > 100_000_000 || len > file_len.saturating_sub(8) {
+        return Err(bad(format!(
+            "a header of {len} bytes in a file of {file_len} bytes"
+        )));
     }
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header)

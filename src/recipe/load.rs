@@ -601,7 +601,7 @@ fn apply_defaults(
                 Diagnostic::new(format!("`defaults` names unknown stage kind `{kind}`"))
                     .at(sources.key(&path))
                     .help(
-                        did_you_mean(kind, kinds.names().into_iter())
+                        did_you_mean(kind, kinds.names())
                             .unwrap_or_else(|| format!("stage kinds: {}", kind_list(kinds))),
                     ),
             );
@@ -862,7 +862,7 @@ fn spec_result(
             Err(
                 Diagnostic::new(format!("unknown stage kind `{kind}` in stage `{name}`"))
                     .at(sources.value(&join(&path, "kind")))
-                    .help(did_you_mean(kind, kinds.names().into_iter()).unwrap_or_else(|| {
+                    .help(did_you_mean(kind, kinds.names()).unwrap_or_else(|| {
                         format!(
                             "stage kinds: {}; a kind of your own exists only in a program that registers it (see examples/custom_stage)",
                             kind_list(kinds)
