@@ -45,50 +45,11 @@ stages:
 
 /// Runs `hone args` in `p`, and returns its exit code, stdout and stderr as one text.
 fn hone(p: &Project, args: &[&str]) -> String {
-    let out = p.hone(args);
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.code(),
-        out.stdout(),
-        out.stderr()
-    )
+    p.hone(args).transcript()
 }
 
-/// Snapshot settings: what varies between runs and machines is replaced by a placeholder.
 fn settings(p: &Project) -> insta::Settings {
-    let mut s = insta::Settings::clone_current();
-    let dir = p.dir.path().display().to_string();
-    let real = std::fs::canonicalize(p.dir.path())
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|_| dir.clone());
-    s.add_filter(&regex_escape(&real), "[TMP]");
-    s.add_filter(&regex_escape(&dir), "[TMP]");
-    s.add_filter(r"[0-9a-f]{64}", "[DIGEST]");
-    s.add_filter(r"\b[0-9a-f]{16}\b", "[KEY]");
-    s.add_filter(r"runs/[^/\s]+", "runs/[RUN]");
-    s.add_filter(r#""(wall_time_s)":[0-9.e-]+"#, r#""$1":[TIME]"#);
-    s.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
-    // What training computes depends on the CPU's float kernels; the words and counts do not.
-    s.add_filter(r"((?:loss|gap|ppl|perplexity)[a-z_]*)=-?\d+\.\d+", "$1=[F]");
-    s.add_filter(
-        r#""([a-z_]*(?:loss|gap|ppl|perplexity)[a-z_]*)":-?[0-9.e+-]+"#,
-        r#""$1":[F]"#,
-    );
-    s.add_filter(r"\d+(\.\d+)? (KiB|MiB|B)\b", "[SIZE]");
-    s.set_prepend_module_to_snapshot(false);
-    s
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$#&-~".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    crate::common::snapshots(p)
 }
 
 #[test]

@@ -111,6 +111,62 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The run as a person sees it, for a snapshot: exit code, stdout and stderr.
+    pub fn transcript(&self) -> String {
+        format!(
+            "exit: {}\n--- stdout\n{}--- stderr\n{}",
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// Snapshot settings for output of commands run in `p` (snapshots live in
+/// `tests/it/snapshots/`; review a change with `cargo insta review`, or rerun with
+/// `INSTA_UPDATE=always` and read the diff): what varies between runs and machines (`p`'s
+/// directory, times, digests and keys, run directories, sizes, trained floating-point values)
+/// becomes a placeholder, so a snapshot changes only when the output's words, layout or
+/// counts do.
+pub fn snapshots(p: &Project) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    let dir = p.dir.path().display().to_string();
+    let real = std::fs::canonicalize(p.dir.path())
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| dir.clone());
+    s.add_filter(&regex_escape(&real), "[TMP]");
+    s.add_filter(&regex_escape(&dir), "[TMP]");
+    s.add_filter(r"[0-9a-f]{64}", "[DIGEST]");
+    s.add_filter(r"\b[0-9a-f]{16}\b", "[KEY]");
+    s.add_filter(r"runs/[^/\s]+", "runs/[RUN]");
+    s.add_filter(r#""(wall_time_s)":[0-9.e-]+"#, r#""$1":[TIME]"#);
+    // A time in a column: its padding depends on its width too.
+    s.add_filter(r"\b\d+\.\d+s\b {2,}", "[TIME]  ");
+    s.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
+    // What training computes depends on the CPU's float kernels; the words and counts do not.
+    s.add_filter(r"((?:loss|gap|ppl|perplexity)[a-z_]*)=-?\d+\.\d+", "$1=[F]");
+    s.add_filter(
+        r#""([a-z_]*(?:loss|gap|ppl|perplexity)[a-z_]*)":-?[0-9.e+-]+"#,
+        r#""$1":[F]"#,
+    );
+    s.add_filter(r"\d+(\.\d+)? (KiB|MiB|B)\b", "[SIZE]");
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$#&-~".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Runs `hone args` in `p` with more environment (a remote's endpoint, a Slurm cluster's
 /// configuration).
 pub fn run_with_env(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {

@@ -1,6 +1,8 @@
-//! Running, caching, status reasons, the lockfile and `--locked`, selection flags.
+//! Running, caching, status reasons, the lockfile and `--locked`, selection flags. What the
+//! commands print is checked whole, as snapshots (`tests/it/snapshots/run_cache_*`); files
+//! and exit codes are asserted directly.
 
-use crate::common::{Project, qa_jsonl, two_dataset_project};
+use crate::common::{Project, qa_jsonl, snapshots, two_dataset_project};
 
 #[test]
 fn second_run_is_fully_cached_and_edits_rerun_only_what_they_affect() {
@@ -12,9 +14,10 @@ fn second_run_is_fully_cached_and_edits_rerun_only_what_they_affect() {
     let lock1 = std::fs::read_to_string(p.path("r.lock")).unwrap();
 
     let second = p.hone(&["run", "r.yaml"]);
-    let out = second.ok();
-    assert!(second.ran().is_empty(), "nothing should rerun:\n{out}");
-    assert!(out.contains("0 ran, 3 cached"), "{out}");
+    second.ok();
+    assert!(second.ran().is_empty(), "nothing should rerun");
+    let s = snapshots(&p);
+    s.bind(|| insta::assert_snapshot!("run_cache_second_run", second.transcript()));
     assert_eq!(
         std::fs::read_to_string(p.path("r.lock")).unwrap(),
         lock1,
@@ -26,33 +29,15 @@ fn second_run_is_fully_cached_and_edits_rerun_only_what_they_affect() {
         "data/b.csv",
         "text,label\nfine,1\nbad,0\nok,1\nmeh,0\nyes,1\nno,0\nsure,1\n",
     );
-    let status = p.hone(&["status", "r.yaml"]).ok();
-    assert!(status.contains("input data/b.csv changed"), "{status}");
-    let line = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(name))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    assert!(line("qa").trim_start().starts_with("cached"), "{status}");
-    assert!(
-        line("reviews").trim_start().starts_with("stale"),
-        "{status}"
-    );
+    let status = p.hone(&["status", "r.yaml"]);
+    status.ok();
+    s.bind(|| insta::assert_snapshot!("run_cache_status_input_changed", status.transcript()));
 
     // --locked refuses, before running anything, a run that would change the lockfile.
     let locked = p.hone(&["run", "r.yaml", "--locked"]);
     assert_eq!(locked.code(), 1, "{}", locked.stderr());
-    assert!(
-        locked.stderr().contains("--locked")
-            && locked
-                .stderr()
-                .contains("reviews: input data/b.csv changed"),
-        "{}",
-        locked.stderr()
-    );
     assert!(locked.ran().is_empty());
+    s.bind(|| insta::assert_snapshot!("run_cache_locked_refuses", locked.transcript()));
 
     let third = p.hone(&["run", "r.yaml"]);
     third.ok();
@@ -66,14 +51,10 @@ fn config_change_is_explained_and_identical_upstream_output_keeps_downstream_cac
     p.hone(&["run", "r.yaml"]).ok();
     // qa_clean only keeps `question`; dedup off changes qa's config but (no duplicates in the
     // data) not its output, so qa reruns and qa_clean stays cached.
-    let status = p
-        .hone(&["status", "r.yaml", "--set", "stages.qa.dedup=false"])
-        .ok();
-    assert!(
-        status.contains("config changed: dedup true -> false"),
-        "{status}"
-    );
-    assert!(status.contains("qa reruns first"), "{status}");
+    let s = snapshots(&p);
+    let status = p.hone(&["status", "r.yaml", "--set", "stages.qa.dedup=false"]);
+    status.ok();
+    s.bind(|| insta::assert_snapshot!("run_cache_status_config_changed", status.transcript()));
     let run = p.hone(&["run", "r.yaml", "--set", "stages.qa.dedup=false"]);
     run.ok();
     assert_eq!(run.ran(), ["qa"], "qa_clean's input did not change");
@@ -85,19 +66,16 @@ fn config_change_is_explained_and_identical_upstream_output_keeps_downstream_cac
     // `--set` runs are experiments, not recorded in the lockfile: reasons compare with the
     // recipe as last recorded (0.2), whose action the store still holds, so going back to the
     // recipe's value is a cache hit.
-    let status = p
-        .hone(&[
-            "status",
-            "r.yaml",
-            "--set",
-            "stages.qa.split.validation=0.25",
-        ])
-        .ok();
-    assert!(
-        status.contains("config changed: split.validation 0.2 -> 0.25"),
-        "{status}"
-    );
-    assert!(status.contains("upstream qa reruns first"), "{status}");
+    let status = p.hone(&[
+        "status",
+        "r.yaml",
+        "--set",
+        "stages.qa.split.validation=0.25",
+    ]);
+    status.ok();
+    s.bind(|| {
+        insta::assert_snapshot!("run_cache_status_against_the_lockfile", status.transcript())
+    });
     let back = p.hone(&["run", "r.yaml"]);
     back.ok();
     assert!(
@@ -122,18 +100,13 @@ fn vars_extends_and_set_resolve_before_keys() {
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan[0]["stage"], "qa");
     p.hone(&["run", "team.yaml"]).ok();
-    let show = p.hone(&["show", "team.yaml", "qa"]).ok();
-    assert!(
-        show.contains("rows_train=27") && show.contains("rows_validation=3"),
-        "{show}"
-    );
-    let status = p
-        .hone(&["status", "team.yaml", "--set", "vars.frac=5"])
-        .ok();
-    assert!(
-        status.contains("config changed: split.validation 0.1 -> 5.0"),
-        "{status}"
-    );
+    let s = snapshots(&p);
+    let show = p.hone(&["show", "team.yaml", "qa"]);
+    show.ok();
+    s.bind(|| insta::assert_snapshot!("run_cache_show_from_extends_and_vars", show.transcript()));
+    let status = p.hone(&["status", "team.yaml", "--set", "vars.frac=5"]);
+    status.ok();
+    s.bind(|| insta::assert_snapshot!("run_cache_status_set_var", status.transcript()));
 }
 
 #[test]
@@ -170,11 +143,7 @@ fn selection_flags_pick_stages() {
     );
     let bad = p.hone(&["run", "r.yaml", "--only", "qa_clen"]);
     assert_eq!(bad.code(), 2);
-    assert!(
-        bad.stderr().contains("did you mean `qa_clean`"),
-        "{}",
-        bad.stderr()
-    );
+    snapshots(&p).bind(|| insta::assert_snapshot!("run_cache_unknown_stage", bad.transcript()));
 }
 
 #[test]
@@ -182,24 +151,18 @@ fn only_refuses_when_an_input_is_not_cached() {
     let p = two_dataset_project();
     let run = p.hone(&["run", "r.yaml", "--only", "qa_clean"]);
     assert_eq!(run.code(), 1);
-    assert!(run.stderr().contains("needs `qa`"), "{}", run.stderr());
+    snapshots(&p).bind(|| insta::assert_snapshot!("run_cache_only_needs_input", run.transcript()));
 }
 
 #[test]
 fn dag_prints_ascii_mermaid_and_dot() {
     let p = two_dataset_project();
-    let ascii = p.hone(&["dag", "r.yaml"]).ok();
-    assert!(
-        ascii.contains("qa_clean (dataset)") && ascii.contains("└── qa [train -> source]"),
-        "{ascii}"
-    );
-    let mermaid = p.hone(&["dag", "r.yaml", "--format", "mermaid"]).ok();
-    assert!(
-        mermaid.starts_with("flowchart TD") && mermaid.contains("qa -->|train -> source| qa_clean"),
-        "{mermaid}"
-    );
-    let dot = p.hone(&["dag", "r.yaml", "--format", "dot"]).ok();
-    assert!(dot.contains("\"qa\" -> \"qa_clean\""), "{dot}");
+    let s = snapshots(&p);
+    for format in ["ascii", "mermaid", "dot"] {
+        let dag = p.hone(&["dag", "r.yaml", "--format", format]);
+        dag.ok();
+        s.bind(|| insta::assert_snapshot!(format!("run_cache_dag_{format}"), dag.transcript()));
+    }
 }
 
 #[test]
@@ -210,20 +173,13 @@ fn dataset_stage_dedups_splits_and_reports() {
     p.write("d.jsonl", &rows);
     p.write("r.yaml", "version: 1\nname: t\nstages:\n  qa:\n    kind: dataset\n    source: { path: d.jsonl }\n    columns: { question: prompt }\n    split: { validation: 0.25 }\n");
     p.hone(&["run", "r.yaml"]).ok();
-    let show = p.hone(&["show", "r.yaml", "qa"]).ok();
-    assert!(show.contains("duplicates_dropped=3"), "{show}");
-    assert!(
-        show.contains("rows_train=15") && show.contains("rows_validation=5"),
-        "{show}"
-    );
-    assert!(
-        show.contains("prompt (text)") && show.contains("answer (text)"),
-        "{show}"
-    );
-    assert!(show.contains("\"prompt\":\"What is part number"), "{show}");
+    let show = p.hone(&["show", "r.yaml", "qa"]);
+    show.ok();
+    snapshots(&p)
+        .bind(|| insta::assert_snapshot!("run_cache_show_dataset_dedup", show.transcript()));
     // `hone show STAGE` finds the one recipe with a lockfile in the directory.
     let short = p.hone(&["show", "qa"]).ok();
-    assert_eq!(short, show);
+    assert_eq!(short, show.stdout());
 }
 
 #[test]
@@ -236,15 +192,8 @@ fn leakage_against_an_eval_dataset_fails_by_default_and_warns_on_request() {
     p.write("r.yaml", recipe);
     let run = p.hone(&["run", "r.yaml"]);
     assert_eq!(run.code(), 1);
-    let err = run.stderr();
-    assert!(err.contains("data leakage in stage `train`"), "{err}");
-    assert!(
-        err.contains(
-            "1 rows of train also in eval dataset `heldout` (0 exact, 1 after normalising)"
-        ),
-        "{err}"
-    );
-    assert!(err.contains("train.jsonl:4 = heldout.test row 1"), "{err}");
+    let s = snapshots(&p);
+    s.bind(|| insta::assert_snapshot!("run_cache_leakage_fails", run.transcript()));
     assert_eq!(
         p.hone(&["cache", "ls"]).ok().lines().count(),
         1,
@@ -259,12 +208,8 @@ fn leakage_against_an_eval_dataset_fails_by_default_and_warns_on_request() {
         ),
     );
     let run = p.hone(&["run", "r.yaml"]);
-    let out = run.ok();
-    assert!(
-        out.contains("warning train") && out.contains("leakage:"),
-        "{out}"
-    );
-    assert!(out.contains("leaked_rows=1"), "{out}");
+    run.ok();
+    s.bind(|| insta::assert_snapshot!("run_cache_leakage_warns", run.transcript()));
 }
 
 #[test]
@@ -273,11 +218,10 @@ fn fresh_store_reproduces_the_lockfile_without_changing_it() {
     p.hone(&["run", "r.yaml"]).ok();
     let lock = std::fs::read_to_string(p.path("r.lock")).unwrap();
     std::fs::remove_dir_all(p.store()).unwrap();
-    let status = p.hone(&["status", "r.yaml"]).ok();
-    assert!(
-        status.contains("in the lockfile but not in the store"),
-        "{status}"
-    );
+    let status = p.hone(&["status", "r.yaml"]);
+    status.ok();
+    snapshots(&p)
+        .bind(|| insta::assert_snapshot!("run_cache_status_fresh_store", status.transcript()));
     let run = p.hone(&["run", "r.yaml", "--locked"]);
     run.ok();
     assert_eq!(run.ran(), ["qa", "reviews", "qa_clean"]);
@@ -307,8 +251,10 @@ fn recipes_in_subdirectories_share_the_project_store() {
         p.path("team/team.lock").is_file(),
         "the lockfile stays beside its recipe"
     );
-    let status = p.hone(&["status", "team/team.yaml"]).ok();
-    assert!(status.contains("3 cached, 0 stale"), "{status}");
+    let status = p.hone(&["status", "team/team.yaml"]);
+    status.ok();
+    snapshots(&p)
+        .bind(|| insta::assert_snapshot!("run_cache_status_shared_store", status.transcript()));
 
     // In a repository without a marker, the repository root holds the store: from a
     // subdirectory's recipe, and from a recipe at the root alike.
