@@ -137,7 +137,10 @@ pub fn snapshots(p: &Project) -> insta::Settings {
         .unwrap_or_else(|_| dir.clone());
     s.add_filter(&regex_escape(&real), "[TMP]");
     s.add_filter(&regex_escape(&dir), "[TMP]");
+    s.add_filter(&regex_escape(env!("CARGO_MANIFEST_DIR")), "[REPO]");
     s.add_filter(r"[0-9a-f]{64}", "[DIGEST]");
+    // The store's shard directories are a digest's first two characters.
+    s.add_filter(r"\b[0-9a-f]{2}/\[DIGEST\]", "[SHARD]/[DIGEST]");
     s.add_filter(r"\b[0-9a-f]{16}\b", "[KEY]");
     s.add_filter(r"runs/[^/\s]+", "runs/[RUN]");
     s.add_filter(r#""(wall_time_s)":[0-9.e-]+"#, r#""$1":[TIME]"#);
