@@ -138,6 +138,8 @@ pub fn snapshots(p: &Project) -> insta::Settings {
     s.add_filter(&regex_escape(&real), "[TMP]");
     s.add_filter(&regex_escape(&dir), "[TMP]");
     s.add_filter(&regex_escape(env!("CARGO_MANIFEST_DIR")), "[REPO]");
+    // Other scratch directories of the test (a `file://` remote).
+    s.add_filter(r"/tmp/\.tmp[A-Za-z0-9]+", "[SCRATCH]");
     s.add_filter(r"[0-9a-f]{64}", "[DIGEST]");
     // The store's shard directories are a digest's first two characters.
     s.add_filter(r"\b[0-9a-f]{2}/\[DIGEST\]", "[SHARD]/[DIGEST]");
