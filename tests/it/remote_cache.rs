@@ -65,6 +65,17 @@ fn local_manifest(p: &Project, stage: &str) -> PathBuf {
         .join(format!("{action}.json"))
 }
 
+/// A `file://` remote (its directory and URL) to which a project's results went
+/// (write-through), and that project.
+fn published_to_a_file_remote() -> (tempfile::TempDir, String, Project) {
+    let remote = tempfile::tempdir().unwrap();
+    let url = file_url(remote.path());
+    let a = two_dataset_project();
+    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
+    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+    (remote, url, a)
+}
+
 /// A project whose results went to the `file://` remote `url` (write-through), and a second
 /// project of the same recipe that computed them locally, without the remote.
 fn published_and_local(url: &str) -> (Project, Project) {
@@ -206,11 +217,7 @@ fn a_corrupt_blob_or_a_forged_manifest_is_recomputed() {
 
 #[test]
 fn hostile_remote_manifests_are_refused_and_the_stages_computed_here() {
-    let remote = tempfile::tempdir().unwrap();
-    let url = file_url(remote.path());
-    let a = two_dataset_project();
-    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
-    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+    let (remote, url, a) = published_to_a_file_remote();
     let manifest_of =
         |stage: &str| remote_manifest(remote.path(), &lock_entry(&a, "r.lock", stage, "action"));
     let read = |p: &Path| -> serde_json::Value {
@@ -666,11 +673,7 @@ fn a_push_that_finds_other_outputs_for_its_action_warns_and_the_first_writer_sta
 
 #[test]
 fn forged_metrics_or_an_oversized_summary_on_a_remote_are_not_believed() {
-    let remote = tempfile::tempdir().unwrap();
-    let url = file_url(remote.path());
-    let a = two_dataset_project();
-    let write = [("HONE_REMOTE_WRITE", "1".to_owned())];
-    with_env(&a, &["run", "r.yaml", "--remote", &url], &write).ok();
+    let (remote, url, a) = published_to_a_file_remote();
     let manifest_of =
         |stage: &str| remote_manifest(remote.path(), &lock_entry(&a, "r.lock", stage, "action"));
     let edit = |stage: &str, f: &dyn Fn(&mut serde_json::Value)| {

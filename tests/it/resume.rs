@@ -53,12 +53,7 @@ fn artifacts(p: &Project) -> serde_yaml::Value {
 
 #[test]
 fn a_killed_training_run_resumes_to_the_same_artifacts() {
-    let whole = Project::new();
-    whole.write("r.yaml", &recipe());
-    whole.hone(&["run", "r.yaml"]).ok();
-
-    let p = Project::new();
-    p.write("r.yaml", &recipe());
+    let (whole, p) = uninterrupted_and_fresh();
     // Killed right after pretraining's step-20 checkpoint.
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-20");
     // The rerun resumes pretraining there and is killed in SFT while it writes its step-12
@@ -337,13 +332,19 @@ fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     assert!(show.contains("resumed_from"), "{show}");
 }
 
-#[test]
-fn a_kill_while_checkpoints_rotate_leaves_nothing_damaged_and_resumes() {
+/// A project that ran the recipe uninterrupted, and a fresh one with the recipe.
+fn uninterrupted_and_fresh() -> (Project, Project) {
     let whole = Project::new();
     whole.write("r.yaml", &recipe());
     whole.hone(&["run", "r.yaml"]).ok();
     let p = Project::new();
     p.write("r.yaml", &recipe());
+    (whole, p)
+}
+
+#[test]
+fn a_kill_while_checkpoints_rotate_leaves_nothing_damaged_and_resumes() {
+    let (whole, p) = uninterrupted_and_fresh();
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-8");
     // What a SIGKILL part-way through deleting the previous checkpoint leaves: `old/` with
     // only some of its files, beside the new, intact `current/`.
