@@ -97,14 +97,48 @@ fn pointer_mut<'a>(v: &'a mut Value, dotted: &str) -> Option<&'a mut Value> {
 mod tests {
     use super::*;
 
+    use crate::spec::{DATA_INPUT, InputSlot, Kind, Registry, StageResult};
+    use crate::store::ArtifactType;
+
+    /// A data-preparation kind with one input and one setting: what a key is made of, without
+    /// the planner naming a real kind.
+    #[derive(Default)]
+    struct Prepare;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct PrepareSettings {
+        source: crate::spec::settings::Input,
+        dedup: bool,
+    }
+
+    impl Kind for Prepare {
+        type Settings = PrepareSettings;
+        const NAME: &'static str = "prepare";
+        const VERSION: Option<&'static str> = Some("1");
+        fn input_slots(&self) -> &'static [InputSlot] {
+            const SOURCE: InputSlot = InputSlot::new("source", DATA_INPUT);
+            &[SOURCE]
+        }
+        fn outputs(&self, _: &PrepareSettings) -> Vec<(&'static str, ArtifactType)> {
+            vec![("train", ArtifactType::Table)]
+        }
+        fn run(
+            &self,
+            _: &PrepareSettings,
+            _: &mut crate::spec::context::StageContext,
+        ) -> anyhow::Result<StageResult> {
+            unreachable!("keys are computed, nothing runs")
+        }
+    }
+
     fn stage_from(source: &str, dedup: bool) -> Stage {
         let settings =
             serde_yaml::to_value(json!({ "source": { "from": source }, "dedup": dedup })).unwrap();
+        let mut kinds = Registry::new(&[]);
+        kinds.register(Prepare).unwrap();
         Stage {
             name: "s".into(),
-            spec: crate::stages::registry()
-                .parse("dataset", settings)
-                .unwrap(),
+            spec: kinds.parse("prepare", settings).unwrap(),
             resources: Default::default(),
         }
     }
