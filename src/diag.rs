@@ -60,6 +60,9 @@ pub struct Diagnostic {
     pub message: String,
     pub location: Option<Location>,
     pub help: Option<String>,
+    /// The line at the location is not shown (it holds a secret: a credential in a recipe
+    /// should not be copied into a terminal's or a CI job's log).
+    pub hide_line: bool,
 }
 
 impl Diagnostic {
@@ -68,7 +71,13 @@ impl Diagnostic {
             message: message.into(),
             location: None,
             help: None,
+            hide_line: false,
         }
+    }
+    /// Points at the location without showing its line (see [`Diagnostic::hide_line`]).
+    pub fn without_line(mut self) -> Self {
+        self.hide_line = true;
+        self
     }
     pub fn at(mut self, location: Option<Location>) -> Self {
         if self.location.is_none() {
@@ -94,7 +103,7 @@ impl fmt::Display for Diagnostic {
         match &self.location {
             Some(loc @ Location::File { file, line, col }) => {
                 writeln!(f, "  --> {loc}")?;
-                if let Some(text) = source_line(file, *line) {
+                if let Some(text) = source_line(file, *line).filter(|_| !self.hide_line) {
                     let gutter = line.to_string().len();
                     writeln!(f, "{:gutter$} |", "")?;
                     writeln!(f, "{line} | {text}")?;

@@ -90,10 +90,15 @@ fn check_cache(recipe: &Recipe, diags: &mut Diagnostics) {
     let scheme = match cache.remote.as_deref().map(remote::parse_url) {
         Some(Ok(url)) => Some(url.scheme().to_owned()),
         Some(Err(e)) => {
-            diags.push(
-                Diagnostic::new(format!("cache.remote: {e}"))
-                    .at(recipe.value_location("cache.remote")),
-            );
+            let d = Diagnostic::new(format!("cache.remote: {e}"))
+                .at(recipe.value_location("cache.remote"));
+            // A URL with a user or password in it is not shown again.
+            let credentials = cache
+                .remote
+                .as_deref()
+                .and_then(|u| url::Url::parse(u).ok())
+                .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
+            diags.push(if credentials { d.without_line() } else { d });
             None
         }
         None => None,
@@ -112,6 +117,7 @@ fn check_cache(recipe: &Recipe, diags: &mut Diagnostics) {
             diags.push(
                 Diagnostic::new(format!("cache.options.{key} would put a credential in the recipe"))
                     .at(recipe.key_location(&join("cache.options", key)))
+                    .without_line()
                     .help("credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY) or the provider's files; remove it here"),
             );
         }

@@ -431,6 +431,10 @@ fn remote_settings_are_checked_and_keep_credentials_out_of_recipes() {
             "cache:\n  remote: s3://b/p\n  options:\n    region: eu-west-1\n    aws_secret_access_key: hunter2\n",
         ),
         (
+            "credentials_in_the_recipes_url",
+            "cache:\n  remote: s3://me:hunter2@bucket/p\n",
+        ),
+        (
             "unknown_key",
             "cache:\n  remote: file:///tmp/x\n  writ: true\n",
         ),
@@ -442,6 +446,7 @@ fn remote_settings_are_checked_and_keep_credentials_out_of_recipes() {
         p.write(&format!("{name}.yaml"), &with_cache(cache));
         let run = p.hone(&["validate", &format!("{name}.yaml")]);
         assert_eq!(run.code(), 2, "{name}: {}", run.stderr());
+        assert!(!run.stderr().contains("hunter2"), "{}", run.stderr());
         s.bind(|| insta::assert_snapshot!(format!("remote_settings_{name}"), run.transcript()));
     }
     // A URL with credentials in it is refused on the command line too, without echoing them.
