@@ -260,12 +260,18 @@ fn remote_command(command: &RemoteCommand, args: &RemoteArgs) -> Result<ExitCode
             }
         }
     }
-    if let RemoteCommand::Verify { .. } = command {
+    if let RemoteCommand::Verify { deep } = command {
         for p in &problems {
             println!("corrupt: {p}");
         }
+        // Without --deep a blob's content is not read: say so, since a same-size swap passes.
+        let how = if *deep {
+            "each downloaded and hashed"
+        } else {
+            "sizes only; --deep also hashes each"
+        };
         println!(
-            "verified {} actions, {blobs} blobs on {}: {} problems",
+            "verified {} actions, {blobs} blobs ({how}) on {}: {} problems",
             keys.len(),
             remote.label,
             problems.len()
