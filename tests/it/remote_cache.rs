@@ -467,9 +467,11 @@ fn a_stage_whose_readers_are_cached_here_stays_on_the_remote_until_one_runs() {
     b.hone(&["cache", "gc"]).ok();
     let blobs = b.blobs();
     let lock = std::fs::read(b.path("r.lock")).unwrap();
-    let status = b.hone(&["status", "r.yaml", "--remote", &url]).ok();
+    let status_run = b.hone(&["status", "r.yaml", "--remote", &url]);
+    let status = status_run.ok();
     assert_eq!(stages(&status, "remote"), ["qa"], "{status}");
-    assert!(status.contains("a run leaves it there"), "{status}");
+    let s = crate::common::snapshots(&b);
+    s.bind(|| insta::assert_snapshot!("remote_status_leaves_it_there", status_run.transcript()));
     let run = b.hone(&["run", "r.yaml", "--remote", &url]);
     let out = run.ok();
     assert!(run.ran().is_empty(), "{out}");
@@ -502,10 +504,9 @@ fn a_stage_left_on_the_remote_is_computed_here_when_its_reader_runs_and_the_pull
         "run", "r.yaml", "--remote", &url, "--only", "qa_clean", "--force", "qa_clean",
     ]);
     let out = run.ok();
-    assert!(
-        out.contains("whose result stayed on") && out.contains("computed here first"),
-        "{out}"
-    );
+    crate::common::snapshots(&b).bind(|| {
+        insta::assert_snapshot!("remote_left_there_then_computed_here", run.transcript());
+    });
     assert_eq!(run.ran(), ["qa", "qa_clean"], "{out}");
     assert!(stages(&out, "pulled").is_empty(), "{out}");
     assert_eq!(std::fs::read(b.path("r.lock")).unwrap(), lock, "{out}");
@@ -522,26 +523,20 @@ fn a_push_replaces_a_remote_blob_of_the_wrong_size() {
     rewrite_remote_blobs(remote.path(), |bytes| bytes[..bytes.len() / 2].to_vec());
     let damaged = b.hone(&["cache", "remote", "verify", "--remote", &url]);
     assert_eq!(damaged.code(), 1, "{}", damaged.stdout());
-    let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]).ok();
-    assert!(push.contains("pushed 0 actions"), "{push}");
+    let s = crate::common::snapshots(&b);
+    s.bind(|| insta::assert_snapshot!("remote_verify_wrong_sizes", damaged.transcript()));
+    let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]);
+    push.ok();
+    s.bind(|| insta::assert_snapshot!("remote_push_rewrites_wrong_sizes", push.transcript()));
     b.hone(&["cache", "remote", "verify", "--deep", "--remote", &url])
         .ok();
     // `--all` offers the whole store; the remote has it all already.
-    let all = b
-        .hone(&["cache", "push", "r.yaml", "--all", "--remote", &url])
-        .ok();
-    assert!(
-        all.contains("pushed 0 actions") && all.contains("(3 already there)"),
-        "{all}"
-    );
-    let ls = b.hone(&["cache", "remote", "ls", "--remote", &url]).ok();
-    for stage in ["qa", "qa_clean", "reviews"] {
-        let action = lock_entry(&b, "r.lock", stage, "action");
-        assert!(
-            ls.contains(&action[..12]) && ls.contains(stage),
-            "{stage}: {ls}"
-        );
-    }
+    let all = b.hone(&["cache", "push", "r.yaml", "--all", "--remote", &url]);
+    all.ok();
+    s.bind(|| insta::assert_snapshot!("remote_push_all_already_there", all.transcript()));
+    let ls = b.hone(&["cache", "remote", "ls", "--remote", &url]);
+    ls.ok();
+    s.bind(|| insta::assert_snapshot!("remote_ls", ls.transcript()));
 }
 
 /// `two_dataset_project` with `cache:` settings in its recipe.
@@ -664,12 +659,11 @@ fn a_push_that_finds_other_outputs_for_its_action_warns_and_the_first_writer_sta
     let mut qa = read(local_manifest(&b, "qa"));
     qa["outputs"] = read(local_manifest(&b, "qa_clean"))["outputs"].clone();
     std::fs::write(local_manifest(&b, "qa"), serde_json::to_vec(&qa).unwrap()).unwrap();
-    let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]).ok();
-    assert!(
-        push.contains("warning: stage `qa`") && push.contains("first writer wins"),
-        "{push}"
-    );
-    assert!(push.contains("pushed 0 actions"), "{push}");
+    let push = b.hone(&["cache", "push", "r.yaml", "--remote", &url]);
+    push.ok();
+    crate::common::snapshots(&b).bind(|| {
+        insta::assert_snapshot!("remote_push_finds_other_outputs", push.transcript());
+    });
     // The remote still serves team A's result.
     let c = two_dataset_project();
     c.hone(&["run", "r.yaml", "--remote", &url]).ok();
