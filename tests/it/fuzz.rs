@@ -348,6 +348,21 @@ fn mutate_json(rng: &mut SplitMix64, v: &mut serde_json::Value) {
     }
 }
 
+/// A JSON file (`bytes`, parsed as `value`) changed: one case in four its bytes damaged, else
+/// one to three of its values (see [`mutate_json`]).
+fn mutate_json_file(rng: &mut SplitMix64, bytes: &[u8], value: &serde_json::Value) -> Vec<u8> {
+    if rng.below(4) == 0 {
+        let mut b = bytes.to_vec();
+        damage_bytes(rng, &mut b);
+        return b;
+    }
+    let mut v = value.clone();
+    for _ in 0..=rng.below(2) {
+        mutate_json(rng, &mut v);
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
 #[test]
 fn safetensors_files() {
     let dir = root().join("tests/fixtures/models/llama");
@@ -416,18 +431,7 @@ fn tokenizer_json() {
     fuzz(
         "tokenizer.json",
         TOKENIZER.as_bytes(),
-        |rng, o| {
-            if rng.below(4) == 0 {
-                let mut b = o.to_vec();
-                damage_bytes(rng, &mut b);
-                return b;
-            }
-            let mut v = original.clone();
-            for _ in 0..=rng.below(2) {
-                mutate_json(rng, &mut v);
-            }
-            serde_json::to_vec(&v).unwrap()
-        },
+        |rng, o| mutate_json_file(rng, o, &original),
         |bytes| {
             let Ok(t) = hone::model::load_tokenizer_file(scratch.write(bytes)) else {
                 return false;
@@ -539,18 +543,7 @@ fn remote_manifests() {
     fuzz(
         "manifest",
         &original,
-        |rng, o| {
-            if rng.below(4) == 0 {
-                let mut b = o.to_vec();
-                damage_bytes(rng, &mut b);
-                return b;
-            }
-            let mut v = value.clone();
-            for _ in 0..=rng.below(2) {
-                mutate_json(rng, &mut v);
-            }
-            serde_json::to_vec(&v).unwrap()
-        },
+        |rng, o| mutate_json_file(rng, o, &value),
         |bytes| {
             let local = hone::store::Manifest::parse(bytes, &action).is_ok();
             hone::store::remote::check_manifest(bytes, &action).is_ok() && local

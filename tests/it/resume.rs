@@ -51,9 +51,19 @@ fn artifacts(p: &Project) -> serde_yaml::Value {
     serde_yaml::from_str(&std::fs::read_to_string(p.path("r.lock")).unwrap()).unwrap()
 }
 
+/// A project that ran `recipe` uninterrupted, and a fresh one with it.
+fn uninterrupted_and_fresh(recipe: &str) -> (Project, Project) {
+    let whole = Project::new();
+    whole.write("r.yaml", recipe);
+    whole.hone(&["run", "r.yaml"]).ok();
+    let p = Project::new();
+    p.write("r.yaml", recipe);
+    (whole, p)
+}
+
 #[test]
 fn a_killed_training_run_resumes_to_the_same_artifacts() {
-    let (whole, p) = uninterrupted_and_fresh();
+    let (whole, p) = uninterrupted_and_fresh(&recipe());
     // Killed right after pretraining's step-20 checkpoint.
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-20");
     // The rerun resumes pretraining there and is killed in SFT while it writes its step-12
@@ -101,11 +111,7 @@ fn a_killed_f16_run_resumes_to_the_same_artifacts() {
         "checkpoint_every: 4 }",
         "checkpoint_every: 4, precision: f16 }",
     );
-    let whole = Project::new();
-    whole.write("r.yaml", &recipe);
-    whole.hone(&["run", "r.yaml"]).ok();
-    let p = Project::new();
-    p.write("r.yaml", &recipe);
+    let (whole, p) = uninterrupted_and_fresh(&recipe);
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-8");
     let again = p.hone(&["run", "r.yaml"]);
     again.ok();
@@ -332,19 +338,9 @@ fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     assert!(show.contains("resumed_from"), "{show}");
 }
 
-/// A project that ran the recipe uninterrupted, and a fresh one with the recipe.
-fn uninterrupted_and_fresh() -> (Project, Project) {
-    let whole = Project::new();
-    whole.write("r.yaml", &recipe());
-    whole.hone(&["run", "r.yaml"]).ok();
-    let p = Project::new();
-    p.write("r.yaml", &recipe());
-    (whole, p)
-}
-
 #[test]
 fn a_kill_while_checkpoints_rotate_leaves_nothing_damaged_and_resumes() {
-    let (whole, p) = uninterrupted_and_fresh();
+    let (whole, p) = uninterrupted_and_fresh(&recipe());
     crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-8");
     // What a SIGKILL part-way through deleting the previous checkpoint leaves: `old/` with
     // only some of its files, beside the new, intact `current/`.
