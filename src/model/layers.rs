@@ -39,16 +39,6 @@ impl Proj {
         set_weight_precision(&mut self.weight, precision);
     }
 
-    /// The weight in f32, whatever it is stored in.
-    fn weight_f32(&self) -> Tensor<2> {
-        let w = self.weight.val();
-        if w.dtype() == DType::F32 {
-            w
-        } else {
-            w.cast(DType::F32)
-        }
-    }
-
     /// A projection initialised like GPT-2 (normal, std 0.02; zero bias).
     pub fn init(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Proj {
         let w = Tensor::random(
@@ -92,7 +82,15 @@ impl Proj {
             ),
         };
         match &self.lora {
-            Some(l) if l.enabled && !l.merged => y + l.forward(x),
+            Some(l) if l.enabled && !l.merged => {
+                let update = l.update(
+                    x,
+                    &y,
+                    &self.weight.val(),
+                    self.bias.as_ref().map(|b| b.val()),
+                );
+                y + update
+            }
             _ => y,
         }
     }
@@ -100,19 +98,19 @@ impl Proj {
     /// The weight with the adapter folded in (for export and merged models).
     pub fn merged_weight(&self) -> Tensor<2> {
         match &self.lora {
-            Some(l) if l.enabled && !l.merged => self.weight_f32() + l.delta(),
+            Some(l) if l.enabled && !l.merged => l.merged_weight(self.weight.val()),
             _ => self.weight.val(),
         }
     }
 
-    /// `W + delta`, stored in `W`'s dtype (PEFT's merge keeps the base's dtype too).
-    pub fn add_to_weight(&mut self, delta: Tensor<2>) {
+    /// Replaces the weight by `w` (f32), stored in the old weight's dtype (PEFT's merge keeps
+    /// the base's dtype too).
+    pub fn replace_weight(&mut self, w: Tensor<2>) {
         let dtype = self.weight.val().dtype();
-        let sum = self.weight_f32() + delta;
         self.weight = Param::from_tensor(if dtype == DType::F32 {
-            sum
+            w
         } else {
-            sum.cast(dtype)
+            w.cast(dtype)
         });
     }
 }

@@ -1,6 +1,10 @@
 //! LoRA adapters following PEFT's conventions, so adapters saved by hone load in PEFT:
 //! `y = W x + s * B(A(dropout(x)))` with `s = alpha / r` (or `alpha / sqrt(r)` with rsLoRA),
 //! A kaiming-uniform (bound `1/sqrt(in)`), B zeros so the adapted model starts equal to the base.
+//!
+//! DoRA (`use_dora`) splits the adapted weight into a direction and a trained magnitude per
+//! output: `W' = m * (W + s B A) / ||W + s B A||`, the norm taken over each output's inputs and
+//! treated as a constant in backward (PEFT detaches it), `m` initialised to `||W||`.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
@@ -23,9 +27,13 @@ pub struct LoraConfig {
     /// `all-linear` (PEFT's shorthand) adapts every linear layer but the output head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_modules: Option<Vec<String>>,
-    /// Rank-stabilised scaling `alpha / sqrt(r)`.
-    #[serde(default)]
+    /// Rank-stabilised scaling `alpha / sqrt(r)` (PEFT's `use_rslora`).
+    #[serde(default, alias = "use_rslora")]
     pub rslora: bool,
+    /// DoRA: a trained magnitude per output on top of the low-rank direction update (PEFT's
+    /// `use_dora`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_dora: bool,
 }
 
 fn default_r() -> usize {
@@ -43,6 +51,7 @@ impl Default for LoraConfig {
             dropout: 0.0,
             target_modules: None,
             rslora: false,
+            use_dora: false,
         }
     }
 }
@@ -63,12 +72,17 @@ impl LoraConfig {
 pub struct LoraAdapter {
     pub a: Param<Tensor<2>>,
     pub b: Param<Tensor<2>>,
+    /// DoRA's magnitude per output, `[out]` (PEFT `lora_magnitude_vector`); `None`: plain LoRA.
+    pub magnitude: Option<Param<Tensor<1>>>,
     pub scaling: f64,
     pub dropout: Dropout,
     /// Off: the projection behaves as the base model (e.g. DPO's reference model).
     pub enabled: bool,
     /// Folded into the base weight (`merge`); `unmerge` takes it out again.
     pub merged: bool,
+    /// DoRA's `m / ||W + s B A||` at merge time, which `unmerge` divides out again.
+    #[module(skip)]
+    merged_dora_scale: Option<Tensor<1>>,
 }
 
 impl LoraAdapter {
@@ -83,6 +97,19 @@ impl LoraAdapter {
         Self::from_tensors(a, b, cfg, device)
     }
 
+    /// A fresh adapter for the projection whose weight (`[in, out]`, any float dtype) is
+    /// `weight`; with DoRA, its magnitude starts at the weight's norm per output, so the adapted
+    /// model starts equal to the base.
+    pub fn for_weight(weight: &Tensor<2>, cfg: &LoraConfig, device: &Device) -> LoraAdapter {
+        let [d_in, d_out] = weight.dims();
+        let mut adapter = Self::new(d_in, d_out, cfg, device);
+        if cfg.use_dora {
+            let norm = column_norms(f32_of(weight.clone()));
+            adapter.magnitude = Some(Param::from_tensor(norm));
+        }
+        adapter
+    }
+
     pub fn from_tensors(
         a: Tensor<2>,
         b: Tensor<2>,
@@ -92,22 +119,92 @@ impl LoraAdapter {
         LoraAdapter {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
+            magnitude: None,
             scaling: cfg.scaling(),
             dropout: DropoutConfig::new(cfg.dropout).init(),
             enabled: true,
             merged: false,
+            merged_dora_scale: None,
         }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = burn::tensor::module::linear(self.dropout.forward(x), self.a.val(), None);
+        self.low_rank(self.dropout.forward(x))
+    }
+
+    /// `s * B(A(x))`, without dropout.
+    fn low_rank<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let h = burn::tensor::module::linear(x, self.a.val(), None);
         burn::tensor::module::linear(h, self.b.val(), None).mul_scalar(self.scaling)
+    }
+
+    /// What this adapter adds to the base projection's output `y = x W + bias`, as PEFT's
+    /// `Linear.forward` computes it: `s B A x` for LoRA; for DoRA
+    /// `(m/n - 1) x W + (m/n) s B A x` with `n = ||W + s B A||` per output (detached), where
+    /// with dropout active `x` is the dropped-out input in both terms.
+    pub fn update<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        y: &Tensor<D>,
+        weight: &Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Tensor<D> {
+        let Some(magnitude) = &self.magnitude else {
+            return self.forward(x);
+        };
+        let w = f32_of(weight.clone());
+        let norm = column_norms(w.clone() + self.delta()).detach();
+        let scale = (magnitude.val() / norm).unsqueeze::<D>();
+        let (x, base) = if self.dropout.prob == 0.0 {
+            // The base projection's own output, less its bias.
+            let base = match bias {
+                Some(b) => y.clone() - b.unsqueeze::<D>(),
+                None => y.clone(),
+            };
+            (x, base)
+        } else {
+            let dropped = self.dropout.forward(x);
+            let base = burn::tensor::module::linear(dropped.clone(), w, None);
+            (dropped, base)
+        };
+        base * (scale.clone() - 1.0) + self.low_rank(x) * scale
+    }
+
+    /// `W` with this adapter folded in: `W + s A B`, or for DoRA `(m / n) (W + s A B)`.
+    pub fn merged_weight(&self, weight: Tensor<2>) -> Tensor<2> {
+        let w = f32_of(weight) + self.delta();
+        match self.dora_scale(&w) {
+            Some(scale) => w * scale.unsqueeze(),
+            None => w,
+        }
+    }
+
+    /// DoRA's `m / ||w||` per output of the adapted weight `w`.
+    fn dora_scale(&self, adapted: &Tensor<2>) -> Option<Tensor<1>> {
+        let m = self.magnitude.as_ref()?;
+        Some(m.val() / column_norms(adapted.clone()))
     }
 
     /// `s * A B` as an `[in, out]` weight update.
     pub fn delta(&self) -> Tensor<2> {
         self.a.val().matmul(self.b.val()).mul_scalar(self.scaling)
     }
+}
+
+/// `t` in f32, whatever float dtype it is stored in.
+fn f32_of(t: Tensor<2>) -> Tensor<2> {
+    if t.dtype() == burn::tensor::DType::F32 {
+        t
+    } else {
+        t.cast(burn::tensor::DType::F32)
+    }
+}
+
+/// The L2 norm of each column of `w` (`[in, out]` -> `[out]`): PEFT's `||W||` per output row of
+/// its `[out, in]` layout.
+fn column_norms(w: Tensor<2>) -> Tensor<1> {
+    let d_out = w.dims()[1];
+    w.square().sum_dim(0).sqrt().reshape([d_out])
 }
 
 /// PEFT's default `target_modules` per family.
@@ -183,7 +280,8 @@ pub fn apply(
     let mut names = Vec::new();
     for (path, proj) in backbone.projections_mut() {
         if targeted(&path, &targets) {
-            proj.lora = Some(LoraAdapter::new(proj.d_in(), proj.d_out(), cfg, device));
+            let weight = proj.weight.val();
+            proj.lora = Some(LoraAdapter::for_weight(&weight, cfg, device));
             adapted.push(path);
         } else {
             names.push(path.rsplit('.').next().unwrap_or_default().to_owned());
@@ -209,39 +307,43 @@ pub fn set_enabled(backbone: &mut super::Backbone, enabled: bool) {
     }
 }
 
-/// Folds every active adapter into its base weight (`W += s A B`), as PEFT's `merge` does;
-/// the adapter stays, marked merged, so `unmerge` can take it out again.
+/// Folds every active adapter into its base weight (`W += s A B`; DoRA
+/// `W = m (W + s A B) / ||W + s A B||`), as PEFT's `merge` does; the adapter stays, marked
+/// merged, so `unmerge` can take it out again.
 pub fn merge(backbone: &mut super::Backbone) {
     for (_, proj) in backbone.projections_mut() {
-        let Some(delta) = proj
-            .lora
-            .as_ref()
-            .filter(|l| l.enabled && !l.merged)
-            .map(LoraAdapter::delta)
-        else {
+        let Some(l) = proj.lora.as_ref().filter(|l| l.enabled && !l.merged) else {
             continue;
         };
-        proj.add_to_weight(delta);
+        let adapted = f32_of(proj.weight.val()) + l.delta();
+        let scale = l.dora_scale(&adapted);
+        let merged = match &scale {
+            Some(s) => adapted * s.clone().unsqueeze(),
+            None => adapted,
+        };
+        proj.replace_weight(merged);
         if let Some(l) = proj.lora.as_mut() {
             l.merged = true;
+            l.merged_dora_scale = scale;
         }
     }
 }
 
-/// Undoes `merge`: `W -= s A B`.
+/// Undoes `merge`: `W -= s A B` (DoRA: `W = W' / (m / n) - s A B`, with the merge's `m / n`).
 pub fn unmerge(backbone: &mut super::Backbone) {
     for (_, proj) in backbone.projections_mut() {
-        let Some(delta) = proj
-            .lora
-            .as_ref()
-            .filter(|l| l.merged)
-            .map(LoraAdapter::delta)
-        else {
+        let Some(l) = proj.lora.as_ref().filter(|l| l.merged) else {
             continue;
         };
-        proj.add_to_weight(delta.neg());
+        let mut w = f32_of(proj.weight.val());
+        if let Some(s) = &l.merged_dora_scale {
+            w = w / s.clone().unsqueeze();
+        }
+        let base = w - l.delta();
+        proj.replace_weight(base);
         if let Some(l) = proj.lora.as_mut() {
             l.merged = false;
+            l.merged_dora_scale = None;
         }
     }
 }
@@ -277,9 +379,15 @@ pub fn save_peft(
                 format!("base_model.model.{path}.lora_B.weight"),
                 l.b.val().transpose(),
             );
+            if let Some(m) = &l.magnitude {
+                w.put(
+                    format!("base_model.model.{path}.lora_magnitude_vector"),
+                    m.val(),
+                );
+            }
         }
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": if family == super::Family::Bert { serde_json::Value::Null } else { "CAUSAL_LM".into() },
         "base_model_name_or_path": base_model,
@@ -294,6 +402,10 @@ pub fn save_peft(
         "inference_mode": true,
         "modules_to_save": serde_json::Value::Null,
     });
+    if cfg.use_dora {
+        // Only when set (PEFT's default is off), so plain LoRA adapters keep their bytes.
+        config["use_dora"] = true.into();
+    }
     crate::store::write_atomic(
         &dir.join("adapter_config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
@@ -329,6 +441,10 @@ pub fn load_peft(
             .get("use_rslora")
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
+        use_dora: raw
+            .get("use_dora")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
     };
     if !valid_dropout(cfg.dropout) {
         return Err(super::ModelError::BadConfig {
@@ -353,7 +469,12 @@ pub fn load_peft(
         let b = w
             .take::<2>(&format!("{path}.lora_B.weight"), [proj.d_out(), cfg.r])?
             .transpose();
-        proj.lora = Some(LoraAdapter::from_tensors(a, b, &cfg, device));
+        let mut adapter = LoraAdapter::from_tensors(a, b, &cfg, device);
+        if cfg.use_dora {
+            let name = format!("{path}.lora_magnitude_vector");
+            adapter.magnitude = Some(Param::from_tensor(w.take::<1>(&name, [proj.d_out()])?));
+        }
+        proj.lora = Some(adapter);
     }
     Ok(cfg)
 }

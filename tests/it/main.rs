@@ -26,6 +26,7 @@ mod judge;
 mod layers;
 mod lora_training;
 mod model_parity;
+mod peft_parity;
 mod pitfalls;
 mod precision;
 mod pretrain_stage;

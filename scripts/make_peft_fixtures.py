@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Builds the PEFT parity fixtures under tests/fixtures/peft/: adapters made by PEFT itself on the
+tiny Llama checkpoint (tests/fixtures/models/llama), with their factors set to random values so
+every term of the forward and backward shows, plus PEFT's outputs and gradients for a fixed batch.
+
+- `dora/`: DoRA + rsLoRA (`use_dora`, `use_rslora`), r 4, alpha 8, every linear layer.
+- `rslora/`: rsLoRA alone, r 4, alpha 8, q_proj and v_proj.
+
+Each holds PEFT's adapter directory (`adapter_config.json`, `adapter_model.safetensors`) and
+`reference.safetensors`: `logits` for the batch below, `weights` (the fixed random tensor the
+loss `sum(logits * weights)` is taken with; zero on padding) and `grad.<PEFT name>` for every
+trainable tensor. The Rust tests read the committed files and need no Python.
+
+Run by hand (needs torch, transformers, peft, safetensors from PyPI):
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers peft safetensors
+    /tmp/venv/bin/python scripts/make_peft_fixtures.py
+"""
+import json
+import pathlib
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import LlamaForCausalLM
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BASE = ROOT / "tests" / "fixtures" / "models" / "llama"
+OUT = ROOT / "tests" / "fixtures" / "peft"
+
+# Second row is right-padded (attention mask 0), as in make_model_fixtures.py.
+INPUT_IDS = [[5, 17, 42, 8, 99, 3, 21, 64], [7, 7, 30, 12, 0, 0, 0, 0]]
+MASK = [[1] * 8, [1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+def saved_name(param_name: str) -> str:
+    """The key PEFT's save_pretrained writes for a trainable parameter: the adapter name
+    dropped, and for DoRA's magnitude its `.weight` too (get_peft_model_state_dict)."""
+    name = param_name.replace(".default", "")
+    if name.endswith("lora_magnitude_vector.weight"):
+        name = name[: -len(".weight")]
+    return name
+
+
+def build(name: str, config: LoraConfig) -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32)
+    model = get_peft_model(model, config)
+    g = torch.Generator().manual_seed(4321)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            noise = torch.randn(p.shape, generator=g)
+            if "magnitude" in pname:
+                p.mul_(1.0 + 0.2 * noise)  # away from ||W||, so the scale m/n is not 1
+            else:
+                p.copy_(0.3 * noise)
+    d = OUT / name
+    model.save_pretrained(d)
+    (d / "README.md").unlink(missing_ok=True)  # PEFT's model card template
+    config = json.loads((d / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(BASE.relative_to(ROOT))  # not this machine's path
+    (d / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    weights = torch.randn(logits.shape, generator=g) * mask[..., None]
+    (logits * weights).sum().backward()
+    tensors = {"logits": logits.detach().contiguous(), "weights": weights.contiguous()}
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            tensors["grad." + saved_name(pname)] = p.grad.detach().contiguous()
+    save_file(tensors, d / "reference.safetensors")
+    (d / "batch.json").write_text(json.dumps({"input_ids": INPUT_IDS, "attention_mask": MASK}))
+    size = sum(f.stat().st_size for f in d.iterdir())
+    print(f"{d.relative_to(ROOT)}: {size / 1024:.0f} KiB, {len(tensors) - 2} gradients")
+
+
+def main() -> None:
+    build("dora", LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=True,
+                             use_rslora=True, lora_dropout=0.0))
+    build("rslora", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                               use_rslora=True, lora_dropout=0.0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+//! Parity with PEFT for the LoRA variants: adapters PEFT made on the tiny Llama checkpoint
+//! (scripts/make_peft_fixtures.py), loaded by hone, give PEFT's logits and PEFT's gradients for
+//! every adapter tensor; hone saves them back under PEFT's names, and merging folds them in
+//! exactly.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use hone::model::lora::{self, LoraConfig};
+use hone::model::weights::WeightMap;
+use hone::model::{Backbone, load_hf_dir, to_vec};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The tiny Llama base, frozen, on `device`.
+fn base(device: &Device) -> Backbone {
+    let model = load_hf_dir(&fixtures().join("models/llama"), device).unwrap();
+    model.model.backbone.no_grad()
+}
+
+/// The fixture's batch: ids and the padding mask (`true` on real tokens).
+fn batch(dir: &Path, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>) {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("batch.json")).unwrap()).unwrap();
+    let rows = |key: &str| -> (Vec<i64>, [usize; 2]) {
+        let r: Vec<Vec<i64>> = serde_json::from_value(json[key].clone()).unwrap();
+        let shape = [r.len(), r[0].len()];
+        (r.concat(), shape)
+    };
+    let (ids, shape) = rows("input_ids");
+    let (mask, _) = rows("attention_mask");
+    let ids = Tensor::from_data(burn::tensor::TensorData::new(ids, shape), device);
+    let mask: Tensor<2, Int> =
+        Tensor::from_data(burn::tensor::TensorData::new(mask, shape), device);
+    (ids, mask.equal_elem(1))
+}
+
+fn logits(model: &Backbone, ids: Tensor<2, Int>, padding: Tensor<2, Bool>) -> Tensor<3> {
+    model.lm_logits(model.hidden(ids, Some(padding))).unwrap()
+}
+
+/// Max |got - want|, over max(1, max |want|): a relative error for values of any size.
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "sizes differ");
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    worst / scale
+}
+
+/// Loads PEFT's adapter `name` onto the base, and checks hone's logits and the gradients of
+/// `sum(logits * weights)` against PEFT's, for every adapter tensor. Returns the adapted
+/// model (on the autodiff device) and its config.
+fn matches_peft(name: &str) -> (Backbone, LoraConfig) {
+    let dir = fixtures().join("peft").join(name);
+    let device = Device::flex().autodiff();
+    let mut model = base(&device);
+    let cfg = lora::load_peft(&mut model, &dir, &device).unwrap();
+    let mut reference =
+        WeightMap::from_safetensors(&dir.join("reference.safetensors"), &device).unwrap();
+    let (ids, padding) = batch(&dir, &device);
+    let out = logits(&model, ids, padding);
+    let shape = out.dims();
+    let want = reference.take::<3>("logits", shape).unwrap();
+    let err = relative_error(&to_vec(out.clone()), &to_vec(want));
+    assert!(
+        err < 1e-5,
+        "{name}: logits differ from PEFT's by {err:e} (relative)"
+    );
+
+    let weights = reference.take::<3>("weights", shape).unwrap();
+    let grads = (out * weights).sum().backward();
+    let mut checked = 0;
+    for (path, proj) in model.projections_mut() {
+        let Some(l) = &proj.lora else { continue };
+        let peft = format!("grad.base_model.model.{path}");
+        // PEFT's layouts: lora_A [r, in], lora_B [out, r]; hone keeps [in, r] and [r, out].
+        let mut pairs = vec![
+            (
+                "lora_A.weight",
+                to_vec(l.a.val().grad(&grads).unwrap().transpose()),
+            ),
+            (
+                "lora_B.weight",
+                to_vec(l.b.val().grad(&grads).unwrap().transpose()),
+            ),
+        ];
+        if let Some(m) = &l.magnitude {
+            pairs.push((
+                "lora_magnitude_vector",
+                to_vec(m.val().grad(&grads).unwrap()),
+            ));
+        }
+        for (suffix, got) in pairs {
+            let key = format!("{peft}.{suffix}");
+            let shape = reference
+                .shape(&key)
+                .unwrap_or_else(|| panic!("{key} missing"));
+            let want: Vec<f32> = match shape.len() {
+                1 => to_vec(reference.take::<1>(&key, [shape[0]]).unwrap()),
+                _ => to_vec(reference.take::<2>(&key, [shape[0], shape[1]]).unwrap()),
+            };
+            let err = relative_error(&got, &want);
+            assert!(
+                err < 1e-4,
+                "{name}: gradient of {key} differs by {err:e} (relative)"
+            );
+            checked += 1;
+        }
+    }
+    let left: Vec<String> = reference.remaining();
+    assert!(
+        left.is_empty(),
+        "{name}: PEFT gradients hone has no tensor for: {left:?}"
+    );
+    assert!(checked > 0);
+    (model, cfg)
+}
+
+#[test]
+fn dora_with_rslora_matches_peft_logits_and_gradients() {
+    let (model, cfg) = matches_peft("dora");
+    assert!(cfg.use_dora && cfg.rslora, "{cfg:?}");
+    assert_eq!(cfg.scaling(), 4.0, "rsLoRA: alpha 8 / sqrt(r 4)");
+    // Every projection of both blocks carries a magnitude vector.
+    let mut model = model;
+    let with_magnitude = model
+        .projections_mut()
+        .into_iter()
+        .filter(|(_, p)| p.lora.as_ref().is_some_and(|l| l.magnitude.is_some()))
+        .count();
+    assert_eq!(with_magnitude, 14);
+}
+
+#[test]
+fn rslora_matches_peft_logits_and_gradients() {
+    let (_, cfg) = matches_peft("rslora");
+    assert!(cfg.rslora && !cfg.use_dora, "{cfg:?}");
+}
+
+/// hone writes a DoRA adapter back under exactly the names and values PEFT wrote, with
+/// `use_dora` and `use_rslora` in its config; merging gives the adapted model's logits, and
+/// unmerging gives back the base weights.
+#[test]
+fn dora_adapter_round_trips_under_peft_names_and_merges_exactly() {
+    let dir = fixtures().join("peft/dora");
+    let device = Device::flex();
+    let mut model = base(&device);
+    let cfg = lora::load_peft(&mut model, &dir, &device).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    lora::save_peft(&mut model, &cfg, "llama", out.path()).unwrap();
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["use_dora"], true);
+    assert_eq!(config["use_rslora"], true);
+    let theirs =
+        WeightMap::from_safetensors(&dir.join("adapter_model.safetensors"), &device).unwrap();
+    let mut ours =
+        WeightMap::from_safetensors(&out.path().join("adapter_model.safetensors"), &device)
+            .unwrap();
+    let mut names = theirs.remaining();
+    let mut mine = ours.remaining();
+    names.sort();
+    mine.sort();
+    assert_eq!(mine, names, "tensor names");
+    let mut theirs = theirs;
+    for name in mine {
+        let shape = theirs.shape(&name).unwrap();
+        let (a, b) = match shape.len() {
+            1 => (
+                to_vec(theirs.take::<1>(&name, [shape[0]]).unwrap()),
+                to_vec(ours.take::<1>(&name, [shape[0]]).unwrap()),
+            ),
+            _ => (
+                to_vec(theirs.take::<2>(&name, [shape[0], shape[1]]).unwrap()),
+                to_vec(ours.take::<2>(&name, [shape[0], shape[1]]).unwrap()),
+            ),
+        };
+        assert_eq!(a, b, "{name}");
+    }
+
+    let (ids, padding) = batch(&dir, &device);
+    let adapted = to_vec(logits(&model, ids.clone(), padding.clone()));
+    let before: Vec<Vec<f32>> = model
+        .projections_mut()
+        .into_iter()
+        .map(|(_, p)| to_vec(p.weight.val()))
+        .collect();
+    lora::merge(&mut model);
+    let merged = to_vec(logits(&model, ids.clone(), padding.clone()));
+    let err = relative_error(&merged, &adapted);
+    assert!(err < 1e-5, "merged DoRA vs adapted: {err:e}");
+    lora::unmerge(&mut model);
+    for ((path, p), want) in model.projections_mut().into_iter().zip(before) {
+        let err = relative_error(&to_vec(p.weight.val()), &want);
+        assert!(err < 1e-5, "{path}: unmerge left {err:e}");
+    }
+    let again = to_vec(logits(&model, ids, padding));
+    assert!(relative_error(&again, &adapted) < 1e-5);
+}
+
+/// A fresh DoRA adapter starts as the base model (magnitude = ||W|| per output, B = 0), and
+/// training moves the magnitudes and lowers the loss.
+#[test]
+fn fresh_dora_starts_at_the_base_and_learns() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let dir = fixtures().join("peft/dora");
+    let (ids, padding) = batch(&dir, &device);
+    let plain = base(&device);
+    let base_logits = to_vec(logits(&plain, ids.clone(), padding.clone()));
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        use_dora: true,
+        target_modules: Some(vec![lora::ALL_LINEAR.into()]),
+        ..LoraConfig::default()
+    };
+    let (mut model, adapted) = lora::apply(plain, &cfg, &device).unwrap();
+    assert_eq!(adapted.len(), 14);
+    let start = to_vec(logits(&model, ids.clone(), padding.clone()));
+    assert!(
+        relative_error(&start, &base_logits) < 1e-5,
+        "DoRA starts at the base"
+    );
+    let magnitude_before = {
+        let (_, p) = &mut model.projections_mut()[0];
+        to_vec(p.lora.as_ref().unwrap().magnitude.as_ref().unwrap().val())
+    };
+
+    let mask = padding.clone().int().float();
+    let mut optim = hone::train::optim::adamw().init();
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let out = logits(&model, ids.clone(), padding.clone());
+        let loss = hone::train::loss::causal_lm_loss(out, ids.clone(), mask.clone());
+        losses.push(to_vec(loss.clone())[0]);
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    assert!(
+        losses[19] < losses[0] - 0.1,
+        "DoRA training lowered the loss: {losses:?}"
+    );
+    let (_, p) = &mut model.projections_mut()[0];
+    let magnitude_after = to_vec(p.lora.as_ref().unwrap().magnitude.as_ref().unwrap().val());
+    assert_ne!(magnitude_after, magnitude_before, "the magnitudes trained");
+}
