@@ -391,8 +391,10 @@ impl<'a> Run<'a> {
             progress.clone(),
         );
         ctx.recipe_name = recipe.header.name.clone();
+        let key_config = stage.spec.key_config();
         ctx.frozen_base_dtypes =
-            crate::stages::training::frozen_base_dtypes(&stage.spec.key_config(), self.backend);
+            crate::stages::training::frozen_base_dtypes(&key_config, self.backend);
+        ctx.frozen_base_quant = crate::stages::training::frozen_base_quant(&key_config);
         ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
         ctx.token_cache = Some(store.root().join("tokenized"));
         let tensorboard = recipe.header.logging.tensorboard.as_ref().map(|dir| {

@@ -14,10 +14,11 @@
 //! for the element-wise ones, which compute the same function; [`fused`] says which path a
 //! device gets.
 //!
-//! Two ops change what training keeps in memory rather than how fast it runs, so every backend
-//! has them ([`PortableOps`]): [`linear_nll`] (the flex kernel above, and on wgpu and CUDA
-//! the same chunked loss written in burn's tensor ops, `chunked_nll`) and [`checkpointed`]
-//! (per-block recomputation, `recompute`).
+//! Three ops change what training keeps in memory rather than how fast it runs, so every
+//! backend has them ([`PortableOps`]): [`linear_nll`] (the flex kernel above, and on wgpu and
+//! CUDA the same chunked loss written in burn's tensor ops, `chunked_nll`), [`checkpointed`]
+//! (per-block recomputation, `recompute`) and [`quant_linear`] (a quantised frozen weight
+//! dequantised a tile at a time).
 
 mod chunked_nll;
 mod flex;
@@ -25,6 +26,7 @@ mod gelu;
 mod lane;
 mod linear_nll;
 mod linear_nll_blocks;
+mod quant_linear;
 mod recompute;
 mod rms_norm;
 mod silu_mul;
@@ -74,6 +76,8 @@ pub trait PortableOps: Backend {
         token: FloatTensor<Self>,
         block: recompute::Recompute,
     ) -> FloatTensor<Self>;
+    /// `x W^T` for `x` `[n, d_in]` and a quantised frozen `W` `[d_out, d_in]`.
+    fn quant_linear(x: FloatTensor<Self>, weight: quant_linear::Frozen) -> FloatTensor<Self>;
 }
 
 impl FusedOps for Flex {
@@ -129,6 +133,10 @@ impl PortableOps for Flex {
     ) -> FloatTensor<Self> {
         recompute::forward_quietly::<Flex>(x, &block)
     }
+
+    fn quant_linear(x: FloatTensor<Self>, weight: quant_linear::Frozen) -> FloatTensor<Self> {
+        quant_linear::forward::<Flex>(x, &weight)
+    }
 }
 
 impl<C: CheckpointStrategy> PortableOps for Autodiff<Flex, C> {
@@ -148,6 +156,10 @@ impl<C: CheckpointStrategy> PortableOps for Autodiff<Flex, C> {
         block: recompute::Recompute,
     ) -> FloatTensor<Self> {
         recompute::autodiff::<Flex, C>(x, token, block)
+    }
+
+    fn quant_linear(x: FloatTensor<Self>, weight: quant_linear::Frozen) -> FloatTensor<Self> {
+        quant_linear::autodiff::<Flex, C>(x, weight)
     }
 }
 
@@ -170,6 +182,10 @@ impl PortableOps for Cube {
     ) -> FloatTensor<Self> {
         recompute::forward_quietly::<Self>(x, &block)
     }
+
+    fn quant_linear(x: FloatTensor<Self>, weight: quant_linear::Frozen) -> FloatTensor<Self> {
+        quant_linear::forward::<Self>(x, &weight)
+    }
 }
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -190,6 +206,10 @@ impl<C: CheckpointStrategy> PortableOps for Autodiff<Cube, C> {
         block: recompute::Recompute,
     ) -> FloatTensor<Self> {
         recompute::autodiff::<Cube, C>(x, token, block)
+    }
+
+    fn quant_linear(x: FloatTensor<Self>, weight: quant_linear::Frozen) -> FloatTensor<Self> {
+        quant_linear::autodiff::<Cube, C>(x, weight)
     }
 }
 
@@ -323,6 +343,30 @@ pub fn linear_nll(hidden: Tensor<2>, weight: Tensor<2>, labels: Tensor<1, Int>) 
         rows,
         cols,
     ))
+}
+
+/// `x W^T` over the last dimension of `x` (`[..., d_in]` -> `[..., d_out]`) for a frozen weight
+/// held quantised: dequantised a tile of rows at a time in forward and backward, never whole
+/// (see `quant_linear`). `x` is taken in f32.
+pub fn quant_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: &std::sync::Arc<crate::model::quantized::QuantWeight>,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let x = if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    };
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let flat: Tensor<2> = x.reshape([rows, weight.d_in]);
+    let y: Tensor<2> = Tensor::from_dispatch(<Dispatch as PortableOps>::quant_linear(
+        flat.into_dispatch(),
+        quant_linear::Frozen(weight.clone()),
+    ));
+    let mut out = dims;
+    out[D - 1] = weight.d_out;
+    y.reshape(out)
 }
 
 #[cfg(test)]

@@ -201,10 +201,8 @@ impl Bert {
             ))
         };
         let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| -> Result<Proj, ModelError> {
-            Ok(Proj::new(
-                w.take_linear(&format!("{p}.weight"), i, o)?,
-                Some(w.take(&format!("{p}.bias"), [o])?),
-            ))
+            let b = w.take(&format!("{p}.bias"), [o])?;
+            w.take_proj(&format!("{p}.weight"), i, o, Some(b))
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {

@@ -471,7 +471,7 @@ impl Gemma3 {
                 true => Some(w.take(&format!("{p}.bias"), [o])?),
                 false => None,
             };
-            Ok::<_, ModelError>(Proj::new(w.take_linear(&format!("{p}.weight"), i, o)?, b))
+            w.take_proj(&format!("{p}.weight"), i, o, b)
         };
         let norm = |w: &mut WeightMap, name: &str, n: usize| {
             Ok::<_, ModelError>(GemmaNorm::new(w.take(name, [n])?, eps))

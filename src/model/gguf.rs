@@ -11,7 +11,8 @@ use super::Backbone;
 use super::gemma3::{Gemma3, Gemma3Config};
 use super::ggml_quants::{SUPPORTED, block_layout, dequantize, type_name};
 use super::llama::{Llama, LlamaConfig};
-use super::weights::{ModelError, WeightMap, transpose};
+use super::quantized::QuantFormat;
+use super::weights::{FileBytes, ModelError, SharedBytes, Source, Stored, WeightMap, transpose};
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,30 +61,13 @@ pub struct TensorInfo {
     pub offset: u64,
 }
 
-/// A GGUF file's bytes: memory-mapped from disk (pages come in as tensors are dequantised and
-/// can go again, so a load holds little beyond the f32 weights), or owned.
-enum Bytes {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed GGUF file (tensor data stays in `bytes` until dequantised).
 pub struct Gguf {
     pub path: PathBuf,
     pub version: u32,
     pub metadata: HashMap<String, Meta>,
     pub tensors: Vec<TensorInfo>,
-    bytes: Bytes,
+    bytes: SharedBytes,
     data_start: usize,
 }
 
@@ -168,20 +152,15 @@ impl Gguf {
             path: path.to_path_buf(),
             error,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: as for safetensors (weights.rs): the map is only read, while hone holds the
-        // file open; a file rewritten under a running load is outside what a loader can
-        // promise (llama.cpp maps the same way).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Gguf::from_bytes(path, Bytes::Mapped(map))
+        Gguf::from_bytes(path, FileBytes::map(path).map_err(io)?)
     }
 
     /// A GGUF held in memory.
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Gguf, ModelError> {
-        Gguf::from_bytes(path, Bytes::Owned(bytes))
+        Gguf::from_bytes(path, FileBytes::Owned(bytes))
     }
 
-    fn from_bytes(path: &Path, bytes: Bytes) -> Result<Gguf, ModelError> {
+    fn from_bytes(path: &Path, bytes: FileBytes) -> Result<Gguf, ModelError> {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,
@@ -277,7 +256,7 @@ impl Gguf {
             version,
             metadata,
             tensors,
-            bytes,
+            bytes: std::sync::Arc::new(bytes),
             data_start,
         })
     }
@@ -336,6 +315,15 @@ fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
     move_rows(values, rows, cols, heads, false)
 }
 
+/// [`unpermute_rows`] as a row order: HF row `r` is GGUF row `order[r]`.
+fn unpermuted_row_order(rows: usize, heads: usize) -> Vec<u32> {
+    let index: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+    unpermute_rows(&index, rows, 1, heads)
+        .into_iter()
+        .map(|r| r as u32)
+        .collect()
+}
+
 fn move_rows(values: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let dh = rows / heads;
     let half = dh / 2;
@@ -362,14 +350,17 @@ pub struct GgufModel {
     pub chat_template: Option<String>,
 }
 
-/// A tensor's PyTorch shape and its values.
-type Shaped = (Vec<usize>, Vec<f32>);
-
 /// The architectures (`general.architecture`) hone maps onto its families.
 pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3, phi3, gpt2";
 
 /// A GGUF file as one of hone's model families.
-pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
+/// With `quantize`, the block projections are held quantised (QLoRA's frozen base): those the
+/// file stores in a ggml block type keep their blocks, the others are quantised to `quantize`.
+pub fn load(
+    path: &Path,
+    device: &Device,
+    quantize: Option<QuantFormat>,
+) -> Result<GgufModel, ModelError> {
     let g = Gguf::open(path)?;
     let arch = g
         .need("general.architecture")?
@@ -377,10 +368,10 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel, ModelError> {
         .unwrap_or_default()
         .to_owned();
     let (backbone, config) = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device)?,
-        "gemma2" | "gemma3" => load_gemma(&g, &arch, device)?,
+        "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device, quantize)?,
+        "gemma2" | "gemma3" => load_gemma(&g, &arch, device, quantize)?,
         "gpt2" => load_gpt2(&g, device)?,
-        "phi3" => load_phi3(&g, device)?,
+        "phi3" => load_phi3(&g, device, quantize)?,
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
@@ -517,26 +508,47 @@ impl Gguf {
         })
     }
 
-    /// Every tensor dequantised under its HF name (`rename`; `None` is an unexpected tensor),
-    /// after `adjust` (llama.cpp's layout changes undone).
+    /// Every tensor under its HF name (`rename`; `None` is an unexpected tensor), to be read
+    /// when the model takes it, with llama.cpp's layout changes undone as `fix` says.
     fn hf_tensors(
         &self,
         arch: &str,
         rename: impl Fn(&str) -> Option<String>,
-        adjust: impl Fn(&str, &[usize], Vec<f32>) -> Vec<f32>,
-    ) -> Result<HashMap<String, Shaped>, ModelError> {
+        fix: impl Fn(&str, &[usize]) -> Fix,
+    ) -> Result<HashMap<String, (Vec<usize>, Source)>, ModelError> {
         let mut tensors = HashMap::new();
         for info in &self.tensors {
-            let (shape, values) = self.tensor(info)?;
             let hf = rename(&info.name).ok_or_else(|| ModelError::BadGguf {
                 path: self.path.clone(),
                 reason: format!("unexpected tensor `{}` for {arch}", info.name),
             })?;
-            let values = adjust(&info.name, &shape, values);
-            tensors.insert(hf, (shape, values));
+            let shape: Vec<usize> = info.dims.iter().rev().copied().collect();
+            let lazy = |rows| Source::Ggml {
+                bytes: self.bytes.clone(),
+                start: self.data_start + info.offset as usize,
+                ggml_type: info.ggml_type,
+                rows,
+            };
+            let source = match fix(&info.name, &shape) {
+                Fix::AsStored => lazy(None),
+                Fix::Rows(order) => lazy(Some(order)),
+                Fix::Values(f) => Source::Ready(Stored::F32(f(self.tensor(info)?.1))),
+            };
+            tensors.insert(hf, (shape, source));
         }
         Ok(tensors)
     }
+}
+
+/// How a GGUF tensor's layout is turned into HF's.
+enum Fix {
+    /// As the file has it.
+    AsStored,
+    /// Rows reordered: row `r` is the file's row `order[r]` (llama.cpp's q/k permutation undone;
+    /// quantised blocks stay as they are, since each row is whole).
+    Rows(Vec<u32>),
+    /// The values changed (read now, as f32).
+    Values(Box<dyn FnOnce(Vec<f32>) -> Vec<f32>>),
 }
 
 fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
@@ -553,6 +565,7 @@ fn load_llama(
     g: &Gguf,
     arch: &str,
     device: &Device,
+    quantize: Option<QuantFormat>,
 ) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let heads = g.int(arch, "attention.head_count")?;
@@ -613,20 +626,24 @@ fn load_llama(
         "rope_freqs.weight" => Some(n.to_owned()),
         _ => LLAMA_NAMES.to_hf(n),
     };
-    let tensors = g.hf_tensors(arch, rename, |name, shape, values| {
+    let tensors = g.hf_tensors(arch, rename, |name, shape| {
         // Biases are permuted with their rows (one column).
-        let cols = shape.get(1).copied().unwrap_or(1);
-        if !permuted {
-            values
+        let heads = if !permuted {
+            None
         } else if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
-            unpermute_rows(&values, shape[0], cols, heads)
+            Some(heads)
         } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
-            unpermute_rows(&values, shape[0], cols, kv_heads)
+            Some(kv_heads)
         } else {
-            values
+            None
+        };
+        match heads {
+            Some(heads) => Fix::Rows(unpermuted_row_order(shape[0], heads)),
+            None => Fix::AsStored,
         }
     })?;
-    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
+    weights.quantize_projections(quantize);
     let model = Llama::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Llama(model), config))
 }
@@ -640,6 +657,7 @@ fn load_gemma(
     g: &Gguf,
     arch: &str,
     device: &Device,
+    quantize: Option<QuantFormat>,
 ) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let gemma2 = arch == "gemma2";
@@ -686,15 +704,13 @@ fn load_gemma(
     let tensors = g.hf_tensors(
         arch,
         |n| GEMMA_NAMES.to_hf(n),
-        |name, _, values| {
-            if name.ends_with("norm.weight") {
-                values.into_iter().map(|w| w - 1.0).collect()
-            } else {
-                values
-            }
+        |name, _| match name.ends_with("norm.weight") {
+            true => Fix::Values(Box::new(|v| v.into_iter().map(|w| w - 1.0).collect())),
+            false => Fix::AsStored,
         },
     )?;
-    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
+    weights.quantize_projections(quantize);
     let model = Gemma3::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Gemma3(model), config))
 }
@@ -722,12 +738,12 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
     let tensors = g.hf_tensors(
         "gpt2",
         |n| GPT2_NAMES.to_hf(n),
-        |name, shape, values| {
-            if gpt2_conv1d(name) {
-                transpose(&values, shape[0], shape[1])
-            } else {
-                values
+        |name, shape| match gpt2_conv1d(name) {
+            true => {
+                let (rows, cols) = (shape[0], shape[1]);
+                Fix::Values(Box::new(move |v| transpose(&v, rows, cols)))
             }
+            false => Fix::AsStored,
         },
     )?;
     // `hf_tensors` keeps llama.cpp's shapes; the transposed ones take HF's.
@@ -743,7 +759,7 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
             (name, (shape, values))
         })
         .collect();
-    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
     // A tied head is the embedding (GPT-2 has no other).
     weights.discard("lm_head.weight");
     let model = super::gpt2::Gpt2::from_weights(&cfg, &mut weights)?;
@@ -752,7 +768,11 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
 
 /// A `phi3` GGUF: q/k/v and gate/up stay fused as in HF, rotary on `rope.dimension_count`
 /// of each head, LongRoPE's factors as the `rope_factors_short` / `rope_factors_long` tensors.
-fn load_phi3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+fn load_phi3(
+    g: &Gguf,
+    device: &Device,
+    quantize: Option<QuantFormat>,
+) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let bad = |reason: String| g.bad(reason);
     let heads = g.int("phi3", "attention.head_count")?;
@@ -826,8 +846,9 @@ fn load_phi3(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
         "rope_factors_short.weight" | "rope_factors_long.weight" => Some(n.to_owned()),
         _ => PHI3_NAMES.to_hf(n),
     };
-    let tensors = g.hf_tensors("phi3", rename, |_, _, values| values)?;
-    let mut weights = WeightMap::from_tensors(path.to_path_buf(), tensors, device);
+    let tensors = g.hf_tensors("phi3", rename, |_, _| Fix::AsStored)?;
+    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
+    weights.quantize_projections(quantize);
     let model = super::phi3::Phi3::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Phi3(model), config))
 }

@@ -6,10 +6,15 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 
+use std::sync::Arc;
+
 use super::lora::LoraAdapter;
 use super::precision::Precision;
+use super::quantized::{QuantError, QuantFormat, QuantWeight};
 
 /// A linear projection `y = x W + b` with `W` stored `[in, out]`, plus an optional LoRA adapter.
+/// A frozen weight may be held quantised instead (QLoRA): then `weight` is empty and
+/// `quantized` holds it.
 #[derive(Module, Debug)]
 pub struct Proj {
     pub weight: Param<Tensor<2>>,
@@ -19,6 +24,9 @@ pub struct Proj {
     /// [`super::precision`]).
     #[module(skip)]
     pub compute: Option<DType>,
+    /// The frozen weight, quantised (see [`super::quantized`]); multiplied a tile at a time.
+    #[module(skip)]
+    pub quantized: Option<Arc<QuantWeight>>,
 }
 
 impl Proj {
@@ -28,12 +36,57 @@ impl Proj {
             bias: bias.map(Param::from_tensor),
             lora: None,
             compute: None,
+            quantized: None,
+        }
+    }
+
+    /// A projection whose frozen weight stays quantised.
+    pub fn from_quantized(weight: QuantWeight, bias: Option<Tensor<1>>, device: &Device) -> Proj {
+        let mut proj = Proj::new(Tensor::zeros([0, 0], device), bias);
+        proj.weight = Param::from_tensor(proj.weight.val()).set_require_grad(false);
+        proj.quantized = Some(Arc::new(weight));
+        proj
+    }
+
+    /// Quantises this projection's weight (frozen from now on) to `format`.
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<(), QuantError> {
+        if self.quantized.is_some() {
+            return Ok(());
+        }
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        // PyTorch's `[out, in]`, row-major: the layout the formats quantise by rows.
+        let values = super::to_vec(self.dense_weight().transpose());
+        let q = QuantWeight::quantize(&values, d_out, d_in, format)?;
+        let device = self.weight.val().device();
+        self.weight = Param::from_tensor(Tensor::zeros([0, 0], &device)).set_require_grad(false);
+        self.quantized = Some(Arc::new(q));
+        self.compute = None;
+        Ok(())
+    }
+
+    /// The weight in f32 as `[in, out]`, dequantised when it is held quantised (export,
+    /// merging and DoRA's norms; training never needs it whole).
+    pub fn dense_weight(&self) -> Tensor<2> {
+        match &self.quantized {
+            Some(q) => {
+                let device = self.weight.val().device();
+                let values = q.dequantize();
+                Tensor::<2>::from_data(
+                    burn::tensor::TensorData::new(values, [q.d_out, q.d_in]),
+                    &device,
+                )
+                .transpose()
+            }
+            None => self.weight.val(),
         }
     }
 
     /// Computes in `precision` from now on; a frozen weight is stored in it, a trainable one
     /// is the f32 master weight (cast up if it was loaded low).
     pub fn set_precision(&mut self, precision: Precision) {
+        if self.quantized.is_some() {
+            return; // dequantised to f32 a tile at a time
+        }
         let dtype = precision.dtype();
         self.compute = (precision != Precision::F32).then_some(dtype);
         set_weight_precision(&mut self.weight, precision);
@@ -50,14 +103,27 @@ impl Proj {
     }
 
     pub fn d_in(&self) -> usize {
-        self.weight.dims()[0]
+        match &self.quantized {
+            Some(q) => q.d_in,
+            None => self.weight.dims()[0],
+        }
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.quantized {
+            Some(q) => q.d_out,
+            None => self.weight.dims()[1],
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(q) = &self.quantized {
+            let mut y = crate::kernels::quant_linear(x.clone(), q);
+            if let Some(b) = &self.bias {
+                y = y + b.val().unsqueeze();
+            }
+            return self.plus_adapter(x, y);
+        }
         // A weight loaded in a low precision computes in it until `set_precision` says more.
         let stored = self.weight.val().dtype();
         let compute = self
@@ -81,12 +147,17 @@ impl Proj {
                 self.bias.as_ref().map(|b| b.val()),
             ),
         };
+        self.plus_adapter(x, y)
+    }
+
+    /// `y` (the base projection of `x`) plus the active adapter's update.
+    fn plus_adapter<const D: usize>(&self, x: Tensor<D>, y: Tensor<D>) -> Tensor<D> {
         match &self.lora {
             Some(l) if l.enabled && !l.merged => {
                 let update = l.update(
                     x,
                     &y,
-                    &self.weight.val(),
+                    || self.dense_weight(),
                     self.bias.as_ref().map(|b| b.val()),
                 );
                 y + update
@@ -98,14 +169,18 @@ impl Proj {
     /// The weight with the adapter folded in (for export and merged models).
     pub fn merged_weight(&self) -> Tensor<2> {
         match &self.lora {
-            Some(l) if l.enabled && !l.merged => l.merged_weight(self.weight.val()),
-            _ => self.weight.val(),
+            Some(l) if l.enabled && !l.merged => l.merged_weight(self.dense_weight()),
+            _ => self.dense_weight(),
         }
     }
 
     /// Replaces the weight by `w` (f32), stored in the old weight's dtype (PEFT's merge keeps
     /// the base's dtype too).
     pub fn replace_weight(&mut self, w: Tensor<2>) {
+        if self.quantized.take().is_some() {
+            self.weight = Param::from_tensor(w);
+            return;
+        }
         let dtype = self.weight.val().dtype();
         self.weight = Param::from_tensor(if dtype == DType::F32 {
             w

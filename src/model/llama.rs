@@ -358,7 +358,7 @@ impl Llama {
             } else {
                 None
             };
-            Ok(Proj::new(w.take_linear(&format!("{p}.weight"), i, o)?, b))
+            w.take_proj(&format!("{p}.weight"), i, o, b)
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);

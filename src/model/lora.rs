@@ -97,19 +97,6 @@ impl LoraAdapter {
         Self::from_tensors(a, b, cfg, device)
     }
 
-    /// A fresh adapter for the projection whose weight (`[in, out]`, any float dtype) is
-    /// `weight`; with DoRA, its magnitude starts at the weight's norm per output, so the adapted
-    /// model starts equal to the base.
-    pub fn for_weight(weight: &Tensor<2>, cfg: &LoraConfig, device: &Device) -> LoraAdapter {
-        let [d_in, d_out] = weight.dims();
-        let mut adapter = Self::new(d_in, d_out, cfg, device);
-        if cfg.use_dora {
-            let norm = column_norms(f32_of(weight.clone()));
-            adapter.magnitude = Some(Param::from_tensor(norm));
-        }
-        adapter
-    }
-
     pub fn from_tensors(
         a: Tensor<2>,
         b: Tensor<2>,
@@ -146,13 +133,13 @@ impl LoraAdapter {
         &self,
         x: Tensor<D>,
         y: &Tensor<D>,
-        weight: &Tensor<2>,
+        weight: impl FnOnce() -> Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Tensor<D> {
         let Some(magnitude) = &self.magnitude else {
             return self.forward(x);
         };
-        let w = f32_of(weight.clone());
+        let w = f32_of(weight());
         let norm = column_norms(w.clone() + self.delta()).detach();
         let scale = (magnitude.val() / norm).unsqueeze::<D>();
         let (x, base) = if self.dropout.prob == 0.0 {
@@ -280,8 +267,13 @@ pub fn apply(
     let mut names = Vec::new();
     for (path, proj) in backbone.projections_mut() {
         if targeted(&path, &targets) {
-            let weight = proj.weight.val();
-            proj.lora = Some(LoraAdapter::for_weight(&weight, cfg, device));
+            let mut adapter = LoraAdapter::new(proj.d_in(), proj.d_out(), cfg, device);
+            if cfg.use_dora {
+                // DoRA starts at the base: its magnitudes are the weight's norms.
+                let norm = column_norms(f32_of(proj.dense_weight()));
+                adapter.magnitude = Some(Param::from_tensor(norm));
+            }
+            proj.lora = Some(adapter);
             adapted.push(path);
         } else {
             names.push(path.rsplit('.').next().unwrap_or_default().to_owned());
@@ -315,7 +307,7 @@ pub fn merge(backbone: &mut super::Backbone) {
         let Some(l) = proj.lora.as_ref().filter(|l| l.enabled && !l.merged) else {
             continue;
         };
-        let adapted = f32_of(proj.weight.val()) + l.delta();
+        let adapted = f32_of(proj.dense_weight()) + l.delta();
         let scale = l.dora_scale(&adapted);
         let merged = match &scale {
             Some(s) => adapted * s.clone().unsqueeze(),
@@ -335,7 +327,7 @@ pub fn unmerge(backbone: &mut super::Backbone) {
         let Some(l) = proj.lora.as_ref().filter(|l| l.merged) else {
             continue;
         };
-        let mut w = f32_of(proj.weight.val());
+        let mut w = f32_of(proj.dense_weight());
         if let Some(s) = &l.merged_dora_scale {
             w = w / s.clone().unsqueeze();
         }

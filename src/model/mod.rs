@@ -16,9 +16,11 @@ pub mod hub;
 pub mod layers;
 pub mod llama;
 pub mod lora;
+pub mod nf4;
 pub mod phi3;
 pub mod precision;
 pub mod probe;
+pub mod quantized;
 pub mod rope;
 pub mod sampling;
 pub mod serving;
@@ -463,22 +465,28 @@ pub fn lone_gguf(path: &Path) -> Option<PathBuf> {
 /// Loads a model from an HF directory, a `.gguf` file, or a directory holding one `.gguf` file
 /// and no `config.json` (a GGUF export).
 pub fn load(path: &Path, device: &Device) -> Result<HfModel, ModelError> {
-    load_keeping(path, device, &[])
+    load_keeping(path, device, &Frozen::default())
 }
 
-/// [`load`], with the projection weights, token table and LM head of a safetensors
-/// checkpoint that stores them in one of `keep` left in it
-/// ([`WeightMap::keep_as_stored`]): for a stage that trains a frozen base in that precision.
-pub fn load_keeping(
-    path: &Path,
-    device: &Device,
-    keep: &[burn::tensor::DType],
-) -> Result<HfModel, ModelError> {
+/// How a stage that trains adapters on a frozen base wants that base held.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Frozen {
+    /// The projection weights, token table and LM head of a safetensors checkpoint that
+    /// stores them in one of these dtypes stay in it ([`WeightMap::keep_as_stored`]): for a
+    /// stage that trains in that precision.
+    pub keep: Vec<burn::tensor::DType>,
+    /// The block projections are held quantised (QLoRA), read and quantised one at a time
+    /// ([`WeightMap::quantize_projections`]).
+    pub quantize: Option<quantized::QuantFormat>,
+}
+
+/// [`load`], holding the frozen weights as `frozen` says.
+pub fn load_keeping(path: &Path, device: &Device, frozen: &Frozen) -> Result<HfModel, ModelError> {
     if let Some(one) = lone_gguf(path) {
-        return load_keeping(&one, device, keep);
+        return load_keeping(&one, device, frozen);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
-        let g = gguf::load(path, device)?;
+        let g = gguf::load(path, device, frozen.quantize)?;
         let chat_template = chat_template(
             g.chat_template,
             g.backbone.family(),
@@ -494,7 +502,7 @@ pub fn load_keeping(
             trained_template: None,
         });
     }
-    load_hf_dir_keeping(path, device, keep)
+    load_hf_dir_keeping(path, device, frozen)
 }
 
 fn bad_config(path: &Path, reason: impl std::fmt::Display) -> ModelError {
@@ -520,14 +528,14 @@ pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, ModelEr
 
 /// Loads `dir/config.json`, `dir/model.safetensors` and, when present, `dir/tokenizer.json`.
 pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<HfModel, ModelError> {
-    load_hf_dir_keeping(dir, device, &[])
+    load_hf_dir_keeping(dir, device, &Frozen::default())
 }
 
-/// [`load_hf_dir`], keeping weights stored in one of `keep` as stored ([`load_keeping`]).
+/// [`load_hf_dir`], holding the frozen weights as `frozen` says ([`load_keeping`]).
 pub fn load_hf_dir_keeping(
     dir: &Path,
     device: &Device,
-    keep: &[burn::tensor::DType],
+    frozen: &Frozen,
 ) -> Result<HfModel, ModelError> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|error| ModelError::Io {
@@ -568,7 +576,8 @@ pub fn load_hf_dir_keeping(
             supported: Family::SUPPORTED.into(),
         })?;
     let mut weights = WeightMap::from_hf_dir(dir, device)?;
-    weights.keep_as_stored(keep);
+    weights.keep_as_stored(&frozen.keep);
+    weights.quantize_projections(frozen.quantize);
     let parse = |what| bad_config(&config_path, what);
     let backbone = match family {
         Family::Gpt2 => {

@@ -253,10 +253,7 @@ impl Phi3 {
         }
         w.strip_prefix("model.");
         let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| {
-            Ok::<_, ModelError>(Proj::new(
-                w.take_linear(&format!("{p}.weight"), i, o)?,
-                None,
-            ))
+            w.take_proj(&format!("{p}.weight"), i, o, None)
         };
         let norm = |w: &mut WeightMap, name: &str| {
             Ok::<_, ModelError>(RmsNorm::new(w.take(name, [d])?, eps))

@@ -4,10 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
 use safetensors::{Dtype, SafeTensors};
+
+use super::quantized::QuantFormat;
 
 /// What can go wrong turning files into a model.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,22 @@ impl Stored {
         }
     }
 
+    /// Rows of `cols` values put in order: row `r` is row `order[r]` of these.
+    fn reorder_rows(self, order: &[u32], cols: usize) -> Stored {
+        fn pick<T: Copy>(v: &[T], order: &[u32], cols: usize) -> Vec<T> {
+            order
+                .iter()
+                .flat_map(|&r| &v[r as usize * cols..(r as usize + 1) * cols])
+                .copied()
+                .collect()
+        }
+        match self {
+            Stored::F32(v) => Stored::F32(pick(&v, order, cols)),
+            Stored::Bf16(v) => Stored::Bf16(pick(&v, order, cols)),
+            Stored::F16(v) => Stored::F16(pick(&v, order, cols)),
+        }
+    }
+
     /// The values as a `rows` x `cols` matrix, transposed.
     fn transposed(self, rows: usize, cols: usize) -> Stored {
         match self {
@@ -102,50 +121,175 @@ impl Stored {
     }
 }
 
-/// Adds the float tensors of safetensors file `path` to `tensors`, in the dtype the file
-/// stores them in (f64 converted to f32). The file is memory-mapped, not read into memory.
+/// Bytes tensors are read from when a model takes them: a memory-mapped file, or a file held
+/// in memory.
+pub type SharedBytes = Arc<FileBytes>;
+
+/// A checkpoint file's bytes: memory-mapped (pages come in as tensors are read, and are handed
+/// back once read, [`release`](FileBytes::release)), or owned.
+pub enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl FileBytes {
+    /// Maps `path` read-only.
+    pub fn map(path: &Path) -> std::io::Result<FileBytes> {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the map is only read, while hone holds the file open; a checkpoint rewritten
+        // under a running load is outside what any loader can promise (transformers and
+        // llama.cpp map the same way).
+        Ok(FileBytes::Mapped(unsafe { memmap2::Mmap::map(&file) }?))
+    }
+
+    /// Hands the whole pages of `range` back to the kernel once a tensor has been read from
+    /// them: a mapping kept for the tensors still to come would otherwise count every page
+    /// read so far in the process's memory until the load ends (the file itself is unchanged,
+    /// so a page touched again is read again).
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let FileBytes::Mapped(map) = self else {
+            return;
+        };
+        let page = 4096;
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end.min(map.len()) / page) * page;
+        if end > start {
+            // SAFETY: the range lies inside the mapping, which is private and read-only; the
+            // kernel drops its pages and refills them from the file if they are read again.
+            unsafe {
+                libc::madvise(
+                    map.as_ptr().add(start) as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+}
+
+/// Where a tensor's values come from. Files stay mapped and each tensor is read only when the
+/// model takes it, in the form it takes it in (f32, its stored dtype, or quantised), so
+/// loading never holds a second copy of the weights beside the model.
+pub enum Source {
+    /// In memory already.
+    Ready(Stored),
+    /// A safetensors tensor: its bytes and dtype (F32, F16, BF16 or F64).
+    Safetensors {
+        bytes: SharedBytes,
+        range: std::ops::Range<usize>,
+        dtype: Dtype,
+    },
+    /// A GGUF tensor in ggml type `ggml_type` at `start`, already in HF's shape; row `r` of the
+    /// HF tensor is stored row `rows[r]` when given (llama.cpp's q/k order).
+    Ggml {
+        bytes: SharedBytes,
+        start: usize,
+        ggml_type: u32,
+        rows: Option<Vec<u32>>,
+    },
+}
+
+impl Source {
+    /// The values, read now: floats in their stored dtype (GGUF F16/BF16 too), anything
+    /// quantised as f32. `None` if the bytes do not hold `shape`'s values of their type.
+    fn read(self, shape: &[usize]) -> Option<Stored> {
+        let n: usize = shape.iter().product();
+        match self {
+            Source::Ready(s) => Some(s),
+            Source::Safetensors {
+                bytes,
+                range,
+                dtype,
+            } => {
+                let values = decode(dtype, bytes.get(range.clone())?);
+                bytes.release(range);
+                values
+            }
+            Source::Ggml {
+                bytes,
+                start,
+                ggml_type,
+                rows,
+            } => {
+                use super::ggml_quants::{block_layout, dequantize, types};
+                let (block_bytes, block_len) = block_layout(ggml_type)?;
+                let len = n.checked_div(block_len)?.checked_mul(block_bytes)?;
+                let data = bytes.get(start..start.checked_add(len)?)?;
+                let values = match ggml_type {
+                    types::F16 => decode(Dtype::F16, data)?,
+                    types::BF16 => decode(Dtype::BF16, data)?,
+                    _ => Stored::F32(dequantize(ggml_type, data, n)?),
+                };
+                bytes.release(start..start + len);
+                let cols = shape.get(1..).map_or(1, |s| s.iter().product());
+                Some(match rows {
+                    Some(rows) => values.reorder_rows(&rows, cols),
+                    None => values,
+                })
+            }
+        }
+    }
+}
+
+/// Little-endian values of `dtype` (f64 read as f32); `None` for another dtype.
+fn decode(dtype: Dtype, data: &[u8]) -> Option<Stored> {
+    Some(match dtype {
+        Dtype::F32 => Stored::F32(
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Stored::F16(
+            data.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        Dtype::BF16 => Stored::Bf16(
+            data.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        Dtype::F64 => Stored::F32(
+            data.chunks_exact(8)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+        ),
+        _ => return None,
+    })
+}
+
+/// Adds the float tensors of safetensors file `path` to `tensors`, read when taken in the
+/// dtype the file stores them in (f64 converted to f32). The file is memory-mapped, not read
+/// into memory.
 fn read_safetensors(
     path: &Path,
-    tensors: &mut HashMap<String, (Vec<usize>, Stored)>,
+    tensors: &mut HashMap<String, (Vec<usize>, Source)>,
 ) -> Result<(), ModelError> {
     let io = |error| ModelError::Io {
         path: path.to_path_buf(),
         error,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    // SAFETY: the map is read once, here, while hone holds the file open; a checkpoint
-    // rewritten under a running load is outside what any loader can promise (transformers
-    // maps the same way).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| ModelError::BadSafetensors {
+    let bytes: SharedBytes = Arc::new(FileBytes::map(path).map_err(io)?);
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::BadSafetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    let base = bytes.as_ptr() as usize;
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => Stored::F32(
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::F16 => Stored::F16(
-                data.chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            Dtype::BF16 => Stored::Bf16(
-                data.chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            Dtype::F64 => Stored::F32(
-                data.chunks_exact(8)
-                    .map(|c| {
-                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                    })
-                    .collect(),
-            ),
+        match view.dtype() {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => {}
             // Integer tensors are buffers (e.g. BERT's `position_ids`), not weights.
             Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => {
                 tracing::debug!(tensor = %name, "skipping integer buffer");
@@ -158,8 +302,15 @@ fn read_safetensors(
                     dtype: format!("{other:?}"),
                 });
             }
+        }
+        // The view borrows the mapped bytes: its place in them is the range to read later.
+        let start = view.data().as_ptr() as usize - base;
+        let source = Source::Safetensors {
+            bytes: bytes.clone(),
+            range: start..start + view.data().len(),
+            dtype: view.dtype(),
         };
-        tensors.insert(name, (view.shape().to_vec(), values));
+        tensors.insert(name, (view.shape().to_vec(), source));
     }
     Ok(())
 }
@@ -181,10 +332,16 @@ pub fn read_f32_tensors(paths: &[PathBuf]) -> Result<HashMap<String, Shaped>, Mo
     for p in paths {
         read_safetensors(p, &mut tensors)?;
     }
-    Ok(tensors
+    tensors
         .into_iter()
-        .map(|(name, (shape, values))| (name, (shape, values.into_f32())))
-        .collect())
+        .map(|(name, (shape, source))| match source.read(&shape) {
+            Some(values) => Ok((name, (shape, values.into_f32()))),
+            None => Err(ModelError::BadSafetensors {
+                path: paths.first().cloned().unwrap_or_default(),
+                reason: format!("tensor `{name}` does not hold its shape's values"),
+            }),
+        })
+        .collect()
 }
 
 /// A tensor's PyTorch shape and values.
@@ -195,9 +352,11 @@ pub type Shaped = (Vec<usize>, Vec<f32>);
 /// ([`keep_as_stored`](Self::keep_as_stored)), as stored.
 pub struct WeightMap {
     path: PathBuf,
-    tensors: HashMap<String, (Vec<usize>, Stored)>,
+    tensors: HashMap<String, (Vec<usize>, Source)>,
     device: Device,
     keep: Vec<DType>,
+    /// Block projections taken with [`take_proj`](WeightMap::take_proj) are held quantised.
+    quantize: Option<QuantFormat>,
 }
 
 impl WeightMap {
@@ -205,12 +364,7 @@ impl WeightMap {
     pub fn from_safetensors(path: &Path, device: &Device) -> Result<WeightMap, ModelError> {
         let mut tensors = HashMap::new();
         read_safetensors(path, &mut tensors)?;
-        Ok(WeightMap {
-            path: path.to_path_buf(),
-            tensors,
-            device: device.clone(),
-            keep: Vec::new(),
-        })
+        Ok(WeightMap::from_sources(path.to_path_buf(), tensors, device))
     }
 
     /// Projection weights, token embedding tables and LM heads stored in one of `dtypes` are
@@ -262,12 +416,7 @@ impl WeightMap {
                 });
             }
         }
-        Ok(WeightMap {
-            path: index,
-            tensors,
-            device: device.clone(),
-            keep: Vec::new(),
-        })
+        Ok(WeightMap::from_sources(index, tensors, device))
     }
 
     /// A map built in memory (GGUF loading, tests).
@@ -278,13 +427,94 @@ impl WeightMap {
     ) -> WeightMap {
         let tensors = tensors
             .into_iter()
-            .map(|(name, (shape, values))| (name, (shape, Stored::F32(values))))
+            .map(|(name, (shape, values))| (name, (shape, Source::Ready(Stored::F32(values)))))
             .collect();
+        WeightMap::from_sources(path, tensors, device)
+    }
+
+    /// A map of tensors read when taken (a GGUF file's).
+    pub fn from_sources(
+        path: PathBuf,
+        tensors: HashMap<String, (Vec<usize>, Source)>,
+        device: &Device,
+    ) -> WeightMap {
         WeightMap {
             path,
             tensors,
             device: device.clone(),
             keep: Vec::new(),
+            quantize: None,
+        }
+    }
+
+    /// Block projections taken with [`take_proj`](Self::take_proj) are held quantised from now
+    /// on (QLoRA's frozen base): each is read, quantised and dropped, so the dense weights never
+    /// exist together. A GGUF tensor already in a ggml block type keeps its blocks.
+    pub fn quantize_projections(&mut self, format: Option<QuantFormat>) {
+        self.quantize = format;
+    }
+
+    /// A block projection `[out, in]` with its bias: quantised when
+    /// [`quantize_projections`](Self::quantize_projections) asks for it, else as
+    /// [`take_linear`](Self::take_linear) reads it.
+    pub fn take_proj(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: Option<Tensor<1>>,
+    ) -> Result<super::layers::Proj, ModelError> {
+        use super::quantized::{KEPT_GGML, QuantWeight};
+        let Some(format) = self.quantize else {
+            return Ok(super::layers::Proj::new(
+                self.take_linear(name, d_in, d_out)?,
+                bias,
+            ));
+        };
+        let bad = |path: &Path, e: super::quantized::QuantError| ModelError::BadConfig {
+            path: path.to_path_buf(),
+            reason: format!("cannot quantise `{name}`: {e}"),
+        };
+        self.check_shape(name, &[d_out, d_in])?;
+        let (_, source) = self.tensors.remove(name).expect("checked above");
+        let weight = match source {
+            Source::Ggml {
+                bytes,
+                start,
+                ggml_type,
+                rows,
+            } if KEPT_GGML.contains(&ggml_type) => {
+                let (block_bytes, block_len) =
+                    super::ggml_quants::block_layout(ggml_type).expect("a kept type has a layout");
+                let len = d_out * d_in / block_len * block_bytes;
+                let data = bytes
+                    .get(start..start + len)
+                    .ok_or_else(|| self.unreadable(name))?
+                    .to_vec();
+                bytes.release(start..start + len);
+                QuantWeight::from_ggml(ggml_type, data, d_out, d_in, rows)
+                    .map_err(|e| bad(&self.path, e))?
+            }
+            source => {
+                let values = source
+                    .read(&[d_out, d_in])
+                    .ok_or_else(|| self.unreadable(name))?
+                    .into_f32();
+                QuantWeight::quantize(&values, d_out, d_in, format)
+                    .map_err(|e| bad(&self.path, e))?
+            }
+        };
+        Ok(super::layers::Proj::from_quantized(
+            weight,
+            bias,
+            &self.device,
+        ))
+    }
+
+    fn unreadable(&self, name: &str) -> ModelError {
+        ModelError::BadConfig {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}` does not hold the values its shape and type need"),
         }
     }
 
@@ -350,22 +580,29 @@ impl WeightMap {
     }
 
     fn take_values(&mut self, name: &str, shape: &[usize]) -> Result<Stored, ModelError> {
-        let (found, values) =
-            self.tensors
-                .remove(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: self.path.clone(),
-                    name: name.to_owned(),
-                })?;
+        self.check_shape(name, shape)?;
+        let (_, source) = self.tensors.remove(name).expect("checked above");
+        source.read(shape).ok_or_else(|| self.unreadable(name))
+    }
+
+    /// Tensor `name` is present with exactly `shape`.
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<(), ModelError> {
+        let (found, _) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+            })?;
         if found != shape {
             return Err(ModelError::ShapeMismatch {
                 path: self.path.clone(),
                 name: name.to_owned(),
                 expected: shape.to_vec(),
-                found,
+                found: found.clone(),
             });
         }
-        Ok(values)
+        Ok(())
     }
 
     /// A PyTorch `nn.Linear` weight `[out, in]`, as burn's `[in, out]`, laid out contiguously:

@@ -185,6 +185,9 @@ pub struct StageContext {
     /// projections, token table and LM head are loaded in when stored in them, so they never
     /// exist in f32 (`stages::training::frozen_base_dtypes`).
     pub frozen_base_dtypes: Vec<burn::tensor::DType>,
+    /// QLoRA: the `model` checkpoint's block projections load quantised to this
+    /// (`stages::training::frozen_base_quant`).
+    pub frozen_base_quant: Option<crate::model::quantized::QuantFormat>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -212,6 +215,7 @@ impl StageContext {
             live: None,
             source_precision: None,
             frozen_base_dtypes: Vec::new(),
+            frozen_base_quant: None,
             scratch,
             produced: Vec::new(),
         }

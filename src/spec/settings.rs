@@ -340,6 +340,55 @@ impl<'de> Deserialize<'de> for PromptTemplate {
 pub enum PeftSpec {
     /// LoRA adapters (PEFT conventions); the base model stays frozen.
     Lora(crate::model::lora::LoraConfig),
+    /// QLoRA: LoRA adapters on a frozen base held quantised in memory (`quant`, default
+    /// `nf4`), dequantised a tile at a time inside each matmul; every LoRA setting applies.
+    Qlora(QloraConfig),
+}
+
+/// The `peft:` block of `method: qlora`: LoRA's settings and the base's quantisation.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct QloraConfig {
+    #[serde(flatten)]
+    pub lora: crate::model::lora::LoraConfig,
+    /// How the frozen base's projections are held: `nf4` (bitsandbytes' NF4 with
+    /// double-quantised scales, ~4.1 bits per weight), `q4_k` or `q8_0` (ggml's blocks). A GGUF
+    /// base keeps the blocks its file stores.
+    #[serde(default)]
+    pub quant: crate::model::quantized::QuantFormat,
+}
+
+/// `quant` taken out first, the rest read as LoRA's settings, which refuse unknown keys (serde's
+/// `flatten` would pass a misspelt key by in silence).
+impl<'de> Deserialize<'de> for QloraConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let quant = match map.remove("quant") {
+            Some(q) => serde_json::from_value(q).map_err(D::Error::custom)?,
+            None => Default::default(),
+        };
+        let lora =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(QloraConfig { lora, quant })
+    }
+}
+
+impl PeftSpec {
+    /// The adapters' settings.
+    pub fn lora(&self) -> &crate::model::lora::LoraConfig {
+        match self {
+            PeftSpec::Lora(l) => l,
+            PeftSpec::Qlora(q) => &q.lora,
+        }
+    }
+
+    /// How the frozen base is quantised, for QLoRA.
+    pub fn quant(&self) -> Option<crate::model::quantized::QuantFormat> {
+        match self {
+            PeftSpec::Lora(_) => None,
+            PeftSpec::Qlora(q) => Some(q.quant),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -25,8 +25,8 @@ use super::metrics::{self, Rounded, Training};
 use super::model_input::{LoadedModel, load_checkpoint};
 use crate::data::table::Table;
 use crate::data::tokenized::Encoded;
+use crate::model::Backbone;
 use crate::model::chat::Message;
-use crate::model::{Backbone, lora};
 use crate::spec::StageResult;
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::kind::{self, DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
@@ -504,10 +504,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         tokenizer,
         ..
     } = policy;
-    let (backbone, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
-        None => (backbone, Vec::new()),
-    };
+    let (backbone, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
     let (trained, summary, _) = if spec.kto {
         let train_kto = kto_rows(
             &train_c,
@@ -563,7 +560,7 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "loss": if spec.kto { "kto".to_owned() } else { format!("{:?}", spec.loss).to_lowercase() },
             "beta": spec.beta,
             "reference": if !reference_needed { "none" } else if spec.reference.is_some() { "the `reference` input" } else if adapted.is_empty() { "a frozen copy of the starting policy" } else { "the starting policy (LoRA adapter off)" },
-            "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
+            "method": super::training::method_name(&spec.peft, &adapted),
             "data": if matches!(feedback, Feedback::Unpaired(..)) { "unpaired feedback" } else { "pairs" },
             "train_examples": train_n,
             "validation_examples": val_n,

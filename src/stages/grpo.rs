@@ -21,8 +21,8 @@ use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
     token_logps,
 };
+use crate::model::Backbone;
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Backbone, lora};
 use crate::spec::StageResult;
 use crate::spec::context::StageContext;
 use crate::spec::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
@@ -318,10 +318,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("measuring the reward (before)");
     let before = mean_reward(&backbone.valid(), &answering, measured, &scorer, 1)?;
     let reference = (spec.beta > 0.0).then(|| backbone.valid());
-    let (backbone, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
-        None => (backbone, Vec::new()),
-    };
+    let (backbone, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
     let objective = Grpo {
         tokenizer: &tokenizer,
         format: &format,
@@ -377,7 +374,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
-            "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
+            "method": super::training::method_name(&spec.peft, &adapted),
             "prompts": train_prompts.len(),
             "validation_prompts": val_prompts.len(),
             "group_size": spec.group_size,

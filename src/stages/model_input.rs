@@ -118,17 +118,20 @@ pub(crate) fn load_checkpoint(
             view.materialize(out, &ctx.work_dir()?.join(rel))?
         }
     };
-    // The stage's own model may keep a frozen base as the checkpoint stores it.
-    let keep: Vec<_> = match rel == "model" {
-        true => ctx
-            .frozen_base_dtypes
-            .iter()
-            .copied()
-            .filter(|d| device.supports_dtype(*d))
-            .collect(),
-        false => Vec::new(),
+    // The stage's own model may keep a frozen base as the checkpoint stores it, or quantised.
+    let frozen = match rel == "model" {
+        true => crate::model::Frozen {
+            keep: ctx
+                .frozen_base_dtypes
+                .iter()
+                .copied()
+                .filter(|d| device.supports_dtype(*d))
+                .collect(),
+            quantize: ctx.frozen_base_quant,
+        },
+        false => crate::model::Frozen::default(),
     };
-    let loaded = crate::model::load_keeping(&path, device, &keep)
+    let loaded = crate::model::load_keeping(&path, device, &frozen)
         .with_context(|| format!("cannot load {}", path.display()))?;
     let table = loaded.model.backbone.token_table().val().dtype();
     if table != burn::tensor::DType::F32 {

@@ -31,7 +31,7 @@ use super::rollout::{
     token_logps,
 };
 use crate::model::sampling::SamplingConfig;
-use crate::model::{Backbone, Model, lora};
+use crate::model::{Backbone, Model};
 use crate::spec::StageResult;
 use crate::spec::context::StageContext;
 use crate::spec::kind::{DATA_INPUT, InputSlot, Kind, Problem, TemplateOf};
@@ -516,10 +516,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress.set_message("measuring the reward (before)");
     let before = mean_reward(&reference, &answering, measured, &scorer, SAMPLES)?;
 
-    let (policy, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
-        None => (backbone, Vec::new()),
-    };
+    let (policy, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
     let objective = Ppo {
         spec,
         tokenizer: &tokenizer,
@@ -576,7 +573,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         metrics: metrics::record(&metrics),
         warnings,
         summary: json!({
-            "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
+            "method": super::training::method_name(&spec.peft, &adapted),
             "value_model": value_from,
             "score_placement": "on the answer's last token (its end token when it has one)",
             "prompts": train_prompts.len(),

@@ -379,10 +379,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     )?;
     ctx.check_cancelled()?;
 
-    let (backbone, adapted) = match &spec.peft {
-        Some(PeftSpec::Lora(cfg)) => lora::apply(backbone, cfg, &device)?,
-        None => (backbone, Vec::new()),
-    };
+    let (backbone, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
     let (trained, summary, _) = super::training::train_logged(
         backbone,
         &CausalLm,
@@ -426,7 +423,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     };
     let summary_json = json!({
         "forgetting_probe": probe_summary,
-        "method": if adapted.is_empty() { "full fine-tuning" } else { "LoRA" },
+        "method": super::training::method_name(&spec.peft, &adapted),
         "adapted_modules": adapted.len(),
         "trainable_parameters": trainable(&trained),
         "train_pairs": train_pairs.len(),
@@ -579,9 +576,9 @@ fn run_classification(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageRes
     let mut inference = trained.valid();
     let after = classify::accuracy(&inference, &val_infer, num_labels);
 
-    if let Some(PeftSpec::Lora(cfg)) = &spec.peft {
+    if let Some(peft) = &spec.peft {
         let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut inference.backbone, cfg, "model", &dir)?;
+        lora::save_peft(&mut inference.backbone, peft.lora(), "model", &dir)?;
         super::training::save_adapter_tokenizer(&dir, &config, &tokenizer, None)?;
     }
     lora::merge_and_unload(&mut inference.backbone);

@@ -95,7 +95,7 @@ pub fn length_problem(max_length: usize) -> Option<Problem> {
 /// A LoRA rank of 0 trains nothing; dropout is a probability below 1.
 pub fn lora_problem(peft: &Option<crate::spec::settings::PeftSpec>) -> Option<Problem> {
     match peft {
-        Some(crate::spec::settings::PeftSpec::Lora(l)) if l.r == 0 => {
+        Some(p) if p.lora().r == 0 => {
             Some(Problem::new("peft.r", "LoRA rank `r` must be at least 1"))
         }
         _ => None,
@@ -307,16 +307,56 @@ pub fn with_peft(
     peft: &Option<crate::spec::settings::PeftSpec>,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<crate::model::Model> {
-    match peft {
-        Some(crate::spec::settings::PeftSpec::Lora(cfg)) => {
-            let (backbone, _) = crate::model::lora::apply(model.backbone, cfg, device)?;
-            Ok(crate::model::Model {
-                backbone,
-                score: model.score,
-            })
-        }
-        None => Ok(model),
+    let (backbone, _) = apply_peft(model.backbone, peft, device)?;
+    Ok(crate::model::Model {
+        backbone,
+        score: model.score,
+    })
+}
+
+/// How a stage trained, for its summary: `full fine-tuning`, `LoRA`, `DoRA`, `QLoRA (nf4)`...
+pub fn method_name(peft: &Option<crate::spec::settings::PeftSpec>, adapted: &[String]) -> String {
+    let Some(peft) = peft.as_ref().filter(|_| !adapted.is_empty()) else {
+        return "full fine-tuning".into();
+    };
+    let name = match (peft.quant().is_some(), peft.lora().use_dora) {
+        (false, false) => "LoRA",
+        (false, true) => "DoRA",
+        (true, false) => "QLoRA",
+        (true, true) => "QDoRA",
+    };
+    match peft.quant() {
+        Some(q) => format!("{name} ({})", q.name()),
+        None => name.into(),
     }
+}
+
+/// `peft` on a backbone: LoRA adapters on the targeted projections, everything else frozen;
+/// with QLoRA, every projection's frozen weight quantised first (those the loader quantised
+/// already stay as they are). Returns the adapted module paths (none without `peft`).
+pub fn apply_peft(
+    backbone: crate::model::Backbone,
+    peft: &Option<crate::spec::settings::PeftSpec>,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<(crate::model::Backbone, Vec<String>)> {
+    let Some(peft) = peft else {
+        return Ok((backbone, Vec::new()));
+    };
+    let mut backbone = backbone;
+    if let Some(format) = peft.quant() {
+        let mut held = 0usize;
+        for (path, proj) in backbone.projections_mut() {
+            proj.quantize(format)
+                .map_err(|e| anyhow::anyhow!("cannot quantise `{path}`: {e}"))?;
+            held += proj.quantized.as_ref().map_or(0, |q| q.bytes());
+        }
+        tracing::info!(
+            "QLoRA: the frozen projections are held in {} ({:.1} MiB)",
+            format.name(),
+            held as f64 / (1u64 << 20) as f64
+        );
+    }
+    Ok(crate::model::lora::apply(backbone, peft.lora(), device)?)
 }
 
 /// Writes a tuned decoder: with LoRA, its PEFT adapter as output `adapter`; then the model,
@@ -331,9 +371,9 @@ pub fn save_policy(
 ) -> anyhow::Result<()> {
     use crate::model::lora;
     ctx.progress.set_message("saving");
-    if let Some(crate::spec::settings::PeftSpec::Lora(cfg)) = peft {
+    if let Some(peft) = peft {
         let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
-        lora::save_peft(&mut policy, cfg, "model", &dir)?;
+        lora::save_peft(&mut policy, peft.lora(), "model", &dir)?;
         save_adapter_tokenizer(&dir, config, tokenizer, Some(prompting))?;
     }
     lora::merge_and_unload(&mut policy);
@@ -410,6 +450,17 @@ pub fn frozen_base_dtypes(
         None if backend != crate::backend::BackendKind::Cpu => vec![DType::BF16, DType::F16],
         _ => Vec::new(),
     }
+}
+
+/// What a stage with `config` (its key config) quantises its `model` checkpoint's block
+/// projections to while loading them: QLoRA's `quant`, else nothing.
+pub fn frozen_base_quant(
+    config: &serde_json::Value,
+) -> Option<crate::model::quantized::QuantFormat> {
+    let peft = config.get("peft")?;
+    serde_json::from_value::<crate::spec::settings::PeftSpec>(peft.clone())
+        .ok()?
+        .quant()
 }
 
 /// The stage's device, its backend RNG seeded from the recipe. burn's CPU RNG is process-wide:

@@ -18,6 +18,20 @@ const HEAD: &str = "version: 1\nname: t\n";
 fn cases() -> Vec<Case> {
     vec![
         Case {
+            name: "qlora misspelt key",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  s: { kind: sft, model: { path: m }, data: { from: d },\n       peft: { method: qlora, r: 8, alhpa: 16 } }\n",
+            files: &[("d.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n")],
+            args: &[],
+            expect: &["unknown key `alhpa`", "did you mean `alpha`", "r.yaml:6:"],
+        },
+        Case {
+            name: "qlora unknown quant",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  s: { kind: sft, model: { path: m }, data: { from: d },\n       peft: { method: qlora, quant: nf5 } }\n",
+            files: &[("d.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n")],
+            args: &[],
+            expect: &["`nf5` is not a valid value", "did you mean `nf4`", "r.yaml:6:"],
+        },
+        Case {
             name: "yaml syntax",
             recipe: "version: 1\nname: t\nstages: [\n",
             files: &[],

@@ -30,6 +30,7 @@ mod peft_parity;
 mod pitfalls;
 mod precision;
 mod pretrain_stage;
+mod qlora;
 mod quickstart;
 mod real_checkpoints;
 mod remote_cache;

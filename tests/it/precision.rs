@@ -82,7 +82,11 @@ fn a_bf16_checkpoint_loads_its_frozen_base_in_bf16() {
         let ids = Tensor::<2, Int>::from_data([[5, 17, 42, 8, 99, 3, 21, 64]], &device);
         to_vec(model.lm_logits(model.hidden(ids, None)).unwrap())
     };
-    let mut kept = load_hf_dir_keeping(&dir, &device, &[DType::BF16])
+    let bf16 = hone::model::Frozen {
+        keep: vec![DType::BF16],
+        ..Default::default()
+    };
+    let mut kept = load_hf_dir_keeping(&dir, &device, &bf16)
         .unwrap()
         .model
         .backbone;

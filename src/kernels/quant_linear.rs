@@ -1,0 +1,195 @@
+//! `x W^T` for a frozen weight held quantised (QLoRA's base, `model::quantized`), written in
+//! burn's tensor ops so every backend has it. The weight is dequantised a tile of output rows
+//! at a time, multiplied with and dropped, in forward (`y[:, tile] = x tile^T`) and again in
+//! backward for the input gradient (`dx += dy[:, tile] tile`): no f32 or bf16 copy of the
+//! whole weight ever exists, and the autodiff tape keeps nothing of the op but a reference to
+//! the quantised weight (the weight takes no gradient, so its input is not needed either).
+
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::blocks;
+use super::lane::{Lane, plain, primitive};
+use crate::model::quantized::QuantWeight;
+
+/// Weight values dequantised at once: 16 MiB of f32.
+const TILE_VALUES: usize = 4 << 20;
+
+/// A quantised weight handed to the op (shared, never copied).
+#[derive(Clone)]
+pub struct Frozen(pub Arc<QuantWeight>);
+
+impl std::fmt::Debug for Frozen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Frozen({} [{}, {}])",
+            self.0.format(),
+            self.0.d_out,
+            self.0.d_in
+        )
+    }
+}
+
+/// Output rows of the weight per tile.
+fn tile_rows(w: &QuantWeight) -> usize {
+    (TILE_VALUES / w.d_in.max(1)).max(1)
+}
+
+/// Rows `start..start + rows` of the weight, `[rows, d_in]`, on `device`.
+fn tile(w: &QuantWeight, start: usize, rows: usize, device: &Device) -> Tensor<2> {
+    let mut values = vec![0f32; rows * w.d_in];
+    w.dequantize_rows(start, &mut values);
+    Tensor::from_data(TensorData::new(values, [rows, w.d_in]), device)
+}
+
+/// `x W^T`: `[n, d_in]` -> `[n, d_out]`.
+fn multiply(x: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
+    let device = x.device();
+    let parts: Vec<Tensor<2>> = blocks(w.d_out, tile_rows(w))
+        .map(|(start, rows)| x.clone().matmul(tile(w, start, rows, &device).transpose()))
+        .collect();
+    match parts.len() {
+        0 => Tensor::zeros([x.dims()[0], 0], &device),
+        _ => Tensor::cat(parts, 1),
+    }
+}
+
+/// `dy W`: `[n, d_out]` -> `[n, d_in]`.
+fn input_gradient(dy: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
+    let device = dy.device();
+    let n = dy.dims()[0];
+    blocks(w.d_out, tile_rows(w)).fold(Tensor::zeros([n, w.d_in], &device), |dx, (start, rows)| {
+        dx + dy
+            .clone()
+            .narrow(1, start, rows)
+            .matmul(tile(w, start, rows, &device))
+    })
+}
+
+pub fn forward<B: Lane>(x: FloatTensor<B>, w: &Frozen) -> FloatTensor<B> {
+    primitive::<B>(multiply(plain::<B, 2>(x), &w.0).into_dispatch())
+}
+
+#[derive(Debug)]
+struct QuantLinear;
+
+impl<B: Lane> Backward<B, 1> for QuantLinear {
+    type State = Frozen;
+
+    fn backward(self, ops: Ops<Frozen, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node] = ops.parents;
+        let dy = plain::<B, 2>(grads.consume::<B>(&ops.node));
+        if let Some(node) = x_node {
+            let dx = input_gradient(dy, &ops.state.0);
+            grads.register::<B>(node.id, primitive::<B>(dx.into_dispatch()));
+        }
+    }
+}
+
+pub fn autodiff<B: Lane, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    w: Frozen,
+) -> FloatTensor<Autodiff<B, C>> {
+    match <QuantLinear as Backward<B, 1>>::prepare::<C>(QuantLinear, [x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = forward::<B>(x.primitive().clone(), &w);
+            prep.finish(w, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward::<B>(x.primitive().clone(), &w)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::layers::Proj;
+    use crate::model::lora::{self, LoraConfig};
+    use crate::model::quantized::QuantFormat;
+    use crate::model::to_vec;
+    use burn::prelude::*;
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+    }
+
+    /// A quantised projection computes `x W^T + b` and the input gradient `dy W` of its
+    /// dequantised weight, over several tiles (1,100 rows of 4,096: a tile is 1,024 rows), and
+    /// the LoRA factors on it get their gradients.
+    #[test]
+    fn quantised_projection_matches_its_dequantised_weight_both_ways() {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let (d_in, d_out) = (4096, 1100);
+        let w = Tensor::<2>::random(
+            [d_in, d_out],
+            burn::tensor::Distribution::Normal(0.0, 0.02),
+            &device,
+        );
+        let bias = Tensor::<1>::random(
+            [d_out],
+            burn::tensor::Distribution::Normal(0.0, 0.1),
+            &device,
+        );
+        for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
+            let mut proj = Proj::new(w.clone(), Some(bias.clone()));
+            proj.quantize(format).unwrap();
+            assert_eq!((proj.d_in(), proj.d_out()), (d_in, d_out));
+            assert_eq!(proj.weight.val().dims(), [0, 0], "no dense copy kept");
+            let dense = proj.dense_weight();
+
+            let x = Tensor::<3>::random(
+                [2, 3, d_in],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+            .require_grad();
+            let y = proj.forward(x.clone());
+            let want = x.clone().matmul(dense.clone().unsqueeze()) + bias.clone().unsqueeze();
+            let err = max_diff(&to_vec(y.clone()), &to_vec(want));
+            assert!(err < 1e-4, "{format:?} forward: {err}");
+
+            let dy = Tensor::<3>::random(
+                [2, 3, d_out],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let grads = (y * dy.clone()).sum().backward();
+            let dx = to_vec(x.grad(&grads).unwrap());
+            let want = to_vec(dy.matmul(dense.transpose().unsqueeze()));
+            let err = max_diff(&dx, &want);
+            assert!(err < 1e-4, "{format:?} input gradient: {err}");
+        }
+
+        // LoRA on a quantised base: the adapter's factors get gradients, the base none.
+        let cfg = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        };
+        let mut proj = Proj::new(w, None);
+        proj.quantize(QuantFormat::Nf4).unwrap();
+        let mut adapter = lora::LoraAdapter::new(d_in, d_out, &cfg, &device);
+        adapter.b = burn::module::Param::from_tensor(Tensor::ones([4, d_out], &device));
+        proj.lora = Some(adapter);
+        let x = Tensor::<2>::random(
+            [5, d_in],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let grads = proj.forward(x).sum().backward();
+        let l = proj.lora.as_ref().unwrap();
+        assert!(l.a.val().grad(&grads).is_some() && l.b.val().grad(&grads).is_some());
+    }
+}
