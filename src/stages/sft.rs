@@ -90,6 +90,12 @@ pub struct SftSpec {
     /// `drop` leaves the example out. The count of affected examples is reported.
     #[serde(default, skip_serializing_if = "is_default")]
     pub truncation: Truncation,
+    /// Several examples a training row, packed best-fit-decreasing into rows of `max_length`
+    /// (as pretraining packs; TRL's `padding_free`): positions restart and attention stays
+    /// inside each example, and the loss stays on the answers. `batch_size` counts rows.
+    /// Validation is not packed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
     /// New tokens generated per validation prompt for exact-match accuracy.
     #[serde(default = "default_eval_tokens")]
     pub eval_max_new_tokens: usize,
@@ -164,6 +170,15 @@ impl Kind for SftKind {
                 [p.forgetting_probe.is_some(), p.replay.is_some()],
                 "language-model SFT (`instruction`, `chat`), not `classification`",
             ));
+            if p.packing {
+                problems.push(
+                    Problem::at_key(
+                        "packing",
+                        "`packing` works with language-model SFT (`instruction`, `chat`), not `classification`",
+                    )
+                    .help("remove `packing`"),
+                );
+            }
         }
         if let Some(r) = &p.replay
             && !(r.ratio > 0.0 && r.ratio.is_finite())
@@ -326,16 +341,19 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "eos": eos,
     });
     let mut too_long = 0;
-    let mut encode = |convs: &Conversations| -> Result<Vec<LmBatch>> {
+    let mut encode = |convs: &Conversations, pack: bool| -> Result<Vec<LmBatch>> {
         let whole = super::training::encode_cached(ctx, &tokenizer, &how, convs, || {
             tokenize_conversations(&tokenizer, &format, convs, eos)
         })?;
         let (cut, long) = truncate(whole, spec.max_length, spec.truncation);
         too_long += long;
-        Ok(conversation_batches(&cut, batch, &device))
+        Ok(match pack {
+            true => super::batches::packed_example_batches(&cut, spec.max_length, batch, &device),
+            false => conversation_batches(&cut, batch, &device),
+        })
     };
-    let train_batches = encode(&train_pairs)?;
-    let val_batches = encode(&val_pairs)?;
+    let train_batches = encode(&train_pairs, spec.packing)?;
+    let val_batches = encode(&val_pairs, false)?;
     let mut train_batches = train_batches;
     if let Some(replay) = &spec.replay {
         train_batches.extend(guards::replay_batches(

@@ -65,10 +65,27 @@ impl LmBatch {
     /// i. A token attends only to earlier tokens of its own document, positions restart at
     /// each document, and a document's first token is not predicted from the one before it.
     pub fn packed(rows: &[Vec<u32>], docs: &[Vec<u32>], device: &Device) -> LmBatch {
+        let all: Vec<Vec<bool>> = rows.iter().map(|r| vec![true; r.len()]).collect();
+        Self::packed_with_targets(rows, docs, &all, device)
+    }
+
+    /// [`packed`](Self::packed), with a target flag per token (SFT: the answers): a token is a
+    /// target when its flag says so and it is not its document's first.
+    pub fn packed_with_targets(
+        rows: &[Vec<u32>],
+        docs: &[Vec<u32>],
+        flags: &[Vec<bool>],
+        device: &Device,
+    ) -> LmBatch {
         use burn::tensor::TensorData;
         let targets: Vec<Vec<bool>> = docs
             .iter()
-            .map(|d| (0..d.len()).map(|j| j > 0 && d[j] == d[j - 1]).collect())
+            .zip(flags)
+            .map(|(d, f)| {
+                (0..d.len())
+                    .map(|j| f[j] && j > 0 && d[j] == d[j - 1])
+                    .collect()
+            })
             .collect();
         let mut batch = Self::with_targets(rows, &targets, device);
         let [b, s] = batch.ids.dims();
