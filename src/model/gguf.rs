@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 
 use super::Backbone;
+use super::Frozen;
 use super::gemma3::{Gemma3, Gemma3Config};
 use super::ggml_quants::{SUPPORTED, block_layout, dequantize, type_name};
 use super::llama::{Llama, LlamaConfig};
-use super::quantized::QuantFormat;
 use super::weights::{FileBytes, ModelError, SharedBytes, Source, Stored, WeightMap, transpose};
 
 /// A metadata value.
@@ -354,13 +354,11 @@ pub struct GgufModel {
 pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3, phi3, gpt2";
 
 /// A GGUF file as one of hone's model families.
-/// With `quantize`, the block projections are held quantised (QLoRA's frozen base): those the
-/// file stores in a ggml block type keep their blocks, the others are quantised to `quantize`.
-pub fn load(
-    path: &Path,
-    device: &Device,
-    quantize: Option<QuantFormat>,
-) -> Result<GgufModel, ModelError> {
+/// Frozen weights are held as `frozen` says: F16 and BF16 tensors in one of `frozen.keep`
+/// stay in it; with `frozen.quantize`, the block projections are held quantised (QLoRA's
+/// frozen base): those the file stores in a ggml block type keep their blocks, the others are
+/// quantised to it.
+pub fn load(path: &Path, device: &Device, frozen: &Frozen) -> Result<GgufModel, ModelError> {
     let g = Gguf::open(path)?;
     let arch = g
         .need("general.architecture")?
@@ -368,10 +366,10 @@ pub fn load(
         .unwrap_or_default()
         .to_owned();
     let (backbone, config) = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device, quantize)?,
-        "gemma2" | "gemma3" => load_gemma(&g, &arch, device, quantize)?,
-        "gpt2" => load_gpt2(&g, device)?,
-        "phi3" => load_phi3(&g, device, quantize)?,
+        "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device, frozen)?,
+        "gemma2" | "gemma3" => load_gemma(&g, &arch, device, frozen)?,
+        "gpt2" => load_gpt2(&g, device, frozen)?,
+        "phi3" => load_phi3(&g, device, frozen)?,
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
@@ -565,7 +563,7 @@ fn load_llama(
     g: &Gguf,
     arch: &str,
     device: &Device,
-    quantize: Option<QuantFormat>,
+    frozen: &Frozen,
 ) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let heads = g.int(arch, "attention.head_count")?;
@@ -643,7 +641,7 @@ fn load_llama(
         }
     })?;
     let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.quantize_projections(quantize);
+    weights.hold_frozen(frozen);
     let model = Llama::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Llama(model), config))
 }
@@ -657,7 +655,7 @@ fn load_gemma(
     g: &Gguf,
     arch: &str,
     device: &Device,
-    quantize: Option<QuantFormat>,
+    frozen: &Frozen,
 ) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let gemma2 = arch == "gemma2";
@@ -710,13 +708,17 @@ fn load_gemma(
         },
     )?;
     let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.quantize_projections(quantize);
+    weights.hold_frozen(frozen);
     let model = Gemma3::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Gemma3(model), config))
 }
 
 /// A `gpt2` GGUF: llama.cpp stores the `Conv1D` projections transposed; they are put back.
-fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value), ModelError> {
+fn load_gpt2(
+    g: &Gguf,
+    device: &Device,
+    frozen: &Frozen,
+) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let (vocab, _) = g.vocab_and_tied()?;
     let config = merge(
@@ -760,6 +762,7 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
         })
         .collect();
     let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
+    weights.hold_frozen(frozen);
     // A tied head is the embedding (GPT-2 has no other).
     weights.discard("lm_head.weight");
     let model = super::gpt2::Gpt2::from_weights(&cfg, &mut weights)?;
@@ -771,7 +774,7 @@ fn load_gpt2(g: &Gguf, device: &Device) -> Result<(Backbone, serde_json::Value),
 fn load_phi3(
     g: &Gguf,
     device: &Device,
-    quantize: Option<QuantFormat>,
+    frozen: &Frozen,
 ) -> Result<(Backbone, serde_json::Value), ModelError> {
     let path = &g.path;
     let bad = |reason: String| g.bad(reason);
@@ -848,7 +851,7 @@ fn load_phi3(
     };
     let tensors = g.hf_tensors("phi3", rename, |_, _| Fix::AsStored)?;
     let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.quantize_projections(quantize);
+    weights.hold_frozen(frozen);
     let model = super::phi3::Phi3::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Phi3(model), config))
 }

@@ -486,7 +486,7 @@ pub fn load_keeping(path: &Path, device: &Device, frozen: &Frozen) -> Result<HfM
         return load_keeping(&one, device, frozen);
     }
     if path.extension().is_some_and(|e| e == "gguf") {
-        let g = gguf::load(path, device, frozen.quantize)?;
+        let g = gguf::load(path, device, frozen)?;
         let chat_template = chat_template(
             g.chat_template,
             g.backbone.family(),
@@ -576,8 +576,7 @@ pub fn load_hf_dir_keeping(
             supported: Family::SUPPORTED.into(),
         })?;
     let mut weights = WeightMap::from_hf_dir(dir, device)?;
-    weights.keep_as_stored(&frozen.keep);
-    weights.quantize_projections(frozen.quantize);
+    weights.hold_frozen(frozen);
     let parse = |what| bad_config(&config_path, what);
     let backbone = match family {
         Family::Gpt2 => {

@@ -100,21 +100,25 @@ fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
 /// The index of the first midpoint of `sorted` that `v` does not exceed: bucketize on the
 /// midpoints, so the nearest value, the lower one on a tie.
 fn nearest(sorted: &[f32], v: f32) -> u8 {
-    let mut idx = 0;
-    for pair in sorted.windows(2) {
-        if v > (pair[0] + pair[1]) / 2.0 {
-            idx += 1;
+    // The midpoints rise with the sorted values, so "midpoints below v" is a prefix: a binary
+    // search for its end.
+    let (mut lo, mut hi) = (0, sorted.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if v > (sorted[mid] + sorted[mid + 1]) / 2.0 {
+            lo = mid + 1;
         } else {
-            break;
+            hi = mid;
         }
     }
-    idx as u8
+    lo as u8
 }
 
 /// The absolute maximum of each `block`-sized run of `values` (the last may be short).
 fn absmax(values: &[f32], block: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     values
-        .chunks(block)
+        .par_chunks(block)
         .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())))
         .collect()
 }
@@ -122,15 +126,26 @@ fn absmax(values: &[f32], block: usize) -> Vec<f32> {
 /// `values` divided by their block's absmax (clamped to 1e-38, as bitsandbytes does) and
 /// clamped to [-1, 1], each mapped to its nearest entry of `map`.
 fn quantize_blocks(values: &[f32], scales: &[f32], block: usize, map: &[f32]) -> Vec<u8> {
-    values
-        .chunks(block)
+    use rayon::prelude::*;
+    let mut codes = vec![0u8; values.len()];
+    codes
+        .par_chunks_mut(block)
+        .zip(values.par_chunks(block))
         .zip(scales)
-        .flat_map(|(b, &m)| {
-            let inverse = 1.0 / m.max(1e-38);
-            b.iter()
-                .map(move |v| nearest(map, (v * inverse).clamp(-1.0, 1.0)))
-        })
-        .collect()
+        .for_each(|((out, b), &m)| {
+            // bitsandbytes divides by max(absmax, 1e-38); 1e-38 is subnormal, which the
+            // training threads flush to zero (`backend::init_cpu`), so a block of zeros would
+            // divide by 0 and turn into NaN. Its reciprocal, written out, is a normal number.
+            let inverse = if m >= f32::MIN_POSITIVE {
+                1.0 / m
+            } else {
+                1.0e38
+            };
+            for (o, v) in out.iter_mut().zip(b) {
+                *o = nearest(map, (v * inverse).clamp(-1.0, 1.0));
+            }
+        });
+    codes
 }
 
 impl Nf4 {
@@ -246,9 +261,11 @@ mod tests {
     }
 
     /// bitsandbytes' own quantisation, dequantised by hone, gives bitsandbytes' values bit for
-    /// bit; and hone's quantisation of the same weights gives bitsandbytes' codes.
+    /// bit; and hone's quantisation of the same weights gives bitsandbytes' codes, also on the
+    /// training threads, which flush subnormal floats to zero (a block of zeros).
     #[test]
     fn matches_bitsandbytes() {
+        crate::backend::init_cpu();
         let all = fixture();
         for case in ["linear", "ragged", "outliers"] {
             let at = |part: &str| get(&all, &format!("{case}.{part}"));

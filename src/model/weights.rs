@@ -447,6 +447,13 @@ impl WeightMap {
         }
     }
 
+    /// Holds the frozen weights as `frozen` says ([`keep_as_stored`](Self::keep_as_stored),
+    /// [`quantize_projections`](Self::quantize_projections)).
+    pub fn hold_frozen(&mut self, frozen: &super::Frozen) {
+        self.keep_as_stored(&frozen.keep);
+        self.quantize_projections(frozen.quantize);
+    }
+
     /// Block projections taken with [`take_proj`](Self::take_proj) are held quantised from now
     /// on (QLoRA's frozen base): each is read, quantised and dropped, so the dense weights never
     /// exist together. A GGUF tensor already in a ggml block type keeps its blocks.

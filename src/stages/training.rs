@@ -435,7 +435,8 @@ fn training_precision(
 /// The dtypes in which a stage with `config` (its key config) on `backend` may load its
 /// `model` checkpoint's frozen weights as stored: it trains adapters (`peft`), so its base is
 /// frozen, in `train.precision` bf16 or f16, or without `precision` on a GPU backend (where
-/// the checkpoint's own dtype is the default). Empty otherwise: everything loads as f32.
+/// the checkpoint's own dtype is the default), or with QLoRA. Empty otherwise: everything
+/// loads as f32.
 pub fn frozen_base_dtypes(
     config: &serde_json::Value,
     backend: crate::backend::BackendKind,
@@ -443,6 +444,11 @@ pub fn frozen_base_dtypes(
     use burn::tensor::DType;
     if config.get("peft").is_none_or(serde_json::Value::is_null) {
         return Vec::new();
+    }
+    // QLoRA is for bases too big for f32: what it does not quantise (the token table, the LM
+    // head) stays as the checkpoint stores it, whatever the training precision.
+    if frozen_base_quant(config).is_some() {
+        return vec![DType::BF16, DType::F16];
     }
     match config.pointer("/train/precision").and_then(|p| p.as_str()) {
         Some("bf16") => vec![DType::BF16],
