@@ -64,8 +64,8 @@ impl Proj {
         Ok(())
     }
 
-    /// The weight in f32 as `[in, out]`, dequantised when it is held quantised (export,
-    /// merging and DoRA's norms; training never needs it whole).
+    /// The weight as `[in, out]`: as stored, or dequantised to f32 when it is held quantised
+    /// (export and merging; training never needs it whole).
     pub fn dense_weight(&self) -> Tensor<2> {
         match &self.quantized {
             Some(q) => {
@@ -157,13 +157,47 @@ impl Proj {
                 let update = l.update(
                     x,
                     &y,
-                    || self.dense_weight(),
                     self.bias.as_ref().map(|b| b.val()),
+                    || self.adapted_norms(l),
+                    |x| self.project(x),
                 );
                 y + update
             }
             _ => y,
         }
+    }
+
+    /// `x W` without the bias, in f32 (DoRA's base term under dropout).
+    fn project<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.quantized {
+            Some(q) => crate::kernels::quant_linear(x, q),
+            None => {
+                let w = self.weight.val();
+                let w = if w.dtype() == DType::F32 {
+                    w
+                } else {
+                    w.cast(DType::F32)
+                };
+                burn::tensor::module::linear(x, w, None)
+            }
+        }
+    }
+
+    /// DoRA's `||W + s B A||` per output; over a quantised weight a tile of rows at a time, so
+    /// no whole dense copy of it exists.
+    fn adapted_norms(&self, l: &LoraAdapter) -> Tensor<1> {
+        let Some(q) = &self.quantized else {
+            return l.adapted_norms(self.dense_weight());
+        };
+        let device = self.weight.val().device();
+        let parts: Vec<Tensor<1>> = q
+            .tiles()
+            .map(|(start, rows)| {
+                let adapted = q.rows_tensor(start, rows, &device) + l.delta_rows(start, rows);
+                adapted.square().sum_dim(1).sqrt().reshape([rows])
+            })
+            .collect();
+        Tensor::cat(parts, 0)
     }
 
     /// The weight with the adapter folded in (for export and merged models).

@@ -127,21 +127,21 @@ impl LoraAdapter {
 
     /// What this adapter adds to the base projection's output `y = x W + bias`, as PEFT's
     /// `Linear.forward` computes it: `s B A x` for LoRA; for DoRA
-    /// `(m/n - 1) x W + (m/n) s B A x` with `n = ||W + s B A||` per output (detached), where
-    /// with dropout active `x` is the dropped-out input in both terms.
+    /// `(m/n - 1) x W + (m/n) s B A x` with `n = ||W + s B A||` per output (`norms`, detached),
+    /// where with dropout active `x` is the dropped-out input in both terms (`project` gives
+    /// its `x W`, without bias).
     pub fn update<const D: usize>(
         &self,
         x: Tensor<D>,
         y: &Tensor<D>,
-        weight: impl FnOnce() -> Tensor<2>,
         bias: Option<Tensor<1>>,
+        norms: impl FnOnce() -> Tensor<1>,
+        project: impl FnOnce(Tensor<D>) -> Tensor<D>,
     ) -> Tensor<D> {
         let Some(magnitude) = &self.magnitude else {
             return self.forward(x);
         };
-        let w = f32_of(weight());
-        let norm = column_norms(w.clone() + self.delta()).detach();
-        let scale = (magnitude.val() / norm).unsqueeze::<D>();
+        let scale = (magnitude.val() / norms().detach()).unsqueeze::<D>();
         let (x, base) = if self.dropout.prob == 0.0 {
             // The base projection's own output, less its bias.
             let base = match bias {
@@ -151,10 +151,26 @@ impl LoraAdapter {
             (x, base)
         } else {
             let dropped = self.dropout.forward(x);
-            let base = burn::tensor::module::linear(dropped.clone(), w, None);
-            (dropped, base)
+            (dropped.clone(), project(dropped))
         };
         base * (scale.clone() - 1.0) + self.low_rank(x) * scale
+    }
+
+    /// `||W + s A B||` per output of the dense weight `weight` (`[in, out]`), without gradient.
+    pub fn adapted_norms(&self, weight: Tensor<2>) -> Tensor<1> {
+        column_norms(f32_of(weight) + self.delta()).detach()
+    }
+
+    /// Rows `start..start + rows` of `(s A B)^T` (`[rows, in]`, PyTorch's layout of the
+    /// update), without gradient: DoRA's norms over a quantised weight, a tile at a time.
+    pub fn delta_rows(&self, start: usize, rows: usize) -> Tensor<2> {
+        let b = self.b.val().detach().narrow(1, start, rows);
+        self.a
+            .val()
+            .detach()
+            .matmul(b)
+            .transpose()
+            .mul_scalar(self.scaling)
     }
 
     /// `W` with this adapter folded in: `W + s A B`, or for DoRA `(m / n) (W + s A B)`.

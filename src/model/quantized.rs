@@ -173,6 +173,35 @@ impl QuantWeight {
         }
     }
 
+    /// Output rows per tile when the weight is used a tile at a time: about 16 MiB of f32.
+    pub fn tile_rows(&self) -> usize {
+        const TILE_VALUES: usize = 4 << 20;
+        (TILE_VALUES / self.d_in.max(1)).max(1)
+    }
+
+    /// Rows `start..start + rows` in f32, as a `[rows, d_in]` tensor on `device`.
+    pub fn rows_tensor(
+        &self,
+        start: usize,
+        rows: usize,
+        device: &burn::tensor::Device,
+    ) -> burn::tensor::Tensor<2> {
+        let mut values = vec![0f32; rows * self.d_in];
+        self.dequantize_rows(start, &mut values);
+        burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(values, [rows, self.d_in]),
+            device,
+        )
+    }
+
+    /// `(start, rows)` of each tile of output rows.
+    pub fn tiles(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (total, step) = (self.d_out, self.tile_rows());
+        (0..total)
+            .step_by(step)
+            .map(move |s| (s, step.min(total - s)))
+    }
+
     /// The whole weight in f32, `[d_out, d_in]` (export and merging only).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.d_out * self.d_in];
