@@ -45,6 +45,15 @@ impl Precision {
         }
     }
 
+    /// Its name in a checkpoint config's `dtype` / `torch_dtype`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::Bf16 => "bfloat16",
+            Precision::F16 => "float16",
+        }
+    }
+
     /// The precision of tensors of `dtype`, if it is one.
     pub fn from_dtype(dtype: DType) -> Option<Precision> {
         match dtype {

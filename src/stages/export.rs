@@ -46,6 +46,23 @@ pub struct ExportSpec {
     /// transformers saves them (`"5GB"` by default; decimal units B, KB, MB, GB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_shard_size: Option<String>,
+    /// With `format: hf`: the dtype the weights are written in, `f32`, `bf16` or `f16`
+    /// (default: the dtype the base model came in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<crate::model::precision::Precision>,
+    /// With `format: hf`, for a LoRA, QLoRA or DoRA stage: `true` (default) exports the model
+    /// with its adapter merged in; `false` exports the PEFT adapter directory alone, which PEFT
+    /// loads onto the base model.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub merge: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// transformers' default `max_shard_size`.
@@ -125,6 +142,26 @@ impl Kind for ExportKind {
                 "`quant` applies to GGUF exports; add `format: gguf` or remove `quant`",
             ));
         }
+        if e.format == ExportFormat::Gguf {
+            if e.dtype.is_some() {
+                problems.push(Problem::new(
+                    "dtype",
+                    "`dtype` applies to HF exports; a GGUF export's precision is its `quant`",
+                ));
+            }
+            if !e.merge {
+                problems.push(Problem::new(
+                    "merge",
+                    "a GGUF export is a whole model: remove `merge: false`, or export the adapter with `format: hf`",
+                ));
+            }
+        }
+        if !e.merge && e.dtype.is_some() {
+            problems.push(Problem::new(
+                "dtype",
+                "`merge: false` exports the adapter as the stage saved it (f32 factors); remove `dtype`",
+            ));
+        }
         if let Some(size) = &e.max_shard_size {
             if e.format == ExportFormat::Gguf {
                 problems.push(Problem::new(
@@ -168,6 +205,18 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         return run_gguf(spec, ctx);
     }
     let files: Vec<(String, PathBuf)> = match ctx.input(MODEL.key)? {
+        ResolvedInput::Artifact(view) if !spec.merge => {
+            let out = view.outputs.get("adapter").with_context(|| {
+                format!(
+                    "`{}` trained no adapter (it has no `peft`), so there is only its whole model to export; remove `merge: false`",
+                    view.label
+                )
+            })?;
+            out.files
+                .iter()
+                .map(|(r, p)| (r.clone(), p.clone()))
+                .collect()
+        }
         ResolvedInput::Artifact(view) => {
             let out = view
                 .outputs
@@ -182,6 +231,11 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ResolvedInput::File { path, label, .. } => {
             if !path.is_dir() {
                 bail!("{label} is not a model directory");
+            }
+            if !spec.merge && !path.join(ADAPTER_CONFIG).is_file() {
+                bail!(
+                    "{label} is not a PEFT adapter directory, so `merge: false` has nothing to export alone"
+                );
             }
             crate::store::hash::walk_files(path)?
                 .into_iter()
@@ -209,12 +263,16 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
             .with_context(|| format!("cannot read {}", config_path.display()))?,
     )
     .with_context(|| format!("{} is not JSON", config_path.display()))?;
-    // A model hone trained remembers the dtype it came in; a checkpoint names its own.
-    let source_dtype = [crate::model::SOURCE_DTYPE, "dtype", "torch_dtype"]
-        .iter()
-        .find_map(|k| config[*k].as_str())
-        .and_then(StoredDtype::from_config_name)
-        .filter(|d| *d != StoredDtype::F32);
+    // A model hone trained remembers the dtype it came in; a checkpoint names its own; the
+    // stage's `dtype`, when set, wins (and the weights are written anew in it, f32 too).
+    let source_dtype = match spec.dtype {
+        Some(p) => StoredDtype::from_config_name(p.config_name()),
+        None => [crate::model::SOURCE_DTYPE, "dtype", "torch_dtype"]
+            .iter()
+            .find_map(|k| config[*k].as_str())
+            .and_then(StoredDtype::from_config_name)
+            .filter(|d| *d != StoredDtype::F32),
+    };
     let max_shard = spec
         .max_shard_size
         .as_deref()

@@ -137,6 +137,16 @@ stages:
     kind: export
     model: {{ from: sft.adapter }}
     to: dist/adapter
+  unmerged_out:
+    kind: export
+    model: {{ from: sft }}
+    merge: false
+    to: dist/unmerged
+  f16_out:
+    kind: export
+    model: {{ from: dpo }}
+    dtype: f16
+    to: dist/model-f16
 "#,
             d = corpus.display(),
             jinja = jinja.replace('"', "\\\""),
@@ -229,5 +239,64 @@ stages:
     assert_eq!(
         json("dist/adapter/tokenizer_config.json")["chat_template"],
         tc["chat_template"]
+    );
+
+    // `merge: false` on the LoRA stage exports the same adapter as naming its `adapter` output.
+    assert_eq!(
+        std::fs::read(p.path("dist/unmerged/adapter_model.safetensors")).unwrap(),
+        std::fs::read(adapter.join("adapter_model.safetensors")).unwrap()
+    );
+    assert!(!p.path("dist/unmerged/config.json").exists());
+    // `dtype: f16` writes the weights in f16, which load back near the f32 model.
+    assert_eq!(json("dist/model-f16/config.json")["dtype"], "float16");
+    let header = |dir: &str| {
+        let bytes = std::fs::read(p.path(dir).join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + n]).unwrap()
+    };
+    let h = header("dist/model-f16");
+    let dtypes: std::collections::BTreeSet<&str> = h
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap())
+        .collect();
+    assert_eq!(dtypes, ["F16"].into_iter().collect());
+    let device = Device::flex();
+    let ids = Tensor::<2, Int>::from_data(
+        burn::tensor::TensorData::new(vec![5i64, 17, 42, 8], [1, 4]),
+        &device,
+    );
+    let logits = |dir: &str| {
+        let m = load_hf_dir(&p.path(dir), &device).unwrap();
+        let h = m.model.backbone.hidden(ids.clone(), None);
+        to_vec(m.model.backbone.lm_logits(h).unwrap())
+    };
+    let (full, half) = (logits("dist/model"), logits("dist/model-f16"));
+    let worst = full
+        .iter()
+        .zip(&half)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst > 0.0 && worst < 0.05,
+        "f16 export against f32: {worst}"
+    );
+
+    // `merge: false` on a stage that trained no adapter says so.
+    p.write(
+        "bad.yaml",
+        &std::fs::read_to_string(p.path("r.yaml")).unwrap().replace(
+            "model: { from: sft }\n    merge: false",
+            "model: { from: dpo }\n    merge: false",
+        ),
+    );
+    let bad = p.hone(&["run", "bad.yaml", "--only", "unmerged_out"]);
+    assert_ne!(bad.code(), 0);
+    assert!(
+        bad.stderr().contains("trained no adapter")
+            && bad.stderr().contains("remove `merge: false`"),
+        "{}",
+        bad.stderr()
     );
 }
