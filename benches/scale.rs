@@ -189,8 +189,10 @@ fn child(args: &[String]) {
     let device = Device::flex().autodiff();
     device.seed(0);
     let frozen = Frozen {
+        // QLoRA keeps what it does not quantise (token table, LM head) as stored, as the
+        // `qlora` stage does and PEFT's QLoRA does.
         keep: match mode {
-            "bf16" => vec![burn::tensor::DType::BF16],
+            "bf16" | "nf4" => vec![burn::tensor::DType::BF16],
             _ => Vec::new(),
         },
         quantize: (mode == "nf4").then_some(QuantFormat::Nf4),
