@@ -364,9 +364,6 @@ pub fn ctrl_c_at(p: &Project, args: &[&str], point: &str) -> Vec<String> {
     seen
 }
 
-/// The stages most training tests start from: the car corpus and QA pairs (validation splits,
-/// QA grouped by prompt), a 512-token BPE, and a tiny GPT-2 pretrained on the corpus (`lm`).
-/// Indented to sit under `stages:`.
 /// An SFT stage of the tiny car LM (`car_lm_stages`'s `lm`) on its QA pairs: `train` is
 /// appended inside its `train:` block (`", lr: 1e-3"`), `peft` is a whole line or empty
 /// ([`CAR_LORA`]).
@@ -380,6 +377,9 @@ pub fn car_sft_stage(name: &str, epochs: usize, train: &str, peft: &str) -> Stri
 pub const CAR_LORA: &str =
     "    peft: { method: lora, r: 8, alpha: 16, target_modules: [c_attn, c_fc] }\n";
 
+/// The stages most training tests start from: the car corpus and QA pairs (validation splits,
+/// QA grouped by prompt), a 512-token BPE, and a tiny GPT-2 pretrained on the corpus (`lm`).
+/// Indented to sit under `stages:`.
 pub fn car_lm_stages() -> String {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
     format!(

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use hone::model::quantized::QuantFormat;
 use hone::model::{Backbone, Frozen, load_keeping, to_vec};
 
-use crate::common::{Project, metric};
+use crate::common::{Project, car_lm_stages, car_sft_stage, metric};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -144,48 +144,22 @@ fn an_hf_base_quantised_while_loading_equals_one_quantised_after() {
 /// says how it trained, and writes an adapter.
 #[test]
 fn a_qlora_stage_trains_its_adapters() {
-    let d = root().join("data/cars");
+    let targets = "r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc]";
     let recipe = format!(
-        r#"version: 1
-name: qlora
-seed: 5
-stages:
-  corpus:
-    kind: dataset
-    source: {{ path: {d}/corpus.jsonl }}
-    split: {{ validation: 0.1 }}
-  qa:
-    kind: dataset
-    source: {{ path: {d}/qa.jsonl }}
-    columns: {{ question: prompt, answer: response }}
-    split: {{ validation: 0.15 }}
-  tok:
-    kind: tokenizer
-    data: {{ from: corpus.train }}
-    vocab_size: 512
-  lm:
-    kind: pretrain
-    model: {{ init: {{ arch: gpt2, layers: 2, d_model: 64, heads: 4, context: 64 }} }}
-    tokenizer: {{ from: tok }}
-    data: {{ from: corpus }}
-    max_length: 64
-    train: {{ epochs: 10, batch_size: 8, lr: 3.0e-3, warmup_steps: 10 }}
-  sft:
-    kind: sft
-    model: {{ from: lm }}
-    data: {{ from: qa }}
-    max_length: 64
-    peft: {{ method: qlora, quant: q8_0, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
-    train: {{ epochs: 20, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
-  sft_lora:
-    kind: sft
-    model: {{ from: lm }}
-    data: {{ from: qa }}
-    max_length: 64
-    peft: {{ method: lora, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
-    train: {{ epochs: 20, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
-"#,
-        d = d.display()
+        "version: 1\nname: qlora\nseed: 5\nstages:\n{}{}{}",
+        car_lm_stages().replace("epochs: 30", "epochs: 10"),
+        car_sft_stage(
+            "sft",
+            20,
+            ", warmup_steps: 10",
+            &format!("    peft: {{ method: qlora, quant: q8_0, {targets} }}\n"),
+        ),
+        car_sft_stage(
+            "sft_lora",
+            20,
+            ", warmup_steps: 10",
+            &format!("    peft: {{ method: lora, {targets} }}\n"),
+        ),
     );
     let p = Project::new();
     p.write("r.yaml", &recipe);
