@@ -160,7 +160,10 @@ impl FileBytes {
         let FileBytes::Mapped(map) = self else {
             return;
         };
-        let page = 4096;
+        // SAFETY: sysconf only reads a constant of the system.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .unwrap_or(4096)
+            .max(1);
         let start = range.start.div_ceil(page) * page;
         let end = (range.end.min(map.len()) / page) * page;
         if end > start {

@@ -344,15 +344,19 @@ pub fn apply_peft(
     };
     let mut backbone = backbone;
     if let Some(format) = peft.quant() {
-        let mut held = 0usize;
+        let (mut held, mut formats) = (0usize, std::collections::BTreeSet::new());
         for (path, proj) in backbone.projections_mut() {
             proj.quantize(format)
                 .map_err(|e| anyhow::anyhow!("cannot quantise `{path}`: {e}"))?;
-            held += proj.quantized.as_ref().map_or(0, |q| q.bytes());
+            if let Some(q) = &proj.quantized {
+                held += q.bytes();
+                formats.insert(q.format());
+            }
         }
+        // A GGUF base keeps its own blocks, whatever `quant` says.
         tracing::info!(
             "QLoRA: the frozen projections are held in {} ({:.1} MiB)",
-            format.name(),
+            formats.into_iter().collect::<Vec<_>>().join(", "),
             held as f64 / (1u64 << 20) as f64
         );
     }
