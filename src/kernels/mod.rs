@@ -353,11 +353,7 @@ pub fn quant_linear<const D: usize>(
     weight: &std::sync::Arc<crate::model::quantized::QuantWeight>,
 ) -> Tensor<D> {
     let dims = x.dims();
-    let x = if x.dtype() == DType::F32 {
-        x
-    } else {
-        x.cast(DType::F32)
-    };
+    let x = crate::model::precision::in_f32(x);
     let rows = dims[..D - 1].iter().product::<usize>();
     let flat: Tensor<2> = x.reshape([rows, weight.d_in]);
     let y: Tensor<2> = Tensor::from_dispatch(<Dispatch as PortableOps>::quant_linear(

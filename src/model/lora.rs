@@ -9,6 +9,8 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
+
+use super::precision::in_f32;
 use serde::{Deserialize, Serialize};
 
 /// LoRA settings (the recipe's `peft:` block and PEFT's `adapter_config.json`).
@@ -158,7 +160,7 @@ impl LoraAdapter {
 
     /// `||W + s A B||` per output of the dense weight `weight` (`[in, out]`), without gradient.
     pub fn adapted_norms(&self, weight: Tensor<2>) -> Tensor<1> {
-        column_norms(f32_of(weight) + self.delta()).detach()
+        column_norms(in_f32(weight) + self.delta()).detach()
     }
 
     /// Rows `start..start + rows` of `(s A B)^T` (`[rows, in]`, PyTorch's layout of the
@@ -175,7 +177,7 @@ impl LoraAdapter {
 
     /// `W` with this adapter folded in: `W + s A B`, or for DoRA `(m / n) (W + s A B)`.
     pub fn merged_weight(&self, weight: Tensor<2>) -> Tensor<2> {
-        let w = f32_of(weight) + self.delta();
+        let w = in_f32(weight) + self.delta();
         match self.dora_scale(&w) {
             Some(scale) => w * scale.unsqueeze(),
             None => w,
@@ -191,15 +193,6 @@ impl LoraAdapter {
     /// `s * A B` as an `[in, out]` weight update.
     pub fn delta(&self) -> Tensor<2> {
         self.a.val().matmul(self.b.val()).mul_scalar(self.scaling)
-    }
-}
-
-/// `t` in f32, whatever float dtype it is stored in.
-fn f32_of(t: Tensor<2>) -> Tensor<2> {
-    if t.dtype() == burn::tensor::DType::F32 {
-        t
-    } else {
-        t.cast(burn::tensor::DType::F32)
     }
 }
 
@@ -286,7 +279,7 @@ pub fn apply(
             let mut adapter = LoraAdapter::new(proj.d_in(), proj.d_out(), cfg, device);
             if cfg.use_dora {
                 // DoRA starts at the base: its magnitudes are the weight's norms.
-                let norm = column_norms(f32_of(proj.dense_weight()));
+                let norm = column_norms(in_f32(proj.dense_weight()));
                 adapter.magnitude = Some(Param::from_tensor(norm));
             }
             proj.lora = Some(adapter);
@@ -323,7 +316,7 @@ pub fn merge(backbone: &mut super::Backbone) {
         let Some(l) = proj.lora.as_ref().filter(|l| l.enabled && !l.merged) else {
             continue;
         };
-        let adapted = f32_of(proj.dense_weight()) + l.delta();
+        let adapted = in_f32(proj.dense_weight()) + l.delta();
         let scale = l.dora_scale(&adapted);
         let merged = match &scale {
             Some(s) => adapted * s.clone().unsqueeze(),
@@ -343,7 +336,7 @@ pub fn unmerge(backbone: &mut super::Backbone) {
         let Some(l) = proj.lora.as_ref().filter(|l| l.merged) else {
             continue;
         };
-        let mut w = f32_of(proj.dense_weight());
+        let mut w = in_f32(proj.dense_weight());
         if let Some(s) = &l.merged_dora_scale {
             w = w / s.clone().unsqueeze();
         }

@@ -195,14 +195,6 @@ impl Nf4 {
     pub fn bytes(&self) -> usize {
         self.packed.len() + self.absmax.len() + 4 * self.absmax_scale.len() + 4
     }
-
-    /// Whether the parts agree with each other and with `len` (read from an untrusted file).
-    pub fn is_consistent(&self) -> bool {
-        let blocks = self.len.div_ceil(BLOCK);
-        self.packed.len() == self.len.div_ceil(2)
-            && self.absmax.len() == blocks
-            && self.absmax_scale.len() == blocks.div_ceil(STAT_BLOCK)
-    }
 }
 
 /// The f32 mean, summed in f64 so it does not depend on the order.
@@ -277,7 +269,14 @@ mod tests {
                 absmax_scale: floats(at("absmax2")),
                 offset: floats(at("offset"))[0],
             };
-            assert!(theirs.is_consistent(), "{case}");
+            let blocks = weight.len().div_ceil(BLOCK);
+            assert_eq!(theirs.packed.len(), weight.len().div_ceil(2), "{case}");
+            assert_eq!(theirs.absmax.len(), blocks, "{case}");
+            assert_eq!(
+                theirs.absmax_scale.len(),
+                blocks.div_ceil(STAT_BLOCK),
+                "{case}"
+            );
             let mut out = vec![0f32; weight.len()];
             theirs.dequantize_into(0, &mut out);
             let want = floats(at("dequantized"));

@@ -75,6 +75,14 @@ impl Precision {
     }
 }
 
+/// `t` in f32, whatever float dtype it is stored in (itself when it is f32 already).
+pub fn in_f32<const D: usize>(t: burn::tensor::Tensor<D>) -> burn::tensor::Tensor<D> {
+    match t.dtype() {
+        DType::F32 => t,
+        _ => t.cast(DType::F32),
+    }
+}
+
 /// Models whose linear layers can compute in a reduced precision (see the module docs). Call
 /// it after freezing: what is frozen then is what gets stored in the low precision.
 pub trait ReducedPrecision {
