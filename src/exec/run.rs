@@ -395,6 +395,8 @@ impl<'a> Run<'a> {
         ctx.frozen_base_dtypes =
             crate::stages::training::frozen_base_dtypes(&key_config, self.backend);
         ctx.frozen_base_quant = crate::stages::training::frozen_base_quant(&key_config);
+        ctx.frozen_reference_dtypes =
+            crate::stages::training::frozen_dtypes(&key_config, self.backend);
         ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
         ctx.token_cache = Some(store.root().join("tokenized"));
         let tensorboard = recipe.header.logging.tensorboard.as_ref().map(|dir| {

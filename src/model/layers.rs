@@ -208,6 +208,21 @@ impl Proj {
         }
     }
 
+    /// Folds the adapter into the weight for good and drops it: the weight becomes the f32
+    /// merged weight whatever the base stored (bf16 or a quantised format would round most of
+    /// a low-rank update away). How a layered model's adapter is read.
+    pub fn fold_adapter(&mut self) {
+        let Some(l) = self.lora.take() else { return };
+        let merged = match l.merged {
+            true => super::precision::in_f32(self.dense_weight()),
+            false => l.merged_weight(self.dense_weight()),
+        };
+        // A weight of its own, not a step of the computation that folded it.
+        self.weight = Param::from_tensor(merged.detach());
+        self.quantized = None;
+        self.compute = None;
+    }
+
     /// Replaces the weight by `w` (f32), stored in the old weight's dtype (PEFT's merge keeps
     /// the base's dtype too).
     pub fn replace_weight(&mut self, w: Tensor<2>) {

@@ -357,6 +357,10 @@ pub fn merge_and_unload(backbone: &mut super::Backbone) {
     }
 }
 
+/// The files of a PEFT adapter directory.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
 /// Writes a PEFT adapter directory: `adapter_config.json` + `adapter_model.safetensors`.
 pub fn save_peft(
     backbone: &mut super::Backbone,
@@ -408,10 +412,10 @@ pub fn save_peft(
         config["use_dora"] = true.into();
     }
     crate::store::write_atomic(
-        &dir.join("adapter_config.json"),
+        &dir.join(ADAPTER_CONFIG),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
-    w.write(&dir.join("adapter_model.safetensors"))
+    w.write(&dir.join(ADAPTER_WEIGHTS))
 }
 
 /// Reads a PEFT adapter directory onto `backbone` (which must be the adapter's base model).
@@ -420,7 +424,7 @@ pub fn load_peft(
     dir: &std::path::Path,
     device: &Device,
 ) -> Result<LoraConfig, super::ModelError> {
-    let cfg_path = dir.join("adapter_config.json");
+    let cfg_path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&cfg_path).map_err(|error| super::ModelError::Io {
         path: cfg_path.clone(),
         error,
@@ -456,10 +460,7 @@ pub fn load_peft(
             ),
         });
     }
-    let mut w = super::weights::WeightMap::from_safetensors(
-        &dir.join("adapter_model.safetensors"),
-        device,
-    )?;
+    let mut w = super::weights::WeightMap::from_safetensors(&dir.join(ADAPTER_WEIGHTS), device)?;
     w.strip_prefix("base_model.model.");
     for (path, proj) in backbone.projections_mut() {
         let a_name = format!("{path}.lora_A.weight");
@@ -476,6 +477,18 @@ pub fn load_peft(
             adapter.magnitude = Some(Param::from_tensor(w.take::<1>(&name, [proj.d_out()])?));
         }
         proj.lora = Some(adapter);
+    }
+    // An adapter for modules this model lacks is an adapter for another model.
+    let unused = w.remaining();
+    if !unused.is_empty() {
+        return Err(super::ModelError::BadConfig {
+            path: dir.join(ADAPTER_WEIGHTS),
+            reason: format!(
+                "{} adapter tensor(s) match no module of the model (e.g. `{}`): is this the adapter of another base?",
+                unused.len(),
+                unused[0]
+            ),
+        });
     }
     Ok(cfg)
 }

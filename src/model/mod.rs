@@ -13,6 +13,7 @@ pub mod gguf_write;
 pub mod gpt2;
 pub mod heads;
 pub mod hub;
+pub mod layered;
 pub mod layers;
 pub mod llama;
 pub mod lora;
@@ -485,6 +486,9 @@ pub fn load_keeping(path: &Path, device: &Device, frozen: &Frozen) -> Result<HfM
     if let Some(one) = lone_gguf(path) {
         return load_keeping(&one, device, frozen);
     }
+    if layered::is_layered(path) {
+        return layered::load(path, device, frozen);
+    }
     if path.extension().is_some_and(|e| e == "gguf") {
         let g = gguf::load(path, device, frozen)?;
         let chat_template = chat_template(
@@ -642,6 +646,27 @@ pub fn load_hf_dir_keeping(
     } else {
         None
     };
+    let (chat_template, trained_template) =
+        dir_chat_template(dir, family, &config, tokenizer.as_ref());
+    Ok(HfModel {
+        model: Model { backbone, score },
+        config,
+        tokenizer,
+        chat_template,
+        unused_weights: weights.remaining(),
+        trained_template,
+    })
+}
+
+/// The chat template of model directory `dir` (shipped in `tokenizer_config.json` or
+/// `chat_template.jinja`, else the family's own turns; see [`chat_template`]) and, for a model
+/// a hone stage trained, the recipe's `template:` it trained with.
+fn dir_chat_template(
+    dir: &Path,
+    family: Family,
+    config: &serde_json::Value,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> (Option<chat::ChatTemplate>, Option<serde_json::Value>) {
     let shipped = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -656,15 +681,10 @@ pub fn load_hf_dir_keeping(
     // out; to hone it has no chat format of its own (`template: model` means ChatML there,
     // as for any model without one).
     let shipped = shipped.filter(|_| trained_template.as_ref().is_none_or(|t| t != "plain"));
-    let chat_template = chat_template(shipped, family, &config, tokenizer.as_ref());
-    Ok(HfModel {
-        model: Model { backbone, score },
-        config,
-        tokenizer,
-        chat_template,
-        unused_weights: weights.remaining(),
+    (
+        chat_template(shipped, family, config, tokenizer),
         trained_template,
-    })
+    )
 }
 
 /// Models that can train with per-layer recomputation (`train.gradient_checkpointing`): each
@@ -702,6 +722,36 @@ pub fn save_hf_dir(
     prompting: Option<&serving::Prompting>,
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
+    write_hf_metadata(model, config, tokenizer, prompting, dir)?;
+    let mut w = WeightWriter::default();
+    match (&model.backbone, &model.score) {
+        (Backbone::Bert(b), Some(head)) => {
+            b.write_weights(&mut w, "bert.");
+            w.put_linear("classifier.weight", head.merged_weight());
+            if let Some(bias) = &head.bias {
+                w.put("classifier.bias", bias.val());
+            }
+        }
+        (backbone, Some(head)) => {
+            backbone.write_weights(&mut w);
+            w.put_linear("score.weight", head.merged_weight());
+        }
+        (backbone, None) => backbone.write_weights(&mut w),
+    }
+    w.write(&dir.join("model.safetensors"))?;
+    Ok(dir.to_path_buf())
+}
+
+/// What a model directory holds besides its weights: `config.json` (with the architecture
+/// class transformers builds and the label names of a classifier) and, with a tokenizer,
+/// `tokenizer.json` and the serving files ([`save_hf_dir`]; a layered model's top level).
+pub fn write_hf_metadata(
+    model: &Model,
+    config: &serde_json::Value,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    prompting: Option<&serving::Prompting>,
+    dir: &Path,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut config = config.clone();
     let backbone = &model.backbone;
@@ -746,29 +796,13 @@ pub fn save_hf_dir(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
-    let mut w = WeightWriter::default();
-    match (backbone, &model.score) {
-        (Backbone::Bert(b), Some(head)) => {
-            b.write_weights(&mut w, "bert.");
-            w.put_linear("classifier.weight", head.merged_weight());
-            if let Some(bias) = &head.bias {
-                w.put("classifier.bias", bias.val());
-            }
-        }
-        (_, Some(head)) => {
-            backbone.write_weights(&mut w);
-            w.put_linear("score.weight", head.merged_weight());
-        }
-        (_, None) => backbone.write_weights(&mut w),
-    }
-    w.write(&dir.join("model.safetensors"))?;
     if let Some(t) = tokenizer {
         t.save(dir.join("tokenizer.json"), false)
             .map_err(|e| anyhow::anyhow!("cannot save tokenizer: {e}"))?;
         let generates = backbone.is_decoder() && model.num_labels().is_none();
         serving::write_serving_files(dir, t, &config, prompting, generates)?;
     }
-    Ok(dir.to_path_buf())
+    Ok(())
 }
 
 #[cfg(test)]

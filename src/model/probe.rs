@@ -40,7 +40,7 @@ pub fn probe(path: &Path) -> Result<(), ModelError> {
         return Ok(());
     }
     // A PEFT adapter directory (what an export may copy) has no config.json of its own.
-    if path.join("adapter_config.json").is_file() && !path.join("config.json").exists() {
+    if path.join(super::lora::ADAPTER_CONFIG).is_file() && !path.join("config.json").exists() {
         return Ok(());
     }
     let config_path = path.join("config.json");

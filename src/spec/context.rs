@@ -188,6 +188,9 @@ pub struct StageContext {
     /// QLoRA: the `model` checkpoint's block projections load quantised to this
     /// (`stages::training::frozen_base_quant`).
     pub frozen_base_quant: Option<crate::model::quantized::QuantFormat>,
+    /// The dtypes a frozen model input of its own (DPO's `reference`) keeps where its
+    /// checkpoint stores them (`stages::training::frozen_dtypes`).
+    pub frozen_reference_dtypes: Vec<burn::tensor::DType>,
     scratch: PathBuf,
     produced: Vec<ProducedOutput>,
 }
@@ -216,6 +219,7 @@ impl StageContext {
             source_precision: None,
             frozen_base_dtypes: Vec::new(),
             frozen_base_quant: None,
+            frozen_reference_dtypes: Vec::new(),
             scratch,
             produced: Vec::new(),
         }

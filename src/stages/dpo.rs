@@ -52,7 +52,8 @@ use serde::{Deserialize, Serialize};
 pub struct DpoSpec {
     /// The policy to start from: a model stage or a checkpoint.
     pub model: Input,
-    /// Another reference model (default: the starting policy).
+    /// Another reference model (default: the starting policy). Frozen whole: held in the dtype
+    /// its checkpoint stores where the stage computes in it (bf16/f16), never as an f32 copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<Input>,
     pub data: Input,
@@ -426,7 +427,14 @@ pub fn run(spec: &DpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         (None, true) => Some(policy.backbone.valid()),
         (None, false) => None,
     };
-    let ref_identity = super::training::input_identity(ctx.input(ref_rel)?);
+    let mut ref_identity = super::training::input_identity(ctx.input(ref_rel)?);
+    // A reference held in its stored low precision computes other log-probabilities.
+    if let Some(r) = &reference {
+        let dtype = r.backbone.token_table().val().dtype();
+        if dtype != burn::tensor::DType::F32 {
+            ref_identity.push_str(&format!(";held in {dtype:?}"));
+        }
+    }
     let ref_logps = |enc: &[Encoded]| {
         reference_logps(
             ref_model.as_ref(),

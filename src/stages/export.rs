@@ -14,6 +14,8 @@ use crate::spec::kind::{InputSlot, Kind, Problem, Publish, TemplateOf};
 use crate::store::ArtifactType;
 
 use crate::model::gguf_write::{GgufQuant, write_gguf};
+use crate::model::layered::{BASE_DIR, LAYER_FILE};
+use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::model::weights::{StoredDtype, WeightWriter, read_f32_tensors};
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::settings::Input;
@@ -30,7 +32,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
-    /// A model stage (`{ from: dpo }`); with LoRA stages, the merged model.
+    /// A model stage (`{ from: dpo }`); a LoRA stage's model is exported with its adapter merged
+    /// into its base (see `merge`).
     pub model: Input,
     /// The directory to write, relative to the recipe file: new, empty, or an earlier export.
     pub to: String,
@@ -243,6 +246,10 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 .collect()
         }
     };
+    let files = match files.iter().any(|(r, _)| r == LAYER_FILE) {
+        true => unlayered(spec, ctx, files)?,
+        false => files,
+    };
     if !files.iter().any(|(r, _)| r == "config.json")
         && files.iter().any(|(r, _)| r == ADAPTER_CONFIG)
     {
@@ -351,9 +358,6 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
     })
 }
 
-/// The file that makes a directory a PEFT adapter.
-const ADAPTER_CONFIG: &str = "adapter_config.json";
-
 /// transformers' auto class for an architecture (`LlamaForCausalLM` loads through
 /// `AutoModelForCausalLM`, which generation needs; `AutoModel` drops the head).
 fn auto_class(arch: &str) -> &'static str {
@@ -436,6 +440,38 @@ fn run_adapter(
 
 /// Copies `files` (relative name, source) into `dir`, adding each one's model-card row (name,
 /// size, BLAKE3) to `rows`; returns the bytes copied.
+/// The files to export of a model stored as a base plus an adapter
+/// ([`crate::model::layered`]): its adapter alone with `merge: false`; else the adapter merged
+/// into the base's weights (f32, as the stage computed them) beside the model's own
+/// tokenizer and serving files.
+fn unlayered(
+    spec: &ExportSpec,
+    ctx: &mut StageContext,
+    files: Vec<(String, PathBuf)>,
+) -> Result<Vec<(String, PathBuf)>> {
+    let base = format!("{BASE_DIR}/");
+    let own = files
+        .into_iter()
+        .filter(|(r, _)| r != LAYER_FILE && !r.starts_with(&base) && r != "config.json");
+    if !spec.merge {
+        return Ok(own.collect());
+    }
+    ctx.progress
+        .set_message("merging the adapter into its base");
+    let device = crate::backend::device(crate::backend::BackendKind::Cpu)?;
+    let path = super::model_input::checkpoint_path(ctx, MODEL.key)?;
+    let loaded = crate::model::load(&path, &device)
+        .with_context(|| format!("cannot load {}", input_label(ctx)))?;
+    let merged = ctx.work_dir()?.join("merged");
+    crate::model::save_hf_dir(&loaded.model, &loaded.config, None, None, &merged)?;
+    let mut out: Vec<(String, PathBuf)> = own
+        .filter(|(r, _)| r != ADAPTER_CONFIG && r != ADAPTER_WEIGHTS)
+        .chain(["config.json", "model.safetensors"].map(|f| (f.to_owned(), merged.join(f))))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 fn copy_files(files: &[(String, PathBuf)], dir: &Path, rows: &mut Vec<String>) -> Result<u64> {
     let mut total = 0;
     for (rel, src) in files {

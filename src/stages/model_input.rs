@@ -94,16 +94,10 @@ pub(crate) fn load_model_input(
     }
 }
 
-/// A checkpoint input (`rel` of the stage): a file path or a model artifact, laid out as a
-/// directory. `tokenizer`, when given, wins over the checkpoint's own.
-pub(crate) fn load_checkpoint(
-    ctx: &StageContext,
-    rel: &str,
-    tokenizer: Option<Tokenizer>,
-    need_decoder: bool,
-    device: &Device,
-) -> Result<LoadedModel> {
-    let path = match ctx.input(rel)? {
+/// Where checkpoint input `rel` of the stage lies: its path, or the upstream model artifact
+/// laid out as a directory in the stage's work dir (once; later calls find it there).
+pub(crate) fn checkpoint_path(ctx: &StageContext, rel: &str) -> Result<std::path::PathBuf> {
+    Ok(match ctx.input(rel)? {
         ResolvedInput::File { path, .. } => path.clone(),
         ResolvedInput::Artifact(view) => {
             let out = if view.outputs.contains_key("model") {
@@ -117,19 +111,35 @@ pub(crate) fn load_checkpoint(
             };
             view.materialize(out, &ctx.work_dir()?.join(rel))?
         }
+    })
+}
+
+/// A checkpoint input (`rel` of the stage): a file path or a model artifact, laid out as a
+/// directory. `tokenizer`, when given, wins over the checkpoint's own.
+pub(crate) fn load_checkpoint(
+    ctx: &StageContext,
+    rel: &str,
+    tokenizer: Option<Tokenizer>,
+    need_decoder: bool,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let path = checkpoint_path(ctx, rel)?;
+    // The stage's own model may keep a frozen base as the checkpoint stores it, or quantised;
+    // a reference model, frozen whole, may keep its stored dtype.
+    let supported = |dtypes: &[burn::tensor::DType]| -> Vec<burn::tensor::DType> {
+        let on_device = dtypes.iter().copied();
+        on_device.filter(|d| device.supports_dtype(*d)).collect()
     };
-    // The stage's own model may keep a frozen base as the checkpoint stores it, or quantised.
-    let frozen = match rel == "model" {
-        true => crate::model::Frozen {
-            keep: ctx
-                .frozen_base_dtypes
-                .iter()
-                .copied()
-                .filter(|d| device.supports_dtype(*d))
-                .collect(),
+    let frozen = match rel {
+        "model" => crate::model::Frozen {
+            keep: supported(&ctx.frozen_base_dtypes),
             quantize: ctx.frozen_base_quant,
         },
-        false => crate::model::Frozen::default(),
+        "reference" => crate::model::Frozen {
+            keep: supported(&ctx.frozen_reference_dtypes),
+            quantize: None,
+        },
+        _ => crate::model::Frozen::default(),
     };
     let loaded = crate::model::load_keeping(&path, device, &frozen)
         .with_context(|| format!("cannot load {}", path.display()))?;

@@ -1,7 +1,8 @@
 //! `sft`: supervised fine-tuning on prompt/response pairs. The loss covers response tokens only
 //! (completion-only, TRL's default); full fine-tuning or LoRA. Exact-match accuracy of greedy
 //! answers to the validation prompts is measured before and after, so "did it learn to answer"
-//! is a number. Outputs `model` (HF directory, LoRA merged in) and, with LoRA, `adapter`.
+//! is a number. Outputs `model` (an HF directory; with LoRA on a checkpoint, its adapter on that
+//! base, `model::layered`) and, with LoRA, `adapter`.
 
 use std::collections::BTreeMap;
 
@@ -50,8 +51,9 @@ pub enum SftTask {
 }
 
 /// `sft`: supervised fine-tuning. Instruction data trains the response tokens only;
-/// classification data trains a head on the text. Outputs: `model` (HF directory; LoRA merged
-/// in) and, with LoRA, `adapter` (PEFT layout).
+/// classification data trains a head on the text. Outputs: `model` (HF directory; with LoRA on
+/// a checkpoint, the adapter stored on its base, which readers fold in) and, with LoRA,
+/// `adapter` (PEFT layout).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SftSpec {

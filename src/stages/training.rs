@@ -363,8 +363,11 @@ pub fn apply_peft(
     Ok(crate::model::lora::apply(backbone, peft.lora(), device)?)
 }
 
-/// Writes a tuned decoder: with LoRA, its PEFT adapter as output `adapter`; then the model,
-/// adapter merged, as output `model` (an HF directory with its tokenizer).
+/// Writes a tuned decoder: with LoRA, its PEFT adapter as output `adapter` and, as output
+/// `model`, the adapter on the checkpoint the stage started from (input `model`), stored as a
+/// base plus the adapter ([`crate::model::layered`]: the base's blobs, no merged copy);
+/// without LoRA, or on a model the stage created, the model itself (an HF directory with its
+/// tokenizer).
 pub fn save_policy(
     ctx: &mut crate::spec::context::StageContext,
     mut policy: crate::model::Backbone,
@@ -373,12 +376,35 @@ pub fn save_policy(
     tokenizer: &tokenizers::Tokenizer,
     prompting: &crate::model::serving::Prompting,
 ) -> anyhow::Result<()> {
-    use crate::model::lora;
+    use crate::model::{layered, lora};
     ctx.progress.set_message("saving");
     if let Some(peft) = peft {
         let dir = ctx.output_dir("adapter", ArtifactType::Model)?;
         lora::save_peft(&mut policy, peft.lora(), "model", &dir)?;
         save_adapter_tokenizer(&dir, config, tokenizer, Some(prompting))?;
+        if let Some(input) = ctx.inputs.get("model") {
+            // The store's own blobs are linked; a user's checkpoint is copied in.
+            let placing = match input {
+                crate::spec::context::ResolvedInput::Artifact(_) => layered::Placing::Link,
+                crate::spec::context::ResolvedInput::File { .. } => layered::Placing::Copy,
+            };
+            let base = super::model_input::checkpoint_path(ctx, "model")?;
+            let layer = layered::Layer {
+                base_quant: ctx.frozen_base_quant,
+            };
+            let dir = ctx.output_dir("model", ArtifactType::Model)?;
+            layered::save(
+                &mut crate::model::Model::new(policy),
+                peft.lora(),
+                (&base, placing),
+                &layer,
+                config,
+                Some(tokenizer),
+                Some(prompting),
+                &dir,
+            )?;
+            return Ok(());
+        }
     }
     lora::merge_and_unload(&mut policy);
     let dir = ctx.output_dir("model", ArtifactType::Model)?;
@@ -445,10 +471,20 @@ pub fn frozen_base_dtypes(
     config: &serde_json::Value,
     backend: crate::backend::BackendKind,
 ) -> Vec<burn::tensor::DType> {
-    use burn::tensor::DType;
     if config.get("peft").is_none_or(serde_json::Value::is_null) {
         return Vec::new();
     }
+    frozen_dtypes(config, backend)
+}
+
+/// The dtypes in which a stage with `config` on `backend` holds a frozen model as its
+/// checkpoint stores it (the rest of [`frozen_base_dtypes`]'s rule, which adds that the base
+/// must be frozen): DPO's `reference`, frozen whatever the policy trains.
+pub fn frozen_dtypes(
+    config: &serde_json::Value,
+    backend: crate::backend::BackendKind,
+) -> Vec<burn::tensor::DType> {
+    use burn::tensor::DType;
     // QLoRA is for bases too big for f32: what it does not quantise (the token table, the LM
     // head) stays as the checkpoint stores it, whatever the training precision.
     if frozen_base_quant(config).is_some() {
@@ -530,5 +566,8 @@ mod frozen_base_tests {
         let full = stage(serde_json::Value::Null, Some("bf16"));
         assert!(frozen_base_dtypes(&full, Cpu).is_empty());
         assert!(frozen_base_dtypes(&json!({ "train": {} }), Wgpu).is_empty());
+        // A frozen model of its own (DPO's reference) follows the precision alone.
+        assert_eq!(super::frozen_dtypes(&full, Cpu), vec![BF16]);
+        assert!(super::frozen_dtypes(&json!({ "train": {} }), Cpu).is_empty());
     }
 }

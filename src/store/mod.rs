@@ -47,7 +47,10 @@ use serde::{Deserialize, Serialize};
 /// 5: hone's version left the action key (this format stands for what actions produce, so
 /// a release that changes no output keeps every cache, local and remote); the remote cache
 /// (`remote`) shares actions by these keys.
-pub const CACHE_FORMAT: u32 = 5;
+/// 6: a LoRA/QLoRA stage's `model` is its adapter on the checkpoint it started from (the
+/// base's own files, blobs shared with it; `model::layered`), not a merged f32 copy; readers
+/// fold the adapter in on load, to the values the merged copy held.
+pub const CACHE_FORMAT: u32 = 6;
 
 /// The type of an artifact, for contracts between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -2,6 +2,7 @@
 //! topic. `common` holds the scratch project and the helpers that drive the real `hone`
 //! binary.
 
+mod adapter_artifacts;
 mod backends;
 mod bad_input;
 mod classification_stage;

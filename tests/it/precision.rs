@@ -209,10 +209,18 @@ fn lora_in_bf16_from_a_bf16_checkpoint_keeps_its_base_as_stored() {
         .split("  qa:")
         .nth(1)
         .unwrap();
+    // DPO in bf16 with a reference of its own: the reference, frozen whole, stays bf16 too
+    // (the policy trains every weight, so it loads in f32).
+    let prefs =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars/preferences.jsonl");
+    let dpo = format!(
+        "  prefs:\n    kind: dataset\n    source: {{ path: {} }}\n  pref:\n    kind: dpo\n    model: {{ path: lm-bf16 }}\n    reference: {{ path: lm-bf16 }}\n    data: {{ from: prefs }}\n    max_length: 64\n    train: {{ epochs: 1, batch_size: 8, lr: 1.0e-3, precision: bf16 }}\n",
+        prefs.display()
+    );
     p.write(
         "r.yaml",
         &format!(
-            "version: 1\nname: r\nseed: 5\nstages:\n  qa:{qa}{}{}",
+            "version: 1\nname: r\nseed: 5\nstages:\n  qa:{qa}{}{}{dpo}",
             sft("low", "bf16"),
             sft("full", "f32")
         ),
@@ -224,6 +232,15 @@ fn lora_in_bf16_from_a_bf16_checkpoint_keeps_its_base_as_stored() {
         .lines()
         .filter(|l| l.contains("the frozen base stays in bf16"))
         .collect();
-    assert_eq!(kept.len(), 1, "only the bf16 stage keeps its base:\n{said}");
+    assert_eq!(
+        kept.len(),
+        2,
+        "only the bf16 LoRA stage's base and the DPO reference stay bf16:\n{said}"
+    );
+    assert_eq!(
+        kept.iter().filter(|l| l.contains("`reference`")).count(),
+        1,
+        "{said}"
+    );
     assert_learns_like_f32(&p, "r.yaml", "low", "full");
 }
