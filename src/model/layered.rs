@@ -68,40 +68,9 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ModelErr
         let files = crate::store::hash::walk_files(path).map_err(io)?;
         return Ok(files.into_iter().map(|r| (path.join(&r), r)).collect());
     }
-    let mut names = vec![PathBuf::from("config.json")];
-    let index = path.join(super::weights::INDEX_FILE);
-    if index.is_file() {
-        names.push(PathBuf::from(super::weights::INDEX_FILE));
-        // The shards are the index's: WeightMap::from_hf_dir reads exactly these.
-        let text = std::fs::read_to_string(&index).map_err(io)?;
-        let parsed: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
-                path: index.clone(),
-                reason: format!("invalid index: {e}"),
-            })?;
-        let mut shards: Vec<String> = parsed["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        for shard in shards {
-            if shard.is_empty() || shard.contains(['/', '\\']) || shard == ".." {
-                return Err(ModelError::BadConfig {
-                    path: index,
-                    reason: format!("`{}` is not a shard file name", shard.escape_debug()),
-                });
-            }
-            names.push(PathBuf::from(shard));
-        }
-    } else {
-        names.push(PathBuf::from("model.safetensors"));
-    }
-    Ok(names.into_iter().map(|n| (path.join(&n), n)).collect())
+    let weights = super::weights::weight_files(path)?;
+    let names = std::iter::once("config.json".to_owned()).chain(weights);
+    Ok(names.map(|n| (path.join(&n), PathBuf::from(n))).collect())
 }
 
 /// How [`write_base`] places the base's files.

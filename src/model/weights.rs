@@ -58,6 +58,48 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
+/// The shard index `index` of a sharded checkpoint, and the shard files it names (sorted, each
+/// once), each checked to be a plain file name beside the index.
+fn read_shard_index(index: &Path) -> Result<(ShardIndex, Vec<String>), ModelError> {
+    let text = std::fs::read_to_string(index).map_err(|error| ModelError::Io {
+        path: index.to_path_buf(),
+        error,
+    })?;
+    let bad = |reason: String| ModelError::BadConfig {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let parsed: ShardIndex =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid index: {e}")))?;
+    let mut shards: Vec<String> = parsed.weight_map.values().cloned().collect();
+    shards.sort_unstable();
+    shards.dedup();
+    // The index names files beside it; anything else is not a shard of this model.
+    if let Some(odd) = shards
+        .iter()
+        .find(|s| s.is_empty() || s.contains(['/', '\\']) || *s == "..")
+    {
+        return Err(bad(format!(
+            "`{}` is not a shard file name",
+            odd.escape_debug()
+        )));
+    }
+    Ok((parsed, shards))
+}
+
+/// The files of HF checkpoint directory `dir` that hold its weights: `model.safetensors`, or
+/// the shard index and the shards it names.
+pub fn weight_files(dir: &Path) -> Result<Vec<String>, ModelError> {
+    let index = dir.join(INDEX_FILE);
+    if !index.is_file() {
+        return Ok(vec!["model.safetensors".to_owned()]);
+    }
+    let (_, shards) = read_shard_index(&index)?;
+    Ok(std::iter::once(INDEX_FILE.to_owned())
+        .chain(shards)
+        .collect())
+}
+
 /// A tensor's values in the dtype its file stores them in (f64 is read as f32): a bf16
 /// checkpoint costs half of an f32 copy while it is read, and weights a stage keeps in that
 /// dtype ([`WeightMap::keep_as_stored`]) never exist in f32.
@@ -408,28 +450,9 @@ impl WeightMap {
         if !index.is_file() {
             return WeightMap::from_safetensors(&dir.join("model.safetensors"), device);
         }
-        let text = std::fs::read_to_string(&index).map_err(|error| ModelError::Io {
-            path: index.clone(),
-            error,
-        })?;
-        let bad = |reason: String| ModelError::BadConfig {
-            path: index.clone(),
-            reason,
-        };
-        let parsed: ShardIndex =
-            serde_json::from_str(&text).map_err(|e| bad(format!("invalid index: {e}")))?;
-        let mut shards: Vec<&str> = parsed.weight_map.values().map(String::as_str).collect();
-        shards.sort_unstable();
-        shards.dedup();
+        let (parsed, shards) = read_shard_index(&index)?;
         let mut tensors = HashMap::new();
         for shard in shards {
-            // The index names files beside it; anything else is not a shard of this model.
-            if shard.is_empty() || shard.contains(['/', '\\']) || shard == ".." {
-                return Err(bad(format!(
-                    "`{}` is not a shard file name",
-                    shard.escape_debug()
-                )));
-            }
             read_safetensors(&dir.join(shard), &mut tensors)?;
         }
         for (name, shard) in &parsed.weight_map {
