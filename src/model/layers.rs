@@ -212,11 +212,11 @@ impl Proj {
     /// merged weight whatever the base stored (bf16 or a quantised format would round most of
     /// a low-rank update away). How a layered model's adapter is read.
     pub fn fold_adapter(&mut self) {
-        let Some(l) = self.lora.take() else { return };
-        let merged = match l.merged {
-            true => super::precision::in_f32(self.dense_weight()),
-            false => l.merged_weight(self.dense_weight()),
-        };
+        if self.lora.is_none() {
+            return;
+        }
+        let merged = super::precision::in_f32(self.merged_weight());
+        self.lora = None;
         // A weight of its own, not a step of the computation that folded it.
         self.weight = Param::from_tensor(merged.detach());
         self.quantized = None;
