@@ -60,17 +60,19 @@ fn full_width_rows((rows, cols): (usize, usize), v: usize) -> usize {
 /// Per-row negative log-likelihoods `[n]` and log-sum-exps, and with `keep_last` the last
 /// chunk's softmax. Chunks of rows span the whole vocabulary, as many rows as fit the
 /// `rows` x `cols` tile's budget; a weight stored in a low precision is read in `rows` x
-/// `cols` tiles instead ([`super::linear_nll_blocks`]).
+/// `cols` tiles instead ([`super::linear_nll_blocks`]; multiplied in bf16 when it is a
+/// `frozen` bf16 head).
 pub fn forward(
     hidden: &FlexTensor,
     weight: &FlexTensor,
     labels: &[i64],
     (rows, cols): (usize, usize),
-    keep_last: bool,
+    (keep_last, frozen): (bool, bool),
 ) -> (FlexTensor, Vec<f32>, Option<KeptChunk>) {
     let (n, v) = check(hidden, weight, labels);
     if weight.dtype() != DType::F32 {
-        let (nll, lse) = super::linear_nll_blocks::forward(hidden, weight, labels, rows, cols);
+        let (nll, lse) =
+            super::linear_nll_blocks::forward(hidden, weight, labels, (rows, cols), frozen);
         return (nll, lse, None);
     }
     let (mut nll, mut lse) = (vec![0f32; n], vec![0f32; n]);
@@ -236,8 +238,9 @@ pub fn autodiff<C: CheckpointStrategy>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
+            let frozen = !weight.is_tracked();
             let (h, w) = (hidden.primitive().clone(), weight.primitive().clone());
-            let (nll, lse, kept) = forward(&h, &w, &labels, (rows, cols), true);
+            let (nll, lse, kept) = forward(&h, &w, &labels, (rows, cols), (true, frozen));
             let saved = Saved {
                 hidden: h,
                 weight: w,
@@ -251,7 +254,7 @@ pub fn autodiff<C: CheckpointStrategy>(
         }
         OpsKind::UnTracked(prep) => {
             let (h, w) = (hidden.primitive(), weight.primitive());
-            prep.finish(forward(h, w, &labels, (rows, cols), false).0)
+            prep.finish(forward(h, w, &labels, (rows, cols), (false, true)).0)
         }
     }
 }

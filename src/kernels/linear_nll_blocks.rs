@@ -7,7 +7,9 @@
 //! blocks (an online log-sum-exp) and leaves one log-sum-exp per row for backward. Backward
 //! recomputes each block's logits, turns them into `g_r (softmax(row) - onehot(label))` and
 //! takes `dH += P W_b^T` (and `dW_b = H^T P` if the weight is trained). The logits are f32 sums
-//! of f32 products, as in the f32 kernel.
+//! of f32 products, as in the f32 kernel, except for a frozen bf16 head on a CPU with AMX:
+//! there the hidden states and the logits' gradients are rounded to bf16 and multiplied on
+//! the tiles (`AmxHead`), as autocast computes a bf16 head, without converting the head.
 
 use std::ops::Range;
 
@@ -17,6 +19,8 @@ use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, bf16, f16};
 use rayon::prelude::*;
 
+use super::amx::{self, Matrix};
+use super::bf16_linear::{Layout, layout};
 use super::blocks;
 use super::flex::{dims, exp, matmul, row_max, row_sum_exp, tensor, transpose, values};
 
@@ -54,21 +58,97 @@ fn f32_columns(weight: &FlexTensor, start: usize, len: usize) -> FlexTensor {
     tensor(rows.concat(), [d, len])
 }
 
-/// Per-row negative log-likelihoods `[n]` and log-sum-exps, `rows` x `cols` logits at a time.
+/// A bf16 head `[d, v]` multiplied on AMX (see `amx`), where the CPU has it: the logits of a
+/// block of columns and the hidden states' gradient through it, without converting the head.
+struct AmxHead<'a> {
+    head: Layout<'a>,
+    /// The hidden states rounded to bf16, `[n, d]`.
+    hidden: Vec<bf16>,
+    d: usize,
+    v: usize,
+}
+
+impl<'a> AmxHead<'a> {
+    fn new(hidden: &FlexTensor, weight: &'a FlexTensor) -> Option<AmxHead<'a>> {
+        if !amx::available() {
+            return None;
+        }
+        let head = layout(weight)?;
+        let hidden = super::flex::contiguous(hidden);
+        Some(AmxHead {
+            head,
+            hidden: amx::to_bf16(values(&hidden)),
+            d: dims(weight)[0],
+            v: dims(weight)[1],
+        })
+    }
+
+    /// Columns `col..col + width` of the head, as `[width, d]` rows (the tied table's own
+    /// rows) or as `[d, width]` (a block of a `[d, v]` weight).
+    fn block(&self, col: usize, width: usize) -> (Matrix<'_>, bool) {
+        let d = self.d;
+        match self.head {
+            Layout::OutIn(table) => (
+                Matrix::dense(&table[col * d..][..width * d], width, d),
+                true,
+            ),
+            Layout::InOut(w) => (
+                Matrix {
+                    values: &w[col..],
+                    rows: d,
+                    cols: width,
+                    ld: self.v,
+                },
+                false,
+            ),
+        }
+    }
+
+    /// The logits of hidden rows `start..start + len` for the block: `[len, width]`.
+    fn logits(&self, (start, len): (usize, usize), (col, width): (usize, usize)) -> FlexTensor {
+        let rows = Matrix::dense(&self.hidden[start * self.d..][..len * self.d], len, self.d);
+        let values = match self.block(col, width) {
+            (block, true) => amx::matmul_transposed(rows, block),
+            (block, false) => amx::matmul(rows, block),
+        };
+        tensor(values, [len, width])
+    }
+
+    /// `P W_b^T` for `P` `[len, width]` (the block's logit gradients): `[len, d]`.
+    fn hidden_gradient(&self, p: &FlexTensor, (col, width): (usize, usize)) -> FlexTensor {
+        let len = dims(p)[0];
+        let p = amx::to_bf16(values(p));
+        let p = Matrix::dense(&p, len, width);
+        let values = match self.block(col, width) {
+            (block, true) => amx::matmul(p, block),
+            (block, false) => amx::matmul_transposed(p, block),
+        };
+        tensor(values, [len, self.d])
+    }
+}
+
+/// Per-row negative log-likelihoods `[n]` and log-sum-exps, `rows` x `cols` logits at a time;
+/// a `frozen` bf16 head multiplies on AMX where the CPU has it (the backward step, which
+/// recomputes the logits, does too exactly when the head takes no gradient).
 pub fn forward(
     hidden: &FlexTensor,
     weight: &FlexTensor,
     labels: &[i64],
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
+    frozen: bool,
 ) -> (FlexTensor, Vec<f32>) {
     let (n, v) = (dims(hidden)[0], dims(weight)[1]);
     let mut max = vec![f32::NEG_INFINITY; n];
     let (mut sum, mut picked) = (vec![0f32; n], vec![0f32; n]);
+    let amx = AmxHead::new(hidden, weight).filter(|_| frozen);
     for (col, width) in blocks(v, cols) {
-        let block = f32_columns(weight, col, width);
+        let block = amx.is_none().then(|| f32_columns(weight, col, width));
         for (start, len) in blocks(n, rows) {
-            let chunk = matmul(hidden.narrow(0, start, len), block.clone());
+            let chunk = match (&amx, &block) {
+                (Some(amx), _) => amx.logits((start, len), (col, width)),
+                (None, Some(block)) => matmul(hidden.narrow(0, start, len), block.clone()),
+                (None, None) => unreachable!("a block for the portable path"),
+            };
             let at = start..start + len;
             values(&chunk)
                 .par_chunks(width)
@@ -110,13 +190,20 @@ pub fn backward(
     let ([n, d], v) = ([dims(hidden)[0], dims(hidden)[1]], dims(weight)[1]);
     let mut d_hidden: Vec<Option<FlexTensor>> = blocks(n, rows).map(|_| None).collect();
     let mut d_weight = Vec::new();
+    // A trained head is f32 (`train.precision` keeps trainable weights so): AMX only ever
+    // sees a frozen one.
+    let amx = AmxHead::new(hidden, weight).filter(|_| !want_weight);
     for (col, width) in blocks(v, cols) {
-        let block = f32_columns(weight, col, width);
-        let block_t = transpose(block.clone());
+        let block = amx.is_none().then(|| f32_columns(weight, col, width));
+        let block_t = block.clone().map(transpose);
         let mut d_block = None::<FlexTensor>;
         for ((start, len), d_h) in blocks(n, rows).zip(d_hidden.iter_mut()) {
             let h = hidden.narrow(0, start, len);
-            let mut chunk = matmul(h.clone(), block.clone());
+            let mut chunk = match (&amx, &block) {
+                (Some(amx), _) => amx.logits((start, len), (col, width)),
+                (None, Some(block)) => matmul(h.clone(), block.clone()),
+                (None, None) => unreachable!("a block for the portable path"),
+            };
             let at = start..start + len;
             chunk
                 .storage_mut::<f32>()
@@ -135,7 +222,11 @@ pub fn backward(
                     }
                 });
             if want_hidden {
-                let part = matmul(chunk.clone(), block_t.clone());
+                let part = match (&amx, &block_t) {
+                    (Some(amx), _) => amx.hidden_gradient(&chunk, (col, width)),
+                    (None, Some(block_t)) => matmul(chunk.clone(), block_t.clone()),
+                    (None, None) => unreachable!("a block for the portable path"),
+                };
                 *d_h = Some(match d_h.take() {
                     None => part,
                     Some(sum) => Flex::float_add(sum, part),

@@ -20,6 +20,8 @@
 //! (per-block recomputation, `recompute`) and [`quant_linear`] (a quantised frozen weight
 //! dequantised a tile at a time).
 
+mod amx;
+mod bf16_linear;
 mod chunked_nll;
 mod flex;
 mod gelu;
@@ -54,6 +56,8 @@ pub trait FusedOps: Backend {
     fn silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    /// `x W` for `x` `[n, d_in]` (f32) and a frozen bf16 `W` `[d_in, d_out]`, on AMX.
+    fn bf16_linear(x: FloatTensor<Self>, weight: bf16_linear::Frozen) -> FloatTensor<Self>;
 }
 
 /// The memory-saving ops, on every backend compiled in.
@@ -92,6 +96,10 @@ impl FusedOps for Flex {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_norm::forward(&x, &weight, eps).0
     }
+
+    fn bf16_linear(x: FloatTensor<Self>, weight: bf16_linear::Frozen) -> FloatTensor<Self> {
+        bf16_linear::forward(&x, &weight)
+    }
 }
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
@@ -105,6 +113,10 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
 
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_norm::autodiff::<C>(x, weight, eps)
+    }
+
+    fn bf16_linear(x: FloatTensor<Self>, weight: bf16_linear::Frozen) -> FloatTensor<Self> {
+        bf16_linear::autodiff::<C>(x, weight)
     }
 }
 
@@ -121,7 +133,7 @@ impl PortableOps for Flex {
             &weight,
             &flex::labels(&labels),
             (rows, cols),
-            false,
+            (false, true),
         )
         .0
     }
@@ -343,6 +355,35 @@ pub fn linear_nll(hidden: Tensor<2>, weight: Tensor<2>, labels: Tensor<1, Int>) 
         rows,
         cols,
     ))
+}
+
+/// `x W` over the last dimension of `x` (`[..., d_in]` -> `[..., d_out]`, f32 in and out)
+/// for a frozen weight `[d_in, d_out]` stored in bf16, multiplied in bf16 on AMX (see
+/// `bf16_linear`); `None` where that path does not apply: no AMX (or `HONE_AMX=0`), another
+/// backend, an input that is not f32, or a weight that trains or is not bf16.
+pub fn frozen_bf16_linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> Option<Tensor<D>> {
+    if weight.dtype() != DType::BF16
+        || weight.is_require_grad()
+        || !fused(&x.device(), x.dtype())
+        || !amx::available()
+    {
+        return None;
+    }
+    let stored = lane::primitive::<Flex>(weight.clone().into_dispatch());
+    if !bf16_linear::takes(&stored) {
+        return None;
+    }
+    let [d_in, d_out] = weight.dims();
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let flat: Tensor<2> = x.clone().reshape([rows, d_in]);
+    let y: Tensor<2> = Tensor::from_dispatch(<Dispatch as FusedOps>::bf16_linear(
+        flat.into_dispatch(),
+        bf16_linear::Frozen(stored),
+    ));
+    let mut out = dims;
+    out[D - 1] = d_out;
+    Some(y.reshape(out))
 }
 
 /// `x W^T` over the last dimension of `x` (`[..., d_in]` -> `[..., d_out]`) for a frozen weight

@@ -215,6 +215,50 @@ fn linear_nll_without_autodiff_and_with_a_frozen_weight_on(d: Device, tol: f32) 
     assert!(w.grad(&grads).is_none());
 }
 
+/// A frozen bf16 head (a tied embedding under `train.precision: bf16`), tied (`[v, d]` seen
+/// transposed) or not (`[d, v]`): the loss and the hidden states' gradient are those of the
+/// f32 head within bf16 rounding, over several blocks of columns; on a CPU with AMX they are
+/// exactly f32 sums of the bf16-rounded products (the hidden states and logit gradients
+/// rounded as autocast does).
+#[test]
+fn a_frozen_bf16_head_matches_its_f32_values_within_bf16_rounding() {
+    let d = Device::flex().autodiff();
+    d.seed(21);
+    let (n, dim, v) = (50, 64, 20_000);
+    let h = Tensor::<2>::random([n, dim], Distribution::Normal(0.0, 1.0), &d);
+    let table = Tensor::<2>::random([v, dim], Distribution::Normal(0.0, 0.2), &d);
+    let labels = Tensor::<1, Int>::from_data(
+        burn::tensor::TensorData::new((0..n as i64).map(|i| (i * 389) % v as i64).collect(), [n]),
+        &d,
+    );
+    for (what, head) in [
+        ("tied", table.clone().cast(DType::BF16).transpose()),
+        ("[d, v]", table.transpose().cast(DType::BF16)),
+    ] {
+        let h = h.clone().require_grad();
+        let nll = linear_nll(h.clone(), head.clone(), labels.clone());
+        let grads = nll.clone().sum().backward();
+        let dh = to_vec(h.grad(&grads).expect("d hidden"));
+        let hr = h
+            .clone()
+            .cast(DType::BF16)
+            .cast(DType::F32)
+            .detach()
+            .require_grad();
+        let want = composed_nll(hr.clone(), head.cast(DType::F32), labels.clone());
+        let grads_ref = want.clone().sum().backward();
+        let tol = 2e-3;
+        assert_close(
+            &to_vec(nll.inner()),
+            &to_vec(want.inner()),
+            tol,
+            &format!("nll, {what}"),
+        );
+        let dh_ref = to_vec(hr.grad(&grads_ref).expect("d hidden"));
+        assert_close(&dh, &dh_ref, tol, &format!("d hidden, {what}"));
+    }
+}
+
 #[test]
 fn row_reductions_match_a_plain_fold() {
     // Lengths around the lane count, including a tail; the maximum in the tail and in a lane.

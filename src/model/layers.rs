@@ -129,10 +129,17 @@ impl Proj {
         let compute = self
             .compute
             .or((stored != DType::F32 && x.dtype() == DType::F32).then_some(stored));
-        let y = match compute {
+        // A frozen bf16 weight multiplies on AMX where the CPU has it: bf16 products summed
+        // in f32, the output f32 without a bf16 rounding of its own.
+        let on_amx = match compute {
+            Some(DType::BF16) => self.frozen_bf16_product(&x),
+            _ => None,
+        };
+        let y = match (on_amx, compute) {
+            (Some(y), _) => y,
             // Autocast: the product in the low precision, the result back in f32. Casting a
             // weight stored in that dtype is the weight itself, so backward keeps no copy.
-            Some(dtype) => {
+            (None, Some(dtype)) => {
                 let cast = |t: Tensor<2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
                 burn::tensor::module::linear(
                     x.clone().cast(dtype),
@@ -141,13 +148,22 @@ impl Proj {
                 )
                 .cast(DType::F32)
             }
-            None => burn::tensor::module::linear(
+            (None, None) => burn::tensor::module::linear(
                 x.clone(),
                 self.weight.val(),
                 self.bias.as_ref().map(|b| b.val()),
             ),
         };
         self.plus_adapter(x, y)
+    }
+
+    /// `x W + b` through [`crate::kernels::frozen_bf16_linear`], where it applies.
+    fn frozen_bf16_product<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
+        let y = crate::kernels::frozen_bf16_linear(x, &self.weight.val())?;
+        Some(match &self.bias {
+            Some(b) => y + super::precision::in_f32(b.val()).unsqueeze(),
+            None => y,
+        })
     }
 
     /// `y` (the base projection of `x`) plus the active adapter's update.
