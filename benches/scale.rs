@@ -9,8 +9,9 @@
 //! - `f32`: the base loaded in f32;
 //! - `bf16`: the base kept in bf16, projections computing in bf16 (hone's `train.precision:
 //!   bf16`; PyTorch's bf16 base under `torch.autocast`);
-//! - `nf4`: QLoRA, the base's projections in NF4 (hone's `method: qlora`; bitsandbytes' NF4 with
-//!   double quantisation and bf16 compute on the PyTorch side).
+//! - `nf4`: QLoRA, the base's projections in NF4 computing in bf16 (hone's `method: qlora`
+//!   with `train.precision: bf16`; bitsandbytes' NF4 with double quantisation and bf16
+//!   compute on the PyTorch side).
 //!
 //! Both train LoRA r 16, alpha 32 on all seven projections with gradient checkpointing and
 //! AdamW, on random token ids, 2 threads; the first step is a warm-up, `s/step` the median of
@@ -209,7 +210,8 @@ fn child(args: &[String]) {
         ..LoraConfig::default()
     };
     let (mut model, _) = lora::apply(loaded.model.backbone, &cfg, &device).expect("LoRA applies");
-    if mode == "bf16" {
+    // PyTorch's 4-bit side computes in bf16 (`bnb_4bit_compute_dtype`), so hone's does too.
+    if mode == "bf16" || mode == "nf4" {
         model.set_precision(Precision::Bf16);
     }
     model.set_gradient_checkpointing(true);

@@ -435,45 +435,51 @@ fn gemm(
     let mut c = Vec::<f32>::with_capacity(m_pad * n_pad);
     let workers = rayon::current_num_threads().max(1);
     let panel = round_up(n_pad.div_ceil(workers), BLOCK).min(MAX_PANEL);
+    // Too few panels to go round (a weight as `A` against a batch's packed activations):
+    // the rows of `A` are split as well, so each worker streams its own share of the weight
+    // instead of all of it.
+    let splits = (2 * workers).div_ceil(n_pad.div_ceil(panel));
+    let height = round_up(m_pad.div_ceil(splits), BLOCK);
+    let tasks: Vec<(usize, usize)> = (0..m_pad)
+        .step_by(height)
+        .flat_map(|r0| (0..n_pad).step_by(panel).map(move |j0| (r0, j0)))
+        .collect();
     let out = Shared(c.as_mut_ptr());
     let a_ptr = a.as_ptr() as usize;
-    (0..n_pad)
-        .step_by(panel)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .for_each(move |j0| {
-            let out = out;
-            let width = panel.min(n_pad - j0);
-            let mut packed = vec![0u32; K_BLOCK / 2 * width];
-            imp::configure();
-            for k0 in (0..k_pad).step_by(K_BLOCK) {
-                let kc = K_BLOCK.min(k_pad - k0);
-                b.pack((k0, kc, k), (j0, width, n), &mut packed);
-                let tile_words = kc / 2 * TILE;
-                for r in (0..m_pad).step_by(BLOCK) {
-                    for t in (0..width / TILE).step_by(2) {
-                        // SAFETY: the tiles are configured; `A`'s rows `r..r + 32` and columns
-                        // `k0..k0 + kc` lie inside `a` (asserted above), the two `B` tiles inside
-                        // `packed`, and `C`'s 32 x 32 block inside `c`, in this worker's columns.
-                        unsafe {
-                            imp::block(
-                                out.0.add(r * n_pad + j0 + t * TILE),
-                                n_pad,
-                                k0 == 0,
-                                (a_ptr as *const u16).add(r * lda + k0),
-                                lda,
-                                packed.as_ptr().add(t * tile_words) as *const u16,
-                                packed.as_ptr().add((t + 1) * tile_words) as *const u16,
-                                kc / K_STEP,
-                            );
-                        }
+    tasks.into_par_iter().for_each(move |(r0, j0)| {
+        let out = out;
+        let width = panel.min(n_pad - j0);
+        let rows = r0..(r0 + height).min(m_pad);
+        let mut packed = vec![0u32; K_BLOCK / 2 * width];
+        imp::configure();
+        for k0 in (0..k_pad).step_by(K_BLOCK) {
+            let kc = K_BLOCK.min(k_pad - k0);
+            b.pack((k0, kc, k), (j0, width, n), &mut packed);
+            let tile_words = kc / 2 * TILE;
+            for r in rows.clone().step_by(BLOCK) {
+                for t in (0..width / TILE).step_by(2) {
+                    // SAFETY: the tiles are configured; `A`'s rows `r..r + 32` and columns
+                    // `k0..k0 + kc` lie inside `a` (asserted above), the two `B` tiles inside
+                    // `packed`, and `C`'s 32 x 32 block inside `c`, in this worker's columns.
+                    unsafe {
+                        imp::block(
+                            out.0.add(r * n_pad + j0 + t * TILE),
+                            n_pad,
+                            k0 == 0,
+                            (a_ptr as *const u16).add(r * lda + k0),
+                            lda,
+                            packed.as_ptr().add(t * tile_words) as *const u16,
+                            packed.as_ptr().add((t + 1) * tile_words) as *const u16,
+                            kc / K_STEP,
+                        );
                     }
                 }
             }
-            imp::release();
-        });
-    // SAFETY: the workers stored all `m_pad` x `n_pad` elements (their panels cover the
-    // columns, every block of rows, and the first block of `k` stores fresh tiles).
+        }
+        imp::release();
+    });
+    // SAFETY: the workers stored all `m_pad` x `n_pad` elements (their tasks cover the rows
+    // and the columns, and the first block of `k` stores fresh tiles).
     unsafe { c.set_len(m_pad * n_pad) };
     c
 }

@@ -20,7 +20,7 @@
 //! (per-block recomputation, `recompute`) and [`quant_linear`] (a quantised frozen weight
 //! dequantised a tile at a time).
 
-mod amx;
+pub(crate) mod amx;
 mod bf16_linear;
 mod chunked_nll;
 mod flex;
@@ -388,10 +388,12 @@ pub fn frozen_bf16_linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> 
 
 /// `x W^T` over the last dimension of `x` (`[..., d_in]` -> `[..., d_out]`) for a frozen weight
 /// held quantised: dequantised a tile of rows at a time in forward and backward, never whole
-/// (see `quant_linear`). `x` is taken in f32.
+/// (see `quant_linear`). `x` is taken in f32; with `bf16` the tiles multiply in bf16 where
+/// the CPU has AMX.
 pub fn quant_linear<const D: usize>(
     x: Tensor<D>,
     weight: &std::sync::Arc<crate::model::quantized::QuantWeight>,
+    bf16: bool,
 ) -> Tensor<D> {
     let dims = x.dims();
     let x = crate::model::precision::in_f32(x);
@@ -399,7 +401,7 @@ pub fn quant_linear<const D: usize>(
     let flat: Tensor<2> = x.reshape([rows, weight.d_in]);
     let y: Tensor<2> = Tensor::from_dispatch(<Dispatch as PortableOps>::quant_linear(
         flat.into_dispatch(),
-        quant_linear::Frozen(weight.clone()),
+        quant_linear::Frozen(weight.clone(), bf16),
     ));
     let mut out = dims;
     out[D - 1] = weight.d_out;

@@ -18,9 +18,10 @@ use burn::prelude::*;
 use super::lane::{Lane, plain, primitive};
 use crate::model::quantized::QuantWeight;
 
-/// A quantised weight handed to the op (shared, never copied).
+/// A quantised weight handed to the op (shared, never copied), and whether its tiles
+/// multiply in bf16 (`train.precision: bf16`, bitsandbytes' `bnb_4bit_compute_dtype`).
 #[derive(Clone)]
-pub struct Frozen(pub Arc<QuantWeight>);
+pub struct Frozen(pub Arc<QuantWeight>, pub bool);
 
 impl std::fmt::Debug for Frozen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +36,10 @@ impl std::fmt::Debug for Frozen {
 }
 
 /// `x W^T`: `[n, d_in]` -> `[n, d_out]`.
-fn multiply(x: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
+fn multiply(x: Tensor<2>, w: &QuantWeight, bf16: bool) -> Tensor<2> {
+    if bf16 && on_amx(&x) {
+        return amx::multiply(x, w);
+    }
     let device = x.device();
     let parts: Vec<Tensor<2>> = w
         .tiles()
@@ -51,7 +55,10 @@ fn multiply(x: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
 }
 
 /// `dy W`: `[n, d_out]` -> `[n, d_in]`.
-fn input_gradient(dy: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
+fn input_gradient(dy: Tensor<2>, w: &QuantWeight, bf16: bool) -> Tensor<2> {
+    if bf16 && on_amx(&dy) {
+        return amx::input_gradient(dy, w);
+    }
     let device = dy.device();
     let n = dy.dims()[0];
     w.tiles()
@@ -63,8 +70,75 @@ fn input_gradient(dy: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
         })
 }
 
+/// Whether `t` (f32 on the flex backend) can multiply on AMX: a bf16-computing weight's tiles
+/// are then rounded to bf16 after dequantising, as bitsandbytes' bf16 compute does, and
+/// multiplied on the tiles. Elsewhere bf16 compute multiplies the f32 tiles: the same products
+/// within bf16 rounding.
+fn on_amx(t: &Tensor<2>) -> bool {
+    super::fused(&t.device(), t.dtype()) && super::amx::available()
+}
+
+/// The two products with each dequantised tile rounded to bf16 and multiplied on AMX.
+mod amx {
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    use rayon::prelude::*;
+
+    use super::super::amx::{Matrix, matmul, matmul_transposed, to_bf16};
+    use super::super::flex::{contiguous, tensor, values};
+    use super::super::lane::{plain, primitive};
+    use crate::model::quantized::QuantWeight;
+
+    /// The rows `start..start + rows` of the weight, in bf16.
+    fn tile(w: &QuantWeight, start: usize, rows: usize) -> Vec<burn::tensor::bf16> {
+        let mut values = vec![0f32; rows * w.d_in];
+        w.dequantize_rows(start, &mut values);
+        to_bf16(&values)
+    }
+
+    /// `t`'s values rounded to bf16, and its rows.
+    fn rounded(t: Tensor<2>) -> (Vec<burn::tensor::bf16>, usize) {
+        let n = t.dims()[0];
+        let flex = contiguous(&primitive::<Flex>(t.into_dispatch()));
+        (to_bf16(values(&flex)), n)
+    }
+
+    pub fn multiply(x: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
+        let (d_in, d_out) = (w.d_in, w.d_out);
+        let (x, n) = rounded(x);
+        let mut y = vec![0f32; n * d_out];
+        for (start, rows) in w.tiles() {
+            let part = matmul_transposed(
+                Matrix::dense(&x, n, d_in),
+                Matrix::dense(&tile(w, start, rows), rows, d_in),
+            );
+            y.par_chunks_mut(d_out.max(1))
+                .zip(part.par_chunks(rows.max(1)))
+                .for_each(|(y, part)| y[start..start + rows].copy_from_slice(part));
+        }
+        plain::<Flex, 2>(tensor(y, [n, d_out]))
+    }
+
+    pub fn input_gradient(dy: Tensor<2>, w: &QuantWeight) -> Tensor<2> {
+        let (d_in, d_out) = (w.d_in, w.d_out);
+        let (dy, n) = rounded(dy);
+        let mut dx = vec![0f32; n * d_in];
+        for (start, rows) in w.tiles() {
+            let columns = Matrix {
+                values: &dy[start..],
+                rows: n,
+                cols: rows,
+                ld: d_out,
+            };
+            let part = matmul(columns, Matrix::dense(&tile(w, start, rows), rows, d_in));
+            dx.par_iter_mut().zip(&part).for_each(|(dx, p)| *dx += p);
+        }
+        plain::<Flex, 2>(tensor(dx, [n, d_in]))
+    }
+}
+
 pub fn forward<B: Lane>(x: FloatTensor<B>, w: &Frozen) -> FloatTensor<B> {
-    primitive::<B>(multiply(plain::<B, 2>(x), &w.0).into_dispatch())
+    primitive::<B>(multiply(plain::<B, 2>(x), &w.0, w.1).into_dispatch())
 }
 
 #[derive(Debug)]
@@ -77,7 +151,7 @@ impl<B: Lane> Backward<B, 1> for QuantLinear {
         let [x_node] = ops.parents;
         let dy = plain::<B, 2>(grads.consume::<B>(&ops.node));
         if let Some(node) = x_node {
-            let dx = input_gradient(dy, &ops.state.0);
+            let dx = input_gradient(dy, &ops.state.0, ops.state.1);
             grads.register::<B>(node.id, primitive::<B>(dx.into_dispatch()));
         }
     }
@@ -159,6 +233,38 @@ mod tests {
             let err = max_diff(&dx, &want);
             assert!(err < 1e-4, "{format:?} input gradient: {err}");
         }
+
+        // Computing in bf16 (`train.precision: bf16`): the input and the dequantised tiles
+        // rounded to bf16, products summed in f32, on AMX; the f32 tiles elsewhere.
+        let rounded = |t: Tensor<2>| {
+            t.cast(burn::tensor::DType::BF16)
+                .cast(burn::tensor::DType::F32)
+        };
+        let on_amx = crate::kernels::amx::available();
+        let mut proj = Proj::new(w.clone(), None);
+        proj.quantize(QuantFormat::Nf4).unwrap();
+        proj.set_precision(crate::model::precision::Precision::Bf16);
+        let dense = rounded(proj.dense_weight());
+        let x = Tensor::<2>::random(
+            [7, d_in],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .require_grad();
+        let dy = Tensor::<2>::random(
+            [7, d_out],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let y = proj.forward(x.clone());
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        let tol = if on_amx { 1e-4 } else { 5e-2 };
+        let want = rounded(x.clone().detach()).matmul(dense.clone());
+        let err = max_diff(&to_vec(y), &to_vec(want));
+        assert!(err < tol, "bf16 forward (AMX: {on_amx}): {err}");
+        let want = rounded(dy).matmul(dense.transpose());
+        let err = max_diff(&to_vec(x.grad(&grads).unwrap()), &to_vec(want));
+        assert!(err < tol, "bf16 input gradient (AMX: {on_amx}): {err}");
 
         // LoRA on a quantised base: the adapter's factors get gradients, the base none.
         let cfg = LoraConfig {

@@ -84,11 +84,11 @@ impl Proj {
     /// Computes in `precision` from now on; a frozen weight is stored in it, a trainable one
     /// is the f32 master weight (cast up if it was loaded low).
     pub fn set_precision(&mut self, precision: Precision) {
-        if self.quantized.is_some() {
-            return; // dequantised to f32 a tile at a time
-        }
         let dtype = precision.dtype();
         self.compute = (precision != Precision::F32).then_some(dtype);
+        if self.quantized.is_some() {
+            return; // dequantised a tile at a time, in `compute` where AMX takes bf16
+        }
         set_weight_precision(&mut self.weight, precision);
     }
 
@@ -118,7 +118,7 @@ impl Proj {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if let Some(q) = &self.quantized {
-            let mut y = crate::kernels::quant_linear(x.clone(), q);
+            let mut y = crate::kernels::quant_linear(x.clone(), q, self.computes_in_bf16());
             if let Some(b) = &self.bias {
                 y = y + b.val().unsqueeze();
             }
@@ -157,6 +157,10 @@ impl Proj {
         self.plus_adapter(x, y)
     }
 
+    fn computes_in_bf16(&self) -> bool {
+        self.compute == Some(DType::BF16)
+    }
+
     /// `x W + b` through [`crate::kernels::frozen_bf16_linear`], where it applies.
     fn frozen_bf16_product<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
         let y = crate::kernels::frozen_bf16_linear(x, &self.weight.val())?;
@@ -186,7 +190,7 @@ impl Proj {
     /// `x W` without the bias, in f32 (DoRA's base term under dropout).
     fn project<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.quantized {
-            Some(q) => crate::kernels::quant_linear(x, q),
+            Some(q) => crate::kernels::quant_linear(x, q, self.computes_in_bf16()),
             None => {
                 let w = self.weight.val();
                 let w = if w.dtype() == DType::F32 {

@@ -9,6 +9,11 @@
 //! - Trainable weights (full fine-tuning) stay f32 master weights; forward casts a low-precision
 //!   copy, whose gradient flows back to the master in f32.
 //! - f16 needs loss scaling (`train::loss_scale`), bf16 does not (f32's exponent range).
+//! - On a CPU with AMX (`kernels::amx`), a frozen bf16 projection, a frozen bf16 LM head and
+//!   a quantised base computing in bf16 multiply on the tiles: f32 inputs rounded to bf16,
+//!   products summed in f32, the output f32 with no bf16 rounding of its own. Elsewhere burn
+//!   casts and multiplies: the same products within bf16 rounding. Trainable weights (full
+//!   fine-tuning in bf16) keep burn's cast path.
 //!
 //! - Frozen token embedding tables and LM heads are stored low too: a row lookup is cast to
 //!   f32, and the chunked cross-entropy casts a tied head one block of columns at a time
