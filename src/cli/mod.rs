@@ -62,7 +62,8 @@ HONE_PROGRESS_INTERVAL (seconds between progress lines when stderr is not a term
 HONE_REMOTE (a remote cache URL: s3://bucket/prefix, gs://, az://, https://, file:///dir),
 HONE_REMOTE_WRITE (1: upload what runs compute; 0: never), AWS_* / GOOGLE_* / AZURE_*
 (the remote's endpoint, region and credentials, as object_store reads them),
-HONE_SLURM_POLL (seconds between checks of `run --executor slurm --wait`; 5).";
+HONE_SLURM_POLL (seconds between checks of `run --executor slurm --wait`; 5),
+HONE_AMX (0: bf16 never multiplies on Intel AMX tiles, even where the CPU has them).";
 
 #[derive(Debug, Parser)]
 #[command(name = "hone", version, about = ABOUT, after_help = AFTER)]

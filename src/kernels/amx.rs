@@ -294,14 +294,22 @@ fn round_up(n: usize, to: usize) -> usize {
 /// `values` rounded to bf16 (to nearest, ties to even, as PyTorch casts; subnormals flush to
 /// zero, as the tiles read them anyway). Needs [`available`].
 pub fn to_bf16(values: &[f32]) -> Vec<bf16> {
-    assert!(available(), "AVX512-BF16 rounding on a machine without AMX");
     const GRAIN: usize = 1 << 15;
-    let mut out = vec![0u16; values.len()];
+    let mut out = vec![bf16::ZERO; values.len()];
     out.par_chunks_mut(GRAIN)
         .zip(values.par_chunks(GRAIN))
-        // SAFETY: `available` checked AVX512-BF16.
-        .for_each(|(out, values)| unsafe { imp::round_to_bf16(values, out) });
-    out.into_iter().map(bf16::from_bits).collect()
+        .for_each(|(out, values)| round_into(values, out));
+    out
+}
+
+/// [`to_bf16`] into `out` (the same length), on this thread.
+pub fn round_into(values: &[f32], out: &mut [bf16]) {
+    assert!(available(), "AVX512-BF16 rounding on a machine without AMX");
+    assert_eq!(values.len(), out.len());
+    // SAFETY: bf16 is a `repr(transparent)` u16.
+    let bits = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u16, out.len()) };
+    // SAFETY: `available` checked AVX512-BF16.
+    unsafe { imp::round_to_bf16(values, bits) }
 }
 
 /// Where `B` `[k, n]` is read from: a row-major `[k, n]` matrix, or the rows of `B^T`

@@ -84,16 +84,24 @@ mod amx {
     use burn::prelude::*;
     use rayon::prelude::*;
 
-    use super::super::amx::{Matrix, matmul, matmul_transposed, to_bf16};
+    use super::super::amx::{Matrix, matmul, matmul_transposed, round_into, to_bf16};
     use super::super::flex::{contiguous, tensor, values};
     use super::super::lane::{plain, primitive};
     use crate::model::quantized::QuantWeight;
 
-    /// The rows `start..start + rows` of the weight, in bf16.
+    /// The rows `start..start + rows` of the weight, in bf16: each row dequantised into an f32
+    /// row of the worker's own and rounded from there, so no f32 copy of the tile exists.
     fn tile(w: &QuantWeight, start: usize, rows: usize) -> Vec<burn::tensor::bf16> {
-        let mut values = vec![0f32; rows * w.d_in];
-        w.dequantize_rows(start, &mut values);
-        to_bf16(&values)
+        let d_in = w.d_in.max(1);
+        let mut out = vec![burn::tensor::bf16::ZERO; rows * w.d_in];
+        out.par_chunks_mut(d_in).enumerate().for_each_init(
+            || vec![0f32; d_in],
+            |row, (i, dst)| {
+                w.dequantize_row_into(start + i, row);
+                round_into(row, dst);
+            },
+        );
+        out
     }
 
     /// `t`'s values rounded to bf16, and its rows.

@@ -150,11 +150,15 @@ impl QuantWeight {
     pub fn dequantize_rows(&self, start: usize, out: &mut [f32]) {
         use rayon::prelude::*;
         let d_in = self.d_in.max(1);
-        out.par_chunks_mut(d_in).enumerate().for_each(|(i, row)| {
-            let r = start + i;
-            let stored = self.rows.as_ref().map_or(r, |rows| rows[r] as usize);
-            self.dequantize_row(stored, row);
-        });
+        out.par_chunks_mut(d_in)
+            .enumerate()
+            .for_each(|(i, row)| self.dequantize_row_into(start + i, row));
+    }
+
+    /// Row `r` (in the weight's own order) in f32, into `out` (`d_in` values), on this thread.
+    pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
+        let stored = self.rows.as_ref().map_or(r, |rows| rows[r] as usize);
+        self.dequantize_row(stored, out);
     }
 
     fn dequantize_row(&self, stored: usize, out: &mut [f32]) {
