@@ -39,12 +39,8 @@ pub(super) enum Layout<'a> {
     OutIn(&'a [bf16]),
 }
 
-/// Whether `weight` can take the AMX path: bf16, 2-D, and one of the two layouts.
-pub fn takes(weight: &FlexTensor) -> bool {
-    weight.dtype() == DType::BF16 && dims(weight).len() == 2 && layout(weight).is_some()
-}
-
-/// `weight` `[d_in, d_out]`'s values as one of the two layouts, if they are.
+/// `weight` `[d_in, d_out]`'s values as one of the two layouts, if they are (what the AMX
+/// path takes: anything else keeps burn's).
 pub(super) fn layout(weight: &FlexTensor) -> Option<Layout<'_>> {
     if weight.dtype() != DType::BF16 || dims(weight).len() != 2 {
         return None;
@@ -68,7 +64,7 @@ pub fn forward(x: &FlexTensor, w: &Frozen) -> FlexTensor {
     let n = values(&x).len() / d_in.max(1);
     let xb = amx::to_bf16(values(&x));
     let x_rows = Matrix::dense(&xb, n, d_in);
-    let y = match layout(&w.0).expect("checked by `takes`") {
+    let y = match layout(&w.0).expect("checked by `layout` before the op") {
         Layout::InOut(wv) => amx::matmul(x_rows, Matrix::dense(wv, d_in, d_out)),
         Layout::OutIn(wv) => amx::matmul_transposed(x_rows, Matrix::dense(wv, d_out, d_in)),
     };
@@ -82,7 +78,7 @@ pub fn input_gradient(dy: &FlexTensor, w: &Frozen) -> FlexTensor {
     let n = values(&dy).len() / d_out.max(1);
     let db = amx::to_bf16(values(&dy));
     let dy_rows = Matrix::dense(&db, n, d_out);
-    let dx = match layout(&w.0).expect("checked by `takes`") {
+    let dx = match layout(&w.0).expect("checked by `layout` before the op") {
         Layout::InOut(wv) => amx::matmul_transposed(dy_rows, Matrix::dense(wv, d_in, d_out)),
         Layout::OutIn(wv) => amx::matmul(dy_rows, Matrix::dense(wv, d_out, d_in)),
     };
