@@ -57,6 +57,20 @@ fn type_of(v: &Value) -> String {
     }
 }
 
+/// Enum values as a list of code spans: `` `a`, `b` ``.
+fn values_list(values: &[Value]) -> String {
+    values
+        .iter()
+        .map(|x| {
+            format!(
+                "`{}`",
+                x.as_str().map_or_else(|| x.to_string(), str::to_owned)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace()
         .collect::<Vec<_>>()
@@ -103,6 +117,10 @@ pub fn markdown(schema: &Value) -> String {
             if def["properties"].is_object() {
                 fields(&mut out, def);
             }
+            // A plain enum (`Precision`, `OnLeak`...): the values the loader accepts.
+            if let Some(values) = def["enum"].as_array() {
+                let _ = writeln!(out, "One of: {}.\n", values_list(values));
+            }
             for key in ["oneOf", "anyOf"] {
                 if let Some(alts) = def[key].as_array() {
                     for alt in alts {
@@ -110,14 +128,7 @@ pub fn markdown(schema: &Value) -> String {
                             .as_str()
                             .map(|k| format!("`kind: {k}`"))
                             .or_else(|| alt.get("const").map(|c| format!("`{c}`")))
-                            .or_else(|| {
-                                alt["enum"].as_array().map(|e| {
-                                    e.iter()
-                                        .map(|x| format!("`{x}`"))
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                })
-                            })
+                            .or_else(|| alt["enum"].as_array().map(|e| values_list(e)))
                             .unwrap_or_else(|| type_of(alt));
                         let _ = writeln!(
                             out,

@@ -82,6 +82,36 @@ fn committed_recipe_reference_is_up_to_date() {
         generated == committed,
         "docs/recipe-reference.md is out of date: regenerate it with `cargo run --release -- schema --markdown -o docs/recipe-reference.md`"
     );
+    // Every enum type's section lists the values the loader takes.
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+            .arg("schema")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let enums: Vec<(&String, &Vec<serde_json::Value>)> = schema["$defs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(name, def)| def["enum"].as_array().map(|values| (name, values)))
+        .collect();
+    assert!(enums.len() >= 8, "the schema's plain enums: {enums:?}");
+    for (name, values) in enums {
+        let section = generated
+            .split(&format!("## {name}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or_else(|| panic!("no section for {name}"));
+        for value in values {
+            let value = value.as_str().unwrap();
+            assert!(
+                section.contains(&format!("`{value}`")),
+                "the reference's {name} does not list `{value}`:\n{section}"
+            );
+        }
+    }
     for kind in [
         "dataset", "pretrain", "sft", "reward", "dpo", "ppo", "grpo", "evaluate", "export",
     ] {
