@@ -121,6 +121,22 @@ fn record_json(r: &crate::train::trainer::Record) -> serde_json::Value {
     }
 }
 
+/// A step's throughput for the progress line, readable at every speed: `1234 tokens/s`,
+/// `2.5 pairs/s`, and below one item a second the time per item, `3.2 s/pair` (a rate
+/// rounded to whole items showed `0 pairs/s` for a slow model).
+pub fn throughput(items_per_s: f64, unit: &str) -> String {
+    match items_per_s {
+        r if r >= 10.0 => format!("{r:.0} {unit}/s"),
+        r if r >= 1.0 => format!("{r:.1} {unit}/s"),
+        r if r > 0.0 => format!(
+            "{:.1} s/{}",
+            1.0 / r,
+            unit.strip_suffix('s').unwrap_or(unit)
+        ),
+        _ => format!("- {unit}/s"),
+    }
+}
+
 /// Runs the shared trainer with the stage's progress bar, checkpoints and metrics log: each
 /// step's loss, lr, gradient norm and items/s, and each evaluation, go to the run's
 /// metrics.jsonl. Returns the trained model, the summary and the mean items (tokens, examples)
@@ -177,11 +193,10 @@ where
         if let Record::Step(s) = r {
             // The message first: a progress line written on the position shows this step's.
             progress.set_message(format!(
-                "loss {:.3}  lr {:.2e}  {:.0} {}/s",
+                "loss {:.3}  lr {:.2e}  {}",
                 s.loss,
                 s.lr,
-                s.items_per_s,
-                obj.unit()
+                throughput(s.items_per_s, obj.unit())
             ));
             progress.set_position(s.step as u64);
         }
@@ -569,5 +584,20 @@ mod frozen_base_tests {
         // A frozen model of its own (DPO's reference) follows the precision alone.
         assert_eq!(super::frozen_dtypes(&full, Cpu), vec![BF16]);
         assert!(super::frozen_dtypes(&json!({ "train": {} }), Cpu).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::throughput;
+
+    /// Fast, middling and slow steps all read as something other than zero.
+    #[test]
+    fn throughput_reads_at_every_speed() {
+        assert_eq!(throughput(1234.4, "target tokens"), "1234 target tokens/s");
+        assert_eq!(throughput(2.46, "pairs"), "2.5 pairs/s");
+        assert_eq!(throughput(0.31, "pairs"), "3.2 s/pair");
+        assert_eq!(throughput(0.5, "prompts"), "2.0 s/prompt");
+        assert_eq!(throughput(0.0, "pairs"), "- pairs/s");
     }
 }
