@@ -399,14 +399,23 @@ impl<'a> Run<'a> {
             crate::stages::training::frozen_dtypes(&key_config, self.backend);
         ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
         ctx.token_cache = Some(store.root().join("tokenized"));
-        let tensorboard = recipe.header.logging.tensorboard.as_ref().map(|dir| {
-            std::sync::Arc::new(tensorboard::StageLog::new(
-                recipe_dir(recipe)
-                    .join(dir)
-                    .join(self.rundir.name())
-                    .join(&stage.name),
-            ))
-        });
+        // Only stages that run a model log to TensorBoard: a data-only run leaves no run
+        // directory there.
+        let logs_tensorboard = stage.spec.uses_backend();
+        let tensorboard = recipe
+            .header
+            .logging
+            .tensorboard
+            .as_ref()
+            .filter(|_| logs_tensorboard)
+            .map(|dir| {
+                std::sync::Arc::new(tensorboard::StageLog::new(
+                    recipe_dir(recipe)
+                        .join(dir)
+                        .join(self.rundir.name())
+                        .join(&stage.name),
+                ))
+            });
         if let Some(log) = &tensorboard {
             let log = log.clone();
             ctx.live = Some(std::sync::Arc::new(move |r: &serde_json::Value| {

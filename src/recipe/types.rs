@@ -82,7 +82,8 @@ fn defaults_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[serde(deny_unknown_fields)]
 pub struct Logging {
     /// A directory (relative to the recipe) for TensorBoard event files: per run and stage
-    /// that ran, `<dir>/<run>/<stage>/events.out.tfevents.*`, written as training goes (`train/loss`,
+    /// that ran a model (training, evaluation, generation; data stages log none),
+    /// `<dir>/<run>/<stage>/events.out.tfevents.*`, written as training goes (`train/loss`,
     /// `train/lr`, `train/grad_norm`, throughput, DPO's `rewards/*` and `logps/*`,
     /// `eval/loss`), and each stage's final metrics under `metrics/`. View with
     /// `tensorboard --logdir <dir>`.

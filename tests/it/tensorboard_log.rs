@@ -104,3 +104,22 @@ fn training_stages_log_tensorboard_events_with_trl_dpo_metrics() {
     let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(jsonl.contains("\"rewards/margins\""), "{jsonl}");
 }
+
+/// A run of data stages only writes no TensorBoard directory: there is nothing to plot.
+#[test]
+fn a_data_only_run_leaves_no_tensorboard_directory() {
+    let p = Project::new();
+    let rows: String = (0..20)
+        .map(|i| format!("{{\"text\": \"row number {i}\"}}\n"))
+        .collect();
+    p.write("d.jsonl", &rows);
+    p.write(
+        "r.yaml",
+        "version: 1\nname: data-only\nlogging: { tensorboard: tb }\nstages:\n  data:\n    kind: dataset\n    source: { path: d.jsonl }\n    split: { validation: 0.25 }\n",
+    );
+    p.hone(&["run", "r.yaml"]).ok();
+    assert!(
+        !p.path("tb").exists(),
+        "a TensorBoard directory for a data-only run"
+    );
+}
