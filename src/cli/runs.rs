@@ -44,8 +44,11 @@ pub struct RunRow {
     pub dir: PathBuf,
     #[serde(flatten)]
     pub info: RunInfo,
-    /// Stages that ran and stages found cached; `None` while running, or when it failed.
+    /// Stages that ran, were pulled from the remote cache, and were found cached (here, by
+    /// another process, or left on the remote), tallied as the run's last line tallies them;
+    /// `None` while running, or when it failed.
     pub ran: Option<usize>,
+    pub pulled: Option<usize>,
     pub cached: Option<usize>,
     /// The stage-level metrics of each stage the run computed, in run order.
     pub metrics: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
@@ -76,18 +79,19 @@ pub fn list(store_root: &Path, recipe_name: &str) -> Result<Vec<RunRow>> {
         let summary: Option<serde_json::Value> = std::fs::read(dir.join("summary.json"))
             .ok()
             .and_then(|t| serde_json::from_slice(&t).ok());
-        let count = |outcome: &str| {
+        let count = |outcomes: &[&str]| {
             summary.as_ref().and_then(|s| {
                 Some(
                     s["stages"]
                         .as_array()?
                         .iter()
-                        .filter(|st| st["outcome"] == outcome)
+                        .filter(|st| outcomes.iter().any(|o| st["outcome"] == *o))
                         .count(),
                 )
             })
         };
-        let (ran, cached) = (count("ran"), count("cached"));
+        let (ran, pulled) = (count(&["ran"]), count(&["pulled"]));
+        let cached = count(&["cached", "ran_elsewhere", "on_remote"]);
         rows.push(RunRow {
             id: dir
                 .file_name()
@@ -97,6 +101,7 @@ pub fn list(store_root: &Path, recipe_name: &str) -> Result<Vec<RunRow>> {
             dir,
             info,
             ran,
+            pulled,
             cached,
         });
     }
@@ -149,8 +154,9 @@ pub fn render(recipe_path: &Path, store_root: &Path, rows: &[RunRow]) -> String 
         store_root.display()
     );
     for row in rows {
-        let outcome = match (row.ran, row.cached) {
-            (Some(r), Some(c)) => format!("{r} ran, {c} cached"),
+        let outcome = match (row.ran, row.pulled, row.cached) {
+            (Some(r), Some(p), Some(c)) if p > 0 => format!("{r} ran, {p} pulled, {c} cached"),
+            (Some(r), _, Some(c)) => format!("{r} ran, {c} cached"),
             _ => "unfinished".to_owned(),
         };
         let kind = if row.info.overrides.is_empty() {

@@ -122,6 +122,9 @@ fn two_teams_share_the_quickstart_through_s3() {
     assert!(run_b.ran().is_empty(), "{out}");
     assert_eq!(stages(&out, "pulled").len(), 13, "{out}");
     assert!(out.contains("0 ran, 13 pulled, 0 cached"), "{out}");
+    // `hone runs` tallies the run as its last line did, not as "0 ran, 0 cached".
+    let runs = b.hone(&["runs", "quickstart.yaml"]).ok();
+    assert!(runs.contains("0 ran, 13 pulled, 0 cached"), "{runs}");
     assert_eq!(std::fs::read(b.path("quickstart.lock")).unwrap(), lock_a);
     assert!(b.path("dist/car-assistant/model.safetensors").is_file());
     // What was pulled is whole: the local store verifies, and --locked without the remote
