@@ -131,9 +131,24 @@ pub fn check_locked(eval: &mut Evaluator, selected: &BTreeSet<usize>) -> Result<
     if problems.is_empty() {
         return Ok(());
     }
+    let recipe = &eval.recipe;
+    if !recipe.overrides.is_empty() {
+        // An experiment never writes the lockfile, so "update it" is no way out here.
+        let sets: Vec<String> = recipe
+            .overrides
+            .iter()
+            .map(|s| format!("--set {s}"))
+            .collect();
+        bail!(
+            "--locked: with {}, these stages differ from what {} records:\n{}\na --set run is an experiment: it never writes the lockfile, so --locked can only fail for what the settings change; drop --locked to run the experiment, or the --set to check the recipe as written",
+            sets.join(" "),
+            recipe.lockfile_path().display(),
+            problems.join("\n")
+        )
+    }
     bail!(
         "--locked: this run would change {}:\n{}\nrun without --locked to update it",
-        eval.recipe.lockfile_path().display(),
+        recipe.lockfile_path().display(),
         problems.join("\n")
     )
 }

@@ -274,6 +274,13 @@ impl<'a> Evaluator<'a> {
                 .filter(|r| !matches!(r, Reason::WaitsFor { .. }))
                 .map(ToString::to_string)
                 .collect();
+            // A stage that is cached under its new key (an experiment that ran before) has no
+            // reasons of its own: the two recorded runs, where this store has both, say what
+            // changed.
+            let why = match why.is_empty() {
+                true => self.recorded_difference(locked, s.action.as_deref()),
+                false => why,
+            };
             let why = match (locked, why.is_empty()) {
                 (None, _) => "not in the lockfile".to_owned(),
                 (Some(_), true) => "its action key differs from the lockfile's (config, inputs or cache format changed; `hone status` against the store that wrote the lockfile shows which)".to_owned(),
@@ -282,6 +289,26 @@ impl<'a> Evaluator<'a> {
             drift.push((s.stage.clone(), why));
         }
         drift
+    }
+
+    /// What differs between the lockfile's run of a stage and the run recorded under
+    /// `action`, where the store holds both manifests; nothing otherwise.
+    fn recorded_difference(
+        &self,
+        locked: Option<&LockedStage>,
+        action: Option<&str>,
+    ) -> Vec<String> {
+        let manifest = |key: &str| self.store.manifest(key).ok().flatten();
+        let (Some(old), Some(new)) = (
+            locked.and_then(|l| manifest(&l.action)),
+            action.and_then(manifest),
+        ) else {
+            return Vec::new();
+        };
+        diff_materials(&old.material, (&new.material, &new.input_labels))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// Status of every stage, in run order, without running anything.
@@ -386,8 +413,12 @@ fn show(v: Option<&Value>) -> String {
 
 /// Reasons from the difference between an old manifest's material and a new action's.
 fn diff(old: &Manifest, new: &Action) -> Vec<Reason> {
+    diff_materials(&old.material, (&new.material, &new.input_labels))
+}
+
+/// Reasons from the difference between two actions' materials, `new` with its input labels.
+fn diff_materials(o: &Value, (n, new_labels): (&Value, &BTreeMap<String, String>)) -> Vec<Reason> {
     let mut reasons = Vec::new();
-    let (o, n) = (&old.material, &new.material);
     for (field, make) in [
         (
             "seed",
@@ -406,7 +437,7 @@ fn diff(old: &Manifest, new: &Action) -> Vec<Reason> {
         let input_label = |labels: &BTreeMap<String, String>| labels.get(&key).cloned();
         match (old_v.and_then(input_digest), new_v.and_then(input_digest)) {
             (Some(_), Some(_)) => {
-                let label = input_label(&new.input_labels).unwrap_or(key.clone());
+                let label = input_label(new_labels).unwrap_or(key.clone());
                 reasons.push(match label.strip_prefix("stage ") {
                     Some(up) => Reason::UpstreamChanged {
                         stage: up.to_owned(),

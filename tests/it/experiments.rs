@@ -101,6 +101,21 @@ fn set_runs_leave_the_lockfile_and_exports_alone_and_status_agrees_with_locked()
             .ran()
             .is_empty()
     );
+    // `--locked` on it fails naming each stage and the setting that moved it, and says why
+    // updating the lockfile is no way out.
+    let locked = p.hone(&["run", "r.yaml", "--locked", "--set", shard, "--set", split]);
+    assert_ne!(locked.code(), 0);
+    let err = locked.stderr();
+    assert!(
+        err.contains(&format!("--set {shard} --set {split}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("qa: config changed: split.validation 0.25 -> 0.5"),
+        "{err}"
+    );
+    assert!(err.contains("out: config changed: max_shard_size"), "{err}");
+    assert!(err.contains("never writes the lockfile"), "{err}");
 
     // `hone runs` lists the runs, the experiment under its name with its overrides and the
     // metrics of the stages it ran.
