@@ -16,16 +16,7 @@ fn type_of(v: &Value) -> String {
         return format!("`{c}`");
     }
     if let Some(e) = v["enum"].as_array() {
-        return e
-            .iter()
-            .map(|x| {
-                format!(
-                    "`{}`",
-                    x.as_str().map_or_else(|| x.to_string(), str::to_owned)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" \\| ");
+        return values_list(e, " \\| ");
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(alts) = v[key].as_array() {
@@ -57,8 +48,8 @@ fn type_of(v: &Value) -> String {
     }
 }
 
-/// Enum values as a list of code spans: `` `a`, `b` ``.
-fn values_list(values: &[Value]) -> String {
+/// Enum values as code spans joined by `separator`: `` `a`, `b` ``.
+fn values_list(values: &[Value], separator: &str) -> String {
     values
         .iter()
         .map(|x| {
@@ -68,7 +59,7 @@ fn values_list(values: &[Value]) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(separator)
 }
 
 fn one_line(s: &str) -> String {
@@ -119,7 +110,7 @@ pub fn markdown(schema: &Value) -> String {
             }
             // A plain enum (`Precision`, `OnLeak`...): the values the loader accepts.
             if let Some(values) = def["enum"].as_array() {
-                let _ = writeln!(out, "One of: {}.\n", values_list(values));
+                let _ = writeln!(out, "One of: {}.\n", values_list(values, ", "));
             }
             for key in ["oneOf", "anyOf"] {
                 if let Some(alts) = def[key].as_array() {
@@ -128,7 +119,7 @@ pub fn markdown(schema: &Value) -> String {
                             .as_str()
                             .map(|k| format!("`kind: {k}`"))
                             .or_else(|| alt.get("const").map(|c| format!("`{c}`")))
-                            .or_else(|| alt["enum"].as_array().map(|e| values_list(e)))
+                            .or_else(|| alt["enum"].as_array().map(|e| values_list(e, ", ")))
                             .unwrap_or_else(|| type_of(alt));
                         let _ = writeln!(
                             out,

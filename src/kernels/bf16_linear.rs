@@ -59,30 +59,38 @@ pub(super) fn layout(weight: &FlexTensor) -> Option<Layout<'_>> {
 
 /// `x W`: `[n, d_in]` f32 -> `[n, d_out]` f32.
 pub fn forward(x: &FlexTensor, w: &Frozen) -> FlexTensor {
-    let [d_in, d_out] = [dims(&w.0)[0], dims(&w.0)[1]];
-    let x = contiguous(x);
-    let n = values(&x).len() / d_in.max(1);
-    let xb = amx::to_bf16(values(&x));
-    let x_rows = Matrix::dense(&xb, n, d_in);
-    let y = match layout(&w.0).expect("checked by `layout` before the op") {
-        Layout::InOut(wv) => amx::matmul(x_rows, Matrix::dense(wv, d_in, d_out)),
-        Layout::OutIn(wv) => amx::matmul_transposed(x_rows, Matrix::dense(wv, d_out, d_in)),
-    };
-    tensor(y, [n, d_out])
+    product(x, w, false)
 }
 
 /// `dy W^T`: `[n, d_out]` f32 -> `[n, d_in]` f32.
 pub fn input_gradient(dy: &FlexTensor, w: &Frozen) -> FlexTensor {
+    product(dy, w, true)
+}
+
+/// `x W`, or `x W^T` when `transposed`: `x` rounded to bf16, the weight read as it lies
+/// (a `[d_in, d_out]` weight times `x` is a plain product, its transpose the other kind, and
+/// the other way round for an `[d_out, d_in]` one).
+fn product(x: &FlexTensor, w: &Frozen, transposed: bool) -> FlexTensor {
     let [d_in, d_out] = [dims(&w.0)[0], dims(&w.0)[1]];
-    let dy = contiguous(dy);
-    let n = values(&dy).len() / d_out.max(1);
-    let db = amx::to_bf16(values(&dy));
-    let dy_rows = Matrix::dense(&db, n, d_out);
-    let dx = match layout(&w.0).expect("checked by `layout` before the op") {
-        Layout::InOut(wv) => amx::matmul_transposed(dy_rows, Matrix::dense(wv, d_in, d_out)),
-        Layout::OutIn(wv) => amx::matmul(dy_rows, Matrix::dense(wv, d_out, d_in)),
+    let (k, out) = if transposed {
+        (d_out, d_in)
+    } else {
+        (d_in, d_out)
     };
-    tensor(dx, [n, d_in])
+    let x = contiguous(x);
+    let n = values(&x).len() / k.max(1);
+    let xb = amx::to_bf16(values(&x));
+    let rows = Matrix::dense(&xb, n, k);
+    let y = match (
+        layout(&w.0).expect("checked by `layout` before the op"),
+        transposed,
+    ) {
+        (Layout::InOut(wv), false) => amx::matmul(rows, Matrix::dense(wv, d_in, d_out)),
+        (Layout::InOut(wv), true) => amx::matmul_transposed(rows, Matrix::dense(wv, d_in, d_out)),
+        (Layout::OutIn(wv), false) => amx::matmul_transposed(rows, Matrix::dense(wv, d_out, d_in)),
+        (Layout::OutIn(wv), true) => amx::matmul(rows, Matrix::dense(wv, d_out, d_in)),
+    };
+    tensor(y, [n, out])
 }
 
 #[derive(Debug)]
