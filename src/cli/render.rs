@@ -8,7 +8,7 @@ use crate::diag::did_you_mean;
 use crate::plan::dag::{Dag, EdgeKind};
 use crate::plan::status::{Evaluator, Reason, StageStatus, State};
 use crate::recipe::Recipe;
-use crate::store::Store;
+use crate::store::{Manifest, Store};
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -226,7 +226,14 @@ pub fn dag_dot(recipe: &Recipe, dag: &Dag) -> String {
 }
 
 /// `hone show`: the stage's current artifact, or its last recorded one when stale.
-pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) -> Result<()> {
+/// The stage's result in the store: its current one, else its last recorded run (with a note
+/// saying so).
+pub fn stage_manifest(
+    recipe: &Recipe,
+    dag: &Dag,
+    store: &Store,
+    stage: &str,
+) -> Result<(Manifest, Option<&'static str>)> {
     if recipe.stage(stage).is_none() {
         bail!(
             "no stage `{stage}` in {}; {}",
@@ -266,6 +273,11 @@ pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) 
             recipe.path.display()
         );
     };
+    Ok((m, note))
+}
+
+pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) -> Result<()> {
+    let (m, note) = stage_manifest(recipe, dag, store, stage)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(());
@@ -399,11 +411,15 @@ fn print_summary(summary: &Value, table_shown: bool) {
         .flatten()
     {
         println!(
-            "leakage  {} vs {}: {} exact, {} after normalising{}",
+            "leakage  {} vs {}: {} exact, {} after normalising, {} near-duplicate{}",
             o["a"].as_str().unwrap_or("?"),
             o["b"].as_str().unwrap_or("?"),
             o["exact"],
-            o["near"],
+            // Summaries written before near-duplicates were looked for call it `near`.
+            o.get("normalized")
+                .or_else(|| o.get("near"))
+                .unwrap_or(&Value::Null),
+            o.get("similar").and_then(Value::as_u64).unwrap_or(0),
             o["examples"]
                 .as_array()
                 .filter(|e| !e.is_empty())
@@ -459,6 +475,82 @@ pub fn examples(stage: &str, shown: &[crate::spec::kind::EncodedExample]) -> Str
             }
         }
         out.push('\n');
+    }
+    out
+}
+
+/// Per-example answers (an evaluate stage's held-out questions, or an sft stage's validation
+/// answers before and after training): the first `n` questions, each with its reference, and
+/// every model's answer with all its scores and, where a judge graded it, the judge's reply.
+pub fn answer_examples(stage: &str, rows: &[Value], n: usize) -> String {
+    use std::fmt::Write;
+    let text = |r: &Value, k: &str| r[k].as_str().unwrap_or_default().to_owned();
+    let mut questions: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        let q = (text(r, "prompt"), text(r, "reference"));
+        if !questions.contains(&q) {
+            questions.push(q);
+        }
+    }
+    let width = rows
+        .iter()
+        .filter_map(|r| r["model"].as_str().map(str::len))
+        .max()
+        .unwrap_or(0)
+        .max("reference".len());
+    let mut out = format!(
+        "{} of {} questions `{stage}` answered, with each answer's scores\n",
+        questions.len().min(n),
+        questions.len()
+    );
+    let indent = " ".repeat(width + 2);
+    for (i, (prompt, reference)) in questions.iter().take(n).enumerate() {
+        let _ = writeln!(out, "\n--- {}. {prompt}", i + 1);
+        let _ = writeln!(out, "{:<width$}  {reference}", "reference");
+        for r in rows
+            .iter()
+            .filter(|r| text(r, "prompt") == *prompt && text(r, "reference") == *reference)
+        {
+            let _ = writeln!(out, "{:<width$}  {}", text(r, "model"), text(r, "answer"));
+            // The answer scores in their usual order, then any other (an RL stage's rewards).
+            let known = ["exact_match", "contains", "token_f1", "rouge_l", "judge"];
+            let text_fields = ["model", "prompt", "reference", "answer", "judge_reply"];
+            let others = r
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .map(String::as_str)
+                .filter(|k| !known.contains(k) && !text_fields.contains(k));
+            let scores: Vec<String> = known
+                .into_iter()
+                .chain(others)
+                .filter_map(|k| match r.get(k) {
+                    Some(Value::Null) => Some(format!("{k} -")),
+                    // A judged answer without a grade has no `judge` score.
+                    None if k == "judge" && r.get("judge_reply").is_some() => {
+                        Some(format!("{k} -"))
+                    }
+                    v => Some(format!("{k} {:.2}", v?.as_f64()?)),
+                })
+                .collect();
+            let _ = writeln!(out, "{indent}{}", scores.join(" · "));
+            if let Some(reply) = r.get("judge_reply").and_then(Value::as_str) {
+                let parsed = if r["judge"].is_null() {
+                    "no grade in it"
+                } else {
+                    "graded"
+                };
+                let _ = writeln!(out, "{indent}judge said ({parsed}): {reply:?}");
+            }
+        }
+    }
+    if questions.len() > n {
+        let _ = writeln!(
+            out,
+            "\n... and {} more (`--examples {}` shows them; the stage's summary in `hone show --json` has every one)",
+            questions.len() - n,
+            questions.len()
+        );
     }
     out
 }

@@ -53,7 +53,8 @@ pub(crate) fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// An evaluate stage's answers: a row per held-out question and model, with the scores.
+/// A stage's answers (evaluate's held-out questions, sft's validation answers before and after
+/// training): a row per question and model, with the scores and the judge's reply.
 fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
     if rows.is_empty() {
         return;
@@ -63,7 +64,11 @@ fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
         html,
         "<h2>Answers: {}</h2><table class=\"answers\"><tr><th>question</th><th>reference</th><th>model</th><th>answer</th><th>exact</th><th>contains</th><th>token F1</th><th>ROUGE-L</th>{}</tr>",
         esc(stage),
-        if judged { "<th>judge</th>" } else { "" }
+        if judged {
+            "<th>judge</th><th>judge's reply</th>"
+        } else {
+            ""
+        }
     );
     let text = |r: &Value, k: &str| esc(r[k].as_str().unwrap_or_default());
     let num = |r: &Value, k: &str| r[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
@@ -81,9 +86,14 @@ fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
             num(r, "rouge_l"),
         );
         if judged {
-            // Replace the row's end with the judge's cell.
+            // Replace the row's end with the judge's cells.
             html.truncate(html.len() - "</tr>".len());
-            let _ = write!(html, "<td>{}</td></tr>", num(r, "judge"));
+            let _ = write!(
+                html,
+                "<td>{}</td><td class=\"reply\">{}</td></tr>",
+                num(r, "judge"),
+                text(r, "judge_reply")
+            );
         }
     }
     html.push_str("</table>");

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use serde_json::Value;
 
 use super::args::{Globals, RecipeArgs};
 use super::render;
@@ -23,7 +24,9 @@ pub struct ShowArgs {
     pub json: bool,
     /// Instead of the stage's result: its first N training examples exactly as it encodes
     /// them (template, special tokens, truncation), the text the loss covers in [[ ]]
-    /// (sft, dpo; what the stage reads must have run).
+    /// (sft, dpo; what the stage reads must have run); then, once the stage has run, its
+    /// answers to the first N held-out questions with every score and the judge's reply
+    /// (evaluate; sft's validation answers before and after training).
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3")]
     pub examples: Option<usize>,
 }
@@ -44,11 +47,28 @@ pub fn run(g: &Globals, args: &ShowArgs) -> Result<ExitCode> {
     match args.examples {
         Some(n) => {
             let backend = crate::backend::resolve(recipe.header.backend);
-            let shown = crate::exec::preview_examples(&recipe, &dag, &store, backend, &stage, n)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&shown)?);
-            } else {
-                print!("{}", render::examples(&stage, &shown));
+            let shown = crate::exec::preview_examples(&recipe, &dag, &store, backend, &stage, n);
+            let answers = render::stage_manifest(&recipe, &dag, &store, &stage)
+                .ok()
+                .and_then(|(m, _)| m.summary.get("answers").and_then(Value::as_array).cloned())
+                .filter(|a| !a.is_empty());
+            match (shown, answers) {
+                (Ok(shown), answers) => {
+                    if args.json {
+                        println!("{}", serde_json::to_string_pretty(&shown)?);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    print!("{}", render::examples(&stage, &shown));
+                    if let Some(a) = answers {
+                        print!("\n{}", render::answer_examples(&stage, &a, n));
+                    }
+                }
+                // A stage that trains on nothing (evaluate) shows its answers alone.
+                (Err(_), Some(a)) if args.json => {
+                    println!("{}", serde_json::to_string_pretty(&a)?);
+                }
+                (Err(_), Some(a)) => print!("{}", render::answer_examples(&stage, &a, n)),
+                (Err(e), None) => return Err(e),
             }
         }
         None => render::show(&recipe, &dag, &store, &stage, args.json)?,

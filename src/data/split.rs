@@ -1,6 +1,6 @@
-//! Deterministic train / validation / test splits. Rows are grouped by their normalised text
-//! (see `leakage::normalize`) and whole groups are assigned, so near-duplicates never straddle
-//! two splits. The assignment depends only on the rows and the seed.
+//! Deterministic train / validation / test splits. Rows are grouped (see `leakage::groups`:
+//! the same normalised text, or a shared prompt or answer) and whole groups are assigned, so
+//! no leak straddles two splits. The assignment depends only on the rows and the seed.
 
 use anyhow::{Result, bail};
 

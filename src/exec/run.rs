@@ -563,11 +563,15 @@ impl<'a> Run<'a> {
                 entry.hub.insert(rel, format!("{repo}@{commit}"));
             }
         }
-        // A stage that reproduced the recorded action and output keeps its entry (and the
-        // wall time of the run that first produced it), so a fresh clone's first run does not
-        // churn a committed lockfile.
+        // A stage that reproduced the recorded action, output and metrics keeps its entry (and
+        // the wall time of the run that first produced it), so a fresh clone's first run does
+        // not churn a committed lockfile. Metrics a newer hone reports for the same output are
+        // recorded: a remote result whose metrics differ from the lockfile's is refused.
         let reproduced = self.lockfile.stages.get(&stage.name).is_some_and(|old| {
-            old.action == entry.action && old.artifact == entry.artifact && old.hub == entry.hub
+            old.action == entry.action
+                && old.artifact == entry.artifact
+                && old.hub == entry.hub
+                && old.metrics == entry.metrics
         });
         if !reproduced {
             self.lockfile.stages.insert(stage.name.clone(), entry);

@@ -424,7 +424,9 @@ pub(crate) fn rejected_column() -> String {
     "rejected".into()
 }
 
-/// Where an RL stage's rewards come from: a reward model and/or rules; what is set adds up.
+/// Where an RL stage's rewards come from: a reward model, rules and verifiers; each is scored
+/// and logged on its own (`rewards/<name>/mean`) and the reward is their sum, each times its
+/// weight.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardSource {
@@ -441,6 +443,47 @@ pub struct RewardSource {
     /// 1 when the response matches this regular expression, else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    /// 1 when the response's final result (the last `\boxed{}`, else what follows `####`,
+    /// else the last number) equals the one in this column as a number (`1/2`, `0.5` and `50%`
+    /// are equal), else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub math: Option<String>,
+    /// 1 when the response thinks in one `<think>...</think>` and then answers, else 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub think: bool,
+    /// Weight of each reward by name (`model`, `exact_match`, `length`, `regex`, `math`,
+    /// `think`); 1 for any not named.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub weights: std::collections::BTreeMap<String, f64>,
+}
+
+impl RewardSource {
+    /// The names of the rewards that are set, in the order they add up.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("model", self.model.is_some()),
+            ("exact_match", self.exact_match.is_some()),
+            ("length", self.length.is_some()),
+            ("regex", self.regex.is_some()),
+            ("math", self.math.is_some()),
+            ("think", self.think),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// The reference-answer columns the rules read.
+    pub fn answer_columns(&self) -> Vec<&str> {
+        let mut columns: Vec<&str> = self
+            .exact_match
+            .iter()
+            .chain(&self.math)
+            .map(String::as_str)
+            .collect();
+        columns.dedup();
+        columns
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -7,8 +7,9 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use tokenizers::Tokenizer;
 
+use super::answer_scores::AnswerScores;
 use super::model_input::EOS;
-use crate::data::leakage::normalize;
+use crate::data::leakage::{Key, Part, Unit, mark_sole, normalize};
 use crate::data::tokenized::Encoded;
 use crate::model::Backbone;
 use crate::model::chat::{ChatTemplate, Message};
@@ -228,6 +229,37 @@ pub(crate) fn parse_messages(v: &serde_json::Value) -> Result<Vec<Message>> {
         bail!("the conversation has no assistant turn to learn from");
     }
     Ok(messages)
+}
+
+/// Conversations as leakage keys, by what the user said: the whole is the user turns, and each
+/// user turn is a part (see `data::leakage`). A validation question that also occurs in
+/// training measures memory, not skill; answers are left out, since held-out phrasings of a
+/// trained question may share its answer (the dataset stage's `leakage_key` decides that).
+pub(crate) fn conversation_keys(name: &str, convs: &[Vec<Message>]) -> Vec<Key> {
+    convs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let said: Vec<&Message> = c.iter().filter(|m| m.role == "user").collect();
+            let exact = said
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let mut units: Vec<Unit> = said
+                .iter()
+                .enumerate()
+                .map(|(n, m)| Unit::new(Part::Prompt, format!("user turn {}", n + 1), &m.content))
+                .collect();
+            mark_sole(&mut units);
+            Key {
+                normalized: normalize(&exact),
+                exact,
+                origin: format!("{name} #{}", i + 1),
+                units,
+            }
+        })
+        .collect()
 }
 
 /// A preference example: the conversation so far, and the answer preferred to it over the
@@ -543,26 +575,49 @@ pub(crate) fn greedy_answers(
     Ok(out)
 }
 
-/// Share of validation conversations whose last assistant turn the model reproduces, greedy,
-/// from the turns before it (after normalising case, punctuation and spaces); `None` without
-/// validation data.
-pub(crate) fn exact_match(
-    model: &Backbone,
-    tok: &Tokenizer,
-    format: &Format,
-    convs: &[Vec<Message>],
-    sampling: &SamplingConfig,
-    device: &Device,
-) -> Result<Option<f64>> {
-    let answered = greedy_answers(model, tok, format, convs, sampling, device)?;
-    if answered.is_empty() {
-        return Ok(None);
+/// Validation answers a stage keeps in its summary, at most.
+pub(crate) const ANSWERS_KEPT: usize = 100;
+
+/// How validation answers compare with their references, before and after training: the mean
+/// of each score (`None` without validation data), and the first `ANSWERS_KEPT` answers with
+/// their scores, for `hone show` and the report (a row per question and `model`: `before` or
+/// `after`).
+pub(crate) fn before_and_after(
+    before: &[Answered],
+    after: &[Answered],
+) -> (Option<[AnswerScores; 2]>, Vec<serde_json::Value>) {
+    let score = |answered: &[Answered]| -> Vec<AnswerScores> {
+        answered
+            .iter()
+            .map(|a| AnswerScores::of(&a.answer, &a.reference))
+            .collect()
+    };
+    let (sb, sa) = (score(before), score(after));
+    let mean = |s: &[AnswerScores]| {
+        AnswerScores::mean(s).map(|[exact_match, contains, token_f1, rouge_l]| AnswerScores {
+            exact_match,
+            contains,
+            token_f1,
+            rouge_l,
+        })
+    };
+    let means = mean(&sb).zip(mean(&sa)).map(|(b, a)| [b, a]);
+    let mut rows = Vec::new();
+    for (i, (b, a)) in before.iter().zip(after).enumerate().take(ANSWERS_KEPT) {
+        for (model, answered, s) in [("before", b, &sb[i]), ("after", a, &sa[i])] {
+            let mut row = serde_json::json!({
+                "model": model,
+                "prompt": answered.prompt,
+                "reference": answered.reference,
+                "answer": answered.answer,
+            });
+            for (name, v) in super::answer_scores::NAMES.iter().zip(s.values()) {
+                row[*name] = v.into();
+            }
+            rows.push(row);
+        }
     }
-    let hits = answered
-        .iter()
-        .filter(|a| normalize(&a.answer) == normalize(&a.reference))
-        .count();
-    Ok(Some(hits as f64 / answered.len() as f64))
+    (means, rows)
 }
 
 #[cfg(test)]

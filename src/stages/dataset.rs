@@ -9,7 +9,7 @@ use super::metrics;
 use crate::data::layouts::{self, Layout};
 use crate::data::leakage::{self, Key, Overlap};
 use crate::data::split::{self, Split};
-use crate::data::table::{Row, Table};
+use crate::data::table::Row;
 use crate::spec::StageResult;
 use crate::spec::context::{SettingError, StageContext};
 use crate::spec::kind::{self, DATA_INPUT, DataRole, InputSlot, Kind, Problem};
@@ -62,6 +62,11 @@ pub struct DatasetSpec {
     /// What an overlap between splits, or with an `eval` dataset, does: `error` (default) or `warn`.
     #[serde(default)]
     pub on_leak: OnLeak,
+    /// What a near-duplicate (a part of 20 words or more whose word 3-shingles overlap one of
+    /// the other set's by a Jaccard similarity of 0.5 or more) does: `warn` (default), `error`
+    /// like a leak, or `off` (not looked for).
+    #[serde(default, skip_serializing_if = "NearDuplicates::is_warn")]
+    pub near_duplicates: NearDuplicates,
 }
 
 fn yes() -> bool {
@@ -82,6 +87,24 @@ pub enum OnLeak {
     #[default]
     Error,
     Warn,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NearDuplicates {
+    /// A warning naming the rows.
+    #[default]
+    Warn,
+    /// Fails the stage as a leak does.
+    Error,
+    /// Not looked for.
+    Off,
+}
+
+impl NearDuplicates {
+    fn is_warn(&self) -> bool {
+        *self == NearDuplicates::Warn
+    }
 }
 
 /// Sizes of held-out splits: a fraction in (0, 1) or a whole number of rows.
@@ -123,7 +146,9 @@ const SOURCE: InputSlot = InputSlot::new("source", DATA_INPUT);
 impl Kind for DatasetKind {
     type Settings = DatasetSpec;
     const NAME: &'static str = "dataset";
-    const VERSION: Option<&'static str> = None;
+    /// 2: conversation columns are keys, and a split keeps rows that share a prompt or an answer
+    /// together (the same action could split such rows otherwise before).
+    const VERSION: Option<&'static str> = Some("2");
     const DESCRIPTION: &'static str =
         "Read a table (JSONL, CSV, Parquet), clean it, split it, check it for leakage.";
 
@@ -225,6 +250,13 @@ struct DatasetMetrics {
     rows_test: Option<usize>,
     duplicates_dropped: usize,
     leaked_rows: usize,
+    /// Recorded only when there are some (older lockfiles have no such metric).
+    #[serde(skip_serializing_if = "is_zero")]
+    near_duplicate_rows: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
@@ -239,20 +271,42 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     let duplicates = if spec.dedup { t.dedup() } else { 0 };
 
-    let key_columns = spec.leakage_key.clone().unwrap_or_else(|| t.text_columns());
-    let keys = row_keys(&t, &key_columns)?;
+    let key_columns = spec
+        .leakage_key
+        .clone()
+        .unwrap_or_else(|| leakage::text_columns(&t));
+    let keys = leakage::table_keys(&t, &key_columns)?;
+    // Keys with no text in them would report "0 leaked" without having compared anything.
+    let text_columns = leakage::text_columns(&t);
+    let no_text = !key_columns.iter().any(|c| text_columns.contains(c));
+    let mut warnings = Vec::new();
+    if no_text && !t.rows.is_empty() {
+        warnings.push(if key_columns.is_empty() {
+            format!(
+                "no column of {} holds text or conversations, so leakage cannot be checked; name the columns that identify an example in `leakage_key`",
+                t.source
+            )
+        } else {
+            format!(
+                "the `leakage_key` columns [{}] of {} hold no text: leakage is checked by their values alone, so a copied example under another value goes unseen",
+                key_columns.join(", "),
+                t.source
+            )
+        });
+    }
     ctx.progress.set_message("splitting");
     let assignment = match spec.role {
         DatasetRole::Eval => vec![Split::Test; t.rows.len()],
-        DatasetRole::Train => {
-            let groups: Vec<String> = keys.iter().map(|k| k.normalized.clone()).collect();
-            split::assign(&groups, spec.split.validation, spec.split.test, ctx.seed).map_err(
-                |e| {
-                    SettingError::new("split", e.to_string())
-                        .help("hold out fewer rows, or give the dataset more")
-                },
-            )?
-        }
+        DatasetRole::Train => split::assign(
+            &leakage::groups(&keys),
+            spec.split.validation,
+            spec.split.test,
+            ctx.seed,
+        )
+        .map_err(|e| {
+            SettingError::new("split", e.to_string())
+                .help("hold out fewer rows, or give the dataset more")
+        })?,
     };
     let splits: Vec<Split> = spec
         .outputs()
@@ -281,9 +335,10 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
 
     ctx.progress.set_message("checking for leakage");
     let mut overlaps: Vec<Overlap> = Vec::new();
+    let similar = spec.near_duplicates != NearDuplicates::Off;
     for (i, (sa, _, ka)) in parts.iter().enumerate() {
         for (sb, _, kb) in &parts[i + 1..] {
-            overlaps.push(leakage::overlap(sa.name(), ka, sb.name(), kb));
+            overlaps.push(leakage::overlap(sa.name(), ka, sb.name(), kb, similar));
         }
     }
     for (name, view) in &ctx.checked_against {
@@ -294,45 +349,53 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
             .cloned()
             .collect();
         let cols = if cols.is_empty() {
-            eval.text_columns()
+            leakage::text_columns(&eval)
         } else {
             cols
         };
-        let eval_keys = row_keys(&eval, &cols)?;
+        let eval_keys = leakage::table_keys(&eval, &cols)?;
         for (s, _, k) in &parts {
             overlaps.push(leakage::overlap(
                 s.name(),
                 k,
                 &format!("eval dataset `{name}`"),
                 &eval_keys,
+                similar,
             ));
         }
     }
-    let leaks: Vec<&Overlap> = overlaps.iter().filter(|o| o.total() > 0).collect();
-    let mut warnings = Vec::new();
-    if !leaks.is_empty() {
-        let text: Vec<String> = leaks
-            .iter()
-            .map(|o| {
-                format!(
-                    "{} rows of {} also in {} ({} exact, {} after normalising); e.g. {}",
-                    o.total(),
-                    o.a,
-                    o.b,
-                    o.exact,
-                    o.near,
-                    o.examples.join("; ")
-                )
-            })
-            .collect();
-        match spec.on_leak {
-            OnLeak::Error => bail!(
-                "data leakage in stage `{}`:\n  {}\nremove the overlapping examples, or set `on_leak: warn` to proceed anyway",
-                ctx.stage,
-                text.join("\n  ")
-            ),
-            OnLeak::Warn => warnings.extend(text.into_iter().map(|t| format!("leakage: {t}"))),
-        }
+    let leaks: Vec<String> = overlaps
+        .iter()
+        .filter(|o| o.leaked() > 0)
+        .map(|o| o.describe())
+        .collect();
+    let similar: Vec<String> = overlaps
+        .iter()
+        .filter(|o| o.similar > 0)
+        .map(|o| o.describe_similar())
+        .collect();
+    let mut failing = Vec::new();
+    match spec.on_leak {
+        OnLeak::Error => failing.extend(leaks.iter().cloned()),
+        OnLeak::Warn => warnings.extend(leaks.iter().map(|t| format!("leakage: {t}"))),
+    }
+    match spec.near_duplicates {
+        NearDuplicates::Error => failing.extend(similar.iter().cloned()),
+        _ => warnings.extend(similar.iter().map(|t| format!("near-duplicates: {t}"))),
+    }
+    if !failing.is_empty() {
+        let setting = match (spec.on_leak, spec.near_duplicates) {
+            (OnLeak::Error, NearDuplicates::Error) if !similar.is_empty() => {
+                "`on_leak: warn` (`near_duplicates: warn` for near-duplicates)"
+            }
+            (OnLeak::Error, _) => "`on_leak: warn`",
+            _ => "`near_duplicates: warn`",
+        };
+        bail!(
+            "data leakage in stage `{}`:\n  {}\nremove the overlapping examples, narrow what identifies an example with `leakage_key`, or set {setting} to proceed anyway",
+            ctx.stage,
+            failing.join("\n  ")
+        );
     }
 
     ctx.progress.set_message("writing");
@@ -353,7 +416,8 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         rows_validation: rows_of(Split::Validation),
         rows_test: rows_of(Split::Test),
         duplicates_dropped: duplicates,
-        leaked_rows: leaks.iter().map(|o| o.total()).sum(),
+        leaked_rows: overlaps.iter().map(|o| o.leaked()).sum(),
+        near_duplicate_rows: overlaps.iter().map(|o| o.similar).sum(),
     };
     let columns: Vec<Value> = t
         .columns
@@ -368,6 +432,7 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "rows": rows_per_split,
         "columns": columns,
         "key_columns": key_columns,
+        "leakage_checked": !no_text,
         "leakage": overlaps,
         "first_rows": t.with_rows(parts[0].1.iter().take(3).cloned().collect()).row_objects(3),
     });
@@ -379,38 +444,4 @@ pub fn run(spec: &DatasetSpec, ctx: &mut StageContext) -> Result<StageResult> {
         warnings,
         summary,
     })
-}
-
-/// The text of `columns` in each row, as leakage/grouping keys.
-fn row_keys(t: &Table, columns: &[String]) -> Result<Vec<Key>> {
-    let idx = t.indices(columns, "`leakage_key` names")?;
-    Ok(t.rows
-        .iter()
-        .map(|r| {
-            let parts: Vec<String> = idx
-                .iter()
-                .map(|&i| match &r.values[i] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    v => v.to_string(),
-                })
-                .collect();
-            let exact = parts.join("\u{1f}");
-            let normalized = parts
-                .iter()
-                .map(|p| leakage::normalize(p))
-                .collect::<Vec<_>>()
-                .join(" | ");
-            let normalized = if normalized.chars().all(|c| c == ' ' || c == '|') {
-                String::new()
-            } else {
-                normalized
-            };
-            Key {
-                exact,
-                normalized,
-                origin: t.origin(r),
-            }
-        })
-        .collect())
 }

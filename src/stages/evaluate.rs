@@ -16,6 +16,7 @@ use super::conversation::{Format, encode_conversations, eos_token, greedy_answer
 use super::metrics::{self, Rounded};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::tables::{read_split, read_table};
+use crate::data::leakage::{self, Key, Part, text_keys};
 use crate::data::table::{ColumnType, Row, Table};
 use crate::model::Model;
 use crate::model::chat::Message;
@@ -117,6 +118,9 @@ pub struct QaEval {
     /// How each model is prompted (use the template its SFT stage trained with).
     #[serde(default)]
     pub template: PromptTemplate,
+    /// A system turn before every question, as the models were trained to see one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     #[serde(default = "default_max_length")]
     pub max_length: usize,
     #[serde(default = "default_eval_tokens")]
@@ -385,8 +389,11 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 &q.response_column,
             )?
             .iter()
-            .map(|(p, r)| one_turn(p, r))
-            .collect::<Vec<_>>(),
+            .map(|(p, r)| {
+                let system = q.system.iter().map(|s| Message::new("system", s));
+                system.chain(one_turn(p, r)).collect()
+            })
+            .collect::<Vec<Vec<Message>>>(),
         ),
         None => None,
     };
@@ -404,7 +411,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             let (train, val) = super::rollout::read_prompts(
                 ctx.input(REWARD_PROMPTS.key)?,
                 &r.prompt_column,
-                None,
+                &[],
             )?;
             // Held-out prompts when the dataset has them.
             let prompts = if val.is_empty() { train } else { val };
@@ -420,31 +427,43 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     // Each model's reward-model score per prompt, for win rates.
     let mut judged: BTreeMap<String, Vec<f64>> = BTreeMap::new();
 
-    // Evaluation texts, to check against what each model trained on.
-    let mut eval_texts: Vec<(&str, Vec<String>)> = Vec::new();
+    // Evaluation examples, to check against what each model trained on.
+    let mut eval_keys: Vec<(&str, Vec<Key>)> = Vec::new();
     if let Some(t) = &texts {
-        eval_texts.push(("perplexity", t.clone()));
+        eval_keys.push(("perplexity", text_keys("perplexity", Part::Text, t)));
     }
     if let Some(q) = &qa {
-        eval_texts.push(("qa", q.iter().map(|c| c[0].content.clone()).collect()));
+        eval_keys.push(("qa", super::conversation::conversation_keys("qa", q)));
     }
     if let Some(l) = &labelled {
-        eval_texts.push(("classification", l.iter().map(|(t, _)| t.clone()).collect()));
+        let l: Vec<String> = l.iter().map(|(t, _)| t.clone()).collect();
+        eval_keys.push((
+            "classification",
+            text_keys("classification", Part::Text, &l),
+        ));
     }
     let mut warnings = Vec::new();
     let mut leaked = serde_json::Map::new();
     for (model, inputs) in &ctx.training_data {
+        // Each text cell on its own, and each row by its parts (conversation turns included).
         let mut trained_on = Vec::new();
         for input in inputs {
             let t = read_table(input, MissingPolicy::Null)?;
+            let columns = leakage::text_columns(&t);
             for c in t.text_columns() {
-                trained_on.extend(super::tables::texts_of(&t, &c)?);
+                let part = Part::of_column(&c);
+                let i = t.indices(std::slice::from_ref(&c), "the stage reads column")?[0];
+                trained_on.extend(t.rows.iter().filter_map(|r| {
+                    let text = r.values[i].as_str().filter(|s| !s.is_empty())?;
+                    Some(Key::text(t.origin(r), part, text))
+                }));
             }
+            trained_on.extend(leakage::table_keys(&t, &columns)?);
         }
-        for (check, texts) in &eval_texts {
+        for (check, keys) in &eval_keys {
             let name = format!("{check} evaluation");
             let against = format!("the training data of `{model}`");
-            let (n, w) = super::guards::leakage_warnings(&[(&name, texts, &against, &trained_on)]);
+            let (n, w) = super::guards::leakage_warnings(&[(&name, keys, &against, &trained_on)]);
             if n > 0 {
                 leaked.insert(format!("{model}.{check}"), n.into());
             }
@@ -653,6 +672,7 @@ fn answers(
                 token_f1: s.token_f1,
                 rouge_l: s.rouge_l,
                 judge: None,
+                judge_reply: None,
             }
         })
         .collect();
@@ -805,6 +825,9 @@ struct AnswerRow {
     /// The judge's grade, scaled to [0, 1] (`None`: no judge, or its reply held no grade).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     judge: Option<f64>,
+    /// What the judge wrote (its grade is read from this; `judge` is null when none was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    judge_reply: Option<String>,
 }
 
 /// The key of one model's evaluation: the model's files, every data input's, the settings
@@ -831,6 +854,11 @@ fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result
         "data": data,
         "settings": settings,
     });
+    let mut material = material;
+    if spec.qa.as_ref().is_some_and(|q| q.judge.is_some()) {
+        // Judged answers made before the judge's replies were kept must not be reused.
+        material["judge_replies"] = true.into();
+    }
     Ok(format!(
         "eval-{}",
         crate::store::hash::hash_bytes(serde_json::to_string(&material)?.as_bytes())
@@ -933,8 +961,10 @@ fn grade(
                 .tokenizer
                 .decode(&ids, true)
                 .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
-            r.judge = parse_grade(format.answer(&reply), j.scale)
-                .map(|g| f64::from(g - 1) / f64::from(j.scale - 1));
+            let reply = format.answer(&reply).to_owned();
+            r.judge =
+                parse_grade(&reply, j.scale).map(|g| f64::from(g - 1) / f64::from(j.scale - 1));
+            r.judge_reply = Some(reply);
         }
     }
     let graded: Vec<f64> = rows.iter().filter_map(|r| r.judge).collect();
@@ -968,7 +998,7 @@ fn answers_table(ctx: &StageContext, rows: &[AnswerRow], judged: bool) -> Table 
         "rouge_l",
     ];
     if judged {
-        columns.push("judge");
+        columns.extend(["judge", "judge_reply"]);
     }
     let mut t = table(
         ctx,
@@ -986,17 +1016,16 @@ fn answers_table(ctx: &StageContext, rows: &[AnswerRow], judged: bool) -> Table 
                     json!(r.rouge_l),
                 ];
                 if judged {
-                    row.push(json!(r.judge));
+                    row.extend([json!(r.judge), json!(r.judge_reply)]);
                 }
                 row
             })
             .collect(),
     );
-    for (i, ty) in t.types.iter_mut().enumerate() {
-        *ty = if i < 4 {
-            ColumnType::Text
-        } else {
-            ColumnType::Float
+    for (ty, name) in t.types.iter_mut().zip(&columns) {
+        *ty = match *name {
+            "model" | "prompt" | "reference" | "answer" | "judge_reply" => ColumnType::Text,
+            _ => ColumnType::Float,
         };
     }
     t

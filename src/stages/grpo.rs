@@ -18,8 +18,8 @@ use tokenizers::Tokenizer;
 use super::conversation::Format;
 use super::metrics::{self, Rounded, Training};
 use super::rollout::{
-    Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
-    token_logps,
+    Answering, Measured, PromptRow, RlSettings, RlSetup, Scorer, measure, measured_prompts,
+    rollout, token_logps,
 };
 use crate::model::Backbone;
 use crate::model::sampling::SamplingConfig;
@@ -96,6 +96,9 @@ pub struct Grpo<'a> {
     pub infer_device: Device,
     /// Mean reward of each step's samples, for the stage's report.
     pub rewards: RefCell<Vec<f64>>,
+    /// The step's own metrics (TRL's names): each reward's mean, the share of answers cut at
+    /// `max_new_tokens`, their mean length, and with `beta` the mean k3 KL per answer token.
+    pub step: RefCell<Vec<(String, f64)>>,
 }
 
 impl Objective<Backbone> for Grpo<'_> {
@@ -125,18 +128,36 @@ impl Objective<Backbone> for Grpo<'_> {
             &self.infer_device,
         )
         .expect("prompts were tokenized before training");
-        let rows: Vec<(&PromptRow, &str)> = r
+        let components = r
+            .scored(prompts, self.scorer)
+            .expect("the reward model scores text");
+        let rewards = self.scorer.sum(&components);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        self.rewards.borrow_mut().push(mean(&rewards));
+        let lengths: Vec<f64> = r
             .completions
             .iter()
-            .map(|(p, _, text)| (&prompts[*p], text.as_str()))
+            .map(|(_, ids, _)| ids.len() as f64)
             .collect();
-        let rewards = self
-            .scorer
-            .score(&rows)
-            .expect("the reward model scores text");
-        self.rewards
-            .borrow_mut()
-            .push(rewards.iter().sum::<f64>() / rewards.len().max(1) as f64);
+        let clipped: Vec<f64> = r
+            .completions
+            .iter()
+            .map(|(_, ids, _)| {
+                let stopped = ids
+                    .last()
+                    .is_some_and(|t| self.sampling.stop_tokens.contains(t));
+                f64::from(u8::from(
+                    !stopped && ids.len() >= self.sampling.max_new_tokens,
+                ))
+            })
+            .collect();
+        let mut step = vec![("reward".to_owned(), mean(&rewards))];
+        for (name, c) in self.scorer.names().into_iter().zip(&components) {
+            step.push((format!("rewards/{name}/mean"), mean(c)));
+        }
+        step.push(("completions/mean_length".into(), mean(&lengths)));
+        step.push(("completions/clipped_ratio".into(), mean(&clipped)));
+        *self.step.borrow_mut() = step;
         let advantages: Vec<f32> = rewards
             .chunks(self.group)
             .flat_map(group_advantages)
@@ -161,10 +182,15 @@ impl Objective<Backbone> for Grpo<'_> {
             let ref_lp = Tensor::<2>::from_data(ref_lp.into_data(), &device);
             // k3 = exp(ref - lp) - (ref - lp) - 1, per token.
             let logr = ref_lp - lp;
-            loss = loss
-                + (logr.clone().exp() - logr)
-                    .sub_scalar(1.0)
-                    .mul_scalar(self.beta);
+            let k3 = (logr.clone().exp() - logr).sub_scalar(1.0);
+            // Its mean over the answer tokens, logged as TRL logs `kl`.
+            let tokens = mask.clone().sum().into_scalar::<f32>().max(1.0);
+            let kl = (k3.clone().detach() * mask.clone())
+                .sum()
+                .into_scalar::<f32>()
+                / tokens;
+            self.step.borrow_mut().push(("kl".into(), f64::from(kl)));
+            loss = loss + k3.mul_scalar(self.beta);
         }
         aggregate(loss, mask, self.aggregation, self.sampling.max_new_tokens)
             .mul_scalar(prompts.len() as f64)
@@ -172,6 +198,9 @@ impl Objective<Backbone> for Grpo<'_> {
 
     fn count(&self, prompts: &Vec<PromptRow>) -> f64 {
         prompts.len() as f64
+    }
+    fn step_metrics(&self) -> Vec<(String, f64)> {
+        std::mem::take(&mut *self.step.borrow_mut())
     }
     fn unit(&self) -> &'static str {
         "prompts"
@@ -203,7 +232,7 @@ impl Kind for GrpoKind {
     type Settings = GrpoSpec;
     const NAME: &'static str = "grpo";
     const VERSION: Option<&'static str> = None;
-    const DESCRIPTION: &'static str = "Group relative policy optimisation: groups of sampled answers per prompt, scored by a\nreward model or a rule, advantages normalised within each group.";
+    const DESCRIPTION: &'static str = "Group relative policy optimisation: groups of sampled answers per prompt, scored by a\nreward model, verifiers (math, think) and rules, advantages normalised within each group.";
 
     fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, PROMPTS, REWARD_MODEL]
@@ -227,11 +256,28 @@ impl Kind for GrpoKind {
     fn check(&self, g: &GrpoSpec, stage: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         let r = &g.reward;
-        if r.model.is_none() && r.exact_match.is_none() && r.length.is_none() && r.regex.is_none() {
+        let names = r.names();
+        if names.is_empty() {
             problems.push(
                 Problem::at_key("reward", format!("`stages.{stage}.reward` gives no reward"))
-                    .help("set `model: { from: <reward stage> }`, or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
+                    .help("set `model: { from: <reward stage> }`, a verifier (`math: <answer column>`, `think: true`), or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
             );
+        }
+        for (name, w) in &r.weights {
+            if !names.contains(&name.as_str()) {
+                problems.push(
+                    Problem::new(
+                        format!("reward.weights.{name}"),
+                        format!("a weight for `{name}`, which is not one of this stage's rewards"),
+                    )
+                    .help(format!("rewards set here: {}", names.join(", "))),
+                );
+            } else if !w.is_finite() {
+                problems.push(Problem::new(
+                    format!("reward.weights.{name}"),
+                    format!("the weight of `{name}` is not a finite number"),
+                ));
+            }
         }
         if let Some(re) = &r.regex
             && let Err(e) = regex::Regex::new(re)
@@ -299,7 +345,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             prompts_input: PROMPTS.key,
             policy_input: MODEL.key,
             prompt_column: &spec.prompt_column,
-            answer_column: spec.reward.exact_match.as_deref(),
+            answer_columns: spec.reward.answer_columns(),
             template: &spec.template,
             max_new_tokens: spec.max_new_tokens,
             temperature: spec.temperature,
@@ -316,7 +362,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     };
     let measured = measured_prompts(&train_prompts, &val_prompts);
     ctx.progress.set_message("measuring the reward (before)");
-    let before = mean_reward(&backbone.valid(), &answering, measured, &scorer, 1)?;
+    let before = measure(&backbone.valid(), &answering, measured, &scorer, 1)?;
     let reference = (spec.beta > 0.0).then(|| backbone.valid());
     let (backbone, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
     let objective = Grpo {
@@ -331,6 +377,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         aggregation: spec.aggregation,
         infer_device: infer_device.clone(),
         rewards: RefCell::new(Vec::new()),
+        step: RefCell::new(Vec::new()),
     };
     let batches: Vec<Vec<PromptRow>> = train_prompts
         .chunks(spec.train.batch_size.max(1))
@@ -340,7 +387,7 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         super::training::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)?;
     let inference = trained.valid();
     ctx.progress.set_message("measuring the reward (after)");
-    let after = mean_reward(&inference, &answering, measured, &scorer, 1)?;
+    let after = measure(&inference, &answering, measured, &scorer, 1)?;
     let sampled = objective.rewards.into_inner();
 
     let prompting = format.prompting(&spec.template, &tokenizer)?;
@@ -355,33 +402,94 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         )
     };
     let (early, late) = first_last(&sampled);
-    let metrics = GrpoMetrics {
+    let mut metrics = metrics::record(&GrpoMetrics {
         training: Training::of(&summary),
-        reward_before: before.zip(after).map(|(b, _)| Rounded(b)),
-        reward_after: before.zip(after).map(|(_, a)| Rounded(a)),
+        reward_before: before
+            .as_ref()
+            .zip(after.as_ref())
+            .map(|(b, _)| Rounded(b.mean)),
+        reward_after: before
+            .as_ref()
+            .zip(after.as_ref())
+            .map(|(_, a)| Rounded(a.mean)),
         sampled_reward_first_quarter: Rounded(early),
         sampled_reward_last_quarter: Rounded(late),
-    };
+    });
+    // With several rewards, each on its own: a verifier's before/after is its accuracy.
+    if let (Some(b), Some(a)) = (&before, &after)
+        && b.components.len() > 1
+    {
+        for ((name, vb), (_, va)) in b.components.iter().zip(&a.components) {
+            metrics.insert(format!("reward_{name}_before"), json!(Rounded(*vb)));
+            metrics.insert(format!("reward_{name}_after"), json!(Rounded(*va)));
+        }
+    }
     let mut warnings = Vec::new();
-    if let (Some(b), Some(a)) = (before, after)
-        && a <= b
+    if let (Some(b), Some(a)) = (&before, &after)
+        && a.mean <= b.mean
     {
         warnings.push(format!(
-            "the reward did not rise ({b:.3} -> {a:.3}): more steps, a higher lr, or a larger group may help"
+            "the reward did not rise ({:.3} -> {:.3}): more steps, a higher lr, or a larger group may help",
+            b.mean, a.mean
         ));
     }
+    let answers = answer_rows(
+        measured,
+        &spec.reward,
+        &scorer,
+        before.as_ref(),
+        after.as_ref(),
+    );
     Ok(StageResult {
-        metrics: metrics::record(&metrics),
+        metrics,
         warnings,
         summary: json!({
             "method": super::training::method_name(&spec.peft, &adapted),
             "prompts": train_prompts.len(),
             "validation_prompts": val_prompts.len(),
             "group_size": spec.group_size,
-            "reward_before": before,
-            "reward_after": after,
+            "reward_before": before.as_ref().map(|m| m.mean),
+            "reward_after": after.as_ref().map(|m| m.mean),
+            "answers": answers,
             "sampled_reward_per_step": sampled,
             "training": summary,
         }),
     })
+}
+
+/// The held-out answers before and after training, each with every reward's score, for
+/// `hone show --examples` and the report (the first `ANSWERS_KEPT` prompts).
+fn answer_rows(
+    prompts: &[PromptRow],
+    reward: &RewardSource,
+    scorer: &Scorer,
+    before: Option<&Measured>,
+    after: Option<&Measured>,
+) -> Vec<serde_json::Value> {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Vec::new();
+    };
+    let reference_column = reward.math.as_ref().or(reward.exact_match.as_ref());
+    let mut rows = Vec::new();
+    for (b, a) in before
+        .answers
+        .iter()
+        .zip(&after.answers)
+        .take(super::conversation::ANSWERS_KEPT)
+    {
+        for (model, (p, text, scores)) in [("before", b), ("after", a)] {
+            let prompt = &prompts[*p];
+            let mut row = json!({
+                "model": model,
+                "prompt": prompt.prompt,
+                "reference": reference_column.and_then(|c| prompt.answers.get(c)),
+                "answer": text,
+            });
+            for (name, s) in scorer.names().into_iter().zip(scores) {
+                row[name] = (*s).into();
+            }
+            rows.push(row);
+        }
+    }
+    rows
 }

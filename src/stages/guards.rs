@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use super::metrics::{Forgetting, Rounded};
-use crate::data::leakage::{Key, normalize, overlap};
+use crate::data::leakage::{Key, overlap};
 use crate::model::Backbone;
 use crate::spec::context::StageContext;
 use crate::spec::kind::{DATA_INPUT, InputSlot, Problem};
@@ -188,36 +188,22 @@ pub fn replay_batches(
     encode(&picked)
 }
 
-/// Leakage between two sets of texts a stage uses (training vs validation, probe, or
-/// evaluation data): a warning per overlapping pair, with examples.
-pub fn leakage_warnings(pairs: &[(&str, &[String], &str, &[String])]) -> (usize, Vec<String>) {
-    let keys = |name: &str, texts: &[String]| -> Vec<Key> {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Key {
-                exact: t.clone(),
-                normalized: normalize(t),
-                origin: format!("{name} #{}", i + 1),
-            })
-            .collect()
-    };
+/// Leakage between two sets of examples a stage uses (training vs validation, probe, or
+/// evaluation data): a warning per overlapping pair, naming the rows, with examples, and the
+/// count of leaked examples (near-duplicates are warned about, not counted).
+pub fn leakage_warnings(pairs: &[(&str, &[Key], &str, &[Key])]) -> (usize, Vec<String>) {
     let (mut leaked, mut warnings) = (0, Vec::new());
     for (a_name, a, b_name, b) in pairs {
         if a.is_empty() || b.is_empty() {
             continue;
         }
-        let o = overlap(a_name, &keys(a_name, a), b_name, &keys(b_name, b));
-        if o.total() > 0 {
-            leaked += o.total();
-            warnings.push(format!(
-                "leakage: {} of {} {a_name} examples also occur in {b_name} ({} exact, {} after normalising): {}",
-                o.total(),
-                a.len(),
-                o.exact,
-                o.near,
-                o.examples.join("; ")
-            ));
+        let o = overlap(a_name, a, b_name, b, true);
+        if o.leaked() > 0 {
+            leaked += o.leaked();
+            warnings.push(format!("leakage: {}", o.describe()));
+        }
+        if o.similar > 0 {
+            warnings.push(format!("near-duplicates: {}", o.describe_similar()));
         }
     }
     (leaked, warnings)
@@ -302,14 +288,26 @@ mod tests {
 
     #[test]
     fn leakage_counts_exact_and_normalised_overlaps() {
-        let train = vec![
-            "What does the radiator do?".to_owned(),
-            "Unique.".to_owned(),
-        ];
-        let eval = vec!["what does the RADIATOR do".to_owned(), "Other".to_owned()];
+        use crate::data::leakage::{Part, text_keys};
+        let train = text_keys(
+            "training",
+            Part::Prompt,
+            &[
+                "What does the radiator do?".to_owned(),
+                "Unique.".to_owned(),
+            ],
+        );
+        let eval = text_keys(
+            "evaluation",
+            Part::Prompt,
+            &["what does the RADIATOR do".to_owned(), "Other".to_owned()],
+        );
         let (n, w) = leakage_warnings(&[("evaluation", &eval, "training", &train)]);
         assert_eq!(n, 1);
-        assert!(w[0].contains("1 of 2 evaluation examples"), "{w:?}");
+        assert!(
+            w[0].contains("1 of 2 examples of evaluation also in training (0 exact, 1 after normalising): rows evaluation #1"),
+            "{w:?}"
+        );
         let (n, w) = leakage_warnings(&[("evaluation", &eval[1..], "training", &train)]);
         assert_eq!((n, w.len()), (0, 0));
     }

@@ -27,6 +27,7 @@ pub mod sft;
 pub mod tables;
 pub mod tokenizer;
 pub mod training;
+pub mod verifiers;
 
 use crate::spec::{Builtin, Registry};
 

@@ -247,15 +247,10 @@ impl Ppo<'_> {
             &self.infer_device,
         )
         .expect("prompts were tokenized before training");
-        let rows: Vec<(&PromptRow, &str)> = r
-            .completions
-            .iter()
-            .map(|(p, _, text)| (&prompts[*p], text.as_str()))
-            .collect();
-        let mut scores = self
-            .scorer
-            .score(&rows)
+        let components = r
+            .scored(prompts, self.scorer)
             .expect("the reward model scores text");
+        let mut scores = self.scorer.sum(&components);
         if let Some(penalty) = self.spec.missing_eos_penalty {
             for (s, (_, ids, _)) in scores.iter_mut().zip(&r.completions) {
                 if !ids
@@ -489,7 +484,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             prompts_input: PROMPTS.key,
             policy_input: MODEL.key,
             prompt_column: &spec.prompt_column,
-            answer_column: None,
+            answer_columns: Vec::new(),
             template: &spec.template,
             max_new_tokens: spec.max_new_tokens,
             temperature: spec.temperature,

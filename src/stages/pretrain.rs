@@ -13,6 +13,7 @@ use super::guards;
 use super::metrics::{self, Forgetting, Rounded, TrainLoss, Training};
 use super::model_input::{LoadedModel, load_model_input};
 use super::tables::texts_of;
+use crate::data::leakage::{Part, text_keys};
 use crate::data::masking::{Masked, mask_tokens};
 use crate::model::{Backbone, Model, save_hf_dir};
 use crate::spec::StageResult;
@@ -290,8 +291,12 @@ pub fn run(spec: &PretrainSpec, ctx: &mut StageContext) -> Result<StageResult> {
         eos,
         &infer_device,
     )?;
-    let (leaked, mut warnings) =
-        super::guards::leakage_warnings(&[("validation", &val_texts, "training", &train_texts)]);
+    let (leaked, mut warnings) = super::guards::leakage_warnings(&[(
+        "validation",
+        &text_keys("validation", Part::Text, &val_texts),
+        "training",
+        &text_keys("training", Part::Text, &train_texts),
+    )]);
     let (trained, summary, mean_tps) = if causal {
         // Packed texts are cut into row-sized pieces and kept whole; unpacked ones are cut.
         let limit = (!spec.packing).then_some(spec.max_length);

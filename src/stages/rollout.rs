@@ -8,6 +8,7 @@ use tokenizers::Tokenizer;
 use super::conversation::Format;
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::scoring::{RewardText, score};
+use super::verifiers;
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
 use crate::model::sampling::{SamplingConfig, generate};
@@ -15,32 +16,36 @@ use crate::model::{Backbone, Model};
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::settings::RewardSource;
 use crate::train::objectives::LmBatch;
+use std::collections::BTreeMap;
 
-/// A prompt, and its reference answer when a rule needs one.
+/// A prompt, and its reference answers by column, when a rule needs them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PromptRow {
     pub prompt: String,
-    pub answer: Option<String>,
+    pub answers: BTreeMap<String, String>,
 }
 
-/// Prompts of the train and validation splits (a file or single split: all train).
+/// Prompts of the train and validation splits (a file or single split: all train), with the
+/// reference answers of `answer_columns`.
 pub fn read_prompts(
     input: &ResolvedInput,
     prompt_column: &str,
-    answer_column: Option<&str>,
+    answer_columns: &[&str],
 ) -> Result<(Vec<PromptRow>, Vec<PromptRow>)> {
     let of = |t: &Table| -> Result<Vec<PromptRow>> {
         let mut cols = vec![prompt_column.to_owned()];
-        cols.extend(answer_column.map(str::to_owned));
+        cols.extend(answer_columns.iter().map(|c| c.to_string()));
         let idx = t.indices(&cols, "the stage reads column")?;
         Ok(t.rows
             .iter()
             .filter_map(|r| {
                 Some(PromptRow {
                     prompt: r.values[idx[0]].as_str()?.to_owned(),
-                    answer: idx
-                        .get(1)
-                        .and_then(|&i| r.values[i].as_str().map(str::to_owned)),
+                    answers: cols[1..]
+                        .iter()
+                        .zip(&idx[1..])
+                        .filter_map(|(c, &i)| Some((c.clone(), r.values[i].as_str()?.to_owned())))
+                        .collect(),
                 })
             })
             .collect())
@@ -48,12 +53,17 @@ pub fn read_prompts(
     crate::stages::tables::split_rows(input, of)
 }
 
-/// Scores responses: the reward model's score plus 1 for each rule a response meets.
+/// Scores responses: each reward that is set (a reward model's score, 1 or 0 for each rule and
+/// verifier), and their sum weighted by `weights`.
 pub struct Scorer {
     pub model: Option<(Model, Tokenizer, RewardText)>,
-    exact_match: bool,
+    exact_match: Option<String>,
     length: Option<(usize, usize)>,
     regex: Option<regex::Regex>,
+    math: Option<String>,
+    think: bool,
+    /// (name, weight) of each reward that is set, in the order they add up.
+    weights: Vec<(&'static str, f64)>,
     device: Device,
 }
 
@@ -101,7 +111,7 @@ impl Scorer {
         };
         Ok(Scorer {
             model,
-            exact_match: source.exact_match.is_some(),
+            exact_match: source.exact_match.clone(),
             length: source.length.as_ref().map(|l| (l.min, l.max)),
             regex: source
                 .regex
@@ -109,48 +119,91 @@ impl Scorer {
                 .map(regex::Regex::new)
                 .transpose()
                 .context("reward.regex")?,
+            math: source.math.clone(),
+            think: source.think,
+            weights: source
+                .names()
+                .into_iter()
+                .map(|n| (n, source.weights.get(n).copied().unwrap_or(1.0)))
+                .collect(),
             device: device.clone(),
         })
     }
 
-    /// The reward of each (prompt row, response).
-    pub fn score(&self, rows: &[(&PromptRow, &str)]) -> Result<Vec<f64>> {
-        let mut rewards = vec![0.0; rows.len()];
+    /// The names of the rewards, in the order `components` gives them.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.weights.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// The weighted sum of each response's components (as `components` gives them).
+    pub fn sum(&self, components: &[Vec<f64>]) -> Vec<f64> {
+        let n = components.first().map_or(0, Vec::len);
+        (0..n)
+            .map(|i| {
+                let mut total = 0.0;
+                for ((_, w), c) in self.weights.iter().zip(components) {
+                    total += w * c[i];
+                }
+                total
+            })
+            .collect()
+    }
+
+    /// Each reward of each (prompt row, response), one list per reward in `names` order.
+    pub fn components(&self, rows: &[(&PromptRow, &str)]) -> Result<Vec<Vec<f64>>> {
+        let mut out = Vec::new();
         if let Some((model, tok, text)) = &self.model {
-            for (chunk, out) in rows.chunks(16).zip(rewards.chunks_mut(16)) {
+            let mut scores = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(16) {
                 let pairs: Vec<(&str, &str)> =
                     chunk.iter().map(|(p, r)| (p.prompt.as_str(), *r)).collect();
                 let batch = text.batch(tok, &pairs, &self.device)?;
                 let s = score(model, &batch)
                     .try_into_vec_as::<f32>()
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                for (o, v) in out.iter_mut().zip(s) {
-                    *o += v as f64;
-                }
+                scores.extend(s.into_iter().map(f64::from));
             }
+            out.push(scores);
         }
-        for ((row, response), r) in rows.iter().zip(rewards.iter_mut()) {
-            if self.exact_match
-                && row
-                    .answer
-                    .as_deref()
+        let rule = |f: &dyn Fn(&PromptRow, &str) -> bool| -> Vec<f64> {
+            rows.iter()
+                .map(|(row, response)| f64::from(u8::from(f(row, response))))
+                .collect()
+        };
+        if let Some(column) = &self.exact_match {
+            out.push(rule(&|row, response| {
+                row.answers
+                    .get(column)
                     .is_some_and(|a| normalize(a) == normalize(response))
-            {
-                *r += 1.0;
-            }
-            if let Some((min, max)) = self.length {
-                let words = response.split_whitespace().count();
-                if (min..=max).contains(&words) {
-                    *r += 1.0;
-                }
-            }
-            if let Some(re) = &self.regex
-                && re.is_match(response)
-            {
-                *r += 1.0;
-            }
+            }));
         }
-        Ok(rewards)
+        if let Some((min, max)) = self.length {
+            out.push(rule(&|_, response| {
+                (min..=max).contains(&response.split_whitespace().count())
+            }));
+        }
+        if let Some(re) = &self.regex {
+            out.push(rule(&|_, response| re.is_match(response)));
+        }
+        if let Some(column) = &self.math {
+            out.push(
+                rows.iter()
+                    .map(|(row, response)| {
+                        row.answers
+                            .get(column)
+                            .map_or(0.0, |a| verifiers::math_reward(response, a))
+                    })
+                    .collect(),
+            );
+        }
+        if self.think {
+            out.push(
+                rows.iter()
+                    .map(|(_, response)| verifiers::think_reward(response))
+                    .collect(),
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -194,6 +247,16 @@ pub fn rollout(
 }
 
 impl Rollout {
+    /// Each reward of each completion (`Scorer::components`); `prompts` are the rollout's.
+    pub fn scored(&self, prompts: &[PromptRow], scorer: &Scorer) -> Result<Vec<Vec<f64>>> {
+        let rows: Vec<(&PromptRow, &str)> = self
+            .completions
+            .iter()
+            .map(|(p, _, text)| (&prompts[*p], text.as_str()))
+            .collect();
+        scorer.components(&rows)
+    }
+
     /// Prompt + completion rows with the completion tokens as targets.
     pub fn batch(&self, device: &Device) -> LmBatch {
         let (mut seqs, mut targets) = (Vec::new(), Vec::new());
@@ -245,6 +308,27 @@ pub fn mean_reward(
     scorer: &Scorer,
     samples: usize,
 ) -> Result<Option<f64>> {
+    Ok(measure(policy, how, prompts, scorer, samples)?.map(|m| m.mean))
+}
+
+/// Answers to held-out prompts and how each reward scored them.
+pub struct Measured {
+    /// The mean reward.
+    pub mean: f64,
+    /// The mean of each reward, by name.
+    pub components: Vec<(&'static str, f64)>,
+    /// (prompt index, answer, each reward's score), prompt-major.
+    pub answers: Vec<(usize, String, Vec<f64>)>,
+}
+
+/// What `mean_reward` measures, with each reward's mean and every answer.
+pub fn measure(
+    policy: &Backbone,
+    how: &Answering,
+    prompts: &[PromptRow],
+    scorer: &Scorer,
+    samples: usize,
+) -> Result<Option<Measured>> {
     if prompts.is_empty() {
         return Ok(None);
     }
@@ -263,8 +347,33 @@ pub fn mean_reward(
         sampling: &cfg,
         ..*how
     };
-    let rewards = judged(policy, &how, prompts, scorer, samples.max(1))?;
-    Ok(Some(rewards.iter().sum::<f64>() / rewards.len() as f64))
+    let r = rollout(
+        policy,
+        how.tok,
+        how.format,
+        prompts,
+        samples.max(1),
+        how.sampling,
+        how.device,
+    )?;
+    let components = r.scored(prompts, scorer)?;
+    let rewards = scorer.sum(&components);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    Ok(Some(Measured {
+        mean: mean(&rewards),
+        components: scorer
+            .names()
+            .into_iter()
+            .zip(&components)
+            .map(|(n, c)| (n, mean(c)))
+            .collect(),
+        answers: r
+            .completions
+            .into_iter()
+            .enumerate()
+            .map(|(i, (p, _, text))| (p, text, components.iter().map(|c| c[i]).collect()))
+            .collect(),
+    }))
 }
 
 /// The scores of `group` answers to each prompt (prompt-major order), sampled as `how` says.
@@ -284,12 +393,7 @@ pub fn judged(
         how.sampling,
         how.device,
     )?;
-    let rows: Vec<(&PromptRow, &str)> = r
-        .completions
-        .iter()
-        .map(|(p, _, text)| (&prompts[*p], text.as_str()))
-        .collect();
-    scorer.score(&rows)
+    Ok(scorer.sum(&r.scored(prompts, scorer)?))
 }
 
 /// What every RL stage sets up the same way before training: its prompts (the held-out ones
@@ -311,8 +415,8 @@ pub struct RlSettings<'a> {
     pub prompts_input: &'a str,
     pub policy_input: &'a str,
     pub prompt_column: &'a str,
-    /// The reference-answer column a rule reward needs.
-    pub answer_column: Option<&'a str>,
+    /// The reference-answer columns the rule rewards read.
+    pub answer_columns: Vec<&'a str>,
     pub template: &'a crate::spec::settings::PromptTemplate,
     pub max_new_tokens: usize,
     pub temperature: f64,
@@ -324,7 +428,7 @@ impl RlSetup {
         let (train_prompts, val_prompts) = read_prompts(
             ctx.input(s.prompts_input)?,
             s.prompt_column,
-            s.answer_column,
+            &s.answer_columns,
         )?;
         if train_prompts.is_empty() {
             bail!("no prompts in column `{}`", s.prompt_column);

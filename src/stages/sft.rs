@@ -13,14 +13,13 @@ use serde_json::{Value, json};
 
 use super::classify;
 use super::conversation::{
-    Conversations, Format, conversation_batches, eos_token, exact_match, one_turn, parse_messages,
-    tokenize_conversations, truncate,
+    Conversations, Format, before_and_after, conversation_batches, conversation_keys, eos_token,
+    greedy_answers, one_turn, parse_messages, tokenize_conversations, truncate,
 };
 use super::guards;
 use super::metrics::{self, Forgetting, Rounded, TrainLoss, Training};
 use super::model_input::{LoadedModel, load_model_input};
 use crate::data::table::Table;
-use crate::model::chat::Message;
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model, lora, save_hf_dir};
 use crate::spec::StageResult;
@@ -135,7 +134,9 @@ const DATA: InputSlot = InputSlot::new("data", DATA_INPUT);
 impl Kind for SftKind {
     type Settings = SftSpec;
     const NAME: &'static str = "sft";
-    const VERSION: Option<&'static str> = None;
+    /// 2: token F1 and ROUGE-L of the validation answers before and after join exact match in
+    /// the metrics.
+    const VERSION: Option<&'static str> = Some("2");
     const DESCRIPTION: &'static str =
         "Supervised fine-tuning on prompt/response pairs (loss on the response), full or LoRA.";
 
@@ -265,7 +266,7 @@ struct SftMetrics {
     #[serde(flatten)]
     loss: TrainLoss,
     #[serde(flatten)]
-    exact_match: Option<ExactMatch>,
+    answers: Option<AnswerQuality>,
     #[serde(skip_serializing_if = "Option::is_none")]
     leaked_examples: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,11 +275,17 @@ struct SftMetrics {
     forgetting: Option<Forgetting>,
 }
 
-/// Exact match of greedy answers on the validation pairs.
+/// How greedy answers to the validation prompts compare with the references, before and
+/// after training: exact match (after normalising), SQuAD token F1 and ROUGE-L (partial credit
+/// for a right answer in other words).
 #[derive(Serialize)]
-struct ExactMatch {
+struct AnswerQuality {
     exact_match_before: Rounded,
     exact_match_after: Rounded,
+    token_f1_before: Rounded,
+    token_f1_after: Rounded,
+    rouge_l_before: Rounded,
+    rouge_l_after: Rounded,
 }
 
 /// What a classification stage records.
@@ -369,9 +376,9 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     let (leaked, mut warnings) = guards::leakage_warnings(&[(
         "validation",
-        &user_prompts(&val_pairs),
+        &conversation_keys("validation", &val_pairs),
         "training",
-        &user_prompts(&train_pairs),
+        &conversation_keys("training", &train_pairs),
     )]);
     let sampling = SamplingConfig {
         max_new_tokens: spec.eval_max_new_tokens,
@@ -389,7 +396,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     )?;
     ctx.progress
         .set_message("answering validation prompts (before)");
-    let before = exact_match(
+    let before = greedy_answers(
         &backbone.valid(),
         &tokenizer,
         &format,
@@ -412,7 +419,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress
         .set_message("answering validation prompts (after)");
     let inference = trained.valid();
-    let after = exact_match(
+    let after = greedy_answers(
         &inference,
         &tokenizer,
         &format,
@@ -426,6 +433,7 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let prompting = format.prompting(&spec.template, &tokenizer)?;
     super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
+    let (quality, answer_rows) = before_and_after(&before, &after);
     if too_long > 0 {
         warnings.push(truncation_warning(spec, too_long));
     }
@@ -433,9 +441,13 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let metrics = SftMetrics {
         training: Training::of(&summary),
         loss: TrainLoss::of(&summary),
-        exact_match: before.zip(after).map(|(b, a)| ExactMatch {
-            exact_match_before: Rounded(b),
-            exact_match_after: Rounded(a),
+        answers: quality.as_ref().map(|[b, a]| AnswerQuality {
+            exact_match_before: Rounded(b.exact_match),
+            exact_match_after: Rounded(a.exact_match),
+            token_f1_before: Rounded(b.token_f1),
+            token_f1_after: Rounded(a.token_f1),
+            rouge_l_before: Rounded(b.rouge_l),
+            rouge_l_after: Rounded(a.rouge_l),
         }),
         leaked_examples: (leaked > 0).then_some(leaked),
         truncated_examples: (too_long > 0).then_some(too_long),
@@ -448,8 +460,9 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         "trainable_parameters": trainable(&trained),
         "train_pairs": train_pairs.len(),
         "validation_pairs": val_pairs.len(),
-        "exact_match_before": before,
-        "exact_match_after": after,
+        "exact_match_before": quality.as_ref().map(|[b, _]| b.exact_match),
+        "exact_match_after": quality.as_ref().map(|[_, a]| a.exact_match),
+        "answers": answer_rows,
         "training": summary,
     });
     Ok(StageResult {
@@ -457,21 +470,6 @@ pub fn run(spec: &SftSpec, ctx: &mut StageContext) -> Result<StageResult> {
         warnings,
         summary: summary_json,
     })
-}
-
-/// What the user said in each conversation, for leakage checks: a validation question
-/// that also occurs in training measures memory, not skill.
-fn user_prompts(convs: &[Vec<Message>]) -> Vec<String> {
-    convs
-        .iter()
-        .map(|c| {
-            c.iter()
-                .filter(|m| m.role == "user")
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .collect()
 }
 
 fn truncation_warning(spec: &SftSpec, too_long: usize) -> String {

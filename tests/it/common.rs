@@ -452,3 +452,14 @@ seed: {seed}
         d = d.display()
     )
 }
+
+/// The `metrics.jsonl` of the first run in `p`'s store: per-step and per-evaluation records.
+pub fn first_run_metrics(p: &Project) -> String {
+    let run = std::fs::read_dir(p.store().join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap()
+}

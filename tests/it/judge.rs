@@ -75,6 +75,22 @@ stages:
     let answers = manifest["summary"]["answers"].as_array().unwrap();
     assert!(!answers.is_empty());
     assert!(answers.iter().all(|a| a["judge"] == 1.0), "{answers:?}");
+    // The judge's own words are kept with every grade, and shown per example.
+    assert!(
+        answers.iter().all(|a| a["judge_reply"]
+            .as_str()
+            .is_some_and(|r| r.trim_start().starts_with('5'))),
+        "{answers:?}"
+    );
+    let examples = p.hone(&["show", "r.yaml", "eval", "--examples", "2"]).ok();
+    assert!(
+        examples.starts_with("2 of ")
+            && examples.contains("--- 1. ")
+            && examples.contains("reference  ")
+            && examples.contains("judge 1.00")
+            && examples.contains("judge said (graded): "),
+        "{examples}"
+    );
 
     // On a scale of 1 to 4 the judge's "5" is no grade: every answer is unparsed, and no
     // score is made up.
@@ -85,4 +101,9 @@ stages:
     p.hone(&["run", "r.yaml"]).ok();
     let show = p.hone(&["show", "r.yaml", "eval"]).ok();
     assert_eq!(metric(&show, "tuned.judge_unparsed"), 1.0, "{show}");
+    let examples = p.hone(&["show", "r.yaml", "eval", "--examples"]).ok();
+    assert!(
+        examples.contains("judge -") && examples.contains("judge said (no grade in it): "),
+        "the unparsed reply is there to read: {examples}"
+    );
 }

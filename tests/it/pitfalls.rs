@@ -83,7 +83,7 @@ fn forgetting_is_measured_flagged_and_prevented_by_replay() {
     assert!(
         run.contains("warning eval_leaky")
             && run.contains(
-                "leakage: 59 of 59 qa evaluation examples also occur in the training data of `sft`"
+                "leakage: 59 of 59 examples of qa evaluation also in the training data of `sft`"
             ),
         "{run}"
     );

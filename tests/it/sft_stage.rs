@@ -22,6 +22,8 @@ stages:
     source: {{ path: {d}/qa.jsonl }}
     columns: {{ question: prompt, answer: response }}
     split: {{ validation: 0.15 }}
+    # Phrasings of one question share its answer: each phrasing is an example.
+    leakage_key: [prompt]
   tok:
     kind: tokenizer
     data: {{ from: corpus.train }}
@@ -73,6 +75,29 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
         after >= 0.5,
         "full SFT exact match {before} -> {after}:\n{full}"
     );
+    // Partial credit rises with it, and agrees with evaluate's measure of the same answers.
+    for score in ["token_f1", "rouge_l"] {
+        let (b, a) = (
+            metric(&full, &format!("{score}_before")),
+            metric(&full, &format!("{score}_after")),
+        );
+        assert!(a > b && a >= after, "{score} {b} -> {a}:\n{full}");
+    }
+    // The validation answers, before and after, one by one.
+    let examples = p.hone(&["show", "r.yaml", "sft", "--examples", "1"]).ok();
+    let answers = examples
+        .split_once("questions `sft` answered")
+        .map(|(_, a)| a)
+        .unwrap_or_else(|| panic!("{examples}"));
+    assert!(
+        answers.contains("\nreference  ")
+            && answers.contains("\nbefore     ")
+            && answers.contains("\nafter      ")
+            && answers.contains("exact_match ")
+            && answers.contains(" · token_f1 ")
+            && answers.contains(" · rouge_l "),
+        "{examples}"
+    );
 
     let lora = p.hone(&["show", "r.yaml", "sft_lora"]).ok();
     let (before, after) = (
@@ -116,6 +141,10 @@ fn sft_teaches_held_out_answers_with_full_fine_tuning_and_lora() {
     assert!(close(
         metric(&eval, "full.exact_match"),
         metric(&full, "exact_match_after")
+    ));
+    assert!(close(
+        metric(&eval, "full.token_f1"),
+        metric(&full, "token_f1_after")
     ));
     assert!(close(
         metric(&eval, "lora.exact_match"),

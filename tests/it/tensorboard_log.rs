@@ -94,14 +94,7 @@ fn training_stages_log_tensorboard_events_with_trl_dpo_metrics() {
     );
 
     // The same per-step metrics are in the run's metrics.jsonl.
-    let runs = p.store().join("runs");
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let jsonl = crate::common::first_run_metrics(&p);
     assert!(jsonl.contains("\"rewards/margins\""), "{jsonl}");
 }
 

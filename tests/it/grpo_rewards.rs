@@ -1,0 +1,115 @@
+//! GRPO with several rewards: each is scored and logged on its own (TRL's `rewards/<name>/mean`,
+//! with `completions/mean_length` and `completions/clipped_ratio` per step), the reward is
+//! their weighted sum, each one's held-out mean is reported before and after, and the held-out
+//! answers are kept with every score. The learnable one here (answers of at most six words)
+//! rises; the `math` verifier scores the car answers' numbers; `kl` is logged with `beta`.
+
+use crate::common::{Project, metric};
+
+fn recipe(weights: &str) -> String {
+    format!(
+        r#"version: 1
+name: rewards
+seed: 42
+stages:
+{car_lm}  sft:
+    kind: sft
+    model: {{ from: lm }}
+    data: {{ from: qa }}
+    max_length: 64
+    peft: {{ method: lora, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
+    train: {{ epochs: 40, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
+  grpo:
+    kind: grpo
+    model: {{ from: sft }}
+    prompts: {{ from: qa }}
+    reward: {{ length: {{ min: 1, max: 6 }}, math: response{weights} }}
+    group_size: 6
+    max_new_tokens: 24
+    beta: 0.04
+    train: {{ epochs: 4, batch_size: 4, lr: 5.0e-4 }}
+"#,
+        car_lm = crate::common::car_lm_stages()
+    )
+}
+
+#[test]
+fn each_reward_is_scored_logged_and_weighted_on_its_own() {
+    let p = Project::new();
+    p.write("r.yaml", &recipe(", weights: { math: 2.0, length: 0.5 }"));
+    p.hone(&["run", "r.yaml"]).ok();
+    let show = p.hone(&["show", "r.yaml", "grpo"]).ok();
+    let m = |k: &str| metric(&show, k);
+    for when in ["before", "after"] {
+        let (length, math) = (
+            m(&format!("reward_length_{when}")),
+            m(&format!("reward_math_{when}")),
+        );
+        assert!(
+            (0.0..=1.0).contains(&length) && (0.0..=1.0).contains(&math),
+            "{show}"
+        );
+        assert!(
+            (m(&format!("reward_{when}")) - (0.5 * length + 2.0 * math)).abs() < 1e-3,
+            "the reward is the weighted sum of its parts:\n{show}"
+        );
+    }
+    assert!(
+        m("reward_length_after") >= m("reward_length_before") + 0.4,
+        "the length rule is learnt:\n{show}"
+    );
+
+    // Every step logs each reward, the answers' mean length and the share cut off.
+    let jsonl = crate::common::first_run_metrics(&p);
+    let steps: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| {
+            v["stage"] == "grpo" && v.get("rewards/math/mean").is_some()
+        })
+        .collect();
+    assert_eq!(steps.len() as f64, m("steps"), "{jsonl}");
+    for s in &steps {
+        let get = |k: &str| s[k].as_f64().unwrap_or_else(|| panic!("{k} in {s}"));
+        assert!(
+            (0.0..=1.0).contains(&get("completions/clipped_ratio")),
+            "{s}"
+        );
+        assert!(
+            (1.0..=24.0).contains(&get("completions/mean_length")),
+            "{s}"
+        );
+        let total = 0.5 * get("rewards/length/mean") + 2.0 * get("rewards/math/mean");
+        assert!((get("reward") - total).abs() < 1e-9, "{s}");
+        assert!(get("kl") >= 0.0, "k3 is never negative: {s}");
+    }
+    // The first step's policy is the reference: nothing to diverge from yet.
+    assert!(steps[0]["kl"].as_f64().unwrap() < 1e-4, "{}", steps[0]);
+    assert!(
+        steps.iter().any(|s| s["kl"].as_f64().unwrap() > 1e-4),
+        "training moves the policy away from the reference"
+    );
+
+    // The held-out answers before and after, each with both scores.
+    let examples = p.hone(&["show", "r.yaml", "grpo", "--examples", "2"]).ok();
+    assert!(
+        examples.contains("questions `grpo` answered")
+            && examples.contains("\nbefore ")
+            && examples.contains("\nafter ")
+            && examples.contains("length ")
+            && examples.contains(" · math "),
+        "{examples}"
+    );
+
+    // A weight for a reward the stage does not have is an error in the recipe.
+    p.write("r.yaml", &recipe(", weights: { maths: 2.0 }"));
+    let run = p.hone(&["run", "r.yaml"]);
+    assert_eq!(run.code(), 2, "a recipe error");
+    assert!(
+        run.stderr()
+            .contains("a weight for `maths`, which is not one of this stage's rewards")
+            && run.stderr().contains("rewards set here: length, math"),
+        "{}",
+        run.stderr()
+    );
+}
