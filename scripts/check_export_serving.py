@@ -2,13 +2,18 @@
 """Checks that an HF export serves as hone trained it: transformers loads it, renders the
 prompt with its chat template (tokenizer_config.json) and generates with its generation
 defaults (generation_config.json); the answer is compared with `hone generate` on the same
-directory. With --adapter, also loads a PEFT adapter export onto the given base.
+directory, and the model card's own Python snippet (README.md) is run as written and must
+print the same answer. With --adapter, also loads a PEFT adapter export onto the given base.
 
     python3 scripts/check_export_serving.py dist/car-assistant "What does the alternator do?"
     python3 scripts/check_export_serving.py --adapter dist/adapter --base BASE_DIR "prompt"
 needs torch, transformers (and peft for --adapter).
 """
 import argparse
+import contextlib
+import io
+import os
+import re
 import subprocess
 
 import torch
@@ -24,6 +29,17 @@ def transformers_answer(model, tok, prompt):
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids))
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def card_answer(model_dir, prompt):
+    """Runs the model card's transformers snippet as a reader would paste it."""
+    card = open(os.path.join(model_dir, "README.md")).read()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    snippet = snippet.replace("<this directory>", model_dir).replace('"..."', repr(prompt))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(snippet, {})
+    return out.getvalue().strip()
 
 
 def main():
@@ -53,8 +69,11 @@ def main():
             capture_output=True, text=True, check=True,
         ).stdout.strip()
         print("hone:        ", repr(hone))
-        print("same answer" if hone == got else "DIFFERENT ANSWERS")
-        raise SystemExit(0 if hone == got else 1)
+        card = card_answer(a.model, a.prompt)
+        print("model card:  ", repr(card))
+        same = hone == got == card
+        print("same answer" if same else "DIFFERENT ANSWERS")
+        raise SystemExit(0 if same else 1)
 
 
 if __name__ == "__main__":

@@ -210,6 +210,7 @@ pub fn preview_examples(
         crate::spec::context::Progress::hidden(),
     );
     ctx.recipe_name = recipe.header.name.clone();
+    ctx.recipe_dir = recipe.dir().to_path_buf();
     inputs::resolve_inputs(&mut ctx, recipe, dag, store, &known, i)?;
     spec.examples(&mut ctx, n).unwrap_or_else(|| {
         bail!(

@@ -391,6 +391,7 @@ impl<'a> Run<'a> {
             progress.clone(),
         );
         ctx.recipe_name = recipe.header.name.clone();
+        ctx.recipe_dir = recipe.dir().to_path_buf();
         let key_config = stage.spec.key_config();
         ctx.frozen_base_dtypes =
             crate::stages::training::frozen_base_dtypes(&key_config, self.backend);
@@ -410,7 +411,8 @@ impl<'a> Run<'a> {
             .filter(|_| logs_tensorboard)
             .map(|dir| {
                 std::sync::Arc::new(tensorboard::StageLog::new(
-                    recipe_dir(recipe)
+                    recipe
+                        .dir()
                         .join(dir)
                         .join(self.rundir.name())
                         .join(&stage.name),
@@ -544,7 +546,7 @@ impl<'a> Run<'a> {
             stage.spec.publish(&crate::spec::Publish {
                 store: self.store,
                 manifest: &manifest,
-                recipe_dir: recipe_dir(recipe),
+                recipe_dir: recipe.dir(),
                 protected: &self.protected,
             })?
         };
@@ -623,16 +625,6 @@ impl<'a> Run<'a> {
         });
         Ok(report)
     }
-}
-
-/// The directory of the recipe file: relative paths in it (exports, TensorBoard logs) start
-/// there.
-fn recipe_dir(recipe: &Recipe) -> &std::path::Path {
-    recipe
-        .path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
 }
 
 /// The remote's manifest of an action the look-ahead did not ask for (its key depends on a

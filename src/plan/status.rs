@@ -227,6 +227,17 @@ impl<'a> Evaluator<'a> {
                 }
             }
         }
+        // Settings that name a file (a verifier's script) key it by content.
+        for (rel, text) in stage.spec.argument_files() {
+            let path = self.recipe.dir().join(&text);
+            if path.is_file() {
+                let d = self.hashes.digest(&path).with_context(|| {
+                    format!("cannot read {text} (`{rel}` of stage {})", stage.name)
+                })?;
+                digests.insert(rel.clone(), d);
+                labels.insert(rel, format!("file {text}"));
+            }
+        }
         let mut against = Vec::new();
         for (up, edge) in self.dag.incoming(i) {
             if *edge == EdgeKind::LeakageCheck {

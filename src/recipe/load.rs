@@ -44,6 +44,15 @@ pub struct Stage {
 }
 
 impl Recipe {
+    /// The directory of the recipe file: relative paths in it (exports, TensorBoard logs, a
+    /// verifier's files) start there.
+    pub fn dir(&self) -> &std::path::Path {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+    }
+
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }

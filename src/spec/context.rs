@@ -157,6 +157,9 @@ pub struct StageContext {
     pub stage: String,
     /// The recipe's `name`.
     pub recipe_name: String,
+    /// The recipe file's directory: where a verifier program runs and its relative paths
+    /// start.
+    pub recipe_dir: PathBuf,
     /// Inputs by their path in the stage config (`source`, `models.base`).
     pub inputs: BTreeMap<String, ResolvedInput>,
     /// `eval` datasets this stage is checked against for leakage, by stage name.
@@ -206,6 +209,7 @@ impl StageContext {
         StageContext {
             stage,
             recipe_name: String::new(),
+            recipe_dir: PathBuf::from("."),
             inputs: BTreeMap::new(),
             checked_against: BTreeMap::new(),
             training_data: BTreeMap::new(),

@@ -207,6 +207,13 @@ pub trait Kind: Send + Sync + 'static {
         None
     }
 
+    /// Settings (dotted paths, list items by index: `reward.command.1`) whose text may name a
+    /// file relative to the recipe's directory (a verifier program's script): each that does
+    /// enters the action key by the file's content, as a `{ path }` input does.
+    fn argument_files(&self, _settings: &Self::Settings) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The prompt template a model from this stage was trained with, or the input whose
     /// model's template it keeps (an export), for `hone generate` on `RECIPE:STAGE`.
     fn prompt_template<'s>(
@@ -272,6 +279,7 @@ pub(super) trait DynKind: Send + Sync {
     fn trains_on(&self, s: &dyn Any) -> &'static [InputSlot];
     fn checks_training_data_of(&self) -> Option<InputSlot>;
     fn data_role(&self, s: &dyn Any) -> Option<DataRole>;
+    fn argument_files(&self, s: &dyn Any) -> Vec<String>;
     fn prompt_template<'a>(
         &self,
         s: &'a dyn Any,
@@ -361,6 +369,9 @@ impl<K: Kind> DynKind for K {
     }
     fn data_role(&self, s: &dyn Any) -> Option<DataRole> {
         Kind::data_role(self, typed::<K>(s))
+    }
+    fn argument_files(&self, s: &dyn Any) -> Vec<String> {
+        Kind::argument_files(self, typed::<K>(s))
     }
     fn prompt_template<'a>(
         &self,
@@ -497,6 +508,20 @@ impl StageSpec {
             .iter()
             .find(|s| s.matches(rel))
             .map_or(&[], |s| s.accepts)
+    }
+
+    /// Settings whose text may name a file that enters the action key by content (see
+    /// [`Kind::argument_files`]), with that text.
+    pub fn argument_files(&self) -> Vec<(String, String)> {
+        self.kind
+            .argument_files(self.settings.as_ref())
+            .into_iter()
+            .filter_map(|rel| {
+                let pointer: String = rel.split('.').map(|p| format!("/{p}")).collect();
+                let text = self.json.pointer(&pointer)?.as_str()?.to_owned();
+                Some((rel, text))
+            })
+            .collect()
     }
 
     /// The stage's named outputs and their types.

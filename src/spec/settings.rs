@@ -451,8 +451,17 @@ pub struct RewardSource {
     /// 1 when the response thinks in one `<think>...</think>` and then answers, else 0.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub think: bool,
+    /// A verifier program and its arguments (`[python3, verify.py]`): it reads one JSON object
+    /// a line on stdin (`prompt`, `response`, and the row's columns) and writes one number a
+    /// line. It runs in the recipe's directory; arguments that are files there enter the
+    /// action key by their content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Seconds one call of `command` (one batch of answers) may take (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
     /// Weight of each reward by name (`model`, `exact_match`, `length`, `regex`, `math`,
-    /// `think`); 1 for any not named.
+    /// `think`, `command`); 1 for any not named.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub weights: std::collections::BTreeMap<String, f64>,
 }
@@ -467,6 +476,7 @@ impl RewardSource {
             ("regex", self.regex.is_some()),
             ("math", self.math.is_some()),
             ("think", self.think),
+            ("command", self.command.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

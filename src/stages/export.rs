@@ -379,7 +379,9 @@ fn how_to_load(class: &str, chat: bool) -> String {
         "Load it with transformers:\n\n```python\nfrom transformers import {class}, AutoTokenizer\n\ntok = AutoTokenizer.from_pretrained(\"<this directory>\")\nmodel = {class}.from_pretrained(\"<this directory>\")\n"
     );
     if chat && class == "AutoModelForCausalLM" {
-        text.push_str("ids = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], add_generation_prompt=True, return_tensors=\"pt\")\nout = model.generate(ids)  # greedy, stops at the end of the answer (generation_config.json)\nprint(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))\n");
+        // `return_dict=True` gives the ids and attention mask alike on transformers 4 and 5
+        // (5 returns a BatchEncoding for `return_tensors` alone, which `generate` rejects).
+        text.push_str("inputs = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\nout = model.generate(**inputs)  # greedy, stops at the end of the answer (generation_config.json)\nprint(tok.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n");
     }
     text.push_str("```\n\n");
     if class == "AutoModelForCausalLM" {

@@ -128,9 +128,11 @@ impl Objective<Backbone> for Grpo<'_> {
             &self.infer_device,
         )
         .expect("prompts were tokenized before training");
+        // A reward that fails (a verifier program's crash) ends training: `run` turns the
+        // panic back into the error, and nothing is committed.
         let components = r
             .scored(prompts, self.scorer)
-            .expect("the reward model scores text");
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let rewards = self.scorer.sum(&components);
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         self.rewards.borrow_mut().push(mean(&rewards));
@@ -295,6 +297,22 @@ impl Kind for GrpoKind {
                 format!("length rule: min {} is above max {}", l.min, l.max),
             ));
         }
+        if let Some(c) = &r.command
+            && c.first().is_none_or(|p| p.trim().is_empty())
+        {
+            problems.push(
+                Problem::new("reward.command", "`command` names no program")
+                    .help("write the program and its arguments: `command: [python3, verify.py]`"),
+            );
+        }
+        if let Some(t) = r.timeout
+            && !(t > 0.0 && t.is_finite())
+        {
+            problems.push(Problem::new(
+                "reward.timeout",
+                format!("`timeout: {t}` is not a positive number of seconds"),
+            ));
+        }
         if g.group_size < 2 {
             problems.push(Problem::new(
                 "group_size",
@@ -304,6 +322,11 @@ impl Kind for GrpoKind {
         problems.extend(super::training::lora_problem(&g.peft));
         problems.extend(super::training::train_problems(&g.train));
         problems
+    }
+
+    fn argument_files(&self, g: &GrpoSpec) -> Vec<String> {
+        let n = g.reward.command.as_ref().map_or(0, Vec::len);
+        (0..n).map(|i| format!("reward.command.{i}")).collect()
     }
 
     fn prompt_template<'s>(&self, g: &'s GrpoSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
@@ -383,8 +406,10 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         .chunks(spec.train.batch_size.max(1))
         .map(<[PromptRow]>::to_vec)
         .collect();
-    let (trained, summary, _) =
-        super::training::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)?;
+    let (trained, summary, _) = crate::diag::without_panic(|| {
+        super::training::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)
+    })
+    .map_err(|e| anyhow::anyhow!(e))??;
     let inference = trained.valid();
     ctx.progress.set_message("measuring the reward (after)");
     let after = measure(&inference, &answering, measured, &scorer, 1)?;
@@ -482,7 +507,7 @@ fn answer_rows(
             let mut row = json!({
                 "model": model,
                 "prompt": prompt.prompt,
-                "reference": reference_column.and_then(|c| prompt.answers.get(c)),
+                "reference": reference_column.and_then(|c| prompt.text(c)),
                 "answer": text,
             });
             for (name, s) in scorer.names().into_iter().zip(scores) {

@@ -16,17 +16,23 @@ use crate::model::{Backbone, Model};
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::settings::RewardSource;
 use crate::train::objectives::LmBatch;
-use std::collections::BTreeMap;
 
-/// A prompt, and its reference answers by column, when a rule needs them.
+/// A prompt, and every column of its row (reference answers, what a verifier reads).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PromptRow {
     pub prompt: String,
-    pub answers: BTreeMap<String, String>,
+    pub columns: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Prompts of the train and validation splits (a file or single split: all train), with the
-/// reference answers of `answer_columns`.
+impl PromptRow {
+    /// The text in `column`, if it holds text.
+    pub fn text(&self, column: &str) -> Option<&str> {
+        self.columns.get(column).and_then(serde_json::Value::as_str)
+    }
+}
+
+/// Prompts of the train and validation splits (a file or single split: all train), each with
+/// its row's columns; `answer_columns` (what the rules read) must exist.
 pub fn read_prompts(
     input: &ResolvedInput,
     prompt_column: &str,
@@ -41,10 +47,11 @@ pub fn read_prompts(
             .filter_map(|r| {
                 Some(PromptRow {
                     prompt: r.values[idx[0]].as_str()?.to_owned(),
-                    answers: cols[1..]
+                    columns: t
+                        .columns
                         .iter()
-                        .zip(&idx[1..])
-                        .filter_map(|(c, &i)| Some((c.clone(), r.values[i].as_str()?.to_owned())))
+                        .cloned()
+                        .zip(r.values.iter().cloned())
                         .collect(),
                 })
             })
@@ -52,6 +59,9 @@ pub fn read_prompts(
     };
     crate::stages::tables::split_rows(input, of)
 }
+
+/// Seconds a verifier program may take on one batch when `reward.timeout` is not set.
+pub const DEFAULT_TIMEOUT_S: f64 = 60.0;
 
 /// Scores responses: each reward that is set (a reward model's score, 1 or 0 for each rule and
 /// verifier), and their sum weighted by `weights`.
@@ -62,6 +72,7 @@ pub struct Scorer {
     regex: Option<regex::Regex>,
     math: Option<String>,
     think: bool,
+    command: Option<verifiers::Verifier>,
     /// (name, weight) of each reward that is set, in the order they add up.
     weights: Vec<(&'static str, f64)>,
     device: Device,
@@ -121,6 +132,13 @@ impl Scorer {
                 .context("reward.regex")?,
             math: source.math.clone(),
             think: source.think,
+            command: source.command.clone().map(|argv| verifiers::Verifier {
+                argv,
+                dir: ctx.recipe_dir.clone(),
+                timeout: std::time::Duration::from_secs_f64(
+                    source.timeout.unwrap_or(DEFAULT_TIMEOUT_S),
+                ),
+            }),
             weights: source
                 .names()
                 .into_iter()
@@ -172,8 +190,7 @@ impl Scorer {
         };
         if let Some(column) = &self.exact_match {
             out.push(rule(&|row, response| {
-                row.answers
-                    .get(column)
+                row.text(column)
                     .is_some_and(|a| normalize(a) == normalize(response))
             }));
         }
@@ -189,8 +206,7 @@ impl Scorer {
             out.push(
                 rows.iter()
                     .map(|(row, response)| {
-                        row.answers
-                            .get(column)
+                        row.text(column)
                             .map_or(0.0, |a| verifiers::math_reward(response, a))
                     })
                     .collect(),
@@ -202,6 +218,18 @@ impl Scorer {
                     .map(|(_, response)| verifiers::think_reward(response))
                     .collect(),
             );
+        }
+        if let Some(v) = &self.command {
+            let lines: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(row, response)| {
+                    let mut line = row.columns.clone();
+                    line.insert("prompt".into(), row.prompt.clone().into());
+                    line.insert("response".into(), (*response).into());
+                    serde_json::Value::Object(line)
+                })
+                .collect();
+            out.push(v.scores(&lines)?);
         }
         Ok(out)
     }

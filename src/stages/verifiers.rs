@@ -1,5 +1,14 @@
 //! Verifiable rewards that need no model: whether an answer's final number is the reference's
-//! (`math`), and whether a response thinks before it answers (`think`). Both score 1 or 0.
+//! (`math`), whether a response thinks before it answers (`think`) (both score 1 or 0), and a
+//! verifier program of the user's (`command`).
+//!
+//! The `command` protocol: hone starts the program once per batch of answers, in the recipe's
+//! directory with hone's environment, writes one JSON object a line to its stdin (every column
+//! of the prompt's row, then `prompt` and `response`, the answer to score, which take the place
+//! of columns of those names), closes stdin, and reads one number a line from its stdout, in
+//! the same order. A crash (non-zero exit), a time-out, a line that is
+//! not a finite number, too few or too many lines, or more than `MAX_OUTPUT` bytes fail the
+//! stage with the program's stderr.
 //!
 //! What `math` accepts, for the answer and the reference alike:
 //! - the final result is the last `\boxed{...}`, else what follows the last `####` (GSM8K's
@@ -9,6 +18,176 @@
 //!   divides by 100) or a trailing full stop;
 //! - two results are equal when they differ by at most 1e-9 relative: `1/2`, `0.5`, `.50` and
 //!   `50%` are one value; `50` is another.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The most a verifier may write to stdout for one batch; more is an error, not a reward.
+pub const MAX_OUTPUT: u64 = 16 << 20;
+/// How much of a failed verifier's stderr an error shows (its end).
+const STDERR_SHOWN: usize = 4000;
+
+/// A verifier program: `argv` run in `dir`, each call allowed `timeout`.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub argv: Vec<String>,
+    pub dir: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Verifier {
+    /// The program's score of each line of `inputs` (JSON objects), in order.
+    pub fn scores(&self, inputs: &[serde_json::Value]) -> Result<Vec<f64>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shown = self.argv.join(" ");
+        // A program named by a path runs from the recipe's directory, as its arguments do.
+        let program = &self.argv[0];
+        let program: PathBuf = if program.contains('/') {
+            self.dir.join(program)
+        } else {
+            PathBuf::from(program)
+        };
+        let mut child = Command::new(&program)
+            .args(&self.argv[1..])
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start the reward program `{shown}` in {}",
+                    self.dir.display()
+                )
+            })?;
+        let mut payload = Vec::new();
+        for v in inputs {
+            serde_json::to_writer(&mut payload, v)?;
+            payload.push(b'\n');
+        }
+        // Writing, reading and reading stderr each on a thread of its own: a program that
+        // answers as it reads must not block on a full pipe.
+        let mut stdin = child.stdin.take().expect("piped");
+        let writer = std::thread::spawn(move || {
+            // A program that exits without reading everything closes the pipe: its exit
+            // status and output say what went wrong.
+            let _ = stdin.write_all(&payload);
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let read = stdout.take(MAX_OUTPUT + 1).read_to_end(&mut out);
+            read.map(|_| out)
+        });
+        let stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut err = Vec::new();
+            let _ = stderr.take(MAX_OUTPUT).read_to_end(&mut err);
+            err
+        });
+        let flooded = || {
+            anyhow::anyhow!(
+                "the reward program `{shown}` wrote more than {} MiB for {} answers: it must write one number a line",
+                MAX_OUTPUT >> 20,
+                inputs.len()
+            )
+        };
+        let started = Instant::now();
+        let mut reader = Some(reader);
+        let mut out = None;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            // A program that floods its output is stopped once past the limit: it would
+            // block on the pipe otherwise.
+            if reader.as_ref().is_some_and(|r| r.is_finished()) {
+                let read = reader.take().expect("present").join();
+                let read = read
+                    .map_err(|_| anyhow::anyhow!("reading the reward program's output failed"))??;
+                if read.len() as u64 > MAX_OUTPUT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(flooded());
+                }
+                out = Some(read);
+            }
+            if started.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the reward program `{shown}` took longer than {:.0}s on {} answers and was stopped{}\nraise `reward.timeout`, or make the program faster",
+                    self.timeout.as_secs_f64(),
+                    inputs.len(),
+                    stderr_tail(&errors.join().unwrap_or_default())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = writer.join();
+        let out = match (out, reader) {
+            (Some(out), _) => out,
+            (None, Some(r)) => r
+                .join()
+                .map_err(|_| anyhow::anyhow!("reading the reward program's output failed"))??,
+            (None, None) => unreachable!("the output is read or being read"),
+        };
+        let err = errors.join().unwrap_or_default();
+        if !status.success() {
+            bail!(
+                "the reward program `{shown}` failed ({status}){}",
+                stderr_tail(&err)
+            );
+        }
+        if out.len() as u64 > MAX_OUTPUT {
+            return Err(flooded());
+        }
+        let text = String::from_utf8_lossy(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() != inputs.len() {
+            bail!(
+                "the reward program `{shown}` wrote {} lines for {} answers: it must write one number a line, in order{}",
+                lines.len(),
+                inputs.len(),
+                stderr_tail(&err)
+            );
+        }
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                line.trim().parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    let line: String = line.chars().take(80).collect();
+                    anyhow::anyhow!(
+                        "line {} of the reward program `{shown}`'s output is not a number: {line:?}{}",
+                        i + 1,
+                        stderr_tail(&err)
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// "\nits stderr ends: ..." when there is any.
+fn stderr_tail(err: &[u8]) -> String {
+    let text = String::from_utf8_lossy(err);
+    let text = text.trim_end();
+    if text.is_empty() {
+        return String::new();
+    }
+    let start = text.len().saturating_sub(STDERR_SHOWN);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    format!("\nits stderr ends:\n{}", &text[start..])
+}
 
 /// The final numeric result of `text` (see the module docs), if it has one.
 pub fn final_number(text: &str) -> Option<f64> {

@@ -50,7 +50,10 @@ use serde::{Deserialize, Serialize};
 /// 6: a LoRA/QLoRA stage's `model` is its adapter on the checkpoint it started from (the
 /// base's own files, blobs shared with it; `model::layered`), not a merged f32 copy; readers
 /// fold the adapter in on load, to the values the merged copy held.
-pub const CACHE_FORMAT: u32 = 6;
+/// 7: an export's model card loads the model with `return_dict=True` and `**inputs`, which
+/// transformers 5 needs (its `apply_chat_template(..., return_tensors="pt")` returns a
+/// BatchEncoding); the exported weights are unchanged.
+pub const CACHE_FORMAT: u32 = 7;
 
 /// The type of an artifact, for contracts between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -493,6 +493,18 @@ fn cases() -> Vec<Case> {
             expect: &["reward.model", "a reward model", "r.yaml:10:"],
         },
         Case {
+            name: "grpo verifier without a program, and a timeout of zero",
+            recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  g:\n    kind: grpo\n    model: { path: m }\n    prompts: { from: d }\n    reward: { command: [], timeout: 0 }\n",
+            files: &[],
+            args: &[],
+            expect: &[
+                "`command` names no program",
+                "command: [python3, verify.py]",
+                "`timeout: 0` is not a positive number of seconds",
+                "r.yaml:9:",
+            ],
+        },
+        Case {
             name: "evaluate with nothing to measure",
             recipe: "version: 1\nname: t\nstages:\n  d: { kind: dataset, source: { path: d.jsonl } }\n  e:\n    kind: evaluate\n    models: {}\n",
             files: &[],

@@ -6,7 +6,7 @@
 
 use crate::common::{Project, metric};
 
-fn recipe(weights: &str) -> String {
+fn recipe(reward: &str) -> String {
     format!(
         r#"version: 1
 name: rewards
@@ -23,7 +23,7 @@ stages:
     kind: grpo
     model: {{ from: sft }}
     prompts: {{ from: qa }}
-    reward: {{ length: {{ min: 1, max: 6 }}, math: response{weights} }}
+    reward: {reward}
     group_size: 6
     max_new_tokens: 24
     beta: 0.04
@@ -36,7 +36,12 @@ stages:
 #[test]
 fn each_reward_is_scored_logged_and_weighted_on_its_own() {
     let p = Project::new();
-    p.write("r.yaml", &recipe(", weights: { math: 2.0, length: 0.5 }"));
+    p.write(
+        "r.yaml",
+        &recipe(
+            "{ length: { min: 1, max: 6 }, math: response, weights: { math: 2.0, length: 0.5 } }",
+        ),
+    );
     p.hone(&["run", "r.yaml"]).ok();
     let show = p.hone(&["show", "r.yaml", "grpo"]).ok();
     let m = |k: &str| metric(&show, k);
@@ -102,7 +107,10 @@ fn each_reward_is_scored_logged_and_weighted_on_its_own() {
     );
 
     // A weight for a reward the stage does not have is an error in the recipe.
-    p.write("r.yaml", &recipe(", weights: { maths: 2.0 }"));
+    p.write(
+        "r.yaml",
+        &recipe("{ length: { min: 1, max: 6 }, math: response, weights: { maths: 2.0 } }"),
+    );
     let run = p.hone(&["run", "r.yaml"]);
     assert_eq!(run.code(), 2, "a recipe error");
     assert!(
@@ -112,4 +120,93 @@ fn each_reward_is_scored_logged_and_weighted_on_its_own() {
         "{}",
         run.stderr()
     );
+}
+
+/// The output digests the lockfile records for `stage`.
+fn outputs(p: &Project, stage: &str) -> String {
+    let lock: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(p.path("r.lock")).unwrap()).unwrap();
+    serde_yaml::to_string(&lock["stages"][stage]["outputs"]).unwrap()
+}
+
+/// A verifier of the length rule's own judgement: 1 for an answer of 1 to 6 words.
+const SHORT_ANSWERS: &str = r#"import json, sys
+for line in sys.stdin:
+    row = json.loads(line)
+    assert isinstance(row["prompt"], str) and isinstance(row["response"], str)
+    print(1 if 1 <= len(row["response"].split()) <= 6 else 0)
+"#;
+
+#[test]
+fn a_verifier_program_scores_like_the_rule_it_reimplements_and_its_failures_stop_the_stage() {
+    let p = Project::new();
+    p.write("verify.py", SHORT_ANSWERS);
+    p.write("r.yaml", &recipe("{ length: { min: 1, max: 6 } }"));
+    p.hone(&["run", "r.yaml"]).ok();
+    let by_rule = outputs(&p, "grpo");
+    p.write("r.yaml", &recipe("{ command: [python3, verify.py] }"));
+    let run = p.hone(&["run", "r.yaml"]).ok();
+    assert!(run.contains("ran     grpo"), "{run}");
+    assert_eq!(
+        outputs(&p, "grpo"),
+        by_rule,
+        "the same rewards train the same model"
+    );
+
+    // The program's file is part of the action: editing it reruns the stage.
+    p.write("verify.py", &format!("{SHORT_ANSWERS}# edited\n"));
+    let run = p.hone(&["run", "r.yaml"]).ok();
+    assert!(run.contains("ran     grpo"), "{run}");
+    let run = p.hone(&["run", "r.yaml"]).ok();
+    assert!(run.contains("cached  grpo"), "{run}");
+
+    // Each way a verifier can fail stops the stage with what it said, and commits nothing.
+    let cases = [
+        (
+            "import sys\nsys.stderr.write('verifier exploded\\n')\nsys.exit(3)\n",
+            "",
+            &["failed (exit status: 3)", "verifier exploded"][..],
+        ),
+        (
+            "import time\ntime.sleep(30)\n",
+            ", timeout: 1",
+            &["took longer than 1s", "raise `reward.timeout`"][..],
+        ),
+        (
+            "import sys\nfor line in sys.stdin:\n    print('correct')\n",
+            "",
+            &[
+                "line 1 of the reward program `python3 bad.py`'s output is not a number: \"correct\"",
+            ][..],
+        ),
+        (
+            "import sys\nsys.stdin.read()\nsys.stdout.write('1\\n' * 20000000)\n",
+            "",
+            &["wrote more than 16 MiB"][..],
+        ),
+        (
+            "import sys\nsys.stdin.read()\nprint(1)\n",
+            "",
+            &["wrote 1 lines for"][..],
+        ),
+    ];
+    for (program, extra, expected) in cases {
+        p.write("bad.py", program);
+        p.write(
+            "r.yaml",
+            &recipe(&format!("{{ command: [python3, bad.py]{extra} }}")),
+        );
+        let before = p.actions();
+        let run = p.hone(&["run", "r.yaml"]);
+        assert_eq!(run.code(), 1, "{}", run.transcript());
+        for e in expected {
+            assert!(run.stderr().contains(e), "{e}: {}", run.stderr());
+        }
+        assert!(
+            run.stderr().contains("nothing was committed"),
+            "{}",
+            run.stderr()
+        );
+        assert_eq!(p.actions(), before, "nothing committed");
+    }
 }
