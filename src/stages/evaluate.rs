@@ -121,6 +121,10 @@ pub struct QaEval {
     /// A system turn before every question, as the models were trained to see one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Also score each answer's final number against the reference's (`math_accuracy`, as
+    /// GRPO's `math` reward reads them: `\boxed{}`, `####`, else the last number).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub math: bool,
     #[serde(default = "default_max_length")]
     pub max_length: usize,
     #[serde(default = "default_eval_tokens")]
@@ -662,6 +666,9 @@ fn answers(
         .into_iter()
         .map(|a| {
             let s = AnswerScores::of(&a.answer, &a.reference);
+            let math = cfg
+                .math
+                .then(|| super::verifiers::math_reward(&a.answer, &a.reference));
             AnswerRow {
                 model: name.to_owned(),
                 prompt: a.prompt,
@@ -673,6 +680,7 @@ fn answers(
                 rouge_l: s.rouge_l,
                 judge: None,
                 judge_reply: None,
+                math,
             }
         })
         .collect();
@@ -691,6 +699,11 @@ fn answers(
         .zip(means)
         .map(|(n, v)| ((*n).to_owned(), v))
         .collect();
+    if cfg.math {
+        let math: Vec<f64> = rows.iter().filter_map(|r| r.math).collect();
+        let accuracy = math.iter().sum::<f64>() / math.len().max(1) as f64;
+        scores.push(("math_accuracy".into(), accuracy));
+    }
     let eos = eos_token(&m.tokenizer, &m.config);
     let batches =
         encode_conversations(&m.tokenizer, &format, pairs, eos, cfg.max_length, 8, device)?;
@@ -828,6 +841,9 @@ struct AnswerRow {
     /// What the judge wrote (its grade is read from this; `judge` is null when none was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     judge_reply: Option<String>,
+    /// 1 when the answer's final number is the reference's (`qa.math`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    math: Option<f64>,
 }
 
 /// The key of one model's evaluation: the model's files, every data input's, the settings
@@ -1000,6 +1016,10 @@ fn answers_table(ctx: &StageContext, rows: &[AnswerRow], judged: bool) -> Table 
     if judged {
         columns.extend(["judge", "judge_reply"]);
     }
+    let math = rows.iter().any(|r| r.math.is_some());
+    if math {
+        columns.push("math");
+    }
     let mut t = table(
         ctx,
         &columns,
@@ -1017,6 +1037,9 @@ fn answers_table(ctx: &StageContext, rows: &[AnswerRow], judged: bool) -> Table 
                 ];
                 if judged {
                     row.extend([json!(r.judge), json!(r.judge_reply)]);
+                }
+                if math {
+                    row.push(json!(r.math));
                 }
                 row
             })

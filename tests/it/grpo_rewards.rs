@@ -210,3 +210,73 @@ fn a_verifier_program_scores_like_the_rule_it_reimplements_and_its_failures_stop
         assert_eq!(p.actions(), before, "nothing committed");
     }
 }
+
+/// `evaluate`'s `qa.math`: answers scored by their final number, as the `math` reward reads
+/// them. A model that learnt to answer in sentences ("The answer is 5.") gets the numbers
+/// right and the exact match wrong.
+#[test]
+fn evaluate_scores_final_numbers_with_math_accuracy() {
+    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
+    let p = Project::new();
+    let mut rows = String::new();
+    for a in 0..6 {
+        for b in 0..6 {
+            let row = serde_json::json!({
+                "prompt": format!("What is {a} plus {b}?"),
+                "response": format!("The answer is {}.", a + b),
+                "number": format!("{}", a + b),
+            });
+            rows.push_str(&format!("{row}\n"));
+        }
+    }
+    p.write("arith.jsonl", &rows);
+    p.write(
+        "r.yaml",
+        &format!(
+            r#"version: 1
+name: math
+seed: 1
+stages:
+  corpus:
+    kind: dataset
+    source: {{ path: {d}/corpus.jsonl }}
+  arith:
+    kind: dataset
+    source: {{ path: arith.jsonl }}
+  tok:
+    kind: tokenizer
+    data: {{ from: corpus.train }}
+    vocab_size: 400
+  sft:
+    kind: sft
+    model: {{ init: {{ arch: gpt2, layers: 2, d_model: 64, heads: 4, context: 64 }} }}
+    tokenizer: {{ from: tok }}
+    data: {{ from: arith }}
+    max_length: 48
+    train: {{ epochs: 40, batch_size: 6, lr: 1.0e-2, warmup_steps: 10 }}
+  eval:
+    kind: evaluate
+    models: {{ sft: {{ from: sft }} }}
+    qa: {{ data: {{ path: arith.jsonl }}, response_column: number, math: true, max_new_tokens: 8 }}
+"#,
+            d = d.display()
+        ),
+    );
+    p.hone(&["run", "r.yaml"]).ok();
+    let show = p.hone(&["show", "r.yaml", "eval"]).ok();
+    let accuracy = metric(&show, "sft.math_accuracy");
+    assert!(accuracy > 0.5, "the sums it learnt:\n{show}");
+    assert_eq!(
+        metric(&show, "sft.exact_match"),
+        0.0,
+        "sentences are not numbers:\n{show}"
+    );
+    let answers = crate::common::manifest(&p, "eval")["summary"]["answers"].clone();
+    let answers = answers.as_array().unwrap();
+    let right = answers.iter().filter(|a| a["math"] == 1.0).count();
+    let share = right as f64 / answers.len() as f64;
+    assert!(
+        (share - accuracy).abs() < 1e-4,
+        "{share} vs {accuracy}: {answers:?}"
+    );
+}
