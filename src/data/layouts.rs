@@ -228,31 +228,9 @@ fn origin(t: &Table, line: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::table::Row;
 
     fn table(columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
-        let types = columns
-            .iter()
-            .enumerate()
-            .map(|(i, _)| match rows[0][i] {
-                Value::Array(_) => ColumnType::Json,
-                _ => ColumnType::Text,
-            })
-            .collect();
-        Table {
-            source: "data.jsonl".into(),
-            line_numbers: true,
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            types,
-            rows: rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, values)| Row {
-                    values,
-                    line: i + 1,
-                })
-                .collect(),
-        }
+        Table::of_rows(columns, rows)
     }
 
     #[test]

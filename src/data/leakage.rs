@@ -675,7 +675,6 @@ pub fn overlap(a_name: &str, a: &[Key], b_name: &str, b: &[Key], similar: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::table::Row;
     use serde_json::json;
 
     fn keys(texts: &[&str]) -> Vec<Key> {
@@ -687,28 +686,7 @@ mod tests {
     }
 
     fn table(columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
-        let types = rows[0]
-            .iter()
-            .map(|v| match v {
-                Value::String(_) => ColumnType::Text,
-                Value::Array(_) | Value::Object(_) => ColumnType::Json,
-                _ => ColumnType::Int,
-            })
-            .collect();
-        Table {
-            source: "data.jsonl".into(),
-            line_numbers: true,
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            types,
-            rows: rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, values)| Row {
-                    values,
-                    line: i + 1,
-                })
-                .collect(),
-        }
+        Table::of_rows(columns, rows)
     }
 
     fn all_keys(t: &Table) -> Vec<Key> {

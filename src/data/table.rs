@@ -132,6 +132,26 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table of `rows` read from `data.jsonl` (line numbers from 1), each column typed by
+    /// its first row's value: for tests.
+    #[cfg(test)]
+    pub fn of_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
+        Table {
+            source: "data.jsonl".into(),
+            line_numbers: true,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            types: rows[0].iter().map(ColumnType::of).collect(),
+            rows: rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, values)| Row {
+                    values,
+                    line: i + 1,
+                })
+                .collect(),
+        }
+    }
+
     pub fn column(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c == name)
     }
