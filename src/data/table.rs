@@ -132,15 +132,19 @@ pub struct Table {
 }
 
 impl Table {
-    /// A table of `rows` read from `data.jsonl` (line numbers from 1), each column typed by
-    /// its first row's value: for tests.
-    #[cfg(test)]
-    pub fn of_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
+    /// A table of rows of values, numbered from 1 in order (a stage's own output table).
+    pub fn numbered(
+        source: impl Into<String>,
+        line_numbers: bool,
+        columns: &[&str],
+        types: Vec<ColumnType>,
+        rows: Vec<Vec<Value>>,
+    ) -> Table {
         Table {
-            source: "data.jsonl".into(),
-            line_numbers: true,
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            types: rows[0].iter().map(ColumnType::of).collect(),
+            source: source.into(),
+            line_numbers,
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            types,
             rows: rows
                 .into_iter()
                 .enumerate()
@@ -150,6 +154,14 @@ impl Table {
                 })
                 .collect(),
         }
+    }
+
+    /// A table of `rows` read from `data.jsonl` (line numbers from 1), each column typed by
+    /// its first row's value: for tests.
+    #[cfg(test)]
+    pub fn of_rows(columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
+        let types = rows[0].iter().map(ColumnType::of).collect();
+        Table::numbered("data.jsonl", true, columns, types, rows)
     }
 
     pub fn column(&self, name: &str) -> Option<usize> {

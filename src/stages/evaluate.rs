@@ -17,7 +17,7 @@ use super::metrics::{self, Rounded};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::tables::{read_split, read_table};
 use crate::data::leakage::{self, Key, Part, text_keys};
-use crate::data::table::{ColumnType, Row, Table};
+use crate::data::table::{ColumnType, Table};
 use crate::model::Model;
 use crate::model::chat::Message;
 use crate::model::sampling::{SamplingConfig, generate};
@@ -1169,20 +1169,7 @@ fn table(ctx: &StageContext, columns: &[&str], rows: Vec<Vec<Value>>) -> Table {
             }
         })
         .collect();
-    Table {
-        source: ctx.stage.clone(),
-        line_numbers: false,
-        columns: columns.iter().map(|c| (*c).to_owned()).collect(),
-        types,
-        rows: rows
-            .into_iter()
-            .enumerate()
-            .map(|(i, values)| Row {
-                values,
-                line: i + 1,
-            })
-            .collect(),
-    }
+    Table::numbered(ctx.stage.clone(), false, columns, types, rows)
 }
 
 /// The comparison as the CLI prints it: a row per model in the recipe's order, a column per
