@@ -1,13 +1,16 @@
-//! `grpo`: group relative policy optimisation. At every step, each prompt of the batch gets
-//! `group_size` sampled answers from the current policy; a reward model and/or rules score
-//! them; an answer's advantage is its reward normalised within its group; the clipped
-//! objective (plus an optional k3 KL penalty to the starting policy) is aggregated over the
-//! answer tokens (up to and including the end token). The rollouts happen inside the shared
-//! trainer's loss, whose backend RNG is seeded per step, so sampling is reproducible and a
-//! resumed run samples what the original would have. Mean reward of greedy answers to the
-//! validation prompts is reported before and after.
+//! `grpo`: group relative policy optimisation, with TRL's GRPO family. At every step, each
+//! prompt of the batch gets `group_size` sampled answers from the current policy; a reward
+//! model, verifiers and rules score them; an answer's advantage is its reward against its
+//! group's (scaled as `scale_rewards` says, or RLOO's leave-one-out); the clipped objective
+//! (plus an optional k3 KL penalty to the starting policy) is aggregated over the answer tokens
+//! as `loss_type` says. A step's rollouts are sampled in [`Objective::prepare`], before any of
+//! its losses, from the backend RNG the trainer seeds per step, so sampling is reproducible and
+//! a resumed run samples what the original would have; with `num_iterations` a rollout is kept
+//! for its later passes, and no checkpoint falls while one is. The reward of greedy answers to
+//! the validation prompts is reported before and after.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use anyhow::Result;
 use burn::module::Module;
@@ -18,8 +21,8 @@ use tokenizers::Tokenizer;
 use super::conversation::Format;
 use super::metrics::{self, Rounded, Training};
 use super::rollout::{
-    Answering, Measured, PromptRow, RlSettings, RlSetup, Scorer, measure, measured_prompts,
-    rollout, token_logps,
+    Answering, Measured, PromptRow, RlSettings, RlSetup, Rollout, Scorer, measure,
+    measured_prompts, rollout, token_logps,
 };
 use crate::model::Backbone;
 use crate::model::sampling::SamplingConfig;
@@ -32,15 +35,19 @@ use crate::spec::settings::{
     Input, RewardSource, default_epsilon, default_rl_tokens, is_default, prompt_column,
 };
 use crate::store::ArtifactType;
-use crate::train::rl::{GrpoAggregation, aggregate, clipped_policy_loss, group_advantages};
+use crate::train::rl::{
+    Baseline, ImportanceSampling, LossType, PolicyLoss, ScaleRewards, advantages,
+};
 use crate::train::trainer::Objective;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `grpo`: for each prompt, `group_size` sampled answers scored by `reward`; each answer's
-/// advantage is its reward normalised within its group; the clipped objective (with an
-/// optional k3 KL penalty, `beta`) trains the policy. Outputs: `model` and, with LoRA,
-/// `adapter`.
+/// advantage is its reward against its group's; the clipped objective (with an optional k3
+/// KL penalty, `beta`) trains the policy. The loss family is TRL's `GRPOConfig`: `loss_type`,
+/// `epsilon_high`, `importance_sampling_level`, `scale_rewards`, `mask_truncated`,
+/// `num_iterations`, and RLOO's baseline (`advantage: rloo`). Outputs: `model` and, with
+/// LoRA, `adapter`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpoSpec {
@@ -57,14 +64,51 @@ pub struct GrpoSpec {
     pub max_new_tokens: usize,
     #[serde(default = "default_rl_temperature")]
     pub temperature: f64,
-    /// Clipping of the probability ratio.
+    /// Clipping of the probability ratio: below at `1 - epsilon`, above at `1 + epsilon`
+    /// unless `epsilon_high` says otherwise.
     #[serde(default = "default_epsilon")]
     pub epsilon: f64,
+    /// The upper clip, `1 + epsilon_high` (DAPO's clip-higher; the paper uses 0.28).
+    /// Default: `epsilon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_high: Option<f64>,
     /// Weight of the k3 KL penalty to the starting policy (0: none, TRL's default).
     #[serde(default, skip_serializing_if = "is_default")]
     pub beta: f64,
-    #[serde(default)]
-    pub aggregation: crate::train::rl::GrpoAggregation,
+    /// How per-token losses become one number: `grpo` (each answer's token mean, then the
+    /// mean over answers), `bnpo` (token mean over the micro-batch), `dr_grpo` (token sum /
+    /// (answers x `max_new_tokens`)), `dapo` (token mean over the whole step). The default is
+    /// `grpo`, hone's from before the family; TRL's default is now `dapo`. `aggregation` is
+    /// the older name, still read.
+    // Serialised under its older name: the action keys of recipes that wrote neither name
+    // stay what they were.
+    #[serde(
+        default,
+        rename(serialize = "aggregation", deserialize = "loss_type"),
+        alias = "aggregation"
+    )]
+    pub loss_type: LossType,
+    /// `token`: one probability ratio per token; `sequence`: one per answer, from the mean of
+    /// its tokens' log-ratios (GSPO, whose paper clips at epsilon 3e-4 / epsilon_high 4e-4).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub importance_sampling_level: ImportanceSampling,
+    /// What the reward minus its group's mean is divided by: the group's std (`group`), the
+    /// step's (`batch`), or nothing (`none`, Dr. GRPO).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scale_rewards: ScaleRewards,
+    /// `group`: an answer's reward against its group's mean (GRPO); `rloo`: against the mean
+    /// of the other answers of its group, unscaled (RLOO).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub advantage: Baseline,
+    /// Answers cut at `max_new_tokens` (no end token) get no loss; they still count in their
+    /// group's rewards (DAPO; TRL's `mask_truncated_completions`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mask_truncated: bool,
+    /// Optimizer steps per rollout (TRL's mu): each batch of sampled answers is trained on
+    /// this many times, the probability ratio taken against the policy that sampled them.
+    /// With more than 1, prompts are taken in order (a rollout's passes follow each other).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub num_iterations: usize,
     #[serde(default)]
     pub template: PromptTemplate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +126,38 @@ fn default_rl_temperature() -> f64 {
     1.0
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// Prompts of one micro-batch, on one of its `num_iterations` passes.
+#[derive(Debug, Clone)]
+pub struct GrpoBatch {
+    /// Which slice of the prompts: the key of its rollout while its passes last.
+    pub chunk: usize,
+    pub iteration: usize,
+    pub prompts: Vec<PromptRow>,
+}
+
+/// A rollout and everything its passes need, from the step that sampled it.
+struct Prepared {
+    rollout: Rollout,
+    /// One per answer.
+    advantages: Vec<f32>,
+    /// 0 for an answer cut at `max_new_tokens` (with `mask_truncated`), else 1.
+    keep: Option<Vec<f32>>,
+    /// Per-token log-probabilities under the sampling policy, for passes after the first.
+    old: Option<burn::tensor::TensorData>,
+    /// Per-token log-probabilities under the reference (with `beta`).
+    reference: Option<burn::tensor::TensorData>,
+    /// Answer tokens that carry loss.
+    tokens: f64,
+}
+
 pub struct Grpo<'a> {
     pub tokenizer: &'a Tokenizer,
     pub format: &'a Format,
@@ -90,122 +166,338 @@ pub struct Grpo<'a> {
     pub reference: Option<Backbone>,
     pub sampling: SamplingConfig,
     pub group: usize,
-    pub epsilon: f64,
-    pub beta: f64,
-    pub aggregation: GrpoAggregation,
+    pub loss: PolicyLoss,
+    pub baseline: Baseline,
+    pub scale: ScaleRewards,
+    pub mask_truncated: bool,
+    pub iterations: usize,
     pub infer_device: Device,
-    /// Mean reward of each step's samples, for the stage's report.
+    /// Mean reward of each micro-batch's samples, for the stage's report.
     pub rewards: RefCell<Vec<f64>>,
     /// The step's own metrics (TRL's names): each reward's mean, the share of answers cut at
-    /// `max_new_tokens`, their mean length, and with `beta` the mean k3 KL per answer token.
+    /// `max_new_tokens`, their mean length; with `beta` the mean k3 KL per answer token and
+    /// with `num_iterations` the share of clipped ratios.
     pub step: RefCell<Vec<(String, f64)>>,
+    /// Rollouts sampled and not yet trained on for the last time, by chunk.
+    pending: RefCell<HashMap<usize, Prepared>>,
+    /// The step's loss-carrying tokens and prompts: dapo's normaliser and the trainer's.
+    step_tokens: Cell<f64>,
+    step_prompts: Cell<f64>,
+    /// Sums over the step's micro-batches: (k3 KL, its tokens), (low clips, high clips, tokens).
+    kl_sums: Cell<(f32, f32)>,
+    clip_sums: Cell<(f32, f32, f32)>,
+    /// Whether a step was prepared since its metrics were last read.
+    stepped: Cell<bool>,
 }
 
-impl Objective<Backbone> for Grpo<'_> {
-    type Batch = Vec<PromptRow>;
+impl<'a> Grpo<'a> {
+    /// The objective of `spec` over an answering policy and a reward.
+    pub fn new(
+        spec: &GrpoSpec,
+        answering: (&'a Tokenizer, &'a Format, &'a Scorer),
+        sampling: SamplingConfig,
+        reference: Option<Backbone>,
+        infer_device: Device,
+    ) -> Self {
+        let (tokenizer, format, scorer) = answering;
+        Grpo {
+            tokenizer,
+            format,
+            scorer,
+            reference,
+            loss: PolicyLoss {
+                loss_type: spec.loss_type,
+                epsilon_low: spec.epsilon,
+                epsilon_high: spec.epsilon_high.unwrap_or(spec.epsilon),
+                importance_sampling: spec.importance_sampling_level,
+                beta: spec.beta,
+                max_completion_length: sampling.max_new_tokens,
+            },
+            sampling,
+            group: spec.group_size,
+            baseline: spec.advantage,
+            scale: spec.scale_rewards,
+            mask_truncated: spec.mask_truncated,
+            iterations: spec.num_iterations.max(1),
+            infer_device,
+            rewards: RefCell::new(Vec::new()),
+            step: RefCell::new(Vec::new()),
+            pending: RefCell::new(HashMap::new()),
+            step_tokens: Cell::new(0.0),
+            step_prompts: Cell::new(0.0),
+            kl_sums: Cell::new((0.0, 0.0)),
+            clip_sums: Cell::new((0.0, 0.0, 0.0)),
+            stepped: Cell::new(false),
+        }
+    }
 
-    fn loss_sum(&self, model: &Backbone, prompts: &Vec<PromptRow>) -> Tensor<1> {
+    /// The batches of `prompts`: `batch_size` prompts each, every one `num_iterations` times
+    /// in a row.
+    pub fn batches(&self, prompts: &[PromptRow], batch_size: usize) -> Vec<GrpoBatch> {
+        prompts
+            .chunks(batch_size.max(1))
+            .enumerate()
+            .flat_map(|(chunk, p)| {
+                (0..self.iterations).map(move |iteration| GrpoBatch {
+                    chunk,
+                    iteration,
+                    prompts: p.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an answer ran into `max_new_tokens` without an end token.
+    fn cut(&self, ids: &[u32]) -> bool {
+        let stopped = ids
+            .last()
+            .is_some_and(|t| self.sampling.stop_tokens.contains(t));
+        !stopped && ids.len() >= self.sampling.max_new_tokens
+    }
+
+    /// Samples and scores the answers to `chunks`, with a seed drawn from the (per-step
+    /// seeded) backend RNG for each, and prepares their passes.
+    fn sample(&self, model: &Backbone, chunks: &[&GrpoBatch]) {
         let device = model
             .devices()
             .into_iter()
             .next()
             .expect("the policy lives on a device");
-        // The sampling seed comes from the backend RNG, which the trainer seeds per step.
-        let seed = Tensor::<1>::random([1], burn::tensor::Distribution::Uniform(0.0, 1.0), &device)
-            .into_scalar::<f32>();
-        let sampling = SamplingConfig {
-            seed: (seed as f64 * u32::MAX as f64) as u64,
-            ..self.sampling.clone()
-        };
         let policy = model.valid();
-        let r = rollout(
-            &policy,
-            self.tokenizer,
-            self.format,
-            prompts,
-            self.group,
-            &sampling,
-            &self.infer_device,
-        )
-        .expect("prompts were tokenized before training");
-        // A reward that fails (a verifier program's crash) ends training: `run` turns the
-        // panic back into the error, and nothing is committed.
-        let components = r
-            .scored(prompts, self.scorer)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let rewards = self.scorer.sum(&components);
+        let mut sampled = Vec::with_capacity(chunks.len());
+        for b in chunks {
+            // The sampling seed comes from the backend RNG, which the trainer seeds per step.
+            let seed =
+                Tensor::<1>::random([1], burn::tensor::Distribution::Uniform(0.0, 1.0), &device)
+                    .into_scalar::<f32>();
+            let sampling = SamplingConfig {
+                seed: (seed as f64 * u32::MAX as f64) as u64,
+                ..self.sampling.clone()
+            };
+            let r = rollout(
+                &policy,
+                self.tokenizer,
+                self.format,
+                &b.prompts,
+                self.group,
+                &sampling,
+                &self.infer_device,
+            )
+            .expect("prompts were tokenized before training");
+            // A reward that fails (a verifier program's crash) ends training: `run` turns the
+            // panic back into the error, and nothing is committed.
+            let components = r
+                .scored(&b.prompts, self.scorer)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            sampled.push((b.chunk, r, components));
+        }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        self.rewards.borrow_mut().push(mean(&rewards));
-        let lengths: Vec<f64> = r
-            .completions
-            .iter()
-            .map(|(_, ids, _)| ids.len() as f64)
-            .collect();
-        let clipped: Vec<f64> = r
-            .completions
-            .iter()
-            .map(|(_, ids, _)| {
-                let stopped = ids
-                    .last()
-                    .is_some_and(|t| self.sampling.stop_tokens.contains(t));
-                f64::from(u8::from(
-                    !stopped && ids.len() >= self.sampling.max_new_tokens,
-                ))
-            })
-            .collect();
+        let names = self.scorer.names();
+        let (mut rewards, mut components, mut lengths, mut cut) = (
+            Vec::new(),
+            vec![Vec::new(); names.len()],
+            Vec::new(),
+            Vec::new(),
+        );
+        for (_, r, c) in &sampled {
+            let sum = self.scorer.sum(c);
+            self.rewards.borrow_mut().push(mean(&sum));
+            rewards.extend(sum);
+            for (all, one) in components.iter_mut().zip(c) {
+                all.extend(one);
+            }
+            for (_, ids, _) in &r.completions {
+                lengths.push(ids.len() as f64);
+                cut.push(f64::from(u8::from(self.cut(ids))));
+            }
+        }
         let mut step = vec![("reward".to_owned(), mean(&rewards))];
-        for (name, c) in self.scorer.names().into_iter().zip(&components) {
+        for (name, c) in names.into_iter().zip(&components) {
             step.push((format!("rewards/{name}/mean"), mean(c)));
         }
         step.push(("completions/mean_length".into(), mean(&lengths)));
-        step.push(("completions/clipped_ratio".into(), mean(&clipped)));
+        step.push(("completions/clipped_ratio".into(), mean(&cut)));
         *self.step.borrow_mut() = step;
-        let advantages: Vec<f32> = rewards
-            .chunks(self.group)
-            .flat_map(group_advantages)
-            .map(|a| a as f32)
-            .collect();
 
-        let batch = r.batch(&device);
-        let (lp, mask) = token_logps(model, &batch, self.sampling.temperature);
-        let [n, t] = lp.dims();
-        let adv = Tensor::<1>::from_data(burn::tensor::TensorData::new(advantages, [n]), &device)
-            .reshape([n, 1])
-            .expand([n, t]);
-        let (mut loss, _) = clipped_policy_loss(lp.clone(), lp.clone().detach(), adv, self.epsilon);
-        if self.beta > 0.0
-            && let Some(reference) = &self.reference
-        {
-            let (ref_lp, _) = token_logps(
-                reference,
-                &r.batch(&self.infer_device),
-                self.sampling.temperature,
+        // Advantages over everything sampled this step (a `batch` scale sees all of it).
+        let mut advantages = advantages(&rewards, self.group, self.baseline, self.scale)
+            .into_iter()
+            .map(|a| a as f32);
+        let mut pending = self.pending.borrow_mut();
+        for (chunk, r, _) in sampled {
+            let n = r.completions.len();
+            let keep = self.mask_truncated.then(|| {
+                r.completions
+                    .iter()
+                    .map(|(_, ids, _)| f32::from(u8::from(!self.cut(ids))))
+                    .collect::<Vec<f32>>()
+            });
+            let tokens = r
+                .completions
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ids, _))| {
+                    ids.len() as f64 * keep.as_ref().map_or(1.0, |k| f64::from(k[i]))
+                })
+                .sum();
+            let on_infer = r.batch(&self.infer_device);
+            let old = (self.iterations > 1).then(|| {
+                token_logps(&policy, &on_infer, self.sampling.temperature)
+                    .0
+                    .into_data()
+            });
+            let reference = self
+                .reference
+                .as_ref()
+                .filter(|_| self.loss.beta > 0.0)
+                .map(|reference| {
+                    token_logps(reference, &on_infer, self.sampling.temperature)
+                        .0
+                        .into_data()
+                });
+            pending.insert(
+                chunk,
+                Prepared {
+                    advantages: advantages.by_ref().take(n).collect(),
+                    rollout: r,
+                    keep,
+                    old,
+                    reference,
+                    tokens,
+                },
             );
-            let ref_lp = Tensor::<2>::from_data(ref_lp.into_data(), &device);
-            // k3 = exp(ref - lp) - (ref - lp) - 1, per token.
-            let logr = ref_lp - lp;
-            let k3 = (logr.clone().exp() - logr).sub_scalar(1.0);
-            // Its mean over the answer tokens, logged as TRL logs `kl`.
-            let tokens = mask.clone().sum().into_scalar::<f32>().max(1.0);
-            let kl = (k3.clone().detach() * mask.clone())
-                .sum()
-                .into_scalar::<f32>()
-                / tokens;
-            self.step.borrow_mut().push(("kl".into(), f64::from(kl)));
-            loss = loss + k3.mul_scalar(self.beta);
         }
-        aggregate(loss, mask, self.aggregation, self.sampling.max_new_tokens)
-            .mul_scalar(prompts.len() as f64)
+    }
+}
+
+impl Objective<Backbone> for Grpo<'_> {
+    type Batch = GrpoBatch;
+
+    fn prepare(&self, model: &Backbone, step: &[&GrpoBatch]) {
+        let mut fresh: Vec<&GrpoBatch> = step
+            .iter()
+            .filter(|b| !self.pending.borrow().contains_key(&b.chunk))
+            .copied()
+            .collect();
+        fresh.dedup_by_key(|b| b.chunk);
+        if !fresh.is_empty() {
+            self.sample(model, &fresh);
+        }
+        let pending = self.pending.borrow();
+        self.step_tokens
+            .set(step.iter().map(|b| pending[&b.chunk].tokens).sum());
+        self.step_prompts
+            .set(step.iter().map(|b| b.prompts.len() as f64).sum());
+        self.kl_sums.set((0.0, 0.0));
+        self.clip_sums.set((0.0, 0.0, 0.0));
+        self.stepped.set(true);
     }
 
-    fn count(&self, prompts: &Vec<PromptRow>) -> f64 {
-        prompts.len() as f64
+    fn loss_sum(&self, model: &Backbone, batch: &GrpoBatch) -> Tensor<1> {
+        let device = model
+            .devices()
+            .into_iter()
+            .next()
+            .expect("the policy lives on a device");
+        let pending = self.pending.borrow();
+        let p = pending
+            .get(&batch.chunk)
+            .expect("the trainer prepares a step's batches before their losses");
+        let (lp, mut mask) =
+            token_logps(model, &p.rollout.batch(&device), self.sampling.temperature);
+        let [n, t] = lp.dims();
+        if let Some(keep) = &p.keep {
+            let keep =
+                Tensor::<1>::from_data(burn::tensor::TensorData::new(keep.clone(), [n]), &device);
+            mask = mask * keep.reshape([n, 1]).expand([n, t]);
+        }
+        let adv = Tensor::<1>::from_data(
+            burn::tensor::TensorData::new(p.advantages.clone(), [n]),
+            &device,
+        )
+        .reshape([n, 1])
+        .expand([n, t]);
+        let old = match &p.old {
+            Some(old) => Tensor::<2>::from_data(old.clone(), &device),
+            None => lp.clone().detach(),
+        };
+        let reference = p
+            .reference
+            .as_ref()
+            .map(|r| Tensor::<2>::from_data(r.clone(), &device));
+        let terms = self.loss.loss(
+            lp,
+            old,
+            reference,
+            adv,
+            mask.clone(),
+            self.step_tokens.get(),
+        );
+        let tokens = mask.clone().sum().into_scalar::<f32>();
+        if let Some(k3) = terms.kl {
+            let (sum, count) = self.kl_sums.get();
+            let kl = (k3 * mask.clone()).sum().into_scalar::<f32>();
+            self.kl_sums.set((sum + kl, count + tokens));
+        }
+        if self.iterations > 1 {
+            let share = |clipped: Tensor<2, Bool>| {
+                (clipped.float() * mask.clone()).sum().into_scalar::<f32>()
+            };
+            let (low, high, count) = self.clip_sums.get();
+            self.clip_sums.set((
+                low + share(terms.clipped_low),
+                high + share(terms.clipped_high),
+                count + tokens,
+            ));
+        }
+        drop(pending);
+        if batch.iteration + 1 >= self.iterations {
+            self.pending.borrow_mut().remove(&batch.chunk);
+        }
+        // The trainer divides by the step's prompts. dapo's loss is already over the step's
+        // tokens, so it is scaled by all the step's prompts; the others by this batch's.
+        let weight = match self.loss.loss_type {
+            LossType::Dapo => self.step_prompts.get(),
+            _ => batch.prompts.len() as f64,
+        };
+        terms.loss.mul_scalar(weight)
+    }
+
+    fn count(&self, batch: &GrpoBatch) -> f64 {
+        batch.prompts.len() as f64
     }
     fn step_metrics(&self) -> Vec<(String, f64)> {
-        std::mem::take(&mut *self.step.borrow_mut())
+        let mut step = std::mem::take(&mut *self.step.borrow_mut());
+        if !self.stepped.replace(false) {
+            return step;
+        }
+        let (kl, tokens) = self.kl_sums.take();
+        if self.loss.beta > 0.0 {
+            // The mean k3 KL per answer token, logged as TRL logs `kl`.
+            step.push(("kl".into(), f64::from(kl / tokens.max(1.0))));
+        }
+        let (low, high, tokens) = self.clip_sums.take();
+        if self.iterations > 1 {
+            let tokens = tokens.max(1.0);
+            step.push(("clip_ratio/low_mean".into(), f64::from(low / tokens)));
+            step.push(("clip_ratio/high_mean".into(), f64::from(high / tokens)));
+            step.push((
+                "clip_ratio/region_mean".into(),
+                f64::from((low + high) / tokens),
+            ));
+        }
+        step
     }
     fn unit(&self) -> &'static str {
         "prompts"
+    }
+    /// A rollout's passes follow each other.
+    fn shuffle(&self) -> bool {
+        self.iterations == 1
+    }
+    /// Not while a rollout has passes to go: its sampling policy is gone after a resume.
+    fn resumable_after(&self, _batch: &GrpoBatch) -> bool {
+        self.pending.borrow().is_empty()
     }
 
     /// The sampled rewards so far: the stage's metrics read all of them at the end.
@@ -234,7 +526,7 @@ impl Kind for GrpoKind {
     type Settings = GrpoSpec;
     const NAME: &'static str = "grpo";
     const VERSION: Option<&'static str> = None;
-    const DESCRIPTION: &'static str = "Group relative policy optimisation: groups of sampled answers per prompt, scored by a\nreward model, verifiers (math, think) and rules, advantages normalised within each group.";
+    const DESCRIPTION: &'static str = "Group relative policy optimisation: groups of sampled answers per prompt, scored by a\nreward model, verifiers (math, think, command) and rules, advantages against each group's;\nTRL's loss family (grpo, bnpo, dr_grpo, dapo, clip-higher, GSPO, RLOO, several passes).";
 
     fn input_slots(&self) -> &'static [InputSlot] {
         &[MODEL, PROMPTS, REWARD_MODEL]
@@ -313,6 +605,35 @@ impl Kind for GrpoKind {
                 format!("`timeout: {t}` is not a positive number of seconds"),
             ));
         }
+        if let Some(high) = g.epsilon_high
+            && !(high >= 0.0 && high.is_finite())
+        {
+            problems.push(Problem::new(
+                "epsilon_high",
+                format!("`epsilon_high: {high}` is not a non-negative number"),
+            ));
+        }
+        if g.num_iterations == 0 {
+            problems.push(Problem::new(
+                "num_iterations",
+                "`num_iterations` must be at least 1: each rollout is trained on that many times",
+            ));
+        }
+        if g.num_iterations > 1 && g.train.micro_batches_per_step() > 1 {
+            problems.push(
+                Problem::new(
+                    "num_iterations",
+                    "`num_iterations` above 1 takes one micro-batch per optimizer step: each pass over a rollout is its own step",
+                )
+                .help("raise `train.batch_size` instead of `train.grad_accum` (or use one device)"),
+            );
+        }
+        if g.advantage == Baseline::Rloo && g.scale_rewards != ScaleRewards::Group {
+            problems.push(Problem::new(
+                "scale_rewards",
+                "`scale_rewards` applies to group baselines; RLOO's advantages (`advantage: rloo`) are not scaled",
+            ));
+        }
         if g.group_size < 2 {
             problems.push(Problem::new(
                 "group_size",
@@ -388,24 +709,14 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let before = measure(&backbone.valid(), &answering, measured, &scorer, 1)?;
     let reference = (spec.beta > 0.0).then(|| backbone.valid());
     let (backbone, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
-    let objective = Grpo {
-        tokenizer: &tokenizer,
-        format: &format,
-        scorer: &scorer,
+    let objective = Grpo::new(
+        spec,
+        (&tokenizer, &format, &scorer),
+        sampling.clone(),
         reference,
-        sampling: sampling.clone(),
-        group: spec.group_size,
-        epsilon: spec.epsilon,
-        beta: spec.beta,
-        aggregation: spec.aggregation,
-        infer_device: infer_device.clone(),
-        rewards: RefCell::new(Vec::new()),
-        step: RefCell::new(Vec::new()),
-    };
-    let batches: Vec<Vec<PromptRow>> = train_prompts
-        .chunks(spec.train.batch_size.max(1))
-        .map(<[PromptRow]>::to_vec)
-        .collect();
+        infer_device.clone(),
+    );
+    let batches = objective.batches(&train_prompts, spec.train.batch_size);
     let (trained, summary, _) = crate::diag::without_panic(|| {
         super::training::train_logged(backbone, &objective, &batches, &[], &spec.train, ctx)
     })

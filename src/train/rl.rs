@@ -1,7 +1,8 @@
 //! The arithmetic of RL fine-tuning, written to `../shared/reference/algorithms.md` sections 5
 //! (PPO, TRL's OpenAI-style trainer) and 6 (GRPO): per-token KL estimates, KL-shaped rewards,
-//! GAE, advantage whitening, clipped policy and value losses, group-normalised advantages and
-//! the loss aggregations. Rollout bookkeeping is plain `f64` (no gradients flow through it);
+//! GAE, advantage whitening, clipped policy and value losses, and section 9's GRPO family:
+//! group-baselined (or leave-one-out) advantages, the clip-higher and sequence-level ratios,
+//! and the loss aggregations. Rollout bookkeeping is plain `f64` (no gradients flow through it);
 //! the losses are tensors.
 
 use burn::prelude::*;
@@ -108,9 +109,24 @@ pub fn clipped_policy_loss(
     advantages: Tensor<2>,
     cliprange: f64,
 ) -> (Tensor<2>, Tensor<2, Bool>) {
-    let ratio = (new_logp - old_logp).exp();
+    clipped_ratio_loss(
+        (new_logp - old_logp).exp(),
+        advantages,
+        cliprange,
+        cliprange,
+    )
+}
+
+/// `max(-A r, -A clip(r, 1-low, 1+high))` per token, and whether the clipped term was the
+/// larger: PPO's objective with DAPO's asymmetric range ("clip-higher").
+pub fn clipped_ratio_loss(
+    ratio: Tensor<2>,
+    advantages: Tensor<2>,
+    low: f64,
+    high: f64,
+) -> (Tensor<2>, Tensor<2, Bool>) {
     let unclipped = advantages.clone().neg() * ratio.clone();
-    let clipped = advantages.neg() * ratio.clamp(1.0 - cliprange, 1.0 + cliprange);
+    let clipped = advantages.neg() * ratio.clamp(1.0 - low, 1.0 + high);
     let clip_active = clipped.clone().greater(unclipped.clone());
     (unclipped.max_pair(clipped), clip_active)
 }
@@ -139,44 +155,217 @@ pub fn masked_mean(x: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
 /// GRPO: each completion's advantage within its group, `(r - mean) / (std + 1e-4)` with the
 /// unbiased standard deviation.
 pub fn group_advantages(rewards: &[f64]) -> Vec<f64> {
-    let n = rewards.len() as f64;
-    let mean = rewards.iter().sum::<f64>() / n;
-    let std = if n > 1.0 {
-        (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
+    let (mean, std) = mean_std(rewards);
     rewards.iter().map(|r| (r - mean) / (std + 1e-4)).collect()
 }
 
-/// How GRPO reduces per-token losses to one number.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GrpoAggregation {
-    /// Mean over sequences of each sequence's token mean.
-    #[default]
-    Grpo,
-    /// Sum over all valid tokens / their number (also DAPO's).
-    Bnpo,
-    /// Sum / (sequences x max completion length).
-    DrGrpo,
+/// The mean and the unbiased standard deviation (0 for a single value).
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let std = if n > 1.0 {
+        (x.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (mean, std)
 }
 
-/// The aggregate of per-token losses `[b, t]` under `mask` (1 at valid tokens).
+/// What a completion's reward is compared with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// The mean reward of its group (GRPO), scaled as `scale_rewards` says.
+    #[default]
+    Group,
+    /// The mean reward of the other answers of its group (RLOO's leave-one-out baseline, as
+    /// TRL's `RLOOTrainer` with `normalize_advantages: false`); not scaled.
+    Rloo,
+}
+
+/// What a group-baselined advantage is divided by (TRL's `scale_rewards`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    /// The standard deviation of the group's rewards (GRPO).
+    #[default]
+    Group,
+    /// The standard deviation of all the step's rewards (PPO Lite).
+    Batch,
+    /// Nothing: the reward minus the group's mean (Dr. GRPO; no difficulty bias).
+    None,
+}
+
+/// Every completion's advantage; `rewards` hold groups of `group` answers to one prompt each,
+/// one after the other. TRL's formulas: `(r - mean_group) / (std + 1e-4)` with the group's or
+/// the batch's unbiased std, or no division; RLOO: `r - mean of the group's other rewards`.
+pub fn advantages(
+    rewards: &[f64],
+    group: usize,
+    baseline: Baseline,
+    scale: ScaleRewards,
+) -> Vec<f64> {
+    let group = group.max(1);
+    match (baseline, scale) {
+        (Baseline::Group, ScaleRewards::Group) => {
+            rewards.chunks(group).flat_map(group_advantages).collect()
+        }
+        (Baseline::Group, scale) => {
+            let (_, batch_std) = mean_std(rewards);
+            rewards
+                .chunks(group)
+                .flat_map(|g| {
+                    let (mean, _) = mean_std(g);
+                    g.iter().map(move |r| match scale {
+                        ScaleRewards::Batch => (r - mean) / (batch_std + 1e-4),
+                        _ => r - mean,
+                    })
+                })
+                .collect()
+        }
+        (Baseline::Rloo, _) => rewards
+            .chunks(group)
+            .flat_map(|g| {
+                let (total, k) = (g.iter().sum::<f64>(), g.len() as f64);
+                g.iter().map(move |r| {
+                    if k > 1.0 {
+                        r - (total - r) / (k - 1.0)
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect(),
+    }
+}
+
+/// How the GRPO family reduces per-token losses to one number (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Mean over sequences of each sequence's token mean (length-biased: short answers with
+    /// a positive advantage weigh more).
+    #[default]
+    Grpo,
+    /// Sum over the micro-batch's valid tokens / their number.
+    Bnpo,
+    /// Sum / (sequences x `max_new_tokens`) (Dr. GRPO).
+    DrGrpo,
+    /// Sum over the valid tokens / their number in the whole optimizer step, all micro-batches
+    /// and devices together (DAPO; TRL's default since it added the family).
+    Dapo,
+}
+
+/// Where the probability ratio is taken (TRL's `importance_sampling_level`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceSampling {
+    /// One ratio per token (GRPO, DAPO).
+    #[default]
+    Token,
+    /// One ratio per answer, `exp(mean over its tokens of (logp - old logp))` (GSPO).
+    Sequence,
+}
+
+/// The GRPO family's loss, written to TRL's `GRPOTrainer._compute_loss` (with one process and
+/// no gradient accumulation: the caller weighs micro-batches).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyLoss {
+    pub loss_type: LossType,
+    pub epsilon_low: f64,
+    pub epsilon_high: f64,
+    pub importance_sampling: ImportanceSampling,
+    /// Weight of the k3 KL estimate to the reference policy, added per token.
+    pub beta: f64,
+    /// `max_new_tokens`: Dr. GRPO's constant.
+    pub max_completion_length: usize,
+}
+
+/// A policy loss and what a step logs of it.
+pub struct PolicyTerms {
+    pub loss: Tensor<1>,
+    /// The k3 KL estimate per token (when `beta > 0`), detached.
+    pub kl: Option<Tensor<2>>,
+    /// Tokens whose ratio fell under `1 - epsilon_low` with a negative advantage, and over
+    /// `1 + epsilon_high` with a positive one (TRL's `clip_ratio/low` and `/high`).
+    pub clipped_low: Tensor<2, Bool>,
+    pub clipped_high: Tensor<2, Bool>,
+}
+
+impl PolicyLoss {
+    /// The loss over `[b, t]` log-probabilities of the policy (`logps`), of the policy that
+    /// sampled the answers (`old`: the same values, detached, on a rollout's first pass), of the
+    /// reference (with `beta`), per-answer advantages broadcast to `[b, t]`, and the mask of
+    /// the answer tokens. `step_tokens` is dapo's normaliser: the valid tokens of the whole step.
+    pub fn loss(
+        &self,
+        logps: Tensor<2>,
+        old: Tensor<2>,
+        reference: Option<Tensor<2>>,
+        advantages: Tensor<2>,
+        mask: Tensor<2>,
+        step_tokens: f64,
+    ) -> PolicyTerms {
+        let [b, t] = logps.dims();
+        let log_ratio = logps.clone() - old;
+        let ratio = match self.importance_sampling {
+            ImportanceSampling::Token => log_ratio.exp(),
+            ImportanceSampling::Sequence => ((log_ratio * mask.clone()).sum_dim(1)
+                / mask.clone().sum_dim(1).clamp_min(1.0))
+            .exp()
+            .expand([b, t]),
+        };
+        let clipped_low = ratio
+            .clone()
+            .lower_elem(1.0 - self.epsilon_low)
+            .bool_and(advantages.clone().lower_elem(0.0));
+        let clipped_high = ratio
+            .clone()
+            .greater_elem(1.0 + self.epsilon_high)
+            .bool_and(advantages.clone().greater_elem(0.0));
+        let (mut loss, _) =
+            clipped_ratio_loss(ratio, advantages, self.epsilon_low, self.epsilon_high);
+        let mut kl = None;
+        if let Some(reference) = reference.filter(|_| self.beta > 0.0) {
+            // k3 = exp(ref - lp) - (ref - lp) - 1, per token.
+            let logr = reference - logps;
+            let k3 = (logr.clone().exp() - logr).sub_scalar(1.0);
+            kl = Some(k3.clone().detach());
+            loss = loss + k3.mul_scalar(self.beta);
+        }
+        PolicyTerms {
+            loss: aggregate(
+                loss,
+                mask,
+                self.loss_type,
+                self.max_completion_length,
+                step_tokens,
+            ),
+            kl,
+            clipped_low,
+            clipped_high,
+        }
+    }
+}
+
+/// The aggregate of per-token losses `[b, t]` under `mask` (1 at valid tokens); `step_tokens`
+/// is dapo's normaliser.
 pub fn aggregate(
     loss: Tensor<2>,
     mask: Tensor<2>,
-    how: GrpoAggregation,
+    how: LossType,
     max_completion_length: usize,
+    step_tokens: f64,
 ) -> Tensor<1> {
     let [b, _] = loss.dims();
     let masked = loss * mask.clone();
     match how {
-        GrpoAggregation::Grpo => (masked.sum_dim(1) / mask.sum_dim(1).clamp_min(1.0))
+        LossType::Grpo => (masked.sum_dim(1) / mask.sum_dim(1).clamp_min(1.0))
             .mean()
             .reshape([1]),
-        GrpoAggregation::Bnpo => masked.sum().div(mask.sum().clamp_min(1.0)),
-        GrpoAggregation::DrGrpo => masked.sum().div_scalar((b * max_completion_length) as f64),
+        LossType::Bnpo => masked.sum().div(mask.sum().clamp_min(1.0)),
+        LossType::DrGrpo => masked.sum().div_scalar((b * max_completion_length) as f64),
+        LossType::Dapo => masked.sum().div_scalar(step_tokens.max(1.0)),
     }
 }
 
@@ -280,9 +469,13 @@ mod tests {
         // Per-token losses [1, 2] and [0.5] x 4.
         let loss = t2(&[&[1.0, 2.0, 0.0, 0.0], &[0.5, 0.5, 0.5, 0.5]]);
         let mask = t2(&[&[1.0, 1.0, 0.0, 0.0], &[1.0, 1.0, 1.0, 1.0]]);
-        let agg = |how| to_vec(aggregate(loss.clone(), mask.clone(), how, 4))[0] as f64;
-        assert!((agg(GrpoAggregation::Grpo) - 1.0).abs() < 1e-6);
-        assert!((agg(GrpoAggregation::Bnpo) - 0.8333333).abs() < 1e-6);
-        assert!((agg(GrpoAggregation::DrGrpo) - 0.625).abs() < 1e-6);
+        let agg = |how| to_vec(aggregate(loss.clone(), mask.clone(), how, 4, 6.0))[0] as f64;
+        assert!((agg(LossType::Grpo) - 1.0).abs() < 1e-6);
+        assert!((agg(LossType::Bnpo) - 0.8333333).abs() < 1e-6);
+        assert!((agg(LossType::DrGrpo) - 0.625).abs() < 1e-6);
+        // dapo over a step of 6 valid tokens is bnpo; over 10 (another micro-batch's 4), less.
+        assert!((agg(LossType::Dapo) - 0.8333333).abs() < 1e-6);
+        let dapo = to_vec(aggregate(loss, mask, LossType::Dapo, 4, 10.0))[0] as f64;
+        assert!((dapo - 0.5).abs() < 1e-6);
     }
 }

@@ -21,6 +21,11 @@ pub trait Objective<M: Module> {
     type Batch;
     fn loss_sum(&self, model: &M, batch: &Self::Batch) -> Tensor<1>;
     fn count(&self, batch: &Self::Batch) -> f64;
+    /// Called with the model and all the micro-batches of an optimizer step before any of
+    /// their losses, with the step's RNG seeded: an RL objective samples the step's rollouts
+    /// here, so what it normalises over the step (DAPO's token count, rewards scaled by the
+    /// batch) sees all of them.
+    fn prepare(&self, _model: &M, _step: &[&Self::Batch]) {}
     /// Metrics of the step just taken beyond its loss (DPO's rewards), read once after each
     /// optimizer step.
     fn step_metrics(&self) -> Vec<(String, f64)> {
@@ -449,6 +454,8 @@ pub fn train<M: Module, O: Objective<M>>(
             // What evaluations since the last step left in the objective's step metrics is not
             // this step's.
             let _ = obj.step_metrics();
+            let step_batches: Vec<&O::Batch> = group.iter().map(|&i| &train[i]).collect();
+            obj.prepare(&model, &step_batches);
             let items: f64 = group.iter().map(|&i| obj.count(&train[i])).sum();
             let mut accumulator = GradientsAccumulator::new();
             // Replicas carry this step's weights to the other devices.

@@ -409,6 +409,22 @@ pub fn car_lm_stages() -> String {
     )
 }
 
+/// [`car_lm_stages`], then `sft`: LoRA fine-tuning of `lm` on the QA pairs, to a model that
+/// answers the car questions in a few words (the RL tests' starting policy).
+pub fn car_sft_stages() -> String {
+    format!(
+        r#"{car_lm}  sft:
+    kind: sft
+    model: {{ from: lm }}
+    data: {{ from: qa }}
+    max_length: 64
+    peft: {{ method: lora, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
+    train: {{ epochs: 40, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
+"#,
+        car_lm = car_lm_stages()
+    )
+}
+
 /// A small preference pipeline on the car data: the corpus, QA pairs and preference pairs
 /// (validation splits), a 400-token BPE, a one-layer GPT-2 SFT'd from scratch, and DPO on it.
 /// `header` goes under `seed:` (e.g. `logging: ...`).
@@ -462,4 +478,22 @@ pub fn first_run_metrics(p: &Project) -> String {
         .unwrap()
         .path();
     std::fs::read_to_string(run.join("metrics.jsonl")).unwrap()
+}
+
+/// A JSON array of numbers as `f32`s (the parity fixtures' vectors).
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The largest elementwise difference of two vectors of one length.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

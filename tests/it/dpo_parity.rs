@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::common::{floats, max_diff};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use hone::model::{Backbone, load_hf_dir, to_vec};
@@ -11,22 +12,6 @@ use hone::stages::dpo::{Dpo, PrefBatch};
 use hone::train::objectives::{LmBatch, sequence_logps};
 use hone::train::preference::DpoParams;
 use hone::train::trainer::Objective;
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 #[test]
 fn dpo_loss_and_gradients_match_pytorch() {

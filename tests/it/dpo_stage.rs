@@ -15,18 +15,11 @@ fn recipe() -> String {
 name: dpo
 seed: 42
 stages:
-{car_lm}  prefs:
+{car_sft}  prefs:
     kind: dataset
     source: {{ path: {d}/preferences.jsonl }}
     split: {{ validation: 0.2 }}
     leakage_key: [prompt]
-  sft:
-    kind: sft
-    model: {{ from: lm }}
-    data: {{ from: qa }}
-    max_length: 64
-    peft: {{ method: lora, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
-    train: {{ epochs: 40, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
   dpo:
     kind: dpo
     model: {{ from: sft }}
@@ -109,7 +102,7 @@ stages:
     train: {{ epochs: 20, batch_size: 18, lr: 1.0e-4 }}
 "#,
         d = d.display(),
-        car_lm = crate::common::car_lm_stages()
+        car_sft = crate::common::car_sft_stages()
     )
 }
 

@@ -12,14 +12,7 @@ fn recipe(reward: &str) -> String {
 name: rewards
 seed: 42
 stages:
-{car_lm}  sft:
-    kind: sft
-    model: {{ from: lm }}
-    data: {{ from: qa }}
-    max_length: 64
-    peft: {{ method: lora, r: 16, alpha: 32, target_modules: [c_attn, c_proj, c_fc] }}
-    train: {{ epochs: 40, batch_size: 8, lr: 1.0e-2, warmup_steps: 10 }}
-  grpo:
+{car_sft}  grpo:
     kind: grpo
     model: {{ from: sft }}
     prompts: {{ from: qa }}
@@ -29,7 +22,7 @@ stages:
     beta: 0.04
     train: {{ epochs: 4, batch_size: 4, lr: 5.0e-4 }}
 "#,
-        car_lm = crate::common::car_lm_stages()
+        car_sft = crate::common::car_sft_stages()
     )
 }
 

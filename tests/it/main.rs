@@ -22,6 +22,8 @@ mod fuzz;
 mod generate_stage;
 mod ggml_quants;
 mod gradient_checkpointing;
+mod grpo_family;
+mod grpo_parity;
 mod grpo_rewards;
 mod hub_cache;
 mod judge;

@@ -285,6 +285,18 @@ stages:
     group_size: 2
     max_new_tokens: 6
     train: {{ epochs: 2, batch_size: 6, lr: 1.0e-3, checkpoint_every: 1 }}
+  dapo:
+    kind: grpo
+    model: {{ from: lm }}
+    prompts: {{ from: prompts }}
+    reward: {{ model: {{ from: rm }} }}
+    group_size: 2
+    max_new_tokens: 6
+    loss_type: dapo
+    mask_truncated: true
+    num_iterations: 2
+    scale_rewards: batch
+    train: {{ epochs: 2, batch_size: 6, lr: 1.0e-3, checkpoint_every: 1 }}
 "#,
         data = data.display()
     )
@@ -315,16 +327,32 @@ fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
         "{stopped:#?}"
     );
     // Killed in GRPO right after its step-2 checkpoint.
-    crate::common::kill_at(&p, &["run", "r.yaml"], "checkpoint-2");
-    let rerun = p.hone(&["run", "r.yaml"]);
+    crate::common::kill_at(&p, &["run", "r.yaml", "--until", "grpo"], "checkpoint-2");
+    let rerun = p.hone(&["run", "r.yaml", "--until", "grpo"]);
     rerun.ok();
     assert!(
         rerun.stderr().contains("resuming  grpo"),
         "{}",
         rerun.stderr()
     );
+    // Two passes per rollout: Ctrl-C in step 3, the first pass over the second rollout, keeps
+    // the checkpoint of step 2, the end of the first.
+    let stopped = crate::common::ctrl_c_at(&p, &["run", "r.yaml", "--until", "dapo"], "step-3");
+    assert!(
+        stopped.iter().any(|l| l.contains(
+            "stage `dapo` stopped after step 3: its checkpoint of step 2 is kept; the next run resumes there"
+        )),
+        "{stopped:#?}"
+    );
+    let rerun = p.hone(&["run", "r.yaml"]);
+    rerun.ok();
+    assert!(
+        rerun.stderr().contains("resuming  ppo") && rerun.stderr().contains("resuming  dapo"),
+        "{}",
+        rerun.stderr()
+    );
     let got = artifacts(&p);
-    for stage in ["ppo", "grpo"] {
+    for stage in ["ppo", "grpo", "dapo"] {
         assert_eq!(
             got["stages"][stage]["artifact"], expected["stages"][stage]["artifact"],
             "{stage}: the resumed run's model differs from the uninterrupted one"
