@@ -407,4 +407,4 @@ pub fn quant_linear<const D: usize>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

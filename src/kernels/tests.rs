@@ -376,8 +376,8 @@ impl burn::module::ModuleVisitor for ParamGrads<'_> {
     }
 }
 
-/// Tiny random models of each family, for the recomputation test.
-fn tiny_backbones(d: &Device) -> Vec<(&'static str, crate::model::Backbone)> {
+/// Tiny random models of each family, for the recomputation and decoding tests.
+pub(crate) fn tiny_backbones(d: &Device) -> Vec<(&'static str, crate::model::Backbone)> {
     use crate::model::{Backbone, bert, gemma3, gpt2, llama};
     let llama: llama::LlamaConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 40, "hidden_size": 32, "intermediate_size": 48,

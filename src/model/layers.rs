@@ -566,6 +566,15 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Every row's keys and values `group` times in a row (see [`repeat_rows`]): a prompt
+    /// encoded once, then decoded as `group` rows.
+    pub fn repeat_rows(&mut self, group: usize) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = repeat_rows(k.clone(), group);
+            *v = repeat_rows(v.clone(), group);
+        }
+    }
+
     /// Appends this step's keys/values for `layer` and returns all of them.
     pub fn extend(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.layers[layer].take() {
@@ -575,6 +584,19 @@ impl KvCache {
         self.layers[layer] = Some((k.clone(), v.clone()));
         (k, v)
     }
+}
+
+/// Each row of `x` (dim 0) `group` times in a row: `[a, b]` -> `[a, a, b, b]` for 2.
+pub fn repeat_rows<const D: usize>(x: Tensor<D>, group: usize) -> Tensor<D> {
+    if group == 1 {
+        return x;
+    }
+    let rows = x.dims()[0];
+    let index: Vec<i64> = (0..rows as i64)
+        .flat_map(|i| std::iter::repeat_n(i, group))
+        .collect();
+    let index = Tensor::<1, Int>::from_data(index.as_slice(), &x.device());
+    x.select(0, index)
 }
 
 /// Repeats key/value heads for grouped-query attention: `[b, kv, s, d]` -> `[b, kv*rep, s, d]`.

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Backbone;
-use super::layers::{KvCache, attention_mask, positions_from_padding};
+use super::layers::{KvCache, attention_mask, positions_from_padding, repeat_rows};
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -69,7 +69,8 @@ pub fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32
         .enumerate()
         .map(|(i, &v)| (i as u32, v as f64 / cfg.temperature))
         .collect();
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // A strict total order (ties broken by id), so the unstable sort orders as a stable one.
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if cfg.top_k > 0 {
         cand.truncate(cfg.top_k);
     }
@@ -107,7 +108,22 @@ pub fn generate(
     cfg: &SamplingConfig,
     device: &Device,
 ) -> Vec<Vec<u32>> {
-    let b = prompts.len();
+    generate_groups(model, prompts, 1, cfg, device)
+}
+
+/// [`generate`] for `group` continuations of each prompt (all of one prompt's, then the next
+/// prompt's): each prompt is encoded once and its keys and values are repeated for the rows
+/// of its group, which then decode as one batch. The same tokens as [`generate`] on the
+/// prompts each repeated `group` times.
+pub fn generate_groups(
+    model: &Backbone,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &SamplingConfig,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    let group = group.max(1);
+    let b = prompts.len() * group;
     // Positions past the model's context do not exist: a prompt keeps its last `limit - 1`
     // tokens, and generation stops when the longest row reaches the limit.
     let limit = model.max_positions().max(2);
@@ -120,20 +136,47 @@ pub fn generate(
     if b == 0 || longest == 0 || max_new_tokens == 0 {
         return vec![Vec::new(); b];
     }
-    let mut ids = Vec::with_capacity(b * longest);
-    let mut real = Vec::with_capacity(b * longest);
-    for p in prompts {
+    // Left-padded to the longest prompt: ids and which positions are real, per prompt.
+    let (mut ids, mut real) = (
+        Vec::with_capacity(prompts.len() * longest),
+        Vec::with_capacity(prompts.len() * longest),
+    );
+    for p in &prompts {
         let pad = longest - p.len();
         ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().map(|&t| t as i64)));
         real.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
     }
-    let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [b, longest]), device);
-    let mut padding =
-        Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(real, [b, longest]), device);
-    let mut positions = positions_from_padding(&padding, None);
+    let padding_of = |real: Vec<bool>, rows: usize| {
+        Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(real, [rows, longest]), device)
+    };
+    let n = prompts.len();
+    let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [n, longest]), device);
+    let prompt_padding = padding_of(real.clone(), n);
     let mut cache = KvCache::new(model.num_layers());
-    let mask = attention_mask(Some(padding.clone()), b, longest, longest, true, 0, device);
-    let mut hidden = model.hidden_with(ids, positions.clone(), mask, &mut cache);
+    let mask = attention_mask(
+        Some(prompt_padding.clone()),
+        n,
+        longest,
+        longest,
+        true,
+        0,
+        device,
+    );
+    let prompt_positions = positions_from_padding(&prompt_padding, None);
+    let mut hidden = model
+        .hidden_with(ids, prompt_positions, mask, &mut cache)
+        .narrow(1, longest - 1, 1);
+    let mut padding = prompt_padding;
+    if group > 1 {
+        hidden = repeat_rows(hidden, group);
+        cache.repeat_rows(group);
+        let rows: Vec<bool> = real
+            .chunks(longest)
+            .flat_map(|row| std::iter::repeat_n(row, group).flatten().copied())
+            .collect();
+        padding = padding_of(rows, b);
+    }
+    let mut positions = positions_from_padding(&padding, None);
     let mut rng = SplitMix64::new(cfg.seed);
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
@@ -180,4 +223,40 @@ pub fn generate(
         hidden = model.hidden_with(step, positions.clone(), mask, &mut cache);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_decoded_from_one_encoding_equals_its_prompt_repeated() {
+        let device = Device::flex();
+        device.seed(5);
+        // Prompts of unequal lengths (left padding), sampled at temperature 1.
+        let prompts = vec![vec![3, 9, 4, 1], vec![7, 2], vec![5, 5, 6]];
+        let cfg = SamplingConfig {
+            max_new_tokens: 6,
+            temperature: 1.0,
+            seed: 11,
+            ..SamplingConfig::default()
+        };
+        for (family, model) in crate::kernels::tests::tiny_backbones(&device) {
+            if family == "bert" {
+                continue;
+            }
+            let repeated: Vec<Vec<u32>> = prompts
+                .iter()
+                .flat_map(|p| std::iter::repeat_n(p.clone(), 4))
+                .collect();
+            let want = generate(&model, &repeated, &cfg, &device);
+            let got = generate_groups(&model, &prompts, 4, &cfg, &device);
+            assert_eq!(got, want, "{family}");
+            assert_eq!(got.len(), 12);
+            assert!(
+                got.chunks(4).any(|g| g.iter().any(|a| a != &g[0])),
+                "{family}: a group's answers are sampled, not copies"
+            );
+        }
+    }
 }

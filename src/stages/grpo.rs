@@ -188,6 +188,8 @@ pub struct Grpo<'a> {
     clip_sums: Cell<(f32, f32, f32)>,
     /// Whether a step was prepared since its metrics were last read.
     stepped: Cell<bool>,
+    /// Answer tokens sampled and the seconds their generation took, over the run.
+    pub generated: Cell<(f64, f64)>,
 }
 
 impl<'a> Grpo<'a> {
@@ -228,6 +230,7 @@ impl<'a> Grpo<'a> {
             kl_sums: Cell::new((0.0, 0.0)),
             clip_sums: Cell::new((0.0, 0.0, 0.0)),
             stepped: Cell::new(false),
+            generated: Cell::new((0.0, 0.0)),
         }
     }
 
@@ -265,6 +268,7 @@ impl<'a> Grpo<'a> {
             .expect("the policy lives on a device");
         let policy = model.valid();
         let mut sampled = Vec::with_capacity(chunks.len());
+        let mut generating_secs = 0.0;
         for b in chunks {
             // The sampling seed comes from the backend RNG, which the trainer seeds per step.
             let seed =
@@ -274,6 +278,7 @@ impl<'a> Grpo<'a> {
                 seed: (seed as f64 * u32::MAX as f64) as u64,
                 ..self.sampling.clone()
             };
+            let generating = std::time::Instant::now();
             let r = rollout(
                 &policy,
                 self.tokenizer,
@@ -284,6 +289,7 @@ impl<'a> Grpo<'a> {
                 &self.infer_device,
             )
             .expect("prompts were tokenized before training");
+            generating_secs += generating.elapsed().as_secs_f64();
             // A reward that fails (a verifier program's crash) ends training: `run` turns the
             // panic back into the error, and nothing is committed.
             let components = r
@@ -317,6 +323,15 @@ impl<'a> Grpo<'a> {
         }
         step.push(("completions/mean_length".into(), mean(&lengths)));
         step.push(("completions/clipped_ratio".into(), mean(&cut)));
+        // Sampled answer tokens per second of generation (scoring not included).
+        let tokens = lengths.iter().sum::<f64>();
+        step.push((
+            "rollout/tokens_per_s".into(),
+            tokens / generating_secs.max(1e-9),
+        ));
+        let (all_tokens, all_secs) = self.generated.get();
+        self.generated
+            .set((all_tokens + tokens, all_secs + generating_secs));
         *self.step.borrow_mut() = step;
 
         // Advantages over everything sampled this step (a `batch` scale sees all of it).
@@ -724,7 +739,9 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let inference = trained.valid();
     ctx.progress.set_message("measuring the reward (after)");
     let after = measure(&inference, &answering, measured, &scorer, 1)?;
-    let sampled = objective.rewards.into_inner();
+    let sampled = objective.rewards.take();
+    let (tokens, secs) = objective.generated.get();
+    let rollout_tokens_per_s = (secs > 0.0).then(|| tokens / secs);
 
     let prompting = format.prompting(&spec.template, &tokenizer)?;
     super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
@@ -788,6 +805,8 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "reward_after": after.as_ref().map(|m| m.mean),
             "answers": answers,
             "sampled_reward_per_step": sampled,
+            // Wall-clock, so in the summary rather than the metrics (which the lockfile keeps).
+            "rollout_tokens_per_s": rollout_tokens_per_s,
             "training": summary,
         }),
     })

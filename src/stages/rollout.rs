@@ -11,7 +11,7 @@ use super::scoring::{RewardText, score};
 use super::verifiers;
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
-use crate::model::sampling::{SamplingConfig, generate};
+use crate::model::sampling::{SamplingConfig, generate_groups};
 use crate::model::{Backbone, Model};
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::settings::RewardSource;
@@ -256,11 +256,8 @@ pub fn rollout(
         .iter()
         .map(|p| format.encode_prompt(tok, &p.prompt))
         .collect::<Result<_>>()?;
-    let mut inputs = Vec::with_capacity(prompts.len() * group);
-    for ids in &prompt_ids {
-        inputs.extend(std::iter::repeat_n(ids.clone(), group));
-    }
-    let outs = generate(policy, &inputs, sampling, device);
+    // Each prompt encoded once, its group decoded as rows of one batch.
+    let outs = generate_groups(policy, &prompt_ids, group, sampling, device);
     let mut completions = Vec::with_capacity(outs.len());
     for (k, out) in outs.into_iter().enumerate() {
         let text = tok
