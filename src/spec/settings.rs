@@ -483,6 +483,70 @@ impl RewardSource {
         .collect()
     }
 
+    /// What is wrong with these rewards, for `stages.<stage>.reward` (the same for every RL
+    /// stage that takes them).
+    pub fn problems(&self, stage: &str) -> Vec<crate::spec::kind::Problem> {
+        use crate::spec::kind::Problem;
+        let mut problems = Vec::new();
+        let r = self;
+        let names = r.names();
+        if names.is_empty() {
+            problems.push(
+                Problem::at_key("reward", format!("`stages.{stage}.reward` gives no reward"))
+                    .help("set `model: { from: <reward stage> }`, a verifier (`math: <answer column>`, `think: true`), or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
+            );
+        }
+        for (name, w) in &r.weights {
+            if !names.contains(&name.as_str()) {
+                problems.push(
+                    Problem::new(
+                        format!("reward.weights.{name}"),
+                        format!("a weight for `{name}`, which is not one of this stage's rewards"),
+                    )
+                    .help(format!("rewards set here: {}", names.join(", "))),
+                );
+            } else if !w.is_finite() {
+                problems.push(Problem::new(
+                    format!("reward.weights.{name}"),
+                    format!("the weight of `{name}` is not a finite number"),
+                ));
+            }
+        }
+        if let Some(re) = &r.regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            problems.push(Problem::new(
+                "reward.regex",
+                format!("invalid regular expression: {e}"),
+            ));
+        }
+        if let Some(l) = &r.length
+            && l.min > l.max
+        {
+            problems.push(Problem::at_key(
+                "reward.length",
+                format!("length rule: min {} is above max {}", l.min, l.max),
+            ));
+        }
+        if let Some(c) = &r.command
+            && c.first().is_none_or(|p| p.trim().is_empty())
+        {
+            problems.push(
+                Problem::new("reward.command", "`command` names no program")
+                    .help("write the program and its arguments: `command: [python3, verify.py]`"),
+            );
+        }
+        if let Some(t) = r.timeout
+            && !(t > 0.0 && t.is_finite())
+        {
+            problems.push(Problem::new(
+                "reward.timeout",
+                format!("`timeout: {t}` is not a positive number of seconds"),
+            ));
+        }
+        problems
+    }
+
     /// The reference-answer columns the rules read.
     pub fn answer_columns(&self) -> Vec<&str> {
         let mut columns: Vec<&str> = self

@@ -21,8 +21,8 @@ use tokenizers::Tokenizer;
 use super::conversation::Format;
 use super::metrics::{self, Rounded, Training};
 use super::rollout::{
-    Answering, Measured, PromptRow, RlSettings, RlSetup, Rollout, Scorer, measure,
-    measured_prompts, rollout, token_logps,
+    Answering, PromptRow, RlSettings, RlSetup, Rollout, Scorer, answer_rows, measure,
+    measured_prompts, per_reward_metrics, rollout, token_logps,
 };
 use crate::model::Backbone;
 use crate::model::sampling::SamplingConfig;
@@ -563,63 +563,7 @@ impl Kind for GrpoKind {
     }
 
     fn check(&self, g: &GrpoSpec, stage: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let r = &g.reward;
-        let names = r.names();
-        if names.is_empty() {
-            problems.push(
-                Problem::at_key("reward", format!("`stages.{stage}.reward` gives no reward"))
-                    .help("set `model: { from: <reward stage> }`, a verifier (`math: <answer column>`, `think: true`), or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
-            );
-        }
-        for (name, w) in &r.weights {
-            if !names.contains(&name.as_str()) {
-                problems.push(
-                    Problem::new(
-                        format!("reward.weights.{name}"),
-                        format!("a weight for `{name}`, which is not one of this stage's rewards"),
-                    )
-                    .help(format!("rewards set here: {}", names.join(", "))),
-                );
-            } else if !w.is_finite() {
-                problems.push(Problem::new(
-                    format!("reward.weights.{name}"),
-                    format!("the weight of `{name}` is not a finite number"),
-                ));
-            }
-        }
-        if let Some(re) = &r.regex
-            && let Err(e) = regex::Regex::new(re)
-        {
-            problems.push(Problem::new(
-                "reward.regex",
-                format!("invalid regular expression: {e}"),
-            ));
-        }
-        if let Some(l) = &r.length
-            && l.min > l.max
-        {
-            problems.push(Problem::at_key(
-                "reward.length",
-                format!("length rule: min {} is above max {}", l.min, l.max),
-            ));
-        }
-        if let Some(c) = &r.command
-            && c.first().is_none_or(|p| p.trim().is_empty())
-        {
-            problems.push(
-                Problem::new("reward.command", "`command` names no program")
-                    .help("write the program and its arguments: `command: [python3, verify.py]`"),
-            );
-        }
-        if let Some(t) = r.timeout
-            && !(t > 0.0 && t.is_finite())
-        {
-            problems.push(Problem::new(
-                "reward.timeout",
-                format!("`timeout: {t}` is not a positive number of seconds"),
-            ));
-        }
+        let mut problems = g.reward.problems(stage);
         if let Some(high) = g.epsilon_high
             && !(high >= 0.0 && high.is_finite())
         {
@@ -769,13 +713,8 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
         sampled_reward_last_quarter: Rounded(late),
     });
     // With several rewards, each on its own: a verifier's before/after is its accuracy.
-    if let (Some(b), Some(a)) = (&before, &after)
-        && b.components.len() > 1
-    {
-        for ((name, vb), (_, va)) in b.components.iter().zip(&a.components) {
-            metrics.insert(format!("reward_{name}_before"), json!(Rounded(*vb)));
-            metrics.insert(format!("reward_{name}_after"), json!(Rounded(*va)));
-        }
+    for (key, v) in per_reward_metrics(before.as_ref(), after.as_ref()) {
+        metrics.insert(key, json!(Rounded(v)));
     }
     let mut warnings = Vec::new();
     if let (Some(b), Some(a)) = (&before, &after)
@@ -810,41 +749,4 @@ pub fn run(spec: &GrpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "training": summary,
         }),
     })
-}
-
-/// The held-out answers before and after training, each with every reward's score, for
-/// `hone show --examples` and the report (the first `ANSWERS_KEPT` prompts).
-fn answer_rows(
-    prompts: &[PromptRow],
-    reward: &RewardSource,
-    scorer: &Scorer,
-    before: Option<&Measured>,
-    after: Option<&Measured>,
-) -> Vec<serde_json::Value> {
-    let (Some(before), Some(after)) = (before, after) else {
-        return Vec::new();
-    };
-    let reference_column = reward.math.as_ref().or(reward.exact_match.as_ref());
-    let mut rows = Vec::new();
-    for (b, a) in before
-        .answers
-        .iter()
-        .zip(&after.answers)
-        .take(super::conversation::ANSWERS_KEPT)
-    {
-        for (model, (p, text, scores)) in [("before", b), ("after", a)] {
-            let prompt = &prompts[*p];
-            let mut row = json!({
-                "model": model,
-                "prompt": prompt.prompt,
-                "reference": reference_column.and_then(|c| prompt.text(c)),
-                "answer": text,
-            });
-            for (name, s) in scorer.names().into_iter().zip(scores) {
-                row[name] = (*s).into();
-            }
-            rows.push(row);
-        }
-    }
-    rows
 }

@@ -27,8 +27,8 @@ use super::conversation::Format;
 use super::metrics::{self, Rounded, Training};
 use super::model_input::load_checkpoint;
 use super::rollout::{
-    Answering, PromptRow, RlSettings, RlSetup, Scorer, mean_reward, measured_prompts, rollout,
-    token_logps,
+    Answering, PromptRow, RlSettings, RlSetup, Scorer, answer_rows, measure, measured_prompts,
+    per_reward_metrics, rollout, token_logps,
 };
 use crate::model::sampling::SamplingConfig;
 use crate::model::{Backbone, Model};
@@ -59,8 +59,14 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct PpoSpec {
     pub model: Input,
-    /// A `reward` stage's model; anything else fails validation.
-    pub reward_model: Input,
+    /// A `reward` stage's model; anything else fails validation. The same as
+    /// `reward: { model: ... }`; give one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<Input>,
+    /// The rewards, as `grpo` takes them: a reward model, verifiers (`math`, `think`,
+    /// `command`) and rules, each scored and logged on its own and summed with `weights`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardSource>,
     pub prompts: Input,
     #[serde(default = "prompt_column")]
     pub prompt_column: String,
@@ -179,6 +185,7 @@ struct PpoMetrics {
 
 /// TRL's logged quantities, per optimisation step.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PpoStepMetrics {
     #[serde(rename = "objective/scores")]
     pub scores: f64,
@@ -198,6 +205,15 @@ pub struct PpoStepMetrics {
     pub policy_loss: f64,
     #[serde(rename = "loss/value_avg")]
     pub value_loss: f64,
+    /// The mean length of the sampled answers, in tokens.
+    #[serde(rename = "completions/mean_length")]
+    pub mean_length: f64,
+    /// The share of answers cut at `max_new_tokens` (no end token).
+    #[serde(rename = "completions/clipped_ratio")]
+    pub clipped_ratio: f64,
+    /// Each reward's mean over the rollout, as `rewards/<name>/mean` (TRL's names).
+    #[serde(flatten)]
+    pub rewards: std::collections::BTreeMap<String, f64>,
 }
 
 pub struct Ppo<'a> {
@@ -249,8 +265,34 @@ impl Ppo<'_> {
         .expect("prompts were tokenized before training");
         let components = r
             .scored(prompts, self.scorer)
-            .expect("the reward model scores text");
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let mut scores = self.scorer.sum(&components);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let rewards = self
+            .scorer
+            .names()
+            .into_iter()
+            .zip(&components)
+            .map(|(name, c)| (format!("rewards/{name}/mean"), mean(c)))
+            .collect();
+        let stopped = |ids: &[u32]| {
+            ids.last()
+                .is_some_and(|t| self.sampling.stop_tokens.contains(t))
+        };
+        let lengths: Vec<f64> = r
+            .completions
+            .iter()
+            .map(|(_, ids, _)| ids.len() as f64)
+            .collect();
+        let cut: Vec<f64> = r
+            .completions
+            .iter()
+            .map(|(_, ids, _)| {
+                f64::from(u8::from(
+                    !stopped(ids) && ids.len() >= self.sampling.max_new_tokens,
+                ))
+            })
+            .collect();
         if let Some(penalty) = self.spec.missing_eos_penalty {
             for (s, (_, ids, _)) in scores.iter_mut().zip(&r.completions) {
                 if !ids
@@ -301,6 +343,9 @@ impl Ppo<'_> {
             kl: kl_sum / nf,
             non_score_reward: -self.spec.kl_coef * kl_sum / nf,
             rlhf_reward: (score_sum - self.spec.kl_coef * kl_sum) / nf,
+            mean_length: mean(&lengths),
+            clipped_ratio: mean(&cut),
+            rewards,
             ..Default::default()
         });
         Rollout {
@@ -402,6 +447,8 @@ pub struct PpoKind;
 const MODEL: InputSlot = InputSlot::new("model", &[ArtifactType::Model]);
 /// Only a reward model scores rollouts.
 const REWARD_MODEL: InputSlot = InputSlot::new("reward_model", &[ArtifactType::RewardModel]);
+/// The same, given as `reward: { model: ... }`.
+const REWARD_SOURCE_MODEL: InputSlot = InputSlot::new("reward.model", &[ArtifactType::RewardModel]);
 /// The prompts to answer.
 const PROMPTS: InputSlot = InputSlot::new("prompts", DATA_INPUT);
 
@@ -409,10 +456,10 @@ impl Kind for PpoKind {
     type Settings = PpoSpec;
     const NAME: &'static str = "ppo";
     const VERSION: Option<&'static str> = None;
-    const DESCRIPTION: &'static str = "RLHF with PPO: the policy's sampled answers scored by a reward model, a per-token KL\npenalty to the starting policy, GAE, clipped policy and value losses.";
+    const DESCRIPTION: &'static str = "RLHF with PPO: the policy's sampled answers scored by a reward model (or verifiers and\nrules), a per-token KL penalty to the starting policy, GAE, clipped policy and value losses.";
 
     fn input_slots(&self) -> &'static [InputSlot] {
-        &[MODEL, REWARD_MODEL, PROMPTS]
+        &[MODEL, REWARD_MODEL, REWARD_SOURCE_MODEL, PROMPTS]
     }
 
     fn outputs(&self, p: &PpoSpec) -> Vec<(&'static str, ArtifactType)> {
@@ -430,8 +477,26 @@ impl Kind for PpoKind {
         Some(crate::spec::kind::schema_of::<PpoSpec>(generator))
     }
 
-    fn check(&self, p: &PpoSpec, _stage: &str) -> Vec<Problem> {
+    fn check(&self, p: &PpoSpec, stage: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
+        match (&p.reward_model, &p.reward) {
+            (Some(_), Some(_)) => problems.push(
+                Problem::at_key(
+                    "reward_model",
+                    "both `reward_model` and `reward` are given",
+                )
+                .help("keep one: `reward: { model: { from: rm }, math: answer }` holds both"),
+            ),
+            (None, None) => problems.push(
+                Problem::new(
+                    "reward",
+                    format!("`stages.{stage}` has no reward: give `reward_model` or `reward`"),
+                )
+                .help("`reward_model: { from: <reward stage> }`, or `reward:` with verifiers and rules as `grpo` takes them (`math: <answer column>`, `command: [...]`, ...)"),
+            ),
+            (None, Some(r)) => problems.extend(r.problems(stage)),
+            (Some(_), None) => {}
+        }
         if p.ppo_epochs == 0 {
             problems.push(Problem::new(
                 "ppo_epochs",
@@ -459,6 +524,15 @@ impl Kind for PpoKind {
         problems
     }
 
+    fn argument_files(&self, p: &PpoSpec) -> Vec<String> {
+        let n = p
+            .reward
+            .as_ref()
+            .and_then(|r| r.command.as_ref())
+            .map_or(0, Vec::len);
+        (0..n).map(|i| format!("reward.command.{i}")).collect()
+    }
+
     fn prompt_template<'s>(&self, p: &'s PpoSpec) -> Option<TemplateOf<'s, PromptTemplate>> {
         Some(TemplateOf::Own(&p.template))
     }
@@ -484,7 +558,11 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             prompts_input: PROMPTS.key,
             policy_input: MODEL.key,
             prompt_column: &spec.prompt_column,
-            answer_columns: Vec::new(),
+            answer_columns: spec
+                .reward
+                .as_ref()
+                .map(RewardSource::answer_columns)
+                .unwrap_or_default(),
             template: &spec.template,
             max_new_tokens: spec.max_new_tokens,
             temperature: spec.temperature,
@@ -495,12 +573,18 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     ctx.progress
         .set_message("loading the reference, reward and value models");
     let reference = backbone.valid();
-    let source = RewardSource {
-        model: Some(spec.reward_model.clone()),
-        ..Default::default()
+    let (source, slot) = match (&spec.reward_model, &spec.reward) {
+        (Some(model), _) => (
+            RewardSource {
+                model: Some(model.clone()),
+                ..Default::default()
+            },
+            REWARD_MODEL.key,
+        ),
+        (None, reward) => (reward.clone().unwrap_or_default(), REWARD_SOURCE_MODEL.key),
     };
-    let scorer = Scorer::new(&source, REWARD_MODEL.key, ctx, &infer_device)?;
-    let (value, value_from) = value_model(&scorer, &tokenizer, ctx, &device)?;
+    let scorer = Scorer::new(&source, slot, ctx, &infer_device)?;
+    let (value, value_from) = value_model(&scorer, slot, &tokenizer, ctx, &device)?;
     let answering = Answering {
         tok: &tokenizer,
         format: &format,
@@ -509,7 +593,8 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     };
     let measured = measured_prompts(&train_prompts, &val_prompts);
     ctx.progress.set_message("measuring the reward (before)");
-    let before = mean_reward(&reference, &answering, measured, &scorer, SAMPLES)?;
+    let measured_before = measure(&reference, &answering, measured, &scorer, SAMPLES)?;
+    let before = measured_before.as_ref().map(|m| m.mean);
 
     let (policy, adapted) = super::training::apply_peft(backbone, &spec.peft, &device)?;
     let objective = Ppo {
@@ -532,14 +617,19 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             });
         }
     }
-    let (trained, summary, _) = super::training::train_logged(
-        PolicyValue { policy, value },
-        &objective,
-        &batches,
-        &[],
-        &spec.train,
-        ctx,
-    )?;
+    // A reward that fails (a verifier program's crash) ends training: the panic comes back
+    // as the error, and nothing is committed.
+    let (trained, summary, _) = crate::diag::without_panic(|| {
+        super::training::train_logged(
+            PolicyValue { policy, value },
+            &objective,
+            &batches,
+            &[],
+            &spec.train,
+            ctx,
+        )
+    })
+    .map_err(|e| anyhow::anyhow!(e))??;
     let steps = objective.log.into_inner();
     for (i, m) in steps.iter().enumerate() {
         let mut e = serde_json::to_value(m)?;
@@ -549,7 +639,8 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     }
     let inference = trained.policy.valid();
     ctx.progress.set_message("measuring the reward (after)");
-    let after = mean_reward(&inference, &answering, measured, &scorer, SAMPLES)?;
+    let measured_after = measure(&inference, &answering, measured, &scorer, SAMPLES)?;
+    let after = measured_after.as_ref().map(|m| m.mean);
     let kl_after = sampled_kl(
         &inference,
         &reference,
@@ -564,8 +655,20 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
     super::training::save_policy(ctx, inference, &spec.peft, &config, &tokenizer, &prompting)?;
 
     let (metrics, warnings) = report(before, after, kl_after, &steps, &summary);
+    let mut metrics = metrics::record(&metrics);
+    // With several rewards, each on its own: a verifier's before/after is its accuracy.
+    for (key, v) in per_reward_metrics(measured_before.as_ref(), measured_after.as_ref()) {
+        metrics.insert(key, json!(Rounded(v)));
+    }
+    let answers = answer_rows(
+        measured,
+        &source,
+        &scorer,
+        measured_before.as_ref(),
+        measured_after.as_ref(),
+    );
     Ok(StageResult {
-        metrics: metrics::record(&metrics),
+        metrics,
         warnings,
         summary: json!({
             "method": super::training::method_name(&spec.peft, &adapted),
@@ -576,6 +679,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
             "score_before": before,
             "score_after": after,
             "kl_after": kl_after,
+            "answers": answers,
             "first_step": steps.first(),
             "last_step": steps.last(),
             "training": summary,
@@ -587,6 +691,7 @@ pub fn run(spec: &PpoSpec, ctx: &mut StageContext) -> Result<StageResult> {
 /// fresh copy, its own parameters) with a new scalar head. With where it came from, in words.
 fn value_model(
     scorer: &Scorer,
+    reward_slot: &str,
     tokenizer: &Tokenizer,
     ctx: &StageContext,
     device: &Device,
@@ -595,7 +700,7 @@ fn value_model(
         m.backbone.is_decoder() && tok.get_vocab_size(true) == tokenizer.get_vocab_size(true)
     });
     Ok(if rm_is_decoder_like_policy {
-        let v = load_checkpoint(ctx, REWARD_MODEL.key, None, false, device)?;
+        let v = load_checkpoint(ctx, reward_slot, None, false, device)?;
         (
             Model {
                 backbone: v.backbone,

@@ -323,19 +323,6 @@ pub struct Answering<'a> {
     pub device: &'a Device,
 }
 
-/// Mean reward of answers to `prompts` (the before/after measure of RL stages): greedy ones
-/// with `samples == 1`, else `samples` answers per prompt drawn as in training, from a fixed
-/// seed (the same draws before and after).
-pub fn mean_reward(
-    policy: &Backbone,
-    how: &Answering,
-    prompts: &[PromptRow],
-    scorer: &Scorer,
-    samples: usize,
-) -> Result<Option<f64>> {
-    Ok(measure(policy, how, prompts, scorer, samples)?.map(|m| m.mean))
-}
-
 /// Answers to held-out prompts and how each reward scored them.
 pub struct Measured {
     /// The mean reward.
@@ -346,7 +333,9 @@ pub struct Measured {
     pub answers: Vec<(usize, String, Vec<f64>)>,
 }
 
-/// What `mean_reward` measures, with each reward's mean and every answer.
+/// The rewards of answers to `prompts` (the before/after measure of RL stages): greedy ones
+/// with `samples == 1`, else `samples` answers per prompt drawn as in training, from a fixed
+/// seed (the same draws before and after); their mean, each reward's, and every answer.
 pub fn measure(
     policy: &Backbone,
     how: &Answering,
@@ -493,4 +482,65 @@ impl RlSetup {
 /// ones.
 pub fn measured_prompts<'a>(train: &'a [PromptRow], val: &'a [PromptRow]) -> &'a [PromptRow] {
     if val.is_empty() { train } else { val }
+}
+
+/// The held-out answers before and after training, each with every reward's score, for
+/// `hone show --examples` and the report (the first `ANSWERS_KEPT` prompts).
+pub fn answer_rows(
+    prompts: &[PromptRow],
+    reward: &RewardSource,
+    scorer: &Scorer,
+    before: Option<&Measured>,
+    after: Option<&Measured>,
+) -> Vec<serde_json::Value> {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Vec::new();
+    };
+    let reference_column = reward.math.as_ref().or(reward.exact_match.as_ref());
+    let mut rows = Vec::new();
+    for (b, a) in before
+        .answers
+        .iter()
+        .zip(&after.answers)
+        .take(super::conversation::ANSWERS_KEPT)
+    {
+        for (model, (p, text, scores)) in [("before", b), ("after", a)] {
+            let prompt = &prompts[*p];
+            let mut row = serde_json::json!({
+                "model": model,
+                "prompt": prompt.prompt,
+                "reference": reference_column.and_then(|c| prompt.text(c)),
+                "answer": text,
+            });
+            for (name, s) in scorer.names().into_iter().zip(scores) {
+                row[name] = (*s).into();
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Each reward's held-out mean before and after (`reward_<name>_before` / `_after`: a
+/// verifier's accuracy), when there are several rewards (one is the stage's score itself).
+pub fn per_reward_metrics(
+    before: Option<&Measured>,
+    after: Option<&Measured>,
+) -> Vec<(String, f64)> {
+    let (Some(b), Some(a)) = (before, after) else {
+        return Vec::new();
+    };
+    if b.components.len() < 2 {
+        return Vec::new();
+    }
+    b.components
+        .iter()
+        .zip(&a.components)
+        .flat_map(|((name, vb), (_, va))| {
+            [
+                (format!("reward_{name}_before"), *vb),
+                (format!("reward_{name}_after"), *va),
+            ]
+        })
+        .collect()
 }

@@ -273,3 +273,140 @@ stages:
         "{share} vs {accuracy}: {answers:?}"
     );
 }
+
+/// `examples/arithmetic_verifier.py`, the verifier of `recipes/arithmetic_grpo_command.yaml`,
+/// reads answers as the built-in `math` reward does: on answers of every shape the two agree,
+/// so the recipe with either trains the same model.
+#[test]
+fn the_example_arithmetic_verifier_scores_as_the_math_reward() {
+    let pairs = [
+        ("The answer is 8.", "8"),
+        ("Sam has 5 + 3 = 8 apples. The answer is 8.", "8"),
+        ("Sam has 5 + 3 = 8 apples. Then 2 more", "10"),
+        ("So it is \\boxed{12}, not 13.", "12"),
+        ("\\boxed{\\frac{1}{2}}", "0.5"),
+        ("3 then #### 7 apples and 9", "7"),
+        ("It is 1,234.", "1234"),
+        ("It is -3", "-3"),
+        ("a-5 b", "5"),
+        ("Half: 1/2", "0.5"),
+        ("50%", "0.5"),
+        ("12\\%", "0.12"),
+        ("<think>5 + 1 = 5</think> It is 6.", "6"),
+        ("The answer is N.", "8"),
+        ("no number at all", "0"),
+        ("2.5.", "2.5"),
+        ("3/0", "0"),
+        ("$5$", "5"),
+        ("1.2.3", "1.2"),
+        ("\u{0661}\u{0662}", "12"),
+        ("5.0", "5"),
+        (".5 of it", "0.5"),
+        ("+7", "7"),
+        ("\\boxed{unclosed 4", "4"),
+        ("1,000,000 or 10", "10"),
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("python3")
+        .arg(root.join("examples/arithmetic_verifier.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for (answer, reference) in pairs {
+            let row = serde_json::json!({ "prompt": "?", "answer": reference, "response": answer });
+            writeln!(stdin, "{row}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let scores: Vec<f64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(scores.len(), pairs.len());
+    let mut agreed = 0;
+    for ((answer, reference), got) in pairs.iter().zip(&scores) {
+        let want = hone::stages::verifiers::math_reward(answer, reference);
+        assert_eq!(*got, want, "{answer:?} against {reference:?}");
+        agreed += usize::from(want == 1.0);
+    }
+    assert!(agreed >= 10 && agreed < pairs.len(), "both kinds of case");
+}
+
+/// PPO takes GRPO's `reward:`: rules and verifiers instead of a reward model, each logged per
+/// rollout (`rewards/<name>/mean`, with the answers' mean length and the share cut off), each
+/// one's held-out mean before and after, and the held-out answers kept.
+#[test]
+fn ppo_learns_from_rules_and_verifiers_and_reports_each() {
+    let p = Project::new();
+    let ppo = |reward: &str| {
+        format!(
+            "version: 1\nname: ppo-rules\nseed: 42\nstages:\n{}  ppo:\n    kind: ppo\n    model: {{ from: sft }}\n    prompts: {{ from: qa }}\n{reward}    max_new_tokens: 24\n    ppo_epochs: 2\n    train: {{ epochs: 4, batch_size: 8, lr: 5.0e-4 }}\n",
+            crate::common::car_sft_stages()
+        )
+    };
+    p.write(
+        "r.yaml",
+        &ppo(
+            "    reward: { length: { min: 1, max: 6 }, math: response, weights: { math: 2.0 } }\n",
+        ),
+    );
+    p.hone(&["run", "r.yaml"]).ok();
+    let show = p.hone(&["show", "r.yaml", "ppo"]).ok();
+    let m = |k: &str| metric(&show, k);
+    assert!(
+        m("reward_length_after") >= m("reward_length_before") + 0.2,
+        "the length rule is learnt:\n{show}"
+    );
+    for when in ["before", "after"] {
+        let weighted =
+            m(&format!("reward_length_{when}")) + 2.0 * m(&format!("reward_math_{when}"));
+        assert!(
+            (m(&format!("score_{when}")) - weighted).abs() < 1e-3,
+            "the score is the weighted sum:\n{show}"
+        );
+    }
+    let jsonl = crate::common::first_run_metrics(&p);
+    let rollouts: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["stage"] == "ppo" && v["event"] == "ppo")
+        .collect();
+    assert!(!rollouts.is_empty(), "{jsonl}");
+    for r in &rollouts {
+        let get = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+        assert!((0.0..=1.0).contains(&get("rewards/length/mean")), "{r}");
+        assert!(
+            (0.0..=1.0).contains(&get("completions/clipped_ratio")),
+            "{r}"
+        );
+        assert!(
+            (1.0..=24.0).contains(&get("completions/mean_length")),
+            "{r}"
+        );
+    }
+    let examples = p.hone(&["show", "r.yaml", "ppo", "--examples", "2"]).ok();
+    assert!(
+        examples.contains("\nbefore ") && examples.contains(" · math "),
+        "{examples}"
+    );
+
+    // One reward source, not two and not none.
+    for (reward, expected) in [
+        (
+            "    reward_model: { from: sft }\n    reward: { length: { min: 1, max: 6 } }\n",
+            "both `reward_model` and `reward` are given",
+        ),
+        ("", "has no reward: give `reward_model` or `reward`"),
+    ] {
+        p.write("r.yaml", &ppo(reward));
+        let run = p.hone(&["run", "r.yaml"]);
+        assert_eq!(run.code(), 2, "{}", run.transcript());
+        assert!(run.stderr().contains(expected), "{}", run.stderr());
+    }
+}
