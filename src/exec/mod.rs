@@ -211,6 +211,7 @@ pub fn preview_examples(
     );
     ctx.recipe_name = recipe.header.name.clone();
     ctx.recipe_dir = recipe.dir().to_path_buf();
+    ctx.rewards = spec.rewards().to_vec();
     inputs::resolve_inputs(&mut ctx, recipe, dag, store, &known, i)?;
     spec.examples(&mut ctx, n).unwrap_or_else(|| {
         bail!(

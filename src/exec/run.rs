@@ -392,6 +392,7 @@ impl<'a> Run<'a> {
         );
         ctx.recipe_name = recipe.header.name.clone();
         ctx.recipe_dir = recipe.dir().to_path_buf();
+        ctx.rewards = stage.spec.rewards().to_vec();
         let key_config = stage.spec.key_config();
         ctx.frozen_base_dtypes =
             crate::stages::training::frozen_base_dtypes(&key_config, self.backend);

@@ -888,6 +888,18 @@ fn spec_result(
             "stage kind `{kind}`: its Settings must serialize as a mapping of keys (a struct)"
         ))
         .at(sources.value(&path))),
+        Err(SpecError::UnknownReward { key, name, known }) => {
+            let at = join(&path, &key);
+            Err(
+                Diagnostic::new(format!("`{at}`: no reward named `{name}` is registered"))
+                    .at(sources.value(&at))
+                    .help(if known.is_empty() {
+                        "a reward written in Rust exists only in a program that registers it (`Registry::register_reward`, see examples/custom_reward.rs); the built-in ones are `model`, `exact_match`, `length`, `regex`, `math`, `think` and `command`".to_owned()
+                    } else {
+                        format!("registered rewards: {}", known.join(", "))
+                    }),
+            )
+        }
         Err(SpecError::Input { key, message }) => {
             let at = join(&path, &key);
             Err(Diagnostic::new(format!("`{at}`: {message}"))

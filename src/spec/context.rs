@@ -171,6 +171,8 @@ pub struct StageContext {
     /// The tensor backend this stage runs on.
     pub backend: crate::backend::BackendKind,
     pub progress: Progress,
+    /// The registered rewards the stage names (`reward.custom`), resolved with its recipe.
+    pub rewards: Vec<std::sync::Arc<dyn super::reward::Reward>>,
     /// Metric records (training steps, evaluations) for the run's metrics.jsonl.
     pub events: Vec<serde_json::Value>,
     /// Where training checkpoints of this action go (kept until the action commits).
@@ -216,6 +218,7 @@ impl StageContext {
             seed,
             backend,
             progress,
+            rewards: Vec::new(),
             events: Vec::new(),
             checkpoint_dir: None,
             token_cache: None,

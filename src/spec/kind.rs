@@ -214,6 +214,12 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The names of registered rewards ([`super::reward::Reward`]) the settings use, in their
+    /// order (`reward.custom`): the registry checks each exists and attaches it.
+    fn custom_rewards(&self, _settings: &Self::Settings) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The prompt template a model from this stage was trained with, or the input whose
     /// model's template it keeps (an export), for `hone generate` on `RECIPE:STAGE`.
     fn prompt_template<'s>(
@@ -280,6 +286,7 @@ pub(super) trait DynKind: Send + Sync {
     fn checks_training_data_of(&self) -> Option<InputSlot>;
     fn data_role(&self, s: &dyn Any) -> Option<DataRole>;
     fn argument_files(&self, s: &dyn Any) -> Vec<String>;
+    fn custom_rewards(&self, s: &dyn Any) -> Vec<String>;
     fn prompt_template<'a>(
         &self,
         s: &'a dyn Any,
@@ -373,6 +380,9 @@ impl<K: Kind> DynKind for K {
     fn argument_files(&self, s: &dyn Any) -> Vec<String> {
         Kind::argument_files(self, typed::<K>(s))
     }
+    fn custom_rewards(&self, s: &dyn Any) -> Vec<String> {
+        Kind::custom_rewards(self, typed::<K>(s))
+    }
     fn prompt_template<'a>(
         &self,
         s: &'a dyn Any,
@@ -406,6 +416,8 @@ pub struct StageSpec {
     settings: Arc<dyn Any + Send + Sync>,
     json: Value,
     inputs: BTreeMap<String, Input>,
+    /// The registered rewards the stage names (`reward.custom`), in its order.
+    rewards: Vec<Arc<dyn super::reward::Reward>>,
 }
 
 impl std::fmt::Debug for StageSpec {
@@ -430,6 +442,12 @@ pub enum SpecError {
     Serialize(String),
     /// The input at settings key `key` is malformed.
     Input { key: String, message: String },
+    /// The reward at settings key `key` is not one this program registered.
+    UnknownReward {
+        key: String,
+        name: String,
+        known: Vec<&'static str>,
+    },
 }
 
 impl StageSpec {
@@ -480,7 +498,39 @@ impl StageSpec {
             settings,
             json,
             inputs,
+            rewards: Vec::new(),
         })
+    }
+
+    /// The registered rewards the stage names, each with its settings key
+    /// (`reward.custom.0`); see [`Kind::custom_rewards`].
+    pub fn custom_rewards(&self) -> Vec<(String, String)> {
+        self.kind
+            .custom_rewards(self.settings.as_ref())
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (format!("reward.custom.{i}"), name))
+            .collect()
+    }
+
+    /// The stage with the rewards it names attached, their versions in its action key.
+    pub(super) fn with_rewards(mut self, rewards: Vec<Arc<dyn super::reward::Reward>>) -> Self {
+        if !rewards.is_empty()
+            && let Some(map) = self.json.as_object_mut()
+        {
+            let versions: serde_json::Map<String, Value> = rewards
+                .iter()
+                .map(|r| (r.name().to_owned(), Value::from(r.version())))
+                .collect();
+            map.insert("reward_versions".into(), Value::Object(versions));
+        }
+        self.rewards = rewards;
+        self
+    }
+
+    /// The registered rewards the stage names (what `reward.custom` resolved to).
+    pub fn rewards(&self) -> &[Arc<dyn super::reward::Reward>] {
+        &self.rewards
     }
 
     /// The `kind:` as the recipe wrote it.

@@ -7,6 +7,7 @@
 pub mod context;
 pub mod kind;
 pub mod registry;
+pub mod reward;
 pub mod settings;
 
 pub use kind::{
@@ -14,3 +15,4 @@ pub use kind::{
     StageResult, StageSpec, TemplateOf,
 };
 pub use registry::{Builtin, RegisterError, Registry};
+pub use reward::{Answer, Reward};

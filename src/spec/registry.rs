@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::kind::{DynKind, Kind, SpecError, StageSpec};
+use super::reward::{BUILTIN_REWARDS, Reward};
 
 /// A built-in kind, as `stages::BUILTIN` lists them: `Builtin::of::<sft::SftKind>()`.
 pub struct Builtin {
@@ -45,6 +46,14 @@ pub enum RegisterError {
         "stage kind `{0}` has no VERSION: set one (and change it when the kind's output changes), so cached results of older code are not reused"
     )]
     NoVersion(&'static str),
+    #[error("`{0}` is a built-in reward; give yours another name")]
+    BuiltinReward(&'static str),
+    #[error("reward `{0}` is already registered")]
+    RewardTaken(&'static str),
+    #[error("reward `{0}` may use only lowercase letters, digits and `_`")]
+    BadRewardName(&'static str),
+    #[error("reward `{0}` has an empty version: set one, and change it when its scores change")]
+    NoRewardVersion(&'static str),
 }
 
 /// The stage kinds recipes may use: the built-ins in their listed order, then the kinds a
@@ -53,6 +62,8 @@ pub enum RegisterError {
 pub struct Registry {
     builtin: Vec<Arc<dyn DynKind>>,
     registered: Vec<Arc<dyn DynKind>>,
+    /// Rewards written in Rust that RL stages may name (`reward: { custom: [name] }`).
+    rewards: Vec<Arc<dyn Reward>>,
 }
 
 impl Registry {
@@ -61,6 +72,7 @@ impl Registry {
         Registry {
             builtin: builtin.iter().map(|b| (b.make)()).collect(),
             registered: Vec::new(),
+            rewards: Vec::new(),
         }
     }
 
@@ -84,10 +96,51 @@ impl Registry {
         Ok(())
     }
 
-    /// Parses the settings of a stage of kind `kind` (`v` without its `kind` key).
+    /// Adds `reward`: RL stages of recipes loaded with this registry may then name it under
+    /// `reward: { custom: [name] }`.
+    pub fn register_reward<R: Reward + 'static>(&mut self, reward: R) -> Result<(), RegisterError> {
+        let name = reward.name();
+        if !is_kind_name(name) {
+            return Err(RegisterError::BadRewardName(name));
+        }
+        if reward.version().trim().is_empty() {
+            return Err(RegisterError::NoRewardVersion(name));
+        }
+        if BUILTIN_REWARDS.contains(&name) {
+            return Err(RegisterError::BuiltinReward(name));
+        }
+        if self.rewards.iter().any(|r| r.name() == name) {
+            return Err(RegisterError::RewardTaken(name));
+        }
+        self.rewards.push(Arc::new(reward));
+        self.rewards.sort_by_key(|r| r.name());
+        Ok(())
+    }
+
+    /// The rewards a program registered, sorted by name.
+    pub fn rewards(&self) -> Vec<&'static str> {
+        self.rewards.iter().map(|r| r.name()).collect()
+    }
+
+    /// Parses the settings of a stage of kind `kind` (`v` without its `kind` key). The
+    /// rewards of this registry that the stage names travel with it.
     pub fn parse(&self, kind: &str, v: serde_yaml::Value) -> Result<StageSpec, SpecError> {
         let kind = self.lookup(kind).ok_or(SpecError::UnknownKind)?;
-        StageSpec::parse(kind, v)
+        let spec = StageSpec::parse(kind, v)?;
+        let mut rewards = Vec::new();
+        for (key, name) in spec.custom_rewards() {
+            match self.rewards.iter().find(|r| r.name() == name) {
+                Some(r) => rewards.push(r.clone()),
+                None => {
+                    return Err(SpecError::UnknownReward {
+                        key,
+                        name,
+                        known: self.rewards(),
+                    });
+                }
+            }
+        }
+        Ok(spec.with_rewards(rewards))
     }
 
     fn lookup(&self, name: &str) -> Option<Arc<dyn DynKind>> {

@@ -457,18 +457,23 @@ pub struct RewardSource {
     /// action key by their content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// Rewards written in Rust that the program running hone registered
+    /// (`Registry::register_reward`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom: Vec<String>,
     /// Seconds one call of `command` (one batch of answers) may take (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
     /// Weight of each reward by name (`model`, `exact_match`, `length`, `regex`, `math`,
-    /// `think`, `command`); 1 for any not named.
+    /// `think`, `command`, or a registered reward's); 1 for any not named.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub weights: std::collections::BTreeMap<String, f64>,
 }
 
 impl RewardSource {
-    /// The names of the rewards that are set, in the order they add up.
-    pub fn names(&self) -> Vec<&'static str> {
+    /// The names of the rewards that are set, in the order they add up: the built-in ones,
+    /// then the registered ones (`custom`).
+    pub fn names(&self) -> Vec<&str> {
         [
             ("model", self.model.is_some()),
             ("exact_match", self.exact_match.is_some()),
@@ -480,6 +485,7 @@ impl RewardSource {
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
+        .chain(self.custom.iter().map(String::as_str))
         .collect()
     }
 
@@ -495,6 +501,14 @@ impl RewardSource {
                 Problem::at_key("reward", format!("`stages.{stage}.reward` gives no reward"))
                     .help("set `model: { from: <reward stage> }`, a verifier (`math: <answer column>`, `think: true`), or a rule: `exact_match: <answer column>`, `length: { min, max }`, `regex: ...`"),
             );
+        }
+        for (i, name) in r.custom.iter().enumerate() {
+            if r.custom[..i].contains(name) {
+                problems.push(Problem::new(
+                    format!("reward.custom.{i}"),
+                    format!("`{name}` is named twice"),
+                ));
+            }
         }
         for (name, w) in &r.weights {
             if !names.contains(&name.as_str()) {

@@ -604,6 +604,10 @@ impl Kind for GrpoKind {
         problems
     }
 
+    fn custom_rewards(&self, g: &GrpoSpec) -> Vec<String> {
+        g.reward.custom.clone()
+    }
+
     fn argument_files(&self, g: &GrpoSpec) -> Vec<String> {
         let n = g.reward.command.as_ref().map_or(0, Vec::len);
         (0..n).map(|i| format!("reward.command.{i}")).collect()

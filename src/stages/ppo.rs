@@ -524,6 +524,13 @@ impl Kind for PpoKind {
         problems
     }
 
+    fn custom_rewards(&self, p: &PpoSpec) -> Vec<String> {
+        p.reward
+            .as_ref()
+            .map(|r| r.custom.clone())
+            .unwrap_or_default()
+    }
+
     fn argument_files(&self, p: &PpoSpec) -> Vec<String> {
         let n = p
             .reward

@@ -73,6 +73,8 @@ pub struct Scorer {
     math: Option<String>,
     think: bool,
     command: Option<verifiers::Verifier>,
+    /// Rewards written in Rust (`custom`), in their order.
+    custom: Vec<std::sync::Arc<dyn crate::spec::Reward>>,
     /// (name, weight) of each reward that is set, in the order they add up.
     weights: Vec<(&'static str, f64)>,
     device: Device,
@@ -120,6 +122,18 @@ impl Scorer {
             }
             None => None,
         };
+        // The registered rewards the recipe names, resolved when it was loaded.
+        let custom: Vec<std::sync::Arc<dyn crate::spec::Reward>> = source
+            .custom
+            .iter()
+            .map(|name| {
+                ctx.rewards
+                    .iter()
+                    .find(|r| r.name() == name)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("no reward named `{name}` is registered"))
+            })
+            .collect::<Result<_>>()?;
         Ok(Scorer {
             model,
             exact_match: source.exact_match.clone(),
@@ -142,8 +156,17 @@ impl Scorer {
             weights: source
                 .names()
                 .into_iter()
-                .map(|n| (n, source.weights.get(n).copied().unwrap_or(1.0)))
-                .collect(),
+                .map(|n| {
+                    let name = crate::spec::reward::BUILTIN_REWARDS
+                        .iter()
+                        .copied()
+                        .chain(custom.iter().map(|r| r.name()))
+                        .find(|known| *known == n)
+                        .ok_or_else(|| anyhow::anyhow!("no reward named `{n}` is registered"))?;
+                    Ok((name, source.weights.get(n).copied().unwrap_or(1.0)))
+                })
+                .collect::<Result<_>>()?,
+            custom,
             device: device.clone(),
         })
     }
@@ -230,6 +253,34 @@ impl Scorer {
                 })
                 .collect();
             out.push(v.scores(&lines)?);
+        }
+        for reward in &self.custom {
+            let answers: Vec<crate::spec::Answer<'_>> = rows
+                .iter()
+                .map(|(row, response)| crate::spec::Answer {
+                    prompt: &row.prompt,
+                    response,
+                    row: &row.columns,
+                })
+                .collect();
+            let scores = reward
+                .scores(&answers)
+                .with_context(|| format!("reward `{}`", reward.name()))?;
+            if scores.len() != rows.len() {
+                bail!(
+                    "reward `{}` gave {} scores for {} answers",
+                    reward.name(),
+                    scores.len(),
+                    rows.len()
+                );
+            }
+            if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
+                bail!(
+                    "reward `{}` gave a score that is not finite: {bad}",
+                    reward.name()
+                );
+            }
+            out.push(scores);
         }
         Ok(out)
     }

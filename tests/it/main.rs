@@ -11,6 +11,7 @@ mod cli_snapshots;
 mod common;
 mod compare;
 mod concat_stage;
+mod custom_reward;
 mod custom_stage;
 mod data_layouts;
 mod data_parallel;
