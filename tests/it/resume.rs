@@ -231,8 +231,12 @@ fn a_damaged_checkpoint_is_discarded_and_the_stage_trains_again() {
     }
 }
 
+/// A verifier program for the resumed GRPO stage: 1 for an answer of one to three words.
+const SHORT_ANSWERS: &str = "import json, sys\nfor line in sys.stdin:\n    print(1 if 1 <= len(json.loads(line)['response'].split()) <= 3 else 0)\n";
+
 /// A tiny policy, a reward model on the preference pairs, then PPO (two passes over each
-/// rollout) and GRPO, checkpointing at every step they can resume from.
+/// rollout) and GRPO (twice: once with two passes per rollout, DAPO's loss and a verifier
+/// program beside the reward model), checkpointing at every step they can resume from.
 fn rl_recipe() -> String {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cars");
     format!(
@@ -289,7 +293,7 @@ stages:
     kind: grpo
     model: {{ from: lm }}
     prompts: {{ from: prompts }}
-    reward: {{ model: {{ from: rm }} }}
+    reward: {{ model: {{ from: rm }}, command: [python3, verify.py] }}
     group_size: 2
     max_new_tokens: 6
     loss_type: dapo
@@ -306,11 +310,13 @@ stages:
 fn ppo_and_grpo_resume_to_the_same_bytes_and_metrics() {
     let whole = Project::new();
     whole.write("r.yaml", &rl_recipe());
+    whole.write("verify.py", SHORT_ANSWERS);
     whole.hone(&["run", "r.yaml"]).ok();
     let expected = artifacts(&whole);
 
     let p = Project::new();
     p.write("r.yaml", &rl_recipe());
+    p.write("verify.py", SHORT_ANSWERS);
     p.hone(&["run", "r.yaml", "--until", "rm"]).ok();
     // Ctrl-C in PPO's step 3, the first pass over the second rollout: the checkpoint can
     // only be the one after step 2, the end of the first rollout.
