@@ -50,6 +50,15 @@ impl Default for SamplingConfig {
     }
 }
 
+impl SamplingConfig {
+    /// Whether a generated answer ran into `max_new_tokens` without a stop token: it was cut
+    /// off (RL stages log the share; DAPO masks such answers).
+    pub fn cut_off(&self, answer: &[u32]) -> bool {
+        let stopped = answer.last().is_some_and(|t| self.stop_tokens.contains(t));
+        !stopped && answer.len() >= self.max_new_tokens
+    }
+}
+
 /// Picks the next token from one row of logits.
 pub fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
     let argmax = || {

@@ -250,14 +250,6 @@ impl<'a> Grpo<'a> {
             .collect()
     }
 
-    /// Whether an answer ran into `max_new_tokens` without an end token.
-    fn cut(&self, ids: &[u32]) -> bool {
-        let stopped = ids
-            .last()
-            .is_some_and(|t| self.sampling.stop_tokens.contains(t));
-        !stopped && ids.len() >= self.sampling.max_new_tokens
-    }
-
     /// Samples and scores the answers to `chunks`, with a seed drawn from the (per-step
     /// seeded) backend RNG for each, and prepares their passes.
     fn sample(&self, model: &Backbone, chunks: &[&GrpoBatch]) {
@@ -314,7 +306,7 @@ impl<'a> Grpo<'a> {
             }
             for (_, ids, _) in &r.completions {
                 lengths.push(ids.len() as f64);
-                cut.push(f64::from(u8::from(self.cut(ids))));
+                cut.push(f64::from(u8::from(self.sampling.cut_off(ids))));
             }
         }
         let mut step = vec![("reward".to_owned(), mean(&rewards))];
@@ -344,7 +336,7 @@ impl<'a> Grpo<'a> {
             let keep = self.mask_truncated.then(|| {
                 r.completions
                     .iter()
-                    .map(|(_, ids, _)| f32::from(u8::from(!self.cut(ids))))
+                    .map(|(_, ids, _)| f32::from(u8::from(!self.sampling.cut_off(ids))))
                     .collect::<Vec<f32>>()
             });
             let tokens = r

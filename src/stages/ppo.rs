@@ -275,10 +275,6 @@ impl Ppo<'_> {
             .zip(&components)
             .map(|(name, c)| (format!("rewards/{name}/mean"), mean(c)))
             .collect();
-        let stopped = |ids: &[u32]| {
-            ids.last()
-                .is_some_and(|t| self.sampling.stop_tokens.contains(t))
-        };
         let lengths: Vec<f64> = r
             .completions
             .iter()
@@ -287,11 +283,7 @@ impl Ppo<'_> {
         let cut: Vec<f64> = r
             .completions
             .iter()
-            .map(|(_, ids, _)| {
-                f64::from(u8::from(
-                    !stopped(ids) && ids.len() >= self.sampling.max_new_tokens,
-                ))
-            })
+            .map(|(_, ids, _)| f64::from(u8::from(self.sampling.cut_off(ids))))
             .collect();
         if let Some(penalty) = self.spec.missing_eos_penalty {
             for (s, (_, ids, _)) in scores.iter_mut().zip(&r.completions) {
