@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""A GRPO reward program (`reward: { command: [python3, ../examples/arithmetic_verifier.py] }`):
-1 when an answer's final number equals the row's `answer`, else 0. It reads answers the way
-hone's built-in `math:` verifier does (src/stages/verifiers.rs), so the two give the same
-scores and the same trained model (recipes/arithmetic_grpo_command.yaml).
+"""A GRPO/PPO reward program (`reward: { command: [python3, examples/arithmetic_verifier.py] }`,
+the path relative to the recipe's directory): 1 when an answer's final number equals the row's
+`answer`, else 0. It reads answers the way hone's built-in `math: answer` verifier does
+(src/stages/verifiers.rs), so the two give the same scores, and so train the same model.
 
 The protocol: hone writes one JSON object a line to stdin (the prompt row's columns, then
 `prompt` and `response`, the answer to score) and reads one number a line from stdout, in

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Writes data/arithmetic/{train,heldout}.jsonl: word problems of two or three operations on
-small numbers, for recipes/arithmetic_grpo.yaml.
+"""Writes data/arithmetic/{train,heldout}.jsonl: word problems on two or three small numbers
+(one or two operations, half of each), for GRPO with the `math` verifier (issue 32's
+arithmetic recipe, not shipped yet: see the progress note) and `cargo bench --bench rollout`.
 
 Each row: `prompt` (the problem and what form the answer takes), `answer` (the result, an
-integer, as text), `numbers` (the operands, in order). A problem is a start amount, then one
+integer, as text), `solution` (the calculation in one line, then "The answer is N."; for
+supervised warm-up), `numbers` (the operands, in order). A problem is a start amount, then one
 or two changes (gains, losses, or a doubling/tripling), e.g. "Mia has 4 marbles. She finds 3
 more, then gives away 2. How many marbles does Mia have now?" (5). Results stay between 0 and
 40.
@@ -22,7 +24,7 @@ import random
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "data/arithmetic"
-TRAIN_ROWS, HELDOUT_ROWS = 400, 100
+TRAIN_ROWS, HELDOUT_ROWS = 200, 100
 HELDOUT_SHARE = 5  # one operand tuple in 5 is held out
 
 NAMES = ["Mia", "Leo", "Ava", "Noah", "Zoe", "Omar", "Ivy", "Sam", "Lena", "Ravi"]
@@ -31,7 +33,7 @@ THINGS = ["marbles", "apples", "stickers", "coins", "books", "shells", "pencils"
 GAINS = ["finds {n} more", "buys {n} more", "gets {n} more from a friend", "wins {n} more"]
 LOSSES = ["gives away {n}", "loses {n}", "sells {n}", "gives {n} to a friend"]
 TIMES = {2: "doubles them", 3: "triples them"}
-INSTRUCTION = "Solve it, then end with \"The answer is N.\" where N is the number."
+INSTRUCTION = "Show the calculation in one line, then end with \"The answer is N.\""
 
 
 def held_out(numbers: tuple) -> bool:
@@ -41,8 +43,9 @@ def held_out(numbers: tuple) -> bool:
 
 def problem(rng: random.Random, numbers: tuple, ops: tuple) -> dict | None:
     value = numbers[0]
-    steps = []
+    steps, work = [], []
     for n, op in zip(numbers[1:], ops):
+        before = value
         if op == "+":
             value += n
             steps.append(rng.choice(GAINS).format(n=n))
@@ -56,6 +59,7 @@ def problem(rng: random.Random, numbers: tuple, ops: tuple) -> dict | None:
                 return None
             value *= n
             steps.append(TIMES[n])
+        work.append(f"{before} {'x' if op == '*' else op} {n} = {value}")
     if not 0 <= value <= 40:
         return None
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
@@ -64,7 +68,8 @@ def problem(rng: random.Random, numbers: tuple, ops: tuple) -> dict | None:
         f"{name} has {numbers[0]} {thing}. {name} {changes}. "
         f"How many {thing} does {name} have now? {INSTRUCTION}"
     )
-    return {"prompt": text, "answer": str(value), "numbers": list(numbers)}
+    solution = f"{', then '.join(work)}. The answer is {value}."
+    return {"prompt": text, "answer": str(value), "solution": solution, "numbers": list(numbers)}
 
 
 def main() -> None:
@@ -75,10 +80,12 @@ def main() -> None:
             for ops in itertools.product("+-*", repeat=count - 1):
                 candidates.append((numbers, ops))
     rng.shuffle(candidates)
+    # Half the problems take one operation, half two (there are far more of the second kind).
     train, heldout = [], []
     for numbers, ops in candidates:
         rows = heldout if held_out(numbers) else train
-        if len(rows) >= (HELDOUT_ROWS if rows is heldout else TRAIN_ROWS):
+        limit = HELDOUT_ROWS if rows is heldout else TRAIN_ROWS
+        if sum(len(r["numbers"]) == len(numbers) for r in rows) >= limit // 2:
             continue
         row = problem(rng, numbers, ops)
         if row is not None:

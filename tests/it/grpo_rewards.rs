@@ -274,9 +274,8 @@ stages:
     );
 }
 
-/// `examples/arithmetic_verifier.py`, the verifier of `recipes/arithmetic_grpo_command.yaml`,
-/// reads answers as the built-in `math` reward does: on answers of every shape the two agree,
-/// so the recipe with either trains the same model.
+/// `examples/arithmetic_verifier.py` reads answers as the built-in `math` reward does: on
+/// answers of every shape the two agree, so a recipe with either trains the same model.
 #[test]
 fn the_example_arithmetic_verifier_scores_as_the_math_reward() {
     let pairs = [
