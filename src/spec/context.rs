@@ -172,7 +172,7 @@ pub struct StageContext {
     pub backend: crate::backend::BackendKind,
     pub progress: Progress,
     /// The registered rewards the stage names (`reward.custom`), resolved with its recipe.
-    pub rewards: Vec<std::sync::Arc<dyn super::reward::Reward>>,
+    pub rewards: Vec<std::sync::Arc<dyn super::rewards::Reward>>,
     /// Metric records (training steps, evaluations) for the run's metrics.jsonl.
     pub events: Vec<serde_json::Value>,
     /// Where training checkpoints of this action go (kept until the action commits).

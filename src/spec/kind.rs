@@ -214,7 +214,7 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// The names of registered rewards ([`super::reward::Reward`]) the settings use, in their
+    /// The names of registered rewards ([`super::rewards::Reward`]) the settings use, in their
     /// order (`reward.custom`): the registry checks each exists and attaches it.
     fn custom_rewards(&self, _settings: &Self::Settings) -> Vec<String> {
         Vec::new()
@@ -417,7 +417,7 @@ pub struct StageSpec {
     json: Value,
     inputs: BTreeMap<String, Input>,
     /// The registered rewards the stage names (`reward.custom`), in its order.
-    rewards: Vec<Arc<dyn super::reward::Reward>>,
+    rewards: Vec<Arc<dyn super::rewards::Reward>>,
 }
 
 impl std::fmt::Debug for StageSpec {
@@ -514,7 +514,7 @@ impl StageSpec {
     }
 
     /// The stage with the rewards it names attached, their versions in its action key.
-    pub(super) fn with_rewards(mut self, rewards: Vec<Arc<dyn super::reward::Reward>>) -> Self {
+    pub(super) fn with_rewards(mut self, rewards: Vec<Arc<dyn super::rewards::Reward>>) -> Self {
         if !rewards.is_empty()
             && let Some(map) = self.json.as_object_mut()
         {
@@ -529,7 +529,7 @@ impl StageSpec {
     }
 
     /// The registered rewards the stage names (what `reward.custom` resolved to).
-    pub fn rewards(&self) -> &[Arc<dyn super::reward::Reward>] {
+    pub fn rewards(&self) -> &[Arc<dyn super::rewards::Reward>] {
         &self.rewards
     }
 

@@ -7,7 +7,7 @@
 pub mod context;
 pub mod kind;
 pub mod registry;
-pub mod reward;
+pub mod rewards;
 pub mod settings;
 
 pub use kind::{
@@ -15,4 +15,4 @@ pub use kind::{
     StageResult, StageSpec, TemplateOf,
 };
 pub use registry::{Builtin, RegisterError, Registry};
-pub use reward::{Answer, Reward};
+pub use rewards::{Answer, Reward};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::kind::{DynKind, Kind, SpecError, StageSpec};
-use super::reward::{BUILTIN_REWARDS, Reward};
+use super::rewards::{BUILTIN_REWARDS, Reward};
 
 /// A built-in kind, as `stages::BUILTIN` lists them: `Builtin::of::<sft::SftKind>()`.
 pub struct Builtin {

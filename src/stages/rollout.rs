@@ -157,7 +157,7 @@ impl Scorer {
                 .names()
                 .into_iter()
                 .map(|n| {
-                    let name = crate::spec::reward::BUILTIN_REWARDS
+                    let name = crate::spec::rewards::BUILTIN_REWARDS
                         .iter()
                         .copied()
                         .chain(custom.iter().map(|r| r.name()))
