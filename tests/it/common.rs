@@ -497,3 +497,27 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Loads `r.yaml` of `p` with `overrides` and the kinds and rewards of `kinds` (a program's
+/// own registry), validates it and runs it through the library, as such a program's `hone run`
+/// would.
+pub fn run_with(
+    p: &Project,
+    overrides: &[&str],
+    kinds: &hone::spec::Registry,
+) -> Result<hone::exec::RunReport, String> {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let recipe =
+        hone::recipe::load(&p.path("r.yaml"), &overrides, kinds).map_err(|d| d.to_string())?;
+    let dag = hone::plan::validate(&recipe).map_err(|d| d.to_string())?;
+    let store = hone::store::Store::open(&p.store()).map_err(|e| e.to_string())?;
+    hone::exec::run(
+        &recipe,
+        &dag,
+        &store,
+        hone::backend::BackendKind::Cpu,
+        &hone::exec::RunOptions::default(),
+        &mut hone::exec::observer::Silent,
+    )
+    .map_err(|e| format!("{e:#}"))
+}

@@ -6,9 +6,7 @@
 mod short_answer;
 
 use crate::common::Project;
-use hone::exec::RunOptions;
 use hone::spec::{Answer, RegisterError, Registry, Reward};
-use hone::store::Store;
 
 fn registry(reward: impl Reward + 'static) -> Registry {
     let mut kinds = hone::stages::registry();
@@ -17,18 +15,7 @@ fn registry(reward: impl Reward + 'static) -> Registry {
 }
 
 fn run(p: &Project, kinds: &Registry) -> Result<hone::exec::RunReport, String> {
-    let recipe = hone::recipe::load(&p.path("r.yaml"), &[], kinds).map_err(|d| d.to_string())?;
-    let dag = hone::plan::validate(&recipe).map_err(|d| d.to_string())?;
-    let store = Store::open(&p.store()).map_err(|e| e.to_string())?;
-    hone::exec::run(
-        &recipe,
-        &dag,
-        &store,
-        hone::backend::BackendKind::Cpu,
-        &RunOptions::default(),
-        &mut hone::exec::observer::Silent,
-    )
-    .map_err(|e| format!("{e:#}"))
+    crate::common::run_with(p, &[], kinds)
 }
 
 fn recipe(reward: &str) -> String {

@@ -9,7 +9,7 @@ mod ngram_filter;
 use std::path::Path;
 
 use crate::common::Project;
-use hone::exec::{Outcome, RunOptions, RunReport};
+use hone::exec::{Outcome, RunReport};
 use hone::spec::{InputSlot, Kind, RegisterError, Registry};
 use hone::store::Store;
 
@@ -79,20 +79,7 @@ stages:
 ";
 
 fn run(p: &Project, overrides: &[&str]) -> Result<RunReport, String> {
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    let recipe =
-        hone::recipe::load(&p.path("r.yaml"), &overrides, &kinds()).map_err(|d| d.to_string())?;
-    let dag = hone::plan::validate(&recipe).map_err(|d| d.to_string())?;
-    let store = Store::open(&p.store()).map_err(|e| e.to_string())?;
-    hone::exec::run(
-        &recipe,
-        &dag,
-        &store,
-        hone::backend::BackendKind::Cpu,
-        &RunOptions::default(),
-        &mut hone::exec::observer::Silent,
-    )
-    .map_err(|e| format!("{e:#}"))
+    crate::common::run_with(p, overrides, &kinds())
 }
 
 fn outcome(report: &RunReport, stage: &str) -> Outcome {
