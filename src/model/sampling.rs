@@ -3,6 +3,7 @@
 //! padding mask as in transformers, so a batch generates what each prompt would alone.
 
 use burn::prelude::*;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Backbone;
@@ -59,8 +60,16 @@ impl SamplingConfig {
     }
 }
 
-/// Picks the next token from one row of logits.
+/// Picks the next token from one row of logits (one draw from `rng` when sampling, none when
+/// greedy).
 pub fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
+    let draw = (cfg.temperature > 0.0).then(|| rng.next_f64());
+    choose_with(logits, cfg, draw)
+}
+
+/// [`choose`] with its uniform draw made beforehand (`None` when greedy), so rows can be
+/// chosen in any order, or at once, and still pick what one walk of the generator would.
+fn choose_with(logits: &[f32], cfg: &SamplingConfig, draw: Option<f64>) -> u32 {
     let argmax = || {
         logits
             .iter()
@@ -70,9 +79,9 @@ pub fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32
             })
             .0 as u32
     };
-    if cfg.temperature <= 0.0 {
+    let Some(u) = draw.filter(|_| cfg.temperature > 0.0) else {
         return argmax();
-    }
+    };
     let mut cand: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
@@ -98,7 +107,6 @@ pub fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> u32
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
     }
-    let u = rng.next_f64();
     let mut acc = 0.0;
     for (i, p) in probs.iter().enumerate() {
         acc += p;
@@ -198,18 +206,24 @@ pub fn generate_groups(
             .expect("generation needs a decoder");
         let v = logits.dims()[2];
         let rows = super::to_vec(logits.reshape([b, v]));
+        // The draws of the rows still answering, in row order, as a walk of them would make
+        // them; then the rows (a sort of the vocabulary each) are chosen on every core.
+        let draws: Vec<Option<Option<f64>>> = done
+            .iter()
+            .map(|&d| (!d).then(|| (cfg.temperature > 0.0).then(|| rng.next_f64())))
+            .collect();
+        let chosen: Vec<Option<u32>> = rows
+            .par_chunks(v)
+            .zip(&draws)
+            .map(|(row, draw)| draw.map(|u| choose_with(row, cfg, u)))
+            .collect();
         let mut next = Vec::with_capacity(b);
-        for (i, row) in rows.chunks(v).enumerate() {
-            let t = if done[i] {
-                0
-            } else {
-                choose(row, cfg, &mut rng)
-            };
-            if !done[i] {
+        for (i, t) in chosen.into_iter().enumerate() {
+            if let Some(t) = t {
                 out[i].push(t);
                 done[i] = cfg.stop_tokens.contains(&t);
             }
-            next.push(t as i64);
+            next.push(t.unwrap_or(0) as i64);
         }
         if done.iter().all(|d| *d) {
             break;
