@@ -324,8 +324,28 @@ pub fn show(recipe: &Recipe, dag: &Dag, store: &Store, stage: &str, json: bool) 
 /// How many held-out questions `hone show` prints with every model's answer.
 const ANSWERS_SHOWN: usize = 5;
 
-/// An evaluate stage's answers to held-out questions: each question with its reference and
-/// every model's answer, scored (ROUGE-L, token F1).
+/// The scores `hone show` prints beside each answer: ROUGE-L and token F1 (and `math` where it
+/// was scored) for an evaluate or sft stage's answers; an RL stage's answers carry their rewards
+/// instead (`math`, `regex`, ...), in the order the row has them.
+fn shown_scores(row: &Value) -> Vec<&str> {
+    let Some(fields) = row.as_object() else {
+        return Vec::new();
+    };
+    if fields.contains_key("rouge_l") {
+        return ["rouge_l", "token_f1", "math"]
+            .into_iter()
+            .filter(|k| fields.contains_key(*k))
+            .collect();
+    }
+    fields
+        .iter()
+        .filter(|(_, v)| v.is_number())
+        .map(|(k, _)| k.as_str())
+        .collect()
+}
+
+/// A stage's answers to held-out questions: each question with its reference and every
+/// model's answer, with its scores ([`shown_scores`]).
 fn print_answers(rows: &[Value]) {
     let text = |r: &Value, k: &str| r[k].as_str().unwrap_or_default().replace('\n', " ");
     let mut questions: Vec<(String, String)> = Vec::new();
@@ -344,19 +364,29 @@ fn print_answers(rows: &[Value]) {
         .max()
         .unwrap_or(5)
         .max("reference".len());
-    println!("answers  (rouge_l / token_f1 against the reference)");
+    let scores = rows.first().map(shown_scores).unwrap_or_default();
+    println!("answers  ({} of each answer)", scores.join(" / "));
     for (prompt, reference) in questions.iter().take(ANSWERS_SHOWN) {
         println!("  {prompt}");
-        println!("    {:<width$}             {reference}", "reference");
+        // Each score takes 4 characters, " / " between them, then two spaces.
+        let scored = (7 * scores.len()).saturating_sub(3);
+        println!("    {:<width$}  {:scored$}  {reference}", "reference", "");
         for r in rows
             .iter()
             .filter(|r| text(r, "prompt") == *prompt && text(r, "reference") == *reference)
         {
+            let values: Vec<String> = scores
+                .iter()
+                .map(|k| {
+                    r[*k]
+                        .as_f64()
+                        .map_or(format!("{:>4}", "-"), |v| format!("{v:.2}"))
+                })
+                .collect();
             println!(
-                "    {:<width$}  {:.2} / {:.2}  {}",
+                "    {:<width$}  {}  {}",
                 r["model"].as_str().unwrap_or("?"),
-                r["rouge_l"].as_f64().unwrap_or(f64::NAN),
-                r["token_f1"].as_f64().unwrap_or(f64::NAN),
+                values.join(" / "),
                 text(r, "answer")
             );
         }
@@ -553,4 +583,19 @@ pub fn answer_examples(stage: &str, rows: &[Value], n: usize) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_show_text_scores_or_an_rl_stage_rewards() {
+        let evaluated = serde_json::json!({"model": "sft", "prompt": "p", "answer": "a",
+            "exact_match": 0.0, "contains": 1.0, "token_f1": 0.5, "rouge_l": 0.4, "math": 1.0});
+        assert_eq!(shown_scores(&evaluated), ["rouge_l", "token_f1", "math"]);
+        let rl = serde_json::json!({"model": "after", "prompt": "p", "reference": "8",
+            "answer": "a", "math": 1.0, "regex": 0.0});
+        assert_eq!(shown_scores(&rl), ["math", "regex"]);
+    }
 }
