@@ -3,6 +3,8 @@
 # services they start on loopback, and the system packages some of them drive. Idempotent.
 #   .test-services/bin/moto_server   an S3 protocol server (moto, from PyPI), for the
 #                                    remote-cache tests (not committed)
+#   .test-services/bin/mlflow        an MLflow tracking server (mlflow, from PyPI), for the
+#                                    `logging: { mlflow: ... }` test
 #   slurmctld, slurmd, sbatch, munge a single-node Slurm cluster, for the Slurm executor tests
 #                                    (Debian packages; the tests start and stop it themselves)
 #   mesa-vulkan-drivers, libvulkan1  software Vulkan (lavapipe), so the wgpu backend's tests
@@ -10,7 +12,8 @@
 #                                    OpenGL)
 #   chromium                         headless Chromium, which renders the HTML run report in
 #                                    tests/it/report.rs
-# The tests look for moto_server there, then at $HONE_TEST_MOTO_SERVER, then on PATH.
+# The tests look for moto_server there, then at $HONE_TEST_MOTO_SERVER, then on PATH (and for
+# mlflow there, then at $HONE_TEST_MLFLOW, then on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,13 +38,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+[ -x .test-services/bin/python ] || python3 -m venv .test-services
 if [ -x .test-services/bin/moto_server ]; then
-  echo ".test-services/: already installed"
+  echo ".test-services/bin/moto_server: already installed"
 else
-  python3 -m venv .test-services
   .test-services/bin/python -m pip install --quiet --disable-pip-version-check 'moto[server]==5.1.*'
   .test-services/bin/moto_server --help >/dev/null
   echo ".test-services/bin/moto_server: installed"
+fi
+if [ -x .test-services/bin/mlflow ]; then
+  echo ".test-services/bin/mlflow: already installed"
+else
+  .test-services/bin/python -m pip install --quiet --disable-pip-version-check 'mlflow==3.17.*'
+  .test-services/bin/mlflow --version >/dev/null
+  echo ".test-services/bin/mlflow: installed"
 fi
 echo "slurm: $(slurmctld -V)"
 echo "chromium: $(chromium --version 2>/dev/null || echo missing)"

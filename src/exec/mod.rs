@@ -4,12 +4,14 @@
 //! a stage reads; [`observer`] is how a run reports what happens.
 
 mod inputs;
+pub mod mlflow;
 pub mod observer;
 pub mod remote_hits;
 mod run;
 pub mod rundir;
 pub mod slurm;
 pub mod tensorboard;
+pub mod tracking;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;

@@ -11,7 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::inputs::{protected_paths, resolve_inputs};
+use super::mlflow::{self, RunStatus};
 use super::observer::{Event, Observer};
+use super::tracking::StageTrackers;
 use super::{Outcome, RunOptions, RunReport, StageReport, remote_hits, rundir, tensorboard};
 use crate::HONE_VERSION;
 use crate::backend::BackendKind;
@@ -57,6 +59,9 @@ pub(super) struct Run<'a> {
     /// What a publishing stage must not replace: the recipe and its data.
     protected: Vec<(String, std::path::PathBuf)>,
     started: Instant,
+    /// The recipe's MLflow server (`logging.mlflow`), connected when the first stage runs;
+    /// `None` inside when it is not set or could not be reached (warned about once).
+    mlflow: std::cell::OnceCell<Option<std::sync::Arc<mlflow::Tracker>>>,
     _store_lock: LockGuard,
 }
 
@@ -134,6 +139,7 @@ impl<'a> Run<'a> {
             reports: Vec::new(),
             protected: protected_paths(recipe),
             started,
+            mlflow: std::cell::OnceCell::new(),
             _store_lock: store_lock,
         })
     }
@@ -372,6 +378,56 @@ impl<'a> Run<'a> {
         Ok(m)
     }
 
+    /// What stage `i` logs to as it runs (`logging:`): TensorBoard when it runs a model (a
+    /// data-only run leaves no run directory there), MLflow whenever it runs.
+    fn trackers(&self, i: usize, action: &Action, config: &serde_json::Value) -> StageTrackers {
+        let recipe = self.recipe;
+        let stage = &recipe.stages[i];
+        let logging = &recipe.header.logging;
+        let tensorboard = logging
+            .tensorboard
+            .as_ref()
+            .filter(|_| stage.spec.uses_backend())
+            .map(|dir| {
+                std::sync::Arc::new(tensorboard::StageLog::new(
+                    recipe
+                        .dir()
+                        .join(dir)
+                        .join(self.rundir.name())
+                        .join(&stage.name),
+                ))
+            });
+        let tracker =
+            logging.mlflow.as_ref().and_then(|uri| {
+                self.mlflow
+                .get_or_init(|| match mlflow::Tracker::connect(uri, &recipe.header.name) {
+                    Ok(t) => Some(std::sync::Arc::new(t)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "MLflow at {uri}: {e:#}; not logging there for the rest of this run"
+                        );
+                        None
+                    }
+                })
+                .clone()
+            });
+        let run = self.rundir.name();
+        let mlflow = tracker.and_then(|t| {
+            let info = mlflow::StageInfo {
+                stage: &stage.name,
+                kind: stage.spec.kind_name(),
+                action: &action.key,
+                recipe: &recipe.header.name,
+                run: &run,
+            };
+            t.start(&info, config).map(std::sync::Arc::new)
+        });
+        StageTrackers {
+            tensorboard,
+            mlflow,
+        }
+    }
+
     /// Runs stage `i` in a scratch directory of the store and commits what it produced.
     fn run_stage(&mut self, i: usize, action: &Action) -> Result<Manifest> {
         let (recipe, store) = (self.recipe, self.store);
@@ -401,28 +457,12 @@ impl<'a> Run<'a> {
             crate::stages::training::frozen_dtypes(&key_config, self.backend);
         ctx.checkpoint_dir = Some(store.checkpoint_dir(&action.key));
         ctx.token_cache = Some(store.root().join("tokenized"));
-        // Only stages that run a model log to TensorBoard: a data-only run leaves no run
-        // directory there.
-        let logs_tensorboard = stage.spec.uses_backend();
-        let tensorboard = recipe
-            .header
-            .logging
-            .tensorboard
-            .as_ref()
-            .filter(|_| logs_tensorboard)
-            .map(|dir| {
-                std::sync::Arc::new(tensorboard::StageLog::new(
-                    recipe
-                        .dir()
-                        .join(dir)
-                        .join(self.rundir.name())
-                        .join(&stage.name),
-                ))
-            });
-        if let Some(log) = &tensorboard {
-            let log = log.clone();
+        // Ends the stage's MLflow run as FAILED if this returns early.
+        let trackers = std::sync::Arc::new(self.trackers(i, action, &key_config));
+        if !trackers.is_empty() {
+            let live = trackers.clone();
             ctx.live = Some(std::sync::Arc::new(move |r: &serde_json::Value| {
-                log.record(r)
+                live.record(r)
             }));
         }
         resolve_inputs(&mut ctx, recipe, self.dag, store, &self.known, i)?;
@@ -449,7 +489,10 @@ impl<'a> Run<'a> {
         let result = match result {
             // Stopped by Ctrl-C is not a failure: the stage says what it kept, and the run
             // ends as interrupted.
-            Err(e) if e.chain().any(|c| c.is::<context::Cancelled>()) => return Err(e),
+            Err(e) if e.chain().any(|c| c.is::<context::Cancelled>()) => {
+                trackers.end(RunStatus::Killed);
+                return Err(e);
+            }
             r => {
                 r.with_context(|| format!("stage `{}` failed; nothing was committed", stage.name))?
             }
@@ -479,11 +522,10 @@ impl<'a> Run<'a> {
             }
         }
         self.rundir.log_metrics(&stage.name, &manifest.metrics)?;
-        if let Some(log) = &tensorboard {
-            log.finish(&manifest.metrics);
-        }
+        trackers.finish(&manifest.metrics);
         let produced = ctx.take_produced();
         let manifest = store.commit(&produced, manifest)?;
+        trackers.end(RunStatus::Finished);
         drop(scratch);
         // Committed: the checkpoints of this action have served their purpose.
         let _ = std::fs::remove_dir_all(store.checkpoint_dir(&action.key));

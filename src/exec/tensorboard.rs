@@ -321,33 +321,9 @@ impl StageLog {
         }
     }
 
-    /// One record of `metrics.jsonl`'s shape: a training step or an evaluation.
-    pub fn record(&self, r: &serde_json::Value) {
-        let step = r["step"].as_i64().unwrap_or(0);
-        let mut values = Vec::new();
-        let mut put = |tag: String, v: &serde_json::Value| {
-            if let Some(x) = v.as_f64().filter(|x| x.is_finite()) {
-                values.push((tag, x));
-            }
-        };
-        match r["event"].as_str() {
-            Some("step") => {
-                for (k, v) in r.as_object().into_iter().flatten() {
-                    match k.as_str() {
-                        "event" | "step" | "epoch" => {}
-                        // Objective metrics are named as TRL names them (`rewards/margins`).
-                        k if k.contains('/') => put(k.to_owned(), v),
-                        k => put(format!("train/{k}"), v),
-                    }
-                }
-            }
-            Some("eval") => {
-                put("eval/loss".into(), &r["val_loss"]);
-                put("eval/ppl".into(), &r["val_ppl"]);
-            }
-            _ => return,
-        }
-        self.write(step, &values);
+    /// One point of per-step scalars ([`super::tracking::step_scalars`]).
+    pub fn scalars(&self, step: i64, values: &[(String, f64)]) {
+        self.write(step, values);
     }
 
     /// The stage's final metrics (`metrics/<name>`), at its last step.

@@ -35,7 +35,8 @@ pub struct RecipeFile {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "defaults_schema")]
     pub defaults: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
-    /// Where metrics go besides each run's `metrics.jsonl`: `logging: { tensorboard: runs/tb }`.
+    /// Where metrics go besides each run's `metrics.jsonl`: `logging: { tensorboard: runs/tb,
+    /// mlflow: http://127.0.0.1:5000 }`.
     #[serde(default, skip_serializing_if = "Logging::is_empty")]
     pub logging: Logging,
     /// A remote cache behind the local store, shared between teams:
@@ -89,11 +90,22 @@ pub struct Logging {
     /// `tensorboard --logdir <dir>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensorboard: Option<String>,
+    /// An MLflow tracking server (`http://host:5000`, `https://...`), reached through its REST
+    /// API: one MLflow run per stage that runs (cached stages log nothing), in the experiment
+    /// named after the recipe (created when missing), named after the stage and tagged
+    /// `hone.action` (its action key), `hone.stage`, `hone.kind`, `hone.recipe`, `hone.run`;
+    /// the stage's settings as params (`train.lr`, `peft.r`), the per-step scalars TensorBoard
+    /// gets as metric histories, the final metrics under their own names; the run ends
+    /// FINISHED, FAILED or KILLED with the stage. A server that is down or refuses a request
+    /// costs one warning, and the run goes on without it. Credentials from the environment:
+    /// `MLFLOW_TRACKING_TOKEN`, or `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<String>,
 }
 
 impl Logging {
     fn is_empty(&self) -> bool {
-        self.tensorboard.is_none()
+        self.tensorboard.is_none() && self.mlflow.is_none()
     }
 }
 

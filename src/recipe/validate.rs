@@ -32,6 +32,7 @@ pub fn check(recipe: &Recipe) -> Diagnostics {
         );
     }
     check_cache(recipe, &mut diags);
+    check_logging(recipe, &mut diags);
     if let Err(e) = backend::check_available(recipe.header.backend) {
         diags.push(Diagnostic::new(e.to_string()).at(recipe.value_location("backend")));
     }
@@ -81,6 +82,32 @@ pub fn check(recipe: &Recipe) -> Diagnostics {
         }
     }
     diags
+}
+
+/// `logging.mlflow`: a tracking server hone can reach over HTTP, without credentials in the
+/// recipe (they come from `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME` and
+/// `MLFLOW_TRACKING_PASSWORD`).
+fn check_logging(recipe: &Recipe, diags: &mut Diagnostics) {
+    let Some(uri) = recipe.header.logging.mlflow.as_deref() else {
+        return;
+    };
+    let at = recipe.value_location("logging.mlflow");
+    match url::Url::parse(uri) {
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => diags.push(
+            Diagnostic::new("logging.mlflow: the address has a user or password in it")
+                .help("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead")
+                .at(at)
+                .without_line(),
+        ),
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => diags.push(
+            Diagnostic::new(format!(
+                "logging.mlflow: `{uri}` is not the http:// or https:// address of an MLflow tracking server"
+            ))
+            .help("e.g. `mlflow: http://127.0.0.1:5000` (what `mlflow server` listens on)")
+            .at(at),
+        ),
+    }
 }
 
 /// The `cache:` block: a URL hone can use, and no credentials in the recipe.

@@ -31,6 +31,7 @@ mod judge;
 mod layers;
 mod leakage;
 mod lora_training;
+mod mlflow_log;
 mod model_parity;
 mod peft_parity;
 mod pitfalls;

@@ -1,9 +1,10 @@
-//! Real services the tests start on loopback: an S3 protocol server (moto) and a single-node
-//! Slurm cluster, installed by `scripts/test_services.sh` (which `.ci/run` calls). No mock
-//! stands in for either.
+//! Real services the tests start on loopback: an S3 protocol server (moto), an MLflow tracking
+//! server and a single-node Slurm cluster, installed by `scripts/test_services.sh` (which
+//! `.ci/run` calls). No mock stands in for any of them.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,20 +16,24 @@ pub struct S3Server {
     pub bucket: String,
 }
 
-fn moto_server() -> PathBuf {
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-services/bin/moto_server");
+/// A service's program: installed by `scripts/test_services.sh` into `.test-services/bin/`,
+/// else at `$env`, else on PATH.
+fn service_program(name: &str, env: &str) -> PathBuf {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".test-services/bin")
+        .join(name);
     if installed.is_file() {
         return installed;
     }
-    if let Some(p) = std::env::var_os("HONE_TEST_MOTO_SERVER") {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("moto_server"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "no S3 server for the remote-cache tests: run scripts/test_services.sh (installs moto[server] into .test-services/)"
+                "no `{name}` for the tests that need it: run scripts/test_services.sh (installs it into .test-services/)"
             )
         })
 }
@@ -57,7 +62,7 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(moto_server())
+        let child = Command::new(service_program("moto_server", "HONE_TEST_MOTO_SERVER"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -111,6 +116,115 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One HTTP/1.0 request with an optional JSON body; the status and the JSON it answered
+/// (`null` when the body is not JSON).
+pub fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let json = response
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Ok((code, json))
+}
+
+/// An MLflow tracking server on 127.0.0.1 (`mlflow server`, its runs in a SQLite file of its
+/// own); stopped on drop.
+pub struct MlflowServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MlflowServer {
+    pub fn start() -> MlflowServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        // Its own process group: `mlflow server` starts uvicorn as a child, and all of them
+        // stop together on drop. Without the background job runner (a pool of idle workers
+        // that nothing here uses).
+        let child = Command::new(service_program("mlflow", "HONE_TEST_MLFLOW"))
+            .process_group(0)
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--workers", "1"])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}/mlflow.db", dir.path().display()))
+            .arg("--default-artifact-root")
+            .arg(dir.path().join("artifacts"))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mlflow server");
+        let server = MlflowServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        loop {
+            match http_json(port, "GET", "/health", None) {
+                Ok((200, _)) => break,
+                _ if started.elapsed() < Duration::from_secs(120) => {
+                    std::thread::sleep(Duration::from_millis(300))
+                }
+                other => panic!("the MLflow server did not come up on port {port}: {other:?}"),
+            }
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A call of the REST API (`api/2.0/mlflow/<endpoint>`) that must succeed.
+    pub fn api(
+        &self,
+        method: &str,
+        endpoint: &str,
+        body: Option<&serde_json::Value>,
+    ) -> serde_json::Value {
+        let (code, json) = http_json(
+            self.port,
+            method,
+            &format!("/api/2.0/mlflow/{endpoint}"),
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+        assert_eq!(code, 200, "{endpoint}: {json}");
+        json
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // The whole group: the server and its uvicorn.
+        let group = self.child.id() as i32;
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }
 
