@@ -231,6 +231,43 @@ pub fn run(spec: &ExportSpec, ctx: &mut StageContext) -> Result<StageResult> {
                 .map(|(r, p)| (r.clone(), p.clone()))
                 .collect()
         }
+        ResolvedInput::File { path, label, .. } if path.is_file() => {
+            if !spec.merge {
+                bail!(
+                    "{label} is a single file, not a PEFT adapter directory: remove `merge: false`"
+                );
+            }
+            // A GGUF checkpoint: dequantised to f32, written as an HF directory with its
+            // tokenizer and chat template, then exported as one.
+            ctx.progress.set_message("reading the checkpoint");
+            let device = super::training::stage_device(ctx, false)?;
+            let m = super::model_input::load_checkpoint(ctx, MODEL.key, None, false, &device)
+                .with_context(|| {
+                    format!("{label} is neither a model directory nor a checkpoint hone loads")
+                })?;
+            let prompting = m
+                .chat_template
+                .clone()
+                .map(|chat| crate::model::serving::Prompting {
+                    chat,
+                    recipe_template: None,
+                });
+            let dir = ctx.scratch().join("from-checkpoint");
+            crate::model::save_hf_dir(
+                &crate::model::Model {
+                    backbone: m.backbone,
+                    score: m.score,
+                },
+                &m.config,
+                Some(&m.tokenizer),
+                prompting.as_ref(),
+                &dir,
+            )?;
+            crate::store::hash::walk_files(&dir)?
+                .into_iter()
+                .map(|r| (r.to_string_lossy().to_string(), dir.join(&r)))
+                .collect()
+        }
         ResolvedInput::File { path, label, .. } => {
             if !path.is_dir() {
                 bail!("{label} is not a model directory");
