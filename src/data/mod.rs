@@ -2,7 +2,9 @@
 
 pub mod layouts;
 pub mod leakage;
+pub mod lm_eval;
 pub mod masking;
+pub mod python_random;
 pub mod split;
 pub mod table;
 pub mod tokenized;

@@ -139,6 +139,32 @@ pub fn generate_groups(
     cfg: &SamplingConfig,
     device: &Device,
 ) -> Vec<Vec<u32>> {
+    decode(model, prompts, group, cfg, device, None)
+}
+
+/// [`generate`] that also ends an answer once `stop` says so of what it has generated (a stop
+/// string that text holds: lm-eval's `until`).
+pub fn generate_until(
+    model: &Backbone,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    device: &Device,
+    stop: &StopWhen<'_>,
+) -> Vec<Vec<u32>> {
+    decode(model, prompts, 1, cfg, device, Some(stop))
+}
+
+/// Says of an answer's tokens so far whether it is over.
+pub type StopWhen<'a> = dyn Fn(&[u32]) -> bool + 'a;
+
+fn decode(
+    model: &Backbone,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &SamplingConfig,
+    device: &Device,
+    stop: Option<&StopWhen<'_>>,
+) -> Vec<Vec<u32>> {
     let group = group.max(1);
     let b = prompts.len() * group;
     // Positions past the model's context do not exist: a prompt keeps its last `limit - 1`
@@ -221,7 +247,7 @@ pub fn generate_groups(
         for (i, t) in chosen.into_iter().enumerate() {
             if let Some(t) = t {
                 out[i].push(t);
-                done[i] = cfg.stop_tokens.contains(&t);
+                done[i] = cfg.stop_tokens.contains(&t) || stop.is_some_and(|f| f(&out[i]));
             }
             next.push(t.unwrap_or(0) as i64);
         }

@@ -70,10 +70,21 @@ pub fn material(
             );
         }
     }
+    // Files named inside a setting's file (a benchmark's data) have no setting of their
+    // own: they go beside the settings.
+    let mut referenced = serde_json::Map::new();
     for (rel, digest) in inputs {
-        if let Some(slot) = pointer_mut(&mut config, rel) {
-            *slot = json!({ "input": digest });
+        match pointer_mut(&mut config, rel) {
+            Some(slot) => *slot = json!({ "input": digest }),
+            None => {
+                referenced.insert(rel.clone(), json!({ "input": digest }));
+            }
         }
+    }
+    if !referenced.is_empty()
+        && let Some(obj) = config.as_object_mut()
+    {
+        obj.insert("referenced_files".into(), referenced.into());
     }
     let mut against = checked_against.to_vec();
     against.sort();

@@ -238,6 +238,23 @@ impl<'a> Evaluator<'a> {
                 labels.insert(rel, format!("file {text}"));
             }
         }
+        // Files a setting's file names (a benchmark's data) key the stage by content too.
+        let referenced = stage
+            .spec
+            .referenced_files(self.recipe.dir())
+            .map_err(|p| anyhow::anyhow!("stage {}: `{}`: {}", stage.name, p.key, p.message))?;
+        for (rel, path) in referenced {
+            let d = self.hashes.digest(&path).with_context(|| {
+                format!(
+                    "cannot read {} (`{rel}` of stage {})",
+                    path.display(),
+                    stage.name
+                )
+            })?;
+            let shown = path.strip_prefix(self.recipe.dir()).unwrap_or(&path);
+            digests.insert(rel.clone(), d);
+            labels.insert(rel, format!("file {}", shown.display()));
+        }
         let mut against = Vec::new();
         for (up, edge) in self.dag.incoming(i) {
             if *edge == EdgeKind::LeakageCheck {

@@ -63,7 +63,8 @@ pub fn check(recipe: &Recipe) -> Diagnostics {
                 }
             }
         }
-        for p in stage.spec.check(&stage.name) {
+        let referenced = stage.spec.referenced_files(recipe.dir()).err();
+        for p in stage.spec.check(&stage.name).into_iter().chain(referenced) {
             let key = if p.key.is_empty() {
                 at.clone()
             } else {

@@ -214,6 +214,18 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Files read through a file a setting names (a benchmark's task file, and the data files
+    /// that task file lists), each with the dotted setting it comes from: each enters the
+    /// action key by content, as a `{ path }` input does. A problem (a task file missing or
+    /// not parsing) is a recipe error at its setting.
+    fn referenced_files(
+        &self,
+        _settings: &Self::Settings,
+        _recipe_dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>, Problem> {
+        Ok(Vec::new())
+    }
+
     /// The names of registered rewards ([`super::rewards::Reward`]) the settings use, in their
     /// order (`reward.custom`): the registry checks each exists and attaches it.
     fn custom_rewards(&self, _settings: &Self::Settings) -> Vec<String> {
@@ -286,6 +298,11 @@ pub(super) trait DynKind: Send + Sync {
     fn checks_training_data_of(&self) -> Option<InputSlot>;
     fn data_role(&self, s: &dyn Any) -> Option<DataRole>;
     fn argument_files(&self, s: &dyn Any) -> Vec<String>;
+    fn referenced_files(
+        &self,
+        s: &dyn Any,
+        recipe_dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>, Problem>;
     fn custom_rewards(&self, s: &dyn Any) -> Vec<String>;
     fn prompt_template<'a>(
         &self,
@@ -379,6 +396,13 @@ impl<K: Kind> DynKind for K {
     }
     fn argument_files(&self, s: &dyn Any) -> Vec<String> {
         Kind::argument_files(self, typed::<K>(s))
+    }
+    fn referenced_files(
+        &self,
+        s: &dyn Any,
+        recipe_dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>, Problem> {
+        Kind::referenced_files(self, typed::<K>(s), recipe_dir)
     }
     fn custom_rewards(&self, s: &dyn Any) -> Vec<String> {
         Kind::custom_rewards(self, typed::<K>(s))
@@ -572,6 +596,12 @@ impl StageSpec {
                 Some((rel, text))
             })
             .collect()
+    }
+
+    /// See [`Kind::referenced_files`].
+    pub fn referenced_files(&self, recipe_dir: &Path) -> Result<Vec<(String, PathBuf)>, Problem> {
+        self.kind
+            .referenced_files(self.settings.as_ref(), recipe_dir)
     }
 
     /// The stage's named outputs and their types.

@@ -17,6 +17,7 @@ use super::metrics::{self, Rounded};
 use super::model_input::{LoadedModel, load_checkpoint};
 use super::tables::{read_split, read_table};
 use crate::data::leakage::{self, Key, Part, text_keys};
+use crate::data::lm_eval::{Prepared, Task};
 use crate::data::table::{ColumnType, Table};
 use crate::model::Model;
 use crate::model::chat::Message;
@@ -66,6 +67,31 @@ pub struct EvaluateSpec {
     /// prompts where a model's answer beats the baseline model's (win rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward: Option<RewardEval>,
+    /// Benchmarks in lm-evaluation-harness's task format, by the name their metrics get
+    /// (`<model>.<benchmark>.<metric>`: `sft.cars_mc.acc`): `{ cars_mc: { task:
+    /// ../data/benchmarks/cars_mc.yaml } }`. Each task file (lm-eval 0.4's YAML; its
+    /// `data_files` relative to it) is run as lm-eval's HF backend runs it, so the numbers
+    /// are lm-eval's: `multiple_choice` (`acc`, `acc_norm`), `loglikelihood` (`perplexity`,
+    /// `acc`), `generate_until` (`exact_match`, per filter: `exact_match_<filter>`). Every
+    /// document's outcome goes to the `benchmarks` output. The task file and its data enter
+    /// the key by content.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub benchmarks: BTreeMap<String, BenchmarkSpec>,
+}
+
+/// One lm-eval task.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkSpec {
+    /// The task file, relative to the recipe.
+    pub task: String,
+    /// Few-shot examples before each question (default: the task's `num_fewshot`, else 0),
+    /// as lm-eval's `--num_fewshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_fewshot: Option<usize>,
+    /// Only the first N documents, as lm-eval's `--limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -278,6 +304,9 @@ impl Kind for EvaluateKind {
         if e.qa.is_some() {
             v.push(("answers", ArtifactType::Table));
         }
+        if !e.benchmarks.is_empty() {
+            v.push(("benchmarks", ArtifactType::Table));
+        }
         v
     }
 
@@ -322,12 +351,28 @@ impl Kind for EvaluateKind {
             && e.classification.is_none()
             && e.samples.is_none()
             && e.reward.is_none()
+            && e.benchmarks.is_empty()
         {
             problems.push(
                 Problem::at_key("", format!("`{at}` has nothing to measure")).help(
-                    "add at least one of `perplexity`, `qa`, `classification`, `samples`, `reward`",
+                    "add at least one of `perplexity`, `qa`, `classification`, `samples`, `reward`, `benchmarks`",
                 ),
             );
+        }
+        for name in e.benchmarks.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(
+                    Problem::at_key(
+                        format!("benchmarks.{name}"),
+                        format!("benchmark name `{name}` is not a plain name"),
+                    )
+                    .help("use letters, digits, `_` and `-`: it names the benchmark's metrics"),
+                );
+            }
         }
         if let Some(j) = e.qa.as_ref().and_then(|q| q.judge.as_ref())
             && j.scale < 2
@@ -365,6 +410,40 @@ impl Kind for EvaluateKind {
 
     fn checks_training_data_of(&self) -> Option<InputSlot> {
         Some(MODELS)
+    }
+
+    fn referenced_files(
+        &self,
+        e: &EvaluateSpec,
+        recipe_dir: &std::path::Path,
+    ) -> Result<Vec<(String, std::path::PathBuf)>, Problem> {
+        let mut files = Vec::new();
+        for (name, b) in &e.benchmarks {
+            let key = format!("benchmarks.{name}.task");
+            let path = recipe_dir.join(&b.task);
+            let config = Task::parse(&path)
+                .and_then(|c| Task::data_files(&c, &path))
+                .map_err(|err| {
+                    Problem::new(&key, format!("{err:#}")).help(
+                        "an lm-eval 0.4 task file: `dataset_path: json`, `dataset_kwargs: { data_files: { test: file.jsonl } }`, `test_split`, `output_type`, `doc_to_text`, ...",
+                    )
+                })?;
+            files.push((key.clone(), path));
+            for (i, (split, file)) in config.into_iter().enumerate() {
+                if !file.is_file() {
+                    return Err(Problem::new(
+                        &key,
+                        format!(
+                            "the task's `{split}` data file {} does not exist",
+                            file.display()
+                        ),
+                    )
+                    .help("`data_files` paths are relative to the task file"));
+                }
+                files.push((format!("benchmarks.{name}.data.{i}"), file));
+            }
+        }
+        Ok(files)
     }
 
     fn summary_table(&self, summary: &Value) -> Option<String> {
@@ -428,6 +507,26 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         }
         None => None,
     };
+    // The benchmarks' documents, prepared once for every model, and what keys them.
+    let mut benchmarks: Vec<(String, Task, Vec<Prepared>)> = Vec::new();
+    let mut benchmark_bytes = Vec::new();
+    for (name, b) in &spec.benchmarks {
+        let path = ctx.recipe_dir.join(&b.task);
+        let task = Task::load(&path).map_err(|e| crate::spec::context::SettingError {
+            key: format!("benchmarks.{name}.task"),
+            message: format!("{e:#}"),
+            help: None,
+        })?;
+        let prepared = task.prepare(b.num_fewshot, b.limit)?;
+        benchmark_bytes.extend(name.as_bytes());
+        benchmark_bytes.extend(std::fs::read(&path)?);
+        for (_, file) in Task::data_files(&task.config, &path)? {
+            benchmark_bytes.extend(std::fs::read(&file)?);
+        }
+        benchmarks.push((name.clone(), task, prepared));
+    }
+    let benchmark_identity =
+        (!benchmarks.is_empty()).then(|| crate::store::hash::hash_bytes(&benchmark_bytes));
     // Each model's reward-model score per prompt, for win rates.
     let mut judged: BTreeMap<String, Vec<f64>> = BTreeMap::new();
 
@@ -479,6 +578,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let mut sample_rows = Vec::new();
     let mut answer_rows: Vec<AnswerRow> = Vec::new();
     let mut reused = Vec::new();
+    let mut benchmark_rows: Vec<Vec<Value>> = Vec::new();
     // The judge is loaded the first time a model's answers need grading (not when every
     // evaluation comes from the cache).
     let judge_model: std::cell::OnceCell<LoadedModel> = std::cell::OnceCell::new();
@@ -497,6 +597,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         .and_then(|q| q.judge.as_ref())
         .map(|j| (j, &load_judge as &JudgeLoader));
     let data = EvalData {
+        benchmarks: &benchmarks,
         grader,
         texts: texts.as_deref(),
         qa: qa.as_deref(),
@@ -515,7 +616,7 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ctx.progress.set_message(name.clone());
         // A model evaluated before on the same data and settings is not evaluated again:
         // a new variant in a recipe costs the evaluation of that variant only.
-        let key = model_eval_key(spec, ctx, name)?;
+        let key = model_eval_key(spec, ctx, name, benchmark_identity.as_deref())?;
         let (evaluated, hit) =
             crate::data::tokenized::cached_json(ctx.token_cache.as_deref(), &key, || {
                 ctx.progress.set_message(format!("loading {name}"));
@@ -536,6 +637,19 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         answer_rows.extend(evaluated.answers.iter().map(|a| AnswerRow {
             model: name.clone(),
             ..a.clone()
+        }));
+        benchmark_rows.extend(evaluated.benchmark_docs.iter().map(|(bench, d)| {
+            vec![
+                json!(name),
+                json!(bench),
+                json!(d.doc),
+                json!(d.context),
+                json!(d.target),
+                json!(d.response),
+                json!(serde_json::to_string(&d.filtered).unwrap_or_default()),
+                json!(serde_json::to_string(&d.loglikelihoods).unwrap_or_default()),
+                json!(serde_json::to_string(&d.scores).unwrap_or_default()),
+            ]
         }));
         if let Some(per_prompt) = evaluated.judged {
             judged.insert(name.clone(), per_prompt);
@@ -603,6 +717,35 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     if spec.qa.is_some() {
         let judged = spec.qa.as_ref().is_some_and(|q| q.judge.is_some());
         ctx.write_table("answers", &answers_table(ctx, &answer_rows, judged))?;
+    }
+    if !spec.benchmarks.is_empty() {
+        // Every document of every benchmark, per model; lists and maps as JSON text.
+        let mut t = table(
+            ctx,
+            &[
+                "model",
+                "benchmark",
+                "doc",
+                "context",
+                "target",
+                "response",
+                "filtered",
+                "loglikelihoods",
+                "scores",
+            ],
+            benchmark_rows,
+        );
+        for (ty, name) in t.types.iter_mut().zip(["model", "benchmark", "doc"]) {
+            *ty = if name == "doc" {
+                ColumnType::Int
+            } else {
+                ColumnType::Text
+            };
+        }
+        for ty in t.types.iter_mut().skip(3) {
+            *ty = ColumnType::Text;
+        }
+        ctx.write_table("benchmarks", &t)?;
     }
     warnings.extend(pitfalls(&results));
     Ok(StageResult {
@@ -802,6 +945,8 @@ impl Judge<'_> {
 
 /// What every model is measured on, read once for all of them.
 struct EvalData<'a> {
+    /// lm-eval tasks: name, task, its documents prepared.
+    benchmarks: &'a [(String, Task, Vec<Prepared>)],
     texts: Option<&'a [String]>,
     qa: Option<&'a [Vec<Message>]>,
     labelled: Option<&'a [(String, Value)]>,
@@ -822,6 +967,9 @@ struct ModelEval {
     samples: Vec<(String, String)>,
     answers: Vec<AnswerRow>,
     judged: Option<Vec<f64>>,
+    /// Each benchmark document's outcome, by benchmark name.
+    #[serde(default)]
+    benchmark_docs: Vec<(String, super::benchmarks::DocResult)>,
 }
 
 /// A held-out question, its reference, one model's answer and how close it came.
@@ -849,7 +997,12 @@ struct AnswerRow {
 /// The key of one model's evaluation: the model's files, every data input's, the settings
 /// (models aside), seed, backend and hone's version. Two stages (or two recipes) that measure
 /// the same model the same way share it.
-fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result<String> {
+fn model_eval_key(
+    spec: &EvaluateSpec,
+    ctx: &StageContext,
+    name: &str,
+    benchmarks: Option<&str>,
+) -> Result<String> {
     let mut settings = serde_json::to_value(spec)?;
     settings["models"] = Value::Null;
     let data: BTreeMap<&str, String> = ctx
@@ -875,6 +1028,10 @@ fn model_eval_key(spec: &EvaluateSpec, ctx: &StageContext, name: &str) -> Result
         // Judged answers made before the judge's replies were kept must not be reused.
         material["judge_replies"] = true.into();
     }
+    if let Some(files) = benchmarks {
+        // The task files and their data, by content.
+        material["benchmark_files"] = files.into();
+    }
     Ok(format!(
         "eval-{}",
         crate::store::hash::hash_bytes(serde_json::to_string(&material)?.as_bytes())
@@ -896,7 +1053,20 @@ fn evaluate_model(
         samples: Vec::new(),
         answers: Vec::new(),
         judged: None,
+        benchmark_docs: Vec::new(),
     };
+    for (bench, task, prepared) in data.benchmarks {
+        progress.set_message(format!("{name}: {bench} ({} documents)", prepared.len()));
+        let run = super::benchmarks::run(task, prepared, m, device)
+            .with_context(|| format!("benchmark `{bench}` on model `{name}`"))?;
+        scores.extend(
+            run.scores
+                .into_iter()
+                .map(|(metric, v)| (format!("{bench}.{metric}"), v)),
+        );
+        out.benchmark_docs
+            .extend(run.docs.into_iter().map(|d| (bench.clone(), d)));
+    }
     if let (Some(cfg), Some(texts)) = (&spec.perplexity, data.texts) {
         progress.set_message(format!("{name}: perplexity"));
         scores.extend(perplexity(name, m, cfg, texts, device)?);

@@ -6,6 +6,7 @@
 
 pub mod answer_scores;
 pub mod batches;
+pub mod benchmarks;
 pub mod classify;
 pub mod concat;
 pub mod conversation;

@@ -30,6 +30,7 @@ mod hub_cache;
 mod judge;
 mod layers;
 mod leakage;
+mod lm_eval;
 mod lora_training;
 mod mlflow_log;
 mod model_parity;
