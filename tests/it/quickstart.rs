@@ -17,7 +17,7 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     assert_eq!(first.ran().len(), 13, "{out}");
     outputs_match_the_cache_format(&p);
     assert!(
-        out.contains("model  perplexity  token_accuracy  exact_match  contains  token_f1   rouge_l  answer_perplexity  reward_score  reward_score_sampled  win_rate_vs_base"),
+        out.contains("model  cars_mc.acc  cars_mc.acc_norm  perplexity  token_accuracy  exact_match  contains  token_f1   rouge_l  answer_perplexity  reward_score  reward_score_sampled  win_rate_vs_base"),
         "{out}"
     );
     // `hone generate` on a stage's model prompts it the way the stage trained it (the
@@ -50,6 +50,11 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{eval}"
     );
     assert!(metric(&eval, "sft.reward_score") > metric(&eval, "base.reward_score"));
+    // The car benchmark (lm-eval's format): the base model at chance, SFT above it.
+    assert!(
+        metric(&eval, "sft.cars_mc.acc") > metric(&eval, "base.cars_mc.acc"),
+        "{eval}"
+    );
     // PPO optimises the judge's score of sampled answers, and it rose past SFT's there.
     assert!(
         metric(&eval, "ppo.reward_score_sampled") > metric(&eval, "sft.reward_score_sampled"),
