@@ -75,6 +75,35 @@ pub struct Problem {
     pub help: Option<String>,
 }
 
+/// A problem for each of `names` (the keys under the setting `setting`) that is not a plain
+/// name, letters, digits, `_` and `-`: names that become column or metric names. `what` says
+/// what a name is (`model name`), `names` what it names (for the help).
+pub fn plain_name_problems<'n>(
+    names: impl IntoIterator<Item = &'n String>,
+    setting: &str,
+    what: &str,
+    names_what: &str,
+) -> Vec<Problem> {
+    names
+        .into_iter()
+        .filter(|name| {
+            name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+        .map(|name| {
+            Problem::at_key(
+                format!("{setting}.{name}"),
+                format!("{what} `{name}` is not a plain name"),
+            )
+            .help(format!(
+                "use letters, digits, `_` and `-`: it names {names_what}"
+            ))
+        })
+        .collect()
+}
+
 impl Problem {
     /// A problem with the value at `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {

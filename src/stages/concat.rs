@@ -76,21 +76,12 @@ impl Kind for ConcatKind {
                     .help("list two or more: `parts: { a: { from: x }, b: { path: y.jsonl } }`"),
             );
         }
-        for name in spec.parts.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                problems.push(
-                    Problem::at_key(
-                        format!("parts.{name}"),
-                        format!("part name `{name}` is not a plain name"),
-                    )
-                    .help("use letters, digits, `_` and `-`: it names a metric (`rows_<name>`)"),
-                );
-            }
-        }
+        problems.extend(crate::spec::kind::plain_name_problems(
+            spec.parts.keys(),
+            "parts",
+            "part name",
+            "a metric (`rows_<name>`)",
+        ));
         problems
     }
 

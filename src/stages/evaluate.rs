@@ -331,21 +331,12 @@ impl Kind for EvaluateKind {
                     .help("name the models to compare: `models: { base: { from: pretrain }, sft: { from: sft } }`"),
             );
         }
-        for name in e.models.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                problems.push(
-                    Problem::at_key(
-                        format!("models.{name}"),
-                        format!("model name `{name}` in `{at}` is not a plain name"),
-                    )
-                    .help("use letters, digits, `_` and `-`: it names a column of the results"),
-                );
-            }
-        }
+        problems.extend(kind::plain_name_problems(
+            e.models.keys(),
+            "models",
+            "model name",
+            "a column of the results",
+        ));
         if e.perplexity.is_none()
             && e.qa.is_none()
             && e.classification.is_none()
@@ -359,21 +350,12 @@ impl Kind for EvaluateKind {
                 ),
             );
         }
-        for name in e.benchmarks.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                problems.push(
-                    Problem::at_key(
-                        format!("benchmarks.{name}"),
-                        format!("benchmark name `{name}` is not a plain name"),
-                    )
-                    .help("use letters, digits, `_` and `-`: it names the benchmark's metrics"),
-                );
-            }
-        }
+        problems.extend(kind::plain_name_problems(
+            e.benchmarks.keys(),
+            "benchmarks",
+            "benchmark name",
+            "the benchmark's metrics",
+        ));
         if let Some(j) = e.qa.as_ref().and_then(|q| q.judge.as_ref())
             && j.scale < 2
         {
