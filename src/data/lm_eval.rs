@@ -242,6 +242,9 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     pub context: String,
+    /// The document's text fields (its question, passage, ...): what a model's training
+    /// data must not hold.
+    pub texts: Vec<String>,
     pub request: Request,
 }
 
@@ -655,7 +658,15 @@ impl Task {
                     },
                 },
             };
-            out.push(Prepared { context, request });
+            let texts = doc
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            out.push(Prepared {
+                context,
+                texts,
+                request,
+            });
         }
         Ok(out)
     }

@@ -513,19 +513,36 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
     let mut judged: BTreeMap<String, Vec<f64>> = BTreeMap::new();
 
     // Evaluation examples, to check against what each model trained on.
-    let mut eval_keys: Vec<(&str, Vec<Key>)> = Vec::new();
+    // (name in the summary, name in a warning, keys)
+    let mut eval_keys: Vec<(String, String, Vec<Key>)> = Vec::new();
+    let mut check = |name: &str, label: String, keys: Vec<Key>| {
+        eval_keys.push((name.to_owned(), label, keys));
+    };
     if let Some(t) = &texts {
-        eval_keys.push(("perplexity", text_keys("perplexity", Part::Text, t)));
+        let keys = text_keys("perplexity", Part::Text, t);
+        check("perplexity", "perplexity evaluation".into(), keys);
     }
     if let Some(q) = &qa {
-        eval_keys.push(("qa", super::conversation::conversation_keys("qa", q)));
+        let keys = super::conversation::conversation_keys("qa", q);
+        check("qa", "qa evaluation".into(), keys);
     }
     if let Some(l) = &labelled {
         let l: Vec<String> = l.iter().map(|(t, _)| t.clone()).collect();
-        eval_keys.push((
-            "classification",
-            text_keys("classification", Part::Text, &l),
-        ));
+        let keys = text_keys("classification", Part::Text, &l);
+        check("classification", "classification evaluation".into(), keys);
+    }
+    // A benchmark's questions in a model's training data make its score meaningless.
+    for (name, _, prepared) in &benchmarks {
+        let keys = prepared
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                p.texts
+                    .iter()
+                    .map(move |t| Key::text(format!("{name} document {}", i + 1), Part::Text, t))
+            })
+            .collect();
+        check(name, format!("benchmark `{name}`"), keys);
     }
     let mut warnings = Vec::new();
     let mut leaked = serde_json::Map::new();
@@ -545,10 +562,9 @@ pub fn run(spec: &EvaluateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             }
             trained_on.extend(leakage::table_keys(&t, &columns)?);
         }
-        for (check, keys) in &eval_keys {
-            let name = format!("{check} evaluation");
+        for (check, name, keys) in &eval_keys {
             let against = format!("the training data of `{model}`");
-            let (n, w) = super::guards::leakage_warnings(&[(&name, keys, &against, &trained_on)]);
+            let (n, w) = super::guards::leakage_warnings(&[(name, keys, &against, &trained_on)]);
             if n > 0 {
                 leaked.insert(format!("{model}.{check}"), n.into());
             }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{Project, manifest};
+use crate::common::{Project, manifest, tiny_sft_dpo_recipe};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -172,4 +172,33 @@ fn a_task_file_hone_cannot_run_is_a_recipe_error_at_its_setting() {
     let run = p.hone(&["validate", "r.yaml"]);
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("missing.jsonl"), "{}", run.stderr());
+}
+
+#[test]
+fn a_benchmark_question_in_a_models_training_data_is_warned_about() {
+    // The fixture's multiple-choice questions are the car QA's training questions.
+    let p = Project::new();
+    let task = root().join("tests/fixtures/lm_eval/mc_2shot.yaml");
+    let recipe = tiny_sft_dpo_recipe("contaminated", 3, "")
+        + &format!(
+            "  eval:\n    kind: evaluate\n    models: {{ sft: {{ from: sft }} }}\n    benchmarks: {{ mc: {{ task: {} }} }}\n",
+            task.display()
+        );
+    p.write("r.yaml", &recipe);
+    let run = p.hone(&["run", "r.yaml"]);
+    let out = run.ok();
+    let warning = out
+        .lines()
+        .find(|l| l.contains("benchmark `mc`"))
+        .unwrap_or_else(|| panic!("no warning: {out}"));
+    assert!(
+        warning.contains("training data of `sft`") && warning.contains(": \"What does the"),
+        "{warning}"
+    );
+    assert!(
+        manifest(&p, "eval")["summary"]["leaked_examples"]["sft.mc"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }

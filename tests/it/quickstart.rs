@@ -50,11 +50,10 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{eval}"
     );
     assert!(metric(&eval, "sft.reward_score") > metric(&eval, "base.reward_score"));
-    // The car benchmark (lm-eval's format): the base model at chance, SFT above it.
-    assert!(
-        metric(&eval, "sft.cars_mc.acc") > metric(&eval, "base.cars_mc.acc"),
-        "{eval}"
-    );
+    // The car benchmark (lm-eval's format, four choices): the pretrained model learnt the
+    // corpus's facts (above chance); none of its questions is in any model's training data.
+    assert!(metric(&eval, "base.cars_mc.acc") > 0.25, "{eval}");
+    assert!(!out.contains("benchmark `cars_mc`"), "{out}");
     // PPO optimises the judge's score of sampled answers, and it rose past SFT's there.
     assert!(
         metric(&eval, "ppo.reward_score_sampled") > metric(&eval, "sft.reward_score_sampled"),
