@@ -59,7 +59,10 @@ fn answers_table(html: &mut String, stage: &str, rows: &[Value]) {
     if rows.is_empty() {
         return;
     }
-    let judged = rows.iter().any(|r| r.get("judge").is_some());
+    // A judge whose replies held no grade still wrote them: those are what to read then.
+    let judged = rows
+        .iter()
+        .any(|r| r.get("judge").is_some() || r.get("judge_reply").is_some());
     let _ = write!(
         html,
         "<h2>Answers: {}</h2><table class=\"answers\"><tr><th>question</th><th>reference</th><th>model</th><th>answer</th><th>exact</th><th>contains</th><th>token F1</th><th>ROUGE-L</th>{}</tr>",
@@ -471,4 +474,22 @@ pub fn render(
 /// Writes the report to `out` (atomically).
 pub fn write(html: &str, out: &Path) -> Result<()> {
     crate::store::write_atomic(out, html.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_replies_show_when_no_reply_held_a_grade() {
+        let rows = [
+            serde_json::json!({"prompt": "What does the clutch do?", "reference": "r",
+            "model": "sft", "answer": "a", "exact_match": 0.0, "contains": 0.0, "token_f1": 0.0,
+            "rouge_l": 0.0, "judge_reply": "the clutch <is>"}),
+        ];
+        let mut html = String::new();
+        answers_table(&mut html, "eval", &rows);
+        assert!(html.contains("judge's reply"), "{html}");
+        assert!(html.contains("the clutch &lt;is&gt;"), "{html}");
+    }
 }
