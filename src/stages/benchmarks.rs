@@ -130,8 +130,9 @@ fn loglikelihoods(
             .iter()
             .map(|(ctx, cont)| {
                 let all: Vec<u32> = ctx.iter().chain(cont).copied().collect();
-                let from = all.len().saturating_sub(max_len + 1);
-                all[from..all.len() - 1].to_vec()
+                let end = all.len().saturating_sub(1);
+                let from = all.len().saturating_sub(max_len + 1).min(end);
+                all[from..end].to_vec()
             })
             .collect();
         let longest = inputs.iter().map(Vec::len).max().unwrap_or(1).max(1);
