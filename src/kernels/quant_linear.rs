@@ -367,14 +367,28 @@ mod dora_tests {
                 let m = to_vec(l.magnitude.as_ref().unwrap().val().grad(&grads).unwrap());
                 (to_vec(y), g(l.a.val()), g(l.b.val()), m)
             };
-            let (q, d) = (run(&quantised), run(&dense));
-            let close = |a: &[f32], b: &[f32], what: &str| {
+            let within = |a: &[f32], b: &[f32]| {
                 let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                assert!(
-                    worst < 1e-4 * scale,
-                    "dropout {dropout}, {what}: {worst} (scale {scale})"
-                );
+                (worst < 1e-4 * scale, worst, scale)
+            };
+            // The backend's RNG is one for the process: a test on another thread that draws
+            // between `seed` and the dropout draw gives one side another mask. So up to three
+            // tries; a real difference fails every one.
+            let mut tries = 0;
+            let (q, d) = loop {
+                let (q, d) = (run(&quantised), run(&dense));
+                tries += 1;
+                let all = [(&q.0, &d.0), (&q.1, &d.1), (&q.2, &d.2), (&q.3, &d.3)]
+                    .iter()
+                    .all(|(a, b)| within(a, b).0);
+                if all || tries == 3 {
+                    break (q, d);
+                }
+            };
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                let (ok, worst, scale) = within(a, b);
+                assert!(ok, "dropout {dropout}, {what}: {worst} (scale {scale})");
             };
             close(&q.0, &d.0, "output");
             close(&q.1, &d.1, "gradient of A");
