@@ -397,20 +397,10 @@ impl<'a> Run<'a> {
                         .join(&stage.name),
                 ))
             });
-        let tracker =
-            logging.mlflow.as_ref().and_then(|uri| {
-                self.mlflow
-                .get_or_init(|| match mlflow::Tracker::connect(uri, &recipe.header.name) {
-                    Ok(t) => Some(std::sync::Arc::new(t)),
-                    Err(e) => {
-                        tracing::warn!(
-                            "MLflow at {uri}: {e:#}; not logging there for the rest of this run"
-                        );
-                        None
-                    }
-                })
-                .clone()
-            });
+        let tracker = logging
+            .mlflow
+            .as_ref()
+            .and_then(|uri| self.mlflow_tracker(uri));
         let run = self.rundir.name();
         let mlflow = tracker.and_then(|t| {
             let info = mlflow::StageInfo {
@@ -426,6 +416,24 @@ impl<'a> Run<'a> {
             tensorboard,
             mlflow,
         }
+    }
+
+    /// The recipe's MLflow server, connected to on first use; `None` when it could not be
+    /// reached (warned about once, for the whole run).
+    fn mlflow_tracker(&self, uri: &str) -> Option<std::sync::Arc<mlflow::Tracker>> {
+        self.mlflow
+            .get_or_init(
+                || match mlflow::Tracker::connect(uri, &self.recipe.header.name) {
+                    Ok(t) => Some(std::sync::Arc::new(t)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "MLflow at {uri}: {e:#}; not logging there for the rest of this run"
+                        );
+                        None
+                    }
+                },
+            )
+            .clone()
     }
 
     /// Runs stage `i` in a scratch directory of the store and commits what it produced.
