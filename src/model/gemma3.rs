@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
-    KvCache, Proj, attend_capped, causal_inputs, merge_heads, named_projections, repeat_kv,
-    rows_at, split_heads, window_mask, write_projections,
+    KeysValues, KvCache, Proj, causal_inputs, merge_heads, named_projections, rows_at, split_heads,
+    window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -330,16 +330,12 @@ impl Gemma3Layer {
         );
         let k = super::layers::apply_rope(k, cos, sin);
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
-        let (k, v) = match cache {
-            Some((c, layer)) => c.extend(layer, k, v),
-            None => (k, v),
-        };
+        let kv = KeysValues::new(k, v, cache);
         let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], k.dims()[2], w, &q.device())),
+            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let rep = self.n_heads / self.n_kv_heads;
-        let a = attend_capped(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, self.softcap);
+        let a = kv.attend(q, mask, self.softcap);
         let a = self
             .post_attention_layernorm
             .forward(self.o_proj.forward(merge_heads(a)));

@@ -8,7 +8,9 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{KvCache, LayerNorm, Proj, attend, causal_inputs, merge_heads, split_heads};
+use super::layers::{
+    KeysValues, KvCache, LayerNorm, Proj, causal_inputs, merge_heads, split_heads,
+};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `GPT2Config` that shape the network.
@@ -64,11 +66,8 @@ impl Gpt2Block {
         let q = split_heads(qkv.clone().narrow(2, 0, d), self.n_head);
         let k = split_heads(qkv.clone().narrow(2, d, d), self.n_head);
         let v = split_heads(qkv.narrow(2, 2 * d, d), self.n_head);
-        let (k, v) = match cache {
-            Some((c, layer)) => c.extend(layer, k, v),
-            None => (k, v),
-        };
-        let x = x + self.attn_c_proj.forward(merge_heads(attend(q, k, v, mask)));
+        let a = KeysValues::new(k, v, cache).attend(q, mask, None);
+        let x = x + self.attn_c_proj.forward(merge_heads(a));
         let h = self.c_fc.forward(self.ln_2.forward(x.clone()));
         let h = if self.tanh_gelu {
             crate::kernels::gelu_tanh(h)

@@ -386,6 +386,86 @@ pub fn attend_capped(
     softmax(scores, 3).matmul(v)
 }
 
+/// A layer's keys and values `[b, kv, t, d]` as attention sees them: this step's alone, or the
+/// cache's with this step's written after them.
+pub enum KeysValues {
+    Fresh(Tensor<4>, Tensor<4>),
+    Cached(Tensor<5>, Tensor<5>),
+}
+
+impl KeysValues {
+    /// This step's keys and values `[b, kv, s, d]`, after `cache`'s for its layer when given.
+    pub fn new(k: Tensor<4>, v: Tensor<4>, cache: Option<(&mut KvCache, usize)>) -> KeysValues {
+        match cache {
+            Some((c, layer)) => {
+                let (k, v) = c.extend(layer, k, v);
+                KeysValues::Cached(k, v)
+            }
+            None => KeysValues::Fresh(k, v),
+        }
+    }
+
+    /// Number of key positions `t`.
+    pub fn len(&self) -> usize {
+        match self {
+            KeysValues::Fresh(k, _) => k.dims()[2],
+            KeysValues::Cached(k, _) => k.dims()[3],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`attend_capped`] of the queries `[b, h, s, d]` over these keys and values, each key
+    /// head serving `h / kv` query heads (grouped-query attention).
+    pub fn attend(
+        self,
+        q: Tensor<4>,
+        mask: Option<Tensor<4, Bool>>,
+        softcap: Option<f64>,
+    ) -> Tensor<4> {
+        match self {
+            KeysValues::Fresh(k, v) => {
+                let rep = q.dims()[1] / k.dims()[1];
+                attend_capped(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, softcap)
+            }
+            KeysValues::Cached(k, v) => attend_cached(q, k, v, mask, softcap),
+        }
+    }
+}
+
+/// [`attend_capped`] of `q` `[b, h, s, d]` over cached keys and values `[b, kv, 1, t, d]`
+/// ([`KvCache::extend`]), `h` a multiple of `kv`: the queries of each key head's group meet it
+/// through the broadcast unit dim, where [`repeat_kv`] would copy it `h / kv` times. Each
+/// score and output is the same gemm, on the same strides, as over repeated keys, so the bits
+/// are those of [`attend_capped`].
+pub fn attend_cached(
+    q: Tensor<4>,
+    k: Tensor<5>,
+    v: Tensor<5>,
+    mask: Option<Tensor<4, Bool>>,
+    softcap: Option<f64>,
+) -> Tensor<4> {
+    let [b, h, s, d] = q.dims();
+    let [_, kv, _, t, _] = k.dims();
+    let q = q.reshape([b, kv, h / kv, s, d]);
+    let mut scores = q
+        .matmul(k.swap_dims(3, 4))
+        .reshape([b, h, s, t])
+        .div_scalar((d as f64).sqrt());
+    if let Some(cap) = softcap {
+        scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+    }
+    if let Some(m) = mask {
+        scores = scores.mask_fill(m.expand([b, h, s, t]), MASKED);
+    }
+    softmax(scores, 3)
+        .reshape([b, kv, h / kv, s, t])
+        .matmul(v)
+        .reshape([b, h, s, d])
+}
+
 /// `mask` (true where a query may not see a key) with the keys `window` or more positions
 /// before each query also hidden. The `s` queries are the last of the `t` keys; positions
 /// count in the padded sequence, as transformers counts them for sliding windows.
@@ -541,16 +621,30 @@ pub fn positions_from_padding(
     }
 }
 
-/// Keys and values of earlier positions, per layer, for incremental decoding.
+/// Keys and values of earlier positions, per layer, for incremental decoding. A layer's are
+/// `[b, kv, 1, capacity, d]` buffers that each step writes its position into in place, where
+/// growing them by concatenation copied every earlier position per step; the unit dim lets a
+/// group of query heads share its key head in [`attend_cached`] without copying it.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<Option<LayerKv>>,
+    /// Positions to allocate for (more are made room for by doubling).
+    capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+struct LayerKv {
+    keys: Tensor<5>,
+    values: Tensor<5>,
+    len: usize,
 }
 
 impl KvCache {
-    pub fn new(layers: usize) -> KvCache {
+    /// A cache for `layers` layers that expects about `positions` positions in all.
+    pub fn new(layers: usize, positions: usize) -> KvCache {
         KvCache {
             layers: vec![None; layers],
+            capacity: positions,
         }
     }
 
@@ -559,7 +653,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+            .map_or(0, |l| l.len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -569,20 +663,50 @@ impl KvCache {
     /// Every row's keys and values `group` times in a row (see [`repeat_rows`]): a prompt
     /// encoded once, then decoded as `group` rows.
     pub fn repeat_rows(&mut self, group: usize) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = repeat_rows(k.clone(), group);
-            *v = repeat_rows(v.clone(), group);
+        for l in self.layers.iter_mut().flatten() {
+            l.keys = repeat_rows(l.keys.clone(), group);
+            l.values = repeat_rows(l.values.clone(), group);
         }
     }
 
-    /// Appends this step's keys/values for `layer` and returns all of them.
-    pub fn extend(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+    /// Writes this step's keys/values `[b, kv, s, d]` for `layer` after the cached ones and
+    /// returns all of them, `[b, kv, 1, t, d]` views of the buffers (drop them before the next
+    /// step's write, or that write copies the buffer).
+    pub fn extend(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<5>, Tensor<5>) {
+        let [b, kv, s, d] = k.dims();
+        let mut l = match self.layers[layer].take() {
+            Some(l) => l,
+            None => {
+                let buffer = || {
+                    Tensor::<5>::zeros(
+                        [b, kv, 1, self.capacity.max(s), d],
+                        (&k.device(), k.dtype()),
+                    )
+                };
+                LayerKv {
+                    keys: buffer(),
+                    values: buffer(),
+                    len: 0,
+                }
+            }
         };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
+        let capacity = l.keys.dims()[3];
+        if l.len + s > capacity {
+            let more = capacity.max(l.len + s - capacity);
+            let room = || Tensor::<5>::zeros([b, kv, 1, more, d], (&k.device(), k.dtype()));
+            l.keys = Tensor::cat(vec![l.keys, room()], 3);
+            l.values = Tensor::cat(vec![l.values, room()], 3);
+        }
+        let at = [0..b, 0..kv, 0..1, l.len..l.len + s, 0..d];
+        l.keys = l.keys.slice_assign(at.clone(), k.unsqueeze_dim(2));
+        l.values = l.values.slice_assign(at, v.unsqueeze_dim(2));
+        l.len += s;
+        let seen = (
+            l.keys.clone().narrow(3, 0, l.len),
+            l.values.clone().narrow(3, 0, l.len),
+        );
+        self.layers[layer] = Some(l);
+        seen
     }
 }
 
@@ -608,4 +732,76 @@ pub fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2)
         .expand([b, kv, rep, s, d])
         .reshape([b, kv * rep, s, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decoding through the cache gives, step by step, the bits of attention over every key so
+    /// far with the keys repeated per query head (what the cache grown by concatenation gave),
+    /// so cached rollouts reproduce earlier artifacts.
+    #[test]
+    fn cached_attention_equals_attention_over_repeated_keys() {
+        let device = Device::flex();
+        device.seed(7);
+        let (b, h, kv, d, prompt, steps) = (3, 6, 2, 16, 9, 4);
+        let t = prompt + steps;
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<4>::random([b, h, t, d], normal, &device);
+        let k = Tensor::<4>::random([b, kv, t, d], normal, &device);
+        let v = Tensor::<4>::random([b, kv, t, d], normal, &device);
+        let padding = Tensor::<2, Bool>::from_data(
+            burn::tensor::TensorData::new(
+                (0..b * t)
+                    .map(|i| i % t >= (i / t) * 2)
+                    .collect::<Vec<bool>>(),
+                [b, t],
+            ),
+            &device,
+        );
+        let bits = |x: Tensor<4>| {
+            crate::model::to_vec(x)
+                .into_iter()
+                .map(f32::to_bits)
+                .collect::<Vec<_>>()
+        };
+        for softcap in [None, Some(5.0)] {
+            // The prompt at once, then a position a step, into a cache sized short of the end
+            // (it grows).
+            let mut cache = KvCache::new(1, prompt + 1);
+            for (at, len) in std::iter::once((0, prompt)).chain((prompt..t).map(|i| (i, 1))) {
+                let seen = at + len;
+                let mask = attention_mask(
+                    Some(padding.clone().narrow(1, 0, seen)),
+                    b,
+                    len,
+                    seen,
+                    true,
+                    at,
+                    &device,
+                );
+                let q = q.clone().narrow(2, at, len);
+                let whole = KeysValues::new(
+                    k.clone().narrow(2, 0, seen),
+                    v.clone().narrow(2, 0, seen),
+                    None,
+                )
+                .attend(q.clone(), mask.clone(), softcap);
+                let cached = KeysValues::new(
+                    k.clone().narrow(2, at, len),
+                    v.clone().narrow(2, at, len),
+                    Some((&mut cache, 0)),
+                );
+                assert_eq!(cached.len(), seen);
+                let cached = cached.attend(q, mask, softcap);
+                assert_eq!(
+                    bits(cached),
+                    bits(whole),
+                    "softcap {softcap:?}, {seen} keys"
+                );
+            }
+            assert_eq!(cache.len(), t);
+        }
+    }
 }

@@ -15,8 +15,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, named_projections,
-    repeat_kv, rows_at, split_heads, window_mask, write_projections,
+    KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads, named_projections,
+    rows_at, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -246,16 +246,12 @@ impl LlamaLayer {
         let k = split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads);
         let k = apply_rope(norm(k, &self.k_norm), cos, sin);
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
-        let (k, v) = match cache {
-            Some((c, layer)) => c.extend(layer, k, v),
-            None => (k, v),
-        };
+        let kv = KeysValues::new(k, v, cache);
         let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], k.dims()[2], w, &q.device())),
+            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let rep = self.n_heads / self.n_kv_heads;
-        let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
+        let a = kv.attend(q, mask, None);
         let x = x + self.o_proj.forward(merge_heads(a));
         let h = self.post_attention_layernorm.forward(x.clone());
         let m =

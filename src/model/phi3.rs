@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
-    KvCache, Proj, RmsNorm, apply_rope, attend, causal_inputs, merge_heads, repeat_kv, rows_at,
+    KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads, rows_at,
     split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
@@ -190,16 +190,12 @@ impl Phi3Layer {
         let v = split_heads(qkv.narrow(2, (h + kv) * hd, kv * hd), kv);
         let q = self.rotate(q, cos, sin);
         let k = self.rotate(k, cos, sin);
-        let (k, v) = match cache {
-            Some((c, layer)) => c.extend(layer, k, v),
-            None => (k, v),
-        };
+        let kv = KeysValues::new(k, v, cache);
         let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], k.dims()[2], w, &q.device())),
+            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let rep = h / kv;
-        let a = attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask);
+        let a = kv.attend(q, mask, None);
         let x = x + self.o_proj.forward(merge_heads(a));
         let n = self.post_attention_layernorm.forward(x.clone());
         let gu = self.gate_up_proj.forward(n);

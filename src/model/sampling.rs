@@ -82,13 +82,7 @@ fn choose_with(logits: &[f32], cfg: &SamplingConfig, draw: Option<f64>) -> u32 {
     let Some(u) = draw.filter(|_| cfg.temperature > 0.0) else {
         return argmax();
     };
-    let mut cand: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v as f64 / cfg.temperature))
-        .collect();
-    // A strict total order (ties broken by id), so the unstable sort orders as a stable one.
-    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut cand = descending(logits, cfg.temperature);
     if cfg.top_k > 0 {
         cand.truncate(cfg.top_k);
     }
@@ -115,6 +109,79 @@ fn choose_with(logits: &[f32], cfg: &SamplingConfig, draw: Option<f64>) -> u32 {
         }
     }
     cand[probs.len() - 1].0
+}
+
+/// `(id, logit / temperature)` of every logit, in `f64::total_cmp` order from the largest,
+/// equal values by id from the smallest: the order the sampler sums its probabilities in, so
+/// it must be exactly this one. Sorting 50k values once per sampled token is the sampler's
+/// main cost, so the logits' own f32 bits are radix-sorted (three stable passes of 11 bits),
+/// and that order is checked against the one asked for: dividing by a positive temperature
+/// keeps it unless two logits land on one value (never, short of overflow), and then a
+/// comparison sort decides.
+fn descending(logits: &[f32], temperature: f64) -> Vec<(u32, f64)> {
+    let ids = radix_descending(logits);
+    let mut cand: Vec<(u32, f64)> = ids
+        .into_iter()
+        .map(|i| (i, logits[i as usize] as f64 / temperature))
+        .collect();
+    let ordered = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if !cand
+        .windows(2)
+        .all(|w| ordered(&w[0], &w[1]) == std::cmp::Ordering::Less)
+    {
+        cand.sort_unstable_by(ordered);
+    }
+    cand
+}
+
+/// The ids of `values` in `f32::total_cmp` order from the largest, equal values by id from the
+/// smallest: a stable least-significant-digit radix sort of the values' total-order bits, 11
+/// bits a pass, skipping a pass whose digit every value shares.
+fn radix_descending(values: &[f32]) -> Vec<u32> {
+    const BITS: u32 = 11;
+    const PASSES: usize = 3;
+    // Ascending order of `key` is descending total order of the values: the usual map of a
+    // float's bits to an unsigned total order (flip all bits of a negative, the sign bit of
+    // the rest), complemented. The key rides in the high half, the id in the low.
+    let key = |v: f32| {
+        let bits = v.to_bits();
+        !(if bits >> 31 == 1 {
+            !bits
+        } else {
+            bits | 1 << 31
+        })
+    };
+    let mut items: Vec<u64> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (u64::from(key(v)) << 32) | i as u64)
+        .collect();
+    let digit = |item: u64, pass: usize| ((item >> (32 + BITS as usize * pass)) & 0x7FF) as usize;
+    let mut counts = vec![[0usize; 1 << BITS]; PASSES];
+    for &item in &items {
+        for (pass, c) in counts.iter_mut().enumerate() {
+            c[digit(item, pass)] += 1;
+        }
+    }
+    let mut spare = vec![0u64; items.len()];
+    for (pass, c) in counts.iter().enumerate() {
+        if c.iter().any(|&n| n == items.len()) {
+            continue;
+        }
+        let mut start = vec![0usize; 1 << BITS];
+        let mut at = 0;
+        for (s, n) in start.iter_mut().zip(c) {
+            *s = at;
+            at += n;
+        }
+        for &item in &items {
+            let d = digit(item, pass);
+            spare[start[d]] = item;
+            start[d] += 1;
+        }
+        std::mem::swap(&mut items, &mut spare);
+    }
+    items.into_iter().map(|item| item as u32).collect()
 }
 
 /// Generates a continuation for each prompt (token ids). Each output holds the new tokens
@@ -195,7 +262,7 @@ fn decode(
     let n = prompts.len();
     let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [n, longest]), device);
     let prompt_padding = padding_of(real.clone(), n);
-    let mut cache = KvCache::new(model.num_layers());
+    let mut cache = KvCache::new(model.num_layers(), longest + max_new_tokens);
     let mask = attention_mask(
         Some(prompt_padding.clone()),
         n,
@@ -277,6 +344,51 @@ fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_radix_order_is_the_comparison_sorts() {
+        let mut rng = SplitMix64::new(3);
+        // Ties, both zeros, infinities, NaNs of both signs, subnormals, a spread of magnitudes.
+        let mut logits: Vec<f32> = (0..5000)
+            .map(|_| (((rng.next_f64() - 0.5) * 40.0).round() / 4.0 * 1e3) as f32)
+            .collect();
+        logits.extend((0..5000).map(|_| ((rng.next_f64() - 0.5) * 1e-3) as f32));
+        logits.extend([
+            0.0,
+            -0.0,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            -1e-40,
+        ]);
+        logits.extend([f32::NAN, -f32::NAN, f32::MAX, f32::MIN]);
+        let bits = |v: &[(u32, f64)]| v.iter().map(|(i, x)| (*i, x.to_bits())).collect::<Vec<_>>();
+        // A temperature that keeps every value apart, one under which the largest overflow to
+        // one infinity (the comparison sort's turn), and one that flips the order (without the
+        // NaNs: whether `x / -1` flips a NaN's sign is the compiler's choice).
+        let numbers: Vec<f32> = logits.iter().copied().filter(|v| !v.is_nan()).collect();
+        for (temperature, logits) in [(0.7, &logits), (1e-300, &logits), (-1.0, &numbers)] {
+            let mut want: Vec<(u32, f64)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (i as u32, v as f64 / temperature))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            assert_eq!(
+                bits(&descending(&logits, temperature)),
+                bits(&want),
+                "{temperature}"
+            );
+        }
+        // One value, and all equal (every pass skipped).
+        assert_eq!(descending(&[2.5], 1.0), vec![(0, 2.5)]);
+        assert_eq!(
+            descending(&[1.0; 3], 1.0),
+            vec![(0, 1.0), (1, 1.0), (2, 1.0)]
+        );
+    }
 
     #[test]
     fn a_group_decoded_from_one_encoding_equals_its_prompt_repeated() {
