@@ -63,9 +63,9 @@ pub fn run(g: &super::args::Globals, args: &GenerateArgs) -> Result<ExitCode> {
     };
     if !model.model.backbone.is_decoder() {
         bail!(
-            "{} is an encoder ({:?}); only decoders generate text",
+            "{} is an encoder ({}); only decoders generate text",
             at.label,
-            model.model.backbone.family()
+            model.model.backbone.family().name()
         );
     }
     // A model a recipe stage trained gets the template it trained with (named by the recipe,

@@ -381,3 +381,41 @@ impl Bert {
         self.pooler.as_ref().map(|p| p.forward(first).tanh())
     }
 }
+
+/// BERT in [`super::family::FAMILIES`].
+pub struct BertFamily;
+
+impl super::family::Family for BertFamily {
+    fn name(&self) -> &'static str {
+        "bert"
+    }
+
+    fn model_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[("bert", "")]
+    }
+
+    fn build(
+        &self,
+        _model_type: &str,
+        config: &serde_json::Value,
+        weights: &mut WeightMap,
+    ) -> Result<super::Backbone, super::family::BuildError> {
+        let c: BertConfig = super::family::parse(config)?;
+        Ok(super::Backbone::Bert(Bert::from_weights(&c, weights)?))
+    }
+
+    fn default_lora_targets(&self) -> &'static [&'static str] {
+        &["query", "value"]
+    }
+
+    fn is_encoder(&self) -> bool {
+        true
+    }
+
+    fn score_head(&self) -> super::family::ScoreHead {
+        super::family::ScoreHead {
+            name: "classifier",
+            bias: true,
+        }
+    }
+}

@@ -664,3 +664,70 @@ impl Gemma3Layer {
         ]
     }
 }
+
+/// Gemma 3 (its text decoder, also of a multimodal checkpoint) and Gemma 2 in
+/// [`super::family::FAMILIES`].
+pub struct Gemma3Family;
+
+impl super::family::Family for Gemma3Family {
+    fn name(&self) -> &'static str {
+        "gemma3"
+    }
+
+    fn model_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("gemma2", ""),
+            ("gemma3_text", ""),
+            ("gemma3", "its text decoder"),
+        ]
+    }
+
+    fn text_config(&self, model_type: &str, config: Value) -> Value {
+        if model_type == "gemma3" {
+            text_config(&config)
+        } else {
+            config
+        }
+    }
+
+    fn gguf_archs(&self) -> &'static [&'static str] {
+        &["gemma2", "gemma3"]
+    }
+
+    fn load_gguf(
+        &self,
+        g: &super::gguf::Gguf,
+        arch: &str,
+        device: &Device,
+        frozen: &super::Frozen,
+    ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
+        super::gguf::load_gemma(g, arch, device, frozen)
+    }
+
+    fn build(
+        &self,
+        model_type: &str,
+        config: &Value,
+        weights: &mut WeightMap,
+    ) -> Result<super::Backbone, super::family::BuildError> {
+        let c: Gemma3Config = super::family::parse(config)?;
+        if model_type == "gemma3" {
+            // Only the text decoder of a multimodal checkpoint: its weights sit under
+            // `language_model.model.` (transformers 4) or `model.language_model.` (5).
+            weights.replace_prefix("language_model.model.", "model.");
+            weights.replace_prefix("model.language_model.", "model.");
+            weights.replace_prefix("language_model.lm_head.", "lm_head.");
+        }
+        c.check()
+            .map_err(|e| super::family::BuildError::Config(e.to_string()))?;
+        Ok(super::Backbone::Gemma3(Gemma3::from_weights(&c, weights)?))
+    }
+
+    fn default_lora_targets(&self) -> &'static [&'static str] {
+        &["q_proj", "v_proj"]
+    }
+
+    fn default_chat_template(&self) -> Option<&'static str> {
+        Some(super::chat::GEMMA)
+    }
+}

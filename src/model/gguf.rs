@@ -350,8 +350,15 @@ pub struct GgufModel {
     pub chat_template: Option<String>,
 }
 
-/// The architectures (`general.architecture`) hone maps onto its families.
-pub const ARCHITECTURES: &str = "llama, qwen2, qwen3, gemma2, gemma3, phi3, gpt2";
+/// The architectures (`general.architecture`) hone maps onto its families, for messages.
+pub fn architectures() -> String {
+    super::family::FAMILIES
+        .iter()
+        .flat_map(|f| f.gguf_archs())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A GGUF file as one of hone's model families.
 /// Frozen weights are held as `frozen` says: F16 and BF16 tensors in one of `frozen.keep`
@@ -365,19 +372,13 @@ pub fn load(path: &Path, device: &Device, frozen: &Frozen) -> Result<GgufModel, 
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let (backbone, config) = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" => load_llama(&g, &arch, device, frozen)?,
-        "gemma2" | "gemma3" => load_gemma(&g, &arch, device, frozen)?,
-        "gpt2" => load_gpt2(&g, device, frozen)?,
-        "phi3" => load_phi3(&g, device, frozen)?,
-        _ => {
-            return Err(ModelError::UnknownArchitecture {
-                path: path.to_path_buf(),
-                found: arch,
-                supported: format!("{ARCHITECTURES} (GGUF)"),
-            });
-        }
-    };
+    let family =
+        super::family::by_gguf_arch(&arch).ok_or_else(|| ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            found: arch.clone(),
+            supported: format!("{} (GGUF)", architectures()),
+        })?;
+    let (backbone, config) = family.load_gguf(&g, &arch, device, frozen)?;
     Ok(GgufModel {
         backbone,
         config,
@@ -559,7 +560,7 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
 /// A GGUF of a Llama-architecture family (`llama`, `qwen2`, `qwen3`). llama.cpp stores a
 /// `llama` model's q and k rows interleaved for its rotary layout; they are put back in HF's
 /// half-split order. Qwen's are stored as HF has them.
-fn load_llama(
+pub(crate) fn load_llama(
     g: &Gguf,
     arch: &str,
     device: &Device,
@@ -651,7 +652,7 @@ fn load_llama(
 /// attention by the head size. Gemma 3: every sixth layer a full-attention one, the sliding
 /// ones with a rotary base of 10000. Gemma 2: every other layer, one rotary base, soft-capped
 /// attention scores and logits.
-fn load_gemma(
+pub(crate) fn load_gemma(
     g: &Gguf,
     arch: &str,
     device: &Device,
@@ -714,7 +715,7 @@ fn load_gemma(
 }
 
 /// A `gpt2` GGUF: llama.cpp stores the `Conv1D` projections transposed; they are put back.
-fn load_gpt2(
+pub(crate) fn load_gpt2(
     g: &Gguf,
     device: &Device,
     frozen: &Frozen,
@@ -771,7 +772,7 @@ fn load_gpt2(
 
 /// A `phi3` GGUF: q/k/v and gate/up stay fused as in HF, rotary on `rope.dimension_count`
 /// of each head, LongRoPE's factors as the `rope_factors_short` / `rope_factors_long` tensors.
-fn load_phi3(
+pub(crate) fn load_phi3(
     g: &Gguf,
     device: &Device,
     frozen: &Frozen,

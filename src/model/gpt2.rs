@@ -243,3 +243,48 @@ impl Gpt2 {
         super::layers::matmul_autocast(hidden, self.wte.val().transpose())
     }
 }
+
+/// GPT-2 in [`super::family::FAMILIES`].
+pub struct Gpt2Family;
+
+impl super::family::Family for Gpt2Family {
+    fn name(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn model_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[("gpt2", "")]
+    }
+
+    fn gguf_archs(&self) -> &'static [&'static str] {
+        &["gpt2"]
+    }
+
+    fn load_gguf(
+        &self,
+        g: &super::gguf::Gguf,
+        _arch: &str,
+        device: &Device,
+        frozen: &super::Frozen,
+    ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
+        super::gguf::load_gpt2(g, device, frozen)
+    }
+
+    fn build(
+        &self,
+        _model_type: &str,
+        config: &serde_json::Value,
+        weights: &mut WeightMap,
+    ) -> Result<super::Backbone, super::family::BuildError> {
+        let c: Gpt2Config = super::family::parse(config)?;
+        Ok(super::Backbone::Gpt2(Gpt2::from_weights(&c, weights)?))
+    }
+
+    fn default_lora_targets(&self) -> &'static [&'static str] {
+        &["c_attn"]
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        true
+    }
+}

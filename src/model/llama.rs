@@ -508,3 +508,52 @@ impl Llama {
         )
     }
 }
+
+/// Llama and the families that share its layers (Mistral, Qwen2, Qwen3) in
+/// [`super::family::FAMILIES`].
+pub struct LlamaFamily;
+
+impl super::family::Family for LlamaFamily {
+    fn name(&self) -> &'static str {
+        "llama"
+    }
+
+    fn model_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("llama", "Llama 2 and 3.x"),
+            ("mistral", ""),
+            ("qwen2", ""),
+            ("qwen3", ""),
+        ]
+    }
+
+    fn gguf_archs(&self) -> &'static [&'static str] {
+        &["llama", "qwen2", "qwen3"]
+    }
+
+    fn load_gguf(
+        &self,
+        g: &super::gguf::Gguf,
+        arch: &str,
+        device: &Device,
+        frozen: &super::Frozen,
+    ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
+        super::gguf::load_llama(g, arch, device, frozen)
+    }
+
+    fn build(
+        &self,
+        _model_type: &str,
+        config: &serde_json::Value,
+        weights: &mut WeightMap,
+    ) -> Result<super::Backbone, super::family::BuildError> {
+        let c: LlamaConfig = super::family::parse(config)?;
+        c.check()
+            .map_err(|e| super::family::BuildError::Config(e.to_string()))?;
+        Ok(super::Backbone::Llama(Llama::from_weights(&c, weights)?))
+    }
+
+    fn default_lora_targets(&self) -> &'static [&'static str] {
+        &["q_proj", "v_proj"]
+    }
+}

@@ -203,17 +203,6 @@ fn column_norms(w: Tensor<2>) -> Tensor<1> {
     w.square().sum_dim(0).sqrt().reshape([d_out])
 }
 
-/// PEFT's default `target_modules` per family.
-pub fn default_targets(family: super::Family) -> &'static [&'static str] {
-    match family {
-        super::Family::Gpt2 => &["c_attn"],
-        super::Family::Llama | super::Family::Gemma3 => &["q_proj", "v_proj"],
-        // PEFT's default for Phi-3: the fused q/k/v projection.
-        super::Family::Phi3 => &["qkv_proj"],
-        super::Family::Bert => &["query", "value"],
-    }
-}
-
 /// PEFT's shorthand target for every linear layer except the output layer (`lm_head`, a
 /// classifier): in hone's models, every projection of every block.
 pub const ALL_LINEAR: &str = "all-linear";
@@ -260,7 +249,9 @@ pub fn apply(
 ) -> Result<(super::Backbone, Vec<String>), LoraError> {
     let targets: Vec<String> = match &cfg.target_modules {
         Some(t) => t.clone(),
-        None => default_targets(backbone.family())
+        None => backbone
+            .family()
+            .default_lora_targets()
             .iter()
             .map(|s| s.to_string())
             .collect(),
@@ -394,7 +385,7 @@ pub fn save_peft(
     }
     let mut config = serde_json::json!({
         "peft_type": "LORA",
-        "task_type": if family == super::Family::Bert { serde_json::Value::Null } else { "CAUSAL_LM".into() },
+        "task_type": if family.is_encoder() { serde_json::Value::Null } else { "CAUSAL_LM".into() },
         "base_model_name_or_path": base_model,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
@@ -403,7 +394,7 @@ pub fn save_peft(
         "target_modules": targets,
         "bias": "none",
         // GPT-2's Conv1D stores weights [in, out]; PEFT needs to know when it merges.
-        "fan_in_fan_out": family == super::Family::Gpt2,
+        "fan_in_fan_out": family.fan_in_fan_out(),
         "inference_mode": true,
         "modules_to_save": serde_json::Value::Null,
     });

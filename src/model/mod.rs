@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod family;
 pub mod gemma3;
 pub mod ggml_quantize;
 pub mod ggml_quants;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::prelude::*;
 
+pub use family::Family;
 pub use heads::Model;
 pub use weights::ModelError;
 use weights::{WeightMap, WeightWriter};
@@ -40,34 +42,6 @@ use weights::{WeightMap, WeightWriter};
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.try_into_vec_as::<f32>()
         .expect("tensor reads back as f32")
-}
-
-/// Model families hone implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Gpt2,
-    Llama,
-    Gemma3,
-    Phi3,
-    Bert,
-}
-
-impl Family {
-    /// From HF's `model_type`.
-    pub fn from_model_type(t: &str) -> Option<Family> {
-        match t {
-            "gpt2" => Some(Family::Gpt2),
-            "llama" | "mistral" | "qwen2" | "qwen3" => Some(Family::Llama),
-            // Gemma 3's text decoder, the text part of a multimodal `gemma3` checkpoint, and
-            // Gemma 2, which `gemma3.rs` runs too.
-            "gemma3_text" | "gemma3" | "gemma2" => Some(Family::Gemma3),
-            "phi3" => Some(Family::Phi3),
-            "bert" => Some(Family::Bert),
-            _ => None,
-        }
-    }
-    pub const SUPPORTED: &'static str = "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text decoder), phi3 (Phi-3, Phi-4-mini), bert";
 }
 
 /// The transformer body of a model, whatever its family.
@@ -83,13 +57,13 @@ pub enum Backbone {
 }
 
 impl Backbone {
-    pub fn family(&self) -> Family {
+    pub fn family(&self) -> &'static dyn Family {
         match self {
-            Backbone::Gpt2(_) => Family::Gpt2,
-            Backbone::Llama(_) => Family::Llama,
-            Backbone::Gemma3(_) => Family::Gemma3,
-            Backbone::Phi3(_) => Family::Phi3,
-            Backbone::Bert(_) => Family::Bert,
+            Backbone::Gpt2(_) => &gpt2::Gpt2Family,
+            Backbone::Llama(_) => &llama::LlamaFamily,
+            Backbone::Gemma3(_) => &gemma3::Gemma3Family,
+            Backbone::Phi3(_) => &phi3::Phi3Family,
+            Backbone::Bert(_) => &bert::BertFamily,
         }
     }
 
@@ -423,14 +397,11 @@ impl HfModel {
 /// `None` where neither exists (callers then use ChatML).
 pub fn chat_template(
     shipped: Option<String>,
-    family: Family,
+    family: &dyn Family,
     config: &serde_json::Value,
     tokenizer: Option<&tokenizers::Tokenizer>,
 ) -> Option<chat::ChatTemplate> {
-    let source = shipped.or_else(|| match family {
-        Family::Gemma3 => Some(chat::GEMMA.to_owned()),
-        _ => None,
-    })?;
+    let source = shipped.or_else(|| family.default_chat_template().map(str::to_owned))?;
     let token = |key: &str| {
         let id = match &config[key] {
             serde_json::Value::Array(ids) => ids.first()?.as_u64()?,
@@ -546,7 +517,7 @@ pub fn load_hf_dir_keeping(
         path: config_path.clone(),
         error,
     })?;
-    let mut config: serde_json::Value = serde_json::from_str(&text)
+    let config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| bad_config(&config_path, format!("invalid JSON: {e}")))?;
     let model_type = config
         .get("model_type")
@@ -563,81 +534,44 @@ pub fn load_hf_dir_keeping(
         .and_then(|v| v.as_str())
         .filter(|d| matches!(*d, "bfloat16" | "float16"))
         .map(str::to_owned);
-    if model_type == "gemma3" {
-        config = gemma3::text_config(&config);
-    }
-    if let (Some(d), Some(obj)) = (declared, config.as_object_mut()) {
-        obj.insert(SOURCE_DTYPE.into(), d.into());
-    }
     let family =
-        Family::from_model_type(model_type).ok_or_else(|| ModelError::UnknownArchitecture {
+        family::by_model_type(model_type).ok_or_else(|| ModelError::UnknownArchitecture {
             path: config_path.clone(),
             found: if model_type.is_empty() {
                 "(no model_type)".into()
             } else {
                 model_type.into()
             },
-            supported: Family::SUPPORTED.into(),
+            supported: family::supported(),
         })?;
+    let mut config = family.text_config(model_type, config);
+    if let (Some(d), Some(obj)) = (declared, config.as_object_mut()) {
+        obj.insert(SOURCE_DTYPE.into(), d.into());
+    }
     let mut weights = WeightMap::from_hf_dir(dir, device)?;
     weights.hold_frozen(frozen);
-    let parse = |what| bad_config(&config_path, what);
-    let backbone = match family {
-        Family::Gpt2 => {
-            let c: gpt2::Gpt2Config =
-                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
-            Backbone::Gpt2(gpt2::Gpt2::from_weights(&c, &mut weights)?)
-        }
-        Family::Llama => {
-            let c: llama::LlamaConfig =
-                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
-            c.check().map_err(|e| parse(e.to_string()))?;
-            Backbone::Llama(llama::Llama::from_weights(&c, &mut weights)?)
-        }
-        Family::Gemma3 => {
-            let c: gemma3::Gemma3Config =
-                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
-            if model_type == "gemma3" {
-                // Only the text decoder of a multimodal checkpoint: its weights sit under
-                // `language_model.model.` (transformers 4) or `model.language_model.` (5).
-                weights.replace_prefix("language_model.model.", "model.");
-                weights.replace_prefix("model.language_model.", "model.");
-                weights.replace_prefix("language_model.lm_head.", "lm_head.");
-            }
-            c.check().map_err(|e| parse(e.to_string()))?;
-            Backbone::Gemma3(gemma3::Gemma3::from_weights(&c, &mut weights)?)
-        }
-        Family::Phi3 => {
-            let c: phi3::Phi3Config =
-                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
-            c.check().map_err(|e| parse(e.to_string()))?;
-            Backbone::Phi3(phi3::Phi3::from_weights(&c, &mut weights)?)
-        }
-        Family::Bert => {
-            let c: bert::BertConfig =
-                serde_json::from_value(config.clone()).map_err(|e| parse(e.to_string()))?;
-            Backbone::Bert(bert::Bert::from_weights(&c, &mut weights)?)
-        }
-    };
+    let backbone = family
+        .build(model_type, &config, &mut weights)
+        .map_err(|e| match e {
+            family::BuildError::Config(what) => bad_config(&config_path, what),
+            family::BuildError::Model(e) => e,
+        })?;
     let d = backbone.hidden_size();
-    let score = match family {
-        Family::Bert if weights.contains("classifier.weight") => {
-            let n = weights.shape("classifier.weight").map_or(0, |s| s[0]);
-            Some(layers::Proj::new(
-                weights.take_linear("classifier.weight", d, n)?,
-                Some(weights.take("classifier.bias", [n])?),
-            ))
+    let head = family.score_head();
+    let (weight, bias) = (
+        format!("{}.weight", head.name),
+        format!("{}.bias", head.name),
+    );
+    let score = match weights.shape(&weight) {
+        Some(shape) => {
+            let n = shape[0];
+            let bias = match head.bias {
+                true => Some(weights.take(&bias, [n])?),
+                false => None,
+            };
+            Some(layers::Proj::new(weights.take_linear(&weight, d, n)?, bias))
         }
-        Family::Gpt2 | Family::Llama | Family::Gemma3 | Family::Phi3
-            if weights.contains("score.weight") =>
-        {
-            let n = weights.shape("score.weight").map_or(0, |s| s[0]);
-            Some(layers::Proj::new(
-                weights.take_linear("score.weight", d, n)?,
-                None,
-            ))
-        }
-        _ => None,
+        None => None,
     };
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
@@ -663,7 +597,7 @@ pub fn load_hf_dir_keeping(
 /// a hone stage trained, the recipe's `template:` it trained with.
 fn dir_chat_template(
     dir: &Path,
-    family: Family,
+    family: &dyn Family,
     config: &serde_json::Value,
     tokenizer: Option<&tokenizers::Tokenizer>,
 ) -> (Option<chat::ChatTemplate>, Option<serde_json::Value>) {

@@ -373,3 +373,47 @@ impl Phi3 {
         )
     }
 }
+
+/// Phi-3 (and Phi-4-mini) in [`super::family::FAMILIES`].
+pub struct Phi3Family;
+
+impl super::family::Family for Phi3Family {
+    fn name(&self) -> &'static str {
+        "phi3"
+    }
+
+    fn model_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[("phi3", "Phi-3, Phi-4-mini")]
+    }
+
+    fn gguf_archs(&self) -> &'static [&'static str] {
+        &["phi3"]
+    }
+
+    fn load_gguf(
+        &self,
+        g: &super::gguf::Gguf,
+        _arch: &str,
+        device: &Device,
+        frozen: &super::Frozen,
+    ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
+        super::gguf::load_phi3(g, device, frozen)
+    }
+
+    fn build(
+        &self,
+        _model_type: &str,
+        config: &Value,
+        weights: &mut WeightMap,
+    ) -> Result<super::Backbone, super::family::BuildError> {
+        let c: Phi3Config = super::family::parse(config)?;
+        c.check()
+            .map_err(|e| super::family::BuildError::Config(e.to_string()))?;
+        Ok(super::Backbone::Phi3(Phi3::from_weights(&c, weights)?))
+    }
+
+    /// PEFT's default for Phi-3: the fused q/k/v projection.
+    fn default_lora_targets(&self) -> &'static [&'static str] {
+        &["qkv_proj"]
+    }
+}

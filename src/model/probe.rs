@@ -25,7 +25,7 @@ pub fn probe(path: &Path) -> Result<(), ModelError> {
             .meta("general.architecture")
             .and_then(super::gguf::Meta::as_str)
             .unwrap_or_default();
-        if !super::gguf::ARCHITECTURES.split(", ").any(|a| a == arch) {
+        if super::family::by_gguf_arch(arch).is_none() {
             return Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
                 found: if arch.is_empty() {
@@ -33,7 +33,7 @@ pub fn probe(path: &Path) -> Result<(), ModelError> {
                 } else {
                     arch.into()
                 },
-                supported: format!("{} (GGUF)", super::gguf::ARCHITECTURES),
+                supported: format!("{} (GGUF)", super::gguf::architectures()),
             });
         }
         // Opening it checked every tensor's type against the ones hone dequantises.
@@ -54,7 +54,7 @@ pub fn probe(path: &Path) -> Result<(), ModelError> {
             reason: format!("invalid JSON: {e}"),
         })?;
     let model_type = config["model_type"].as_str().unwrap_or_default();
-    if super::Family::from_model_type(model_type).is_none() {
+    if super::family::by_model_type(model_type).is_none() {
         return Err(ModelError::UnknownArchitecture {
             path: config_path,
             found: if model_type.is_empty() {
@@ -62,7 +62,7 @@ pub fn probe(path: &Path) -> Result<(), ModelError> {
             } else {
                 model_type.into()
             },
-            supported: super::Family::SUPPORTED.into(),
+            supported: super::family::supported(),
         });
     }
     let mut shards: Vec<_> = std::fs::read_dir(path)

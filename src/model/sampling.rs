@@ -165,7 +165,7 @@ fn radix_descending(values: &[f32]) -> Vec<u32> {
     }
     let mut spare = vec![0u64; items.len()];
     for (pass, c) in counts.iter().enumerate() {
-        if c.iter().any(|&n| n == items.len()) {
+        if c.contains(&items.len()) {
             continue;
         }
         let mut start = vec![0usize; 1 << BITS];
@@ -377,7 +377,7 @@ mod tests {
                 .collect();
             want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             assert_eq!(
-                bits(&descending(&logits, temperature)),
+                bits(&descending(logits, temperature)),
                 bits(&want),
                 "{temperature}"
             );
