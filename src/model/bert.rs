@@ -404,6 +404,26 @@ impl super::family::Family for BertFamily {
         Ok(super::Backbone::Bert(Bert::from_weights(&c, weights)?))
     }
 
+    fn init(
+        &self,
+        shape: &super::family::NewModel,
+        device: &Device,
+    ) -> Option<Result<(super::Backbone, serde_json::Value), super::family::BuildError>> {
+        let config = serde_json::json!({
+            "model_type": "bert", "vocab_size": shape.vocab, "hidden_size": shape.d_model,
+            "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+            "intermediate_size": shape.intermediate.unwrap_or(4 * shape.d_model),
+            "max_position_embeddings": shape.context, "type_vocab_size": 2,
+            "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+            "pad_token_id": shape.pad.unwrap_or(0),
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        });
+        Some(
+            super::family::parse(&config)
+                .map(|c: BertConfig| (super::Backbone::Bert(Bert::init(&c, device)), config)),
+        )
+    }
+
     fn default_lora_targets(&self) -> &'static [&'static str] {
         &["query", "value"]
     }

@@ -40,6 +40,25 @@ pub struct ScoreHead {
     pub bias: bool,
 }
 
+/// The shape of a new model (a recipe's `init`), its vocabulary a tokenizer's.
+#[derive(Debug, Clone, Copy)]
+pub struct NewModel {
+    pub vocab: usize,
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    /// Key/value heads where the family has grouped-query attention; else `heads`.
+    pub kv_heads: Option<usize>,
+    /// Longest sequence (positions).
+    pub context: usize,
+    /// MLP width, where not the family's default.
+    pub intermediate: Option<usize>,
+    /// The tokenizer's end of text, for decoders' BOS/EOS.
+    pub eos: Option<u32>,
+    /// The tokenizer's padding token, for encoders.
+    pub pad: Option<u32>,
+}
+
 /// One model family.
 pub trait Family: Sync {
     /// The family's name, in messages.
@@ -82,6 +101,16 @@ pub trait Family: Sync {
             found: arch.to_owned(),
             supported: format!("{} (GGUF)", super::gguf::architectures()),
         })
+    }
+
+    /// A new model of this family shaped as `shape` asks, randomly initialised, with its HF
+    /// `config.json`; `None` where the family has no such constructor.
+    fn init(
+        &self,
+        _shape: &NewModel,
+        _device: &Device,
+    ) -> Option<Result<(Backbone, Value), BuildError>> {
+        None
     }
 
     /// PEFT's default `target_modules` for the family.

@@ -280,6 +280,23 @@ impl super::family::Family for Gpt2Family {
         Ok(super::Backbone::Gpt2(Gpt2::from_weights(&c, weights)?))
     }
 
+    fn init(
+        &self,
+        shape: &super::family::NewModel,
+        device: &Device,
+    ) -> Option<Result<(super::Backbone, serde_json::Value), super::family::BuildError>> {
+        let config = serde_json::json!({
+            "model_type": "gpt2", "vocab_size": shape.vocab, "n_positions": shape.context, "n_embd": shape.d_model,
+            "n_layer": shape.layers, "n_head": shape.heads, "n_inner": shape.intermediate, "layer_norm_epsilon": 1e-5,
+            "activation_function": "gelu_new", "bos_token_id": shape.eos, "eos_token_id": shape.eos, "tie_word_embeddings": true,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        });
+        Some(
+            super::family::parse(&config)
+                .map(|c: Gpt2Config| (super::Backbone::Gpt2(Gpt2::init(&c, device)), config)),
+        )
+    }
+
     fn default_lora_targets(&self) -> &'static [&'static str] {
         &["c_attn"]
     }

@@ -553,6 +553,28 @@ impl super::family::Family for LlamaFamily {
         Ok(super::Backbone::Llama(Llama::from_weights(&c, weights)?))
     }
 
+    fn init(
+        &self,
+        shape: &super::family::NewModel,
+        device: &Device,
+    ) -> Option<Result<(super::Backbone, serde_json::Value), super::family::BuildError>> {
+        // SwiGLU keeps the MLP's parameter count near 4 d^2 with a width of 8/3 d.
+        let inner = shape
+            .intermediate
+            .unwrap_or((shape.d_model * 8 / 3).div_ceil(8) * 8);
+        let config = serde_json::json!({
+            "model_type": "llama", "vocab_size": shape.vocab, "hidden_size": shape.d_model, "intermediate_size": inner,
+            "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads.unwrap_or(shape.heads), "max_position_embeddings": shape.context,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true, "hidden_act": "silu",
+            "bos_token_id": shape.eos, "eos_token_id": shape.eos,
+        });
+        Some(
+            super::family::parse(&config)
+                .map(|c: LlamaConfig| (super::Backbone::Llama(Llama::init(&c, device)), config)),
+        )
+    }
+
     fn default_lora_targets(&self) -> &'static [&'static str] {
         &["q_proj", "v_proj"]
     }

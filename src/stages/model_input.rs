@@ -6,10 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::model::{Backbone, bert, gpt2, llama};
+use crate::model::Backbone;
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::settings::{Arch, ModelInit, ModelInput};
 
@@ -192,45 +192,30 @@ fn init_model(
             "{why}; make the model smaller (`layers`, `d_model`, `intermediate`, or the vocabulary)"
         );
     }
-    let eos = tokenizer.token_to_id(EOS);
-    match init.arch {
-        Arch::Gpt2 => {
-            let config = json!({
-                "model_type": "gpt2", "vocab_size": vocab, "n_positions": init.context, "n_embd": init.d_model,
-                "n_layer": init.layers, "n_head": init.heads, "n_inner": init.intermediate, "layer_norm_epsilon": 1e-5,
-                "activation_function": "gelu_new", "bos_token_id": eos, "eos_token_id": eos, "tie_word_embeddings": true,
-                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-            });
-            let c: gpt2::Gpt2Config = serde_json::from_value(config.clone())?;
-            Ok((Backbone::Gpt2(gpt2::Gpt2::init(&c, device)), config))
+    let shape = crate::model::family::NewModel {
+        vocab,
+        layers: init.layers,
+        d_model: init.d_model,
+        heads: init.heads,
+        kv_heads: init.kv_heads,
+        context: init.context,
+        intermediate: init.intermediate,
+        eos: tokenizer.token_to_id(EOS),
+        pad: tokenizer.token_to_id("[PAD]"),
+    };
+    let name = match init.arch {
+        Arch::Gpt2 => "gpt2",
+        Arch::Llama => "llama",
+        Arch::Bert => "bert",
+    };
+    let family = crate::model::family::by_model_type(name)
+        .with_context(|| format!("no model family `{name}`"))?;
+    match family.init(&shape, device) {
+        Some(Ok(built)) => Ok(built),
+        Some(Err(crate::model::family::BuildError::Config(why))) => {
+            bail!("a new `{name}` model: {why}")
         }
-        Arch::Llama => {
-            // SwiGLU keeps the MLP's parameter count near 4 d^2 with a width of 8/3 d.
-            let inner = init
-                .intermediate
-                .unwrap_or((init.d_model * 8 / 3).div_ceil(8) * 8);
-            let config = json!({
-                "model_type": "llama", "vocab_size": vocab, "hidden_size": init.d_model, "intermediate_size": inner,
-                "num_hidden_layers": init.layers, "num_attention_heads": init.heads,
-                "num_key_value_heads": init.kv_heads.unwrap_or(init.heads), "max_position_embeddings": init.context,
-                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true, "hidden_act": "silu",
-                "bos_token_id": eos, "eos_token_id": eos,
-            });
-            let c: llama::LlamaConfig = serde_json::from_value(config.clone())?;
-            Ok((Backbone::Llama(llama::Llama::init(&c, device)), config))
-        }
-        Arch::Bert => {
-            let config = json!({
-                "model_type": "bert", "vocab_size": vocab, "hidden_size": init.d_model,
-                "num_hidden_layers": init.layers, "num_attention_heads": init.heads,
-                "intermediate_size": init.intermediate.unwrap_or(4 * init.d_model),
-                "max_position_embeddings": init.context, "type_vocab_size": 2,
-                "layer_norm_eps": 1e-12, "hidden_act": "gelu",
-                "pad_token_id": tokenizer.token_to_id("[PAD]").unwrap_or(0),
-                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-            });
-            let c: bert::BertConfig = serde_json::from_value(config.clone())?;
-            Ok((Backbone::Bert(bert::Bert::init(&c, device)), config))
-        }
+        Some(Err(crate::model::family::BuildError::Model(e))) => Err(e.into()),
+        None => bail!("hone cannot make a new `{name}` model from `init`"),
     }
 }
