@@ -129,3 +129,31 @@ fn wgpu_training_matches_flex() {
         }
     }
 }
+
+/// Decoding through the KV cache (written in place, key heads shared across their query
+/// heads) runs on wgpu as on the CPU: greedy answers to left-padded prompts, token for token.
+#[test]
+fn wgpu_cached_generation_matches_flex() {
+    use hone::model::sampling::{SamplingConfig, generate_groups};
+    let cfg = SamplingConfig {
+        max_new_tokens: 12,
+        temperature: 0.0,
+        ..SamplingConfig::default()
+    };
+    let prompts = vec![vec![5, 17, 42, 8, 99, 3], vec![7, 30, 12]];
+    let cpu = device(BackendKind::Cpu).unwrap();
+    let gpu = device(BackendKind::Wgpu).unwrap();
+    for name in ["gpt2", "llama"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name);
+        let answers = |device: &Device| {
+            let model = load_hf_dir(&dir, device).unwrap();
+            generate_groups(&model.model.backbone, &prompts, 2, &cfg, device)
+        };
+        let (a, b) = (answers(&cpu), answers(&gpu));
+        assert_eq!(a.len(), 4);
+        assert!(a.iter().all(|t| t.len() == 12), "{name}: {a:?}");
+        assert_eq!(a, b, "{name}");
+    }
+}
