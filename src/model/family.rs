@@ -10,6 +10,7 @@ use serde_json::Value;
 use burn::prelude::Device;
 
 use super::gguf::Gguf;
+use super::gguf_write::{ArchPlan, GgufWriteError, unsupported};
 use super::weights::{ModelError, WeightMap};
 use super::{Backbone, Frozen, bert, gemma3, gpt2, llama, phi3};
 
@@ -113,6 +114,17 @@ pub trait Family: Sync {
         None
     }
 
+    /// How llama.cpp holds `backbone`, a model of this family with HF config `config`: the GGUF
+    /// architecture, metadata and tensor names export writes; an error for a family or a
+    /// model llama.cpp cannot run.
+    fn gguf_plan(&self, _backbone: &Backbone, _config: &Value) -> Result<ArchPlan, GgufWriteError> {
+        Err(unsupported(format!(
+            "GGUF export writes decoders ({}); a {} model has no llama.cpp form hone writes",
+            super::gguf::architectures(),
+            self.name()
+        )))
+    }
+
     /// PEFT's default `target_modules` for the family.
     fn default_lora_targets(&self) -> &'static [&'static str];
 
@@ -156,6 +168,15 @@ pub fn by_model_type(t: &str) -> Option<&'static dyn Family> {
         .iter()
         .copied()
         .find(|f| f.model_types().iter().any(|(name, _)| *name == t))
+}
+
+/// The error of a family asked about a model of another: a bug, reported rather than panicked.
+pub fn not_this_family(family: &dyn Family, model: &Backbone) -> GgufWriteError {
+    unsupported(format!(
+        "the {} family was asked about a {} model",
+        family.name(),
+        model.family().name()
+    ))
 }
 
 /// The family that loads GGUF architecture `arch`.

@@ -14,10 +14,7 @@ use tokenizers::Tokenizer;
 use super::ggml_quantize::quantize;
 use super::ggml_quants::types::{F16, F32, Q4_K, Q5_0, Q6_K, Q8_0};
 use super::ggml_quants::{block_layout, type_name};
-use super::gguf::{
-    GEMMA_NAMES, GPT2_NAMES, LLAMA_NAMES, PHI3_NAMES, TensorNames, gpt2_conv1d, permute_rows,
-};
-use super::rope::RopeScaling;
+use super::gguf::{TensorNames, gpt2_conv1d, permute_rows};
 use super::weights::WeightWriter;
 use super::weights::transpose;
 use super::{Backbone, Model};
@@ -198,250 +195,28 @@ fn tensor_type(quant: GgufQuant, name: &str, shape: &[usize], n_layers: usize, t
 
 /// One architecture's GGUF form: its name in llama.cpp, its hyperparameters and how its HF
 /// tensors become llama.cpp's.
-struct ArchPlan {
-    arch: &'static str,
-    meta: Vec<(&'static str, MetaValue)>,
-    names: &'static TensorNames,
-    layers: usize,
-    vocab: usize,
+pub struct ArchPlan {
+    pub(crate) arch: &'static str,
+    pub(crate) meta: Vec<(&'static str, MetaValue)>,
+    pub(crate) names: &'static TensorNames,
+    pub(crate) layers: usize,
+    pub(crate) vocab: usize,
     /// q/k rows reordered for llama.cpp's rotary layout (heads, kv heads).
-    permute: Option<(usize, usize)>,
+    pub(crate) permute: Option<(usize, usize)>,
     /// Gemma's norms are stored as 1 + w.
-    norms_plus_one: bool,
+    pub(crate) norms_plus_one: bool,
     /// Tensors llama.cpp keeps rotary settings in: Llama 3's `rope_freqs`, Phi-3's
     /// `rope_factors_short` / `rope_factors_long`.
-    rope_tensors: Vec<(&'static str, Vec<f32>)>,
+    pub(crate) rope_tensors: Vec<(&'static str, Vec<f32>)>,
 }
 
-fn unsupported(msg: impl Into<String>) -> GgufWriteError {
+pub fn unsupported(msg: impl Into<String>) -> GgufWriteError {
     GgufWriteError::Unsupported(msg.into())
 }
 
 impl ArchPlan {
     fn of(backbone: &Backbone, config: &Value) -> Result<ArchPlan, GgufWriteError> {
-        use MetaValue::*;
-        let u = |v: usize| U32(v as u32);
-        match backbone {
-            Backbone::Llama(m) => {
-                let c = &m.config;
-                let arch = match c.model_type.as_deref().unwrap_or("llama") {
-                    "qwen2" => "qwen2",
-                    "qwen3" => "qwen3",
-                    _ => "llama",
-                };
-                if c.windows().is_ok_and(|w| w.iter().any(Option::is_some)) {
-                    tracing::warn!(
-                        "llama.cpp runs `{arch}` without a sliding window: long prompts attend further than this model did"
-                    );
-                }
-                let hd = c.head_dim();
-                let mut meta = vec![
-                    ("context_length", u(c.max_position_embeddings)),
-                    ("embedding_length", u(c.hidden_size)),
-                    ("feed_forward_length", u(c.intermediate_size)),
-                    ("block_count", u(c.num_hidden_layers)),
-                    ("attention.head_count", u(c.num_attention_heads)),
-                    ("attention.head_count_kv", u(c.kv_heads())),
-                    (
-                        "attention.layer_norm_rms_epsilon",
-                        F32(c.rms_norm_eps as f32),
-                    ),
-                    ("attention.key_length", u(hd)),
-                    ("attention.value_length", u(hd)),
-                    ("rope.freq_base", F32(c.theta() as f32)),
-                    ("rope.dimension_count", u(hd)),
-                    ("vocab_size", u(c.vocab_size)),
-                ];
-                let mut rope_tensors = Vec::new();
-                match &m.rope {
-                    RopeScaling::Default => {}
-                    RopeScaling::Linear { factor } => {
-                        meta.push(("rope.scaling.type", Str("linear".into())));
-                        meta.push(("rope.scaling.factor", F32(*factor as f32)));
-                    }
-                    RopeScaling::Yarn {
-                        factor,
-                        original_max,
-                        ..
-                    } => {
-                        meta.push(("rope.scaling.type", Str("yarn".into())));
-                        meta.push(("rope.scaling.factor", F32(*factor as f32)));
-                        meta.push(("rope.scaling.original_context_length", u(*original_max)));
-                    }
-                    RopeScaling::Llama3 { .. } => {
-                        let divisors = m.rope.frequency_divisors(hd, c.theta());
-                        rope_tensors.push(("rope_freqs.weight", divisors));
-                    }
-                    RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => {
-                        return Err(unsupported(
-                            "llama.cpp's llama has no dynamic NTK or LongRoPE rotary scaling; this model cannot be written as GGUF",
-                        ));
-                    }
-                }
-                Ok(ArchPlan {
-                    arch,
-                    meta,
-                    names: &LLAMA_NAMES,
-                    layers: c.num_hidden_layers,
-                    vocab: c.vocab_size,
-                    permute: (arch == "llama").then_some((c.num_attention_heads, c.kv_heads())),
-                    norms_plus_one: false,
-                    rope_tensors,
-                })
-            }
-            Backbone::Gemma3(m) => {
-                let c = &m.config;
-                let gemma2 = c.is_gemma2();
-                let arch = if gemma2 { "gemma2" } else { "gemma3" };
-                // llama.cpp fixes what these configs leave open: attention scaled by the head
-                // size, the layer pattern, Gemma 3's sliding rotary base.
-                if c.query_pre_attn_scalar != c.head_dim {
-                    return Err(unsupported(format!(
-                        "llama.cpp scales {arch} attention by head_dim ({}), this model by query_pre_attn_scalar {}",
-                        c.head_dim, c.query_pre_attn_scalar
-                    )));
-                }
-                let pattern = if gemma2 { 2 } else { 6 };
-                let sliding = c.sliding_layers().map_err(|e| unsupported(e.to_string()))?;
-                if sliding
-                    .iter()
-                    .enumerate()
-                    .any(|(i, s)| *s == (i + 1).is_multiple_of(pattern))
-                {
-                    return Err(unsupported(format!(
-                        "llama.cpp's {arch} has a full-attention layer every {pattern}th layer; this model's layer_types differ"
-                    )));
-                }
-                let [(theta, full), (local, _)] = &m.rope;
-                if !gemma2 && *local != 10_000.0 {
-                    return Err(unsupported(format!(
-                        "llama.cpp's gemma3 gives sliding layers a rotary base of 10000; this model {local}"
-                    )));
-                }
-                let mut meta = vec![
-                    ("context_length", u(c.max_position_embeddings)),
-                    ("embedding_length", u(c.hidden_size)),
-                    ("feed_forward_length", u(c.intermediate_size)),
-                    ("block_count", u(c.num_hidden_layers)),
-                    ("attention.head_count", u(c.num_attention_heads)),
-                    ("attention.head_count_kv", u(c.num_key_value_heads)),
-                    ("attention.key_length", u(c.head_dim)),
-                    ("attention.value_length", u(c.head_dim)),
-                    (
-                        "attention.layer_norm_rms_epsilon",
-                        F32(c.rms_norm_eps as f32),
-                    ),
-                    ("rope.freq_base", F32(*theta as f32)),
-                ];
-                if let Some(w) = c.sliding_window {
-                    meta.push(("attention.sliding_window", u(w.min(u32::MAX as usize))));
-                }
-                match full {
-                    RopeScaling::Default => {}
-                    RopeScaling::Linear { factor } => {
-                        meta.push(("rope.scaling.type", Str("linear".into())));
-                        meta.push(("rope.scaling.factor", F32(*factor as f32)));
-                    }
-                    other => {
-                        return Err(unsupported(format!(
-                            "hone writes {arch} GGUFs with linear rotary scaling or none, not {other:?}"
-                        )));
-                    }
-                }
-                if let Some(cap) = c.attn_logit_softcapping {
-                    meta.push(("attn_logit_softcapping", F32(cap as f32)));
-                }
-                if let Some(cap) = c.final_logit_softcapping {
-                    meta.push(("final_logit_softcapping", F32(cap as f32)));
-                }
-                Ok(ArchPlan {
-                    arch,
-                    meta,
-                    names: &GEMMA_NAMES,
-                    layers: c.num_hidden_layers,
-                    vocab: c.vocab_size,
-                    permute: None,
-                    norms_plus_one: true,
-                    rope_tensors: Vec::new(),
-                })
-            }
-            Backbone::Gpt2(_) => {
-                let c: super::gpt2::Gpt2Config = serde_json::from_value(config.clone())
-                    .map_err(|e| unsupported(format!("config.json: {e}")))?;
-                Ok(ArchPlan {
-                    arch: "gpt2",
-                    meta: vec![
-                        ("context_length", u(c.n_positions)),
-                        ("embedding_length", u(c.n_embd)),
-                        ("feed_forward_length", u(c.n_inner.unwrap_or(4 * c.n_embd))),
-                        ("block_count", u(c.n_layer)),
-                        ("attention.head_count", u(c.n_head)),
-                        (
-                            "attention.layer_norm_epsilon",
-                            F32(c.layer_norm_epsilon as f32),
-                        ),
-                    ],
-                    names: &GPT2_NAMES,
-                    layers: c.n_layer,
-                    vocab: c.vocab_size,
-                    permute: None,
-                    norms_plus_one: false,
-                    rope_tensors: Vec::new(),
-                })
-            }
-            Backbone::Phi3(m) => {
-                let c = &m.config;
-                let mut meta = vec![
-                    ("context_length", u(c.max_position_embeddings)),
-                    ("embedding_length", u(c.hidden_size)),
-                    ("feed_forward_length", u(c.intermediate_size)),
-                    ("block_count", u(c.num_hidden_layers)),
-                    ("attention.head_count", u(c.num_attention_heads)),
-                    ("attention.head_count_kv", u(c.kv_heads())),
-                    (
-                        "attention.layer_norm_rms_epsilon",
-                        F32(c.rms_norm_eps as f32),
-                    ),
-                    ("rope.dimension_count", u(c.rotary_dim())),
-                    ("rope.freq_base", F32(c.theta() as f32)),
-                    ("attention.sliding_window", u(c.sliding_window.unwrap_or(0))),
-                ];
-                let mut rope_tensors = Vec::new();
-                match &m.rope {
-                    RopeScaling::Default => {}
-                    RopeScaling::LongRope {
-                        short,
-                        long,
-                        original_max,
-                        attention_factor,
-                    } => {
-                        meta.push(("rope.scaling.original_context_length", u(*original_max)));
-                        meta.push(("rope.scaling.attn_factor", F32(*attention_factor as f32)));
-                        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect();
-                        rope_tensors.push(("rope_factors_long.weight", f32s(long)));
-                        rope_tensors.push(("rope_factors_short.weight", f32s(short)));
-                    }
-                    other => {
-                        return Err(unsupported(format!(
-                            "hone writes phi3 GGUFs with LongRoPE or no rotary scaling, not {other:?}"
-                        )));
-                    }
-                }
-                Ok(ArchPlan {
-                    arch: "phi3",
-                    meta,
-                    names: &PHI3_NAMES,
-                    layers: c.num_hidden_layers,
-                    vocab: c.vocab_size,
-                    permute: None,
-                    norms_plus_one: false,
-                    rope_tensors,
-                })
-            }
-            Backbone::Bert(_) => Err(unsupported(
-                "GGUF export writes decoders (gpt2, llama, mistral, qwen2, qwen3, gemma2, gemma3); a BERT encoder has no llama.cpp form hone writes",
-            )),
-        }
+        backbone.family().gguf_plan(backbone, config)
     }
 
     /// The backbone's tensors under llama.cpp's names, in its layouts: `(name, PyTorch shape,
