@@ -156,7 +156,9 @@ fn radix_descending(values: &[f32]) -> Vec<u32> {
         .enumerate()
         .map(|(i, &v)| (u64::from(key(v)) << 32) | i as u64)
         .collect();
-    let digit = |item: u64, pass: usize| ((item >> (32 + BITS as usize * pass)) & 0x7FF) as usize;
+    let digit = |item: u64, pass: usize| {
+        ((item >> (32 + BITS as usize * pass)) & ((1 << BITS) - 1)) as usize
+    };
     let mut counts = vec![[0usize; 1 << BITS]; PASSES];
     for &item in &items {
         for (pass, c) in counts.iter_mut().enumerate() {
