@@ -365,6 +365,132 @@ fn linear_nll_of_no_rows_is_empty_with_zero_gradients() {
     );
 }
 
+/// The LM head taken at a batch's target rows alone gives those rows' losses and every
+/// parameter's gradient bit for bit as the head over every position does (with the other
+/// positions masked out, as the losses mask them), at two temperatures. With LoRA the head is
+/// frozen and taken at the rows alone, tied (Llama) or not (Gemma 3); in full fine-tuning and
+/// behind a soft cap (Gemma 2's) the whole grid is, as before. The vocabulary is wider than
+/// 64 and the batch has several target rows: gemm then blocks the hidden size the same way
+/// whatever the number of rows (narrower products and single rows take other kernels).
+#[test]
+fn the_head_at_target_rows_gives_the_whole_grids_bits() {
+    use crate::model::{Backbone, gemma3, llama, lora};
+    use crate::train::objectives::LmBatch;
+    use burn::module::Module;
+    let d = Device::flex().autodiff();
+    d.seed(3);
+    let llama: llama::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "tie_word_embeddings": true,
+    }))
+    .unwrap();
+    let gemma: gemma3::Gemma3Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+        "query_pre_attn_scalar": 16, "sliding_window": 4, "sliding_window_pattern": 2,
+        "tie_word_embeddings": false,
+    }))
+    .unwrap();
+    let mut capped = gemma.clone();
+    capped.final_logit_softcapping = Some(30.0);
+    // Prompts of 3-6 tokens and answers of 1-5, right-padded to a common length.
+    let lengths = [(3, 5), (6, 1), (4, 3), (5, 4)];
+    let seqs: Vec<Vec<u32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, (p, a))| {
+            (0..p + a)
+                .map(|j| ((i * 37 + j * 11) % 300) as u32)
+                .collect()
+        })
+        .collect();
+    let flags: Vec<Vec<bool>> = lengths
+        .iter()
+        .map(|&(p, a)| [vec![false; p], vec![true; a]].concat())
+        .collect();
+    let batch = LmBatch::with_targets(&seqs, &flags, &d);
+    assert_eq!(batch.target_rows.len(), 13);
+    let [b, s] = batch.ids.dims();
+    let models = [
+        ("llama", Backbone::Llama(llama::Llama::init(&llama, &d))),
+        (
+            "gemma3",
+            Backbone::Gemma3(gemma3::Gemma3::init(&gemma, &d).unwrap()),
+        ),
+        (
+            "gemma3 capped",
+            Backbone::Gemma3(gemma3::Gemma3::init(&capped, &d).unwrap()),
+        ),
+    ];
+    let lora_cfg = lora::LoraConfig {
+        r: 4,
+        ..Default::default()
+    };
+    for (family, base) in models {
+        let (adapted, _) = lora::apply(base.clone(), &lora_cfg, &d).unwrap();
+        // LoRA's B starts at zero: move it, so the adapters' gradients are not all zero.
+        let adapted = adapted.map(&mut Nudge);
+        for (how, model) in [("full", base), ("lora", adapted)] {
+            let alone = how == "lora" && family != "gemma3 capped";
+            assert_eq!(model.head_at_rows_alone(), alone, "{family} {how}");
+            for temperature in [1.0, 0.7] {
+                let what = format!("{family} {how} at {temperature}");
+                let run = |at_targets: bool| {
+                    let hidden = model.hidden(batch.ids.clone(), Some(batch.padding.clone()));
+                    let nll = if at_targets {
+                        model.next_token_nll_at(
+                            hidden,
+                            batch.ids.clone(),
+                            temperature,
+                            &batch.target_rows,
+                        )
+                    } else {
+                        model.next_token_nll(hidden, batch.ids.clone(), temperature)
+                    }
+                    .unwrap();
+                    let masked = nll * batch.target_mask.clone().narrow(1, 1, s - 1);
+                    let grads = burn::optim::GradientsParams::from_grads(
+                        masked.clone().sum().backward(),
+                        &model,
+                    );
+                    let mut visitor = ParamGrads(&grads, Vec::new());
+                    model.visit(&mut visitor);
+                    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                    (
+                        bits(to_vec(masked.inner())),
+                        visitor.1.into_iter().map(bits).collect::<Vec<_>>(),
+                    )
+                };
+                let (want, want_grads) = run(false);
+                let (got, got_grads) = run(true);
+                assert_eq!(got.len(), b * (s - 1), "{what}");
+                assert_eq!(got, want, "{what}: losses");
+                assert!(want_grads.len() > 4, "{what}: parameters have gradients");
+                assert_eq!(got_grads, want_grads, "{what}: gradients");
+            }
+        }
+    }
+}
+
+/// Adds 0.01 to every float parameter.
+struct Nudge;
+
+impl burn::module::ModuleMapper for Nudge {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        let trains = param.is_require_grad();
+        let value = param.val();
+        let shape = value.shape();
+        let moved: Vec<f32> = to_vec(value.clone()).iter().map(|x| x + 0.01).collect();
+        let moved =
+            Tensor::<D>::from_data(burn::tensor::TensorData::new(moved, shape), &value.device());
+        burn::module::Param::initialized(param.id, moved).set_require_grad(trains)
+    }
+}
+
 /// Every float parameter's gradient, in visiting order.
 struct ParamGrads<'a>(&'a burn::optim::GradientsParams, Vec<Vec<f32>>);
 

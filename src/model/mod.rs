@@ -187,10 +187,10 @@ impl Backbone {
 
     /// The LM head as one `[d, v]` matrix when the logits are exactly `hidden @ head`: a
     /// plain projection or the tied embedding, no bias, no LoRA adapter on the head, no
-    /// soft-capping. `None` otherwise (and for encoders).
-    fn plain_head(&self) -> Option<Tensor<2>> {
+    /// soft-capping; and whether that weight trains. `None` otherwise (and for encoders).
+    fn plain_head(&self) -> Option<(Tensor<2>, bool)> {
         let (head, embed, tied) = match self {
-            Backbone::Gpt2(m) => return Some(m.wte.val().transpose()),
+            Backbone::Gpt2(m) => (&None, &m.wte, true),
             Backbone::Llama(m) => (&m.lm_head, &m.embed_tokens, m.config.tie_word_embeddings),
             Backbone::Gemma3(m) if m.config.final_logit_softcapping.is_none() => {
                 (&m.lm_head, &m.embed_tokens, m.config.tie_word_embeddings)
@@ -198,10 +198,18 @@ impl Backbone {
             Backbone::Phi3(m) => (&m.lm_head, &m.embed_tokens, m.config.tie_word_embeddings),
             _ => return None,
         };
+        // Whether it trains is read off the parameter itself: a transposed view is not a leaf.
+        let trains = |w: Tensor<2>| {
+            let trains = w.is_require_grad();
+            (w, trains)
+        };
         match head {
-            Some(p) if p.bias.is_none() && p.lora.is_none() => Some(p.weight.val()),
+            Some(p) if p.bias.is_none() && p.lora.is_none() => Some(trains(p.weight.val())),
             Some(_) => None,
-            None => tied.then(|| embed.val().transpose()),
+            None => tied.then(|| {
+                let (w, t) = trains(embed.val());
+                (w.transpose(), t)
+            }),
         }
     }
 
@@ -217,25 +225,83 @@ impl Backbone {
     ) -> Option<Tensor<2>> {
         let [b, s, d] = hidden.dims();
         let targets = ids.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
-        let scaled = |h: Tensor<3>| {
+        let rows = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), d]);
+        Some(
+            self.rows_nll(rows, targets, temperature)?
+                .reshape([b, s - 1]),
+        )
+    }
+
+    /// [`next_token_nll`](Self::next_token_nll) where only the positions `rows` of the
+    /// flattened `[b, s-1]` grid count (a batch's targets: answers, not prompts); the others
+    /// hold 0. Where the head is frozen (LoRA; [`head_at_rows_alone`](Self::head_at_rows_alone))
+    /// it runs on those rows alone, and each row's value and gradient are the whole grid's, bit
+    /// for bit: the head's matmul computes every output row on its own (gemm blocks the hidden
+    /// size the same way for any number of rows, given two or more and a vocabulary over 64),
+    /// and so does the log-sum-exp. A head that trains takes the whole grid, as before: its
+    /// weight's gradient sums over the rows, and fewer rows would round that sum otherwise.
+    pub fn next_token_nll_at(
+        &self,
+        hidden: Tensor<3>,
+        ids: Tensor<2, Int>,
+        temperature: f64,
+        rows: &[i64],
+    ) -> Option<Tensor<2>> {
+        let [b, s, d] = hidden.dims();
+        let n = b * (s - 1);
+        if rows.len() < 2 || rows.len() == n || !self.head_at_rows_alone() {
+            return self.next_token_nll(hidden, ids, temperature);
+        }
+        let device = hidden.device();
+        let picked = Tensor::<1, Int>::from_data(
+            burn::tensor::TensorData::new(rows.to_vec(), [rows.len()]),
+            &device,
+        );
+        let targets = ids
+            .narrow(1, 1, s - 1)
+            .reshape([n])
+            .select(0, picked.clone());
+        let hidden = hidden
+            .narrow(1, 0, s - 1)
+            .reshape([n, d])
+            .select(0, picked.clone());
+        let nll = self.rows_nll(hidden, targets, temperature)?;
+        let grid = Tensor::<1>::zeros([n], (&device, nll.dtype()));
+        Some(
+            grid.select_assign(0, picked, nll, burn::tensor::IndexingUpdateOp::Add)
+                .reshape([b, s - 1]),
+        )
+    }
+
+    /// Whether [`next_token_nll_at`](Self::next_token_nll_at) takes the head at the target rows
+    /// alone: a plain head (see [`plain_head`](Self::plain_head)) that does not train.
+    pub fn head_at_rows_alone(&self) -> bool {
+        self.plain_head().is_some_and(|(_, trains)| !trains)
+    }
+
+    /// The negative log-likelihood `[m]` of `targets` `[m]` after hidden states `[m, d]`.
+    fn rows_nll(
+        &self,
+        hidden: Tensor<2>,
+        targets: Tensor<1, Int>,
+        temperature: f64,
+    ) -> Option<Tensor<1>> {
+        let scaled = |h: Tensor<2>| {
             if temperature > 0.0 && temperature != 1.0 {
                 h.div_scalar(temperature)
             } else {
                 h
             }
         };
-        let nll = match self.plain_head() {
-            Some(head) => {
-                let h = scaled(hidden.narrow(1, 0, s - 1)).reshape([b * (s - 1), d]);
-                crate::kernels::linear_nll(h, head, targets)
-            }
+        Some(match self.plain_head() {
+            Some((head, _)) => crate::kernels::linear_nll(scaled(hidden), head, targets),
             None => {
-                let logits = scaled(self.lm_logits(hidden.narrow(1, 0, s - 1))?);
+                let [m, d] = hidden.dims();
+                let logits = self.lm_logits(hidden.reshape([1, m, d]))?;
                 let v = logits.dims()[2];
-                crate::kernels::logits_nll(logits.reshape([b * (s - 1), v]), targets)
+                crate::kernels::logits_nll(scaled(logits.reshape([m, v])), targets)
             }
-        };
-        Some(nll.reshape([b, s - 1]))
+        })
     }
 
     /// Each position's most likely next token, `[b, s-1]`, with the logits computed a chunk of

@@ -356,7 +356,7 @@ impl Rollout {
 pub fn token_logps(model: &Backbone, b: &LmBatch, temperature: f64) -> (Tensor<2>, Tensor<2>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
     let lp = model
-        .next_token_nll(hidden, b.ids.clone(), temperature)
+        .next_token_nll_at(hidden, b.ids.clone(), temperature, &b.target_rows)
         .expect("a decoder")
         .neg();
     let s = b.ids.dims()[1];

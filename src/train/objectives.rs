@@ -17,6 +17,9 @@ pub struct LmBatch {
     pub target_mask: Tensor<2>,
     /// Number of targets (positions 1.. with mask 1).
     pub targets: f64,
+    /// Where the targets are in the flattened `[b, s-1]` next-token grid (`i * (s-1) + j - 1`
+    /// for token j of row i), in order: the rows whose LM head the losses need.
+    pub target_rows: Vec<i64>,
     /// Packed rows: each token's position inside its document, and the attention mask that
     /// keeps documents apart (true where a query must not see a key).
     pub packed: Option<(Tensor<2, Int>, Tensor<4, Bool>)>,
@@ -38,7 +41,7 @@ impl LmBatch {
         let s = seqs.iter().map(Vec::len).max().unwrap_or(1).max(2);
         let (mut ids, mut real, mut mask) =
             (vec![0i64; b * s], vec![false; b * s], vec![0f32; b * s]);
-        let mut count = 0.0;
+        let mut target_rows = Vec::new();
         for (i, (seq, tgt)) in seqs.iter().zip(targets).enumerate() {
             for (j, (&t, &is_target)) in seq.iter().zip(tgt).enumerate() {
                 ids[i * s + j] = t as i64;
@@ -46,7 +49,7 @@ impl LmBatch {
                 if is_target {
                     mask[i * s + j] = 1.0;
                     if j > 0 {
-                        count += 1.0;
+                        target_rows.push((i * (s - 1) + j - 1) as i64);
                     }
                 }
             }
@@ -56,7 +59,8 @@ impl LmBatch {
             ids: Tensor::from_data(TensorData::new(ids, [b, s]), device),
             padding: Tensor::from_data(TensorData::new(real, [b, s]), device),
             target_mask: Tensor::from_data(TensorData::new(mask, [b, s]), device),
-            targets: count,
+            targets: target_rows.len() as f64,
+            target_rows,
             packed: None,
         }
     }
@@ -119,7 +123,7 @@ impl LmBatch {
 pub fn sequence_logps(model: &Backbone, b: &LmBatch) -> (Tensor<1>, Tensor<1>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
     let lp = model
-        .next_token_nll(hidden, b.ids.clone(), 1.0)
+        .next_token_nll_at(hidden, b.ids.clone(), 1.0, &b.target_rows)
         .expect("sequence log-probabilities need a decoder")
         .neg();
     let [n, s] = b.ids.dims();
@@ -144,7 +148,7 @@ impl Objective<Backbone> for CausalLm {
             None => model.hidden(b.ids.clone(), Some(b.padding.clone())),
         };
         let nll = model
-            .next_token_nll(hidden, b.ids.clone(), 1.0)
+            .next_token_nll_at(hidden, b.ids.clone(), 1.0, &b.target_rows)
             .expect("causal LM training needs a decoder");
         masked_target_sum(nll, b.target_mask.clone())
     }
