@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [gemma_for_gguf] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [gemma_for_gguf] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -252,6 +252,30 @@ def phi3() -> None:
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
 
+def dense_2026() -> None:
+    """Dense families of 2025-26 on the Llama layers: SmolLM3 (every second layer NoPE, no
+    rotation at all; windows of 3 on those with `use_sliding_window`, shorter than the batch;
+    tied embeddings, its default) and OLMo 2 (norms after attention and the MLP, q and k
+    normalised over all heads, attention biases, GQA)."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_theta": 10000.0},
+                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    models = {
+        "smollm3": SmolLM3ForCausalLM(SmolLM3Config(**shape, num_hidden_layers=3, no_rope_layer_interval=2,
+                                                    use_sliding_window=True, sliding_window=3)),
+        "olmo2": Olmo2ForCausalLM(Olmo2Config(**shape, num_hidden_layers=2, attention_bias=True)),
+    }
+    for name, model in models.items():
+        torch.manual_seed(3)
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+
+
 def gemma_for_gguf() -> None:
     """Gemma 2 and Gemma 3 as llama.cpp runs them (attention scaled by the head size, its layer
     patterns: every other layer sliding for Gemma 2, five of six for Gemma 3), so hone can
@@ -402,6 +426,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

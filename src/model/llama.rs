@@ -8,7 +8,12 @@
 //! - `qwen2` (Qwen2, Qwen2.5): q/k/v always with biases, o without; with `use_sliding_window`,
 //!   the layers from `max_window_layers` on attend through the window;
 //! - `qwen3`: biases as llama, and an RMSNorm over each head of q and k before the rotation
-//!   (`q_norm`, `k_norm`), with an explicit `head_dim`.
+//!   (`q_norm`, `k_norm`), with an explicit `head_dim`;
+//! - `smollm3`: as llama, with no rotation at all in every `no_rope_layer_interval`-th layer
+//!   (NoPE; or where `no_rope_layers` holds 0), and windows only with `use_sliding_window`;
+//! - `olmo2`: norms after attention and after the MLP instead of before them
+//!   (`post_attention_layernorm`, `post_feedforward_layernorm`, no `input_layernorm`), and q
+//!   and k RMS-normalised over all their heads at once before the rotation.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
@@ -65,6 +70,12 @@ pub struct LlamaConfig {
     /// `sliding_attention` or `full_attention` per layer (transformers 5; else by family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// SmolLM3: 1 where a layer rotates q and k, 0 where it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_rope_layers: Option<Vec<u8>>,
+    /// SmolLM3 without `no_rope_layers`: every this-many-th layer does not rotate (4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_rope_layer_interval: Option<usize>,
 }
 
 /// A `config.json` whose Llama settings hone cannot run: a rotary scaling it does not
@@ -80,6 +91,10 @@ pub enum LlamaConfigError {
     UngroupedHeads,
     #[error("layer_types must name sliding_attention or full_attention for each of the {0} layers")]
     LayerTypes(usize),
+    #[error("no_rope_layers must hold 0 or 1 for each of the {0} layers")]
+    NoRopeLayers(usize),
+    #[error("no_rope_layer_interval must be at least 1")]
+    NoRopeInterval,
 }
 
 fn default_eps() -> f64 {
@@ -123,6 +138,8 @@ impl LlamaConfig {
             "mistral" => "Mistral",
             "qwen2" => "Qwen2",
             "qwen3" => "Qwen3",
+            "smollm3" => "SmolLM3",
+            "olmo2" => "Olmo2",
             _ => "Llama",
         }
     }
@@ -134,15 +151,64 @@ impl LlamaConfig {
     pub fn o_bias(&self) -> bool {
         self.attention_bias && self.family() != "qwen2"
     }
-    /// Whether each head of q and k is RMS-normalised before the rotation (Qwen3).
+    /// Whether q and k are RMS-normalised before the rotation: each head on its own (Qwen3) or
+    /// all heads at once ([`qk_norm_spans_heads`](Self::qk_norm_spans_heads), OLMo 2).
     pub fn qk_norm(&self) -> bool {
-        self.family() == "qwen3"
+        matches!(self.family(), "qwen3" | "olmo2")
+    }
+    /// Whether the q and k norms span all heads (OLMo 2) rather than one head.
+    pub fn qk_norm_spans_heads(&self) -> bool {
+        self.family() == "olmo2"
+    }
+    /// Whether a layer normalises the outputs of attention and the MLP before adding them to
+    /// the residual stream (OLMo 2) instead of their inputs.
+    pub fn norms_after(&self) -> bool {
+        self.family() == "olmo2"
+    }
+    /// Whether each layer rotates q and k: all do, except SmolLM3's NoPE layers.
+    pub fn rotary_layers(&self) -> Result<Vec<bool>, LlamaConfigError> {
+        let n = self.num_hidden_layers;
+        if self.family() != "smollm3" {
+            return Ok(vec![true; n]);
+        }
+        if let Some(flags) = &self.no_rope_layers {
+            if flags.len() != n || flags.iter().any(|f| *f > 1) {
+                return Err(LlamaConfigError::NoRopeLayers(n));
+            }
+            return Ok(flags.iter().map(|f| *f == 1).collect());
+        }
+        let every = self.no_rope_layer_interval.unwrap_or(4);
+        if every == 0 {
+            return Err(LlamaConfigError::NoRopeInterval);
+        }
+        Ok((0..n).map(|i| !(i + 1).is_multiple_of(every)).collect())
     }
     /// Each layer's attention window (`None`: it sees every earlier token), as transformers
     /// decides it: `layer_types` where given; else Mistral's window on every layer, Qwen's on
     /// the layers from `max_window_layers` on when `use_sliding_window`, none for Llama.
     pub fn windows(&self) -> Result<Vec<Option<usize>>, LlamaConfigError> {
         let n = self.num_hidden_layers;
+        if self.family() == "smollm3" {
+            // SmolLM3 windows its sliding layers only with `use_sliding_window`; without
+            // `layer_types`, the sliding layers are the NoPE ones.
+            let sliding = self.use_sliding_window == Some(true);
+            let rotary = self.rotary_layers()?;
+            return match &self.layer_types {
+                Some(types) if types.len() != n => Err(LlamaConfigError::LayerTypes(n)),
+                Some(types) => types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(self.sliding_window.filter(|_| sliding)),
+                        "full_attention" => Ok(None),
+                        _ => Err(LlamaConfigError::LayerTypes(n)),
+                    })
+                    .collect(),
+                None => Ok(rotary
+                    .iter()
+                    .map(|r| self.sliding_window.filter(|_| sliding && !r))
+                    .collect()),
+            };
+        }
         if let Some(types) = &self.layer_types {
             if types.len() != n {
                 return Err(LlamaConfigError::LayerTypes(n));
@@ -172,6 +238,7 @@ impl LlamaConfig {
     pub fn check(&self) -> Result<(), LlamaConfigError> {
         self.rope_scaling()?;
         self.windows()?;
+        self.rotary_layers()?;
         if self.num_attention_heads == 0 {
             return Err(LlamaConfigError::NoHeads);
         }
@@ -184,15 +251,22 @@ impl LlamaConfig {
 
 #[derive(Module, Debug)]
 pub struct LlamaLayer {
-    pub input_layernorm: RmsNorm,
+    /// The norm of the layer's input; `None` where the norms come after (OLMo 2).
+    pub input_layernorm: Option<RmsNorm>,
     pub q_proj: Proj,
     pub k_proj: Proj,
     pub v_proj: Proj,
     pub o_proj: Proj,
-    /// Qwen3's per-head norms of queries and keys, before the rotation.
+    /// Norms of queries and keys before the rotation: per head (Qwen3) or over all heads
+    /// (OLMo 2, `qk_norm_spans_heads`).
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
+    pub qk_norm_spans_heads: bool,
+    /// The norm of the MLP's input, or with `post_feedforward_layernorm` that of attention's
+    /// output (OLMo 2: HF names both so).
     pub post_attention_layernorm: RmsNorm,
+    /// OLMo 2's norm of the MLP's output, before the residual.
+    pub post_feedforward_layernorm: Option<RmsNorm>,
     pub gate_proj: Proj,
     pub up_proj: Proj,
     pub down_proj: Proj,
@@ -200,6 +274,16 @@ pub struct LlamaLayer {
     pub n_kv_heads: usize,
     /// The attention window of a sliding layer, in tokens.
     pub window: Option<usize>,
+    /// Whether q and k are rotated (not in SmolLM3's NoPE layers).
+    pub rotary: bool,
+}
+
+/// `x` through `norm` when there is one.
+fn maybe_norm<const D: usize>(x: Tensor<D>, norm: &Option<RmsNorm>) -> Tensor<D> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
+    }
 }
 
 impl LlamaLayer {
@@ -236,27 +320,45 @@ impl LlamaLayer {
         sin: &Tensor<4>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
-        let h = self.input_layernorm.forward(x.clone());
-        let norm = |t: Tensor<4>, n: &Option<RmsNorm>| match n {
-            Some(n) => n.forward(t),
-            None => t,
+        let h = maybe_norm(x.clone(), &self.input_layernorm);
+        let none = None;
+        let (q_norm, k_norm, head_norms) = match self.qk_norm_spans_heads {
+            true => (&self.q_norm, &self.k_norm, (&none, &none)),
+            false => (&none, &none, (&self.q_norm, &self.k_norm)),
         };
-        let q = split_heads(self.q_proj.forward(h.clone()), self.n_heads);
-        let q = apply_rope(norm(q, &self.q_norm), cos, sin);
-        let k = split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads);
-        let k = apply_rope(norm(k, &self.k_norm), cos, sin);
+        let rotate = |t: Tensor<4>| match self.rotary {
+            true => apply_rope(t, cos, sin),
+            false => t,
+        };
+        let q = maybe_norm(self.q_proj.forward(h.clone()), q_norm);
+        let q = rotate(maybe_norm(split_heads(q, self.n_heads), head_norms.0));
+        let k = maybe_norm(self.k_proj.forward(h.clone()), k_norm);
+        let k = rotate(maybe_norm(split_heads(k, self.n_kv_heads), head_norms.1));
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
         let kv = KeysValues::new(k, v, cache);
         let mask = match self.window {
             Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let a = kv.attend(q, mask, None);
-        let x = x + self.o_proj.forward(merge_heads(a));
-        let h = self.post_attention_layernorm.forward(x.clone());
-        let m =
-            crate::kernels::silu_mul(self.gate_proj.forward(h.clone()), self.up_proj.forward(h));
-        x + self.down_proj.forward(m)
+        let a = self.o_proj.forward(merge_heads(kv.attend(q, mask, None)));
+        let mlp = |h: Tensor<3>| {
+            let m = crate::kernels::silu_mul(
+                self.gate_proj.forward(h.clone()),
+                self.up_proj.forward(h),
+            );
+            self.down_proj.forward(m)
+        };
+        match &self.post_feedforward_layernorm {
+            None => {
+                let x = x + a;
+                let h = self.post_attention_layernorm.forward(x.clone());
+                x + mlp(h)
+            }
+            Some(after_mlp) => {
+                let x = x + self.post_attention_layernorm.forward(a);
+                x.clone() + after_mlp.forward(mlp(x))
+            }
+        }
     }
 }
 
@@ -286,28 +388,39 @@ impl Llama {
             config.intermediate_size,
         );
         let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
-        let head_norm = || config.qk_norm().then(|| RmsNorm::init(hd, eps, device));
-        // A new model comes from a recipe's `init`, which sets no windows.
-        let windows = config
-            .windows()
-            .unwrap_or_else(|_| vec![None; config.num_hidden_layers]);
+        let spans = config.qk_norm_spans_heads();
+        let qk_norm = |heads: usize| {
+            let width = if spans { heads * hd } else { hd };
+            config.qk_norm().then(|| RmsNorm::init(width, eps, device))
+        };
+        let after = config.norms_after();
+        // A new model comes from a recipe's `init`, which sets no windows and rotates in every
+        // layer (a tiny test model may set them).
+        let n = config.num_hidden_layers;
+        let windows = config.windows().unwrap_or_else(|_| vec![None; n]);
+        let rotary = config.rotary_layers().unwrap_or_else(|_| vec![true; n]);
         let layers = windows
             .into_iter()
-            .map(|window| LlamaLayer {
-                input_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
+            .zip(rotary)
+            .map(|(window, rotary)| LlamaLayer {
+                input_layernorm: (!after).then(|| RmsNorm::init(d, config.rms_norm_eps, device)),
                 q_proj: Proj::init(d, h * hd, bias, std, device),
                 k_proj: Proj::init(d, kv * hd, bias, std, device),
                 v_proj: Proj::init(d, kv * hd, bias, std, device),
                 o_proj: Proj::init(h * hd, d, config.o_bias(), std, device),
-                q_norm: head_norm(),
-                k_norm: head_norm(),
+                q_norm: qk_norm(h),
+                k_norm: qk_norm(kv),
+                qk_norm_spans_heads: spans,
                 post_attention_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
+                post_feedforward_layernorm: after
+                    .then(|| RmsNorm::init(d, config.rms_norm_eps, device)),
                 gate_proj: Proj::init(d, inner, config.mlp_bias, std, device),
                 up_proj: Proj::init(d, inner, config.mlp_bias, std, device),
                 down_proj: Proj::init(inner, d, config.mlp_bias, std, device),
                 n_heads: h,
                 n_kv_heads: kv,
                 window,
+                rotary,
             })
             .collect();
         Llama {
@@ -358,27 +471,42 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
-        let windows = config.windows().map_err(|e| ModelError::BadConfig {
+        let bad_config = |e: LlamaConfigError| ModelError::BadConfig {
             path: w.path().to_path_buf(),
             reason: e.to_string(),
-        })?;
-        for (i, window) in windows.into_iter().enumerate() {
+        };
+        let windows = config.windows().map_err(bad_config)?;
+        let rotary = config.rotary_layers().map_err(bad_config)?;
+        let (spans, after) = (config.qk_norm_spans_heads(), config.norms_after());
+        for (i, (window, rotary)) in windows.into_iter().zip(rotary).enumerate() {
             let p = format!("layers.{i}");
-            let mut head_norm = |name: &str| -> Result<Option<RmsNorm>, ModelError> {
-                match config.qk_norm() {
-                    true => Ok(Some(RmsNorm::new(
-                        w.take(&format!("{p}.self_attn.{name}.weight"), [hd])?,
-                        eps,
-                    ))),
-                    false => Ok(None),
-                }
+            let mut norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
+                Ok(RmsNorm::new(
+                    w.take(&format!("{p}.{name}.weight"), [width])?,
+                    eps,
+                ))
             };
-            let (q_norm, k_norm) = (head_norm("q_norm")?, head_norm("k_norm")?);
+            let (q_norm, k_norm) = match config.qk_norm() {
+                true => {
+                    let (q, k) = if spans { (h * hd, kv * hd) } else { (hd, hd) };
+                    (
+                        Some(norm("self_attn.q_norm", q)?),
+                        Some(norm("self_attn.k_norm", k)?),
+                    )
+                }
+                false => (None, None),
+            };
+            let input_layernorm = match after {
+                true => None,
+                false => Some(norm("input_layernorm", d)?),
+            };
+            let post_attention_layernorm = norm("post_attention_layernorm", d)?;
+            let post_feedforward_layernorm = match after {
+                true => Some(norm("post_feedforward_layernorm", d)?),
+                false => None,
+            };
             layers.push(LlamaLayer {
-                input_layernorm: RmsNorm::new(
-                    w.take(&format!("{p}.input_layernorm.weight"), [d])?,
-                    config.rms_norm_eps,
-                ),
+                input_layernorm,
                 q_proj: lin(w, &format!("{p}.self_attn.q_proj"), d, h * hd, bias)?,
                 k_proj: lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?,
                 v_proj: lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?,
@@ -391,16 +519,16 @@ impl Llama {
                 )?,
                 q_norm,
                 k_norm,
-                post_attention_layernorm: RmsNorm::new(
-                    w.take(&format!("{p}.post_attention_layernorm.weight"), [d])?,
-                    config.rms_norm_eps,
-                ),
+                qk_norm_spans_heads: spans,
+                post_attention_layernorm,
+                post_feedforward_layernorm,
                 gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, config.mlp_bias)?,
                 up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, config.mlp_bias)?,
                 down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
                 n_heads: h,
                 n_kv_heads: kv,
                 window,
+                rotary,
             });
         }
         let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
@@ -430,14 +558,19 @@ impl Llama {
         w.put("model.embed_tokens.weight", self.embed_tokens.val());
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            w.put(
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.weight.val(),
-            );
+            if let Some(n) = &l.input_layernorm {
+                w.put(format!("{p}.input_layernorm.weight"), n.weight.val());
+            }
             w.put(
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.weight.val(),
             );
+            if let Some(n) = &l.post_feedforward_layernorm {
+                w.put(
+                    format!("{p}.post_feedforward_layernorm.weight"),
+                    n.weight.val(),
+                );
+            }
             for (name, norm) in [("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
                 if let Some(n) = norm {
                     w.put(format!("{p}.self_attn.{name}.weight"), n.weight.val());
@@ -523,6 +656,11 @@ impl Llama {
         let arch = match c.model_type.as_deref().unwrap_or("llama") {
             "qwen2" => "qwen2",
             "qwen3" => "qwen3",
+            family @ ("smollm3" | "olmo2") => {
+                return Err(unsupported(format!(
+                    "hone does not write `{family}` models as GGUF yet; export this model as an HF directory (`format: hf`)"
+                )));
+            }
             _ => "llama",
         };
         if c.windows().is_ok_and(|w| w.iter().any(Option::is_some)) {
@@ -587,7 +725,7 @@ impl Llama {
     }
 }
 
-/// Llama and the families that share its layers (Mistral, Qwen2, Qwen3) in
+/// Llama and the families that share its layers (Mistral, Qwen2, Qwen3, SmolLM3, OLMo 2) in
 /// [`super::family::FAMILIES`].
 pub struct LlamaFamily;
 
@@ -602,6 +740,8 @@ impl super::family::Family for LlamaFamily {
             ("mistral", ""),
             ("qwen2", ""),
             ("qwen3", ""),
+            ("smollm3", "SmolLM3"),
+            ("olmo2", "OLMo 2"),
         ]
     }
 
@@ -625,7 +765,11 @@ impl super::family::Family for LlamaFamily {
         config: &serde_json::Value,
         weights: &mut WeightMap,
     ) -> Result<super::Backbone, super::family::BuildError> {
-        let c: LlamaConfig = super::family::parse(config)?;
+        let mut c: LlamaConfig = super::family::parse(config)?;
+        // transformers ties SmolLM3's head by default; the others' by `tie_word_embeddings`.
+        if c.family() == "smollm3" && config.get("tie_word_embeddings").is_none() {
+            c.tie_word_embeddings = true;
+        }
         c.check()
             .map_err(|e| super::family::BuildError::Config(e.to_string()))?;
         Ok(super::Backbone::Llama(Llama::from_weights(&c, weights)?))

@@ -156,6 +156,16 @@ fn llama_families_and_rotary_scalings_match_transformers() {
     }
 }
 
+/// The dense families of 2025-26 that run on Llama's layers: SmolLM3 (NoPE layers, a window
+/// of 3 on them, tied embeddings) and OLMo 2 (norms after attention and the MLP, q and k
+/// normalised over all heads, attention biases), from transformers 5.
+#[test]
+fn smollm3_and_olmo2_match_transformers() {
+    for name in ["smollm3", "olmo2"] {
+        decoder_parity(name);
+    }
+}
+
 /// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`): hone runs its text
 /// decoder to transformers' logits on text, leaves the vision tower unread, and saves the
 /// decoder as a `Gemma3ForCausalLM`.
@@ -300,11 +310,13 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         );
     }
     // What llama.cpp cannot run is refused with the reason: a score head, an attention scale
-    // llama.cpp does not read, an encoder.
+    // llama.cpp does not read, an encoder; families hone does not write as GGUF yet.
     for (name, why) in [
         ("gemma3", "query_pre_attn_scalar"),
         ("llama-score", "score head"),
         ("bert", "decoders"),
+        ("smollm3", "`smollm3` models as GGUF"),
+        ("olmo2", "`olmo2` models as GGUF"),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
         let tok = tiny_tokenizer(100);

@@ -55,12 +55,15 @@ fn cached_batched_greedy_equals_naive_per_prompt() {
         "llama-yarn",
         "qwen3",
         "gemma3",
+        "smollm3",
+        "olmo2",
     ] {
         let m = model(name, &device);
-        // Gemma 3's sliding windows count padded positions, as transformers does, so a
-        // left-padded prompt sees fewer of its own tokens than alone: same lengths there.
+        // Gemma 3's and SmolLM3's sliding windows count padded positions, as transformers
+        // does, so a left-padded prompt sees fewer of its own tokens than alone: same lengths
+        // there.
         let prompts = match name {
-            "gemma3" => vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30, 12, 3, 64]],
+            "gemma3" | "smollm3" => vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30, 12, 3, 64]],
             _ => vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30]],
         };
         let cfg = SamplingConfig {
