@@ -1,6 +1,8 @@
 //! GGUF v3 files (llama.cpp's format): metadata, the tensor table (dequantised by
-//! `ggml_quants`), and the mapping of a `llama` GGUF onto hone's Llama family, with the BPE
-//! tokenizer and chat template rebuilt from the metadata.
+//! `ggml_quants`), and what every family's reading of one shares (its `gguf.rs` maps the
+//! metadata and tensor names onto HF's): the dispatch on `general.architecture`, tensors
+//! under HF names with llama.cpp's layout changes undone, and the tokenizer and chat template
+//! rebuilt from the metadata.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,8 @@ use burn::prelude::*;
 
 use super::Backbone;
 use super::Frozen;
-use super::gemma3::{Gemma3, Gemma3Config};
 use super::ggml_quants::{SUPPORTED, block_layout, dequantize, type_name};
-use super::llama::{Llama, LlamaConfig};
-use super::weights::{FileBytes, ModelError, SharedBytes, Source, Stored, WeightMap, transpose};
+use super::weights::{FileBytes, ModelError, SharedBytes, Source, Stored};
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,21 +281,21 @@ impl Gguf {
 
     /// The family config a GGUF's metadata was mapped to, parsed; a file it does not fit is
     /// named as bad.
-    fn config_as<T: serde::de::DeserializeOwned>(
+    pub(crate) fn config_as<T: serde::de::DeserializeOwned>(
         &self,
         config: &serde_json::Value,
     ) -> Result<T, ModelError> {
         serde_json::from_value(config.clone()).map_err(|e| self.bad(e.to_string()))
     }
 
-    fn bad(&self, reason: String) -> ModelError {
+    pub(crate) fn bad(&self, reason: String) -> ModelError {
         ModelError::BadGguf {
             path: self.path.clone(),
             reason,
         }
     }
 
-    fn need(&self, key: &str) -> Result<&Meta, ModelError> {
+    pub(crate) fn need(&self, key: &str) -> Result<&Meta, ModelError> {
         self.meta(key).ok_or_else(|| ModelError::BadGguf {
             path: self.path.clone(),
             reason: format!("metadata `{key}` is missing"),
@@ -316,7 +316,7 @@ fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
 }
 
 /// [`unpermute_rows`] as a row order: HF row `r` is GGUF row `order[r]`.
-fn unpermuted_row_order(rows: usize, heads: usize) -> Vec<u32> {
+pub(crate) fn unpermuted_row_order(rows: usize, heads: usize) -> Vec<u32> {
     let index: Vec<f32> = (0..rows).map(|r| r as f32).collect();
     unpermute_rows(&index, rows, 1, heads)
         .into_iter()
@@ -392,7 +392,7 @@ pub fn load(path: &Path, device: &Device, frozen: &Frozen) -> Result<GgufModel, 
 
 impl Gguf {
     /// Integer metadata `<arch>.<key>`.
-    fn int(&self, arch: &str, key: &str) -> Result<usize, ModelError> {
+    pub(crate) fn int(&self, arch: &str, key: &str) -> Result<usize, ModelError> {
         self.need(&format!("{arch}.{key}"))?
             .as_i64()
             .and_then(|v| usize::try_from(v).ok())
@@ -402,13 +402,13 @@ impl Gguf {
             })
     }
 
-    fn float(&self, arch: &str, key: &str) -> Option<f64> {
+    pub(crate) fn float(&self, arch: &str, key: &str) -> Option<f64> {
         self.meta(&format!("{arch}.{key}")).and_then(Meta::as_f64)
     }
 
     /// The vocabulary size (the token embedding's rows) and whether the LM head is tied to it
     /// (no `output.weight`).
-    fn vocab_and_tied(&self) -> Result<(usize, bool), ModelError> {
+    pub(crate) fn vocab_and_tied(&self) -> Result<(usize, bool), ModelError> {
         let embd = self
             .tensors
             .iter()
@@ -433,7 +433,7 @@ impl Gguf {
 
     /// The HF `rope_scaling` a Llama-architecture GGUF asks for: `rope.scaling.type` linear or
     /// yarn, or Llama 3's, recovered from the `rope_freqs` tensor llama.cpp stores it as.
-    fn rope_scaling(
+    pub(crate) fn rope_scaling(
         &self,
         arch: &str,
         config: &serde_json::Value,
@@ -495,7 +495,7 @@ impl Gguf {
         }
     }
 
-    fn special_ids(&self) -> serde_json::Value {
+    pub(crate) fn special_ids(&self) -> serde_json::Value {
         let id = |k: &str| {
             self.meta(&format!("tokenizer.ggml.{k}"))
                 .and_then(Meta::as_i64)
@@ -509,7 +509,7 @@ impl Gguf {
 
     /// Every tensor under its HF name (`rename`; `None` is an unexpected tensor), to be read
     /// when the model takes it, with llama.cpp's layout changes undone as `fix` says.
-    fn hf_tensors(
+    pub(crate) fn hf_tensors(
         &self,
         arch: &str,
         rename: impl Fn(&str) -> Option<String>,
@@ -540,7 +540,7 @@ impl Gguf {
 }
 
 /// How a GGUF tensor's layout is turned into HF's.
-enum Fix {
+pub(crate) enum Fix {
     /// As the file has it.
     AsStored,
     /// Rows reordered: row `r` is the file's row `order[r]` (llama.cpp's q/k permutation undone;
@@ -550,320 +550,20 @@ enum Fix {
     Values(Box<dyn FnOnce(Vec<f32>) -> Vec<f32>>),
 }
 
-fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+pub(crate) fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
     if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
     }
     a
 }
 
-/// A GGUF of a Llama-architecture family (`llama`, `qwen2`, `qwen3`). llama.cpp stores a
-/// `llama` model's q and k rows interleaved for its rotary layout; they are put back in HF's
-/// half-split order. Qwen's are stored as HF has them.
-pub(crate) fn load_llama(
-    g: &Gguf,
-    arch: &str,
-    device: &Device,
-    frozen: &Frozen,
-) -> Result<(Backbone, serde_json::Value), ModelError> {
-    let path = &g.path;
-    let heads = g.int(arch, "attention.head_count")?;
-    let kv_heads = g.int(arch, "attention.head_count_kv").unwrap_or(heads);
-    let (vocab, tied) = g.vocab_and_tied()?;
-    let class = match arch {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        _ => "LlamaForCausalLM",
-    };
-    let config = merge(
-        serde_json::json!({
-            "model_type": arch,
-            "architectures": [class],
-            "vocab_size": vocab,
-            "hidden_size": g.int(arch, "embedding_length")?,
-            "intermediate_size": g.int(arch, "feed_forward_length")?,
-            "num_hidden_layers": g.int(arch, "block_count")?,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "max_position_embeddings": g.int(arch, "context_length")?,
-            "rms_norm_eps": g.float(arch, "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            "rope_theta": g.float(arch, "rope.freq_base").unwrap_or(10_000.0),
-            "tie_word_embeddings": tied,
-        }),
-        g.special_ids(),
-    );
-    // An explicit head size only where it is not hidden / heads (Qwen3's can differ), so the
-    // config of every other model stays as it was (it is saved with each model trained from it).
-    let mut config = config;
-    if let Ok(head_dim) = g.int(arch, "attention.key_length")
-        && Some(head_dim)
-            != config["hidden_size"]
-                .as_u64()
-                .map(|d| d as usize / heads.max(1))
-    {
-        config["head_dim"] = head_dim.into();
-    }
-    // Biases and rotary scalings only where the file has them (the config of a model without
-    // them stays as it was).
-    let has = |suffix: &str| g.tensors.iter().any(|t| t.name.ends_with(suffix));
-    if has("attn_output.bias") || (arch != "qwen2" && has("attn_q.bias")) {
-        config["attention_bias"] = true.into();
-    }
-    if has("ffn_up.bias") {
-        config["mlp_bias"] = true.into();
-    }
-    if let Some(scaling) = g.rope_scaling(arch, &config, heads)? {
-        config["rope_scaling"] = scaling;
-    }
-    let cfg: LlamaConfig = g.config_as(&config)?;
-    // Head counts divide the projections (un-permuting q/k rows below): a file that says 0
-    // heads, or heads that do not group, is an error here rather than a crash there.
-    cfg.check().map_err(|e| g.bad(e.to_string()))?;
-    let permuted = arch == "llama";
-    // Llama 3's rotary factors were read into the config above; the tensor stays unused.
-    let rename = |n: &str| match n {
-        "rope_freqs.weight" => Some(n.to_owned()),
-        _ => LLAMA_NAMES.to_hf(n),
-    };
-    let tensors = g.hf_tensors(arch, rename, |name, shape| {
-        // Biases are permuted with their rows (one column).
-        let heads = if !permuted {
-            None
-        } else if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
-            Some(heads)
-        } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
-            Some(kv_heads)
-        } else {
-            None
-        };
-        match heads {
-            Some(heads) => Fix::Rows(unpermuted_row_order(shape[0], heads)),
-            None => Fix::AsStored,
-        }
-    })?;
-    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.hold_frozen(frozen);
-    let model = Llama::from_weights(&cfg, &mut weights)?;
-    Ok((Backbone::Llama(model), config))
-}
-
-/// A `gemma3` or `gemma2` GGUF (text): llama.cpp stores every norm weight plus 1 (Gemma's
-/// norms scale by 1 + w), takes q and k as they are (Gemma's rotary layout is HF's) and scales
-/// attention by the head size. Gemma 3: every sixth layer a full-attention one, the sliding
-/// ones with a rotary base of 10000. Gemma 2: every other layer, one rotary base, soft-capped
-/// attention scores and logits.
-pub(crate) fn load_gemma(
-    g: &Gguf,
-    arch: &str,
-    device: &Device,
-    frozen: &Frozen,
-) -> Result<(Backbone, serde_json::Value), ModelError> {
-    let path = &g.path;
-    let gemma2 = arch == "gemma2";
-    let head_dim = g.int(arch, "attention.key_length")?;
-    let (vocab, tied) = g.vocab_and_tied()?;
-    let scaling = g
-        .meta(&format!("{arch}.rope.scaling.type"))
-        .and_then(Meta::as_str)
-        .filter(|t| *t != "none")
-        .map(|t| serde_json::json!({ "rope_type": t, "factor": g.float(arch, "rope.scaling.factor") }));
-    let config = merge(
-        serde_json::json!({
-            "model_type": if gemma2 { "gemma2" } else { "gemma3_text" },
-            "architectures": [if gemma2 { "Gemma2ForCausalLM" } else { "Gemma3ForCausalLM" }],
-            "vocab_size": vocab,
-            "hidden_size": g.int(arch, "embedding_length")?,
-            "intermediate_size": g.int(arch, "feed_forward_length")?,
-            "num_hidden_layers": g.int(arch, "block_count")?,
-            "num_attention_heads": g.int(arch, "attention.head_count")?,
-            "num_key_value_heads": g.int(arch, "attention.head_count_kv")?,
-            "head_dim": head_dim,
-            "query_pre_attn_scalar": head_dim,
-            "max_position_embeddings": g.int(arch, "context_length")?,
-            "rms_norm_eps": g.float(arch, "attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            "rope_theta": g.float(arch, "rope.freq_base")
-                .unwrap_or(if gemma2 { 10_000.0 } else { 1_000_000.0 }),
-            "rope_scaling": scaling,
-            "sliding_window": g.int(arch, "attention.sliding_window").ok(),
-            "sliding_window_pattern": if gemma2 { 2 } else { 6 },
-            "tie_word_embeddings": tied,
-            "hidden_activation": "gelu_pytorch_tanh",
-        }),
-        g.special_ids(),
-    );
-    let mut config = config;
-    if gemma2 {
-        config["attn_logit_softcapping"] = g.float(arch, "attn_logit_softcapping").into();
-        config["final_logit_softcapping"] = g.float(arch, "final_logit_softcapping").into();
-    } else {
-        config["rope_local_base_freq"] = 10_000.0.into();
-    }
-    let cfg: Gemma3Config = g.config_as(&config)?;
-    cfg.check().map_err(|e| g.bad(e.to_string()))?;
-    let tensors = g.hf_tensors(
-        arch,
-        |n| GEMMA_NAMES.to_hf(n),
-        |name, _| match name.ends_with("norm.weight") {
-            true => Fix::Values(Box::new(|v| v.into_iter().map(|w| w - 1.0).collect())),
-            false => Fix::AsStored,
-        },
-    )?;
-    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.hold_frozen(frozen);
-    let model = Gemma3::from_weights(&cfg, &mut weights)?;
-    Ok((Backbone::Gemma3(model), config))
-}
-
-/// A `gpt2` GGUF: llama.cpp stores the `Conv1D` projections transposed; they are put back.
-pub(crate) fn load_gpt2(
-    g: &Gguf,
-    device: &Device,
-    frozen: &Frozen,
-) -> Result<(Backbone, serde_json::Value), ModelError> {
-    let path = &g.path;
-    let (vocab, _) = g.vocab_and_tied()?;
-    let config = merge(
-        serde_json::json!({
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": vocab,
-            "n_embd": g.int("gpt2", "embedding_length")?,
-            "n_inner": g.int("gpt2", "feed_forward_length")?,
-            "n_layer": g.int("gpt2", "block_count")?,
-            "n_head": g.int("gpt2", "attention.head_count")?,
-            "n_positions": g.int("gpt2", "context_length")?,
-            "n_ctx": g.int("gpt2", "context_length")?,
-            "layer_norm_epsilon": g.float("gpt2", "attention.layer_norm_epsilon").unwrap_or(1e-5),
-        }),
-        g.special_ids(),
-    );
-    let cfg: super::gpt2::Gpt2Config = g.config_as(&config)?;
-    let tensors = g.hf_tensors(
-        "gpt2",
-        |n| GPT2_NAMES.to_hf(n),
-        |name, shape| match gpt2_conv1d(name) {
-            true => {
-                let (rows, cols) = (shape[0], shape[1]);
-                Fix::Values(Box::new(move |v| transpose(&v, rows, cols)))
-            }
-            false => Fix::AsStored,
-        },
-    )?;
-    // `hf_tensors` keeps llama.cpp's shapes; the transposed ones take HF's.
-    let tensors = tensors
-        .into_iter()
-        .map(|(name, (shape, values))| {
-            let conv = GPT2_NAMES.to_gguf(&name).is_some_and(|g| gpt2_conv1d(&g));
-            let shape = if conv {
-                vec![shape[1], shape[0]]
-            } else {
-                shape
-            };
-            (name, (shape, values))
-        })
-        .collect();
-    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.hold_frozen(frozen);
-    // A tied head is the embedding (GPT-2 has no other).
-    weights.discard("lm_head.weight");
-    let model = super::gpt2::Gpt2::from_weights(&cfg, &mut weights)?;
-    Ok((Backbone::Gpt2(model), config))
-}
-
-/// A `phi3` GGUF: q/k/v and gate/up stay fused as in HF, rotary on `rope.dimension_count`
-/// of each head, LongRoPE's factors as the `rope_factors_short` / `rope_factors_long` tensors.
-pub(crate) fn load_phi3(
-    g: &Gguf,
-    device: &Device,
-    frozen: &Frozen,
-) -> Result<(Backbone, serde_json::Value), ModelError> {
-    let path = &g.path;
-    let bad = |reason: String| g.bad(reason);
-    let heads = g.int("phi3", "attention.head_count")?;
-    let hidden = g.int("phi3", "embedding_length")?;
-    let head_dim = hidden / heads.max(1);
-    let rotary = g.int("phi3", "rope.dimension_count").unwrap_or(head_dim);
-    let (vocab, tied) = g.vocab_and_tied()?;
-    let context = g.int("phi3", "context_length")?;
-    let original = g
-        .int("phi3", "rope.scaling.original_context_length")
-        .unwrap_or(context);
-    let theta = g.float("phi3", "rope.freq_base").unwrap_or(10_000.0);
-    let factors = |name: &str| -> Result<Option<Vec<f32>>, ModelError> {
-        match g.tensors.iter().find(|t| t.name == name) {
-            Some(info) => Ok(Some(g.tensor(info)?.1)),
-            None => Ok(None),
-        }
-    };
-    let mut rope = serde_json::json!({
-        "rope_type": "default",
-        "rope_theta": theta,
-        "partial_rotary_factor": rotary as f64 / head_dim.max(1) as f64,
-    });
-    match (
-        factors("rope_factors_short.weight")?,
-        factors("rope_factors_long.weight")?,
-    ) {
-        (Some(short), Some(long)) => {
-            rope["rope_type"] = "longrope".into();
-            rope["short_factor"] = short.into();
-            rope["long_factor"] = long.into();
-            rope["original_max_position_embeddings"] = original.into();
-            if let Some(a) = g.float("phi3", "rope.scaling.attn_factor") {
-                rope["attention_factor"] = a.into();
-            }
-        }
-        (None, None) => {}
-        _ => {
-            return Err(bad(
-                "one of rope_factors_short / rope_factors_long without the other".into(),
-            ));
-        }
-    }
-    let window = g
-        .int("phi3", "attention.sliding_window")
-        .ok()
-        .filter(|w| *w > 0);
-    let config = merge(
-        serde_json::json!({
-            "model_type": "phi3",
-            "architectures": ["Phi3ForCausalLM"],
-            "vocab_size": vocab,
-            "hidden_size": hidden,
-            "intermediate_size": g.int("phi3", "feed_forward_length")?,
-            "num_hidden_layers": g.int("phi3", "block_count")?,
-            "num_attention_heads": heads,
-            "num_key_value_heads": g.int("phi3", "attention.head_count_kv").unwrap_or(heads),
-            "max_position_embeddings": context,
-            "original_max_position_embeddings": original,
-            "rms_norm_eps": g.float("phi3", "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            "rope_parameters": rope,
-            "sliding_window": window,
-            "tie_word_embeddings": tied,
-        }),
-        g.special_ids(),
-    );
-    let cfg: super::phi3::Phi3Config = g.config_as(&config)?;
-    cfg.check().map_err(|e| bad(e.to_string()))?;
-    // The rotary factors were read into the config above; the tensors stay unused.
-    let rename = |n: &str| match n {
-        "rope_factors_short.weight" | "rope_factors_long.weight" => Some(n.to_owned()),
-        _ => PHI3_NAMES.to_hf(n),
-    };
-    let tensors = g.hf_tensors("phi3", rename, |_, _| Fix::AsStored)?;
-    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
-    weights.hold_frozen(frozen);
-    let model = super::phi3::Phi3::from_weights(&cfg, &mut weights)?;
-    Ok((Backbone::Phi3(model), config))
-}
-
 /// llama.cpp's tensor names and HF's for one family: model-wide tensors, and a layer's parts
 /// (`blk.N.<gguf>` is `<layer_prefix>N.<hf>`). The loader reads them one way, the GGUF export
 /// writes them the other.
 pub(crate) struct TensorNames {
-    top: &'static [(&'static str, &'static str)],
-    layer_prefix: &'static str,
-    layer: &'static [(&'static str, &'static str)],
+    pub(crate) top: &'static [(&'static str, &'static str)],
+    pub(crate) layer_prefix: &'static str,
+    pub(crate) layer: &'static [(&'static str, &'static str)],
 }
 
 impl TensorNames {
@@ -887,113 +587,11 @@ impl TensorNames {
     }
 }
 
-const DECODER_TOP: &[(&str, &str)] = &[
+pub(crate) const DECODER_TOP: &[(&str, &str)] = &[
     ("token_embd.weight", "model.embed_tokens.weight"),
     ("output_norm.weight", "model.norm.weight"),
     ("output.weight", "lm_head.weight"),
 ];
-
-/// Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head norms).
-pub(crate) const LLAMA_NAMES: TensorNames = TensorNames {
-    top: DECODER_TOP,
-    layer_prefix: "model.layers.",
-    layer: &[
-        ("attn_norm.weight", "input_layernorm.weight"),
-        ("attn_q.weight", "self_attn.q_proj.weight"),
-        ("attn_k.weight", "self_attn.k_proj.weight"),
-        ("attn_v.weight", "self_attn.v_proj.weight"),
-        ("attn_output.weight", "self_attn.o_proj.weight"),
-        ("attn_q.bias", "self_attn.q_proj.bias"),
-        ("attn_k.bias", "self_attn.k_proj.bias"),
-        ("attn_v.bias", "self_attn.v_proj.bias"),
-        ("attn_output.bias", "self_attn.o_proj.bias"),
-        ("attn_q_norm.weight", "self_attn.q_norm.weight"),
-        ("attn_k_norm.weight", "self_attn.k_norm.weight"),
-        ("ffn_norm.weight", "post_attention_layernorm.weight"),
-        ("ffn_gate.weight", "mlp.gate_proj.weight"),
-        ("ffn_up.weight", "mlp.up_proj.weight"),
-        ("ffn_down.weight", "mlp.down_proj.weight"),
-        ("ffn_gate.bias", "mlp.gate_proj.bias"),
-        ("ffn_up.bias", "mlp.up_proj.bias"),
-        ("ffn_down.bias", "mlp.down_proj.bias"),
-    ],
-};
-
-/// Gemma 2 and 3: four norms a layer, per-head norms (Gemma 3).
-pub(crate) const GEMMA_NAMES: TensorNames = TensorNames {
-    top: DECODER_TOP,
-    layer_prefix: "model.layers.",
-    layer: &[
-        ("attn_norm.weight", "input_layernorm.weight"),
-        ("attn_q.weight", "self_attn.q_proj.weight"),
-        ("attn_k.weight", "self_attn.k_proj.weight"),
-        ("attn_v.weight", "self_attn.v_proj.weight"),
-        ("attn_output.weight", "self_attn.o_proj.weight"),
-        ("attn_q_norm.weight", "self_attn.q_norm.weight"),
-        ("attn_k_norm.weight", "self_attn.k_norm.weight"),
-        (
-            "post_attention_norm.weight",
-            "post_attention_layernorm.weight",
-        ),
-        ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
-        ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
-        ("ffn_gate.weight", "mlp.gate_proj.weight"),
-        ("ffn_up.weight", "mlp.up_proj.weight"),
-        ("ffn_down.weight", "mlp.down_proj.weight"),
-    ],
-};
-
-/// Phi-3: q/k/v and gate/up fused, as in HF.
-pub(crate) const PHI3_NAMES: TensorNames = TensorNames {
-    top: DECODER_TOP,
-    layer_prefix: "model.layers.",
-    layer: &[
-        ("attn_norm.weight", "input_layernorm.weight"),
-        ("attn_qkv.weight", "self_attn.qkv_proj.weight"),
-        ("attn_output.weight", "self_attn.o_proj.weight"),
-        ("ffn_norm.weight", "post_attention_layernorm.weight"),
-        ("ffn_up.weight", "mlp.gate_up_proj.weight"),
-        ("ffn_down.weight", "mlp.down_proj.weight"),
-    ],
-};
-
-/// GPT-2: learned positions, LayerNorms with biases, fused q/k/v.
-pub(crate) const GPT2_NAMES: TensorNames = TensorNames {
-    top: &[
-        ("token_embd.weight", "transformer.wte.weight"),
-        ("position_embd.weight", "transformer.wpe.weight"),
-        ("output_norm.weight", "transformer.ln_f.weight"),
-        ("output_norm.bias", "transformer.ln_f.bias"),
-        ("output.weight", "lm_head.weight"),
-    ],
-    layer_prefix: "transformer.h.",
-    layer: &[
-        ("attn_norm.weight", "ln_1.weight"),
-        ("attn_norm.bias", "ln_1.bias"),
-        ("attn_qkv.weight", "attn.c_attn.weight"),
-        ("attn_qkv.bias", "attn.c_attn.bias"),
-        ("attn_output.weight", "attn.c_proj.weight"),
-        ("attn_output.bias", "attn.c_proj.bias"),
-        ("ffn_norm.weight", "ln_2.weight"),
-        ("ffn_norm.bias", "ln_2.bias"),
-        ("ffn_up.weight", "mlp.c_fc.weight"),
-        ("ffn_up.bias", "mlp.c_fc.bias"),
-        ("ffn_down.weight", "mlp.c_proj.weight"),
-        ("ffn_down.bias", "mlp.c_proj.bias"),
-    ],
-};
-
-/// GPT-2's projections are `Conv1D`s, stored `[in, out]` by HF and `[out, in]` by llama.cpp.
-pub(crate) fn gpt2_conv1d(gguf: &str) -> bool {
-    [
-        "attn_qkv.weight",
-        "attn_output.weight",
-        "ffn_up.weight",
-        "ffn_down.weight",
-    ]
-    .iter()
-    .any(|p| gguf.ends_with(p))
-}
 
 #[cfg(test)]
 mod tests {
@@ -1012,7 +610,13 @@ mod tests {
 
     #[test]
     fn tensor_names_map_both_ways() {
-        for names in [&LLAMA_NAMES, &GEMMA_NAMES, &PHI3_NAMES, &GPT2_NAMES] {
+        use crate::model::{gemma3, gpt2, llama, phi3};
+        for names in [
+            &llama::gguf::NAMES,
+            &gemma3::gguf::NAMES,
+            &phi3::gguf::NAMES,
+            &gpt2::gguf::NAMES,
+        ] {
             for (g, _) in names.layer {
                 let gguf = format!("blk.7.{g}");
                 let hf = names.to_hf(&gguf).unwrap();
@@ -1020,11 +624,11 @@ mod tests {
             }
         }
         assert_eq!(
-            GPT2_NAMES.to_hf("blk.0.attn_qkv.weight").as_deref(),
+            gpt2::gguf::NAMES.to_hf("blk.0.attn_qkv.weight").as_deref(),
             Some("transformer.h.0.attn.c_attn.weight")
         );
         assert_eq!(
-            LLAMA_NAMES.to_gguf("model.layers.x.mlp.up_proj.weight"),
+            llama::gguf::NAMES.to_gguf("model.layers.x.mlp.up_proj.weight"),
             None
         );
     }

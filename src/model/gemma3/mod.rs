@@ -13,6 +13,8 @@
 //! `*ForCausalLM`); both transformers 4's flat rope settings and 5's `rope_parameters` (per
 //! layer type for Gemma 3) are read.
 
+pub(crate) mod gguf;
+
 use burn::module::{Module, Param};
 use burn::prelude::*;
 
@@ -665,93 +667,6 @@ impl Gemma3Layer {
     }
 }
 
-impl Gemma3 {
-    /// How llama.cpp holds this model: its GGUF architecture, metadata and tensor names
-    /// ([`super::gguf_write`]); an error for what llama.cpp cannot run.
-    pub(crate) fn gguf_plan(
-        &self,
-        _config: &serde_json::Value,
-    ) -> Result<super::gguf_write::ArchPlan, super::gguf_write::GgufWriteError> {
-        use super::gguf_write::MetaValue::*;
-        use super::gguf_write::{ArchPlan, unsupported};
-        let u = |v: usize| U32(v as u32);
-        let c = &self.config;
-        let gemma2 = c.is_gemma2();
-        let arch = if gemma2 { "gemma2" } else { "gemma3" };
-        // llama.cpp fixes what these configs leave open: attention scaled by the head
-        // size, the layer pattern, Gemma 3's sliding rotary base.
-        if c.query_pre_attn_scalar != c.head_dim {
-            return Err(unsupported(format!(
-                "llama.cpp scales {arch} attention by head_dim ({}), this model by query_pre_attn_scalar {}",
-                c.head_dim, c.query_pre_attn_scalar
-            )));
-        }
-        let pattern = if gemma2 { 2 } else { 6 };
-        let sliding = c.sliding_layers().map_err(|e| unsupported(e.to_string()))?;
-        if sliding
-            .iter()
-            .enumerate()
-            .any(|(i, s)| *s == (i + 1).is_multiple_of(pattern))
-        {
-            return Err(unsupported(format!(
-                "llama.cpp's {arch} has a full-attention layer every {pattern}th layer; this model's layer_types differ"
-            )));
-        }
-        let [(theta, full), (local, _)] = &self.rope;
-        if !gemma2 && *local != 10_000.0 {
-            return Err(unsupported(format!(
-                "llama.cpp's gemma3 gives sliding layers a rotary base of 10000; this model {local}"
-            )));
-        }
-        let mut meta = vec![
-            ("context_length", u(c.max_position_embeddings)),
-            ("embedding_length", u(c.hidden_size)),
-            ("feed_forward_length", u(c.intermediate_size)),
-            ("block_count", u(c.num_hidden_layers)),
-            ("attention.head_count", u(c.num_attention_heads)),
-            ("attention.head_count_kv", u(c.num_key_value_heads)),
-            ("attention.key_length", u(c.head_dim)),
-            ("attention.value_length", u(c.head_dim)),
-            (
-                "attention.layer_norm_rms_epsilon",
-                F32(c.rms_norm_eps as f32),
-            ),
-            ("rope.freq_base", F32(*theta as f32)),
-        ];
-        if let Some(w) = c.sliding_window {
-            meta.push(("attention.sliding_window", u(w.min(u32::MAX as usize))));
-        }
-        match full {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } => {
-                meta.push(("rope.scaling.type", Str("linear".into())));
-                meta.push(("rope.scaling.factor", F32(*factor as f32)));
-            }
-            other => {
-                return Err(unsupported(format!(
-                    "hone writes {arch} GGUFs with linear rotary scaling or none, not {other:?}"
-                )));
-            }
-        }
-        if let Some(cap) = c.attn_logit_softcapping {
-            meta.push(("attn_logit_softcapping", F32(cap as f32)));
-        }
-        if let Some(cap) = c.final_logit_softcapping {
-            meta.push(("final_logit_softcapping", F32(cap as f32)));
-        }
-        Ok(ArchPlan {
-            arch,
-            meta,
-            names: &super::gguf::GEMMA_NAMES,
-            layers: c.num_hidden_layers,
-            vocab: c.vocab_size,
-            permute: None,
-            norms_plus_one: true,
-            rope_tensors: Vec::new(),
-        })
-    }
-}
-
 /// Gemma 3 (its text decoder, also of a multimodal checkpoint) and Gemma 2 in
 /// [`super::family::FAMILIES`].
 pub struct Gemma3Family;
@@ -788,7 +703,7 @@ impl super::family::Family for Gemma3Family {
         device: &Device,
         frozen: &super::Frozen,
     ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
-        super::gguf::load_gemma(g, arch, device, frozen)
+        gguf::load(g, arch, device, frozen)
     }
 
     fn build(

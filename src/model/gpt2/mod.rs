@@ -3,6 +3,8 @@
 //! HF stores GPT-2's projections as `Conv1D` weights `[in, out]`: the same layout as hone's, so
 //! they load without a transpose.
 
+pub(crate) mod gguf;
+
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
@@ -244,41 +246,6 @@ impl Gpt2 {
     }
 }
 
-impl Gpt2 {
-    /// How llama.cpp holds this model: its GGUF architecture, metadata and tensor names
-    /// ([`super::gguf_write`]); an error for what llama.cpp cannot run.
-    pub(crate) fn gguf_plan(
-        &self,
-        config: &serde_json::Value,
-    ) -> Result<super::gguf_write::ArchPlan, super::gguf_write::GgufWriteError> {
-        use super::gguf_write::MetaValue::*;
-        use super::gguf_write::{ArchPlan, unsupported};
-        let u = |v: usize| U32(v as u32);
-        let c: super::gpt2::Gpt2Config = serde_json::from_value(config.clone())
-            .map_err(|e| unsupported(format!("config.json: {e}")))?;
-        Ok(ArchPlan {
-            arch: "gpt2",
-            meta: vec![
-                ("context_length", u(c.n_positions)),
-                ("embedding_length", u(c.n_embd)),
-                ("feed_forward_length", u(c.n_inner.unwrap_or(4 * c.n_embd))),
-                ("block_count", u(c.n_layer)),
-                ("attention.head_count", u(c.n_head)),
-                (
-                    "attention.layer_norm_epsilon",
-                    F32(c.layer_norm_epsilon as f32),
-                ),
-            ],
-            names: &super::gguf::GPT2_NAMES,
-            layers: c.n_layer,
-            vocab: c.vocab_size,
-            permute: None,
-            norms_plus_one: false,
-            rope_tensors: Vec::new(),
-        })
-    }
-}
-
 /// GPT-2 in [`super::family::FAMILIES`].
 pub struct Gpt2Family;
 
@@ -302,7 +269,7 @@ impl super::family::Family for Gpt2Family {
         device: &Device,
         frozen: &super::Frozen,
     ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
-        super::gguf::load_gpt2(g, device, frozen)
+        gguf::load(g, device, frozen)
     }
 
     fn build(

@@ -15,6 +15,8 @@
 //!   (`post_attention_layernorm`, `post_feedforward_layernorm`, no `input_layernorm`), and q
 //!   and k RMS-normalised over all their heads at once before the rotation.
 
+pub(crate) mod gguf;
+
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -642,89 +644,6 @@ impl Llama {
     }
 }
 
-impl Llama {
-    /// How llama.cpp holds this model: its GGUF architecture, metadata and tensor names
-    /// ([`super::gguf_write`]); an error for what llama.cpp cannot run.
-    pub(crate) fn gguf_plan(
-        &self,
-        _config: &serde_json::Value,
-    ) -> Result<super::gguf_write::ArchPlan, super::gguf_write::GgufWriteError> {
-        use super::gguf_write::MetaValue::*;
-        use super::gguf_write::{ArchPlan, unsupported};
-        let u = |v: usize| U32(v as u32);
-        let c = &self.config;
-        let arch = match c.model_type.as_deref().unwrap_or("llama") {
-            "qwen2" => "qwen2",
-            "qwen3" => "qwen3",
-            family @ ("smollm3" | "olmo2") => {
-                return Err(unsupported(format!(
-                    "hone does not write `{family}` models as GGUF yet; export this model as an HF directory (`format: hf`)"
-                )));
-            }
-            _ => "llama",
-        };
-        if c.windows().is_ok_and(|w| w.iter().any(Option::is_some)) {
-            tracing::warn!(
-                "llama.cpp runs `{arch}` without a sliding window: long prompts attend further than this model did"
-            );
-        }
-        let hd = c.head_dim();
-        let mut meta = vec![
-            ("context_length", u(c.max_position_embeddings)),
-            ("embedding_length", u(c.hidden_size)),
-            ("feed_forward_length", u(c.intermediate_size)),
-            ("block_count", u(c.num_hidden_layers)),
-            ("attention.head_count", u(c.num_attention_heads)),
-            ("attention.head_count_kv", u(c.kv_heads())),
-            (
-                "attention.layer_norm_rms_epsilon",
-                F32(c.rms_norm_eps as f32),
-            ),
-            ("attention.key_length", u(hd)),
-            ("attention.value_length", u(hd)),
-            ("rope.freq_base", F32(c.theta() as f32)),
-            ("rope.dimension_count", u(hd)),
-            ("vocab_size", u(c.vocab_size)),
-        ];
-        let mut rope_tensors = Vec::new();
-        match &self.rope {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } => {
-                meta.push(("rope.scaling.type", Str("linear".into())));
-                meta.push(("rope.scaling.factor", F32(*factor as f32)));
-            }
-            RopeScaling::Yarn {
-                factor,
-                original_max,
-                ..
-            } => {
-                meta.push(("rope.scaling.type", Str("yarn".into())));
-                meta.push(("rope.scaling.factor", F32(*factor as f32)));
-                meta.push(("rope.scaling.original_context_length", u(*original_max)));
-            }
-            RopeScaling::Llama3 { .. } => {
-                let divisors = self.rope.frequency_divisors(hd, c.theta());
-                rope_tensors.push(("rope_freqs.weight", divisors));
-            }
-            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => {
-                return Err(unsupported(
-                    "llama.cpp's llama has no dynamic NTK or LongRoPE rotary scaling; this model cannot be written as GGUF",
-                ));
-            }
-        }
-        Ok(ArchPlan {
-            arch,
-            meta,
-            names: &super::gguf::LLAMA_NAMES,
-            layers: c.num_hidden_layers,
-            vocab: c.vocab_size,
-            permute: (arch == "llama").then_some((c.num_attention_heads, c.kv_heads())),
-            norms_plus_one: false,
-            rope_tensors,
-        })
-    }
-}
-
 /// Llama and the families that share its layers (Mistral, Qwen2, Qwen3, SmolLM3, OLMo 2) in
 /// [`super::family::FAMILIES`].
 pub struct LlamaFamily;
@@ -740,8 +659,8 @@ impl super::family::Family for LlamaFamily {
             ("mistral", ""),
             ("qwen2", ""),
             ("qwen3", ""),
-            ("smollm3", "SmolLM3"),
-            ("olmo2", "OLMo 2"),
+            ("smollm3", ""),
+            ("olmo2", ""),
         ]
     }
 
@@ -756,7 +675,7 @@ impl super::family::Family for LlamaFamily {
         device: &Device,
         frozen: &super::Frozen,
     ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
-        super::gguf::load_llama(g, arch, device, frozen)
+        gguf::load(g, arch, device, frozen)
     }
 
     fn build(

@@ -5,6 +5,8 @@
 //! and weights as transformers names them (`Phi3Config`, `Phi3ForCausalLM`); the fused
 //! projections stay fused, so LoRA targets them by PEFT's names.
 
+pub(crate) mod gguf;
+
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -374,66 +376,6 @@ impl Phi3 {
     }
 }
 
-impl Phi3 {
-    /// How llama.cpp holds this model: its GGUF architecture, metadata and tensor names
-    /// ([`super::gguf_write`]); an error for what llama.cpp cannot run.
-    pub(crate) fn gguf_plan(
-        &self,
-        _config: &serde_json::Value,
-    ) -> Result<super::gguf_write::ArchPlan, super::gguf_write::GgufWriteError> {
-        use super::gguf_write::MetaValue::*;
-        use super::gguf_write::{ArchPlan, unsupported};
-        let u = |v: usize| U32(v as u32);
-        let c = &self.config;
-        let mut meta = vec![
-            ("context_length", u(c.max_position_embeddings)),
-            ("embedding_length", u(c.hidden_size)),
-            ("feed_forward_length", u(c.intermediate_size)),
-            ("block_count", u(c.num_hidden_layers)),
-            ("attention.head_count", u(c.num_attention_heads)),
-            ("attention.head_count_kv", u(c.kv_heads())),
-            (
-                "attention.layer_norm_rms_epsilon",
-                F32(c.rms_norm_eps as f32),
-            ),
-            ("rope.dimension_count", u(c.rotary_dim())),
-            ("rope.freq_base", F32(c.theta() as f32)),
-            ("attention.sliding_window", u(c.sliding_window.unwrap_or(0))),
-        ];
-        let mut rope_tensors = Vec::new();
-        match &self.rope {
-            RopeScaling::Default => {}
-            RopeScaling::LongRope {
-                short,
-                long,
-                original_max,
-                attention_factor,
-            } => {
-                meta.push(("rope.scaling.original_context_length", u(*original_max)));
-                meta.push(("rope.scaling.attn_factor", F32(*attention_factor as f32)));
-                let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect();
-                rope_tensors.push(("rope_factors_long.weight", f32s(long)));
-                rope_tensors.push(("rope_factors_short.weight", f32s(short)));
-            }
-            other => {
-                return Err(unsupported(format!(
-                    "hone writes phi3 GGUFs with LongRoPE or no rotary scaling, not {other:?}"
-                )));
-            }
-        }
-        Ok(ArchPlan {
-            arch: "phi3",
-            meta,
-            names: &super::gguf::PHI3_NAMES,
-            layers: c.num_hidden_layers,
-            vocab: c.vocab_size,
-            permute: None,
-            norms_plus_one: false,
-            rope_tensors,
-        })
-    }
-}
-
 /// Phi-3 (and Phi-4-mini) in [`super::family::FAMILIES`].
 pub struct Phi3Family;
 
@@ -457,7 +399,7 @@ impl super::family::Family for Phi3Family {
         device: &Device,
         frozen: &super::Frozen,
     ) -> Result<(super::Backbone, serde_json::Value), ModelError> {
-        super::gguf::load_phi3(g, device, frozen)
+        gguf::load(g, device, frozen)
     }
 
     fn build(

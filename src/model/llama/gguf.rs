@@ -1,0 +1,211 @@
+//! Llama-architecture GGUF files (`llama`, `qwen2`, `qwen3`) both ways: llama.cpp's metadata
+//! and tensor names read onto HF's config and weights (`load`), and the plan that writes a
+//! model back in them (`Llama::gguf_plan`).
+
+use burn::prelude::*;
+
+use crate::model::gguf::{DECODER_TOP, Fix, Gguf, TensorNames, merge, unpermuted_row_order};
+use crate::model::rope::RopeScaling;
+use crate::model::weights::{ModelError, WeightMap};
+use crate::model::{Backbone, Frozen};
+
+use super::{Llama, LlamaConfig};
+
+/// A GGUF of a Llama-architecture family (`llama`, `qwen2`, `qwen3`). llama.cpp stores a
+/// `llama` model's q and k rows interleaved for its rotary layout; they are put back in HF's
+/// half-split order. Qwen's are stored as HF has them.
+pub(crate) fn load(
+    g: &Gguf,
+    arch: &str,
+    device: &Device,
+    frozen: &Frozen,
+) -> Result<(Backbone, serde_json::Value), ModelError> {
+    let path = &g.path;
+    let heads = g.int(arch, "attention.head_count")?;
+    let kv_heads = g.int(arch, "attention.head_count_kv").unwrap_or(heads);
+    let (vocab, tied) = g.vocab_and_tied()?;
+    let class = match arch {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    };
+    let config = merge(
+        serde_json::json!({
+            "model_type": arch,
+            "architectures": [class],
+            "vocab_size": vocab,
+            "hidden_size": g.int(arch, "embedding_length")?,
+            "intermediate_size": g.int(arch, "feed_forward_length")?,
+            "num_hidden_layers": g.int(arch, "block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "max_position_embeddings": g.int(arch, "context_length")?,
+            "rms_norm_eps": g.float(arch, "attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            "rope_theta": g.float(arch, "rope.freq_base").unwrap_or(10_000.0),
+            "tie_word_embeddings": tied,
+        }),
+        g.special_ids(),
+    );
+    // An explicit head size only where it is not hidden / heads (Qwen3's can differ), so the
+    // config of every other model stays as it was (it is saved with each model trained from it).
+    let mut config = config;
+    if let Ok(head_dim) = g.int(arch, "attention.key_length")
+        && Some(head_dim)
+            != config["hidden_size"]
+                .as_u64()
+                .map(|d| d as usize / heads.max(1))
+    {
+        config["head_dim"] = head_dim.into();
+    }
+    // Biases and rotary scalings only where the file has them (the config of a model without
+    // them stays as it was).
+    let has = |suffix: &str| g.tensors.iter().any(|t| t.name.ends_with(suffix));
+    if has("attn_output.bias") || (arch != "qwen2" && has("attn_q.bias")) {
+        config["attention_bias"] = true.into();
+    }
+    if has("ffn_up.bias") {
+        config["mlp_bias"] = true.into();
+    }
+    if let Some(scaling) = g.rope_scaling(arch, &config, heads)? {
+        config["rope_scaling"] = scaling;
+    }
+    let cfg: LlamaConfig = g.config_as(&config)?;
+    // Head counts divide the projections (un-permuting q/k rows below): a file that says 0
+    // heads, or heads that do not group, is an error here rather than a crash there.
+    cfg.check().map_err(|e| g.bad(e.to_string()))?;
+    let permuted = arch == "llama";
+    // Llama 3's rotary factors were read into the config above; the tensor stays unused.
+    let rename = |n: &str| match n {
+        "rope_freqs.weight" => Some(n.to_owned()),
+        _ => NAMES.to_hf(n),
+    };
+    let tensors = g.hf_tensors(arch, rename, |name, shape| {
+        // Biases are permuted with their rows (one column).
+        let heads = if !permuted {
+            None
+        } else if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
+            Some(heads)
+        } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
+            Some(kv_heads)
+        } else {
+            None
+        };
+        match heads {
+            Some(heads) => Fix::Rows(unpermuted_row_order(shape[0], heads)),
+            None => Fix::AsStored,
+        }
+    })?;
+    let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
+    weights.hold_frozen(frozen);
+    let model = Llama::from_weights(&cfg, &mut weights)?;
+    Ok((Backbone::Llama(model), config))
+}
+
+/// Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head norms).
+pub(crate) const NAMES: TensorNames = TensorNames {
+    top: DECODER_TOP,
+    layer_prefix: "model.layers.",
+    layer: &[
+        ("attn_norm.weight", "input_layernorm.weight"),
+        ("attn_q.weight", "self_attn.q_proj.weight"),
+        ("attn_k.weight", "self_attn.k_proj.weight"),
+        ("attn_v.weight", "self_attn.v_proj.weight"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("attn_q.bias", "self_attn.q_proj.bias"),
+        ("attn_k.bias", "self_attn.k_proj.bias"),
+        ("attn_v.bias", "self_attn.v_proj.bias"),
+        ("attn_output.bias", "self_attn.o_proj.bias"),
+        ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+        ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+        ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_gate.weight", "mlp.gate_proj.weight"),
+        ("ffn_up.weight", "mlp.up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+        ("ffn_gate.bias", "mlp.gate_proj.bias"),
+        ("ffn_up.bias", "mlp.up_proj.bias"),
+        ("ffn_down.bias", "mlp.down_proj.bias"),
+    ],
+};
+
+impl Llama {
+    /// How llama.cpp holds this model: its GGUF architecture, metadata and tensor names
+    /// ([`crate::model::gguf_write`]); an error for what llama.cpp cannot run.
+    pub(crate) fn gguf_plan(
+        &self,
+        _config: &serde_json::Value,
+    ) -> Result<crate::model::gguf_write::ArchPlan, crate::model::gguf_write::GgufWriteError> {
+        use crate::model::gguf_write::MetaValue::*;
+        use crate::model::gguf_write::{ArchPlan, unsupported};
+        let u = |v: usize| U32(v as u32);
+        let c = &self.config;
+        let arch = match c.model_type.as_deref().unwrap_or("llama") {
+            "qwen2" => "qwen2",
+            "qwen3" => "qwen3",
+            family @ ("smollm3" | "olmo2") => {
+                return Err(unsupported(format!(
+                    "hone does not write `{family}` models as GGUF yet; export this model as an HF directory (`format: hf`)"
+                )));
+            }
+            _ => "llama",
+        };
+        if c.windows().is_ok_and(|w| w.iter().any(Option::is_some)) {
+            tracing::warn!(
+                "llama.cpp runs `{arch}` without a sliding window: long prompts attend further than this model did"
+            );
+        }
+        let hd = c.head_dim();
+        let mut meta = vec![
+            ("context_length", u(c.max_position_embeddings)),
+            ("embedding_length", u(c.hidden_size)),
+            ("feed_forward_length", u(c.intermediate_size)),
+            ("block_count", u(c.num_hidden_layers)),
+            ("attention.head_count", u(c.num_attention_heads)),
+            ("attention.head_count_kv", u(c.kv_heads())),
+            (
+                "attention.layer_norm_rms_epsilon",
+                F32(c.rms_norm_eps as f32),
+            ),
+            ("attention.key_length", u(hd)),
+            ("attention.value_length", u(hd)),
+            ("rope.freq_base", F32(c.theta() as f32)),
+            ("rope.dimension_count", u(hd)),
+            ("vocab_size", u(c.vocab_size)),
+        ];
+        let mut rope_tensors = Vec::new();
+        match &self.rope {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                meta.push(("rope.scaling.type", Str("linear".into())));
+                meta.push(("rope.scaling.factor", F32(*factor as f32)));
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max,
+                ..
+            } => {
+                meta.push(("rope.scaling.type", Str("yarn".into())));
+                meta.push(("rope.scaling.factor", F32(*factor as f32)));
+                meta.push(("rope.scaling.original_context_length", u(*original_max)));
+            }
+            RopeScaling::Llama3 { .. } => {
+                let divisors = self.rope.frequency_divisors(hd, c.theta());
+                rope_tensors.push(("rope_freqs.weight", divisors));
+            }
+            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => {
+                return Err(unsupported(
+                    "llama.cpp's llama has no dynamic NTK or LongRoPE rotary scaling; this model cannot be written as GGUF",
+                ));
+            }
+        }
+        Ok(ArchPlan {
+            arch,
+            meta,
+            names: &NAMES,
+            layers: c.num_hidden_layers,
+            vocab: c.vocab_size,
+            permute: (arch == "llama").then_some((c.num_attention_heads, c.kv_heads())),
+            norms_plus_one: false,
+            rope_tensors,
+        })
+    }
+}
