@@ -161,6 +161,8 @@ fn lora_learns_on_each_new_family_with_peft_names() {
         ("gemma2-gguf", "q_proj"),
         ("mistral-window", "q_proj"),
         ("qwen3", "q_proj"),
+        ("smollm3", "q_proj"),
+        ("olmo2", "q_proj"),
     ] {
         let device = Device::flex().autodiff();
         device.seed(7);
