@@ -15,8 +15,6 @@ pub struct LmBatch {
     /// 1 where the token is a training target (completion tokens for SFT, all real tokens
     /// for pretraining), 0 elsewhere.
     pub target_mask: Tensor<2>,
-    /// Number of targets (positions 1.. with mask 1).
-    pub targets: f64,
     /// Where the targets are in the flattened `[b, s-1]` next-token grid (`i * (s-1) + j - 1`
     /// for token j of row i), in order: the rows whose LM head the losses need.
     pub target_rows: Vec<i64>,
@@ -26,6 +24,11 @@ pub struct LmBatch {
 }
 
 impl LmBatch {
+    /// Number of targets (positions 1.. with mask 1).
+    pub fn targets(&self) -> f64 {
+        self.target_rows.len() as f64
+    }
+
     /// A right-padded batch; every real token after the first of its row is a target.
     pub fn from_sequences(seqs: &[Vec<u32>], device: &Device) -> LmBatch {
         Self::with_targets(
@@ -59,7 +62,6 @@ impl LmBatch {
             ids: Tensor::from_data(TensorData::new(ids, [b, s]), device),
             padding: Tensor::from_data(TensorData::new(real, [b, s]), device),
             target_mask: Tensor::from_data(TensorData::new(mask, [b, s]), device),
-            targets: target_rows.len() as f64,
             target_rows,
             packed: None,
         }
@@ -154,7 +156,7 @@ impl Objective<Backbone> for CausalLm {
     }
 
     fn count(&self, b: &LmBatch) -> f64 {
-        b.targets
+        b.targets()
     }
     fn unit(&self) -> &'static str {
         // The tokens the loss covers: all of them in pretraining, the answers in SFT.

@@ -89,7 +89,7 @@ impl Objective<Backbone> for Diverging {
         CausalLm.loss_sum(model, b).mul_scalar(f32::NAN)
     }
     fn count(&self, b: &LmBatch) -> f64 {
-        b.targets
+        b.targets()
     }
 }
 
