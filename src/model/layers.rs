@@ -621,6 +621,49 @@ pub fn positions_from_padding(
     }
 }
 
+/// A decoder block that rotary positions reach (Llama's, Phi-3's, Gemma's): what
+/// [`run_decoder_layers`] runs.
+pub trait DecoderLayer: Module + Sync + 'static {
+    /// The block over `x` `[b, s, d]`: attention under `mask` with q and k rotated by
+    /// `rotary` (`cos`, `sin` at each position), its keys and values written to `cache`'s
+    /// layer when decoding.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Option<Tensor<4, Bool>>,
+        rotary: (&Tensor<4>, &Tensor<4>),
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3>;
+}
+
+/// `x` through `layers` in order, each under `mask` with the rotary tables
+/// `tables[table_of(layer)]` (Gemma's sliding and full layers rotate by different bases),
+/// writing `cache` when decoding; with `checkpoint` (training, no cache) each layer is
+/// recomputed in backward instead of keeping its activations.
+pub fn run_decoder_layers<L: DecoderLayer>(
+    layers: &[L],
+    mut x: Tensor<3>,
+    mask: Option<Tensor<4, Bool>>,
+    tables: &[(Tensor<4>, Tensor<4>)],
+    table_of: impl Fn(&L) -> usize,
+    mut cache: Option<&mut KvCache>,
+    checkpoint: bool,
+) -> Tensor<3> {
+    for (i, layer) in layers.iter().enumerate() {
+        let (cos, sin) = &tables[table_of(layer)];
+        x = match cache.as_deref_mut() {
+            None if checkpoint => {
+                let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
+                crate::kernels::checkpointed(layer, x, move |l, x| {
+                    l.forward(x, mask.clone(), (&cos, &sin), None)
+                })
+            }
+            c => layer.forward(x, mask.clone(), (cos, sin), c.map(|c| (c, i))),
+        };
+    }
+    x
+}
+
 /// Keys and values of earlier positions, per layer, for incremental decoding. A layer's are
 /// `[b, kv, 1, capacity, d]` buffers that each step writes its position into in place, where
 /// growing them by concatenation copied every earlier position per step; the unit dim lets a

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
-    KeysValues, KvCache, Proj, causal_inputs, merge_heads, named_projections, rows_at, split_heads,
-    window_mask, write_projections,
+    DecoderLayer, KeysValues, KvCache, Proj, causal_inputs, merge_heads, named_projections,
+    rows_at, run_decoder_layers, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -302,15 +302,14 @@ pub struct Gemma3Layer {
     pub softcap: Option<f64>,
 }
 
-impl Gemma3Layer {
+impl DecoderLayer for Gemma3Layer {
     fn forward(
         &self,
         x: Tensor<3>,
         mask: Option<Tensor<4, Bool>>,
-        rope: (&Tensor<4>, &Tensor<4>),
+        (cos, sin): (&Tensor<4>, &Tensor<4>),
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
-        let (cos, sin) = rope;
         let h = self.input_layernorm.forward(x.clone());
         let norm = |t: Tensor<4>, n: &Option<GemmaNorm>| match n {
             Some(n) => n.forward(t),
@@ -590,7 +589,7 @@ impl Gemma3 {
         ids: Tensor<2, Int>,
         positions: Tensor<2, Int>,
         mask: Option<Tensor<4, Bool>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let device = ids.device();
         let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
@@ -598,25 +597,18 @@ impl Gemma3 {
             let (cos, sin) = rope_tables(self.config.head_dim, theta, &scaling, max_pos, &device);
             (rows_at(&cos, &positions), rows_at(&sin, &positions))
         });
-        let [full, sliding] = &tables;
         let scale = (self.config.hidden_size as f64).sqrt() as f32;
-        let mut x = super::layers::embed(&self.embed_tokens, ids).mul_scalar(scale as f64);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (cos, sin) = if layer.window.is_some() {
-                sliding
-            } else {
-                full
-            };
-            x = match cache.as_deref_mut() {
-                None if self.checkpoint_layers => {
-                    let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
-                    crate::kernels::checkpointed(layer, x, move |l, x| {
-                        l.forward(x, mask.clone(), (&cos, &sin), None)
-                    })
-                }
-                c => layer.forward(x, mask.clone(), (cos, sin), c.map(|c| (c, i))),
-            };
-        }
+        let x = super::layers::embed(&self.embed_tokens, ids).mul_scalar(scale as f64);
+        // `tables` is [full, sliding].
+        let x = run_decoder_layers(
+            &self.layers,
+            x,
+            mask,
+            &tables,
+            |layer| usize::from(layer.window.is_some()),
+            cache,
+            self.checkpoint_layers,
+        );
         self.norm.forward(x)
     }
 

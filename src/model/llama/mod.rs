@@ -22,8 +22,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads, named_projections,
-    rows_at, split_heads, window_mask, write_projections,
+    DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads,
+    named_projections, rows_at, run_decoder_layers, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -313,13 +313,14 @@ impl LlamaLayer {
             &mut self.down_proj,
         ]
     }
+}
 
+impl DecoderLayer for LlamaLayer {
     fn forward(
         &self,
         x: Tensor<3>,
         mask: Option<Tensor<4, Bool>>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
+        (cos, sin): (&Tensor<4>, &Tensor<4>),
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let h = maybe_norm(x.clone(), &self.input_layernorm);
@@ -606,7 +607,7 @@ impl Llama {
         ids: Tensor<2, Int>,
         positions: Tensor<2, Int>,
         mask: Option<Tensor<4, Bool>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let device = ids.device();
         let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
@@ -617,19 +618,17 @@ impl Llama {
             max_pos,
             &device,
         );
-        let (cos, sin) = (rows_at(&cos, &positions), rows_at(&sin, &positions));
-        let mut x = super::layers::embed(&self.embed_tokens, ids);
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = match cache.as_deref_mut() {
-                None if self.checkpoint_layers => {
-                    let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
-                    crate::kernels::checkpointed(layer, x, move |l, x| {
-                        l.forward(x, mask.clone(), &cos, &sin, None)
-                    })
-                }
-                c => layer.forward(x, mask.clone(), &cos, &sin, c.map(|c| (c, i))),
-            };
-        }
+        let rotary = [(rows_at(&cos, &positions), rows_at(&sin, &positions))];
+        let x = super::layers::embed(&self.embed_tokens, ids);
+        let x = run_decoder_layers(
+            &self.layers,
+            x,
+            mask,
+            &rotary,
+            |_| 0,
+            cache,
+            self.checkpoint_layers,
+        );
         self.norm.forward(x)
     }
 

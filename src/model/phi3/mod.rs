@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::layers::{
-    KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads, rows_at,
-    split_heads, window_mask, write_projections,
+    DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads,
+    rows_at, run_decoder_layers, split_heads, window_mask, write_projections,
 };
 use super::rope::{RopeError, RopeScaling, rope_tables};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -175,13 +175,14 @@ impl Phi3Layer {
         let pass = x.narrow(3, self.rotary_dim, hd - self.rotary_dim);
         Tensor::cat(vec![rot, pass], 3)
     }
+}
 
+impl DecoderLayer for Phi3Layer {
     fn forward(
         &self,
         x: Tensor<3>,
         mask: Option<Tensor<4, Bool>>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
+        (cos, sin): (&Tensor<4>, &Tensor<4>),
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -338,7 +339,7 @@ impl Phi3 {
         ids: Tensor<2, Int>,
         positions: Tensor<2, Int>,
         mask: Option<Tensor<4, Bool>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let device = ids.device();
         let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
@@ -349,19 +350,17 @@ impl Phi3 {
             max_pos,
             &device,
         );
-        let (cos, sin) = (rows_at(&cos, &positions), rows_at(&sin, &positions));
-        let mut x = super::layers::embed(&self.embed_tokens, ids);
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = match cache.as_deref_mut() {
-                None if self.checkpoint_layers => {
-                    let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
-                    crate::kernels::checkpointed(layer, x, move |l, x| {
-                        l.forward(x, mask.clone(), &cos, &sin, None)
-                    })
-                }
-                c => layer.forward(x, mask.clone(), &cos, &sin, c.map(|c| (c, i))),
-            };
-        }
+        let rotary = [(rows_at(&cos, &positions), rows_at(&sin, &positions))];
+        let x = super::layers::embed(&self.embed_tokens, ids);
+        let x = run_decoder_layers(
+            &self.layers,
+            x,
+            mask,
+            &rotary,
+            |_| 0,
+            cache,
+            self.checkpoint_layers,
+        );
         self.norm.forward(x)
     }
 
