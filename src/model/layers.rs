@@ -597,6 +597,21 @@ pub fn rows_at(table: &Tensor<2>, positions: &Tensor<2, Int>) -> Tensor<4> {
     burn::tensor::module::embedding(table.clone(), positions.clone()).reshape([b, 1, s, d])
 }
 
+/// The rotary `cos` and `sin` `[b, 1, s, dim]` at `positions` `[b, s]` for each `(theta,
+/// scaling)` base: the tables are built once up to the furthest position, then gathered.
+pub fn rotary_at<const N: usize>(
+    dim: usize,
+    bases: [(f64, &super::rope::RopeScaling); N],
+    positions: &Tensor<2, Int>,
+) -> [(Tensor<4>, Tensor<4>); N] {
+    let device = positions.device();
+    let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
+    bases.map(|(theta, scaling)| {
+        let (cos, sin) = super::rope::rope_tables(dim, theta, scaling, max_pos, &device);
+        (rows_at(&cos, positions), rows_at(&sin, positions))
+    })
+}
+
 /// Applies rotary embeddings to `[b, h, s, d]` given `cos`/`sin` `[b, 1, s, d]`:
 /// `x * cos + rotate_half(x) * sin`, `rotate_half([x1, x2]) = [-x2, x1]`.
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {

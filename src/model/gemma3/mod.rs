@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 
 use super::layers::{
     DecoderLayer, KeysValues, KvCache, Proj, causal_inputs, merge_heads, named_projections,
-    rows_at, run_decoder_layers, split_heads, window_mask, write_projections,
+    rotary_at, run_decoder_layers, split_heads, window_mask, write_projections,
 };
-use super::rope::{RopeError, RopeScaling, rope_tables};
+use super::rope::{RopeError, RopeScaling};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `Gemma3TextConfig` / `Gemma2Config` that shape the network.
@@ -591,12 +591,11 @@ impl Gemma3 {
         mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let device = ids.device();
-        let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
-        let tables = self.rope.clone().map(|(theta, scaling)| {
-            let (cos, sin) = rope_tables(self.config.head_dim, theta, &scaling, max_pos, &device);
-            (rows_at(&cos, &positions), rows_at(&sin, &positions))
-        });
+        let bases = self
+            .rope
+            .each_ref()
+            .map(|(theta, scaling)| (*theta, scaling));
+        let tables = rotary_at(self.config.head_dim, bases, &positions);
         let scale = (self.config.hidden_size as f64).sqrt() as f32;
         let x = super::layers::embed(&self.embed_tokens, ids).mul_scalar(scale as f64);
         // `tables` is [full, sliding].

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use super::layers::{
     DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads,
-    rows_at, run_decoder_layers, split_heads, window_mask, write_projections,
+    rotary_at, run_decoder_layers, split_heads, window_mask, write_projections,
 };
-use super::rope::{RopeError, RopeScaling, rope_tables};
+use super::rope::{RopeError, RopeScaling};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `Phi3Config` that shape the network.
@@ -341,16 +341,11 @@ impl Phi3 {
         mask: Option<Tensor<4, Bool>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let device = ids.device();
-        let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
-        let (cos, sin) = rope_tables(
+        let rotary = rotary_at(
             self.config.rotary_dim(),
-            self.config.theta(),
-            &self.rope,
-            max_pos,
-            &device,
+            [(self.config.theta(), &self.rope)],
+            &positions,
         );
-        let rotary = [(rows_at(&cos, &positions), rows_at(&sin, &positions))];
         let x = super::layers::embed(&self.embed_tokens, ids);
         let x = run_decoder_layers(
             &self.layers,
