@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [gemma_for_gguf] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [moe] [gemma_for_gguf] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -276,6 +276,33 @@ def dense_2026() -> None:
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
 
+def moe() -> None:
+    """Qwen3-MoE: `qwen3_moe` (8 experts, 2 per token renormalised, layer 1 dense by
+    `mlp_only_layers`) and `qwen3_moe-step2` (every second layer sparse, probabilities not
+    renormalised). The reference holds the load-balancing loss transformers adds to the loss
+    (`output_router_logits`) over the padded batch, too."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                 rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, num_experts=8,
+                 num_experts_per_tok=2, router_aux_loss_coef=0.01, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    models = {
+        "qwen3_moe": Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, num_hidden_layers=3, norm_topk_prob=True,
+                                                        mlp_only_layers=[1])),
+        "qwen3_moe-step2": Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, num_hidden_layers=2, norm_topk_prob=False,
+                                                              decoder_sparse_step=2)),
+    }
+    for name, model in models.items():
+        torch.manual_seed(3)
+        randomize(model, 0.2)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_router_logits=True)
+        save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1]),
+                           "aux_loss": out.aux_loss.item()})
+
+
 def gemma_for_gguf() -> None:
     """Gemma 2 and Gemma 3 as llama.cpp runs them (attention scaled by the head size, its layer
     patterns: every other layer sliding for Gemma 2, five of six for Gemma 3), so hone can
@@ -426,6 +453,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "moe": moe, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -5,6 +5,8 @@ every term of the forward and backward shows, plus PEFT's outputs and gradients 
 
 - `dora/`: DoRA + rsLoRA (`use_dora`, `use_rslora`), r 4, alpha 8, every linear layer.
 - `rslora/`: rsLoRA alone, r 4, alpha 8, q_proj and v_proj.
+- `qwen3_moe-experts/`: on the tiny Qwen3-MoE (tests/fixtures/models/qwen3_moe), r 4, alpha 8,
+  q_proj and v_proj, and every expert's fused gate/up and down weights (`target_parameters`).
 
 Each holds PEFT's adapter directory (`adapter_config.json`, `adapter_model.safetensors`) and
 `reference.safetensors`: `logits` for the batch below, `weights` (the fixed random tensor the
@@ -13,7 +15,7 @@ trainable tensor. The Rust tests read the committed files and need no Python.
 
 Run by hand (needs torch, transformers, peft, safetensors from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers peft safetensors
-    /tmp/venv/bin/python scripts/make_peft_fixtures.py
+    /tmp/venv/bin/python scripts/make_peft_fixtures.py [dora] [rslora] [qwen3_moe-experts]
 """
 import json
 import pathlib
@@ -21,10 +23,10 @@ import pathlib
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BASE = ROOT / "tests" / "fixtures" / "models" / "llama"
+MODELS = ROOT / "tests" / "fixtures" / "models"
 OUT = ROOT / "tests" / "fixtures" / "peft"
 
 # Second row is right-padded (attention mask 0), as in make_model_fixtures.py.
@@ -41,9 +43,10 @@ def saved_name(param_name: str) -> str:
     return name
 
 
-def build(name: str, config: LoraConfig) -> None:
+def build(name: str, config: LoraConfig, base: str = "llama") -> None:
     torch.manual_seed(0)
-    model = LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32)
+    BASE = MODELS / base
+    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
     model = get_peft_model(model, config)
     g = torch.Generator().manual_seed(4321)
     with torch.no_grad():
@@ -75,12 +78,22 @@ def build(name: str, config: LoraConfig) -> None:
     print(f"{d.relative_to(ROOT)}: {size / 1024:.0f} KiB, {len(tensors) - 2} gradients")
 
 
-def main() -> None:
-    build("dora", LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=True,
-                             use_rslora=True, lora_dropout=0.0))
-    build("rslora", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                               use_rslora=True, lora_dropout=0.0))
+def main(only: list) -> None:
+    builds = {
+        "dora": lambda: build("dora", LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=True,
+                             use_rslora=True, lora_dropout=0.0)),
+        "rslora": lambda: build("rslora", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                               use_rslora=True, lora_dropout=0.0)),
+        # Qwen3-MoE's experts through `target_parameters`: one rank-4 update per expert on the
+        # fused gate/up and down weights, beside attention's q and v.
+        "qwen3_moe-experts": lambda: build("qwen3_moe-experts", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                          lora_dropout=0.0), base="qwen3_moe"),
+    }
+    for name in only or list(builds):
+        builds[name]()
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    main(sys.argv[1:])

@@ -29,6 +29,12 @@ pub struct LoraConfig {
     /// `all-linear` (PEFT's shorthand) adapts every linear layer but the output head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_modules: Option<Vec<String>>,
+    /// Fused expert weights to adapt, by parameter name (PEFT's `target_parameters`):
+    /// `mlp.experts.gate_up_proj` and `mlp.experts.down_proj` in a mixture of experts. Each
+    /// expert gets its own rank-`r` update. `target_modules` (`all-linear` too) never reaches
+    /// the experts, as in PEFT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_parameters: Option<Vec<String>>,
     /// Rank-stabilised scaling `alpha / sqrt(r)` (PEFT's `use_rslora`).
     #[serde(default, alias = "use_rslora")]
     pub rslora: bool,
@@ -52,6 +58,7 @@ impl Default for LoraConfig {
             alpha: default_alpha(),
             dropout: 0.0,
             target_modules: None,
+            target_parameters: None,
             rslora: false,
             use_dora: false,
         }
@@ -209,11 +216,15 @@ pub const ALL_LINEAR: &str = "all-linear";
 
 /// Whether module `path` is targeted: PEFT matches a target against the whole path or its
 /// last components (`q_proj` matches `model.layers.0.self_attn.q_proj`). Every path the
-/// backbone offers for adapters is a block's linear layer, so [`ALL_LINEAR`] takes them all.
-fn targeted(path: &str, targets: &[String]) -> bool {
-    targets
-        .iter()
-        .any(|t| t == ALL_LINEAR || path == t || path.ends_with(&format!(".{t}")))
+/// backbone offers for adapters is a block's linear layer, so [`ALL_LINEAR`] takes them all,
+/// but an expert's projection, which only `parameters` (PEFT's `target_parameters`) reaches
+/// by its fused parameter's name.
+fn targeted(path: &str, modules: &[String], parameters: &[String]) -> bool {
+    let matches = |name: &str, t: &String| name == t || name.ends_with(&format!(".{t}"));
+    match super::moe::expert_parameter(path) {
+        Some((parameter, _)) => parameters.iter().any(|t| matches(&parameter, t)),
+        None => modules.iter().any(|t| t == ALL_LINEAR || matches(path, t)),
+    }
 }
 
 /// Why LoRA adapters cannot be added to a model: a setting is out of range, or
@@ -233,6 +244,20 @@ pub enum LoraError {
         /// The model's projection names (last path component), sorted, without repeats.
         available: Vec<String>,
     },
+    #[error(
+        "no expert parameter matches target_parameters {targets:?}; {}",
+        match .available.is_empty() {
+            true => "this model has no experts".to_owned(),
+            false => format!("this model has: {}", .available.join(", ")),
+        }
+    )]
+    NoParameterMatch {
+        targets: Vec<String>,
+        /// The model's fused expert parameters (`mlp.experts.down_proj`), without repeats.
+        available: Vec<String>,
+    },
+    #[error("target_parameters adapters take no {0}, as in PEFT; set it off or adapt modules only")]
+    ParameterAdapterSetting(&'static str),
 }
 
 /// Whether `p` is a dropout probability burn accepts (it panics on any other).
@@ -262,11 +287,34 @@ pub fn apply(
     if !valid_dropout(cfg.dropout) {
         return Err(LoraError::Dropout(cfg.dropout));
     }
+    let parameters = cfg.target_parameters.clone().unwrap_or_default();
+    if !parameters.is_empty() {
+        // PEFT's `ParamWrapper` refuses both; an adapter with them would not load there.
+        if cfg.dropout > 0.0 {
+            return Err(LoraError::ParameterAdapterSetting("dropout"));
+        }
+        if cfg.use_dora {
+            return Err(LoraError::ParameterAdapterSetting("DoRA (use_dora)"));
+        }
+    }
     let mut backbone = backbone.no_grad();
     let mut adapted = Vec::new();
     let mut names = Vec::new();
+    let (mut expert_params, mut experts_adapted) = (Vec::new(), false);
     for (path, proj) in backbone.projections_mut() {
-        if targeted(&path, &targets) {
+        let expert = super::moe::expert_parameter(&path);
+        if let Some((parameter, _)) = &expert {
+            let short = parameter
+                .splitn(4, '.')
+                .nth(3)
+                .unwrap_or(parameter)
+                .to_owned();
+            if !expert_params.contains(&short) {
+                expert_params.push(short);
+            }
+        }
+        if targeted(&path, &targets, &parameters) {
+            experts_adapted |= expert.is_some();
             let mut adapter = LoraAdapter::new(proj.d_in(), proj.d_out(), cfg, device);
             if cfg.use_dora {
                 // DoRA starts at the base: its magnitudes are the weight's norms.
@@ -275,9 +323,15 @@ pub fn apply(
             }
             proj.lora = Some(adapter);
             adapted.push(path);
-        } else {
+        } else if expert.is_none() {
             names.push(path.rsplit('.').next().unwrap_or_default().to_owned());
         }
+    }
+    if !parameters.is_empty() && !experts_adapted {
+        return Err(LoraError::NoParameterMatch {
+            targets: parameters,
+            available: expert_params,
+        });
     }
     if adapted.is_empty() {
         names.sort();
@@ -348,6 +402,93 @@ pub fn merge_and_unload(backbone: &mut super::Backbone) {
     }
 }
 
+/// Every adapter's factors under PEFT's names (without `base_model.model.`) and in its
+/// layouts, `factors` giving hone's `[in, r]` and `[r, out]` for an adapter (its weights, or
+/// their gradients): `<module>.lora_A.weight` `[r, in]` and `.lora_B.weight` `[out, r]` for a
+/// module; for a fused expert parameter, the experts' factors stacked as PEFT's
+/// `target_parameters` wrapper holds them ([`stack_experts`]), under the wrapped module's name.
+pub fn peft_factors(
+    backbone: &mut super::Backbone,
+    factors: impl Fn(&LoraAdapter) -> (Tensor<2>, Tensor<2>),
+) -> Vec<(String, Tensor<2>)> {
+    let mut out = Vec::new();
+    // Per fused parameter, in the order the model holds them, each expert's factors in turn.
+    let mut experts: Vec<(String, Vec<(Tensor<2>, Tensor<2>)>)> = Vec::new();
+    for (path, proj) in backbone.projections_mut() {
+        let Some(l) = &proj.lora else { continue };
+        let (a, b) = factors(l);
+        match super::moe::expert_parameter(&path) {
+            None => {
+                out.push((format!("{path}.lora_A.weight"), a.transpose()));
+                out.push((format!("{path}.lora_B.weight"), b.transpose()));
+            }
+            Some((parameter, _)) => match experts.iter_mut().find(|(p, _)| *p == parameter) {
+                Some((_, f)) => f.push((a, b)),
+                None => experts.push((parameter, vec![(a, b)])),
+            },
+        }
+    }
+    let modules = parameter_modules(experts.iter().map(|(p, _)| p.as_str()));
+    for ((_, f), module) in experts.into_iter().zip(modules) {
+        let (a, b) = stack_experts(f);
+        out.push((format!("{module}.lora_A.weight"), a));
+        out.push((format!("{module}.lora_B.weight"), b));
+    }
+    out
+}
+
+/// The module names PEFT's adapters of fused parameters live under, for `parameters` (full
+/// paths, in the order the model registers them). PEFT wraps each parameter of a module in
+/// one more `ParamWrapper`, the first innermost: with `gate_up_proj` and `down_proj` adapted,
+/// `experts.base_layer` holds `gate_up_proj`'s and `experts` `down_proj`'s.
+fn parameter_modules<'a>(parameters: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
+    let module = |p: &'a str| p.rsplit_once('.').map_or("", |(m, _)| m);
+    parameters
+        .clone()
+        .enumerate()
+        .map(|(i, p)| {
+            let siblings = parameters.clone().filter(|q| module(q) == module(p));
+            let (n, at) = (
+                siblings.clone().count(),
+                parameters
+                    .clone()
+                    .take(i)
+                    .filter(|q| module(q) == module(p))
+                    .count(),
+            );
+            format!("{}{}", module(p), ".base_layer".repeat(n - 1 - at))
+        })
+        .collect()
+}
+
+/// PEFT's `ParamWrapper` layout of per-expert factors (`a_e` `[in, r]`, `b_e` `[r, out]`):
+/// `lora_A` `[E * r, in]` with expert `e`'s rows at `e * r..`, and `lora_B` `[out, r * E]`
+/// with expert `e`'s `j`-th column at `j * E + e` (PEFT reshapes it `[out, r, E]`).
+pub fn stack_experts(factors: Vec<(Tensor<2>, Tensor<2>)>) -> (Tensor<2>, Tensor<2>) {
+    let (a, b): (Vec<_>, Vec<_>) = factors
+        .into_iter()
+        .map(|(a, b)| (a.transpose(), b.transpose()))
+        .unzip();
+    let [out, r] = b[0].dims();
+    let e = b.len();
+    let b = Tensor::stack::<3>(b, 2).reshape([out, r * e]);
+    (Tensor::cat(a, 0), b)
+}
+
+/// [`stack_experts`] undone: each expert's `a_e` `[in, r]` and `b_e` `[r, out]`.
+fn unstack_experts(a: Tensor<2>, b: Tensor<2>, e: usize) -> Vec<(Tensor<2>, Tensor<2>)> {
+    let r = a.dims()[0] / e;
+    let out = b.dims()[0];
+    let b = b.reshape([out, r, e]);
+    (0..e)
+        .map(|x| {
+            let a_x = a.clone().narrow(0, x * r, r).transpose();
+            let b_x = b.clone().narrow(2, x, 1).reshape([out, r]).transpose();
+            (a_x, b_x)
+        })
+        .collect()
+}
+
 /// The files of a PEFT adapter directory.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -362,26 +503,29 @@ pub fn save_peft(
     std::fs::create_dir_all(dir)?;
     let family = backbone.family();
     let mut w = super::weights::WeightWriter::default();
-    let mut targets = std::collections::BTreeSet::new();
+    let (mut targets, mut parameters) = (std::collections::BTreeSet::new(), Vec::new());
     for (path, proj) in backbone.projections_mut() {
-        if let Some(l) = &proj.lora {
-            targets.insert(path.rsplit('.').next().unwrap_or_default().to_owned());
-            // PEFT: lora_A.weight [r, in], lora_B.weight [out, r].
-            w.put(
-                format!("base_model.model.{path}.lora_A.weight"),
-                l.a.val().transpose(),
-            );
-            w.put(
-                format!("base_model.model.{path}.lora_B.weight"),
-                l.b.val().transpose(),
-            );
-            if let Some(m) = &l.magnitude {
-                w.put(
-                    format!("base_model.model.{path}.lora_magnitude_vector"),
-                    m.val(),
-                );
+        let Some(l) = &proj.lora else { continue };
+        match super::moe::expert_parameter(&path) {
+            Some((parameter, _)) => {
+                let short = parameter.splitn(4, '.').nth(3).unwrap_or(&parameter);
+                if !parameters.iter().any(|p| p == short) {
+                    parameters.push(short.to_owned());
+                }
+            }
+            None => {
+                targets.insert(path.rsplit('.').next().unwrap_or_default().to_owned());
             }
         }
+        if let Some(m) = &l.magnitude {
+            w.put(
+                format!("base_model.model.{path}.lora_magnitude_vector"),
+                m.val(),
+            );
+        }
+    }
+    for (name, t) in peft_factors(backbone, |l| (l.a.val(), l.b.val())) {
+        w.put(format!("base_model.model.{name}"), t);
     }
     let mut config = serde_json::json!({
         "peft_type": "LORA",
@@ -401,6 +545,9 @@ pub fn save_peft(
     if cfg.use_dora {
         // Only when set (PEFT's default is off), so plain LoRA adapters keep their bytes.
         config["use_dora"] = true.into();
+    }
+    if !parameters.is_empty() {
+        config["target_parameters"] = parameters.into();
     }
     crate::store::write_atomic(
         &dir.join(ADAPTER_CONFIG),
@@ -441,6 +588,9 @@ pub fn load_peft(
             .get("use_dora")
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
+        target_parameters: raw
+            .get("target_parameters")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
     };
     if !valid_dropout(cfg.dropout) {
         return Err(super::ModelError::BadConfig {
@@ -453,7 +603,15 @@ pub fn load_peft(
     }
     let mut w = super::weights::WeightMap::from_safetensors(&dir.join(ADAPTER_WEIGHTS), device)?;
     w.strip_prefix("base_model.model.");
+    let mut experts = expert_adapters(backbone, &cfg, &mut w)?;
     for (path, proj) in backbone.projections_mut() {
+        if let Some((parameter, x)) = super::moe::expert_parameter(&path) {
+            if let Some((_, factors)) = experts.iter_mut().find(|(p, _)| *p == parameter) {
+                let (a, b) = factors[x].take().expect("each expert is read once");
+                proj.lora = Some(LoraAdapter::from_tensors(a, b, &cfg, device));
+            }
+            continue;
+        }
         let a_name = format!("{path}.lora_A.weight");
         if !w.contains(&a_name) {
             continue;
@@ -482,6 +640,41 @@ pub fn load_peft(
         });
     }
     Ok(cfg)
+}
+
+/// The experts' factors of an adapter with `target_parameters`, per fused parameter of
+/// `backbone` the adapter targets: each expert's `a` `[in, r]` and `b` `[r, out]`, taken from
+/// `w` where [`peft_factors`] puts them.
+#[allow(clippy::type_complexity)]
+fn expert_adapters(
+    backbone: &mut super::Backbone,
+    cfg: &LoraConfig,
+    w: &mut super::weights::WeightMap,
+) -> Result<Vec<(String, Vec<Option<(Tensor<2>, Tensor<2>)>>)>, super::ModelError> {
+    let targets = cfg.target_parameters.clone().unwrap_or_default();
+    // Each targeted fused parameter with its experts' count and each expert's shape.
+    let mut shapes: Vec<(String, usize, usize, usize)> = Vec::new();
+    for (path, proj) in backbone.projections_mut() {
+        let Some((parameter, _)) = super::moe::expert_parameter(&path) else {
+            continue;
+        };
+        if !targeted(&path, &[], &targets) {
+            continue;
+        }
+        match shapes.iter_mut().find(|(p, ..)| *p == parameter) {
+            Some((_, e, ..)) => *e += 1,
+            None => shapes.push((parameter, 1, proj.d_in(), proj.d_out())),
+        }
+    }
+    let modules = parameter_modules(shapes.iter().map(|(p, ..)| p.as_str()));
+    let mut out = Vec::new();
+    for ((parameter, e, d_in, d_out), module) in shapes.into_iter().zip(modules) {
+        let a = w.take::<2>(&format!("{module}.lora_A.weight"), [e * cfg.r, d_in])?;
+        let b = w.take::<2>(&format!("{module}.lora_B.weight"), [d_out, cfg.r * e])?;
+        let factors = unstack_experts(a, b, e).into_iter().map(Some).collect();
+        out.push((parameter, factors));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod layered;
 pub mod layers;
 pub mod llama;
 pub mod lora;
+pub mod moe;
 pub mod nf4;
 pub mod phi3;
 pub mod precision;

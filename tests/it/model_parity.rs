@@ -166,6 +166,17 @@ fn smollm3_and_olmo2_match_transformers() {
     }
 }
 
+/// Qwen3-MoE: attention as Qwen3's, and in the sparse layers a router sending each token to
+/// its top 2 of 8 experts (renormalised, or not, as `norm_topk_prob` says), a dense layer among
+/// them by `mlp_only_layers` or `decoder_sparse_step`; saved again with each expert's
+/// projections apart, as transformers writes them.
+#[test]
+fn qwen3_moe_matches_transformers() {
+    for name in ["qwen3_moe", "qwen3_moe-step2"] {
+        decoder_parity(name);
+    }
+}
+
 /// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`): hone runs its text
 /// decoder to transformers' logits on text, leaves the vision tower unread, and saves the
 /// decoder as a `Gemma3ForCausalLM`.

@@ -16,7 +16,16 @@ fn fixtures() -> PathBuf {
 
 /// The tiny Llama base, frozen, on `device`.
 fn base(device: &Device) -> Backbone {
-    let model = load_hf_dir(&fixtures().join("models/llama"), device).unwrap();
+    base_of(&fixtures().join("peft/dora"), device)
+}
+
+/// The base adapter `dir` was made on (its `base_model_name_or_path`, from the repository's
+/// root), frozen, on `device`.
+fn base_of(dir: &Path, device: &Device) -> Backbone {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let path = config["base_model_name_or_path"].as_str().unwrap();
+    let model = load_hf_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join(path), device).unwrap();
     model.model.backbone.no_grad()
 }
 
@@ -58,7 +67,7 @@ fn relative_error(got: &[f32], want: &[f32]) -> f32 {
 fn matches_peft(name: &str) -> (Backbone, LoraConfig) {
     let dir = fixtures().join("peft").join(name);
     let device = Device::flex().autodiff();
-    let mut model = base(&device);
+    let mut model = base_of(&dir, &device);
     let cfg = lora::load_peft(&mut model, &dir, &device).unwrap();
     let mut reference =
         WeightMap::from_safetensors(&dir.join("reference.safetensors"), &device).unwrap();
@@ -74,43 +83,40 @@ fn matches_peft(name: &str) -> (Backbone, LoraConfig) {
 
     let weights = reference.take::<3>("weights", shape).unwrap();
     let grads = (out * weights).sum().backward();
-    let mut checked = 0;
+    // The factors' gradients in PEFT's names and layouts (experts' stacked per fused weight),
+    // then DoRA's magnitudes.
+    // An expert no token reached has no gradient here; PEFT's stacked one holds zeros for it.
+    let grad_of = |p: &burn::module::Param<Tensor<2>>| {
+        p.val()
+            .grad(&grads)
+            .unwrap_or_else(|| Tensor::zeros(p.dims(), &Device::flex()))
+    };
+    let mut got = lora::peft_factors(&mut model, |l| (grad_of(&l.a), grad_of(&l.b)))
+        .into_iter()
+        .map(|(key, g)| (key, to_vec(g)))
+        .collect::<Vec<_>>();
     for (path, proj) in model.projections_mut() {
-        let Some(l) = &proj.lora else { continue };
-        let peft = format!("grad.base_model.model.{path}");
-        // PEFT's layouts: lora_A [r, in], lora_B [out, r]; hone keeps [in, r] and [r, out].
-        let mut pairs = vec![
-            (
-                "lora_A.weight",
-                to_vec(l.a.val().grad(&grads).unwrap().transpose()),
-            ),
-            (
-                "lora_B.weight",
-                to_vec(l.b.val().grad(&grads).unwrap().transpose()),
-            ),
-        ];
-        if let Some(m) = &l.magnitude {
-            pairs.push((
-                "lora_magnitude_vector",
-                to_vec(m.val().grad(&grads).unwrap()),
-            ));
+        if let Some(m) = proj.lora.as_ref().and_then(|l| l.magnitude.as_ref()) {
+            let grad = to_vec(m.val().grad(&grads).unwrap());
+            got.push((format!("{path}.lora_magnitude_vector"), grad));
         }
-        for (suffix, got) in pairs {
-            let key = format!("{peft}.{suffix}");
-            let shape = reference
-                .shape(&key)
-                .unwrap_or_else(|| panic!("{key} missing"));
-            let want: Vec<f32> = match shape.len() {
-                1 => to_vec(reference.take::<1>(&key, [shape[0]]).unwrap()),
-                _ => to_vec(reference.take::<2>(&key, [shape[0], shape[1]]).unwrap()),
-            };
-            let err = relative_error(&got, &want);
-            assert!(
-                err < 1e-4,
-                "{name}: gradient of {key} differs by {err:e} (relative)"
-            );
-            checked += 1;
-        }
+    }
+    let mut checked = 0;
+    for (key, got) in got {
+        let key = format!("grad.base_model.model.{key}");
+        let shape = reference
+            .shape(&key)
+            .unwrap_or_else(|| panic!("{key} missing"));
+        let want: Vec<f32> = match shape.len() {
+            1 => to_vec(reference.take::<1>(&key, [shape[0]]).unwrap()),
+            _ => to_vec(reference.take::<2>(&key, [shape[0], shape[1]]).unwrap()),
+        };
+        let err = relative_error(&got, &want);
+        assert!(
+            err < 1e-4,
+            "{name}: gradient of {key} differs by {err:e} (relative)"
+        );
+        checked += 1;
     }
     let left: Vec<String> = reference.remaining();
     assert!(
@@ -140,6 +146,73 @@ fn dora_with_rslora_matches_peft_logits_and_gradients() {
 fn rslora_matches_peft_logits_and_gradients() {
     let (_, cfg) = matches_peft("rslora");
     assert!(cfg.rslora && !cfg.use_dora, "{cfg:?}");
+}
+
+/// PEFT's `target_parameters` adapters on Qwen3-MoE's fused expert weights (one rank-4 update
+/// per expert, stacked as PEFT's `ParamWrapper` holds them, nested `experts.base_layer` for
+/// `gate_up_proj` and `experts` for `down_proj`) beside q and v: PEFT's logits and gradients;
+/// saved back under PEFT's names with the same values, and read again to the same logits.
+#[test]
+fn expert_adapters_match_peft_logits_and_gradients_and_round_trip() {
+    let (model, cfg) = matches_peft("qwen3_moe-experts");
+    let mut params = cfg.target_parameters.clone().unwrap();
+    params.sort();
+    assert_eq!(
+        params,
+        ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"],
+        "{cfg:?}"
+    );
+    let mut model = model.valid();
+    let experts = model
+        .projections_mut()
+        .into_iter()
+        .filter(|(p, proj)| p.contains(".experts.") && proj.lora.is_some())
+        .count();
+    assert_eq!(
+        experts,
+        2 * 8 * 2,
+        "2 sparse layers x 8 experts x 2 weights"
+    );
+
+    let dir = fixtures().join("peft/qwen3_moe-experts");
+    let out = tempfile::tempdir().unwrap();
+    lora::save_peft(&mut model, &cfg, "qwen3_moe", out.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["target_parameters"],
+        serde_json::json!(["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    );
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    let device = Device::flex();
+    let mut theirs =
+        WeightMap::from_safetensors(&dir.join("adapter_model.safetensors"), &device).unwrap();
+    let mut ours =
+        WeightMap::from_safetensors(&out.path().join("adapter_model.safetensors"), &device)
+            .unwrap();
+    let mut names = theirs.remaining();
+    names.sort();
+    let mut our_names = ours.remaining();
+    our_names.sort();
+    assert_eq!(our_names, names);
+    for name in names {
+        let shape = theirs.shape(&name).unwrap();
+        let shape = [shape[0], shape[1]];
+        assert_eq!(
+            to_vec(ours.take::<2>(&name, shape).unwrap()),
+            to_vec(theirs.take::<2>(&name, shape).unwrap()),
+            "{name}"
+        );
+    }
+    let (ids, padding) = batch(&dir, &device);
+    let before = to_vec(logits(&model, ids.clone(), padding.clone()));
+    let mut again = base_of(&dir, &device);
+    lora::load_peft(&mut again, out.path(), &device).unwrap();
+    assert_eq!(to_vec(logits(&again, ids, padding)), before);
 }
 
 /// hone writes a DoRA adapter back under exactly the names and values PEFT wrote, with

@@ -141,7 +141,7 @@ impl Llama {
         let arch = match c.model_type.as_deref().unwrap_or("llama") {
             "qwen2" => "qwen2",
             "qwen3" => "qwen3",
-            family @ ("smollm3" | "olmo2") => {
+            family @ ("smollm3" | "olmo2" | "qwen3_moe") => {
                 return Err(unsupported(format!(
                     "hone does not write `{family}` models as GGUF yet; export this model as an HF directory (`format: hf`)"
                 )));

@@ -13,7 +13,10 @@
 //!   (NoPE; or where `no_rope_layers` holds 0), and windows only with `use_sliding_window`;
 //! - `olmo2`: norms after attention and after the MLP instead of before them
 //!   (`post_attention_layernorm`, `post_feedforward_layernorm`, no `input_layernorm`), and q
-//!   and k RMS-normalised over all their heads at once before the rotation.
+//!   and k RMS-normalised over all their heads at once before the rotation;
+//! - `qwen3_moe` (Qwen3-MoE): Qwen3's attention, and in its sparse layers a mixture of experts
+//!   ([`super::moe`]) instead of the MLP: every `decoder_sparse_step`-th layer but those of
+//!   `mlp_only_layers`; windows on every layer with `use_sliding_window`.
 
 pub(crate) mod gguf;
 
@@ -22,9 +25,11 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads,
-    named_projections, rotary_at, run_decoder_layers, split_heads, window_mask, write_projections,
+    DECODER_PROJECTIONS, DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope,
+    causal_inputs, merge_heads, named_projections, rotary_at, run_decoder_layers, split_heads,
+    window_mask, write_projections,
 };
+use super::moe::{Expert, SparseMoe, expert_parameter};
 use super::rope::{RopeError, RopeScaling};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
@@ -78,6 +83,31 @@ pub struct LlamaConfig {
     /// SmolLM3 without `no_rope_layers`: every this-many-th layer does not rotate (4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_rope_layer_interval: Option<usize>,
+    /// Qwen3-MoE: experts per sparse layer (transformers 5 writes `num_local_experts`).
+    #[serde(
+        default,
+        alias = "num_local_experts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub num_experts: Option<usize>,
+    /// Qwen3-MoE: experts each token goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts_per_tok: Option<usize>,
+    /// Qwen3-MoE: each expert's MLP width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_intermediate_size: Option<usize>,
+    /// Qwen3-MoE: the chosen experts' probabilities renormalised to sum to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_topk_prob: Option<bool>,
+    /// Qwen3-MoE: every this-many-th layer is sparse (1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_sparse_step: Option<usize>,
+    /// Qwen3-MoE: layers that keep the dense MLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_only_layers: Option<Vec<usize>>,
+    /// Qwen3-MoE: the weight of the router's load-balancing loss in full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_aux_loss_coef: Option<f64>,
 }
 
 /// A `config.json` whose Llama settings hone cannot run: a rotary scaling it does not
@@ -97,6 +127,8 @@ pub enum LlamaConfigError {
     NoRopeLayers(usize),
     #[error("no_rope_layer_interval must be at least 1")]
     NoRopeInterval,
+    #[error("a qwen3_moe config needs {0}")]
+    Experts(&'static str),
 }
 
 fn default_eps() -> f64 {
@@ -142,6 +174,7 @@ impl LlamaConfig {
             "qwen3" => "Qwen3",
             "smollm3" => "SmolLM3",
             "olmo2" => "Olmo2",
+            "qwen3_moe" => "Qwen3Moe",
             _ => "Llama",
         }
     }
@@ -156,7 +189,7 @@ impl LlamaConfig {
     /// Whether q and k are RMS-normalised before the rotation: each head on its own (Qwen3) or
     /// all heads at once ([`qk_norm_spans_heads`](Self::qk_norm_spans_heads), OLMo 2).
     pub fn qk_norm(&self) -> bool {
-        matches!(self.family(), "qwen3" | "olmo2")
+        matches!(self.family(), "qwen3" | "olmo2" | "qwen3_moe")
     }
     /// Whether the q and k norms span all heads (OLMo 2) rather than one head.
     pub fn qk_norm_spans_heads(&self) -> bool {
@@ -167,6 +200,35 @@ impl LlamaConfig {
     pub fn norms_after(&self) -> bool {
         self.family() == "olmo2"
     }
+    /// Whether each layer's MLP is a mixture of experts: in Qwen3-MoE, every
+    /// `decoder_sparse_step`-th layer but those of `mlp_only_layers`, when it has experts.
+    pub fn sparse_layers(&self) -> Result<Vec<bool>, LlamaConfigError> {
+        let n = self.num_hidden_layers;
+        let experts = self.num_experts.unwrap_or(0);
+        if self.family() != "qwen3_moe" || experts == 0 {
+            return Ok(vec![false; n]);
+        }
+        let step = self.decoder_sparse_step.unwrap_or(1);
+        if step == 0 {
+            return Err(LlamaConfigError::Experts(
+                "decoder_sparse_step of at least 1",
+            ));
+        }
+        let k = self.num_experts_per_tok.unwrap_or(0);
+        if k == 0 || k > experts {
+            return Err(LlamaConfigError::Experts(
+                "num_experts_per_tok between 1 and num_experts",
+            ));
+        }
+        if self.moe_intermediate_size.unwrap_or(0) == 0 {
+            return Err(LlamaConfigError::Experts("moe_intermediate_size"));
+        }
+        let dense = self.mlp_only_layers.as_deref().unwrap_or_default();
+        Ok((0..n)
+            .map(|i| !dense.contains(&i) && (i + 1).is_multiple_of(step))
+            .collect())
+    }
+
     /// Whether each layer rotates q and k: all do, except SmolLM3's NoPE layers.
     pub fn rotary_layers(&self) -> Result<Vec<bool>, LlamaConfigError> {
         let n = self.num_hidden_layers;
@@ -230,6 +292,7 @@ impl LlamaConfig {
                 "qwen2" | "qwen3" if self.use_sliding_window == Some(true) => self
                     .sliding_window
                     .filter(|_| i >= self.max_window_layers.unwrap_or(28)),
+                "qwen3_moe" if self.use_sliding_window == Some(true) => self.sliding_window,
                 _ => None,
             })
             .collect())
@@ -241,6 +304,7 @@ impl LlamaConfig {
         self.rope_scaling()?;
         self.windows()?;
         self.rotary_layers()?;
+        self.sparse_layers()?;
         if self.num_attention_heads == 0 {
             return Err(LlamaConfigError::NoHeads);
         }
@@ -269,9 +333,7 @@ pub struct LlamaLayer {
     pub post_attention_layernorm: RmsNorm,
     /// OLMo 2's norm of the MLP's output, before the residual.
     pub post_feedforward_layernorm: Option<RmsNorm>,
-    pub gate_proj: Proj,
-    pub up_proj: Proj,
-    pub down_proj: Proj,
+    pub mlp: Mlp,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     /// The attention window of a sliding layer, in tokens.
@@ -288,31 +350,87 @@ fn maybe_norm<const D: usize>(x: Tensor<D>, norm: &Option<RmsNorm>) -> Tensor<D>
     }
 }
 
+/// The MLP of a layer: SwiGLU, or a mixture of SwiGLU experts in Qwen3-MoE's sparse layers.
+#[derive(Module, Debug)]
+pub enum Mlp {
+    Dense(SwiGlu),
+    Sparse(SparseMoe),
+}
+
+#[derive(Module, Debug)]
+pub struct SwiGlu {
+    pub gate_proj: Proj,
+    pub up_proj: Proj,
+    pub down_proj: Proj,
+}
+
+impl Mlp {
+    fn forward(&self, h: Tensor<3>) -> Tensor<3> {
+        match self {
+            Mlp::Dense(m) => {
+                let gated =
+                    crate::kernels::silu_mul(m.gate_proj.forward(h.clone()), m.up_proj.forward(h));
+                m.down_proj.forward(gated)
+            }
+            Mlp::Sparse(moe) => moe.forward(h),
+        }
+    }
+}
+
 impl LlamaLayer {
-    /// In [`DECODER_PROJECTIONS`] order.
-    fn projections(&self) -> [&Proj; 7] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.o_proj,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
+    /// The layer's projections by their HF paths: attention's and the MLP's in
+    /// [`DECODER_PROJECTIONS`] order, or attention's and then each expert's.
+    fn projections(&self, layer: usize) -> Vec<(String, &Proj)> {
+        let attention = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj];
+        match &self.mlp {
+            Mlp::Dense(m) => {
+                let [q, k, v, o] = attention;
+                named_projections(layer, [q, k, v, o, &m.gate_proj, &m.up_proj, &m.down_proj])
+                    .collect()
+            }
+            Mlp::Sparse(moe) => named_attention(layer, attention)
+                .chain(moe.projections(&format!("model.layers.{layer}.mlp")))
+                .collect(),
+        }
     }
 
-    fn projections_mut(&mut self) -> [&mut Proj; 7] {
-        [
-            &mut self.q_proj,
-            &mut self.k_proj,
-            &mut self.v_proj,
-            &mut self.o_proj,
-            &mut self.gate_proj,
-            &mut self.up_proj,
-            &mut self.down_proj,
-        ]
+    fn projections_mut(&mut self, layer: usize) -> Vec<(String, &mut Proj)> {
+        let LlamaLayer {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            mlp,
+            ..
+        } = self;
+        match mlp {
+            Mlp::Dense(m) => {
+                let SwiGlu {
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                } = m;
+                named_projections(
+                    layer,
+                    [
+                        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
+                    ],
+                )
+                .collect()
+            }
+            Mlp::Sparse(moe) => named_attention(layer, [q_proj, k_proj, v_proj, o_proj])
+                .chain(moe.projections_mut(&format!("model.layers.{layer}.mlp")))
+                .collect(),
+        }
     }
+}
+
+/// Attention's four projections of layer `layer` by their HF paths.
+fn named_attention<P>(layer: usize, projs: [P; 4]) -> impl Iterator<Item = (String, P)> {
+    DECODER_PROJECTIONS[..4]
+        .iter()
+        .zip(projs)
+        .map(move |(name, p)| (format!("model.layers.{layer}.{name}"), p))
 }
 
 impl DecoderLayer for LlamaLayer {
@@ -344,13 +462,7 @@ impl DecoderLayer for LlamaLayer {
             None => mask,
         };
         let a = self.o_proj.forward(merge_heads(kv.attend(q, mask, None)));
-        let mlp = |h: Tensor<3>| {
-            let m = crate::kernels::silu_mul(
-                self.gate_proj.forward(h.clone()),
-                self.up_proj.forward(h),
-            );
-            self.down_proj.forward(m)
-        };
+        let mlp = |h: Tensor<3>| self.mlp.forward(h);
         match &self.post_feedforward_layernorm {
             None => {
                 let x = x + a;
@@ -402,10 +514,37 @@ impl Llama {
         let n = config.num_hidden_layers;
         let windows = config.windows().unwrap_or_else(|_| vec![None; n]);
         let rotary = config.rotary_layers().unwrap_or_else(|_| vec![true; n]);
+        let sparse = config.sparse_layers().unwrap_or_else(|_| vec![false; n]);
+        let mlp = |sparse: bool| match sparse {
+            false => Mlp::Dense(SwiGlu {
+                gate_proj: Proj::init(d, inner, config.mlp_bias, std, device),
+                up_proj: Proj::init(d, inner, config.mlp_bias, std, device),
+                down_proj: Proj::init(inner, d, config.mlp_bias, std, device),
+            }),
+            true => {
+                let (e, k) = (
+                    config.num_experts.unwrap_or(1),
+                    config.num_experts_per_tok.unwrap_or(1),
+                );
+                let inner = config.moe_intermediate_size.unwrap_or(inner);
+                Mlp::Sparse(SparseMoe {
+                    gate: Proj::init(d, e, false, std, device),
+                    experts: (0..e)
+                        .map(|_| Expert {
+                            gate_up_proj: Proj::init(d, 2 * inner, false, std, device),
+                            down_proj: Proj::init(inner, d, false, std, device),
+                        })
+                        .collect(),
+                    top_k: k,
+                    norm_topk_prob: config.norm_topk_prob.unwrap_or(false),
+                })
+            }
+        };
         let layers = windows
             .into_iter()
             .zip(rotary)
-            .map(|(window, rotary)| LlamaLayer {
+            .zip(sparse)
+            .map(|((window, rotary), sparse)| LlamaLayer {
                 input_layernorm: (!after).then(|| RmsNorm::init(d, config.rms_norm_eps, device)),
                 q_proj: Proj::init(d, h * hd, bias, std, device),
                 k_proj: Proj::init(d, kv * hd, bias, std, device),
@@ -417,9 +556,7 @@ impl Llama {
                 post_attention_layernorm: RmsNorm::init(d, config.rms_norm_eps, device),
                 post_feedforward_layernorm: after
                     .then(|| RmsNorm::init(d, config.rms_norm_eps, device)),
-                gate_proj: Proj::init(d, inner, config.mlp_bias, std, device),
-                up_proj: Proj::init(d, inner, config.mlp_bias, std, device),
-                down_proj: Proj::init(inner, d, config.mlp_bias, std, device),
+                mlp: mlp(sparse),
                 n_heads: h,
                 n_kv_heads: kv,
                 window,
@@ -481,8 +618,19 @@ impl Llama {
         let windows = config.windows().map_err(bad_config)?;
         let rotary = config.rotary_layers().map_err(bad_config)?;
         let (spans, after) = (config.qk_norm_spans_heads(), config.norms_after());
-        for (i, (window, rotary)) in windows.into_iter().zip(rotary).enumerate() {
+        let sparse = config.sparse_layers().map_err(bad_config)?;
+        let layer_flags = windows.into_iter().zip(rotary).zip(sparse);
+        for (i, ((window, rotary), sparse)) in layer_flags.enumerate() {
             let p = format!("layers.{i}");
+            // Taken before `norm` below borrows the weights.
+            let mlp = match sparse {
+                false => Mlp::Dense(SwiGlu {
+                    gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, config.mlp_bias)?,
+                    up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, config.mlp_bias)?,
+                    down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
+                }),
+                true => Mlp::Sparse(sparse_moe(config, w, &format!("{p}.mlp"))?),
+            };
             let mut norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
                 Ok(RmsNorm::new(
                     w.take(&format!("{p}.{name}.weight"), [width])?,
@@ -525,9 +673,7 @@ impl Llama {
                 qk_norm_spans_heads: spans,
                 post_attention_layernorm,
                 post_feedforward_layernorm,
-                gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, config.mlp_bias)?,
-                up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, config.mlp_bias)?,
-                down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
+                mlp,
                 n_heads: h,
                 n_kv_heads: kv,
                 window,
@@ -579,7 +725,11 @@ impl Llama {
                     w.put(format!("{p}.self_attn.{name}.weight"), n.weight.val());
                 }
             }
-            write_projections(w, named_projections(i, l.projections()));
+            if let Mlp::Sparse(moe) = &l.mlp {
+                write_experts(w, &format!("model.layers.{i}.mlp"), moe);
+            }
+            let dense = l.projections(i).into_iter();
+            write_projections(w, dense.filter(|(p, _)| expert_parameter(p).is_none()));
         }
         w.put("model.norm.weight", self.norm.weight.val());
         if let Some(head) = &self.lm_head {
@@ -589,9 +739,7 @@ impl Llama {
 
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
         let layers = self.layers.iter_mut().enumerate();
-        layers
-            .flat_map(|(i, l)| named_projections(i, l.projections_mut()))
-            .collect()
+        layers.flat_map(|(i, l)| l.projections_mut(i)).collect()
     }
 
     /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
@@ -638,7 +786,53 @@ impl Llama {
     }
 }
 
-/// Llama and the families that share its layers (Mistral, Qwen2, Qwen3, SmolLM3, OLMo 2) in
+/// A Qwen3-MoE sparse block from HF weights under `p` (`layers.0.mlp`): the router `gate` and
+/// each expert's `gate_proj`, `up_proj` (fused here) and `down_proj`.
+fn sparse_moe(config: &LlamaConfig, w: &mut WeightMap, p: &str) -> Result<SparseMoe, ModelError> {
+    let d = config.hidden_size;
+    let (e, k) = (
+        config.num_experts.unwrap_or(0),
+        config.num_experts_per_tok.unwrap_or(0),
+    );
+    let inner = config.moe_intermediate_size.unwrap_or(0);
+    // The router stays f32 and unquantised: it is small, and which experts a token reaches
+    // should not move with the base's storage.
+    let gate = Proj::new(w.take_linear(&format!("{p}.gate.weight"), d, e)?, None);
+    let experts = (0..e)
+        .map(|x| {
+            let name = |proj: &str| format!("{p}.experts.{x}.{proj}.weight");
+            let gate_w = w.take_linear(&name("gate_proj"), d, inner)?;
+            let up_w = w.take_linear(&name("up_proj"), d, inner)?;
+            Ok(Expert {
+                gate_up_proj: Proj::new(Tensor::cat(vec![gate_w, up_w], 1), None),
+                down_proj: w.take_proj(&name("down_proj"), inner, d, None)?,
+            })
+        })
+        .collect::<Result<_, ModelError>>()?;
+    Ok(SparseMoe {
+        gate,
+        experts,
+        top_k: k,
+        norm_topk_prob: config.norm_topk_prob.unwrap_or(false),
+    })
+}
+
+/// Writes a sparse block under `prefix` (`model.layers.0.mlp`) as HF checkpoints hold it:
+/// each expert's gate and up projections apart (LoRA merged in).
+fn write_experts(w: &mut WeightWriter, prefix: &str, moe: &SparseMoe) {
+    w.put_linear(format!("{prefix}.gate.weight"), moe.gate.merged_weight());
+    for (x, expert) in moe.experts.iter().enumerate() {
+        let gate_up = expert.gate_up_proj.merged_weight();
+        let inner = gate_up.dims()[1] / 2;
+        let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
+        w.put_linear(name("gate_proj"), gate_up.clone().narrow(1, 0, inner));
+        w.put_linear(name("up_proj"), gate_up.narrow(1, inner, inner));
+        w.put_linear(name("down_proj"), expert.down_proj.merged_weight());
+    }
+}
+
+/// Llama and the families that share its layers (Mistral, Qwen2, Qwen3, SmolLM3, OLMo 2,
+/// Qwen3-MoE) in
 /// [`super::family::FAMILIES`].
 pub struct LlamaFamily;
 
@@ -655,6 +849,7 @@ impl super::family::Family for LlamaFamily {
             ("qwen3", ""),
             ("smollm3", ""),
             ("olmo2", ""),
+            ("qwen3_moe", "Qwen3-MoE"),
         ]
     }
 
