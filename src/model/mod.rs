@@ -146,6 +146,20 @@ impl Backbone {
         }
     }
 
+    /// The weight of the router's load-balancing loss where the model has a router that
+    /// trains (a mixture of experts in full fine-tuning): the config's `router_aux_loss_coef`,
+    /// transformers' 0.001 when it gives none; `None` otherwise.
+    pub fn router_aux_loss_coef(&self) -> Option<f64> {
+        let Backbone::Llama(m) = self else {
+            return None;
+        };
+        let trains = m.layers.iter().any(|l| match &l.mlp {
+            llama::Mlp::Sparse(moe) => moe.gate.weight.is_require_grad(),
+            llama::Mlp::Dense(_) => false,
+        });
+        trains.then(|| m.config.router_aux_loss_coef.unwrap_or(0.001))
+    }
+
     pub fn num_layers(&self) -> usize {
         match self {
             Backbone::Gpt2(m) => m.h.len(),
@@ -697,6 +711,14 @@ pub trait GradientCheckpointing {
 
 impl GradientCheckpointing for Backbone {
     fn set_gradient_checkpointing(&mut self, on: bool) {
+        if on && self.router_aux_loss_coef().is_some() {
+            // A recomputed block's forward runs untracked, so its routing has no gradient to
+            // give (moe::with_routings).
+            tracing::warn!(
+                "the routers' load-balancing loss (router_aux_loss_coef) is left out under \
+                 train.gradient_checkpointing: the experts' routing trains on the LM loss alone"
+            );
+        }
         match self {
             Backbone::Gpt2(m) => m.checkpoint_layers = on,
             Backbone::Llama(m) => m.checkpoint_layers = on,

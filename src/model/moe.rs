@@ -64,9 +64,18 @@ impl SparseMoe {
         self.experts.len()
     }
 
-    /// The block on `x` `[b, s, d]`.
+    /// The block on `x` `[b, s, d]`. Where the router trains and [`with_routings`] listens,
+    /// the routing is handed to it for the load-balancing loss.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_routed(x).0
+        let (y, routing) = self.forward_routed(x);
+        if self.gate.weight.is_require_grad() {
+            ROUTINGS.with(|r| {
+                if let Some(list) = r.borrow_mut().as_mut() {
+                    list.push(routing);
+                }
+            });
+        }
+        y
     }
 
     /// The block on `x` `[b, s, d]`, with the routing it took.
@@ -170,6 +179,21 @@ pub fn expert_parameter(path: &str) -> Option<(String, usize)> {
     let index: usize = index.parse().ok()?;
     (experts == "experts" || experts.ends_with(".experts"))
         .then(|| (format!("{experts}.{name}"), index))
+}
+
+thread_local! {
+    /// The routings of the forward [`with_routings`] runs, while it runs.
+    static ROUTINGS: std::cell::RefCell<Option<Vec<Routing>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `forward` and returns, beside its result, the routing of every sparse block whose
+/// router trains, in the order they ran. A block run under gradient checkpointing runs with
+/// its parameters untracked and reports nothing: its routing would carry no gradient.
+pub fn with_routings<T>(forward: impl FnOnce() -> T) -> (T, Vec<Routing>) {
+    let outer = ROUTINGS.with(|r| r.borrow_mut().replace(Vec::new()));
+    let out = forward();
+    let routings = ROUTINGS.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer));
+    (out, routings.unwrap_or_default())
 }
 
 /// For each row of `probs` (`[rows, e]`, row-major), the `k` largest columns, best first; ties

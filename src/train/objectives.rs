@@ -142,17 +142,36 @@ pub struct CausalLm;
 impl Objective<Backbone> for CausalLm {
     type Batch = LmBatch;
 
+    /// The targets' summed NLL; with a mixture of experts whose routers train, plus the
+    /// load-balancing loss weighted by `router_aux_loss_coef` and the batch's target count, so
+    /// that per target it adds `coef * aux` as transformers adds it to the mean loss.
     fn loss_sum(&self, model: &Backbone, b: &LmBatch) -> Tensor<1> {
-        let hidden = match &b.packed {
+        let hidden = || match &b.packed {
             Some((positions, mask)) => {
                 model.hidden_masked(b.ids.clone(), positions.clone(), mask.clone())
             }
             None => model.hidden(b.ids.clone(), Some(b.padding.clone())),
         };
+        let coef = model.router_aux_loss_coef();
+        let (hidden, routings) = match coef {
+            Some(_) => crate::model::moe::with_routings(hidden),
+            None => (hidden(), Vec::new()),
+        };
         let nll = model
             .next_token_nll_at(hidden, b.ids.clone(), 1.0, &b.target_rows)
             .expect("causal LM training needs a decoder");
-        masked_target_sum(nll, b.target_mask.clone())
+        let loss = masked_target_sum(nll, b.target_mask.clone());
+        let Some(coef) = coef else { return loss };
+        let real: Vec<bool> = b
+            .padding
+            .clone()
+            .into_data()
+            .try_to_vec()
+            .unwrap_or_default();
+        match crate::model::moe::load_balancing_loss(&routings, &real) {
+            Some(aux) => loss + aux * (coef * b.targets()),
+            None => loss,
+        }
     }
 
     fn count(&self, b: &LmBatch) -> f64 {

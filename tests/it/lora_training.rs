@@ -163,6 +163,7 @@ fn lora_learns_on_each_new_family_with_peft_names() {
         ("qwen3", "q_proj"),
         ("smollm3", "q_proj"),
         ("olmo2", "q_proj"),
+        ("qwen3_moe", "q_proj"),
     ] {
         let device = Device::flex().autodiff();
         device.seed(7);

@@ -34,6 +34,7 @@ mod lm_eval;
 mod lora_training;
 mod mlflow_log;
 mod model_parity;
+mod moe;
 mod peft_parity;
 mod pitfalls;
 mod precision;

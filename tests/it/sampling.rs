@@ -57,6 +57,7 @@ fn cached_batched_greedy_equals_naive_per_prompt() {
         "gemma3",
         "smollm3",
         "olmo2",
+        "qwen3_moe",
     ] {
         let m = model(name, &device);
         // Gemma 3's and SmolLM3's sliding windows count padded positions, as transformers

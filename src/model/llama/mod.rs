@@ -351,6 +351,8 @@ fn maybe_norm<const D: usize>(x: Tensor<D>, norm: &Option<RmsNorm>) -> Tensor<D>
 }
 
 /// The MLP of a layer: SwiGLU, or a mixture of SwiGLU experts in Qwen3-MoE's sparse layers.
+// One per layer, built once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Mlp {
     Dense(SwiGlu),

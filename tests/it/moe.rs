@@ -1,0 +1,146 @@
+//! Mixture of experts beyond the forward pass (`model_parity` has that): the router's
+//! load-balancing loss as transformers computes it, in full fine-tuning only, and training
+//! that moves the router and the experts.
+
+use std::path::Path;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use hone::model::{Backbone, llama, load_hf_dir, lora, moe, to_vec};
+use hone::train::objectives::{CausalLm, LmBatch};
+use hone::train::trainer::Objective;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+/// The fixtures' batch (its second row right-padded) and transformers' load-balancing loss.
+fn reference(name: &str) -> (Vec<Vec<u32>>, f64) {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(name).join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(r["input_ids"].clone()).unwrap();
+    let mask: Vec<Vec<u32>> = serde_json::from_value(r["attention_mask"].clone()).unwrap();
+    let rows = ids
+        .into_iter()
+        .zip(mask)
+        .map(|(ids, m)| {
+            ids.into_iter()
+                .zip(m)
+                .filter(|(_, m)| *m == 1)
+                .map(|(t, _)| t)
+                .collect()
+        })
+        .collect();
+    (rows, r["aux_loss"].as_f64().unwrap())
+}
+
+fn load(name: &str, device: &Device) -> Backbone {
+    load_hf_dir(&fixture(name), device).unwrap().model.backbone
+}
+
+fn router(model: &Backbone, layer: usize) -> Vec<f32> {
+    let Backbone::Llama(m) = model else {
+        panic!("a Qwen3-MoE is a Llama-family model")
+    };
+    match &m.layers[layer].mlp {
+        llama::Mlp::Sparse(moe) => to_vec(moe.gate.weight.val()),
+        llama::Mlp::Dense(_) => panic!("layer {layer} is dense"),
+    }
+}
+
+/// Over the padded batch, the sparse layers' routings give transformers' `aux_loss` (padding
+/// left out), for renormalised and plain top-k alike.
+#[test]
+fn the_load_balancing_loss_matches_transformers() {
+    for name in ["qwen3_moe", "qwen3_moe-step2"] {
+        let device = Device::flex().autodiff();
+        let model = load(name, &device);
+        let (rows, want) = reference(name);
+        let batch = LmBatch::from_sequences(&rows, &device);
+        let (_, routings) =
+            moe::with_routings(|| model.hidden(batch.ids.clone(), Some(batch.padding.clone())));
+        let sparse = if name == "qwen3_moe" { 2 } else { 1 };
+        assert_eq!(
+            routings.len(),
+            sparse,
+            "{name}: one routing per sparse layer"
+        );
+        let real: Vec<bool> = batch.padding.clone().into_data().try_to_vec().unwrap();
+        let got = to_vec(moe::load_balancing_loss(&routings, &real).unwrap())[0] as f64;
+        assert!(
+            (got - want).abs() < 1e-5,
+            "{name}: aux {got} vs transformers {want}"
+        );
+    }
+}
+
+/// Full fine-tuning adds `router_aux_loss_coef * aux` per target to the causal LM loss and
+/// trains the routers with it; LoRA (routers frozen) adds nothing. Twenty AdamW steps on one
+/// batch lower the loss and move the router and the experts.
+#[test]
+fn full_fine_tuning_adds_the_router_loss_and_learns() {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let (rows, aux) = reference("qwen3_moe");
+    let batch = LmBatch::from_sequences(&rows, &device);
+    let model = load("qwen3_moe", &device);
+    assert_eq!(model.router_aux_loss_coef(), Some(0.01));
+    let with_aux = to_vec(CausalLm.loss_sum(&model, &batch))[0] as f64;
+    let hidden = model.hidden(batch.ids.clone(), Some(batch.padding.clone()));
+    let nll = model
+        .next_token_nll_at(hidden, batch.ids.clone(), 1.0, &batch.target_rows)
+        .unwrap();
+    let plain = to_vec(hone::train::loss::masked_target_sum(
+        nll,
+        batch.target_mask.clone(),
+    ))[0] as f64;
+    let added = 0.01 * aux * batch.targets();
+    assert!(
+        (with_aux - plain - added).abs() < 1e-4,
+        "loss {with_aux} = nll {plain} + {added} expected"
+    );
+
+    let (adapted, _) = lora::apply(
+        load("qwen3_moe", &device),
+        &lora::LoraConfig::default(),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        adapted.router_aux_loss_coef(),
+        None,
+        "LoRA leaves the router frozen"
+    );
+
+    let mut model = model;
+    let (router_before, experts_before) = (router(&model, 0), expert_weight(&model));
+    let mut optim = hone::train::optim::adamw().init();
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let loss = CausalLm.loss_sum(&model, &batch) / batch.targets();
+        losses.push(to_vec(loss.clone())[0]);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    assert!(
+        losses[19] < losses[0] - 0.5,
+        "loss {} -> {}",
+        losses[0],
+        losses[19]
+    );
+    assert_ne!(router(&model, 0), router_before, "the router trained");
+    assert_ne!(expert_weight(&model), experts_before, "the experts trained");
+}
+
+/// Expert 0's fused gate/up weight in layer 0.
+fn expert_weight(model: &Backbone) -> Vec<f32> {
+    let Backbone::Llama(m) = model else { panic!() };
+    match &m.layers[0].mlp {
+        llama::Mlp::Sparse(moe) => to_vec(moe.experts[0].gate_up_proj.weight.val()),
+        llama::Mlp::Dense(_) => panic!("layer 0 is sparse"),
+    }
+}
