@@ -2,7 +2,8 @@
 //! `cargo bench --bench scale`.
 //!
 //! Checkpoints shaped like SmolLM2-135M, Llama-3.2-1B, Llama-3.2-3B and Llama-3.1-8B (their
-//! configs, random bf16 weights) are made once by `scripts/make_scale_checkpoint.py` under
+//! configs, random bf16 weights), and 4 of Qwen3-30B-A3B's mixture-of-experts layers
+//! (`qwen3-30b-a3b-4l`: 128 experts, 8 per token; `f32` and `bf16` only), are made once by `scripts/make_scale_checkpoint.py` under
 //! `target/hone-bench/checkpoints/` (through `$HONE_BENCH_PYTHON`, default `python3`, which
 //! needs torch, transformers, peft, safetensors, and bitsandbytes for the 4-bit baseline).
 //! Each (shape, mode) runs in a fresh process on each side, so peak RSS is that run's alone:
@@ -13,7 +14,8 @@
 //!   with `train.precision: bf16`; bitsandbytes' NF4 with double quantisation and bf16
 //!   compute on the PyTorch side).
 //!
-//! Both train LoRA r 16, alpha 32 on all seven projections with gradient checkpointing and
+//! Both train LoRA r 16, alpha 32 on all seven projections (on the MoE, attention's four and
+//! the experts' fused weights, PEFT's `target_parameters`) with gradient checkpointing and
 //! AdamW, on random token ids, 2 threads; the first step is a warm-up, `s/step` the median of
 //! the rest (`scripts/bench_torch_scale.py` is the PyTorch side). Prints a table and writes
 //! `target/hone-bench/scale.json`.
@@ -38,11 +40,12 @@ use hone::model::{Frozen, GradientCheckpointing, load_keeping, to_vec};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SHAPES: [(&str, &str); 4] = [
+const SHAPES: [(&str, &str); 5] = [
     ("smollm2-135m", "SmolLM2-135M"),
     ("llama-3.2-1b", "Llama-3.2-1B"),
     ("llama-3.2-3b", "Llama-3.2-3B"),
     ("llama-3.1-8b", "Llama-3.1-8B"),
+    ("qwen3-30b-a3b-4l", "Qwen3-30B-A3B, 4 layers"),
 ];
 
 fn setting(name: &str, default: &str) -> String {
@@ -73,6 +76,11 @@ fn main() {
         for mode in modes.split(',').map(str::trim) {
             if key == "llama-3.1-8b" && mode != "nf4" {
                 continue; // 32 GB in f32, 16 GB in bf16: more than these machines hold
+            }
+            if key.starts_with("qwen3-") && mode == "nf4" {
+                // bitsandbytes quantises `nn.Linear`s only: the experts' fused weights would
+                // stay bf16 on PyTorch's side, so the two would not hold the same base.
+                continue;
             }
             let run = [
                 dir.display().to_string(),
@@ -203,10 +211,23 @@ fn child(args: &[String]) {
     let vocab = loaded.config["vocab_size"]
         .as_u64()
         .expect("a vocabulary size") as usize;
+    // A mixture of experts: attention's projections and every expert's fused weights, as
+    // PEFT's `target_parameters` adapts them.
+    let moe = loaded.config["model_type"] == "qwen3_moe";
     let cfg = LoraConfig {
         r: 16,
         alpha: 32.0,
-        target_modules: Some(vec![lora::ALL_LINEAR.into()]),
+        target_modules: Some(match moe {
+            true => ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
+            false => vec![lora::ALL_LINEAR.into()],
+        }),
+        target_parameters: moe.then(|| {
+            ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+                .map(String::from)
+                .to_vec()
+        }),
         ..LoraConfig::default()
     };
     let (mut model, _) = lora::apply(loaded.model.backbone, &cfg, &device).expect("LoRA applies");

@@ -6,7 +6,8 @@ checkpoint made by scripts/make_scale_checkpoint.py, and this process's peak RSS
 
 MODE: f32 (the base loaded in f32), bf16 (the base in bf16, steps under
 torch.autocast("cpu", bfloat16)), nf4 (bitsandbytes 4-bit NF4 with double quantisation, compute in
-bf16: QLoRA as PEFT's docs set it up). LoRA r 16, alpha 32 on all seven projections, gradient
+bf16: QLoRA as PEFT's docs set it up). LoRA r 16, alpha 32 on all seven projections (a Qwen3-MoE's four attention projections and
+its experts' fused weights through `target_parameters`), gradient
 checkpointing, AdamW lr 1e-4, random token ids (seed 0), 2 threads. The first step is a warm-up;
 `step_s` is the median of the others.
 """
@@ -38,7 +39,13 @@ def main() -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.enable_input_require_grads()
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
+    experts = {}
+    if base.config.model_type == "qwen3_moe":
+        # A mixture of experts: attention's projections, and every expert's fused weights.
+        targets = targets[:4]
+        experts = dict(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets,
+                                            **experts))
     load_s = time.perf_counter() - start
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()

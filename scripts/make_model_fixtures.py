@@ -290,6 +290,8 @@ def moe() -> None:
     models = {
         "qwen3_moe": Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, num_hidden_layers=3, norm_topk_prob=True,
                                                         mlp_only_layers=[1])),
+        # As llama.cpp's qwen3moe runs them: every layer sparse, top-k renormalised.
+        "qwen3_moe-gguf": Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, num_hidden_layers=2, norm_topk_prob=True)),
         "qwen3_moe-step2": Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, num_hidden_layers=2, norm_topk_prob=False,
                                                               decoder_sparse_step=2)),
     }
@@ -328,8 +330,9 @@ def gemma_for_gguf() -> None:
 
 
 def gguf_files() -> None:
-    """The qwen2 and qwen3 fixtures as GGUF files in llama.cpp's layout (F32 tensors, so the
-    HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf` beside their directories. The
+    """The qwen2, qwen3 and qwen3_moe-gguf fixtures as GGUF files in llama.cpp's layout (F32
+    tensors, so the HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf`,
+    `qwen3_moe-gguf.gguf` beside their directories. The
     qwen2 file is checked by loading it back with transformers (`gguf_file=`) and comparing
     logits."""
     import gguf
@@ -346,10 +349,11 @@ def gguf_files() -> None:
     for proj in "qkv":
         for kind in ("weight", "bias"):
             parts[f"self_attn.{proj}_proj.{kind}"] = f"attn_{proj}.{kind}"
-    for arch in ("qwen2", "qwen3"):
-        d = OUT / arch
+    parts["mlp.gate.weight"] = "ffn_gate_inp.weight"
+    for arch, fixture in (("qwen2", "qwen2"), ("qwen3", "qwen3"), ("qwen3moe", "qwen3_moe-gguf")):
+        d = OUT / fixture
         config = json.loads((d / "config.json").read_text())
-        path = OUT / f"{arch}.gguf"
+        path = OUT / f"{fixture}.gguf"
         w = gguf.GGUFWriter(str(path), arch)
         w.add_context_length(config["max_position_embeddings"])
         w.add_embedding_length(config["hidden_size"])
@@ -369,7 +373,19 @@ def gguf_files() -> None:
         w.add_token_list(alphabet[:config["vocab_size"]])
         w.add_token_types([1] * config["vocab_size"])
         w.add_token_merges([])
-        for name, value in load_file(str(d / "model.safetensors")).items():
+        tensors = load_file(str(d / "model.safetensors"))
+        if arch == "qwen3moe":
+            # llama.cpp stacks each layer's experts: ffn_{gate,up,down}_exps, [experts, out, in].
+            experts = config["num_local_experts"]
+            w.add_expert_count(experts)
+            w.add_expert_used_count(config["num_experts_per_tok"])
+            w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+            for layer in range(config["num_hidden_layers"]):
+                for proj in ("gate", "up", "down"):
+                    key = lambda e: f"model.layers.{layer}.mlp.experts.{e}.{proj}_proj.weight"
+                    stacked = np.stack([tensors.pop(key(e)) for e in range(experts)])
+                    w.add_tensor(f"blk.{layer}.ffn_{proj}_exps.weight", stacked.astype(np.float32))
+        for name, value in tensors.items():
             if name.startswith("model.layers."):
                 layer, rest = name[len("model.layers."):].split(".", 1)
                 gname = f"blk.{layer}.{parts[rest]}"
@@ -380,7 +396,7 @@ def gguf_files() -> None:
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        if arch == "qwen3":
+        if arch in ("qwen3", "qwen3moe"):
             # transformers' GGUF config mapping for qwen3 ignores attention.key_length (it
             # assumes head_dim 128), so it cannot read this tiny file back; its tensor names
             # are the ones it maps (it reports only their sizes as mismatched).

@@ -7,7 +7,8 @@ random token ids.
     python3 scripts/make_scale_checkpoint.py SHAPE OUT_DIR
 
 SHAPE: smollm2-135m (HuggingFaceTB/SmolLM2-135M's config), llama-3.2-1b, llama-3.2-3b,
-llama-3.1-8b (meta-llama's configs). The weights are N(0, 0.02) (norms 1), drawn one tensor at
+llama-3.1-8b (meta-llama's configs), qwen3-30b-a3b-4l (a Qwen3-MoE: 4 of Qwen3-30B-A3B's layers,
+its experts stored one by one as the released files store them). The weights are N(0, 0.02) (norms 1), drawn one tensor at
 a time and written shard by shard, so even the 8B shape needs about 2 GB of memory to make.
 Needs torch, transformers and safetensors.
 """
@@ -38,14 +39,46 @@ SHAPES = {
                          max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
                          rope_scaling={**LLAMA3_ROPE, "factor": 8.0}, head_dim=128),
 }
+# Qwen3-30B-A3B's layer (Qwen/Qwen3-30B-A3B's config: 128 experts of width 768, 8 per token),
+# 4 of its 48 layers, so the bf16 base (6.2 GB) fits the machines the bench runs on.
+MOE_SHAPES = {
+    "qwen3-30b-a3b-4l": dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                             num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                             num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, vocab_size=151936,
+                             tie_word_embeddings=False, max_position_embeddings=40960,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6),
+}
 SHARD_BYTES = 2 << 30
+
+
+def checkpoint_tensors(name: str, t: torch.Tensor):
+    """`(name, tensor)` as checkpoints store them: transformers 5 holds a mixture's experts fused
+    (`mlp.experts.gate_up_proj` `[E, 2I, d]`, `mlp.experts.down_proj` `[E, d, I]`), released
+    Qwen3-MoE files each expert's projections apart, which transformers fuses as it loads."""
+    prefix, _, last = name.rpartition(".")
+    if not prefix.endswith("mlp.experts"):
+        yield name, t
+        return
+    for e in range(t.shape[0]):
+        if last == "gate_up_proj":
+            inner = t.shape[1] // 2
+            yield f"{prefix}.{e}.gate_proj.weight", t[e, :inner].contiguous()
+            yield f"{prefix}.{e}.up_proj.weight", t[e, inner:].contiguous()
+        else:
+            yield f"{prefix}.{e}.down_proj.weight", t[e].contiguous()
 
 
 def main() -> None:
     shape, out = sys.argv[1], pathlib.Path(sys.argv[2])
-    config = LlamaConfig(**SHAPES[shape], bos_token_id=1, eos_token_id=2, dtype="bfloat16")
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+    if shape in MOE_SHAPES:
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+        config = Qwen3MoeConfig(**MOE_SHAPES[shape], bos_token_id=1, eos_token_id=2, dtype="bfloat16")
+        with torch.device("meta"):
+            model = Qwen3MoeForCausalLM(config)
+    else:
+        config = LlamaConfig(**SHAPES[shape], bos_token_id=1, eos_token_id=2, dtype="bfloat16")
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     g = torch.Generator().manual_seed(0)
@@ -64,11 +97,11 @@ def main() -> None:
         if config.tie_word_embeddings and name == "lm_head.weight":
             continue
         t = torch.ones(p.shape) if "norm" in name else torch.randn(p.shape, generator=g) * 0.02
-        t = t.to(torch.bfloat16)
-        if size + t.numel() * 2 > SHARD_BYTES:
-            flush()
-        shard[name] = t
-        size += t.numel() * 2
+        for name, t in checkpoint_tensors(name, t.to(torch.bfloat16)):
+            if size + t.numel() * 2 > SHARD_BYTES:
+                flush()
+            shard[name] = t
+            size += t.numel() * 2
     flush()
     total = len(shards)
     for i, (name, names) in enumerate(shards):

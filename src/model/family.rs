@@ -224,12 +224,12 @@ mod tests {
         }
         assert_eq!(
             crate::model::gguf::architectures(),
-            "gpt2, llama, qwen2, qwen3, gemma2, gemma3, phi3"
+            "gpt2, llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3"
         );
         assert_eq!(
             supported(),
-            "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, smollm3, olmo2, gemma2, gemma3_text, gemma3 (its \
-             text decoder), phi3 (Phi-3, Phi-4-mini), bert"
+            "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, smollm3, olmo2, qwen3_moe (Qwen3-MoE), gemma2, \
+             gemma3_text, gemma3 (its text decoder), phi3 (Phi-3, Phi-4-mini), bert"
         );
     }
 }

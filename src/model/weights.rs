@@ -286,6 +286,62 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The source cut into `parts` consecutive pieces of `n` values each, along its outermost
+    /// dimension (a stack of experts), each still read only when taken; `None` where the
+    /// bytes do not cut so, or the rows are reordered.
+    fn split_outer(self, parts: usize, n: usize) -> Option<Vec<Source>> {
+        fn chunks<T: Clone>(v: Vec<T>, n: usize) -> Vec<Vec<T>> {
+            v.chunks(n.max(1)).map(<[T]>::to_vec).collect()
+        }
+        let pieces: Vec<Source> = match self {
+            Source::Ready(s) => {
+                let stored: Vec<Stored> = match s {
+                    Stored::F32(v) => chunks(v, n).into_iter().map(Stored::F32).collect(),
+                    Stored::Bf16(v) => chunks(v, n).into_iter().map(Stored::Bf16).collect(),
+                    Stored::F16(v) => chunks(v, n).into_iter().map(Stored::F16).collect(),
+                };
+                stored.into_iter().map(Source::Ready).collect()
+            }
+            Source::Safetensors {
+                bytes,
+                range,
+                dtype,
+            } => {
+                let size = range.len().checked_div(parts)?;
+                (size * parts == range.len()).then_some(())?;
+                (0..parts)
+                    .map(|i| Source::Safetensors {
+                        bytes: bytes.clone(),
+                        range: range.start + i * size..range.start + (i + 1) * size,
+                        dtype,
+                    })
+                    .collect()
+            }
+            Source::Ggml {
+                bytes,
+                start,
+                ggml_type,
+                rows: None,
+            } => {
+                let (block_bytes, block_len) = super::ggml_quants::block_layout(ggml_type)?;
+                n.is_multiple_of(block_len).then_some(())?;
+                let len = n / block_len * block_bytes;
+                (0..parts)
+                    .map(|i| Source::Ggml {
+                        bytes: bytes.clone(),
+                        start: start + i * len,
+                        ggml_type,
+                        rows: None,
+                    })
+                    .collect()
+            }
+            Source::Ggml { rows: Some(_), .. } => return None,
+        };
+        (pieces.len() == parts).then_some(pieces)
+    }
+}
+
 /// Little-endian values of `dtype` (f64 read as f32); `None` for another dtype.
 fn decode(dtype: Dtype, data: &[u8]) -> Option<Stored> {
     Some(match dtype {
@@ -676,6 +732,29 @@ impl WeightMap {
     /// Drops `name` (a tied duplicate nobody needs).
     pub fn discard(&mut self, name: &str) {
         self.tensors.remove(name);
+    }
+
+    /// Replaces the stacked tensor `name` (`[parts, ...]`: experts as a GGUF stacks them) by
+    /// its `parts` slices, `name_of(i)` each, as HF checkpoints store experts one by one. Each
+    /// slice is read only when taken, quantised blocks and all. Nothing happens without `name`.
+    pub fn unstack(
+        &mut self,
+        name: &str,
+        name_of: impl Fn(usize) -> String,
+    ) -> Result<(), ModelError> {
+        let Some((shape, source)) = self.tensors.remove(name) else {
+            return Ok(());
+        };
+        let parts = shape.first().copied().unwrap_or(0);
+        let inner = shape[1.min(shape.len())..].to_vec();
+        let n = inner.iter().product();
+        let pieces = source
+            .split_outer(parts, n)
+            .ok_or_else(|| self.unreadable(name))?;
+        for (i, piece) in pieces.into_iter().enumerate() {
+            self.tensors.insert(name_of(i), (inner.clone(), piece));
+        }
+        Ok(())
     }
 
     /// Names nobody took (reported as unused weights).

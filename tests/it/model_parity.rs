@@ -172,7 +172,7 @@ fn smollm3_and_olmo2_match_transformers() {
 /// projections apart, as transformers writes them.
 #[test]
 fn qwen3_moe_matches_transformers() {
-    for name in ["qwen3_moe", "qwen3_moe-step2"] {
+    for name in ["qwen3_moe", "qwen3_moe-step2", "qwen3_moe-gguf"] {
         decoder_parity(name);
     }
 }
@@ -199,13 +199,20 @@ fn the_text_decoder_of_a_multimodal_gemma3_matches_transformers() {
 /// The qwen2 and qwen3 fixtures written as GGUF files in llama.cpp's layout (q and k as HF has
 /// them, biases and per-head norms under llama.cpp's names; transformers reads qwen2.gguf back
 /// exactly): hone reads them to the same outputs as the HF directories.
+///
+/// A qwen3moe file stacks each layer's experts (`ffn_gate_exps` `[experts, width, d]`); hone
+/// reads them one by one, to the Qwen3-MoE's outputs.
 #[test]
 fn qwen_gguf_files_match_their_hf_checkpoints() {
-    for arch in ["qwen2", "qwen3"] {
-        let path = fixture(&format!("{arch}.gguf"));
+    for (name, model_type) in [
+        ("qwen2", "qwen2"),
+        ("qwen3", "qwen3"),
+        ("qwen3_moe-gguf", "qwen3_moe"),
+    ] {
+        let path = fixture(&format!("{name}.gguf"));
         let model = hone::model::load(&path, &Device::flex()).unwrap();
-        assert_eq!(model.config["model_type"], arch);
-        decoder_matches(arch, model);
+        assert_eq!(model.config["model_type"], model_type);
+        decoder_matches(name, model);
     }
 }
 

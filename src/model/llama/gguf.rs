@@ -1,4 +1,4 @@
-//! Llama-architecture GGUF files (`llama`, `qwen2`, `qwen3`) both ways: llama.cpp's metadata
+//! Llama-architecture GGUF files (`llama`, `qwen2`, `qwen3`, `qwen3moe`) both ways: llama.cpp's metadata
 //! and tensor names read onto HF's config and weights (`load`), and the plan that writes a
 //! model back in them (`Llama::gguf_plan`).
 
@@ -24,18 +24,28 @@ pub(crate) fn load(
     let heads = g.int(arch, "attention.head_count")?;
     let kv_heads = g.int(arch, "attention.head_count_kv").unwrap_or(heads);
     let (vocab, tied) = g.vocab_and_tied()?;
-    let class = match arch {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        _ => "LlamaForCausalLM",
+    let (class, model_type) = match arch {
+        "qwen2" => ("Qwen2ForCausalLM", arch),
+        "qwen3" => ("Qwen3ForCausalLM", arch),
+        "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        _ => ("LlamaForCausalLM", arch),
+    };
+    let experts = match arch {
+        "qwen3moe" => Some(moe_config(g, arch)?),
+        _ => None,
+    };
+    // llama.cpp's qwen3moe has experts in every layer, and may leave the dense width out.
+    let intermediate = match (&experts, g.int(arch, "feed_forward_length")) {
+        (Some(e), Err(_)) => e["moe_intermediate_size"].as_u64().unwrap_or(0) as usize,
+        (_, width) => width?,
     };
     let config = merge(
         serde_json::json!({
-            "model_type": arch,
+            "model_type": model_type,
             "architectures": [class],
             "vocab_size": vocab,
             "hidden_size": g.int(arch, "embedding_length")?,
-            "intermediate_size": g.int(arch, "feed_forward_length")?,
+            "intermediate_size": intermediate,
             "num_hidden_layers": g.int(arch, "block_count")?,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
@@ -48,7 +58,7 @@ pub(crate) fn load(
     );
     // An explicit head size only where it is not hidden / heads (Qwen3's can differ), so the
     // config of every other model stays as it was (it is saved with each model trained from it).
-    let mut config = config;
+    let mut config = merge(config, experts.unwrap_or_default());
     if let Ok(head_dim) = g.int(arch, "attention.key_length")
         && Some(head_dim)
             != config["hidden_size"]
@@ -96,12 +106,40 @@ pub(crate) fn load(
         }
     })?;
     let mut weights = WeightMap::from_sources(path.to_path_buf(), tensors, device);
+    // Each layer's stacked experts, one by one as HF stores them.
+    for i in 0..cfg.num_hidden_layers {
+        for proj in ["gate_proj", "up_proj", "down_proj"] {
+            let p = format!("model.layers.{i}.mlp.experts");
+            weights.unstack(&format!("{p}.{proj}.weight"), |e| {
+                format!("{p}.{e}.{proj}.weight")
+            })?;
+        }
+    }
     weights.hold_frozen(frozen);
     let model = Llama::from_weights(&cfg, &mut weights)?;
     Ok((Backbone::Llama(model), config))
 }
 
-/// Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head norms).
+/// A qwen3moe file's experts as Qwen3-MoE's config has them: llama.cpp runs every layer
+/// sparse and renormalises the chosen experts' weights.
+fn moe_config(g: &Gguf, arch: &str) -> Result<serde_json::Value, ModelError> {
+    let used = g.int(arch, "expert_used_count")?;
+    let width = match g.int(arch, "expert_feed_forward_length") {
+        Ok(w) => w,
+        // llama.cpp's fallback for files without it.
+        Err(_) => g.int(arch, "feed_forward_length")? / used.max(1),
+    };
+    Ok(serde_json::json!({
+        "num_experts": g.int(arch, "expert_count")?,
+        "num_experts_per_tok": used,
+        "moe_intermediate_size": width,
+        "norm_topk_prob": true,
+        "decoder_sparse_step": 1,
+    }))
+}
+
+/// Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head norms), Qwen3-MoE (router and stacked
+/// experts, split per expert on reading).
 pub(crate) const NAMES: TensorNames = TensorNames {
     top: DECODER_TOP,
     layer_prefix: "model.layers.",
@@ -124,6 +162,10 @@ pub(crate) const NAMES: TensorNames = TensorNames {
         ("ffn_gate.bias", "mlp.gate_proj.bias"),
         ("ffn_up.bias", "mlp.up_proj.bias"),
         ("ffn_down.bias", "mlp.down_proj.bias"),
+        ("ffn_gate_inp.weight", "mlp.gate.weight"),
+        ("ffn_gate_exps.weight", "mlp.experts.gate_proj.weight"),
+        ("ffn_up_exps.weight", "mlp.experts.up_proj.weight"),
+        ("ffn_down_exps.weight", "mlp.experts.down_proj.weight"),
     ],
 };
 

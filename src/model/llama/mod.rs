@@ -624,15 +624,6 @@ impl Llama {
         let layer_flags = windows.into_iter().zip(rotary).zip(sparse);
         for (i, ((window, rotary), sparse)) in layer_flags.enumerate() {
             let p = format!("layers.{i}");
-            // Taken before `norm` below borrows the weights.
-            let mlp = match sparse {
-                false => Mlp::Dense(SwiGlu {
-                    gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, config.mlp_bias)?,
-                    up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, config.mlp_bias)?,
-                    down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
-                }),
-                true => Mlp::Sparse(sparse_moe(config, w, &format!("{p}.mlp"))?),
-            };
             let mut norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
                 Ok(RmsNorm::new(
                     w.take(&format!("{p}.{name}.weight"), [width])?,
@@ -658,18 +649,26 @@ impl Llama {
                 true => Some(norm("post_feedforward_layernorm", d)?),
                 false => None,
             };
+            // Taken in the layer's order, so a short file's error names its first gap.
+            let q_proj = lin(w, &format!("{p}.self_attn.q_proj"), d, h * hd, bias)?;
+            let k_proj = lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?;
+            let v_proj = lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?;
+            let o_bias = config.o_bias();
+            let o_proj = lin(w, &format!("{p}.self_attn.o_proj"), h * hd, d, o_bias)?;
+            let mlp = match sparse {
+                false => Mlp::Dense(SwiGlu {
+                    gate_proj: lin(w, &format!("{p}.mlp.gate_proj"), d, inner, config.mlp_bias)?,
+                    up_proj: lin(w, &format!("{p}.mlp.up_proj"), d, inner, config.mlp_bias)?,
+                    down_proj: lin(w, &format!("{p}.mlp.down_proj"), inner, d, config.mlp_bias)?,
+                }),
+                true => Mlp::Sparse(sparse_moe(config, w, &format!("{p}.mlp"))?),
+            };
             layers.push(LlamaLayer {
                 input_layernorm,
-                q_proj: lin(w, &format!("{p}.self_attn.q_proj"), d, h * hd, bias)?,
-                k_proj: lin(w, &format!("{p}.self_attn.k_proj"), d, kv * hd, bias)?,
-                v_proj: lin(w, &format!("{p}.self_attn.v_proj"), d, kv * hd, bias)?,
-                o_proj: lin(
-                    w,
-                    &format!("{p}.self_attn.o_proj"),
-                    h * hd,
-                    d,
-                    config.o_bias(),
-                )?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
                 q_norm,
                 k_norm,
                 qk_norm_spans_heads: spans,
@@ -856,7 +855,7 @@ impl super::family::Family for LlamaFamily {
     }
 
     fn gguf_archs(&self) -> &'static [&'static str] {
-        &["llama", "qwen2", "qwen3"]
+        &["llama", "qwen2", "qwen3", "qwen3moe"]
     }
 
     fn load_gguf(
