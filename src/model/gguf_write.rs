@@ -178,6 +178,7 @@ fn tensor_type(quant: GgufQuant, name: &str, shape: &[usize], n_layers: usize, t
             if output
                 || more("attn_v.weight")
                 || more("ffn_down.weight")
+                || more("ffn_down_exps.weight")
                 || name.ends_with("attn_qkv.weight")
             {
                 Q6_K
@@ -230,7 +231,7 @@ impl ArchPlan {
         let mut w = WeightWriter::default();
         backbone.write_weights(&mut w);
         let mut out = Vec::new();
-        for (hf, (shape, values)) in w.into_tensors() {
+        for (hf, (shape, values)) in stack_experts(w.into_tensors()) {
             let gguf = self.names.to_gguf(&hf).ok_or_else(|| {
                 unsupported(format!(
                     "no llama.cpp name for tensor `{hf}` of {}",
@@ -285,6 +286,38 @@ impl ArchPlan {
         }
         (shape, values)
     }
+}
+
+/// A tensor's PyTorch shape and values.
+type HfTensor = (Vec<usize>, Vec<f32>);
+
+/// HF tensors with each layer's experts (`<p>.experts.<e>.<name>`) stacked in expert order
+/// as llama.cpp holds them: `<p>.experts.<name>`, `[experts, ...]`.
+fn stack_experts(tensors: impl Iterator<Item = (String, HfTensor)>) -> Vec<(String, HfTensor)> {
+    let mut out = Vec::new();
+    let mut stacks: BTreeMap<String, BTreeMap<usize, HfTensor>> = BTreeMap::new();
+    for (name, tensor) in tensors {
+        match super::moe::expert_parameter(name.trim_end_matches(".weight")) {
+            Some((stacked, e)) if name.ends_with(".weight") => {
+                stacks
+                    .entry(format!("{stacked}.weight"))
+                    .or_default()
+                    .insert(e, tensor);
+            }
+            _ => out.push((name, tensor)),
+        }
+    }
+    for (name, experts) in stacks {
+        let n = experts.len();
+        let shape = experts
+            .values()
+            .next()
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        let values = experts.into_values().flat_map(|(_, v)| v).collect();
+        out.push((name, ([vec![n], shape].concat(), values)));
+    }
+    out
 }
 
 /// The bytes of a GGUF v3 file: header, metadata, tensor table, tensor data (each aligned to

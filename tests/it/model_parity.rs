@@ -284,6 +284,7 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("phi4-mini", GgufQuant::F16, 0.005),
         ("gemma2-gguf", GgufQuant::F16, 0.005),
         ("gemma3-gguf", GgufQuant::F16, 0.005),
+        ("qwen3_moe-gguf", GgufQuant::F16, 0.005),
         ("llama", GgufQuant::Q8_0, 0.08),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
@@ -335,6 +336,8 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("bert", "decoders"),
         ("smollm3", "`smollm3` models as GGUF"),
         ("olmo2", "`olmo2` models as GGUF"),
+        ("qwen3_moe", "dense layers"),
+        ("qwen3_moe-step2", "dense layers"),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
         let tok = tiny_tokenizer(100);

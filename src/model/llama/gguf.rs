@@ -183,7 +183,8 @@ impl Llama {
         let arch = match c.model_type.as_deref().unwrap_or("llama") {
             "qwen2" => "qwen2",
             "qwen3" => "qwen3",
-            family @ ("smollm3" | "olmo2" | "qwen3_moe") => {
+            "qwen3_moe" => "qwen3moe",
+            family @ ("smollm3" | "olmo2") => {
                 return Err(unsupported(format!(
                     "hone does not write `{family}` models as GGUF yet; export this model as an HF directory (`format: hf`)"
                 )));
@@ -213,6 +214,28 @@ impl Llama {
             ("rope.dimension_count", u(hd)),
             ("vocab_size", u(c.vocab_size)),
         ];
+        if arch == "qwen3moe" {
+            // llama.cpp's qwen3moe has experts in every layer and renormalises their weights.
+            let sparse = c.sparse_layers().unwrap_or_default();
+            if sparse.iter().any(|s| !s) {
+                return Err(unsupported(
+                    "llama.cpp's qwen3moe has experts in every layer; this Qwen3-MoE has dense layers (`mlp_only_layers`, `decoder_sparse_step`), so it cannot be written as GGUF",
+                ));
+            }
+            if c.norm_topk_prob != Some(true) {
+                return Err(unsupported(
+                    "llama.cpp's qwen3moe renormalises the chosen experts' weights; this Qwen3-MoE does not (`norm_topk_prob: false`), so it cannot be written as GGUF",
+                ));
+            }
+            meta.extend([
+                ("expert_count", u(c.num_experts.unwrap_or(0))),
+                ("expert_used_count", u(c.num_experts_per_tok.unwrap_or(0))),
+                (
+                    "expert_feed_forward_length",
+                    u(c.moe_intermediate_size.unwrap_or(0)),
+                ),
+            ]);
+        }
         let mut rope_tensors = Vec::new();
         match &self.rope {
             RopeScaling::Default => {}
