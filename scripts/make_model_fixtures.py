@@ -252,6 +252,23 @@ def phi3() -> None:
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
 
+def sharded_bf16(name: str, model: torch.nn.Module) -> None:
+    """`model` stored as bf16 in shards of at most 40 KB (model.safetensors.index.json), as
+    checkpoints above a few GB are, under `<name>-sharded-bf16`; the reference is the saved
+    files loaded back in f32, as hone loads them."""
+    from transformers import AutoModelForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    sharded = f"{name}-sharded-bf16"
+    save(sharded, model.to(torch.bfloat16), {}, max_shard_size="40KB")
+    model.to(torch.float32)
+    back = AutoModelForCausalLM.from_pretrained(OUT / sharded, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = back(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    ref = {"input_ids": INPUT_IDS, "attention_mask": MASK, "logits": rows(out.logits),
+           "last_hidden": rows(out.hidden_states[-1])}
+    (OUT / sharded / "reference.json").write_text(json.dumps(ref))
+
+
 def dense_2026() -> None:
     """Dense families of 2025-26 on the Llama layers: SmolLM3 (every second layer NoPE, no
     rotation at all; windows of 3 on those with `use_sliding_window`, shorter than the batch;
@@ -274,6 +291,7 @@ def dense_2026() -> None:
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+        sharded_bf16(name, model)
 
 
 def moe() -> None:
@@ -303,6 +321,8 @@ def moe() -> None:
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_router_logits=True)
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1]),
                            "aux_loss": out.aux_loss.item()})
+        if name == "qwen3_moe":
+            sharded_bf16(name, model)
 
 
 def gemma_for_gguf() -> None:

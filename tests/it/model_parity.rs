@@ -158,21 +158,32 @@ fn llama_families_and_rotary_scalings_match_transformers() {
 
 /// The dense families of 2025-26 that run on Llama's layers: SmolLM3 (NoPE layers, a window
 /// of 3 on them, tied embeddings) and OLMo 2 (norms after attention and the MLP, q and k
-/// normalised over all heads, attention biases), from transformers 5.
+/// normalised over all heads, attention biases), from transformers 5; each also stored as bf16
+/// shards, as released checkpoints are.
 #[test]
 fn smollm3_and_olmo2_match_transformers() {
-    for name in ["smollm3", "olmo2"] {
+    for name in [
+        "smollm3",
+        "olmo2",
+        "smollm3-sharded-bf16",
+        "olmo2-sharded-bf16",
+    ] {
         decoder_parity(name);
     }
 }
 
 /// Qwen3-MoE: attention as Qwen3's, and in the sparse layers a router sending each token to
 /// its top 2 of 8 experts (renormalised, or not, as `norm_topk_prob` says), a dense layer among
-/// them by `mlp_only_layers` or `decoder_sparse_step`; saved again with each expert's
-/// projections apart, as transformers writes them.
+/// them by `mlp_only_layers` or `decoder_sparse_step`, and bf16 shards; saved again with each
+/// expert's projections apart, as transformers writes them.
 #[test]
 fn qwen3_moe_matches_transformers() {
-    for name in ["qwen3_moe", "qwen3_moe-step2", "qwen3_moe-gguf"] {
+    for name in [
+        "qwen3_moe",
+        "qwen3_moe-step2",
+        "qwen3_moe-gguf",
+        "qwen3_moe-sharded-bf16",
+    ] {
         decoder_parity(name);
     }
 }
