@@ -62,8 +62,11 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # Which expert kernel transformers picked for a mixture (its default: `grouped_mm` where
+    # PyTorch has it, else `eager`); null for dense models.
+    experts = getattr(base.config, "_experts_implementation", None) if base.config.model_type == "qwen3_moe" else None
     print(json.dumps({"load_s": load_s, "step_s": statistics.median(times[1:]), "peak_rss": peak,
-                      "losses": losses}))
+                      "losses": losses, "experts_implementation": experts}))
 
 
 if __name__ == "__main__":
