@@ -1,6 +1,6 @@
-//! Mixture of experts beyond the forward pass (`model_parity` has that): the router's
-//! load-balancing loss as transformers computes it, in full fine-tuning only, and training
-//! that moves the router and the experts.
+//! Mixture of experts beyond the forward pass (`model_parity` has that, `peft_parity` the
+//! expert adapters' layout): the router's load-balancing loss as transformers computes it, in
+//! full fine-tuning only; full fine-tuning, LoRA and QLoRA on the experts learning.
 
 use std::path::Path;
 
@@ -142,5 +142,62 @@ fn expert_weight(model: &Backbone) -> Vec<f32> {
     match &m.layers[0].mlp {
         llama::Mlp::Sparse(moe) => to_vec(moe.experts[0].gate_up_proj.weight.val()),
         llama::Mlp::Dense(_) => panic!("layer 0 is sparse"),
+    }
+}
+
+/// LoRA on attention and on every expert (PEFT's `target_parameters`) learns, with the base
+/// in f32 and with its projections, experts included, held in NF4 (QLoRA); the router stays
+/// f32 and frozen either way.
+#[test]
+fn lora_and_qlora_on_the_experts_learn() {
+    for quantized in [false, true] {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let cfg = lora::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            target_modules: Some(vec!["q_proj".into(), "v_proj".into()]),
+            target_parameters: Some(vec![
+                "mlp.experts.gate_up_proj".into(),
+                "mlp.experts.down_proj".into(),
+            ]),
+            ..Default::default()
+        };
+        let (mut model, adapted) = lora::apply(load("qwen3_moe", &device), &cfg, &device).unwrap();
+        assert_eq!(
+            adapted.len(),
+            3 * 2 + 2 * 8 * 2,
+            "q and v of 3 layers, 2 x 8 experts x 2"
+        );
+        if quantized {
+            for (path, proj) in model.projections_mut() {
+                proj.quantize(hone::model::quantized::QuantFormat::Nf4)
+                    .unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
+        }
+        let (rows, _) = reference("qwen3_moe");
+        let batch = LmBatch::from_sequences(&rows, &device);
+        let router_before = router(&model, 0);
+        let mut optim = hone::train::optim::adamw().init();
+        let mut losses = Vec::new();
+        for _ in 0..10 {
+            let loss = CausalLm.loss_sum(&model, &batch) / batch.targets();
+            losses.push(to_vec(loss.clone())[0]);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        assert!(
+            losses[9] < losses[0] - 1.0,
+            "quantized {quantized}: loss {} -> {}",
+            losses[0],
+            losses[9]
+        );
+        assert_eq!(router(&model, 0), router_before, "the router stays frozen");
+        let Backbone::Llama(m) = &model else { panic!() };
+        let llama::Mlp::Sparse(moe) = &m.layers[0].mlp else {
+            panic!("layer 0 is sparse")
+        };
+        assert_eq!(moe.experts[0].down_proj.quantized.is_some(), quantized);
+        assert!(moe.gate.quantized.is_none());
     }
 }
