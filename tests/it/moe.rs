@@ -201,3 +201,110 @@ fn lora_and_qlora_on_the_experts_learn() {
         assert!(moe.gate.quantized.is_none());
     }
 }
+
+/// A character vocabulary of `n` ids for the 100-token fixtures: the printable ASCII
+/// characters, space, newline, `<unk>`, unused fillers, the last id `<|endoftext|>`.
+fn char_tokenizer(n: usize) -> tokenizers::Tokenizer {
+    use tokenizers::models::wordlevel::WordLevel;
+    let mut chars = (b'!'..=b'~')
+        .map(|c| char::from(c).to_string())
+        .chain([" ", "\n", "<unk>"].map(String::from));
+    let vocab = (0..n as u32 - 1)
+        .map(|i| (chars.next().unwrap_or_else(|| format!("<unused{i}>")), i))
+        .chain([("<|endoftext|>".to_owned(), n as u32 - 1)])
+        .collect();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(
+        tokenizers::pre_tokenizers::split::Split::new(
+            "",
+            tokenizers::SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .unwrap(),
+    ));
+    tok.with_decoder(Some(tokenizers::decoders::fuse::Fuse::new()));
+    tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+    tok
+}
+
+/// Through the CLI, a recipe fine-tunes a Qwen3-MoE checkpoint with LoRA on attention and on
+/// its experts: the stage trains (its loss falls), its adapter's config names the experts'
+/// fused weights in `target_parameters`, and a later stage reads the layered model back.
+#[test]
+fn a_recipe_fine_tunes_a_qwen3_moe_with_lora_on_its_experts() {
+    let p = crate::common::Project::new();
+    std::fs::create_dir_all(p.path("moe")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("qwen3_moe").join(f), p.path("moe").join(f)).unwrap();
+    }
+    char_tokenizer(100)
+        .save(p.path("moe/tokenizer.json"), false)
+        .unwrap();
+    let rows: String = (0..48)
+        .map(|i| {
+            let (a, b) = (i % 7, i / 7);
+            format!(
+                "{{\"prompt\": \"{a}+{b}=\", \"response\": \"{}\"}}\n",
+                a + b
+            )
+        })
+        .collect();
+    p.write("sums.jsonl", &rows);
+    p.write(
+        "r.yaml",
+        r#"version: 1
+name: moe
+seed: 3
+stages:
+  sums:
+    kind: dataset
+    source: { path: sums.jsonl }
+    split: { validation: 0.25 }
+  sft:
+    kind: sft
+    model: { path: moe }
+    data: { from: sums }
+    max_length: 16
+    peft:
+      method: lora
+      r: 8
+      alpha: 16
+      target_modules: [q_proj, v_proj]
+      target_parameters: [mlp.experts.gate_up_proj, mlp.experts.down_proj]
+    train: { epochs: 6, batch_size: 8, lr: 1.0e-2 }
+  answers:
+    kind: generate
+    model: { from: sft }
+    prompts: { from: sums.validation }
+    sampling: { max_new_tokens: 2 }
+"#,
+    );
+    p.hone(&["run", "r.yaml"]).ok();
+    let show = p.hone(&["show", "r.yaml", "sft"]).ok();
+    let (first, last) = (
+        crate::common::metric(&show, "train_loss_first"),
+        crate::common::metric(&show, "train_loss_last"),
+    );
+    assert!(last < first - 1.0, "loss {first} -> {last}:\n{show}");
+    p.write(
+        "out.yaml",
+        &format!(
+            "{}  out:\n    kind: export\n    model: {{ from: sft.adapter }}\n    to: dist/adapter\n",
+            std::fs::read_to_string(p.path("r.yaml")).unwrap()
+        ),
+    );
+    p.hone(&["run", "out.yaml"]).ok();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path("dist/adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["target_parameters"],
+        serde_json::json!(["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
+        "{config}"
+    );
+}
