@@ -283,6 +283,10 @@ def dense_2026() -> None:
         "smollm3": SmolLM3ForCausalLM(SmolLM3Config(**shape, num_hidden_layers=3, no_rope_layer_interval=2,
                                                     use_sliding_window=True, sliding_window=3)),
         "olmo2": Olmo2ForCausalLM(Olmo2Config(**shape, num_hidden_layers=2, attention_bias=True)),
+        # As llama.cpp runs them: SmolLM3 without rotation in every fourth layer (its fixed
+        # step), no windows; OLMo 2 without biases, its head untied.
+        "smollm3-gguf": SmolLM3ForCausalLM(SmolLM3Config(**shape, num_hidden_layers=4)),
+        "olmo2-gguf": Olmo2ForCausalLM(Olmo2Config(**shape, num_hidden_layers=2)),
     }
     for name, model in models.items():
         torch.manual_seed(3)
@@ -291,7 +295,8 @@ def dense_2026() -> None:
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
-        sharded_bf16(name, model)
+        if not name.endswith("-gguf"):
+            sharded_bf16(name, model)
 
 
 def moe() -> None:
@@ -350,9 +355,10 @@ def gemma_for_gguf() -> None:
 
 
 def gguf_files() -> None:
-    """The qwen2, qwen3 and qwen3_moe-gguf fixtures as GGUF files in llama.cpp's layout (F32
-    tensors, so the HF reference applies unchanged): `qwen2.gguf`, `qwen3.gguf`,
-    `qwen3_moe-gguf.gguf` beside their directories. The
+    """The qwen2, qwen3, qwen3_moe-gguf, smollm3-gguf and olmo2-gguf fixtures as GGUF files in
+    llama.cpp's layout (F32 tensors, so the HF reference applies unchanged; SmolLM3's q and k
+    rows permuted as llama.cpp's converter permutes Llama's, OLMo 2's post-norms under their
+    names): `<fixture>.gguf` beside their directories. The
     qwen2 file is checked by loading it back with transformers (`gguf_file=`) and comparing
     logits."""
     import gguf
@@ -370,7 +376,15 @@ def gguf_files() -> None:
         for kind in ("weight", "bias"):
             parts[f"self_attn.{proj}_proj.{kind}"] = f"attn_{proj}.{kind}"
     parts["mlp.gate.weight"] = "ffn_gate_inp.weight"
-    for arch, fixture in (("qwen2", "qwen2"), ("qwen3", "qwen3"), ("qwen3moe", "qwen3_moe-gguf")):
+    olmo2_parts = {**parts, "post_attention_layernorm.weight": "attn_post_norm.weight",
+                   "post_feedforward_layernorm.weight": "ffn_post_norm.weight"}
+
+    def permute(w: np.ndarray, heads: int) -> np.ndarray:
+        """llama.cpp's rotary layout for q and k (convert_hf_to_gguf's LlamaModel.permute)."""
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    for arch, fixture in (("qwen2", "qwen2"), ("qwen3", "qwen3"), ("qwen3moe", "qwen3_moe-gguf"),
+                          ("smollm3", "smollm3-gguf"), ("olmo2", "olmo2-gguf")):
         d = OUT / fixture
         config = json.loads((d / "config.json").read_text())
         path = OUT / f"{fixture}.gguf"
@@ -408,15 +422,18 @@ def gguf_files() -> None:
         for name, value in tensors.items():
             if name.startswith("model.layers."):
                 layer, rest = name[len("model.layers."):].split(".", 1)
-                gname = f"blk.{layer}.{parts[rest]}"
+                gname = f"blk.{layer}.{(olmo2_parts if arch == 'olmo2' else parts)[rest]}"
             else:
-                gname = names[name]
+                gname, rest = names[name], None
+            if arch == "smollm3" and rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
+                heads = config["num_attention_heads" if rest.startswith("self_attn.q") else "num_key_value_heads"]
+                value = permute(value, heads)
             w.add_tensor(gname, value.astype(np.float32))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        if arch in ("qwen3", "qwen3moe"):
+        if arch in ("qwen3", "qwen3moe", "smollm3", "olmo2"):
             # transformers' GGUF config mapping for qwen3 ignores attention.key_length (it
             # assumes head_dim 128), so it cannot read this tiny file back; its tensor names
             # are the ones it maps (it reports only their sizes as mismatched).

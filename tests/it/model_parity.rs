@@ -167,6 +167,8 @@ fn smollm3_and_olmo2_match_transformers() {
         "olmo2",
         "smollm3-sharded-bf16",
         "olmo2-sharded-bf16",
+        "smollm3-gguf",
+        "olmo2-gguf",
     ] {
         decoder_parity(name);
     }
@@ -207,18 +209,23 @@ fn the_text_decoder_of_a_multimodal_gemma3_matches_transformers() {
     decoder_matches("gemma3-multimodal", model);
 }
 
-/// The qwen2 and qwen3 fixtures written as GGUF files in llama.cpp's layout (q and k as HF has
+/// Fixtures written as GGUF files by the `gguf` package in llama.cpp's layout (q and k as HF has
 /// them, biases and per-head norms under llama.cpp's names; transformers reads qwen2.gguf back
 /// exactly): hone reads them to the same outputs as the HF directories.
 ///
 /// A qwen3moe file stacks each layer's experts (`ffn_gate_exps` `[experts, width, d]`); hone
-/// reads them one by one, to the Qwen3-MoE's outputs.
+/// reads them one by one, to the Qwen3-MoE's outputs. A smollm3 file holds q and k permuted as
+/// llama.cpp's converter permutes Llama's, and no rotation in every fourth layer (llama.cpp's
+/// fixed step); an olmo2 file its norms after attention and the MLP (`attn_post_norm`,
+/// `ffn_post_norm`).
 #[test]
-fn qwen_gguf_files_match_their_hf_checkpoints() {
+fn llama_family_gguf_files_match_their_hf_checkpoints() {
     for (name, model_type) in [
         ("qwen2", "qwen2"),
         ("qwen3", "qwen3"),
         ("qwen3_moe-gguf", "qwen3_moe"),
+        ("smollm3-gguf", "smollm3"),
+        ("olmo2-gguf", "olmo2"),
     ] {
         let path = fixture(&format!("{name}.gguf"));
         let model = hone::model::load(&path, &Device::flex()).unwrap();
@@ -296,6 +303,8 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("gemma2-gguf", GgufQuant::F16, 0.005),
         ("gemma3-gguf", GgufQuant::F16, 0.005),
         ("qwen3_moe-gguf", GgufQuant::F16, 0.005),
+        ("smollm3-gguf", GgufQuant::F16, 0.005),
+        ("olmo2-gguf", GgufQuant::F16, 0.005),
         ("llama", GgufQuant::Q8_0, 0.08),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
@@ -345,8 +354,8 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("gemma3", "query_pre_attn_scalar"),
         ("llama-score", "score head"),
         ("bert", "decoders"),
-        ("smollm3", "`smollm3` models as GGUF"),
-        ("olmo2", "`olmo2` models as GGUF"),
+        ("smollm3", "every fourth layer"),
+        ("olmo2", "has no biases"),
         ("qwen3_moe", "dense layers"),
         ("qwen3_moe-step2", "dense layers"),
     ] {

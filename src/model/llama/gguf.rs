@@ -1,4 +1,4 @@
-//! Llama-architecture GGUF files (`llama`, `qwen2`, `qwen3`, `qwen3moe`) both ways: llama.cpp's metadata
+//! Llama-architecture GGUF files (`llama`, `qwen2`, `qwen3`, `qwen3moe`, `smollm3`, `olmo2`) both ways: llama.cpp's metadata
 //! and tensor names read onto HF's config and weights (`load`), and the plan that writes a
 //! model back in them (`Llama::gguf_plan`).
 
@@ -28,6 +28,8 @@ pub(crate) fn load(
         "qwen2" => ("Qwen2ForCausalLM", arch),
         "qwen3" => ("Qwen3ForCausalLM", arch),
         "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        "smollm3" => ("SmolLM3ForCausalLM", arch),
+        "olmo2" => ("Olmo2ForCausalLM", arch),
         _ => ("LlamaForCausalLM", arch),
     };
     let experts = match arch {
@@ -59,6 +61,12 @@ pub(crate) fn load(
     // An explicit head size only where it is not hidden / heads (Qwen3's can differ), so the
     // config of every other model stays as it was (it is saved with each model trained from it).
     let mut config = merge(config, experts.unwrap_or_default());
+    if arch == "smollm3" {
+        // llama.cpp's smollm3 skips the rotation in every fourth layer (a fixed step, not in
+        // the file) and has no sliding window.
+        config["no_rope_layer_interval"] = 4.into();
+        config["use_sliding_window"] = false.into();
+    }
     if let Ok(head_dim) = g.int(arch, "attention.key_length")
         && Some(head_dim)
             != config["hidden_size"]
@@ -83,11 +91,13 @@ pub(crate) fn load(
     // Head counts divide the projections (un-permuting q/k rows below): a file that says 0
     // heads, or heads that do not group, is an error here rather than a crash there.
     cfg.check().map_err(|e| g.bad(e.to_string()))?;
-    let permuted = arch == "llama";
+    // llama.cpp's converter permutes q and k for its `llama` rotary layout (SmolLM3's too).
+    let permuted = matches!(arch, "llama" | "smollm3");
+    let names = names_of(arch);
     // Llama 3's rotary factors were read into the config above; the tensor stays unused.
     let rename = |n: &str| match n {
         "rope_freqs.weight" => Some(n.to_owned()),
-        _ => NAMES.to_hf(n),
+        _ => names.to_hf(n),
     };
     let tensors = g.hf_tensors(arch, rename, |name, shape| {
         // Biases are permuted with their rows (one column).
@@ -138,8 +148,35 @@ fn moe_config(g: &Gguf, arch: &str) -> Result<serde_json::Value, ModelError> {
     }))
 }
 
-/// Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head norms), Qwen3-MoE (router and stacked
-/// experts, split per expert on reading).
+/// The tensor names of GGUF architecture `arch`.
+fn names_of(arch: &str) -> &'static TensorNames {
+    match arch {
+        "olmo2" => &OLMO2_NAMES,
+        _ => &NAMES,
+    }
+}
+
+/// OLMo 2: norms after attention and the MLP, q/k norms; no input norms, no biases.
+const OLMO2_NAMES: TensorNames = TensorNames {
+    top: DECODER_TOP,
+    layer_prefix: "model.layers.",
+    layer: &[
+        ("attn_q.weight", "self_attn.q_proj.weight"),
+        ("attn_k.weight", "self_attn.k_proj.weight"),
+        ("attn_v.weight", "self_attn.v_proj.weight"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+        ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+        ("attn_post_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_post_norm.weight", "post_feedforward_layernorm.weight"),
+        ("ffn_gate.weight", "mlp.gate_proj.weight"),
+        ("ffn_up.weight", "mlp.up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+    ],
+};
+
+/// Llama, Mistral, SmolLM3, Qwen2 (q/k/v biases), Qwen3 (per-head norms), Qwen3-MoE (router and
+/// stacked experts, split per expert on reading).
 pub(crate) const NAMES: TensorNames = TensorNames {
     top: DECODER_TOP,
     layer_prefix: "model.layers.",
@@ -184,13 +221,36 @@ impl Llama {
             "qwen2" => "qwen2",
             "qwen3" => "qwen3",
             "qwen3_moe" => "qwen3moe",
-            family @ ("smollm3" | "olmo2") => {
-                return Err(unsupported(format!(
-                    "hone does not write `{family}` models as GGUF yet; export this model as an HF directory (`format: hf`)"
-                )));
-            }
+            "smollm3" => "smollm3",
+            "olmo2" => "olmo2",
             _ => "llama",
         };
+        let cannot = |why: &str| {
+            Err(unsupported(format!(
+                "llama.cpp's {arch} {why}, so this model cannot be written as GGUF; export it as an HF directory (`format: hf`)"
+            )))
+        };
+        let every_fourth = (0..c.num_hidden_layers).map(|i| !(i + 1).is_multiple_of(4));
+        if arch == "smollm3"
+            && !c
+                .rotary_layers()
+                .is_ok_and(|r| r.into_iter().eq(every_fourth))
+        {
+            return cannot("skips the rotation in every fourth layer, and this SmolLM3 does not");
+        }
+        let windowed = c.windows().is_ok_and(|w| w.iter().any(Option::is_some));
+        if arch == "smollm3" && windowed {
+            return cannot("has no sliding window, and this SmolLM3 has one");
+        }
+        if arch == "olmo2" && (c.qkv_bias() || c.o_bias() || c.mlp_bias) {
+            return cannot("has no biases, and this OLMo 2 has");
+        }
+        if arch == "olmo2" && self.lm_head.is_none() {
+            return cannot("needs an output head of its own, and this OLMo 2 ties it");
+        }
+        if arch == "olmo2" && c.head_dim() * c.num_attention_heads != c.hidden_size {
+            return cannot("takes heads of hidden_size / num_attention_heads");
+        }
         if c.windows().is_ok_and(|w| w.iter().any(Option::is_some)) {
             tracing::warn!(
                 "llama.cpp runs `{arch}` without a sliding window: long prompts attend further than this model did"
@@ -265,10 +325,11 @@ impl Llama {
         Ok(ArchPlan {
             arch,
             meta,
-            names: &NAMES,
+            names: names_of(arch),
             layers: c.num_hidden_layers,
             vocab: c.vocab_size,
-            permute: (arch == "llama").then_some((c.num_attention_heads, c.kv_heads())),
+            permute: matches!(arch, "llama" | "smollm3")
+                .then_some((c.num_attention_heads, c.kv_heads())),
             norms_plus_one: false,
             rope_tensors,
         })

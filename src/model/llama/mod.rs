@@ -855,7 +855,7 @@ impl super::family::Family for LlamaFamily {
     }
 
     fn gguf_archs(&self) -> &'static [&'static str] {
-        &["llama", "qwen2", "qwen3", "qwen3moe"]
+        &["llama", "qwen2", "qwen3", "qwen3moe", "smollm3", "olmo2"]
     }
 
     fn load_gguf(
