@@ -304,11 +304,7 @@ pub fn apply(
     for (path, proj) in backbone.projections_mut() {
         let expert = super::moe::expert_parameter(&path);
         if let Some((parameter, _)) = &expert {
-            let short = parameter
-                .splitn(4, '.')
-                .nth(3)
-                .unwrap_or(parameter)
-                .to_owned();
+            let short = super::moe::within_layer(parameter).to_owned();
             if !expert_params.contains(&short) {
                 expert_params.push(short);
             }
@@ -508,7 +504,7 @@ pub fn save_peft(
         let Some(l) = &proj.lora else { continue };
         match super::moe::expert_parameter(&path) {
             Some((parameter, _)) => {
-                let short = parameter.splitn(4, '.').nth(3).unwrap_or(&parameter);
+                let short = super::moe::within_layer(&parameter);
                 if !parameters.iter().any(|p| p == short) {
                     parameters.push(short.to_owned());
                 }

@@ -196,6 +196,12 @@ pub fn with_routings<T>(forward: impl FnOnce() -> T) -> (T, Vec<Routing>) {
     (out, routings.unwrap_or_default())
 }
 
+/// A parameter's name within its layer, as PEFT's `target_parameters` gives it:
+/// `mlp.experts.down_proj` for `model.layers.3.mlp.experts.down_proj`.
+pub fn within_layer(parameter: &str) -> &str {
+    parameter.splitn(4, '.').nth(3).unwrap_or(parameter)
+}
+
 /// For each row of `probs` (`[rows, e]`, row-major), the `k` largest columns, best first; ties
 /// go to the lower column, as `torch.topk` gives them on CPU.
 pub fn top_k_rows(probs: &[f32], e: usize, k: usize) -> Vec<Vec<usize>> {
@@ -271,5 +277,9 @@ mod tests {
         );
         assert_eq!(expert_parameter("model.layers.2.mlp.down_proj"), None);
         assert_eq!(expert_parameter("model.layers.2.self_attn.q_proj"), None);
+        assert_eq!(
+            within_layer("model.layers.12.mlp.experts.down_proj"),
+            "mlp.experts.down_proj"
+        );
     }
 }
