@@ -178,17 +178,7 @@ def families() -> None:
         out = gemma(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     save("gemma3", gemma, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
-    # Stored as bf16 in shards of at most 40 KB (model.safetensors.index.json), as checkpoints
-    # above a few GB are. The reference loads them back in f32, as hone does (a model cast to
-    # bf16 and back in memory would also have rounded its rotary frequencies).
-    name = "qwen3-sharded-bf16"
-    save(name, models["qwen3"].to(torch.bfloat16), {}, max_shard_size="40KB")
-    back = Qwen3ForCausalLM.from_pretrained(OUT / name, dtype=torch.float32).eval()
-    with torch.no_grad():
-        out = back(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    ref = {"input_ids": INPUT_IDS, "attention_mask": MASK, "logits": rows(out.logits),
-           "last_hidden": rows(out.hidden_states[-1])}
-    (OUT / name / "reference.json").write_text(json.dumps(ref))
+    sharded_bf16("qwen3", models["qwen3"])
 
 
 def windows() -> None:
@@ -255,7 +245,8 @@ def phi3() -> None:
 def sharded_bf16(name: str, model: torch.nn.Module) -> None:
     """`model` stored as bf16 in shards of at most 40 KB (model.safetensors.index.json), as
     checkpoints above a few GB are, under `<name>-sharded-bf16`; the reference is the saved
-    files loaded back in f32, as hone loads them."""
+    files loaded back in f32, as hone loads them (a model cast to bf16 and back in memory would
+    also have rounded its rotary frequencies)."""
     from transformers import AutoModelForCausalLM
     ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
     sharded = f"{name}-sharded-bf16"
