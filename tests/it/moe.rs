@@ -115,6 +115,13 @@ fn full_fine_tuning_adds_the_router_loss_and_learns() {
         None,
         "LoRA leaves the router frozen"
     );
+    // Evaluation (no autodiff) measures the language model alone.
+    let inference = load("qwen3_moe", &Device::flex());
+    assert_eq!(
+        inference.router_aux_loss_coef(),
+        None,
+        "nothing trains here"
+    );
 
     let mut model = model;
     let (router_before, experts_before) = (router(&model, 0), expert_weight(&model));
