@@ -754,6 +754,56 @@ mod tests {
         }
     }
 
+    /// `all-linear` leaves a mixture's experts alone, as PEFT does; `target_parameters` that
+    /// reach no expert, or come with dropout or DoRA (which PEFT's wrapper refuses), are
+    /// refused with the reason.
+    #[test]
+    fn expert_targets_are_explicit_and_checked() {
+        let d = Device::flex();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+        let load = |name: &str| {
+            crate::model::load_hf_dir(&dir.join(name), &d)
+                .unwrap()
+                .model
+                .backbone
+        };
+        let all_linear = LoraConfig {
+            target_modules: Some(vec![ALL_LINEAR.into()]),
+            ..LoraConfig::default()
+        };
+        let (_, paths) = apply(load("qwen3_moe"), &all_linear, &d).unwrap();
+        assert!(!paths.iter().any(|p| p.contains(".experts.")), "{paths:?}");
+        assert_eq!(
+            paths.len(),
+            4 * 3 + 3,
+            "attention in 3 layers, the dense MLP in 1"
+        );
+
+        let experts = |parameters: &[&str]| LoraConfig {
+            target_parameters: Some(parameters.iter().map(|p| p.to_string()).collect()),
+            ..LoraConfig::default()
+        };
+        let err =
+            |model: &str, cfg: &LoraConfig| apply(load(model), cfg, &d).unwrap_err().to_string();
+        let e = err("llama", &experts(&["mlp.experts.down_proj"]));
+        assert!(e.contains("this model has no experts"), "{e}");
+        let e = err("qwen3_moe", &experts(&["mlp.experts.up_proj"]));
+        assert!(
+            e.contains("this model has: mlp.experts.gate_up_proj, mlp.experts.down_proj"),
+            "{e}"
+        );
+        let with_dropout = LoraConfig {
+            dropout: 0.1,
+            ..experts(&["mlp.experts.down_proj"])
+        };
+        assert!(err("qwen3_moe", &with_dropout).contains("take no dropout"));
+        let with_dora = LoraConfig {
+            use_dora: true,
+            ..experts(&["mlp.experts.down_proj"])
+        };
+        assert!(err("qwen3_moe", &with_dora).contains("take no DoRA"));
+    }
+
     #[test]
     fn scaling_and_init_follow_peft() {
         let plain = LoraConfig {
