@@ -315,3 +315,36 @@ stages:
         "{config}"
     );
 }
+
+/// Released Qwen3-MoE configs name the expert count `num_experts`, transformers 5 writes
+/// `num_local_experts`, and a config may hold both: each loads to the same model.
+#[test]
+fn either_name_of_the_expert_count_loads() {
+    let device = Device::flex();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("qwen3_moe").join("config.json")).unwrap())
+            .unwrap();
+    let ids = Tensor::<2, Int>::from_data([[5, 17, 42, 8]], &device);
+    let logits = |m: &Backbone| to_vec(m.lm_logits(m.hidden(ids.clone(), None)).unwrap());
+    let want = logits(&load("qwen3_moe", &device));
+    let mut released = config.clone();
+    let count = released
+        .as_object_mut()
+        .unwrap()
+        .remove("num_local_experts")
+        .unwrap();
+    released["num_experts"] = count;
+    let mut both = config.clone();
+    both["num_experts"] = both["num_local_experts"].clone();
+    for config in [released, both] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(
+            fixture("qwen3_moe").join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let model = load_hf_dir(dir.path(), &device).unwrap().model.backbone;
+        assert_eq!(logits(&model), want, "{config}");
+    }
+}

@@ -288,7 +288,7 @@ impl Llama {
                 ));
             }
             meta.extend([
-                ("expert_count", u(c.num_experts.unwrap_or(0))),
+                ("expert_count", u(c.experts())),
                 ("expert_used_count", u(c.num_experts_per_tok.unwrap_or(0))),
                 (
                     "expert_feed_forward_length",

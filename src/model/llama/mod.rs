@@ -83,13 +83,12 @@ pub struct LlamaConfig {
     /// SmolLM3 without `no_rope_layers`: every this-many-th layer does not rotate (4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_rope_layer_interval: Option<usize>,
-    /// Qwen3-MoE: experts per sparse layer (transformers 5 writes `num_local_experts`).
-    #[serde(
-        default,
-        alias = "num_local_experts",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Qwen3-MoE: experts per sparse layer, as released configs name it...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_experts: Option<usize>,
+    /// ...and as transformers 5 writes it (a config may hold both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_local_experts: Option<usize>,
     /// Qwen3-MoE: experts each token goes to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_experts_per_tok: Option<usize>,
@@ -200,11 +199,16 @@ impl LlamaConfig {
     pub fn norms_after(&self) -> bool {
         self.family() == "olmo2"
     }
+    /// Experts per sparse layer (0: none).
+    pub fn experts(&self) -> usize {
+        self.num_experts.or(self.num_local_experts).unwrap_or(0)
+    }
+
     /// Whether each layer's MLP is a mixture of experts: in Qwen3-MoE, every
     /// `decoder_sparse_step`-th layer but those of `mlp_only_layers`, when it has experts.
     pub fn sparse_layers(&self) -> Result<Vec<bool>, LlamaConfigError> {
         let n = self.num_hidden_layers;
-        let experts = self.num_experts.unwrap_or(0);
+        let experts = self.experts();
         if self.family() != "qwen3_moe" || experts == 0 {
             return Ok(vec![false; n]);
         }
@@ -525,7 +529,7 @@ impl Llama {
             }),
             true => {
                 let (e, k) = (
-                    config.num_experts.unwrap_or(1),
+                    config.experts().max(1),
                     config.num_experts_per_tok.unwrap_or(1),
                 );
                 let inner = config.moe_intermediate_size.unwrap_or(inner);
@@ -791,10 +795,7 @@ impl Llama {
 /// each expert's `gate_proj`, `up_proj` (fused here) and `down_proj`.
 fn sparse_moe(config: &LlamaConfig, w: &mut WeightMap, p: &str) -> Result<SparseMoe, ModelError> {
     let d = config.hidden_size;
-    let (e, k) = (
-        config.num_experts.unwrap_or(0),
-        config.num_experts_per_tok.unwrap_or(0),
-    );
+    let (e, k) = (config.experts(), config.num_experts_per_tok.unwrap_or(0));
     let inner = config.moe_intermediate_size.unwrap_or(0);
     // The router stays f32 and unquantised: it is small, and which experts a token reaches
     // should not move with the base's storage.
