@@ -144,6 +144,29 @@ impl Stored {
         }
     }
 
+    /// These values followed by `more`'s: in their dtype when both share it, else as f32.
+    fn followed_by(self, more: Stored) -> Stored {
+        match (self, more) {
+            (Stored::F32(mut a), Stored::F32(b)) => Stored::F32({
+                a.extend(b);
+                a
+            }),
+            (Stored::Bf16(mut a), Stored::Bf16(b)) => Stored::Bf16({
+                a.extend(b);
+                a
+            }),
+            (Stored::F16(mut a), Stored::F16(b)) => Stored::F16({
+                a.extend(b);
+                a
+            }),
+            (a, b) => Stored::F32({
+                let mut a = a.into_f32();
+                a.extend(b.into_f32());
+                a
+            }),
+        }
+    }
+
     /// The values as a `rows` x `cols` matrix, transposed.
     fn transposed(self, rows: usize, cols: usize) -> Stored {
         match self {
@@ -727,6 +750,29 @@ impl WeightMap {
     ) -> Result<Tensor<2>, ModelError> {
         let values = self.take_values(name, &[d_out, d_in])?;
         Ok(self.tensor(values.transposed(d_out, d_in), vec![d_in, d_out]))
+    }
+
+    /// PyTorch `nn.Linear` weights `[d_out, d_in]` side by side as one burn weight
+    /// `[d_in, d_out * names.len()]`, in the order given (an expert's gate and up projections,
+    /// fused): the rows stacked, then transposed once, with no concatenation of tensors after.
+    /// Stored and kept as [`take_linear`](Self::take_linear) keeps each.
+    pub fn take_linears_side_by_side(
+        &mut self,
+        names: &[String],
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Tensor<2>, ModelError> {
+        let mut rows: Option<Stored> = None;
+        for name in names {
+            let values = self.take_values(name, &[d_out, d_in])?;
+            rows = Some(match rows {
+                Some(stacked) => stacked.followed_by(values),
+                None => values,
+            });
+        }
+        let outs = d_out * names.len();
+        let rows = rows.unwrap_or(Stored::F32(Vec::new()));
+        Ok(self.tensor(rows.transposed(outs, d_in), vec![d_in, outs]))
     }
 
     /// Drops `name` (a tied duplicate nobody needs).

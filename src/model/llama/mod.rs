@@ -803,10 +803,9 @@ fn sparse_moe(config: &LlamaConfig, w: &mut WeightMap, p: &str) -> Result<Sparse
     let experts = (0..e)
         .map(|x| {
             let name = |proj: &str| format!("{p}.experts.{x}.{proj}.weight");
-            let gate_w = w.take_linear(&name("gate_proj"), d, inner)?;
-            let up_w = w.take_linear(&name("up_proj"), d, inner)?;
+            let gate_up = [name("gate_proj"), name("up_proj")];
             Ok(Expert {
-                gate_up_proj: Proj::new(Tensor::cat(vec![gate_w, up_w], 1), None),
+                gate_up_proj: Proj::new(w.take_linears_side_by_side(&gate_up, d, inner)?, None),
                 down_proj: w.take_proj(&name("down_proj"), inner, d, None)?,
             })
         })
