@@ -123,16 +123,8 @@ fn full_fine_tuning_adds_the_router_loss_and_learns() {
         "nothing trains here"
     );
 
-    let mut model = model;
     let (router_before, experts_before) = (router(&model, 0), expert_weight(&model));
-    let mut optim = hone::train::optim::adamw().init();
-    let mut losses = Vec::new();
-    for _ in 0..20 {
-        let loss = CausalLm.loss_sum(&model, &batch) / batch.targets();
-        losses.push(to_vec(loss.clone())[0]);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(3e-3, model, grads);
-    }
+    let (model, losses) = train(model, &batch, 20, 3e-3);
     assert!(
         losses[19] < losses[0] - 0.5,
         "loss {} -> {}",
@@ -141,6 +133,20 @@ fn full_fine_tuning_adds_the_router_loss_and_learns() {
     );
     assert_ne!(router(&model, 0), router_before, "the router trained");
     assert_ne!(expert_weight(&model), experts_before, "the experts trained");
+}
+
+/// `steps` AdamW steps of the causal LM loss (per target) on `batch` at `lr`: the trained
+/// model and each step's loss.
+fn train(mut model: Backbone, batch: &LmBatch, steps: usize, lr: f64) -> (Backbone, Vec<f32>) {
+    let mut optim = hone::train::optim::adamw().init();
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let loss = CausalLm.loss_sum(&model, batch) / batch.targets();
+        losses.push(to_vec(loss.clone())[0]);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+    }
+    (model, losses)
 }
 
 /// Expert 0's fused gate/up weight in layer 0.
@@ -185,14 +191,7 @@ fn lora_and_qlora_on_the_experts_learn() {
         let (rows, _) = reference("qwen3_moe");
         let batch = LmBatch::from_sequences(&rows, &device);
         let router_before = router(&model, 0);
-        let mut optim = hone::train::optim::adamw().init();
-        let mut losses = Vec::new();
-        for _ in 0..10 {
-            let loss = CausalLm.loss_sum(&model, &batch) / batch.targets();
-            losses.push(to_vec(loss.clone())[0]);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-2, model, grads);
-        }
+        let (model, losses) = train(model, &batch, 10, 1e-2);
         assert!(
             losses[9] < losses[0] - 1.0,
             "quantized {quantized}: loss {} -> {}",
