@@ -200,10 +200,7 @@ impl Bert {
                 eps,
             ))
         };
-        let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| -> Result<Proj, ModelError> {
-            let b = w.take(&format!("{p}.bias"), [o])?;
-            w.take_proj(&format!("{p}.weight"), i, o, Some(b))
-        };
+        let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| w.take_module(p, i, o, true);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
@@ -379,6 +376,55 @@ impl Bert {
         let [b, _, d] = hidden.dims();
         let first = hidden.narrow(1, 0, 1).reshape([b, d]);
         self.pooler.as_ref().map(|p| p.forward(first).tanh())
+    }
+}
+
+impl super::decoder::Body for Bert {
+    fn hidden(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        self.forward(ids, None, padding)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn tables_mut(&mut self) -> (&mut Param<Tensor<2>>, Option<&mut Proj>) {
+        (&mut self.word_embeddings, None)
+    }
+
+    fn token_table(&self) -> &Param<Tensor<2>> {
+        &self.word_embeddings
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        Bert::projections_mut(self)
+    }
+
+    /// `BertForMaskedLM` nests the encoder under `bert.`; `BertModel` has no prefix.
+    fn write_weights(&self, w: &mut WeightWriter) {
+        let prefix = if self.mlm_head.is_some() { "bert." } else { "" };
+        Bert::write_weights(self, w, prefix)
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpoint_layers = on;
+    }
+
+    fn hf_class(&self, classifier: bool) -> String {
+        match (classifier, self.mlm_head.is_some()) {
+            (true, _) => "BertForSequenceClassification",
+            (false, true) => "BertForMaskedLM",
+            (false, false) => "BertModel",
+        }
+        .to_owned()
     }
 }
 

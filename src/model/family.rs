@@ -12,7 +12,7 @@ use burn::prelude::Device;
 use super::gguf::Gguf;
 use super::gguf_write::{ArchPlan, GgufWriteError, unsupported};
 use super::weights::{ModelError, WeightMap};
-use super::{Backbone, Frozen, bert, gemma3, gpt2, llama, phi3};
+use super::{Backbone, Frozen};
 
 /// Why a family could not build a model: its config does not parse or check (the loader adds
 /// the config's path), or a weight is missing or misshapen.
@@ -153,14 +153,9 @@ pub trait Family: Sync {
     }
 }
 
-/// Every family hone runs. A new family is its model file with an `impl Family` and a line here.
-pub static FAMILIES: &[&dyn Family] = &[
-    &gpt2::Gpt2Family,
-    &llama::LlamaFamily,
-    &gemma3::Gemma3Family,
-    &phi3::Phi3Family,
-    &bert::BertFamily,
-];
+/// Every family hone runs, listed with their modules and [`Backbone`] variants in
+/// `model/mod.rs` (`families!`).
+pub use super::FAMILIES;
 
 /// The family that loads HF `model_type` `t`.
 pub fn by_model_type(t: &str) -> Option<&'static dyn Family> {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::lora::LoraAdapter;
 use super::precision::Precision;
 use super::quantized::{QuantError, QuantFormat, QuantWeight};
+use super::weights::WeightWriter;
 
 /// A linear projection `y = x W + b` with `W` stored `[in, out]`, plus an optional LoRA adapter.
 /// A frozen weight may be held quantised instead (QLoRA): then `weight` is empty and
@@ -283,6 +284,17 @@ impl LayerNorm {
     }
 }
 
+impl super::decoder::FinalNorm for LayerNorm {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        LayerNorm::forward(self, x)
+    }
+
+    fn write_weights(&self, name: &str, w: &mut WeightWriter) {
+        w.put(format!("{name}.weight"), self.weight.val());
+        w.put(format!("{name}.bias"), self.bias.val());
+    }
+}
+
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight` (Llama).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -302,6 +314,16 @@ impl RmsNorm {
     }
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         crate::kernels::rms_norm(x, self.weight.val(), self.eps)
+    }
+}
+
+impl super::decoder::FinalNorm for RmsNorm {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        RmsNorm::forward(self, x)
+    }
+
+    fn write_weights(&self, name: &str, w: &mut WeightWriter) {
+        w.put(format!("{name}.weight"), self.weight.val());
     }
 }
 
@@ -597,21 +619,6 @@ pub fn rows_at(table: &Tensor<2>, positions: &Tensor<2, Int>) -> Tensor<4> {
     burn::tensor::module::embedding(table.clone(), positions.clone()).reshape([b, 1, s, d])
 }
 
-/// The rotary `cos` and `sin` `[b, 1, s, dim]` at `positions` `[b, s]` for each `(theta,
-/// scaling)` base: the tables are built once up to the furthest position, then gathered.
-pub fn rotary_at<const N: usize>(
-    dim: usize,
-    bases: [(f64, &super::rope::RopeScaling); N],
-    positions: &Tensor<2, Int>,
-) -> [(Tensor<4>, Tensor<4>); N] {
-    let device = positions.device();
-    let max_pos = positions.clone().max().into_scalar::<i64>().max(0) as usize + 1;
-    bases.map(|(theta, scaling)| {
-        let (cos, sin) = super::rope::rope_tables(dim, theta, scaling, max_pos, &device);
-        (rows_at(&cos, positions), rows_at(&sin, positions))
-    })
-}
-
 /// Applies rotary embeddings to `[b, h, s, d]` given `cos`/`sin` `[b, 1, s, d]`:
 /// `x * cos + rotate_half(x) * sin`, `rotate_half([x1, x2]) = [-x2, x1]`.
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
@@ -634,49 +641,6 @@ pub fn positions_from_padding(
         Some(o) => pos + o.clone(),
         None => pos,
     }
-}
-
-/// A decoder block that rotary positions reach (Llama's, Phi-3's, Gemma's): what
-/// [`run_decoder_layers`] runs.
-pub trait DecoderLayer: Module + Sync + 'static {
-    /// The block over `x` `[b, s, d]`: attention under `mask` with q and k rotated by
-    /// `rotary` (`cos`, `sin` at each position), its keys and values written to `cache`'s
-    /// layer when decoding.
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        mask: Option<Tensor<4, Bool>>,
-        rotary: (&Tensor<4>, &Tensor<4>),
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor<3>;
-}
-
-/// `x` through `layers` in order, each under `mask` with the rotary tables
-/// `tables[table_of(layer)]` (Gemma's sliding and full layers rotate by different bases),
-/// writing `cache` when decoding; with `checkpoint` (training, no cache) each layer is
-/// recomputed in backward instead of keeping its activations.
-pub fn run_decoder_layers<L: DecoderLayer>(
-    layers: &[L],
-    mut x: Tensor<3>,
-    mask: Option<Tensor<4, Bool>>,
-    tables: &[(Tensor<4>, Tensor<4>)],
-    table_of: impl Fn(&L) -> usize,
-    mut cache: Option<&mut KvCache>,
-    checkpoint: bool,
-) -> Tensor<3> {
-    for (i, layer) in layers.iter().enumerate() {
-        let (cos, sin) = &tables[table_of(layer)];
-        x = match cache.as_deref_mut() {
-            None if checkpoint => {
-                let (mask, cos, sin) = (mask.clone(), cos.clone(), sin.clone());
-                crate::kernels::checkpointed(layer, x, move |l, x| {
-                    l.forward(x, mask.clone(), (&cos, &sin), None)
-                })
-            }
-            c => layer.forward(x, mask.clone(), (cos, sin), c.map(|c| (c, i))),
-        };
-    }
-    x
 }
 
 /// Keys and values of earlier positions, per layer, for incremental decoding. A layer's are

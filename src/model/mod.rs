@@ -2,25 +2,21 @@
 //! Hugging Face directories (`config.json`, `model.safetensors`, `tokenizer.json`), with LoRA.
 //! Nothing here depends on the runner.
 
-pub mod bert;
 pub mod chat;
+pub mod decoder;
 pub mod family;
-pub mod gemma3;
 pub mod ggml_quantize;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gguf_write;
-pub mod gpt2;
 pub mod heads;
 pub mod hub;
 pub mod layered;
 pub mod layers;
-pub mod llama;
 pub mod lora;
 pub mod moe;
 pub mod nf4;
-pub mod phi3;
 pub mod precision;
 pub mod probe;
 pub mod quantized;
@@ -45,38 +41,72 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("tensor reads back as f32")
 }
 
-/// The transformer body of a model, whatever its family.
-// One backbone per model, moved rarely: the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Backbone {
-    Gpt2(gpt2::Gpt2),
-    Llama(llama::Llama),
-    Gemma3(gemma3::Gemma3),
-    Phi3(phi3::Phi3),
-    Bert(bert::Bert),
+/// Every family hone runs, one line each: `module: Variant(its model) by its Family`. The line
+/// declares the family's module (its folder), its [`Backbone`] variant and its entry in
+/// [`FAMILIES`]; nothing else in hone names a family. The families are matched in this order
+/// (by `model_type` and GGUF architecture, each claimed by one).
+macro_rules! families {
+    ($($module:ident: $variant:ident($model:ty) by $family:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// The transformer body of a model, whatever its family.
+        // One backbone per model, moved rarely: the size difference between variants costs
+        // nothing.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Module, Debug)]
+        pub enum Backbone {
+            $($variant($model)),*
+        }
+
+        $(impl From<$model> for Backbone {
+            fn from(m: $model) -> Backbone {
+                Backbone::$variant(m)
+            }
+        })*
+
+        impl Backbone {
+            pub fn family(&self) -> &'static dyn Family {
+                match self {
+                    $(Backbone::$variant(_) => &$module::$family),*
+                }
+            }
+
+            /// The model as any body: what every family answers.
+            pub fn body(&self) -> &dyn decoder::Body {
+                match self {
+                    $(Backbone::$variant(m) => m),*
+                }
+            }
+
+            fn body_mut(&mut self) -> &mut dyn decoder::Body {
+                match self {
+                    $(Backbone::$variant(m) => m),*
+                }
+            }
+        }
+
+        /// Every family hone runs (see [`families!`]).
+        pub static FAMILIES: &[&dyn Family] = &[$(&$module::$family),*];
+    };
+}
+
+families! {
+    gpt2: Gpt2(gpt2::Gpt2) by Gpt2Family,
+    llama: Llama(llama::Llama) by LlamaFamily,
+    gemma3: Gemma3(gemma3::Gemma3) by Gemma3Family,
+    phi3: Phi3(phi3::Phi3) by Phi3Family,
+    bert: Bert(bert::Bert) by BertFamily,
 }
 
 impl Backbone {
-    pub fn family(&self) -> &'static dyn Family {
-        match self {
-            Backbone::Gpt2(_) => &gpt2::Gpt2Family,
-            Backbone::Llama(_) => &llama::LlamaFamily,
-            Backbone::Gemma3(_) => &gemma3::Gemma3Family,
-            Backbone::Phi3(_) => &phi3::Phi3Family,
-            Backbone::Bert(_) => &bert::BertFamily,
-        }
+    /// The model as a decoder; `None` for an encoder.
+    pub fn decoder(&self) -> Option<&dyn decoder::Decoder> {
+        self.body().as_decoder()
     }
 
     /// Hidden states `[b, s, d]`; `padding` `[b, s]` is true at real tokens.
     pub fn hidden(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        match self {
-            Backbone::Gpt2(m) => m.forward(ids, padding),
-            Backbone::Llama(m) => m.forward(ids, padding),
-            Backbone::Gemma3(m) => m.forward(ids, padding),
-            Backbone::Phi3(m) => m.forward(ids, padding),
-            Backbone::Bert(m) => m.forward(ids, None, padding),
-        }
+        self.body().hidden(ids, padding)
     }
 
     /// Decoder forward with explicit positions and attention mask `[b, 1, s, s]` (true where a
@@ -88,13 +118,8 @@ impl Backbone {
         positions: Tensor<2, Int>,
         mask: Tensor<4, Bool>,
     ) -> Tensor<3> {
-        match self {
-            Backbone::Gpt2(m) => m.forward_with(ids, positions, Some(mask), None),
-            Backbone::Llama(m) => m.forward_with(ids, positions, Some(mask), None),
-            Backbone::Gemma3(m) => m.forward_with(ids, positions, Some(mask), None),
-            Backbone::Phi3(m) => m.forward_with(ids, positions, Some(mask), None),
-            Backbone::Bert(_) => panic!("packing is for decoders"),
-        }
+        let decoder = self.decoder().expect("packing is for decoders");
+        decoder.hidden_with(ids, positions, Some(mask), None)
     }
 
     /// Decoder forward with explicit positions, mask `[b, 1, s, t]` and a KV cache.
@@ -105,69 +130,35 @@ impl Backbone {
         mask: Option<Tensor<4, Bool>>,
         cache: &mut layers::KvCache,
     ) -> Tensor<3> {
-        match self {
-            Backbone::Gpt2(m) => m.forward_with(ids, positions, mask, Some(cache)),
-            Backbone::Llama(m) => m.forward_with(ids, positions, mask, Some(cache)),
-            Backbone::Gemma3(m) => m.forward_with(ids, positions, mask, Some(cache)),
-            Backbone::Phi3(m) => m.forward_with(ids, positions, mask, Some(cache)),
-            Backbone::Bert(_) => panic!("BERT is an encoder: it has no incremental decoding"),
-        }
+        let decoder = self
+            .decoder()
+            .expect("an encoder has no incremental decoding");
+        decoder.hidden_with(ids, positions, mask, Some(cache))
     }
 
     pub fn hidden_size(&self) -> usize {
-        match self {
-            Backbone::Gpt2(m) => m.config.n_embd,
-            Backbone::Llama(m) => m.config.hidden_size,
-            Backbone::Gemma3(m) => m.config.hidden_size,
-            Backbone::Phi3(m) => m.config.hidden_size,
-            Backbone::Bert(m) => m.config.hidden_size,
-        }
+        self.body().hidden_size()
     }
 
     /// The longest sequence its position embeddings cover.
     pub fn max_positions(&self) -> usize {
-        match self {
-            Backbone::Gpt2(m) => m.config.n_positions,
-            Backbone::Llama(m) => m.config.max_position_embeddings,
-            Backbone::Gemma3(m) => m.config.max_position_embeddings,
-            Backbone::Phi3(m) => m.config.max_position_embeddings,
-            Backbone::Bert(m) => m.config.max_position_embeddings,
-        }
+        self.body().max_positions()
     }
 
     /// Whether the model generates text (has an LM head).
     pub fn is_decoder(&self) -> bool {
-        match self {
-            Backbone::Gpt2(_) => true,
-            Backbone::Llama(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
-            Backbone::Gemma3(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
-            Backbone::Phi3(m) => m.lm_head.is_some() || m.config.tie_word_embeddings,
-            Backbone::Bert(_) => false,
-        }
+        self.decoder().is_some_and(|d| d.head().exists())
     }
 
     /// The weight of the router's load-balancing loss where the model has a router that
     /// trains (a mixture of experts in full fine-tuning): the config's `router_aux_loss_coef`,
     /// transformers' 0.001 when it gives none; `None` otherwise.
     pub fn router_aux_loss_coef(&self) -> Option<f64> {
-        let Backbone::Llama(m) = self else {
-            return None;
-        };
-        let trains = m.layers.iter().any(|l| match &l.mlp {
-            llama::Mlp::Sparse(moe) => moe.gate.weight.is_require_grad(),
-            llama::Mlp::Dense(_) => false,
-        });
-        trains.then(|| m.config.router_aux_loss_coef.unwrap_or(0.001))
+        self.decoder()?.router_aux_loss_coef()
     }
 
     pub fn num_layers(&self) -> usize {
-        match self {
-            Backbone::Gpt2(m) => m.h.len(),
-            Backbone::Llama(m) => m.layers.len(),
-            Backbone::Gemma3(m) => m.layers.len(),
-            Backbone::Phi3(m) => m.layers.len(),
-            Backbone::Bert(m) => m.layers.len(),
-        }
+        self.body().num_layers()
     }
 
     /// Masked-LM logits (BERT with its `cls.predictions` head); `None` otherwise.
@@ -180,49 +171,44 @@ impl Backbone {
 
     /// LM logits for decoders; `None` for encoders.
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        match self {
-            Backbone::Gpt2(m) => Some(m.logits(hidden)),
-            Backbone::Llama(m) => m.logits(hidden),
-            Backbone::Gemma3(m) => m.logits(hidden),
-            Backbone::Phi3(m) => m.logits(hidden),
-            Backbone::Bert(_) => None,
-        }
+        let head = self.decoder()?.head();
+        let logits = layers::lm_logits(hidden, head.own, head.embed, head.tied)?;
+        Some(head.soft_cap(logits))
     }
 
     /// The token embedding table `[vocab, d]`.
     pub fn token_table(&self) -> &burn::module::Param<Tensor<2>> {
-        match self {
-            Backbone::Gpt2(m) => &m.wte,
-            Backbone::Llama(m) => &m.embed_tokens,
-            Backbone::Gemma3(m) => &m.embed_tokens,
-            Backbone::Phi3(m) => &m.embed_tokens,
-            Backbone::Bert(m) => &m.word_embeddings,
-        }
+        self.body().token_table()
+    }
+
+    /// The token embedding table and the LM head where the model has its own.
+    pub fn tables_mut(
+        &mut self,
+    ) -> (
+        &mut burn::module::Param<Tensor<2>>,
+        Option<&mut layers::Proj>,
+    ) {
+        self.body_mut().tables_mut()
     }
 
     /// The LM head as one `[d, v]` matrix when the logits are exactly `hidden @ head`: a
     /// plain projection or the tied embedding, no bias, no LoRA adapter on the head, no
     /// soft-capping; and whether that weight trains. `None` otherwise (and for encoders).
     fn plain_head(&self) -> Option<(Tensor<2>, bool)> {
-        let (head, embed, tied) = match self {
-            Backbone::Gpt2(m) => (&None, &m.wte, true),
-            Backbone::Llama(m) => (&m.lm_head, &m.embed_tokens, m.config.tie_word_embeddings),
-            Backbone::Gemma3(m) if m.config.final_logit_softcapping.is_none() => {
-                (&m.lm_head, &m.embed_tokens, m.config.tie_word_embeddings)
-            }
-            Backbone::Phi3(m) => (&m.lm_head, &m.embed_tokens, m.config.tie_word_embeddings),
-            _ => return None,
-        };
+        let head = self.decoder()?.head();
+        if head.soft_cap.is_some() {
+            return None;
+        }
         // Whether it trains is read off the parameter itself: a transposed view is not a leaf.
         let trains = |w: Tensor<2>| {
             let trains = w.is_require_grad();
             (w, trains)
         };
-        match head {
+        match head.own {
             Some(p) if p.bias.is_none() && p.lora.is_none() => Some(trains(p.weight.val())),
             Some(_) => None,
-            None => tied.then(|| {
-                let (w, t) = trains(embed.val());
+            None => head.tied.then(|| {
+                let (w, t) = trains(head.embed.val());
                 (w.transpose(), t)
             }),
         }
@@ -323,13 +309,7 @@ impl Backbone {
     /// rows at a time (about 64 MiB each) so evaluating a large vocabulary never holds the
     /// `[b, s, v]` logits; `None` for encoders.
     pub fn next_token_argmax(&self, hidden: Tensor<3>) -> Option<Tensor<2, Int>> {
-        let vocab = match self {
-            Backbone::Gpt2(m) => m.wte.dims()[0],
-            Backbone::Llama(m) => m.embed_tokens.dims()[0],
-            Backbone::Gemma3(m) => m.embed_tokens.dims()[0],
-            Backbone::Phi3(m) => m.embed_tokens.dims()[0],
-            Backbone::Bert(_) => return None,
-        };
+        let vocab = self.decoder()?.token_table().dims()[0];
         let rows = (crate::kernels::LOGIT_ELEMENTS_PER_CHUNK / vocab.max(1)).max(1);
         let [b, s, d] = hidden.dims();
         let n = b * (s - 1);
@@ -348,20 +328,11 @@ impl Backbone {
     /// magnitude slower (482 ms against 39 ms per token for Gemma 3's 262k vocabulary), with
     /// bit-identical results. `None` when the head is not tied.
     pub fn tied_head_for_decoding(&self) -> Option<Tensor<2>> {
-        let embed = match self {
-            Backbone::Gpt2(m) => &m.wte,
-            Backbone::Llama(m) if m.lm_head.is_none() && m.config.tie_word_embeddings => {
-                &m.embed_tokens
-            }
-            Backbone::Gemma3(m) if m.lm_head.is_none() && m.config.tie_word_embeddings => {
-                &m.embed_tokens
-            }
-            Backbone::Phi3(m) if m.lm_head.is_none() && m.config.tie_word_embeddings => {
-                &m.embed_tokens
-            }
-            _ => return None,
-        };
-        let t = embed.val().transpose();
+        let head = self.decoder()?.head();
+        if head.own.is_some() || !head.tied {
+            return None;
+        }
+        let t = head.embed.val().transpose();
         let device = t.device();
         Some(Tensor::from_data(t.into_data(), &device))
     }
@@ -377,33 +348,16 @@ impl Backbone {
             return self.lm_logits(hidden);
         };
         let logits = layers::matmul_autocast(hidden, w.clone());
-        Some(match self {
-            Backbone::Gemma3(m) => m.soft_cap(logits),
-            _ => logits,
-        })
+        Some(self.decoder()?.head().soft_cap(logits))
     }
 
     /// Projections by HF module path, for LoRA.
     pub fn projections_mut(&mut self) -> Vec<(String, &mut layers::Proj)> {
-        match self {
-            Backbone::Gpt2(m) => m.projections_mut(),
-            Backbone::Llama(m) => m.projections_mut(),
-            Backbone::Gemma3(m) => m.projections_mut(),
-            Backbone::Phi3(m) => m.projections_mut(),
-            Backbone::Bert(m) => m.projections_mut(),
-        }
+        self.body_mut().projections_mut()
     }
 
     fn write_weights(&self, w: &mut WeightWriter) {
-        match self {
-            Backbone::Gpt2(m) => m.write_weights(w),
-            Backbone::Llama(m) => m.write_weights(w),
-            Backbone::Gemma3(m) => m.write_weights(w),
-            Backbone::Phi3(m) => m.write_weights(w),
-            // `BertForMaskedLM` nests the encoder under `bert.`; `BertModel` has no prefix.
-            Backbone::Bert(m) if m.mlm_head.is_some() => m.write_weights(w, "bert."),
-            Backbone::Bert(m) => m.write_weights(w, ""),
-        }
+        self.body().write_weights(w)
     }
 }
 
@@ -719,13 +673,7 @@ impl GradientCheckpointing for Backbone {
                  train.gradient_checkpointing: the experts' routing trains on the LM loss alone"
             );
         }
-        match self {
-            Backbone::Gpt2(m) => m.checkpoint_layers = on,
-            Backbone::Llama(m) => m.checkpoint_layers = on,
-            Backbone::Gemma3(m) => m.checkpoint_layers = on,
-            Backbone::Phi3(m) => m.checkpoint_layers = on,
-            Backbone::Bert(m) => m.checkpoint_layers = on,
-        }
+        self.body_mut().set_gradient_checkpointing(on);
     }
 }
 
@@ -779,25 +727,7 @@ pub fn write_hf_metadata(
     let mut config = config.clone();
     let backbone = &model.backbone;
     if let Some(obj) = config.as_object_mut() {
-        let class = match (backbone, model.num_labels()) {
-            (Backbone::Gpt2(_), None) => "GPT2LMHeadModel".to_owned(),
-            (Backbone::Gpt2(_), Some(_)) => "GPT2ForSequenceClassification".to_owned(),
-            (Backbone::Llama(m), None) => format!("{}ForCausalLM", m.config.class_prefix()),
-            (Backbone::Llama(m), Some(_)) => {
-                format!("{}ForSequenceClassification", m.config.class_prefix())
-            }
-            (Backbone::Gemma3(m), None) if m.config.is_gemma2() => "Gemma2ForCausalLM".to_owned(),
-            (Backbone::Gemma3(m), Some(_)) if m.config.is_gemma2() => {
-                "Gemma2ForSequenceClassification".to_owned()
-            }
-            (Backbone::Phi3(_), None) => "Phi3ForCausalLM".to_owned(),
-            (Backbone::Phi3(_), Some(_)) => "Phi3ForSequenceClassification".to_owned(),
-            (Backbone::Gemma3(_), None) => "Gemma3ForCausalLM".to_owned(),
-            (Backbone::Gemma3(_), Some(_)) => "Gemma3TextForSequenceClassification".to_owned(),
-            (Backbone::Bert(b), None) if b.mlm_head.is_some() => "BertForMaskedLM".to_owned(),
-            (Backbone::Bert(_), None) => "BertModel".to_owned(),
-            (Backbone::Bert(_), Some(_)) => "BertForSequenceClassification".to_owned(),
-        };
+        let class = backbone.body().hf_class(model.num_labels().is_some());
         obj.insert("architectures".into(), serde_json::json!([class]));
         obj.insert("dtype".into(), "float32".into());
         let named = obj

@@ -96,17 +96,10 @@ pub trait ReducedPrecision {
 
 impl ReducedPrecision for super::Backbone {
     fn set_precision(&mut self, precision: Precision) {
-        use super::Backbone;
         for (_, proj) in self.projections_mut() {
             proj.set_precision(precision);
         }
-        let (table, head) = match self {
-            Backbone::Gpt2(m) => (&mut m.wte, None),
-            Backbone::Llama(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
-            Backbone::Gemma3(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
-            Backbone::Phi3(m) => (&mut m.embed_tokens, m.lm_head.as_mut()),
-            Backbone::Bert(m) => (&mut m.word_embeddings, None),
-        };
+        let (table, head) = self.tables_mut();
         super::layers::set_weight_precision(table, precision);
         // Only a frozen head: a trainable one keeps computing in f32, as the training loss
         // (which reads its f32 master weight) does.

@@ -587,6 +587,22 @@ impl WeightMap {
         self.quantize = format;
     }
 
+    /// The projection of HF module `module` (`layers.0.self_attn.q_proj`): its `.weight`,
+    /// and its `.bias` where `bias` says it has one (see [`take_proj`](Self::take_proj)).
+    pub fn take_module(
+        &mut self,
+        module: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<super::layers::Proj, ModelError> {
+        let bias = match bias {
+            true => Some(self.take(&format!("{module}.bias"), [d_out])?),
+            false => None,
+        };
+        self.take_proj(&format!("{module}.weight"), d_in, d_out, bias)
+    }
+
     /// A block projection `[out, in]` with its bias: quantised when
     /// [`quantize_projections`](Self::quantize_projections) asks for it, else as
     /// [`take_linear`](Self::take_linear) reads it.

@@ -134,8 +134,10 @@ impl Gemma3 {
                 "llama.cpp's {arch} has a full-attention layer every {pattern}th layer; this model's layer_types differ"
             )));
         }
-        let [(theta, full), (local, _)] = &self.rope;
-        if !gemma2 && *local != 10_000.0 {
+        // The stack's bases are [full, sliding].
+        let (theta, full) = &self.rotary.bases[0];
+        let local = self.rotary.bases[1].0;
+        if !gemma2 && local != 10_000.0 {
             return Err(unsupported(format!(
                 "llama.cpp's gemma3 gives sliding layers a rotary base of 10000; this model {local}"
             )));

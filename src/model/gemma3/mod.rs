@@ -21,9 +21,10 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, FinalNorm, Rotary};
 use super::layers::{
-    DecoderLayer, KeysValues, KvCache, Proj, causal_inputs, merge_heads, named_projections,
-    rotary_at, run_decoder_layers, split_heads, window_mask, write_projections,
+    KeysValues, KvCache, Proj, merge_heads, named_projections, split_heads, window_mask,
+    write_projections,
 };
 use super::rope::{RopeError, RopeScaling};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -147,6 +148,39 @@ pub enum Gemma3ConfigError {
     Unsupported(&'static str),
 }
 
+impl DecoderConfig for Gemma3Config {
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn tie_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+
+    /// sqrt(hidden size), rounded to f32 as transformers' normaliser is.
+    fn embed_scale(&self) -> Option<f64> {
+        Some((self.hidden_size as f64).sqrt() as f32 as f64)
+    }
+
+    fn final_logit_softcapping(&self) -> Option<f64> {
+        self.final_logit_softcapping
+    }
+
+    fn hf_class(&self, classifier: bool) -> String {
+        match (self.is_gemma2(), classifier) {
+            (true, false) => "Gemma2ForCausalLM",
+            (true, true) => "Gemma2ForSequenceClassification",
+            (false, false) => "Gemma3ForCausalLM",
+            (false, true) => "Gemma3TextForSequenceClassification",
+        }
+        .to_owned()
+    }
+}
+
 impl Gemma3Config {
     /// Gemma 2 (`model_type: gemma2`) rather than Gemma 3.
     pub fn is_gemma2(&self) -> bool {
@@ -191,6 +225,14 @@ impl Gemma3Config {
     /// them per layer type in `rope_parameters`; 4 has `rope_theta` and `rope_scaling` for the
     /// full layers and `rope_local_base_freq` for the sliding ones. Gemma 2 has one of each for
     /// all layers (flat in `rope_parameters`, or `rope_theta`).
+    /// Rotation over whole heads by the full layers' base and the sliding layers'.
+    pub fn rotary(&self) -> Result<Rotary, RopeError> {
+        Ok(Rotary {
+            dim: self.head_dim,
+            bases: self.rope()?.into(),
+        })
+    }
+
     pub fn rope(&self) -> Result<[(f64, RopeScaling); 2], RopeError> {
         if self.is_gemma2() {
             let theta = self
@@ -275,6 +317,16 @@ impl GemmaNorm {
     }
 }
 
+impl FinalNorm for GemmaNorm {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        GemmaNorm::forward(self, x)
+    }
+
+    fn write_weights(&self, name: &str, w: &mut WeightWriter) {
+        w.put(format!("{name}.weight"), self.weight.val());
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Gemma3Layer {
     pub input_layernorm: GemmaNorm,
@@ -348,25 +400,47 @@ impl DecoderLayer for Gemma3Layer {
             .post_feedforward_layernorm
             .forward(self.down_proj.forward(m))
     }
+
+    /// The sliding layers rotate by the second base.
+    fn rotary_base(&self) -> usize {
+        usize::from(self.window.is_some())
+    }
+
+    fn projections_mut(&mut self, layer: usize) -> Vec<(String, &mut Proj)> {
+        named_projections(layer, Gemma3Layer::projections_mut(self)).collect()
+    }
+
+    fn write_weights(&self, layer: usize, w: &mut WeightWriter) {
+        let p = format!("model.layers.{layer}");
+        for (name, n) in [
+            ("input_layernorm", Some(&self.input_layernorm)),
+            ("self_attn.q_norm", self.q_norm.as_ref()),
+            ("self_attn.k_norm", self.k_norm.as_ref()),
+            (
+                "post_attention_layernorm",
+                Some(&self.post_attention_layernorm),
+            ),
+            (
+                "pre_feedforward_layernorm",
+                Some(&self.pre_feedforward_layernorm),
+            ),
+            (
+                "post_feedforward_layernorm",
+                Some(&self.post_feedforward_layernorm),
+            ),
+        ] {
+            if let Some(n) = n {
+                w.put(format!("{p}.{name}.weight"), n.weight.val());
+            }
+        }
+        write_projections(w, named_projections(layer, self.projections()));
+    }
+
 }
 
-#[derive(Module, Debug)]
-pub struct Gemma3 {
-    pub embed_tokens: Param<Tensor<2>>,
-    pub layers: Vec<Gemma3Layer>,
-    pub norm: GemmaNorm,
-    /// `None` when tied to `embed_tokens` (every released Gemma 3).
-    pub lm_head: Option<Proj>,
-    #[module(skip)]
-    pub config: Gemma3Config,
-    /// Rotary base and scaling of the full and the sliding layers.
-    #[module(skip)]
-    pub rope: [(f64, RopeScaling); 2],
-    /// Recompute each layer in backward instead of keeping its activations
-    /// (`train.gradient_checkpointing`).
-    #[module(skip)]
-    pub checkpoint_layers: bool,
-}
+/// A Gemma 3 or Gemma 2 model: its blocks in the shared decoder stack, which rotates its
+/// full-attention layers by the first base and its sliding ones by the second.
+pub type Gemma3 = DecoderStack<Gemma3Layer, GemmaNorm, Gemma3Config>;
 
 impl Gemma3 {
     fn layer_shape(config: &Gemma3Config) -> Result<Vec<(Option<usize>, f64)>, ModelError> {
@@ -433,7 +507,7 @@ impl Gemma3 {
             norm: GemmaNorm::init(d, eps, device),
             lm_head: (!config.tie_word_embeddings)
                 .then(|| Proj::init(d, config.vocab_size, false, std, device)),
-            rope: config.rope().map_err(|e| ModelError::BadConfig {
+            rotary: config.rotary().map_err(|e| ModelError::BadConfig {
                 path: "config.json".into(),
                 reason: e.to_string(),
             })?,
@@ -463,13 +537,7 @@ impl Gemma3 {
         }
         w.strip_prefix("model.");
         let bias = config.attention_bias;
-        let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize, bias: bool| {
-            let b = match bias {
-                true => Some(w.take(&format!("{p}.bias"), [o])?),
-                false => None,
-            };
-            w.take_proj(&format!("{p}.weight"), i, o, b)
-        };
+        let lin = WeightMap::take_module;
         let norm = |w: &mut WeightMap, name: &str, n: usize| {
             Ok::<_, ModelError>(GemmaNorm::new(w.take(name, [n])?, eps))
         };
@@ -527,107 +595,13 @@ impl Gemma3 {
             layers,
             norm: norm(w, "norm.weight", d)?,
             lm_head,
-            rope: config.rope().map_err(|e| ModelError::BadConfig {
+            rotary: config.rotary().map_err(|e| ModelError::BadConfig {
                 path: w.path().to_path_buf(),
                 reason: e.to_string(),
             })?,
             config: config.clone(),
             checkpoint_layers: false,
         })
-    }
-
-    /// Writes HF `Gemma3ForCausalLM` weights (LoRA merged in).
-    pub fn write_weights(&self, w: &mut WeightWriter) {
-        w.put("model.embed_tokens.weight", self.embed_tokens.val());
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            for (name, n) in [
-                ("input_layernorm", Some(&l.input_layernorm)),
-                ("self_attn.q_norm", l.q_norm.as_ref()),
-                ("self_attn.k_norm", l.k_norm.as_ref()),
-                (
-                    "post_attention_layernorm",
-                    Some(&l.post_attention_layernorm),
-                ),
-                (
-                    "pre_feedforward_layernorm",
-                    Some(&l.pre_feedforward_layernorm),
-                ),
-                (
-                    "post_feedforward_layernorm",
-                    Some(&l.post_feedforward_layernorm),
-                ),
-            ] {
-                if let Some(n) = n {
-                    w.put(format!("{p}.{name}.weight"), n.weight.val());
-                }
-            }
-            write_projections(w, named_projections(i, l.projections()));
-        }
-        w.put("model.norm.weight", self.norm.weight.val());
-        if let Some(head) = &self.lm_head {
-            w.put_linear("lm_head.weight", head.merged_weight());
-        }
-    }
-
-    pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let layers = self.layers.iter_mut().enumerate();
-        layers
-            .flat_map(|(i, l)| named_projections(i, l.projections_mut()))
-            .collect()
-    }
-
-    /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
-    pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        let (positions, mask) = causal_inputs(&ids, padding);
-        self.forward_with(ids, positions, mask, None)
-    }
-
-    /// The general forward, as `Llama::forward_with`.
-    pub fn forward_with(
-        &self,
-        ids: Tensor<2, Int>,
-        positions: Tensor<2, Int>,
-        mask: Option<Tensor<4, Bool>>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let bases = self
-            .rope
-            .each_ref()
-            .map(|(theta, scaling)| (*theta, scaling));
-        let tables = rotary_at(self.config.head_dim, bases, &positions);
-        let scale = (self.config.hidden_size as f64).sqrt() as f32;
-        let x = super::layers::embed(&self.embed_tokens, ids).mul_scalar(scale as f64);
-        // `tables` is [full, sliding].
-        let x = run_decoder_layers(
-            &self.layers,
-            x,
-            mask,
-            &tables,
-            |layer| usize::from(layer.window.is_some()),
-            cache,
-            self.checkpoint_layers,
-        );
-        self.norm.forward(x)
-    }
-
-    /// LM logits (soft-capped when the config says so); `None` without an LM head.
-    pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        let logits = super::layers::lm_logits(
-            hidden,
-            self.lm_head.as_ref(),
-            &self.embed_tokens,
-            self.config.tie_word_embeddings,
-        )?;
-        Some(self.soft_cap(logits))
-    }
-
-    /// Gemma 2's final soft-capping, `tanh(x / cap) * cap`, where the config sets one.
-    pub fn soft_cap(&self, logits: Tensor<3>) -> Tensor<3> {
-        match self.config.final_logit_softcapping {
-            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
-            None => logits,
-        }
     }
 }
 

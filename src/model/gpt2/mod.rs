@@ -246,6 +246,78 @@ impl Gpt2 {
     }
 }
 
+impl super::decoder::Body for Gpt2 {
+    fn hidden(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        self.forward(ids, padding)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.n_embd
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn num_layers(&self) -> usize {
+        self.h.len()
+    }
+
+    fn tables_mut(&mut self) -> (&mut Param<Tensor<2>>, Option<&mut Proj>) {
+        (&mut self.wte, None)
+    }
+
+    fn token_table(&self) -> &Param<Tensor<2>> {
+        &self.wte
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
+        Gpt2::projections_mut(self)
+    }
+
+    fn write_weights(&self, w: &mut WeightWriter) {
+        Gpt2::write_weights(self, w)
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpoint_layers = on;
+    }
+
+    fn hf_class(&self, classifier: bool) -> String {
+        match classifier {
+            true => "GPT2ForSequenceClassification",
+            false => "GPT2LMHeadModel",
+        }
+        .to_owned()
+    }
+
+    fn as_decoder(&self) -> Option<&dyn super::decoder::Decoder> {
+        Some(self)
+    }
+}
+
+impl super::decoder::Decoder for Gpt2 {
+    fn hidden_with(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.forward_with(ids, positions, mask, cache)
+    }
+
+    /// Always the tied embedding.
+    fn head(&self) -> super::decoder::LmHead<'_> {
+        super::decoder::LmHead {
+            own: None,
+            embed: &self.wte,
+            tied: true,
+            soft_cap: None,
+        }
+    }
+}
+
 /// GPT-2 in [`super::family::FAMILIES`].
 pub struct Gpt2Family;
 

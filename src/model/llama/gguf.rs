@@ -297,7 +297,8 @@ impl Llama {
             ]);
         }
         let mut rope_tensors = Vec::new();
-        match &self.rope {
+        let rope = &self.rotary.bases[0].1;
+        match rope {
             RopeScaling::Default => {}
             RopeScaling::Linear { factor } => {
                 meta.push(("rope.scaling.type", Str("linear".into())));
@@ -313,7 +314,7 @@ impl Llama {
                 meta.push(("rope.scaling.original_context_length", u(*original_max)));
             }
             RopeScaling::Llama3 { .. } => {
-                let divisors = self.rope.frequency_divisors(hd, c.theta());
+                let divisors = rope.frequency_divisors(hd, c.theta());
                 rope_tensors.push(("rope_freqs.weight", divisors));
             }
             RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => {

@@ -24,10 +24,10 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, Rotary};
 use super::layers::{
-    DECODER_PROJECTIONS, DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope,
-    causal_inputs, merge_heads, named_projections, rotary_at, run_decoder_layers, split_heads,
-    window_mask, write_projections,
+    DECODER_PROJECTIONS, KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads,
+    named_projections, split_heads, window_mask, write_projections,
 };
 use super::moe::{Expert, SparseMoe, expert_parameter};
 use super::rope::{RopeError, RopeScaling};
@@ -137,6 +137,33 @@ fn default_max_pos() -> usize {
     2048
 }
 
+impl DecoderConfig for LlamaConfig {
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn tie_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+
+    fn router_aux_loss_coef(&self) -> f64 {
+        self.router_aux_loss_coef.unwrap_or(0.001)
+    }
+
+    fn hf_class(&self, classifier: bool) -> String {
+        let task = if classifier {
+            "SequenceClassification"
+        } else {
+            "CausalLM"
+        };
+        format!("{}For{task}", self.class_prefix())
+    }
+}
+
 impl LlamaConfig {
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -154,6 +181,14 @@ impl LlamaConfig {
             .unwrap_or(10_000.0)
     }
     /// The rotary scaling of `rope_parameters` or `rope_scaling`.
+    /// Rotation over whole heads by the config's one base, scaled by `scaling`.
+    pub fn rotary(&self, scaling: RopeScaling) -> Rotary {
+        Rotary {
+            dim: self.head_dim(),
+            bases: vec![(self.theta(), scaling)],
+        }
+    }
+
     pub fn rope_scaling(&self) -> Result<RopeScaling, RopeError> {
         RopeScaling::from_config(&serde_json::json!({
             "rope_parameters": self.rope_parameters,
@@ -399,36 +434,6 @@ impl LlamaLayer {
                 .collect(),
         }
     }
-
-    fn projections_mut(&mut self, layer: usize) -> Vec<(String, &mut Proj)> {
-        let LlamaLayer {
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            mlp,
-            ..
-        } = self;
-        match mlp {
-            Mlp::Dense(m) => {
-                let SwiGlu {
-                    gate_proj,
-                    up_proj,
-                    down_proj,
-                } = m;
-                named_projections(
-                    layer,
-                    [
-                        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
-                    ],
-                )
-                .collect()
-            }
-            Mlp::Sparse(moe) => named_attention(layer, [q_proj, k_proj, v_proj, o_proj])
-                .chain(moe.projections_mut(&format!("model.layers.{layer}.mlp")))
-                .collect(),
-        }
-    }
 }
 
 /// Attention's four projections of layer `layer` by their HF paths.
@@ -481,24 +486,75 @@ impl DecoderLayer for LlamaLayer {
             }
         }
     }
+
+    fn projections_mut(&mut self, layer: usize) -> Vec<(String, &mut Proj)> {
+        let LlamaLayer {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            mlp,
+            ..
+        } = self;
+        match mlp {
+            Mlp::Dense(m) => {
+                let SwiGlu {
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                } = m;
+                named_projections(
+                    layer,
+                    [
+                        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
+                    ],
+                )
+                .collect()
+            }
+            Mlp::Sparse(moe) => named_attention(layer, [q_proj, k_proj, v_proj, o_proj])
+                .chain(moe.projections_mut(&format!("model.layers.{layer}.mlp")))
+                .collect(),
+        }
+    }
+
+    fn write_weights(&self, layer: usize, w: &mut WeightWriter) {
+        let p = format!("model.layers.{layer}");
+        if let Some(n) = &self.input_layernorm {
+            w.put(format!("{p}.input_layernorm.weight"), n.weight.val());
+        }
+        w.put(
+            format!("{p}.post_attention_layernorm.weight"),
+            self.post_attention_layernorm.weight.val(),
+        );
+        if let Some(n) = &self.post_feedforward_layernorm {
+            w.put(
+                format!("{p}.post_feedforward_layernorm.weight"),
+                n.weight.val(),
+            );
+        }
+        for (name, norm) in [("q_norm", &self.q_norm), ("k_norm", &self.k_norm)] {
+            if let Some(n) = norm {
+                w.put(format!("{p}.self_attn.{name}.weight"), n.weight.val());
+            }
+        }
+        if let Mlp::Sparse(moe) = &self.mlp {
+            write_experts(w, &format!("{p}.mlp"), moe);
+        }
+        let dense = self.projections(layer).into_iter();
+        write_projections(w, dense.filter(|(p, _)| expert_parameter(p).is_none()));
+    }
+
+    fn trains_router(&self) -> bool {
+        match &self.mlp {
+            Mlp::Sparse(moe) => moe.gate.weight.is_require_grad(),
+            Mlp::Dense(_) => false,
+        }
+    }
 }
 
-#[derive(Module, Debug)]
-pub struct Llama {
-    pub embed_tokens: Param<Tensor<2>>,
-    pub layers: Vec<LlamaLayer>,
-    pub norm: RmsNorm,
-    /// `None` when tied to `embed_tokens`.
-    pub lm_head: Option<Proj>,
-    #[module(skip)]
-    pub config: LlamaConfig,
-    #[module(skip)]
-    pub rope: RopeScaling,
-    /// Recompute each layer in backward instead of keeping its activations
-    /// (`train.gradient_checkpointing`).
-    #[module(skip)]
-    pub checkpoint_layers: bool,
-}
+/// A Llama-family model: Llama's blocks (and the variants its config selects) in the shared
+/// decoder stack.
+pub type Llama = DecoderStack<LlamaLayer, RmsNorm, LlamaConfig>;
 
 impl Llama {
     pub fn init(config: &LlamaConfig, device: &Device) -> Llama {
@@ -579,9 +635,9 @@ impl Llama {
             norm: RmsNorm::init(d, config.rms_norm_eps, device),
             lm_head: (!config.tie_word_embeddings)
                 .then(|| Proj::init(d, config.vocab_size, false, std, device)),
-            config: config.clone(),
             // A new model comes from a recipe's `init`, which has no scaling.
-            rope: config.rope_scaling().unwrap_or(RopeScaling::Default),
+            rotary: config.rotary(config.rope_scaling().unwrap_or(RopeScaling::Default)),
+            config: config.clone(),
             checkpoint_layers: false,
         }
     }
@@ -602,19 +658,7 @@ impl Llama {
             false => None,
         };
         w.strip_prefix("model.");
-        let lin = |w: &mut WeightMap,
-                   p: &str,
-                   i: usize,
-                   o: usize,
-                   bias: bool|
-         -> Result<Proj, ModelError> {
-            let b = if bias {
-                Some(w.take(&format!("{p}.bias"), [o])?)
-            } else {
-                None
-            };
-            w.take_proj(&format!("{p}.weight"), i, o, b)
-        };
+        let lin = WeightMap::take_module;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let (bias, eps) = (config.qkv_bias(), config.rms_norm_eps);
         let bad_config = |e: LlamaConfigError| ModelError::BadConfig {
@@ -698,96 +742,15 @@ impl Llama {
             layers,
             norm: RmsNorm::new(w.take("norm.weight", [d])?, config.rms_norm_eps),
             lm_head,
+            rotary: config.rotary(config.rope_scaling().map_err(|e| {
+                ModelError::BadConfig {
+                    path: w.path().to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?),
             config: config.clone(),
-            rope: config.rope_scaling().map_err(|e| ModelError::BadConfig {
-                path: w.path().to_path_buf(),
-                reason: e.to_string(),
-            })?,
             checkpoint_layers: false,
         })
-    }
-
-    /// Writes HF `LlamaForCausalLM` weights (LoRA merged in).
-    pub fn write_weights(&self, w: &mut WeightWriter) {
-        w.put("model.embed_tokens.weight", self.embed_tokens.val());
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            if let Some(n) = &l.input_layernorm {
-                w.put(format!("{p}.input_layernorm.weight"), n.weight.val());
-            }
-            w.put(
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.weight.val(),
-            );
-            if let Some(n) = &l.post_feedforward_layernorm {
-                w.put(
-                    format!("{p}.post_feedforward_layernorm.weight"),
-                    n.weight.val(),
-                );
-            }
-            for (name, norm) in [("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
-                if let Some(n) = norm {
-                    w.put(format!("{p}.self_attn.{name}.weight"), n.weight.val());
-                }
-            }
-            if let Mlp::Sparse(moe) = &l.mlp {
-                write_experts(w, &format!("model.layers.{i}.mlp"), moe);
-            }
-            let dense = l.projections(i).into_iter();
-            write_projections(w, dense.filter(|(p, _)| expert_parameter(p).is_none()));
-        }
-        w.put("model.norm.weight", self.norm.weight.val());
-        if let Some(head) = &self.lm_head {
-            w.put_linear("lm_head.weight", head.merged_weight());
-        }
-    }
-
-    pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let layers = self.layers.iter_mut().enumerate();
-        layers.flat_map(|(i, l)| l.projections_mut(i)).collect()
-    }
-
-    /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
-    pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        let (positions, mask) = causal_inputs(&ids, padding);
-        self.forward_with(ids, positions, mask, None)
-    }
-
-    /// The general forward: explicit positions `[b, s]`, attention mask `[b, 1, s, t]` and an
-    /// optional cache of earlier keys/values (incremental decoding).
-    pub fn forward_with(
-        &self,
-        ids: Tensor<2, Int>,
-        positions: Tensor<2, Int>,
-        mask: Option<Tensor<4, Bool>>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let rotary = rotary_at(
-            self.config.head_dim(),
-            [(self.config.theta(), &self.rope)],
-            &positions,
-        );
-        let x = super::layers::embed(&self.embed_tokens, ids);
-        let x = run_decoder_layers(
-            &self.layers,
-            x,
-            mask,
-            &rotary,
-            |_| 0,
-            cache,
-            self.checkpoint_layers,
-        );
-        self.norm.forward(x)
-    }
-
-    /// LM logits; `None` for a checkpoint without an LM head (untied, head not saved).
-    pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        super::layers::lm_logits(
-            hidden,
-            self.lm_head.as_ref(),
-            &self.embed_tokens,
-            self.config.tie_word_embeddings,
-        )
     }
 }
 

@@ -139,7 +139,7 @@ impl Phi3 {
             ("attention.sliding_window", u(c.sliding_window.unwrap_or(0))),
         ];
         let mut rope_tensors = Vec::new();
-        match &self.rope {
+        match &self.rotary.bases[0].1 {
             RopeScaling::Default => {}
             RopeScaling::LongRope {
                 short,

@@ -12,9 +12,10 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, Rotary};
 use super::layers::{
-    DecoderLayer, KeysValues, KvCache, Proj, RmsNorm, apply_rope, causal_inputs, merge_heads,
-    rotary_at, run_decoder_layers, split_heads, window_mask, write_projections,
+    KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads, split_heads, window_mask,
+    write_projections,
 };
 use super::rope::{RopeError, RopeScaling};
 use super::weights::{ModelError, WeightMap, WeightWriter};
@@ -68,6 +69,28 @@ pub enum Phi3ConfigError {
     Heads,
     #[error("partial_rotary_factor {0} leaves no even number of rotated dimensions")]
     Rotary(f64),
+}
+
+impl DecoderConfig for Phi3Config {
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn tie_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+
+    fn hf_class(&self, classifier: bool) -> String {
+        match classifier {
+            true => "Phi3ForSequenceClassification",
+            false => "Phi3ForCausalLM",
+        }
+        .to_owned()
+    }
 }
 
 impl Phi3Config {
@@ -207,24 +230,35 @@ impl DecoderLayer for Phi3Layer {
         let up = gu.narrow(2, inner, inner);
         x + self.down_proj.forward(crate::kernels::silu_mul(gate, up))
     }
+
+    fn projections_mut(&mut self, layer: usize) -> Vec<(String, &mut Proj)> {
+        named(layer).zip(Phi3Layer::projections_mut(self)).collect()
+    }
+
+    fn write_weights(&self, layer: usize, w: &mut WeightWriter) {
+        let p = format!("model.layers.{layer}");
+        w.put(
+            format!("{p}.input_layernorm.weight"),
+            self.input_layernorm.weight.val(),
+        );
+        w.put(
+            format!("{p}.post_attention_layernorm.weight"),
+            self.post_attention_layernorm.weight.val(),
+        );
+        write_projections(w, named(layer).zip(self.projections()));
+    }
 }
 
-#[derive(Module, Debug)]
-pub struct Phi3 {
-    pub embed_tokens: Param<Tensor<2>>,
-    pub layers: Vec<Phi3Layer>,
-    pub norm: RmsNorm,
-    /// `None` when tied to `embed_tokens` (Phi-4-mini).
-    pub lm_head: Option<Proj>,
-    #[module(skip)]
-    pub config: Phi3Config,
-    #[module(skip)]
-    pub rope: RopeScaling,
-    /// Recompute each layer in backward instead of keeping its activations
-    /// (`train.gradient_checkpointing`).
-    #[module(skip)]
-    pub checkpoint_layers: bool,
+/// The projections of layer `i` by their full HF paths.
+fn named(i: usize) -> impl Iterator<Item = String> {
+    PHI3_PROJECTIONS
+        .into_iter()
+        .map(move |name| format!("model.layers.{i}.{name}"))
+
 }
+
+/// A Phi-3 (or Phi-4-mini) model: its blocks in the shared decoder stack.
+pub type Phi3 = DecoderStack<Phi3Layer, RmsNorm, Phi3Config>;
 
 impl Phi3 {
     /// Reads HF weights (`Phi3Model` or `Phi3ForCausalLM` names).
@@ -251,9 +285,7 @@ impl Phi3 {
             w.take("lm_head.weight", [config.vocab_size, d])?;
         }
         w.strip_prefix("model.");
-        let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| {
-            w.take_proj(&format!("{p}.weight"), i, o, None)
-        };
+        let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| w.take_module(p, i, o, false);
         let norm = |w: &mut WeightMap, name: &str| {
             Ok::<_, ModelError>(RmsNorm::new(w.take(name, [d])?, eps))
         };
@@ -287,86 +319,12 @@ impl Phi3 {
             norm: norm(w, "norm.weight")?,
             lm_head,
             config: config.clone(),
-            rope,
+            rotary: Rotary {
+                dim: config.rotary_dim(),
+                bases: vec![(config.theta(), rope)],
+            },
             checkpoint_layers: false,
         })
-    }
-
-    /// The projections of layer `i` by their full HF paths.
-    fn named(i: usize) -> impl Iterator<Item = String> {
-        PHI3_PROJECTIONS
-            .into_iter()
-            .map(move |name| format!("model.layers.{i}.{name}"))
-    }
-
-    /// Writes HF `Phi3ForCausalLM` weights (LoRA merged in).
-    pub fn write_weights(&self, w: &mut WeightWriter) {
-        w.put("model.embed_tokens.weight", self.embed_tokens.val());
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            w.put(
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.weight.val(),
-            );
-            w.put(
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.weight.val(),
-            );
-            write_projections(w, Phi3::named(i).zip(l.projections()));
-        }
-        w.put("model.norm.weight", self.norm.weight.val());
-        if let Some(head) = &self.lm_head {
-            w.put_linear("lm_head.weight", head.merged_weight());
-        }
-    }
-
-    pub fn projections_mut(&mut self) -> Vec<(String, &mut Proj)> {
-        let layers = self.layers.iter_mut().enumerate();
-        layers
-            .flat_map(|(i, l)| Phi3::named(i).zip(l.projections_mut()))
-            .collect()
-    }
-
-    /// Final hidden states `[b, s, d]`. `padding` is `[b, s]`, true at real tokens.
-    pub fn forward(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        let (positions, mask) = causal_inputs(&ids, padding);
-        self.forward_with(ids, positions, mask, None)
-    }
-
-    /// The general forward, as `Llama::forward_with`.
-    pub fn forward_with(
-        &self,
-        ids: Tensor<2, Int>,
-        positions: Tensor<2, Int>,
-        mask: Option<Tensor<4, Bool>>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let rotary = rotary_at(
-            self.config.rotary_dim(),
-            [(self.config.theta(), &self.rope)],
-            &positions,
-        );
-        let x = super::layers::embed(&self.embed_tokens, ids);
-        let x = run_decoder_layers(
-            &self.layers,
-            x,
-            mask,
-            &rotary,
-            |_| 0,
-            cache,
-            self.checkpoint_layers,
-        );
-        self.norm.forward(x)
-    }
-
-    /// LM logits; `None` for a checkpoint without an LM head.
-    pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        super::layers::lm_logits(
-            hidden,
-            self.lm_head.as_ref(),
-            &self.embed_tokens,
-            self.config.tie_word_embeddings,
-        )
     }
 }
 
