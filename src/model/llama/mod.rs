@@ -180,7 +180,6 @@ impl LlamaConfig {
             .or(self.rope_theta)
             .unwrap_or(10_000.0)
     }
-    /// The rotary scaling of `rope_parameters` or `rope_scaling`.
     /// Rotation over whole heads by the config's one base, scaled by `scaling`.
     pub fn rotary(&self, scaling: RopeScaling) -> Rotary {
         Rotary {
@@ -189,6 +188,7 @@ impl LlamaConfig {
         }
     }
 
+    /// The rotary scaling of `rope_parameters` or `rope_scaling`.
     pub fn rope_scaling(&self) -> Result<RopeScaling, RopeError> {
         RopeScaling::from_config(&serde_json::json!({
             "rope_parameters": self.rope_parameters,
