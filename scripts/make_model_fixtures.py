@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [moe] [gemma_for_gguf] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gemma_for_gguf] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -290,6 +290,25 @@ def dense_2026() -> None:
             sharded_bf16(name, model)
 
 
+def starcoder2() -> None:
+    """StarCoder2, the family added as one folder after the decoder stack: LayerNorms with
+    biases, biases on every projection, a non-gated GELU (tanh) MLP (`c_fc`, `c_proj`), a window
+    of 3 on every layer (shorter than the batch), tied embeddings (its default)."""
+    from transformers import Starcoder2Config, Starcoder2ForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    model = Starcoder2ForCausalLM(Starcoder2Config(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        sliding_window=3, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    torch.manual_seed(3)
+    randomize(model, 0.2)
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    save("starcoder2", model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
+    sharded_bf16("starcoder2", model)
+
+
 def moe() -> None:
     """Qwen3-MoE: `qwen3_moe` (8 experts, 2 per token renormalised, layer 1 dense by
     `mlp_only_layers`) and `qwen3_moe-step2` (every second layer sparse, probabilities not
@@ -497,6 +516,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "moe": moe, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

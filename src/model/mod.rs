@@ -95,6 +95,7 @@ families! {
     llama: Llama(llama::Llama) by LlamaFamily,
     gemma3: Gemma3(gemma3::Gemma3) by Gemma3Family,
     phi3: Phi3(phi3::Phi3) by Phi3Family,
+    starcoder2: Starcoder2(starcoder2::Starcoder2) by Starcoder2Family,
     bert: Bert(bert::Bert) by BertFamily,
 }
 

@@ -164,6 +164,7 @@ fn lora_learns_on_each_new_family_with_peft_names() {
         ("smollm3", "q_proj"),
         ("olmo2", "q_proj"),
         ("qwen3_moe", "q_proj"),
+        ("starcoder2", "q_proj"),
     ] {
         let device = Device::flex().autodiff();
         device.seed(7);

@@ -190,6 +190,16 @@ fn qwen3_moe_matches_transformers() {
     }
 }
 
+/// StarCoder2, a family of its own block in the shared decoder stack: LayerNorms and every
+/// projection with biases, a GELU MLP, a window shorter than the batch on every layer, tied
+/// embeddings; and as bf16 shards.
+#[test]
+fn starcoder2_matches_transformers() {
+    for name in ["starcoder2", "starcoder2-sharded-bf16"] {
+        decoder_parity(name);
+    }
+}
+
 /// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`): hone runs its text
 /// decoder to transformers' logits on text, leaves the vision tower unread, and saves the
 /// decoder as a `Gemma3ForCausalLM`.

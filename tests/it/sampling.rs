@@ -58,13 +58,16 @@ fn cached_batched_greedy_equals_naive_per_prompt() {
         "smollm3",
         "olmo2",
         "qwen3_moe",
+        "starcoder2",
     ] {
         let m = model(name, &device);
-        // Gemma 3's and SmolLM3's sliding windows count padded positions, as transformers
+        // Gemma 3's, SmolLM3's and StarCoder2's sliding windows count padded positions, as transformers
         // does, so a left-padded prompt sees fewer of its own tokens than alone: same lengths
         // there.
         let prompts = match name {
-            "gemma3" | "smollm3" => vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30, 12, 3, 64]],
+            "gemma3" | "smollm3" | "starcoder2" => {
+                vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30, 12, 3, 64]]
+            }
             _ => vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30]],
         };
         let cfg = SamplingConfig {
