@@ -242,15 +242,15 @@ def phi3() -> None:
         save(name, model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
 
 
-def sharded_bf16(name: str, model: torch.nn.Module) -> None:
-    """`model` stored as bf16 in shards of at most 40 KB (model.safetensors.index.json), as
+def sharded_bf16(name: str, model: torch.nn.Module, shard: str = "40KB") -> None:
+    """`model` stored as bf16 in shards of at most `shard` (model.safetensors.index.json), as
     checkpoints above a few GB are, under `<name>-sharded-bf16`; the reference is the saved
     files loaded back in f32, as hone loads them (a model cast to bf16 and back in memory would
     also have rounded its rotary frequencies)."""
     from transformers import AutoModelForCausalLM
     ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
     sharded = f"{name}-sharded-bf16"
-    save(sharded, model.to(torch.bfloat16), {}, max_shard_size="40KB")
+    save(sharded, model.to(torch.bfloat16), {}, max_shard_size=shard)
     model.to(torch.float32)
     back = AutoModelForCausalLM.from_pretrained(OUT / sharded, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -306,7 +306,7 @@ def starcoder2() -> None:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     save("starcoder2", model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1])})
-    sharded_bf16("starcoder2", model)
+    sharded_bf16("starcoder2", model, shard="16KB")
 
 
 def moe() -> None:
