@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gemma_for_gguf] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gpt_oss] [gemma_for_gguf] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -340,6 +340,36 @@ def moe() -> None:
             sharded_bf16(name, model)
 
 
+def gpt_oss() -> None:
+    """gpt-oss: attention sinks (one learned logit per head), sliding and full layers in turn
+    (window 3, shorter than the batch), YaRN without truncation, biases on attention, a
+    router with a bias whose top 2 of 4 logits are softmaxed, and experts with biases and the
+    clamped, interleaved SwiGLU (limit 1.0 here, so the clamp bites), stored fused
+    `[experts, in, out]`. Sinks drawn at unit scale so they matter. The reference holds the
+    load-balancing loss too."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    model = GptOssForCausalLM(GptOssConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=3,
+        max_position_embeddings=64, swiglu_limit=1.0, router_aux_loss_coef=0.01,
+        rope_parameters={"rope_type": "yarn", "factor": 2.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                         "original_max_position_embeddings": 32, "rope_theta": 10000.0},
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    torch.manual_seed(3)
+    randomize(model, 0.2)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.randn(layer.self_attn.sinks.shape, generator=g))
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_router_logits=True)
+    save("gpt_oss", model, {"logits": rows(out.logits), "last_hidden": rows(out.hidden_states[-1]),
+                            "aux_loss": out.aux_loss.item()})
+    sharded_bf16("gpt_oss", model, shard="16KB")
+
+
 def gemma_for_gguf() -> None:
     """Gemma 2 and Gemma 3 as llama.cpp runs them (attention scaled by the head size, its layer
     patterns: every other layer sliding for Gemma 2, five of six for Gemma 3), so hone can
@@ -516,6 +546,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gpt_oss": gpt_oss, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -7,6 +7,8 @@ every term of the forward and backward shows, plus PEFT's outputs and gradients 
 - `rslora/`: rsLoRA alone, r 4, alpha 8, q_proj and v_proj.
 - `qwen3_moe-experts/`: on the tiny Qwen3-MoE (tests/fixtures/models/qwen3_moe), r 4, alpha 8,
   q_proj and v_proj, and every expert's fused gate/up and down weights (`target_parameters`).
+- `gpt_oss-experts/`: on the tiny gpt-oss (tests/fixtures/models/gpt_oss), r 4, alpha 8, q_proj
+  and v_proj, and every expert's fused weights, which gpt-oss stores `[experts, in, out]`.
 - `starcoder2-all-linear/`: on the tiny StarCoder2 (tests/fixtures/models/starcoder2), r 4,
   alpha 8, every linear layer (attention's four, the MLP's `c_fc` and `c_proj`).
 
@@ -17,7 +19,7 @@ trainable tensor. The Rust tests read the committed files and need no Python.
 
 Run by hand (needs torch, transformers, peft, safetensors from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers peft safetensors
-    /tmp/venv/bin/python scripts/make_peft_fixtures.py [dora] [rslora] [qwen3_moe-experts] [starcoder2-all-linear]
+    /tmp/venv/bin/python scripts/make_peft_fixtures.py [dora] [rslora] [qwen3_moe-experts] [gpt_oss-experts] [starcoder2-all-linear]
 """
 import json
 import pathlib
@@ -91,6 +93,9 @@ def main(only: list) -> None:
         "qwen3_moe-experts": lambda: build("qwen3_moe-experts", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                           target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                                           lora_dropout=0.0), base="qwen3_moe"),
+        "gpt_oss-experts": lambda: build("gpt_oss-experts", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                        lora_dropout=0.0), base="gpt_oss"),
         "starcoder2-all-linear": lambda: build("starcoder2-all-linear", LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                               lora_dropout=0.0), base="starcoder2"),
     }

@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(
             supported(),
             "gpt2, llama (Llama 2 and 3.x), mistral, qwen2, qwen3, smollm3, olmo2, qwen3_moe (Qwen3-MoE), gemma2, \
-             gemma3_text, gemma3 (its text decoder), phi3 (Phi-3, Phi-4-mini), starcoder2 (StarCoder2), bert"
+             gemma3_text, gemma3 (its text decoder), phi3 (Phi-3, Phi-4-mini), starcoder2 (StarCoder2), gpt_oss (gpt-oss), bert"
         );
     }
 }

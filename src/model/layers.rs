@@ -385,16 +385,19 @@ pub fn attend(
     v: Tensor<4>,
     mask: Option<Tensor<4, Bool>>,
 ) -> Tensor<4> {
-    attend_capped(q, k, v, mask, None)
+    attend_capped(q, k, v, mask, None, None)
 }
 
-/// [`attend`] with the scores soft-capped first, `tanh(s / cap) * cap` (Gemma 2).
+/// [`attend`] with the scores soft-capped first, `tanh(s / cap) * cap` (Gemma 2), and with
+/// `sinks` (one logit per head, gpt-oss) an extra key each query may attend to, that has no
+/// value: it takes its share of the softmax and gives nothing back.
 pub fn attend_capped(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Option<Tensor<4, Bool>>,
     softcap: Option<f64>,
+    sinks: Option<&Tensor<1>>,
 ) -> Tensor<4> {
     let d = q.dims()[3];
     let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
@@ -405,7 +408,22 @@ pub fn attend_capped(
         let [b, h, sq, sk] = scores.dims();
         scores = scores.mask_fill(m.expand([b, h, sq, sk]), MASKED);
     }
-    softmax(scores, 3).matmul(v)
+    attention_weights(scores, sinks).matmul(v)
+}
+
+/// The softmax of `scores` `[b, h, s, t]` over the keys, with each head's sink logit
+/// (`sinks` `[h]`) as one more key whose weight is then dropped.
+fn attention_weights(scores: Tensor<4>, sinks: Option<&Tensor<1>>) -> Tensor<4> {
+    let Some(sinks) = sinks else {
+        return softmax(scores, 3);
+    };
+    let [b, h, s, t] = scores.dims();
+    let sink = sinks
+        .clone()
+        .cast(scores.dtype())
+        .reshape([1, h, 1, 1])
+        .expand([b, h, s, 1]);
+    softmax(Tensor::cat(vec![scores, sink], 3), 3).narrow(3, 0, t)
 }
 
 /// A layer's keys and values `[b, kv, t, d]` as attention sees them: this step's alone, or the
@@ -446,13 +464,15 @@ impl KeysValues {
         q: Tensor<4>,
         mask: Option<Tensor<4, Bool>>,
         softcap: Option<f64>,
+        sinks: Option<&Tensor<1>>,
     ) -> Tensor<4> {
         match self {
             KeysValues::Fresh(k, v) => {
                 let rep = q.dims()[1] / k.dims()[1];
-                attend_capped(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, softcap)
+                let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
+                attend_capped(q, k, v, mask, softcap, sinks)
             }
-            KeysValues::Cached(k, v) => attend_cached(q, k, v, mask, softcap),
+            KeysValues::Cached(k, v) => attend_cached(q, k, v, mask, softcap, sinks),
         }
     }
 }
@@ -468,6 +488,7 @@ pub fn attend_cached(
     v: Tensor<5>,
     mask: Option<Tensor<4, Bool>>,
     softcap: Option<f64>,
+    sinks: Option<&Tensor<1>>,
 ) -> Tensor<4> {
     let [b, h, s, d] = q.dims();
     let [_, kv, _, t, _] = k.dims();
@@ -482,7 +503,7 @@ pub fn attend_cached(
     if let Some(m) = mask {
         scores = scores.mask_fill(m.expand([b, h, s, t]), MASKED);
     }
-    softmax(scores, 3)
+    attention_weights(scores, sinks)
         .reshape([b, kv, h / kv, s, t])
         .matmul(v)
         .reshape([b, h, s, d])
@@ -788,7 +809,8 @@ mod tests {
                 .map(f32::to_bits)
                 .collect::<Vec<_>>()
         };
-        for softcap in [None, Some(5.0)] {
+        let sink_logits = Tensor::<1>::random([h], normal, &device);
+        for (softcap, sinks) in [(None, None), (Some(5.0), None), (None, Some(&sink_logits))] {
             // The prompt at once, then a position a step, into a cache sized short of the end
             // (it grows).
             let mut cache = KvCache::new(1, prompt + 1);
@@ -809,18 +831,19 @@ mod tests {
                     v.clone().narrow(2, 0, seen),
                     None,
                 )
-                .attend(q.clone(), mask.clone(), softcap);
+                .attend(q.clone(), mask.clone(), softcap, sinks);
                 let cached = KeysValues::new(
                     k.clone().narrow(2, at, len),
                     v.clone().narrow(2, at, len),
                     Some((&mut cache, 0)),
                 );
                 assert_eq!(cached.len(), seen);
-                let cached = cached.attend(q, mask, softcap);
+                let cached = cached.attend(q, mask, softcap, sinks);
                 assert_eq!(
                     bits(cached),
                     bits(whole),
-                    "softcap {softcap:?}, {seen} keys"
+                    "softcap {softcap:?}, sinks {}, {seen} keys",
+                    sinks.is_some()
                 );
             }
             assert_eq!(cache.len(), t);

@@ -96,6 +96,7 @@ families! {
     gemma3: Gemma3(gemma3::Gemma3) by Gemma3Family,
     phi3: Phi3(phi3::Phi3) by Phi3Family,
     starcoder2: Starcoder2(starcoder2::Starcoder2) by Starcoder2Family,
+    gpt_oss: GptOss(gpt_oss::GptOss) by GptOssFamily,
     bert: Bert(bert::Bert) by BertFamily,
 }
 

@@ -1,6 +1,8 @@
-//! Mixture-of-experts MLPs (Qwen3-MoE's sparse block): a router scores every expert for each
-//! token, the `top_k` best take the token, and the token's output is their outputs weighted by
-//! the router's probabilities (renormalised over the chosen ones with `norm_topk_prob`).
+//! Mixture-of-experts MLPs (Qwen3-MoE's and gpt-oss's sparse blocks): a router scores every
+//! expert for each token, the `top_k` best take the token, and the token's output is their
+//! outputs weighted as the family's [`Router`] says: the router's probabilities (renormalised
+//! over the chosen ones with `norm_topk_prob`; Qwen3-MoE), or a softmax over the chosen
+//! logits alone (gpt-oss).
 //!
 //! Experts run on their own tokens only: the routing is read back once per layer, the tokens
 //! are grouped by expert, each expert multiplies its group, and the weighted outputs are added
@@ -9,8 +11,9 @@
 //!
 //! Each expert holds its gate and up projections fused, `[d, 2 * inner]`, as transformers 5
 //! holds `gate_up_proj` (and as PEFT's `target_parameters` adapt it: one low-rank update per
-//! expert over the fused output); checkpoints store them apart per expert
-//! (`mlp.experts.<e>.gate_proj`), as released Qwen3-MoE files do.
+//! expert over the fused output): the gate's outputs then the up projection's (Qwen3-MoE,
+//! whose checkpoints store them apart per expert, `mlp.experts.<e>.gate_proj`), or the two
+//! interleaved (gpt-oss, whose checkpoints store them fused, as here).
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -19,35 +22,75 @@ use burn::tensor::{IndexingUpdateOp, TensorData};
 use super::layers::Proj;
 use super::precision::in_f32;
 
-/// One expert: a SwiGLU MLP with its gate and up projections fused.
+/// One expert: a gated MLP with its gate and up projections fused (with biases in gpt-oss).
 #[derive(Module, Debug)]
 pub struct Expert {
-    /// `[d, 2 * inner]`: the gate's outputs, then the up projection's.
+    /// `[d, 2 * inner]`: the gate's outputs and the up projection's, as [`Activation`] lays
+    /// them out.
     pub gate_up_proj: Proj,
     pub down_proj: Proj,
 }
 
+/// How an expert gates: what its fused `gate_up_proj` holds and what it makes of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// The gate's outputs, then the up projection's; `silu(gate) * up` (Qwen3-MoE).
+    SwiGlu,
+    /// gpt-oss's: gate and up interleaved (gate at even columns); the gate clamped above at
+    /// `limit` and the up projection to `[-limit, limit]`; then
+    /// `(up + 1) * gate * sigmoid(alpha * gate)`.
+    ClampedSwiGlu { alpha: f64, limit: f64 },
+}
+
 impl Expert {
     /// The expert's MLP on its tokens `[n, d]`.
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    fn forward(&self, x: Tensor<2>, activation: Activation) -> Tensor<2> {
         let h = self.gate_up_proj.forward(x);
-        let inner = h.dims()[1] / 2;
-        let gate = h.clone().narrow(1, 0, inner);
-        let up = h.narrow(1, inner, inner);
-        self.down_proj.forward(crate::kernels::silu_mul(gate, up))
+        let [n, width] = h.dims();
+        let inner = width / 2;
+        let gated = match activation {
+            Activation::SwiGlu => {
+                let gate = h.clone().narrow(1, 0, inner);
+                let up = h.narrow(1, inner, inner);
+                crate::kernels::silu_mul(gate, up)
+            }
+            Activation::ClampedSwiGlu { alpha, limit } => {
+                let pairs = h.reshape([n, inner, 2]);
+                let gate = pairs.clone().narrow(2, 0, 1).reshape([n, inner]);
+                let up = pairs.narrow(2, 1, 1).reshape([n, inner]);
+                let gate = gate.clamp_max(limit);
+                let up = up.clamp(-limit, limit);
+                let glu = gate.clone() * burn::tensor::activation::sigmoid(gate.mul_scalar(alpha));
+                up.add_scalar(1.0) * glu
+            }
+        };
+        self.down_proj.forward(gated)
     }
+}
+
+/// How a router's scores become the chosen experts and their weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Router {
+    /// A softmax over every expert, then the `top_k` most probable, their probabilities
+    /// renormalised to sum to 1 where `renormalise` (Qwen3-MoE's `norm_topk_prob`).
+    SoftmaxThenTopK { renormalise: bool },
+    /// The `top_k` largest logits, then a softmax over those alone (gpt-oss).
+    TopKThenSoftmax,
 }
 
 /// A sparse MoE block: router and experts.
 #[derive(Module, Debug)]
 pub struct SparseMoe {
-    /// The router, `[d, experts]` without bias (HF `mlp.gate`). Not offered to LoRA: PEFT
-    /// cannot adapt it either (it is no `nn.Linear` in transformers 5).
+    /// The router, `[d, experts]` (HF `mlp.gate`, without bias; gpt-oss's `mlp.router`, with
+    /// one). Not offered to LoRA: PEFT cannot adapt it either (it is no `nn.Linear` in
+    /// transformers 5).
     pub gate: Proj,
     pub experts: Vec<Expert>,
     pub top_k: usize,
-    /// Renormalise the chosen experts' probabilities to sum to 1.
-    pub norm_topk_prob: bool,
+    #[module(skip)]
+    pub router: Router,
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 /// Which experts took which tokens in one forward: what the load-balancing loss counts.
@@ -84,23 +127,40 @@ impl SparseMoe {
         let (n, e, k) = (b * s, self.experts(), self.top_k.min(self.experts()));
         let device = x.device();
         let flat = x.reshape([n, d]);
-        let probs = burn::tensor::activation::softmax(in_f32(self.gate.forward(flat.clone())), 1);
-        let chosen = top_k_rows(&super::to_vec(probs.clone()), e, k);
-
-        // The chosen probabilities, token by token in rank order: slot `t * k + j`.
-        let slots: Vec<i64> = chosen
-            .iter()
-            .enumerate()
-            .flat_map(|(t, experts)| experts.iter().map(move |&x| (t * e + x) as i64))
-            .collect();
-        let mut weights = probs
-            .clone()
-            .reshape([n * e])
-            .select(0, ints(slots, &device));
-        if self.norm_topk_prob {
-            let w = weights.reshape([n, k]);
-            weights = (w.clone() / w.sum_dim(1)).reshape([n * k]);
-        }
+        let logits = in_f32(self.gate.forward(flat.clone()));
+        let probs = burn::tensor::activation::softmax(logits.clone(), 1);
+        // The chosen experts' scores, token by token in rank order: slot `t * k + j`.
+        let chosen_of = |scores: &Tensor<2>| {
+            let chosen = top_k_rows(&super::to_vec(scores.clone()), e, k);
+            let slots: Vec<i64> = chosen
+                .iter()
+                .enumerate()
+                .flat_map(|(t, experts)| experts.iter().map(move |&x| (t * e + x) as i64))
+                .collect();
+            let picked = scores
+                .clone()
+                .reshape([n * e])
+                .select(0, ints(slots, &device));
+            (chosen, picked)
+        };
+        let (chosen, weights) = match self.router {
+            Router::SoftmaxThenTopK { renormalise } => {
+                let (chosen, picked) = chosen_of(&probs);
+                let weights = match renormalise {
+                    true => {
+                        let w = picked.reshape([n, k]);
+                        (w.clone() / w.sum_dim(1)).reshape([n * k])
+                    }
+                    false => picked,
+                };
+                (chosen, weights)
+            }
+            Router::TopKThenSoftmax => {
+                let (chosen, picked) = chosen_of(&logits);
+                let weights = burn::tensor::activation::softmax(picked.reshape([n, k]), 1);
+                (chosen, weights.reshape([n * k]))
+            }
+        };
 
         // Each expert's tokens, and where their weights sit among the slots.
         let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); e];
@@ -120,7 +180,7 @@ impl SparseMoe {
             let w = weights
                 .clone()
                 .select(0, ints(std::mem::take(&mut slot_of[x]), &device));
-            let y = expert.forward(flat.clone().select(0, rows.clone()));
+            let y = expert.forward(flat.clone().select(0, rows.clone()), self.activation);
             let w = w.cast(y.dtype());
             outputs.push(y * w.unsqueeze_dim(1));
             at.push(rows);

@@ -660,6 +660,37 @@ impl WeightMap {
         ))
     }
 
+    /// A block projection stored as burn holds it, `[in, out]` (gpt-oss's fused experts), with
+    /// its bias: quantised when [`quantize_projections`](Self::quantize_projections) asks for
+    /// it, else as [`take_matrix`](Self::take_matrix) reads it.
+    pub fn take_proj_in_out(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: Option<Tensor<1>>,
+    ) -> Result<super::layers::Proj, ModelError> {
+        let Some(format) = self.quantize else {
+            let weight = self.take_matrix(name, [d_in, d_out])?;
+            return Ok(super::layers::Proj::new(weight, bias));
+        };
+        // The formats quantise PyTorch's `[out, in]` by rows.
+        let values = self
+            .take_values(name, &[d_in, d_out])?
+            .transposed(d_in, d_out)
+            .into_f32();
+        let weight = super::quantized::QuantWeight::quantize(&values, d_out, d_in, format)
+            .map_err(|e| ModelError::BadConfig {
+                path: self.path.clone(),
+                reason: format!("cannot quantise `{name}`: {e}"),
+            })?;
+        Ok(super::layers::Proj::from_quantized(
+            weight,
+            bias,
+            &self.device,
+        ))
+    }
+
     fn unreadable(&self, name: &str) -> ModelError {
         ModelError::BadConfig {
             path: self.path.clone(),

@@ -200,6 +200,17 @@ fn starcoder2_matches_transformers() {
     }
 }
 
+/// gpt-oss: attention sinks, sliding and full layers in turn, YaRN without truncation, a
+/// router with a bias softmaxing its top logits, experts with biases and the clamped,
+/// interleaved SwiGLU (clamping in earnest), fused expert weights cut per expert and stacked
+/// again when saved; and as bf16 shards.
+#[test]
+fn gpt_oss_matches_transformers() {
+    for name in ["gpt_oss", "gpt_oss-sharded-bf16"] {
+        decoder_parity(name);
+    }
+}
+
 /// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`): hone runs its text
 /// decoder to transformers' logits on text, leaves the vision tower unread, and saves the
 /// decoder as a `Gemma3ForCausalLM`.

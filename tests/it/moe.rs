@@ -42,28 +42,35 @@ fn load(name: &str, device: &Device) -> Backbone {
     load_hf_dir(&fixture(name), device).unwrap().model.backbone
 }
 
-fn router(model: &Backbone, layer: usize) -> Vec<f32> {
-    let Backbone::Llama(m) = model else {
-        panic!("a Qwen3-MoE is a Llama-family model")
-    };
-    match &m.layers[layer].mlp {
-        llama::Mlp::Sparse(moe) => to_vec(moe.gate.weight.val()),
-        llama::Mlp::Dense(_) => panic!("layer {layer} is dense"),
+/// Layer `layer`'s sparse block, of a Qwen3-MoE (a Llama-family model) or a gpt-oss.
+fn sparse_block(model: &Backbone, layer: usize) -> &moe::SparseMoe {
+    match model {
+        Backbone::Llama(m) => match &m.layers[layer].mlp {
+            llama::Mlp::Sparse(moe) => moe,
+            llama::Mlp::Dense(_) => panic!("layer {layer} is dense"),
+        },
+        Backbone::GptOss(m) => &m.layers[layer].mlp,
+        _ => panic!("not a mixture of experts"),
     }
 }
 
+fn router(model: &Backbone, layer: usize) -> Vec<f32> {
+    to_vec(sparse_block(model, layer).gate.weight.val())
+}
+
 /// Over the padded batch, the sparse layers' routings give transformers' `aux_loss` (padding
-/// left out), for renormalised and plain top-k alike.
+/// left out), for renormalised and plain top-k alike, and for gpt-oss's router (top logits
+/// softmaxed; the loss counts its softmax over every expert, as transformers').
 #[test]
 fn the_load_balancing_loss_matches_transformers() {
-    for name in ["qwen3_moe", "qwen3_moe-step2"] {
+    for name in ["qwen3_moe", "qwen3_moe-step2", "gpt_oss"] {
         let device = Device::flex().autodiff();
         let model = load(name, &device);
         let (rows, want) = reference(name);
         let batch = LmBatch::from_sequences(&rows, &device);
         let (_, routings) =
             moe::with_routings(|| model.hidden(batch.ids.clone(), Some(batch.padding.clone())));
-        let sparse = if name == "qwen3_moe" { 2 } else { 1 };
+        let sparse = if name == "qwen3_moe-step2" { 1 } else { 2 };
         assert_eq!(
             routings.len(),
             sparse,
@@ -151,19 +158,22 @@ fn train(mut model: Backbone, batch: &LmBatch, steps: usize, lr: f64) -> (Backbo
 
 /// Expert 0's fused gate/up weight in layer 0.
 fn expert_weight(model: &Backbone) -> Vec<f32> {
-    let Backbone::Llama(m) = model else { panic!() };
-    match &m.layers[0].mlp {
-        llama::Mlp::Sparse(moe) => to_vec(moe.experts[0].gate_up_proj.weight.val()),
-        llama::Mlp::Dense(_) => panic!("layer 0 is sparse"),
-    }
+    to_vec(sparse_block(model, 0).experts[0].gate_up_proj.weight.val())
 }
 
 /// LoRA on attention and on every expert (PEFT's `target_parameters`) learns, with the base
 /// in f32 and with its projections, experts included, held in NF4 (QLoRA); the router stays
-/// f32 and frozen either way.
+/// f32 and frozen either way. On a Qwen3-MoE (3 layers, 2 sparse, 8 experts) and a gpt-oss
+/// (2 layers, 4 experts with biases).
 #[test]
 fn lora_and_qlora_on_the_experts_learn() {
-    for quantized in [false, true] {
+    let cases = [
+        ("qwen3_moe", 3 * 2 + 2 * 8 * 2, false),
+        ("qwen3_moe", 3 * 2 + 2 * 8 * 2, true),
+        ("gpt_oss", 2 * 2 + 2 * 4 * 2, false),
+        ("gpt_oss", 2 * 2 + 2 * 4 * 2, true),
+    ];
+    for (name, adapters, quantized) in cases {
         let device = Device::flex().autodiff();
         device.seed(5);
         let cfg = lora::LoraConfig {
@@ -176,11 +186,11 @@ fn lora_and_qlora_on_the_experts_learn() {
             ]),
             ..Default::default()
         };
-        let (mut model, adapted) = lora::apply(load("qwen3_moe", &device), &cfg, &device).unwrap();
+        let (mut model, adapted) = lora::apply(load(name, &device), &cfg, &device).unwrap();
         assert_eq!(
             adapted.len(),
-            3 * 2 + 2 * 8 * 2,
-            "q and v of 3 layers, 2 x 8 experts x 2"
+            adapters,
+            "{name}: q and v, and the experts' two weights"
         );
         if quantized {
             for (path, proj) in model.projections_mut() {
@@ -188,21 +198,18 @@ fn lora_and_qlora_on_the_experts_learn() {
                     .unwrap_or_else(|e| panic!("{path}: {e}"));
             }
         }
-        let (rows, _) = reference("qwen3_moe");
+        let (rows, _) = reference(name);
         let batch = LmBatch::from_sequences(&rows, &device);
         let router_before = router(&model, 0);
         let (model, losses) = train(model, &batch, 10, 1e-2);
         assert!(
             losses[9] < losses[0] - 1.0,
-            "quantized {quantized}: loss {} -> {}",
+            "{name}, quantized {quantized}: loss {} -> {}",
             losses[0],
             losses[9]
         );
         assert_eq!(router(&model, 0), router_before, "the router stays frozen");
-        let Backbone::Llama(m) = &model else { panic!() };
-        let llama::Mlp::Sparse(moe) = &m.layers[0].mlp else {
-            panic!("layer 0 is sparse")
-        };
+        let moe = sparse_block(&model, 0);
         assert_eq!(moe.experts[0].down_proj.quantized.is_some(), quantized);
         assert!(moe.gate.quantized.is_none());
     }

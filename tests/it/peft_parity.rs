@@ -188,6 +188,26 @@ fn expert_adapters_match_peft_logits_and_gradients_and_round_trip() {
     );
 }
 
+/// gpt-oss's experts, which transformers stores `[experts, in, out]` (PEFT's `is_transposed`):
+/// the same stacked factors as Qwen3-MoE's, with the experts' biases left alone; PEFT's logits
+/// and gradients, and saved back as PEFT wrote them.
+#[test]
+fn gpt_oss_expert_adapters_match_peft_and_round_trip() {
+    let (model, cfg) = matches_peft("gpt_oss-experts");
+    let mut model = model.valid();
+    let experts = model
+        .projections_mut()
+        .into_iter()
+        .filter(|(p, proj)| p.contains(".experts.") && proj.lora.is_some())
+        .count();
+    assert_eq!(experts, 2 * 4 * 2, "2 layers x 4 experts x 2 weights");
+    let config = saves_as_peft(&mut model, &cfg, "gpt_oss", "gpt_oss-experts");
+    assert_eq!(
+        config["target_parameters"],
+        serde_json::json!(["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    );
+}
+
 /// StarCoder2, the family added as one folder: PEFT's `all-linear` adapter (attention's four
 /// projections and the MLP's `c_fc` and `c_proj` in each block) gives PEFT's logits and
 /// gradients, and saves back as PEFT wrote it.

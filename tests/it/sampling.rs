@@ -59,13 +59,14 @@ fn cached_batched_greedy_equals_naive_per_prompt() {
         "olmo2",
         "qwen3_moe",
         "starcoder2",
+        "gpt_oss",
     ] {
         let m = model(name, &device);
-        // Gemma 3's, SmolLM3's and StarCoder2's sliding windows count padded positions, as transformers
-        // does, so a left-padded prompt sees fewer of its own tokens than alone: same lengths
-        // there.
+        // Sliding windows (Gemma 3's, SmolLM3's, StarCoder2's, gpt-oss's) count padded
+        // positions, as transformers does, so a left-padded prompt sees fewer of its own
+        // tokens than alone: same lengths there.
         let prompts = match name {
-            "gemma3" | "smollm3" | "starcoder2" => {
+            "gemma3" | "smollm3" | "starcoder2" | "gpt_oss" => {
                 vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30, 12, 3, 64]]
             }
             _ => vec![vec![5u32, 17, 42, 8, 99], vec![7u32, 30]],

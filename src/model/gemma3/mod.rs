@@ -388,7 +388,7 @@ impl DecoderLayer for Gemma3Layer {
             Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let a = kv.attend(q, mask, self.softcap);
+        let a = kv.attend(q, mask, self.softcap, None);
         let a = self
             .post_attention_layernorm
             .forward(self.o_proj.forward(merge_heads(a)));

@@ -68,7 +68,7 @@ impl Gpt2Block {
         let q = split_heads(qkv.clone().narrow(2, 0, d), self.n_head);
         let k = split_heads(qkv.clone().narrow(2, d, d), self.n_head);
         let v = split_heads(qkv.narrow(2, 2 * d, d), self.n_head);
-        let a = KeysValues::new(k, v, cache).attend(q, mask, None);
+        let a = KeysValues::new(k, v, cache).attend(q, mask, None, None);
         let x = x + self.attn_c_proj.forward(merge_heads(a));
         let h = self.c_fc.forward(self.ln_2.forward(x.clone()));
         let h = if self.tanh_gelu {

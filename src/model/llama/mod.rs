@@ -29,7 +29,7 @@ use super::layers::{
     DECODER_PROJECTIONS, KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads,
     named_projections, split_heads, window_mask, write_projections,
 };
-use super::moe::{Expert, SparseMoe, expert_parameter};
+use super::moe::{Activation, Expert, Router, SparseMoe, expert_parameter};
 use super::rope::{RopeError, RopeScaling};
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
@@ -472,7 +472,7 @@ impl DecoderLayer for LlamaLayer {
             Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let a = self.o_proj.forward(merge_heads(kv.attend(q, mask, None)));
+        let a = self.o_proj.forward(merge_heads(kv.attend(q, mask, None, None)));
         let mlp = |h: Tensor<3>| self.mlp.forward(h);
         match &self.post_feedforward_layernorm {
             None => {
@@ -598,7 +598,10 @@ impl Llama {
                         })
                         .collect(),
                     top_k: k,
-                    norm_topk_prob: config.norm_topk_prob.unwrap_or(false),
+                    router: Router::SoftmaxThenTopK {
+                        renormalise: config.norm_topk_prob.unwrap_or(false),
+                    },
+                    activation: Activation::SwiGlu,
                 })
             }
         };
@@ -777,7 +780,10 @@ fn sparse_moe(config: &LlamaConfig, w: &mut WeightMap, p: &str) -> Result<Sparse
         gate,
         experts,
         top_k: k,
-        norm_topk_prob: config.norm_topk_prob.unwrap_or(false),
+        router: Router::SoftmaxThenTopK {
+            renormalise: config.norm_topk_prob.unwrap_or(false),
+        },
+        activation: Activation::SwiGlu,
     })
 }
 

@@ -221,7 +221,7 @@ impl DecoderLayer for Phi3Layer {
             Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let a = kv.attend(q, mask, None);
+        let a = kv.attend(q, mask, None, None);
         let x = x + self.o_proj.forward(merge_heads(a));
         let n = self.post_attention_layernorm.forward(x.clone());
         let gu = self.gate_up_proj.forward(n);

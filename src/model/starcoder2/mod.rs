@@ -218,7 +218,7 @@ impl DecoderLayer for Starcoder2Layer {
             Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
             None => mask,
         };
-        let x = x + self.o_proj.forward(merge_heads(kv.attend(q, mask, None)));
+        let x = x + self.o_proj.forward(merge_heads(kv.attend(q, mask, None, None)));
         let h = self
             .c_fc
             .forward(self.post_attention_layernorm.forward(x.clone()));
