@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gpt_oss] [gemma_for_gguf] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gpt_oss] [gpt_oss_mxfp4] [gemma_for_gguf] [gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -370,6 +370,60 @@ def gpt_oss() -> None:
     sharded_bf16("gpt_oss", model, shard="16KB")
 
 
+FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def mxfp4(w: torch.Tensor) -> tuple:
+    """gpt-oss experts `[experts, in, out]` as its released files store them: `_blocks`
+    `[experts, out, in / 32, 16]` (two E2M1 codes a byte, the even element low) and `_scales`
+    `[experts, out, in / 32]` (E8M0: the power of two, biased by 127, that puts each block's
+    largest value within the codes' 6)."""
+    t = w.transpose(1, 2).contiguous()
+    e, rows, cols = t.shape
+    groups = t.reshape(e, rows, cols // 32, 32)
+    amax = groups.abs().amax(-1)
+    exp = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 2 + 127, torch.zeros_like(amax)).clamp(0, 254)
+    scaled = groups / torch.pow(2.0, exp - 127)[..., None]
+    codes = (scaled[..., None] - torch.tensor(FP4_VALUES)).abs().argmin(-1).to(torch.uint8)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous(), exp.to(torch.uint8).contiguous()
+
+
+def gpt_oss_mxfp4() -> None:
+    """`gpt_oss-mxfp4`: a gpt-oss whose expert weights are stored as the released checkpoints
+    store them, MXFP4 `_blocks` and `_scales` (widths of 32, whole blocks), with their
+    `quantization_config`; the reference is what transformers computes after dequantising them
+    itself (on a CPU it always does)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, GptOssConfig, GptOssForCausalLM
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(MASK)
+    model = GptOssForCausalLM(GptOssConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=3,
+        max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    torch.manual_seed(3)
+    randomize(model, 0.2)
+    d = OUT / "gpt_oss-mxfp4"
+    model.save_pretrained(d, safe_serialization=True)
+    (d / "generation_config.json").unlink(missing_ok=True)
+    tensors = load_file(d / "model.safetensors")
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        tensors[name + "_blocks"], tensors[name + "_scales"] = mxfp4(tensors.pop(name))
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((d / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    back = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = back(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    ref = {"input_ids": INPUT_IDS, "attention_mask": MASK, "logits": rows(out.logits),
+           "last_hidden": rows(out.hidden_states[-1])}
+    (d / "reference.json").write_text(json.dumps(ref))
+    size = sum(f.stat().st_size for f in d.iterdir())
+    print(f"{d.relative_to(ROOT)}: {size / 1024:.0f} KiB")
+
+
 def gemma_for_gguf() -> None:
     """Gemma 2 and Gemma 3 as llama.cpp runs them (attention scaled by the head size, its layer
     patterns: every other layer sliding for Gemma 2, five of six for Gemma 3), so hone can
@@ -546,6 +600,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gpt_oss": gpt_oss, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gpt_oss": gpt_oss, "gpt_oss_mxfp4": gpt_oss_mxfp4, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Builds tests/fixtures/ggml_quants.json: random blocks of every ggml quantisation type hone
 reads, and their values as the `gguf` package's numpy dequantisers compute them (the reference
-for llama.cpp's layouts). The scale fields are set to finite f16 values; every other byte is
-random, so every bit of every quant field is exercised.
+for llama.cpp's layouts). The scale fields are set to finite f16 values (MXFP4's to E8M0
+exponents inside f32's range); every other byte is random, so every bit of every quant field
+is exercised.
 
 Run by hand (needs `pip install gguf numpy`):
     /tmp/venv/bin/python scripts/make_quant_fixtures.py
@@ -29,7 +30,12 @@ LAYOUTS = {
     T.Q5_K: (176, 256, [0, 2]),
     T.Q6_K: (210, 256, [208]),
     T.IQ4_NL: (18, 32, [0]),
+    T.MXFP4: (17, 32, []),
 }
+
+# MXFP4's scale is one E8M0 byte (a power of two): the subnormal ones, 0 and 1, and two normal
+# ones well inside f32's range (the largest, 254, would overflow its largest code).
+MXFP4_SCALES = [1, 120, 135]
 
 
 def main() -> None:
@@ -42,6 +48,8 @@ def main() -> None:
             for off in scales:
                 d = np.array([rng.uniform(-0.05, 0.05)], dtype=np.float16)
                 raw[b, off:off + 2] = np.frombuffer(d.tobytes(), dtype=np.uint8)
+            if qtype == T.MXFP4:
+                raw[b, 0] = MXFP4_SCALES[b]
         values = dequantize(raw.reshape(-1), qtype).astype(np.float32).reshape(-1)
         assert values.shape == (blocks * n,) and np.isfinite(values).all()
         cases.append({

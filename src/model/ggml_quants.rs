@@ -1,6 +1,7 @@
 //! ggml's tensor types as GGUF files store them: block layouts and dequantisation to f32 for
 //! the float types, the legacy quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the K-quants (Q2_K to
-//! Q6_K, what `Q4_K_M` and its siblings are made of) and IQ4_NL. Layouts and arithmetic
+//! Q6_K, what `Q4_K_M` and its siblings are made of), IQ4_NL and MXFP4 (gpt-oss's experts).
+//! Layouts and arithmetic
 //! follow `ggml-common.h` and `ggml-quants.c` operation for operation (scale times quant, in
 //! f32, in ggml's order), so the values are exactly those of llama.cpp and of the `gguf`
 //! package's dequantisers (`tests/fixtures/ggml_quants.json`).
@@ -24,6 +25,7 @@ pub mod types {
     pub const Q6_K: u32 = 14;
     pub const IQ4_NL: u32 = 20;
     pub const BF16: u32 = 30;
+    pub const MXFP4: u32 = 39;
 }
 use types::*;
 
@@ -43,6 +45,7 @@ pub fn block_layout(t: u32) -> Option<(usize, usize)> {
         Q5_K => (176, QK_K), // as Q4_K, plus 32 bytes of fifth bits before the nibbles
         Q6_K => (210, QK_K), // 128 bytes low nibbles, 64 bytes high 2 bits, 16 i8 scales, f16 d
         IQ4_NL => (18, 32),  // f16 d, 16 bytes of indices into a non-linear table
+        MXFP4 => (17, 32),   // E8M0 scale byte, 16 bytes of E2M1 codes
         _ => return None,
     })
 }
@@ -74,6 +77,7 @@ pub fn type_name(t: u32) -> String {
         23 => "IQ4_XS",
         29 => "IQ1_M",
         BF16 => "BF16",
+        MXFP4 => "MXFP4",
         34 => "TQ1_0",
         35 => "TQ2_0",
         other => return format!("ggml type {other}"),
@@ -83,7 +87,7 @@ pub fn type_name(t: u32) -> String {
 
 /// The types [`dequantize`] reads, for messages.
 pub const SUPPORTED: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL";
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4";
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -93,6 +97,19 @@ fn f16(b: &[u8]) -> f32 {
 const IQ4_NL_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
+
+/// MXFP4's 16 codes (E2M1) doubled, as ggml holds them (`kvalues_mxfp4`); the block's scale
+/// is halved to make up for it.
+const MXFP4_LEVELS: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half of the power of two an E8M0 byte `e` stands for, `2^(e - 128)`, built from its bits
+/// as ggml's `ggml_e8m0_to_fp32_half` does (subnormal for `e` < 2).
+fn e8m0_half(e: u8) -> f32 {
+    match e {
+        0 | 1 => f32::from_bits(0x0020_0000 << e),
+        e => f32::from_bits(((e - 1) as u32) << 23),
+    }
+}
 
 /// Scale and min `j` (0..8) of a Q4_K/Q5_K block: 6 bits each, packed in 12 bytes.
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
@@ -263,6 +280,21 @@ pub fn dequantize(t: u32, data: &[u8], n: usize) -> Option<Vec<f32>> {
                 out.extend(
                     qs.iter()
                         .map(|q| d * IQ4_NL_LEVELS[(q >> 4) as usize] as f32),
+                );
+            }
+        }
+        MXFP4 => {
+            // Byte j holds element j (low nibble) and j + 16 (high nibble).
+            for b in blocks {
+                let d = e8m0_half(b[0]);
+                let qs = &b[1..17];
+                out.extend(
+                    qs.iter()
+                        .map(|q| MXFP4_LEVELS[(q & 0x0F) as usize] as f32 * d),
+                );
+                out.extend(
+                    qs.iter()
+                        .map(|q| MXFP4_LEVELS[(q >> 4) as usize] as f32 * d),
                 );
             }
         }

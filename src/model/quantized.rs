@@ -233,7 +233,7 @@ impl QuantWeight {
 
 /// The ggml types a GGUF base keeps as its blocks under QLoRA: the quantised ones hone can
 /// dequantise a row at a time (the float types load as floats).
-pub const KEPT_GGML: [u32; 10] = [
+pub const KEPT_GGML: [u32; 11] = [
     types::Q4_0,
     types::Q4_1,
     types::Q5_0,
@@ -244,6 +244,7 @@ pub const KEPT_GGML: [u32; 10] = [
     types::Q4_K,
     types::Q5_K,
     types::Q6_K,
+    types::MXFP4,
 ];
 
 /// Bytes per row of `d_in` values of `ggml_type`, if rows are whole blocks.

@@ -251,7 +251,8 @@ impl FileBytes {
 pub enum Source {
     /// In memory already.
     Ready(Stored),
-    /// A safetensors tensor: its bytes and dtype (F32, F16, BF16 or F64).
+    /// A safetensors tensor: its bytes and dtype (F32, F16, BF16 or F64; U8 for packed
+    /// weights, read by the loader that knows their format).
     Safetensors {
         bytes: SharedBytes,
         range: std::ops::Range<usize>,
@@ -413,9 +414,10 @@ fn read_safetensors(
     let base = bytes.as_ptr() as usize;
     for (name, view) in st.tensors() {
         match view.dtype() {
-            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => {}
+            // Bytes are packed weights (MXFP4's blocks and scales, WeightMap::unstack_mxfp4).
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 | Dtype::U8 => {}
             // Integer tensors are buffers (e.g. BERT's `position_ids`), not weights.
-            Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => {
+            Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::BOOL => {
                 tracing::debug!(tensor = %name, "skipping integer buffer");
                 continue;
             }
@@ -848,6 +850,71 @@ impl WeightMap {
             self.tensors.insert(name_of(i), (inner.clone(), piece));
         }
         Ok(())
+    }
+
+    /// Replaces an MXFP4 stack as HF stores it (gpt-oss's experts) by one ggml MXFP4 source per
+    /// part: `{name}_blocks` `[parts, out, in / 32, 16]` (two E2M1 codes a byte, the even
+    /// element in the low nibble) and `{name}_scales` `[parts, out, in / 32]` (E8M0 exponents)
+    /// become `name_of(i)`, each `[out, in]` as PyTorch lays out a linear weight, in ggml's
+    /// blocks (the scale byte, then 16 bytes holding element j low and j + 16 high). The values
+    /// are the same; they read as a GGUF tensor does (dequantised to f32, or kept as blocks
+    /// under QLoRA, [`take_proj`](Self::take_proj)). `Ok(false)` without `{name}_blocks`.
+    pub fn unstack_mxfp4(
+        &mut self,
+        name: &str,
+        name_of: impl Fn(usize) -> String,
+    ) -> Result<bool, ModelError> {
+        use super::ggml_quants::types::MXFP4;
+        let blocks_name = format!("{name}_blocks");
+        let Some((shape, _)) = self.tensors.get(&blocks_name) else {
+            return Ok(false);
+        };
+        let &[parts, out, groups, 16] = &shape[..] else {
+            return Err(ModelError::BadConfig {
+                path: self.path.clone(),
+                reason: format!(
+                    "`{blocks_name}` is {shape:?}; MXFP4 blocks are [parts, out, in / 32, 16]"
+                ),
+            });
+        };
+        let blocks = self.take_bytes(&blocks_name, &[parts, out, groups, 16])?;
+        let scales = self.take_bytes(&format!("{name}_scales"), &[parts, out, groups])?;
+        let mut ggml = Vec::with_capacity(scales.len() * 17);
+        for (&scale, codes) in scales.iter().zip(blocks.chunks_exact(16)) {
+            let code = |m: usize| (codes[m / 2] >> (4 * (m % 2))) & 0x0F;
+            ggml.push(scale);
+            ggml.extend((0..16).map(|j| code(j) | (code(j + 16) << 4)));
+        }
+        let bytes: SharedBytes = Arc::new(FileBytes::Owned(ggml));
+        let part_bytes = out * groups * 17;
+        for i in 0..parts {
+            let source = Source::Ggml {
+                bytes: bytes.clone(),
+                start: i * part_bytes,
+                ggml_type: MXFP4,
+                rows: None,
+            };
+            self.tensors
+                .insert(name_of(i), (vec![out, groups * 32], source));
+        }
+        Ok(true)
+    }
+
+    /// The bytes of U8 tensor `name`, which has exactly `shape`.
+    fn take_bytes(&mut self, name: &str, shape: &[usize]) -> Result<Vec<u8>, ModelError> {
+        self.check_shape(name, shape)?;
+        let (_, source) = self.tensors.remove(name).expect("checked above");
+        let Source::Safetensors {
+            bytes,
+            range,
+            dtype: Dtype::U8,
+        } = source
+        else {
+            return Err(self.unreadable(name));
+        };
+        let values = bytes.get(range.clone()).map(<[u8]>::to_vec);
+        bytes.release(range);
+        values.ok_or_else(|| self.unreadable(name))
     }
 
     /// Names nobody took (reported as unused weights).

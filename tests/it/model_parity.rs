@@ -206,9 +206,53 @@ fn starcoder2_matches_transformers() {
 /// again when saved; and as bf16 shards.
 #[test]
 fn gpt_oss_matches_transformers() {
-    for name in ["gpt_oss", "gpt_oss-sharded-bf16"] {
+    for name in ["gpt_oss", "gpt_oss-sharded-bf16", "gpt_oss-mxfp4"] {
         decoder_parity(name);
     }
+}
+
+/// gpt-oss's released expert weights are MXFP4 (`_blocks`, `_scales`): dequantised they give
+/// what transformers computes after dequantising them itself (above). Under QLoRA they stay
+/// in their 4-bit blocks (17 bytes per 32 values, whatever `quant:` asks for the other
+/// projections), and those blocks hold exactly the dequantised weights.
+#[test]
+fn gpt_oss_keeps_its_mxfp4_experts_under_qlora() {
+    let device = Device::flex();
+    let frozen = hone::model::Frozen {
+        keep: Vec::new(),
+        quantize: Some(hone::model::quantized::QuantFormat::Nf4),
+    };
+    let mut held = hone::model::load_keeping(&fixture("gpt_oss-mxfp4"), &device, &frozen)
+        .unwrap()
+        .model
+        .backbone;
+    let mut dense = load_hf_dir(&fixture("gpt_oss-mxfp4"), &device)
+        .unwrap()
+        .model
+        .backbone;
+    let dense: std::collections::HashMap<String, Vec<f32>> = dense
+        .projections_mut()
+        .into_iter()
+        .map(|(path, proj)| (path, to_vec(proj.weight.val())))
+        .collect();
+    let mut formats = std::collections::BTreeMap::<String, usize>::new();
+    for (path, proj) in held.projections_mut() {
+        let q = proj
+            .quantized
+            .as_ref()
+            .unwrap_or_else(|| panic!("{path} is not held quantised"));
+        *formats.entry(q.format()).or_default() += 1;
+        if path.contains(".experts.") {
+            let values = &dense[&path];
+            assert_eq!(q.bytes(), values.len() / 32 * 17, "{path}");
+            assert_eq!(&to_vec(proj.dense_weight()), values, "{path}");
+        }
+    }
+    assert_eq!(
+        formats,
+        [("MXFP4".to_owned(), 2 * 4 * 2), ("nf4".to_owned(), 2 * 4)].into(),
+        "the experts in their blocks, attention quantised as asked"
+    );
 }
 
 /// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`): hone runs its text

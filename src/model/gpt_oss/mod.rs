@@ -9,7 +9,10 @@
 //! Config and weights as transformers names them (`GptOssConfig`, `GptOssForCausalLM`): the
 //! experts fused per layer, `mlp.experts.gate_up_proj` `[experts, d, 2 * inner]` and
 //! `mlp.experts.down_proj` `[experts, inner, d]` (already burn's `[in, out]`), with their
-//! biases; they are cut per expert as they are read, and stacked again when saved.
+//! biases; they are cut per expert as they are read, and stacked again when saved. Released
+//! checkpoints store the expert weights in MXFP4 (`_blocks` and `_scales`, 4-bit codes with a
+//! power-of-two scale per 32): read as ggml's MXFP4 blocks, they are dequantised, or kept
+//! 4-bit under QLoRA (the frozen base's weights stay in their blocks).
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
@@ -392,21 +395,28 @@ fn sparse_moe(
         Some(w.take(&format!("{p}.router.bias"), [e])?),
     );
     let part = |x: usize, name: &str| format!("{p}.experts.{x}.{name}");
+    // Released checkpoints hold the expert weights in MXFP4 (`_blocks`, `_scales`, each expert
+    // `[out, in]`); bf16 and f32 ones as `[in, out]` tensors.
+    let mut mxfp4 = [false; 2];
+    for (held, name) in mxfp4.iter_mut().zip(["gate_up_proj", "down_proj"]) {
+        *held = w.unstack_mxfp4(&format!("{p}.experts.{name}"), |x| part(x, name))?;
+    }
     for name in ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"] {
         w.unstack(&format!("{p}.experts.{name}"), |x| part(x, name))?;
     }
+    let take = |w: &mut WeightMap, x: usize, which: usize, [d_in, d_out]: [usize; 2]| {
+        let name = ["gate_up_proj", "down_proj"][which];
+        let bias = w.take(&part(x, &format!("{name}_bias")), [d_out])?;
+        match mxfp4[which] {
+            true => w.take_proj(&part(x, name), d_in, d_out, Some(bias)),
+            false => w.take_proj_in_out(&part(x, name), d_in, d_out, Some(bias)),
+        }
+    };
     let experts = (0..e)
         .map(|x| {
-            let gate_up_bias = w.take(&part(x, "gate_up_proj_bias"), [2 * inner])?;
-            let down_bias = w.take(&part(x, "down_proj_bias"), [d])?;
             Ok(Expert {
-                gate_up_proj: w.take_proj_in_out(
-                    &part(x, "gate_up_proj"),
-                    d,
-                    2 * inner,
-                    Some(gate_up_bias),
-                )?,
-                down_proj: w.take_proj_in_out(&part(x, "down_proj"), inner, d, Some(down_bias))?,
+                gate_up_proj: take(w, x, 0, [d, 2 * inner])?,
+                down_proj: take(w, x, 1, [inner, d])?,
             })
         })
         .collect::<Result<_, ModelError>>()?;
