@@ -5,7 +5,7 @@ fixed, padded batch, computed by transformers.
 
 Run by hand (needs torch + transformers from PyPI):
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors
-    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gpt_oss] [gpt_oss_mxfp4] [gemma_for_gguf] [gguf] [spm]
+    /tmp/venv/bin/python scripts/make_model_fixtures.py [models] [heads] [mlm] [families] [windows] [phi3] [dense_2026] [starcoder2] [moe] [gpt_oss] [gpt_oss_mxfp4] [gemma_for_gguf] [gguf] [gpt_oss_gguf] [spm]
 The Rust tests read the committed files and need no Python.
 """
 import json
@@ -541,6 +541,91 @@ def gguf_files() -> None:
                    for a, b in zip(t1, t2))
         print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB, transformers reads it back "
               f"within {diff:.1e} of the reference logits")
+    gpt_oss_gguf()
+
+
+def gpt_oss_gguf() -> None:
+    """`gpt_oss-mxfp4.gguf`: the gpt_oss-mxfp4 fixture as llama.cpp's converter writes a
+    released gpt-oss: its MXFP4 experts repacked into ggml's blocks (the scale byte first, then
+    element j low and j + 16 high, where HF packs neighbours), gate and up rows taken apart
+    into `ffn_gate_exps` and `ffn_up_exps` (biases too), the sinks as `attn_sinks`, the pre-MLP
+    norm as `post_attention_norm`, the router as `ffn_gate_inp`; everything else F32. Same
+    values, so the HF fixture's reference applies."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    d = OUT / "gpt_oss-mxfp4"
+    config = json.loads((d / "config.json").read_text())
+    path = OUT / "gpt_oss-mxfp4.gguf"
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    w.add_key_length(config["head_dim"])
+    w.add_value_length(config["head_dim"])
+    w.add_expert_count(config["num_local_experts"])
+    w.add_expert_used_count(config["num_experts_per_tok"])
+    w.add_expert_feed_forward_length(config["intermediate_size"])
+    w.add_sliding_window(config["sliding_window"])
+    alphabet = [chr(c) for c in range(ord("!"), ord("~") + 1)] + [chr(c) for c in range(0xA1, 0xAD)]
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(alphabet[:config["vocab_size"]])
+    w.add_token_types([1] * config["vocab_size"])
+    w.add_token_merges([])
+
+    def ggml_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+        packed = codes[..., :16] | (codes[..., 16:] << 4)
+        out = np.concatenate([scales[..., None], packed], axis=-1).astype(np.uint8)
+        return out.reshape(*out.shape[:-2], -1)
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"input_layernorm.weight": "attn_norm.weight",
+             "post_attention_layernorm.weight": "post_attention_norm.weight",
+             "self_attn.o_proj.weight": "attn_output.weight", "self_attn.o_proj.bias": "attn_output.bias",
+             "self_attn.sinks": "attn_sinks.weight", "mlp.router.weight": "ffn_gate_inp.weight",
+             "mlp.router.bias": "ffn_gate_inp.bias", "mlp.experts.down_proj_bias": "ffn_down_exps.bias"}
+    for proj in "qkv":
+        for kind in ("weight", "bias"):
+            parts[f"self_attn.{proj}_proj.{kind}"] = f"attn_{proj}.{kind}"
+    tensors = load_file(str(d / "model.safetensors"))
+    for name, value in tensors.items():
+        if name in names:
+            w.add_tensor(names[name], value.astype(np.float32))
+            continue
+        layer, rest = name[len("model.layers."):].split(".", 1)
+        blk = f"blk.{layer}"
+        if rest == "mlp.experts.gate_up_proj_blocks":
+            scales = tensors[name.replace("_blocks", "_scales")]
+            for parity, g in ((0, "gate"), (1, "up")):
+                w.add_tensor(f"{blk}.ffn_{g}_exps.weight", ggml_mxfp4(value[:, parity::2], scales[:, parity::2]),
+                             raw_dtype=gguf.GGMLQuantizationType.MXFP4)
+        elif rest == "mlp.experts.down_proj_blocks":
+            scales = tensors[name.replace("_blocks", "_scales")]
+            w.add_tensor(f"{blk}.ffn_down_exps.weight", ggml_mxfp4(value, scales),
+                         raw_dtype=gguf.GGMLQuantizationType.MXFP4)
+        elif rest == "mlp.experts.gate_up_proj_bias":
+            w.add_tensor(f"{blk}.ffn_gate_exps.bias", value[:, 0::2].astype(np.float32))
+            w.add_tensor(f"{blk}.ffn_up_exps.bias", value[:, 1::2].astype(np.float32))
+        elif rest.endswith("_scales"):
+            continue
+        else:
+            w.add_tensor(f"{blk}.{parts[rest]}", value.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    back = gguf.GGUFReader(str(path))
+    gate = next(t for t in back.tensors if t.name == "blk.0.ffn_gate_exps.weight")
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB, "
+          f"ffn_gate_exps {gate.tensor_type.name} {list(gate.shape)}")
 
 
 def spm() -> None:
@@ -600,6 +685,6 @@ def spm() -> None:
 
 if __name__ == "__main__":
     import sys
-    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gpt_oss": gpt_oss, "gpt_oss_mxfp4": gpt_oss_mxfp4, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "spm": spm}
+    parts = {"models": main, "heads": heads, "mlm": mlm, "families": families, "windows": windows, "phi3": phi3, "dense_2026": dense_2026, "starcoder2": starcoder2, "moe": moe, "gpt_oss": gpt_oss, "gpt_oss_mxfp4": gpt_oss_mxfp4, "gemma_for_gguf": gemma_for_gguf, "gguf": gguf_files, "gpt_oss_gguf": gpt_oss_gguf, "spm": spm}
     for part in sys.argv[1:] or list(parts):
         parts[part]()

@@ -5,6 +5,10 @@ for llama.cpp's layouts). The scale fields are set to finite f16 values (MXFP4's
 exponents inside f32's range); every other byte is random, so every bit of every quant field
 is exercised.
 
+Also tests/fixtures/ggml_quantize_mxfp4.json: rows quantised to MXFP4 by the `gguf` package's
+quantizer (llama.cpp's `quantize_row_mxfp4_ref` in numpy), which hone's GGUF export must
+reproduce byte for byte.
+
 Run by hand (needs `pip install gguf numpy`):
     /tmp/venv/bin/python scripts/make_quant_fixtures.py
 """
@@ -13,7 +17,7 @@ import pathlib
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quantize
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "ggml_quants.json"
 
@@ -61,6 +65,27 @@ def main() -> None:
         })
     OUT.write_text(json.dumps(cases))
     print(f"{OUT}: {len(cases)} types, {OUT.stat().st_size / 1024:.0f} KiB")
+    mxfp4_rows(rng)
+
+
+def mxfp4_rows(rng: np.random.Generator) -> None:
+    """Weight-like rows, zeros, a constant, outliers, values halfway between two codes (the
+    first code wins), magnitudes near f32's smallest, and MXFP4's bytes for each."""
+    codes = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=np.float32)
+    rows = {
+        "weights": rng.normal(0, 0.02, 256).astype(np.float32),
+        "wide": rng.normal(0, 3, 64).astype(np.float32),
+        "zeros": np.zeros(32, dtype=np.float32),
+        "constant": np.full(32, 0.7, dtype=np.float32),
+        "outliers": np.where(np.arange(64) % 17 == 0, 40.0, rng.normal(0, 0.1, 64)).astype(np.float32),
+        "halfway": np.tile((codes[:-1] + codes[1:]) / 2 * np.float32(0.25), 5)[:32].astype(np.float32),
+        "tiny": (rng.normal(0, 1, 32) * 1e-38).astype(np.float32),
+    }
+    cases = [{"name": name, "values": [float(v) for v in row],
+              "bytes": quantize(row, T.MXFP4).reshape(-1).tobytes().hex()} for name, row in rows.items()]
+    path = OUT.parent / "ggml_quantize_mxfp4.json"
+    path.write_text(json.dumps(cases))
+    print(f"{path}: {len(cases)} rows")
 
 
 if __name__ == "__main__":

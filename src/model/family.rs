@@ -219,7 +219,7 @@ mod tests {
         }
         assert_eq!(
             crate::model::gguf::architectures(),
-            "gpt2, llama, qwen2, qwen3, qwen3moe, smollm3, olmo2, gemma2, gemma3, phi3"
+            "gpt2, llama, qwen2, qwen3, qwen3moe, smollm3, olmo2, gemma2, gemma3, phi3, gpt-oss"
         );
         assert_eq!(
             supported(),

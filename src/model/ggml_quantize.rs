@@ -1,11 +1,11 @@
 //! f32 values to ggml blocks, for writing GGUF files: F32, F16, Q8_0, Q5_0, Q4_K and Q6_K
-//! (what `f16`, `q8_0` and `q4_k_m` exports are made of). Each follows ggml's reference
+//! (what `f16`, `q8_0` and `q4_k_m` exports are made of), and MXFP4 (gpt-oss's experts). Each follows ggml's reference
 //! quantizer (`quantize_row_*_ref` in `ggml-quants.c`) step for step, in f32, so a hone file
 //! holds the bytes llama.cpp's own `llama-quantize` would write without an importance matrix
 //! (`tests/fixtures/ggml_quantize.json`); `ggml_quants` reads them back.
 
 use super::ggml_quants::block_layout;
-use super::ggml_quants::types::{F16, F32, Q4_K, Q5_0, Q6_K, Q8_0};
+use super::ggml_quants::types::{F16, F32, MXFP4, Q4_K, Q5_0, Q6_K, Q8_0};
 
 /// Elements per super-block of the K-quants.
 const QK_K: usize = 256;
@@ -14,7 +14,7 @@ const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// The ggml types hone writes.
-pub const WRITABLE: [u32; 6] = [F32, F16, Q8_0, Q5_0, Q4_K, Q6_K];
+pub const WRITABLE: [u32; 7] = [F32, F16, Q8_0, Q5_0, Q4_K, Q6_K, MXFP4];
 
 /// `values` as blocks of type `t`; `None` when hone does not write `t` or `values` is not a
 /// whole number of its blocks.
@@ -32,6 +32,7 @@ pub fn quantize(t: u32, values: &[f32]) -> Option<Vec<u8>> {
             Q5_0 => q5_0(block, &mut out),
             Q4_K => q4_k(block, &mut out),
             Q6_K => q6_k(block, &mut out),
+            MXFP4 => mxfp4(block, &mut out),
             _ => unreachable!("checked above"),
         }
     }
@@ -59,6 +60,26 @@ fn q8_0(x: &[f32], out: &mut Vec<u8>) {
     out.extend(f16_bytes(d));
     // `roundf`: half away from zero.
     out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+}
+
+/// ggml's MXFP4: the power of two that brings the block's largest magnitude within the codes'
+/// reach (E8M0, biased by 127), then each value's nearest code, the first of equals (so 0 is
+/// +0); element j in the low nibble of byte j, element j + 16 in its high one.
+fn mxfp4(x: &[f32], out: &mut Vec<u8>) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // `(uint8_t)(floorf(log2f(amax)) - 2 + 127)`, 0 for an all-zero block.
+    let e = if amax > 0.0 {
+        (amax.log2().floor() - 2.0 + 127.0) as u8
+    } else {
+        0
+    };
+    let d = super::ggml_quants::e8m0_half(e);
+    let best = |v: f32| {
+        let err = |i: usize| (super::ggml_quants::MXFP4_LEVELS[i] as f32 * d - v).abs();
+        (1..16).fold(0, |best, i| if err(i) < err(best) { i } else { best }) as u8
+    };
+    out.push(e);
+    out.extend((0..16).map(|j| best(x[j]) | (best(x[j + 16]) << 4)));
 }
 
 fn q5_0(x: &[f32], out: &mut Vec<u8>) {

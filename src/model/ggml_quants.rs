@@ -100,11 +100,11 @@ const IQ4_NL_LEVELS: [i8; 16] = [
 
 /// MXFP4's 16 codes (E2M1) doubled, as ggml holds them (`kvalues_mxfp4`); the block's scale
 /// is halved to make up for it.
-const MXFP4_LEVELS: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+pub(crate) const MXFP4_LEVELS: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 /// Half of the power of two an E8M0 byte `e` stands for, `2^(e - 128)`, built from its bits
 /// as ggml's `ggml_e8m0_to_fp32_half` does (subnormal for `e` < 2).
-fn e8m0_half(e: u8) -> f32 {
+pub(crate) fn e8m0_half(e: u8) -> f32 {
     match e {
         0 | 1 => f32::from_bits(0x0020_0000 << e),
         e => f32::from_bits(((e - 1) as u32) << 23),

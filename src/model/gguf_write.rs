@@ -132,7 +132,10 @@ pub fn write_gguf(
     let mut encoded = Vec::with_capacity(tensors.len());
     let mut counts = BTreeMap::new();
     for (gguf_name, shape, values) in tensors {
-        let t = tensor_type(quant, &gguf_name, &shape, n_layers, tied);
+        let t = match plan.experts_4bit {
+            Some(t) if quant == GgufQuant::Q4KM && gguf_name.ends_with("_exps.weight") => t,
+            _ => tensor_type(quant, &gguf_name, &shape, n_layers, tied),
+        };
         let data = quantize(t, &values).ok_or_else(|| {
             GgufWriteError::Unsupported(format!("cannot write {gguf_name} as {}", type_name(t)))
         })?;
@@ -155,10 +158,12 @@ fn use_more_bits(layer: usize, n: usize) -> bool {
     layer < n / 8 || layer >= 7 * n / 8 || (layer - n / 8) % 3 == 2
 }
 
-/// The ggml type of one tensor: vectors F32; matrices by the quant, falling back as llama.cpp
-/// does when a row is not a whole number of blocks (Q4_K -> Q5_0, Q6_K -> Q8_0, then F16).
+/// The ggml type of one tensor: vectors, biases (gpt-oss's stacked expert biases are
+/// matrices) and routers (`ffn_gate_inp`, as llama.cpp's converter keeps them) F32; matrices
+/// by the quant, falling back as llama.cpp does when a row is not a whole number of blocks
+/// (Q4_K -> Q5_0, Q6_K -> Q8_0, then F16).
 fn tensor_type(quant: GgufQuant, name: &str, shape: &[usize], n_layers: usize, tied: bool) -> u32 {
-    if shape.len() < 2 {
+    if shape.len() < 2 || name.ends_with(".bias") || name.ends_with("ffn_gate_inp.weight") {
         return F32;
     }
     let layer = name
@@ -210,7 +215,17 @@ pub struct ArchPlan {
     /// Tensors llama.cpp keeps rotary settings in: Llama 3's `rope_freqs`, Phi-3's
     /// `rope_factors_short` / `rope_factors_long`.
     pub(crate) rope_tensors: Vec<(&'static str, Vec<f32>)>,
+    /// Where HF's tensors do not map one to one onto llama.cpp's (gpt-oss's fused, interleaved
+    /// gate/up experts become `ffn_gate_exps` and `ffn_up_exps`): each HF tensor as the
+    /// tensors it becomes, under names [`names`](Self::names) maps.
+    pub(crate) regroup: Option<Regroup>,
+    /// The ggml type a 4-bit export (`q4_k_m`) gives the stacked experts where the family
+    /// has its own (gpt-oss's MXFP4), instead of the Q4_K mix.
+    pub(crate) experts_4bit: Option<u32>,
 }
+
+/// See [`ArchPlan::regroup`].
+pub(crate) type Regroup = fn(String, HfTensor) -> Vec<(String, HfTensor)>;
 
 pub fn unsupported(msg: impl Into<String>) -> GgufWriteError {
     GgufWriteError::Unsupported(msg.into())
@@ -231,7 +246,11 @@ impl ArchPlan {
         let mut w = WeightWriter::default();
         backbone.write_weights(&mut w);
         let mut out = Vec::new();
-        for (hf, (shape, values)) in stack_experts(w.into_tensors()) {
+        let regrouped: Vec<(String, HfTensor)> = match self.regroup {
+            Some(regroup) => w.into_tensors().flat_map(|(n, t)| regroup(n, t)).collect(),
+            None => w.into_tensors().collect(),
+        };
+        for (hf, (shape, values)) in stack_experts(regrouped.into_iter()) {
             let gguf = self.names.to_gguf(&hf).ok_or_else(|| {
                 unsupported(format!(
                     "no llama.cpp name for tensor `{hf}` of {}",
@@ -289,7 +308,7 @@ impl ArchPlan {
 }
 
 /// A tensor's PyTorch shape and values.
-type HfTensor = (Vec<usize>, Vec<f32>);
+pub(crate) type HfTensor = (Vec<usize>, Vec<f32>);
 
 /// HF tensors with each layer's experts (`<p>.experts.<e>.<name>`) stacked in expert order
 /// as llama.cpp holds them: `<p>.experts.<name>`, `[experts, ...]`.
@@ -418,6 +437,8 @@ mod tests {
         assert_eq!(t("token_embd.weight", &[100, 64]), "Q8_0");
         assert_eq!(t("blk.5.attn_q.weight", &[10, 10]), "F16");
         assert_eq!(t("blk.5.attn_norm.weight", &[64]), "F32");
+        assert_eq!(t("blk.5.ffn_gate_inp.weight", &[8, 256]), "F32");
+        assert_eq!(t("blk.5.ffn_up_exps.bias", &[8, 256]), "F32");
         let q8 = tensor_type(GgufQuant::Q8_0, "blk.0.ffn_up.weight", &[64, 48], n, true);
         assert_eq!(type_name(q8), "F16");
     }

@@ -917,6 +917,77 @@ impl WeightMap {
         values.ok_or_else(|| self.unreadable(name))
     }
 
+    /// Gives tensor `from` the name `to` (nothing happens without `from`).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if let Some(t) = self.tensors.remove(from) {
+            self.tensors.insert(to.to_owned(), t);
+        }
+    }
+
+    /// Replaces GGUF tensors `first` and `second` (`[rows, ...]` each, the same ggml type) by
+    /// one, `into`, whose rows alternate: `first`'s row 0, `second`'s row 0, `first`'s row 1...
+    /// (gpt-oss's gate and up projections, which HF interleaves and llama.cpp keeps apart).
+    /// Quantised rows move whole, as they are stored.
+    pub fn interleave_rows(
+        &mut self,
+        first: &str,
+        second: &str,
+        into: &str,
+    ) -> Result<(), ModelError> {
+        let mut parts = Vec::with_capacity(2);
+        for name in [first, second] {
+            let missing = || ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+            };
+            match self.tensors.remove(name).ok_or_else(missing)? {
+                (
+                    shape,
+                    Source::Ggml {
+                        bytes,
+                        start,
+                        ggml_type,
+                        rows: None,
+                    },
+                ) => parts.push((shape, bytes, start, ggml_type)),
+                _ => return Err(self.unreadable(name)),
+            }
+        }
+        let Ok([(shape, a, a_start, t), (shape_b, b, b_start, t_b)]) = <[_; 2]>::try_from(parts)
+        else {
+            unreachable!("one part per name");
+        };
+        let (block_bytes, block_len) =
+            super::ggml_quants::block_layout(t).ok_or_else(|| self.unreadable(first))?;
+        let rows = shape.first().copied().unwrap_or(0);
+        let cols: usize = shape.iter().skip(1).product();
+        if shape != shape_b || t != t_b || !cols.is_multiple_of(block_len) {
+            return Err(self.unreadable(second));
+        }
+        let row = cols / block_len * block_bytes;
+        let (a, b) = (
+            a.get(a_start..a_start + rows * row),
+            b.get(b_start..b_start + rows * row),
+        );
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(self.unreadable(first));
+        };
+        let mut both = Vec::with_capacity(2 * rows * row);
+        for (ra, rb) in a.chunks_exact(row).zip(b.chunks_exact(row)) {
+            both.extend_from_slice(ra);
+            both.extend_from_slice(rb);
+        }
+        let source = Source::Ggml {
+            bytes: Arc::new(FileBytes::Owned(both)),
+            start: 0,
+            ggml_type: t,
+            rows: None,
+        };
+        let shape = [vec![2 * rows], shape[1..].to_vec()].concat();
+        self.tensors.insert(into.to_owned(), (shape, source));
+        Ok(())
+    }
+
     /// Names nobody took (reported as unused weights).
     pub fn remaining(&self) -> Vec<String> {
         let mut v: Vec<String> = self.tensors.keys().cloned().collect();

@@ -80,3 +80,32 @@ fn export_types_quantise_to_ggmls_own_bytes() {
         );
     }
 }
+
+/// MXFP4 (gpt-oss's experts in a GGUF export) quantises to exactly the bytes of the `gguf`
+/// package's quantizer, llama.cpp's `quantize_row_mxfp4_ref` in numpy
+/// (`scripts/make_quant_fixtures.py`): weight-like rows, wide ones, zeros, a constant,
+/// outliers, values halfway between two codes, magnitudes near f32's smallest.
+#[test]
+fn mxfp4_quantises_to_the_gguf_packages_bytes() {
+    use hone::model::ggml_quantize::quantize;
+    use hone::model::ggml_quants::types::MXFP4;
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ggml_quantize_mxfp4.json");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(cases.len(), 7);
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let values: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let got = quantize(MXFP4, &values).unwrap();
+        assert_eq!(got, unhex(case["bytes"].as_str().unwrap()), "{name}");
+        // The values it stands for quantise to the same bytes again.
+        let back = dequantize(MXFP4, &got, values.len()).unwrap();
+        assert_eq!(quantize(MXFP4, &back).unwrap(), got, "{name}");
+    }
+}

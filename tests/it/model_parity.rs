@@ -299,6 +299,70 @@ fn llama_family_gguf_files_match_their_hf_checkpoints() {
     }
 }
 
+/// gpt_oss-mxfp4 as llama.cpp's converter writes a released gpt-oss (by the `gguf` package):
+/// MXFP4 experts repacked into ggml's blocks, gate and up apart, sinks, router with its bias.
+/// hone reads it to the HF checkpoint's outputs, the experts still MXFP4 when held for QLoRA.
+#[test]
+fn a_gpt_oss_gguf_file_matches_its_hf_checkpoint() {
+    let path = fixture("gpt_oss-mxfp4.gguf");
+    let model = hone::model::load(&path, &Device::flex()).unwrap();
+    assert_eq!(model.config["model_type"], "gpt_oss");
+    decoder_matches("gpt_oss-mxfp4", model);
+    let frozen = hone::model::Frozen {
+        keep: Vec::new(),
+        quantize: Some(hone::model::quantized::QuantFormat::Q8_0),
+    };
+    let mut held = hone::model::load_keeping(&path, &Device::flex(), &frozen).unwrap();
+    let experts: Vec<String> = held
+        .model
+        .backbone
+        .projections_mut()
+        .into_iter()
+        .filter(|(path, _)| path.contains(".experts."))
+        .map(|(_, proj)| {
+            proj.quantized
+                .as_ref()
+                .map(|q| q.format())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(experts, vec!["MXFP4"; 2 * 4 * 2]);
+
+    // Exported as `q4_k_m`, its experts are MXFP4 (6 stacks: gate, up, down of 2 layers), the
+    // router and the biases F32; MXFP4 values quantise to themselves, so they read back as
+    // the HF checkpoint's.
+    use hone::model::gguf_write::{GgufQuant, write_gguf};
+    let hf = load_hf_dir(&fixture("gpt_oss-mxfp4"), &Device::flex()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gpt_oss-Q4_K_M.gguf");
+    let written = write_gguf(
+        &hf.model,
+        &hf.config,
+        &tiny_tokenizer(100),
+        None,
+        "gpt_oss",
+        GgufQuant::Q4KM,
+        &out,
+    )
+    .unwrap();
+    assert_eq!(written.tensor_types.get("MXFP4"), Some(&6));
+    let expert_weights = |mut backbone: hone::model::Backbone| -> Vec<(String, Vec<f32>)> {
+        let mut experts: Vec<(String, Vec<f32>)> = backbone
+            .projections_mut()
+            .into_iter()
+            .filter(|(path, _)| path.contains(".experts."))
+            .map(|(path, proj)| (path, to_vec(proj.dense_weight())))
+            .collect();
+        experts.sort_by(|a, b| a.0.cmp(&b.0));
+        experts
+    };
+    let back = hone::model::load(&out, &Device::flex()).unwrap();
+    assert_eq!(
+        expert_weights(back.model.backbone),
+        expert_weights(hf.model.backbone)
+    );
+}
+
 /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`, as Llama 2 and Mistral GGUFs
 /// carry) with scores, byte tokens, a control and a user-defined token: hone rebuilds the
 /// tokenizer that cuts texts as transformers does reading the same file (BOS added, a space
@@ -370,6 +434,7 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("qwen3_moe-gguf", GgufQuant::F16, 0.005),
         ("smollm3-gguf", GgufQuant::F16, 0.005),
         ("olmo2-gguf", GgufQuant::F16, 0.005),
+        ("gpt_oss-mxfp4", GgufQuant::F16, 0.005),
         ("llama", GgufQuant::Q8_0, 0.08),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
@@ -423,6 +488,7 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("olmo2", "has no biases"),
         ("qwen3_moe", "dense layers"),
         ("qwen3_moe-step2", "dense layers"),
+        ("gpt_oss", "limit 7"),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
         let tok = tiny_tokenizer(100);

@@ -187,6 +187,8 @@ impl Gemma3 {
             permute: None,
             norms_plus_one: true,
             rope_tensors: Vec::new(),
+            regroup: None,
+            experts_4bit: None,
         })
     }
 }

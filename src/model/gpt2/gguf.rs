@@ -135,6 +135,8 @@ impl Gpt2 {
             permute: None,
             norms_plus_one: false,
             rope_tensors: Vec::new(),
+            regroup: None,
+            experts_4bit: None,
         })
     }
 }

@@ -14,6 +14,8 @@
 //! power-of-two scale per 32): read as ggml's MXFP4 blocks, they are dequantised, or kept
 //! 4-bit under QLoRA (the frozen base's weights stay in their blocks).
 
+pub(crate) mod gguf;
+
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -308,9 +310,36 @@ fn write_experts(w: &mut WeightWriter, prefix: &str, moe: &SparseMoe) {
 /// A gpt-oss model: its blocks in the shared decoder stack.
 pub type GptOss = DecoderStack<GptOssLayer, RmsNorm, GptOssConfig>;
 
+/// How a checkpoint holds the expert weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ExpertWeights {
+    /// As HF files do: fused per layer, `[experts, in, out]` floats, or MXFP4 blocks.
+    Fused,
+    /// Already one `[out, in]` tensor per expert (`mlp.experts.<e>.gate_up_proj`, the gate and
+    /// up rows interleaved), as a GGUF's are once cut ([`gguf::load`]).
+    PerExpert,
+}
+
 impl GptOss {
     /// Reads HF weights (`GptOssModel` or `GptOssForCausalLM` names).
     pub fn from_weights(config: &GptOssConfig, w: &mut WeightMap) -> Result<GptOss, ModelError> {
+        GptOss::read(config, w, ExpertWeights::Fused)
+    }
+
+    /// [`from_weights`](Self::from_weights) where each expert's weights are their own `[out,
+    /// in]` tensors already.
+    fn from_weights_per_expert(
+        config: &GptOssConfig,
+        w: &mut WeightMap,
+    ) -> Result<GptOss, ModelError> {
+        GptOss::read(config, w, ExpertWeights::PerExpert)
+    }
+
+    fn read(
+        config: &GptOssConfig,
+        w: &mut WeightMap,
+        experts: ExpertWeights,
+    ) -> Result<GptOss, ModelError> {
         let (d, hd, inner) = (
             config.hidden_size,
             config.head_dim(),
@@ -360,7 +389,7 @@ impl GptOss {
                 o_proj,
                 sinks: Param::from_tensor(w.take(&format!("{p}.self_attn.sinks"), [h])?),
                 post_attention_layernorm: norm(w, "post_attention_layernorm")?,
-                mlp: sparse_moe(config, w, &format!("{p}.mlp"), d, inner)?,
+                mlp: sparse_moe(config, w, &format!("{p}.mlp"), [d, inner], experts)?,
                 n_heads: h,
                 n_kv_heads: kv,
                 window,
@@ -384,8 +413,8 @@ fn sparse_moe(
     config: &GptOssConfig,
     w: &mut WeightMap,
     p: &str,
-    d: usize,
-    inner: usize,
+    [d, inner]: [usize; 2],
+    held: ExpertWeights,
 ) -> Result<SparseMoe, ModelError> {
     let e = config.num_local_experts;
     // The router stays f32 and unquantised: it is small, and which experts a token reaches
@@ -397,17 +426,20 @@ fn sparse_moe(
     let part = |x: usize, name: &str| format!("{p}.experts.{x}.{name}");
     // Released checkpoints hold the expert weights in MXFP4 (`_blocks`, `_scales`, each expert
     // `[out, in]`); bf16 and f32 ones as `[in, out]` tensors.
-    let mut mxfp4 = [false; 2];
-    for (held, name) in mxfp4.iter_mut().zip(["gate_up_proj", "down_proj"]) {
-        *held = w.unstack_mxfp4(&format!("{p}.experts.{name}"), |x| part(x, name))?;
-    }
-    for name in ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"] {
-        w.unstack(&format!("{p}.experts.{name}"), |x| part(x, name))?;
+    // Each weight's experts `[out, in]` (a GGUF's, or MXFP4 blocks) or `[in, out]`.
+    let mut out_in = [held == ExpertWeights::PerExpert; 2];
+    if held == ExpertWeights::Fused {
+        for (out_in, name) in out_in.iter_mut().zip(["gate_up_proj", "down_proj"]) {
+            *out_in = w.unstack_mxfp4(&format!("{p}.experts.{name}"), |x| part(x, name))?;
+        }
+        for name in ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"] {
+            w.unstack(&format!("{p}.experts.{name}"), |x| part(x, name))?;
+        }
     }
     let take = |w: &mut WeightMap, x: usize, which: usize, [d_in, d_out]: [usize; 2]| {
         let name = ["gate_up_proj", "down_proj"][which];
         let bias = w.take(&part(x, &format!("{name}_bias")), [d_out])?;
-        match mxfp4[which] {
+        match out_in[which] {
             true => w.take_proj(&part(x, name), d_in, d_out, Some(bias)),
             false => w.take_proj_in_out(&part(x, name), d_in, d_out, Some(bias)),
         }
@@ -439,6 +471,31 @@ impl Family for GptOssFamily {
 
     fn model_types(&self) -> &'static [(&'static str, &'static str)] {
         &[("gpt_oss", "gpt-oss")]
+    }
+
+    fn gguf_archs(&self) -> &'static [&'static str] {
+        &["gpt-oss"]
+    }
+
+    fn load_gguf(
+        &self,
+        g: &super::gguf::Gguf,
+        _arch: &str,
+        device: &Device,
+        frozen: &super::Frozen,
+    ) -> Result<(super::Backbone, Value), ModelError> {
+        gguf::load(g, device, frozen)
+    }
+
+    fn gguf_plan(
+        &self,
+        backbone: &super::Backbone,
+        _config: &Value,
+    ) -> Result<super::gguf_write::ArchPlan, super::gguf_write::GgufWriteError> {
+        match backbone {
+            super::Backbone::GptOss(m) => m.gguf_plan(),
+            other => Err(super::family::not_this_family(self, other)),
+        }
     }
 
     fn build(

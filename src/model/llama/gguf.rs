@@ -333,6 +333,8 @@ impl Llama {
                 .then_some((c.num_attention_heads, c.kv_heads())),
             norms_plus_one: false,
             rope_tensors,
+            regroup: None,
+            experts_4bit: None,
         })
     }
 }

@@ -168,6 +168,8 @@ impl Phi3 {
             permute: None,
             norms_plus_one: false,
             rope_tensors,
+            regroup: None,
+            experts_4bit: None,
         })
     }
 }
