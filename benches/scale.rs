@@ -247,10 +247,10 @@ fn child(args: &[String]) {
         );
         let t0 = Instant::now();
         let hidden = model.hidden(ids.clone(), None);
-        let loss = model
-            .next_token_nll(hidden, ids, 1.0)
-            .expect("a decoder")
-            .mean();
+        let lm = model
+            .language_model()
+            .expect("the bench's shapes are decoders");
+        let loss = lm.next_token_nll(hidden, ids, 1.0).mean();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-4, model, grads);
         losses.push(to_vec(loss)[0]);

@@ -61,13 +61,17 @@ pub fn run(g: &super::args::Globals, args: &GenerateArgs) -> Result<ExitCode> {
             at.label
         );
     };
-    if !model.model.backbone.is_decoder() {
+    let Some(lm) = model.model.backbone.language_model() else {
+        let what = match model.model.backbone.decoder() {
+            Some(_) => "a decoder saved without its LM head (a classifier's body)",
+            None => "an encoder",
+        };
         bail!(
-            "{} is an encoder ({}); only decoders generate text",
+            "{} is {what} ({}); only a decoder with its LM head generates text",
             at.label,
             model.model.backbone.family().name()
         );
-    }
+    };
     // A model a recipe stage trained gets the template it trained with (named by the recipe,
     // or recorded in the model's tokenizer_config.json, as in an export); anything else its
     // own chat template (or ChatML).
@@ -105,7 +109,7 @@ pub fn run(g: &super::args::Globals, args: &GenerateArgs) -> Result<ExitCode> {
         stop_tokens: model.stop_tokens(),
         seed: args.seed,
     };
-    let outputs = generate(&model.model.backbone, &prompts, &cfg, &device);
+    let outputs = generate(lm, &prompts, &cfg, &device);
     for (p, out) in args.prompt.iter().zip(outputs) {
         let text = tokenizer
             .decode(&out, true)

@@ -433,22 +433,22 @@ fn the_head_at_target_rows_gives_the_whole_grids_bits() {
         let adapted = adapted.map(&mut Nudge);
         for (how, model) in [("full", base), ("lora", adapted)] {
             let alone = how == "lora" && family != "gemma3 capped";
-            assert_eq!(model.head_at_rows_alone(), alone, "{family} {how}");
+            let lm = model.language_model().unwrap();
+            assert_eq!(lm.head_at_rows_alone(), alone, "{family} {how}");
             for temperature in [1.0, 0.7] {
                 let what = format!("{family} {how} at {temperature}");
                 let run = |at_targets: bool| {
-                    let hidden = model.hidden(batch.ids.clone(), Some(batch.padding.clone()));
+                    let hidden = lm.hidden(batch.ids.clone(), Some(batch.padding.clone()));
                     let nll = if at_targets {
-                        model.next_token_nll_at(
+                        lm.next_token_nll_at(
                             hidden,
                             batch.ids.clone(),
                             temperature,
                             &batch.target_rows,
                         )
                     } else {
-                        model.next_token_nll(hidden, batch.ids.clone(), temperature)
-                    }
-                    .unwrap();
+                        lm.next_token_nll(hidden, batch.ids.clone(), temperature)
+                    };
                     let masked = nll * batch.target_mask.clone().narrow(1, 1, s - 1);
                     let grads = burn::optim::GradientsParams::from_grads(
                         masked.clone().sum().backward(),
@@ -675,7 +675,9 @@ fn reduced_precision_stores_a_frozen_base_low_and_computes_close_to_f32() {
                     let table = m.token_table().val().dtype();
                     let hidden = m.hidden(ids.clone(), Some(padding.clone()));
                     // Decoders add the next-token loss through their (tied) head.
-                    let lm = m.next_token_nll(hidden.clone(), ids.clone(), 1.0);
+                    let lm = m
+                        .language_model()
+                        .map(|lm| lm.next_token_nll(hidden.clone(), ids.clone(), 1.0));
                     let loss = (hidden.clone() * weights.clone()).sum()
                         + lm.map_or_else(|| Tensor::zeros([1], &d), |nll| nll.sum());
                     let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &m);

@@ -200,6 +200,7 @@ impl<L: DecoderLayer, N: FinalNorm, C: DecoderConfig> DecoderStack<L, N, C> {
 
 /// A decoder's LM head: its own projection, or the token embedding where `tied`; soft-capped
 /// where `soft_cap` is set.
+#[derive(Clone, Copy)]
 pub struct LmHead<'a> {
     pub own: Option<&'a Proj>,
     pub embed: &'a Param<Tensor<2>>,
@@ -219,6 +220,219 @@ impl LmHead<'_> {
             Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
             None => logits,
         }
+    }
+}
+
+/// A decoder with its LM head: what generates text, and what causal LM training, preference
+/// losses and RL score ([`super::Backbone::language_model`]). An encoder has none, nor a
+/// decoder saved without its head (a classifier's body).
+#[derive(Clone, Copy)]
+pub struct LanguageModel<'a> {
+    decoder: &'a dyn Decoder,
+    head: LmHead<'a>,
+}
+
+impl<'a> LanguageModel<'a> {
+    /// `decoder` as a language model, if it has an LM head.
+    pub fn of(decoder: &'a dyn Decoder) -> Option<LanguageModel<'a>> {
+        let head = decoder.head();
+        head.exists().then_some(LanguageModel { decoder, head })
+    }
+
+    pub fn decoder(&self) -> &'a dyn Decoder {
+        self.decoder
+    }
+
+    /// Hidden states `[b, s, d]`; `padding` `[b, s]` is true at real tokens.
+    pub fn hidden(&self, ids: Tensor<2, Int>, padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        self.decoder.hidden(ids, padding)
+    }
+
+    /// Forward with explicit positions and attention mask `[b, 1, s, s]` (true where a query
+    /// must not see a key), without a cache: packed sequences, whose documents restart their
+    /// positions and never see each other.
+    pub fn hidden_masked(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Tensor<4, Bool>,
+    ) -> Tensor<3> {
+        self.decoder.hidden_with(ids, positions, Some(mask), None)
+    }
+
+    /// Forward with explicit positions, mask `[b, 1, s, t]` and a KV cache.
+    pub fn hidden_with(
+        &self,
+        ids: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Option<Tensor<4, Bool>>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        self.decoder.hidden_with(ids, positions, mask, Some(cache))
+    }
+
+    /// Logits `[b, s, vocab]` of hidden states `[b, s, d]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        // The head's own projection, else the tied embedding (`of` saw one of them).
+        let logits = match self.head.own {
+            Some(head) => head.forward(hidden),
+            None => super::layers::matmul_autocast(hidden, self.head.embed.val().transpose()),
+        };
+        self.head.soft_cap(logits)
+    }
+
+    /// The weight of the router's load-balancing loss where the model has a router that
+    /// trains (a mixture of experts in full fine-tuning): the config's `router_aux_loss_coef`,
+    /// transformers' 0.001 when it gives none; `None` otherwise.
+    pub fn router_aux_loss_coef(&self) -> Option<f64> {
+        self.decoder.router_aux_loss_coef()
+    }
+
+    /// The LM head as one `[d, v]` matrix when the logits are exactly `hidden @ head`: a
+    /// plain projection or the tied embedding, no bias, no LoRA adapter on the head, no
+    /// soft-capping; and whether that weight trains. `None` otherwise.
+    fn plain_head(&self) -> Option<(Tensor<2>, bool)> {
+        let head = self.head;
+        if head.soft_cap.is_some() {
+            return None;
+        }
+        // Whether it trains is read off the parameter itself: a transposed view is not a leaf.
+        let trains = |w: Tensor<2>| {
+            let trains = w.is_require_grad();
+            (w, trains)
+        };
+        match head.own {
+            Some(p) if p.bias.is_none() && p.lora.is_none() => Some(trains(p.weight.val())),
+            Some(_) => None,
+            None => head.tied.then(|| {
+                let (w, t) = trains(head.embed.val());
+                (w.transpose(), t)
+            }),
+        }
+    }
+
+    /// The negative log-likelihood of each position's next token, `[b, s-1]` (position t
+    /// scores `ids[t+1]`), under logits divided by `temperature`. Through
+    /// [`kernels::linear_nll`](crate::kernels::linear_nll) where the head allows, so the
+    /// `[b, s, v]` logits are never whole, on any backend.
+    pub fn next_token_nll(
+        &self,
+        hidden: Tensor<3>,
+        ids: Tensor<2, Int>,
+        temperature: f64,
+    ) -> Tensor<2> {
+        let [b, s, d] = hidden.dims();
+        let targets = ids.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
+        let rows = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), d]);
+        self.rows_nll(rows, targets, temperature)
+            .reshape([b, s - 1])
+    }
+
+    /// [`next_token_nll`](Self::next_token_nll) where only the positions `rows` of the
+    /// flattened `[b, s-1]` grid count (a batch's targets: answers, not prompts); the others
+    /// hold 0. Where the head is frozen (LoRA; [`head_at_rows_alone`](Self::head_at_rows_alone))
+    /// it runs on those rows alone, and each row's value and gradient are the whole grid's, bit
+    /// for bit: the head's matmul computes every output row on its own (gemm blocks the hidden
+    /// size the same way for any number of rows, given two or more and a vocabulary over 64),
+    /// and so does the log-sum-exp. A head that trains takes the whole grid, as before: its
+    /// weight's gradient sums over the rows, and fewer rows would round that sum otherwise.
+    pub fn next_token_nll_at(
+        &self,
+        hidden: Tensor<3>,
+        ids: Tensor<2, Int>,
+        temperature: f64,
+        rows: &[i64],
+    ) -> Tensor<2> {
+        let [b, s, d] = hidden.dims();
+        let n = b * (s - 1);
+        if rows.len() < 2 || rows.len() == n || !self.head_at_rows_alone() {
+            return self.next_token_nll(hidden, ids, temperature);
+        }
+        let device = hidden.device();
+        let picked = Tensor::<1, Int>::from_data(
+            burn::tensor::TensorData::new(rows.to_vec(), [rows.len()]),
+            &device,
+        );
+        let targets = ids
+            .narrow(1, 1, s - 1)
+            .reshape([n])
+            .select(0, picked.clone());
+        let hidden = hidden
+            .narrow(1, 0, s - 1)
+            .reshape([n, d])
+            .select(0, picked.clone());
+        let nll = self.rows_nll(hidden, targets, temperature);
+        let grid = Tensor::<1>::zeros([n], (&device, nll.dtype()));
+        grid.select_assign(0, picked, nll, burn::tensor::IndexingUpdateOp::Add)
+            .reshape([b, s - 1])
+    }
+
+    /// Whether [`next_token_nll_at`](Self::next_token_nll_at) takes the head at the target rows
+    /// alone: a plain head (see [`plain_head`](Self::plain_head)) that does not train.
+    pub fn head_at_rows_alone(&self) -> bool {
+        self.plain_head().is_some_and(|(_, trains)| !trains)
+    }
+
+    /// The negative log-likelihood `[m]` of `targets` `[m]` after hidden states `[m, d]`.
+    fn rows_nll(&self, hidden: Tensor<2>, targets: Tensor<1, Int>, temperature: f64) -> Tensor<1> {
+        let scaled = |h: Tensor<2>| {
+            if temperature > 0.0 && temperature != 1.0 {
+                h.div_scalar(temperature)
+            } else {
+                h
+            }
+        };
+        match self.plain_head() {
+            Some((head, _)) => crate::kernels::linear_nll(scaled(hidden), head, targets),
+            None => {
+                let [m, d] = hidden.dims();
+                let logits = self.logits(hidden.reshape([1, m, d]));
+                let v = logits.dims()[2];
+                crate::kernels::logits_nll(scaled(logits.reshape([m, v])), targets)
+            }
+        }
+    }
+
+    /// Each position's most likely next token, `[b, s-1]`, with the logits computed a chunk of
+    /// rows at a time (about 64 MiB each) so evaluating a large vocabulary never holds the
+    /// `[b, s, v]` logits.
+    pub fn next_token_argmax(&self, hidden: Tensor<3>) -> Tensor<2, Int> {
+        let vocab = self.decoder.token_table().dims()[0];
+        let rows = (crate::kernels::LOGIT_ELEMENTS_PER_CHUNK / vocab.max(1)).max(1);
+        let [b, s, d] = hidden.dims();
+        let n = b * (s - 1);
+        let h = hidden.narrow(1, 0, s - 1).reshape([1, n, d]);
+        let mut picks = Vec::new();
+        for start in (0..n).step_by(rows) {
+            let len = rows.min(n - start);
+            let logits = self.logits(h.clone().narrow(1, start, len));
+            picks.push(logits.argmax(2).reshape([len]));
+        }
+        Tensor::cat(picks, 0).reshape([b, s - 1])
+    }
+
+    /// For decoding many steps: the transposed embedding of a tied LM head, laid out
+    /// contiguously once. burn multiplies a single row by the transposed *view* an order of
+    /// magnitude slower (482 ms against 39 ms per token for Gemma 3's 262k vocabulary), with
+    /// bit-identical results. `None` when the head is not tied.
+    pub fn tied_head_for_decoding(&self) -> Option<Tensor<2>> {
+        let head = self.head;
+        if head.own.is_some() || !head.tied {
+            return None;
+        }
+        let t = head.embed.val().transpose();
+        let device = t.device();
+        Some(Tensor::from_data(t.into_data(), &device))
+    }
+
+    /// [`logits`](Self::logits) through a head from
+    /// [`tied_head_for_decoding`](Self::tied_head_for_decoding) when there is one.
+    pub fn logits_decoding(&self, hidden: Tensor<3>, tied: Option<&Tensor<2>>) -> Tensor<3> {
+        let Some(w) = tied else {
+            return self.logits(hidden);
+        };
+        let logits = super::layers::matmul_autocast(hidden, w.clone());
+        self.head.soft_cap(logits)
     }
 }
 

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::Backbone;
+use super::decoder::LanguageModel;
 use super::layers::{KvCache, attention_mask, positions_from_padding, repeat_rows};
 use crate::rng::SplitMix64;
 
@@ -189,7 +189,7 @@ fn radix_descending(values: &[f32]) -> Vec<u32> {
 /// Generates a continuation for each prompt (token ids). Each output holds the new tokens
 /// only, ending with a stop token when one was produced.
 pub fn generate(
-    model: &Backbone,
+    model: LanguageModel<'_>,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
     device: &Device,
@@ -202,7 +202,7 @@ pub fn generate(
 /// of its group, which then decode as one batch. The same tokens as [`generate`] on the
 /// prompts each repeated `group` times.
 pub fn generate_groups(
-    model: &Backbone,
+    model: LanguageModel<'_>,
     prompts: &[Vec<u32>],
     group: usize,
     cfg: &SamplingConfig,
@@ -214,7 +214,7 @@ pub fn generate_groups(
 /// [`generate`] that also ends an answer once `stop` says so of what it has generated (a stop
 /// string that text holds: lm-eval's `until`).
 pub fn generate_until(
-    model: &Backbone,
+    model: LanguageModel<'_>,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
     device: &Device,
@@ -227,7 +227,7 @@ pub fn generate_until(
 pub type StopWhen<'a> = dyn Fn(&[u32]) -> bool + 'a;
 
 fn decode(
-    model: &Backbone,
+    model: LanguageModel<'_>,
     prompts: &[Vec<u32>],
     group: usize,
     cfg: &SamplingConfig,
@@ -238,7 +238,7 @@ fn decode(
     let b = prompts.len() * group;
     // Positions past the model's context do not exist: a prompt keeps its last `limit - 1`
     // tokens, and generation stops when the longest row reaches the limit.
-    let limit = model.max_positions().max(2);
+    let limit = model.decoder().max_positions().max(2);
     let prompts: Vec<&[u32]> = prompts
         .iter()
         .map(|p| &p[p.len().saturating_sub(limit - 1)..])
@@ -264,7 +264,7 @@ fn decode(
     let n = prompts.len();
     let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [n, longest]), device);
     let prompt_padding = padding_of(real.clone(), n);
-    let mut cache = KvCache::new(model.num_layers(), longest + max_new_tokens);
+    let mut cache = KvCache::new(model.decoder().num_layers(), longest + max_new_tokens);
     let mask = attention_mask(
         Some(prompt_padding.clone()),
         n,
@@ -296,9 +296,7 @@ fn decode(
     for _ in 0..max_new_tokens {
         let s = hidden.dims()[1];
         let last = hidden.narrow(1, s - 1, 1);
-        let logits = model
-            .lm_logits_decoding(last, tied.as_ref())
-            .expect("generation needs a decoder");
+        let logits = model.logits_decoding(last, tied.as_ref());
         let v = logits.dims()[2];
         let rows = super::to_vec(logits.reshape([b, v]));
         // The draws of the rows still answering, in row order, as a walk of them would make
@@ -405,15 +403,15 @@ mod tests {
             ..SamplingConfig::default()
         };
         for (family, model) in crate::kernels::tests::tiny_backbones(&device) {
-            if family == "bert" {
+            let Some(model) = model.language_model() else {
                 continue;
-            }
+            };
             let repeated: Vec<Vec<u32>> = prompts
                 .iter()
                 .flat_map(|p| std::iter::repeat_n(p.clone(), 4))
                 .collect();
-            let want = generate(&model, &repeated, &cfg, &device);
-            let got = generate_groups(&model, &prompts, 4, &cfg, &device);
+            let want = generate(model, &repeated, &cfg, &device);
+            let got = generate_groups(model, &prompts, 4, &cfg, &device);
             assert_eq!(got, want, "{family}");
             assert_eq!(got.len(), 12);
             assert!(

@@ -210,7 +210,7 @@ fn answers(
                 Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
             })
             .collect::<Result<_>>()?;
-        for ids in generate_until(&m.backbone, &prompts, &cfg, device, &stop) {
+        for ids in generate_until(m.language_model()?, &prompts, &cfg, device, &stop) {
             let mut text = m
                 .tokenizer
                 .decode(&ids, true)

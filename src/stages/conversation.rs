@@ -558,7 +558,12 @@ pub(crate) fn greedy_answers(
             .iter()
             .map(|(history, _)| format.encode_conversation_prompt(tok, history))
             .collect::<Result<_>>()?;
-        let outputs = generate(model, &prompts, sampling, device);
+        let outputs = generate(
+            super::model_input::language_model(model)?,
+            &prompts,
+            sampling,
+            device,
+        );
         for ((history, want), ids) in chunk.iter().zip(outputs) {
             let text = tok.decode(&ids, true).map_err(|e| anyhow::anyhow!("{e}"))?;
             out.push(Answered {

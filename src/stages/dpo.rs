@@ -36,7 +36,7 @@ use crate::spec::settings::{
 };
 use crate::spec::settings::{PeftSpec, Truncation};
 use crate::store::ArtifactType;
-use crate::train::objectives::{LmBatch, sequence_logps};
+use crate::train::objectives::{LmBatch, sequence_logps, trained_lm};
 use crate::train::preference::{DpoMetrics, DpoParams, PairLogps, dpo_loss, dpo_metrics, kto_loss};
 use crate::train::trainer::{Objective, Summary};
 use schemars::JsonSchema;
@@ -146,6 +146,7 @@ impl Dpo {
 impl Objective<Backbone> for Dpo {
     type Batch = PrefBatch;
     fn loss_sum(&self, model: &Backbone, b: &PrefBatch) -> Tensor<1> {
+        let model = trained_lm(model);
         let (c, len_c) = sequence_logps(model, &b.chosen);
         let (r, len_r) = sequence_logps(model, &b.rejected);
         let values = |t: &Tensor<1>| -> Vec<f64> {
@@ -210,7 +211,7 @@ pub struct Kto {
 impl Objective<Backbone> for Kto {
     type Batch = KtoBatch;
     fn loss_sum(&self, model: &Backbone, b: &KtoBatch) -> Tensor<1> {
-        let (lp, _) = sequence_logps(model, &b.seqs);
+        let (lp, _) = sequence_logps(trained_lm(model), &b.seqs);
         let rho = lp - b.reference.clone();
         // z: the batch's mean log-ratio, detached and clamped at 0, as the KL estimate. (TRL
         // estimates it from mismatched prompt/completion pairs; on small batches the batch
@@ -681,6 +682,7 @@ fn reference_logps(
     let Some(m) = reference else {
         return Ok(vec![0.0; enc.len()]);
     };
+    let m = super::model_input::language_model(m)?;
     let seqs: Vec<(Vec<u32>, Vec<bool>)> = enc
         .iter()
         .map(|e| (e.ids.clone(), e.targets.clone()))
@@ -844,6 +846,7 @@ struct KtoMetrics {
 }
 
 fn measure_kto(model: &Backbone, batches: &[KtoBatch], beta: f64) -> Option<KtoMetrics> {
+    let model = model.language_model()?;
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for b in batches {
         let lp = sequence_logps(model, &b.seqs)
@@ -872,6 +875,7 @@ fn measure_kto(model: &Backbone, batches: &[KtoBatch], beta: f64) -> Option<KtoM
 /// TRL's DPO metrics on held-out pairs (before training the policy equals the reference, so
 /// rewards and margins start at 0).
 fn measure(model: &Backbone, batches: &[PrefBatch], beta: f64) -> Option<DpoMetrics> {
+    let model = model.language_model()?;
     let (mut pc, mut pr, mut rc, mut rr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in batches {
         let vec = |t: Tensor<1>| -> Option<Vec<f64>> {

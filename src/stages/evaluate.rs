@@ -1110,9 +1110,9 @@ fn grade(
     rows: &mut [AnswerRow],
     device: &Device,
 ) -> Result<Scores> {
-    if !judge.backbone.is_decoder() {
-        bail!("the judge is an encoder: it cannot write grades");
-    }
+    let judge_lm = judge
+        .language_model()
+        .context("the judge cannot write grades")?;
     let format = Format::new(&j.template, judge.chat_template.as_ref());
     let sampling = SamplingConfig {
         max_new_tokens: j.max_new_tokens,
@@ -1139,7 +1139,7 @@ fn grade(
             .collect::<Result<_>>()?;
         for (r, ids) in chunk
             .iter_mut()
-            .zip(generate(&judge.backbone, &prompts, &sampling, device))
+            .zip(generate(judge_lm, &prompts, &sampling, device))
         {
             let reply = judge
                 .tokenizer
@@ -1288,14 +1288,15 @@ fn label_ids(config: &Value, rows: &[(String, Value)]) -> Vec<(String, usize)> {
 }
 
 fn token_accuracy(m: &LoadedModel, batches: &[LmBatch]) -> f64 {
+    let Some(lm) = m.backbone.language_model() else {
+        return f64::NAN;
+    };
     let (mut hits, mut n) = (0.0, 0.0);
     for b in batches {
-        let hidden = m.backbone.hidden(b.ids.clone(), Some(b.padding.clone()));
-        if let Some(predicted) = m.backbone.next_token_argmax(hidden) {
-            let (h, c) = causal_token_hits(predicted, b.ids.clone(), b.target_mask.clone());
-            hits += h;
-            n += c;
-        }
+        let predicted = lm.next_token_argmax(lm.hidden(b.ids.clone(), Some(b.padding.clone())));
+        let (h, c) = causal_token_hits(predicted, b.ids.clone(), b.target_mask.clone());
+        hits += h;
+        n += c;
     }
     if n > 0.0 { hits / n } else { f64::NAN }
 }
@@ -1312,7 +1313,7 @@ fn samples(m: &LoadedModel, cfg: &SamplesEval, device: &Device) -> Result<Vec<(S
         .iter()
         .map(|p| format.encode_prompt(&m.tokenizer, p))
         .collect::<Result<_>>()?;
-    let outs = generate(&m.backbone, &ids, &sampling, device);
+    let outs = generate(m.language_model()?, &ids, &sampling, device);
     cfg.prompts
         .iter()
         .zip(outs)

@@ -105,6 +105,7 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
         ..
     } = loaded;
     let format = Format::new(&spec.template, chat_template.as_ref());
+    let lm = super::model_input::language_model(&backbone)?;
     ctx.progress.set_length(prompts.len() as u64);
     let mut rows = Vec::with_capacity(prompts.len());
     let mut new_tokens = 0usize;
@@ -120,10 +121,7 @@ pub fn run(spec: &GenerateSpec, ctx: &mut StageContext) -> Result<StageResult> {
             seed: sampling.seed.wrapping_add(k as u64),
             ..sampling.clone()
         };
-        for (p, out) in chunk
-            .iter()
-            .zip(generate(&backbone, &ids, &batch_cfg, &device))
-        {
+        for (p, out) in chunk.iter().zip(generate(lm, &ids, &batch_cfg, &device)) {
             new_tokens += out.len();
             let text = tokenizer
                 .decode(&out, true)

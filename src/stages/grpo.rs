@@ -35,6 +35,7 @@ use crate::spec::settings::{
     Input, RewardSource, default_epsilon, default_rl_tokens, is_default, prompt_column,
 };
 use crate::store::ArtifactType;
+use crate::train::objectives::trained_lm;
 use crate::train::rl::{
     Baseline, ImportanceSampling, LossType, PolicyLoss, ScaleRewards, advantages,
 };
@@ -349,7 +350,7 @@ impl<'a> Grpo<'a> {
                 .sum();
             let on_infer = r.batch(&self.infer_device);
             let old = (self.iterations > 1).then(|| {
-                token_logps(&policy, &on_infer, self.sampling.temperature)
+                token_logps(trained_lm(&policy), &on_infer, self.sampling.temperature)
                     .0
                     .into_data()
             });
@@ -358,7 +359,7 @@ impl<'a> Grpo<'a> {
                 .as_ref()
                 .filter(|_| self.loss.beta > 0.0)
                 .map(|reference| {
-                    token_logps(reference, &on_infer, self.sampling.temperature)
+                    token_logps(trained_lm(reference), &on_infer, self.sampling.temperature)
                         .0
                         .into_data()
                 });
@@ -410,8 +411,11 @@ impl Objective<Backbone> for Grpo<'_> {
         let p = pending
             .get(&batch.chunk)
             .expect("the trainer prepares a step's batches before their losses");
-        let (lp, mut mask) =
-            token_logps(model, &p.rollout.batch(&device), self.sampling.temperature);
+        let (lp, mut mask) = token_logps(
+            trained_lm(model),
+            &p.rollout.batch(&device),
+            self.sampling.temperature,
+        );
         let [n, t] = lp.dims();
         if let Some(keep) = &p.keep {
             let keep =

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::model::Backbone;
+use crate::model::decoder::LanguageModel;
 use crate::spec::context::{ResolvedInput, StageContext};
 use crate::spec::settings::{Arch, ModelInit, ModelInput};
 
@@ -151,11 +152,9 @@ pub(crate) fn load_checkpoint(
             path.display()
         );
     }
-    if need_decoder && !loaded.model.backbone.is_decoder() {
-        bail!(
-            "this stage needs a decoder; {} is an encoder",
-            path.display()
-        );
+    if need_decoder {
+        language_model(&loaded.model.backbone)
+            .with_context(|| format!("this stage needs a language model: {}", path.display()))?;
     }
     let tokenizer = tokenizer.or(loaded.tokenizer).with_context(|| {
         format!(
@@ -172,7 +171,24 @@ pub(crate) fn load_checkpoint(
     })
 }
 
+/// `backbone` as a language model (a decoder with its LM head); an error saying what it is
+/// instead.
+pub(crate) fn language_model(backbone: &Backbone) -> Result<LanguageModel<'_>> {
+    let family = backbone.family().name();
+    backbone.language_model().with_context(|| match backbone.decoder() {
+        Some(_) => format!(
+            "this {family} decoder was saved without its LM head (a classifier's body), so it cannot generate or score text"
+        ),
+        None => format!("a {family} model is an encoder: it cannot generate or score text"),
+    })
+}
+
 impl LoadedModel {
+    /// The model as a language model; an error for an encoder or a decoder without its head.
+    pub(crate) fn language_model(&self) -> Result<LanguageModel<'_>> {
+        language_model(&self.backbone)
+    }
+
     /// Tokens that end a generated answer: end-of-text, ChatML's end of turn, the config's EOS.
     pub(crate) fn stop_tokens(&self) -> Vec<u32> {
         crate::model::stop_tokens(&self.config, Some(&self.tokenizer))

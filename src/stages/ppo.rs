@@ -25,7 +25,7 @@ use tokenizers::Tokenizer;
 
 use super::conversation::Format;
 use super::metrics::{self, Rounded, Training};
-use super::model_input::load_checkpoint;
+use super::model_input::{language_model, load_checkpoint};
 use super::rollout::{
     Answering, PromptRow, RlSettings, RlSetup, Scorer, answer_rows, measure, measured_prompts,
     per_reward_metrics, rollout, token_logps,
@@ -39,7 +39,7 @@ use crate::spec::settings::PromptTemplate;
 use crate::spec::settings::{Input, default_epsilon, default_rl_tokens, prompt_column};
 use crate::spec::settings::{PeftSpec, RewardSource};
 use crate::store::ArtifactType;
-use crate::train::objectives::LmBatch;
+use crate::train::objectives::{LmBatch, trained_lm};
 use crate::train::rl::{
     KlEstimator, clipped_policy_loss, clipped_value_loss, gae, kl, masked_mean, shaped_rewards,
     whiten,
@@ -296,8 +296,9 @@ impl Ppo<'_> {
             }
         }
         let infer_batch = r.batch(&self.infer_device);
-        let (lp, mask) = token_logps(&policy, &infer_batch, self.spec.temperature);
-        let (ref_lp, _) = token_logps(&self.reference, &infer_batch, self.spec.temperature);
+        let (lp, mask) = token_logps(trained_lm(&policy), &infer_batch, self.spec.temperature);
+        let reference = trained_lm(&self.reference);
+        let (ref_lp, _) = token_logps(reference, &infer_batch, self.spec.temperature);
         let [n, t] = lp.dims();
         let values = value
             .token_scores(infer_batch.ids.clone(), infer_batch.padding.clone())
@@ -371,7 +372,7 @@ impl Objective<PolicyValue> for Ppo<'_> {
         }
         let current = self.current.borrow();
         let r = current.as_ref().expect("a rollout");
-        let (lp, mask) = token_logps(&model.policy, &r.batch, self.spec.temperature);
+        let (lp, mask) = token_logps(trained_lm(&model.policy), &r.batch, self.spec.temperature);
         let t = lp.dims()[1];
         let values = model
             .value
@@ -779,8 +780,8 @@ fn sampled_kl(
     };
     let r = rollout(policy, tok, format, prompts, SAMPLES, &cfg, device)?;
     let b = r.batch(device);
-    let (lp, mask) = token_logps(policy, &b, sampling.temperature);
-    let (ref_lp, _) = token_logps(reference, &b, sampling.temperature);
+    let (lp, mask) = token_logps(language_model(policy)?, &b, sampling.temperature);
+    let (ref_lp, _) = token_logps(language_model(reference)?, &b, sampling.temperature);
     let (lp, ref_lp, mask) = (rows_of(lp), rows_of(ref_lp), rows_of(mask));
     let mut total = 0.0;
     for i in 0..lp.len() {

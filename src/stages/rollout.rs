@@ -11,6 +11,7 @@ use super::scoring::{RewardText, score};
 use super::verifiers;
 use crate::data::leakage::normalize;
 use crate::data::table::Table;
+use crate::model::decoder::LanguageModel;
 use crate::model::sampling::{SamplingConfig, generate_groups};
 use crate::model::{Backbone, Model};
 use crate::spec::context::{ResolvedInput, StageContext};
@@ -308,6 +309,7 @@ pub fn rollout(
         .map(|p| format.encode_prompt(tok, &p.prompt))
         .collect::<Result<_>>()?;
     // Each prompt encoded once, its group decoded as rows of one batch.
+    let policy = super::model_input::language_model(policy)?;
     let outs = generate_groups(policy, &prompt_ids, group, sampling, device);
     let mut completions = Vec::with_capacity(outs.len());
     for (k, out) in outs.into_iter().enumerate() {
@@ -353,11 +355,14 @@ impl Rollout {
 /// the target mask aligned with them. `temperature` divides the logits first, as sampling
 /// did (TRL scores PPO rollouts so): the ratios and KL estimates then refer to the
 /// distribution the tokens came from.
-pub fn token_logps(model: &Backbone, b: &LmBatch, temperature: f64) -> (Tensor<2>, Tensor<2>) {
+pub fn token_logps(
+    model: LanguageModel<'_>,
+    b: &LmBatch,
+    temperature: f64,
+) -> (Tensor<2>, Tensor<2>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
     let lp = model
         .next_token_nll_at(hidden, b.ids.clone(), temperature, &b.target_rows)
-        .expect("a decoder")
         .neg();
     let s = b.ids.dims()[1];
     let mask = b.target_mask.clone().narrow(1, 1, s - 1);

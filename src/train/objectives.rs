@@ -5,6 +5,7 @@ use burn::prelude::*;
 use super::loss::masked_target_sum;
 use super::trainer::Objective;
 use crate::model::Backbone;
+use crate::model::decoder::LanguageModel;
 
 /// A batch of token sequences for language modelling.
 #[derive(Debug, Clone)]
@@ -120,13 +121,21 @@ impl LmBatch {
     }
 }
 
+/// The language model an objective trains. Stages load what they train as a language model
+/// (`stages::model_input` with `need_decoder` refuses an encoder, or a decoder without its LM
+/// head, with the reason), so an objective never meets one without.
+pub fn trained_lm(model: &Backbone) -> LanguageModel<'_> {
+    model
+        .language_model()
+        .expect("training stages load their model as a language model")
+}
+
 /// Each row's summed log-probability of its target tokens, and how many targets it has
 /// (`[b]` each): what preference losses compare.
-pub fn sequence_logps(model: &Backbone, b: &LmBatch) -> (Tensor<1>, Tensor<1>) {
+pub fn sequence_logps(model: LanguageModel<'_>, b: &LmBatch) -> (Tensor<1>, Tensor<1>) {
     let hidden = model.hidden(b.ids.clone(), Some(b.padding.clone()));
     let lp = model
         .next_token_nll_at(hidden, b.ids.clone(), 1.0, &b.target_rows)
-        .expect("sequence log-probabilities need a decoder")
         .neg();
     let [n, s] = b.ids.dims();
     let mask = b.target_mask.clone().narrow(1, 1, s - 1);
@@ -146,6 +155,7 @@ impl Objective<Backbone> for CausalLm {
     /// load-balancing loss weighted by `router_aux_loss_coef` and the batch's target count, so
     /// that per target it adds `coef * aux` as transformers adds it to the mean loss.
     fn loss_sum(&self, model: &Backbone, b: &LmBatch) -> Tensor<1> {
+        let model = trained_lm(model);
         let hidden = || match &b.packed {
             Some((positions, mask)) => {
                 model.hidden_masked(b.ids.clone(), positions.clone(), mask.clone())
@@ -157,9 +167,7 @@ impl Objective<Backbone> for CausalLm {
             Some(_) => crate::model::moe::with_routings(hidden),
             None => (hidden(), Vec::new()),
         };
-        let nll = model
-            .next_token_nll_at(hidden, b.ids.clone(), 1.0, &b.target_rows)
-            .expect("causal LM training needs a decoder");
+        let nll = model.next_token_nll_at(hidden, b.ids.clone(), 1.0, &b.target_rows);
         let loss = masked_target_sum(nll, b.target_mask.clone());
         let Some(coef) = coef else { return loss };
         let real: Vec<bool> = b

@@ -149,7 +149,13 @@ fn wgpu_cached_generation_matches_flex() {
             .join(name);
         let answers = |device: &Device| {
             let model = load_hf_dir(&dir, device).unwrap();
-            generate_groups(&model.model.backbone, &prompts, 2, &cfg, device)
+            generate_groups(
+                model.model.backbone.language_model().unwrap(),
+                &prompts,
+                2,
+                &cfg,
+                device,
+            )
         };
         let (a, b) = (answers(&cpu), answers(&gpu));
         assert_eq!(a.len(), 4);

@@ -55,8 +55,9 @@ fn dpo_loss_and_gradients_match_pytorch() {
         n: 2.0,
     };
     // The policy's sequence log-probabilities first: the quantity everything rests on.
-    let (pc, _) = sequence_logps(&model, &batch.chosen);
-    let (pr, _) = sequence_logps(&model, &batch.rejected);
+    let lm = model.language_model().unwrap();
+    let (pc, _) = sequence_logps(lm, &batch.chosen);
+    let (pr, _) = sequence_logps(lm, &batch.rejected);
     assert!(max_diff(&to_vec(pc), &floats(&f["policy_chosen"])) < 1e-4);
     assert!(max_diff(&to_vec(pr), &floats(&f["policy_rejected"])) < 1e-4);
 

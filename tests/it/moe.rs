@@ -95,12 +95,11 @@ fn full_fine_tuning_adds_the_router_loss_and_learns() {
     let (rows, aux) = reference("qwen3_moe");
     let batch = LmBatch::from_sequences(&rows, &device);
     let model = load("qwen3_moe", &device);
-    assert_eq!(model.router_aux_loss_coef(), Some(0.01));
+    let lm = model.language_model().unwrap();
+    assert_eq!(lm.router_aux_loss_coef(), Some(0.01));
     let with_aux = to_vec(CausalLm.loss_sum(&model, &batch))[0] as f64;
-    let hidden = model.hidden(batch.ids.clone(), Some(batch.padding.clone()));
-    let nll = model
-        .next_token_nll_at(hidden, batch.ids.clone(), 1.0, &batch.target_rows)
-        .unwrap();
+    let hidden = lm.hidden(batch.ids.clone(), Some(batch.padding.clone()));
+    let nll = lm.next_token_nll_at(hidden, batch.ids.clone(), 1.0, &batch.target_rows);
     let plain = to_vec(hone::train::loss::masked_target_sum(
         nll,
         batch.target_mask.clone(),
@@ -118,14 +117,14 @@ fn full_fine_tuning_adds_the_router_loss_and_learns() {
     )
     .unwrap();
     assert_eq!(
-        adapted.router_aux_loss_coef(),
+        adapted.language_model().unwrap().router_aux_loss_coef(),
         None,
         "LoRA leaves the router frozen"
     );
     // Evaluation (no autodiff) measures the language model alone.
     let inference = load("qwen3_moe", &Device::flex());
     assert_eq!(
-        inference.router_aux_loss_coef(),
+        inference.language_model().unwrap().router_aux_loss_coef(),
         None,
         "nothing trains here"
     );

@@ -117,7 +117,7 @@ fn smollm2_gguf_chat_tokens_and_greedy_continuation_match_transformers() {
             max_new_tokens: want_new.len(),
             ..Default::default()
         };
-        let got = generate(&backbone, &[ids], &cfg, &device).remove(0);
+        let got = generate(backbone.language_model().unwrap(), &[ids], &cfg, &device).remove(0);
         let decoded = tokenizer.decode(&got, false).unwrap();
         assert_eq!(
             got, want_new,
@@ -151,7 +151,7 @@ fn gemma3_gguf_q4_k_m_greedy_continuation_matches_transformers() {
             stop_tokens: vec![],
             ..Default::default()
         };
-        let got = generate(&backbone, &[ids], &cfg, &device).remove(0);
+        let got = generate(backbone.language_model().unwrap(), &[ids], &cfg, &device).remove(0);
         assert_eq!(
             got, want,
             "{:?}: transformers said {:?}",
@@ -228,7 +228,13 @@ fn gemma3_exported_as_q4_k_m_gguf_keeps_llama_cpps_mix_and_its_answers() {
             stop_tokens: vec![],
             ..Default::default()
         };
-        let got = generate(&back.model.backbone, &[ids], &cfg, &device).remove(0);
+        let got = generate(
+            back.model.backbone.language_model().unwrap(),
+            &[ids],
+            &cfg,
+            &device,
+        )
+        .remove(0);
         assert_eq!(got, want, "{prompt:?}");
     }
 }

@@ -75,7 +75,7 @@ fn cached_batched_greedy_equals_naive_per_prompt() {
             max_new_tokens: 8,
             ..Default::default()
         };
-        let batched = generate(&m, &prompts, &cfg, &device);
+        let batched = generate(m.language_model().unwrap(), &prompts, &cfg, &device);
         for (p, got) in prompts.iter().zip(&batched) {
             assert_eq!(
                 got,
@@ -84,7 +84,12 @@ fn cached_batched_greedy_equals_naive_per_prompt() {
             );
             assert_eq!(
                 got,
-                &generate(&m, std::slice::from_ref(p), &cfg, &device)[0],
+                &generate(
+                    m.language_model().unwrap(),
+                    std::slice::from_ref(p),
+                    &cfg,
+                    &device
+                )[0],
                 "{name}: alone vs batched"
             );
         }
@@ -97,7 +102,7 @@ fn stop_tokens_end_a_sequence_and_seeds_reproduce() {
     let m = model("llama", &device);
     let prompt = vec![vec![5u32, 17, 42]];
     let greedy = generate(
-        &m,
+        m.language_model().unwrap(),
         &prompt,
         &SamplingConfig {
             max_new_tokens: 6,
@@ -110,10 +115,13 @@ fn stop_tokens_end_a_sequence_and_seeds_reproduce() {
         stop_tokens: vec![greedy[0][1]],
         ..Default::default()
     };
-    assert_eq!(generate(&m, &prompt, &stop, &device)[0], greedy[0][..2]);
+    assert_eq!(
+        generate(m.language_model().unwrap(), &prompt, &stop, &device)[0],
+        greedy[0][..2]
+    );
     let sampled = |seed| {
         generate(
-            &m,
+            m.language_model().unwrap(),
             &prompt,
             &SamplingConfig {
                 max_new_tokens: 12,
@@ -133,7 +141,10 @@ fn stop_tokens_end_a_sequence_and_seeds_reproduce() {
         seed: 9,
         ..Default::default()
     };
-    assert_eq!(generate(&m, &prompt, &top1, &device), greedy);
+    assert_eq!(
+        generate(m.language_model().unwrap(), &prompt, &top1, &device),
+        greedy
+    );
 }
 
 #[test]
@@ -168,7 +179,12 @@ fn generation_stays_inside_the_context_window() {
         ..Default::default()
     };
     let long: Vec<u32> = (0..40).map(|i| (i * 7 % 100) as u32).collect();
-    let out = generate(&m, std::slice::from_ref(&long), &cfg, &device);
+    let out = generate(
+        m.language_model().unwrap(),
+        std::slice::from_ref(&long),
+        &cfg,
+        &device,
+    );
     assert_eq!(out[0].len(), 1);
     assert_eq!(
         out[0],
@@ -176,7 +192,7 @@ fn generation_stays_inside_the_context_window() {
         "the prompt keeps its last tokens"
     );
     let out = generate(
-        &m,
+        m.language_model().unwrap(),
         &[long[..20].to_vec(), long[..28].to_vec()],
         &cfg,
         &device,
