@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 
-use super::layers::{KvCache, Proj, causal_inputs, lm_logits, rows_at};
+use super::layers::{KvCache, Proj, causal_inputs, rows_at};
 use super::rope::RopeScaling;
 use super::weights::WeightWriter;
 
@@ -161,13 +161,6 @@ impl<L: DecoderLayer, N: FinalNorm, C: DecoderConfig> DecoderStack<L, N, C> {
             };
         }
         self.norm.forward(x)
-    }
-
-    /// LM logits (soft-capped where the config says); `None` without an LM head.
-    pub fn logits(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        let head = self.head();
-        let logits = lm_logits(hidden, head.own, head.embed, head.tied)?;
-        Some(head.soft_cap(logits))
     }
 
     /// The blocks' projections by their HF paths, for LoRA.

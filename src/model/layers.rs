@@ -572,21 +572,6 @@ pub fn set_weight_precision(param: &mut Param<Tensor<2>>, precision: Precision) 
     }
 }
 
-/// A decoder's LM logits: through its own head, or through the embedding matrix when the two
-/// are tied; `None` for a checkpoint with neither (an untied head that was not saved).
-pub fn lm_logits(
-    hidden: Tensor<3>,
-    head: Option<&Proj>,
-    embed: &Param<Tensor<2>>,
-    tied: bool,
-) -> Option<Tensor<3>> {
-    match head {
-        Some(head) => Some(head.forward(hidden)),
-        None if tied => Some(matmul_autocast(hidden, embed.val().transpose())),
-        None => None,
-    }
-}
-
 /// `[b, s, h*d]` -> `[b, h, s, d]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, s, hd] = x.dims();

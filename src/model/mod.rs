@@ -43,7 +43,7 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 /// Every family hone runs, one line each: `module: Variant(its model) by its Family`. The line
 /// declares the family's module (its folder), its [`Backbone`] variant and its entry in
-/// [`FAMILIES`]; nothing else in hone names a family. The families are matched in this order
+/// [`FAMILIES`]; no loader, writer or dispatch elsewhere lists the families. They are matched in this order
 /// (by `model_type` and GGUF architecture, each claimed by one).
 macro_rules! families {
     ($($module:ident: $variant:ident($model:ty) by $family:ident),* $(,)?) => {

@@ -239,11 +239,6 @@ impl Gpt2 {
         }
         self.ln_f.forward(x)
     }
-
-    /// Next-token logits `[b, s, vocab]` from hidden states (tied head).
-    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        super::layers::matmul_autocast(hidden, self.wte.val().transpose())
-    }
 }
 
 impl super::decoder::Body for Gpt2 {
