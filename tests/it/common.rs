@@ -521,3 +521,24 @@ pub fn run_with(
     )
     .map_err(|e| format!("{e:#}"))
 }
+
+/// A byte-level BPE of `n` single-character tokens (GPT-2's byte alphabet from `!`) and no
+/// merges, the last one a special end-of-text token: a vocabulary for the tiny fixtures.
+pub fn tiny_tokenizer(n: usize) -> tokenizers::Tokenizer {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut chars = (b'!'..=b'~').map(char::from).chain('\u{a1}'..='\u{ac}');
+    let vocab: tokenizers::models::bpe::Vocab = (0..n as u32 - 1)
+        .map(|i| (chars.next().unwrap().to_string(), i))
+        .chain([("<|endoftext|>".to_owned(), n as u32 - 1)])
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, vec![])
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+    tok
+}

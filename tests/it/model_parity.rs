@@ -338,7 +338,7 @@ fn a_gpt_oss_gguf_file_matches_its_hf_checkpoint() {
     let written = write_gguf(
         &hf.model,
         &hf.config,
-        &tiny_tokenizer(100),
+        &crate::common::tiny_tokenizer(100),
         None,
         "gpt_oss",
         GgufQuant::Q4KM,
@@ -388,27 +388,6 @@ fn sentencepiece_gguf_tokenizer_matches_transformers() {
     }
 }
 
-/// A byte-level BPE of `n` single-character tokens (GPT-2's byte alphabet from `!`) and no
-/// merges, the last one a special end-of-text token: a vocabulary for the tiny fixtures.
-fn tiny_tokenizer(n: usize) -> tokenizers::Tokenizer {
-    use tokenizers::models::bpe::BPE;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let mut chars = (b'!'..=b'~').map(char::from).chain('\u{a1}'..='\u{ac}');
-    let vocab: tokenizers::models::bpe::Vocab = (0..n as u32 - 1)
-        .map(|i| (chars.next().unwrap().to_string(), i))
-        .chain([("<|endoftext|>".to_owned(), n as u32 - 1)])
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, vec![])
-        .build()
-        .unwrap();
-    let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-    tok.with_decoder(Some(ByteLevel::default()));
-    tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
-    tok
-}
-
 /// Tiny checkpoints of each family written as GGUF (llama.cpp's names and layouts: q/k rows
 /// and biases permuted for `llama`, GPT-2's Conv1Ds transposed, Gemma's norms as 1 + w and
 /// its soft-caps in the metadata, rotary scaling in the metadata, Phi-3's LongRoPE factors as
@@ -439,7 +418,7 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
         let vocab = model.config["vocab_size"].as_u64().unwrap() as usize;
-        let tok = tiny_tokenizer(vocab);
+        let tok = crate::common::tiny_tokenizer(vocab);
         let path = dir.path().join(format!("{name}-{}.gguf", quant.label()));
         let template = "{% for m in messages %}{{ m.content }}{% endfor %}";
         write_gguf(
@@ -491,7 +470,7 @@ fn gguf_exports_read_back_to_the_reference_outputs() {
         ("gpt_oss", "limit 7"),
     ] {
         let model = load_hf_dir(&fixture(name), &device).unwrap();
-        let tok = tiny_tokenizer(100);
+        let tok = crate::common::tiny_tokenizer(100);
         let err = write_gguf(
             &model.model,
             &model.config,

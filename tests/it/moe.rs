@@ -321,6 +321,87 @@ stages:
     );
 }
 
+/// Through the CLI, QLoRA on a gpt-oss whose experts are MXFP4 (as released; held in their
+/// blocks, `model_parity::gpt_oss_keeps_its_mxfp4_experts_under_qlora`): attention and the
+/// experts are adapted and the loss falls, and the model exports as a `q4_k_m` GGUF in
+/// llama.cpp's `gpt-oss` layout (experts MXFP4 again, routers F32), which hone reads back.
+#[test]
+fn a_recipe_fine_tunes_an_mxfp4_gpt_oss_with_qlora_and_exports_gguf() {
+    let p = crate::common::Project::new();
+    std::fs::create_dir_all(p.path("oss")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("gpt_oss-mxfp4").join(f), p.path("oss").join(f)).unwrap();
+    }
+    // A byte-level BPE: GGUF vocabularies are BPE.
+    crate::common::tiny_tokenizer(100)
+        .save(p.path("oss/tokenizer.json"), false)
+        .unwrap();
+    let rows: String = (0..48)
+        .map(|i| {
+            let (a, b) = (i % 7, i / 7);
+            format!(
+                "{{\"prompt\": \"{a}+{b}=\", \"response\": \"{}\"}}\n",
+                a + b
+            )
+        })
+        .collect();
+    p.write("sums.jsonl", &rows);
+    p.write(
+        "r.yaml",
+        r#"version: 1
+name: oss
+seed: 3
+stages:
+  sums:
+    kind: dataset
+    source: { path: sums.jsonl }
+  sft:
+    kind: sft
+    model: { path: oss }
+    data: { from: sums }
+    max_length: 16
+    peft:
+      method: qlora
+      r: 8
+      alpha: 16
+      target_modules: [q_proj, v_proj]
+      target_parameters: [mlp.experts.gate_up_proj, mlp.experts.down_proj]
+    train: { epochs: 6, batch_size: 8, lr: 1.0e-2 }
+  gguf:
+    kind: export
+    model: { from: sft }
+    to: dist
+    format: gguf
+    quant: q4_k_m
+"#,
+    );
+    p.hone(&["run", "r.yaml"]).ok();
+    let show = p.hone(&["show", "r.yaml", "sft"]).ok();
+    let (first, last) = (
+        crate::common::metric(&show, "train_loss_first"),
+        crate::common::metric(&show, "train_loss_last"),
+    );
+    assert!(last < first - 0.5, "loss {first} -> {last}:\n{show}");
+    let gguf = std::fs::read_dir(p.path("dist"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.extension().is_some_and(|e| e == "gguf"))
+        .expect("a .gguf in dist");
+    let g = hone::model::gguf::Gguf::open(&gguf).unwrap();
+    let types = |suffix: &str| -> Vec<String> {
+        g.tensors
+            .iter()
+            .filter(|t| t.name.ends_with(suffix))
+            .map(|t| hone::model::ggml_quants::type_name(t.ggml_type))
+            .collect()
+    };
+    assert_eq!(types("_exps.weight"), vec!["MXFP4"; 6]);
+    assert_eq!(types("ffn_gate_inp.weight"), vec!["F32"; 2]);
+    let back = hone::model::load(&gguf, &Device::flex()).unwrap();
+    assert_eq!(back.config["model_type"], "gpt_oss");
+}
+
 /// Released Qwen3-MoE configs name the expert count `num_experts`, transformers 5 writes
 /// `num_local_experts`, and a config may hold both: each loads to the same model.
 #[test]
