@@ -95,6 +95,33 @@ pub struct Rotary {
 }
 
 impl Rotary {
+    /// Rotation over whole heads of `dim` by one base, read as HF configs give it: its theta
+    /// inside `rope_parameters` (transformers 5) or as `rope_theta` (4), `default_theta` without
+    /// either; its scaling from `rope_parameters` or `rope_scaling`.
+    pub fn from_hf(
+        dim: usize,
+        rope_parameters: Option<&serde_json::Value>,
+        rope_theta: Option<f64>,
+        rope_scaling: Option<&serde_json::Value>,
+        max_positions: usize,
+        default_theta: f64,
+    ) -> Result<Rotary, super::rope::RopeError> {
+        let theta = rope_parameters
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .or(rope_theta)
+            .unwrap_or(default_theta);
+        let scaling = RopeScaling::from_config(&serde_json::json!({
+            "rope_parameters": rope_parameters,
+            "rope_scaling": rope_scaling,
+            "max_position_embeddings": max_positions,
+        }))?;
+        Ok(Rotary {
+            dim,
+            bases: vec![(theta, scaling)],
+        })
+    }
+
     /// The `cos` and `sin` `[b, 1, s, dim]` of each base at `positions` `[b, s]`: each table is
     /// built once up to the furthest position, then gathered.
     pub fn at(&self, positions: &Tensor<2, Int>) -> Vec<(Tensor<4>, Tensor<4>)> {

@@ -244,18 +244,16 @@ fn char_tokenizer(n: usize) -> tokenizers::Tokenizer {
     tok
 }
 
-/// Through the CLI, a recipe fine-tunes a Qwen3-MoE checkpoint with LoRA on attention and on
-/// its experts: the stage trains (its loss falls), its adapter's config names the experts'
-/// fused weights in `target_parameters`, and a later stage reads the layered model back.
-#[test]
-fn a_recipe_fine_tunes_a_qwen3_moe_with_lora_on_its_experts() {
+/// A project holding fixture `name` as model directory `dir` with `tokenizer`, and
+/// `sums.jsonl`: 48 sums of two digits (`3+4=` -> `7`).
+fn sums_project(name: &str, dir: &str, tokenizer: tokenizers::Tokenizer) -> crate::common::Project {
     let p = crate::common::Project::new();
-    std::fs::create_dir_all(p.path("moe")).unwrap();
+    std::fs::create_dir_all(p.path(dir)).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("qwen3_moe").join(f), p.path("moe").join(f)).unwrap();
+        std::fs::copy(fixture(name).join(f), p.path(dir).join(f)).unwrap();
     }
-    char_tokenizer(100)
-        .save(p.path("moe/tokenizer.json"), false)
+    tokenizer
+        .save(p.path(&format!("{dir}/tokenizer.json")), false)
         .unwrap();
     let rows: String = (0..48)
         .map(|i| {
@@ -267,6 +265,15 @@ fn a_recipe_fine_tunes_a_qwen3_moe_with_lora_on_its_experts() {
         })
         .collect();
     p.write("sums.jsonl", &rows);
+    p
+}
+
+/// Through the CLI, a recipe fine-tunes a Qwen3-MoE checkpoint with LoRA on attention and on
+/// its experts: the stage trains (its loss falls), its adapter's config names the experts'
+/// fused weights in `target_parameters`, and a later stage reads the layered model back.
+#[test]
+fn a_recipe_fine_tunes_a_qwen3_moe_with_lora_on_its_experts() {
+    let p = sums_project("qwen3_moe", "moe", char_tokenizer(100));
     p.write(
         "r.yaml",
         r#"version: 1
@@ -327,25 +334,8 @@ stages:
 /// llama.cpp's `gpt-oss` layout (experts MXFP4 again, routers F32), which hone reads back.
 #[test]
 fn a_recipe_fine_tunes_an_mxfp4_gpt_oss_with_qlora_and_exports_gguf() {
-    let p = crate::common::Project::new();
-    std::fs::create_dir_all(p.path("oss")).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("gpt_oss-mxfp4").join(f), p.path("oss").join(f)).unwrap();
-    }
     // A byte-level BPE: GGUF vocabularies are BPE.
-    crate::common::tiny_tokenizer(100)
-        .save(p.path("oss/tokenizer.json"), false)
-        .unwrap();
-    let rows: String = (0..48)
-        .map(|i| {
-            let (a, b) = (i % 7, i / 7);
-            format!(
-                "{{\"prompt\": \"{a}+{b}=\", \"response\": \"{}\"}}\n",
-                a + b
-            )
-        })
-        .collect();
-    p.write("sums.jsonl", &rows);
+    let p = sums_project("gpt_oss-mxfp4", "oss", crate::common::tiny_tokenizer(100));
     p.write(
         "r.yaml",
         r#"version: 1

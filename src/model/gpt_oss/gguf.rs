@@ -241,7 +241,7 @@ impl GptOss {
             ("attention.key_length", u(hd)),
             ("attention.value_length", u(hd)),
             ("attention.sliding_window", u(c.sliding_window.unwrap_or(0))),
-            ("rope.freq_base", F32(c.theta() as f32)),
+            ("rope.freq_base", F32(self.rotary.bases[0].0 as f32)),
             ("rope.dimension_count", u(hd)),
             ("expert_count", u(c.num_local_experts)),
             ("expert_used_count", u(c.num_experts_per_tok)),

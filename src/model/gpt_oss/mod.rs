@@ -28,7 +28,6 @@ use super::layers::{
     write_projections,
 };
 use super::moe::{Activation, Expert, Router, SparseMoe};
-use super::rope::RopeScaling;
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `GptOssConfig` that shape the network.
@@ -95,26 +94,16 @@ impl GptOssConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    fn theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(self.rope_theta)
-            .unwrap_or(150_000.0)
-    }
-
     fn rotary(&self) -> Result<Rotary, String> {
-        let scaling = RopeScaling::from_config(&serde_json::json!({
-            "rope_parameters": self.rope_parameters,
-            "rope_scaling": self.rope_scaling,
-            "max_position_embeddings": self.max_position_embeddings,
-        }))
-        .map_err(|e| e.to_string())?;
-        Ok(Rotary {
-            dim: self.head_dim(),
-            bases: vec![(self.theta(), scaling)],
-        })
+        Rotary::from_hf(
+            self.head_dim(),
+            self.rope_parameters.as_ref(),
+            self.rope_theta,
+            self.rope_scaling.as_ref(),
+            self.max_position_embeddings,
+            150_000.0,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Each layer's attention window: the sliding layers', `None` for the full ones.

@@ -21,7 +21,6 @@ use super::layers::{
     KeysValues, KvCache, LayerNorm, Proj, apply_rope, merge_heads, split_heads, window_mask,
     write_projections,
 };
-use super::rope::RopeScaling;
 use super::weights::{ModelError, WeightMap, WeightWriter};
 
 /// The fields of HF's `Starcoder2Config` that shape the network.
@@ -79,26 +78,16 @@ impl Starcoder2Config {
         self.hidden_size / self.num_attention_heads.max(1)
     }
 
-    fn theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(self.rope_theta)
-            .unwrap_or(10_000.0)
-    }
-
     fn rotary(&self) -> Result<Rotary, String> {
-        let scaling = RopeScaling::from_config(&serde_json::json!({
-            "rope_parameters": self.rope_parameters,
-            "rope_scaling": self.rope_scaling,
-            "max_position_embeddings": self.max_position_embeddings,
-        }))
-        .map_err(|e| e.to_string())?;
-        Ok(Rotary {
-            dim: self.head_dim(),
-            bases: vec![(self.theta(), scaling)],
-        })
+        Rotary::from_hf(
+            self.head_dim(),
+            self.rope_parameters.as_ref(),
+            self.rope_theta,
+            self.rope_scaling.as_ref(),
+            self.max_position_embeddings,
+            10_000.0,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Whether the MLP's GELU is the tanh approximation; an error for an activation hone
