@@ -824,6 +824,33 @@ impl WeightMap {
         Ok(self.tensor(rows.transposed(outs, d_in), vec![d_in, outs]))
     }
 
+    /// A decoder's own LM head, `lm_head.weight` `[vocab, d]`: `None` when the head is tied to
+    /// the embedding (a tied copy saved anyway is dropped) or when a `score` head stands in its
+    /// place (a sequence classifier's checkpoint); an error when it is neither tied nor there.
+    pub fn take_lm_head(
+        &mut self,
+        d: usize,
+        vocab: usize,
+        tied: bool,
+    ) -> Result<Option<super::layers::Proj>, ModelError> {
+        const HEAD: &str = "lm_head.weight";
+        if tied {
+            self.discard(HEAD);
+            return Ok(None);
+        }
+        if self.contains(HEAD) {
+            let weight = self.take_linear(HEAD, d, vocab)?;
+            return Ok(Some(super::layers::Proj::new(weight, None)));
+        }
+        if self.contains("score.weight") {
+            return Ok(None);
+        }
+        Err(ModelError::MissingTensor {
+            path: self.path.clone(),
+            name: HEAD.into(),
+        })
+    }
+
     /// Drops `name` (a tied duplicate nobody needs).
     pub fn discard(&mut self, name: &str) {
         self.tensors.remove(name);

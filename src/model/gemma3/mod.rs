@@ -524,17 +524,7 @@ impl Gemma3 {
             config.num_key_value_heads,
             config.intermediate_size,
         );
-        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            true => Some(Proj::new(
-                w.take_linear("lm_head.weight", d, config.vocab_size)?,
-                None,
-            )),
-            false => None,
-        };
-        // A tied checkpoint may still carry the head; it is the embedding.
-        if config.tie_word_embeddings && w.contains("lm_head.weight") {
-            w.take("lm_head.weight", [config.vocab_size, d])?;
-        }
+        let lm_head = w.take_lm_head(d, config.vocab_size, config.tie_word_embeddings)?;
         w.strip_prefix("model.");
         let bias = config.attention_bias;
         let lin = WeightMap::take_module;
@@ -584,12 +574,6 @@ impl Gemma3 {
             });
         }
         let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
-        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
-            return Err(ModelError::MissingTensor {
-                path: w.path().to_path_buf(),
-                name: "lm_head.weight".into(),
-            });
-        }
         Ok(Gemma3 {
             embed_tokens: Param::from_tensor(embed),
             layers,

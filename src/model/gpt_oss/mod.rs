@@ -345,16 +345,7 @@ impl GptOss {
         };
         let windows = config.windows().map_err(|e| bad_config(w, e))?;
         let rotary = config.rotary().map_err(|e| bad_config(w, e))?;
-        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            true => Some(Proj::new(w.take_linear("lm_head.weight", d, vocab)?, None)),
-            false => None,
-        };
-        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
-            return Err(ModelError::MissingTensor {
-                path: w.path().to_path_buf(),
-                name: "lm_head.weight".into(),
-            });
-        }
+        let lm_head = w.take_lm_head(d, vocab, config.tie_word_embeddings)?;
         w.strip_prefix("model.");
         let eps = config.rms_norm_eps;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);

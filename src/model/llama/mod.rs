@@ -653,13 +653,7 @@ impl Llama {
             config.kv_heads(),
             config.intermediate_size,
         );
-        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            true => Some(Proj::new(
-                w.take_linear("lm_head.weight", d, config.vocab_size)?,
-                None,
-            )),
-            false => None,
-        };
+        let lm_head = w.take_lm_head(d, config.vocab_size, config.tie_word_embeddings)?;
         w.strip_prefix("model.");
         let lin = WeightMap::take_module;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -733,13 +727,6 @@ impl Llama {
             });
         }
         let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
-        // A sequence-classification checkpoint has a `score` head instead of an LM head.
-        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
-            return Err(ModelError::MissingTensor {
-                path: w.path().to_path_buf(),
-                name: "lm_head.weight".into(),
-            });
-        }
         Ok(Llama {
             embed_tokens: Param::from_tensor(embed),
             layers,

@@ -274,16 +274,7 @@ impl Phi3 {
             config.kv_heads(),
             config.intermediate_size,
         );
-        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            true => Some(Proj::new(
-                w.take_linear("lm_head.weight", d, config.vocab_size)?,
-                None,
-            )),
-            false => None,
-        };
-        if config.tie_word_embeddings && w.contains("lm_head.weight") {
-            w.take("lm_head.weight", [config.vocab_size, d])?;
-        }
+        let lm_head = w.take_lm_head(d, config.vocab_size, config.tie_word_embeddings)?;
         w.strip_prefix("model.");
         let lin = |w: &mut WeightMap, p: &str, i: usize, o: usize| w.take_module(p, i, o, false);
         let norm = |w: &mut WeightMap, name: &str| {
@@ -307,12 +298,6 @@ impl Phi3 {
             });
         }
         let embed = w.take_matrix("embed_tokens.weight", [config.vocab_size, d])?;
-        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
-            return Err(ModelError::MissingTensor {
-                path: w.path().to_path_buf(),
-                name: "lm_head.weight".into(),
-            });
-        }
         Ok(Phi3 {
             embed_tokens: Param::from_tensor(embed),
             layers,

@@ -267,21 +267,7 @@ impl Starcoder2 {
         };
         let tanh_gelu = config.tanh_gelu().map_err(|e| bad_config(w.path(), e))?;
         let rotary = config.rotary().map_err(|e| bad_config(w.path(), e))?;
-        let lm_head = match w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            true => Some(Proj::new(w.take_linear("lm_head.weight", d, vocab)?, None)),
-            false => None,
-        };
-        // A tied head saved anyway is the embedding again.
-        if config.tie_word_embeddings && w.contains("lm_head.weight") {
-            w.take("lm_head.weight", [vocab, d])?;
-        }
-        // A sequence-classification checkpoint has a `score` head instead of an LM head.
-        if lm_head.is_none() && !config.tie_word_embeddings && !w.contains("score.weight") {
-            return Err(ModelError::MissingTensor {
-                path: w.path().to_path_buf(),
-                name: "lm_head.weight".into(),
-            });
-        }
+        let lm_head = w.take_lm_head(d, vocab, config.tie_word_embeddings)?;
         w.strip_prefix("model.");
         let norm = |w: &mut WeightMap, name: &str| {
             let weight = w.take(&format!("{name}.weight"), [d])?;
