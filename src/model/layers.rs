@@ -457,6 +457,20 @@ impl KeysValues {
         self.len() == 0
     }
 
+    /// `mask` for queries `q` `[b, h, s, d]` over these keys, with the keys `window` or more
+    /// positions before each query hidden too where the layer slides ([`window_mask`]).
+    pub fn mask_within(
+        &self,
+        mask: Option<Tensor<4, Bool>>,
+        q: &Tensor<4>,
+        window: Option<usize>,
+    ) -> Option<Tensor<4, Bool>> {
+        match window {
+            Some(w) => Some(window_mask(mask, q.dims()[2], self.len(), w, &q.device())),
+            None => mask,
+        }
+    }
+
     /// [`attend_capped`] of the queries `[b, h, s, d]` over these keys and values, each key
     /// head serving `h / kv` query heads (grouped-query attention).
     pub fn attend(

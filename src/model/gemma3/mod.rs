@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, FinalNorm, Rotary};
 use super::layers::{
-    KeysValues, KvCache, Proj, merge_heads, named_projections, split_heads, window_mask,
+    KeysValues, KvCache, Proj, merge_heads, named_projections, split_heads,
     write_projections,
 };
 use super::rope::{RopeError, RopeScaling};
@@ -384,10 +384,7 @@ impl DecoderLayer for Gemma3Layer {
         let k = super::layers::apply_rope(k, cos, sin);
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
         let kv = KeysValues::new(k, v, cache);
-        let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
-            None => mask,
-        };
+        let mask = kv.mask_within(mask, &q, self.window);
         let a = kv.attend(q, mask, self.softcap, None);
         let a = self
             .post_attention_layernorm

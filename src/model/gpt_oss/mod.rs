@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, Rotary};
 use super::family::{BuildError, Family, parse};
 use super::layers::{
-    KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads, split_heads, window_mask,
+    KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads, split_heads,
     write_projections,
 };
 use super::moe::{Activation, Expert, Router, SparseMoe};
@@ -219,10 +219,7 @@ impl DecoderLayer for GptOssLayer {
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
         let (q, k) = (apply_rope(q, cos, sin), apply_rope(k, cos, sin));
         let kv = KeysValues::new(k, v, cache);
-        let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
-            None => mask,
-        };
+        let mask = kv.mask_within(mask, &q, self.window);
         let a = kv.attend(q, mask, None, Some(&self.sinks.val()));
         let x = x + self.o_proj.forward(merge_heads(a));
         let h = self.post_attention_layernorm.forward(x.clone());

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, Rotary};
 use super::layers::{
     DECODER_PROJECTIONS, KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads,
-    named_projections, split_heads, window_mask, write_projections,
+    named_projections, split_heads, write_projections,
 };
 use super::moe::{Activation, Expert, Router, SparseMoe, expert_parameter};
 use super::rope::{RopeError, RopeScaling};
@@ -468,10 +468,7 @@ impl DecoderLayer for LlamaLayer {
         let k = rotate(maybe_norm(split_heads(k, self.n_kv_heads), head_norms.1));
         let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
         let kv = KeysValues::new(k, v, cache);
-        let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
-            None => mask,
-        };
+        let mask = kv.mask_within(mask, &q, self.window);
         let a = self.o_proj.forward(merge_heads(kv.attend(q, mask, None, None)));
         let mlp = |h: Tensor<3>| self.mlp.forward(h);
         match &self.post_feedforward_layernorm {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::decoder::{DecoderConfig, DecoderLayer, DecoderStack, Rotary};
 use super::layers::{
-    KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads, split_heads, window_mask,
+    KeysValues, KvCache, Proj, RmsNorm, apply_rope, merge_heads, split_heads,
     write_projections,
 };
 use super::rope::{RopeError, RopeScaling};
@@ -217,10 +217,7 @@ impl DecoderLayer for Phi3Layer {
         let q = self.rotate(q, cos, sin);
         let k = self.rotate(k, cos, sin);
         let kv = KeysValues::new(k, v, cache);
-        let mask = match self.window {
-            Some(w) => Some(window_mask(mask, q.dims()[2], kv.len(), w, &q.device())),
-            None => mask,
-        };
+        let mask = kv.mask_within(mask, &q, self.window);
         let a = kv.attend(q, mask, None, None);
         let x = x + self.o_proj.forward(merge_heads(a));
         let n = self.post_attention_layernorm.forward(x.clone());
